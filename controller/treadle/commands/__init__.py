@@ -1,0 +1,1 @@
+"""Subcommands of ``treadle``; each module exposes ``register(subparsers)``."""

@@ -1,0 +1,82 @@
+"""The controller's errors, split by whose fault they are; the type decides what happens next.
+
+    TreadleError
+    ├── UsageError         bad command line or configuration: exit 2
+    ├── FabricError        the repository's content is invalid (carries every
+    │                      Diagnostic found in one run): exit 1, the commit is
+    │                      refused, the last good manifests stay published
+    ├── SourceError        git could not be reached or read: retry later
+    ├── GateError          a commit is not allowed to deploy (history rewritten,
+    │                      unsigned, unknown signer): refused and recorded, waits for a human
+    ├── SigningKeyError    a signing key or trust root cannot be used: exit 2
+    └── StoreError         the state database or publish store failed: retry, never half-publish
+
+Foreign errors (ruamel.yaml, jsonschema, pygit2, jinja2, httpx, sqlite3,
+OSError) are wrapped at the boundary with ``raise ... from e``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Diagnostic:
+    """One problem in the fabric, located: printed as ``file:line:col: message (hint)``.
+
+    ``line`` and ``col`` are 1-based; 0 means "the whole file". ``code`` is a
+    stable identifier for tools (``yaml``, ``duplicate-key``, ``schema``,
+    ``unknown-profile``, ``profile-cycle``, ``template``, ``duplicate-node``,
+    ``duplicate-address``, ``path-policy``, ``integer-mode``, ``lifecycle``,
+    ``symlink``, ``submodule``, ``too-large``, ``aliases``...).
+    """
+
+    file: str
+    line: int
+    col: int
+    code: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.file}:{self.line}:{self.col}: {self.message}"
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+    def as_dict(self) -> dict[str, object]:
+        return {"file": self.file, "line": self.line, "col": self.col, "code": self.code, "message": self.message, "hint": self.hint}
+
+
+class TreadleError(Exception):
+    """Base of every error the controller raises on purpose."""
+
+
+class UsageError(TreadleError):
+    """Bad command line or configuration; exit code 2."""
+
+
+class FabricError(TreadleError):
+    """The fabric repository's content is invalid; carries all diagnostics of the run."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        self.diagnostics = sorted(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics) or "invalid fabric")
+
+
+class SourceError(TreadleError):
+    """The git source could not be cloned, fetched or read."""
+
+
+class GateError(TreadleError):
+    """A commit is refused by the gate. ``reason`` is a metric label value (non_fast_forward, unsigned, untrusted_signer, invalid)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SigningKeyError(TreadleError):
+    """A signing key or trust root cannot be loaded or used."""
+
+
+class StoreError(TreadleError):
+    """The state database or the publish store failed."""
