@@ -1,0 +1,275 @@
+"""The rollout state machine.
+
+    pending ──► waiting (window, freeze, approval) ──► publishing k ──► soaking k ──┐
+       ▲                                                                           │ wave passed
+       └───────────────────────── next wave ◄──────────────────────────────────────┤
+                                                                                   ├─► complete (last wave)
+    soaking k ── failures over budget ─► halted            (failure_policy: halt)  │
+                                   └──► rolling_back ─► rolled_back (rollback)     │
+    any active state ── newer commit ─► superseded;  operator ─► aborted; paused is a flag
+
+``step()`` is pure: it takes the rollout, the time, what the agents report and
+whether a window or freeze blocks new waves, and returns the next rollout and
+the actions the pipeline must carry out. The pipeline persists the rollout
+after every transition *before* carrying out its actions, and actions are
+idempotent, so a controller killed at any point resumes at the same step: in
+``publishing`` it publishes the wave again (publishing identical bytes is a
+no-op), in ``rolling_back`` it re-publishes the previous content again.
+
+A node of the current wave is done when it reports the generation published
+for it, its apply succeeded, and it has stayed healthy for the wave's soak
+time. Missing data never passes: a node that does not report is not done,
+and when the wave's timeout expires every node that is not done has failed.
+A node that reports a failed apply or unhealthy after applying has failed at
+once (a flapping node is a failing node).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    WAITING = "waiting"
+    PUBLISHING = "publishing"
+    SOAKING = "soaking"
+    COMPLETE = "complete"
+    HALTED = "halted"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    SUPERSEDED = "superseded"
+    ABORTED = "aborted"
+
+
+TERMINAL = frozenset({State.COMPLETE, State.HALTED, State.ROLLED_BACK, State.SUPERSEDED, State.ABORTED})
+
+
+class NodeStatus(StrEnum):
+    PENDING = "pending"      # published, not yet reported as applied
+    APPLIED = "applied"      # applied and healthy, soaking
+    HEALTHY = "healthy"      # soaked: done
+    FAILED = "failed"
+
+
+class TransitionError(ValueError):
+    """An operator action that does not apply to the rollout's state (e.g. approve a finished rollout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one agent reports; None where the data is missing or unreadable."""
+
+    generation: int | None = None
+    apply_ok: bool | None = None
+    healthy: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeProgress:
+    status: NodeStatus = NodeStatus.PENDING
+    since: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Wave:
+    name: str
+    nodes: tuple[str, ...]
+    soak_s: int
+    timeout_s: int
+    allowed_failures: int
+    approval: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish the rollout's content for these nodes (the wave's), each under a new generation."""
+
+    wave: int
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """Re-publish the content these nodes had before the rollout, under a new, higher generation."""
+
+    nodes: tuple[str, ...]
+
+
+Action = Publish | Rollback
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    commit: str
+    waves: tuple[Wave, ...]
+    failure_policy: str = "halt"
+    immediate: bool = False
+    state: State = State.PENDING
+    wave: int = 0
+    started_at: float | None = None
+    progress: Mapping[str, NodeProgress] = field(default_factory=dict)
+    approved: frozenset[int] = frozenset()
+    paused: bool = False
+    reason: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state not in TERMINAL
+
+    @property
+    def current(self) -> Wave | None:
+        return self.waves[self.wave] if self.wave < len(self.waves) else None
+
+    def reached(self) -> tuple[str, ...]:
+        """Nodes that have been sent this rollout's content (waves up to the current one, once published)."""
+        upto = self.wave + 1 if self.state not in (State.PENDING, State.WAITING) else self.wave
+        return tuple(n for w in self.waves[:upto] for n in w.nodes)
+
+    def counts(self) -> dict[str, int]:
+        """Current wave's nodes by status (for the wave table and treadle_rollout_wave_nodes)."""
+        out = {s.value: 0 for s in NodeStatus}
+        for p in self.progress.values():
+            out[p.status.value] += 1
+        return out
+
+
+def _replace(r: Rollout, **changes: object) -> Rollout:
+    return dataclasses.replace(r, **changes)  # type: ignore[arg-type]
+
+
+def step(r: Rollout, now: float, observations: Mapping[str, Observation], expected: Mapping[str, int],
+         blocked: str | None) -> tuple[Rollout, list[Action]]:
+    """One deterministic step of rollout ``r``.
+
+    ``observations`` are the agents' reports for the current wave's nodes;
+    ``expected`` the generation published for each of them; ``blocked`` why
+    no new wave may start now (window, freeze) or None. Returns the next
+    rollout (``r`` itself when nothing changed) and the actions to carry out.
+    """
+    if not r.active or r.paused:
+        return r, []
+    if r.state in (State.PENDING, State.WAITING):
+        return _start_wave(r, blocked)
+    if r.state is State.PUBLISHING:
+        wave = r.waves[r.wave]
+        return r, [Publish(r.wave, wave.nodes)]
+    if r.state is State.SOAKING:
+        return _soak(r, now, observations, expected)
+    if r.state is State.ROLLING_BACK:
+        return r, [Rollback(r.reached())]
+    return r, []
+
+
+def _start_wave(r: Rollout, blocked: str | None) -> tuple[Rollout, list[Action]]:
+    while r.current is not None and not r.current.nodes:  # nothing changed in this wave
+        r = _replace(r, wave=r.wave + 1)
+    wave = r.current
+    if wave is None:
+        return _replace(r, state=State.COMPLETE, reason="", progress={}), []
+    if blocked and not r.immediate:
+        return _waiting(r, blocked)
+    if wave.approval and r.wave not in r.approved:
+        return _waiting(r, f"wave {wave.name} waits for approval: treadle rollout approve {r.commit[:12]}")
+    r = _replace(r, state=State.PUBLISHING, reason="", progress={n: NodeProgress() for n in wave.nodes})
+    return r, [Publish(r.wave, wave.nodes)]
+
+
+def _waiting(r: Rollout, reason: str) -> tuple[Rollout, list[Action]]:
+    if r.state is State.WAITING and r.reason == reason:
+        return r, []
+    return _replace(r, state=State.WAITING, reason=reason), []
+
+
+def published(r: Rollout, now: float) -> Rollout:
+    """The pipeline has durably published the current wave: soaking starts now."""
+    if r.state is not State.PUBLISHING:
+        raise TransitionError(f"rollout of {r.commit[:12]} is {r.state}, not publishing")
+    return _replace(r, state=State.SOAKING, started_at=now)
+
+
+def rolled_back(r: Rollout) -> Rollout:
+    """The pipeline has durably re-published the previous content."""
+    if r.state is not State.ROLLING_BACK:
+        raise TransitionError(f"rollout of {r.commit[:12]} is {r.state}, not rolling back")
+    return _replace(r, state=State.ROLLED_BACK)
+
+
+def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: float, soak_s: float) -> NodeProgress:
+    if p.status in (NodeStatus.FAILED, NodeStatus.HEALTHY):
+        return p
+    if obs is None or obs.generation is None or want is None or obs.generation < want:
+        # Not applied yet, or no data: a soak in progress restarts once data returns.
+        return NodeProgress(NodeStatus.PENDING) if p.status is NodeStatus.APPLIED else p
+    if obs.apply_ok is False:
+        return NodeProgress(NodeStatus.FAILED, now, f"apply of generation {obs.generation} failed")
+    if obs.healthy is False:
+        return NodeProgress(NodeStatus.FAILED, now, f"unhealthy after applying generation {obs.generation}")
+    if obs.apply_ok is None or obs.healthy is None:
+        return NodeProgress(NodeStatus.PENDING) if p.status is NodeStatus.APPLIED else p
+    since = p.since if p.status is NodeStatus.APPLIED and p.since is not None else now
+    if now - since >= soak_s:
+        return NodeProgress(NodeStatus.HEALTHY, since)
+    return NodeProgress(NodeStatus.APPLIED, since)
+
+
+def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
+          expected: Mapping[str, int]) -> tuple[Rollout, list[Action]]:
+    wave = r.waves[r.wave]
+    soak_s = 0 if r.immediate else wave.soak_s
+    progress = {n: _observe(r.progress.get(n, NodeProgress()), observations.get(n), expected.get(n), now, soak_s)
+                for n in wave.nodes}
+    timed_out = r.started_at is not None and now - r.started_at >= wave.timeout_s
+    if timed_out:
+        progress = {n: p if p.status in (NodeStatus.HEALTHY, NodeStatus.FAILED)
+                    else NodeProgress(NodeStatus.FAILED, now, f"timed out after {wave.timeout_s}s while {p.status}")
+                    for n, p in progress.items()}
+    failed = sorted(n for n, p in progress.items() if p.status is NodeStatus.FAILED)
+    r = _replace(r, progress=progress)
+    if len(failed) > wave.allowed_failures:
+        reason = (f"wave {wave.name}: {len(failed)} of {len(wave.nodes)} nodes failed "
+                  f"(budget {wave.allowed_failures}): " + ", ".join(f"{n}: {progress[n].reason}" for n in failed[:5]))
+        if r.failure_policy == "rollback":
+            r = _replace(r, state=State.ROLLING_BACK, reason=reason)
+            return r, [Rollback(r.reached())]
+        return _replace(r, state=State.HALTED, reason=reason), []
+    if all(p.status in (NodeStatus.HEALTHY, NodeStatus.FAILED) for p in progress.values()):
+        return _replace(r, state=State.PENDING, wave=r.wave + 1, started_at=None, progress={}), []
+    return r, []
+
+
+def pause(r: Rollout) -> Rollout:
+    _require_active(r, "pause")
+    return _replace(r, paused=True)
+
+
+def resume(r: Rollout) -> Rollout:
+    _require_active(r, "resume")
+    return _replace(r, paused=False)
+
+
+def approve(r: Rollout) -> Rollout:
+    """Approve the wave the rollout waits for (or the next one, ahead of time)."""
+    _require_active(r, "approve")
+    return _replace(r, approved=r.approved | {r.wave})
+
+
+def abort(r: Rollout, reason: str = "aborted by an operator") -> Rollout:
+    _require_active(r, "abort")
+    return _replace(r, state=State.ABORTED, reason=reason)
+
+
+def supersede(r: Rollout, commit: str) -> Rollout:
+    """A newer commit takes over; nodes keep what they have and the new rollout starts from there."""
+    if not r.active:
+        return r
+    return _replace(r, state=State.SUPERSEDED, reason=f"superseded by {commit[:12]}")
+
+
+def _require_active(r: Rollout, action: str) -> None:
+    if not r.active:
+        raise TransitionError(f"cannot {action} the rollout of {r.commit[:12]}: it is {r.state}")

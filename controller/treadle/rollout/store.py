@@ -1,0 +1,119 @@
+"""Rollouts in SQLite: one row per rollout, rewritten after every transition, plus an event log.
+
+The row holds the whole rollout as JSON, so what is persisted is exactly what
+:func:`treadle.rollout.machine.step` needs to continue. Writes happen in one
+transaction each; with WAL and ``synchronous=FULL`` a transition that returned
+is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict
+from typing import Any
+
+from treadle.rollout.machine import NodeProgress, NodeStatus, Rollout, State, Wave
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollouts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    commit_sha TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollout_events (
+    rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    wave INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rollout_events_by_rollout ON rollout_events(rollout_id, at);
+"""
+
+
+def to_doc(r: Rollout) -> dict[str, Any]:
+    doc = asdict(r)
+    doc["approved"] = sorted(r.approved)
+    doc["progress"] = {n: {"status": p.status.value, "since": p.since, "reason": p.reason} for n, p in r.progress.items()}
+    doc["state"] = r.state.value
+    return doc
+
+
+def from_doc(doc: dict[str, Any]) -> Rollout:
+    return Rollout(
+        commit=doc["commit"],
+        waves=tuple(Wave(**{**w, "nodes": tuple(w["nodes"])}) for w in doc["waves"]),
+        failure_policy=doc["failure_policy"],
+        immediate=doc["immediate"],
+        state=State(doc["state"]),
+        wave=doc["wave"],
+        started_at=doc["started_at"],
+        progress={n: NodeProgress(NodeStatus(p["status"]), p["since"], p["reason"]) for n, p in doc["progress"].items()},
+        approved=frozenset(doc["approved"]),
+        paused=doc["paused"],
+        reason=doc["reason"],
+    )
+
+
+class RolloutStore:
+    """Persistence of rollouts over an open SQLite connection (the controller's state database)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        with conn:
+            conn.executescript(SCHEMA)
+
+    def create(self, r: Rollout, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        with self._conn:
+            cur = self._conn.execute(
+                "INSERT INTO rollouts (commit_sha, state, created_at, updated_at, doc) VALUES (?, ?, ?, ?, ?)",
+                (r.commit, r.state.value, now, now, json.dumps(to_doc(r))))
+            rid = int(cur.lastrowid)
+            self._event(rid, r, now)
+        return rid
+
+    def save(self, rid: int, r: Rollout, now: float | None = None) -> None:
+        """Persist ``r``; an event is logged when its state, wave, reason or pause flag changed."""
+        now = time.time() if now is None else now
+        before = self.get(rid)
+        with self._conn:
+            self._conn.execute("UPDATE rollouts SET state = ?, updated_at = ?, doc = ? WHERE id = ?",
+                               (r.state.value, now, json.dumps(to_doc(r)), rid))
+            if before is None or (before.state, before.wave, before.reason, before.paused) != (r.state, r.wave, r.reason, r.paused):
+                self._event(rid, r, now)
+
+    def _event(self, rid: int, r: Rollout, now: float) -> None:
+        state = f"{r.state.value} (paused)" if r.paused else r.state.value
+        self._conn.execute("INSERT INTO rollout_events (rollout_id, at, state, wave, reason) VALUES (?, ?, ?, ?, ?)",
+                           (rid, now, state, r.wave, r.reason))
+
+    def get(self, rid: int) -> Rollout | None:
+        row = self._conn.execute("SELECT doc FROM rollouts WHERE id = ?", (rid,)).fetchone()
+        return from_doc(json.loads(row[0])) if row else None
+
+    def active(self) -> tuple[int, Rollout] | None:
+        """The rollout in flight (at most one: a newer commit supersedes the older)."""
+        terminal = tuple(s.value for s in (State.COMPLETE, State.HALTED, State.ROLLED_BACK, State.SUPERSEDED, State.ABORTED))
+        row = self._conn.execute(
+            f"SELECT id, doc FROM rollouts WHERE state NOT IN ({','.join('?' * len(terminal))}) ORDER BY id DESC LIMIT 1",
+            terminal).fetchone()
+        return (int(row[0]), from_doc(json.loads(row[1]))) if row else None
+
+    def latest(self) -> tuple[int, Rollout] | None:
+        row = self._conn.execute("SELECT id, doc FROM rollouts ORDER BY id DESC LIMIT 1").fetchone()
+        return (int(row[0]), from_doc(json.loads(row[1]))) if row else None
+
+    def list(self, limit: int = 20) -> list[tuple[int, float, Rollout]]:
+        rows = self._conn.execute("SELECT id, created_at, doc FROM rollouts ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [(int(i), float(c), from_doc(json.loads(d))) for i, c, d in rows]
+
+    def events(self, rid: int) -> list[dict[str, Any]]:
+        rows = self._conn.execute("SELECT at, state, wave, reason FROM rollout_events WHERE rollout_id = ? ORDER BY at, rowid",
+                                  (rid,)).fetchall()
+        return [{"at": at, "state": s, "wave": w, "reason": reason} for at, s, w, reason in rows]

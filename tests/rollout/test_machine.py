@@ -1,0 +1,158 @@
+"""The rollout state machine, driven with a fake clock and scripted agent reports."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from treadle.rollout import machine as m
+from treadle.rollout.machine import NodeStatus, Observation, Publish, Rollback, State
+from treadle.rollout.store import RolloutStore
+
+SHA = "c" * 40
+OK = Observation(generation=2, apply_ok=True, healthy=True)
+
+
+def rollout(policy: str = "halt", *, approval: bool = False, budget: int = 0, immediate: bool = False) -> m.Rollout:
+    waves = (
+        m.Wave("canary", ("n1",), soak_s=60, timeout_s=600, allowed_failures=0),
+        m.Wave("rest", ("n2", "n3", "n4"), soak_s=60, timeout_s=600, allowed_failures=budget, approval=approval),
+    )
+    return m.Rollout(commit=SHA, waves=waves, failure_policy=policy, immediate=immediate)
+
+
+EXPECTED = {n: 2 for n in ("n1", "n2", "n3", "n4")}
+
+
+def run_wave(r: m.Rollout, t: float, reports: dict[str, Observation]) -> tuple[m.Rollout, list]:
+    r, actions = m.step(r, t, {}, EXPECTED, None)
+    assert r.state is State.PUBLISHING and isinstance(actions[0], Publish)
+    r = m.published(r, t)
+    return m.step(r, t + 1, reports, EXPECTED, None)
+
+
+def test_wave_passes_only_after_the_soak_time_of_healthy_reports() -> None:
+    r, _ = run_wave(rollout(), 0, {"n1": OK})
+    assert r.state is State.SOAKING and r.progress["n1"].status is NodeStatus.APPLIED
+    r, _ = m.step(r, 30, {"n1": OK}, EXPECTED, None)
+    assert r.state is State.SOAKING
+    r, _ = m.step(r, 61, {"n1": OK}, EXPECTED, None)
+    assert (r.state, r.wave) == (State.PENDING, 1)
+
+
+def test_full_rollout_completes_wave_by_wave() -> None:
+    r, _ = run_wave(rollout(), 0, {"n1": OK})
+    r, _ = m.step(r, 100, {"n1": OK}, EXPECTED, None)
+    r, actions = m.step(r, 101, {}, EXPECTED, None)
+    assert actions == [Publish(1, ("n2", "n3", "n4"))]
+    r = m.published(r, 101)
+    everyone = {n: OK for n in ("n2", "n3", "n4")}
+    r, _ = m.step(r, 102, everyone, EXPECTED, None)
+    r, _ = m.step(r, 200, everyone, EXPECTED, None)
+    r, _ = m.step(r, 201, {}, EXPECTED, None)
+    assert r.state is State.COMPLETE
+
+
+def test_unhealthy_canary_halts_and_later_waves_are_never_published() -> None:
+    r, actions = run_wave(rollout(), 0, {"n1": Observation(2, True, False)})
+    assert r.state is State.HALTED and "n1: unhealthy" in r.reason
+    later, actions = m.step(r, 1000, {}, EXPECTED, None)
+    assert later is r and actions == []
+
+
+def test_unhealthy_canary_with_rollback_policy_rolls_back_the_reached_nodes() -> None:
+    r, actions = run_wave(rollout("rollback"), 0, {"n1": Observation(2, False, True)})
+    assert r.state is State.ROLLING_BACK and actions == [Rollback(("n1",))]
+    assert m.rolled_back(r).state is State.ROLLED_BACK
+
+
+def test_node_that_never_reports_fails_at_the_timeout_never_passes() -> None:
+    r, _ = run_wave(rollout(), 0, {})
+    r, _ = m.step(r, 599, {}, EXPECTED, None)
+    assert r.state is State.SOAKING
+    r, _ = m.step(r, 600, {}, EXPECTED, None)
+    assert r.state is State.HALTED and "timed out" in r.reason
+
+
+def test_missing_report_restarts_the_soak() -> None:
+    r, _ = run_wave(rollout(), 0, {"n1": OK})
+    r, _ = m.step(r, 50, {}, EXPECTED, None)  # scrape failed: no data
+    r, _ = m.step(r, 70, {"n1": OK}, EXPECTED, None)
+    assert r.progress["n1"].status is NodeStatus.APPLIED and r.progress["n1"].since == 70
+
+
+def test_old_generation_is_not_counted_as_applied() -> None:
+    r, _ = run_wave(rollout(), 0, {"n1": Observation(1, True, True)})
+    assert r.progress["n1"].status is NodeStatus.PENDING
+
+
+def test_failures_within_budget_let_the_rollout_go_on_and_over_budget_halt() -> None:
+    def second_wave(budget: int, failing: int) -> m.Rollout:
+        r, _ = run_wave(rollout(budget=budget), 0, {"n1": OK})
+        r, _ = m.step(r, 100, {"n1": OK}, EXPECTED, None)
+        r, _ = m.step(r, 101, {}, EXPECTED, None)
+        r = m.published(r, 101)
+        reports = {n: (Observation(2, True, False) if i < failing else OK) for i, n in enumerate(("n2", "n3", "n4"))}
+        r, _ = m.step(r, 102, reports, EXPECTED, None)
+        r, _ = m.step(r, 300, reports, EXPECTED, None)
+        return r
+
+    assert second_wave(budget=1, failing=1).state is State.PENDING  # passed wave 2, going on
+    assert second_wave(budget=1, failing=2).state is State.HALTED
+
+
+def test_outside_a_window_waits_with_the_reason_and_immediate_bypasses_it() -> None:
+    r, actions = m.step(rollout(), 0, {}, EXPECTED, "outside every change window (mon 08:00-17:00 UTC)")
+    assert (r.state, actions) == (State.WAITING, []) and "change window" in r.reason
+    r, actions = m.step(rollout(immediate=True), 0, {}, EXPECTED, "outside every change window")
+    assert r.state is State.PUBLISHING
+
+
+def test_immediate_rollout_skips_the_soak() -> None:
+    r, _ = run_wave(rollout(immediate=True), 0, {"n1": OK})
+    assert (r.state, r.wave) == (State.PENDING, 1)
+
+
+def test_approval_gate_holds_the_wave_until_approved() -> None:
+    r, _ = run_wave(rollout(approval=True), 0, {"n1": OK})
+    r, _ = m.step(r, 100, {"n1": OK}, EXPECTED, None)
+    r, actions = m.step(r, 101, {}, EXPECTED, None)
+    assert r.state is State.WAITING and "approve" in r.reason and actions == []
+    r, actions = m.step(m.approve(r), 102, {}, EXPECTED, None)
+    assert r.state is State.PUBLISHING and actions == [Publish(1, ("n2", "n3", "n4"))]
+
+
+def test_paused_rollout_does_not_move_until_resumed() -> None:
+    r = m.pause(rollout())
+    assert m.step(r, 0, {}, EXPECTED, None) == (r, [])
+    assert m.step(m.resume(r), 0, {}, EXPECTED, None)[0].state is State.PUBLISHING
+
+
+def test_operator_actions_on_a_finished_rollout_are_refused() -> None:
+    done = m.abort(rollout())
+    with pytest.raises(m.TransitionError, match="aborted"):
+        m.approve(done)
+
+
+def test_publishing_state_republishes_after_a_restart() -> None:
+    r, _ = m.step(rollout(), 0, {}, EXPECTED, None)
+    again, actions = m.step(r, 5, {}, EXPECTED, None)
+    assert again.state is State.PUBLISHING and actions == [Publish(0, ("n1",))]
+
+
+def test_store_round_trips_every_field_and_resumes_after_reopen(tmp_path) -> None:
+    db = tmp_path / "state.db"
+    conn = sqlite3.connect(db)
+    store = RolloutStore(conn)
+    r, _ = run_wave(rollout(approval=True), 0, {"n1": OK})
+    r = m.approve(m.pause(r))
+    rid = store.create(rollout(approval=True), now=0)
+    store.save(rid, r, now=1)
+    conn.close()
+    reopened = RolloutStore(sqlite3.connect(db))
+    assert reopened.get(rid) == r
+    assert reopened.active() == (rid, r)
+    assert [e["state"] for e in reopened.events(rid)] == ["pending", "soaking (paused)"]
+    reopened.save(rid, m.supersede(r, "d" * 40), now=2)
+    assert reopened.active() is None and reopened.latest()[1].state is State.SUPERSEDED
