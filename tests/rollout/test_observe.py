@@ -1,0 +1,77 @@
+"""Health sources read real expositions over real HTTP; missing or foreign data never passes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import anyio
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, Info, generate_latest
+
+from treadle.rollout.machine import Observation
+from treadle.rollout.observe import ScrapeSource, Target, parse_exposition
+
+
+def exposition(node: str, generation: int, ok: int, healthy: int) -> str:
+    reg = CollectorRegistry()
+    Info("treadle_agent", "agent", registry=reg).info({"node": node, "site": "s", "cluster": "c", "version": "0.1.0"})
+    Gauge("treadle_agent_applied_generation", "g", registry=reg).set(generation)
+    Gauge("treadle_agent_last_apply_success", "g", registry=reg).set(ok)
+    Gauge("treadle_agent_healthy", "g", registry=reg).set(healthy)
+    return generate_latest(reg).decode()
+
+
+@pytest.fixture
+def agents() -> Iterator[tuple[int, dict[str, str]]]:
+    pages: dict[str, str] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages.get(self.path.strip("/").split("/")[0])
+            if body is None:
+                self.send_response(503)
+                self.end_headers()
+                return
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], pages
+    server.shutdown()
+
+
+class PathTarget(Target):
+    """A target whose URL path names the node, so one test server plays many agents."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}/{self.node}/metrics"
+
+
+def test_scrape_reads_generation_apply_and_health_of_each_agent(agents) -> None:
+    port, pages = agents
+    pages["n1"] = exposition("n1", 7, 1, 1)
+    pages["n2"] = exposition("n2", 7, 1, 0)
+    got = anyio.run(ScrapeSource(timeout_s=2).observe, [PathTarget("n1", "127.0.0.1", port), PathTarget("n2", "127.0.0.1", port)])
+    assert got == {"n1": Observation(7, True, True), "n2": Observation(7, True, False)}
+
+
+def test_unreachable_failing_or_impostor_agents_are_missing_not_healthy(agents) -> None:
+    port, pages = agents
+    pages["n2"] = exposition("someone-else", 7, 1, 1)
+    targets = [PathTarget("n1", "127.0.0.1", port), PathTarget("n2", "127.0.0.1", port), Target("n3", "127.0.0.1", 1)]
+    assert anyio.run(ScrapeSource(timeout_s=1).observe, targets) == {}
+
+
+def test_garbage_exposition_is_missing_data() -> None:
+    assert parse_exposition("treadle_agent_healthy{{{ 1\n", "n1") is None
