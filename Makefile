@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/treadle validate fabric-repo-template
-	$(VENV)/bin/treadle render fabric-repo-template --node b01-n01
+	$(VENV)/bin/treadle render fabric-repo-template --node batch-001
 
 test: $(STAMP)
 	$(PY) -m pytest -q
