@@ -21,6 +21,7 @@ from treadle.errors import FabricError, TreadleError, UsageError
 COMMAND_MODULES = (
     "treadle.commands.fabric",
     "treadle.commands.plan",
+    "treadle.commands.schema",
     "treadle.commands.keys",
     "treadle.commands.controller",
     "treadle.commands.rollout",
