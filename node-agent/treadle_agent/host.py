@@ -1,0 +1,391 @@
+"""The host boundary: running commands, the package manager, systemd, sysctl.
+
+Everything the agent changes outside the managed file tree goes through one
+:class:`Host`. A host is made of small parts, each with one job:
+
+    Host
+    ├── runner      runs an argv list (never a shell) with a timeout
+    ├── packages    AptPackages (dpkg-query, apt-get) | DnfPackages (rpm, dnf) | NoPackages
+    ├── services    Systemd (systemctl) | NoServices
+    └── sysctl      ProcSys: runtime values as files under ``proc_sys``
+
+:class:`SystemHost` runs real programs. :class:`SimulatedHost` (in
+``host_sim.py``, importable from here) keeps the package and unit state in
+memory and answers the *same* command lines the real parts produce, recording
+every one, so tests exercise the real command lines where this machine cannot
+install packages or start units.
+
+Every failure is a :class:`~treadle_agent.errors.HostError` naming the command
+and what it printed; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from treadle_agent.errors import HostError
+
+#: Generous: an apt-get install may download for minutes.
+PACKAGE_TIMEOUT_S = 900.0
+QUERY_TIMEOUT_S = 60.0
+SERVICE_TIMEOUT_S = 120.0
+
+# Names reach argv; one starting with "-" would be read as an option.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:+\-]*$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9_.+~:\-]+$")
+_SYSCTL_PART_RE = re.compile(r"^[A-Za-z0-9_.:@\-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def failure(self, what: str) -> HostError:
+        """A HostError describing this failed command."""
+        detail = (self.stderr.strip() or self.stdout.strip())[-500:]
+        return HostError(f"{what}: `{' '.join(self.argv)}` exited {self.returncode}: {detail}")
+
+
+class Runner(Protocol):
+    def run(self, argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None) -> CommandResult:
+        """Run ``argv``; raises HostError if it cannot be started or overruns ``timeout_s``."""
+        ...
+
+
+class ProcessRunner:
+    """Runs real processes: argv only, no shell, stdin closed, output captured."""
+
+    def run(self, argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None) -> CommandResult:
+        import subprocess  # only when a command runs: a file-only no-op run never pays for it
+
+        argv = tuple(argv)
+        full_env = {**os.environ, **env} if env else None
+        try:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+                               timeout=timeout_s, env=full_env, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise HostError(f"`{' '.join(argv)}` did not finish within {timeout_s:g} s") from e
+        except OSError as e:
+            raise HostError(f"cannot run `{' '.join(argv)}`: {e.strerror or e}") from e
+        return CommandResult(argv, p.returncode, p.stdout, p.stderr)
+
+
+def check_name(kind: str, name: str) -> str:
+    """``name`` if it is safe to put in an argv; raises HostError otherwise."""
+    if not _NAME_RE.match(name):
+        raise HostError(f"invalid {kind} name {name!r}: use letters, digits and . _ @ : + - (not leading)")
+    return name
+
+
+# --- packages ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PackageState:
+    installed: bool
+    version: str | None = None
+
+
+class PackageManager(Protocol):
+    name: str
+
+    def query(self, names: Sequence[str]) -> dict[str, PackageState]: ...
+    def install(self, name: str, version: str | None) -> None: ...
+    def remove(self, name: str) -> None: ...
+    def version_matches(self, installed: str, wanted: str) -> bool: ...
+
+
+class NoPackages:
+    """No package manager configured: every package resource fails with this reason."""
+
+    name = "none"
+
+    def _refuse(self) -> HostError:
+        return HostError("no package manager on this host (package_manager = \"none\" or none detected)")
+
+    def query(self, names: Sequence[str]) -> dict[str, PackageState]:
+        raise self._refuse()
+
+    def install(self, name: str, version: str | None) -> None:
+        raise self._refuse()
+
+    def remove(self, name: str) -> None:
+        raise self._refuse()
+
+    def version_matches(self, installed: str, wanted: str) -> bool:
+        return installed == wanted
+
+
+@dataclass
+class AptPackages:
+    """dpkg-query to read (all names in one call), apt-get to change."""
+
+    runner: Runner
+    name: str = "apt"
+    ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+
+    def query(self, names: Sequence[str]) -> dict[str, PackageState]:
+        names = [check_name("package", n) for n in names]
+        out = {n: PackageState(False) for n in names}
+        if not names:
+            return out
+        # One line per installed architecture; unknown names only print to
+        # stderr (and make the exit code 1), so the name leads each line.
+        r = self.runner.run(["dpkg-query", "-W", "-f=${Package} ${Status} ${Version}\n", *names], timeout_s=QUERY_TIMEOUT_S)
+        if r.returncode not in (0, 1):
+            raise r.failure("reading package state")
+        for line in r.stdout.splitlines():
+            parts = line.split(" ", 4)
+            if len(parts) >= 4 and parts[3] == "installed" and parts[0] in out:
+                out[parts[0]] = PackageState(True, parts[4] if len(parts) > 4 else "")
+        return out
+
+    def install(self, name: str, version: str | None) -> None:
+        spec = check_name("package", name) + (f"={_check_version(version)}" if version else "")
+        r = self.runner.run(["apt-get", "install", "-y", "--no-install-recommends", spec], timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
+        if r.returncode != 0:
+            raise r.failure(f"installing {spec}")
+
+    def remove(self, name: str) -> None:
+        r = self.runner.run(["apt-get", "remove", "-y", check_name("package", name)], timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
+        if r.returncode != 0:
+            raise r.failure(f"removing {name}")
+
+    def version_matches(self, installed: str, wanted: str) -> bool:
+        return installed == wanted
+
+
+@dataclass
+class DnfPackages:
+    """rpm to read (all names in one call), dnf to change."""
+
+    runner: Runner
+    name: str = "dnf"
+
+    def query(self, names: Sequence[str]) -> dict[str, PackageState]:
+        names = [check_name("package", n) for n in names]
+        out = {n: PackageState(False) for n in names}
+        if not names:
+            return out
+        r = self.runner.run(["rpm", "-q", "--qf", "%{NAME} %{VERSION}-%{RELEASE}\n", *names], timeout_s=QUERY_TIMEOUT_S)
+        if r.returncode != 0 and "is not installed" not in r.stdout:
+            raise r.failure("reading package state")
+        for line in r.stdout.splitlines():
+            parts = line.split(" ")
+            if len(parts) == 2 and parts[0] in out:
+                out[parts[0]] = PackageState(True, parts[1])
+        return out
+
+    def install(self, name: str, version: str | None) -> None:
+        spec = check_name("package", name) + (f"-{_check_version(version)}" if version else "")
+        r = self.runner.run(["dnf", "install", "-y", spec], timeout_s=PACKAGE_TIMEOUT_S)
+        if r.returncode != 0:
+            raise r.failure(f"installing {spec}")
+
+    def remove(self, name: str) -> None:
+        r = self.runner.run(["dnf", "remove", "-y", check_name("package", name)], timeout_s=PACKAGE_TIMEOUT_S)
+        if r.returncode != 0:
+            raise r.failure(f"removing {name}")
+
+    def version_matches(self, installed: str, wanted: str) -> bool:
+        # "1.2" names every release of 1.2, as dnf's name-version does.
+        return installed == wanted or installed.startswith(wanted + "-")
+
+
+def _check_version(version: str) -> str:
+    if not _VERSION_RE.match(version):
+        raise HostError(f"invalid package version {version!r}: use letters, digits and . + ~ : _ -")
+    return version
+
+
+# --- services ----------------------------------------------------------------
+
+
+class ServiceManager(Protocol):
+    name: str
+
+    def is_enabled(self, unit: str) -> bool: ...
+    def is_active(self, unit: str) -> bool: ...
+    def set_enabled(self, unit: str, enabled: bool) -> None: ...
+    def set_running(self, unit: str, running: bool) -> None: ...
+    def restart(self, unit: str) -> None: ...
+
+
+class NoServices:
+    """No service manager: service resources fail, service health checks are down."""
+
+    name = "none"
+
+    def _refuse(self) -> HostError:
+        return HostError("no service manager on this host (service_manager = \"none\" or systemd not running)")
+
+    def is_enabled(self, unit: str) -> bool:
+        raise self._refuse()
+
+    def is_active(self, unit: str) -> bool:
+        raise self._refuse()
+
+    def set_enabled(self, unit: str, enabled: bool) -> None:
+        raise self._refuse()
+
+    def set_running(self, unit: str, running: bool) -> None:
+        raise self._refuse()
+
+    def restart(self, unit: str) -> None:
+        raise self._refuse()
+
+
+@dataclass
+class Systemd:
+    """systemctl is-enabled / is-active to read; enable, disable, start, stop, restart to change."""
+
+    runner: Runner
+    name: str = "systemd"
+
+    def _run(self, *args: str) -> CommandResult:
+        return self.runner.run(["systemctl", *args], timeout_s=SERVICE_TIMEOUT_S)
+
+    def is_enabled(self, unit: str) -> bool:
+        r = self._run("is-enabled", check_name("service", unit))
+        return r.stdout.strip() in ("enabled", "enabled-runtime", "alias")
+
+    def is_active(self, unit: str) -> bool:
+        r = self._run("is-active", check_name("service", unit))
+        return r.returncode == 0 and r.stdout.strip() == "active"
+
+    def _change(self, verb: str, unit: str) -> None:
+        r = self._run(verb, check_name("service", unit))
+        if r.returncode != 0:
+            raise r.failure(f"{verb} {unit}")
+
+    def set_enabled(self, unit: str, enabled: bool) -> None:
+        self._change("enable" if enabled else "disable", unit)
+
+    def set_running(self, unit: str, running: bool) -> None:
+        self._change("start" if running else "stop", unit)
+
+    def restart(self, unit: str) -> None:
+        self._change("restart", unit)
+
+
+# --- sysctl ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcSys:
+    """Runtime kernel parameters as files under ``proc_sys`` (``/proc/sys`` on a real host)."""
+
+    proc_sys: Path
+
+    def path(self, key: str) -> Path:
+        """The file of ``key``: dots separate levels, unless the key uses slashes (as sysctl(8) allows)."""
+        parts = key.split("/") if "/" in key else key.split(".")
+        if not key or any(not p or p in (".", "..") or not _SYSCTL_PART_RE.match(p) for p in parts):
+            raise HostError(f"invalid sysctl key {key!r}: use dotted names such as net.ipv4.ip_forward")
+        return self.proc_sys.joinpath(*parts)
+
+    def read(self, key: str) -> str | None:
+        """The current value, whitespace-normalised, or None if the kernel has no such key."""
+        try:
+            with open(self.path(key), "rb") as f:
+                return normalize_sysctl(f.read().decode("utf-8", "replace"))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise HostError(f"cannot read sysctl {key}: {e.strerror or e}") from e
+
+    def write(self, key: str, value: str) -> None:
+        """Set the runtime value; the key must exist (the kernel creates them, never the agent)."""
+        try:
+            fd = os.open(self.path(key), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise HostError(f"unknown sysctl key {key} (no {self.path(key)})") from e
+        except OSError as e:
+            raise HostError(f"cannot write sysctl {key}: {e.strerror or e}") from e
+        try:
+            os.write(fd, (value + "\n").encode())
+        except OSError as e:
+            raise HostError(f"the kernel refused {key} = {value}: {e.strerror or e}") from e
+        finally:
+            os.close(fd)
+
+
+def normalize_sysctl(value: str) -> str:
+    """Multi-value entries print tab-separated; compare them word by word."""
+    return " ".join(value.split())
+
+
+# --- hosts -------------------------------------------------------------------
+
+
+class Host:
+    """One host: a runner and the package, service and sysctl parts built on it."""
+
+    def __init__(self, runner: Runner, *, packages: PackageManager, services: ServiceManager,
+                 proc_sys: Path | str = "/proc/sys", sysctl_dir: str = "/etc/sysctl.d") -> None:
+        self.runner = runner
+        self.packages = packages
+        self.services = services
+        self.sysctl = ProcSys(Path(proc_sys))
+        #: Absolute path, applied below the managed root.
+        self.sysctl_dir = sysctl_dir
+
+    def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult:
+        """Run a health check's argv; raises HostError if it cannot start or overruns."""
+        return self.runner.run(argv, timeout_s=timeout_s)
+
+
+def _packages(kind: str, runner: Runner) -> PackageManager:
+    if kind == "auto":
+        import shutil
+
+        if shutil.which("dpkg-query") and shutil.which("apt-get"):
+            kind = "apt"
+        elif shutil.which("rpm") and shutil.which("dnf"):
+            kind = "dnf"
+        else:
+            kind = "none"
+    return {"apt": AptPackages, "dnf": DnfPackages}.get(kind, lambda r: NoPackages())(runner)
+
+
+def _services(kind: str, runner: Runner) -> ServiceManager:
+    if kind == "auto":
+        # sd_booted(3): systemd is the running init exactly when this exists.
+        kind = "systemd" if os.path.isdir("/run/systemd/system") else "none"
+    return Systemd(runner) if kind == "systemd" else NoServices()
+
+
+class SystemHost(Host):
+    """The real machine."""
+
+    def __init__(self, *, package_manager: str = "auto", service_manager: str = "auto",
+                 proc_sys: Path | str = "/proc/sys", sysctl_dir: str = "/etc/sysctl.d") -> None:
+        runner = ProcessRunner()
+        super().__init__(runner, packages=_packages(package_manager, runner), services=_services(service_manager, runner),
+                         proc_sys=proc_sys, sysctl_dir=sysctl_dir)
+
+    @classmethod
+    def from_config(cls, config: Any) -> SystemHost:
+        """From any object with ``package_manager``, ``service_manager``, ``proc_sys``, ``sysctl_dir``."""
+        return cls(package_manager=getattr(config, "package_manager", "auto"),
+                   service_manager=getattr(config, "service_manager", "auto"),
+                   proc_sys=getattr(config, "proc_sys", "/proc/sys"),
+                   sysctl_dir=getattr(config, "sysctl_dir", "/etc/sysctl.d"))
+
+
+def __getattr__(name: str) -> Any:
+    # The simulator lives in host_sim.py so that the agent never loads it; tests
+    # and the demo import it from here all the same (PEP 562).
+    if name in ("SimulatedHost", "SimulatedRunner", "Unit"):
+        from treadle_agent import host_sim
+
+        return getattr(host_sim, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

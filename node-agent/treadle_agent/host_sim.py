@@ -1,0 +1,132 @@
+"""A simulated host for tests and the demo: packages and units in memory, real command lines.
+
+:class:`SimulatedHost` is a :class:`~treadle_agent.host.Host` whose runner
+answers dpkg-query, apt-get, rpm, dnf and systemctl from memory, the way the
+real programs answer (exit codes and output formats included), and records
+every argv it is given. Programs it does not simulate (a health check's argv)
+run for real. Sysctl and files are never simulated: point ``proc_sys`` and
+the managed root at temp dirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from treadle_agent.host import (AptPackages, CommandResult, DnfPackages, Host, NoPackages, NoServices, PackageManager,
+                                ProcessRunner, ServiceManager, Systemd)
+
+
+@dataclass
+class Unit:
+    enabled: bool = False
+    active: bool = False
+    #: Starting or restarting fails, as a broken unit's would.
+    broken: bool = False
+
+
+@dataclass
+class SimulatedRunner:
+    """Answers dpkg-query, apt-get, rpm, dnf and systemctl from memory; runs anything else for real."""
+
+    installed: dict[str, str] = field(default_factory=dict)
+    available: dict[str, str] = field(default_factory=dict)
+    units: dict[str, Unit] = field(default_factory=dict)
+    commands: list[tuple[str, ...]] = field(default_factory=list)
+    envs: list[dict[str, str]] = field(default_factory=list)
+
+    def run(self, argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None) -> CommandResult:
+        argv = tuple(argv)
+        self.commands.append(argv)
+        self.envs.append(dict(env or {}))
+        handler = {"dpkg-query": self._dpkg_query, "apt-get": self._apt_get, "rpm": self._rpm,
+                   "dnf": self._dnf, "systemctl": self._systemctl}.get(argv[0])
+        if handler is None:
+            return ProcessRunner().run(argv, timeout_s=timeout_s, env=env)
+        rc, out, err = handler(argv[1:])
+        return CommandResult(argv, rc, out, err)
+
+    def _dpkg_query(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        names = args[2:]
+        out = "".join(f"{n} install ok installed {self.installed[n]}\n" for n in names if n in self.installed)
+        missing = [n for n in names if n not in self.installed and n not in self.available]
+        err = "".join(f"dpkg-query: no packages found matching {n}\n" for n in missing)
+        # Known but not installed packages print "unknown ok not-installed".
+        out += "".join(f"{n} unknown ok not-installed \n" for n in names if n not in self.installed and n in self.available)
+        return (1 if missing else 0), out, err
+
+    def _rpm(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        names = args[3:]
+        out = "".join(f"{n} {self.installed[n]}\n" if n in self.installed else f"package {n} is not installed\n" for n in names)
+        return (0 if all(n in self.installed for n in names) else 1), out, ""
+
+    def _install(self, spec: str, sep: str) -> tuple[int, str, str]:
+        name, _, version = spec.partition(sep) if sep == "=" else _split_rpm_spec(spec, self.available)
+        if name not in self.available or (version and not (self.available[name] == version or self.available[name].startswith(version + "-"))):
+            return 100, "", f"E: Unable to locate package {spec}\n"
+        self.installed[name] = self.available[name]
+        return 0, f"Setting up {name} ({self.installed[name]}) ...\n", ""
+
+    def _remove(self, name: str) -> tuple[int, str, str]:
+        self.installed.pop(name, None)
+        return 0, "", ""
+
+    def _apt_get(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        return self._install(args[-1], "=") if args[0] == "install" else self._remove(args[-1])
+
+    def _dnf(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        return self._install(args[-1], "-") if args[0] == "install" else self._remove(args[-1])
+
+    def _systemctl(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        verb, name = args[0], args[-1]
+        unit = self.units.get(name)
+        if unit is None:
+            if verb == "is-active":
+                return 3, "inactive\n", ""
+            return (1 if verb == "is-enabled" else 5), "", f"Failed to {verb} unit: Unit {name}.service not found.\n"
+        if verb == "is-enabled":
+            return (0, "enabled\n", "") if unit.enabled else (1, "disabled\n", "")
+        if verb == "is-active":
+            return (0, "active\n", "") if unit.active else (3, "inactive\n", "")
+        if verb in ("enable", "disable"):
+            unit.enabled = verb == "enable"
+        elif verb in ("start", "restart"):
+            if unit.broken:
+                unit.active = False
+                return 1, "", f"Job for {name}.service failed because the control process exited with error code.\n"
+            unit.active = True
+        elif verb == "stop":
+            unit.active = False
+        return 0, "", ""
+
+
+def _split_rpm_spec(spec: str, available: Mapping[str, str]) -> tuple[str, str, str]:
+    if spec in available:
+        return spec, "", ""
+    name, _, version = spec.partition("-")
+    return name, "-", version
+
+
+class SimulatedHost(Host):
+    """A host whose packages and units live in memory; see :class:`SimulatedRunner`.
+
+    ``commands`` lists every argv run, in order, for tests to assert on.
+    """
+
+    def __init__(self, *, proc_sys: Path | str, package_manager: str = "apt", service_manager: str = "systemd",
+                 sysctl_dir: str = "/etc/sysctl.d", installed: Mapping[str, str] | None = None,
+                 available: Mapping[str, str] | None = None, units: Mapping[str, Unit] | None = None) -> None:
+        self.sim = SimulatedRunner(dict(installed or {}), dict(available or {}), dict(units or {}))
+        packages: PackageManager = {"apt": AptPackages, "dnf": DnfPackages}.get(package_manager, lambda r: NoPackages())(self.sim)
+        services: ServiceManager = Systemd(self.sim) if service_manager == "systemd" else NoServices()
+        super().__init__(self.sim, packages=packages, services=services, proc_sys=proc_sys, sysctl_dir=sysctl_dir)
+
+    @property
+    def commands(self) -> list[tuple[str, ...]]:
+        return self.sim.commands
+
+    def changes(self, programs: Iterable[str] = ("apt-get", "dnf", "systemctl")) -> list[tuple[str, ...]]:
+        """The recorded commands that change state (reads such as is-active and dpkg-query left out)."""
+        reads = {"is-active", "is-enabled"}
+        return [c for c in self.sim.commands if c[0] in programs and not (c[0] == "systemctl" and c[1] in reads)]

@@ -1,0 +1,149 @@
+"""What every provider implements, and the per-run context they share.
+
+A provider knows one resource type and answers four questions; the Applier
+alone decides, from the answers and the drift policy, what to do and how to
+report it (STYLE.md: the decision is made in one place):
+
+- ``want(resource)``: a small fingerprint of the desired state, stored in the
+  inventory. Same fingerprint + host differs = drift; new fingerprint = change.
+- ``inspect(resource, ctx, entry)`` -> :class:`Observed`: does the host match?
+  Reads only; must be cheap when nothing changed (it gets the inventory entry
+  to skip work, e.g. hashing a file whose stat data did not move).
+- ``repair(resource, ctx, observed)`` -> the provider's inventory fields
+  (``created`` among them when it brought the thing into existence).
+- ``remove(rid, entry, ctx)``: undo a resource a newer manifest dropped; only
+  called for what the agent created. Returns a message.
+
+Providers raise :class:`~treadle_agent.errors.HostError` (or let OSError
+through, which the Applier wraps) and never catch to record a result.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from treadle_agent.errors import HostError
+from treadle_agent.host import Host, PackageState
+from treadle_agent.inventory import Entry, Inventory
+from treadle_agent.providers.paths import RootFS
+
+Resource = Any  # a manifest resource mapping, schema-validated
+
+
+@dataclass(slots=True)
+class Observed:
+    """The result of an inspection. ``diff`` None means in sync.
+
+    ``record`` is provider data to store in the inventory when in sync (None:
+    keep the entry's); ``detail`` is private to the provider's ``repair``.
+    """
+
+    diff: str | None
+    record: Entry | None = None
+    detail: Any = None
+
+
+@dataclass
+class Context:
+    """Shared by every provider during one run."""
+
+    fs: RootFS
+    host: Host
+    inventory: Inventory
+    #: Package names of the whole manifest, read in one query on first use.
+    package_names: list[str] = field(default_factory=list)
+    can_chown: bool = field(default_factory=lambda: os.geteuid() == 0)
+    #: Services started during this run (a notify restart would be redundant).
+    started: set[str] = field(default_factory=set)
+    #: Sysctl keys whose runtime value the run changed.
+    sysctl_changed: set[str] = field(default_factory=set)
+    _packages: dict[str, PackageState] | None = None
+    _uids: dict[str, int] = field(default_factory=dict)
+    _gids: dict[str, int] = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def uid(self, name: str) -> int:
+        """The uid of user ``name``; raises HostError if there is no such user."""
+        if name not in self._uids:
+            try:
+                self._uids[name] = pwd.getpwnam(name).pw_uid
+            except KeyError as e:
+                raise HostError(f"unknown user {name!r}: create it first (a package or your image)") from e
+        return self._uids[name]
+
+    def gid(self, name: str) -> int:
+        """The gid of group ``name``; raises HostError if there is no such group."""
+        if name not in self._gids:
+            try:
+                self._gids[name] = grp.getgrnam(name).gr_gid
+            except KeyError as e:
+                raise HostError(f"unknown group {name!r}: create it first (a package or your image)") from e
+        return self._gids[name]
+
+    def package(self, name: str) -> PackageState:
+        """The state of package ``name`` (all manifest packages are read in one query)."""
+        if self._packages is None:
+            self._packages = self.host.packages.query(sorted(set(self.package_names) | {name}))
+        if name not in self._packages:
+            self._packages.update(self.host.packages.query([name]))
+        return self._packages[name]
+
+    def package_changed(self, name: str) -> PackageState:
+        """Re-read package ``name`` after a change."""
+        state = self.host.packages.query([name])[name]
+        if self._packages is not None:
+            self._packages[name] = state
+        return state
+
+    def cached(self, key: str, make: Any) -> Any:
+        """A per-run memo (e.g. the parsed persistent sysctl file)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def drop_cached(self, key: str) -> None:
+        self._cache.pop(key, None)
+
+
+class Provider(Protocol):
+    type: str
+
+    def want(self, res: Resource) -> list[Any]: ...
+    def inspect(self, res: Resource, ctx: Context, entry: Entry | None) -> Observed: ...
+    def repair(self, res: Resource, ctx: Context, observed: Observed) -> Entry: ...
+    def remove(self, rid: str, entry: Entry, ctx: Context) -> str: ...
+
+
+def ownership_diff(st: os.stat_result, res: Resource, ctx: Context) -> list[str]:
+    """What differs in mode, owner and group; owner/group are unmanaged unless running as root."""
+    out = []
+    if res.get("mode") is not None and (st.st_mode & 0o7777) != int(res["mode"], 8):
+        out.append(f"mode is {st.st_mode & 0o7777:04o}, want {res['mode']}")
+    if ctx.can_chown:
+        if res.get("owner") is not None and st.st_uid != ctx.uid(res["owner"]):
+            out.append(f"owner is uid {st.st_uid}, want {res['owner']}")
+        if res.get("group") is not None and st.st_gid != ctx.gid(res["group"]):
+            out.append(f"group is gid {st.st_gid}, want {res['group']}")
+    return out
+
+
+def wanted_ids(res: Resource, ctx: Context, st: os.stat_result | None) -> tuple[int, int]:
+    """(uid, gid) to give a new or rewritten file: the desired ones, else the existing file's, else unchanged (-1)."""
+    if not ctx.can_chown:
+        return -1, -1
+    uid = ctx.uid(res["owner"]) if res.get("owner") is not None else (st.st_uid if st is not None else -1)
+    gid = ctx.gid(res["group"]) if res.get("group") is not None else (st.st_gid if st is not None else -1)
+    return uid, gid
+
+
+def fix_ownership(fd: int, res: Resource, ctx: Context) -> None:
+    """chmod/chown an open file or directory to the resource's mode, owner and group (where set)."""
+    if res.get("mode") is not None:
+        os.fchmod(fd, int(res["mode"], 8))
+    uid, gid = wanted_ids(res, ctx, None)
+    if uid != -1 or gid != -1:
+        os.fchown(fd, uid, gid)

@@ -1,0 +1,74 @@
+"""Builders for manifests and resources, every field present as the schema requires."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import treadle_schemas
+from treadle_agent.manifest import Manifest, canonical_json, sort_resources
+
+
+def file(path: str, content: str | None = "", *, ensure: str = "present", mode: str | None = None, owner: str | None = None,
+         group: str | None = None, notify: Iterable[str] = (), requires: Iterable[str] = ()) -> dict[str, Any]:
+    sha = hashlib.sha256(content.encode()).hexdigest() if content is not None else None
+    return {"type": "file", "path": path, "ensure": ensure, "content": content, "sha256": sha, "mode": mode,
+            "owner": owner, "group": group, "notify": list(notify), "requires": list(requires)}
+
+
+def directory(path: str, *, ensure: str = "present", mode: str | None = None, owner: str | None = None,
+              group: str | None = None, requires: Iterable[str] = ()) -> dict[str, Any]:
+    return {"type": "directory", "path": path, "ensure": ensure, "mode": mode, "owner": owner, "group": group,
+            "requires": list(requires)}
+
+
+def symlink(path: str, target: str | None, *, ensure: str = "present", requires: Iterable[str] = ()) -> dict[str, Any]:
+    return {"type": "symlink", "path": path, "ensure": ensure, "target": target, "requires": list(requires)}
+
+
+def package(name: str, *, ensure: str = "present", version: str | None = None, requires: Iterable[str] = ()) -> dict[str, Any]:
+    return {"type": "package", "name": name, "ensure": ensure, "version": version, "requires": list(requires)}
+
+
+def sysctl(key: str, value: str, *, requires: Iterable[str] = ()) -> dict[str, Any]:
+    return {"type": "sysctl", "key": key, "value": value, "requires": list(requires)}
+
+
+def service(name: str, *, enabled: bool | None = None, state: str | None = None, requires: Iterable[str] = ()) -> dict[str, Any]:
+    return {"type": "service", "name": name, "enabled": enabled, "state": state, "requires": list(requires)}
+
+
+def manifest(*resources: Mapping[str, Any], health: Iterable[Mapping[str, Any]] = (), generation: int = 1,
+             validate: bool = True) -> Manifest:
+    doc = {
+        "apiVersion": "treadle.dev/v1", "kind": "NodeManifest",
+        "metadata": {"node": "n01", "site": "s1", "cluster": "c1", "address": "10.0.0.1", "fabric": "f",
+                     "generation": generation, "commit": None, "issued": None, "expires": None,
+                     "lifecycle": "production", "labels": {}},
+        "resources": sort_resources(resources), "health": list(health),
+    }
+    if validate:
+        errors = treadle_schemas.errors("manifest.json", doc)
+        assert not errors, errors
+    raw = canonical_json(doc)
+    return Manifest(raw, doc)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Everything below root: (kind, bytes or link target, mode, mtime_ns, inode) per path."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            st = p.lstat()
+            rel = "/" + str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p), st.st_mtime_ns)
+            elif p.is_dir():
+                out[rel] = ("dir", None, st.st_mode, st.st_mtime_ns, st.st_ino)
+            else:
+                out[rel] = ("file", p.read_bytes(), st.st_mode, st.st_mtime_ns, st.st_ino, st.st_uid, st.st_gid)
+    return out
