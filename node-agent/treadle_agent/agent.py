@@ -1,0 +1,253 @@
+"""The agent's loop: fetch -> verify -> apply -> check health -> report.
+
+One cycle is :meth:`Agent.cycle`, a list of named steps. What each failure
+means for the rest of the cycle is decided here, in one place:
+
+* fetch failed (FetchError): each failed request was counted; go on with the
+  last good manifest, offline.
+* verify refused (VerifyError): the reason is counted; go on with the last good
+  manifest, of which nothing changed.
+* no manifest was ever accepted: nothing to enforce; the cycle reports that.
+* apply: per-resource results, never an exception for one bad resource.
+
+Metrics and the cycle's log line are written once, at the end (:meth:`_report`).
+
+The apply is synchronous and is never interrupted: a stop request (SIGTERM,
+SIGINT) cancels a fetch in flight or the sleep between cycles, never an apply,
+so a stop cannot leave a node half-configured.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from treadle_agent.config import AgentConfig
+from treadle_agent.errors import FetchError, HostError, StateError, VerifyError
+from treadle_agent.fetch import Fetcher, FetchResult, HttpFetcher
+from treadle_agent.log import get_logger
+from treadle_agent.manifest import Manifest, parse_time
+from treadle_agent.metrics import AgentMetrics
+from treadle_agent.state import ENVELOPE, StateStore
+from treadle_agent.trust import TrustedState, TrustRoot
+from treadle_agent.verify import IsolatedAuthenticator, Verifier
+
+if TYPE_CHECKING:
+    from treadle_agent.apply import Applier, ApplyReport
+    from treadle_agent.host import Host
+
+log = get_logger("agent")
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    """What one cycle did; ``ok`` is the exit status of ``treadle-agent once``."""
+
+    fetch_failed: str | None = None  # FetchError reason
+    refused: str | None = None  # VerifyError reason
+    generation: int | None = None  # of the manifest enforced, None when there is none
+    apply_ok: bool = False
+    healthy: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.fetch_failed is None and self.refused is None and self.generation is not None and self.apply_ok and self.healthy
+
+
+class Agent:
+    """One node's agent. Build it with :meth:`from_config`; call :meth:`start` once, then cycles."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        trust: TrustRoot,
+        fetcher: Fetcher,
+        applier: Applier,
+        host: Host,
+        metrics: AgentMetrics,
+        store: StateStore,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.trust = trust
+        self.fetcher = fetcher
+        self.applier = applier
+        self.host = host
+        self.metrics = metrics
+        self.store = store
+        self.clock = clock
+        self.rng = rng
+        self.trusted = TrustedState()
+        self.verifier = Verifier(trust, config.node, self.trusted, clock=clock)
+        self.etag: str | None = None  # of the accepted envelope, for If-None-Match
+        self._stop: anyio.Event | None = None
+        self._fetch_scope: anyio.CancelScope | None = None
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, *, host: Host | None = None, fetcher: Fetcher | None = None,
+                    clock: Callable[[], float] = time.time, isolate_verification: bool = False) -> Agent:
+        """The agent for ``config``, with the real host and HTTP fetcher unless given others.
+
+        ``isolate_verification`` runs the envelope, signature and schema checks
+        in a child process (the daemon does; see verify.py).
+
+        Raises:
+            ConfigError: the trust root is unusable.
+        """
+        from treadle_agent.apply import Applier
+        from treadle_agent.host import SystemHost
+
+        trust = TrustRoot.load(config.trust_root)
+        metrics = AgentMetrics(config.node)
+        host = host or SystemHost.from_config(config.host)
+        fetcher = fetcher or HttpFetcher(config.fetch, on_failure=lambda e, url: cls._fetch_failed(metrics, e, url))
+        applier = Applier(config.root, config.state_dir, host, config.drift_policy)
+        agent = cls(config, trust=trust, fetcher=fetcher, applier=applier, host=host, metrics=metrics,
+                    store=StateStore(config.state_dir, clock=clock), clock=clock)
+        if isolate_verification:
+            agent.verifier.authenticate = IsolatedAuthenticator(trust.raw)
+        return agent
+
+    @staticmethod
+    def _fetch_failed(metrics: AgentMetrics, error: FetchError, url: str) -> None:
+        metrics.fetch_failed(error.reason)
+        log.warning("fetch.failed", url=url, reason=error.reason, error=str(error))
+
+    def start(self) -> None:
+        """Take up the last accepted manifest from the state dir, if there is a usable one.
+
+        The trust root's keys are loaded now unless the stored manifest was
+        accepted under this very trust root (same digest), which proves them
+        usable; a restarted no-op agent then never loads the signature stack.
+
+        Raises:
+            StateError: the state dir cannot be created or read at all.
+            ConfigError: a key in a new trust root is unusable.
+        """
+        stored = self.store.load()
+        self.trusted.highest_generation = stored.generation
+        verified = stored.envelope_intact() and stored.trust_root_sha256 == self.trust.digest
+        if not verified:
+            self.verifier.authenticate.check_keys()
+        if stored.envelope is None:
+            log.info("state.empty", state_dir=str(self.store.dir), highest_generation=stored.generation)
+            return
+        try:
+            manifest = self.verifier.restore(stored.envelope, verified=verified)
+        except VerifyError as e:
+            self.store.set_aside(ENVELOPE, f"the stored manifest no longer verifies ({e.reason}: {e})")
+            return
+        self.etag = stored.etag if verified else None
+        log.info("state.restored", generation=manifest.generation, reverified=not verified)
+
+    async def cycle(self) -> CycleResult:
+        """One pass: fetch, verify, apply, check health, report."""
+        fetched, fetch_failed = await self._fetch()
+        if self._stop is not None and self._stop.is_set():
+            return CycleResult(fetch_failed=fetch_failed)
+        refused = self._verify(fetched) if fetched is not None else None
+        manifest = self.trusted.manifest
+        if manifest is None:
+            log.warning("cycle.nothing_to_enforce", reason="no manifest has been accepted yet")
+            return CycleResult(fetch_failed=fetch_failed, refused=refused)
+        report, duration_s = self._apply(manifest)
+        checks = self._check_health(manifest)
+        self._report(manifest, report, duration_s, checks)
+        return CycleResult(fetch_failed, refused, manifest.generation, report is not None and report.ok, all(checks.values()))
+
+    async def _fetch(self) -> tuple[FetchResult | None, str | None]:
+        with anyio.CancelScope() as scope:
+            self._fetch_scope = scope
+            try:
+                return await self.fetcher.fetch(self.etag), None
+            except FetchError as e:
+                log.warning("fetch.gave_up", reason=e.reason, error=str(e), action="enforcing the last good manifest")
+                return None, e.reason
+            finally:
+                self._fetch_scope = None
+        return None, None  # cancelled by a stop request
+
+    def _verify(self, fetched: FetchResult) -> str | None:
+        """Accept the fetched envelope or count why not; returns the refusal reason."""
+        try:
+            if fetched.not_modified:
+                self.verifier.check_current()
+                return None
+            assert fetched.data is not None
+            previous = self.trusted.envelope
+            manifest = self.verifier.accept(fetched.data)
+        except VerifyError as e:
+            self.metrics.verify_failed(e.reason)
+            log.warning("verify.refused", url=fetched.url, reason=e.reason, error=str(e), action="enforcing the last good manifest")
+            return e.reason
+        if fetched.data != previous or fetched.etag != self.etag:
+            self._persist(fetched)
+        if fetched.data != previous:
+            log.info("manifest.accepted", url=fetched.url, generation=manifest.generation, digest=manifest.digest)
+        return None
+
+    def _persist(self, fetched: FetchResult) -> None:
+        assert fetched.data is not None
+        try:
+            self.store.save(fetched.data, self.trusted.highest_generation, fetched.etag, self.trust.digest)
+            self.etag = fetched.etag
+        except StateError as e:  # enforcement goes on from memory; the next accept retries the write
+            log.error("state.write_failed", error=str(e))
+
+    def _apply(self, manifest: Manifest) -> tuple[ApplyReport | None, float]:
+        """Apply, or None when the run could not start or finish as a whole (root unusable, inventory unsaved)."""
+        started = time.perf_counter()
+        try:
+            report = self.applier.apply(manifest)
+        except (HostError, StateError) as e:
+            log.error("apply.failed", generation=manifest.generation, error=str(e))
+            report = None
+        return report, time.perf_counter() - started
+
+    def _check_health(self, manifest: Manifest) -> dict[str, bool]:
+        from treadle_agent.health import run_checks
+
+        return run_checks(manifest.health, self.host, self.config.root)
+
+    def _report(self, manifest: Manifest, report: ApplyReport | None, duration_s: float, checks: Mapping[str, bool]) -> None:
+        expires = manifest.metadata["expires"]
+        m = self.metrics
+        m.manifest(manifest, parse_time(expires) if expires else None, self.trusted.highest_generation)
+        results = () if report is None else (*report.results, *report.removed)
+        # A resource removed from the manifest is no longer managed; it counts only while removing it fails.
+        managed = [*report.results, *(r for r in report.removed if r.status == "failed")] if report else []
+        m.applied(manifest.generation, report is not None and report.ok, ((r.type, r.status) for r in managed), duration_s, self.clock())
+        m.health(checks)
+        counts: dict[str, Any] = {}
+        for r in results:
+            counts[r.status] = counts.get(r.status, 0) + 1
+            if r.status != "in_sync":
+                log.info("resource." + r.status, id=r.id, message=r.message)
+        for name, up in checks.items():
+            if not up:
+                log.warning("health.down", check=name)
+        log.info("cycle.done", generation=manifest.generation, ok=report is not None and report.ok, healthy=all(checks.values()),
+                 duration_ms=round(duration_s * 1000, 1), restarted=list(report.restarted) if report else [], **counts)
+
+    async def run(self) -> None:
+        """Cycle every ``interval_s`` plus jitter until :meth:`request_stop`."""
+        self._stop = anyio.Event()
+        while not self._stop.is_set():
+            await self.cycle()
+            with anyio.move_on_after(self.config.loop.interval_s + self.rng() * self.config.loop.jitter_s):
+                await self._stop.wait()
+        await self.fetcher.aclose()
+
+    def request_stop(self) -> None:
+        """Stop after the current step: a fetch in flight is cancelled, an apply is finished."""
+        if self._stop is not None:
+            self._stop.set()
+        if self._fetch_scope is not None:
+            self._fetch_scope.cancel()

@@ -1,0 +1,132 @@
+"""The ``treadle-agent`` command.
+
+    treadle-agent run  --config agent.toml [--log-format text|json] [--metrics-port-file PATH]
+    treadle-agent once --config agent.toml [--log-format text|json]
+
+``run`` cycles until SIGTERM or SIGINT and serves /metrics on
+``metrics_listen``; with port 0 a free port is bound, logged
+(``metrics.serving port=...``) and, with ``--metrics-port-file``, written to
+that file once the server listens (for tests and supervisors).
+``once`` runs one cycle (for cron, or to try a config) and serves nothing.
+The daemon checks each new envelope's signatures and schema in a short-lived
+child process (see verify.py); ``once`` does it in-process.
+
+Exit codes (DESIGN.md): 0 the cycle succeeded (``once``) or the daemon stopped
+cleanly (``run``); 1 a check failed in the cycle (fetch, verification, an
+applied resource, a health check); 2 usage or environment error (a bad
+agent.toml, an unusable trust root, an unwritable state dir, a port in use).
+Only the agent's own errors are caught; each becomes one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from treadle_agent import __version__
+from treadle_agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from treadle_agent.agent import Agent
+    from treadle_agent.config import AgentConfig
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="treadle-agent", description="The Treadle node agent.")
+    parser.add_argument("--version", action="version", version=f"treadle-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, text in (("run", "cycle until stopped, serving /metrics"), ("once", "run one cycle and exit")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--config", required=True, type=Path, help="path of agent.toml")
+        p.add_argument("--log-format", choices=("text", "json"), default="text")
+        if name == "run":
+            p.add_argument("--metrics-port-file", type=Path, help="write the bound metrics port here once serving")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from treadle_agent import config as agent_config
+    from treadle_agent import log
+
+    log.configure(args.log_format)
+    try:
+        config = agent_config.load(args.config)
+        return _run(config, args) if args.command == "run" else _once(config)
+    except AgentError as e:
+        print(f"treadle-agent: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _once(config: AgentConfig) -> int:
+    import anyio
+
+    from treadle_agent.agent import Agent
+
+    agent = Agent.from_config(config)
+    agent.start()
+
+    async def one() -> bool:
+        try:
+            return (await agent.cycle()).ok
+        finally:
+            await agent.fetcher.aclose()
+
+    return EXIT_OK if anyio.run(one) else EXIT_FAILED
+
+
+def _run(config: AgentConfig, args: argparse.Namespace) -> int:
+    import anyio
+
+    from treadle_agent.agent import Agent
+    from treadle_agent.log import get_logger
+    from treadle_agent.state import write_atomic
+
+    log = get_logger("agent")
+    agent = Agent.from_config(config, isolate_verification=True)
+    agent.start()
+    try:
+        server, port = agent.metrics.serve(config.metrics.host, config.metrics.port)
+    except OSError as e:
+        print(f"treadle-agent: error: {config.path}: metrics_listen {config.metrics.host}:{config.metrics.port}: {e.strerror}"
+              " (fix: choose a free port, or 0 for any)", file=sys.stderr)
+        return EXIT_USAGE
+    log.info("metrics.serving", host=config.metrics.host, port=port)
+    if args.metrics_port_file:
+        write_atomic(args.metrics_port_file, f"{port}\n".encode(), mode=0o644)
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, agent)
+            await agent.run()
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(serve)
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+    log.info("agent.stopped")
+    return EXIT_OK
+
+
+async def _stop_on_signal(agent: Agent) -> None:
+    import anyio
+
+    from treadle_agent.log import get_logger
+
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            get_logger("agent").info("agent.stopping", signal=signal.Signals(signum).name)
+            agent.request_stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
