@@ -1,0 +1,210 @@
+"""``treadle init | validate | render | explain``: the fabric repository from the command line.
+
+Exit codes (DESIGN.md): 0 success; 1 the fabric is invalid, every problem
+printed as ``file:line:col: message (hint: ...)``; 2 usage or environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from treadle.errors import FabricError, UsageError
+from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, WorkTreeSource, explain, render_fabric
+from treadle.fabric.source import Source
+
+_SKIP = {"__pycache__", "__init__.py"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("init", help="create a new fabric repository from the example template",
+                       description="Copy the example fabric into DIR (which must be empty or absent).\n"
+                                   "When git is installed, DIR becomes a git repository with the template\n"
+                                   "as its first commit (branch main).",
+                       epilog="example:\n  treadle init my-fabric && treadle validate my-fabric",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("validate", help="check a fabric repository: every problem, located",
+                       description="Load, render and check every node of the fabric; print every problem as\n"
+                                   "file:line:col: message (hint: ...).\n"
+                                   "Exit 0 valid, 1 invalid, 2 usage or environment error.",
+                       epilog="examples:\n  treadle validate                       # the work tree in .\n"
+                              "  treadle validate fabric --rev HEAD~1   # a committed revision\n"
+                              "  treadle validate --rev HEAD --base origin/main --format json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _repo_args(p)
+    p.add_argument("--base", metavar="REV", help="base revision: also check lifecycle transitions from it")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="json: one report on standard output")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print one node's manifest, or write all of them",
+                       description="Render the fabric and print one node's canonical manifest JSON, or write\n"
+                                   "<node>.json for every node into a directory. An invalid fabric is\n"
+                                   "refused with every problem (exit 1).",
+                       epilog="examples:\n  treadle render --node batch-001\n  treadle render fabric --all --out /tmp/manifests --rev main",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _repo_args(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--node", metavar="N", help="the node to print")
+    which.add_argument("--all", action="store_true", help="every node (with --out)")
+    p.add_argument("--out", metavar="DIR", help="directory for --all")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("explain", help="which overlays set a node's value, and who committed them",
+                       usage="treadle explain [-h] [--rev REV] [REPO] NODE KEYPATH",
+                       description="Show the chain of overlays that set KEYPATH for NODE, the winner first,\n"
+                                   "each with file:line:col and, inside a git repository, the commit, author\n"
+                                   "and date that last changed that line. KEYPATH starts with an overlay field\n"
+                                   "(data, labels, files, directories, symlinks, packages, services, sysctl,\n"
+                                   "health) or a node field (address, lifecycle).",
+                       epilog="examples:\n  treadle explain batch-001 files./etc/chrony.conf.mode\n"
+                              "  treadle explain fabric batch-001 data.ntp.servers",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("args", nargs="+", metavar="[REPO] NODE KEYPATH",
+                   help="the fabric repository (default: .), the node, the key path")
+    p.add_argument("--rev", metavar="REV", help="explain a git revision instead of the work tree")
+    p.set_defaults(func=cmd_explain)
+
+
+def _repo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo", nargs="?", default=".", metavar="REPO", help="the fabric repository (default: .)")
+    p.add_argument("--rev", metavar="REV", help="a git revision (branch, tag, sha) instead of the work tree")
+
+
+def _source(repo: str, rev: str | None) -> Source:
+    return GitRevisionSource(repo, rev) if rev else WorkTreeSource(repo)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.dir)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UsageError(f"{target}: exists and is not an empty directory (give a new directory)")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        _copy_tree(_template_root(), target)
+    except OSError as e:
+        raise UsageError(f"{target}: cannot write: {e.strerror}") from e
+    committed = _git_init(target)
+    print(f"created fabric repository {target}" + (" (git repository, first commit made)" if committed else ""))
+    return 0
+
+
+def _template_root() -> Traversable:
+    """The shipped template. A namespace package installed in editable mode has a
+    non-directory entry on its path that importlib.resources refuses (Python 3.11);
+    then the package's real directory is used."""
+    try:
+        return resources.files("treadle_template")
+    except (NotADirectoryError, ModuleNotFoundError, TypeError):
+        spec = importlib.util.find_spec("treadle_template")
+        dirs = [p for p in (spec.submodule_search_locations or []) if os.path.isdir(p)] if spec else []
+        if not dirs:
+            raise UsageError("the fabric template (package treadle_template) is not installed") from None
+        return Path(dirs[0])
+
+
+def _copy_tree(src: Traversable, dst: Path) -> None:
+    for item in src.iterdir():
+        if item.name in _SKIP:
+            continue
+        if item.is_dir():
+            (dst / item.name).mkdir(exist_ok=True)
+            _copy_tree(item, dst / item.name)
+        else:
+            (dst / item.name).write_bytes(item.read_bytes())
+
+
+def _git_init(target: Path) -> bool:
+    """``git init`` and a first commit when git is installed; an identity is supplied only if none is configured."""
+    git = shutil.which("git")
+    if git is None:
+        return False
+    env = dict(os.environ)
+    if subprocess.run([git, "config", "user.email"], cwd=target, capture_output=True).returncode != 0:
+        env.update(GIT_AUTHOR_NAME="Treadle", GIT_AUTHOR_EMAIL="treadle@localhost",
+                   GIT_COMMITTER_NAME="Treadle", GIT_COMMITTER_EMAIL="treadle@localhost")
+    steps = ([git, "init", "-q"], [git, "symbolic-ref", "HEAD", "refs/heads/main"], [git, "add", "-A"],
+             [git, "commit", "-q", "-m", "New fabric from the Treadle template"])
+    for step in steps:
+        done = subprocess.run(step, cwd=target, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"treadle: warning: {' '.join(step[1:3])} failed: {done.stderr.strip()}", file=sys.stderr)
+            return False
+    return True
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cache = ParseCache()
+    base = GitRevisionSource(args.repo, args.base) if args.base else None
+    result = render_fabric(_source(args.repo, args.rev), cache, base=base)
+    if args.format == "json":
+        print(json.dumps({"ok": result.ok, "commit": result.commit, "nodes": len(result.nodes),
+                          "diagnostics": [d.as_dict() for d in result.diagnostics]}, indent=2))
+        return 0 if result.ok else 1
+    if not result.ok:
+        raise FabricError(result.diagnostics)
+    print(f"ok: {len(result.nodes)} nodes valid")
+    return 0
+
+
+def _rendered(args: argparse.Namespace) -> RenderResult:
+    result = render_fabric(_source(args.repo, args.rev))
+    if not result.ok:
+        raise FabricError(result.diagnostics)
+    return result
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    if args.all and not args.out:
+        raise UsageError("--all needs --out DIR")
+    if args.node and args.out:
+        raise UsageError("--out goes with --all; --node prints to standard output")
+    result = _rendered(args)
+    if args.node:
+        node = result.nodes.get(args.node)
+        if node is None:
+            raise UsageError(f"no node {args.node!r} (nodes: {', '.join(sorted(result.nodes)[:20])})")
+        sys.stdout.buffer.write(node.canonical + b"\n")
+        sys.stdout.flush()
+        return 0
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, node in sorted(result.nodes.items()):
+            (out / f"{name}.json").write_bytes(node.canonical)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write: {e.strerror}") from e
+    print(f"wrote {len(result.nodes)} manifests to {out}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    if len(args.args) not in (2, 3):
+        raise UsageError("usage: treadle explain [REPO] NODE KEYPATH")
+    repo, node, keypath = (".", *args.args) if len(args.args) == 2 else args.args
+    chain = explain(_source(repo, args.rev), node, keypath)
+    if not chain:
+        print(f"{keypath} is not set for {node}", file=sys.stderr)
+        return 1
+    print(f"{node} {keypath}, set by (winner first):")
+    for p in chain:
+        verb = {"set": "=", "append": "+=", "merge": "merges", "replace": "replaces with"}[p.how]
+        print(f"  {p.file}:{p.line}:{p.col}  {verb} {_show(p.value)}")
+        if p.blame is not None:
+            print(f"      {p.blame.commit or 'uncommitted'}  {p.blame.author}  {p.blame.date or ''}".rstrip())
+    return 0
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)

@@ -1,0 +1,109 @@
+"""The parse cache: everything derived from one file's bytes, keyed by its git blob id.
+
+A blob id names content, not a path or a revision, so the work tree, every git
+revision and every render share one cache: an unchanged file is parsed once,
+schema-validated once per schema, located once (round-trip parse, only when an
+error or ``explain`` needs positions), and a template is compiled once. A
+node whose source blobs are all unchanged is not rendered again either.
+Parses are keyed by blob id and the parse limits (fabric.yaml ``limits``), so
+changing the limits re-parses once. Nothing here is mutated after it is
+stored; rendered values share these objects, so the merge engine never
+modifies its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import treadle_schemas
+
+from treadle.fabric.locate import load_round_trip
+from treadle.fabric.yamlload import Limits, Problem, YamlProblem, load_yaml, plain
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """One parsed YAML file: its document, or the problem that stopped parsing."""
+
+    doc: Any
+    tagged: bool
+    problem: Problem | None
+
+
+#: One schema violation: (instance path, message). Paths are kept, lines found later.
+SchemaError = tuple[tuple[Any, ...], str]
+
+
+class ParseCache:
+    """Parsed documents, schema verdicts, round-trip documents and compiled templates by blob id.
+
+    Keep one per process (the controller) or per command; it grows with the
+    number of distinct file versions seen, so a long-lived owner may drop it
+    and start a new one at any time.
+    """
+
+    def __init__(self) -> None:
+        self._parsed: dict[tuple[str, Limits], Parsed] = {}
+        self._schema: dict[tuple[str, str], tuple[SchemaError, ...]] = {}
+        self._round_trip: dict[str, Any] = {}
+        self._templates: dict[str, Any] = {}
+        self._rendered: dict[str, tuple[tuple[tuple[str, str | None], ...], Any]] = {}
+        self.parse_count = 0  # files actually parsed (not served from the cache): lets tests pin "never twice"
+
+    def parse(self, blob: str, read: Callable[[], bytes], limits: Limits) -> Parsed:
+        """The parsed file with blob id ``blob``; ``read`` is called only on a miss."""
+        key = (blob, limits)
+        hit = self._parsed.get(key)
+        if hit is None:
+            self.parse_count += 1
+            try:
+                doc, tagged = load_yaml(read(), limits)
+                hit = Parsed(doc, tagged, None)
+            except YamlProblem as e:
+                hit = Parsed(None, False, e.problem)
+            self._parsed[key] = hit
+        return hit
+
+    def schema_errors(self, blob: str, schema: str, parsed: Parsed) -> tuple[SchemaError, ...]:
+        """Violations of ``schema`` (e.g. ``node.json``) by the parsed file; validated once per (blob, schema)."""
+        key = (blob, schema)
+        hit = self._schema.get(key)
+        if hit is None:
+            instance = plain(parsed.doc) if parsed.tagged else parsed.doc
+            try:
+                hit = tuple((tuple(path), message) for path, message in treadle_schemas.errors(schema, instance))
+            except ValueError as e:  # a value JSON Schema cannot express; the loader should have refused it already
+                hit = (((), f"not representable as JSON: {e}"),)
+            self._schema[key] = hit
+        return hit
+
+    def round_trip(self, blob: str, read: Callable[[], bytes]) -> Any:
+        """The round-trip (position-keeping) document of the blob; parsed at most once."""
+        if blob not in self._round_trip:
+            self._round_trip[blob] = load_round_trip(read())
+        return self._round_trip[blob]
+
+    def template_code(self, key: str, compile_: Callable[[], Any]) -> Any:
+        """The compiled template for ``key`` (blob id and path: the code embeds its file name); ``compile_`` runs only on a miss."""
+        hit = self._templates.get(key)
+        if hit is None:
+            hit = self._templates[key] = compile_()
+        return hit
+
+    def rendered(self, node: str, entries: Mapping[str, str]) -> Any:
+        """The last rendered result of ``node`` if none of the files that fed it changed (by blob id), else None.
+
+        A node's manifest is a function of the blobs of its sources (including
+        the profiles and templates it looked for and did not find), so equal
+        blobs mean equal bytes, except the commit, which the caller re-stamps.
+        """
+        hit = self._rendered.get(node)
+        if hit is None or any(entries.get(path) != blob for path, blob in hit[0]):
+            return None
+        return hit[1]
+
+    def store_rendered(self, node: str, sources: Iterable[str], entries: Mapping[str, str], result: Any) -> None:
+        """Remember ``result`` for ``node`` with the blob ids of its sources (one entry per node name)."""
+        self._rendered[node] = (tuple((path, entries.get(path)) for path in sources), result)

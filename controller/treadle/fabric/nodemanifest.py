@@ -1,0 +1,265 @@
+"""A node's merged overlay body turned into its NodeManifest (schemas/manifest.json).
+
+Every field is always present (null or [] when unset) so that the agent and
+the digest never depend on which level happened to spell a default out.
+Modes are four octal digits ("644" -> "0644"), sysctl values strings, health
+timeouts integers; resources come in treadle_agent.manifest.sort_resources
+order and health checks by name. File content is the rendered template or
+``content``; an absent file or symlink carries no content, digest or target.
+
+Problems found while building (a file with both or neither template and
+content, a health check with no type...) are returned with the key path that
+caused them; the renderer locates them in the overlay that set that path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from treadle_agent.manifest import API_VERSION, KIND, canonical_json
+
+from treadle.fabric.templates import TemplateProblem
+
+HEALTH_TYPES = ("tcp", "http", "service", "file", "command")
+DEFAULT_HEALTH_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True, slots=True)
+class BuildProblem:
+    """A problem in the merged body at ``keypath`` (located later through the overlay chain)."""
+
+    keypath: tuple[Any, ...]
+    code: str
+    message: str
+    hint: str = ""
+    at: tuple[str, int] | None = None  # a direct location (template file, line) instead of a key path
+
+
+def normalize_mode(mode: Any) -> str | None:
+    """``"644"`` -> ``"0644"``; None stays None (the schema already refused other shapes)."""
+    if mode is None:
+        return None
+    return str(mode).lstrip("0").zfill(4)
+
+
+class Memo:
+    """Resources and their canonical bytes, shared between the nodes of one render.
+
+    The copy-on-write merge hands every node of a cluster the *same* section
+    objects unless the node overrides them, so resources are built once per
+    distinct section (or file spec and content) and encoded once; a node's
+    manifest is then assembled from shared parts. Entries keep their keys'
+    objects alive, so an ``id`` is never reused while it is a key here.
+    """
+
+    def __init__(self) -> None:
+        self._sections: dict[tuple[str, int], tuple[Any, list[dict[str, Any]], list[BuildProblem]]] = {}
+        self._files: dict[tuple[str, int, str | None], tuple[Any, dict[str, Any]]] = {}
+        self._encoded: dict[int, tuple[Any, bytes]] = {}
+
+    def section(self, name: str, value: Any, build: Callable[[Any, list[BuildProblem]], list[dict[str, Any]]],
+                problems: list[BuildProblem]) -> list[dict[str, Any]]:
+        key = (name, id(value))
+        hit = self._sections.get(key)
+        if hit is None or hit[0] is not value:
+            found: list[BuildProblem] = []
+            hit = self._sections[key] = (value, build(value, found), found)
+        problems += hit[2]
+        return hit[1]
+
+    def file(self, path: str, spec: Any, content: str | None) -> dict[str, Any]:
+        key = (path, id(spec), content)
+        hit = self._files.get(key)
+        if hit is None or hit[0] is not spec:
+            hit = self._files[key] = (spec, _file_resource(path, spec, content))
+        return hit[1]
+
+    def encoded(self, value: Any) -> bytes:
+        """``canonical_json(value)``, once per shared object."""
+        hit = self._encoded.get(id(value))
+        if hit is None or hit[0] is not value:
+            hit = self._encoded[id(value)] = (value, canonical_json(value))
+        return hit[1]
+
+
+def canonical_manifest(manifest: Mapping[str, Any], memo: Memo) -> bytes:
+    """``canonical_json(manifest)``, assembled from the memo's encoded resources.
+
+    Canonical JSON of a map is its sorted members joined, of a list its items
+    joined, so the bytes equal ``canonical_json(manifest)`` exactly
+    (tests/fabric/test_render.py pins it) while shared resources are encoded
+    once per render instead of once per node.
+    """
+    resources = b",".join(memo.encoded(r) for r in manifest["resources"])
+    return b"".join((
+        b'{"apiVersion":', canonical_json(manifest["apiVersion"]),
+        b',"health":', memo.encoded(manifest["health"]),
+        b',"kind":', canonical_json(manifest["kind"]),
+        b',"metadata":', canonical_json(manifest["metadata"]),
+        b',"resources":[', resources, b"]}",
+    ))
+
+
+_EMPTY: dict[str, Any] = {}
+
+
+def build_manifest(
+    identity: Mapping[str, Any],
+    fabric_name: str,
+    body: Mapping[str, Any],
+    render: Callable[[str], str],
+    problems: list[BuildProblem],
+    memo: Memo | None = None,
+) -> dict[str, Any]:
+    """The manifest of one node. ``render(template_name)`` renders a template for this node.
+
+    Resources are built in apply order (type, then key), which is
+    ``sort_resources`` order by construction.
+    """
+    memo = memo or Memo()
+    resources: list[dict[str, Any]] = []
+    resources += memo.section("directories", body.get("directories") or _EMPTY, _directories, problems)
+    resources += _files(body.get("files") or _EMPTY, render, problems, memo)
+    resources += memo.section("symlinks", body.get("symlinks") or _EMPTY, _symlinks, problems)
+    resources += memo.section("packages", body.get("packages") or _EMPTY, _packages, problems)
+    resources += memo.section("sysctl", body.get("sysctl") or _EMPTY, _sysctls, problems)
+    resources += memo.section("services", body.get("services") or _EMPTY, _services, problems)
+    health = memo.section("health", body.get("health") or _EMPTY, _healths, problems)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "node": identity["name"],
+            "site": identity["site"],
+            "cluster": identity["cluster"],
+            "address": identity["address"],
+            "fabric": fabric_name,
+            "generation": 0,
+            "commit": identity["commit"],
+            "issued": None,
+            "expires": None,
+            "lifecycle": identity["lifecycle"],
+            "labels": dict(identity["labels"]),
+            "wave": None,
+        },
+        "resources": resources,
+        "health": health,
+    }
+
+
+def _directories(section: Mapping[str, Any], problems: list[BuildProblem]) -> list[dict[str, Any]]:
+    return [_directory(p, s) for p, s in sorted(section.items())]
+
+
+def _symlinks(section: Mapping[str, Any], problems: list[BuildProblem]) -> list[dict[str, Any]]:
+    return [_symlink(p, s, problems) for p, s in sorted(section.items())]
+
+
+def _packages(section: Mapping[str, Any], problems: list[BuildProblem]) -> list[dict[str, Any]]:
+    return [_package(n, s) for n, s in sorted(section.items())]
+
+
+def _sysctls(section: Mapping[str, Any], problems: list[BuildProblem]) -> list[dict[str, Any]]:
+    return [{"type": "sysctl", "key": k, "value": str(v), "requires": []} for k, v in sorted(section.items())]
+
+
+def _services(section: Mapping[str, Any], problems: list[BuildProblem]) -> list[dict[str, Any]]:
+    return [_service(n, s) for n, s in sorted(section.items())]
+
+
+def _healths(section: Mapping[str, Any], problems: list[BuildProblem]) -> list[dict[str, Any]]:
+    return [h for n, s in sorted(section.items()) if (h := _health(n, s, problems)) is not None]
+
+
+def _files(section: Mapping[str, Any], render: Callable[[str], str], problems: list[BuildProblem], memo: Memo) -> list[dict[str, Any]]:
+    out = []
+    for path, spec in sorted(section.items()):
+        ok, content = _file_content(path, spec, render, problems)
+        if ok:
+            out.append(memo.file(path, spec, content))
+    return out
+
+
+def _requires(spec: Mapping[str, Any]) -> list[str]:
+    return list(spec.get("requires") or [])
+
+
+def _directory(path: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "directory", "path": path, "ensure": spec.get("ensure", "present"), "mode": normalize_mode(spec.get("mode")),
+            "owner": spec.get("owner"), "group": spec.get("group"), "requires": _requires(spec)}
+
+
+def _file_content(path: str, spec: Mapping[str, Any], render: Callable[[str], str],
+                  problems: list[BuildProblem]) -> tuple[bool, str | None]:
+    """(usable, content): the rendered template or ``content`` of a present file, None for an absent one."""
+    if spec.get("ensure", "present") != "present":
+        return True, None
+    has_template, has_content = "template" in spec, "content" in spec
+    if has_template and has_content:
+        problems.append(BuildProblem(("files", path, "content"), "file-content", f"file {path} has both template and content after merging",
+                                     "keep one: set the other to !delete in the overlay that overrides it"))
+        return False, None
+    if not has_template and not has_content:
+        problems.append(BuildProblem(("files", path), "file-content", f"file {path} has neither template nor content",
+                                     'add template: <name>.j2 or content: "..." (content: "" for an empty file)'))
+        return False, None
+    if not has_template:
+        return True, spec["content"]
+    try:
+        return True, render(spec["template"])
+    except TemplateProblem as e:
+        at = None if e.line == 0 else (e.path, e.line)
+        code = "unknown-template" if e.line == 0 else "template"
+        problems.append(BuildProblem(("files", path, "template"), code, e.message, e.hint, at))
+        return False, None
+
+
+def _file_resource(path: str, spec: Mapping[str, Any], content: str | None) -> dict[str, Any]:
+    sha = hashlib.sha256(content.encode("utf-8")).hexdigest() if content is not None else None
+    return {"type": "file", "path": path, "ensure": spec.get("ensure", "present"), "content": content, "sha256": sha,
+            "mode": normalize_mode(spec.get("mode")), "owner": spec.get("owner"), "group": spec.get("group"),
+            "notify": sorted(set(spec.get("notify") or [])), "requires": _requires(spec)}
+
+
+def _symlink(path: str, spec: Mapping[str, Any], problems: list[BuildProblem]) -> dict[str, Any]:
+    ensure = spec.get("ensure", "present")
+    target = spec.get("target") if ensure == "present" else None
+    if ensure == "present" and not target:
+        problems.append(BuildProblem(("symlinks", path), "symlink-target", f"symlink {path} has no target",
+                                     "add target: /path/it/points/to, or ensure: absent"))
+    return {"type": "symlink", "path": path, "ensure": ensure, "target": target, "requires": _requires(spec)}
+
+
+def _package(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "package", "name": name, "ensure": spec.get("ensure", "present"), "version": spec.get("version"),
+            "requires": _requires(spec)}
+
+
+def _service(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "service", "name": name, "enabled": spec.get("enabled"), "state": spec.get("state"), "requires": _requires(spec)}
+
+
+def _health(name: str, spec: Mapping[str, Any], problems: list[BuildProblem]) -> dict[str, Any] | None:
+    kinds = [k for k in HEALTH_TYPES if k in spec]
+    if len(kinds) != 1:
+        problems.append(BuildProblem(("health", name), "health", f"health check {name!r} needs exactly one of "
+                                     f"{', '.join(HEALTH_TYPES)}, has {', '.join(kinds) or 'none'}",
+                                     "e.g. sshd: {tcp: 22} or chrony: {service: chronyd}"))
+        return None
+    kind = kinds[0]
+    check: dict[str, Any] = {"name": name, "type": kind, "timeout_s": max(1, math.ceil(spec.get("timeout_s", DEFAULT_HEALTH_TIMEOUT_S)))}
+    if kind == "tcp":
+        check.update(port=spec["tcp"], host=spec.get("host", "127.0.0.1"))
+    elif kind == "http":
+        check.update(url=spec["http"], status=spec.get("status", 200))
+    elif kind == "service":
+        check["service"] = spec["service"]
+    elif kind == "file":
+        check["path"] = spec["file"]
+    else:
+        check["argv"] = list(spec["command"])
+    return check

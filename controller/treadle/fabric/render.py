@@ -1,0 +1,306 @@
+"""render_fabric: a source in, every node's manifest and every problem out.
+
+Steps, in order: list the source; classify the files; parse and
+schema-validate each one (cached by blob id); check resource paths; build
+each cluster's shared prefix; per node, merge its chain, render its
+templates and build its manifest; then the fleet checks across all nodes
+(duplicates, lifecycle share, transitions from the base revision). All
+problems of the run are collected and returned together; nothing raises for
+bad content.
+
+Incremental: given the previous result and the paths changed since, only the
+nodes those paths feed (``deps``) are rendered again; the others are reused
+(re-stamped with the new commit). The whole fabric is still parsed (from the
+cache) and checked, so the result equals a full render.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from treadle_agent.manifest import canonical_json, digest
+
+from treadle.errors import Diagnostic
+from treadle.fabric.cache import ParseCache
+from treadle.fabric.checks import DEFAULT_ALLOWED_ROOTS, DEFAULT_LIFECYCLE, Finding, NodeFacts, check_fleet, check_paths
+from treadle.fabric.layout import FABRIC_FILE, NodeRef, classify
+from treadle.fabric.merge import trace
+from treadle.fabric.nodemanifest import BuildProblem, build_manifest, canonical_manifest
+from treadle.fabric.overlay import Chain, Overlays
+from treadle.fabric.run import FabricRun, load_fabric, roles
+from treadle.fabric.source import Source
+from treadle.fabric.templates import Templates, TemplateProblem
+from treadle.fabric.yamlload import Limits, plain
+
+_EMPTY: dict[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedNode:
+    """One node's rendered manifest: immutable, content-addressed by ``digest``.
+
+    ``manifest`` shares its resource dicts with other nodes of the same render
+    (they are built once per distinct resource): treat it as read-only, and
+    copy before changing (as treadle_agent.manifest.stamp does).
+    ``sources`` are the paths that fed it, including the profiles and
+    templates it looked for and did not find.
+    """
+
+    name: str
+    site: str
+    cluster: str
+    address: str
+    lifecycle: str
+    labels: Mapping[str, str]
+    manifest: dict[str, Any]
+    canonical: bytes
+    digest: str
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """Everything one render produced. ``ok`` only when there is no diagnostic at all."""
+
+    commit: str | None
+    nodes: Mapping[str, RenderedNode]
+    diagnostics: list[Diagnostic]
+    deps: Mapping[str, frozenset[str]]
+    fabric: dict[str, Any]
+    rollout: dict[str, Any] | None
+    lifecycles: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.diagnostics
+
+
+def render_fabric(
+    src: Source,
+    cache: ParseCache | None = None,
+    previous: RenderResult | None = None,
+    changed_paths: Iterable[str] | None = None,
+    base: RenderResult | Source | None = None,
+) -> RenderResult:
+    """Render and check the whole fabric of ``src``.
+
+    ``previous`` and ``changed_paths`` make it incremental (see the module
+    docstring); ``base`` (the base revision's result, or its source, rendered
+    here) enables the lifecycle transition checks. Bad content never raises:
+    it comes back in ``diagnostics``.
+
+    Raises:
+        SourceError: the source cannot be read.
+    """
+    cache = cache if cache is not None else ParseCache()
+    with _no_gc():
+        return _render(src, cache, previous, changed_paths, base)
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: a render allocates millions of small,
+    acyclic objects, and the collections they trigger cost a fifth of a warm render."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _render(src: Source, cache: ParseCache, previous: RenderResult | None, changed_paths: Iterable[str] | None,
+            base: RenderResult | Source | None) -> RenderResult:
+    run = FabricRun(src, cache)
+    fabric, fabric_tagged = load_fabric(run)
+    rollout = run.load(run.layout.rollout, "rollout") if run.layout.rollout else None
+    _load_and_check_files(run, fabric)
+    templates = Templates(src, run.entries, cache, run.limits)
+    broken_templates = _compile_templates(run, templates)
+    overlays = Overlays(run.layout, fabric, fabric_tagged, run.lookup)
+    template_errors: dict[tuple[str, int, str, str], list[str]] = defaultdict(list)
+    nodes = _render_nodes(run, overlays, templates, fabric, _reusable(previous, changed_paths), template_errors)
+    run.findings += overlays.findings
+    _report_template_errors(run, template_errors, broken_templates)
+    facts = _facts(run)
+    run.findings += check_fleet(facts, fabric, _base_lifecycles(base, cache))
+    return RenderResult(
+        commit=src.commit,
+        nodes=nodes,
+        diagnostics=run.diagnose(),
+        deps=_deps(nodes.values()),
+        fabric=plain(fabric),
+        rollout=plain(rollout[0]) if rollout else None,
+        lifecycles={f.name: f.lifecycle for f in facts},
+    )
+
+
+def _load_and_check_files(run: FabricRun, fabric: dict[str, Any]) -> None:
+    """Parse and validate every fabric file; path policy on every overlay's resources."""
+    allowed = (fabric.get("policy") or {}).get("allowed_roots") or DEFAULT_ALLOWED_ROOTS
+    run.findings += check_paths(FABRIC_FILE, ("defaults",), fabric.get("defaults"), allowed)
+    for path, role in roles(run.layout):
+        run.load(path, role)
+        run.findings += check_paths(path, (), run.parsed.get(path), allowed)
+    run.check_stray()
+
+
+_TemplateKey = tuple[str, int, str, str]  # template file, line, message, hint
+
+
+def _compile_templates(run: FabricRun, templates: Templates) -> set[_TemplateKey]:
+    """Compile every template, used or not, so that a broken one is reported once."""
+    broken = set()
+    for name in templates.names():
+        try:
+            templates.compiled(name)
+        except TemplateProblem as e:
+            broken.add((e.path, e.line, e.message, e.hint))
+            run.diagnostics.append(Diagnostic(e.path, e.line, 1 if e.line else 0, "template", e.message, e.hint))
+    return broken
+
+
+def _render_nodes(run: FabricRun, overlays: Overlays, templates: Templates, fabric: dict[str, Any],
+                  reuse: Mapping[str, RenderedNode], template_errors: dict[_TemplateKey, list[str]]) -> dict[str, RenderedNode]:
+    """Every node: reused when nothing that feeds it changed (``reuse`` or the cache), rendered otherwise."""
+    nodes: dict[str, RenderedNode] = {}
+    for ref in run.layout.nodes:
+        if ref.name in nodes:
+            continue  # a duplicate name; reported by the fleet checks
+        known = reuse.get(ref.name) or run.cache.rendered(ref.name, run.entries)
+        if known is not None and ref.path in known.sources:
+            nodes[ref.name] = _restamp(known, run.src.commit)
+            continue
+        rendered = _render_node(run, overlays, templates, ref, fabric, template_errors)
+        if rendered is not None:
+            nodes[ref.name] = rendered
+            run.cache.store_rendered(ref.name, rendered.sources, run.entries, rendered)
+    return nodes
+
+
+def _report_template_errors(run: FabricRun, errors: dict[_TemplateKey, list[str]], broken: set[_TemplateKey]) -> None:
+    """One diagnostic per template error, naming the first node it broke and how many more."""
+    for key, names in errors.items():
+        if key in broken:
+            continue  # a compile error, already reported once
+        path, line, message, hint = key
+        who = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} other nodes"
+        run.diagnostics.append(Diagnostic(path, line, 1, "template", f"{message} (rendering {who})", hint))
+
+
+def _render_node(run: FabricRun, overlays: Overlays, templates: Templates, ref: NodeRef, fabric: dict[str, Any],
+                 template_errors: dict[_TemplateKey, list[str]]) -> RenderedNode | None:
+    entry = run.lookup(ref.path)
+    if entry is None:
+        return None
+    chain = overlays.chain(ref)
+    if not chain.ok:
+        return None
+    doc = entry[0]
+    labels = chain.merged.get("labels") or _EMPTY
+    identity = {"name": ref.name, "site": ref.site, "cluster": ref.cluster, "address": doc["address"],
+                "lifecycle": chain.lifecycle, "labels": labels, "commit": run.src.commit}
+    context = {k: identity[k] for k in ("name", "site", "cluster", "address", "labels", "lifecycle")}
+    data = chain.merged.get("data", _EMPTY)
+    used: set[str] = set()
+
+    def render(name: str) -> str:
+        used.add(name)
+        return templates.render(name, data, context)
+
+    problems: list[BuildProblem] = []
+    manifest = build_manifest(identity, fabric.get("name", ""), chain.merged, render, problems, run.memo)
+    for p in problems:
+        if p.at is not None:
+            template_errors[(*p.at, p.message, p.hint)].append(ref.name)
+        else:
+            run.findings.append(_locate_problem(chain, ref, p))
+    if problems:
+        return None
+    canonical = canonical_manifest(manifest, run.memo)
+    if len(canonical) > run.limits.max_rendered_bytes:
+        run.findings.append(Finding(ref.path, (), "too-large", f"the rendered manifest is {len(canonical)} bytes, more than "
+                                    f"limits.max_rendered_bytes {run.limits.max_rendered_bytes}",
+                                    "move large content out of the manifest, or raise limits.max_rendered_bytes in fabric.yaml"))
+        return None
+    sources = set(chain.wanted)
+    for name in used:
+        sources |= templates.dependencies(name)
+    return RenderedNode(ref.name, ref.site, ref.cluster, doc["address"], chain.lifecycle, manifest["metadata"]["labels"],
+                        manifest, canonical, digest(canonical), tuple(sorted(sources)))
+
+
+def _locate_problem(chain: Chain, ref: NodeRef, p: BuildProblem) -> Finding:
+    """A build problem reported in the overlay that set the offending value (the node file if none did)."""
+    settings = trace(chain.layers, p.keypath)
+    if settings:
+        winner = settings[0]
+        return Finding(winner.layer.path, winner.keypath, p.code, f"{p.message} (node {ref.name})", p.hint)
+    return Finding(ref.path, (), p.code, f"{p.message} (node {ref.name})", p.hint)
+
+
+def _reusable(previous: RenderResult | None, changed: Iterable[str] | None) -> dict[str, RenderedNode]:
+    """Nodes of ``previous`` that no changed path feeds."""
+    if previous is None or changed is None:
+        return {}
+    changed = set(changed)
+    if FABRIC_FILE in changed:
+        return {}
+    stale: set[str] = set()
+    for path in changed:
+        stale |= previous.deps.get(path, frozenset())
+    return {name: node for name, node in previous.nodes.items() if name not in stale}
+
+
+def _restamp(node: RenderedNode, commit: str | None) -> RenderedNode:
+    """A reused node carrying the new revision's commit (bytes re-canonicalized only if it differs)."""
+    if node.manifest["metadata"]["commit"] == commit:
+        return node
+    manifest = {**node.manifest, "metadata": {**node.manifest["metadata"], "commit": commit}}
+    canonical = canonical_json(manifest)
+    return replace(node, manifest=manifest, canonical=canonical, digest=digest(canonical))
+
+
+def _facts(run: FabricRun) -> list[NodeFacts]:
+    facts = []
+    for ref in run.layout.nodes:
+        entry = run.lookup(ref.path)
+        if entry is None:
+            parsed = run.cache.parse(run.entries[ref.path], lambda: run.src.read(ref.path), run.limits)
+            doc = parsed.doc if isinstance(parsed.doc, dict) else {}
+        else:
+            doc = entry[0]
+        address = doc.get("address") if isinstance(doc.get("address"), str) else None
+        lifecycle = doc.get("lifecycle", DEFAULT_LIFECYCLE)
+        state = lifecycle if isinstance(lifecycle, str) else DEFAULT_LIFECYCLE
+        facts.append(NodeFacts(ref.name, ref.site, ref.cluster, ref.path, address, state))
+    return facts
+
+
+def _base_lifecycles(base: RenderResult | Source | None, cache: ParseCache) -> dict[str, str] | None:
+    """Each node's lifecycle state in the base revision (only node files are read: nothing is rendered)."""
+    if base is None:
+        return None
+    if isinstance(base, RenderResult):
+        return dict(base.lifecycles)
+    entries = base.entries()
+    states = {}
+    for ref in classify(entries).nodes:
+        doc = cache.parse(entries[ref.path], lambda p=ref.path: base.read(p), Limits()).doc  # type: ignore[misc, union-attr]
+        state = doc.get("lifecycle", DEFAULT_LIFECYCLE) if isinstance(doc, dict) else DEFAULT_LIFECYCLE
+        states[ref.name] = state if isinstance(state, str) else DEFAULT_LIFECYCLE
+    return states
+
+
+def _deps(nodes: Iterable[RenderedNode]) -> dict[str, frozenset[str]]:
+    index: dict[str, set[str]] = defaultdict(set)
+    for node in nodes:
+        for path in node.sources:
+            index[path].add(node.name)
+    return {path: frozenset(names) for path, names in index.items()}

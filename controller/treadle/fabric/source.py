@@ -1,0 +1,211 @@
+"""Read-only views of a fabric repository: a work tree directory or a git revision.
+
+Both yield the same thing, ``{path: blob id}`` for every regular file plus the
+bytes of a file on request, so the parse cache (keyed by git blob id) is shared
+between work trees and revisions: a file whose content git already knows is
+never parsed again. Symlinks and submodules are not content a fabric may
+hold (the agent would get a different tree than the reviewer saw); a source
+reports them as problems instead of following them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pygit2
+
+from treadle.errors import SourceError, UsageError
+
+#: Files above this size are never read into memory, whatever fabric.yaml says.
+HARD_MAX_FILE_BYTES = 64 * 1024 * 1024
+#: Directories a work tree walk does not descend into (tool caches, VCS data).
+SKIPPED_DIRS = frozenset({".git", "__pycache__"})
+
+_GIT_SYMLINK = 0o120000
+_GIT_GITLINK = 0o160000
+_GIT_TREE = 0o040000
+
+
+def blob_id(data: bytes) -> str:
+    """The git blob id of ``data`` (sha1 of ``blob <len>\\0`` + data), as git computes it."""
+    h = hashlib.sha1(b"blob %d\x00" % len(data))
+    h.update(data)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SourceProblem:
+    """Something in the tree a fabric may not contain: ``kind`` is ``symlink``, ``submodule`` or ``too-large``."""
+
+    path: str
+    kind: str
+    detail: str
+
+
+class Source(Protocol):
+    """What the renderer reads: a listing by blob id, file bytes, and what was refused."""
+
+    commit: str | None
+    label: str
+
+    def entries(self) -> dict[str, str]: ...
+
+    def read(self, path: str) -> bytes: ...
+
+    def problems(self) -> list[SourceProblem]: ...
+
+
+class WorkTreeSource:
+    """A directory on disk (the working tree, or a fabric outside git).
+
+    The walk reads every file once to compute its blob id; ``.git`` and
+    ``__pycache__`` directories are skipped.
+
+    Raises:
+        UsageError: ``path`` is not a directory.
+    """
+
+    commit: str | None = None
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.root = Path(path)
+        if not self.root.is_dir():
+            raise UsageError(f"{self.root}: not a directory (give the fabric repository's path)")
+        self.label = str(self.root)
+        self._data: dict[str, bytes] = {}
+        self._entries: dict[str, str] = {}
+        self._problems: list[SourceProblem] = []
+        self._walk(self.root, "")
+
+    def _walk(self, directory: str | Path, prefix: str) -> None:
+        try:
+            children = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as e:
+            raise SourceError(f"{directory}: cannot list: {e.strerror}") from e
+        for entry in children:
+            rel = prefix + entry.name
+            if entry.name == ".git":
+                continue  # the repository's own data (a directory, or a file in worktrees and submodules)
+            if entry.is_symlink():
+                self._problems.append(SourceProblem(rel, "symlink", f"symlink to {os.readlink(entry.path)}"))
+            elif entry.is_dir():
+                if entry.name in SKIPPED_DIRS:
+                    continue
+                if os.path.exists(os.path.join(entry.path, ".git")):
+                    self._problems.append(SourceProblem(rel, "submodule", "a nested git repository (submodule)"))
+                    continue
+                self._walk(entry.path, rel + "/")
+            elif entry.is_file():
+                self._add_file(entry, rel)
+
+    def _add_file(self, entry: os.DirEntry[str], rel: str) -> None:
+        size = entry.stat().st_size
+        if size > HARD_MAX_FILE_BYTES:
+            self._problems.append(SourceProblem(rel, "too-large", f"{size} bytes"))
+            return
+        try:
+            with open(entry.path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise SourceError(f"{rel}: cannot read: {e.strerror}") from e
+        self._data[rel] = data
+        self._entries[rel] = blob_id(data)
+
+    def entries(self) -> dict[str, str]:
+        return dict(self._entries)
+
+    def read(self, path: str) -> bytes:
+        try:
+            return self._data[path]
+        except KeyError:
+            raise SourceError(f"{path}: not in {self.label}") from None
+
+    def problems(self) -> list[SourceProblem]:
+        return list(self._problems)
+
+
+def open_repository(repo: str | os.PathLike[str] | pygit2.Repository) -> pygit2.Repository:
+    """A pygit2 repository from a path (work tree or bare) or an open one.
+
+    Raises:
+        UsageError: ``repo`` is not a git repository.
+    """
+    if isinstance(repo, pygit2.Repository):
+        return repo
+    found = pygit2.discover_repository(str(repo))
+    if found is None:
+        raise UsageError(f"{repo}: not a git repository (--rev needs one)")
+    try:
+        return pygit2.Repository(found)
+    except pygit2.GitError as e:
+        raise SourceError(f"{repo}: cannot open git repository: {e}") from e
+
+
+def _prefix_in(repo: pygit2.Repository, given: object) -> str:
+    """``sub/dir/`` when ``given`` is a path below the work tree's root, else ``""``."""
+    if isinstance(given, pygit2.Repository) or repo.workdir is None:
+        return ""
+    rel = os.path.relpath(os.path.realpath(os.fspath(given)), os.path.realpath(repo.workdir))  # type: ignore[arg-type]
+    return "" if rel == "." else rel.replace(os.sep, "/") + "/"
+
+
+class GitRevisionSource:
+    """The tree of one commit (any rev spec git understands: HEAD, a branch, a sha, HEAD~2).
+
+    Given the path of a directory inside a work tree, the fabric is that
+    directory of the commit (``prefix``); given a repository object, its root.
+
+    Raises:
+        UsageError: the repository, the revision or the directory in it does not exist.
+    """
+
+    def __init__(self, repo: str | os.PathLike[str] | pygit2.Repository, rev: str = "HEAD") -> None:
+        self.repo = open_repository(repo)
+        try:
+            commit = self.repo.revparse_single(rev).peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError) as e:
+            raise UsageError(f"{rev!r}: no such revision in {self.repo.path}") from e
+        self.commit: str | None = str(commit.id)
+        self.rev = rev
+        self.label = f"{rev} ({self.commit[:12]})"
+        self.prefix = _prefix_in(self.repo, repo)
+        tree = commit.tree
+        if self.prefix:
+            try:
+                tree = self.repo[tree[self.prefix.rstrip("/")].id].peel(pygit2.Tree)
+            except (KeyError, ValueError, pygit2.GitError) as e:
+                raise UsageError(f"{self.prefix.rstrip('/')}: not a directory in revision {rev}") from e
+        self._entries: dict[str, str] = {}
+        self._problems: list[SourceProblem] = []
+        self._walk(tree, "")
+
+    def _walk(self, tree: pygit2.Tree, prefix: str) -> None:
+        for entry in tree:
+            rel = prefix + entry.name
+            mode = entry.filemode
+            if mode == _GIT_TREE:
+                if entry.name in SKIPPED_DIRS:
+                    continue
+                self._walk(self.repo[entry.id], rel + "/")
+            elif mode == _GIT_SYMLINK:
+                self._problems.append(SourceProblem(rel, "symlink", "symlink blob"))
+            elif mode == _GIT_GITLINK:
+                self._problems.append(SourceProblem(rel, "submodule", f"submodule at commit {entry.id}"))
+            else:
+                self._entries[rel] = str(entry.id)
+
+    def entries(self) -> dict[str, str]:
+        return dict(self._entries)
+
+    def read(self, path: str) -> bytes:
+        try:
+            return self.repo[self._entries[path]].data
+        except KeyError:
+            raise SourceError(f"{path}: not in {self.label}") from None
+
+    def problems(self) -> list[SourceProblem]:
+        return list(self._problems)

@@ -1,0 +1,229 @@
+"""File templates: sandboxed Jinja2, strict undefined, read only from the fabric's ``templates/``.
+
+Why so strict: a template is code from the fabric repository running inside
+the controller. The immutable sandbox refuses unsafe attribute access and any
+change to ``data`` (which is shared between nodes); StrictUndefined
+turns a misspelt ``data.ntp.sevrers`` into an error instead of an empty file;
+the loader serves only ``templates/<name>`` of the same source (no absolute
+names, no ``..``), so ``{% include %}`` cannot read anything else.
+
+Speed: a template is compiled once per blob (the code is kept in the
+:class:`~treadle.fabric.cache.ParseCache`), and a template that never mentions
+``node`` renders once per distinct ``data`` object, which the copy-on-write
+merge shares between all nodes of a cluster that do not override ``data``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+import jinja2.meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from treadle.fabric.cache import ParseCache
+from treadle.fabric.source import Source
+from treadle.fabric.yamlload import Limits
+
+TEMPLATE_DIR = "templates/"
+
+
+class TemplateProblem(Exception):
+    """A template that is missing, does not compile or fails to render: where (template file, line) and why."""
+
+    def __init__(self, path: str, line: int, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.path, self.line, self.message, self.hint = path, line, message, hint
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    code: Any
+    references: tuple[str | None, ...]  # templates it includes/imports/extends; None = computed at render time
+    uses_node: bool
+
+
+def template_path(name: str) -> str:
+    """``templates/<name>`` for a valid template name.
+
+    Raises:
+        TemplateProblem: the name is absolute, not normalized or leaves templates/.
+    """
+    if (not name or "\x00" in name or "\\" in name or name.startswith("/")
+            or posixpath.normpath(name) != name or ".." in name.split("/")):
+        raise TemplateProblem(TEMPLATE_DIR + name, 0, f"template name {name!r} leaves templates/",
+                              "name templates relative to templates/, e.g. chrony.conf.j2")
+    return TEMPLATE_DIR + name
+
+
+class _SourceLoader(jinja2.BaseLoader):
+    def __init__(self, templates: Templates) -> None:
+        self.templates = templates
+
+    def load(self, environment: jinja2.Environment, name: str, globals: Any = None) -> jinja2.Template:
+        try:
+            compiled = self.templates.compiled(name)
+        except TemplateProblem as e:
+            if e.line == 0:
+                raise jinja2.TemplateNotFound(name, e.message) from e
+            raise
+        # A flat dict instead of make_globals' ChainMap: Jinja copies the globals
+        # into every render context, and copying a ChainMap costs more than the render.
+        flat = dict(environment.make_globals(globals))
+        return environment.template_class.from_code(environment, compiled.code, flat, lambda: True)
+
+
+class _FabricSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, plus a bound on what ``*`` and ``**`` may build.
+
+    Jinja's sandbox already caps ``range``; ``"x" * 10**9`` would still
+    allocate a gigabyte inside the controller, so repetition and powers are
+    refused beyond the size one manifest may have.
+    """
+
+    intercepted_binops = frozenset({"*", "**"})
+    max_result_bytes = Limits().max_rendered_bytes
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > self.max_result_bytes:
+                    raise jinja2.sandbox.SecurityError(f"repetition builds more than {self.max_result_bytes} items")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+            if right * max(abs(left).bit_length(), 1) > 8 * self.max_result_bytes:
+                raise jinja2.sandbox.SecurityError("power too large")
+        return super().call_binop(context, operator, left, right)
+
+
+class Templates:
+    """The templates of one source, rendered for many nodes."""
+
+    def __init__(self, source: Source, entries: Mapping[str, str], cache: ParseCache, limits: Limits | None = None) -> None:
+        self.source, self.entries, self.cache = source, entries, cache
+        self.limits = limits or Limits()
+        self.env = _FabricSandbox(
+            loader=_SourceLoader(self), undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
+        )
+        self.env.max_result_bytes = self.limits.max_rendered_bytes
+        self._rendered: dict[tuple[str, int], tuple[Any, str]] = {}
+        self._deps: dict[str, frozenset[str]] = {}
+        self._node_use: dict[str, bool] = {}
+        self._compiled: dict[str, _Compiled] = {}
+
+    def names(self) -> list[str]:
+        """Every template in the source."""
+        return sorted(p[len(TEMPLATE_DIR):] for p in self.entries if p.startswith(TEMPLATE_DIR))
+
+    def compiled(self, name: str) -> _Compiled:
+        """The compiled template ``name``.
+
+        Raises:
+            TemplateProblem: unknown, not UTF-8, or a syntax error (with its line).
+        """
+        hit = self._compiled.get(name)
+        if hit is not None:
+            return hit
+        path = template_path(name)
+        blob = self.entries.get(path)
+        if blob is None:
+            raise TemplateProblem(path, 0, f"unknown template {name!r}", f"add {path} or fix the name")
+        hit = self._compiled[name] = self.cache.template_code(f"{blob}:{path}", lambda: self._compile(name, path))
+        return hit
+
+    def _compile(self, name: str, path: str) -> _Compiled:
+        raw = self.source.read(path)
+        if len(raw) > self.limits.max_file_bytes:
+            raise TemplateProblem(path, 1, f"template is {len(raw)} bytes, more than limits.max_file_bytes {self.limits.max_file_bytes}",
+                                  "split it, or raise limits.max_file_bytes in fabric.yaml")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TemplateProblem(path, 1, f"template is not UTF-8 text: {e.reason}", "save it as UTF-8") from e
+        try:
+            ast = self.env.parse(text, name, path)
+            code = self.env.compile(ast, name, path)
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateProblem(path, e.lineno or 1, f"template syntax error: {e.message}", "fix the Jinja2 syntax") from e
+        refs = tuple(jinja2.meta.find_referenced_templates(ast))
+        return _Compiled(code, refs, "node" in jinja2.meta.find_undeclared_variables(ast))
+
+    def dependencies(self, name: str) -> frozenset[str]:
+        """Paths of ``name`` and every template it may include, transitively (all templates if it computes a name)."""
+        if name not in self._deps:
+            seen: set[str] = set()
+            todo = [name]
+            while todo:
+                current = todo.pop()
+                if current in seen:
+                    continue
+                seen.add(current)
+                try:
+                    refs = self.compiled(current).references
+                except TemplateProblem:
+                    continue
+                if None in refs:
+                    todo.extend(self.names())
+                todo.extend(r for r in refs if r is not None)
+            self._deps[name] = frozenset(TEMPLATE_DIR + n for n in seen)
+        return self._deps[name]
+
+    def _uses_node(self, name: str) -> bool:
+        if name not in self._node_use:
+            deps = [p[len(TEMPLATE_DIR):] for p in self.dependencies(name) if p in self.entries]
+            self._node_use[name] = any(self.compiled(d).uses_node for d in deps)
+        return self._node_use[name]
+
+    def render(self, name: str, data: Any, node: Mapping[str, Any]) -> str:
+        """Template ``name`` rendered with context ``data`` and ``node``.
+
+        Raises:
+            TemplateProblem: the template is missing, does not compile, or fails
+                while rendering (undefined value, sandbox violation, error raised
+                by the template), located at the innermost template line.
+        """
+        self.compiled(name)
+        key = (name, id(data))
+        cacheable = not self._uses_node(name)
+        if cacheable:
+            hit = self._rendered.get(key)
+            if hit is not None and hit[0] is data:
+                return hit[1]
+        try:
+            text = self.env.get_template(name).render(data=data, node=node)
+        except TemplateProblem:
+            raise
+        except jinja2.TemplateNotFound as e:
+            raise TemplateProblem(TEMPLATE_DIR + name, 1, f"unknown template {e.name!r} included", "add it under templates/") from e
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateProblem(e.filename or TEMPLATE_DIR + name, e.lineno or 1, f"template syntax error: {e.message}") from e
+        except Exception as e:  # anything a template raises: StrictUndefined, SecurityError, TypeError, ZeroDivisionError...
+            path, line = _template_frame(e, TEMPLATE_DIR + name)
+            raise TemplateProblem(path, line, f"template error: {_describe(e)}", _hint(e)) from e
+        if cacheable:
+            self._rendered[key] = (data, text)
+        return text
+
+
+def _template_frame(e: BaseException, default: str) -> tuple[str, int]:
+    """The innermost template file and line in the traceback (Jinja2 rewrites frames to template lines)."""
+    found = (default, 1)
+    for frame in traceback.extract_tb(e.__traceback__):
+        if frame.filename.startswith(TEMPLATE_DIR):
+            found = (frame.filename, frame.lineno or 1)
+    return found
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, jinja2.TemplateError) else f"{type(e).__name__}: {e}"
+
+
+def _hint(e: BaseException) -> str:
+    if isinstance(e, jinja2.UndefinedError):
+        return "define the value under data: in an overlay, or guard it with {% if ... is defined %}"
+    if isinstance(e, jinja2.sandbox.SecurityError):
+        return "templates run sandboxed: use data and node only"
+    return ""

@@ -1,0 +1,81 @@
+"""Sources: work trees and git revisions list the same blob ids; symlinks and submodules are refused."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pygit2
+import pytest
+
+from treadle.errors import UsageError
+from treadle.fabric import GitRevisionSource, WorkTreeSource, blob_id, render_fabric
+
+
+def test_blob_id_is_gits(fabric):
+    fabric.commit()
+    expected = subprocess.run(["git", "hash-object", "fabric.yaml"], cwd=fabric.root, capture_output=True, text=True).stdout.strip()
+    assert blob_id((fabric.root / "fabric.yaml").read_bytes()) == expected
+
+
+def test_work_tree_and_revision_list_the_same_files_and_blobs(fabric):
+    fabric.commit()
+    assert WorkTreeSource(fabric.root).entries() == GitRevisionSource(fabric.root, "HEAD").entries()
+
+
+def test_revision_accepts_any_rev_spec_and_an_open_repository(fabric):
+    first = fabric.commit("one")
+    fabric.commit("two")
+    repo = pygit2.Repository(str(fabric.root))
+    assert GitRevisionSource(repo, "HEAD~1").commit == first
+    assert GitRevisionSource(fabric.root, first[:10]).commit == first
+    assert WorkTreeSource(fabric.root).commit is None
+
+
+def test_unknown_revision_is_a_usage_error(fabric):
+    fabric.commit()
+    with pytest.raises(UsageError, match="no such revision"):
+        GitRevisionSource(fabric.root, "no-such-branch")
+
+
+def test_git_revision_with_a_symlink_is_refused(fabric):
+    (fabric.root / "profiles" / "alias.yaml").symlink_to("base.yaml")
+    fabric.commit()
+    result = render_fabric(GitRevisionSource(fabric.root, "HEAD"))
+    assert not result.ok
+    assert [(d.file, d.code) for d in result.diagnostics] == [("profiles/alias.yaml", "symlink")]
+
+
+def test_git_revision_with_a_submodule_is_refused(fabric, tmp_path):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=sub, check=True)
+    subprocess.run(["git", "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "--allow-empty", "-m", "x"], cwd=sub, check=True)
+    fabric.commit()
+    fabric.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), "vendor")
+    fabric.commit("add submodule")
+    result = render_fabric(GitRevisionSource(fabric.root, "HEAD"))
+    codes = {(d.file, d.code) for d in result.diagnostics}
+    assert ("vendor", "submodule") in codes
+    assert (".gitmodules", "submodule") in codes
+
+
+def test_work_tree_skips_git_and_cache_directories(fabric):
+    fabric.commit()
+    fabric.write("__pycache__/x.pyc", "junk")
+    assert not any(p.startswith((".git/", "__pycache__/")) for p in WorkTreeSource(fabric.root).entries())
+
+
+def test_work_tree_of_a_missing_directory_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="not a directory"):
+        WorkTreeSource(tmp_path / "nope")
+
+
+def test_a_fabric_in_a_subdirectory_of_a_repository_is_read_from_that_directory(fabric, tmp_path):
+    outer = fabric.root.parent
+    subprocess.run(["git", "init", "-q"], cwd=outer, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=outer, check=True)
+    subprocess.run(["git", "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "-m", "x"], cwd=outer, check=True)
+    source = GitRevisionSource(fabric.root, "HEAD")
+    assert source.prefix == "fabric/"
+    assert source.entries() == WorkTreeSource(fabric.root).entries()
+    assert render_fabric(source).ok
