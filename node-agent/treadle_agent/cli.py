@@ -8,8 +8,9 @@
 (``metrics.serving port=...``) and, with ``--metrics-port-file``, written to
 that file once the server listens (for tests and supervisors).
 ``once`` runs one cycle (for cron, or to try a config) and serves nothing.
-The daemon checks each new envelope's signatures and schema in a short-lived
-child process (see verify.py); ``once`` does it in-process.
+The daemon checks each new envelope's signatures and schema, and a new or
+changed agent.toml against its schema, in short-lived child processes (see
+verify.py and config.py); ``once`` does both in-process.
 
 Exit codes (DESIGN.md): 0 the cycle succeeded (``once``) or the daemon stopped
 cleanly (``run``); 1 a check failed in the cycle (fetch, verification, an
@@ -57,10 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log.configure(args.log_format)
     try:
-        config = agent_config.load(args.config)
+        # The daemon checks agent.toml's schema in a child process, so jsonschema-rs never stays loaded.
+        config = agent_config.load(args.config, isolate_validation=args.command == "run")
         return _run(config, args) if args.command == "run" else _once(config)
     except AgentError as e:
-        print(f"treadle-agent: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # several config errors: one line each, each naming the file
+            print(f"treadle-agent: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -1,14 +1,32 @@
 """agent.toml: read, validated against ``schemas/agent-config.json``, turned into frozen settings.
 
-The schema is the one source of truth for the keys, types and defaults; this
-module adds what a schema cannot say (the trust root must exist, a port must
-fit in 16 bits) and resolves relative paths against the directory of the
+The schema is the one source of truth for the keys, types and defaults, and
+it is checked by the real validator (``treadle_schemas.errors``, jsonschema-rs);
+this module adds what a schema cannot say (the trust root must exist, a port
+must fit in 16 bits) and resolves relative paths against the directory of the
 config file, so a node's config can ship together with its trust root.
-Every error names the file, the key and the fix.
+Every error names the file, the key and the fix; all schema errors are
+reported, one line each.
 
-The schema is checked by :func:`schema_errors`, a small interpreter of the
-keywords it uses, not by jsonschema-rs: the agent's start-up cost counts in
-every ``treadle-agent once`` (see that function).
+Loading jsonschema-rs costs about 12 MB and 20 ms, which every
+``treadle-agent once`` would pay for a file that rarely changes. So, as the
+agent does for a stored manifest (verify.py, ``Verifier.restore``), a
+validation is remembered: after one succeeds, the state dir gets
+
+    <state_dir>/config-validated.json   {"config_sha256", "schema_sha256"}
+
+(the sha256 of the config file's bytes and of the installed agent-config.json),
+and the next load skips the schema check when both digests match. Any
+mismatch, or a missing or unreadable record, validates again. The TOML parse
+and the semantic checks run on every load. The state dir is root-only, like
+the stored envelope: whoever can write the record could as well write the
+envelope or the config itself.
+
+The daemon must not keep jsonschema-rs loaded for hours, so with
+``isolate_validation`` the check runs in a short-lived child process, which
+validates and writes the record, as the daemon's verification child does:
+
+    python -m treadle_agent.config --check PATH   # exit 0 with the file's sha256 on stdout, 2 with the errors
 
 Raises:
     ConfigError: the file is missing, not TOML, breaks the schema, or names a
@@ -18,17 +36,25 @@ Raises:
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
-import re
+import subprocess
+import sys
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from treadle_agent.errors import ConfigError
+from treadle_agent.errors import AgentError, ConfigError
+from treadle_agent.log import get_logger
 
 SCHEMA = "agent-config.json"
+#: The record of the last successful validation, in the state dir.
+RECORD = "config-validated.json"
+
+log = get_logger("config")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,31 +111,68 @@ class AgentConfig:
         return self.host.root
 
 
-def load(path: str | Path) -> AgentConfig:
-    """Read and validate agent.toml at ``path``.
+def load(path: str | Path, *, isolate_validation: bool = False) -> AgentConfig:
+    """Read and validate agent.toml at ``path``; the schema check is skipped when recorded (module docstring).
+
+    ``isolate_validation`` runs a needed schema check in a child process, so
+    jsonschema-rs is never loaded here (the daemon does this).
 
     Raises:
-        ConfigError: see the module docstring.
+        ConfigError: see the module docstring; also when the check process
+            cannot run or the file changed while it was checked.
     """
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: no such file (fix: pass --config with the path of agent.toml)") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read: {e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e} (fix: correct the syntax at that line)") from e
-    return from_dict(raw, path)
+    data = _read(path)
+    raw = _parse(data, path)
+    config_sha256 = hashlib.sha256(data).hexdigest()
+    if _is_validated(raw, path, config_sha256):
+        return _build(raw, path)
+    if isolate_validation:
+        check_isolated(path, config_sha256)
+        return _build(raw, path)  # the child validated these very bytes (same digest)
+    config = from_dict(raw, path)
+    why = _remember(config.state_dir, config_sha256)
+    if why:
+        log.warning("config.record_failed", error=why, action="validating again on the next start")
+    return config
 
 
 def from_dict(raw: dict[str, Any], path: Path) -> AgentConfig:
     """Settings from an already parsed agent.toml (``path`` only for messages and relative paths).
 
+    Always validates against the schema; no record is read or written.
+
     Raises:
         ConfigError: see the module docstring.
     """
     _check_schema(raw, path)
+    return _build(raw, path)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such file (fix: pass --config with the path of agent.toml)") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+
+
+def _parse(data: bytes, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 at byte {e.start} (fix: save the file as UTF-8)") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e} (fix: correct the syntax at that line)") from e
+
+
+def _build(raw: dict[str, Any], path: Path) -> AgentConfig:
+    """The settings of a schema-valid ``raw``, after the checks a schema cannot express.
+
+    Raises:
+        ConfigError: the trust root does not exist, or the metrics port is above 65535.
+    """
     doc = {**_defaults(), **raw}
     base = path.parent
     trust_root = _resolve(base, doc["trust_root"])
@@ -148,112 +211,145 @@ def from_dict(raw: dict[str, Any], path: Path) -> AgentConfig:
 
 
 @functools.cache
-def _schema() -> dict[str, Any]:
-    """schemas/agent-config.json, read from the installed treadle_schemas package.
+def _schema_file() -> tuple[bytes, dict[str, Any]]:
+    """schemas/agent-config.json from the installed treadle_schemas package: its bytes and document.
 
     Read as a file next to the package rather than through ``treadle_schemas.load``:
-    importing that package loads jsonschema-rs, which the config check avoids
-    (see :func:`schema_errors`).
+    importing that package loads jsonschema-rs, which a recorded config skips.
     """
     spec = importlib.util.find_spec("treadle_schemas")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("the treadle_schemas package is not installed (fix: reinstall treadle)")
-    location = Path(next(iter(spec.submodule_search_locations)))
-    return json.loads((location / SCHEMA).read_text(encoding="utf-8"))
+    data = (Path(next(iter(spec.submodule_search_locations))) / SCHEMA).read_bytes()
+    return data, json.loads(data)
+
+
+def schema_sha256() -> str:
+    """The sha256 of the installed agent-config.json; a new schema invalidates every record."""
+    return hashlib.sha256(_schema_file()[0]).hexdigest()
 
 
 def _defaults() -> dict[str, Any]:
-    return {k: p["default"] for k, p in _schema()["properties"].items() if "default" in p}
+    return {k: p["default"] for k, p in _schema_file()[1]["properties"].items() if "default" in p}
 
 
 def _check_schema(raw: dict[str, Any], path: Path) -> None:
-    schema = _schema()
-    known = schema["properties"]
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key {unknown[0]!r} (fix: remove it or correct its spelling; known keys: {', '.join(sorted(known))})"
-        )
-    missing = [k for k in schema["required"] if k not in raw]
-    if missing:
-        raise ConfigError(f"{path}: missing key {missing[0]!r} (fix: add `{missing[0]} = ...`; {_describe(known[missing[0]])})")
-    errors = schema_errors(schema, raw)
+    import treadle_schemas  # loads jsonschema-rs: only here, when a check is needed
+
+    errors = treadle_schemas.errors(SCHEMA, raw)
     if errors:
-        where, message = errors[0]
-        key = str(where[0]) if where else "(top level)"
+        raise ConfigError("\n".join(_message(path, raw, where, message) for where, message in errors))
+
+
+def _message(path: Path, raw: dict[str, Any], where: Sequence[str | int], message: str) -> str:
+    """One schema error as one line: the file, the key (from the instance path) and a fix hint."""
+    known = _schema_file()[1]["properties"]
+    message = _one_line(message)
+    if where:
+        key = str(where[0])
         sub = "".join(f"[{p}]" for p in where[1:])
-        raise ConfigError(f"{path}: key {key!r}{sub}: {message} (fix: {_describe(known.get(key, {}))})")
+        return f"{path}: key {key!r}{sub}: {message} (fix: {_describe(known.get(key, {}))})"
+    # A top-level error (unknown or missing key) names its key only in the message.
+    named = [k for k in sorted({*raw, *known}) if f"'{k}'" in message or f'"{k}"' in message]
+    unknown = [k for k in named if k not in known]
+    if unknown:
+        return (f"{path}: unknown key {', '.join(map(repr, unknown))} "
+                f"(fix: remove it or correct its spelling; known keys: {', '.join(sorted(known))})")
+    missing = [k for k in named if k not in raw]
+    if missing:
+        return f"{path}: missing key {missing[0]!r} (fix: add `{missing[0]} = ...`; {_describe(known[missing[0]])})"
+    return f"{path}: {message} (fix: see schemas/agent-config.json)"
 
 
-#: The JSON Schema keywords :func:`schema_errors` implements; a schema using any
-#: other validation keyword is refused, so the schema cannot outgrow this check.
-SUPPORTED_KEYWORDS = frozenset({
-    "$schema", "$id", "title", "description", "default",  # annotations
-    "type", "enum", "const", "minimum", "exclusiveMinimum", "maximum", "minLength", "pattern",
-    "minItems", "items", "properties", "required", "additionalProperties",
-})
-_TYPES: dict[str, Any] = {
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: type(v) is int or (type(v) is float and v.is_integer()),
-    "number": lambda v: type(v) in (int, float),
-    "boolean": lambda v: type(v) is bool,
-    "array": lambda v: isinstance(v, list),
-    "object": lambda v: isinstance(v, dict),
-}
+def _one_line(text: str) -> str:
+    """``text`` with every line break escaped (a TOML string may hold one), so an error stays one line."""
+    return "".join(repr(c)[1:-1] if len(f"a{c}b".splitlines()) > 1 else c for c in text)
 
 
-def schema_errors(schema: dict[str, Any], value: Any, where: tuple[str | int, ...] = ()) -> list[tuple[tuple[str | int, ...], str]]:
-    """Violations of ``schema`` by ``value``, for the keyword subset agent-config.json uses.
+def _record_path(raw: dict[str, Any], path: Path) -> Path | None:
+    """Where the record of ``raw`` would be: in its state dir, which the schema has not yet vouched for."""
+    state_dir = raw.get("state_dir")
+    if not isinstance(state_dir, str) or not state_dir:
+        return None
+    return _resolve(path.parent, state_dir) / RECORD
 
-    The agent validates its config with this rather than jsonschema-rs: that
-    library costs a ``treadle-agent once`` about 9 MB and 40 ms, a fifth of
-    its memory budget, for twenty keys. tests/agent/test_config.py checks
-    that the two agree on generated configs.
+
+def _is_validated(raw: dict[str, Any], path: Path, config_sha256: str) -> bool:
+    """These config bytes passed this schema before (the record says so)."""
+    record = _record_path(raw, path)
+    if record is None:
+        return False
+    try:
+        doc = json.loads(record.read_bytes())
+    except (OSError, ValueError):  # missing, unreadable, corrupt: validate again, which rewrites it
+        return False
+    return isinstance(doc, dict) and doc.get("config_sha256") == config_sha256 and doc.get("schema_sha256") == schema_sha256()
+
+
+def _remember(state_dir: Path, config_sha256: str) -> str | None:
+    """Record a successful validation; returns why it could not be recorded, if so.
+
+    Not recording is no error: the next load validates again, and an unusable
+    state dir is reported by the state store.
+    """
+    from treadle_agent.state import write_atomic
+
+    record = {"config_sha256": config_sha256, "schema_sha256": schema_sha256()}
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(state_dir / RECORD, json.dumps(record, sort_keys=True).encode())
+    except (OSError, AgentError) as e:
+        return f"{state_dir / RECORD}: cannot record the validation: {e}"
+    return None
+
+
+def check_isolated(path: Path, config_sha256: str, timeout_s: float = 60.0) -> None:
+    """Validate ``path`` in a child process (``python -m treadle_agent.config --check``), which records it.
+
+    ``config_sha256`` is the digest of the bytes the caller parsed; the child
+    answers with the digest of those it checked, so a file replaced in
+    between is not taken as checked.
 
     Raises:
-        ValueError: the schema uses a keyword outside :data:`SUPPORTED_KEYWORDS`.
+        ConfigError: the config is invalid (the child's messages), the child
+            could not run, or the file changed while it was checked.
     """
-    extra = set(schema) - SUPPORTED_KEYWORDS
-    if extra:
-        raise ValueError(f"agent config schema keyword(s) {sorted(extra)} are not supported by config.schema_errors")
-    t = schema.get("type")
-    if t is not None and not _TYPES[t](value):
-        return [(where, f"{value!r} is not of type {t!r}")]
-    checks = (
-        ("enum", lambda e: value in e and all(type(value) is type(x) for x in e if x == value), lambda e: f"{value!r} is not one of {e!r}"),
-        ("const", lambda c: value == c, lambda c: f"{value!r} is not {c!r}"),
-        ("minimum", lambda m: value >= m, lambda m: f"{value!r} is less than the minimum of {m}"),
-        ("exclusiveMinimum", lambda m: value > m, lambda m: f"{value!r} is less than or equal to the minimum of {m}"),
-        ("maximum", lambda m: value <= m, lambda m: f"{value!r} is greater than the maximum of {m}"),
-        ("minLength", lambda n: len(value) >= n, lambda n: f"{value!r} is shorter than {n} characters"),
-        ("pattern", lambda p: re.search(p, value) is not None, lambda p: f"{value!r} does not match {p!r}"),
-        ("minItems", lambda n: len(value) >= n, lambda n: f"{value!r} has fewer than {n} items"),
-    )
-    numeric = type(value) in (int, float)
-    for keyword, ok, message in checks:
-        if keyword not in schema:
-            continue
-        if keyword in ("minimum", "exclusiveMinimum", "maximum") and not numeric:
-            continue
-        if keyword in ("minLength", "pattern") and not isinstance(value, str):
-            continue
-        if keyword == "minItems" and not isinstance(value, list):
-            continue
-        if not ok(schema[keyword]):
-            return [(where, message(schema[keyword]))]
-    errors: list[tuple[tuple[str | int, ...], str]] = []
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            errors += schema_errors(schema["items"], item, (*where, i))
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        errors += [(where, f"{k!r} is a required property") for k in schema.get("required", ()) if k not in value]
-        if schema.get("additionalProperties") is False:
-            errors += [(where, f"additional property {k!r} is not allowed") for k in value if k not in props]
-        for k, v in value.items():
-            if k in props:
-                errors += schema_errors(props[k], v, (*where, k))
-    return errors
+    try:
+        p = subprocess.run([sys.executable, "-m", "treadle_agent.config", "--check", str(path)],
+                           capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise ConfigError(f"{path}: the config check process overran {timeout_s:g} s") from e
+    except OSError as e:
+        raise ConfigError(f"cannot start the config check process {sys.executable}: {e.strerror}") from e
+    if p.returncode == 2:
+        raise ConfigError(p.stderr.strip())
+    if p.returncode != 0:
+        raise ConfigError(f"{path}: the config check process failed (exit {p.returncode}): {p.stderr.strip()[-300:]}")
+    if p.stdout.strip() != config_sha256:
+        raise ConfigError(f"{path}: the file changed while it was being checked (fix: start the agent again once it is written)")
+    if p.stderr.strip():
+        log.warning("config.record_failed", error=p.stderr.strip(), action="validating again on the next start")
+
+
+def _child(argv: Sequence[str]) -> int:
+    """The child side of :func:`check_isolated`: validate, record, print the digest of the bytes checked."""
+    if len(argv) != 2 or argv[0] != "--check":
+        print("usage: python -m treadle_agent.config --check PATH", file=sys.stderr)
+        return 2
+    path = Path(argv[1])
+    try:
+        data = _read(path)
+        raw = _parse(data, path)
+        config_sha256 = hashlib.sha256(data).hexdigest()
+        if not _is_validated(raw, path, config_sha256):
+            why = _remember(from_dict(raw, path).state_dir, config_sha256)
+            if why:
+                print(why, file=sys.stderr)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(config_sha256)
+    return 0
 
 
 def _describe(prop: dict[str, Any]) -> str:
@@ -285,3 +381,7 @@ def _listen(value: str, path: Path) -> MetricsSettings:
     if int(port) > 65535:
         raise ConfigError(f"{path}: key 'metrics_listen': port {port} is above 65535 (fix: use a port in 0..65535, e.g. 127.0.0.1:9731)")
     return MetricsSettings(host=host or "0.0.0.0", port=int(port))
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

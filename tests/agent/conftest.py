@@ -263,10 +263,16 @@ class Node:
         return self.agent.metrics.sample(name, **labels)
 
     def snapshot(self) -> dict[str, bytes]:
-        """Every file and symlink under the root and the state dir, with its content (or link target)."""
+        """Every file and symlink under the root and the state dir, with its content (or link target).
+
+        Leaves out the record of agent.toml's validation: a restart with other
+        settings rewrites it, and it is no part of what the node enforces.
+        """
         out: dict[str, bytes] = {}
         for top in (self.tmp / "root", self.tmp / "state"):
             for p in sorted(top.rglob("*")):
+                if p == self.tmp / "state" / agent_config.RECORD:
+                    continue
                 key = str(p.relative_to(self.tmp))
                 if p.is_symlink():
                     out[key] = b"-> " + str(p.readlink()).encode()

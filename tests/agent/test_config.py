@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import treadle_schemas
 from treadle_agent.cli import main
-from treadle_agent.config import load, schema_errors
+from treadle_agent.config import RECORD, from_dict, load, schema_sha256
 from treadle_agent.errors import ConfigError
 
 
@@ -59,6 +62,9 @@ def test_missing_required_key_and_broken_toml_are_errors(tmp_path):
     path.write_text('node = "n1\n')
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(path)
+    path.write_bytes(b'node = "n\xff1"\n')
+    with pytest.raises(ConfigError, match="not UTF-8 at byte 9 .*fix: save the file as UTF-8"):
+        load(path)
 
 
 @pytest.mark.parametrize(
@@ -87,7 +93,25 @@ def test_missing_config_file_exits_2_as_a_real_process(tmp_path):
     assert p.returncode == 2 and "none.toml: no such file" in p.stderr
 
 
-_SCHEMA = __import__("treadle_schemas").load("agent-config.json")
+def test_state_dir_that_cannot_be_created_exits_2(tmp_path, keys, kit, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:1/m"], state_dir=str(blocker / "state"))
+    assert main(["once", "--config", str(path)]) == 2
+    assert "a-file/state" in capsys.readouterr().err
+
+
+def test_config_with_several_errors_reports_each_on_its_own_line(tmp_path, keys, kit, capsys):
+    path = kit.write_config(tmp_path, keys.trust_root, ["ftp://x"], drift_policy="fix-it", interval_s=0)
+    assert main(["once", "--config", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"treadle-agent: error: {path}: key ") and "fix:" in line for line in lines)
+    for key in ("'manifest_urls'[0]", "'drift_policy'", "'interval_s'"):
+        assert sum(key in line for line in lines) == 1
+
+
+_SCHEMA = treadle_schemas.load("agent-config.json")
+_VALID = {"node": "n1", "manifest_urls": ["http://c/m"], "trust_root": "t.json", "state_dir": "s"}
 _values = st.one_of(
     st.text(max_size=12), st.sampled_from(["heal", "report", "auto", "apt", "none", "127.0.0.1:9731", ":0", "http://x/{node}"]),
     st.integers(min_value=-5, max_value=70_000), st.floats(allow_nan=False, allow_infinity=False, width=32), st.booleans(),
@@ -95,28 +119,143 @@ _values = st.one_of(
 )
 
 
-_VALID = {"node": "n1", "manifest_urls": ["http://c/m"], "trust_root": "t.json", "state_dir": "s"}
-
-
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(changes=st.dictionaries(st.sampled_from(sorted(_SCHEMA["properties"]) + ["bogus"]), _values, max_size=3),
        dropped=st.sets(st.sampled_from(sorted(_VALID)), max_size=1))
-def test_config_check_agrees_with_jsonschema_rs_on_any_config(changes, dropped):
-    import jsonschema_rs
-
+def test_any_config_the_schema_refuses_is_an_error_naming_each_offending_key(changes, dropped):
     config = {k: v for k, v in {**_VALID, **changes}.items() if k not in dropped}
-    reference = list(jsonschema_rs.validator_for(_SCHEMA).iter_errors(config))
-    assert bool(schema_errors(_SCHEMA, config)) == bool(reference)
+    errors = treadle_schemas.errors("agent-config.json", config)
+    if not errors:
+        return
+    path = Path("/etc/treadle/agent.toml")
+    with pytest.raises(ConfigError) as e:
+        from_dict(config, path)
+    lines = str(e.value).splitlines()
+    assert len(lines) == len(errors) and all(line.startswith(f"{path}: ") and "fix:" in line for line in lines)
+    named = {str(where[0]) for where, _ in errors if where} | {k for k in ("bogus", *dropped) if k in config or k in dropped}
+    assert all(any(repr(k) in line for line in lines) for k in named)
 
 
-def test_config_check_refuses_a_schema_keyword_it_does_not_implement():
-    with pytest.raises(ValueError, match="not supported"):
-        schema_errors({"type": "string", "maxLength": 3}, "abcd")
+# The record of a successful validation (config.py's module docstring).
+
+_PROBE = """
+import json, sys
+from treadle_agent.cli import main
+from treadle_agent.config import load
+if sys.argv[1] == "once":
+    code = main(["once", "--config", sys.argv[2]])
+else:
+    code = load(sys.argv[2], isolate_validation=True).node
+print(json.dumps([code, "jsonschema_rs" in sys.modules]))
+"""
 
 
-def test_state_dir_that_cannot_be_created_exits_2(tmp_path, keys, kit, capsys):
+def _probe(mode: str, path: Path) -> tuple[object, bool]:
+    """Run ``once`` (or a daemon's load) in a fresh process: its result, and whether jsonschema-rs got loaded."""
+    p = subprocess.run([sys.executable, "-c", _PROBE, mode, str(path)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    code, loaded = json.loads(p.stdout.strip().splitlines()[-1])
+    return code, loaded
+
+
+def _record(config: Path, state_dir: Path | None = None) -> Path:
+    return (state_dir or config.parent / "state") / RECORD
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def test_valid_config_is_validated_once_and_the_digests_recorded(tmp_path, keys, kit):
+    path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:1/m"])
+    config = load(path)
+    record = config.state_dir / RECORD
+    assert json.loads(record.read_bytes()) == {"config_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                               "schema_sha256": schema_sha256()}
+    assert record.stat().st_mode & 0o777 == 0o600
+
+
+def test_unchanged_config_is_not_validated_again(tmp_path, keys, kit):
+    path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:1/m"])
+    assert _probe("once", path) == (1, True)  # the fetch fails (exit 1); the config was validated
+    before = _stamp(_record(path))
+    assert _probe("once", path) == (1, False)  # no validator was even imported
+    load(path)
+    assert _stamp(_record(path)) == before  # a validation would have replaced the record
+
+
+def test_config_with_a_changed_value_is_validated_again_and_its_error_reported(tmp_path, keys, kit):
+    path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:1/m"], drift_policy="heal")
+    load(path)
+    recorded = _record(path).read_bytes()
+    path.write_bytes(path.read_bytes().replace(b'"heal"', b'"heax"'))  # same length, one byte
+    with pytest.raises(ConfigError, match=f"{path}: key 'drift_policy': .*heax.* \\(fix: use one of 'heal', 'report'"):
+        load(path)
+    assert _record(path).read_bytes() == recorded  # a refused config is not recorded
+
+
+def test_config_with_a_valid_change_is_validated_again_and_recorded(tmp_path, keys, kit):
+    path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:1/m"], interval_s=5)
+    load(path)
+    before = _stamp(_record(path))
+    path.write_bytes(path.read_bytes().replace(b"interval_s = 5", b"interval_s = 6"))
+    assert load(path).loop.interval_s == 6
+    assert _stamp(_record(path)) != before
+    assert json.loads(_record(path).read_bytes())["config_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]", b'{"config_sha256": "00", "schema_sha256": "00"}', b"\xff\xfe"])
+def test_corrupt_or_tampered_record_means_validating_again(tmp_path, keys, kit, content):
+    path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:1/m"])
+    _record(path).parent.mkdir(mode=0o700)
+    _record(path).write_bytes(content)
+    assert _probe("once", path) == (1, True)
+    assert json.loads(_record(path).read_bytes())["config_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_record_of_a_matching_config_is_not_trusted_for_a_bad_one(tmp_path, keys, kit):
+    good = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:1/m"])
+    load(good)
+    path = good.with_name("other.toml")
+    path.write_bytes(good.read_bytes() + b"bogus = 1\n")  # the same state dir, other bytes
+    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
+        load(path)
+
+
+def test_record_made_under_another_schema_means_validating_again(tmp_path, keys, kit):
+    path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:1/m"])
+    load(path)
+    record = json.loads(_record(path).read_bytes())
+    _record(path).write_text(json.dumps({**record, "schema_sha256": hashlib.sha256(b"an older schema").hexdigest()}))
+    assert _probe("once", path) == (1, True)
+    assert json.loads(_record(path).read_bytes()) == record
+
+
+def test_daemon_validates_in_a_child_process_and_never_loads_the_validator(tmp_path, keys, kit):
+    path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:1/m"])
+    assert _probe("daemon", path) == ("node-1", False)
+    assert json.loads(_record(path).read_bytes())["config_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_daemon_with_a_bad_config_exits_2_with_the_child_process_errors(tmp_path, keys, kit, capsys):
+    path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:1/m"], bogus=1, drift_policy="fix-it")
+    assert main(["run", "--config", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"treadle-agent: error: {path}: ") for line in lines)
+    assert any("unknown key 'bogus'" in line for line in lines) and any("'drift_policy'" in line for line in lines)
+    assert not _record(path).exists()
+
+
+def test_validation_that_cannot_be_recorded_still_loads_and_is_logged(tmp_path, keys, kit, caplog):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:1/m"], state_dir=str(blocker / "state"))
-    assert main(["once", "--config", str(path)]) == 2
-    assert "a-file/state" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="treadle_agent"):
+        assert load(path).node
+    assert any(r.getMessage() == "config.record_failed" for r in caplog.records)
+
+
+def test_config_check_process_without_a_path_exits_2_with_its_usage():
+    p = subprocess.run([sys.executable, "-m", "treadle_agent.config"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "usage: python -m treadle_agent.config --check PATH" in p.stderr
