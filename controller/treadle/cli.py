@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "treadle.commands.keys",
     "treadle.commands.controller",
     "treadle.commands.rollout",
+    "treadle.commands.targets",
     "treadle.commands.demo",
 )
 

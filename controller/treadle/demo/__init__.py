@@ -1,0 +1,1 @@
+"""`treadle demo`: the whole system on one machine, on its own."""
