@@ -1,0 +1,186 @@
+"""build_plan: two revisions in, the reviewer's plan out.
+
+Steps, in order: open both revisions; render BASE in full; list the paths
+that differ (a pygit2 tree diff); render HEAD incrementally from BASE's result
+with those paths, sharing the parse cache, so a one-node change renders one
+node for HEAD whatever the fabric's size; compare the two renders; group
+the changed nodes; explain the changed values in HEAD; preview the rollout.
+Nothing here prints; :mod:`treadle.review.markdown` and
+:mod:`treadle.review.jsonreport` turn the :class:`Plan` into text.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import pygit2
+
+from treadle.errors import Diagnostic, SourceError
+from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, render_fabric
+from treadle.fabric.source import SourceProblem
+from treadle.fabric.layout import classify
+from treadle.review.changes import Changes, diff_renders
+from treadle.review.group import Group, group_changes
+from treadle.review.preview import RolloutPreview, commit_is_immediate, pinned_waves, preview
+from treadle.review.provenance import Explainer, ProvenanceBudget, ValueSource, explain_groups
+
+#: Diagnostic codes that are refusals of the change as a whole (fleet invariants), not a broken file.
+REFUSAL_CODES = frozenset({"lifecycle-transition", "max-out-of-production", "duplicate-node", "duplicate-address"})
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """A revision as the user named it and the commit it resolved to."""
+
+    rev: str
+    commit: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    """Knobs of one plan: ``now_s`` (epoch seconds) decides which windows and freezes apply."""
+
+    now_s: float | None = None
+    max_provenance_lookups: int = 24
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStats:
+    """Render figures: nodes in each revision, and how many HEAD rendered rather than reused from BASE."""
+
+    base_nodes: int
+    head_nodes: int
+    head_rendered: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the reports show. ``ok`` is HEAD's validity (the command's exit code)."""
+
+    base: Revision
+    head: Revision
+    base_ok: bool
+    changes: Changes
+    groups: list[Group]
+    provenance: list[dict[str, tuple[ValueSource, ...] | None]]
+    provenance_skipped: int
+    rollout: RolloutPreview
+    errors: tuple[Diagnostic, ...]
+    refusals: tuple[Diagnostic, ...]
+    stats: PlanStats
+    changed_paths: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.refusals
+
+
+def changed_paths(repo: pygit2.Repository, base: str, head: str, prefix: str = "") -> dict[str, frozenset[int]]:
+    """Every path added, removed or modified between two commits (both sides of a rename), with
+    the HEAD line numbers the change added (empty for a removed or binary file). With ``prefix``
+    (a fabric in a directory of the repository) only paths below it, relative to it.
+
+    Raises:
+        SourceError: git cannot diff the two trees.
+    """
+    try:
+        diff = repo.diff(repo[base].peel(pygit2.Tree), repo[head].peel(pygit2.Tree))
+    except (KeyError, ValueError, pygit2.GitError) as e:
+        raise SourceError(f"cannot diff {base[:12]}..{head[:12]}: {e}") from e
+    paths: dict[str, frozenset[int]] = {}
+    for patch in diff:
+        delta = patch.delta
+        old, new = delta.old_file.path, delta.new_file.path
+        if old.startswith(prefix):
+            paths.setdefault(old[len(prefix):], frozenset())
+        if new.startswith(prefix):
+            paths[new[len(prefix):]] = frozenset(line.new_lineno for hunk in patch.hunks for line in hunk.lines
+                                                 if line.origin == "+")
+    return paths
+
+
+def build_plan(repo: str | os.PathLike[str] | pygit2.Repository, base_rev: str, head_rev: str,
+               settings: PlanSettings | None = None) -> Plan:
+    """The plan of merging ``head_rev`` onto ``base_rev`` in ``repo``.
+
+    Raises:
+        UsageError: ``repo`` is not a git repository or a revision does not exist.
+        SourceError: git cannot read a revision.
+    """
+    settings = settings or PlanSettings()
+    cache = ParseCache()
+    base_src = GitRevisionSource(repo, base_rev)
+    head_src = GitRevisionSource(repo, head_rev)
+    base_commit, head_commit = str(base_src.commit), str(head_src.commit)
+    base = render_fabric(StampedSource(base_src, head_commit), cache)
+    paths = changed_paths(base_src.repo, base_commit, head_commit, getattr(head_src, "prefix", ""))
+    head = render_fabric(head_src, cache, previous=base, changed_paths=paths, base=base)
+    changes = diff_renders(base.nodes, head.nodes, base.lifecycles, head.lifecycles, _Places(head_src, base_src))
+    groups = group_changes(changes.changed)
+    budget = ProvenanceBudget(lookups=settings.max_provenance_lookups)
+    node_files = {g.example.name: head.nodes[g.example.name].sources for g in groups}
+    provenance = explain_groups(Explainer(head_src, cache, paths, budget, node_files), groups)
+    updated = [head.nodes[n.name] for n in (*changes.changed, *changes.added)]
+    pinned = pinned_waves(head_src, cache, head.fabric, updated)
+    now = settings.now_s if settings.now_s is not None else time.time()
+    rollout = preview(head.rollout, updated, pinned, now, commit_is_immediate(base_src.repo, head_commit))
+    return Plan(
+        base=Revision(base_rev, base_commit),
+        head=Revision(head_rev, head_commit),
+        base_ok=base.ok,
+        changes=changes,
+        groups=groups,
+        provenance=provenance,
+        provenance_skipped=budget.skipped,
+        rollout=rollout,
+        errors=tuple(d for d in head.diagnostics if d.code not in REFUSAL_CODES),
+        refusals=tuple(d for d in head.diagnostics if d.code in REFUSAL_CODES),
+        stats=_stats(base, head),
+        changed_paths=tuple(sorted(paths)),
+    )
+
+
+class StampedSource:
+    """A revision whose manifests carry another commit id.
+
+    BASE is rendered stamped with HEAD's commit: the plan never publishes
+    BASE's manifests, and with equal stamps the incremental HEAD render
+    takes BASE's unchanged nodes as they are instead of re-stamping (and
+    re-encoding) every manifest of the fabric.
+    """
+
+    def __init__(self, src: GitRevisionSource, commit: str) -> None:
+        self._src, self.commit, self.label = src, commit, src.label
+
+    def entries(self) -> dict[str, str]:
+        return self._src.entries()
+
+    def read(self, path: str) -> bytes:
+        return self._src.read(path)
+
+    def problems(self) -> list[SourceProblem]:
+        return self._src.problems()
+
+
+class _Places:
+    """(site, cluster) of nodes that did not render, from the layout of HEAD, else BASE; classified only when asked."""
+
+    def __init__(self, *sources: GitRevisionSource) -> None:
+        self._sources = sources
+        self._found: dict[str, tuple[str, str]] | None = None
+
+    def get(self, name: str, default: tuple[str, str] | None = None) -> tuple[str, str] | None:
+        if self._found is None:
+            self._found = {}
+            for src in reversed(self._sources):
+                self._found.update((ref.name, (ref.site, ref.cluster)) for ref in classify(src.entries()).nodes)
+        return self._found.get(name, default)
+
+
+def _stats(base: RenderResult, head: RenderResult) -> PlanStats:
+    """A HEAD node reused from BASE shares BASE's resource list (the renderer only re-stamps it)."""
+    rendered = sum(1 for name, node in head.nodes.items()
+                   if name not in base.nodes or node.manifest["resources"] is not base.nodes[name].manifest["resources"])
+    return PlanStats(len(base.nodes), len(head.nodes), rendered)
