@@ -1,0 +1,118 @@
+"""``treadle controller run`` and ``treadle status``.
+
+``status`` talks to a running controller over its HTTP API (``--url``, or
+``TREADLE_URL``, default ``http://127.0.0.1:8080``) and prints ``/v1/status``
+as a table; ``--format json`` prints the document itself for scripts. It
+exits 1 while a rewritten history waits for ``treadle rollout accept-history``
+(a check a script should notice), 2 when the controller cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from treadle.errors import UsageError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+EXIT_OK, EXIT_PROBLEM = 0, 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ctl = sub.add_parser("controller", help="run the controller daemon")
+    ctl_sub = ctl.add_subparsers(dest="controller_command", metavar="ACTION", required=True)
+    run = ctl_sub.add_parser("run", help="watch git, render, sign and publish; serve the API")
+    run.add_argument("--config", required=True, help="path of controller.toml")
+    run.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per event, as text or JSON")
+    run.set_defaults(func=_run)
+
+    status = sub.add_parser("status", help="show the controller's deployed commit, refusals and node counts")
+    add_url_argument(status)
+    status.add_argument("--format", choices=("table", "json"), default="table")
+    status.set_defaults(func=_status)
+
+
+def add_url_argument(parser: argparse.ArgumentParser, *, operator: bool = False) -> None:
+    """``--url`` and, for operator actions, ``--token-file`` (the controller's admin_token_file)."""
+    parser.add_argument("--url", default=os.environ.get("TREADLE_URL", DEFAULT_URL),
+                        help=f"controller API base URL (default $TREADLE_URL or {DEFAULT_URL})")
+    if operator:
+        parser.add_argument("--token-file", default=os.environ.get("TREADLE_TOKEN_FILE"),
+                            help="file with the controller's admin token (default $TREADLE_TOKEN_FILE; "
+                                 "not needed on the controller's own machine without admin_token_file)")
+
+
+def api_call(method: str, url: str, path: str, body: Any = None, token_file: str | None = None) -> dict[str, Any]:
+    """One request to the controller's API, with the admin token of ``token_file`` when given.
+
+    Raises:
+        UsageError: the token file is unreadable, or the controller cannot be reached or answered with an error.
+    """
+    import httpx
+
+    headers = {}
+    if token_file:
+        try:
+            headers["authorization"] = "Bearer " + open(token_file, encoding="utf-8").read().strip()
+        except OSError as e:
+            raise UsageError(f"{token_file}: cannot read the admin token: {e.strerror} (--token-file)") from e
+    try:
+        response = httpx.request(method, url.rstrip("/") + path, json=body, headers=headers, timeout=10)
+    except httpx.HTTPError as e:
+        raise UsageError(f"cannot reach the controller at {url}: {e}; is `treadle controller run` running? (--url)") from e
+    try:
+        doc = response.json()
+    except ValueError:
+        doc = {}
+    if response.status_code >= 400:
+        raise UsageError(f"{url}{path}: HTTP {response.status_code}: {doc.get('error', response.text.strip())}")
+    return doc
+
+
+def _run(args: argparse.Namespace) -> int:
+    from treadle import config, daemon, log
+
+    log.configure(as_json=args.log_format == "json")
+    daemon.run(config.load(args.config))
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    doc = api_call("GET", args.url, "/v1/status")
+    if args.format == "json":
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print_status(doc)
+    return EXIT_PROBLEM if doc.get("pending_history_acceptance") else EXIT_OK
+
+
+def print_status(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stdout, soft_wrap=True)
+    table = Table(title="Treadle controller", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("repository", f"{doc.get('repository')} ({doc.get('branch')})")
+    table.add_row("deployed commit", doc.get("deployed_commit") or "(none yet)")
+    nodes = doc.get("nodes", {})
+    by = ", ".join(f"{k} {v}" for k, v in nodes.get("by_lifecycle", {}).items())
+    table.add_row("nodes", f"{nodes.get('total', 0)}" + (f" ({by})" if by else ""))
+    if doc.get("pending_history_acceptance"):
+        sha = doc["pending_history_acceptance"]
+        table.add_row("pending", f"history rewrite to {sha}: `treadle rollout accept-history {sha}` to deploy it")
+    refusal = doc.get("last_refusal")
+    if refusal:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(refusal["at"]))
+        table.add_row("last refusal", f"{refusal['commit']} ({refusal['reason']}, {when} UTC)\n{refusal['message']}")
+        if refusal.get("diagnostics"):
+            table.add_row("diagnostics", "\n".join(refusal["diagnostics"]))
+    cycle = doc.get("last_cycle") or {}
+    if cycle:
+        table.add_row("last cycle", f"{cycle.get('result')} {cycle.get('commit') or ''}".strip())
+    console.print(table)

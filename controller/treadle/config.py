@@ -1,0 +1,186 @@
+"""controller.toml: read, validated against ``schemas/controller-config.json``, turned into frozen settings.
+
+The schema is the one source of truth for the format; this module only adds
+what a schema cannot say (files that must exist, a port that must fit in 16
+bits) and resolves relative paths against the directory of the config file,
+so a config can be moved together with its keys. Every error names the file,
+the key and the fix.
+
+Raises:
+    UsageError: the file is missing, not TOML, breaks the schema, or names a
+        file that does not exist.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import treadle_schemas
+from treadle.errors import UsageError
+
+SCHEMA = "controller-config.json"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    repository: str  # URL or local path (already absolute when it was a relative path)
+    branch: str
+    poll_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    state_dir: Path
+    publish_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSettings:
+    signing_key: str  # a key file path (absolute) or a securesystemslib signer URI
+    manifest_lifetime_s: int
+    resign_before_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    require_signed: bool
+    allowed_signers: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    host: str
+    port: int
+    webhook_secret: bytes | None  # the content of webhook_secret_file, stripped of surrounding whitespace
+    admin_token: bytes | None = None  # the content of admin_token_file; None: operator actions from loopback only
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    source: str
+    prometheus_url: str | None
+    scrape_timeout_s: float
+    interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    path: Path
+    source: SourceSettings
+    store: StoreSettings
+    signing: SigningSettings
+    policy: PolicySettings
+    api: ApiSettings
+    health: HealthSettings
+
+
+def load(path: str | Path) -> ControllerConfig:
+    """Read and validate ``path``.
+
+    Raises:
+        UsageError: see the module docstring.
+    """
+    path = Path(path).absolute()
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise UsageError(f"{path}: no such file; pass --config with the path of controller.toml") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML: {e}; fix the syntax at that position") from e
+    return from_dict(doc, path)
+
+
+def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
+    """Validate an already parsed config ``doc`` that came from ``path``.
+
+    Raises:
+        UsageError: see the module docstring.
+    """
+    problems = treadle_schemas.errors(SCHEMA, doc)
+    if problems:
+        lines = [f"{path}: {_key(p) or '(top level)'}: {msg}" for p, msg in problems]
+        raise UsageError("\n".join(lines) + "\nfix these keys; the format is schemas/controller-config.json")
+    base = path.parent
+    src, policy, health = doc, doc.get("commit_policy", {}), doc.get("health", {})
+    return ControllerConfig(
+        path=path,
+        source=SourceSettings(
+            repository=_repository(src["repository"], base),
+            branch=src.get("branch", "main"),
+            poll_interval_s=float(src.get("poll_interval_s", 30)),
+        ),
+        store=StoreSettings(state_dir=base / src["state_dir"], publish_dir=base / src["publish_dir"]),
+        signing=SigningSettings(
+            signing_key=_signing_key(src["signing_key"], base),
+            manifest_lifetime_s=int(src.get("manifest_lifetime_s", 604800)),
+            resign_before_s=int(src.get("resign_before_s", 86400)),
+        ),
+        policy=_policy(policy, base, path),
+        api=_api(src, base, path),
+        health=HealthSettings(
+            source=health.get("source", "scrape"),
+            prometheus_url=health.get("prometheus_url"),
+            scrape_timeout_s=float(health.get("scrape_timeout_s", 2)),
+            interval_s=float(health.get("interval_s", 2)),
+        ),
+    )
+
+
+def _key(instance_path: list[str | int]) -> str:
+    return ".".join(str(p) for p in instance_path)
+
+
+def _repository(value: str, base: Path) -> str:
+    # URLs (scheme://) and scp-like ssh addresses (user@host:path) pass through;
+    # anything else is a local path, made absolute so the state dir's clone
+    # does not depend on the current directory.
+    if "://" in value or (":" in value and "@" in value.split(":", 1)[0]):
+        return value
+    return str((base / value).absolute())
+
+
+def _signing_key(value: str, base: Path) -> str:
+    scheme = value.split(":", 1)[0] if ":" in value else ""
+    if len(scheme) > 1 and scheme.replace("-", "").isalnum():
+        return value  # a signer URI such as file2:..., envvar:..., gcpkms:... (len > 1: not a drive letter)
+    return str(base / value)
+
+
+def _policy(policy: dict[str, Any], base: Path, path: Path) -> PolicySettings:
+    require = bool(policy.get("require_signed", False))
+    signers = policy.get("allowed_signers")
+    if require and not signers:
+        raise UsageError(f"{path}: commit_policy.allowed_signers: required when commit_policy.require_signed is true; "
+                         "set it to an OpenSSH allowed_signers file")
+    signers_path = base / signers if signers else None
+    if signers_path is not None and not signers_path.is_file():
+        raise UsageError(f"{path}: commit_policy.allowed_signers: {signers_path} does not exist; create it or fix the path")
+    return PolicySettings(require_signed=require, allowed_signers=signers_path)
+
+
+def _api(doc: dict[str, Any], base: Path, path: Path) -> ApiSettings:
+    host, _, port_text = doc.get("listen", "127.0.0.1:8080").rpartition(":")
+    port = int(port_text)
+    if port > 65535:
+        raise UsageError(f"{path}: listen: port {port} is above 65535; use a port between 0 and 65535")
+    secret = _secret_file(doc, "webhook_secret_file", base, path, "the shared secret")
+    token = _secret_file(doc, "admin_token_file", base, path, "a long random token")
+    return ApiSettings(host=host or "127.0.0.1", port=port, webhook_secret=secret, admin_token=token)
+
+
+def _secret_file(doc: dict[str, Any], key: str, base: Path, path: Path, what: str) -> bytes | None:
+    if key not in doc:
+        return None
+    secret_path = base / doc[key]
+    try:
+        secret = secret_path.read_bytes().strip()
+    except OSError as e:
+        raise UsageError(f"{path}: {key}: cannot read {secret_path}: {e.strerror}; fix the path") from e
+    if not secret:
+        raise UsageError(f"{path}: {key}: {secret_path} is empty; write {what} into it")
+    return secret

@@ -1,0 +1,175 @@
+"""The running controller: the pipeline loop, the ref watcher and the HTTP API in one anyio task group.
+
+The pipeline's cycle is blocking work (git, rendering, signing, fsync), so it
+runs in a worker thread, one cycle at a time (a capacity limiter of 1); the
+API keeps answering meanwhile. Anything that learns of a push (the ref
+watcher, the webhook, an accepted history) only sets a trigger; a trigger that
+arrives during a cycle makes the next one start at once, and that cycle
+fetches the newest head, so a burst of pushes costs one or two cycles.
+
+SIGTERM and SIGINT stop the loop after the cycle in progress (a cycle is never
+abandoned halfway, although a crash mid-cycle is safe too) and shut the HTTP
+server down.
+
+Raises:
+    UsageError: the listen address cannot be bound.
+    SigningKeyError, StoreError: the key or the state directory is unusable at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import uvicorn
+
+from treadle import log
+from treadle.api import ApiContext, build_app
+from treadle.config import ControllerConfig
+from treadle.errors import UsageError
+from treadle.gate import SignaturePolicy
+from treadle.metrics import ControllerMetrics
+from treadle.pipeline import Outcome, Pipeline, Settings
+from treadle.publish import PublishStore
+from treadle.sign import ManifestSigner
+from treadle.source import GitSource, local_git_dir, watch_refs
+from treadle.state import StateDB
+
+STATE_DB = "state.sqlite3"
+#: After a failed cycle (git unreachable, disk full) retry sooner than the poll interval, but not in a tight loop.
+RETRY_AFTER_FAILURE_S = 5.0
+
+
+class Trigger:
+    """A level-triggered wake-up: any number of ``set()`` calls before a ``wait()`` wake it once."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout_s: float) -> None:
+        with anyio.move_on_after(timeout_s):
+            await self._event.wait()
+        self._event = anyio.Event()
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # signals are the controller's: it stops the server itself
+
+
+@dataclass
+class Controller:
+    """The wired parts of one controller process; :meth:`run` is its whole life."""
+
+    config: ControllerConfig
+    pipeline: Pipeline
+    api: ApiContext
+    trigger: Trigger
+
+    async def run(self) -> None:
+        """Serve and reconcile until SIGTERM or SIGINT."""
+        sock = _bind(self.config.api.host, self.config.api.port)
+        host, port = sock.getsockname()[:2]
+        server = _Server(uvicorn.Config(build_app(self.api), log_level="warning", access_log=False, lifespan="off"))
+        log.event("api.listening", host=host, port=port, url=f"http://{host}:{port}")
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(server.serve, [sock])
+            stop = anyio.Event()
+            async with anyio.create_task_group() as workers:
+                workers.start_soon(self._stop_on_signal, server, workers.cancel_scope, stop)
+                workers.start_soon(self._loop)
+                git_dir = local_git_dir(self.config.source.repository)
+                if git_dir is not None:
+                    workers.start_soon(watch_refs, git_dir, self.trigger.set, stop)
+                    log.event("source.watching", path=str(git_dir))
+            server.should_exit = True
+        log.event("controller.stopped")
+
+    async def _stop_on_signal(self, server: uvicorn.Server, scope: anyio.CancelScope, stop: anyio.Event) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.event("controller.stopping", signal=signal.Signals(signum).name)
+                server.should_exit = True
+                stop.set()
+                scope.cancel()
+                return
+
+    async def _loop(self) -> None:
+        limiter = anyio.CapacityLimiter(1)
+        while True:
+            outcome = await anyio.to_thread.run_sync(self._cycle, limiter=limiter)
+            wait = self.config.source.poll_interval_s
+            if outcome is None or outcome.result == "failed":
+                wait = min(wait, RETRY_AFTER_FAILURE_S)
+            await self.trigger.wait(wait)
+
+    def _cycle(self) -> Outcome | None:
+        try:
+            outcome = self.pipeline.run_once()
+        except Exception as e:  # a bug must not stop the controller: keep serving the last good store
+            log.error("cycle.crashed", error_type=type(e).__name__, error=str(e))
+            return None
+        self.api.last_cycle.update(result=outcome.result, commit=outcome.commit, reason=outcome.reason, at=time.time())
+        return outcome
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}; change `listen` in controller.toml") from e
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
+    """Wire the controller's parts from ``config``.
+
+    Raises:
+        SigningKeyError, StoreError: see the module docstring.
+    """
+    state_dir = config.store.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = StateDB(state_dir / STATE_DB)
+    store = PublishStore(config.store.publish_dir)
+    metrics = ControllerMetrics()
+    trigger = Trigger()
+    pipeline = Pipeline(
+        source=GitSource(config.source.repository, config.source.branch, state_dir),
+        state=state, store=store, metrics=metrics,
+        signer=ManifestSigner(config.signing.signing_key, lifetime_s=config.signing.manifest_lifetime_s),
+        settings=Settings(resign_before_s=config.signing.resign_before_s),
+        policy=SignaturePolicy(config.policy.allowed_signers) if config.policy.require_signed and config.policy.allowed_signers else None,
+        **pipeline_overrides,
+    )
+    api = ApiContext(store=store, state=state, metrics=metrics, trigger=trigger.set, branch=config.source.branch,
+                     repository=config.source.repository, webhook_secret=config.api.webhook_secret,
+                     admin_token=config.api.admin_token)
+    return Controller(config, pipeline, api, trigger)
+
+
+def run(config: ControllerConfig) -> None:
+    """Build and run the controller until a stop signal (uvloop when available)."""
+    controller = build(config)
+    try:
+        import uvloop  # noqa: F401
+
+        options = {"use_uvloop": True}
+    except ImportError:
+        options = {}
+    anyio.run(controller.run, backend_options=options)

@@ -1,0 +1,374 @@
+"""The controller's cycle, as DESIGN.md names its steps:
+
+    source -> gate -> load/render/check -> plan -> sign -> publish -> observe -> advance
+
+Each step is a small function over immutable values (a head commit, a gate
+decision, a render result, a plan, signed envelopes). :meth:`Pipeline.run_once`
+strings them together; what the cycle did is one :class:`Outcome`, and
+:meth:`Pipeline.record` is the one place that turns an outcome into metrics,
+refusal rows and a log line. (Generations and deployments are written by the
+publish and advance steps themselves: their order around the store writes is
+what makes a crash safe.)
+
+Rules this module keeps:
+
+- One diagnostic refuses the whole commit: nothing is signed or published and
+  the last good manifests stay (``reason=invalid``).
+- A refused head is recorded once, not once per poll; it is looked at again
+  only when the head moves or its history rewrite is accepted.
+- Each cycle fetches the newest head, so commits arriving during a cycle are
+  coalesced into the next one.
+- Generations are reserved in the state database before publishing and
+  confirmed after (see :mod:`treadle.state`): a crash anywhere leaves a store
+  of whole, verifiable envelopes, and the next cycle converges.
+- Manifests near expiry are re-signed every cycle, refused head or not: a bad
+  commit must not let the fabric's manifests run out.
+- ``plan``, ``observe`` and ``advance`` are pass-through for now (every changed
+  node in one wave); the rollout state machine slots in there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from treadle import gate as gate_mod
+from treadle import log
+from treadle.errors import FabricError, GateError, SigningKeyError, SourceError, StoreError, TreadleError
+from treadle.metrics import ControllerMetrics
+from treadle.publish import PublishStore
+from treadle.sign import DigestCache, ManifestSigner, SignedManifest, ToSign, manifest_from_envelope, node_digest
+from treadle.source import GitSource
+from treadle.state import NodeRecord, StateDB
+
+
+class Renderer(Protocol):
+    """Renders one commit of the fabric, reusing ``previous`` for paths outside ``changed``.
+
+    ``base`` is the deployed revision (its render result, or its commit id)
+    against which lifecycle transitions are checked; None skips that check.
+    """
+
+    def __call__(self, repo: Any, commit: str, previous: Any | None, changed: set[str] | None, base: Any | None) -> Any: ...
+
+
+class FabricRenderer:
+    """The real renderer (:mod:`treadle.fabric`), with a parse cache kept across cycles."""
+
+    def __init__(self) -> None:
+        from treadle.fabric import ParseCache
+
+        self.cache = ParseCache()
+
+    def __call__(self, repo: Any, commit: str, previous: Any | None, changed: set[str] | None, base: Any | None) -> Any:
+        from treadle.fabric import GitRevisionSource, render_fabric
+
+        if isinstance(base, str):
+            base = GitRevisionSource(repo, base)
+        return render_fabric(GitRevisionSource(repo, commit), cache=self.cache, previous=previous,
+                             changed_paths=changed, base=base)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A commit that passed every check, with its render result (the base of the next incremental render)."""
+
+    commit: str
+    result: Any
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to publish: changed nodes with their new generations, and nodes gone from the fabric."""
+
+    commit: str | None
+    to_sign: tuple[ToSign, ...]
+    removed: tuple[str, ...]
+    unchanged: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one cycle did. ``result``: deployed, unchanged, refused, failed."""
+
+    result: str
+    commit: str | None = None
+    previous: str | None = None
+    reason: str | None = None
+    message: str = ""
+    diagnostics: tuple[str, ...] = ()
+    published: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    resigned: tuple[str, ...] = ()
+    render_s: float | None = None
+    kind: str = ""
+    step_s: Mapping[str, float] = field(default_factory=dict)  # wall time of each step that ran
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    resign_before_s: int  # re-sign a manifest this long before it expires
+
+
+@dataclass
+class Pipeline:
+    """The cycle over its I/O edges; one instance per controller, run from one thread at a time."""
+
+    source: GitSource
+    state: StateDB
+    store: PublishStore
+    signer: ManifestSigner
+    metrics: ControllerMetrics
+    settings: Settings
+    policy: gate_mod.SignaturePolicy | None = None
+    renderer: Renderer | None = None
+    clock: Callable[[], float] = time.time
+    last_good: Rendered | None = field(default=None)
+    _digests: DigestCache = field(default_factory=DigestCache)
+
+    def __post_init__(self) -> None:
+        if self.renderer is None:
+            self.renderer = FabricRenderer()
+
+    # -- the cycle -----------------------------------------------------------
+
+    def run_once(self) -> Outcome:
+        """One cycle: deploy the newest head if allowed and valid, then re-sign what is near expiry; recorded."""
+        outcome = self._deploy()
+        resigned = self._resign_due()
+        if resigned:
+            outcome = replace(outcome, resigned=resigned)
+        self.record(outcome)
+        return outcome
+
+    def _deploy(self) -> Outcome:
+        deployed = self.state.deployed_commit()
+        steps: dict[str, float] = {}
+        try:
+            with _timed(steps, "source"):
+                head = self.source.fetch()
+            if self._already_refused(head):
+                return Outcome("unchanged", head, deployed, kind="refused-before")
+            with _timed(steps, "gate"):
+                decision = gate_mod.check(self.source.repo, deployed, head, policy=self.policy,
+                                          history_accepted=self.state.history_accepted(head))
+            if decision.kind == "unchanged" and self.last_good is not None and not self._dirty():
+                return Outcome("unchanged", head, deployed, kind="unchanged")
+            preparing, rendered = self._prepare_store(head), None
+            try:
+                with _timed(steps, "render"):
+                    rendered = self._render(head, deployed)
+            finally:
+                if preparing is not None:
+                    with _timed(steps, "prepare_wait"):  # what the store's preparation took beyond the render
+                        preparing.join()
+                    if rendered is None:  # refused or failed: drop the prepared temp files
+                        self.store.remove_temp_files()
+            with _timed(steps, "plan"):
+                plan = plan_changes(self.state.nodes(), rendered.result.nodes, head, published=self._published_if_unknown(),
+                                    digest_of=self._digests)
+            with _timed(steps, "sign"):
+                signed = self.signer.sign(plan.to_sign, now=self.clock())
+            with _timed(steps, "publish"):
+                publish(self.state, self.store, signed, plan.removed)
+            observe(signed)
+            with _timed(steps, "advance"):
+                advance(self.state, decision, signed, plan.removed)
+        except GateError as e:
+            return Outcome("refused", _head_or_none(self.source), deployed, e.reason, str(e), step_s=steps)
+        except FabricError as e:
+            return Outcome("refused", _head_or_none(self.source), deployed, "invalid", "the fabric has errors",
+                           tuple(str(d) for d in e.diagnostics), step_s=steps)
+        except (SourceError, StoreError, SigningKeyError) as e:
+            return Outcome("failed", None, deployed, type(e).__name__, str(e), step_s=steps)
+        self.last_good = rendered
+        return Outcome("deployed" if signed or plan.removed or decision.kind != "unchanged" else "unchanged",
+                       head, deployed, published=tuple(s.node for s in signed), removed=plan.removed,
+                       render_s=rendered.duration_s, kind=decision.kind, step_s=steps)
+
+    def _already_refused(self, head: str) -> bool:
+        last = self.state.last_refusal()
+        if last is None or last.commit != head or head == self.state.deployed_commit():
+            return False
+        return not (last.reason == "non_fast_forward" and self.state.history_accepted(head))
+
+    def _dirty(self) -> bool:
+        return any(r.dirty for r in self.state.nodes().values())
+
+    def _published_if_unknown(self) -> frozenset[str] | None:
+        # After a (re)start the store is checked once against the state: a
+        # deleted or never-renamed file is published again.
+        return frozenset(self.store.nodes()) if self.last_good is None else None
+
+    def _prepare_store(self, head: str) -> threading.Thread | None:
+        """On a cold cycle, create the store's node directories and temp files while the render runs.
+
+        See :meth:`PublishStore.prepare`. Node names come from the tree's layout alone (no parsing). The thread
+        opens its own handle on the mirror: a pygit2 repository is not shared
+        between threads.
+        """
+        if self.last_good is not None:
+            return None
+
+        def work() -> None:
+            try:
+                from treadle.fabric import GitRevisionSource
+                from treadle.fabric.layout import classify
+
+                src = GitRevisionSource(str(self.source.path), head)
+                self.store.prepare(n.name for n in classify(src.entries()).nodes)
+            except Exception as e:  # only an optimisation: publish creates what is missing
+                log.warning("store.prepare_failed", error=str(e))
+
+        thread = threading.Thread(target=work, name="store-prepare", daemon=True)
+        thread.start()
+        return thread
+
+    def _render(self, head: str, deployed: str | None) -> Rendered:
+        """load/render/check: incremental from the last good commit when there is one.
+
+        Lifecycle transitions are checked against the deployed revision: its
+        result when in memory, else (after a restart, when the head moved) its
+        commit, which the renderer reads.
+
+        Raises:
+            FabricError: any diagnostic at all.
+            SourceError: the mirror cannot be read.
+        """
+        previous, changed, base = None, None, None
+        if self.last_good is not None:
+            previous = self.last_good.result
+            changed = self.source.changed_paths(self.last_good.commit, head)
+            base = previous if self.last_good.commit == deployed else deployed
+        elif deployed is not None and deployed != head:
+            base = deployed
+        started = time.perf_counter()
+        assert self.renderer is not None
+        result = self.renderer(self.source.repo, head, previous, changed, base)
+        duration = time.perf_counter() - started
+        if not result.ok or result.diagnostics:
+            raise FabricError(list(result.diagnostics))
+        return Rendered(head, result, duration)
+
+    def _resign_due(self) -> tuple[str, ...]:
+        """Re-sign every published manifest that expires within ``resign_before_s``, from the store's own bytes."""
+        now = self.clock()
+        due = [r for r in self.state.nodes().values()
+               if r.present and not r.dirty and r.expires - now <= self.settings.resign_before_s]
+        if not due:
+            return ()
+        items = []
+        for r in due:
+            data = self.store.read(r.name)
+            if data is None:
+                continue  # the next deploy cycle republishes it
+            try:
+                manifest = manifest_from_envelope(data)
+            except (ValueError, KeyError) as e:
+                log.error("resign.unreadable", node=r.name, error=str(e))
+                continue
+            items.append(ToSign(r.name, manifest, r.content_digest, r.generation + 1, manifest["metadata"]["commit"], r.lifecycle))
+        try:
+            signed = self.signer.sign(items, now=now)
+            publish(self.state, self.store, signed, ())
+            self.state.record_deployment(None, None, [s.node for s in signed], ())
+        except TreadleError as e:
+            log.error("resign.failed", error=str(e))
+            return ()
+        return tuple(s.node for s in signed)
+
+    # -- the one place a cycle is recorded -------------------------------------
+
+    def record(self, o: Outcome) -> None:
+        """Metrics, refusal rows and the log line of one cycle (deployments are recorded by :func:`advance`)."""
+        m = self.metrics
+        if o.result in ("deployed", "refused"):  # a poll that found nothing new, or git unreachable, is no commit
+            m.commits_total.labels(result=o.result).inc()
+        if o.render_s is not None:
+            m.render_duration_seconds.observe(o.render_s)
+        if o.result == "refused":
+            m.rejected_commits_total.labels(reason=o.reason or "unknown").inc()
+            try:
+                self.state.record_refusal(o.commit or "unknown", o.reason or "unknown", o.message, o.diagnostics)
+            except StoreError as e:
+                log.error("state.write_failed", error=str(e))
+            log.warning("commit.refused", commit=o.commit, reason=o.reason, message=o.message, diagnostics=list(o.diagnostics))
+        elif o.result == "failed":
+            log.error("cycle.failed", error_type=o.reason, error=o.message)
+        elif o.result == "deployed":
+            log.event("commit.deployed", commit=o.commit, previous=o.previous, kind=o.kind, published=len(o.published),
+                      removed=len(o.removed), **{f"{k}_s": round(v, 4) for k, v in o.step_s.items()})
+        if o.resigned:
+            log.event("manifests.resigned", count=len(o.resigned))
+        m.set_deployed_commit(self.state.deployed_commit())
+        m.set_lifecycle_counts(self.state.lifecycle_counts())
+
+
+@contextlib.contextmanager
+def _timed(steps: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        steps[name] = time.perf_counter() - started
+
+
+def _head_or_none(source: GitSource) -> str | None:
+    try:
+        return source.head()
+    except SourceError:
+        return None
+
+
+# -- the steps as functions ----------------------------------------------------
+
+
+def plan_changes(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], commit: str,
+                 published: frozenset[str] | None = None, digest_of: Callable[[Any], str] = node_digest) -> Plan:
+    """plan: every node whose content differs from what is published gets the next generation.
+
+    A node is republished as well when its last reservation was never confirmed
+    (dirty) or, when ``published`` is given, when its file is missing from the store.
+    """
+    to_sign, unchanged = [], 0
+    for name in sorted(nodes):
+        node = nodes[name]
+        d = digest_of(node)
+        rec = records.get(name)
+        same = (rec is not None and rec.present and not rec.dirty and rec.content_digest == d
+                and (published is None or name in published))
+        if same:
+            unchanged += 1
+            continue
+        generation = rec.generation + 1 if rec is not None else 1
+        to_sign.append(ToSign(name, node.manifest, d, generation, commit, node.lifecycle, node.canonical))
+    removed = tuple(sorted(n for n, r in records.items() if r.present and n not in nodes))
+    return Plan(commit, tuple(to_sign), removed, unchanged)
+
+
+def publish(state: StateDB, store: PublishStore, signed: list[SignedManifest], removed: tuple[str, ...]) -> None:
+    """publish: reserve the generations, then write the envelopes atomically.
+
+    Raises:
+        StoreError: the database or the store failed; the reservation keeps the next attempt's generations above.
+    """
+    if not signed and not removed:
+        return
+    state.reserve(NodeRecord(s.node, s.generation, 0, s.content_digest, s.commit, s.expires, s.lifecycle) for s in signed)
+    store.publish({s.node: s.envelope for s in signed}, removed)
+
+
+def observe(signed: list[SignedManifest]) -> None:
+    """observe: pass-through until health-gated rollout waves exist."""
+
+
+def advance(state: StateDB, decision: gate_mod.GateDecision, signed: list[SignedManifest], removed: tuple[str, ...]) -> None:
+    """advance: confirm the publication and move the deployed commit (every node in one wave, for now)."""
+    if decision.kind == "unchanged" and not signed and not removed:
+        return  # a restart that found the store as the state says: nothing to record
+    state.record_deployment(decision.commit, decision.previous, [s.node for s in signed], removed, kind=decision.kind)

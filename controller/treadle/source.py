@@ -1,0 +1,171 @@
+"""source: a bare mirror of the tracked branch in the state directory, and ways to learn it moved.
+
+The mirror is cloned and fetched with pygit2 (libgit2) from any URL git
+serves: a local path, ``file://``, ``https://``, ``ssh://``. libgit2 runs no
+hooks and the controller never initialises submodules (the fabric check
+refuses a repository that has any), so nothing in the fabric repository
+executes on the controller.
+
+Three ways to notice a new commit, all of which only *trigger* a fetch (the
+fetch itself decides what the head is, so duplicates are harmless):
+
+- watchfiles on the refs of a local repository: a push is seen within a second;
+- ``POST /v1/hooks/git`` (see :mod:`treadle.api`);
+- polling every ``poll_interval_s`` as the fallback.
+
+Raises:
+    SourceError: clone, fetch or a read failed; the loop retries later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pygit2
+from treadle.errors import SourceError
+
+MIRROR_DIR = "mirror.git"
+REMOTE = "origin"
+
+
+def local_git_dir(url: str) -> Path | None:
+    """The git directory of ``url`` when it is a repository on this machine (path or ``file://``), else None."""
+    if url.startswith("file://"):
+        path = Path(unquote(urlparse(url).path))
+    elif "://" in url:
+        return None
+    else:
+        path = Path(url)
+    if (path / ".git").is_dir():
+        return path / ".git"
+    if (path / "refs").is_dir() and (path / "HEAD").exists():
+        return path
+    return None
+
+
+class GitSource:
+    """The tracked ``branch`` of ``url``, mirrored in ``state_dir``."""
+
+    def __init__(self, url: str, branch: str, state_dir: Path) -> None:
+        self.url = url
+        self.branch = branch
+        self.path = state_dir / MIRROR_DIR
+        self.tracking_ref = f"refs/remotes/{REMOTE}/{branch}"
+        self._repo: pygit2.Repository | None = None
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        """The mirror, cloned on first use.
+
+        Raises:
+            SourceError: it cannot be cloned or opened.
+        """
+        if self._repo is None:
+            self._repo = self._open_or_clone()
+        return self._repo
+
+    def _open_or_clone(self) -> pygit2.Repository:
+        try:
+            if (self.path / "HEAD").exists():
+                return pygit2.Repository(str(self.path))
+            # Clone into a temp dir and rename: a crash mid-clone never leaves a half mirror.
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            if tmp.exists():
+                _rmtree(tmp)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            repo = pygit2.init_repository(str(tmp), bare=True)
+            repo.remotes.create(REMOTE, self.url, f"+refs/heads/{self.branch}:{self.tracking_ref}")
+            os.replace(tmp, self.path)
+            return pygit2.Repository(str(self.path))
+        except (pygit2.GitError, OSError) as e:
+            raise SourceError(f"{self.url}: cannot create the mirror at {self.path}: {e}") from e
+
+    def fetch(self) -> str:
+        """Fetch the branch and return its head commit id.
+
+        The refspec is forced (``+``): a rewritten history must reach the gate to
+        be refused and reported, not fail here.
+
+        Raises:
+            SourceError: the fetch failed, or the branch does not exist upstream.
+        """
+        repo = self.repo
+        try:
+            repo.remotes[REMOTE].fetch([f"+refs/heads/{self.branch}:{self.tracking_ref}"], callbacks=_Credentials(),
+                                       prune=pygit2.enums.FetchPrune.NO_PRUNE)
+        except (pygit2.GitError, KeyError, ValueError) as e:
+            raise SourceError(f"{self.url}: fetch of branch {self.branch!r} failed: {e}") from e
+        return self.head()
+
+    def head(self) -> str:
+        """The last fetched head of the branch.
+
+        Raises:
+            SourceError: the branch was never fetched (it does not exist upstream).
+        """
+        ref = self.repo.references.get(self.tracking_ref)
+        if ref is None:
+            raise SourceError(f"{self.url}: branch {self.branch!r} not found; push it or set `branch` in controller.toml")
+        return str(ref.resolve().target)
+
+    def changed_paths(self, old: str, new: str) -> set[str]:
+        """Paths that differ between commits ``old`` and ``new`` (added, deleted, modified, both sides of a rename).
+
+        Raises:
+            SourceError: a commit is missing from the mirror.
+        """
+        try:
+            diff = self.repo.diff(self.repo.get(old).peel(pygit2.Tree), self.repo.get(new).peel(pygit2.Tree))
+        except (pygit2.GitError, AttributeError, ValueError) as e:
+            raise SourceError(f"cannot diff {old[:12]}..{new[:12]}: {e}") from e
+        paths: set[str] = set()
+        for delta in diff.deltas:
+            paths.add(delta.old_file.path)
+            paths.add(delta.new_file.path)
+        return paths
+
+
+class _Credentials(pygit2.RemoteCallbacks):
+    """ssh:// asks the running ssh-agent for a key, as git does; https:// needs none for a public repository.
+
+    Host keys are checked by libgit2 against ~/.ssh/known_hosts.
+    """
+
+    def credentials(self, url: str, username_from_url: str | None, allowed_types: Any) -> Any:
+        if allowed_types & pygit2.enums.CredentialType.SSH_KEY:
+            return pygit2.KeypairFromAgent(username_from_url or "git")
+        raise SourceError(f"{url}: the server asks for credentials of a kind the controller does not hold "
+                          "(use an ssh:// URL with a key in the ssh-agent, or a public https:// URL)")
+
+
+async def watch_refs(git_dir: Path, on_change: Callable[[], Awaitable[None] | None], stop_event: Any = None) -> None:
+    """Call ``on_change`` whenever a ref of the repository at ``git_dir`` moves, until ``stop_event`` is set.
+
+    Set ``stop_event`` before cancelling: the watcher's thread notices it at
+    once, while a bare cancellation waits for the thread's next timeout.
+
+    Only ``refs/`` and ``packed-refs`` are of interest; object writes during a
+    push are filtered out so one push is one or two calls, not hundreds.
+    """
+    import watchfiles
+
+    refs, packed = str(git_dir / "refs"), str(git_dir / "packed-refs")
+
+    def interesting(_change: watchfiles.Change, path: str) -> bool:
+        return path.startswith(refs) or path == packed
+
+    async for _changes in watchfiles.awatch(git_dir, watch_filter=interesting, debounce=50, step=20,
+                                            stop_event=stop_event, recursive=True, rust_timeout=500):
+        result = on_change()
+        if result is not None:
+            await result
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)

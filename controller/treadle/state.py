@@ -1,0 +1,253 @@
+"""The controller's durable state: SQLite in WAL mode in the state directory.
+
+What it keeps: the deployed commit; per node its generation, content digest,
+the generation known to be published, expiry and lifecycle; refused commits
+with their reasons and diagnostics; accepted history rewrites; the history of
+deployments. The schema is versioned (``PRAGMA user_version``) and migrated
+forward on open; a database from a newer Treadle is refused, never guessed at.
+
+Crash safety rests on one rule, kept by :mod:`treadle.pipeline`: generations
+are *reserved* here (committed) before the manifests carrying them are
+published, and marked published afterwards. A node whose reserved generation
+was never marked published is "dirty" after a crash: it may or may not be in
+the store, so it is re-signed under a generation above the reserved one. An
+agent therefore never sees two different envelopes with one generation, and
+no generation ever goes down.
+
+Each thread gets its own connection (the API reads while the pipeline
+writes; WAL lets readers proceed during a write).
+
+Raises:
+    StoreError: the database cannot be opened, is from a newer version, or a
+        statement failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from treadle.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE nodes(
+    name TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    published_generation INTEGER NOT NULL DEFAULT 0,
+    content_digest TEXT NOT NULL,
+    commit_sha TEXT,
+    expires REAL NOT NULL,
+    lifecycle TEXT NOT NULL,
+    present INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE refusals(
+    id INTEGER PRIMARY KEY, commit_sha TEXT NOT NULL, reason TEXT NOT NULL,
+    message TEXT NOT NULL, diagnostics TEXT NOT NULL, at REAL NOT NULL
+);
+CREATE TABLE accepted_history(commit_sha TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE deployments(
+    id INTEGER PRIMARY KEY, commit_sha TEXT NOT NULL, previous TEXT,
+    changed INTEGER NOT NULL, removed INTEGER NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """One node as the controller last reserved or published it."""
+
+    name: str
+    generation: int
+    published_generation: int
+    content_digest: str
+    commit: str | None
+    expires: float
+    lifecycle: str
+    present: bool = True
+
+    @property
+    def dirty(self) -> bool:
+        """A generation was reserved but its publication was never confirmed."""
+        return self.generation != self.published_generation
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    commit: str
+    reason: str
+    message: str
+    diagnostics: tuple[str, ...]
+    at: float
+
+
+class StateDB:
+    """The state database at ``path``; see the module docstring."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        # The pipeline reads every node each cycle; it is also the only writer
+        # of nodes, so it keeps them in memory and the writes below update them
+        # exactly as the SQL does (pinned by tests/controller/test_state.py).
+        self._nodes: dict[str, NodeRecord] | None = None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate(self._conn())
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                conn.execute("PRAGMA journal_mode=WAL")
+                # FULL: a deployment recorded is a deployment that survives power loss.
+                conn.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: cannot open the state database: {e}; move it aside and restart") from e
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from e
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from e
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: not a Treadle state database ({e}); move it aside and restart") from e
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {version} is newer than this controller's {SCHEMA_VERSION}; "
+                             "upgrade Treadle or move the state directory aside")
+        if version == 0:
+            with self._tx() as c:
+                for stmt in filter(str.strip, _SCHEMA_V1.split(";")):
+                    c.execute(stmt)
+                c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- reads ---------------------------------------------------------------
+
+    def deployed_commit(self) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key='deployed_commit'")
+        return rows[0][0] if rows else None
+
+    def nodes(self) -> dict[str, NodeRecord]:
+        """Every node ever published, removed ones included (their generation must never be reused)."""
+        if self._nodes is None:
+            self._nodes = self._load_nodes()
+        return dict(self._nodes)
+
+    def _load_nodes(self) -> dict[str, NodeRecord]:
+        rows = self._query("SELECT name, generation, published_generation, content_digest, commit_sha, expires, lifecycle, present FROM nodes")
+        return {r[0]: NodeRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7])) for r in rows}
+
+    def lifecycle_counts(self) -> dict[str, int]:
+        return dict(self._query("SELECT lifecycle, count(*) FROM nodes WHERE present=1 GROUP BY lifecycle"))
+
+    def last_refusal(self) -> Refusal | None:
+        rows = self._query("SELECT commit_sha, reason, message, diagnostics, at FROM refusals ORDER BY id DESC LIMIT 1")
+        return _refusal(rows[0]) if rows else None
+
+    def refusals(self, limit: int = 20) -> list[Refusal]:
+        rows = self._query("SELECT commit_sha, reason, message, diagnostics, at FROM refusals ORDER BY id DESC LIMIT ?", (limit,))
+        return [_refusal(r) for r in rows]
+
+    def history_accepted(self, commit: str) -> bool:
+        return bool(self._query("SELECT 1 FROM accepted_history WHERE commit_sha=?", (commit,)))
+
+    def pending_history(self) -> str | None:
+        """The newest commit refused as a history rewrite and not yet accepted or deployed since."""
+        rows = self._query(
+            "SELECT r.commit_sha FROM refusals r WHERE r.id = (SELECT max(id) FROM refusals) AND r.reason='non_fast_forward' "
+            "AND r.commit_sha NOT IN (SELECT commit_sha FROM accepted_history)")
+        return rows[0][0] if rows else None
+
+    def deployments(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._query("SELECT commit_sha, previous, changed, removed, kind, at FROM deployments ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(zip(("commit", "previous", "changed", "removed", "kind", "at"), r)) for r in rows]
+
+    # -- writes --------------------------------------------------------------
+
+    def reserve(self, records: Iterable[NodeRecord]) -> None:
+        """Commit new generations before the manifests carrying them are published (see the module docstring)."""
+        records = list(records)
+        rows = [(r.name, r.generation, r.published_generation, r.content_digest, r.commit, r.expires, r.lifecycle) for r in records]
+        known = self.nodes()
+        self._nodes = None  # reloaded from the database if the transaction fails
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO nodes(name, generation, published_generation, content_digest, commit_sha, expires, lifecycle, present) "
+                "VALUES(?,?,?,?,?,?,?,1) ON CONFLICT(name) DO UPDATE SET generation=excluded.generation, "
+                "content_digest=excluded.content_digest, commit_sha=excluded.commit_sha, expires=excluded.expires, "
+                "lifecycle=excluded.lifecycle, present=1", rows)
+        for r in records:
+            old = known.get(r.name)
+            known[r.name] = replace(r, published_generation=old.published_generation if old else r.published_generation, present=True)
+        self._nodes = known
+
+    def record_deployment(self, commit: str | None, previous: str | None, published: Iterable[str], removed: Iterable[str],
+                          kind: str = "deploy") -> None:
+        """Mark ``published`` nodes' reserved generations as published, ``removed`` nodes as gone, and move the deployed commit."""
+        pub, rem = [(n,) for n in published], [(n,) for n in removed]
+        known = self.nodes()
+        self._nodes = None
+        with self._tx() as c:
+            c.executemany("UPDATE nodes SET published_generation=generation WHERE name=?", pub)
+            c.executemany("UPDATE nodes SET present=0, published_generation=generation WHERE name=?", rem)
+            if commit is not None:
+                c.execute("INSERT INTO meta(key, value) VALUES('deployed_commit', ?) "
+                          "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (commit,))
+                c.execute("INSERT INTO deployments(commit_sha, previous, changed, removed, kind, at) VALUES(?,?,?,?,?,?)",
+                          (commit, previous, len(pub), len(rem), kind, time.time()))
+        for (n,) in pub:
+            if n in known:
+                known[n] = replace(known[n], published_generation=known[n].generation)
+        for (n,) in rem:
+            if n in known:
+                known[n] = replace(known[n], published_generation=known[n].generation, present=False)
+        self._nodes = known
+
+    def record_refusal(self, commit: str, reason: str, message: str, diagnostics: Iterable[str] = ()) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO refusals(commit_sha, reason, message, diagnostics, at) VALUES(?,?,?,?,?)",
+                      (commit, reason, message, json.dumps(list(diagnostics)), time.time()))
+
+    def accept_history(self, commit: str) -> None:
+        """Record an operator's acceptance of a rewritten history ending at ``commit``."""
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO accepted_history(commit_sha, at) VALUES(?, ?)", (commit, time.time()))
+
+
+def _refusal(row: tuple[Any, ...]) -> Refusal:
+    return Refusal(row[0], row[1], row[2], tuple(json.loads(row[3])), row[4])

@@ -1,0 +1,233 @@
+"""Real parts for the controller's tests: bare repositories driven by the git CLI, Ed25519 keys, ssh-keygen signers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test Author", "GIT_AUTHOR_EMAIL": "author@example.com",
+    "GIT_COMMITTER_NAME": "Test Author", "GIT_COMMITTER_EMAIL": "author@example.com",
+    "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@dataclass
+class Repo:
+    """A bare "upstream" repository and a work clone that commits and pushes to it."""
+
+    bare: Path
+    work: Path
+
+    def write(self, path: str, text: str) -> None:
+        p = self.work / path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+    def commit(self, message: str = "change", *extra: str) -> str:
+        git(self.work, "add", "-A")
+        git(self.work, *extra, "commit", "-q", "--allow-empty", "-m", message)
+        return git(self.work, "rev-parse", "HEAD")
+
+    def amend(self, message: str = "rewritten") -> str:
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-q", "--amend", "--allow-empty", "-m", message)
+        return git(self.work, "rev-parse", "HEAD")
+
+    def git(self, *args: str) -> str:
+        return git(self.work, *args)
+
+    def push(self, force: bool = False) -> None:
+        git(self.work, "push", "-q", *(["--force"] if force else []), "origin", "HEAD:main")
+
+    def commit_and_push(self, message: str = "change", *extra: str) -> str:
+        sha = self.commit(message, *extra)
+        self.push()
+        return sha
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    bare, work = tmp_path / "upstream.git", tmp_path / "work"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    git(tmp_path, "init", "-q", "-b", "main", str(work))
+    git(work, "remote", "add", "origin", str(bare))
+    return Repo(bare, work)
+
+
+@pytest.fixture
+def signing_key(tmp_path: Path) -> Path:
+    """An Ed25519 PKCS#8 PEM private key, the format `treadle keys generate` writes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = tmp_path / "keys" / "controller.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return path
+
+
+@pytest.fixture
+def trust_root(signing_key: Path):  # type: ignore[no-untyped-def]
+    """The agent's TrustRoot pinning ``signing_key``."""
+    from treadle_agent.envelope import load_signer
+    from treadle_agent.trust import TrustRoot, trust_root_document
+
+    key = load_signer(str(signing_key)).public_key
+    return TrustRoot.from_bytes(trust_root_document({key.keyid: key.to_dict()}, 1))
+
+
+@dataclass
+class SshKeys:
+    allowed_signers: Path
+    alice: Path
+    mallory: Path
+
+    @staticmethod
+    def opts(key: Path) -> tuple[str, ...]:
+        """git options that make ``commit`` SSH-sign with ``key``."""
+        return ("-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true")
+
+
+@pytest.fixture
+def ssh_keys(tmp_path: Path) -> SshKeys:
+    d = tmp_path / "ssh"
+    d.mkdir()
+    for name in ("alice", "mallory"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(d / name)], check=True)
+    allowed = d / "allowed_signers"
+    allowed.write_text(f'alice@example.com namespaces="git" {(d / "alice.pub").read_text().strip()}\n')
+    return SshKeys(allowed, d / "alice", d / "mallory")
+
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _gen_fabric():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("treadle_bench_gen_fabric", ROOT / "bench" / "gen_fabric.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def make_fabric(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``make_fabric(sites, clusters, nodes, sign_with=None) -> (Repo, GeneratedFabric)``: a synthetic fabric pushed to a bare repo."""
+
+    def make(sites: int = 1, clusters: int = 2, nodes: int = 3, sign_with: Path | None = None):  # type: ignore[no-untyped-def]
+        gen = _gen_fabric()
+        bare, work = tmp_path / "upstream.git", tmp_path / "fabric"
+        git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+        fabric = gen.generate(work, sites, clusters, nodes, 1, git=sign_with is None)
+        if sign_with is not None:
+            git(tmp_path, "init", "-q", "-b", "main", str(work))
+        r = Repo(bare, work)
+        git(work, "remote", "add", "origin", str(bare))
+        if sign_with is not None:
+            r.commit("Synthetic fabric", *SshKeys.opts(sign_with))
+        r.push()
+        return r, fabric
+
+    return make
+
+
+@dataclass
+class ControllerProc:
+    """`treadle controller run` as a real process."""
+
+    proc: subprocess.Popen  # type: ignore[type-arg]
+    url: str
+    log: Path
+    publish: Path
+
+    def status(self) -> dict:  # type: ignore[type-arg]
+        import httpx
+
+        return httpx.get(f"{self.url}/v1/status", timeout=10).json()
+
+    def wait_for(self, predicate, timeout_s: float = 60, what: str = "condition") -> dict:  # type: ignore[no-untyped-def,type-arg]
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            doc = self.status()
+            if predicate(doc):
+                return doc
+            if self.proc.poll() is not None:
+                raise AssertionError(f"controller exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; status {doc}; log:\n{self.log.read_text()[-3000:]}")
+
+    def wait_deployed(self, commit: str, timeout_s: float = 60) -> dict:  # type: ignore[type-arg]
+        return self.wait_for(lambda d: d["deployed_commit"] == commit, timeout_s, f"deployment of {commit}")
+
+    def wait_refused(self, commit: str, timeout_s: float = 60) -> dict:  # type: ignore[type-arg]
+        return self.wait_for(lambda d: (d["last_refusal"] or {}).get("commit") == commit, timeout_s, f"refusal of {commit}")
+
+    def envelopes(self) -> dict[str, bytes]:
+        nodes = self.publish / "nodes"
+        return {p.parent.name: p.read_bytes() for p in nodes.glob("*/manifest")}
+
+    def stop(self, signum: int = 15) -> int:
+        """Stop with SIGTERM (or ``signum``); the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def start_controller(tmp_path: Path, signing_key: Path):  # type: ignore[no-untyped-def]
+    """``start_controller(repository, extra_toml="") -> ControllerProc``; the same state and publish dirs on every start."""
+    import sys
+    import time
+
+    procs: list[ControllerProc] = []
+
+    def start(repository: str, extra_toml: str = "") -> ControllerProc:
+        d = tmp_path / "controller"
+        d.mkdir(exist_ok=True)
+        config = d / "controller.toml"
+        config.write_text(f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
+                          f'signing_key = "{signing_key}"\nlisten = "127.0.0.1:0"\npoll_interval_s = 3600\n{extra_toml}')
+        log = d / f"controller-{len(procs)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "treadle.cli", "controller", "run", "--config", str(config),
+                                     "--log-format", "json"], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None and time.monotonic() < deadline:
+            for line in log.read_text().splitlines():
+                if '"api.listening"' in line:
+                    import json
+
+                    port = json.loads(line)["port"]
+            if proc.poll() is not None:
+                raise AssertionError(f"controller exited: {log.read_text()}")
+            time.sleep(0.02)
+        assert port is not None, log.read_text()
+        c = ControllerProc(proc, f"http://127.0.0.1:{port}", log, d / "publish")
+        procs.append(c)
+        return c
+
+    yield start
+    for c in procs:
+        if c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait()

@@ -1,0 +1,67 @@
+"""The publish store: whole files only, crash leftovers cleaned, unsafe names refused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from treadle.errors import StoreError
+from treadle.publish import TEMP_PREFIX, PublishStore, valid_node_name
+
+
+def test_batch_is_published_and_removed_nodes_disappear(tmp_path: Path) -> None:
+    store = PublishStore(tmp_path / "pub")
+    store.publish({"n1": b"one", "n2": b"two"})
+    store.publish({"n1": b"ONE"}, remove=["n2"])
+    assert store.read("n1") == b"ONE" and store.read("n2") is None
+    assert (tmp_path / "pub/nodes/n1/manifest").read_bytes() == b"ONE"
+    assert store.nodes() == ["n1"]
+
+
+def test_temp_files_of_a_crashed_batch_are_removed_on_open_and_never_visible(tmp_path: Path) -> None:
+    store = PublishStore(tmp_path / "pub")
+    store.publish({"n1": b"old"})
+    # A crash after step 1: a temp file beside the target, the target untouched.
+    (tmp_path / "pub/nodes/n1" / f"{TEMP_PREFIX}999").write_bytes(b"half")
+    assert store.read("n1") == b"old"
+    reopened = PublishStore(tmp_path / "pub")
+    assert os.listdir(tmp_path / "pub/nodes/n1") == ["manifest"]
+    assert reopened.read("n1") == b"old"
+
+
+def test_republishing_the_same_batch_is_idempotent(tmp_path: Path) -> None:
+    store = PublishStore(tmp_path / "pub")
+    store.publish({"a": b"1", "b": b"2"})
+    store.publish({"a": b"1", "b": b"2"})
+    assert [store.read("a"), store.read("b")] == [b"1", b"2"]
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../etc", ".hidden", "", "a\x00b", "x..y", "n\n"])
+def test_unsafe_node_names_are_refused(tmp_path: Path, name: str) -> None:
+    store = PublishStore(tmp_path / "pub")
+    with pytest.raises(StoreError, match="cannot be a file name"):
+        store.publish({name: b"x"})
+    assert store.nodes() == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=30))
+def test_every_accepted_name_is_one_path_segment_inside_the_store(name: str) -> None:
+    if valid_node_name(name):
+        resolved = (Path("/store/nodes") / name).resolve()
+        assert resolved.parent == Path("/store/nodes") and "/" not in name
+
+
+def test_prepared_nodes_stay_invisible_until_published_and_their_leftovers_are_cleaned(tmp_path: Path) -> None:
+    store = PublishStore(tmp_path / "pub")
+    assert store.prepare(["n1", "n2", "../evil", "n1"]) == 2
+    assert store.nodes() == [] and store.read("n1") is None
+    assert not (tmp_path / "evil").exists()
+    store.publish({"n1": b"one"})
+    assert store.nodes() == ["n1"] and os.listdir(tmp_path / "pub/nodes/n1") == ["manifest"]
+    assert store.remove_temp_files() == 1  # n2's, left by a cycle that never published it
+    assert os.listdir(tmp_path / "pub/nodes/n2") == []

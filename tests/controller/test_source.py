@@ -1,0 +1,102 @@
+"""source: mirror any URL git serves, diff commits, and notice a local push within a second."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from treadle.errors import SourceError
+from treadle.source import GitSource, local_git_dir, watch_refs
+
+
+@pytest.mark.parametrize("as_url", [False, True], ids=["path", "file-url"])
+def test_fetch_follows_the_branch_from_a_path_or_file_url(repo, tmp_path: Path, as_url: bool) -> None:
+    repo.write("a.txt", "1\n")
+    first = repo.commit_and_push("first")
+    url = f"file://{repo.bare}" if as_url else str(repo.bare)
+    source = GitSource(url, "main", tmp_path / "state")
+    assert source.fetch() == first
+    repo.write("a.txt", "2\n")
+    second = repo.commit_and_push("second")
+    assert source.fetch() == second
+    assert GitSource(url, "main", tmp_path / "state").head() == second  # reopened, not recloned
+
+
+def test_forced_update_upstream_is_fetched_for_the_gate_to_judge(repo, tmp_path: Path) -> None:
+    repo.write("a.txt", "1\n")
+    repo.commit_and_push("first")
+    source = GitSource(str(repo.bare), "main", tmp_path / "state")
+    source.fetch()
+    repo.write("a.txt", "rewritten\n")
+    rewritten = repo.amend()
+    repo.push(force=True)
+    assert source.fetch() == rewritten
+
+
+def test_changed_paths_lists_added_modified_deleted_and_renamed_files(repo, tmp_path: Path) -> None:
+    repo.write("keep.txt", "k\n")
+    repo.write("mod.txt", "1\n")
+    repo.write("del.txt", "d\n")
+    repo.write("old.txt", "o\n")
+    old = repo.commit_and_push("first")
+    repo.write("mod.txt", "2\n")
+    (repo.work / "del.txt").unlink()
+    repo.git("mv", "old.txt", "new.txt")
+    repo.write("add/x.txt", "x\n")
+    new = repo.commit_and_push("second")
+    source = GitSource(str(repo.bare), "main", tmp_path / "state")
+    source.fetch()
+    assert source.changed_paths(old, new) == {"mod.txt", "del.txt", "old.txt", "new.txt", "add/x.txt"}
+
+
+def test_missing_branch_and_unreachable_repository_are_source_errors(repo, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="branch 'main' not found"):
+        GitSource(str(repo.bare), "main", tmp_path / "s1").fetch()
+    with pytest.raises(SourceError, match="fetch"):
+        GitSource(str(tmp_path / "does-not-exist.git"), "main", tmp_path / "s2").fetch()
+
+
+def test_local_git_dir_is_found_for_bare_and_work_repositories_but_not_remote_urls(repo) -> None:
+    assert local_git_dir(str(repo.bare)) == repo.bare
+    assert local_git_dir(f"file://{repo.work}") == repo.work / ".git"
+    assert local_git_dir("https://example.com/fabric.git") is None
+
+
+def test_a_push_to_a_local_repository_wakes_the_watcher(repo) -> None:
+    # How fast is measured by bench/controller.py (push -> published); here only that it happens.
+    repo.write("a.txt", "1\n")
+    repo.commit_and_push("first")
+    seen: list[float] = []
+
+    async def main() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_refs, repo.bare, lambda: seen.append(anyio.current_time()), stop)
+            await anyio.sleep(0.3)  # let the watcher start
+            repo.write("a.txt", "2\n")
+            await anyio.to_thread.run_sync(repo.commit_and_push)
+            with anyio.move_on_after(10):
+                while not seen:
+                    await anyio.sleep(0.01)
+            stop.set()
+            assert seen
+
+    anyio.run(main)
+
+
+def test_hooks_in_the_mirror_never_run(repo, tmp_path: Path) -> None:
+    repo.write("a.txt", "1\n")
+    repo.commit_and_push("first")
+    source = GitSource(str(repo.bare), "main", tmp_path / "state")
+    source.fetch()
+    marker = tmp_path / "hook-ran"
+    for name in ("reference-transaction", "post-checkout", "post-merge", "pre-auto-gc"):
+        hook = source.path / "hooks" / name
+        hook.parent.mkdir(exist_ok=True)
+        hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        hook.chmod(0o755)
+    repo.write("a.txt", "2\n")
+    head = repo.commit_and_push("second")
+    assert source.fetch() == head and not marker.exists()

@@ -1,0 +1,79 @@
+"""The state database: WAL, versioned schema, reservations that survive a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from treadle.errors import StoreError
+from treadle.state import SCHEMA_VERSION, NodeRecord, StateDB
+
+
+def rec(name: str, generation: int, digest: str = "d", lifecycle: str = "production") -> NodeRecord:
+    return NodeRecord(name, generation, 0, digest, "c" * 40, 2e9, lifecycle)
+
+
+def test_database_is_in_wal_mode_with_the_current_schema_version(tmp_path: Path) -> None:
+    StateDB(tmp_path / "s.db")
+    conn = sqlite3.connect(tmp_path / "s.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_reserved_generation_is_dirty_until_its_deployment_is_recorded_and_survives_reopen(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "s.db")
+    db.reserve([rec("n1", 1), rec("n2", 1)])
+    assert all(r.dirty for r in StateDB(tmp_path / "s.db").nodes().values())
+    db.record_deployment("a" * 40, None, ["n1"], [])
+    again = StateDB(tmp_path / "s.db")
+    assert again.deployed_commit() == "a" * 40
+    assert not again.nodes()["n1"].dirty and again.nodes()["n2"].dirty
+    assert again.deployments()[0]["changed"] == 1
+
+
+def test_removed_node_keeps_its_generation_and_leaves_the_counts(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "s.db")
+    db.reserve([rec("n1", 3), rec("n2", 1, lifecycle="draining")])
+    db.record_deployment("a" * 40, None, ["n1", "n2"], [])
+    db.record_deployment("b" * 40, "a" * 40, [], ["n1"])
+    assert db.nodes()["n1"].generation == 3 and not db.nodes()["n1"].present
+    assert db.lifecycle_counts() == {"draining": 1}
+
+
+def test_refusal_is_recorded_with_diagnostics_and_pending_history_until_accepted(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "s.db")
+    db.record_refusal("f" * 40, "non_fast_forward", "rewritten", ["a.yaml:1:2: bad"])
+    assert db.last_refusal().diagnostics == ("a.yaml:1:2: bad",)
+    assert db.pending_history() == "f" * 40
+    db.accept_history("f" * 40)
+    assert db.pending_history() is None and db.history_accepted("f" * 40)
+
+
+def test_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "s.db")
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        StateDB(tmp_path / "s.db")
+
+
+def test_a_file_that_is_not_a_database_is_refused_with_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "s.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="move it aside"):
+        StateDB(tmp_path / "s.db")
+
+
+def test_in_memory_nodes_always_equal_a_fresh_read_of_the_database(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "s.db")
+    db.nodes()  # prime the in-memory copy
+    db.reserve([rec("n1", 1), rec("n2", 1)])
+    assert db.nodes() == StateDB(tmp_path / "s.db").nodes()
+    db.record_deployment("a" * 40, None, ["n1", "n2"], [])
+    db.reserve([rec("n1", 2, digest="e"), rec("n3", 1)])
+    assert db.nodes() == StateDB(tmp_path / "s.db").nodes()
+    db.record_deployment("b" * 40, "a" * 40, ["n1", "n3"], ["n2"])
+    db.reserve([rec("n2", 2)])  # a removed node comes back above its old generation
+    assert db.nodes() == StateDB(tmp_path / "s.db").nodes()
+    assert db.nodes()["n2"].present and db.nodes()["n2"].dirty
