@@ -5,6 +5,9 @@
     GET  /v1/status                  deployed commit, last refusal with diagnostics, counts by lifecycle,
                                      pending history acceptance
     POST /v1/history/accept          {"commit": SHA}: accept a rewritten history ending at SHA
+    GET  /v1/rollouts                the newest rollouts with their wave tables
+    GET  /v1/rollouts/<id|current>   one rollout, with its events and the current wave's per-node progress
+    POST /v1/rollouts/<id|current>/(pause|resume|approve|abort)   operator actions (409 when not applicable)
     GET  /metrics                    Prometheus exposition
 
 Manifests are read from the publish store, the same static files any web
@@ -34,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,6 +47,7 @@ from starlette.routing import Route
 from treadle.errors import StoreError
 from treadle.metrics import ControllerMetrics
 from treadle.publish import PublishStore, valid_node_name
+from treadle.rollout.machine import TransitionError
 from treadle.state import StateDB
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
@@ -62,6 +67,7 @@ class ApiContext:
     repository: str
     webhook_secret: bytes | None = None
     admin_token: bytes | None = None
+    rollouts: Any | None = None  # treadle.rollout.service.RolloutService
     last_cycle: dict[str, Any] = field(default_factory=dict)
 
 
@@ -155,7 +161,18 @@ def status_document(ctx: ApiContext) -> dict[str, Any]:
         "nodes": {"total": sum(counts.values()), "by_lifecycle": dict(sorted(counts.items()))},
         "deployments": state.deployments(limit=5),
         "last_cycle": dict(ctx.last_cycle),
+        "rollout": _rollout_summary(ctx),
     }
+
+
+def _rollout_summary(ctx: ApiContext) -> dict[str, Any] | None:
+    if ctx.rollouts is None:
+        return None
+    latest = ctx.rollouts.documents(limit=1)
+    if not latest:
+        return None
+    r = latest[0]
+    return {k: r[k] for k in ("id", "commit", "state", "wave", "paused", "immediate", "reason", "revert_branch")}
 
 
 def build_app(ctx: ApiContext) -> Starlette:
@@ -216,12 +233,53 @@ def build_app(ctx: ApiContext) -> Starlette:
     async def metrics(_request: Request) -> Response:
         return Response(ctx.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    def _rollout_id(raw: str) -> int | None:
+        if raw in ("current", "latest"):
+            return ctx.rollouts.latest_id()
+        return int(raw) if raw.isdigit() else None
+
+    async def rollouts(_request: Request) -> Response:
+        if ctx.rollouts is None:
+            return JSONResponse({"rollouts": []})
+        return JSONResponse({"rollouts": await anyio.to_thread.run_sync(ctx.rollouts.documents)})
+
+    async def rollout(request: Request) -> Response:
+        rid = None if ctx.rollouts is None else _rollout_id(request.path_params["rid"])
+        if rid is None:
+            return JSONResponse({"error": "no such rollout"}, 404)
+        try:
+            return JSONResponse(await anyio.to_thread.run_sync(ctx.rollouts.document, rid))
+        except KeyError:
+            return JSONResponse({"error": "no such rollout"}, 404)
+
+    async def rollout_action(request: Request) -> Response:
+        refusal = authorize_operator(ctx, request)
+        if refusal is not None:
+            return refusal
+        rid = None if ctx.rollouts is None else _rollout_id(request.path_params["rid"])
+        if rid is None:
+            return JSONResponse({"error": "no such rollout"}, 404)
+        action = request.path_params["action"]
+        try:
+            doc = await anyio.to_thread.run_sync(ctx.rollouts.act, rid, action)
+        except KeyError:
+            return JSONResponse({"error": "no such rollout"}, 404)
+        except TransitionError as e:
+            return JSONResponse({"error": str(e)}, 409)
+        except ValueError as e:
+            return JSONResponse({"error": str(e)}, 404)
+        ctx.trigger()  # let the pipeline act on it now
+        return JSONResponse(doc)
+
     return Starlette(routes=[
         Route("/v1/nodes/{node}/manifest", manifest, methods=["GET", "HEAD"]),
         Route("/v1/hooks/git", hook, methods=["POST"]),
         Route("/v1/status", status, methods=["GET"]),
         Route("/v1/history/accept", accept_history, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/rollouts", rollouts, methods=["GET"]),
+        Route("/v1/rollouts/{rid}", rollout, methods=["GET"]),
+        Route("/v1/rollouts/{rid}/{action}", rollout_action, methods=["POST"]),
     ])
 
 

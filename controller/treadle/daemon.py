@@ -37,6 +37,8 @@ from treadle.gate import SignaturePolicy
 from treadle.metrics import ControllerMetrics
 from treadle.pipeline import Outcome, Pipeline, Settings
 from treadle.publish import PublishStore
+from treadle.rollout.observe import source_from_config
+from treadle.rollout.service import RolloutService
 from treadle.sign import ManifestSigner
 from treadle.source import GitSource, local_git_dir, watch_refs
 from treadle.state import StateDB
@@ -55,10 +57,13 @@ class Trigger:
     def set(self) -> None:
         self._event.set()
 
-    async def wait(self, timeout_s: float) -> None:
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait for a trigger or ``timeout_s``; whether it was a trigger."""
         with anyio.move_on_after(timeout_s):
             await self._event.wait()
+        triggered = self._event.is_set()
         self._event = anyio.Event()
+        return triggered
 
 
 class _Server(uvicorn.Server):
@@ -105,13 +110,30 @@ class Controller:
                 return
 
     async def _loop(self) -> None:
+        """Full cycles on a trigger or every poll interval; between them, while a rollout is in flight,
+        rollout ticks (observe + advance, no git fetch) every health interval."""
         limiter = anyio.CapacityLimiter(1)
+        poll_s, tick_s = self.config.source.poll_interval_s, self.config.health.interval_s
+        full, last_full = True, 0.0
         while True:
-            outcome = await anyio.to_thread.run_sync(self._cycle, limiter=limiter)
-            wait = self.config.source.poll_interval_s
-            if outcome is None or outcome.result == "failed":
+            if full or time.monotonic() - last_full >= poll_s:
+                outcome = await anyio.to_thread.run_sync(self._cycle, limiter=limiter)
+                last_full = time.monotonic()
+                retry = outcome is None or outcome.result == "failed"
+            else:
+                await anyio.to_thread.run_sync(self._tick, limiter=limiter)
+            wait = poll_s - (time.monotonic() - last_full)
+            if retry:
                 wait = min(wait, RETRY_AFTER_FAILURE_S)
-            await self.trigger.wait(wait)
+            if self.pipeline.rollouts is not None and self.pipeline.rollouts.active() is not None:
+                wait = min(wait, tick_s)
+            full = await self.trigger.wait(max(wait, 0.0))
+
+    def _tick(self) -> None:
+        try:
+            self.pipeline.tick()
+        except Exception as e:  # as in _cycle: keep serving
+            log.error("tick.crashed", error_type=type(e).__name__, error=str(e))
 
     def _cycle(self) -> Outcome | None:
         try:
@@ -149,15 +171,18 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
     store = PublishStore(config.store.publish_dir)
     metrics = ControllerMetrics()
     trigger = Trigger()
+    health = source_from_config(config.health.source, config.health.prometheus_url, config.health.scrape_timeout_s)
+    rollouts = RolloutService(state_dir / STATE_DB, health, metrics=metrics)
     pipeline = Pipeline(
         source=GitSource(config.source.repository, config.source.branch, state_dir),
-        state=state, store=store, metrics=metrics,
+        state=state, store=store, metrics=metrics, rollouts=rollouts,
         signer=ManifestSigner(config.signing.signing_key, lifetime_s=config.signing.manifest_lifetime_s),
         settings=Settings(resign_before_s=config.signing.resign_before_s),
         policy=SignaturePolicy(config.policy.allowed_signers) if config.policy.require_signed and config.policy.allowed_signers else None,
         **pipeline_overrides,
     )
     api = ApiContext(store=store, state=state, metrics=metrics, trigger=trigger.set, branch=config.source.branch,
+                     rollouts=rollouts,
                      repository=config.source.repository, webhook_secret=config.api.webhook_secret,
                      admin_token=config.api.admin_token)
     return Controller(config, pipeline, api, trigger)

@@ -23,8 +23,16 @@ Rules this module keeps:
   of whole, verifiable envelopes, and the next cycle converges.
 - Manifests near expiry are re-signed every cycle, refused head or not: a bad
   commit must not let the fabric's manifests run out.
-- ``plan``, ``observe`` and ``advance`` are pass-through for now (every changed
-  node in one wave); the rollout state machine slots in there.
+- ``plan`` splits the changed nodes: a node that has never been published,
+  or whose published content is being recovered after a crash, gets its
+  manifest at once (there is nothing to protect on it); every other changed
+  node goes into a rollout (:mod:`treadle.rollout`), which a newer commit
+  supersedes. No commit gets a second rollout, so a restart resumes the one
+  in flight instead of starting over.
+- ``observe`` and ``advance`` run every cycle, also when the head did not
+  move: :meth:`Pipeline.tick` asks the agents of the wave in flight how they
+  are and steps the rollout, publishing waves and rolling back through this
+  class's :class:`treadle.rollout.service.Executor` methods.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -41,7 +49,12 @@ from treadle import log
 from treadle.errors import FabricError, GateError, SigningKeyError, SourceError, StoreError, TreadleError
 from treadle.metrics import ControllerMetrics
 from treadle.publish import PublishStore
-from treadle.sign import DigestCache, ManifestSigner, SignedManifest, ToSign, manifest_from_envelope, node_digest
+from treadle.rollout import policy as rollout_policy
+from treadle.rollout.observe import Target
+from treadle.rollout.revert import write_revert_branch
+from treadle.rollout.service import RolloutService
+from treadle.rollout.waves import Candidate
+from treadle.sign import DigestCache, ManifestSigner, SignedManifest, ToSign, content_digest, manifest_from_envelope, node_digest
 from treadle.source import GitSource
 from treadle.state import NodeRecord, StateDB
 
@@ -127,9 +140,13 @@ class Pipeline:
     settings: Settings
     policy: gate_mod.SignaturePolicy | None = None
     renderer: Renderer | None = None
+    rollouts: RolloutService | None = None
     clock: Callable[[], float] = time.time
     last_good: Rendered | None = field(default=None)
     _digests: DigestCache = field(default_factory=DigestCache)
+    #: A render of the commit a rollout is moving, when that is not ``last_good`` (after a restart).
+    _rollout_rendered: Rendered | None = field(default=None)
+    _node_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.renderer is None:
@@ -144,7 +161,17 @@ class Pipeline:
         if resigned:
             outcome = replace(outcome, resigned=resigned)
         self.record(outcome)
+        self.tick()
         return outcome
+
+    def tick(self) -> None:
+        """observe + advance: step the rollout in flight (also between commits, on the health interval)."""
+        if self.rollouts is None:
+            return
+        try:
+            self.rollouts.tick(self)
+        except (FabricError, SourceError, StoreError, SigningKeyError) as e:
+            log.error("rollout.tick_failed", error_type=type(e).__name__, error=str(e))
 
     def _deploy(self) -> Outcome:
         deployed = self.state.deployed_commit()
@@ -170,15 +197,17 @@ class Pipeline:
                     if rendered is None:  # refused or failed: drop the prepared temp files
                         self.store.remove_temp_files()
             with _timed(steps, "plan"):
-                plan = plan_changes(self.state.nodes(), rendered.result.nodes, head, published=self._published_if_unknown(),
+                records = self.state.nodes()
+                plan = plan_changes(records, rendered.result.nodes, head, published=self._published_if_unknown(),
                                     digest_of=self._digests)
+                now_items, staged = split_plan(plan, records, staged=self.rollouts is not None)
             with _timed(steps, "sign"):
-                signed = self.signer.sign(plan.to_sign, now=self.clock())
+                signed = self.signer.sign(now_items, now=self.clock())
             with _timed(steps, "publish"):
                 publish(self.state, self.store, signed, plan.removed)
-            observe(signed)
             with _timed(steps, "advance"):
                 advance(self.state, decision, signed, plan.removed)
+                self._begin_rollout(rendered, staged)
         except GateError as e:
             return Outcome("refused", _head_or_none(self.source), deployed, e.reason, str(e), step_s=steps)
         except FabricError as e:
@@ -253,7 +282,109 @@ class Pipeline:
         duration = time.perf_counter() - started
         if not result.ok or result.diagnostics:
             raise FabricError(list(result.diagnostics))
+        _policy_of(result)  # a rollout.yaml that parses but means nothing refuses the commit too
         return Rendered(head, result, duration)
+
+    # -- rollouts: the Executor the rollout service drives ----------------------
+
+    def _begin_rollout(self, rendered: Rendered, staged: tuple[ToSign, ...]) -> None:
+        if self.rollouts is None or self.rollouts.has_rollout(rendered.commit):
+            return
+        nodes = rendered.result.nodes
+        settings = self._settings_for(rendered, [t.node for t in staged])
+        candidates = [Candidate(t.node, nodes[t.node].site, nodes[t.node].cluster, dict(nodes[t.node].labels),
+                                settings[t.node].pinned_wave) for t in staged]
+        from treadle.review.preview import commit_is_immediate
+
+        self.rollouts.begin(rendered.commit, _policy_of(rendered.result), candidates,
+                            immediate=commit_is_immediate(self.source.repo, rendered.commit))
+
+    def _rendered(self, commit: str) -> Rendered:
+        """The render of ``commit``: the last good one, or (after a restart) a render made for the rollout."""
+        if self.last_good is not None and self.last_good.commit == commit:
+            return self.last_good
+        if self._rollout_rendered is None or self._rollout_rendered.commit != commit:
+            assert self.renderer is not None
+            started = time.perf_counter()
+            result = self.renderer(self.source.repo, commit, None, None, None)
+            if not result.ok:
+                raise FabricError(list(result.diagnostics))
+            self._rollout_rendered = Rendered(commit, result, time.perf_counter() - started)
+        return self._rollout_rendered
+
+    def _settings_for(self, rendered: Rendered, names: list[str]) -> dict[str, Any]:
+        from treadle.fabric.nodefile import node_settings
+        from treadle.fabric.source import GitRevisionSource
+
+        known = self._node_settings.setdefault(rendered.commit, {})
+        missing = [rendered.result.nodes[n] for n in names if n not in known and n in rendered.result.nodes]
+        if missing:
+            cache = getattr(self.renderer, "cache", None)
+            if cache is None:
+                from treadle.fabric.cache import ParseCache
+
+                cache = ParseCache()
+            src = GitRevisionSource(self.source.repo, rendered.commit)
+            known.update(node_settings(src, cache, rendered.result.fabric, missing))
+        for stale in [c for c in self._node_settings if c != rendered.commit]:
+            del self._node_settings[stale]
+        return known
+
+    def rollout_policy(self, commit: str) -> rollout_policy.RolloutPolicy | None:
+        return _policy_of(self._rendered(commit).result)
+
+    def targets(self, commit: str, nodes: Sequence[str]) -> list[Target]:
+        rendered = self._rendered(commit)
+        present = [n for n in nodes if n in rendered.result.nodes]
+        settings = self._settings_for(rendered, present)
+        from treadle.rollout.observe import DEFAULT_METRICS_PORT
+
+        return [Target(n, rendered.result.nodes[n].address, settings[n].metrics_port or DEFAULT_METRICS_PORT)
+                for n in present]
+
+    def expected(self, nodes: Sequence[str]) -> dict[str, int]:
+        records = self.state.nodes()
+        return {n: records[n].generation for n in nodes if n in records}
+
+    def current_manifests(self, nodes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for n in nodes:
+            data = self.store.read(n)
+            if data is not None:
+                out[n] = manifest_from_envelope(data)
+        return out
+
+    def publish_content(self, commit: str, nodes: Sequence[str]) -> None:
+        rendered = self._rendered(commit)
+        records = self.state.nodes()
+        items = []
+        for n in nodes:
+            node = rendered.result.nodes.get(n)
+            if node is None:
+                continue  # removed from the fabric since the rollout began
+            d = self._digests(node)
+            rec = records.get(n)
+            if rec is not None and rec.present and not rec.dirty and rec.content_digest == d:
+                continue  # already carries this content: a publish retried after a restart
+            items.append(ToSign(n, node.manifest, d, rec.generation + 1 if rec else 1, commit, node.lifecycle, node.canonical))
+        self._sign_and_confirm(items)
+
+    def publish_manifests(self, manifests: Mapping[str, Mapping[str, Any]]) -> None:
+        records = self.state.nodes()
+        items = [ToSign(n, m, content_digest(m), records[n].generation + 1 if n in records else 1,
+                        m["metadata"].get("commit"), m["metadata"]["lifecycle"]) for n, m in sorted(manifests.items())]
+        self._sign_and_confirm(items)
+
+    def _sign_and_confirm(self, items: list[ToSign]) -> None:
+        if not items:
+            return
+        signed = self.signer.sign(items, now=self.clock())
+        publish(self.state, self.store, signed, ())
+        self.state.record_deployment(None, None, [s.node for s in signed], ())
+
+    def write_revert(self, commit: str, reason: str) -> str:
+        head = self.source.head()
+        return write_revert_branch(self.source.path, self.source.url, commit, head, reason).name
 
     def _resign_due(self) -> tuple[str, ...]:
         """Re-sign every published manifest that expires within ``resign_before_s``, from the store's own bytes."""
@@ -363,12 +494,32 @@ def publish(state: StateDB, store: PublishStore, signed: list[SignedManifest], r
     store.publish({s.node: s.envelope for s in signed}, removed)
 
 
-def observe(signed: list[SignedManifest]) -> None:
-    """observe: pass-through until health-gated rollout waves exist."""
+def split_plan(plan: Plan, records: Mapping[str, NodeRecord], *, staged: bool) -> tuple[tuple[ToSign, ...], tuple[ToSign, ...]]:
+    """(publish now, roll out in waves): see the module docstring. Without rollouts everything is published now."""
+    if not staged:
+        return plan.to_sign, ()
+    now, waves = [], []
+    for item in plan.to_sign:
+        rec = records.get(item.node)
+        if rec is None or not rec.present or rec.content_digest == item.content_digest:
+            now.append(item)
+        else:
+            waves.append(item)
+    return tuple(now), tuple(waves)
+
+
+def _policy_of(result: Any) -> rollout_policy.RolloutPolicy:
+    """The rollout policy of a render. Raises FabricError when rollout.yaml is meaningless (e.g. an unknown time zone)."""
+    try:
+        return rollout_policy.from_doc(result.rollout)
+    except rollout_policy.PolicyError as e:
+        from treadle.errors import Diagnostic
+
+        raise FabricError([Diagnostic("rollout.yaml", 0, 0, "rollout", str(e), "fix rollout.yaml")]) from e
 
 
 def advance(state: StateDB, decision: gate_mod.GateDecision, signed: list[SignedManifest], removed: tuple[str, ...]) -> None:
-    """advance: confirm the publication and move the deployed commit (every node in one wave, for now)."""
+    """advance: confirm what was published at once and move the deployed commit (the rollout's waves follow in :meth:`Pipeline.tick`)."""
     if decision.kind == "unchanged" and not signed and not removed:
         return  # a restart that found the store as the state says: nothing to record
     state.record_deployment(decision.commit, decision.previous, [s.node for s in signed], removed, kind=decision.kind)

@@ -41,8 +41,11 @@ def test_sigkill_while_publishing_1000_manifests_leaves_them_verifiable_and_a_re
         make_fabric, start_controller, trust_root) -> None:
     repo, fabric = make_fabric(2, 5, 100)
     assert len(fabric.nodes) == 1000
+    # One wave: every change is published in one batch (no agents run here to pass a canary).
+    (repo.work / "rollout.yaml").write_text("kind: RolloutPolicy\nwaves:\n  - {name: all, fraction: 1.0, soak_s: 0}\n")
+    start = repo.commit_and_push("roll out every change in one wave")
     ctl = start_controller(str(repo.bare))
-    ctl.wait_deployed(fabric.commit, timeout_s=120)
+    ctl.wait_deployed(start, timeout_s=120)
     seen = Observer(trust_root)
     assert len(seen.observe(ctl.envelopes())) == 1000
     fabric_yaml = repo.work / "fabric.yaml"

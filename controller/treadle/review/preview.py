@@ -18,9 +18,8 @@ from typing import Any
 import pygit2
 
 from treadle.fabric import ParseCache, RenderedNode
-from treadle.fabric.layout import SITE_DIR
+from treadle.fabric.nodefile import node_settings
 from treadle.fabric.source import Source
-from treadle.fabric.yamlload import Limits
 from treadle.rollout import policy as rollout_policy
 from treadle.rollout import waves
 
@@ -73,26 +72,9 @@ def commit_is_immediate(repo: pygit2.Repository, commit: str) -> bool:
     return has_immediate_trailer(obj.message, trailers)
 
 
-def node_path(site: str, cluster: str, name: str) -> str:
-    """The node file of a node (DESIGN.md's layout)."""
-    return f"{SITE_DIR}{site}/{cluster}/nodes/{name}.yaml"
-
-
 def pinned_waves(src: Source, cache: ParseCache, fabric: Mapping[str, Any], nodes: Iterable[RenderedNode]) -> dict[str, str]:
     """``rollout.wave`` of the node files of ``nodes`` (those that set one), parsed through the cache."""
-    entries = src.entries()
-    limits = Limits.from_fabric(fabric)
-    found: dict[str, str] = {}
-    for node in nodes:
-        path = node_path(node.site, node.cluster, node.name)
-        if path not in entries:
-            continue
-        parsed = cache.parse(entries[path], lambda p=path: src.read(p), limits)  # type: ignore[misc]
-        doc = parsed.doc if isinstance(parsed.doc, dict) else {}
-        wave = (doc.get("rollout") or {}).get("wave") if isinstance(doc.get("rollout"), dict) else None
-        if isinstance(wave, str):
-            found[node.name] = wave
-    return found
+    return {name: s.pinned_wave for name, s in node_settings(src, cache, fabric, nodes).items() if s.pinned_wave}
 
 
 def preview(rollout_doc: Mapping[str, Any] | None, nodes: Iterable[RenderedNode], pinned: Mapping[str, str],

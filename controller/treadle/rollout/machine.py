@@ -116,6 +116,8 @@ class Rollout:
     approved: frozenset[int] = frozenset()
     paused: bool = False
     reason: str = ""
+    #: Node counts by status of each wave that has passed, in wave order.
+    finished: tuple[Mapping[str, int], ...] = ()
 
     @property
     def active(self) -> bool:
@@ -131,10 +133,18 @@ class Rollout:
         return tuple(n for w in self.waves[:upto] for n in w.nodes)
 
     def counts(self) -> dict[str, int]:
-        """Current wave's nodes by status (for the wave table and treadle_rollout_wave_nodes)."""
+        """Current wave's nodes by status."""
         out = {s.value: 0 for s in NodeStatus}
         for p in self.progress.values():
             out[p.status.value] += 1
+        return out
+
+    def wave_counts(self) -> list[dict[str, int]]:
+        """Every wave's nodes by status: passed waves as they ended, the current one live, later ones pending."""
+        out = [dict(c) for c in self.finished]
+        for i in range(len(self.finished), len(self.waves)):
+            started = i == self.wave and self.progress
+            out.append(self.counts() if started else {**{s.value: 0 for s in NodeStatus}, "pending": len(self.waves[i].nodes)})
         return out
 
 
@@ -238,7 +248,8 @@ def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
             return r, [Rollback(r.reached())]
         return _replace(r, state=State.HALTED, reason=reason), []
     if all(p.status in (NodeStatus.HEALTHY, NodeStatus.FAILED) for p in progress.values()):
-        return _replace(r, state=State.PENDING, wave=r.wave + 1, started_at=None, progress={}), []
+        return _replace(r, state=State.PENDING, wave=r.wave + 1, started_at=None, progress={},
+                        finished=(*r.finished, r.counts())), []
     return r, []
 
 

@@ -25,6 +25,7 @@ import anyio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from treadle.errors import UsageError
 from treadle.rollout.machine import Observation
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def source_from_config(kind: str, prometheus_url: str | None, timeout_s: float) 
     """The configured health source (controller.toml ``[health]``)."""
     if kind == "prometheus":
         if not prometheus_url:
-            raise ValueError("health.source = \"prometheus\" needs health.prometheus_url")
+            raise UsageError("health.source = \"prometheus\" needs health.prometheus_url in controller.toml")
         return PrometheusSource(prometheus_url, timeout_s)
     return ScrapeSource(timeout_s)
 

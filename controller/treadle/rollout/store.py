@@ -33,6 +33,17 @@ CREATE TABLE IF NOT EXISTS rollout_events (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rollout_events_by_rollout ON rollout_events(rollout_id, at);
+CREATE TABLE IF NOT EXISTS rollout_previous (
+    rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
+    node TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    PRIMARY KEY (rollout_id, node)
+);
+CREATE TABLE IF NOT EXISTS rollout_notes (
+    rollout_id INTEGER PRIMARY KEY REFERENCES rollouts(id),
+    revert_branch TEXT,
+    revert_error TEXT
+);
 """
 
 
@@ -57,6 +68,7 @@ def from_doc(doc: dict[str, Any]) -> Rollout:
         approved=frozenset(doc["approved"]),
         paused=doc["paused"],
         reason=doc["reason"],
+        finished=tuple(doc.get("finished", ())),
     )
 
 
@@ -109,9 +121,37 @@ class RolloutStore:
         row = self._conn.execute("SELECT id, doc FROM rollouts ORDER BY id DESC LIMIT 1").fetchone()
         return (int(row[0]), from_doc(json.loads(row[1]))) if row else None
 
-    def list(self, limit: int = 20) -> list[tuple[int, float, Rollout]]:
-        rows = self._conn.execute("SELECT id, created_at, doc FROM rollouts ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [(int(i), float(c), from_doc(json.loads(d))) for i, c, d in rows]
+    def list(self, limit: int = 20) -> list[tuple[int, float, float, Rollout]]:
+        """(id, created_at, updated_at, rollout), newest first."""
+        rows = self._conn.execute("SELECT id, created_at, updated_at, doc FROM rollouts ORDER BY id DESC LIMIT ?",
+                                  (limit,)).fetchall()
+        return [(int(i), float(c), float(u), from_doc(json.loads(d))) for i, c, u, d in rows]
+
+    def for_commit(self, commit: str) -> tuple[int, Rollout] | None:
+        """The newest rollout of ``commit``, whatever its state."""
+        row = self._conn.execute("SELECT id, doc FROM rollouts WHERE commit_sha = ? ORDER BY id DESC LIMIT 1",
+                                 (commit,)).fetchone()
+        return (int(row[0]), from_doc(json.loads(row[1]))) if row else None
+
+    def keep_previous(self, rid: int, manifests: dict[str, dict[str, Any]]) -> None:
+        """Remember what these nodes ran before the rollout reached them (first write wins: a retried publish
+        must not overwrite the true previous content with the rollout's own)."""
+        with self._conn:
+            self._conn.executemany("INSERT OR IGNORE INTO rollout_previous (rollout_id, node, manifest) VALUES (?, ?, ?)",
+                                   [(rid, n, json.dumps(m, sort_keys=True)) for n, m in manifests.items()])
+
+    def previous(self, rid: int) -> dict[str, dict[str, Any]]:
+        rows = self._conn.execute("SELECT node, manifest FROM rollout_previous WHERE rollout_id = ?", (rid,)).fetchall()
+        return {n: json.loads(m) for n, m in rows}
+
+    def note_revert(self, rid: int, branch: str | None, error: str | None) -> None:
+        with self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO rollout_notes (rollout_id, revert_branch, revert_error) VALUES (?, ?, ?)",
+                               (rid, branch, error))
+
+    def revert_note(self, rid: int) -> tuple[str | None, str | None]:
+        row = self._conn.execute("SELECT revert_branch, revert_error FROM rollout_notes WHERE rollout_id = ?", (rid,)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
 
     def events(self, rid: int) -> list[dict[str, Any]]:
         rows = self._conn.execute("SELECT at, state, wave, reason FROM rollout_events WHERE rollout_id = ? ORDER BY at, rowid",

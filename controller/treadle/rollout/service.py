@@ -1,0 +1,248 @@
+"""The controller's rollouts: created, stepped, persisted and acted on in one place.
+
+The pipeline (a worker thread) and the HTTP API (operator actions) share one
+:class:`RolloutService`; a lock serialises them, so an operator's pause can
+never be lost under a concurrent step. What changes the fabric — publishing a
+wave, rolling back — is done by the pipeline through the :class:`Executor`
+it passes in; the service decides when, persisting the rollout *before*
+every action and again after it (see :mod:`treadle.rollout.machine` for why
+that makes a restart resume at the same step).
+
+Observation (HTTP to the agents or to Prometheus) happens outside the lock,
+so a slow health source never blocks an operator.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+
+from treadle import log
+from treadle.errors import SourceError, StoreError
+from treadle.rollout import machine
+from treadle.rollout.machine import Observation, Publish, Rollback, Rollout, State
+from treadle.rollout.observe import HealthSource, Target
+from treadle.rollout.policy import RolloutPolicy
+from treadle.rollout.store import RolloutStore
+from treadle.rollout.waves import Candidate, plan_rollout
+
+#: Steps taken in one tick at most: a passed wave and the start of the next happen in the same tick.
+MAX_STEPS_PER_TICK = 4
+ACTIONS = {"pause": machine.pause, "resume": machine.resume, "approve": machine.approve, "abort": machine.abort}
+
+
+class Executor(Protocol):
+    """What the pipeline does for a rollout."""
+
+    def rollout_policy(self, commit: str) -> RolloutPolicy | None:
+        """The policy of ``commit`` (None while it is not rendered: the rollout waits)."""
+
+    def targets(self, commit: str, nodes: Sequence[str]) -> list[Target]:
+        """Where these nodes' agents report (addresses as ``commit`` has them)."""
+
+    def expected(self, nodes: Sequence[str]) -> dict[str, int]:
+        """The generation published for each node."""
+
+    def current_manifests(self, nodes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """What is published for these nodes now (unsigned manifests), to roll back to."""
+
+    def publish_content(self, commit: str, nodes: Sequence[str]) -> None:
+        """Publish ``commit``'s content for these nodes (a no-op for nodes already carrying it)."""
+
+    def publish_manifests(self, manifests: Mapping[str, Mapping[str, Any]]) -> None:
+        """Publish these manifests under new generations (the rollback)."""
+
+    def write_revert(self, commit: str, reason: str) -> str:
+        """Write and push the revert branch of ``commit``; its name. Raises SourceError."""
+
+
+class RolloutService:
+    def __init__(self, db_path: Path, health: HealthSource, *, metrics: Any | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.RLock()
+        try:
+            conn = sqlite3.connect(db_path, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as e:
+            raise StoreError(f"{db_path}: cannot open the rollout tables: {e}") from e
+        self._store = RolloutStore(conn)
+        self._health = health
+        self._metrics = metrics
+        self._clock = clock
+        with self._lock:
+            self._update_metrics()
+
+    # -- the pipeline's side -------------------------------------------------
+
+    def has_rollout(self, commit: str) -> bool:
+        with self._lock:
+            return self._store.for_commit(commit) is not None
+
+    def active(self) -> Rollout | None:
+        with self._lock:
+            found = self._store.active()
+            return found[1] if found else None
+
+    def begin(self, commit: str, policy: RolloutPolicy, changed: Sequence[Candidate], *, immediate: bool) -> int | None:
+        """Start the rollout of ``commit`` over ``changed``, superseding the one in flight; None when nothing changed."""
+        with self._lock:
+            now = self._clock()
+            found = self._store.active()
+            if found is not None:
+                rid, old = found
+                self._store.save(rid, machine.supersede(old, commit), now)
+                log.event("rollout.superseded", rollout=rid, commit=old.commit, by=commit)
+            if not changed:
+                self._update_metrics()
+                return None
+            r = plan_rollout(commit, policy, changed, immediate=immediate)
+            rid = self._store.create(r, now)
+            log.event("rollout.created", rollout=rid, commit=commit, immediate=immediate,
+                      waves={w.name: len(w.nodes) for w in r.waves})
+            self._update_metrics()
+            return rid
+
+    def tick(self, executor: Executor) -> Rollout | None:
+        """Advance the rollout in flight by what the agents report now; the rollout afterwards (None: none in flight)."""
+        with self._lock:
+            found = self._store.active()
+        if found is None:
+            return None
+        rid, r = found
+        observations = self._observe(r, executor)
+        with self._lock:
+            found = self._store.get(rid)
+            if found is None or not found.active:
+                return found
+            r = found
+            policy = executor.rollout_policy(r.commit)
+            if policy is None:
+                return r
+            for _ in range(MAX_STEPS_PER_TICK):
+                now = self._clock()
+                wave_nodes = r.current.nodes if r.current else ()
+                new, actions = machine.step(r, now, observations, executor.expected(wave_nodes), policy.blocked(now))
+                if new != r:
+                    self._store.save(rid, new, now)
+                    self._log_transition(rid, r, new)
+                for action in actions:
+                    new = self._carry_out(rid, new, action, executor)
+                if new == r:
+                    break
+                r = new
+            self._update_metrics()
+            return r
+
+    def _observe(self, r: Rollout, executor: Executor) -> dict[str, Observation]:
+        if r.state is not State.SOAKING or r.paused or r.current is None:
+            return {}
+        return anyio.run(self._health.observe, executor.targets(r.commit, r.current.nodes))
+
+    def _carry_out(self, rid: int, r: Rollout, action: machine.Action, executor: Executor) -> Rollout:
+        now = self._clock()
+        if isinstance(action, Publish):
+            self._store.keep_previous(rid, executor.current_manifests(action.nodes))
+            executor.publish_content(r.commit, action.nodes)
+            r = machine.published(r, now)
+        elif isinstance(action, Rollback):
+            previous = self._store.previous(rid)
+            executor.publish_manifests({n: previous[n] for n in action.nodes if n in previous})
+            r = machine.rolled_back(r)
+            self._write_revert(rid, r, executor)
+        self._store.save(rid, r, now)
+        log.event("rollout.step", rollout=rid, state=r.state.value, wave=r.wave)
+        return r
+
+    def _write_revert(self, rid: int, r: Rollout, executor: Executor) -> None:
+        try:
+            branch = executor.write_revert(r.commit, r.reason)
+        except SourceError as e:
+            self._store.note_revert(rid, None, str(e))
+            log.error("rollout.revert_branch_failed", rollout=rid, error=str(e))
+            return
+        self._store.note_revert(rid, branch, None)
+        log.event("rollout.revert_branch", rollout=rid, branch=branch)
+
+    def _log_transition(self, rid: int, old: Rollout, new: Rollout) -> None:
+        if (old.state, old.wave, old.reason) != (new.state, new.wave, new.reason):
+            emit = log.warning if new.state in (State.HALTED, State.ROLLING_BACK) else log.event
+            emit("rollout.transition", rollout=rid, commit=new.commit, state=new.state.value,
+                 wave=new.current.name if new.current else None, reason=new.reason)
+
+    # -- the operator's side -------------------------------------------------
+
+    def act(self, rid: int, action: str) -> dict[str, Any]:
+        """Apply an operator action; the rollout's document afterwards.
+
+        Raises:
+            KeyError: no rollout ``rid``.
+            machine.TransitionError: the action does not apply in the rollout's state.
+            ValueError: an unknown action.
+        """
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+        with self._lock:
+            r = self._store.get(rid)
+            if r is None:
+                raise KeyError(rid)
+            new = ACTIONS[action](r)
+            self._store.save(rid, new, self._clock())
+            log.event("rollout.operator", rollout=rid, action=action, state=new.state.value)
+            self._update_metrics()
+            return self.document(rid)
+
+    def latest_id(self) -> int | None:
+        with self._lock:
+            found = self._store.latest()
+            return found[0] if found else None
+
+    def documents(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._doc(rid, created, updated, r) for rid, created, updated, r in self._store.list(limit)]
+
+    def document(self, rid: int) -> dict[str, Any]:
+        """One rollout with its events and the current wave's per-node progress. Raises KeyError."""
+        with self._lock:
+            for row in self._store.list(limit=1_000_000):
+                if row[0] == rid:
+                    doc = self._doc(*row)
+                    r = row[3]
+                    doc["events"] = self._store.events(rid)
+                    doc["progress"] = {n: {"status": p.status.value, "since": p.since, "reason": p.reason}
+                                       for n, p in sorted(r.progress.items())}
+                    return doc
+        raise KeyError(rid)
+
+    def _doc(self, rid: int, created: float, updated: float, r: Rollout) -> dict[str, Any]:
+        branch, revert_error = self._store.revert_note(rid)
+        return {
+            "id": rid, "commit": r.commit, "state": r.state.value, "wave": r.wave, "paused": r.paused,
+            "immediate": r.immediate, "failure_policy": r.failure_policy, "reason": r.reason,
+            "created_at": created, "updated_at": updated,
+            "waves": [{"name": w.name, "nodes": list(w.nodes), "soak_s": w.soak_s, "timeout_s": w.timeout_s,
+                       "allowed_failures": w.allowed_failures, "approval": w.approval, "status": counts}
+                      for w, counts in zip(r.waves, r.wave_counts())],
+            "revert_branch": branch, "revert_error": revert_error,
+        }
+
+    def _update_metrics(self) -> None:
+        if self._metrics is None:
+            return
+        found = self._store.latest()
+        state_gauge, wave_gauge = self._metrics.rollout_state, self._metrics.rollout_wave_nodes
+        current = found[1].state.value if found else None
+        for s in State:
+            state_gauge.labels(state=s.value).set(1 if s.value == current else 0)
+        wave_gauge.clear()
+        if found is not None:
+            r = found[1]
+            for w, counts in zip(r.waves, r.wave_counts()):
+                for status, n in counts.items():
+                    wave_gauge.labels(wave=w.name, status=status).set(n)
