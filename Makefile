@@ -12,10 +12,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/treadle validate fabric-repo-template
-	$(VENV)/bin/treadle render fabric-repo-template --node batch-001
+	$(VENV)/bin/treadle demo
 
 test: $(STAMP)
+	.ci/install-deps
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

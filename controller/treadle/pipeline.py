@@ -206,8 +206,10 @@ class Pipeline:
             with _timed(steps, "publish"):
                 publish(self.state, self.store, signed, plan.removed)
             with _timed(steps, "advance"):
-                advance(self.state, decision, signed, plan.removed)
+                # The rollout exists before the deployment is recorded: whoever sees the new
+                # deployed commit also sees its rollout.
                 self._begin_rollout(rendered, staged)
+                advance(self.state, decision, signed, plan.removed)
         except GateError as e:
             return Outcome("refused", _head_or_none(self.source), deployed, e.reason, str(e), step_s=steps)
         except FabricError as e:

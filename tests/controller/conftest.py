@@ -176,7 +176,14 @@ class ControllerProc:
         raise AssertionError(f"timed out waiting for {what}; status {doc}; log:\n{self.log.read_text()[-3000:]}")
 
     def wait_deployed(self, commit: str, timeout_s: float = 60) -> dict:  # type: ignore[type-arg]
-        return self.wait_for(lambda d: d["deployed_commit"] == commit, timeout_s, f"deployment of {commit}")
+        """Until ``commit`` is deployed and its rollout (if it has one) has published its first wave."""
+
+        def done(d: dict) -> bool:  # type: ignore[type-arg]
+            rollout = d.get("rollout") or {}
+            publishing = rollout.get("commit") == commit and rollout.get("state") in ("pending", "waiting", "publishing")
+            return d["deployed_commit"] == commit and not publishing
+
+        return self.wait_for(done, timeout_s, f"deployment of {commit}")
 
     def wait_refused(self, commit: str, timeout_s: float = 60) -> dict:  # type: ignore[type-arg]
         return self.wait_for(lambda d: (d["last_refusal"] or {}).get("commit") == commit, timeout_s, f"refusal of {commit}")

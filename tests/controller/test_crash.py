@@ -59,8 +59,9 @@ def test_sigkill_while_publishing_1000_manifests_leaves_them_verifiable_and_a_re
                 ctl.proc.send_signal(signal.SIGKILL)
                 ctl.proc.wait()
                 caught = True
-            elif ctl.status()["deployed_commit"] == head:
-                break
+            elif (ctl.status().get("rollout") or {}).get("commit") == head and ctl.status()["rollout"]["state"] not in (
+                    "pending", "publishing"):
+                break  # published completely before the kill could land: try again
         if caught:
             break
         seen.observe(ctl.envelopes())

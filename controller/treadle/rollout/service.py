@@ -9,7 +9,9 @@ every action and again after it (see :mod:`treadle.rollout.machine` for why
 that makes a restart resume at the same step).
 
 Observation (HTTP to the agents or to Prometheus) happens outside the lock,
-so a slow health source never blocks an operator.
+so a slow health source never blocks an operator. Reads (the API's rollout
+documents, status) use a second connection and never wait for a step: a
+wave of 10,000 manifests being signed does not make ``/v1/status`` hang.
 """
 
 from __future__ import annotations
@@ -62,17 +64,23 @@ class Executor(Protocol):
         """Write and push the revert branch of ``commit``; its name. Raises SourceError."""
 
 
+def _connect(db_path: Path) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(db_path, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+    except sqlite3.Error as e:
+        raise StoreError(f"{db_path}: cannot open the rollout tables: {e}") from e
+
+
 class RolloutService:
     def __init__(self, db_path: Path, health: HealthSource, *, metrics: Any | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self._lock = threading.RLock()
-        try:
-            conn = sqlite3.connect(db_path, check_same_thread=False, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-        except sqlite3.Error as e:
-            raise StoreError(f"{db_path}: cannot open the rollout tables: {e}") from e
-        self._store = RolloutStore(conn)
+        self._lock = threading.RLock()  # steps and operator actions
+        self._read_lock = threading.Lock()  # the reader connection only
+        self._store = RolloutStore(_connect(db_path))
+        self._reader = RolloutStore(_connect(db_path))
         self._health = health
         self._metrics = metrics
         self._clock = clock
@@ -82,12 +90,12 @@ class RolloutService:
     # -- the pipeline's side -------------------------------------------------
 
     def has_rollout(self, commit: str) -> bool:
-        with self._lock:
-            return self._store.for_commit(commit) is not None
+        with self._read_lock:
+            return self._reader.for_commit(commit) is not None
 
     def active(self) -> Rollout | None:
-        with self._lock:
-            found = self._store.active()
+        with self._read_lock:
+            found = self._reader.active()
             return found[1] if found else None
 
     def begin(self, commit: str, policy: RolloutPolicy, changed: Sequence[Candidate], *, immediate: bool) -> int | None:
@@ -196,32 +204,32 @@ class RolloutService:
             self._store.save(rid, new, self._clock())
             log.event("rollout.operator", rollout=rid, action=action, state=new.state.value)
             self._update_metrics()
-            return self.document(rid)
+        return self.document(rid)
 
     def latest_id(self) -> int | None:
-        with self._lock:
-            found = self._store.latest()
+        with self._read_lock:
+            found = self._reader.latest()
             return found[0] if found else None
 
     def documents(self, limit: int = 20) -> list[dict[str, Any]]:
-        with self._lock:
-            return [self._doc(rid, created, updated, r) for rid, created, updated, r in self._store.list(limit)]
+        with self._read_lock:
+            return [self._doc(self._reader, rid, created, updated, r) for rid, created, updated, r in self._reader.list(limit)]
 
     def document(self, rid: int) -> dict[str, Any]:
         """One rollout with its events and the current wave's per-node progress. Raises KeyError."""
-        with self._lock:
-            for row in self._store.list(limit=1_000_000):
-                if row[0] == rid:
-                    doc = self._doc(*row)
-                    r = row[3]
-                    doc["events"] = self._store.events(rid)
-                    doc["progress"] = {n: {"status": p.status.value, "since": p.since, "reason": p.reason}
-                                       for n, p in sorted(r.progress.items())}
-                    return doc
-        raise KeyError(rid)
+        with self._read_lock:
+            row = self._reader.row(rid)
+            if row is None:
+                raise KeyError(rid)
+            doc = self._doc(self._reader, *row)
+            doc["events"] = self._reader.events(rid)
+            doc["progress"] = {n: {"status": p.status.value, "since": p.since, "reason": p.reason}
+                               for n, p in sorted(row[3].progress.items())}
+            return doc
 
-    def _doc(self, rid: int, created: float, updated: float, r: Rollout) -> dict[str, Any]:
-        branch, revert_error = self._store.revert_note(rid)
+    @staticmethod
+    def _doc(store: RolloutStore, rid: int, created: float, updated: float, r: Rollout) -> dict[str, Any]:
+        branch, revert_error = store.revert_note(rid)
         return {
             "id": rid, "commit": r.commit, "state": r.state.value, "wave": r.wave, "paused": r.paused,
             "immediate": r.immediate, "failure_policy": r.failure_policy, "reason": r.reason,

@@ -127,6 +127,11 @@ class RolloutStore:
                                   (limit,)).fetchall()
         return [(int(i), float(c), float(u), from_doc(json.loads(d))) for i, c, u, d in rows]
 
+    def row(self, rid: int) -> tuple[int, float, float, Rollout] | None:
+        """(id, created_at, updated_at, rollout) of one rollout."""
+        row = self._conn.execute("SELECT id, created_at, updated_at, doc FROM rollouts WHERE id = ?", (rid,)).fetchone()
+        return (int(row[0]), float(row[1]), float(row[2]), from_doc(json.loads(row[3]))) if row else None
+
     def for_commit(self, commit: str) -> tuple[int, Rollout] | None:
         """The newest rollout of ``commit``, whatever its state."""
         row = self._conn.execute("SELECT id, doc FROM rollouts WHERE commit_sha = ? ORDER BY id DESC LIMIT 1",
