@@ -107,6 +107,15 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
         raise UsageError("\n".join(lines) + "\nfix these keys; the format is schemas/controller-config.json")
     base = path.parent
     src, policy, health = doc, doc.get("commit_policy", {}), doc.get("health", {})
+    lifetime_s, resign_s = int(src.get("manifest_lifetime_s", 604800)), int(src.get("resign_before_s", 86400))
+    if resign_s >= lifetime_s:
+        # Otherwise every manifest is due for re-signing as soon as it is signed, and every cycle
+        # would publish every node under a new generation.
+        raise UsageError(f"{path}: resign_before_s ({resign_s}) must be less than manifest_lifetime_s ({lifetime_s}); "
+                         f"fix: e.g. resign_before_s = {lifetime_s // 7} (a seventh of the lifetime)")
+    if health.get("source") == "prometheus" and not health.get("prometheus_url"):
+        raise UsageError(f"{path}: health.source = \"prometheus\" needs health.prometheus_url; "
+                         "fix: add prometheus_url = \"http://prometheus:9090\" to [health]")
     return ControllerConfig(
         path=path,
         source=SourceSettings(
@@ -117,8 +126,8 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
         store=StoreSettings(state_dir=base / src["state_dir"], publish_dir=base / src["publish_dir"]),
         signing=SigningSettings(
             signing_key=_signing_key(src["signing_key"], base),
-            manifest_lifetime_s=int(src.get("manifest_lifetime_s", 604800)),
-            resign_before_s=int(src.get("resign_before_s", 86400)),
+            manifest_lifetime_s=lifetime_s,
+            resign_before_s=resign_s,
         ),
         policy=_policy(policy, base, path),
         api=_api(src, base, path),

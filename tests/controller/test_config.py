@@ -105,3 +105,13 @@ def test_admin_token_is_read_from_its_file_and_an_empty_one_is_refused(tmp_path:
     (tmp_path / "empty.token").write_text("\n")
     with pytest.raises(UsageError, match="admin_token_file"):
         config.load(write(tmp_path, MINIMAL + 'admin_token_file = "empty.token"\n'))
+
+
+def test_resigning_window_not_shorter_than_the_lifetime_is_refused_with_a_fix(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"resign_before_s \(86400\) must be less than manifest_lifetime_s \(86400\).*fix"):
+        config.load(write(tmp_path, MINIMAL + "manifest_lifetime_s = 86400\n"))
+
+
+def test_prometheus_health_source_without_its_url_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="health.prometheus_url"):
+        config.load(write(tmp_path, MINIMAL + '[health]\nsource = "prometheus"\n'))
