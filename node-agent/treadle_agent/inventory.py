@@ -31,6 +31,7 @@ from typing import Any
 
 from treadle_agent.errors import StateError
 from treadle_agent.log import get_logger
+from treadle_agent.state import write_atomic
 
 VERSION = 1
 FILE_NAME = "inventory.json"
@@ -111,23 +112,6 @@ class Inventory:
             return False
         doc = {"version": VERSION, "resources": self.resources, "pending_restarts": self.pending_restarts}
         data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        tmp = self.path.with_name(f".{FILE_NAME}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError as e:
-            raise StateError(f"{self.path}: cannot write the inventory: {e.strerror or e}") from e
+        write_atomic(self.path, data)
         self.dirty = False
         return True

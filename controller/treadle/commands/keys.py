@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from treadle.errors import UsageError
+from treadle_agent.state import write_all
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -85,10 +86,7 @@ def _create(path: Path, data: bytes, mode: int) -> Path:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         os.fchmod(fd, mode)  # the umask may have narrowed ``mode``; a public key must stay readable
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        write_all(fd, data)
     finally:
         os.close(fd)
     return path
