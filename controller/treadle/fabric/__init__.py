@@ -5,7 +5,7 @@ Layers, each a module, bottom up:
     source       a read-only tree: work tree directory or git revision -> {path: blob id}, bytes
     yamlload     YAML 1.2 through libyaml, merge tags (!append !delete !replace), caps
     locate       line/column of a key path, found lazily with the round-trip loader
-    cache        everything derived from a blob (parse, schema verdict, template code)
+    cache        everything derived from a blob (parse, schema verdict, template code); a source's listing
     layout       which file plays which role; misplaced files
     merge        the copy-on-write overlay merge and provenance replay (trace)
     overlay      a node's chain of overlays; per-cluster shared prefixes
@@ -13,6 +13,7 @@ Layers, each a module, bottom up:
     nodemanifest merged body -> NodeManifest dict
     checks       path policy, modes, lifecycle rules, fleet invariants
     run          one pass over a source: files loaded and validated, findings located
+    pool         fork_map: jobs shared with one forked helper when a CPU is idle, results in job order
     render       render_fabric: all of the above, incremental, all problems in one run
     explain      which overlays set a value, where, and who committed it
 

@@ -4,6 +4,8 @@ A blob id names content, not a path or a revision, so the work tree, every git
 revision and every render share one cache: an unchanged file is parsed once,
 schema-validated once per schema, located once (round-trip parse, only when an
 error or ``explain`` needs positions), and a template is compiled once. A
+source object's classified listing is kept while the source lives, so that
+``explain`` after a render does not list and classify the tree again. A
 node whose source blobs are all unchanged is not rendered again either.
 Parses are keyed by blob id and the parse limits (fabric.yaml ``limits``), so
 changing the limits re-parses once. Nothing here is mutated after it is
@@ -13,9 +15,10 @@ modifies its inputs.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import treadle_schemas
 
@@ -31,6 +34,8 @@ class Parsed:
     tagged: bool
     problem: Problem | None
 
+
+T = TypeVar("T")
 
 #: One schema violation: (instance path, message). Paths are kept, lines found later.
 SchemaError = tuple[tuple[Any, ...], str]
@@ -50,6 +55,7 @@ class ParseCache:
         self._round_trip: dict[str, Any] = {}
         self._templates: dict[str, Any] = {}
         self._rendered: dict[str, tuple[tuple[tuple[str, str | None], ...], Any]] = {}
+        self._listings: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self.parse_count = 0  # files actually parsed (not served from the cache): lets tests pin "never twice"
 
     def parse(self, blob: str, read: Callable[[], bytes], limits: Limits) -> Parsed:
@@ -84,6 +90,23 @@ class ParseCache:
         if blob not in self._round_trip:
             self._round_trip[blob] = load_round_trip(read())
         return self._round_trip[blob]
+
+    def listing(self, src: Any, build: Callable[[], T]) -> T:
+        """What ``build`` derives from the file listing of ``src``, once per source object.
+
+        A source is a snapshot (a work tree read once, a git tree), so its
+        listing never changes: a render and the ``explain`` lookups that follow
+        it on the same source classify its files once, not once per call. The
+        entry lives as long as the source object does. A source that cannot be
+        weakly referenced is listed on every call.
+        """
+        try:
+            hit = self._listings.get(src)
+        except TypeError:
+            return build()
+        if hit is None:
+            hit = self._listings[src] = build()
+        return hit  # type: ignore[no-any-return]
 
     def template_code(self, key: str, compile_: Callable[[], Any]) -> Any:
         """The compiled template for ``key`` (blob id and path: the code embeds its file name); ``compile_`` runs only on a miss."""

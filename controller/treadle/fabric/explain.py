@@ -59,7 +59,7 @@ def explain(src: Source, node: str, keypath: str, cache: ParseCache | None = Non
     """
     run = FabricRun(src, cache if cache is not None else ParseCache())
     fabric, tagged = load_fabric(run)
-    ref = next((n for n in run.layout.nodes if n.name == node), None)
+    ref = run.listing.nodes.get(node)
     if ref is None:
         known = ", ".join(sorted(n.name for n in run.layout.nodes)[:20])
         raise UsageError(f"no node {node!r} in {src.label} (nodes: {known or 'none'})")

@@ -22,6 +22,7 @@ from typing import Any
 
 from treadle_agent.manifest import API_VERSION, KIND, canonical_json
 
+from treadle.fabric.canonical import FILE_CLOSE, FILE_OPEN, KIND_KEY, MANIFEST_HEAD, encode_canonical, encode_str
 from treadle.fabric.templates import TemplateProblem
 
 HEALTH_TYPES = ("tcp", "http", "service", "file", "command")
@@ -60,6 +61,9 @@ class Memo:
         self._sections: dict[tuple[str, int], tuple[Any, list[dict[str, Any]], list[BuildProblem]]] = {}
         self._files: dict[tuple[str, int, str | None], tuple[Any, dict[str, Any]]] = {}
         self._encoded: dict[int, tuple[Any, bytes]] = {}
+        self._file_parts: dict[tuple[str, int], tuple[Any, dict[str, Any], bytes | None]] = {}
+        self._lists: dict[int, tuple[Any, bytes]] = {}
+        self._parts: dict[int, tuple[Any, tuple[list[dict[str, Any]], ...], int]] = {}
 
     def section(self, name: str, value: Any, build: Callable[[Any, list[BuildProblem]], list[dict[str, Any]]],
                 problems: list[BuildProblem]) -> list[dict[str, Any]]:
@@ -75,14 +79,74 @@ class Memo:
         key = (path, id(spec), content)
         hit = self._files.get(key)
         if hit is None or hit[0] is not spec:
-            hit = self._files[key] = (spec, _file_resource(path, spec, content))
+            bare, middle = self._file_shape(path, spec)
+            sha = hashlib.sha256(content.encode("utf-8")).hexdigest() if content is not None else None
+            resource = {**bare, "content": content, "sha256": sha}
+            hit = self._files[key] = (spec, resource)
+            if middle is not None and content is not None:
+                self._encode_file(resource, content, sha, middle)  # type: ignore[arg-type]
         return hit[1]
+
+    def _file_shape(self, path: str, spec: Any) -> tuple[dict[str, Any], bytes | None]:
+        """The file resource of ``spec`` without content, and its canonical bytes between content and sha256.
+
+        Most file resources are one template rendered per node: every field
+        but content and sha256 is the same for all of them, so those fields
+        are built and encoded once per spec, and only the content per node.
+        The bytes are None when the encoding does not have the expected shape
+        (the resource is then encoded whole, later).
+        """
+        key = (path, id(spec))
+        hit = self._file_parts.get(key)
+        if hit is None or hit[0] is not spec:
+            bare = _file_resource(path, spec, None)
+            encoded = encode_canonical(bare)
+            usable = encoded.startswith(FILE_OPEN) and encoded.endswith(FILE_CLOSE) and encoded.count(b'"content":') == 1
+            hit = self._file_parts[key] = (spec, bare, encoded[len(FILE_OPEN):-len(FILE_CLOSE)] if usable else None)
+        return hit[1], hit[2]
+
+    def _encode_file(self, resource: dict[str, Any], content: Any, sha: str, middle: bytes) -> None:
+        """Pre-encode a file resource from its spec's bytes and its content (text only; anything else is encoded whole)."""
+        if type(content) is not str:
+            return
+        try:
+            text = encode_str(content).encode("utf-8")
+        except UnicodeEncodeError:
+            return  # a lone surrogate: canonical_json reports it when the manifest is encoded
+        encoded = b"".join((b'{"content":', text, middle, b',"sha256":"', sha.encode("ascii"), b'","type":"file"}'))
+        self._encoded[id(resource)] = (resource, encoded)
+
+    def resources(self, parts: tuple[list[dict[str, Any]], ...], own: int) -> list[dict[str, Any]]:
+        """``parts`` joined into one resource list, remembered so that it is encoded section by section.
+
+        Every part but ``parts[own]`` (the node's files) is a section list
+        shared between nodes, whose bytes are joined once per render.
+        """
+        resources = [r for part in parts for r in part]
+        self._parts[id(resources)] = (resources, parts, own)
+        return resources
 
     def encoded(self, value: Any) -> bytes:
         """``canonical_json(value)``, once per shared object."""
         hit = self._encoded.get(id(value))
         if hit is None or hit[0] is not value:
-            hit = self._encoded[id(value)] = (value, canonical_json(value))
+            hit = self._encoded[id(value)] = (value, encode_canonical(value))
+        return hit[1]
+
+    def encoded_items(self, items: list[Any]) -> bytes:
+        """The canonical items of a list joined by commas (the list's bytes without brackets)."""
+        hit = self._parts.get(id(items))
+        if hit is None or hit[0] is not items:
+            return b",".join(self.encoded(r) for r in items)
+        _, parts, own = hit
+        joined = (b",".join(self.encoded(r) for r in part) if i == own else self._joined(part) for i, part in enumerate(parts))
+        return b",".join(b for b in joined if b)
+
+    def _joined(self, items: list[Any]) -> bytes:
+        """``encoded_items`` of a shared section list, once per list."""
+        hit = self._lists.get(id(items))
+        if hit is None or hit[0] is not items:
+            hit = self._lists[id(items)] = (items, b",".join(self.encoded(r) for r in items))
         return hit[1]
 
 
@@ -94,13 +158,12 @@ def canonical_manifest(manifest: Mapping[str, Any], memo: Memo) -> bytes:
     (tests/fabric/test_render.py pins it) while shared resources are encoded
     once per render instead of once per node.
     """
-    resources = b",".join(memo.encoded(r) for r in manifest["resources"])
+    if manifest["apiVersion"] != API_VERSION or manifest["kind"] != KIND:
+        return canonical_json(manifest)
     return b"".join((
-        b'{"apiVersion":', canonical_json(manifest["apiVersion"]),
-        b',"health":', memo.encoded(manifest["health"]),
-        b',"kind":', canonical_json(manifest["kind"]),
-        b',"metadata":', canonical_json(manifest["metadata"]),
-        b',"resources":[', resources, b"]}",
+        MANIFEST_HEAD, memo.encoded(manifest["health"]),
+        KIND_KEY, encode_canonical(manifest["metadata"]),
+        b',"resources":[', memo.encoded_items(manifest["resources"]), b"]}",
     ))
 
 
@@ -121,13 +184,15 @@ def build_manifest(
     ``sort_resources`` order by construction.
     """
     memo = memo or Memo()
-    resources: list[dict[str, Any]] = []
-    resources += memo.section("directories", body.get("directories") or _EMPTY, _directories, problems)
-    resources += _files(body.get("files") or _EMPTY, render, problems, memo)
-    resources += memo.section("symlinks", body.get("symlinks") or _EMPTY, _symlinks, problems)
-    resources += memo.section("packages", body.get("packages") or _EMPTY, _packages, problems)
-    resources += memo.section("sysctl", body.get("sysctl") or _EMPTY, _sysctls, problems)
-    resources += memo.section("services", body.get("services") or _EMPTY, _services, problems)
+    parts = (
+        memo.section("directories", body.get("directories") or _EMPTY, _directories, problems),
+        _files(body.get("files") or _EMPTY, render, problems, memo),
+        memo.section("symlinks", body.get("symlinks") or _EMPTY, _symlinks, problems),
+        memo.section("packages", body.get("packages") or _EMPTY, _packages, problems),
+        memo.section("sysctl", body.get("sysctl") or _EMPTY, _sysctls, problems),
+        memo.section("services", body.get("services") or _EMPTY, _services, problems),
+    )
+    resources = memo.resources(parts, 1)
     health = memo.section("health", body.get("health") or _EMPTY, _healths, problems)
     return {
         "apiVersion": API_VERSION,

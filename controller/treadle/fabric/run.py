@@ -10,13 +10,14 @@ problems).
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from treadle.errors import Diagnostic
 from treadle.fabric.cache import ParseCache
-from treadle.fabric.checks import PATH_SECTIONS, Finding, schema_finding
-from treadle.fabric.layout import FABRIC_FILE, Layout, classify
+from treadle.fabric.checks import DEFAULT_LIFECYCLE, PATH_SECTIONS, Finding, NodeFacts, schema_finding
+from treadle.fabric.layout import FABRIC_FILE, Layout, NodeRef, classify
 from treadle.fabric.locate import locate_in
 from treadle.fabric.merge import get_path
 from treadle.fabric.nodemanifest import Memo
@@ -30,13 +31,33 @@ _PLACES = {"Node": "sites/<site>/<cluster>/nodes/<node>.yaml", "Cluster": "sites
            "RolloutPolicy": "rollout.yaml"}
 _UNEXPECTED = re.compile(r"\('([^']+)' (?:was|were) unexpected\)")
 
+@dataclass(frozen=True)
+class Listing:
+    """A source's files and their roles; shared by every run on the same source object, so read-only."""
+
+    entries: Mapping[str, str]
+    layout: Layout
+    roles: Mapping[str, str]
+    nodes: Mapping[str, NodeRef]  # by name, the first file of a duplicated name
+
+    @classmethod
+    def of(cls, src: Source) -> Listing:
+        entries = src.entries()
+        layout = classify(entries)
+        nodes: dict[str, NodeRef] = {}
+        for ref in layout.nodes:
+            nodes.setdefault(ref.name, ref)
+        return cls(entries, layout, dict(roles(layout)), nodes)
+
+
 class FabricRun:
     """The state of one render: the source listing, the cache, and the findings so far."""
 
     def __init__(self, src: Source, cache: ParseCache) -> None:
         self.src, self.cache = src, cache
-        self.entries = src.entries()
-        self.layout: Layout = classify(self.entries)
+        self.listing = cache.listing(src, lambda: Listing.of(src))
+        self.entries = self.listing.entries
+        self.layout: Layout = self.listing.layout
         self.findings: list[Finding] = []
         self.diagnostics: list[Diagnostic] = list(self.layout.problems)
         self.diagnostics += (Diagnostic(p.path, 0, 0, p.kind, f"{p.kind} in the fabric repository: {p.detail}", _PROBLEM_HINT[p.kind])
@@ -44,7 +65,7 @@ class FabricRun:
         self.limits = Limits()
         self.docs: dict[str, tuple[Any, bool] | None] = {}  # usable (valid) documents
         self.parsed: dict[str, Any] = {}  # every document that parsed, valid or not
-        self.roles = dict(roles(self.layout))
+        self.roles = self.listing.roles
         self.memo = Memo()
 
     def load(self, path: str, role: str) -> tuple[Any, bool] | None:
@@ -82,6 +103,22 @@ class FabricRun:
             if kind in _PLACES:
                 self.diagnostics.append(Diagnostic(path, 0, 0, "misplaced", f"a {kind} file at the top level is not part of the fabric",
                                                    f"move it to {_PLACES[kind]}"))
+
+    def facts(self) -> list[NodeFacts]:
+        """What the fleet checks need of every node file, usable or not (address, lifecycle state)."""
+        facts = []
+        for ref in self.layout.nodes:
+            entry = self.lookup(ref.path)
+            if entry is None:
+                parsed = self.cache.parse(self.entries[ref.path], lambda p=ref.path: self.src.read(p), self.limits)  # type: ignore[misc]
+                doc = parsed.doc if isinstance(parsed.doc, dict) else {}
+            else:
+                doc = entry[0]
+            address = doc.get("address") if isinstance(doc.get("address"), str) else None
+            lifecycle = doc.get("lifecycle", DEFAULT_LIFECYCLE)
+            state = lifecycle if isinstance(lifecycle, str) else DEFAULT_LIFECYCLE
+            facts.append(NodeFacts(ref.name, ref.site, ref.cluster, ref.path, address, state))
+        return facts
 
     def lookup(self, path: str) -> tuple[Any, bool] | None:
         """The loaded document of a fabric file (loaded now if it was not yet), None when unusable."""
@@ -128,3 +165,14 @@ def roles(layout: Layout) -> list[tuple[str, str]]:
     roles += [(p, "cluster") for p in layout.clusters.values()]
     roles += [(n.path, "node") for n in layout.nodes]
     return roles
+
+
+def lifecycles(src: Source, cache: ParseCache) -> dict[str, str]:
+    """Each node's lifecycle state in ``src``, from its node file alone (nothing is rendered)."""
+    listing = cache.listing(src, lambda: Listing.of(src))
+    states = {}
+    for ref in listing.layout.nodes:
+        doc = cache.parse(listing.entries[ref.path], lambda p=ref.path: src.read(p), Limits()).doc  # type: ignore[misc]
+        state = doc.get("lifecycle", DEFAULT_LIFECYCLE) if isinstance(doc, dict) else DEFAULT_LIFECYCLE
+        states[ref.name] = state if isinstance(state, str) else DEFAULT_LIFECYCLE
+    return states

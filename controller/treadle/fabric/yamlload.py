@@ -7,6 +7,8 @@ same C reader, scanner, parser and composer that ``YAML(typ="safe")`` uses
 (ruamel.yaml.clib's ``CParser``), with a resolver fixed to YAML 1.2 and a
 small builder in place of ruamel's SafeConstructor (about twice as fast for
 fabric files; :func:`uses_c_loader` pins that the C parser is the one used).
+Every file goes through that one parser: a second, faster reader for "simple"
+files would be a second YAML dialect on untrusted input.
 Three tags change how an overlay merges:
 
     !append [..]   extend the inherited list instead of replacing it
@@ -33,6 +35,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from ruamel.yaml.resolver import BaseResolver, Resolver
 from ruamel.yaml.tag import Tag
+
 
 
 class Append(list):  # type: ignore[type-arg]

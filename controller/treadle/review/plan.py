@@ -19,7 +19,6 @@ import pygit2
 
 from treadle.errors import Diagnostic, SourceError
 from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, render_fabric
-from treadle.fabric.source import SourceProblem
 from treadle.fabric.layout import classify
 from treadle.review.changes import Changes, diff_renders
 from treadle.review.group import Group, group_changes
@@ -114,14 +113,13 @@ def build_plan(repo: str | os.PathLike[str] | pygit2.Repository, base_rev: str, 
     base_src = GitRevisionSource(repo, base_rev)
     head_src = GitRevisionSource(repo, head_rev)
     base_commit, head_commit = str(base_src.commit), str(head_src.commit)
-    base = render_fabric(StampedSource(base_src, head_commit), cache)
+    base = render_fabric(base_src, cache)
     paths = changed_paths(base_src.repo, base_commit, head_commit, getattr(head_src, "prefix", ""))
     head = render_fabric(head_src, cache, previous=base, changed_paths=paths, base=base)
     changes = diff_renders(base.nodes, head.nodes, base.lifecycles, head.lifecycles, _Places(head_src, base_src))
     groups = group_changes(changes.changed)
     budget = ProvenanceBudget(lookups=settings.max_provenance_lookups)
-    node_files = {g.example.name: head.nodes[g.example.name].sources for g in groups}
-    provenance = explain_groups(Explainer(head_src, cache, paths, budget, node_files), groups)
+    provenance = explain_groups(Explainer(head_src, cache, paths, budget), groups)
     updated = [head.nodes[n.name] for n in (*changes.changed, *changes.added)]
     pinned = pinned_waves(head_src, cache, head.fabric, updated)
     now = settings.now_s if settings.now_s is not None else time.time()
@@ -140,28 +138,6 @@ def build_plan(repo: str | os.PathLike[str] | pygit2.Repository, base_rev: str, 
         stats=_stats(base, head),
         changed_paths=tuple(sorted(paths)),
     )
-
-
-class StampedSource:
-    """A revision whose manifests carry another commit id.
-
-    BASE is rendered stamped with HEAD's commit: the plan never publishes
-    BASE's manifests, and with equal stamps the incremental HEAD render
-    takes BASE's unchanged nodes as they are instead of re-stamping (and
-    re-encoding) every manifest of the fabric.
-    """
-
-    def __init__(self, src: GitRevisionSource, commit: str) -> None:
-        self._src, self.commit, self.label = src, commit, src.label
-
-    def entries(self) -> dict[str, str]:
-        return self._src.entries()
-
-    def read(self, path: str) -> bytes:
-        return self._src.read(path)
-
-    def problems(self) -> list[SourceProblem]:
-        return self._src.problems()
 
 
 class _Places:

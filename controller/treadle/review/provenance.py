@@ -19,10 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from treadle.errors import SourceError, TreadleError
-from treadle.fabric import GitRevisionSource, ParseCache, Provenance, explain
-from treadle.fabric.layout import FABRIC_FILE
-from treadle.fabric.source import Source, SourceProblem
+from treadle.errors import TreadleError
+from treadle.fabric import ParseCache, Provenance, explain
+from treadle.fabric.source import Source
 from treadle.fabric.yamlload import plain
 from treadle.review.changes import SECTIONS, ResourceChange
 from treadle.review.group import Group
@@ -71,40 +70,14 @@ class ProvenanceBudget:
         return True
 
 
-class NodeView(GitRevisionSource):
-    """A git revision narrowed to the files one node's render read (its overlay chain and templates).
-
-    ``explain`` lists and classifies every file of its source; on a large
-    fabric that costs more than the lookup itself, and a node's value can only
-    come from the files its render read. It stays a GitRevisionSource so that
-    explain still blames lines. The tree was already walked by ``full``, so
-    the parent's constructor is not run again.
-    """
-
-    def __init__(self, full: GitRevisionSource, entries: Mapping[str, str], keep: Iterable[str]) -> None:
-        # Every attribute of the full view (repo, commit, label...), whatever the revision source holds.
-        self.__dict__.update(vars(full))
-        self._full = full
-        self._kept = {p: entries[p] for p in keep if p in entries}
-
-    def entries(self) -> dict[str, str]:
-        return dict(self._kept)
-
-    def read(self, path: str) -> bytes:
-        if path not in self._kept:
-            raise SourceError(f"{path}: not among the files this node's render read in {self.label}")
-        return self._full.read(path)
-
-    def problems(self) -> list[SourceProblem]:
-        return []
-
-
 @dataclass
 class Explainer:
     """Explains the changes of one node in HEAD; shares the parse cache with the renders.
 
-    ``node_files`` gives, per node, the files its HEAD render read (``RenderedNode.sources``); with a
-    git source, lookups run on a :class:`NodeView` of those files.
+    Lookups run on ``src`` itself: the parse cache keeps the listing of the
+    source HEAD was rendered from, so a lookup does not list the revision
+    again. ``node_files`` is accepted for callers that still pass it and is
+    not needed.
     """
 
     src: Source
@@ -113,19 +86,6 @@ class Explainer:
     budget: ProvenanceBudget = field(default_factory=ProvenanceBudget)
     node_files: Mapping[str, Iterable[str]] = field(default_factory=dict)
     _texts: dict[str, list[str]] = field(default_factory=dict)
-    _views: dict[str, Source] = field(default_factory=dict)
-    _entries: dict[str, str] | None = None
-
-    def _view(self, node: str) -> Source:
-        if node not in self._views:
-            files = self.node_files.get(node)
-            if files is None or not isinstance(self.src, GitRevisionSource):
-                self._views[node] = self.src
-            else:
-                if self._entries is None:
-                    self._entries = self.src.entries()
-                self._views[node] = NodeView(self.src, self._entries, {*files, FABRIC_FILE})
-        return self._views[node]
 
     def sources(self, node: str, change: ResourceChange) -> tuple[ValueSource, ...] | None:
         """Where the changed values of ``change`` come from; None when the budget ran out."""
@@ -153,7 +113,7 @@ class Explainer:
         if not self.budget.take():
             return None
         try:
-            found = explain(self._view(node), node, keypath, self.cache)
+            found = explain(self.src, node, keypath, self.cache)
         except TreadleError:
             return ()
         return tuple(self._setting(p) for p in found)

@@ -1,0 +1,46 @@
+"""Fixtures: a fresh real fleet per test (see rollout_fleet.py), stopped afterwards.
+
+The signing key and trust root are generated once per session: generating
+them is not what these tests are about, and every fleet has its own
+controller state, publish directory and agents anyway.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# The helper module sits next to this file; pytest's importlib mode does not
+# put test directories on sys.path by itself.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from rollout_fleet import Fleet, generate_keys, node_specs, rollout_yaml, start_fleet  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_keys(tmp_path_factory.mktemp("keys") / "keys")
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path, fleet_keys: Path) -> Iterator[Callable[..., Fleet]]:
+    """``make_fleet(clusters=2, per_cluster=4, controller_toml_extra="", **rollout_settings) -> Fleet``.
+
+    Two clusters of four nodes by default: the canary (c1-n01), then half
+    of each cluster's remaining nodes (1 of c1's 3, 2 of c2's 4), then the
+    other four.
+    """
+    fleets: list[Fleet] = []
+
+    def make(clusters: int = 2, per_cluster: int = 4, controller_toml_extra: str = "", **settings: object) -> Fleet:
+        fleet = start_fleet(tmp_path / f"fleet{len(fleets)}", fleet_keys, node_specs(clusters, per_cluster),
+                            rollout_yaml(**settings), controller_toml_extra=controller_toml_extra)
+        fleets.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        fleet.stop()

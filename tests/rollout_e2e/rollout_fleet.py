@@ -1,0 +1,413 @@
+"""A real fleet for the rollout tests: a fabric in a bare git repository, one controller, many agents.
+
+Everything is a real process or a real file: the fabric is pushed with the git
+CLI to a bare repository the controller watches; the controller is ``treadle
+controller run``; every node is a ``treadle-agent run`` process applying into
+its own temp root with no package or service manager, so the fabric holds no
+packages, services or sysctls. Each node has its own loopback address
+(127.x.y.z; all of 127/8 is loopback) where its agent serves /metrics on the
+port its node file declares, which is where the controller's scrape health
+source finds it.
+
+The fabric is written here, small and by hand: one profile ``app`` puts
+``/etc/app.conf`` on every node with a health check that the file exists. A
+"good" change edits the file's content; a "bad" one also points the health
+check at a file that no node has, so every node that applies it turns
+unhealthy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PY = sys.executable
+GIT_ENV = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "Fabric Admin",
+           "GIT_AUTHOR_EMAIL": "admin@example.org", "GIT_COMMITTER_NAME": "Fabric Admin",
+           "GIT_COMMITTER_EMAIL": "admin@example.org"}
+APP_FILE = "/etc/app.conf"
+MISSING_FILE = "/etc/app-health-probe-never-written"
+CANARY_MARKER = "/etc/canary-marker"
+
+#: Three waves: the canary, half of every cluster, the rest. ``{...}`` fields are filled per test.
+ROLLOUT_YAML = """\
+apiVersion: treadle.dev/v1
+kind: RolloutPolicy
+failure_policy: {failure_policy}
+waves:
+  - name: canary
+    selector: {{labels: {{canary: "true"}}}}
+    soak_s: {canary_soak_s}
+    timeout_s: {canary_timeout_s}
+    failure_budget: {{count: 0}}
+  - name: half
+    fraction: 0.5
+    soak_s: {half_soak_s}
+    timeout_s: {half_timeout_s}
+    failure_budget: {{count: {half_budget}}}
+    approval: {half_approval}
+  - name: rest
+    fraction: 1.0
+    soak_s: {rest_soak_s}
+    timeout_s: {rest_timeout_s}
+    failure_budget: {{count: 0}}
+{extra}"""
+
+ROLLOUT_DEFAULTS: dict[str, Any] = {
+    "failure_policy": "halt", "canary_soak_s": 1, "canary_timeout_s": 60, "half_soak_s": 1, "half_timeout_s": 60,
+    "half_budget": 0, "half_approval": "false", "rest_soak_s": 1, "rest_timeout_s": 60, "extra": "",
+}
+
+
+class FleetError(AssertionError):
+    """A daemon died or a condition never held; the message carries the relevant logs."""
+
+
+def rollout_yaml(**overrides: Any) -> str:
+    unknown = set(overrides) - set(ROLLOUT_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown rollout.yaml settings {sorted(unknown)}")
+    return ROLLOUT_YAML.format(**{**ROLLOUT_DEFAULTS, **overrides})
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def free_port(address: str) -> int:
+    """A port free on ``address`` right now (the agent binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    name: str
+    site: str
+    cluster: str
+    address: str
+    port: int
+    canary: bool = False
+
+
+def node_specs(clusters: int, per_cluster: int, canaries: int = 1) -> list[NodeSpec]:
+    """Nodes c<i>-n<j> on site s1, each on its own loopback address; the first ``canaries`` of cluster 1 are canaries."""
+    net = f"127.{random.randint(20, 250)}.{random.randint(0, 250)}"
+    specs = []
+    for c in range(1, clusters + 1):
+        for j in range(1, per_cluster + 1):
+            address = f"{net}.{len(specs) + 2}"
+            specs.append(NodeSpec(f"c{c}-n{j:02d}", "s1", f"c{c}", address, free_port(address),
+                                  canary=c == 1 and j <= canaries))
+    return specs
+
+
+def profile_yaml(content: str, healthy: bool = True, probe: str | None = None) -> str:
+    """The ``app`` profile; its health check probes ``probe`` (default: the app file, or a missing one)."""
+    probe = probe or (APP_FILE if healthy else MISSING_FILE)
+    return (f"apiVersion: treadle.dev/v1\nkind: Profile\nfiles:\n  {APP_FILE}:\n"
+            f"    content: {json.dumps(content + chr(10))}\n    mode: \"0644\"\n"
+            f"health:\n  app-config: {{file: {probe}}}\n")
+
+
+def write_fabric(work: Path, nodes: Iterable[NodeSpec], rollout: str, content: str) -> None:
+    (work / "profiles").mkdir(parents=True)
+    (work / "fabric.yaml").write_text("apiVersion: treadle.dev/v1\nkind: Fabric\nname: rollout-e2e\n")
+    (work / "rollout.yaml").write_text(rollout)
+    (work / "profiles" / "app.yaml").write_text(profile_yaml(content))
+    for n in nodes:
+        site = work / "sites" / n.site
+        site.mkdir(parents=True, exist_ok=True)
+        (site / "site.yaml").write_text("apiVersion: treadle.dev/v1\nkind: Site\nprofiles: [app]\n")
+        cdir = site / n.cluster / "nodes"
+        cdir.mkdir(parents=True, exist_ok=True)
+        (site / n.cluster / "cluster.yaml").write_text("apiVersion: treadle.dev/v1\nkind: Cluster\n")
+        # Canaries carry a marker file: a health check on it passes on canaries only.
+        labels = f'\nlabels: {{canary: "true"}}\nfiles: {{{CANARY_MARKER}: {{content: "canary"}}}}' if n.canary else ""
+        (cdir / f"{n.name}.yaml").write_text(
+            f"apiVersion: treadle.dev/v1\nkind: Node\naddress: {n.address}\nlifecycle: production{labels}\n"
+            f"agent: {{metrics_port: {n.port}}}\n")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen  # type: ignore[type-arg]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def spawn(name: str, argv: list[str], log: Path, cwd: Path) -> Proc:
+    with log.open("ab") as out:
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
+    return Proc(name, p, log)
+
+
+@dataclass
+class Agent:
+    spec: NodeSpec
+    home: Path
+    proc: Proc | None = None
+
+    @property
+    def app_file(self) -> Path:
+        return self.home / "root" / APP_FILE.lstrip("/")
+
+    def content(self) -> str | None:
+        try:
+            return self.app_file.read_text().rstrip("\n")
+        except FileNotFoundError:
+            return None
+
+    def metrics(self) -> dict[str, float]:
+        """This agent's treadle_agent_* gauges (no labels), read from its /metrics."""
+        text = httpx.get(f"http://{self.spec.address}:{self.spec.port}/metrics", timeout=5, trust_env=False).text
+        out = {}
+        for line in text.splitlines():
+            m = re.match(r"^(treadle_agent_[a-z_]+) ([0-9.e+-]+)$", line)
+            if m:
+                out[m.group(1)] = float(m.group(2))
+        return out
+
+
+@dataclass
+class Fleet:
+    """The fabric's repositories, the controller and the agents of one test."""
+
+    workdir: Path
+    keys: Path
+    nodes: list[NodeSpec]
+    controller_toml_extra: str = ""
+    agent_interval_s: float = 0.5
+    bare: Path = field(init=False)
+    work: Path = field(init=False)
+    url: str = ""
+    controller: Proc | None = None
+    agents: dict[str, Agent] = field(default_factory=dict)
+    controller_starts: int = 0
+    #: Fixed across restarts: the agents' manifest URLs name it.
+    api_port: int = field(default_factory=lambda: free_port("127.0.0.1"))
+
+    def __post_init__(self) -> None:
+        self.bare, self.work = self.workdir / "upstream.git", self.workdir / "fabric"
+
+    # -- git ---------------------------------------------------------------
+
+    def init_repo(self, rollout: str, content: str = "v1") -> str:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        git(self.workdir, "init", "-q", "--bare", "-b", "main", str(self.bare))
+        self.work.mkdir()
+        git(self.work, "init", "-q", "-b", "main")
+        git(self.work, "remote", "add", "origin", str(self.bare))
+        write_fabric(self.work, self.nodes, rollout, content)
+        return self.commit_and_push("fabric")
+
+    def change_app(self, content: str, *, healthy: bool = True, probe: str | None = None,
+                   message: str | None = None) -> str:
+        """Commit and push a new content of /etc/app.conf (and a failing health check when not ``healthy``)."""
+        (self.work / "profiles" / "app.yaml").write_text(profile_yaml(content, healthy, probe))
+        return self.commit_and_push(message or f"app {content}")
+
+    def commit_and_push(self, message: str) -> str:
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-q", "--allow-empty", "-m", message)
+        git(self.work, "push", "-q", "origin", "HEAD:main")
+        return git(self.work, "rev-parse", "HEAD")
+
+    # -- the controller ------------------------------------------------------
+
+    def start_controller(self) -> None:
+        d = self.workdir / "controller"
+        d.mkdir(exist_ok=True)
+        config = d / "controller.toml"
+        config.write_text(
+            f'repository = "{self.bare}"\nstate_dir = "state"\npublish_dir = "publish"\n'
+            f'signing_key = "{self.keys / "treadle.key"}"\nlisten = "127.0.0.1:{self.api_port}"\npoll_interval_s = 30\n'
+            f"{self.controller_toml_extra or _HEALTH_SCRAPE}")
+        log = d / f"controller-{self.controller_starts}.log"
+        self.controller_starts += 1
+        self.controller = spawn("controller", [PY, "-m", "treadle.cli", "controller", "run", "--config", str(config),
+                                               "--log-format", "json"], log, d)
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None:
+            for line in log.read_text().splitlines():
+                if '"api.listening"' in line:
+                    port = json.loads(line)["port"]
+            if not self.controller.alive():
+                raise FleetError(f"controller exited: {log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise FleetError(f"controller did not listen: {log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def kill_controller(self) -> None:
+        assert self.controller is not None
+        self.controller.stop(signal.SIGKILL)
+
+    # -- agents --------------------------------------------------------------
+
+    def start_agents(self, names: Iterable[str] | None = None) -> None:
+        chosen = [n for n in self.nodes if names is None or n.name in set(names)]
+        for n in chosen:
+            agent = self.agents.get(n.name) or self._agent_home(n)
+            self.agents[n.name] = agent
+            argv = [str(Path(PY).parent / "treadle-agent"), "run", "--config", str(agent.home / "agent.toml")]
+            agent.proc = spawn(n.name, argv, agent.home / "agent.log", agent.home)
+        self.wait(lambda: all(self._serves(self.agents[n.name]) for n in chosen), 90, "every agent to serve /metrics")
+
+    def _agent_home(self, n: NodeSpec) -> Agent:
+        home = self.workdir / "agents" / n.name
+        (home / "root").mkdir(parents=True)
+        (home / "proc_sys").mkdir()
+        (home / "agent.toml").write_text(
+            f'node = "{n.name}"\nmanifest_urls = ["{self.url}/v1/nodes/{{node}}/manifest"]\n'
+            f'trust_root = "{self.keys / "trust-root.json"}"\nstate_dir = "state"\nroot = "root"\n'
+            f'proc_sys = "{home / "proc_sys"}"\ninterval_s = {self.agent_interval_s}\njitter_s = 0\nretries = 0\n'
+            f'metrics_listen = "{n.address}:{n.port}"\npackage_manager = "none"\nservice_manager = "none"\n')
+        return Agent(n, home)
+
+    @staticmethod
+    def _serves(agent: Agent) -> bool:
+        if agent.proc is not None and not agent.proc.alive():
+            raise FleetError(f"agent {agent.spec.name} exited: {agent.proc.log.read_text()[-3000:]}")
+        try:
+            agent.metrics()
+            return True
+        except httpx.HTTPError:
+            return False
+
+    def stop_agent(self, name: str) -> None:
+        proc = self.agents[name].proc
+        assert proc is not None
+        proc.stop(signal.SIGKILL)
+
+    def stop(self) -> None:
+        for agent in self.agents.values():
+            if agent.proc is not None and agent.proc.popen.poll() is None:
+                agent.proc.popen.kill()
+        for agent in self.agents.values():
+            if agent.proc is not None:
+                agent.proc.popen.wait()
+        if self.controller is not None:
+            self.controller.stop()
+
+    # -- what the controller and agents say -------------------------------------
+
+    def api(self, path: str) -> Any:
+        response = httpx.get(f"{self.url}{path}", timeout=10, trust_env=False)
+        response.raise_for_status()
+        return response.json()
+
+    def rollout(self, rid: str | int = "current") -> dict[str, Any]:
+        return self.api(f"/v1/rollouts/{rid}")
+
+    def published_generation(self, node: str) -> int:
+        """The generation of the manifest the controller publishes for ``node`` now."""
+        from treadle.sign import manifest_from_envelope
+
+        data = (self.workdir / "controller" / "publish" / "nodes" / node / "manifest").read_bytes()
+        return int(manifest_from_envelope(data)["metadata"]["generation"])
+
+    def published_generations(self) -> dict[str, int]:
+        return {n.name: self.published_generation(n.name) for n in self.nodes}
+
+    def wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Poll ``condition`` (an HTTP error counts as false) while the controller lives."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.controller is not None and not self.controller.alive():
+                raise FleetError(f"controller exited while waiting for {what}:\n{self.controller.log.read_text()[-3000:]}")
+            try:
+                if condition():
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise FleetError(f"timed out after {timeout_s}s waiting for {what}\n{self._diagnostics()}")
+            time.sleep(0.1)
+
+    def wait_rollout(self, commit: str, states: set[str], timeout_s: float = 60,
+                     also: Callable[[dict[str, Any]], bool] = lambda d: True) -> dict[str, Any]:
+        """The rollout of ``commit`` once it is in one of ``states`` (and ``also`` holds)."""
+        found: dict[str, Any] = {}
+
+        def ready() -> bool:
+            for doc in self.api("/v1/rollouts")["rollouts"]:
+                if doc["commit"] == commit and doc["state"] in states and also(doc):
+                    found.update(doc)
+                    return True
+            return False
+
+        self.wait(ready, timeout_s, f"the rollout of {commit[:12]} to be {sorted(states)}")
+        return self.rollout(found["id"])
+
+    def wait_applied(self, content: str, names: Iterable[str], timeout_s: float = 30) -> None:
+        names = list(names)
+        self.wait(lambda: all(self.agents[n].content() == content for n in names), timeout_s,
+                  f"{names} to apply {content!r}")
+
+    def _diagnostics(self) -> str:
+        parts = []
+        try:
+            parts.append(json.dumps(self.rollout(), indent=1)[-3000:])
+        except (httpx.HTTPError, ValueError) as e:
+            parts.append(f"(no rollout document: {e})")
+        if self.controller is not None:
+            parts.append(self.controller.log.read_text()[-3000:])
+        return "\n".join(parts)
+
+
+_HEALTH_SCRAPE = '[health]\nsource = "scrape"\nscrape_timeout_s = 1\ninterval_s = 0.5\n'
+
+
+def generate_keys(directory: Path) -> Path:
+    """`treadle keys generate` into ``directory`` (the controller's key and the agents' trust root)."""
+    subprocess.run([str(Path(PY).parent / "treadle"), "keys", "generate", str(directory)], check=True,
+                   capture_output=True)
+    return directory
+
+
+def start_fleet(workdir: Path, keys: Path, nodes: list[NodeSpec], rollout: str, *,
+                controller_toml_extra: str = "", agent_interval_s: float = 0.5) -> Fleet:
+    """Push the fabric, start the controller, wait for the first publication, start every agent and wait
+    until each has applied the first content ("v1")."""
+    fleet = Fleet(workdir, keys, nodes, controller_toml_extra, agent_interval_s)
+    try:
+        fleet.init_repo(rollout)
+        fleet.start_controller()
+        first = nodes[0].name
+        fleet.wait(lambda: httpx.get(f"{fleet.url}/v1/nodes/{first}/manifest", timeout=5,
+                                     trust_env=False).status_code == 200, 60, "the first publication")
+        fleet.start_agents()
+        fleet.wait_applied("v1", [n.name for n in nodes], 60)
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
