@@ -17,6 +17,7 @@ they come from the controller's own machine and it has no admin_token_file.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from treadle.commands.controller import add_url_argument, api_call
@@ -114,7 +115,7 @@ def _act(args: argparse.Namespace) -> int:
         doc = api_call("POST", args.url, f"/v1/rollouts/{args.id}/{args.action}", {}, token_file=args.token_file)
     except UsageError as e:
         if "HTTP 409" in str(e):
-            print(f"treadle: {e}")
+            print(f"treadle: error: {e}", file=sys.stderr)
             return 1
         raise
     _console().print(_wave_table(doc))
