@@ -14,7 +14,7 @@ import functools
 import json.encoder
 from typing import Any
 
-from treadle_agent.manifest import API_VERSION, KIND, canonical_json
+from treadle_agent.manifest import API_VERSION, KIND, canonical_json, is_plain_json
 
 #: ``json.dumps(..., ensure_ascii=False)`` encodes every string with this function; so do the fast paths here.
 encode_str = json.encoder.encode_basestring
@@ -22,22 +22,6 @@ encode_str = json.encoder.encode_basestring
 #: which costs as much as encoding a small resource). None without the C accelerator.
 _C_ENCODER = (json.encoder.c_make_encoder(None, None, encode_str, None, ":", ",", True, False, False)
               if json.encoder.c_make_encoder is not None else None)
-
-
-def _has_float(obj: Any) -> bool:
-    stack = [obj]
-    while stack:
-        o = stack.pop()
-        kind = type(o)
-        if kind is str or kind is int or kind is bool or o is None:
-            continue
-        if kind is dict:
-            stack.extend(o.values())
-        elif kind is list:
-            stack.extend(o)
-        else:
-            return True  # a float, or a type only canonical_json knows how to judge
-    return False
 
 
 def encode_canonical(obj: Any) -> bytes:
@@ -49,7 +33,7 @@ def encode_canonical(obj: Any) -> bytes:
     Raises:
         ManifestFormatError: as canonical_json.
     """
-    if _C_ENCODER is None or _has_float(obj):
+    if _C_ENCODER is None or not is_plain_json(obj):
         return canonical_json(obj)
     try:
         return "".join(_C_ENCODER(obj, 0)).encode("utf-8")
