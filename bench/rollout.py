@@ -68,8 +68,8 @@ class StubExecutor:
     def expected(self, nodes: Sequence[str]) -> dict[str, int]:
         return {n: self.generation[n] for n in nodes}
 
-    def current_manifests(self, nodes: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return {n: {"metadata": {"node": n, "generation": self.generation[n]}} for n in nodes}
+    def current_manifests(self, nodes: Sequence[str]) -> dict[str, bytes]:
+        return {n: b'{"metadata":{"generation":%d,"node":"%s"}}' % (self.generation[n], n.encode()) for n in nodes}
 
     def publish_content(self, commit: str, nodes: Sequence[str]) -> None:
         for n in nodes:
@@ -127,7 +127,7 @@ def bench_step(nodes: int, ticks: int, workdir: Path) -> list[float]:
     service = RolloutService(workdir / "state.sqlite3", health, metrics=ControllerMetrics(), clock=clock)
     side = RolloutStore(sqlite3.connect(workdir / "state.sqlite3"))  # the benchmark's own handle, for resets
     created = time.perf_counter()
-    rid = service.begin("a" * 40, policy, candidates, immediate=False)
+    rid = service.begin("a" * 40, policy, candidates, immediate=False, current=executor.current_manifests(names))
     print(f"  planning and creating the rollout: {1000 * (time.perf_counter() - created):.1f} ms "
           f"(waves {[len(w.nodes) for w in service.active().waves]})")
     assert rid is not None

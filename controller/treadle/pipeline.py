@@ -54,7 +54,7 @@ from treadle.rollout.observe import Target
 from treadle.rollout.revert import write_revert_branch
 from treadle.rollout.service import RolloutService
 from treadle.rollout.waves import Candidate
-from treadle.sign import DigestCache, ManifestSigner, SignedManifest, ToSign, content_digest, manifest_from_envelope, node_digest
+from treadle.sign import DigestCache, ManifestSigner, SignedManifest, ToSign, content_digest, manifest_from_envelope, node_digest, payload_from_envelope
 from treadle.source import GitSource
 from treadle.state import NodeRecord, StateDB
 
@@ -299,7 +299,8 @@ class Pipeline:
         from treadle.review.preview import commit_is_immediate
 
         self.rollouts.begin(rendered.commit, _policy_of(rendered.result), candidates,
-                            immediate=commit_is_immediate(self.source.repo, rendered.commit))
+                            immediate=commit_is_immediate(self.source.repo, rendered.commit),
+                            current=self.current_manifests([t.node for t in staged]))
 
     def _rendered(self, commit: str) -> Rendered:
         """The render of ``commit``: the last good one, or (after a restart) a render made for the rollout."""
@@ -348,12 +349,13 @@ class Pipeline:
         records = self.state.nodes()
         return {n: records[n].generation for n in nodes if n in records}
 
-    def current_manifests(self, nodes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def current_manifests(self, nodes: Sequence[str]) -> dict[str, bytes]:
+        """What is published for these nodes now (the manifest bytes inside their envelopes): a rollback's target."""
         out = {}
         for n in nodes:
             data = self.store.read(n)
             if data is not None:
-                out[n] = manifest_from_envelope(data)
+                out[n] = payload_from_envelope(data)
         return out
 
     def publish_content(self, commit: str, nodes: Sequence[str]) -> None:

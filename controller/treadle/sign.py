@@ -103,14 +103,25 @@ class DigestCache:
         return d
 
 
+def payload_from_envelope(envelope: bytes) -> bytes:
+    """The manifest bytes inside a published DSSE envelope (the signature is not checked: the bytes are our own).
+
+    Raises:
+        ValueError: the bytes are not a DSSE envelope.
+    """
+    try:
+        return base64.b64decode(json.loads(envelope)["payload"], validate=True)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"not a DSSE envelope: {e}") from e
+
+
 def manifest_from_envelope(envelope: bytes) -> dict[str, Any]:
-    """The manifest inside a published DSSE envelope (the signature is not checked: the bytes are our own).
+    """The manifest inside a published DSSE envelope, parsed.
 
     Raises:
         ValueError: the bytes are not a DSSE envelope with a JSON payload.
     """
-    doc = json.loads(envelope)
-    return parse_json(base64.b64decode(doc["payload"], validate=True))
+    return parse_json(payload_from_envelope(envelope))
 
 
 def stamped_canonical(item: ToSign, *, issued: str, expires: str) -> bytes:

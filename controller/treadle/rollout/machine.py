@@ -224,7 +224,7 @@ def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: fl
     since = p.since if p.status is NodeStatus.APPLIED and p.since is not None else now
     if now - since >= soak_s:
         return NodeProgress(NodeStatus.HEALTHY, since)
-    return NodeProgress(NodeStatus.APPLIED, since)
+    return p if p.status is NodeStatus.APPLIED and p.since == since else NodeProgress(NodeStatus.APPLIED, since)
 
 
 def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],

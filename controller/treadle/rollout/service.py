@@ -51,9 +51,6 @@ class Executor(Protocol):
     def expected(self, nodes: Sequence[str]) -> dict[str, int]:
         """The generation published for each node."""
 
-    def current_manifests(self, nodes: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """What is published for these nodes now (unsigned manifests), to roll back to."""
-
     def publish_content(self, commit: str, nodes: Sequence[str]) -> None:
         """Publish ``commit``'s content for these nodes (a no-op for nodes already carrying it)."""
 
@@ -101,8 +98,12 @@ class RolloutService:
             found = self._reader.active()
             return found[1] if found else None
 
-    def begin(self, commit: str, policy: RolloutPolicy, changed: Sequence[Candidate], *, immediate: bool) -> int | None:
-        """Start the rollout of ``commit`` over ``changed``, superseding the one in flight; None when nothing changed."""
+    def begin(self, commit: str, policy: RolloutPolicy, changed: Sequence[Candidate], *, immediate: bool,
+              current: Mapping[str, bytes] | None = None) -> int | None:
+        """Start the rollout of ``commit`` over ``changed``, superseding the one in flight; None when nothing changed.
+
+        ``current`` is what the changed nodes run now (their published manifest bytes): a rollback returns them to it.
+        """
         with self._lock:
             now = self._clock()
             found = self._store.active()
@@ -114,7 +115,7 @@ class RolloutService:
                 self._update_metrics()
                 return None
             r = plan_rollout(commit, policy, changed, immediate=immediate)
-            rid = self._store.create(r, now)
+            rid = self._store.create(r, now, previous=current)
             self._hot = (rid, now, r)
             log.event("rollout.created", rollout=rid, commit=commit, immediate=immediate,
                       waves={w.name: len(w.nodes) for w in r.waves})
@@ -174,7 +175,6 @@ class RolloutService:
         now = self._clock()
         before = r
         if isinstance(action, Publish):
-            self._store.keep_previous(rid, executor.current_manifests(action.nodes))
             executor.publish_content(r.commit, action.nodes)
             r = machine.published(r, now)
         elif isinstance(action, Rollback):

@@ -9,13 +9,13 @@ is on disk.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 import sqlite3
 import time
-from dataclasses import asdict
+from collections.abc import Mapping
 from typing import Any
 
 from treadle.rollout.machine import NodeProgress, NodeStatus, Rollout, State, Wave
+from treadle_agent.manifest import parse_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -52,7 +52,8 @@ def to_doc(r: Rollout) -> dict[str, Any]:
     # Built by hand: dataclasses.asdict deep-copies every progress entry first (78 ms for 9,000 nodes).
     return {
         "commit": r.commit,
-        "waves": [asdict(w) for w in r.waves],
+        "waves": [{"name": w.name, "nodes": list(w.nodes), "soak_s": w.soak_s, "timeout_s": w.timeout_s,
+                   "allowed_failures": w.allowed_failures, "approval": w.approval} for w in r.waves],
         "failure_policy": r.failure_policy,
         "immediate": r.immediate,
         "state": r.state.value,
@@ -109,7 +110,8 @@ class RolloutStore:
         with conn:
             conn.executescript(SCHEMA)
 
-    def create(self, r: Rollout, now: float | None = None) -> int:
+    def create(self, r: Rollout, now: float | None = None, previous: Mapping[str, bytes] | None = None) -> int:
+        """Store a new rollout and, in the same transaction, what its nodes run before it (for a rollback)."""
         now = time.time() if now is None else now
         with self._conn:
             cur = self._conn.execute(
@@ -117,6 +119,9 @@ class RolloutStore:
                 (r.commit, r.state.value, now, now, json.dumps(to_doc(r))))
             rid = int(cur.lastrowid)
             self._event(rid, r, now)
+            if previous:
+                self._conn.executemany("INSERT INTO rollout_previous (rollout_id, node, manifest) VALUES (?, ?, ?)",
+                                       [(rid, n, m) for n, m in previous.items()])
         return rid
 
     def save(self, rid: int, r: Rollout, now: float | None = None, before: Rollout | None = None) -> None:
@@ -185,16 +190,10 @@ class RolloutStore:
                                  (commit,)).fetchone()
         return (int(row[0]), from_doc(json.loads(row[1]))) if row else None
 
-    def keep_previous(self, rid: int, manifests: dict[str, dict[str, Any]]) -> None:
-        """Remember what these nodes ran before the rollout reached them (first write wins: a retried publish
-        must not overwrite the true previous content with the rollout's own)."""
-        with self._conn:
-            self._conn.executemany("INSERT OR IGNORE INTO rollout_previous (rollout_id, node, manifest) VALUES (?, ?, ?)",
-                                   [(rid, n, json.dumps(m, sort_keys=True)) for n, m in manifests.items()])
-
     def previous(self, rid: int) -> dict[str, dict[str, Any]]:
+        """What the rollout's nodes ran before it (kept by :meth:`create`), parsed."""
         rows = self._conn.execute("SELECT node, manifest FROM rollout_previous WHERE rollout_id = ?", (rid,)).fetchall()
-        return {n: json.loads(m) for n, m in rows}
+        return {n: parse_json(m) for n, m in rows}
 
     def note_revert(self, rid: int, branch: str | None, error: str | None) -> None:
         with self._conn:
