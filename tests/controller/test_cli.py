@@ -59,6 +59,22 @@ def test_status_table_shows_refusal_diagnostics_and_the_accept_command() -> None
     assert "a" * 40 in text and "sites/a/site.yaml:3:5: bad" in text and "accept-history" in text and "draining 1" in text
 
 
+def test_status_table_shows_the_rollout_with_its_reason_and_revert_branch() -> None:
+    import contextlib
+
+    doc = {"repository": "/srv/fabric.git", "branch": "main", "deployed_commit": "c" * 40,
+           "nodes": {"total": 1, "by_lifecycle": {"production": 1}}, "pending_history_acceptance": None,
+           "last_refusal": None, "last_cycle": {},
+           "rollout": {"id": 7, "commit": "c" * 40, "state": "rolled_back", "wave": 0, "paused": False, "immediate": False,
+                       "reason": "wave canary: 1 of 1 nodes failed", "revert_branch": "treadle/revert-cccccccccccc"}}
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print_status(doc)
+    text = buf.getvalue()
+    assert "7 of cccccccccccc: rolled_back" in text and "1 of 1 nodes failed" in text
+    assert "treadle/revert-cccccccccccc" in text
+
+
 def test_json_logs_are_one_object_per_event() -> None:
     stream = io.StringIO()
     log.configure(as_json=True, stream=stream)

@@ -103,6 +103,14 @@ def print_status(doc: dict[str, Any]) -> None:
     nodes = doc.get("nodes", {})
     by = ", ".join(f"{k} {v}" for k, v in nodes.get("by_lifecycle", {}).items())
     table.add_row("nodes", f"{nodes.get('total', 0)}" + (f" ({by})" if by else ""))
+    rollout = doc.get("rollout")
+    if rollout:
+        text = f"{rollout['id']} of {rollout['commit'][:12]}: {rollout['state']}" + (" (paused)" if rollout["paused"] else "")
+        if rollout.get("reason"):
+            text += f"\n{rollout['reason']}"
+        if rollout.get("revert_branch"):
+            text += f"\nrevert branch: {rollout['revert_branch']}"
+        table.add_row("rollout", text + "\n(treadle rollout show for the wave table)")
     if doc.get("pending_history_acceptance"):
         sha = doc["pending_history_acceptance"]
         table.add_row("pending", f"history rewrite to {sha}: `treadle rollout accept-history {sha}` to deploy it")
