@@ -136,7 +136,7 @@ class Rollout:
         """Current wave's nodes by status."""
         out = {s.value: 0 for s in NodeStatus}
         for p in self.progress.values():
-            out[p.status.value] += 1
+            out[p.status] += 1  # a StrEnum member hashes and compares as its value
         return out
 
     def wave_counts(self) -> list[dict[str, int]]:

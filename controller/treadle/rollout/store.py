@@ -89,8 +89,9 @@ def _group_progress(progress: Mapping[str, NodeProgress]) -> list[list[Any]]:
     (they report on the same tick), and lists of names encode far faster than one object per node."""
     groups: dict[tuple[str, float | None, str], list[str]] = {}
     for node, p in progress.items():
-        groups.setdefault((p.status.value, p.since, p.reason), []).append(node)
-    return [[status, since, reason, nodes] for (status, since, reason), nodes in groups.items()]
+        # NodeStatus is a StrEnum: the member is its string (and encodes as one), no .value lookup per node.
+        groups.setdefault((p.status, p.since, p.reason), []).append(node)
+    return [[str(status), since, reason, nodes] for (status, since, reason), nodes in groups.items()]
 
 
 def _ungroup_progress(groups: list[list[Any]]) -> dict[str, NodeProgress]:
