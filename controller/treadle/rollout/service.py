@@ -180,7 +180,7 @@ class RolloutService:
         elif isinstance(action, Rollback):
             previous = self._store.previous(rid)
             executor.publish_manifests({n: previous[n] for n in action.nodes if n in previous})
-            before, r = r, machine.rolled_back(r)
+            r = machine.rolled_back(r)
             self._write_revert(rid, r, executor)
         self._save(rid, r, now, before=before)
         log.event("rollout.step", rollout=rid, state=r.state.value, wave=r.wave)
