@@ -109,9 +109,7 @@ def fabric(tmp_path: Path) -> Fabric:
 
 @pytest.fixture
 def template_copy(tmp_path: Path) -> Fabric:
-    """A copy of fabric-repo-template (skipped until it exists)."""
-    if not (TEMPLATE_DIR / "fabric.yaml").exists():
-        pytest.skip("fabric-repo-template is not complete yet")
+    """A copy of fabric-repo-template."""
     target = tmp_path / "template"
     shutil.copytree(TEMPLATE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
     return Fabric(target)

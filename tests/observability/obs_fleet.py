@@ -9,13 +9,10 @@ which gives the verify-failure series and alerts real data. The controller's
 rollout health source is the tests' Prometheus, so a rollout is gated on
 what the shipped scrape config collects.
 
-With TREADLE_OBS_STANDIN=1 the processes are stand-ins that serve the same
-metrics (standin_exporter.py); the default, and CI, use the real daemons.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -31,7 +28,6 @@ from obs_prometheus import REPO, free_port
 
 TEMPLATE = REPO / "fabric-repo-template"
 BIN = Path(sys.executable).parent
-STANDIN = os.environ.get("TREADLE_OBS_STANDIN") == "1"
 #: (node, trusts the signing key); nodes from three clusters on two sites.
 NODES = (("batch-001", True), ("login-001", True), ("storage-001", True), ("storage-002", True), ("batch-002", False))
 #: Short-lived manifests, so the expiry alert has something to say (< 24 h).
@@ -147,7 +143,7 @@ def start(workdir: Path, prometheus_url: str) -> Fleet:
     """
     fleet = Fleet(workdir, prometheus_url)
     try:
-        (_start_standins if STANDIN else _start_real)(fleet)
+        _start_real(fleet)
     except BaseException:
         fleet.stop()
         raise
@@ -157,18 +153,6 @@ def start(workdir: Path, prometheus_url: str) -> Fleet:
 def _port_from(fleet: Fleet, port_file: Path, what: str) -> int:
     wait_for(fleet, lambda: port_file.exists() and port_file.read_text().strip().isdigit(), 30, f"{what} to serve /metrics")
     return int(port_file.read_text())
-
-
-def _start_standins(fleet: Fleet) -> None:
-    script = str(Path(__file__).with_name("standin_exporter.py"))
-    port_file = fleet.workdir / "controller.port"
-    fleet.spawn("controller", [sys.executable, script, "controller", str(port_file)])
-    fleet.controller_port = _port_from(fleet, port_file, "controller")
-    for node, trusted in NODES:
-        site, cluster = place(node)
-        port_file = fleet.workdir / f"{node}.port"
-        fleet.spawn(node, [sys.executable, script, "agent", node, site, cluster, "trusted" if trusted else "rogue", str(port_file)])
-        fleet.agents.append(AgentTarget(node, site, cluster, _port_from(fleet, port_file, node), trusted))
 
 
 def _git(repo: Path, *args: str) -> None:

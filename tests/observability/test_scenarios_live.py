@@ -6,14 +6,11 @@ module pytest runs after the read-only live tests (test_prometheus_live.py).
 
 from __future__ import annotations
 
-import httpx
-import pytest
 
-from obs_fleet import STANDIN, TEMPLATE, Fleet
+from obs_fleet import TEMPLATE, Fleet
 from obs_prometheus import PrometheusServer
 from obs_promql import dashboard_expressions
 
-pytestmark = pytest.mark.skipif(STANDIN, reason="the stand-in processes have no fabric to change")
 SETTLE_S = 30
 
 
@@ -32,8 +29,6 @@ def test_refused_commit_is_counted_by_reason_and_raises_the_refusing_alert(fleet
 
 
 def test_failing_canary_halts_the_rollout_and_the_rollout_panels_and_alert_show_it(fleet: Fleet, prometheus: PrometheusServer) -> None:
-    if httpx.get(f"http://{fleet.controller}/v1/rollouts", timeout=5).status_code == 404:
-        pytest.skip("the controller serves no /v1/rollouts yet: rollouts are not wired into `treadle controller run`")
     # Start from the template's file, whatever an earlier test committed. The
     # canary (batch-001) applies the change, reports a failed apply (the test
     # agents have no package manager) and is unhealthy: the canary wave fails.
