@@ -23,8 +23,6 @@ from typing import Any
 
 from treadle.errors import FabricError, UsageError
 
-DEFAULT_METRICS_PORT = 9731
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("targets", help="write the agents' Prometheus file_sd targets from the fabric",
@@ -56,31 +54,23 @@ def file_sd_entries(src: Any) -> list[dict[str, Any]]:
     Raises:
         FabricError: the fabric is invalid (its diagnostics, all of them).
     """
-    from treadle.fabric import render_fabric
+    from treadle.fabric import ParseCache, render_fabric
+    from treadle.fabric.nodefile import node_settings
+    from treadle.rollout.observe import DEFAULT_METRICS_PORT
 
-    result = render_fabric(src)
+    cache = ParseCache()
+    result = render_fabric(src, cache)
     if not result.ok:
         raise FabricError(result.diagnostics)
+    live = [node for _, node in sorted(result.nodes.items()) if node.lifecycle != "retired"]
+    settings = node_settings(src, cache, result.fabric, live)  # node files already parsed by the render
     entries = []
-    for name, node in sorted(result.nodes.items()):
-        if node.lifecycle == "retired":
-            continue
-        port = _metrics_port(src, node)
+    for node in live:
+        name, port = node.name, settings[node.name].metrics_port or DEFAULT_METRICS_PORT
         host = f"[{node.address}]" if ":" in node.address else node.address
         entries.append({"targets": [f"{host}:{port}"],
                         "labels": {"node": name, "site": node.site, "cluster": node.cluster, "lifecycle": node.lifecycle}})
     return entries
-
-
-def _metrics_port(src: Any, node: Any) -> int:
-    """``agent.metrics_port`` of the node's own file (the schema keeps it there, not in overlays)."""
-    from treadle.fabric import Limits
-    from treadle.fabric.yamlload import load_yaml, plain
-
-    path = f"sites/{node.site}/{node.cluster}/nodes/{node.name}.yaml"
-    doc, _ = load_yaml(src.read(path), Limits())  # it rendered, so it parses and fits the schema
-    agent = plain(doc).get("agent") or {}
-    return int(agent.get("metrics_port", DEFAULT_METRICS_PORT))
 
 
 def write_targets(out: Path, entries: list[dict[str, Any]]) -> None:

@@ -76,15 +76,13 @@ class Explainer:
 
     Lookups run on ``src`` itself: the parse cache keeps the listing of the
     source HEAD was rendered from, so a lookup does not list the revision
-    again. ``node_files`` is accepted for callers that still pass it and is
-    not needed.
+    again.
     """
 
     src: Source
     cache: ParseCache
     changed_lines: Mapping[str, frozenset[int]]
     budget: ProvenanceBudget = field(default_factory=ProvenanceBudget)
-    node_files: Mapping[str, Iterable[str]] = field(default_factory=dict)
     _texts: dict[str, list[str]] = field(default_factory=dict)
 
     def sources(self, node: str, change: ResourceChange) -> tuple[ValueSource, ...] | None:

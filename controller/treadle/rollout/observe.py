@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,7 +25,6 @@ import anyio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from treadle.errors import UsageError
 from treadle.rollout.machine import Observation
 
 log = logging.getLogger(__name__)
@@ -160,14 +159,8 @@ class PrometheusSource:
 
 
 def source_from_config(kind: str, prometheus_url: str | None, timeout_s: float) -> HealthSource:
-    """The configured health source (controller.toml ``[health]``)."""
+    """The configured health source (controller.toml ``[health]``, as :mod:`treadle.config` validated it)."""
     if kind == "prometheus":
-        if not prometheus_url:
-            raise UsageError("health.source = \"prometheus\" needs health.prometheus_url in controller.toml")
+        assert prometheus_url, "treadle.config refuses health.source = prometheus without prometheus_url"
         return PrometheusSource(prometheus_url, timeout_s)
     return ScrapeSource(timeout_s)
-
-
-def targets_for(nodes: Mapping[str, tuple[str, int | None]]) -> list[Target]:
-    """Targets from node -> (address, metrics port or None)."""
-    return [Target(n, addr, port or DEFAULT_METRICS_PORT) for n, (addr, port) in sorted(nodes.items())]
