@@ -296,10 +296,8 @@ class Pipeline:
         settings = self._settings_for(rendered, [t.node for t in staged])
         candidates = [Candidate(t.node, nodes[t.node].site, nodes[t.node].cluster, dict(nodes[t.node].labels),
                                 settings[t.node].pinned_wave) for t in staged]
-        from treadle.review.preview import commit_is_immediate
-
         self.rollouts.begin(rendered.commit, _policy_of(rendered.result), candidates,
-                            immediate=commit_is_immediate(self.source.repo, rendered.commit),
+                            immediate=rollout_policy.commit_is_immediate(self.source.repo, rendered.commit),
                             current=self.current_manifests([t.node for t in staged]))
 
     def _rendered(self, commit: str) -> Rendered:

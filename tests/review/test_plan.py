@@ -12,7 +12,7 @@ import treadle.fabric.render as render_module
 from _review_helpers import FabricRepo, run_cli
 from treadle.review.markdown import MarkdownLimits, render_markdown
 from treadle.review.plan import PlanSettings, build_plan
-from treadle.review.preview import has_immediate_trailer
+from treadle.rollout.policy import has_immediate_trailer
 
 
 def _one_node_change(repo: FabricRepo, message: str = "Move batch-003 to rack r09") -> None:

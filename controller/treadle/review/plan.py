@@ -22,7 +22,8 @@ from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, render_f
 from treadle.fabric.layout import classify
 from treadle.review.changes import Changes, diff_renders
 from treadle.review.group import Group, group_changes
-from treadle.review.preview import RolloutPreview, commit_is_immediate, pinned_waves, preview
+from treadle.review.preview import RolloutPreview, pinned_waves, preview
+from treadle.rollout.policy import commit_is_immediate
 from treadle.review.provenance import Explainer, ProvenanceBudget, ValueSource, explain_groups
 
 #: Diagnostic codes that are refusals of the change as a whole (fleet invariants), not a broken file.

@@ -15,16 +15,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pygit2
-
 from treadle.fabric import ParseCache, RenderedNode
 from treadle.fabric.nodefile import node_settings
 from treadle.fabric.source import Source
 from treadle.rollout import policy as rollout_policy
 from treadle.rollout import waves
-
-TRAILER = "Treadle-Rollout"
-TRAILER_IMMEDIATE = "immediate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,29 +42,6 @@ class RolloutPreview:
     blocked: str | None
     immediate: bool
     policy_error: str | None = None
-
-
-def has_immediate_trailer(message: str, trailers: Mapping[str, str] | None = None) -> bool:
-    """Whether a commit message carries ``Treadle-Rollout: immediate`` as a git trailer (last paragraph)."""
-    if trailers is None:
-        paragraphs = [p for p in message.strip().split("\n\n") if p.strip()]
-        last = paragraphs[-1] if len(paragraphs) > 1 else ""
-        trailers = {}
-        for line in last.splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                trailers[key.strip()] = value.strip()
-    return any(k.lower() == TRAILER.lower() and v.strip().lower() == TRAILER_IMMEDIATE for k, v in trailers.items())
-
-
-def commit_is_immediate(repo: pygit2.Repository, commit: str) -> bool:
-    """The trailer test on a commit, through git's own trailer parser (pygit2) when it can."""
-    obj = repo[commit]
-    try:
-        trailers = dict(obj.message_trailers)
-    except (AttributeError, pygit2.GitError):
-        trailers = None
-    return has_immediate_trailer(obj.message, trailers)
 
 
 def pinned_waves(src: Source, cache: ParseCache, fabric: Mapping[str, Any], nodes: Iterable[RenderedNode]) -> dict[str, str]:

@@ -15,6 +15,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: The git trailer of the emergency path: ``Treadle-Rollout: immediate`` skips soak times and change windows.
+TRAILER = "Treadle-Rollout"
+TRAILER_IMMEDIATE = "immediate"
 
 
 class PolicyError(ValueError):
@@ -170,3 +173,28 @@ def _freeze(f: Mapping[str, Any]) -> Freeze:
     if until <= start:
         raise PolicyError(f"freeze from {f['from']} until {f['until']} ends before it starts")
     return Freeze(start=start, until=until, reason=f.get("reason", ""))
+
+
+def has_immediate_trailer(message: str, trailers: Mapping[str, str] | None = None) -> bool:
+    """Whether a commit message carries ``Treadle-Rollout: immediate`` as a git trailer (last paragraph)."""
+    if trailers is None:
+        paragraphs = [p for p in message.strip().split("\n\n") if p.strip()]
+        last = paragraphs[-1] if len(paragraphs) > 1 else ""
+        trailers = {}
+        for line in last.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                trailers[key.strip()] = value.strip()
+    return any(k.lower() == TRAILER.lower() and v.strip().lower() == TRAILER_IMMEDIATE for k, v in trailers.items())
+
+
+def commit_is_immediate(repo: Any, commit: str) -> bool:
+    """The trailer test on a commit of a pygit2 repository, through git's own trailer parser when it can."""
+    import pygit2
+
+    obj = repo[commit]
+    try:
+        trailers = dict(obj.message_trailers)
+    except (AttributeError, pygit2.GitError):
+        trailers = None
+    return has_immediate_trailer(obj.message, trailers)
