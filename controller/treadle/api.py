@@ -161,18 +161,8 @@ def status_document(ctx: ApiContext) -> dict[str, Any]:
         "nodes": {"total": sum(counts.values()), "by_lifecycle": dict(sorted(counts.items()))},
         "deployments": state.deployments(limit=5),
         "last_cycle": dict(ctx.last_cycle),
-        "rollout": _rollout_summary(ctx),
+        "rollout": None if ctx.rollouts is None else ctx.rollouts.summary(),
     }
-
-
-def _rollout_summary(ctx: ApiContext) -> dict[str, Any] | None:
-    if ctx.rollouts is None:
-        return None
-    latest = ctx.rollouts.documents(limit=1)
-    if not latest:
-        return None
-    r = latest[0]
-    return {k: r[k] for k in ("id", "commit", "state", "wave", "paused", "immediate", "reason", "revert_branch")}
 
 
 def build_app(ctx: ApiContext) -> Starlette:

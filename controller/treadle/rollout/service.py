@@ -229,6 +229,17 @@ class RolloutService:
             found = self._reader.latest()
             return found[0] if found else None
 
+    def summary(self) -> dict[str, Any] | None:
+        """The newest rollout in a few fields (for /v1/status): no wave lists, no counts."""
+        with self._read_lock:
+            found = self._reader.latest()
+            if found is None:
+                return None
+            rid, r = found
+            branch, _ = self._reader.revert_note(rid)
+        return {"id": rid, "commit": r.commit, "state": r.state.value, "wave": r.wave, "paused": r.paused,
+                "immediate": r.immediate, "reason": r.reason, "revert_branch": branch}
+
     def documents(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._read_lock:
             return [self._doc(self._reader, rid, created, updated, r) for rid, created, updated, r in self._reader.list(limit)]
