@@ -146,7 +146,8 @@ class Pipeline:
     _digests: DigestCache = field(default_factory=DigestCache)
     #: A render of the commit a rollout is moving, when that is not ``last_good`` (after a restart).
     _rollout_rendered: Rendered | None = field(default=None)
-    _node_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Node-file settings (pinned wave, metrics port) of the commit a rollout moves, read as needed.
+    _node_settings: tuple[str, dict[str, Any]] = field(default_factory=lambda: ("", {}))
 
     def __post_init__(self) -> None:
         if self.renderer is None:
@@ -317,7 +318,9 @@ class Pipeline:
         from treadle.fabric.nodefile import node_settings
         from treadle.fabric.source import GitRevisionSource
 
-        known = self._node_settings.setdefault(rendered.commit, {})
+        if self._node_settings[0] != rendered.commit:
+            self._node_settings = (rendered.commit, {})
+        known = self._node_settings[1]
         missing = [rendered.result.nodes[n] for n in names if n not in known and n in rendered.result.nodes]
         if missing:
             cache = getattr(self.renderer, "cache", None)
@@ -327,8 +330,6 @@ class Pipeline:
                 cache = ParseCache()
             src = GitRevisionSource(self.source.repo, rendered.commit)
             known.update(node_settings(src, cache, rendered.result.fabric, missing))
-        for stale in [c for c in self._node_settings if c != rendered.commit]:
-            del self._node_settings[stale]
         return known
 
     def rollout_policy(self, commit: str) -> rollout_policy.RolloutPolicy | None:
