@@ -14,7 +14,7 @@ import sys
 from treadle.errors import UsageError
 from treadle.review.jsonreport import render_json
 from treadle.review.markdown import MarkdownLimits, render_markdown
-from treadle.review.plan import build_plan
+from treadle.review.plan import PlanSettings, build_plan
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--format", choices=("markdown", "json"), default="markdown")
     p.add_argument("--max-nodes", type=_positive, default=20, metavar="N",
                    help="node names listed per group before the list is collapsed (default 20)")
+    p.add_argument("--full-render", action="store_true",
+                   help="render every node of both revisions, not only those the change can affect, so that the "
+                        "verdict also covers problems of untouched nodes (as `treadle validate` does)")
     p.set_defaults(func=cmd_plan)
 
 
@@ -48,7 +51,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if len(args.args) not in (2, 3):
         raise UsageError(f"plan takes [REPO] BASE HEAD, got {len(args.args)} argument(s): {' '.join(args.args)}")
     repo, base, head = args.args if len(args.args) == 3 else (".", *args.args)
-    plan = build_plan(repo, base, head)
+    plan = build_plan(repo, base, head, PlanSettings(full_render=args.full_render))
     if args.format == "json":
         sys.stdout.write(render_json(plan))
     else:

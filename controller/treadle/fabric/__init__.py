@@ -24,7 +24,7 @@ into diagnostics or Treadle errors at the module that meets them.
 
 from treadle.fabric.cache import ParseCache
 from treadle.fabric.explain import Blame, Provenance, explain
-from treadle.fabric.render import RenderedNode, RenderResult, render_fabric
+from treadle.fabric.render import RenderedNode, RenderResult, Scope, render_fabric
 from treadle.fabric.source import GitRevisionSource, Source, WorkTreeSource, blob_id
 from treadle.fabric.yamlload import Limits
 
@@ -36,6 +36,7 @@ __all__ = [
     "Provenance",
     "RenderResult",
     "RenderedNode",
+    "Scope",
     "Source",
     "WorkTreeSource",
     "blob_id",

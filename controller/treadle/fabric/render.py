@@ -15,6 +15,14 @@ reused canonical bytes, so re-stamping 10,000 nodes costs a copy and a
 digest each, not an encoding). The whole fabric is still parsed (from the
 cache) and checked, so the result equals a full render.
 
+Scoped: given a :class:`Scope` (the paths a change touched), only the
+nodes those paths can feed are rendered (see :func:`_select`); the rest are
+left out and named in ``RenderResult.skipped``. Every file is still parsed,
+validated and path-checked, every chain resolved and every fleet check run,
+so what is not found is only what rendering an untouched node would find:
+the same in both revisions of a change. ``treadle plan`` renders BASE and
+HEAD this way, so a one-node change renders one node twice.
+
 Parallel: the nodes to render are split into jobs of ``_JOB_NODES`` that a
 forked helper process may share (:mod:`treadle.fabric.pool`) when there are
 at least ``PARALLEL_MIN_NODES`` of them and forking is safe; results merge in
@@ -43,7 +51,7 @@ from treadle.fabric.overlay import Chain, Overlays
 from treadle.fabric.pool import fork_map
 from treadle.fabric.run import FabricRun, lifecycles, load_fabric, roles
 from treadle.fabric.source import Source
-from treadle.fabric.templates import Templates, TemplateProblem
+from treadle.fabric.templates import TEMPLATE_DIR, Templates, TemplateProblem
 from treadle.fabric.yamlload import plain
 
 _EMPTY: dict[str, Any] = {}
@@ -72,9 +80,22 @@ class RenderedNode:
     sources: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Render only the nodes that one of ``paths`` (fabric paths a change touched) can feed, and ``names``."""
+
+    paths: frozenset[str]
+    names: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True)
 class RenderResult:
-    """Everything one render produced. ``ok`` only when there is no diagnostic at all."""
+    """Everything one render produced. ``ok`` only when there is no diagnostic at all.
+
+    ``skipped`` are the nodes a :class:`Scope` left out: not rendered, so
+    absent from ``nodes`` and ``deps``, and not checked beyond their files,
+    chains and fleet facts.
+    """
 
     commit: str | None
     nodes: Mapping[str, RenderedNode]
@@ -83,6 +104,7 @@ class RenderResult:
     fabric: dict[str, Any]
     rollout: dict[str, Any] | None
     lifecycles: Mapping[str, str] = field(default_factory=dict)
+    skipped: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -95,12 +117,14 @@ def render_fabric(
     previous: RenderResult | None = None,
     changed_paths: Iterable[str] | None = None,
     base: RenderResult | Source | None = None,
+    scope: Scope | None = None,
 ) -> RenderResult:
     """Render and check the whole fabric of ``src``.
 
     ``previous`` and ``changed_paths`` make it incremental (see the module
     docstring); ``base`` (the base revision's result, or its source, rendered
-    here) enables the lifecycle transition checks. Bad content never raises:
+    here) enables the lifecycle transition checks; ``scope`` renders only the
+    nodes it can affect (see the module docstring). Bad content never raises:
     it comes back in ``diagnostics``.
 
     Raises:
@@ -108,7 +132,7 @@ def render_fabric(
     """
     cache = cache if cache is not None else ParseCache()
     with _no_gc():
-        return _render(src, cache, previous, changed_paths, base)
+        return _render(src, cache, previous, changed_paths, base, scope)
 
 
 @contextlib.contextmanager
@@ -143,7 +167,7 @@ _frozen = False
 
 
 def _render(src: Source, cache: ParseCache, previous: RenderResult | None, changed_paths: Iterable[str] | None,
-            base: RenderResult | Source | None) -> RenderResult:
+            base: RenderResult | Source | None, scope: Scope | None) -> RenderResult:
     run = FabricRun(src, cache)
     fabric, fabric_tagged = load_fabric(run)
     rollout = run.load(run.layout.rollout, "rollout") if run.layout.rollout else None
@@ -152,7 +176,8 @@ def _render(src: Source, cache: ParseCache, previous: RenderResult | None, chang
     broken_templates = _compile_templates(run, templates)
     overlays = Overlays(run.layout, fabric, fabric_tagged, run.lookup)
     template_errors: dict[tuple[str, int, str, str], list[str]] = defaultdict(list)
-    nodes = _render_nodes(run, overlays, templates, fabric, _reusable(previous, changed_paths), template_errors)
+    selected = _select(run, overlays, templates, scope) if scope is not None else None
+    nodes = _render_nodes(run, overlays, templates, fabric, _reusable(previous, changed_paths), template_errors, selected)
     run.findings += overlays.findings
     _report_template_errors(run, template_errors, broken_templates)
     facts = run.facts()
@@ -165,7 +190,41 @@ def _render(src: Source, cache: ParseCache, previous: RenderResult | None, chang
         fabric=plain(fabric),
         rollout=plain(rollout[0]) if rollout else None,
         lifecycles={f.name: f.lifecycle for f in facts},
+        skipped=frozenset() if selected is None else frozenset(ref.name for ref in run.layout.nodes if ref.name not in selected),
     )
+
+
+def _select(run: FabricRun, overlays: Overlays, templates: Templates, scope: Scope) -> frozenset[str] | None:
+    """The names of the nodes ``scope`` can affect (None: every node, as when fabric.yaml changed).
+
+    A node is affected when one of the paths is a file its chain reads or
+    looks for (``Chain.wanted``: the same set the dependency index records),
+    or a template, or a template's include, that one of its files names.
+    Any other node reads only unchanged files, so it renders to the same
+    manifest in both revisions. Resolving every chain here also reports
+    every unknown profile and cycle, whether or not the node renders.
+    """
+    if FABRIC_FILE in scope.paths:
+        return None
+    templates_touched = any(path.startswith(TEMPLATE_DIR) for path in scope.paths)
+    selected = set(scope.names)
+    for ref in run.layout.nodes:
+        if ref.name in selected:
+            continue
+        chain = overlays.chain(ref)
+        if not chain.wanted.isdisjoint(scope.paths) or (templates_touched and _feeds(chain, templates, scope.paths)):
+            selected.add(ref.name)
+    return frozenset(selected)
+
+
+def _feeds(chain: Chain, templates: Templates, paths: frozenset[str]) -> bool:
+    """Whether a template named by one of the chain's files, or one it includes, is among ``paths``."""
+    files = chain.merged.get("files")
+    for spec in files.values() if isinstance(files, dict) else ():
+        name = spec.get("template") if isinstance(spec, dict) else None
+        if isinstance(name, str) and not templates.dependencies(name).isdisjoint(paths):
+            return True
+    return False
 
 
 def _load_and_check_files(run: FabricRun, fabric: dict[str, Any]) -> None:
@@ -210,8 +269,10 @@ class _Batch:
 
 
 def _render_nodes(run: FabricRun, overlays: Overlays, templates: Templates, fabric: dict[str, Any],
-                  reuse: Mapping[str, RenderedNode], template_errors: dict[_TemplateKey, list[str]]) -> dict[str, RenderedNode]:
-    """Every node: reused when nothing that feeds it changed (``reuse`` or the cache), rendered otherwise.
+                  reuse: Mapping[str, RenderedNode], template_errors: dict[_TemplateKey, list[str]],
+                  selected: frozenset[str] | None) -> dict[str, RenderedNode]:
+    """Every node (of ``selected`` when given): reused when nothing that feeds it changed (``reuse``
+    or the cache), rendered otherwise.
 
     The nodes to render are split into jobs that a forked helper may share
     (:func:`~treadle.fabric.pool.fork_map`); results are merged in node
@@ -222,6 +283,8 @@ def _render_nodes(run: FabricRun, overlays: Overlays, templates: Templates, fabr
     later: list[NodeRef] = []  # a name's second and further files: rendered only when the first did not render
     names: set[str] = set()
     for ref in run.layout.nodes:
+        if selected is not None and ref.name not in selected:
+            continue
         known = reuse.get(ref.name) or run.cache.rendered(ref.name, run.entries)
         if ref.name in names:
             later.append(ref)
@@ -243,7 +306,7 @@ def _render_nodes(run: FabricRun, overlays: Overlays, templates: Templates, fabr
             rendered[ref.path] = node
     nodes: dict[str, RenderedNode] = {}
     for ref in run.layout.nodes:
-        if ref.name in nodes:
+        if ref.name in nodes or (selected is not None and ref.name not in selected):
             continue  # a duplicate name; reported by the fleet checks
         node = kept.get(ref.name) if ref.path not in rendered else rendered[ref.path]
         if node is not None:

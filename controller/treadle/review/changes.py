@@ -201,8 +201,10 @@ def _show(value: Any) -> str:
 
 def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str, RenderedNode],
                  base_lifecycles: Mapping[str, str], head_lifecycles: Mapping[str, str],
-                 places: Places | None = None) -> Changes:
+                 places: Places | None = None, untouched: frozenset[str] = frozenset()) -> Changes:
     """Compare two renders. A node whose file exists in HEAD but did not render is ``unrendered``, not removed.
+    ``untouched`` nodes were left out of both renders (see :class:`treadle.fabric.Scope`) because no
+    file they read changed, so they are not compared.
 
     ``*_lifecycles`` are every node file's lifecycle (``RenderResult.lifecycles``), which also tells
     which nodes exist in a revision whether or not they rendered; ``places`` gives (site, cluster)
@@ -211,6 +213,8 @@ def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str
     places = places if places is not None else {}
     changed, added, removed, unrendered, transitions = [], [], [], [], []
     for name in sorted(set(head_lifecycles) | set(base_lifecycles) | set(head_nodes) | set(base_nodes)):
+        if name in untouched:
+            continue
         old, new = base_nodes.get(name), head_nodes.get(name)
         in_base, in_head = name in base_lifecycles or old is not None, name in head_lifecycles or new is not None
         site, cluster = _place(name, new, old, places)

@@ -38,7 +38,7 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "refusals": [d.as_dict() for d in plan.refusals],
         "provenance_skipped": plan.provenance_skipped,
         "stats": {"base_nodes": plan.stats.base_nodes, "head_nodes": plan.stats.head_nodes,
-                  "head_rendered": plan.stats.head_rendered},
+                  "head_rendered": plan.stats.head_rendered, "untouched": plan.stats.untouched},
     }
 
 

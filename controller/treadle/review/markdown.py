@@ -92,7 +92,9 @@ def _summary(plan: Plan, limits: MarkdownLimits) -> list[str]:
     s = summary(plan)
     out = ["### Summary", "",
            f"{s['changed']} changed, {s['added']} added, {s['removed']} removed"
-           + (f", {s['unrendered']} not rendered (see errors)" if s["unrendered"] else "") + " node(s).", ""]
+           + (f", {s['unrendered']} not rendered (see errors)" if s["unrendered"] else "") + " node(s)."
+           + (f" {plan.stats.untouched} other node(s) read no file this change touches and were not rendered."
+              if plan.stats.untouched else ""), ""]
     rows = s["by_cluster"]
     if rows:
         out += ["| site/cluster | changed | added | removed | not rendered |", "|---|---:|---:|---:|---:|"]

@@ -1,10 +1,18 @@
 """build_plan: two revisions in, the reviewer's plan out.
 
-Steps, in order: open both revisions; render BASE in full; list the paths
-that differ (a pygit2 tree diff); render HEAD incrementally from BASE's result
-with those paths, sharing the parse cache, so a one-node change renders one
-node for HEAD whatever the fabric's size; compare the two renders; group
-the changed nodes; explain the changed values in HEAD; preview the rollout.
+Steps, in order: open both revisions; list the paths that differ (a pygit2
+tree diff); render BASE and HEAD scoped to those paths (a
+:class:`~treadle.fabric.Scope`), sharing the parse cache, so both revisions
+are loaded and checked in full but only the nodes the change can affect are
+rendered: a one-node change renders one node twice, whatever the fabric's
+size; compare the two renders; group the changed nodes; explain the changed
+values in HEAD; preview the rollout.
+
+What a scoped plan does not see is what rendering an untouched node would
+find (a template that fails for it): the same in BASE and HEAD, so not this
+change's doing, and ``treadle validate`` reports it. With
+``PlanSettings.full_render`` BASE is rendered in full and HEAD incrementally
+from it, and the plan's verdict covers every node.
 Nothing here prints; :mod:`treadle.review.markdown` and
 :mod:`treadle.review.jsonreport` turn the :class:`Plan` into text.
 """
@@ -13,12 +21,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pygit2
 
 from treadle.errors import Diagnostic, SourceError
-from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, render_fabric
+from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, Scope, render_fabric
 from treadle.fabric.layout import classify
 from treadle.review.changes import Changes, diff_renders
 from treadle.review.group import Group, group_changes
@@ -40,19 +49,23 @@ class Revision:
 
 @dataclass(frozen=True, slots=True)
 class PlanSettings:
-    """Knobs of one plan: ``now_s`` (epoch seconds) decides which windows and freezes apply."""
+    """Knobs of one plan: ``now_s`` (epoch seconds) decides which windows and freezes apply;
+    ``full_render`` renders every node instead of those the change can affect."""
 
     now_s: float | None = None
     max_provenance_lookups: int = 24
+    full_render: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class PlanStats:
-    """Render figures: nodes in each revision, and how many HEAD rendered rather than reused from BASE."""
+    """Render figures: nodes in each revision, and how many HEAD rendered (rather than reused from BASE or
+    left out as untouched by the change)."""
 
     base_nodes: int
     head_nodes: int
     head_rendered: int
+    untouched: int = 0  # nodes that read no changed file, so were rendered in neither revision
 
 
 @dataclass(frozen=True)
@@ -114,10 +127,10 @@ def build_plan(repo: str | os.PathLike[str] | pygit2.Repository, base_rev: str, 
     base_src = GitRevisionSource(repo, base_rev)
     head_src = GitRevisionSource(repo, head_rev)
     base_commit, head_commit = str(base_src.commit), str(head_src.commit)
-    base = render_fabric(base_src, cache)
     paths = changed_paths(base_src.repo, base_commit, head_commit, getattr(head_src, "prefix", ""))
-    head = render_fabric(head_src, cache, previous=base, changed_paths=paths, base=base)
-    changes = diff_renders(base.nodes, head.nodes, base.lifecycles, head.lifecycles, _Places(head_src, base_src))
+    base, head = _render_both(base_src, head_src, cache, paths, settings.full_render)
+    changes = diff_renders(base.nodes, head.nodes, base.lifecycles, head.lifecycles, _Places(head_src, base_src),
+                           untouched=base.skipped | head.skipped)
     groups = group_changes(changes.changed)
     budget = ProvenanceBudget(lookups=settings.max_provenance_lookups)
     provenance = explain_groups(Explainer(head_src, cache, paths, budget), groups)
@@ -141,6 +154,31 @@ def build_plan(repo: str | os.PathLike[str] | pygit2.Repository, base_rev: str, 
     )
 
 
+def _render_both(base_src: GitRevisionSource, head_src: GitRevisionSource, cache: ParseCache,
+                 paths: Mapping[str, object], full: bool) -> tuple[RenderResult, RenderResult]:
+    """BASE and HEAD rendered for the same nodes: those ``paths`` can affect (every node when ``full``).
+
+    A node that reads no changed path reads the same files in both
+    revisions, so the two selections agree; HEAD is told BASE's selection
+    anyway, and BASE is rendered again in the one case where HEAD still
+    selects more (a new file that reuses an existing node's name).
+    """
+    if full:
+        base = render_fabric(base_src, cache)
+        return base, render_fabric(head_src, cache, previous=base, changed_paths=paths, base=base)
+    scope = Scope(frozenset(paths))
+    base = render_fabric(base_src, cache, scope=scope)
+    head = render_fabric(head_src, cache, base=base, scope=Scope(scope.paths, _selected(base)))
+    more = _selected(head) - _selected(base)
+    if more & set(base.lifecycles):
+        base = render_fabric(base_src, cache, scope=Scope(scope.paths, _selected(head)))
+    return base, head
+
+
+def _selected(result: RenderResult) -> frozenset[str]:
+    return frozenset(result.lifecycles) - result.skipped
+
+
 class _Places:
     """(site, cluster) of nodes that did not render, from the layout of HEAD, else BASE; classified only when asked."""
 
@@ -157,7 +195,8 @@ class _Places:
 
 
 def _stats(base: RenderResult, head: RenderResult) -> PlanStats:
-    """A HEAD node reused from BASE shares BASE's resource list (the renderer only re-stamps it)."""
+    """Nodes are counted by name (rendered or not); a HEAD node reused from BASE shares BASE's resource
+    list (the renderer only re-stamps it)."""
     rendered = sum(1 for name, node in head.nodes.items()
                    if name not in base.nodes or node.manifest["resources"] is not base.nodes[name].manifest["resources"])
-    return PlanStats(len(base.nodes), len(head.nodes), rendered)
+    return PlanStats(len(base.lifecycles), len(head.lifecycles), rendered, len(base.skipped | head.skipped))
