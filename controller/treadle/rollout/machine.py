@@ -75,6 +75,12 @@ class NodeProgress:
     reason: str = ""
 
 
+#: A node's statuses once it is done with its wave.
+_DONE = (NodeStatus.HEALTHY, NodeStatus.FAILED)
+#: The progress of a node that has not reported yet; immutable, so all such nodes share it.
+_FRESH = NodeProgress()
+
+
 @dataclass(frozen=True, slots=True)
 class Wave:
     name: str
@@ -185,7 +191,7 @@ def _start_wave(r: Rollout, blocked: str | None) -> tuple[Rollout, list[Action]]
         return _waiting(r, blocked)
     if wave.approval and r.wave not in r.approved:
         return _waiting(r, f"wave {wave.name} waits for approval: treadle rollout approve {r.commit[:12]}")
-    r = _replace(r, state=State.PUBLISHING, reason="", progress={n: NodeProgress() for n in wave.nodes})
+    r = _replace(r, state=State.PUBLISHING, reason="", progress=dict.fromkeys(wave.nodes, _FRESH))
     return r, [Publish(r.wave, wave.nodes)]
 
 
@@ -209,45 +215,65 @@ def rolled_back(r: Rollout) -> Rollout:
     return _replace(r, state=State.ROLLED_BACK)
 
 
-def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: float, soak_s: float) -> NodeProgress:
-    if p.status in (NodeStatus.FAILED, NodeStatus.HEALTHY):
+def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: float, soak_s: float,
+             made: dict[tuple[float, bool], NodeProgress]) -> NodeProgress:
+    """The node's progress after observation ``obs``. New "applied" and "healthy" values come from
+    ``made`` (one per status and start time in a step), so nodes that move together share them."""
+    if p.status in _DONE:
         return p
     if obs is None or obs.generation is None or want is None or obs.generation < want:
         # Not applied yet, or no data: a soak in progress restarts once data returns.
-        return NodeProgress(NodeStatus.PENDING) if p.status is NodeStatus.APPLIED else p
+        return _FRESH if p.status is NodeStatus.APPLIED else p
     if obs.apply_ok is False:
         return NodeProgress(NodeStatus.FAILED, now, f"apply of generation {obs.generation} failed")
     if obs.healthy is False:
         return NodeProgress(NodeStatus.FAILED, now, f"unhealthy after applying generation {obs.generation}")
     if obs.apply_ok is None or obs.healthy is None:
-        return NodeProgress(NodeStatus.PENDING) if p.status is NodeStatus.APPLIED else p
+        return _FRESH if p.status is NodeStatus.APPLIED else p
     since = p.since if p.status is NodeStatus.APPLIED and p.since is not None else now
-    if now - since >= soak_s:
-        return NodeProgress(NodeStatus.HEALTHY, since)
-    return p if p.status is NodeStatus.APPLIED and p.since == since else NodeProgress(NodeStatus.APPLIED, since)
+    done = now - since >= soak_s
+    if not done and p.status is NodeStatus.APPLIED and p.since == since:
+        return p
+    q = made.get((since, done))
+    if q is None:
+        q = made[(since, done)] = NodeProgress(NodeStatus.HEALTHY if done else NodeStatus.APPLIED, since)
+    return q
 
 
 def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
           expected: Mapping[str, int]) -> tuple[Rollout, list[Action]]:
     wave = r.waves[r.wave]
     soak_s = 0 if r.immediate else wave.soak_s
-    progress = {n: _observe(r.progress.get(n, NodeProgress()), observations.get(n), expected.get(n), now, soak_s)
-                for n in wave.nodes}
     timed_out = r.started_at is not None and now - r.started_at >= wave.timeout_s
-    if timed_out:
-        progress = {n: p if p.status in (NodeStatus.HEALTHY, NodeStatus.FAILED)
-                    else NodeProgress(NodeStatus.FAILED, now, f"timed out after {wave.timeout_s}s while {p.status}")
-                    for n, p in progress.items()}
-    failed = sorted(n for n, p in progress.items() if p.status is NodeStatus.FAILED)
-    r = _replace(r, progress=progress)
-    if len(failed) > wave.allowed_failures:
-        reason = (f"wave {wave.name}: {len(failed)} of {len(wave.nodes)} nodes failed "
-                  f"(budget {wave.allowed_failures}): " + ", ".join(f"{n}: {progress[n].reason}" for n in failed[:5]))
+    # One pass over the wave that also counts what is done. Only the nodes whose progress moves are
+    # collected: on most steps of a large wave that is few of them, and a node that is done (healthy or
+    # failed) is not looked at again.
+    moved: dict[str, NodeProgress] = {}
+    made: dict[tuple[float, bool], NodeProgress] = {}
+    failed = unfinished = 0
+    for n in wave.nodes:
+        p = r.progress.get(n, _FRESH)
+        if p.status not in _DONE:
+            q = _observe(p, observations.get(n), expected.get(n), now, soak_s, made)
+            if timed_out and q.status not in _DONE:
+                q = NodeProgress(NodeStatus.FAILED, now, f"timed out after {wave.timeout_s}s while {q.status}")
+            if q is not p or n not in r.progress:
+                p = moved[n] = q
+        if p.status is NodeStatus.FAILED:
+            failed += 1
+        elif p.status is not NodeStatus.HEALTHY:
+            unfinished += 1
+    if moved:
+        r = _replace(r, progress={**r.progress, **moved})
+    if failed > wave.allowed_failures:
+        names = sorted(n for n, p in r.progress.items() if p.status is NodeStatus.FAILED)
+        reason = (f"wave {wave.name}: {failed} of {len(wave.nodes)} nodes failed "
+                  f"(budget {wave.allowed_failures}): " + ", ".join(f"{n}: {r.progress[n].reason}" for n in names[:5]))
         if r.failure_policy == "rollback":
             r = _replace(r, state=State.ROLLING_BACK, reason=reason)
             return r, [Rollback(r.reached())]
         return _replace(r, state=State.HALTED, reason=reason), []
-    if all(p.status in (NodeStatus.HEALTHY, NodeStatus.FAILED) for p in progress.values()):
+    if not unfinished:
         return _replace(r, state=State.PENDING, wave=r.wave + 1, started_at=None, progress={},
                         finished=(*r.finished, r.counts())), []
     return r, []

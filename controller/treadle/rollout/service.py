@@ -34,7 +34,7 @@ from treadle.rollout.policy import RolloutPolicy
 from treadle.rollout.store import RolloutStore
 from treadle.rollout.waves import Candidate, plan_rollout
 
-#: Steps taken in one tick at most: a passed wave and the start of the next happen in the same tick.
+#: Steps taken in one tick at most (a guard): a tick steps again only after a wave passed, to start the next.
 MAX_STEPS_PER_TICK = 4
 ACTIONS = {"pause": machine.pause, "resume": machine.resume, "approve": machine.approve, "abort": machine.abort}
 
@@ -160,9 +160,13 @@ class RolloutService:
                     self._log_transition(rid, r, new)
                 for action in actions:
                     new = self._carry_out(rid, new, action, executor)
-                if new == r:
-                    break
+                again = new.state is State.PENDING and new != r
                 r = new
+                if not again:
+                    # A wave only passed from SOAKING to PENDING needs another step now (to start the
+                    # next one). Any other step has reached what this tick's observations allow:
+                    # soaking progress is a fixed point for them, and a wave just published needs new ones.
+                    break
             self._update_metrics(rid, r)
             return r
 
