@@ -66,10 +66,17 @@ class SourceError(TreadleError):
     """The git source could not be cloned, fetched or read."""
 
 
+#: Why a commit is refused: the ``reason`` label values of treadle_controller_rejected_commits_total,
+#: all created at 0 when the controller starts (so that ``increase()`` sees a refusal's first count).
+REFUSAL_REASONS = ("invalid", "non_fast_forward", "unsigned", "untrusted_signer")
+
+
 class GateError(TreadleError):
-    """A commit is refused by the gate. ``reason`` is a metric label value (non_fast_forward, unsigned, untrusted_signer, invalid)."""
+    """A commit is refused by the gate. ``reason`` is one of :data:`REFUSAL_REASONS` other than ``invalid``."""
 
     def __init__(self, reason: str, message: str) -> None:
+        if reason not in REFUSAL_REASONS:
+            raise ValueError(f"unknown refusal reason {reason!r}; add it to REFUSAL_REASONS")
         super().__init__(message)
         self.reason = reason
 

@@ -12,9 +12,13 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from treadle.errors import REFUSAL_REASONS
+
 #: Rendering a whole 10,000-node fabric takes seconds, an incremental one milliseconds.
 RENDER_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LIFECYCLES = ("provisioning", "production", "draining", "maintenance", "retired")
+#: The ``result`` label values of treadle_controller_commits_total.
+COMMIT_RESULTS = ("deployed", "refused")
 
 
 class ControllerMetrics:
@@ -37,6 +41,12 @@ class ControllerMetrics:
         self.rollout_state = Gauge("treadle_rollout_state", "The rollout state machine's state (value 1 for the current one).",
                                    ["state"], registry=r)
         self._commit: str | None = None
+        # Every label value of the counters exists from the start, at 0: a series born at 1 on
+        # its first event has no earlier sample, and increase() over it says 0.
+        for result in COMMIT_RESULTS:
+            self.commits_total.labels(result=result)
+        for reason in REFUSAL_REASONS:
+            self.rejected_commits_total.labels(reason=reason)
 
     def set_deployed_commit(self, commit: str | None) -> None:
         """Exactly one ``commit`` label carries 1: the old one is removed, not zeroed."""

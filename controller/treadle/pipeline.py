@@ -426,7 +426,7 @@ class Pipeline:
         if o.render_s is not None:
             m.render_duration_seconds.observe(o.render_s)
         if o.result == "refused":
-            m.rejected_commits_total.labels(reason=o.reason or "unknown").inc()
+            m.rejected_commits_total.labels(reason=o.reason).inc()
             try:
                 self.state.record_refusal(o.commit or "unknown", o.reason or "unknown", o.message, o.diagnostics)
             except StoreError as e:

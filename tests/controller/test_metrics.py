@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from treadle.errors import REFUSAL_REASONS, GateError
 from treadle.metrics import ControllerMetrics
 
 NAMES = {
@@ -30,3 +33,17 @@ def test_deployed_commit_info_has_exactly_one_series() -> None:
     text = m.exposition().decode()
     assert f'treadle_controller_deployed_commit_info{{commit="{"b" * 40}"}} 1.0' in text
     assert "a" * 40 not in text
+
+
+def test_every_result_and_refusal_reason_starts_at_zero() -> None:
+    """So that increase() in the refusing-commits alert sees the first refusal of a reason."""
+    text = ControllerMetrics().exposition().decode()
+    for reason in REFUSAL_REASONS:
+        assert f'treadle_controller_rejected_commits_total{{reason="{reason}"}} 0.0' in text
+    for result in ("deployed", "refused"):
+        assert f'treadle_controller_commits_total{{result="{result}"}} 0.0' in text
+
+
+def test_a_gate_error_with_a_reason_outside_the_contract_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="REFUSAL_REASONS"):
+        GateError("signature", "a reason no counter was created for")
