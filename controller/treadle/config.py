@@ -17,9 +17,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import treadle_schemas
-from treadle.errors import UsageError
+from treadle.errors import SourceError, UsageError
+from treadle.source import GitCredentials, read_token
 
 SCHEMA = "controller-config.json"
 
@@ -29,6 +31,7 @@ class SourceSettings:
     repository: str  # URL or local path (already absolute when it was a relative path)
     branch: str
     poll_interval_s: float
+    credentials: GitCredentials = GitCredentials()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,7 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
             repository=_repository(src["repository"], base),
             branch=src.get("branch", "main"),
             poll_interval_s=float(src.get("poll_interval_s", 30)),
+            credentials=_credentials(src, base, path),
         ),
         store=StoreSettings(state_dir=base / src["state_dir"], publish_dir=base / src["publish_dir"]),
         signing=SigningSettings(
@@ -151,6 +155,24 @@ def _repository(value: str, base: Path) -> str:
     if "://" in value or (":" in value and "@" in value.split(":", 1)[0]):
         return value
     return str((base / value).absolute())
+
+
+def _credentials(doc: dict[str, Any], base: Path, path: Path) -> GitCredentials:
+    key = base / doc["ssh_key_file"] if "ssh_key_file" in doc else None
+    if key is not None and not key.is_file():
+        raise UsageError(f"{path}: ssh_key_file: {key} does not exist; fix the path, or create a deploy key with "
+                         f"`ssh-keygen -t ed25519 -N '' -f {key}` and grant its .pub read access to the repository")
+    token = base / doc["https_token_file"] if "https_token_file" in doc else None
+    if token is not None:
+        try:
+            read_token(token)
+        except SourceError as e:
+            raise UsageError(f"{path}: {e}") from e
+        url = urlparse(doc["repository"])
+        if url.scheme == "http" and url.hostname not in ("127.0.0.1", "::1", "localhost"):
+            raise UsageError(f"{path}: https_token_file: the repository URL {doc['repository']} is plain http, which would "
+                             "send the token in clear to another machine; use its https:// URL")
+    return GitCredentials(ssh_key_file=key, https_token_file=token)
 
 
 def _signing_key(value: str, base: Path) -> str:

@@ -174,7 +174,7 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
     health = source_from_config(config.health.source, config.health.prometheus_url, config.health.scrape_timeout_s)
     rollouts = RolloutService(state_dir / STATE_DB, health, metrics=metrics)
     pipeline = Pipeline(
-        source=GitSource(config.source.repository, config.source.branch, state_dir),
+        source=GitSource(config.source.repository, config.source.branch, state_dir, config.source.credentials),
         state=state, store=store, metrics=metrics, rollouts=rollouts,
         signer=ManifestSigner(config.signing.signing_key, lifetime_s=config.signing.manifest_lifetime_s),
         settings=Settings(resign_before_s=config.signing.resign_before_s),

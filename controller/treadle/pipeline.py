@@ -387,7 +387,7 @@ class Pipeline:
 
     def write_revert(self, commit: str, reason: str) -> str:
         head = self.source.head()
-        return write_revert_branch(self.source.path, self.source.url, commit, head, reason).name
+        return write_revert_branch(self.source.path, self.source.url, commit, head, reason, self.source.credentials).name
 
     def _resign_due(self) -> tuple[str, ...]:
         """Re-sign every published manifest that expires within ``resign_before_s``, from the store's own bytes."""

@@ -6,6 +6,13 @@ hooks and the controller never initialises submodules (the fabric check
 refuses a repository that has any), so nothing in the fabric repository
 executes on the controller.
 
+Credentials (:class:`GitCredentials`): over ssh a deploy key file, else the
+ssh-agent; over https a token file. The server is always authenticated: an
+ssh host key must be in ``~/.ssh/known_hosts`` of the user the controller
+runs as, and a TLS certificate must verify; libgit2 reports both, and
+:class:`Callbacks` refuses the connection when they fail (pygit2's default
+accepts any host key).
+
 Three ways to notice a new commit, all of which only *trigger* a fetch (the
 fetch itself decides what the head is, so duplicates are harmless):
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -47,12 +55,102 @@ def local_git_dir(url: str) -> Path | None:
     return None
 
 
+#: The user name presented with a token when the URL names none (``https://user@host/...`` overrides it).
+DEFAULT_TOKEN_USER = "git"
+#: libgit2's socket timeouts (ms), process-wide: a server that accepts a connection and then says nothing
+#: fails the fetch (the loop retries later) instead of hanging the pipeline for good.
+CONNECT_TIMEOUT_MS = 15_000
+IO_TIMEOUT_MS = 60_000
+
+
+def set_timeouts(connect_ms: int = CONNECT_TIMEOUT_MS, io_ms: int = IO_TIMEOUT_MS) -> None:
+    """Set libgit2's connect and read/write timeouts for every remote of this process (ssh and http)."""
+    pygit2.settings.server_connect_timeout = connect_ms
+    pygit2.settings.server_timeout = io_ms
+
+
+@dataclass(frozen=True, slots=True)
+class GitCredentials:
+    """What the controller presents to the fabric repository's server.
+
+    ``ssh_key_file``: a private key without a passphrase (a deploy key); without it the ssh-agent's keys.
+    ``https_token_file``: a file holding an access token, read at every use (so it can be rotated in place).
+    """
+
+    ssh_key_file: Path | None = None
+    https_token_file: Path | None = None
+
+    def callbacks(self) -> Callbacks:
+        """Fresh callbacks for one fetch or push (they count authentication attempts)."""
+        return Callbacks(self)
+
+
+class Callbacks(pygit2.RemoteCallbacks):
+    """Credentials on request, once per kind; and the server's identity checked, never waved through.
+
+    libgit2 asks again after a refused credential; answering with the same
+    one again would loop forever, so a second request of a kind is a failure.
+    """
+
+    def __init__(self, creds: GitCredentials) -> None:
+        super().__init__()
+        self._creds = creds
+        self._asked: set[str] = set()
+
+    def credentials(self, url: str, username_from_url: str | None, allowed_types: Any) -> Any:
+        kinds = pygit2.enums.CredentialType
+        if allowed_types & kinds.SSH_KEY:
+            user = username_from_url or "git"
+            self._once("ssh", url, f"the ssh key {self._creds.ssh_key_file or '(from the ssh-agent)'} of user {user!r}")
+            if self._creds.ssh_key_file is not None:
+                return pygit2.Keypair(user, None, str(self._creds.ssh_key_file), "")
+            return pygit2.KeypairFromAgent(user)
+        if allowed_types & kinds.USERPASS_PLAINTEXT and self._creds.https_token_file is not None:
+            self._once("token", url, f"the token in {self._creds.https_token_file}")
+            return pygit2.UserPass(username_from_url or DEFAULT_TOKEN_USER, read_token(self._creds.https_token_file))
+        raise SourceError(f"{url}: the server asks for credentials the controller does not hold; set https_token_file "
+                          "(https) or ssh_key_file (ssh) in controller.toml")
+
+    def _once(self, kind: str, url: str, what: str) -> None:
+        if kind in self._asked:
+            raise SourceError(f"{url}: the server refused {what}; grant it read access (and write access to "
+                              "treadle/revert-* branches), or fix the key or token")
+        self._asked.add(kind)
+
+    def certificate_check(self, certificate: Any, valid: bool, host: bytes | str) -> bool:
+        if not valid:
+            name = host.decode(errors="replace") if isinstance(host, bytes) else host
+            raise SourceError(f"{name}: the server's identity does not verify (an ssh host key that is not in "
+                              "~/.ssh/known_hosts of the controller's user, or a TLS certificate that does not "
+                              f"verify); for ssh, add the host's key with `ssh-keyscan {name} >> ~/.ssh/known_hosts` "
+                              "after checking its fingerprint")
+        return True
+
+
+def read_token(path: Path) -> str:
+    """The token in ``path``, without surrounding whitespace.
+
+    Raises:
+        SourceError: the file cannot be read or is empty.
+    """
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"https_token_file: cannot read {path}: {e}") from e
+    if not token:
+        raise SourceError(f"https_token_file: {path} is empty; write the access token into it")
+    return token
+
+
 class GitSource:
     """The tracked ``branch`` of ``url``, mirrored in ``state_dir``."""
 
-    def __init__(self, url: str, branch: str, state_dir: Path) -> None:
+    def __init__(self, url: str, branch: str, state_dir: Path, credentials: GitCredentials | None = None) -> None:
         self.url = url
         self.branch = branch
+        self.credentials = credentials or GitCredentials()
+        if pygit2.settings.server_timeout == 0:  # libgit2's default: wait forever
+            set_timeouts()
         self.path = state_dir / MIRROR_DIR
         self.tracking_ref = f"refs/remotes/{REMOTE}/{branch}"
         self._repo: pygit2.Repository | None = None
@@ -95,7 +193,7 @@ class GitSource:
         """
         repo = self.repo
         try:
-            repo.remotes[REMOTE].fetch([f"+refs/heads/{self.branch}:{self.tracking_ref}"], callbacks=_Credentials(),
+            repo.remotes[REMOTE].fetch([f"+refs/heads/{self.branch}:{self.tracking_ref}"], callbacks=self.credentials.callbacks(),
                                        prune=pygit2.enums.FetchPrune.NO_PRUNE)
         except (pygit2.GitError, KeyError, ValueError) as e:
             raise SourceError(f"{self.url}: fetch of branch {self.branch!r} failed: {e}") from e
@@ -127,19 +225,6 @@ class GitSource:
             paths.add(delta.old_file.path)
             paths.add(delta.new_file.path)
         return paths
-
-
-class _Credentials(pygit2.RemoteCallbacks):
-    """ssh:// asks the running ssh-agent for a key, as git does; https:// needs none for a public repository.
-
-    Host keys are checked by libgit2 against ~/.ssh/known_hosts.
-    """
-
-    def credentials(self, url: str, username_from_url: str | None, allowed_types: Any) -> Any:
-        if allowed_types & pygit2.enums.CredentialType.SSH_KEY:
-            return pygit2.KeypairFromAgent(username_from_url or "git")
-        raise SourceError(f"{url}: the server asks for credentials of a kind the controller does not hold "
-                          "(use an ssh:// URL with a key in the ssh-agent, or a public https:// URL)")
 
 
 async def watch_refs(git_dir: Path, on_change: Callable[[], Awaitable[None] | None], stop_event: Any = None) -> None:

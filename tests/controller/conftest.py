@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # git_servers.py, importable from every test module here
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test Author", "GIT_AUTHOR_EMAIL": "author@example.com",
@@ -120,7 +123,6 @@ def _gen_fabric():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("treadle_bench_gen_fabric", ROOT / "bench" / "gen_fabric.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    import sys
 
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
     spec.loader.exec_module(module)
@@ -202,12 +204,11 @@ class ControllerProc:
 @pytest.fixture
 def start_controller(tmp_path: Path, signing_key: Path):  # type: ignore[no-untyped-def]
     """``start_controller(repository, extra_toml="") -> ControllerProc``; the same state and publish dirs on every start."""
-    import sys
     import time
 
     procs: list[ControllerProc] = []
 
-    def start(repository: str, extra_toml: str = "") -> ControllerProc:
+    def start(repository: str, extra_toml: str = "", env: dict[str, str] | None = None) -> ControllerProc:
         d = tmp_path / "controller"
         d.mkdir(exist_ok=True)
         config = d / "controller.toml"
@@ -216,7 +217,8 @@ def start_controller(tmp_path: Path, signing_key: Path):  # type: ignore[no-unty
         log = d / f"controller-{len(procs)}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "treadle.cli", "controller", "run", "--config", str(config),
-                                     "--log-format", "json"], stdout=out, stderr=subprocess.STDOUT)
+                                     "--log-format", "json"], stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 30
         port = None
         while port is None and time.monotonic() < deadline:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -168,13 +169,20 @@ def test_the_demo_story_passes_every_scene_and_keeps_running_until_interrupted(t
 def test_a_killed_demo_takes_its_processes_with_it(tmp_path: Path) -> None:
     # SIGKILL runs no cleanup: PR_SET_PDEATHSIG on each child is what stops them.
     ws = tmp_path / "ws"
-    demo = subprocess.Popen(_demo("--workspace", str(ws), "--fast", "--nodes", "8"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    demo = subprocess.Popen(_demo("--workspace", str(ws), "--fast", "--nodes", "8"), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    launched = threading.Event()
+
+    def watch_output() -> None:  # the demo says so once it has started the controller and every agent
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            if "started the controller and" in line:
+                launched.set()
+
+    threading.Thread(target=watch_output, daemon=True).start()
     try:
-        deadline = time.monotonic() + 60
-        while len(_processes_mentioning(str(ws))) < 9 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert len(_processes_mentioning(str(ws))) >= 9, "the controller and 8 agents never ran"
+        assert launched.wait(180), "the demo never started its agents"
+        assert len(_processes_mentioning(str(ws))) >= 9, "the controller and 8 agents are not running"
     finally:
         demo.kill()
         demo.wait()

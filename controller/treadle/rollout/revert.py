@@ -5,18 +5,19 @@ the tracked branch says. The controller therefore writes ``git revert`` of the
 bad commit onto a branch ``treadle/revert-<sha12>`` (on top of the branch head
 it was rolling out) and pushes it to the fabric repository, for admins to
 review and merge. It never pushes to the tracked branch itself: git stays the
-source of truth, changed only by people.
+source of truth, changed only by people. The push goes through libgit2 with
+the credentials the mirror is fetched with (:class:`treadle.source.GitCredentials`).
 """
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
 
 from treadle.errors import SourceError
+from treadle.source import Callbacks, GitCredentials
 
 SIGNATURE = ("Treadle", "treadle@localhost")
 
@@ -31,7 +32,8 @@ def branch_name(bad_commit: str) -> str:
     return f"treadle/revert-{bad_commit[:12]}"
 
 
-def write_revert_branch(clone: Path, remote_url: str, bad_commit: str, onto: str, reason: str) -> RevertBranch:
+def write_revert_branch(clone: Path, remote_url: str, bad_commit: str, onto: str, reason: str,
+                        credentials: GitCredentials | None = None) -> RevertBranch:
     """Commit the revert of ``bad_commit`` on top of ``onto`` and push it as the revert branch.
 
     Raises:
@@ -55,16 +57,28 @@ def write_revert_branch(clone: Path, remote_url: str, bad_commit: str, onto: str
     commit = repo.create_commit(None, sig, sig, message, tree, [base.id])
     name = branch_name(str(bad.id))
     repo.references.create(f"refs/heads/{name}", commit, force=True)
-    _push(clone, remote_url, name)
+    _push(repo, remote_url, name, credentials or GitCredentials())
     return RevertBranch(name=name, commit=str(commit))
 
 
-def _push(clone: Path, remote_url: str, name: str) -> None:
+def _push(repo: pygit2.Repository, remote_url: str, name: str, credentials: GitCredentials) -> None:
     ref = f"refs/heads/{name}"
-    cmd = ["git", "-c", "core.hooksPath=/dev/null", "push", "--force", "--quiet", remote_url, f"{ref}:{ref}"]
+    callbacks = _PushCallbacks(credentials)
     try:
-        subprocess.run(cmd, cwd=clone, check=True, capture_output=True, text=True, timeout=60)
-    except subprocess.CalledProcessError as e:
-        raise SourceError(f"pushing {name} to {remote_url} failed: {e.stderr.strip()}") from e
-    except (OSError, subprocess.TimeoutExpired) as e:
+        repo.remotes.create_anonymous(remote_url).push([f"+{ref}:{ref}"], callbacks=callbacks)
+    except (pygit2.GitError, ValueError) as e:
         raise SourceError(f"pushing {name} to {remote_url} failed: {e}") from e
+    if callbacks.rejected:
+        raise SourceError(f"pushing {name} to {remote_url} failed: the server refused it: {callbacks.rejected}")
+
+
+class _PushCallbacks(Callbacks):
+    """The mirror's credentials, plus the server's verdict on the pushed reference (a hook may refuse it)."""
+
+    def __init__(self, credentials: GitCredentials) -> None:
+        super().__init__(credentials)
+        self.rejected = ""
+
+    def push_update_reference(self, refname: str, message: str | None) -> None:
+        if message:
+            self.rejected = f"{refname}: {message}"
