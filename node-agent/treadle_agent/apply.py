@@ -22,6 +22,10 @@ the host differs, someone changed the host: that is drift, repaired and
 reported ``healed`` under ``heal``, only reported ``drifted`` under ``report``.
 If the fingerprint changed (or the resource is new), the manifest asks for a
 change, which is applied under either policy and reported ``changed``.
+
+:meth:`Applier.check` answers what a run would do without doing any of it
+(``treadle-agent check``): every resource is inspected the same way, nothing
+is repaired, removed, restarted or written, not even the inventory.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from treadle_agent.host import Host
 from treadle_agent.inventory import Inventory
 from treadle_agent.log import get_logger
 from treadle_agent.manifest import RESOURCE_ORDER, Manifest, resource_id
-from treadle_agent.providers.base import Context, Provider
+from treadle_agent.providers.base import Context, Observed, Provider
 from treadle_agent.providers.files import DirectoryProvider, FileProvider, SymlinkProvider
 from treadle_agent.providers.packages import PackageProvider
 from treadle_agent.providers.paths import RootFS, split_path
@@ -79,6 +83,23 @@ class ApplyReport:
         for r in self.results:
             out[(r.type, _BUCKET[r.status])] += 1
         return out
+
+
+#: Statuses of :meth:`Applier.check`: in sync, a change the manifest asks for, drift from what was applied,
+#: a resource that cannot be inspected, and one the manifest dropped that a run would remove.
+CHECK_STATUSES = ("in_sync", "would_change", "drifted", "failed", "would_remove")
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What a run would do: ``results`` in apply order, then what it would remove."""
+
+    results: tuple[ResourceResult, ...]
+    removed: tuple[ResourceResult, ...] = ()
+
+    @property
+    def in_sync(self) -> bool:
+        return all(r.status == "in_sync" for r in self.results) and not self.removed
 
 
 @dataclass(frozen=True)
@@ -143,18 +164,20 @@ def _managed_parent(r: Mapping[str, Any], index: Mapping[str, int], resources: S
 class Applier:
     """Applies manifests to the host below ``root``; keeps its inventory in ``state_dir``.
 
+    ``read_only`` is for :meth:`check` alone: the inventory is read without creating the state dir.
+
     Raises (constructor):
         ConfigError: ``drift_policy`` is not "heal" or "report".
         StateError: the inventory cannot be read.
     """
 
-    def __init__(self, root: Path, state_dir: Path, host: Host, drift_policy: str) -> None:
+    def __init__(self, root: Path, state_dir: Path, host: Host, drift_policy: str, *, read_only: bool = False) -> None:
         if drift_policy not in ("heal", "report"):
             raise ConfigError(f"drift_policy {drift_policy!r}: use \"heal\" or \"report\"")
         self.root = Path(root)
         self.host = host
         self.heal = drift_policy == "heal"
-        self.inventory = Inventory.load(Path(state_dir))
+        self.inventory = Inventory.load(Path(state_dir), read_only=read_only)
         providers: list[Provider] = [DirectoryProvider(), FileProvider(), SymlinkProvider(), PackageProvider(),
                                      SysctlProvider(), ServiceProvider()]
         self._providers = {p.type: p for p in providers}
@@ -193,6 +216,36 @@ class Applier:
         self.inventory.save()
         return ApplyReport(tuple(results), restarted, tuple(removed))
 
+    def check(self, manifest: Manifest) -> CheckReport:
+        """What :meth:`apply` would do to the host now, changing nothing (see the module docstring).
+
+        Raises:
+            HostError: the managed root cannot be opened.
+        """
+        resources = manifest.resources
+        plan = make_plan(resources)
+        results: list[ResourceResult] = []
+        with RootFS(self.root) as fs:
+            ctx = Context(fs, self.host, self.inventory,
+                          package_names=[r["name"] for r in resources if r["type"] == "package"])
+            for i in plan.order:
+                rid, res = plan.ids[i], resources[i]
+                if i in plan.errors:
+                    results.append(ResourceResult(rid, res["type"], "failed", plan.errors[i]))
+                    continue
+                try:
+                    _, _, observed, drift = self._judge(res, rid, ctx)
+                except (AgentError, OSError, ValueError) as e:
+                    results.append(ResourceResult(rid, res["type"], "failed", _describe(e)))
+                    continue
+                status = "in_sync" if observed.diff is None else "drifted" if drift else "would_change"
+                results.append(ResourceResult(rid, res["type"], status, observed.diff or ""))
+        ids = set(plan.ids)
+        removed = tuple(ResourceResult(rid, rid.partition(":")[0], "would_remove", "dropped from the manifest")
+                        for rid, entry in sorted(self.inventory.resources.items())
+                        if rid not in ids and rid.partition(":")[0] in self._providers and entry.get("created"))
+        return CheckReport(tuple(results), removed)
+
     # --- one resource ---------------------------------------------------------
 
     def _one(self, res: Mapping[str, Any], plan: Plan, i: int, ctx: Context, statuses: dict[str, str]) -> ResourceResult:
@@ -214,17 +267,21 @@ class Applier:
             self.inventory.put(rid, {"want": None, "created": False})
         return ResourceResult(rid, rtype, status, message)
 
+    def _judge(self, res: Mapping[str, Any], rid: str, ctx: Context) -> tuple[Any, Any, Observed, bool]:
+        """(inventory entry, desired fingerprint, what the host has, whether a difference is drift); reads only."""
+        entry = self.inventory.get(rid)
+        want = self._providers[res["type"]].want(res)
+        observed = self._providers[res["type"]].inspect(res, ctx, entry)
+        return entry, want, observed, entry is not None and entry.get("want") == want
+
     def _reconcile(self, res: Mapping[str, Any], rid: str, ctx: Context) -> tuple[str, str]:
         provider = self._providers[res["type"]]
-        entry = self.inventory.get(rid)
-        want = provider.want(res)
-        observed = provider.inspect(res, ctx, entry)
+        entry, want, observed, drift = self._judge(res, rid, ctx)
         created = bool(entry and entry.get("created"))
         if observed.diff is None:
             if entry is None or entry.get("want") != want or observed.record is not None:
                 self.inventory.put(rid, {**(entry or {}), **(observed.record or {}), "want": want, "created": created})
             return "in_sync", ""
-        drift = entry is not None and entry.get("want") == want
         if drift and not self.heal:
             return "drifted", observed.diff
         record = provider.repair(res, ctx, observed)

@@ -1,13 +1,16 @@
 """The ``treadle-agent`` command.
 
-    treadle-agent run  --config agent.toml [--log-format text|json] [--metrics-port-file PATH]
-    treadle-agent once --config agent.toml [--log-format text|json]
+    treadle-agent run   --config agent.toml [--log-format text|json] [--metrics-port-file PATH]
+    treadle-agent once  --config agent.toml [--log-format text|json]
+    treadle-agent check --config agent.toml [--offline] [--format text|json]
 
 ``run`` cycles until SIGTERM or SIGINT and serves /metrics on
 ``metrics_listen``; with port 0 a free port is bound, logged
 (``metrics.serving port=...``) and, with ``--metrics-port-file``, written to
 that file once the server listens (for tests and supervisors).
 ``once`` runs one cycle (for cron, or to try a config) and serves nothing.
+``check`` says what a cycle would change and changes nothing (see check.py);
+it exits 0 when the node is in sync, 1 when it is not.
 The daemon checks each new envelope's signatures and schema, and a new or
 changed agent.toml against its schema, in short-lived child processes (see
 verify.py and config.py); ``once`` does both in-process.
@@ -42,12 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="treadle-agent", description="The Treadle node agent.")
     parser.add_argument("--version", action="version", version=f"treadle-agent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, text in (("run", "cycle until stopped, serving /metrics"), ("once", "run one cycle and exit")):
+    for name, text in (("run", "cycle until stopped, serving /metrics"), ("once", "run one cycle and exit"),
+                       ("check", "show what a cycle would change, changing nothing (exit 0: in sync, 1: not)")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", required=True, type=Path, help="path of agent.toml")
         p.add_argument("--log-format", choices=("text", "json"), default="text")
         if name == "run":
             p.add_argument("--metrics-port-file", type=Path, help="write the bound metrics port here once serving")
+        if name == "check":
+            p.add_argument("--offline", action="store_true", help="do not fetch: check the last manifest the agent accepted")
+            p.add_argument("--format", choices=("text", "json"), default="text", help="the report on stdout")
     return parser
 
 
@@ -59,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(args.log_format)
     try:
         # The daemon checks agent.toml's schema in a child process, so jsonschema-rs never stays loaded.
-        config = agent_config.load(args.config, isolate_validation=args.command == "run")
+        config = agent_config.load(args.config, isolate_validation=args.command == "run", remember=args.command != "check")
+        if args.command == "check":
+            return _check(config, args)
         return _run(config, args) if args.command == "run" else _once(config)
     except AgentError as e:
         for line in str(e).splitlines():  # several config errors: one line each, each naming the file
@@ -84,6 +93,16 @@ def _once(config: AgentConfig) -> int:
             await agent.fetcher.aclose()
 
     return EXIT_OK if anyio.run(one) else EXIT_FAILED
+
+
+def _check(config: AgentConfig, args: argparse.Namespace) -> int:
+    import anyio
+
+    from treadle_agent.check import format_json, format_text, run_check
+
+    outcome = anyio.run(lambda: run_check(config, offline=args.offline))
+    sys.stdout.write(format_json(outcome) if args.format == "json" else format_text(outcome))
+    return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
 def _run(config: AgentConfig, args: argparse.Namespace) -> int:

@@ -111,11 +111,12 @@ class AgentConfig:
         return self.host.root
 
 
-def load(path: str | Path, *, isolate_validation: bool = False) -> AgentConfig:
+def load(path: str | Path, *, isolate_validation: bool = False, remember: bool = True) -> AgentConfig:
     """Read and validate agent.toml at ``path``; the schema check is skipped when recorded (module docstring).
 
     ``isolate_validation`` runs a needed schema check in a child process, so
-    jsonschema-rs is never loaded here (the daemon does this).
+    jsonschema-rs is never loaded here (the daemon does this). ``remember``
+    False validates without recording it (``check`` writes nothing).
 
     Raises:
         ConfigError: see the module docstring; also when the check process
@@ -131,6 +132,8 @@ def load(path: str | Path, *, isolate_validation: bool = False) -> AgentConfig:
         check_isolated(path, config_sha256)
         return _build(raw, path)  # the child validated these very bytes (same digest)
     config = from_dict(raw, path)
+    if not remember:
+        return config
     why = _remember(config.state_dir, config_sha256)
     if why:
         log.warning("config.record_failed", error=why, action="validating again on the next start")

@@ -55,8 +55,11 @@ class Inventory:
         self.dirty = False
 
     @classmethod
-    def load(cls, state_dir: Path) -> Inventory:
+    def load(cls, state_dir: Path, *, read_only: bool = False) -> Inventory:
         """The inventory in ``state_dir`` (empty if there is none).
+
+        ``read_only`` (``treadle-agent check``) creates no state dir and leaves
+        a corrupt inventory where it is, reading it as empty.
 
         Raises:
             StateError: the state dir cannot be created or read, or a corrupt
@@ -64,7 +67,8 @@ class Inventory:
         """
         path = Path(state_dir) / FILE_NAME
         try:
-            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            if not read_only:
+                os.makedirs(state_dir, mode=0o700, exist_ok=True)
             data = path.read_bytes()
         except FileNotFoundError:
             return cls(path)
@@ -76,6 +80,9 @@ class Inventory:
                 raise ValueError(f"not a version {VERSION} inventory")
             return cls(path, doc["resources"], list(doc.get("pending_restarts", [])))
         except (ValueError, UnicodeDecodeError) as e:
+            if read_only:
+                log.warning("inventory.corrupt", path=str(path), error=str(e), consequence="read as empty")
+                return cls(path)
             aside = path.with_name(f"{FILE_NAME}.corrupt-{int(time.time())}")
             try:
                 os.replace(path, aside)
