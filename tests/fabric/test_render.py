@@ -161,6 +161,21 @@ def test_incremental_render_equals_a_full_render(fabric, edits):
     assert incremental.deps == full.deps
 
 
+def test_creating_a_missing_site_file_re_renders_its_nodes(fabric):
+    """The dependency index names site.yaml and cluster.yaml where they belong, even while missing."""
+    site = (fabric.root / "sites/s1/site.yaml").read_text()
+    (fabric.root / "sites/s1/site.yaml").unlink()
+    before = render_fabric(WorkTreeSource(fabric.root), ParseCache())
+    assert any(d.code == "missing-file" for d in before.diagnostics) and set(before.nodes) == {"n1", "n2"}
+    assert before.deps["sites/s1/site.yaml"] == {"n1", "n2"} == before.deps["sites/s1/c1/cluster.yaml"]
+    fabric.write("sites/s1/site.yaml", site)
+    incremental = render_fabric(WorkTreeSource(fabric.root), ParseCache(), previous=before,
+                                changed_paths={"sites/s1/site.yaml"})
+    full = render_fabric(WorkTreeSource(fabric.root), ParseCache())
+    assert {n: v.canonical for n, v in incremental.nodes.items()} == {n: v.canonical for n, v in full.nodes.items()}
+    assert incremental.nodes["n1"].canonical != before.nodes["n1"].canonical
+
+
 def test_incremental_render_reuses_the_nodes_a_change_does_not_feed(fabric):
     before = render_fabric(WorkTreeSource(fabric.root))
     fabric.write("sites/s1/c1/nodes/n2.yaml", "kind: Node\naddress: 10.0.0.2\nlabels: {rack: r9}\n")

@@ -173,6 +173,21 @@ def test_a_template_error_in_an_untouched_node_is_left_to_validate(fabric_repo, 
     assert not full["ok"] and any(e["file"] == "templates/exports.j2" for e in full["errors"])
 
 
+def test_creating_a_missing_site_file_selects_the_nodes_of_that_site(fabric_repo, monkeypatch):
+    """A site without site.yaml is a layout error in BASE; the commit that adds it changes the site's nodes."""
+    site = fabric_repo.path("sites/wigner/site.yaml").read_text(encoding="utf-8")
+    fabric_repo.path("sites/wigner/site.yaml").unlink()
+    fabric_repo.commit("wigner loses its site file")
+    fabric_repo.branch("change")
+    _write(fabric_repo, "sites/wigner/site.yaml", site)
+    fabric_repo.commit("wigner gets it back")
+    full, _ = _plan(fabric_repo, True, monkeypatch)
+    scoped, rendered = _plan(fabric_repo, False, monkeypatch)
+    assert rendered == STORAGE
+    full.pop("stats"), scoped.pop("stats")
+    assert scoped == full and scoped["groups"]
+
+
 def test_full_render_on_the_command_line_reports_problems_of_untouched_nodes(fabric_repo):
     fabric_repo.edit("templates/exports.j2", fabric_repo.path("templates/exports.j2").read_text(encoding="utf-8").splitlines()[0],
                      "{{ data.no_such_key.deeper }}")

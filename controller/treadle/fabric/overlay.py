@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from treadle.fabric.checks import DEFAULT_LIFECYCLE, Finding
-from treadle.fabric.layout import FABRIC_FILE, Layout, NodeRef, profile_path
+from treadle.fabric.layout import FABRIC_FILE, SITE_DIR, Layout, NodeRef, profile_path
 from treadle.fabric.merge import Layer, merge
 from treadle.fabric.yamlload import DELETE
 
@@ -91,6 +91,9 @@ class Overlays:
             wanted: set[str] = {FABRIC_FILE}
             ok = self._level(self.defaults, applied, layers, wanted)
             layers.append(self.defaults)
+            # The site and cluster files are wanted where they belong even when missing (a layout
+            # error), so that creating one invalidates its nodes in the dependency index.
+            wanted |= {f"{SITE_DIR}{site}/site.yaml", f"{SITE_DIR}{site}/{cluster}/cluster.yaml"}
             for path in (self.layout.sites.get(site), self.layout.clusters.get(key)):
                 if path:
                     ok = self._file_level(path, applied, layers, wanted) and ok
