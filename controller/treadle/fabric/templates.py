@@ -7,6 +7,10 @@ turns a misspelt ``data.ntp.sevrers`` into an error instead of an empty file;
 the loader serves only ``templates/<name>`` of the same source (no absolute
 names, no ``..``), so ``{% include %}`` cannot read anything else.
 
+Time: each render runs under ``limits.max_template_ms`` of fabric.yaml
+(:mod:`treadle.fabric.deadline`); a template that loops past it is an error
+at the line it was running, like any other template error.
+
 Speed: a template is compiled once per blob (the code is kept in the
 :class:`~treadle.fabric.cache.ParseCache`), and a template that never mentions
 ``node`` renders once per distinct ``data`` object, which the copy-on-write
@@ -26,6 +30,7 @@ import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from treadle.fabric.cache import ParseCache
+from treadle.fabric.deadline import RenderTimeout, time_limit
 from treadle.fabric.source import Source
 from treadle.fabric.yamlload import Limits
 
@@ -214,7 +219,14 @@ class Templates:
             template = self._loaded.get(name)
             if template is None:
                 template = self._loaded[name] = self.env.get_template(name)
-            text = template.render(data=data, node=node)
+            with time_limit(self.limits.max_template_ms / 1000):
+                text = template.render(data=data, node=node)
+        except RenderTimeout as e:
+            path, line = self._timeout_frame(e, TEMPLATE_DIR + name)
+            raise TemplateProblem(path, line, f"template ran longer than {self.limits.max_template_ms} ms "
+                                  "(limits.max_template_ms in fabric.yaml)",
+                                  "look for loops nested over large ranges or lists; raise the limit only for a "
+                                  "template that really needs the time") from None
         except TemplateProblem:
             raise
         except jinja2.TemplateNotFound as e:
@@ -227,6 +239,16 @@ class Templates:
         if cacheable:
             self._rendered[key] = (data, text)
         return text
+
+
+    def _timeout_frame(self, e: RenderTimeout, default: str) -> tuple[str, int]:
+        """Where a render was interrupted: Jinja maps lines of the code it generated back to template lines
+        only for an Exception, so a RenderTimeout's innermost template frame is mapped here."""
+        path, line = _template_frame(e, default)
+        try:
+            return path, self.env.get_template(path[len(TEMPLATE_DIR):]).get_corresponding_lineno(line)
+        except (jinja2.TemplateError, TemplateProblem):
+            return path, 1
 
 
 def _template_frame(e: BaseException, default: str) -> tuple[str, int]:

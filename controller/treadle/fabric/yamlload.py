@@ -77,6 +77,7 @@ class Limits:
     max_file_bytes: int = 1024 * 1024
     max_aliases: int = 100
     max_rendered_bytes: int = 8 * 1024 * 1024
+    max_template_ms: int = 2000
 
     @classmethod
     def from_fabric(cls, fabric: Any) -> Limits:
