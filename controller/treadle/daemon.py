@@ -19,6 +19,7 @@ Raises:
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import signal
 import socket
 import time
@@ -189,7 +190,11 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
 
 
 def run(config: ControllerConfig) -> None:
-    """Build and run the controller until a stop signal (uvloop when available)."""
+    """Build and run the controller until a stop signal (uvloop when available).
+
+    SIGUSR1 writes the stack of every thread to stderr (the journal), for a controller that seems stuck.
+    """
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     controller = build(config)
     try:
         import uvloop  # noqa: F401

@@ -25,6 +25,7 @@ Only the agent's own errors are caught; each becomes one line on stderr.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 import sys
 from collections.abc import Sequence
@@ -113,6 +114,7 @@ def _run(config: AgentConfig, args: argparse.Namespace) -> int:
     from treadle_agent.state import write_atomic
 
     log = get_logger("agent")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # every thread's stack to stderr, for a stuck daemon
     agent = Agent.from_config(config, isolate_verification=True)
     agent.start()
     try:

@@ -173,3 +173,14 @@ def test_webhook_with_a_bad_hmac_is_401_and_triggers_nothing_while_a_good_one_de
     r = httpx.post(f"{ctl.url}/v1/hooks/git", content=body, headers={"X-Hub-Signature-256": f"sha256={good}"})
     assert r.status_code == 202
     ctl.wait_deployed(head, timeout_s=30)
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_controller_goes_on(make_fabric, start_controller) -> None:
+    repo, fabric = make_fabric(1, 1, 2)
+    ctl = start_controller(str(repo.bare))
+    ctl.wait_deployed(fabric.commit)
+    ctl.proc.send_signal(signal.SIGUSR1)
+    ctl.wait_for(lambda d: "Current thread" in ctl.log.read_text() or "Thread 0x" in ctl.log.read_text(), 30,
+                 "a stack dump in the controller's output")
+    assert "treadle/daemon.py" in ctl.log.read_text() or "anyio" in ctl.log.read_text()
+    assert ctl.proc.poll() is None and ctl.status()["deployed_commit"] == fabric.commit

@@ -103,15 +103,22 @@ def test_the_memory_meter_counts_this_process_and_its_children() -> None:
 
 def test_sigterm_stops_the_controller_and_every_agent(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
-    demo = subprocess.Popen(_demo("--workspace", str(ws), "--fast", "--nodes", "8"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    err = tmp_path / "demo.err"  # a file, not a pipe nobody reads until the end (a full pipe would block the demo)
+    with open(err, "w") as stderr:
+        demo = subprocess.Popen(_demo("--workspace", str(ws), "--fast", "--nodes", "8"), stdout=subprocess.DEVNULL,
+                                stderr=stderr, text=True)
     try:
         deadline = time.monotonic() + 60
         while len(_processes_mentioning(str(ws))) < 9 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert len(_processes_mentioning(str(ws))) >= 9, "the controller and 8 agents never ran"
         demo.send_signal(signal.SIGTERM)
-        assert demo.wait(timeout=60) != 0
+        try:
+            assert demo.wait(timeout=60) != 0
+        except subprocess.TimeoutExpired:
+            demo.send_signal(signal.SIGUSR1)  # the demo writes every thread's stack to stderr
+            time.sleep(2)
+            raise AssertionError(f"the demo did not stop within 60 s of SIGTERM; its stacks:\n{err.read_text()[-6000:]}") from None
     finally:
         if demo.poll() is None:
             demo.kill()

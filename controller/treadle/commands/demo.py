@@ -17,8 +17,10 @@ not start).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workspace.cluster_sizes(args.nodes)  # a bad --nodes is a usage error before anything is created
     root = Path(args.workspace) if args.workspace else Path(tempfile.mkdtemp(prefix="treadle-demo-"))
     timing = workspace.Timing.fast() if args.fast else workspace.Timing()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # every thread's stack to stderr, if it seems stuck
     with sigterm_as_interrupt():
         return _play(root, args.nodes, timing, args.keep_running)
 
