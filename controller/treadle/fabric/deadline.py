@@ -19,12 +19,10 @@ raised, so it can only ever surface inside the guarded block.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import threading
 import time
-from collections.abc import Iterator
 
 _TICK_S = 0.05
 
@@ -73,21 +71,29 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
+class time_limit:  # noqa: N801 (used as a function: ``with time_limit(2.0):``)
     """Run the block under a deadline of ``seconds``; past it, :class:`RenderTimeout` is raised inside the block.
 
-    Not re-entrant within one thread (a nested limit replaces the outer one until it ends).
+    Not re-entrant within one thread (a nested limit replaces the outer one until it ends). A class rather
+    than a generator: it guards every template render, so entering and leaving must cost little.
     """
-    dog = _watchdog
-    tid = threading.get_ident()
-    with dog.lock:
-        dog.ensure_running()
-        dog.deadlines[tid] = time.monotonic() + seconds
-    try:
-        yield
-    finally:
+
+    __slots__ = ("_dog", "_seconds", "_tid")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+
+    def __enter__(self) -> None:
+        dog = self._dog = _watchdog
+        if dog.thread is None:
+            with dog.lock:
+                dog.ensure_running()
+        self._tid = threading.get_ident()
+        dog.deadlines[self._tid] = time.monotonic() + self._seconds  # one dict store: atomic for the watchdog
+
+    def __exit__(self, *exc: object) -> None:
+        dog = self._dog
         with dog.lock:
-            if dog.deadlines.pop(tid, None) is None:
+            if dog.deadlines.pop(self._tid, None) is None:
                 # The watchdog sent the exception (or is about to have it raised): cancel it if it is still pending.
-                _set_async_exc(tid, None)
+                _set_async_exc(self._tid, None)
