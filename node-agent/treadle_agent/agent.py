@@ -102,11 +102,11 @@ class Agent:
             ConfigError: the trust root is unusable.
         """
         from treadle_agent.apply import Applier
-        from treadle_agent.host import SystemHost
+        from treadle_agent.host import host_for
 
         trust = TrustRoot.load(config.trust_root)
         metrics = AgentMetrics(config.node)
-        host = host or SystemHost.from_config(config.host)
+        host = host or host_for(config.host, config.state_dir)
         fetcher = fetcher or HttpFetcher(config.fetch, on_failure=lambda e, url: cls._fetch_failed(metrics, e, url))
         applier = Applier(config.root, config.state_dir, host, config.drift_policy)
         agent = cls(config, trust=trust, fetcher=fetcher, applier=applier, host=host, metrics=metrics,

@@ -24,7 +24,7 @@ from treadle_agent.apply import Applier, CheckReport
 from treadle_agent.config import AgentConfig
 from treadle_agent.errors import FetchError
 from treadle_agent.fetch import HttpFetcher
-from treadle_agent.host import SystemHost
+from treadle_agent.host import host_for
 from treadle_agent.manifest import Manifest
 from treadle_agent.state import StateStore, StoredState
 from treadle_agent.trust import TrustRoot
@@ -73,7 +73,7 @@ async def run_check(config: AgentConfig, *, offline: bool = False) -> CheckOutco
             note += f"; the stored manifest no longer verifies ({e.reason}: {e})"
     if manifest is None:
         return CheckOutcome(None, "none", note or "no manifest", refused, None)
-    applier = Applier(config.root, config.state_dir, SystemHost.from_config(config.host), config.drift_policy, read_only=True)
+    applier = Applier(config.root, config.state_dir, host_for(config.host, config.state_dir), config.drift_policy, read_only=True)
     return CheckOutcome(manifest, source, note, refused, applier.check(manifest))
 
 

@@ -82,8 +82,8 @@ class HostSettings:
     """What the host boundary needs (host.py): where to apply and which managers to use."""
 
     root: Path
-    package_manager: str  # auto | apt | dnf | none
-    service_manager: str  # auto | systemd | none
+    package_manager: str  # auto | apt | dnf | none | simulated
+    service_manager: str  # auto | systemd | none | simulated
     sysctl_dir: str
     proc_sys: str
 
@@ -185,6 +185,9 @@ def _build(raw: dict[str, Any], path: Path) -> AgentConfig:
             "(fix: point trust_root at the trust-root.json written by `treadle keys generate DIR`)"
         )
     node = doc["node"]
+    if (doc["package_manager"] == "simulated") != (doc["service_manager"] == "simulated"):
+        raise ConfigError(f"{path}: package_manager and service_manager: \"simulated\" is a mode of the whole host "
+                          "(fix: set both to \"simulated\", or neither)")
     return AgentConfig(
         path=path,
         node=node,

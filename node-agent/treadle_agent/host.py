@@ -381,6 +381,20 @@ class SystemHost(Host):
                    sysctl_dir=getattr(config, "sysctl_dir", "/etc/sysctl.d"))
 
 
+def host_for(settings: Any, state_dir: Path) -> Host:
+    """The host agent.toml describes: the real machine, or the ``simulated`` one (see host_sim.py).
+
+    Raises:
+        StateError: the simulated host's state file cannot be read.
+    """
+    if getattr(settings, "package_manager", "auto") == "simulated":
+        from treadle_agent import host_sim
+
+        return host_sim.SimulatedHost.persistent(state_dir, proc_sys=getattr(settings, "proc_sys", "/proc/sys"),
+                                                 sysctl_dir=getattr(settings, "sysctl_dir", "/etc/sysctl.d"))
+    return SystemHost.from_config(settings)
+
+
 def __getattr__(name: str) -> Any:
     # The simulator lives in host_sim.py so that the agent never loads it; tests
     # and the demo import it from here all the same (PEP 562).

@@ -6,14 +6,22 @@ real programs answer (exit codes and output formats included), and records
 every argv it is given. Programs it does not simulate (a health check's argv)
 run for real. Sysctl and files are never simulated: point ``proc_sys`` and
 the managed root at temp dirs.
+
+It is also agent.toml's ``simulated`` host mode (:meth:`SimulatedHost.persistent`),
+for demos and for trying a fabric where the agent must not install or start
+anything: every package name is available and every unit exists once asked
+for, and what the agent "installed", enabled and started is kept in
+``<state_dir>/simulated-host.json`` between runs.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from treadle_agent.errors import StateError
 from treadle_agent.host import (AptPackages, CommandResult, DnfPackages, Host, NoPackages, NoServices, PackageManager,
                                 ProcessRunner, ServiceManager, Systemd)
 
@@ -26,15 +34,39 @@ class Unit:
     broken: bool = False
 
 
+#: The file of the ``simulated`` host mode in the agent's state dir.
+STATE_FILE = "simulated-host.json"
+#: The version every package has in the ``simulated`` mode, unless the manifest pins another.
+SIMULATED_VERSION = "1.0-1"
+#: Verbs that change the simulated state (saved after each, in the ``simulated`` mode).
+_CHANGES = frozenset({"install", "remove", "purge", "enable", "disable", "start", "stop", "restart"})
+
+
 @dataclass
 class SimulatedRunner:
-    """Answers dpkg-query, apt-get, rpm, dnf and systemctl from memory; runs anything else for real."""
+    """Answers dpkg-query, apt-get, rpm, dnf and systemctl from memory; runs anything else for real.
+
+    ``permissive``: every package name is available and every unit exists once enabled or started
+    (the ``simulated`` mode, where the fabric's packages are not known in advance). ``state_file``:
+    where the installed packages and units are kept between runs (None: memory only).
+    """
 
     installed: dict[str, str] = field(default_factory=dict)
     available: dict[str, str] = field(default_factory=dict)
     units: dict[str, Unit] = field(default_factory=dict)
     commands: list[tuple[str, ...]] = field(default_factory=list)
     envs: list[dict[str, str]] = field(default_factory=list)
+    permissive: bool = False
+    state_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.state_file is not None and self.state_file.exists():
+            try:
+                doc = json.loads(self.state_file.read_bytes())
+                self.installed = dict(doc["installed"])
+                self.units = {name: Unit(**u) for name, u in doc["units"].items()}
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise StateError(f"{self.state_file}: unreadable simulated host state ({e}); delete it to start empty") from e
 
     def run(self, argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None) -> CommandResult:
         argv = tuple(argv)
@@ -45,10 +77,26 @@ class SimulatedRunner:
         if handler is None:
             return ProcessRunner().run(argv, timeout_s=timeout_s, env=env)
         rc, out, err = handler(argv[1:])
+        if self.state_file is not None and _CHANGES.intersection(argv[1:2]):
+            self._save()
         return CommandResult(argv, rc, out, err)
+
+    def _save(self) -> None:
+        from treadle_agent.state import write_atomic
+
+        doc = {"installed": self.installed, "units": {name: asdict(u) for name, u in self.units.items()}}
+        assert self.state_file is not None
+        write_atomic(self.state_file, json.dumps(doc, indent=1, sort_keys=True).encode())
+
+    def _known(self, names: Iterable[str]) -> None:
+        """In permissive mode, every package name asked about is available."""
+        if self.permissive:
+            for name in names:
+                self.available.setdefault(name, SIMULATED_VERSION)
 
     def _dpkg_query(self, args: tuple[str, ...]) -> tuple[int, str, str]:
         names = args[2:]
+        self._known(names)
         out = "".join(f"{n} install ok installed {self.installed[n]}\n" for n in names if n in self.installed)
         missing = [n for n in names if n not in self.installed and n not in self.available]
         err = "".join(f"dpkg-query: no packages found matching {n}\n" for n in missing)
@@ -63,6 +111,8 @@ class SimulatedRunner:
 
     def _install(self, spec: str, sep: str) -> tuple[int, str, str]:
         name, _, version = spec.partition(sep) if sep == "=" else _split_rpm_spec(spec, self.available)
+        if self.permissive and (name not in self.available or version):
+            self.available[name] = version or SIMULATED_VERSION
         if name not in self.available or (version and not (self.available[name] == version or self.available[name].startswith(version + "-"))):
             return 100, "", f"E: Unable to locate package {spec}\n"
         self.installed[name] = self.available[name]
@@ -80,6 +130,8 @@ class SimulatedRunner:
 
     def _systemctl(self, args: tuple[str, ...]) -> tuple[int, str, str]:
         verb, name = args[0], args[-1]
+        if self.permissive and verb in _CHANGES:
+            self.units.setdefault(name, Unit())
         unit = self.units.get(name)
         if unit is None:
             if verb == "is-active":
@@ -116,11 +168,22 @@ class SimulatedHost(Host):
 
     def __init__(self, *, proc_sys: Path | str, package_manager: str = "apt", service_manager: str = "systemd",
                  sysctl_dir: str = "/etc/sysctl.d", installed: Mapping[str, str] | None = None,
-                 available: Mapping[str, str] | None = None, units: Mapping[str, Unit] | None = None) -> None:
-        self.sim = SimulatedRunner(dict(installed or {}), dict(available or {}), dict(units or {}))
+                 available: Mapping[str, str] | None = None, units: Mapping[str, Unit] | None = None,
+                 permissive: bool = False, state_file: Path | None = None) -> None:
+        self.sim = SimulatedRunner(dict(installed or {}), dict(available or {}), dict(units or {}),
+                                   permissive=permissive, state_file=state_file)
         packages: PackageManager = {"apt": AptPackages, "dnf": DnfPackages}.get(package_manager, lambda r: NoPackages())(self.sim)
         services: ServiceManager = Systemd(self.sim) if service_manager == "systemd" else NoServices()
         super().__init__(self.sim, packages=packages, services=services, proc_sys=proc_sys, sysctl_dir=sysctl_dir)
+
+    @classmethod
+    def persistent(cls, state_dir: Path, *, proc_sys: Path | str, sysctl_dir: str = "/etc/sysctl.d") -> SimulatedHost:
+        """agent.toml's ``simulated`` mode: apt and systemd answered from ``state_dir``/simulated-host.json.
+
+        Raises:
+            StateError: the file exists but cannot be read.
+        """
+        return cls(proc_sys=proc_sys, sysctl_dir=sysctl_dir, permissive=True, state_file=Path(state_dir) / STATE_FILE)
 
     @property
     def commands(self) -> list[tuple[str, ...]]:

@@ -67,9 +67,9 @@ def test_the_grown_fabric_is_valid_with_unique_loopback_addresses_and_ports(tmp_
     manifest = subprocess.run([sys.executable, "-m", "treadle.cli", "render", str(ws.admin), "--node", "batch-002"],
                               capture_output=True, text=True, check=True).stdout
     resources = json.loads(manifest)["resources"]
-    assert resources and not [r for r in resources if r["type"] in ("package", "service")]
+    assert {("package", "slurmd"), ("service", "slurmd"), ("service", "chronyd")} <= {(r["type"], r.get("name")) for r in resources}
     config = ws.agent_config("batch-002").read_text()
-    assert 'package_manager = "none"' in config and 'service_manager = "none"' in config
+    assert 'package_manager = "simulated"' in config and 'service_manager = "simulated"' in config
     assert (ws.node_dir("batch-002") / "proc/sys/vm/swappiness").is_file()
 
 

@@ -6,11 +6,10 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
-from _provider_helpers import file, manifest, package, service
+from _provider_helpers import file, make_env, manifest, package, service
 
 from treadle_agent.errors import HostError
 from treadle_agent.host import AptPackages, NoPackages, NoServices, ProcessRunner, SystemHost, Unit
-from conftest import make_env
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 

@@ -6,8 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from _provider_helpers import directory, file, manifest, snapshot, symlink, sysctl
-from conftest import make_env
+from _provider_helpers import directory, file, make_env, manifest, snapshot, symlink, sysctl
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 

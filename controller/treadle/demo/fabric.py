@@ -2,8 +2,9 @@
 
 Node files are copied from their neighbours in the template (the first node
 of each cluster stays its canary), with YAML round-trip editing so that the
-template's comments stay where a newcomer expects them. See
-:mod:`treadle.demo.workspace` for why packages and services are removed.
+template's comments stay where a newcomer expects them. Packages and
+services stay: the demo's agents manage them on a simulated host (see
+:mod:`treadle.demo.workspace`).
 
 Raises (all functions):
     UsageError: the template is missing a cluster, or the grown fabric is invalid.
@@ -12,17 +13,11 @@ Raises (all functions):
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from treadle.errors import UsageError
-
-#: Resource kinds the demo's agents cannot manage (no package or service manager).
-HOST_KINDS = ("packages", "services")
-#: Overlay sections whose entries may name host resources in ``requires``/``notify``.
-PATH_KINDS = ("files", "directories", "symlinks")
-
 
 def _yaml() -> Any:
     from ruamel.yaml import YAML
@@ -150,47 +145,8 @@ waves:
 
 
 def adapt(fabric: Path, timing: Any) -> None:
-    """The demo's rollout policy, and no package or service resources anywhere."""
+    """The demo's rollout policy: short soaks, and a middle wave large enough to see on a few dozen nodes."""
     (fabric / "rollout.yaml").write_text(ROLLOUT_YAML.format(soak_s=timing.soak_s, timeout_s=timing.wave_timeout_s))
-    for path in sorted([fabric / "fabric.yaml", *fabric.glob("profiles/**/*.yaml"), *fabric.glob("sites/**/*.yaml")]):
-        doc = _load(path)
-        bodies = [doc, doc.get("defaults")] if path.name == "fabric.yaml" else [doc]
-        if any(_strip_host_resources(b) for b in bodies if isinstance(b, dict)):
-            _dump(doc, path)
-
-
-def _strip_host_resources(body: Any) -> bool:
-    """Remove packages, services, service checks and references to them from one overlay body; True if changed."""
-    changed = False
-    for kind in HOST_KINDS:
-        if kind in body:
-            del body[kind]
-            changed = True
-    for spec in _resources(body):
-        if "notify" in spec:
-            del spec["notify"]
-            changed = True
-        requires = spec.get("requires")
-        if requires is not None:
-            kept = [r for r in requires if not str(r).startswith(("package:", "service:"))]
-            if len(kept) != len(requires):
-                changed = True
-                if kept:
-                    spec["requires"] = kept
-                else:
-                    del spec["requires"]
-    health = body.get("health") or {}
-    for name in [n for n, check in health.items() if isinstance(check, dict) and "service" in check]:
-        del health[name]
-        changed = True
-    return changed
-
-
-def _resources(body: Any) -> Iterator[Any]:
-    for kind in PATH_KINDS:
-        for spec in (body.get(kind) or {}).values():
-            if isinstance(spec, dict):
-                yield spec
 
 
 def check_and_list_sysctl(fabric: Path) -> list[str]:

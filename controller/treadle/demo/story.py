@@ -16,6 +16,7 @@ summary shows every scene.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from treadle.demo.observe import AgentReport, Observer
 from treadle.demo.processes import Fleet
 from treadle.demo.view import View
 from treadle.demo.workspace import BRANCH, Workspace, git
+from treadle_agent.host_sim import STATE_FILE
 
 POLL_S = 0.5
 TERMINAL = ("complete", "halted", "rolled_back", "aborted", "superseded")
@@ -77,6 +79,13 @@ class Story:
         try:
             return (self.ws.node_root(node) / path.lstrip("/")).read_text()
         except OSError:
+            return None
+
+    def unit(self, node: str, name: str) -> dict[str, bool] | None:
+        """A service of the node as its agent left it (the demo's agents run the ``simulated`` host)."""
+        try:
+            return json.loads((self.ws.node_dir(node) / "state" / STATE_FILE).read_text())["units"].get(name)
+        except (OSError, ValueError, KeyError):
             return None
 
     def push(self, message: str, edit: Callable[[Path], None]) -> str:
@@ -179,6 +188,9 @@ class Story:
         motd = self.file(first.name, "/etc/motd") or ""
         self._check(r, f"node       {first.name} ({first.address})" in motd,
                     f"{first.name}:/etc/motd written in {self.ws.node_root(first.name)}")
+        running = [n.name for n in self.ws.nodes if (self.unit(n.name, "chronyd") or {}).get("active")]
+        self._check(r, len(running) == len(self.ws.nodes),
+                    f"chronyd enabled and running on {len(running)} of {len(self.ws.nodes)} nodes (simulated host)")
 
     def ntp(self, r: SceneResult) -> None:
         def edit(repo: Path) -> None:
@@ -278,6 +290,9 @@ class Story:
         motd = self.file(node.name, "/etc/motd") or ""
         self._check(r, "lifecycle  maintenance" in motd and "user logins are disabled" in motd,
                     f"{node.name}:/etc/motd announces the maintenance")
+        slurmd = self.unit(node.name, "slurmd") or {}
+        self._check(r, slurmd.get("enabled") is False and slurmd.get("active") is False,
+                    f"{node.name}: slurmd disabled and stopped by profiles/lifecycle/maintenance.yaml (simulated host)")
 
     def _taken(self, sha: str) -> bool:
         self.fleet.check_alive()

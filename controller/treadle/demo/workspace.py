@@ -14,10 +14,10 @@ file the demo used, and removing that directory removes the demo::
 
 The fabric is the template's, adapted to one machine: every node gets its own
 loopback address (127.0.0.x) and a free port for its agent's /metrics, and
-its ``agent-metrics`` health check points there; package and service
-resources are removed, because the agents run with ``package_manager`` and
-``service_manager`` "none" (nothing touches the host) and such resources
-would fail every apply; the rollout policy gets short soak times and a 25 %
+its ``agent-metrics`` health check points there; the agents run the
+``simulated`` host mode (packages and services are managed as on a real
+node, but only in each agent's ``state/simulated-host.json``: nothing
+touches this machine); the rollout policy gets short soak times and a 25 %
 middle wave, so that a fabric of a few dozen nodes shows all three waves.
 
 Raises (all functions):
@@ -254,7 +254,7 @@ def _write_agent(ws: Workspace, node: DemoNode) -> None:
         "node": node.name, "manifest_urls": [f"{ws.controller_url}/v1/nodes/{{node}}/manifest"],
         "trust_root": str(ws.root / "keys" / "trust-root.json"), "state_dir": "state", "root": "root",
         "interval_s": ws.timing.agent_interval_s, "jitter_s": ws.timing.agent_jitter_s,
-        "metrics_listen": f"{node.address}:{node.metrics_port}", "package_manager": "none",
-        "service_manager": "none", "proc_sys": str(proc_sys), "retries": 1, "backoff_base_s": 0.5,
+        "metrics_listen": f"{node.address}:{node.metrics_port}", "package_manager": "simulated",
+        "service_manager": "simulated", "proc_sys": str(proc_sys), "retries": 1, "backoff_base_s": 0.5,
         "backoff_max_s": 2,
     }))
