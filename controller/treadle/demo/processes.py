@@ -3,9 +3,12 @@
 :class:`Fleet` is a context manager: leaving it (normally, on an error, on
 Ctrl-C, or on SIGTERM, which :func:`sigterm_as_interrupt` turns into
 KeyboardInterrupt) sends SIGTERM to every process it started, waits for them
-and kills those that do not stop in time. On Linux each child also gets
-PR_SET_PDEATHSIG, so that even a demo killed with SIGKILL leaves nothing
-behind. :class:`MemoryMeter` samples the resident memory of the demo and all
+and kills those that do not stop in time. Each child is also started under
+``setpriv --pdeathsig KILL`` (util-linux), so that even a demo killed with
+SIGKILL leaves nothing behind. Not with a ``preexec_fn``: that makes the
+interpreter run its at-fork hooks, and a Ctrl-C or SIGTERM handled inside
+them is swallowed — and can leave the logging module's lock held, which
+deadlocks every thread that logs (the demo's observer threads did). :class:`MemoryMeter` samples the resident memory of the demo and all
 its descendants (the agents' short-lived verification children included).
 
 Raises:
@@ -14,8 +17,8 @@ Raises:
 
 from __future__ import annotations
 
-import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,22 +34,12 @@ from treadle.errors import UsageError
 
 #: How long processes get to stop after SIGTERM before they are killed.
 STOP_GRACE_S = 10.0
-_PR_SET_PDEATHSIG = 1
+#: Starts a program with the parent-death signal set (util-linux; None where it is missing: Fleet.stop still applies).
+_SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
-def _resolve_prctl() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None  # not Linux: the Fleet's own stop still applies
-
-
-# Resolved once here: between fork and exec the child must not dlopen (the demo has threads, see MemoryMeter).
-_PRCTL = _resolve_prctl() if sys.platform == "linux" else None
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+def _dying_with_parent(argv: list[str]) -> list[str]:
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _SETPRIV else argv
 
 
 @dataclass
@@ -79,8 +72,8 @@ class Fleet:
         log_path = self.logs / f"{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         try:
-            process = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                       preexec_fn=_die_with_parent if _PRCTL is not None else None)
+            process = subprocess.Popen(_dying_with_parent(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log_file,
+                                       stderr=subprocess.STDOUT)
         except OSError as e:
             log_file.close()
             raise UsageError(f"cannot start {name} ({argv[0]}): {e.strerror}") from e
