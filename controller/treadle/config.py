@@ -172,7 +172,11 @@ def _credentials(doc: dict[str, Any], base: Path, path: Path) -> GitCredentials:
         if url.scheme == "http" and url.hostname not in ("127.0.0.1", "::1", "localhost"):
             raise UsageError(f"{path}: https_token_file: the repository URL {doc['repository']} is plain http, which would "
                              "send the token in clear to another machine; use its https:// URL")
-    return GitCredentials(ssh_key_file=key, https_token_file=token)
+    ca = base / doc["https_ca_file"] if "https_ca_file" in doc else None
+    if ca is not None and not ca.is_file():
+        raise UsageError(f"{path}: https_ca_file: {ca} does not exist; fix the path (a PEM file with the CA certificate "
+                         "that signs the git server's certificate)")
+    return GitCredentials(ssh_key_file=key, https_token_file=token, https_ca_file=ca)
 
 
 def _signing_key(value: str, base: Path) -> str:

@@ -75,10 +75,13 @@ class GitCredentials:
 
     ``ssh_key_file``: a private key without a passphrase (a deploy key); without it the ssh-agent's keys.
     ``https_token_file``: a file holding an access token, read at every use (so it can be rotated in place).
+    ``https_ca_file``: the certificate(s) of a private CA that signs the server's TLS certificate, trusted
+    in addition to the system's CAs (process-wide: libgit2 has one TLS context).
     """
 
     ssh_key_file: Path | None = None
     https_token_file: Path | None = None
+    https_ca_file: Path | None = None
 
     def callbacks(self) -> Callbacks:
         """Fresh callbacks for one fetch or push (they count authentication attempts)."""
@@ -151,6 +154,8 @@ class GitSource:
         self.credentials = credentials or GitCredentials()
         if pygit2.settings.server_timeout == 0:  # libgit2's default: wait forever
             set_timeouts()
+        if self.credentials.https_ca_file is not None:
+            pygit2.settings.set_ssl_cert_locations(str(self.credentials.https_ca_file), None)
         self.path = state_dir / MIRROR_DIR
         self.tracking_ref = f"refs/remotes/{REMOTE}/{branch}"
         self._repo: pygit2.Repository | None = None

@@ -6,7 +6,8 @@
   as it does any ssh server (``git-upload-pack '/path'``).
 - :class:`HttpGitServer` serves ``git http-backend`` (the CGI program of git
   itself) behind HTTP Basic authentication with one user and token, so a
-  client without the token gets the 401 a real forge answers.
+  client without the token gets the 401 a real forge answers; over TLS with
+  a certificate from a private CA (:func:`make_tls`) when asked.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import base64
 import getpass
 import os
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -83,10 +85,45 @@ PidFile {root / "sshd.pid"}
         self._proc.wait(10)
 
 
-class HttpGitServer:
-    """``git http-backend`` for the repositories under ``root``, at ``url``, for ``user`` with ``token`` only."""
+def make_tls(root: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a certificate it signs for 127.0.0.1: (ca.pem, server.pem, server.key)."""
+    import datetime as dt
+    import ipaddress
 
-    def __init__(self, root: Path, user: str, token: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test fabric CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    root.mkdir(parents=True, exist_ok=True)
+    paths = root / "ca.pem", root / "server.pem", root / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+class HttpGitServer:
+    """``git http-backend`` for the repositories under ``root``, at ``url``, for ``user`` with ``token`` only.
+
+    With ``tls`` (a certificate and its key) it serves https.
+    """
+
+    def __init__(self, root: Path, user: str, token: str, tls: tuple[Path, Path] | None = None) -> None:
         self.root, self.user, self.token = root, user, token
         expected = "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
         server_root = root
@@ -146,13 +183,19 @@ class HttpGitServer:
                 return self.rfile.read(int(self.headers.get("Content-Length", "0")))
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     def url(self, repo: Path, user: str | None = None) -> str:
         at = f"{user}@" if user else ""
-        return f"http://{at}127.0.0.1:{self.port}/{repo.relative_to(self.root)}"
+        return f"{self.scheme}://{at}127.0.0.1:{self.port}/{repo.relative_to(self.root)}"
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -11,6 +11,8 @@ credential).
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from git_servers import HttpGitServer, SshGitServer
+from git_servers import HttpGitServer, SshGitServer, make_tls
 from treadle import config as config_mod
 from treadle.errors import SourceError, UsageError
 from treadle.rollout.revert import write_revert_branch
@@ -135,6 +137,48 @@ def test_http_server_asking_for_credentials_the_controller_lacks(repo, http_git,
         GitSource(http_git.url(repo.bare), "main", tmp_path / "state").fetch()
 
 
+@pytest.fixture
+def https_git(repo, tmp_path: Path) -> Iterator[tuple[HttpGitServer, Path]]:
+    """The token-protected git server over TLS, its certificate signed by a private CA; (server, ca.pem)."""
+    ca, cert, key = make_tls(tmp_path / "tls")
+    server = HttpGitServer(repo.bare.parent, "deploy", TOKEN, tls=(cert, key))
+    yield server, ca
+    server.stop()
+
+
+def _fetch_in_child(url: str, state: Path, token: Path, ca: Path | None) -> subprocess.CompletedProcess[str]:
+    """Fetch in a fresh interpreter: a CA added to libgit2's TLS context cannot be removed again."""
+    code = ("import sys; from pathlib import Path; from treadle.source import GitCredentials, GitSource\n"
+            "from treadle.errors import SourceError\n"
+            "ca = Path(sys.argv[4]) if sys.argv[4] else None\n"
+            "try:\n"
+            "    print(GitSource(sys.argv[1], 'main', Path(sys.argv[2]), GitCredentials(https_token_file=Path(sys.argv[3]), https_ca_file=ca)).fetch())\n"
+            "except SourceError as e:\n"
+            "    print(f'SourceError: {e}'); sys.exit(1)\n")
+    return subprocess.run([sys.executable, "-c", code, url, str(state), str(token), str(ca or "")],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_https_server_signed_by_an_unknown_ca_is_refused(repo, https_git, tmp_path: Path) -> None:
+    repo.write("a.txt", "1\n")
+    repo.commit_and_push("first")
+    server, _ = https_git
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    done = _fetch_in_child(server.url(repo.bare, user="deploy"), tmp_path / "state", token, None)
+    assert done.returncode == 1 and "identity does not verify" in done.stdout, done.stdout + done.stderr
+
+
+def test_https_server_signed_by_the_configured_private_ca_is_fetched_from(repo, https_git, tmp_path: Path) -> None:
+    repo.write("a.txt", "1\n")
+    head = repo.commit_and_push("first")
+    server, ca = https_git
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    done = _fetch_in_child(server.url(repo.bare, user="deploy"), tmp_path / "state", token, ca)
+    assert done.returncode == 0 and done.stdout.strip() == head, done.stdout + done.stderr
+
+
 def _config(tmp_path: Path, extra: str, repository: str = "https://git.example.org/fabric.git") -> Path:
     path = tmp_path / "controller.toml"
     path.write_text(f'repository = "{repository}"\nstate_dir = "s"\npublish_dir = "p"\nsigning_key = "k"\n{extra}')
@@ -153,6 +197,7 @@ def test_config_resolves_the_credential_files_next_to_it(tmp_path: Path) -> None
     ('https_token_file = "missing_token"\n', "https://git.example.org/fabric.git", "cannot read .*missing_token"),
     ('https_token_file = "empty_token"\n', "https://git.example.org/fabric.git", "empty_token is empty"),
     ('https_token_file = "token"\n', "http://git.example.org/fabric.git", "send the token in clear"),
+    ('https_ca_file = "missing_ca.pem"\n', "https://git.example.org/fabric.git", "https_ca_file: .*missing_ca.pem does not exist"),
 ])
 def test_config_refuses_unusable_credentials_naming_the_key_and_the_fix(tmp_path: Path, extra: str, repository: str,
                                                                         message: str) -> None:
