@@ -86,8 +86,9 @@ class ApplyReport:
 
 
 #: Statuses of :meth:`Applier.check`: in sync, a change the manifest asks for, drift from what was applied,
-#: a resource that cannot be inspected, and one the manifest dropped that a run would remove.
-CHECK_STATUSES = ("in_sync", "would_change", "drifted", "failed", "would_remove")
+#: a resource that cannot be inspected, one the manifest dropped that a run would remove, and a service a
+#: changed file notifies (or whose restart failed before) that a run would restart.
+CHECK_STATUSES = ("in_sync", "would_change", "drifted", "failed", "would_remove", "would_restart")
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,22 @@ class Applier:
         removed = tuple(ResourceResult(rid, rid.partition(":")[0], "would_remove", "dropped from the manifest")
                         for rid, entry in sorted(self.inventory.resources.items())
                         if rid not in ids and rid.partition(":")[0] in self._providers and entry.get("created"))
-        return CheckReport(tuple(results), removed)
+        return CheckReport((*results, *self._would_restart(resources, plan, results)), removed)
+
+    def _would_restart(self, resources: Sequence[Mapping[str, Any]], plan: Plan,
+                       results: Sequence[ResourceResult]) -> list[ResourceResult]:
+        """The restarts a run would do (see :meth:`_restart`): services notified by files it would change or
+        heal, and restarts that failed before, except services it stops."""
+        changing = {"would_change", "drifted"} if self.heal else {"would_change"}
+        by_id = {r.id: r for r in results}
+        why: dict[str, list[str]] = {name: ["a restart that failed in an earlier run"] for name in self.inventory.pending_restarts}
+        for rid, res in zip(plan.ids, resources):
+            if res["type"] == "file" and by_id[rid].status in changing:
+                for name in res["notify"]:
+                    why.setdefault(name, []).append(f"notified by {res['path']}")
+        stopped = {r["name"] for r in resources if r["type"] == "service" and r["state"] == "stopped"}
+        return [ResourceResult(f"service:{name}", "service", "would_restart", "; ".join(reasons))
+                for name, reasons in sorted(why.items()) if name not in stopped]
 
     # --- one resource ---------------------------------------------------------
 

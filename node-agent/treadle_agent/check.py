@@ -5,9 +5,9 @@ and verified exactly as a run does (signatures, node, generation against the
 highest one accepted, expiry); when the fetch is skipped (``--offline``),
 fails, or the fetched manifest is refused, the check uses the last manifest
 the agent accepted, as a run would keep enforcing it, and says so. Then every
-resource is inspected (:meth:`~treadle_agent.apply.Applier.check`). Nothing is
-written: not the host, not the state dir, not the inventory. Restarts that
-changed files would trigger are not predicted.
+resource is inspected (:meth:`~treadle_agent.apply.Applier.check`), and the
+services a run would restart (notified by a file it would change) are listed.
+Nothing is written: not the host, not the state dir, not the inventory.
 
 Exit codes: 0 the node is in sync with the manifest; 1 something would
 change, has drifted, cannot be inspected, or the fetched manifest was

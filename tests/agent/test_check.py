@@ -103,3 +103,24 @@ def test_a_rollback_to_an_older_generation_is_refused_as_a_run_would(tmp_path, s
     server.serve(kit.signed(kit.manifest_doc(generation=4, files={MOTD: "four\n"}), keys.signers))
     code, report = _check(config)
     assert code == 1 and report["refused"] is True and "rollback" in report["note"] and report["generation"] == 5
+
+
+def test_a_changed_file_that_notifies_a_service_shows_the_restart_a_run_would_do(tmp_path, server, keys, kit) -> None:
+    def doc(generation: int, conf: str) -> dict:  # type: ignore[type-arg]
+        d = kit.manifest_doc(generation=generation, files={"/etc/nginx/site.conf": conf})
+        d["resources"][0].update(notify=["nginx"])
+        d["resources"].append({"type": "service", "name": "nginx", "enabled": True, "state": "running", "requires": []})
+        return d
+
+    server.serve(kit.signed(doc(2, "listen 80;\n"), keys.signers))
+    config = kit.write_config(tmp_path, keys.trust_root, [server.url()], package_manager="simulated",
+                              service_manager="simulated")
+    assert _agent("once", "--config", str(config)).returncode == 0
+    server.serve(kit.signed(doc(3, "listen 8080;\n"), keys.signers))
+    code, report = _check(config)
+    assert code == 1
+    assert [(r["id"], r["status"]) for r in report["resources"]] == [
+        ("file:/etc/nginx/site.conf", "would_change"), ("service:nginx", "in_sync"), ("service:nginx", "would_restart")]
+    restarts = [r for r in report["resources"] if r["status"] == "would_restart"]
+    assert restarts == [{"id": "service:nginx", "type": "service", "status": "would_restart",
+                         "diff": "notified by /etc/nginx/site.conf"}]
