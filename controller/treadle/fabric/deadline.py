@@ -35,8 +35,6 @@ class _Watchdog:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.deadlines: dict[int, float] = {}  # thread id -> monotonic deadline of its render in flight
-        self.wake = threading.Event()
-        self.pid = os.getpid()
         self.thread: threading.Thread | None = None
 
     def ensure_running(self) -> None:
@@ -46,7 +44,7 @@ class _Watchdog:
 
     def _watch(self) -> None:
         while True:
-            self.wake.wait(_TICK_S)
+            time.sleep(_TICK_S)
             now = time.monotonic()
             with self.lock:
                 for tid, deadline in list(self.deadlines.items()):
@@ -74,8 +72,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class time_limit:  # noqa: N801 (used as a function: ``with time_limit(2.0):``)
     """Run the block under a deadline of ``seconds``; past it, :class:`RenderTimeout` is raised inside the block.
 
-    Not re-entrant within one thread (a nested limit replaces the outer one until it ends). A class rather
-    than a generator: it guards every template render, so entering and leaving must cost little.
+    Not re-entrant within one thread: a nested limit replaces the outer one, which then ends with it (template
+    renders never nest). A class rather than a generator: it guards every template render, so entering and
+    leaving must cost little.
     """
 
     __slots__ = ("_dog", "_seconds", "_tid")
