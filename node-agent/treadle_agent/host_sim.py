@@ -58,6 +58,8 @@ class SimulatedRunner:
     envs: list[dict[str, str]] = field(default_factory=list)
     permissive: bool = False
     state_file: Path | None = None
+    #: Keep every argv in ``commands`` (for tests); off in the ``simulated`` mode, where an agent runs for days.
+    record: bool = True
 
     def __post_init__(self) -> None:
         if self.state_file is not None and self.state_file.exists():
@@ -70,8 +72,9 @@ class SimulatedRunner:
 
     def run(self, argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None) -> CommandResult:
         argv = tuple(argv)
-        self.commands.append(argv)
-        self.envs.append(dict(env or {}))
+        if self.record:
+            self.commands.append(argv)
+            self.envs.append(dict(env or {}))
         handler = {"dpkg-query": self._dpkg_query, "apt-get": self._apt_get, "rpm": self._rpm,
                    "dnf": self._dnf, "systemctl": self._systemctl}.get(argv[0])
         if handler is None:
@@ -171,7 +174,7 @@ class SimulatedHost(Host):
                  available: Mapping[str, str] | None = None, units: Mapping[str, Unit] | None = None,
                  permissive: bool = False, state_file: Path | None = None) -> None:
         self.sim = SimulatedRunner(dict(installed or {}), dict(available or {}), dict(units or {}),
-                                   permissive=permissive, state_file=state_file)
+                                   permissive=permissive, state_file=state_file, record=state_file is None)
         packages: PackageManager = {"apt": AptPackages, "dnf": DnfPackages}.get(package_manager, lambda r: NoPackages())(self.sim)
         services: ServiceManager = Systemd(self.sim) if service_manager == "systemd" else NoServices()
         super().__init__(self.sim, packages=packages, services=services, proc_sys=proc_sys, sysctl_dir=sysctl_dir)
