@@ -159,14 +159,19 @@ def test_the_duplicate_name_case_renders_base_again_for_the_name_head_selected(f
     assert not scoped["ok"] and any(r["code"] == "duplicate-node" for r in scoped["refusals"])
 
 
+def _one_node_change_over_a_broken_main(repo: FabricRepo) -> None:
+    """main: the storage nodes' template fails; branch change: batch-003's file changes, nothing storage reads."""
+    first_line = repo.path("templates/exports.j2").read_text(encoding="utf-8").splitlines()[0]
+    repo.edit("templates/exports.j2", first_line, "{{ data.no_such_key.deeper }}")
+    repo.commit("break the exports template on main")
+    repo.branch("change")
+    _node_file(repo)
+    repo.commit("move batch-003")
+
+
 def test_a_template_error_in_an_untouched_node_is_left_to_validate(fabric_repo, monkeypatch):
     """Scoped, the plan does not see what only rendering an untouched node finds; with full_render it does."""
-    fabric_repo.edit("templates/exports.j2", fabric_repo.path("templates/exports.j2").read_text(encoding="utf-8").splitlines()[0],
-                     "{{ data.no_such_key.deeper }}")
-    fabric_repo.commit("break the exports template on main")
-    fabric_repo.branch("change")
-    _node_file(fabric_repo)
-    fabric_repo.commit("move batch-003")
+    _one_node_change_over_a_broken_main(fabric_repo)
     scoped, _ = _plan(fabric_repo, False, monkeypatch)
     full, _ = _plan(fabric_repo, True, monkeypatch)
     assert scoped["ok"] and not scoped["errors"]
@@ -189,12 +194,7 @@ def test_creating_a_missing_site_file_selects_the_nodes_of_that_site(fabric_repo
 
 
 def test_full_render_on_the_command_line_reports_problems_of_untouched_nodes(fabric_repo):
-    fabric_repo.edit("templates/exports.j2", fabric_repo.path("templates/exports.j2").read_text(encoding="utf-8").splitlines()[0],
-                     "{{ data.no_such_key.deeper }}")
-    fabric_repo.commit("break the exports template on main")
-    fabric_repo.branch("change")
-    _node_file(fabric_repo)
-    fabric_repo.commit("move batch-003")
+    _one_node_change_over_a_broken_main(fabric_repo)
     assert run_cli("plan", str(fabric_repo.root), "main", "change")[0] == 0
     code, out, _ = run_cli("plan", str(fabric_repo.root), "main", "change", "--full-render")
     assert code == 1 and "templates/exports.j2" in out
