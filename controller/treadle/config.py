@@ -42,9 +42,14 @@ class StoreSettings:
 
 @dataclass(frozen=True, slots=True)
 class SigningSettings:
-    signing_key: str  # a key file path (absolute) or a securesystemslib signer URI
+    signing_keys: tuple[str, ...]  # key file paths (absolute) or securesystemslib signer URIs; each signs every manifest
     manifest_lifetime_s: int
     resign_before_s: int
+
+    @property
+    def signing_key(self) -> str:
+        """The first signer (the only one of a single-key config)."""
+        return self.signing_keys[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +134,7 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
         ),
         store=StoreSettings(state_dir=base / src["state_dir"], publish_dir=base / src["publish_dir"]),
         signing=SigningSettings(
-            signing_key=_signing_key(src["signing_key"], base),
+            signing_keys=tuple(_signing_key(k, base) for k in _as_list(src["signing_key"])),
             manifest_lifetime_s=lifetime_s,
             resign_before_s=resign_s,
         ),
@@ -177,6 +182,10 @@ def _credentials(doc: dict[str, Any], base: Path, path: Path) -> GitCredentials:
         raise UsageError(f"{path}: https_ca_file: {ca} does not exist; fix the path (a PEM file with the CA certificate "
                          "that signs the git server's certificate)")
     return GitCredentials(ssh_key_file=key, https_token_file=token, https_ca_file=ca)
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _signing_key(value: str, base: Path) -> str:

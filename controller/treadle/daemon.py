@@ -177,7 +177,7 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
     pipeline = Pipeline(
         source=GitSource(config.source.repository, config.source.branch, state_dir, config.source.credentials),
         state=state, store=store, metrics=metrics, rollouts=rollouts,
-        signer=ManifestSigner(config.signing.signing_key, lifetime_s=config.signing.manifest_lifetime_s),
+        signer=ManifestSigner(config.signing.signing_keys, lifetime_s=config.signing.manifest_lifetime_s),
         settings=Settings(resign_before_s=config.signing.resign_before_s),
         policy=SignaturePolicy(config.policy.allowed_signers) if config.policy.require_signed and config.policy.allowed_signers else None,
         **pipeline_overrides,

@@ -54,7 +54,7 @@ from treadle.rollout.observe import Target
 from treadle.rollout.revert import write_revert_branch
 from treadle.rollout.service import RolloutService
 from treadle.rollout.waves import Candidate
-from treadle.sign import DigestCache, ManifestSigner, SignedManifest, ToSign, content_digest, manifest_from_envelope, node_digest, payload_from_envelope
+from treadle.sign import DigestCache, ManifestSigner, SignedManifest, ToSign, content_digest, envelope_keyids, manifest_from_envelope, node_digest, payload_from_envelope
 from treadle.source import GitSource
 from treadle.state import NodeRecord, StateDB
 
@@ -148,6 +148,8 @@ class Pipeline:
     _rollout_rendered: Rendered | None = field(default=None)
     #: Node-file settings (pinned wave, metrics port) of the commit a rollout moves, read as needed.
     _node_settings: tuple[str, dict[str, Any]] = field(default_factory=lambda: ("", {}))
+    #: The published envelopes were compared against the signer's keys (once per process).
+    _keys_checked: bool = field(default=False)
 
     def __post_init__(self) -> None:
         if self.renderer is None:
@@ -390,11 +392,18 @@ class Pipeline:
         return write_revert_branch(self.source.path, self.source.url, commit, head, reason, self.source.credentials).name
 
     def _resign_due(self) -> tuple[str, ...]:
-        """Re-sign every published manifest that expires within ``resign_before_s``, from the store's own bytes."""
+        """Re-sign, from the store's own bytes, every published manifest that expires within ``resign_before_s``.
+
+        At the first cycle of a process also every manifest signed by another set
+        of keys than the signer's: the signing keys change only with a restart, and
+        a key rotation must reach every node (tests/controller/test_signers.py).
+        """
         now = self.clock()
+        check_keys = not self._keys_checked
         due = [r for r in self.state.nodes().values()
-               if r.present and not r.dirty and r.expires - now <= self.settings.resign_before_s]
+               if r.present and not r.dirty and (check_keys or r.expires - now <= self.settings.resign_before_s)]
         if not due:
+            self._keys_checked = True
             return ()
         items = []
         for r in due:
@@ -403,6 +412,8 @@ class Pipeline:
                 continue  # the next deploy cycle republishes it
             try:
                 manifest = manifest_from_envelope(data)
+                if r.expires - now > self.settings.resign_before_s and envelope_keyids(data) == self.signer.keyids:
+                    continue
             except (ValueError, KeyError) as e:
                 log.error("resign.unreadable", node=r.name, error=str(e))
                 continue
@@ -414,6 +425,7 @@ class Pipeline:
         except TreadleError as e:
             log.error("resign.failed", error=str(e))
             return ()
+        self._keys_checked = True
         return tuple(s.node for s in signed)
 
     # -- the one place a cycle is recorded -------------------------------------

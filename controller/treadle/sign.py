@@ -7,8 +7,11 @@ again and keeps its generation, envelope and ETag. A manifest close to expiry
 is re-signed under a new generation, since an agent refuses a second,
 different envelope with a generation it already accepted.
 
-The signing key is whatever ``treadle_agent.envelope.load_signer`` accepts: a
+Each signing key is whatever ``treadle_agent.envelope.load_signer`` accepts: a
 key file written by ``treadle keys generate`` or a securesystemslib signer URI.
+Every key signs every envelope. A published manifest signed by another set of
+keys than the controller's (after a key was added or dropped) is re-signed at
+the first cycle, so a key rotation reaches every node without a commit.
 
 Raises:
     SigningKeyError: the key cannot be loaded or a signature cannot be made.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +118,18 @@ def payload_from_envelope(envelope: bytes) -> bytes:
         raise ValueError(f"not a DSSE envelope: {e}") from e
 
 
+def envelope_keyids(envelope: bytes) -> frozenset[str]:
+    """The key ids of the signatures on a published DSSE envelope (not checked: the bytes are our own).
+
+    Raises:
+        ValueError: the bytes are not a DSSE envelope.
+    """
+    try:
+        return frozenset(s["keyid"] for s in json.loads(envelope)["signatures"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"not a DSSE envelope: {e}") from e
+
+
 def manifest_from_envelope(envelope: bytes) -> dict[str, Any]:
     """The manifest inside a published DSSE envelope, parsed.
 
@@ -151,17 +166,42 @@ def _encode(obj: Mapping[str, Any]) -> bytes:
 
 
 class ManifestSigner:
-    """Signs with one key; ``lifetime_s`` is how long a signed manifest stays valid."""
+    """Signs with one key or several; ``lifetime_s`` is how long a signed manifest stays valid.
 
-    def __init__(self, spec: str, *, lifetime_s: int) -> None:
+    With several keys every envelope carries one signature per key, in the
+    order given: an agent whose trust root has threshold N needs N of them, and
+    a key rotation signs with the old and the new key for a while. Two specs
+    naming the same public key are refused: the agent counts distinct keys, so
+    the second signature would add nothing the operator expects it to add.
+    """
+
+    def __init__(self, spec: str | Sequence[str], *, lifetime_s: int) -> None:
         from treadle_agent.envelope import load_signer  # the agent owns the envelope format
 
-        try:
-            self._signers = [load_signer(spec)]
-        except Exception as e:  # securesystemslib raises a variety of errors for a bad key or URI
-            raise SigningKeyError(f"{spec}: cannot load the signing key: {e}; pass a key file from "
-                                  "`treadle keys generate` or a securesystemslib signer URI") from e
+        specs = [spec] if isinstance(spec, str) else list(spec)
+        if not specs:
+            raise SigningKeyError("no signing key: set signing_key in controller.toml to a key file or a list of them")
+        self._signers = []
+        seen: dict[tuple[str, str, str], str] = {}
+        for one in specs:
+            try:
+                signer = load_signer(one)
+            except Exception as e:  # securesystemslib raises a variety of errors for a bad key or URI
+                raise SigningKeyError(f"{one}: cannot load the signing key: {e}; pass a key file from "
+                                      "`treadle keys generate` or a securesystemslib signer URI") from e
+            key = signer.public_key
+            ident = (key.keytype, key.scheme, str(key.keyval.get("public", "")).strip().lower())
+            if ident in seen:
+                raise SigningKeyError(f"{one} and {seen[ident]} are the same public key (key id {key.keyid}); a trust "
+                                      "root counts distinct keys, so list each key once in signing_key")
+            seen[ident] = one
+            self._signers.append(signer)
         self.lifetime_s = lifetime_s
+
+    @property
+    def keyids(self) -> frozenset[str]:
+        """The key ids every envelope is signed with."""
+        return frozenset(s.public_key.keyid for s in self._signers)
 
     def sign(self, items: Iterable[ToSign], *, now: float) -> list[SignedManifest]:
         """Stamp and sign every item; all share one ``issued`` and ``expires``.

@@ -208,12 +208,14 @@ def start_controller(tmp_path: Path, signing_key: Path):  # type: ignore[no-unty
 
     procs: list[ControllerProc] = []
 
-    def start(repository: str, extra_toml: str = "", env: dict[str, str] | None = None) -> ControllerProc:
+    def start(repository: str, extra_toml: str = "", env: dict[str, str] | None = None,
+              signing: str | None = None) -> ControllerProc:
+        """``signing``: the TOML value of signing_key (default: the ``signing_key`` fixture)."""
         d = tmp_path / "controller"
         d.mkdir(exist_ok=True)
         config = d / "controller.toml"
         config.write_text(f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
-                          f'signing_key = "{signing_key}"\nlisten = "127.0.0.1:0"\npoll_interval_s = 3600\n{extra_toml}')
+                          f'signing_key = {signing or f"{chr(34)}{signing_key}{chr(34)}"}\nlisten = "127.0.0.1:0"\npoll_interval_s = 3600\n{extra_toml}')
         log = d / f"controller-{len(procs)}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "treadle.cli", "controller", "run", "--config", str(config),

@@ -1,4 +1,5 @@
 """``treadle keys generate DIR [--threshold N] [--name NAME]``: signing keys and the agents' trust root.
+``treadle keys trust-root OUT PUB.json... [--threshold N]``: a trust root pinning existing public keys.
 
 Writes, for each of N Ed25519 key pairs (N = the threshold, so the trust root
 can be met):
@@ -10,6 +11,10 @@ can be met):
 With N > 1 the key files are ``<name>-1.key``, ``<name>-2.key``... Nothing is
 ever overwritten: if any of the files exists the command changes nothing and
 exits 2, since replacing a key silently would lock every node out.
+
+``trust-root`` writes a trust root from ``*.pub.json`` files, for a key
+rotation (README "Keys"): one listing the old and the new key while the
+controller signs with both, then one with the new key alone.
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     gen.add_argument("--threshold", type=int, default=1, help="signatures a manifest needs; this many key pairs are written")
     gen.add_argument("--name", default="treadle", help="file name stem of the key files (default: treadle)")
     gen.set_defaults(func=_generate)
+    root = sub.add_parser(
+        "trust-root", help="write a trust root pinning existing public keys (for a key rotation)",
+        description="Write a trust root OUT that pins the public keys PUB (*.pub.json from `treadle keys generate`).",
+        epilog="example:\n  treadle keys trust-root trust-root.json keys/old.pub.json keys/new.pub.json --threshold 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    root.add_argument("out", type=Path, metavar="OUT")
+    root.add_argument("pubs", type=Path, nargs="+", metavar="PUB")
+    root.add_argument("--threshold", type=int, default=1, help="distinct keys whose signatures a manifest needs (default: 1)")
+    root.set_defaults(func=lambda a: print(trust_root(a.out, a.pubs, threshold=a.threshold)) or 0)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -90,3 +104,35 @@ def _create(path: Path, data: bytes, mode: int) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def trust_root(out: Path, pubs: list[Path], *, threshold: int = 1) -> Path:
+    """Write a trust root at ``out`` pinning the public keys in ``pubs``; returns ``out``.
+
+    Raises:
+        UsageError: a public key file is unreadable or not a key, the same key
+            is given twice, the threshold does not fit, or ``out`` exists.
+    """
+    from treadle_agent.errors import ConfigError
+    from treadle_agent.manifest import ManifestFormatError, parse_json
+    from treadle_agent.trust import TrustRoot, trust_root_document
+
+    keys: dict[str, dict[str, object]] = {}
+    for pub in pubs:
+        try:
+            doc = parse_json(pub.read_bytes())
+            keyid = doc.pop("keyid")
+        except (OSError, ManifestFormatError, AttributeError, KeyError, TypeError) as e:
+            raise UsageError(f"{pub}: not a public key file written by `treadle keys generate` ({e})") from e
+        keys[keyid] = doc
+    data = trust_root_document(keys, threshold) + b"\n"
+    try:
+        TrustRoot.from_bytes(data, str(out))  # the agent's own checks: threshold in range, distinct keys
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
+    if out.exists() or out.is_symlink():
+        raise UsageError(f"{out} already exists; refusing to overwrite a trust root (fix: write to a new file and move it)")
+    try:
+        return _create(out, data, 0o644)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write: {e.strerror}") from e
