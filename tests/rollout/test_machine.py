@@ -118,7 +118,7 @@ def test_approval_gate_holds_the_wave_until_approved() -> None:
     r, _ = run_wave(rollout(approval=True), 0, {"n1": OK})
     r, _ = m.step(r, 100, {"n1": OK}, EXPECTED, None)
     r, actions = m.step(r, 101, {}, EXPECTED, None)
-    assert r.state is State.WAITING and "approve" in r.reason and actions == []
+    assert r.state is State.WAITING and "approval" in r.reason and actions == []
     r, actions = m.step(m.approve(r), 102, {}, EXPECTED, None)
     assert r.state is State.PUBLISHING and actions == [Publish(1, ("n2", "n3", "n4"))]
 
@@ -156,3 +156,50 @@ def test_store_round_trips_every_field_and_resumes_after_reopen(tmp_path) -> Non
     assert [e["state"] for e in reopened.events(rid)] == ["pending", "soaking (paused)"]
     reopened.save(rid, m.supersede(r, "d" * 40), now=2)
     assert reopened.active() is None and reopened.latest()[1].state is State.SUPERSEDED
+
+
+def test_an_empty_wave_keeps_its_place_in_the_wave_counts() -> None:
+    waves = (
+        m.Wave("canary", ("n1",), soak_s=0, timeout_s=600, allowed_failures=0),
+        m.Wave("ten-percent", (), soak_s=0, timeout_s=600, allowed_failures=0),
+        m.Wave("rest", ("n2", "n3"), soak_s=0, timeout_s=600, allowed_failures=0),
+    )
+    r, _ = run_wave(m.Rollout(commit=SHA, waves=waves), 0, {"n1": OK})
+    r, _ = m.step(r, 2, {"n1": OK}, EXPECTED, None)  # canary passed
+    r, actions = m.step(r, 3, {}, EXPECTED, None)  # the empty wave is skipped, rest starts
+    assert (r.state, r.wave, actions) == (State.PUBLISHING, 2, [Publish(2, ("n2", "n3"))])
+    counts = r.wave_counts()
+    assert [c["healthy"] for c in counts] == [1, 0, 0] and [sum(c.values()) for c in counts] == [1, 0, 2]
+    r = m.published(r, 3)
+    r, _ = m.step(r, 4, {"n2": OK, "n3": OK}, EXPECTED, None)
+    r, _ = m.step(r, 5, {}, EXPECTED, None)
+    assert r.state is State.COMPLETE
+    assert [c["healthy"] for c in r.wave_counts()] == [1, 0, 2]
+
+
+def test_abort_of_a_halted_rollout_ends_it_and_keeps_the_halt_reason() -> None:
+    r, _ = run_wave(rollout(), 0, {"n1": Observation(2, True, False)})
+    assert r.state is State.HALTED
+    aborted = m.abort(r)
+    assert aborted.state is State.ABORTED and "n1: unhealthy" in aborted.reason
+    assert aborted.reached() == ("n1",)
+
+
+def test_resume_of_a_halted_rollout_rechecks_the_failed_nodes_of_its_wave() -> None:
+    r, _ = run_wave(rollout(), 0, {"n1": Observation(2, True, False)})
+    resumed = m.resume(r, 50)
+    assert (resumed.state, resumed.wave, resumed.started_at) == (State.SOAKING, 0, 50)
+    assert resumed.progress["n1"].status is NodeStatus.PENDING
+    r, _ = m.step(resumed, 51, {"n1": OK}, EXPECTED, None)
+    r, _ = m.step(r, 112, {"n1": OK}, EXPECTED, None)
+    assert (r.state, r.wave) == (State.PENDING, 1)
+
+
+def test_a_halt_reason_names_the_failing_node_and_its_checks() -> None:
+    r, _ = run_wave(rollout(), 0, {"n1": Observation(2, True, False, failed_checks=("sshd", "ntp"))})
+    assert r.state is State.HALTED and "n1: unhealthy" in r.reason and "sshd" in r.reason and "ntp" in r.reason
+
+
+def test_refusing_an_action_on_a_finished_rollout_says_what_to_do_instead() -> None:
+    with pytest.raises(m.TransitionError, match="push a commit"):
+        m.resume(m.abort(rollout()))

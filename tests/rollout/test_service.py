@@ -99,3 +99,57 @@ def test_a_tick_steps_again_only_to_start_the_next_wave(tmp_path, steps) -> None
     assert executor.published == [("n0",), ("n1", "n2", "n3", "n4", "n5")]
     assert steps == [State.SOAKING, State.PENDING]
     assert all(p.status is machine.NodeStatus.PENDING for p in r.progress.values())
+
+
+class Unhealthy(Reports):
+    async def observe(self, targets: Sequence[Target]) -> dict[str, Observation]:
+        return {t.node: Observation(self.executor.generation[t.node], True, False, ("app",)) for t in targets}
+
+
+def test_a_halted_rollout_hints_with_its_id_and_abort_says_what_the_fabric_runs(tmp_path) -> None:
+    ex = Executor()
+    svc = RolloutService(tmp_path / "state.db", Unhealthy(ex), clock=lambda: 1000.0)
+    rid = svc.begin(SHA, POLICY, NODES, immediate=False)
+    svc.tick(ex)
+    r = svc.tick(ex)
+    assert r is not None and r.state is State.HALTED and "n0" in r.reason and "app" in r.reason
+    doc = svc.document(rid)
+    assert f"treadle rollout resume {rid}" in doc["hint"] and f"treadle rollout abort {rid}" in doc["hint"]
+    aborted = svc.act(rid, "abort")
+    assert aborted["state"] == "aborted"
+    assert "1 node(s) (waves canary) run" in aborted["outcome"] and "other 5 changed node(s) keep" in aborted["outcome"]
+
+
+def test_resume_of_a_halted_rollout_goes_on_once_the_nodes_are_fixed(tmp_path) -> None:
+    ex = Executor()
+    health: Any = Unhealthy(ex)
+
+    class Switch:
+        async def observe(self, targets: Sequence[Target]) -> dict[str, Observation]:
+            return await health.observe(targets)
+
+    now = [1000.0]
+    svc = RolloutService(tmp_path / "state.db", Switch(), clock=lambda: now[0])
+    rid = svc.begin(SHA, POLICY, NODES, immediate=False)
+    svc.tick(ex)
+    assert svc.tick(ex).state is State.HALTED  # type: ignore[union-attr]
+    health = Reports(ex)  # the canary was repaired by hand
+    assert "re-checking wave canary" in svc.act(rid, "resume")["outcome"]
+    for _ in range(6):
+        now[0] += 11
+        svc.tick(ex)
+    assert svc.document(rid)["state"] == "complete"
+
+
+def test_approval_hint_is_the_approve_command_with_the_rollout_id(tmp_path) -> None:
+    ex = Executor()
+    policy = from_doc({"waves": [{"name": "canary", "selector": {"labels": {"canary": "true"}}, "approval": True}]})
+
+    class Ex(Executor):
+        def rollout_policy(self, commit: str) -> Any:
+            return policy
+
+    svc = RolloutService(tmp_path / "state.db", Reports(ex), clock=lambda: 1000.0)
+    rid = svc.begin(SHA, policy, NODES[:1], immediate=False)
+    svc.tick(Ex())
+    assert svc.document(rid)["hint"] == f"`treadle rollout approve {rid}` starts the wave"

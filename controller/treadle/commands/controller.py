@@ -110,7 +110,9 @@ def print_status(doc: dict[str, Any]) -> None:
             text += f"\n{rollout['reason']}"
         if rollout.get("revert_branch"):
             text += f"\nrevert branch: {rollout['revert_branch']}"
-        table.add_row("rollout", text + "\n(treadle rollout show for the wave table)")
+        if rollout.get("hint"):
+            text += f"\nnext: {rollout['hint']}"
+        table.add_row("rollout", text + f"\n(`treadle rollout show {rollout['id']}` for the wave table and failed nodes)")
     if doc.get("pending_history_acceptance"):
         sha = doc["pending_history_acceptance"]
         table.add_row("pending", f"history rewrite to {sha}: `treadle rollout accept-history {sha}` to deploy it")

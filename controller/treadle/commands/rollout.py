@@ -42,10 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     show.add_argument("id", nargs="?", default="current", help="rollout id (default: the newest)")
     add_url_argument(show)
     show.set_defaults(func=_show)
-    for action, text in (("pause", "stop advancing (nodes keep what they have)"), ("resume", "continue a paused rollout"),
+    for action, text in (("pause", "stop advancing (nodes keep what they have)"),
+                         ("resume", "continue a paused rollout, or re-check the wave a halted one stopped at"),
                          ("approve", "let a wave that waits for approval start"),
-                         ("abort", "end the rollout where it is (nodes keep what they have)")):
-        p = actions.add_parser(action, help=text, epilog=f"example: treadle rollout {action} current")
+                         ("abort", "end an active or halted rollout where it is (nodes keep what they have)")):
+        p = actions.add_parser(action, help=text, description=text, epilog=f"example: treadle rollout {action} 12")
         p.add_argument("id", nargs="?", default="current", help="rollout id (default: the newest)")
         add_url_argument(p, operator=True)
         p.set_defaults(func=_act, action=action)
@@ -102,6 +103,8 @@ def _show(args: argparse.Namespace) -> int:
         console.print(f"reason: {doc['reason']}")
     if doc.get("revert_branch"):
         console.print(f"revert branch: {doc['revert_branch']} (merge it to make git match the rollback)")
+    if doc.get("hint"):
+        console.print(f"next: {doc['hint']}", soft_wrap=True)
     failed = {n: p for n, p in doc["progress"].items() if p["status"] == "failed"}
     for node, p in sorted(failed.items()):
         console.print(f"  failed {node}: {p['reason']}")
@@ -118,5 +121,10 @@ def _act(args: argparse.Namespace) -> int:
             print(f"treadle: error: {e}", file=sys.stderr)
             return 1
         raise
-    _console().print(_wave_table(doc))
+    console = _console()
+    console.print(_wave_table(doc))
+    if doc.get("outcome"):
+        console.print(doc["outcome"], soft_wrap=True)
+    if doc.get("hint"):
+        console.print(f"next: {doc['hint']}", soft_wrap=True)
     return 0

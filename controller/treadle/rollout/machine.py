@@ -7,6 +7,7 @@
     soaking k ── failures over budget ─► halted            (failure_policy: halt)  │
                                    └──► rolling_back ─► rolled_back (rollback)     │
     any active state ── newer commit ─► superseded;  operator ─► aborted; paused is a flag
+    halted ── operator resume ─► soaking k (failed nodes observed afresh);  operator abort ─► aborted
 
 ``step()`` is pure: it takes the rollout, the time, what the agents report and
 whether a window or freeze blocks new waves, and returns the next rollout and
@@ -66,6 +67,7 @@ class Observation:
     generation: int | None = None
     apply_ok: bool | None = None
     healthy: bool | None = None
+    failed_checks: tuple[str, ...] = ()  # the health checks reported down, for the halt reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,8 @@ class NodeProgress:
 _DONE = (NodeStatus.HEALTHY, NodeStatus.FAILED)
 #: The progress of a node that has not reported yet; immutable, so all such nodes share it.
 _FRESH = NodeProgress()
+#: The counts of a wave with no nodes (an empty wave passes at once; it keeps its place in the table).
+_ZERO_COUNTS: Mapping[str, int] = {s.value: 0 for s in NodeStatus}
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,15 +186,16 @@ def step(r: Rollout, now: float, observations: Mapping[str, Observation], expect
 
 
 def _start_wave(r: Rollout, blocked: str | None) -> tuple[Rollout, list[Action]]:
-    while r.current is not None and not r.current.nodes:  # nothing changed in this wave
-        r = _replace(r, wave=r.wave + 1)
+    while r.current is not None and not r.current.nodes:  # nothing changed in this wave: passed, with no nodes
+        r = _replace(r, wave=r.wave + 1, finished=(*r.finished, _ZERO_COUNTS))
     wave = r.current
     if wave is None:
         return _replace(r, state=State.COMPLETE, reason="", progress={}), []
     if blocked and not r.immediate:
         return _waiting(r, blocked)
     if wave.approval and r.wave not in r.approved:
-        return _waiting(r, f"wave {wave.name} waits for approval: treadle rollout approve {r.commit[:12]}")
+        # The command to run (with the rollout's id, which the machine does not know) is the service's hint.
+        return _waiting(r, f"wave {wave.name} waits for approval")
     r = _replace(r, state=State.PUBLISHING, reason="", progress=dict.fromkeys(wave.nodes, _FRESH))
     return r, [Publish(r.wave, wave.nodes)]
 
@@ -227,7 +232,8 @@ def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: fl
     if obs.apply_ok is False:
         return NodeProgress(NodeStatus.FAILED, now, f"apply of generation {obs.generation} failed")
     if obs.healthy is False:
-        return NodeProgress(NodeStatus.FAILED, now, f"unhealthy after applying generation {obs.generation}")
+        checks = f" (failing checks: {', '.join(obs.failed_checks)})" if obs.failed_checks else ""
+        return NodeProgress(NodeStatus.FAILED, now, f"unhealthy after applying generation {obs.generation}{checks}")
     if obs.apply_ok is None or obs.healthy is None:
         return _FRESH if p.status is NodeStatus.APPLIED else p
     since = p.since if p.status is NodeStatus.APPLIED and p.since is not None else now
@@ -284,7 +290,21 @@ def pause(r: Rollout) -> Rollout:
     return _replace(r, paused=True)
 
 
-def resume(r: Rollout) -> Rollout:
+def resume(r: Rollout, now: float | None = None) -> Rollout:
+    """Continue a paused rollout; or re-check the wave a halted rollout stopped at.
+
+    A halted rollout resumes only when its cause was fixed outside git (a node
+    repaired by hand, a flaky check): its failed nodes are observed afresh and
+    the wave's timeout starts again at ``now``. A bad commit is not resumed but
+    aborted and reverted, or fixed forward by a newer commit.
+    """
+    if r.state is State.HALTED:
+        wave = r.current
+        if wave is None:
+            raise TransitionError(f"cannot resume the rollout of {r.commit[:12]}: it halted after its last wave")
+        progress = {n: _FRESH if p.status is NodeStatus.FAILED else p for n, p in r.progress.items()}
+        return _replace(r, state=State.SOAKING, started_at=now, progress=progress, paused=False,
+                        reason=f"resumed by an operator after: {r.reason}")
     _require_active(r, "resume")
     return _replace(r, paused=False)
 
@@ -296,6 +316,9 @@ def approve(r: Rollout) -> Rollout:
 
 
 def abort(r: Rollout, reason: str = "aborted by an operator") -> Rollout:
+    """End an active or a halted rollout where it is: reached nodes keep the new content, the others the old."""
+    if r.state is State.HALTED:
+        return _replace(r, state=State.ABORTED, reason=f"{reason} after: {r.reason}")
     _require_active(r, "abort")
     return _replace(r, state=State.ABORTED, reason=reason)
 
@@ -309,4 +332,5 @@ def supersede(r: Rollout, commit: str) -> Rollout:
 
 def _require_active(r: Rollout, action: str) -> None:
     if not r.active:
-        raise TransitionError(f"cannot {action} the rollout of {r.commit[:12]}: it is {r.state}")
+        raise TransitionError(f"cannot {action} the rollout of {r.commit[:12]}: it is {r.state}; a finished rollout "
+                              "does not start again: push a commit (a fix, or a git revert) to start a new one")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import anyio
@@ -35,6 +35,7 @@ GENERATION = "treadle_agent_applied_generation"
 APPLY_OK = "treadle_agent_last_apply_success"
 HEALTHY = "treadle_agent_healthy"
 INFO = "treadle_agent_info"
+CHECK_UP = "treadle_agent_health_check_up"  # only for naming the failing checks in a halt reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +64,15 @@ def parse_exposition(text: str, node: str) -> Observation | None:
     Raises nothing: a malformed exposition is missing data.
     """
     values: dict[str, float] = {}
+    failed_checks: list[str] = []
     info_node = None
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name in (GENERATION, APPLY_OK, HEALTHY):
                     values[sample.name] = sample.value
+                elif sample.name == CHECK_UP and sample.value != 1.0:
+                    failed_checks.append(str(sample.labels.get("check", "?")))
                 elif sample.name == INFO:
                     info_node = sample.labels.get("node")
     except (ValueError, TypeError) as e:
@@ -78,7 +82,8 @@ def parse_exposition(text: str, node: str) -> Observation | None:
         if info_node is not None:
             log.warning("metrics of %s claim to be node %s; ignored", node, info_node)
         return None
-    return _observation(values.get(GENERATION), values.get(APPLY_OK), values.get(HEALTHY))
+    obs = _observation(values.get(GENERATION), values.get(APPLY_OK), values.get(HEALTHY))
+    return replace(obs, failed_checks=tuple(sorted(failed_checks))) if failed_checks else obs
 
 
 def _observation(generation: float | None, apply_ok: float | None, healthy: float | None) -> Observation:

@@ -204,7 +204,7 @@ class RolloutService:
         if (old.state, old.wave, old.reason) != (new.state, new.wave, new.reason):
             emit = log.warning if new.state in (State.HALTED, State.ROLLING_BACK) else log.event
             emit("rollout.transition", rollout=rid, commit=new.commit, state=new.state.value,
-                 wave=new.current.name if new.current else None, reason=new.reason)
+                 wave=new.current.name if new.current else None, reason=new.reason, hint=hint(rid, new, None))
 
     # -- the operator's side -------------------------------------------------
 
@@ -222,11 +222,24 @@ class RolloutService:
             r = self._store.get(rid)
             if r is None:
                 raise KeyError(rid)
-            new = ACTIONS[action](r)
-            self._save(rid, new, self._clock(), before=r)
+            now = self._clock()
+            latest = self._store.latest_id()
+            if action == "resume" and r.state is State.HALTED and latest != rid:
+                raise machine.TransitionError(
+                    f"cannot resume rollout {rid}: rollout {latest} of a newer commit has started since it halted; "
+                    f"see `treadle rollout show {latest}`")
+            reached = r.reached()
+            new = machine.resume(r, now) if action == "resume" else ACTIONS[action](r)
+            self._save(rid, new, now, before=r)
             log.event("rollout.operator", rollout=rid, action=action, state=new.state.value)
             self._update_metrics()
-        return self.document(rid)
+        doc = self.document(rid)
+        if action == "abort":
+            doc["outcome"] = _abort_outcome(r, reached)
+        elif action == "resume" and r.state is State.HALTED:
+            doc["outcome"] = (f"re-checking wave {r.current.name if r.current else '?'}: its failed nodes are observed "
+                              f"afresh and its timeout starts again")
+        return doc
 
     def latest_id(self) -> int | None:
         with self._read_lock:
@@ -242,7 +255,7 @@ class RolloutService:
             rid, r = found
             branch, _ = self._reader.revert_note(rid)
         return {"id": rid, "commit": r.commit, "state": r.state.value, "wave": r.wave, "paused": r.paused,
-                "immediate": r.immediate, "reason": r.reason, "revert_branch": branch}
+                "immediate": r.immediate, "reason": r.reason, "revert_branch": branch, "hint": hint(rid, r, branch)}
 
     def documents(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._read_lock:
@@ -270,7 +283,7 @@ class RolloutService:
             "waves": [{"name": w.name, "nodes": list(w.nodes), "soak_s": w.soak_s, "timeout_s": w.timeout_s,
                        "allowed_failures": w.allowed_failures, "approval": w.approval, "status": counts}
                       for w, counts in zip(r.waves, r.wave_counts())],
-            "revert_branch": branch, "revert_error": revert_error,
+            "revert_branch": branch, "revert_error": revert_error, "hint": hint(rid, r, branch),
         }
 
     def _update_metrics(self, rid: int | None = None, r: Rollout | None = None) -> None:
@@ -289,3 +302,30 @@ class RolloutService:
             for w, counts in zip(r.waves, r.wave_counts()):
                 for status, n in counts.items():
                     wave_gauge.labels(wave=w.name, status=status).set(n)
+
+
+def hint(rid: int, r: Rollout, revert_branch: str | None) -> str | None:
+    """What an operator can do next with rollout ``rid``, as commands that work as printed; None: nothing to do."""
+    if r.state is State.HALTED:
+        return (f"after fixing the failed nodes, `treadle rollout resume {rid}` re-checks wave "
+                f"{r.current.name if r.current else r.wave}; or `treadle rollout abort {rid}` and revert the commit "
+                f"(`git revert {r.commit[:12]}`), or push a fix")
+    if r.paused and r.active:
+        return f"`treadle rollout resume {rid}` continues it"
+    if r.state is State.WAITING and "approval" in r.reason:
+        return f"`treadle rollout approve {rid}` starts the wave"
+    if r.state is State.ROLLED_BACK:
+        return (f"merge {revert_branch} so that git matches the rollback" if revert_branch
+                else f"revert {r.commit[:12]} in git (`git revert {r.commit[:12]}`), or the next commit rolls it out again")
+    return None
+
+
+def _abort_outcome(r: Rollout, reached: Sequence[str]) -> str:
+    """What the fabric runs after rollout ``r`` was aborted, which reached ``reached``."""
+    total = sum(len(w.nodes) for w in r.waves)
+    waves = [w.name for w in r.waves if w.nodes and set(w.nodes) <= set(reached)]
+    if not reached:
+        return f"no node had received {r.commit[:12]}: all {total} changed node(s) keep what they ran before"
+    return (f"{len(reached)} node(s) (waves {', '.join(waves)}) run {r.commit[:12]}; the other {total - len(reached)} "
+            f"changed node(s) keep what they ran before. To take the reached nodes back, push a revert "
+            f"(`git revert {r.commit[:12]}`): its rollout returns them")
