@@ -1,0 +1,90 @@
+"""observability/README.md's TreadleRolloutHalted runbook, step by step, against a real fleet.
+
+Three nodes in one cluster: the canary c1-n01, then one node per later wave.
+A change whose health check probes a file no node has halts at the canary.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from rollout_fleet import MISSING_FILE, PY, Fleet, git
+
+TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
+CANARY = "c1-n01"
+RUNBOOK = Path(__file__).parents[2] / "observability" / "README.md"
+
+
+def treadle(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "treadle.cli", *args, "--url", fleet.url], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "250"})
+
+
+def halted(fleet: Fleet) -> tuple[str, int]:
+    sha = fleet.change_app("v2", healthy=False, message="app v2 with a probe no node passes")
+    doc = fleet.wait_rollout(sha, TERMINAL, 90)
+    assert doc["state"] == "halted", doc["reason"]
+    return sha, doc["id"]
+
+
+def step_1_status_names_the_rollout_nodes_checks_and_next_commands(fleet: Fleet, rid: int) -> None:
+    status = treadle(fleet, "status")
+    out = " ".join(status.stdout.split())  # the table wraps long lines
+    assert f"{rid} of" in out and "halted" in out, status.stdout + status.stderr
+    assert CANARY in out and "app-config" in out, out
+    assert f"treadle rollout resume {rid}" in out and f"treadle rollout abort {rid}" in out, out
+    shown = treadle(fleet, "rollout", "show", str(rid))
+    assert shown.returncode == 0 and f"failed {CANARY}" in shown.stdout and "app-config" in shown.stdout, shown.stdout
+
+
+def test_runbook_says_what_it_tests() -> None:
+    text = RUNBOOK.read_text()
+    section = text[text.index("### TreadleRolloutHalted"):text.index("### TreadleRolloutRolledBack")]
+    for command in ("treadle status", "treadle rollout show ID", "treadle rollout resume ID", "treadle rollout abort ID",
+                    "git revert"):
+        assert command in section, command
+    assert "test_runbook_e2e.py" in section
+
+
+def test_halted_runbook_repair_the_node_then_resume_completes_the_rollout(make_fleet) -> None:
+    fleet = make_fleet(clusters=1, per_cluster=3)
+    sha, rid = halted(fleet)
+    step_1_status_names_the_rollout_nodes_checks_and_next_commands(fleet, rid)
+    # 2. The cause is on the node: repair it by hand (here: give it the file its check probes), then resume.
+    probe = fleet.agents[CANARY].home / "root" / MISSING_FILE.lstrip("/")
+    probe.write_text("repaired\n")
+    resumed = treadle(fleet, "rollout", "resume", str(rid))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "re-checking wave canary" in " ".join(resumed.stdout.split())
+    # The other nodes do not have the file: only the canary was repaired, so the next wave halts on its node.
+    doc = fleet.wait_rollout(sha, {"halted", "complete"}, 90, also=lambda d: d["wave"] >= 1)
+    assert doc["wave"] >= 1 and doc["waves"][0]["status"]["healthy"] == 1, doc
+    for name, agent in fleet.agents.items():
+        (agent.home / "root" / MISSING_FILE.lstrip("/")).write_text("repaired\n")
+    if doc["state"] == "halted":
+        again = treadle(fleet, "rollout", "resume", str(rid))
+        assert again.returncode == 0, again.stderr
+    doc = fleet.wait_rollout(sha, {"complete"}, 90)
+    fleet.wait_applied("v2", fleet.agents)
+
+
+def test_halted_runbook_abort_says_what_runs_and_a_revert_takes_the_canary_back(make_fleet) -> None:
+    fleet = make_fleet(clusters=1, per_cluster=3)
+    sha, rid = halted(fleet)
+    step_1_status_names_the_rollout_nodes_checks_and_next_commands(fleet, rid)
+    # 3. The commit is bad: abort, which says what the fabric runs now, then revert in git.
+    aborted = treadle(fleet, "rollout", "abort", str(rid))
+    assert aborted.returncode == 0, aborted.stderr
+    out = " ".join(aborted.stdout.split())
+    assert re.search(rf"1 node\(s\) \(waves canary\) run {sha[:12]}; the other 2 changed node\(s\) keep", out), out
+    assert fleet.rollout(rid)["state"] == "aborted"
+    assert fleet.agents[CANARY].content() == "v2"
+    git(fleet.work, "revert", "--no-edit", sha)
+    git(fleet.work, "push", "-q", "origin", "HEAD:main")
+    revert = git(fleet.work, "rev-parse", "HEAD")
+    doc = fleet.wait_rollout(revert, TERMINAL, 90)
+    assert doc["state"] == "complete", doc["reason"]
+    fleet.wait_applied("v1", fleet.agents)
