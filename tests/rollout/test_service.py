@@ -153,3 +153,39 @@ def test_approval_hint_is_the_approve_command_with_the_rollout_id(tmp_path) -> N
     rid = svc.begin(SHA, policy, NODES[:1], immediate=False)
     svc.tick(Ex())
     assert svc.document(rid)["hint"] == f"`treadle rollout approve {rid}` starts the wave"
+
+
+def test_an_empty_wave_is_counted_as_empty_in_documents_metrics_and_the_demo_table(tmp_path) -> None:
+    from prometheus_client import generate_latest
+    from rich.console import Console
+
+    from treadle.demo.view import wave_table
+    from treadle.metrics import ControllerMetrics
+
+    policy = from_doc({"waves": [
+        {"name": "canary", "selector": {"labels": {"canary": "none"}}, "soak_s": 0},
+        {"name": "first", "selector": {"labels": {"canary": "true"}}, "soak_s": 0},
+        {"name": "rest", "fraction": 1.0, "soak_s": 0},
+    ]})
+
+    class Ex(Executor):
+        def rollout_policy(self, commit: str) -> Any:
+            return policy
+
+    ex, metrics = Ex(), ControllerMetrics()
+    svc = RolloutService(tmp_path / "state.db", Reports(ex), metrics=metrics, clock=lambda: 1000.0)
+    rid = svc.begin(SHA, policy, NODES, immediate=False)
+    for _ in range(6):
+        svc.tick(ex)
+    doc = svc.document(rid)
+    assert doc["state"] == "complete"
+    assert [(w["name"], len(w["nodes"]), w["status"]["healthy"]) for w in doc["waves"]] == [
+        ("canary", 0, 0), ("first", 1, 1), ("rest", 5, 5)]
+    exposition = generate_latest(metrics.registry).decode()
+    assert 'treadle_rollout_wave_nodes{status="healthy",wave="canary"} 0.0' in exposition
+    assert 'treadle_rollout_wave_nodes{status="healthy",wave="first"} 1.0' in exposition
+    console = Console(width=200, record=True)
+    console.print(wave_table(doc))
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in console.export_text().splitlines() if "│" in line]
+    rows = {c[0]: c[2:] for c in cells}
+    assert rows["canary"] == ["0", "0", "0", "0"] and rows["first"] == ["0", "0", "1", "0"]
