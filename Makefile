@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench dist clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,8 +18,14 @@ test: $(STAMP)
 	.ci/install-deps
 	$(PY) -m pytest -q
 
+# The versioned wheel and sdist (dist/treadle-<version>-py3-none-any.whl, dist/treadle-<version>.tar.gz):
+# what README "Install" installs on controller hosts and nodes.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+
 bench: $(STAMP)
 	$(PY) bench/render.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

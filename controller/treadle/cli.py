@@ -39,7 +39,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="treadle", description="GitOps controller for datacenter fabrics.")
+    parser = _Parser(prog="treadle", description="GitOps controller for datacenter fabrics.",
+                     epilog="examples:\n  treadle validate my-fabric\n  treadle plan my-fabric origin/main HEAD\n"
+                            "  treadle status --url http://treadle.example.org:8080",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"treadle {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

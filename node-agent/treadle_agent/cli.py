@@ -42,13 +42,24 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+_EXAMPLES = {
+    "run": "example:\n  treadle-agent run --config /etc/treadle/agent.toml --log-format json",
+    "once": "example:\n  treadle-agent once --config /etc/treadle/agent.toml   # one cycle; exit 0 in sync and healthy",
+    "check": "examples:\n  treadle-agent check --config /etc/treadle/agent.toml\n"
+             "  treadle-agent check --config /etc/treadle/agent.toml --offline --format json",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="treadle-agent", description="The Treadle node agent.")
+    parser = argparse.ArgumentParser(prog="treadle-agent", description="The Treadle node agent.",
+                                     epilog="example:\n  treadle-agent once --config /etc/treadle/agent.toml",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"treadle-agent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, text in (("run", "cycle until stopped, serving /metrics"), ("once", "run one cycle and exit"),
                        ("check", "show what a cycle would change, changing nothing (exit 0: in sync, 1: not)")):
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, epilog=_EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", required=True, type=Path, help="path of agent.toml")
         p.add_argument("--log-format", choices=("text", "json"), default="text")
         if name == "run":

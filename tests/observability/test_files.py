@@ -136,14 +136,15 @@ def _verify(unit: Path, tmp_path: Path) -> str:
     """
     bin_dir = Path(sys.executable).parent
     copy = tmp_path / unit.name
-    copy.write_text(unit.read_text().replace("/usr/local/bin/", f"{bin_dir}/"))
+    copy.write_text(unit.read_text().replace("/usr/local/bin/", f"{bin_dir}/").replace("/opt/treadle/bin/", f"{bin_dir}/"))
     result = subprocess.run([_systemd_analyze(), "verify", str(copy)], capture_output=True, text=True, timeout=60)
     return (result.stdout + result.stderr).strip() + ("" if result.returncode == 0 else f"\nexit {result.returncode}")
 
 
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_passes_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
-    assert (SYSTEMD / unit).read_text().count("/usr/local/bin/") == 1
+    text = (SYSTEMD / unit).read_text()
+    assert text.count("/usr/local/bin/") + text.count("/opt/treadle/bin/") == 1
     assert _verify(SYSTEMD / unit, tmp_path) == ""
 
 

@@ -23,14 +23,20 @@ EXIT_OK, EXIT_PROBLEM = 0, 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    ctl = sub.add_parser("controller", help="run the controller daemon")
+    ctl = sub.add_parser("controller", help="run the controller daemon",
+                         epilog="example:\n  treadle controller run --config /etc/treadle/controller.toml", formatter_class=argparse.RawDescriptionHelpFormatter)
     ctl_sub = ctl.add_subparsers(dest="controller_command", metavar="ACTION", required=True)
-    run = ctl_sub.add_parser("run", help="watch git, render, sign and publish; serve the API")
+    run = ctl_sub.add_parser("run", help="watch git, render, sign and publish; serve the API",
+                             description="Watch git, render, sign and publish; serve the API until SIGTERM.",
+                             epilog="example:\n  treadle controller run --config /etc/treadle/controller.toml --log-format json",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", required=True, help="path of controller.toml")
     run.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per event, as text or JSON")
     run.set_defaults(func=_run)
 
-    status = sub.add_parser("status", help="show the controller's deployed commit, refusals and node counts")
+    status = sub.add_parser("status", help="show the controller's deployed commit, refusals and node counts",
+                            epilog="examples:\n  treadle status --url http://treadle.example.org:8080\n"
+                                   "  treadle status --format json", formatter_class=argparse.RawDescriptionHelpFormatter)
     add_url_argument(status)
     status.add_argument("--format", choices=("table", "json"), default="table")
     status.set_defaults(func=_status)

@@ -28,10 +28,15 @@ from treadle_agent.state import write_all
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    keys = subparsers.add_parser("keys", help="manage manifest signing keys")
+    keys = subparsers.add_parser("keys", help="manage manifest signing keys",
+                                 epilog="example:\n  treadle keys generate /etc/treadle/keys --threshold 2",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     gen = sub.add_parser("generate", help="write Ed25519 signing keys and a trust root into DIR",
-                         description=__doc__.split("\n\n")[0] if __doc__ else None)
+                         description="Write Ed25519 signing key pairs (as many as --threshold) and a trust root into DIR.",
+                         epilog="examples:\n  treadle keys generate /etc/treadle/keys\n"
+                                "  treadle keys generate /etc/treadle/keys --threshold 2",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     gen.add_argument("dir", type=Path, metavar="DIR")
     gen.add_argument("--threshold", type=int, default=1, help="signatures a manifest needs; this many key pairs are written")
     gen.add_argument("--name", default="treadle", help="file name stem of the key files (default: treadle)")

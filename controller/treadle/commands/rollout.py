@@ -27,9 +27,12 @@ STATUS_COLUMNS = ("pending", "applied", "healthy", "failed")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    rollout = sub.add_parser("rollout", help="operator actions on the controller's rollouts")
+    rollout = sub.add_parser("rollout", help="operator actions on the controller's rollouts",
+                             epilog="examples:\n  treadle rollout show\n  treadle rollout resume 12",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = rollout.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
-    accept = actions.add_parser("accept-history", help="accept a rewritten (force-pushed) history ending at SHA")
+    accept = actions.add_parser("accept-history", help="accept a rewritten (force-pushed) history ending at SHA",
+                                epilog="example:\n  treadle rollout accept-history 3f2a9c1d8e7b")
     accept.add_argument("sha", metavar="SHA", help="the new head commit (full id, or a prefix of the pending one)")
     add_url_argument(accept, operator=True)
     accept.set_defaults(func=_accept_history)

@@ -18,7 +18,8 @@ from treadle.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("schema", help="JSON Schemas of every file format")
+    p = sub.add_parser("schema", help="JSON Schemas of every file format",
+                       epilog="example:\n  treadle schema export .schemas", formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = p.add_subparsers(dest="schema_command", metavar="ACTION", required=True)
     e = actions.add_parser("export", help="write every schema file into DIR",
                            description="Write every JSON Schema shipped with Treadle into DIR (created if missing), "
