@@ -132,3 +132,20 @@ def test_readme_install_section_names_the_steps_this_file_runs() -> None:
     for step in ("make dist", "python3 -m venv /opt/treadle", "pip download", "--no-index --find-links",
                  "'treadle[controller]'", "systemd-analyze verify", "tests/install/test_install.py"):
         assert step in section, step
+
+
+def test_the_ci_templates_install_step_installs_the_wheel_it_is_pointed_at(wheelhouse: Path, tmp_path: Path) -> None:
+    """The fabric template's GitHub step, run as written, with TREADLE_WHEELS set to a directory of wheels."""
+    import os
+
+    from ruamel.yaml import YAML
+
+    workflow = YAML(typ="safe").load((ROOT / "fabric-repo-template/.github/workflows/treadle.yml").read_text())
+    step = next(s for s in workflow["jobs"]["plan"]["steps"] if s.get("name") == "Install Treadle")
+    venv = tmp_path / "runner"
+    run(sys.executable, "-m", "venv", venv)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "PIP_NO_INDEX": "1",
+           "PIP_FIND_LINKS": step["env"]["PIP_FIND_LINKS"].replace("${{ vars.TREADLE_WHEELS }}", str(wheelhouse))}
+    done = subprocess.run(["bash", "-e", "-c", step["run"]], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert run(venv / "bin" / "treadle", "--version").strip() == f"treadle {version()}"

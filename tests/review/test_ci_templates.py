@@ -116,3 +116,24 @@ def test_codeowners_gives_every_site_an_owner():
     assert all(len(r) >= 2 and all(o.startswith("@") for o in r[1:]) for r in rules)
     sites = {p.name for p in (TEMPLATE / "sites").iterdir() if p.is_dir()}
     assert {r[0] for r in rules} >= {f"/sites/{s}/" for s in sites}
+
+
+def test_template_readme_pre_commit_example_is_a_local_hook_that_runs(pr_clone):
+    text = (TEMPLATE / "README.md").read_text()
+    block = text[text.index("```yaml\nrepos:") + len("```yaml\n"):]
+    block = block[:block.index("```")]
+    [repo] = YAML(typ="safe").load(block)["repos"]
+    [hook] = repo["hooks"]
+    [declared] = _load(HOOKS)
+    assert repo["repo"] == "local" and "rev" not in repo  # nothing to pin that might not exist
+    assert (hook["id"], hook["entry"], hook["files"]) == (declared["id"], declared["entry"], declared["files"])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(hook["entry"].split(), cwd=pr_clone.root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ci_templates_find_the_wheel_through_a_variable_the_readme_names():
+    install = next(s for s in _steps() if s.get("name") == "Install Treadle")
+    assert install["env"]["PIP_FIND_LINKS"] == "${{ vars.TREADLE_WHEELS }}"
+    assert _load(GITLAB)["treadle-plan"]["variables"]["PIP_FIND_LINKS"] == "$TREADLE_WHEELS"
+    assert "TREADLE_WHEELS" in (TEMPLATE / "README.md").read_text()
