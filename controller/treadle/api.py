@@ -1,6 +1,10 @@
 """The controller's HTTP API (Starlette, served by uvicorn).
 
     GET  /v1/nodes/<node>/manifest   the published envelope; strong ETag, 304 on If-None-Match
+    GET  /v1/nodes/<node>            one node: lifecycle, labels, published generation and commit, rollout
+                                     and wave, and what its agent reports now (schemas/node-status.json)
+    GET  /v1/nodes/<node>/history    the generations published for it: commit, author, time, why
+                                     (schemas/node-history.json)
     POST /v1/hooks/git               push webhook (GitHub, Gitea, GitLab); HMAC checked, then a fetch is triggered
     GET  /v1/status                  deployed commit, last refusal with diagnostics, counts by lifecycle,
                                      pending history acceptance
@@ -69,6 +73,8 @@ class ApiContext:
     admin_token: bytes | None = None
     rollouts: Any | None = None  # treadle.rollout.service.RolloutService
     last_cycle: dict[str, Any] = field(default_factory=dict)
+    target_of: Callable[[str], Any] | None = None  # node -> treadle.rollout.observe.Target (Pipeline.target_of)
+    scrape_timeout_s: float = 2.0
 
 
 class _ETagCache:
@@ -150,7 +156,10 @@ def status_document(ctx: ApiContext) -> dict[str, Any]:
     state = ctx.state
     refusal = state.last_refusal()
     counts = state.lifecycle_counts()
+    from treadle import __version__
+
     return {
+        "version": __version__,
         "repository": ctx.repository,
         "branch": ctx.branch,
         "deployed_commit": state.deployed_commit(),
@@ -182,6 +191,30 @@ def build_app(ctx: ApiContext) -> Starlette:
         if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         return Response(data, media_type=ENVELOPE_MEDIA_TYPE, headers=headers)
+
+    async def node_view(request: Request) -> Response:
+        from treadle.nodeview import node_document
+
+        node = request.path_params["node"]
+        if not valid_node_name(node):
+            return not_found
+        try:
+            doc = await anyio.to_thread.run_sync(node_document, ctx, node, ctx.target_of, ctx.scrape_timeout_s)
+        except StoreError as e:
+            return JSONResponse({"error": str(e)}, 503)
+        return not_found if doc is None else JSONResponse(doc)
+
+    async def node_history(request: Request) -> Response:
+        from treadle.nodeview import history_document
+
+        node = request.path_params["node"]
+        if not valid_node_name(node):
+            return not_found
+        try:
+            doc = await anyio.to_thread.run_sync(history_document, ctx, node)
+        except StoreError as e:
+            return JSONResponse({"error": str(e)}, 503)
+        return not_found if doc is None else JSONResponse(doc)
 
     async def hook(request: Request) -> Response:
         if ctx.webhook_secret is None:
@@ -263,6 +296,8 @@ def build_app(ctx: ApiContext) -> Starlette:
 
     return Starlette(routes=[
         Route("/v1/nodes/{node}/manifest", manifest, methods=["GET", "HEAD"]),
+        Route("/v1/nodes/{node}", node_view, methods=["GET"]),
+        Route("/v1/nodes/{node}/history", node_history, methods=["GET"]),
         Route("/v1/hooks/git", hook, methods=["POST"]),
         Route("/v1/status", status, methods=["GET"]),
         Route("/v1/history/accept", accept_history, methods=["POST"]),

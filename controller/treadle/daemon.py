@@ -185,7 +185,8 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
     api = ApiContext(store=store, state=state, metrics=metrics, trigger=trigger.set, branch=config.source.branch,
                      rollouts=rollouts,
                      repository=config.source.repository, webhook_secret=config.api.webhook_secret,
-                     admin_token=config.api.admin_token)
+                     admin_token=config.api.admin_token, target_of=pipeline.target_of,
+                     scrape_timeout_s=config.health.scrape_timeout_s)
     return Controller(config, pipeline, api, trigger)
 
 

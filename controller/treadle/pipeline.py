@@ -208,6 +208,8 @@ class Pipeline:
                 signed = self.signer.sign(now_items, now=self.clock())
             with _timed(steps, "publish"):
                 publish(self.state, self.store, signed, plan.removed)
+                digests = {i.node: i.content_digest for i in now_items}
+                self._record_history(signed, lambda n: _why_now(records.get(n), digests[n]))
             with _timed(steps, "advance"):
                 # The rollout exists before the deployment is recorded: whoever sees the new
                 # deployed commit also sees its rollout.
@@ -372,20 +374,63 @@ class Pipeline:
             if rec is not None and rec.present and not rec.dirty and rec.content_digest == d:
                 continue  # already carries this content: a publish retried after a restart
             items.append(ToSign(n, node.manifest, d, rec.generation + 1 if rec else 1, commit, node.lifecycle, node.canonical))
-        self._sign_and_confirm(items)
+        self._sign_and_confirm(items, "rollout")
 
     def publish_manifests(self, manifests: Mapping[str, Mapping[str, Any]]) -> None:
         records = self.state.nodes()
         items = [ToSign(n, m, content_digest(m), records[n].generation + 1 if n in records else 1,
                         m["metadata"].get("commit"), m["metadata"]["lifecycle"]) for n, m in sorted(manifests.items())]
-        self._sign_and_confirm(items)
+        self._sign_and_confirm(items, "rollback")
 
-    def _sign_and_confirm(self, items: list[ToSign]) -> None:
+    def _sign_and_confirm(self, items: list[ToSign], why: str) -> None:
         if not items:
             return
         signed = self.signer.sign(items, now=self.clock())
         publish(self.state, self.store, signed, ())
+        self._record_history(signed, lambda _n: why)
         self.state.record_deployment(None, None, [s.node for s in signed], ())
+
+    def _record_history(self, signed: list[SignedManifest], why: Callable[[str], str]) -> None:
+        """Per node: the generation published, its commit and author, and why (``GET /v1/nodes/<node>/history``)."""
+        if not signed:
+            return
+        authors = {c: self._author(c) for c in {s.commit for s in signed} if c}
+        try:
+            self.state.record_history((s.node, s.generation, s.commit, authors.get(s.commit or ""), why(s.node)) for s in signed)
+        except StoreError as e:  # the history is for people; publishing went through
+            log.error("history.write_failed", error=str(e))
+
+    def _author(self, commit: str) -> str | None:
+        try:
+            author = self.source.repo[commit].author
+            return f"{author.name} <{author.email}>"
+        except (KeyError, ValueError, AttributeError):
+            return None
+
+    def target_of(self, node: str) -> Target | None:
+        """Where ``node``'s agent serves its metrics, by the last good render; None when unknown.
+
+        Called from the API's threads: reads only the immutable last render and
+        opens its own handle on the mirror (a pygit2 repository is not shared
+        between threads).
+        """
+        rendered = self.last_good
+        if rendered is None or node not in rendered.result.nodes:
+            return None
+        from treadle.fabric import GitRevisionSource
+        from treadle.fabric.cache import ParseCache
+        from treadle.fabric.nodefile import node_settings
+        from treadle.rollout.observe import DEFAULT_METRICS_PORT
+
+        n = rendered.result.nodes[node]
+        try:
+            settings = node_settings(GitRevisionSource(str(self.source.path), rendered.commit), ParseCache(),
+                                     rendered.result.fabric, [n])[node]
+            port = settings.metrics_port or DEFAULT_METRICS_PORT
+        except Exception as e:  # an unreadable node file: the default port is the best guess
+            log.warning("node.settings_unreadable", node=node, error=str(e))
+            port = DEFAULT_METRICS_PORT
+        return Target(node, n.address, port)
 
     def write_revert(self, commit: str, reason: str) -> str:
         head = self.source.head()
@@ -421,6 +466,7 @@ class Pipeline:
         try:
             signed = self.signer.sign(items, now=now)
             publish(self.state, self.store, signed, ())
+            self._record_history(signed, lambda _n: "re-signed")
             self.state.record_deployment(None, None, [s.node for s in signed], ())
         except TreadleError as e:
             log.error("resign.failed", error=str(e))
@@ -495,6 +541,15 @@ def plan_changes(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], co
         to_sign.append(ToSign(name, node.manifest, d, generation, commit, node.lifecycle, node.canonical))
     removed = tuple(sorted(n for n, r in records.items() if r.present and n not in nodes))
     return Plan(commit, tuple(to_sign), removed, unchanged)
+
+
+def _why_now(record: NodeRecord | None, digest: str) -> str:
+    """Why a node was published at once, outside any rollout."""
+    if record is None or not record.present:
+        return "new node"
+    if digest == record.content_digest:
+        return "republished"  # same content: a reservation never confirmed, or a file missing from the store
+    return "deploy"
 
 
 def publish(state: StateDB, store: PublishStore, signed: list[SignedManifest], removed: tuple[str, ...]) -> None:

@@ -102,6 +102,7 @@ class StateDB:
         self._nodes: dict[str, NodeRecord] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate(self._conn())
+        self._add_node_history()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -149,6 +150,16 @@ class StateDB:
                 for stmt in filter(str.strip, _SCHEMA_V1.split(";")):
                     c.execute(stmt)
                 c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _add_node_history(self) -> None:
+        """The per-node publication history (``GET /v1/nodes/<node>/history``): an additive table, created when missing.
+
+        Additive on purpose: a database without it is still version 1, and an
+        older controller reading a newer database ignores it.
+        """
+        with self._tx() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS node_history(node TEXT NOT NULL, generation INTEGER NOT NULL, "
+                      "commit_sha TEXT, author TEXT, why TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY(node, generation))")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -237,6 +248,19 @@ class StateDB:
             if n in known:
                 known[n] = replace(known[n], published_generation=known[n].generation, present=False)
         self._nodes = known
+
+    def record_history(self, rows: Iterable[tuple[str, int, str | None, str | None, str]], at: float | None = None) -> None:
+        """Remember what was published: ``(node, generation, commit, author, why)`` per node."""
+        when = time.time() if at is None else at
+        with self._tx() as c:
+            c.executemany("INSERT OR REPLACE INTO node_history(node, generation, commit_sha, author, why, at) VALUES(?,?,?,?,?,?)",
+                          [(*r, when) for r in rows])
+
+    def node_history(self, node: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The generations published for ``node``, newest first."""
+        rows = self._query("SELECT generation, commit_sha, author, why, at FROM node_history WHERE node=? "
+                           "ORDER BY generation DESC LIMIT ?", (node, limit))
+        return [{"generation": g, "commit": c, "author": a, "why": w, "at": at} for g, c, a, w, at in rows]
 
     def record_refusal(self, commit: str, reason: str, message: str, diagnostics: Iterable[str] = ()) -> None:
         with self._tx() as c:

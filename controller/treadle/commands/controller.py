@@ -36,10 +36,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     status = sub.add_parser("status", help="show the controller's deployed commit, refusals and node counts",
                             epilog="examples:\n  treadle status --url http://treadle.example.org:8080\n"
-                                   "  treadle status --format json", formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   "  treadle status --node batch-001\n  treadle status --format json", formatter_class=argparse.RawDescriptionHelpFormatter)
     add_url_argument(status)
     status.add_argument("--format", choices=("table", "json"), default="table")
+    status.add_argument("--node", metavar="N", help="one node: what it runs, since when, its rollout wave and what its agent "
+                                                   "reports now (exit 1 when it is not in sync and healthy)")
     status.set_defaults(func=_status)
+
+    history = sub.add_parser("history", help="the generations published for a node: commit, author, time, why",
+                             epilog="example:\n  treadle history batch-001 --url http://treadle.example.org:8080",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    history.add_argument("node", metavar="N")
+    add_url_argument(history)
+    history.add_argument("--format", choices=("table", "json"), default="table")
+    history.set_defaults(func=_history)
 
 
 def add_url_argument(parser: argparse.ArgumentParser, *, operator: bool = False) -> None:
@@ -88,12 +98,79 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.node:
+        return _node_status(args)
     doc = api_call("GET", args.url, "/v1/status")
     if args.format == "json":
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         print_status(doc)
     return EXIT_PROBLEM if doc.get("pending_history_acceptance") else EXIT_OK
+
+
+def _when(at: float | None) -> str:
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+def _node_status(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    doc = api_call("GET", args.url, f"/v1/nodes/{quote(args.node, safe='')}")
+    obs = doc.get("observation") or {}
+    published = doc["published"]
+    in_sync = bool(obs.get("reachable") and obs.get("healthy") and obs.get("applied_generation") == published["generation"]
+                   and obs.get("last_apply_success"))
+    if args.format == "json":
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return EXIT_OK if in_sync else EXIT_PROBLEM
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"node {doc['node']}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("lifecycle", doc["lifecycle"] + ("" if doc["present"] else " (removed from the fabric)"))
+    table.add_row("where", f"site {doc.get('site')}, cluster {doc.get('cluster')}, address {doc.get('address')}")
+    table.add_row("labels", ", ".join(f"{k}={v}" for k, v in sorted(doc["labels"].items())) or "-")
+    table.add_row("published", f"generation {published['generation']} of commit {published['commit'] or '-'}, "
+                               f"since {_when(published.get('since'))}")
+    rollout = doc.get("rollout")
+    if rollout:
+        table.add_row("rollout", f"{rollout['id']} of {rollout['commit'][:12]} ({rollout['state']}): wave {rollout['wave']}, "
+                                 f"{rollout['status']}" + (f": {rollout['reason']}" if rollout.get("reason") else ""))
+    if not obs:
+        table.add_row("agent", "-")
+    elif not obs.get("reachable"):
+        table.add_row("agent", f"unreachable at {_when(obs.get('at'))}: {obs.get('error')}")
+    else:
+        checks = ", ".join(f"{c} {'up' if up else 'DOWN'}" for c, up in sorted(obs["health_checks"].items())) or "none"
+        res = obs["resources"]
+        table.add_row("agent", f"applied generation {obs.get('applied_generation')} "
+                               f"({'ok' if obs.get('last_apply_success') else 'FAILED'} at {_when(obs.get('last_apply_at'))}), "
+                               f"{'healthy' if obs.get('healthy') else 'UNHEALTHY'}; agent {obs.get('version')}")
+        table.add_row("health checks", checks)
+        table.add_row("resources", f"{res['in_sync']} in sync, {res['drifted']} drifted, {res['failed']} failed")
+    Console(file=sys.stdout, soft_wrap=True).print(table)
+    return EXIT_OK if in_sync else EXIT_PROBLEM
+
+
+def _history(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    doc = api_call("GET", args.url, f"/v1/nodes/{quote(args.node, safe='')}/history")
+    if args.format == "json":
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"generations published for {doc['node']}, newest first")
+    for column in ("generation", "commit", "author", "published", "why"):
+        table.add_column(column)
+    for h in doc["history"]:
+        table.add_row(str(h["generation"]), (h["commit"] or "-")[:12], h["author"] or "-", _when(h["at"]), h["why"])
+    Console(file=sys.stdout, soft_wrap=True).print(table)
+    return EXIT_OK
 
 
 def print_status(doc: dict[str, Any]) -> None:

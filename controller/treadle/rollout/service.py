@@ -257,6 +257,25 @@ class RolloutService:
         return {"id": rid, "commit": r.commit, "state": r.state.value, "wave": r.wave, "paused": r.paused,
                 "immediate": r.immediate, "reason": r.reason, "revert_branch": branch, "hint": hint(rid, r, branch)}
 
+    def node_position(self, node: str, limit: int = 20) -> dict[str, Any] | None:
+        """Where ``node`` stands in the newest of the last ``limit`` rollouts that changed it; None when none did."""
+        with self._read_lock:
+            rows = self._reader.list(limit)
+        for rid, _created, _updated, r in rows:
+            for i, w in enumerate(r.waves):
+                if node not in w.nodes:
+                    continue
+                if i < r.wave or (i == r.wave and r.state is State.COMPLETE):
+                    status = "passed"
+                elif i == r.wave and node in r.progress:
+                    status = r.progress[node].status.value
+                else:
+                    status = "not reached"
+                reason = r.progress[node].reason if i == r.wave and node in r.progress else ""
+                return {"id": rid, "commit": r.commit, "state": r.state.value, "wave": w.name, "wave_index": i,
+                        "status": status, "reason": reason}
+        return None
+
     def documents(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._read_lock:
             return [self._doc(self._reader, rid, created, updated, r) for rid, created, updated, r in self._reader.list(limit)]

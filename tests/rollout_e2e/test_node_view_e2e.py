@@ -1,0 +1,64 @@
+"""GET /v1/nodes/<node>, /history, `treadle status --node` and `treadle history`, against a real fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import treadle_schemas
+from rollout_fleet import PY, Fleet
+
+TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
+CANARY = "c1-n01"
+
+
+def treadle(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "treadle.cli", *args, "--url", fleet.url], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "250"})
+
+
+def test_a_node_says_what_it_runs_since_when_its_wave_and_what_its_agent_reports(make_fleet) -> None:
+    fleet = make_fleet(clusters=1, per_cluster=2)
+    sha = fleet.change_app("v2")
+    assert fleet.wait_rollout(sha, TERMINAL, 90)["state"] == "complete"
+    fleet.wait_applied("v2", fleet.agents)
+
+    doc = fleet.api(f"/v1/nodes/{CANARY}")
+    assert treadle_schemas.errors("node-status.json", doc) == []
+    assert (doc["node"], doc["lifecycle"], doc["labels"], doc["site"], doc["cluster"]) == (
+        CANARY, "production", {"canary": "true"}, "s1", "c1")
+    assert doc["published"]["generation"] == 2 and doc["published"]["commit"] == sha and doc["published"]["since"]
+    assert doc["rollout"]["commit"] == sha and (doc["rollout"]["wave"], doc["rollout"]["status"]) == ("canary", "passed")
+    obs = doc["observation"]
+    assert obs["reachable"] is True, obs
+    assert (obs["applied_generation"], obs["last_apply_success"], obs["healthy"]) == (2, True, True)
+    assert obs["health_checks"] == {"app-config": True} and obs["resources"]["failed"] == 0 and obs["last_apply_at"] > 0
+
+    shown = treadle(fleet, "status", "--node", CANARY)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    out = " ".join(shown.stdout.split())
+    assert f"generation 2 of commit {sha}" in out and "app-config up" in out and "canary=true" in out, out
+
+    history = fleet.api(f"/v1/nodes/{CANARY}/history")
+    assert treadle_schemas.errors("node-history.json", history) == []
+    rows = [(h["generation"], h["commit"], h["why"]) for h in history["history"]]
+    first = rows[-1][1]
+    assert rows == [(2, sha, "rollout"), (1, first, "new node")]
+    assert all(h["author"] == "Fabric Admin <admin@example.org>" for h in history["history"])
+    listed = treadle(fleet, "history", CANARY)
+    assert listed.returncode == 0 and "rollout" in listed.stdout and "new node" in listed.stdout and sha[:12] in listed.stdout
+    as_json = json.loads(treadle(fleet, "history", CANARY, "--format", "json").stdout)
+    assert as_json == history
+
+
+def test_a_stopped_agent_is_reported_unreachable_and_status_exits_1(make_fleet) -> None:
+    fleet = make_fleet(clusters=1, per_cluster=2)
+    fleet.stop_agent(CANARY)
+    doc = fleet.api(f"/v1/nodes/{CANARY}")
+    assert doc["observation"]["reachable"] is False and "cannot read" in doc["observation"]["error"]
+    assert treadle_schemas.errors("node-status.json", doc) == []
+    shown = treadle(fleet, "status", "--node", CANARY)
+    assert shown.returncode == 1 and "unreachable" in shown.stdout
+    missing = treadle(fleet, "status", "--node", "no-such-node")
+    assert missing.returncode == 2 and "404" in missing.stderr
