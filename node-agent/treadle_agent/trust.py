@@ -128,7 +128,7 @@ class TrustRoot:
         Raises:
             ConfigError: see :meth:`key`, or the key's public value is unusable.
         """
-        from securesystemslib.exceptions import UnverifiedSignatureError
+        from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
         from securesystemslib.signer import Signature
 
         for keyid in self.keys:
@@ -136,6 +136,9 @@ class TrustRoot:
             assert key is not None
             try:
                 key.verify_signature(Signature(keyid, "00" * 64), b"treadle trust root check")
+            except VerificationError as e:  # a subclass of UnverifiedSignatureError: the key itself failed
+                raise ConfigError(f"{self.source}: key {keyid!r} is not a usable public key: {e.__cause__ or e} "
+                                  "(fix: restore the trust root written by `treadle keys generate`)") from e
             except UnverifiedSignatureError:
                 continue  # the key works; the dummy signature is just wrong
             except Exception as e:  # VerificationError and whatever a key type raises: the key is unusable

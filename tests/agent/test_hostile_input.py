@@ -112,3 +112,71 @@ def test_stored_invalid_etag_is_dropped_when_read_back(node, kit, enforced):
     assert node.cycle().ok
     assert node.server.requests[-1][1] is None
     assert json.loads(state.read_text())["etag"] != doc["etag"]
+
+
+# --- 10: config values that pass TOML, then crashed --------------------------------------------------
+
+
+def _main(*args: str) -> int:
+    from treadle_agent.cli import main
+
+    return main(list(args))
+
+
+@pytest.mark.parametrize(("key", "toml", "says"), [
+    ("node", "node = 1979-05-27", "a TOML date or time"),
+    ("root", "root = 1979-05-27T07:32:00Z", "a TOML date or time"),
+    ("state_dir", 'state_dir = "/tmp/st\\u0000x"', "NUL"),
+    ("node", 'node = "a\\u0000b"', "NUL"),
+    ("manifest_urls", 'manifest_urls = ["http://[::1/x"]', "not a usable URL"),
+    ("manifest_urls", 'manifest_urls = ["http://127.0.0.1:99999/x"]', "not a usable URL"),
+    ("manifest_urls", 'manifest_urls = ["http:///x"]', "not a usable URL"),
+    ("interval_s", "interval_s = nan", "not a finite number"),
+    ("retries", "retries = 1" + "0" * 5000, "not valid TOML"),
+])
+@pytest.mark.parametrize("command", ["once", "check", "run"])
+def test_config_value_that_would_crash_is_exit_2_naming_the_key(tmp_path, kit, keys, capsys, key, toml, says, command):
+    path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:9/x"])
+    lines = [line for line in path.read_text().splitlines() if not line.startswith(f"{key} =")]
+    path.write_text("\n".join([*lines, toml]) + "\n")
+    assert _main(command, "--config", str(path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"treadle-agent: error: {path}") and says in err and "Traceback" not in err
+    if key != "retries":
+        assert repr(key) in err and "fix:" in err
+
+
+# --- 3: the trust root, the state dir and the config must be private and usable ----------------------
+
+
+def test_trust_root_with_a_garbage_key_is_exit_2_and_the_last_good_manifest_stays(node, kit, enforced, capsys):
+    doc = json.loads(node.keys.trust_root.read_text())
+    for key in doc["keys"].values():
+        key["keyval"]["public"] = "zz" * 32
+    node.keys.trust_root.write_text(json.dumps(doc))
+    assert _main("once", "--config", str(node.config_path)) == 2
+    assert "not a usable public key" in capsys.readouterr().err
+    assert node.snapshot() == enforced  # before: exit 1, and envelope.json moved aside as corrupt
+
+
+@pytest.mark.parametrize("what", ["trust root", "config file", "state dir", "directory above the trust root"])
+@pytest.mark.parametrize("bits", [0o020, 0o002])
+def test_group_or_world_writable_trust_root_config_or_state_dir_is_refused(node, kit, enforced, capsys, what, bits):
+    target = {"trust root": node.keys.trust_root, "config file": node.config_path, "state dir": node.tmp / "state",
+              "directory above the trust root": node.keys.trust_root.parent}[what]
+    target.chmod(target.stat().st_mode & 0o7777 | bits)
+    assert _main("once", "--config", str(node.config_path)) == 2
+    err = capsys.readouterr().err
+    assert "writable by group or others" in err and "chmod go-w" in err
+    assert node.snapshot() == enforced
+
+
+def test_world_writable_directory_with_the_sticky_bit_above_is_accepted(tmp_path):
+    from treadle_agent.state import check_private
+
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "f").write_text("x")
+    (sticky / "f").chmod(0o600)
+    check_private(sticky / "f", "trust root")
