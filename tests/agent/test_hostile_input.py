@@ -180,3 +180,66 @@ def test_world_writable_directory_with_the_sticky_bit_above_is_accepted(tmp_path
     (sticky / "f").write_text("x")
     (sticky / "f").chmod(0o600)
     check_private(sticky / "f", "trust root")
+
+
+# --- 9: damaged state must not lower rollback or equivocation protection -----------------------------
+
+
+def _state(node, name: str):
+    return node.tmp / "state" / name
+
+
+def test_damaged_stored_envelope_does_not_reopen_equivocation(node, kit, enforced):
+    _state(node, "envelope.json").write_bytes(b'{"payload": "damaged')
+    node.start()
+    node.serve(kit.manifest_doc(generation=2, files={"/etc/motd": "other content, same generation\n"}))
+    result = node.cycle()
+    assert result.refused == "equivocation"  # before: accepted, and applied
+    assert node.sample("treadle_agent_verify_failures_total", reason="equivocation") == 1
+    assert (node.tmp / "root/etc/motd").read_text() == "good\n"
+
+
+@pytest.mark.parametrize("gone", [("envelope.json", "agent-state.json"), ("envelope.json", "agent-state.copy.json"),
+                                  ("agent-state.json", "agent-state.copy.json")])
+def test_any_two_trusted_state_files_gone_still_refuse_a_rollback(node, kit, enforced, gone):
+    node.serve(kit.manifest_doc(generation=5, files=GOOD))
+    assert node.cycle().ok
+    for name in gone:
+        _state(node, name).unlink()
+    node.start()
+    assert node.agent.trusted.highest_generation == 5
+    node.serve(kit.manifest_doc(generation=4, files={"/etc/motd": "old\n"}))
+    assert node.cycle().refused == "rollback"
+    assert (node.tmp / "root/etc/motd").read_text() == "good\n"
+
+
+def test_missing_state_files_are_written_again_at_start(node, kit, enforced):
+    _state(node, "agent-state.json").unlink()
+    node.start()
+    assert json.loads(_state(node, "agent-state.json").read_text())["generation"] == 2
+    assert _state(node, "agent-state.json").read_bytes() == _state(node, "agent-state.copy.json").read_bytes()
+
+
+@pytest.mark.parametrize("entry", [[1, 2], "x", {"want": 3}, {"created": "yes"}, {"stat": "x"}, {"stat": [1, 2]},
+                                   {"sha256": 5}, {"want": None, "created": False, "stat": [1, 2, 3, 4, 5, 6, "7"]}])
+def test_wrongly_typed_inventory_entry_is_dropped_and_the_run_recovers(node, kit, enforced, entry):
+    inventory = _state(node, "inventory.json")
+    doc = json.loads(inventory.read_text())
+    doc["resources"]["file:/etc/motd"] = entry
+    doc["resources"]["file:/etc/other"] = {"want": None, "created": True, "stat": [1] * 7, "sha256": "a" * 64}
+    inventory.write_text(json.dumps(doc))
+    node.start()
+    first, second = node.cycle(), node.cycle()  # before: a traceback on every run
+    assert first.ok and second.ok
+    doc = json.loads(inventory.read_text())
+    assert doc["resources"]["file:/etc/motd"]["want"] is not None and "file:/etc/other" not in doc["resources"]
+
+
+def test_wrongly_typed_pending_restarts_are_dropped(node, kit, enforced):
+    inventory = _state(node, "inventory.json")
+    doc = json.loads(inventory.read_text())
+    doc["pending_restarts"] = [1, {"x": 2}]
+    inventory.write_text(json.dumps(doc))
+    node.start()
+    assert node.cycle().ok
+    assert json.loads(inventory.read_text())["pending_restarts"] == []
