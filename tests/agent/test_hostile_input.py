@@ -243,3 +243,36 @@ def test_wrongly_typed_pending_restarts_are_dropped(node, kit, enforced):
     node.start()
     assert node.cycle().ok
     assert json.loads(inventory.read_text())["pending_restarts"] == []
+
+
+# --- 11: the way back from a fast-forward: rotating the trust root resets the generation floor --------
+
+FAST_FORWARD = 10**18
+
+
+def test_fast_forwarded_generation_blocks_honest_manifests_until_the_trust_root_is_rotated(node, kit, make_keys, enforced):
+    node.serve(kit.manifest_doc(generation=FAST_FORWARD, files=GOOD))
+    assert node.cycle().ok
+    node.serve(kit.manifest_doc(generation=5, files={"/etc/motd": "honest\n"}))
+    assert node.cycle().refused == "rollback"
+    new = make_keys()  # the operator rotates to a new key, and the controller signs with it
+    node.start(trust_root=new.trust_root)
+    assert node.agent.trusted.highest_generation == 0
+    node.serve(kit.manifest_doc(generation=5, files={"/etc/motd": "honest\n"}), signers=new.signers)
+    result = node.cycle()
+    assert result.ok and result.generation == 5  # before: refused as a rollback for ever
+    assert (node.tmp / "root/etc/motd").read_text() == "honest\n"
+    node.start()  # and the new floor holds across a restart
+    node.serve(kit.manifest_doc(generation=4, files=GOOD), signers=new.signers)
+    assert node.cycle().refused == "rollback"
+
+
+def test_reformatting_the_trust_root_is_no_rotation(node, kit, enforced):
+    node.serve(kit.manifest_doc(generation=7, files=GOOD))
+    assert node.cycle().ok
+    doc = json.loads(node.keys.trust_root.read_text())
+    node.keys.trust_root.write_text(json.dumps(doc, indent=4) + "\n")
+    node.start()
+    assert node.agent.trusted.highest_generation == 7
+    node.serve(kit.manifest_doc(generation=6, files=GOOD))
+    assert node.cycle().refused == "rollback"
