@@ -9,6 +9,10 @@ means for the rest of the cycle is decided here, in one place:
   manifest, of which nothing changed.
 * no manifest was ever accepted: nothing to enforce; the cycle reports that.
 * apply: per-resource results, never an exception for one bad resource.
+* anything else raised on some input is a bug of ours, but still no crash:
+  in verification it is a refusal counted as ``internal``; in a fetch,
+  ``other``; in an apply, a failed run; and the daemon goes on to the next
+  cycle with the last good manifest (README, "Security").
 
 Metrics and the cycle's log line are written once, at the end (:meth:`_report`).
 
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from treadle_agent.config import AgentConfig
-from treadle_agent.errors import FetchError, HostError, StateError, VerifyError
+from treadle_agent.errors import ConfigError, FetchError, HostError, StateError, VerifyError
 from treadle_agent.fetch import Fetcher, FetchResult, HttpFetcher
 from treadle_agent.log import get_logger
 from treadle_agent.manifest import Manifest, parse_time
@@ -121,30 +125,42 @@ class Agent:
         log.warning("fetch.failed", url=url, reason=error.reason, error=str(error))
 
     def start(self) -> None:
-        """Take up the last accepted manifest from the state dir, if there is a usable one.
+        """Take up the trusted facts and the last accepted manifest from the state dir.
 
-        The trust root's keys are loaded now unless the stored manifest was
-        accepted under this very trust root (same digest), which proves them
-        usable; a restarted no-op agent then never loads the signature stack.
+        The generation floor and the digest accepted under it come from every
+        readable state file (state.py); facts recorded under another trust
+        root are ignored, which is how rotating the trust root resets the
+        floor. The trust root's keys are loaded now unless the stored manifest
+        was accepted under this very trust root (same digest), which proves
+        them usable; a restarted no-op agent then never loads the signature
+        stack. Keys are checked before the stored manifest is looked at, so an
+        unusable trust root stops the agent (exit 2) and leaves it untouched.
 
         Raises:
             StateError: the state dir cannot be created or read at all.
-            ConfigError: a key in a new trust root is unusable.
+            ConfigError: the state dir is not private, or a key in a new trust root is unusable.
         """
         stored = self.store.load()
-        self.trusted.highest_generation = stored.generation
-        verified = stored.envelope_intact() and stored.trust_root_sha256 == self.trust.digest
+        trust_digest = self.trust.digest
+        if stored.rotated(trust_digest):
+            log.warning("trust_root.rotated", recorded=stored.trust_root_sha256, now=trust_digest,
+                        action="generation floor reset; the stored manifest is verified again under the new trust root")
+        floor = stored.floor(trust_digest)
+        self.trusted.highest_generation, self.trusted.highest_digest = floor.generation, floor.manifest_sha256
+        verified = stored.envelope_intact(trust_digest)
         if not verified:
             self.verifier.authenticate.check_keys()
         if stored.envelope is None:
-            log.info("state.empty", state_dir=str(self.store.dir), highest_generation=stored.generation)
+            log.info("state.empty", state_dir=str(self.store.dir), highest_generation=floor.generation)
             return
         try:
             manifest = self.verifier.restore(stored.envelope, verified=verified)
         except VerifyError as e:
             self.store.set_aside(ENVELOPE, f"the stored manifest no longer verifies ({e.reason}: {e})")
             return
-        self.etag = stored.etag if verified else None
+        self.etag = floor.etag if verified else None
+        if not stored.complete(trust_digest):  # a file was missing, damaged or stale: write every copy again
+            self._save(stored.envelope, self.etag)
         log.info("state.restored", generation=manifest.generation, reverified=not verified)
 
     async def cycle(self) -> CycleResult:
@@ -170,6 +186,11 @@ class Agent:
             except FetchError as e:
                 log.warning("fetch.gave_up", reason=e.reason, error=str(e), action="enforcing the last good manifest")
                 return None, e.reason
+            except Exception as e:  # a Fetcher's bug on some answer: counted, never a crash
+                self.metrics.fetch_failed("other")
+                log.error("fetch.crashed", reason="other", error=f"{type(e).__name__}: {str(e)[:300]}",
+                          action="enforcing the last good manifest")
+                return None, "other"
             finally:
                 self._fetch_scope = None
         return None, None  # cancelled by a stop request
@@ -187,6 +208,13 @@ class Agent:
             self.metrics.verify_failed(e.reason)
             log.warning("verify.refused", url=fetched.url, reason=e.reason, error=str(e), action="enforcing the last good manifest")
             return e.reason
+        except ConfigError:
+            raise
+        except Exception as e:  # a bug of ours on this input: refuse it, counted, and go on
+            self.metrics.verify_failed("internal")
+            log.error("verify.crashed", url=fetched.url, reason="internal", error=f"{type(e).__name__}: {str(e)[:300]}",
+                      action="enforcing the last good manifest")
+            return "internal"
         if fetched.data != previous or fetched.etag != self.etag:
             self._persist(fetched)
         if fetched.data != previous:
@@ -195,11 +223,16 @@ class Agent:
 
     def _persist(self, fetched: FetchResult) -> None:
         assert fetched.data is not None
-        try:
-            self.store.save(fetched.data, self.trusted.highest_generation, fetched.etag, self.trust.digest)
+        if self._save(fetched.data, fetched.etag):
             self.etag = fetched.etag
+
+    def _save(self, envelope: bytes, etag: str | None) -> bool:
+        try:
+            self.store.save(envelope, self.trusted.highest_generation, etag, self.trust.digest, self.trusted.highest_digest)
         except StateError as e:  # enforcement goes on from memory; the next accept retries the write
             log.error("state.write_failed", error=str(e))
+            return False
+        return True
 
     def _apply(self, manifest: Manifest) -> tuple[ApplyReport | None, float]:
         """Apply, or None when the run could not start or finish as a whole (root unusable, inventory unsaved)."""
@@ -208,6 +241,9 @@ class Agent:
             report = self.applier.apply(manifest)
         except (HostError, StateError) as e:
             log.error("apply.failed", generation=manifest.generation, error=str(e))
+            report = None
+        except Exception as e:  # a bug of ours on this manifest or host: this run failed, the next one retries
+            log.error("apply.crashed", generation=manifest.generation, error=f"{type(e).__name__}: {str(e)[:300]}")
             report = None
         return report, time.perf_counter() - started
 
@@ -240,7 +276,12 @@ class Agent:
         """Cycle every ``interval_s`` plus jitter until :meth:`request_stop`."""
         self._stop = anyio.Event()
         while not self._stop.is_set():
-            await self.cycle()
+            try:
+                await self.cycle()
+            except (ConfigError, anyio.get_cancelled_exc_class()):
+                raise
+            except Exception as e:  # no input may stop the daemon; the next cycle starts from the last good manifest
+                log.error("cycle.crashed", error=f"{type(e).__name__}: {str(e)[:300]}", action="next cycle as usual")
             with anyio.move_on_after(self.config.loop.interval_s + self.rng() * self.config.loop.jitter_s):
                 await self._stop.wait()
         await self.fetcher.aclose()

@@ -12,7 +12,10 @@ A run, in order:
 5. prune: resources a newer manifest dropped are removed if the agent created
    them, otherwise forgotten and left alone;
 6. notify: each service named by a changed or healed file is restarted once
-   (a failed restart is retried next run);
+   (a failed restart is retried next run). The restart is recorded as pending
+   in the inventory, and the inventory saved, *before* the notifying file is
+   changed: a run killed between the change and the restart (kill -9, power
+   loss) leaves the record, and the next run restarts the service;
 7. fsync the directories whose entries changed, then save the inventory
    (only if it changed: a no-op run writes nothing at all).
 
@@ -300,10 +303,32 @@ class Applier:
             return "in_sync", ""
         if drift and not self.heal:
             return "drifted", observed.diff
-        record = provider.repair(res, ctx, observed)
+        before = self._note_restarts(res)
+        try:
+            record = provider.repair(res, ctx, observed)
+        except BaseException:
+            if before is not None:  # nothing changed (writes are atomic): no restart is owed for it
+                self.inventory.set_pending_restarts(before)
+            raise
         created = created or bool(record.pop("created", False))
         self.inventory.put(rid, {**record, "want": want, "created": created})
         return ("healed" if drift else "changed"), observed.diff
+
+    def _note_restarts(self, res: Mapping[str, Any]) -> list[str] | None:
+        """Persist the restarts a file about to change owes; returns the pending list as it was, if it grew.
+
+        Raises:
+            StateError: the inventory cannot be saved (then the file is not changed either).
+        """
+        if res["type"] != "file" or not res.get("notify"):
+            return None
+        before = list(self.inventory.pending_restarts)
+        wanted = sorted({*before, *res["notify"]})
+        if wanted == sorted(before):
+            return None
+        self.inventory.set_pending_restarts(wanted)
+        self.inventory.save()
+        return before
 
     # --- whole-run steps ------------------------------------------------------
 

@@ -28,20 +28,30 @@ validates and writes the record, as the daemon's verification child does:
 
     python -m treadle_agent.config --check PATH   # exit 0 with the file's sha256 on stdout, 2 with the errors
 
+No value in the file can crash the agent (README, "Security"): a TOML date or
+time where the schema wants a string, an infinite or NaN number, a NUL in any
+string, or a manifest URL that does not parse is a ConfigError naming the key
+and the fix (exit 2), like a schema error. The file must be private, as OpenSSH
+requires of its configs: owned by root or the agent's user, not writable by
+group or others (``state.check_private``).
+
 Raises:
-    ConfigError: the file is missing, not TOML, breaks the schema, or names a
-        trust root that does not exist.
+    ConfigError: the file is missing, not private, not TOML, breaks the schema,
+        holds a value above, or names a trust root that does not exist.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import tomllib
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,21 +163,70 @@ def from_dict(raw: dict[str, Any], path: Path) -> AgentConfig:
 
 
 def _read(path: Path) -> bytes:
+    from treadle_agent.state import check_private
+
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: no such file (fix: pass --config with the path of agent.toml)") from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    check_private(path, "config file")
+    return data
 
 
 def _parse(data: bytes, path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        raw = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 at byte {e.start} (fix: save the file as UTF-8)") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e} (fix: correct the syntax at that line)") from e
+    except ValueError as e:  # TOMLDecodeError, and int()'s refusal of a number of thousands of digits
+        raise ConfigError(f"{path}: not valid TOML: {_one_line(str(e))} (fix: correct the syntax at that line)") from e
+    _plain_values(raw, path)
+    return raw
+
+
+def _plain_values(raw: dict[str, Any], path: Path) -> None:
+    """Refuse values no key of agent.toml takes and a schema check cannot report: dates, inf/NaN, NUL.
+
+    Raises:
+        ConfigError: naming the key and the fix.
+    """
+    stack: list[tuple[str, Any]] = [(k, v) for k, v in raw.items()]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, datetime.date | datetime.time):
+            raise ConfigError(f"{path}: key {key!r}: a TOML date or time ({value}) is no value of agent.toml "
+                              f'(fix: quote it if it is meant as a string: {key.split("[")[0]} = "...")')
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{path}: key {key!r}: {value} is not a finite number (fix: write a number of seconds, e.g. 30)")
+        if isinstance(value, str) and "\0" in value:
+            raise ConfigError(f"{path}: key {key!r}: the value contains a NUL character (fix: remove it)")
+        if isinstance(value, dict):
+            stack.extend((f"{key}[{k!r}]", v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{key}[{n}]", v) for n, v in enumerate(value))
+
+
+def _check_url(url: str, path: Path) -> str:
+    """``url`` if it is an absolute http(s) URL with a host (and a valid port), else a ConfigError naming it."""
+    why = ""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError as e:
+        why = str(e)
+    else:
+        if parts.scheme not in ("http", "https"):
+            why = "the scheme must be http or https"
+        elif not parts.hostname:
+            why = "there is no host"
+        elif any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+            why = "it contains whitespace or a control character"
+    if why:
+        raise ConfigError(f"{path}: key 'manifest_urls': {url!r} is not a usable URL: {why} "
+                          "(fix: e.g. \"http://controller.example:8080/v1/nodes/{node}/manifest\")")
+    return url
 
 
 def _build(raw: dict[str, Any], path: Path) -> AgentConfig:
@@ -195,7 +254,7 @@ def _build(raw: dict[str, Any], path: Path) -> AgentConfig:
         state_dir=_resolve(base, doc["state_dir"]),
         drift_policy=doc["drift_policy"],
         fetch=FetchSettings(
-            manifest_urls=tuple(u.replace("{node}", node) for u in doc["manifest_urls"]),
+            manifest_urls=tuple(_check_url(u.replace("{node}", node), path) for u in doc["manifest_urls"]),
             connect_timeout_s=float(doc["connect_timeout_s"]),
             read_timeout_s=float(doc["read_timeout_s"]),
             deadline_s=float(doc["fetch_deadline_s"]),

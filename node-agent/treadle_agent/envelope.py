@@ -15,6 +15,18 @@ malformed envelope from a bad signature. The threshold is counted here too, by
 distinct public key: a signature repeated, or the same key under two ids,
 counts once (``Envelope.verify`` counts key ids).
 
+Conformance with the DSSE specification (protocol.md, envelope.md), so that
+independent implementations verify Treadle's envelopes and Treadle theirs:
+base64 in either the standard or the URL-safe alphabet (verifiers MUST accept
+both; padding may be left out, one alphabet per value), and ``keyid`` optional.
+A key id only narrows which trusted key is tried first ("MUST NOT be used for
+security decisions"): a signature without one, or with one the trust root does
+not know, is tried against every trusted key not yet counted.
+
+Limits before work: at most :data:`MAX_SIGNATURES` signatures, counted before
+any is decoded or verified, so a flood of well-formed signatures under the size
+cap costs nothing (each verification would cost about 0.1 ms).
+
 securesystemslib is imported on first use: a no-op agent run re-uses a
 manifest it verified before and never loads the signature stack.
 """
@@ -37,6 +49,10 @@ if TYPE_CHECKING:
     from securesystemslib.signer import Signer
 
 _ENVELOPE_KEYS = {"payload", "payloadType", "signatures"}
+#: The most signatures an envelope may carry; a trust root's threshold is a handful of keys.
+MAX_SIGNATURES = 32
+_B64_STANDARD = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_B64_URLSAFE = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 _URI_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 
 
@@ -44,7 +60,7 @@ _URI_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 class Signed:
     """One signature of an envelope: the key id it claims and the raw signature bytes."""
 
-    keyid: str
+    keyid: str | None  # an unauthenticated hint; None when the envelope gives none
     sig: bytes
 
 
@@ -56,12 +72,27 @@ class ParsedEnvelope:
 
 
 def _b64(value: object, what: str) -> bytes:
+    """Strict base64 in the standard or the URL-safe alphabet (not both in one value), padded or not."""
     if not isinstance(value, str):
         raise VerifyError("envelope", f"{what} must be a base64 string")
+    if _B64_STANDARD.fullmatch(value):
+        altchars = None
+    elif _B64_URLSAFE.fullmatch(value):
+        altchars = b"-_"
+    else:
+        raise VerifyError("envelope", f"{what} is not valid base64: characters outside one base64 alphabet")
+    padded = value if "=" in value else value + "=" * (-len(value) % 4)
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(padded, altchars=altchars, validate=True)
     except (binascii.Error, ValueError) as e:
         raise VerifyError("envelope", f"{what} is not valid base64: {e}") from e
+
+
+def _signature(s: object) -> Signed:
+    if not isinstance(s, dict) or "sig" not in s or not set(s) <= {"keyid", "sig"} \
+            or not isinstance(s.get("keyid", ""), str):
+        raise VerifyError("envelope", 'signatures must be a list of {"sig": base64} with an optional "keyid": str')
+    return Signed(s.get("keyid") or None, _b64(s["sig"], "a signature"))
 
 
 def parse_envelope(data: bytes) -> ParsedEnvelope:
@@ -77,11 +108,12 @@ def parse_envelope(data: bytes) -> ParsedEnvelope:
         raise VerifyError("envelope", f"the envelope is not valid JSON: {e}") from e
     if not isinstance(doc, dict) or set(doc) != _ENVELOPE_KEYS:
         raise VerifyError("envelope", "a DSSE envelope is an object with exactly payload, payloadType and signatures")
-    if not isinstance(doc["signatures"], list) or not all(
-        isinstance(s, dict) and set(s) == {"keyid", "sig"} and isinstance(s["keyid"], str) for s in doc["signatures"]
-    ):
-        raise VerifyError("envelope", 'signatures must be a list of {"keyid": str, "sig": base64}')
-    signatures = tuple(Signed(s["keyid"], _b64(s["sig"], "a signature")) for s in doc["signatures"])
+    if not isinstance(doc["signatures"], list):
+        raise VerifyError("envelope", 'signatures must be a list of {"sig": base64} with an optional "keyid": str')
+    if len(doc["signatures"]) > MAX_SIGNATURES:
+        raise VerifyError("envelope", f"the envelope carries {len(doc['signatures'])} signatures, above the limit of "
+                                      f"{MAX_SIGNATURES}; refused before verifying any")
+    signatures = tuple(_signature(s) for s in doc["signatures"])
     payload = _b64(doc["payload"], "the payload")
     if doc["payloadType"] != PAYLOAD_TYPE:
         raise VerifyError("payload_type", f"payloadType is {doc['payloadType']!r}, not {PAYLOAD_TYPE!r}")
@@ -102,14 +134,19 @@ def check_signatures(envelope: ParsedEnvelope, trust: TrustRoot) -> bytes:
     pae = Envelope(envelope.payload, envelope.payload_type, {}).pae()
     verified: set[tuple[str, str, str]] = set()
     for signed in envelope.signatures:
-        key = trust.key(signed.keyid)
-        if key is None:
-            continue
-        try:
-            key.verify_signature(Signature(signed.keyid, signed.sig.hex()), pae)
-        except UnverifiedSignatureError:  # also covers VerificationError (a malformed signature)
-            continue
-        verified.add(trust.identity(signed.keyid))
+        # The key id narrows the search when it names a trusted key; otherwise every key not yet counted is tried.
+        candidates = [signed.keyid] if signed.keyid in trust.keys else list(trust.keys)
+        for keyid in candidates:
+            if trust.identity(keyid) in verified:
+                continue
+            key = trust.key(keyid)
+            assert key is not None
+            try:
+                key.verify_signature(Signature(keyid, signed.sig.hex()), pae)
+            except UnverifiedSignatureError:  # also covers VerificationError (a malformed signature)
+                continue
+            verified.add(trust.identity(keyid))
+            break
     if not verified:
         raise VerifyError("signature", f"no signature verifies against the trust root {trust.source}")
     if len(verified) < trust.threshold:

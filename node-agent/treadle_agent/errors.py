@@ -38,7 +38,7 @@ class VerifyError(AgentError):
     """A fetched manifest was refused. ``reason`` is a metric label value.
 
     Reasons: envelope, payload_type, signature, threshold, schema, node,
-    rollback, equivocation, expired.
+    rollback, equivocation, expired, internal (verify.py's REASONS).
     """
 
     def __init__(self, reason: str, message: str) -> None:

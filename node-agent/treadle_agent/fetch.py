@@ -10,7 +10,11 @@ to be robust against a slow, broken or hostile server and mirror:
   is refused before reading the body, and an undeclared one is cut off as soon
   as it passes the cap (decoded bytes count, so a compression bomb is caught);
 * ``If-None-Match`` with the ETag of the accepted envelope: a 304 means "still
-  the same envelope", not a failure;
+  the same envelope", not a failure. An ETag is stored and sent back on every
+  later request, so one hostile response must not poison them all: only a
+  valid entity tag (RFC 9110: ``"..."`` or ``W/"..."`` of visible ASCII, at
+  most :data:`MAX_ETAG_CHARS`) is kept (:func:`valid_etag`); any other is
+  dropped as if the server had sent none;
 * failover across the configured URLs in order, then retry rounds with
   exponential backoff and full jitter.
 
@@ -19,12 +23,15 @@ use, and it keeps TLS set up only when an https URL is listed.
 
 Every failed request is reported to ``on_failure`` (the agent counts it); the
 fetch as a whole raises the last :class:`FetchError` once every round failed.
-Reasons: connect, timeout, http_status, too_large, deadline, other.
+Reasons: connect, timeout, http_status, too_large, deadline, other. Any other
+exception a response provokes (in httpx, h11 or here) is ``other`` too: no
+response can crash the agent.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,6 +48,18 @@ if TYPE_CHECKING:
 
 #: Every fetch failure reason (metric label values).
 REASONS = ("connect", "timeout", "http_status", "too_large", "deadline", "other")
+
+#: The longest ETag kept (characters); common servers refuse request headers over 8 KB in all.
+MAX_ETAG_CHARS = 256
+_ETAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e]*"')
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,20}")
+
+
+def valid_etag(value: object) -> str | None:
+    """``value`` if it is an entity tag the agent may store and send back, else None (RFC 9110 section 8.8.3)."""
+    if isinstance(value, str) and len(value) <= MAX_ETAG_CHARS and _ETAG.fullmatch(value):
+        return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +157,7 @@ class HttpFetcher(Fetcher):
 
     async def _get(self, url: str, etag: str | None) -> FetchResult:
         httpx = _httpx()
+        etag = valid_etag(etag)
         headers = {"If-None-Match": etag} if etag else {}
         try:
             with anyio.fail_after(self.settings.deadline_s):
@@ -153,6 +173,10 @@ class HttpFetcher(Fetcher):
             raise FetchError("timeout", f"{url}: {type(e).__name__}") from e
         except (httpx.HTTPError, OSError) as e:
             raise FetchError("other", f"{url}: {type(e).__name__}: {e}") from e
+        except FetchError:
+            raise
+        except Exception as e:  # httpx and h11 raise more than HTTPError on hostile answers (STYLE.md: no input crashes us)
+            raise FetchError("other", f"{url}: {type(e).__name__}: {str(e)[:300]}") from e
 
     async def _read(self, url: str, etag: str | None, response: httpx.Response) -> FetchResult:
         if response.status_code == 304 and etag:
@@ -161,14 +185,14 @@ class HttpFetcher(Fetcher):
             raise FetchError("http_status", f"{url}: HTTP {response.status_code}")
         cap = self.settings.max_manifest_bytes
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
+        if _CONTENT_LENGTH.fullmatch(declared) and int(declared) > cap:
             raise FetchError("too_large", f"{url}: Content-Length {declared} is above the cap of {cap} bytes")
         body = bytearray()
         async for chunk in response.aiter_bytes():
             body += chunk
             if len(body) > cap:
                 raise FetchError("too_large", f"{url}: the response passed the cap of {cap} bytes; cut off")
-        return FetchResult(url, bytes(body), response.headers.get("etag"))
+        return FetchResult(url, bytes(body), valid_etag(response.headers.get("etag")))
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -18,19 +18,25 @@ drift; when ``want`` changed, it is a change the manifest asks for. ``stat`` and
 The file is rewritten (atomically) only when an entry changed, so a no-op run
 leaves even its mtime alone. A corrupt inventory is set aside and the agent
 starts empty: it then prunes nothing (it no longer knows what it created),
-which is the safe direction.
+which is the safe direction. Each entry is validated when read
+(:func:`valid_entry`): one of the wrong shape is dropped with a log line, as if
+that resource were new (its next inspection records it again, and it is not
+pruned since the agent no longer knows it created it), and the rest is kept.
 """
+
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from treadle_agent.errors import StateError
 from treadle_agent.log import get_logger
+from treadle_agent.manifest import ManifestFormatError, is_plain_json, parse_json
 from treadle_agent.state import write_atomic
 
 VERSION = 1
@@ -38,6 +44,32 @@ FILE_NAME = "inventory.json"
 log = get_logger("inventory")
 
 Entry = dict[str, Any]
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_RID = re.compile(r"[a-z0-9._-]+:.+", re.DOTALL)
+_SERVICE = re.compile(r"[^\x00/]{1,256}")
+
+
+def valid_entry(rid: object, entry: object) -> str | None:
+    """Why inventory entry ``rid`` -> ``entry`` cannot be used, or None when it can."""
+    if not isinstance(rid, str) or not _RID.fullmatch(rid) or len(rid) > 8192:
+        return "the resource id is not type:key"
+    if not isinstance(entry, dict):
+        return "the entry is not an object"
+    if "want" in entry and entry["want"] is not None and not (isinstance(entry["want"], list) and is_plain_json(entry["want"])):
+        return "want is not a list or null"
+    if type(entry.get("created", False)) is not bool:
+        return "created is not true or false"
+    st = entry.get("stat")
+    if st is not None and not (isinstance(st, list) and len(st) == 7 and all(type(v) is int for v in st)):
+        return "stat is not a list of 7 integers"
+    sha = entry.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+        return "sha256 is not a hex digest"
+    if not is_plain_json(entry):
+        return "the entry holds a value JSON cannot"
+    return None
 
 
 def stat_key(st: os.stat_result) -> list[int]:
@@ -75,11 +107,11 @@ class Inventory:
         except OSError as e:
             raise StateError(f"{path}: cannot read the inventory: {e.strerror or e}") from e
         try:
-            doc = json.loads(data)
+            doc = parse_json(data)
             if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("resources"), dict):
                 raise ValueError(f"not a version {VERSION} inventory")
-            return cls(path, doc["resources"], list(doc.get("pending_restarts", [])))
-        except (ValueError, UnicodeDecodeError) as e:
+            return cls._validated(path, doc)
+        except (ManifestFormatError, ValueError, UnicodeDecodeError) as e:
             if read_only:
                 log.warning("inventory.corrupt", path=str(path), error=str(e), consequence="read as empty")
                 return cls(path)
@@ -91,6 +123,30 @@ class Inventory:
             log.warning("inventory.corrupt", path=str(path), error=str(e), moved_to=str(aside),
                         consequence="starting empty: nothing is pruned until resources are managed again")
             return cls(path)
+
+    @classmethod
+    def _validated(cls, path: Path, doc: dict[str, Any]) -> Inventory:
+        """The inventory of ``doc`` without the entries that fail :func:`valid_entry` (each one logged)."""
+        resources: dict[str, Entry] = {}
+        dropped = False
+        for rid, entry in doc["resources"].items():
+            why = valid_entry(rid, entry)
+            if why is None:
+                resources[rid] = entry
+            else:
+                dropped = True
+                log.warning("inventory.entry_dropped", path=str(path), resource=str(rid)[:200], why=why,
+                            consequence="managed as new: inspected again, and not pruned")
+        pending = doc.get("pending_restarts", [])
+        if not isinstance(pending, list):
+            pending, dropped = [], True
+        names = [n for n in pending if isinstance(n, str) and _SERVICE.fullmatch(n)]
+        if len(names) != len(pending):
+            dropped = True
+            log.warning("inventory.entry_dropped", path=str(path), resource="pending_restarts", why="not service names")
+        inventory = cls(path, resources, names)
+        inventory.dirty = dropped  # rewrite it without them at the next save
+        return inventory
 
     def get(self, rid: str) -> Entry | None:
         return self.resources.get(rid)

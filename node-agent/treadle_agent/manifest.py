@@ -33,8 +33,16 @@ _RANK = {t: i for i, t in enumerate(RESOURCE_ORDER)}
 KEY_FIELD = {"directory": "path", "file": "path", "symlink": "path", "package": "name", "sysctl": "key", "service": "name"}
 
 
+#: Limits of :func:`parse_json`, checked while parsing (STYLE.md: parse with limits before work). Python's
+#: int() refuses more than 4,300 digits with a bare ValueError, and a deep document can exhaust the stack of a
+#: validator written in another language; no manifest, envelope or state file comes near these.
+MAX_INT_DIGITS = 20  # an unsigned 64-bit integer has at most 20 digits
+MAX_DEPTH = 64  # nesting of arrays and objects
+MAX_MEMBERS = 100_000  # members of one object
+
+
 class ManifestFormatError(ValueError):
-    """Bytes that are not strict canonical-compatible JSON (bad UTF-8, duplicate keys, floats, NaN)."""
+    """Bytes that are not strict canonical-compatible JSON (bad UTF-8, duplicate keys, floats, NaN, over a limit)."""
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -103,6 +111,8 @@ def sort_resources(resources: Iterable[Mapping[str, Any]]) -> list[Mapping[str, 
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(pairs) > MAX_MEMBERS:
+        raise ManifestFormatError(f"an object has {len(pairs)} members, above the limit of {MAX_MEMBERS}")
     d: dict[str, Any] = {}
     for k, v in pairs:
         if k in d:
@@ -119,19 +129,40 @@ def _no_constant(s: str) -> Any:
     raise ManifestFormatError(f"{s} is not allowed in a manifest")
 
 
+def _bounded_int(s: str) -> int:
+    if len(s.lstrip("-")) > MAX_INT_DIGITS:
+        raise ManifestFormatError(f"an integer of {len(s.lstrip('-'))} digits is above the limit of {MAX_INT_DIGITS}")
+    return int(s)
+
+
+def _check_depth(doc: Any) -> None:
+    stack = [(doc, 1)]
+    while stack:
+        o, depth = stack.pop()
+        kind = type(o)
+        if kind is dict or kind is list:
+            if depth > MAX_DEPTH:
+                raise ManifestFormatError(f"nesting deeper than the limit of {MAX_DEPTH}")
+            stack.extend((v, depth + 1) for v in (o.values() if kind is dict else o) if type(v) in (dict, list))
+
+
 def parse_json(data: bytes) -> Any:
-    """Strictly parse JSON bytes: UTF-8, no duplicate keys, no floats, no NaN/Infinity.
+    """Strictly parse JSON bytes: UTF-8, no duplicate keys, no floats, no NaN/Infinity, within the limits
+    (:data:`MAX_INT_DIGITS`, :data:`MAX_DEPTH`, :data:`MAX_MEMBERS`).
 
     Raises:
         ManifestFormatError: on any of those, or on malformed/truncated JSON.
     """
     try:
         text = data.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant)
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant,
+                         parse_int=_bounded_int)
     except ManifestFormatError:
         raise
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise ManifestFormatError(f"malformed JSON: {e}") from e
+    _check_depth(doc)
+    return doc
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,49 +1,148 @@
 """What the agent keeps in its state dir across restarts, written atomically.
 
-    <state_dir>/envelope.json      the last accepted envelope, byte for byte
-    <state_dir>/agent-state.json   {"generation", "etag", "envelope_sha256", "trust_root_sha256"}
+    <state_dir>/envelope.json        the last accepted envelope, byte for byte
+    <state_dir>/agent-state.json     the trusted facts: {"generation", "manifest_sha256", "etag",
+                                     "envelope_sha256", "trust_root_sha256"}
+    <state_dir>/agent-state.copy.json  the same facts, written after the first
 
-The envelope is written first and the small state file second, so a crash in
-between leaves a state file that does not describe the envelope
-(``envelope_sha256`` differs) and the envelope is verified again at start-up.
-The highest generation is taken as the larger of the recorded one and the
-stored manifest's, so neither file alone can lower it.
+The trusted facts are what rollback and equivocation protection rest on: the
+highest generation accepted and the digest of the manifest accepted under it.
+They are kept three times over: in both facts files and, implicitly, in the
+stored envelope. The envelope is written first, then the facts, then their
+copy; at start-up the highest generation among every readable source wins, so
+one damaged, missing or stale file never lowers the floor (a crash between two
+writes leaves a source that is older, never one that is newer than the truth).
+When every source is gone, the node has to be enrolled again (README,
+"Security": re-enrolment).
+
+Facts recorded under another trust root do not count: rotating the trust root
+resets the generation floor, as TUF resets its timestamp and snapshot versions
+when their keys rotate (the way back from a fast-forward; README, "Security").
 
 A corrupt or empty file is moved aside as ``<name>.corrupt-<unix time>`` with a
-log line and the agent starts as if it had none: it fetches again rather than
-crash-looping on a file it cannot read.
+log line and the agent goes on with the other sources: it fetches again rather
+than crash-looping on a file it cannot read. A stored ETag that is not a valid
+entity tag is dropped, not sent. Temp files a killed write left behind
+(``.<name>.tmp-<pid>`` of a process that is gone) are removed at start-up.
+
+The state dir holds what the node trusts, so it must be private, as OpenSSH
+requires of ~/.ssh: owned by root or the agent's user and not writable by group
+or others (see :func:`check_private`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from treadle_agent.errors import StateError
+from treadle_agent.errors import ConfigError, StateError
 from treadle_agent.log import get_logger
-from treadle_agent.manifest import digest
+from treadle_agent.manifest import ManifestFormatError, digest, parse_json
 
 ENVELOPE = "envelope.json"
 STATE = "agent-state.json"
+STATE_COPY = "agent-state.copy.json"
 
 log = get_logger("state")
+
+_TEMP = re.compile(r"\..+\.tmp-([0-9]{1,10})")
+_FACT_STRINGS = ("manifest_sha256", "etag", "envelope_sha256", "trust_root_sha256")
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """One facts file: the highest accepted generation, and what was accepted under it."""
+
+    generation: int = 0
+    manifest_sha256: str | None = None  # sha256 of the payload accepted at ``generation``
+    etag: str | None = None
+    envelope_sha256: str | None = None
+    trust_root_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StoredState:
     envelope: bytes | None = None
-    generation: int = 0
-    etag: str | None = None
-    envelope_sha256: str | None = None
-    trust_root_sha256: str | None = None
+    facts: tuple[Facts, ...] = ()
 
-    def envelope_intact(self) -> bool:
-        """The envelope is the one the state file describes (no crash between the two writes, no bit rot)."""
-        return self.envelope is not None and self.envelope_sha256 == digest(self.envelope)
+    def _best(self, trust_root_sha256: str | None = None) -> Facts:
+        usable = [f for f in self.facts if trust_root_sha256 is None or f.trust_root_sha256 in (None, trust_root_sha256)]
+        return max(usable, key=lambda f: f.generation, default=Facts())
+
+    @property
+    def generation(self) -> int:
+        return self._best().generation
+
+    @property
+    def etag(self) -> str | None:
+        return self._best().etag
+
+    @property
+    def envelope_sha256(self) -> str | None:
+        return self._best().envelope_sha256
+
+    @property
+    def trust_root_sha256(self) -> str | None:
+        return self._best().trust_root_sha256
+
+    def floor(self, trust_root_sha256: str) -> Facts:
+        """The facts with the highest generation recorded under trust root ``trust_root_sha256``."""
+        return self._best(trust_root_sha256)
+
+    def rotated(self, trust_root_sha256: str) -> bool:
+        """Facts exist, and none was recorded under this trust root: the trust root was rotated."""
+        return bool(self.facts) and all(f.trust_root_sha256 not in (None, trust_root_sha256) for f in self.facts)
+
+    def envelope_intact(self, trust_root_sha256: str | None = None) -> bool:
+        """The envelope is one the facts describe (no crash between the writes, no bit rot), under that trust root."""
+        if self.envelope is None:
+            return False
+        sha = digest(self.envelope)
+        return any(f.envelope_sha256 == sha and (trust_root_sha256 is None or f.trust_root_sha256 == trust_root_sha256)
+                   for f in self.facts)
+
+    def complete(self, trust_root_sha256: str) -> bool:
+        """Both facts files are there, agree, and describe the envelope under this trust root."""
+        return len(self.facts) == 2 and self.facts[0] == self.facts[1] and self.envelope_intact(trust_root_sha256) \
+            and self.facts[0].trust_root_sha256 == trust_root_sha256
+
+
+def check_private(path: Path, what: str) -> None:
+    """Refuse ``path`` when someone other than root and this user could change it, as OpenSSH's StrictModes does.
+
+    The file (or directory) and every directory above it must be owned by root
+    or by the effective user and must not be writable by group or others; a
+    directory above it with the sticky bit (``/tmp``) may be world-writable,
+    since nobody else can rename or remove what is in it.
+
+    Raises:
+        ConfigError: naming the path, what is wrong, and the fix.
+    """
+    try:
+        real = Path(os.path.realpath(path))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot resolve the {what}: {e}") from e
+    me = os.geteuid()
+    for n, p in enumerate((real, *real.parents)):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue  # a state dir is created later, privately
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot stat the {what}: {e.strerror}") from e
+        if st.st_uid not in (0, me):
+            raise ConfigError(f"{p}: the {what} {'is' if n == 0 else 'is below a directory'} owned by uid {st.st_uid}, "
+                              f"neither root nor the agent's user (fix: chown root {p})")
+        sticky_dir = n > 0 and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if st.st_mode & 0o022 and not sticky_dir:
+            raise ConfigError(f"{p}: the {what} {'is' if n == 0 else 'is below a directory that is'} writable by "
+                              f"group or others (mode {st.st_mode & 0o7777:04o}; fix: chmod go-w {p})")
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -86,28 +185,59 @@ class StateStore:
         self.clock = clock
 
     def load(self) -> StoredState:
-        """What the last run left; empty when nothing (usable) is there.
+        """What the last run left; empty when nothing (usable) is there. Removes stale temp files.
 
         Raises:
+            ConfigError: the state dir is writable by group or others (:func:`check_private`).
             StateError: the state dir cannot be created or read at all.
         """
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
             raise StateError(f"{self.dir}: cannot create the state dir: {e.strerror}") from e
+        except ValueError as e:  # a NUL in the path
+            raise StateError(f"{self.dir}: not a usable state dir: {e}") from e
+        check_private(self.dir, "state dir")
+        self.remove_stale_temp_files()
         envelope = self._read(ENVELOPE)
-        meta = self._read_meta()
-        return StoredState(envelope=envelope, **meta)
+        facts = tuple(f for f in (self._read_facts(STATE), self._read_facts(STATE_COPY)) if f is not None)
+        return StoredState(envelope=envelope, facts=facts)
 
-    def save(self, envelope: bytes, generation: int, etag: str | None, trust_root_sha256: str) -> None:
-        """Record a newly accepted envelope (envelope first, see the module docstring).
+    def save(self, envelope: bytes, generation: int, etag: str | None, trust_root_sha256: str,
+             manifest_sha256: str | None = None) -> None:
+        """Record a newly accepted envelope: the envelope, then the facts, then their copy (module docstring).
 
         Raises:
             StateError: a write failed.
         """
         write_atomic(self.dir / ENVELOPE, envelope)
-        meta = {"generation": generation, "etag": etag, "envelope_sha256": digest(envelope), "trust_root_sha256": trust_root_sha256}
-        write_atomic(self.dir / STATE, json.dumps(meta, sort_keys=True).encode())
+        meta = {"generation": generation, "manifest_sha256": manifest_sha256, "etag": etag,
+                "envelope_sha256": digest(envelope), "trust_root_sha256": trust_root_sha256}
+        data = json.dumps(meta, sort_keys=True).encode()
+        write_atomic(self.dir / STATE, data)
+        write_atomic(self.dir / STATE_COPY, data)
+
+    def remove_stale_temp_files(self) -> list[str]:
+        """Remove ``.<name>.tmp-<pid>`` files whose writer is gone (killed mid-write); returns their names."""
+        removed = []
+        try:
+            names = os.listdir(self.dir)
+        except OSError as e:
+            raise StateError(f"{self.dir}: cannot list the state dir: {e.strerror}") from e
+        for name in names:
+            m = _TEMP.fullmatch(name)
+            if m is None or (int(m[1]) != os.getpid() and _alive(int(m[1]))):
+                continue
+            try:
+                os.unlink(self.dir / name)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.warning("state.temp_file_kept", file=str(self.dir / name), error=e.strerror)
+                continue
+            removed.append(name)
+            log.warning("state.temp_file_removed", file=str(self.dir / name), why="left by an interrupted write")
+        return removed
 
     def set_aside(self, name: str, why: str) -> Path | None:
         """Move a corrupt state file out of the way, keeping it for a post-mortem."""
@@ -119,13 +249,16 @@ class StateStore:
             return None
         except OSError as e:
             raise StateError(f"{src}: corrupt ({why}) and cannot be moved aside: {e.strerror}") from e
-        log.warning("state.corrupt", file=str(src), moved_to=str(dst), why=why, action="fetching the manifest again")
+        log.warning("state.corrupt", file=str(src), moved_to=str(dst), why=why, action="going on with the other state files")
         return dst
 
     def _read(self, name: str) -> bytes | None:
         try:
             data = (self.dir / name).read_bytes()
         except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            self.set_aside(name, "a directory, not a file")
             return None
         except OSError as e:
             raise StateError(f"{self.dir / name}: cannot read: {e.strerror}") from e
@@ -134,23 +267,41 @@ class StateStore:
             return None
         return data
 
-    def _read_meta(self) -> dict[str, object]:
-        data = self._read(STATE)
+    def _read_facts(self, name: str) -> Facts | None:
+        data = self._read(name)
         if data is None:
-            return {}
+            return None
         try:
-            doc = json.loads(data)
-            meta = {
-                "generation": doc["generation"],
-                "etag": doc["etag"],
-                "envelope_sha256": doc["envelope_sha256"],
-                "trust_root_sha256": doc["trust_root_sha256"],
-            }
-            if type(meta["generation"]) is not int or meta["generation"] < 0:
+            doc = parse_json(data)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+            generation = doc["generation"]
+            if type(generation) is not int or generation < 0:
                 raise ValueError("generation is not a non-negative integer")
-            if not all(v is None or isinstance(v, str) for k, v in meta.items() if k != "generation"):
+            values = {k: doc.get(k) for k in _FACT_STRINGS}
+            if not all(v is None or (isinstance(v, str) and len(v) <= 1024) for v in values.values()):
                 raise ValueError("etag and digests must be strings or null")
-        except (ValueError, KeyError, TypeError) as e:
-            self.set_aside(STATE, f"unreadable: {e}")
-            return {}
-        return meta
+            for k in ("envelope_sha256", "trust_root_sha256"):
+                if values[k] is None:
+                    raise KeyError(k)
+        except (ManifestFormatError, ValueError, KeyError, TypeError) as e:
+            self.set_aside(name, f"unreadable: {e}")
+            return None
+        from treadle_agent.fetch import valid_etag
+
+        if values["etag"] is not None and valid_etag(values["etag"]) is None:
+            log.warning("state.etag_dropped", file=str(self.dir / name), why="not a valid entity tag")
+            values["etag"] = None
+        return Facts(generation=generation, **values)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

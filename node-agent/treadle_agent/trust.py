@@ -9,14 +9,23 @@ The threshold counts distinct public keys, so a file listing the same public
 key under two key ids is refused at load: otherwise one key could meet a
 threshold of two.
 
+The file must be private (owned by root or the agent's user, not writable by
+group or others, nor any directory above it; see ``state.check_private``):
+whoever can change it decides what the node accepts.
+
+Its digest (``TrustRoot.digest``) is taken over the canonical form of the
+document, so reformatting the file is no rotation; changing its keys or
+threshold is, and a rotation resets the generation floor (state.py).
+
 The key dicts are turned into securesystemslib keys on first use, not at load:
 a no-op ``treadle-agent once`` whose manifest was already verified under this
 very trust root (same digest) never needs them, and importing the signature
 stack costs a tenth of the whole run. The structure is still checked at load.
 
-:class:`TrustedState` holds the last accepted manifest and the highest accepted
-generation. It does no I/O (state.py persists it) and it is the only place the
-rollback and equivocation rules live.
+:class:`TrustedState` holds the last accepted manifest, the highest accepted
+generation and the digest of the manifest accepted under it. It does no I/O
+(state.py persists it) and it is the only place the rollback and equivocation
+rules live.
 """
 
 from __future__ import annotations
@@ -53,10 +62,15 @@ class TrustRoot:
             ConfigError: unreadable, not strict JSON, wrong structure, a
                 threshold above the number of keys, or one public key listed twice.
         """
+        from treadle_agent.state import check_private
+
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise ConfigError(f"{path}: cannot read the trust root: {e.strerror} (fix: check trust_root in agent.toml)") from e
+        except ValueError as e:  # a NUL in the path
+            raise ConfigError(f"{path}: not a usable trust root path: {e} (fix: check trust_root in agent.toml)") from e
+        check_private(Path(path), "trust root")
         return cls.from_bytes(data, str(path))
 
     @classmethod
@@ -82,7 +96,7 @@ class TrustRoot:
                     "distinct keys (fix: list each public key once)"
                 )
             seen[ident] = keyid
-        return cls(threshold=threshold, keys=keys, digest=hashlib.sha256(data).hexdigest(), source=source, raw=data)
+        return cls(threshold=threshold, keys=keys, digest=hashlib.sha256(canonical_json(doc)).hexdigest(), source=source, raw=data)
 
     def key(self, keyid: str) -> Key | None:
         """The securesystemslib key pinned under ``keyid``, or None when it is not trusted.
@@ -104,11 +118,33 @@ class TrustRoot:
     def check_keys(self) -> None:
         """Load every key now, so a bad trust root stops the daemon at start rather than at the first manifest.
 
+        A key dict securesystemslib accepts may still hold a public value that
+        is no key at all (garbage hex): that shows only when a signature is
+        checked. So each key checks a dummy signature here: "does not verify"
+        proves the key usable, any other failure proves it is not. Otherwise
+        such a trust root would refuse every manifest, the stored one
+        included, and the node would stop enforcing anything.
+
         Raises:
-            ConfigError: see :meth:`key`.
+            ConfigError: see :meth:`key`, or the key's public value is unusable.
         """
+        from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
+        from securesystemslib.signer import Signature
+
         for keyid in self.keys:
-            self.key(keyid)
+            key = self.key(keyid)
+            assert key is not None
+            try:
+                key.verify_signature(Signature(keyid, "00" * 64), b"treadle trust root check")
+            except VerificationError as e:  # a subclass of UnverifiedSignatureError: the key itself failed
+                raise ConfigError(f"{self.source}: key {keyid!r} is not a usable public key: {e.__cause__ or e} "
+                                  "(fix: restore the trust root written by `treadle keys generate`)") from e
+            except UnverifiedSignatureError:
+                continue  # the key works; the dummy signature is just wrong
+            except Exception as e:  # VerificationError and whatever a key type raises: the key is unusable
+                raise ConfigError(f"{self.source}: key {keyid!r} is not a usable public key: {e} "
+                                  "(fix: restore the trust root written by `treadle keys generate`)") from e
+            raise ConfigError(f"{self.source}: key {keyid!r} verified a dummy signature; it is no real key")
 
     def identity(self, keyid: str) -> tuple[str, str, str]:
         """What makes two pinned keys the same key (type, scheme, public value), whatever their ids."""
@@ -140,10 +176,12 @@ class TrustedState:
     losing the stored envelope never reopens the door to a replay of an older one.
     """
 
-    def __init__(self, highest_generation: int = 0) -> None:
+    def __init__(self, highest_generation: int = 0, highest_digest: str | None = None) -> None:
         self.envelope: bytes | None = None
         self.manifest: Manifest | None = None
         self.highest_generation = highest_generation
+        #: sha256 of the manifest accepted at ``highest_generation`` (None: not known, e.g. an older state dir).
+        self.highest_digest = highest_digest
 
     def is_current(self, envelope: bytes) -> bool:
         """True when ``envelope`` is byte for byte the one already accepted."""
@@ -163,9 +201,15 @@ class TrustedState:
         current = self.manifest
         if current is not None and generation == current.generation and manifest.raw != current.raw:
             raise VerifyError("equivocation", f"generation {generation} was already accepted with other content")
+        # Held even when the stored envelope is lost or damaged: the digest is one of the trusted facts.
+        if generation == self.highest_generation and self.highest_digest not in (None, manifest.digest):
+            raise VerifyError("equivocation", f"generation {generation} was already accepted with other content "
+                                              f"(sha256 {self.highest_digest})")
 
     def accept(self, envelope: bytes, manifest: Manifest) -> None:
         """Record a manifest that passed every check (verify.py decides that, in order)."""
         self.envelope = envelope
         self.manifest = manifest
-        self.highest_generation = max(self.highest_generation, manifest.generation)
+        if manifest.generation >= self.highest_generation:
+            self.highest_generation = manifest.generation
+            self.highest_digest = manifest.digest

@@ -32,8 +32,10 @@ from treadle_agent.errors import ConfigError, VerifyError
 from treadle_agent.manifest import Manifest, ManifestFormatError, parse_json, parse_time
 from treadle_agent.trust import TrustedState, TrustRoot
 
-#: Every reason a manifest can be refused for, in check order (metric label values).
-REASONS = ("envelope", "payload_type", "signature", "threshold", "schema", "node", "rollback", "equivocation", "expired")
+#: Every reason a manifest can be refused for, in check order (metric label values); ``internal``: the checks
+#: themselves failed on this input (a bug of ours, still a counted refusal, never a crash).
+REASONS = ("envelope", "payload_type", "signature", "threshold", "schema", "node", "rollback", "equivocation", "expired",
+           "internal")
 
 
 class Authenticator(ABC):

@@ -33,6 +33,8 @@ class Route:
     status: int = 200
     etag: str | None = None
     mode: str = "normal"
+    content_length: str | None = None  # sent instead of the body's length
+    headers: list[tuple[str, str]] = field(default_factory=list)  # extra headers, sent as they are
 
 
 @dataclass
@@ -66,15 +68,20 @@ class _Handler(BaseHTTPRequestHandler):
         elif route.etag and self.headers.get("If-None-Match") == route.etag:
             self._answer(304, b"", etag=route.etag)
         elif route.mode == "normal":
-            self._answer(route.status, route.body, etag=route.etag)
+            self._answer(route.status, route.body, etag=route.etag, route=route)
         else:
             self._stream(srv, route)
 
-    def _answer(self, status: int, body: bytes, etag: str | None = None) -> None:
+    def _answer(self, status: int, body: bytes, etag: str | None = None, route: Route | None = None) -> None:
         self.send_response(status)
         if etag:
             self.send_header("ETag", etag)
-        if status != 304:
+        for name, value in route.headers if route else ():
+            self.send_header(name, value)
+        if route is not None and route.content_length is not None:
+            self.send_header("Content-Length", route.content_length)
+            self.close_connection = True
+        elif status != 304:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

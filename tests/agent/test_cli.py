@@ -107,7 +107,8 @@ def test_metrics_of_a_running_agent_match_the_contract_names_and_labels(running)
     seen = {name: (f.type, {k for s in f.samples for k in s.labels}) for name, f in families.items()}
     assert seen == CONTRACT
     reasons = {s.labels["reason"] for s in families["treadle_agent_verify_failures"].samples}
-    assert reasons == {"envelope", "payload_type", "signature", "threshold", "schema", "node", "rollback", "equivocation", "expired"}
+    assert reasons == {"envelope", "payload_type", "signature", "threshold", "schema", "node", "rollback", "equivocation", "expired",
+                       "internal"}
     fetch = {s.labels["reason"] for s in families["treadle_agent_fetch_failures"].samples}
     assert fetch == {"connect", "timeout", "http_status", "too_large", "deadline", "other"}
     info = families["treadle_agent_info"].samples[0].labels
