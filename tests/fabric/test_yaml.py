@@ -15,9 +15,9 @@ def load(text: str, **limits: int):
 
 
 def test_yaml_1_2_scalars_are_read_as_pinned():
-    doc = load("c: 1.10\nd: 22:22\ne: 0644\ng: 0o644\nh: 2024-01-02\ni: 0x1F\nj: -12\nk: .5\nl: 1e3\nm: ~\n")
+    doc = load("c: 1.10\nd: 22:22\ne: 0644\ng: 0o644\nh: 2024-01-02\ni: 0x1F\nj: -12\nk: .5\nl: 1e3\nm: ~\nn:\n")
     assert doc == {"c": 1.1, "d": "22:22", "e": 644, "g": 420, "h": "2024-01-02", "i": 31, "j": -12, "k": 0.5,
-                   "l": 1000.0, "m": None}
+                   "l": 1000.0, "m": None, "n": None}
 
 
 @pytest.mark.parametrize(("text", "value"), [

@@ -179,7 +179,9 @@ def _plain(text: str) -> Any:
             as text while the admin most likely meant otherwise; or an integer
             too large.
     """
-    if text[:1] not in _MAYBE_NOT_STR:
+    if not text:
+        return None  # `key:` with nothing after it
+    if text[0] not in _MAYBE_NOT_STR:
         if text.lower() in _TRUTHY_11:
             raise _NotCore("truthy", f"{text!r} is a YAML 1.1 boolean word: YAML 1.2 reads it as the text {text!r}, "
                            "other tools as a boolean", "quote it, or write true/false")
@@ -372,6 +374,10 @@ class _Build:
             if tag is None:
                 if event.style:  # quoted or block: text
                     return text
+                at = event.start_mark.index
+                if at and self.text[at - 1] == "?":  # libyaml reads `{?x: 1}` as the key x, YAML 1.2 as "?x"
+                    raise _NotCore("yaml", f"'?' directly before {text[:40]!r}: YAML 1.2 reads it as part of the text, "
+                                   "libyaml as a key indicator", f"quote it (\"?{text[:40]}\") or write '? {text[:40]}'")
                 if stack and stack[-1].is_map and stack[-1].key is _NO_KEY:
                     return _plain_key(text)
                 return _plain(text)
