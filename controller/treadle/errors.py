@@ -24,7 +24,9 @@ from dataclasses import dataclass
 class Diagnostic:
     """One problem in the fabric, located: printed as ``file:line:col: message (hint)``.
 
-    ``line`` and ``col`` are 1-based; 0 means "the whole file". ``code`` is a
+    ``line`` and ``col`` are 1-based; a problem of the whole file is at 1:1
+    (a 0 given by a caller is raised to 1: editors and ``file:line`` links
+    have no line 0). ``code`` is a
     stable identifier for tools (``yaml``, ``duplicate-key``, ``schema``,
     ``unknown-profile``, ``profile-cycle``, ``template``, ``duplicate-node``,
     ``duplicate-address``, ``path-policy``, ``integer-mode``, ``lifecycle``,
@@ -37,6 +39,12 @@ class Diagnostic:
     code: str
     message: str
     hint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.line < 1:
+            object.__setattr__(self, "line", 1)
+        if self.col < 1:
+            object.__setattr__(self, "col", 1)
 
     def __str__(self) -> str:
         text = f"{self.file}:{self.line}:{self.col}: {self.message}"
@@ -68,7 +76,9 @@ class SourceError(TreadleError):
 
 #: Why a commit is refused: the ``reason`` label values of treadle_controller_rejected_commits_total,
 #: all created at 0 when the controller starts (so that ``increase()`` sees a refusal's first count).
-REFUSAL_REASONS = ("invalid", "non_fast_forward", "unsigned", "untrusted_signer")
+#: ``internal``: Treadle's own code failed on the commit (a bug, logged with its traceback); the commit is
+#: refused all the same, so that one bad commit never stops the controller or makes it retry in a loop.
+REFUSAL_REASONS = ("invalid", "non_fast_forward", "unsigned", "untrusted_signer", "internal")
 
 
 class GateError(TreadleError):

@@ -14,6 +14,12 @@ Rules this module keeps:
 
 - One diagnostic refuses the whole commit: nothing is signed or published and
   the last good manifests stay (``reason=invalid``).
+- Any other exception raised while the commit is read, gated, loaded,
+  rendered, checked or planned refuses it too (``reason=internal``, the
+  traceback in the log): a bug of ours met by one commit is a recorded,
+  counted refusal, not a cycle that crashes on every poll. Past that point
+  (sign, publish, advance) an unexpected exception is a failed cycle, retried:
+  the commit was found good, and the store's writes are crash-safe.
 - A refused head is recorded once, not once per poll; it is looked at again
   only when the head moves or its history rewrite is accepted.
 - Each cycle fetches the newest head, so commits arriving during a cycle are
@@ -40,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -179,6 +186,27 @@ class Pipeline:
     def _deploy(self) -> Outcome:
         deployed = self.state.deployed_commit()
         steps: dict[str, float] = {}
+        try:
+            return self._deploy_steps(deployed, steps)
+        except Exception as e:  # a bug of ours (DESIGN.md, hostile input): refuse the commit, keep running
+            return self._internal(e, deployed, steps)
+
+    def _internal(self, e: Exception, deployed: str | None, steps: dict[str, float]) -> Outcome:
+        """The outcome of an unexpected exception: the head is refused while it was being read or checked."""
+        # The step that raised: _timed records it on the way out (prepare_wait runs after a failed render).
+        step = next((s for s in reversed(steps) if s != "prepare_wait"), "source")
+        log.error("cycle.internal_error", step=step, error_type=type(e).__name__, error=str(e)[:2000],
+                  traceback=traceback.format_exc(limit=30)[-8000:])
+        message = f"internal error in step {step}: {type(e).__name__}: {str(e)[:500]}"
+        if step in ("sign", "publish", "advance"):
+            return Outcome("failed", None, deployed, "internal", message, step_s=steps)
+        head = _head_or_none(self.source)
+        if head is not None and self._already_refused(head):  # e.g. the fetch of that head fails every poll
+            return Outcome("unchanged", head, deployed, kind="refused-before")
+        return Outcome("refused", head, deployed, "internal",
+                       message + " (a bug in Treadle: the traceback is in the controller's log)", step_s=steps)
+
+    def _deploy_steps(self, deployed: str | None, steps: dict[str, float]) -> Outcome:
         try:
             with _timed(steps, "source"):
                 head = self.source.fetch()

@@ -83,8 +83,8 @@ def test_duplicate_node_names_are_reported_in_both_clusters(cli, fabric):
     fabric.write("sites/s1/c2/cluster.yaml", "kind: Cluster\n")
     fabric.write("sites/s1/c2/nodes/n1.yaml", "kind: Node\naddress: 10.0.1.1\n")
     err = invalid(cli, fabric)
-    assert f"{NODE1}:0:0: name 'n1' is also used by sites/s1/c2/nodes/n1.yaml" in err
-    assert f"sites/s1/c2/nodes/n1.yaml:0:0: name 'n1' is also used by {NODE1}" in err
+    assert f"{NODE1}:1:1: name 'n1' is also used by sites/s1/c2/nodes/n1.yaml" in err
+    assert f"sites/s1/c2/nodes/n1.yaml:1:1: name 'n1' is also used by {NODE1}" in err
 
 
 def test_duplicate_addresses_are_reported_at_the_address_lines(cli, fabric):
@@ -141,41 +141,41 @@ def test_file_with_neither_template_nor_content_is_refused(cli, fabric):
 
 def test_symlink_in_the_work_tree_is_refused(cli, fabric):
     os.symlink("base.yaml", fabric.root / "profiles" / "alias.yaml")
-    assert "profiles/alias.yaml:0:0: symlink in the fabric repository" in invalid(cli, fabric)
+    assert "profiles/alias.yaml:1:1: symlink in the fabric repository" in invalid(cli, fabric)
 
 
 def test_submodules_are_refused(cli, fabric):
     fabric.write(".gitmodules", '[submodule "x"]\n  path = x\n  url = https://example.org/x.git\n')
     (fabric.root / "vendor" / ".git").mkdir(parents=True)
     err = invalid(cli, fabric)
-    assert ".gitmodules:0:0: the fabric repository declares submodules" in err
-    assert "vendor:0:0: submodule in the fabric repository" in err
+    assert ".gitmodules:1:1: the fabric repository declares submodules" in err
+    assert "vendor:1:1: submodule in the fabric repository" in err
 
 
 def test_node_file_outside_nodes_is_reported(cli, fabric):
     fabric.write("sites/s1/c1/n9.yaml", "kind: Node\naddress: 10.0.0.9\n")
     err = invalid(cli, fabric)
-    assert ("sites/s1/c1/n9.yaml:0:0: a node file outside nodes/ (it would never be rendered) "
+    assert ("sites/s1/c1/n9.yaml:1:1: a node file outside nodes/ (it would never be rendered) "
             "(hint: move it to sites/s1/c1/nodes/n9.yaml)") in err
 
 
 def test_cluster_without_cluster_yaml_is_reported(cli, fabric):
     fabric.write("sites/s1/c9/nodes/n9.yaml", "kind: Node\naddress: 10.0.0.9\n")
-    assert "sites/s1/c9/cluster.yaml:0:0: cluster s1/c9 has nodes but no cluster.yaml" in invalid(cli, fabric)
+    assert "sites/s1/c9/cluster.yaml:1:1: cluster s1/c9 has nodes but no cluster.yaml" in invalid(cli, fabric)
 
 
 def test_oversized_file_is_refused(cli, fabric):
     fabric.write("fabric.yaml", (fabric.root / "fabric.yaml").read_text() + "limits: {max_file_bytes: 1024}\n")
     fabric.write(NODE1, "kind: Node\naddress: 10.0.0.1\ndescription: " + "x" * 2000 + "\n")
     err = invalid(cli, fabric)
-    assert f"{NODE1}:0:0: file is " in err
+    assert f"{NODE1}:1:1: file is " in err
     assert "bytes, more than limits.max_file_bytes 1024" in err
 
 
 def test_oversized_rendered_manifest_is_refused(cli, fabric):
     fabric.write("fabric.yaml", (fabric.root / "fabric.yaml").read_text() + "limits: {max_rendered_bytes: 1024}\n")
     fabric.write(NODE1, "kind: Node\naddress: 10.0.0.1\nfiles:\n  /etc/big: {content: " + "y" * 1500 + "}\n")
-    assert f"{NODE1}:0:0: the rendered manifest is" in invalid(cli, fabric)
+    assert f"{NODE1}:1:1: the rendered manifest is" in invalid(cli, fabric)
 
 
 def test_alias_bomb_in_a_fabric_file_is_refused(cli, fabric):
@@ -183,12 +183,12 @@ def test_alias_bomb_in_a_fabric_file_is_refused(cli, fabric):
     for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
         rows.append(f"  {name}: &{name} [" + ",".join([f"*{prev}"] * 8) + "]")
     fabric.write(NODE1, "\n".join(rows) + "\n")
-    assert f"{NODE1}:1:1: aliases expand to more than" in invalid(cli, fabric)
+    assert f"{NODE1}:10:13: aliases expand to more than" in invalid(cli, fabric)
 
 
 def test_missing_fabric_yaml_is_reported(cli, fabric):
     fabric.remove("fabric.yaml")
-    assert "fabric.yaml:0:0: fabric.yaml is missing" in invalid(cli, fabric)
+    assert "fabric.yaml:1:1: fabric.yaml is missing" in invalid(cli, fabric)
 
 
 def test_too_many_nodes_out_of_production_are_reported(cli, fabric):
@@ -257,7 +257,7 @@ def test_fabric_document_at_the_top_level_is_reported_but_tool_configs_are_not(c
     fabric.write("mkdocs.yml", "site_name: docs\n")
     assert cli("validate", str(fabric.root)).code == 0
     fabric.write("n9.yaml", "kind: Node\naddress: 10.0.0.9\n")
-    expected = "n9.yaml:0:0: a Node file at the top level is not part of the fabric (hint: move it to sites/<site>/<cluster>/nodes/<node>.yaml)"
+    expected = "n9.yaml:1:1: a Node file at the top level is not part of the fabric (hint: move it to sites/<site>/<cluster>/nodes/<node>.yaml)"
     assert expected in invalid(cli, fabric)
 
 

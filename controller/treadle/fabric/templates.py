@@ -7,6 +7,13 @@ turns a misspelt ``data.ntp.sevrers`` into an error instead of an empty file;
 the loader serves only ``templates/<name>`` of the same source (no absolute
 names, no ``..``), so ``{% include %}`` cannot read anything else.
 
+Conditions are strict too: a string used as a condition (``{% if %}``,
+``{% elif %}``, ``x if c else y``, ``not``, ``and``/``or`` inside a condition,
+a ``for`` loop's ``if``) is an error, not "true". A fabric value ``"no"`` is
+a non-empty string, so Python and Jinja read it as true, while the admin who
+wrote it meant false (YAML 1.1, Puppet and Ansible read it so). Compare text
+explicitly (``x == "yes"``, ``x != ""``) or make the value a boolean.
+
 Time: each render runs under ``limits.max_template_ms`` of fabric.yaml
 (:mod:`treadle.fabric.deadline`); a template that loops past it is an error
 at the line it was running, like any other template error.
@@ -27,6 +34,7 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from treadle.fabric.cache import ParseCache
@@ -65,6 +73,44 @@ def template_path(name: str) -> str:
         raise TemplateProblem(TEMPLATE_DIR + name, 0, f"template name {name!r} leaves templates/",
                               "name templates relative to templates/, e.g. chrony.conf.j2")
     return TEMPLATE_DIR + name
+
+
+class ConditionError(jinja2.TemplateRuntimeError):
+    """A string used as a condition in a template."""
+
+
+_CONDITION_FILTER = "treadle_condition"
+
+
+def _condition(value: Any) -> Any:
+    """The value of a condition, unless it is text: ``{% if "no" %}`` would be true."""
+    if isinstance(value, str):
+        raise ConditionError(f"the text {value[:40]!r} is used as a condition: any non-empty text is true, "
+                             "even 'no' or 'false'")
+    return value
+
+
+def _strict(expr: nodes.Expr) -> nodes.Expr:
+    """``expr`` as a condition: each operand of and/or/not is checked, the rest through :func:`_condition`."""
+    if isinstance(expr, nodes.And | nodes.Or):
+        expr.left, expr.right = _strict(expr.left), _strict(expr.right)
+        return expr
+    if isinstance(expr, nodes.Not):
+        expr.node = _strict(expr.node)
+        return expr
+    return nodes.Filter(expr, _CONDITION_FILTER, [], [], None, None, lineno=expr.lineno)
+
+
+def strict_conditions(ast: nodes.Template) -> nodes.Template:
+    """Rewrite every condition of a parsed template so that a string in it raises :class:`ConditionError`."""
+    for n in list(ast.find_all((nodes.If, nodes.CondExpr, nodes.For, nodes.Not))):
+        if isinstance(n, nodes.Not):
+            n.node = _strict(n.node)
+        elif isinstance(n, nodes.CondExpr | nodes.If):
+            n.test = _strict(n.test)
+        elif n.test is not None:
+            n.test = _strict(n.test)
+    return ast
 
 
 class _SourceLoader(jinja2.BaseLoader):
@@ -131,6 +177,7 @@ class Templates:
             loader=_SourceLoader(self), undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
         )
         self.env.max_result_bytes = self.limits.max_rendered_bytes
+        self.env.filters[_CONDITION_FILTER] = _condition
         self._rendered: dict[tuple[str, int], tuple[Any, str]] = {}
         self._deps: dict[str, frozenset[str]] = {}
         self._node_use: dict[str, bool] = {}
@@ -167,10 +214,13 @@ class Templates:
         except UnicodeDecodeError as e:
             raise TemplateProblem(path, 1, f"template is not UTF-8 text: {e.reason}", "save it as UTF-8") from e
         try:
-            ast = self.env.parse(text, name, path)
+            ast = strict_conditions(self.env.parse(text, name, path))
             code = self.env.compile(ast, name, path)
         except jinja2.TemplateSyntaxError as e:
             raise TemplateProblem(path, e.lineno or 1, f"template syntax error: {e.message}", "fix the Jinja2 syntax") from e
+        except (RecursionError, MemoryError, SyntaxError) as e:  # Jinja's parser and code generator recurse per level
+            raise TemplateProblem(path, 1, f"template nests too deeply to compile ({type(e).__name__})",
+                                  "split the expression or the blocks into smaller ones") from e
         refs = tuple(jinja2.meta.find_referenced_templates(ast))
         return _Compiled(code, refs, "node" in jinja2.meta.find_undeclared_variables(ast))
 
@@ -265,6 +315,8 @@ def _describe(e: BaseException) -> str:
 
 
 def _hint(e: BaseException) -> str:
+    if isinstance(e, ConditionError):
+        return 'compare it (x == "yes", x != ""), or make the value a boolean (true/false)'
     if isinstance(e, jinja2.UndefinedError):
         return "define the value under data: in an overlay, or guard it with {% if ... is defined %}"
     if isinstance(e, jinja2.sandbox.SecurityError):

@@ -2,26 +2,35 @@
 
 Why this shape: ruamel's round-trip loader keeps comments and positions but is
 about three times slower, so it is only used to *locate* a value after
-something went wrong (see :mod:`treadle.fabric.locate`). The hot path is the
-same C reader, scanner, parser and composer that ``YAML(typ="safe")`` uses
-(ruamel.yaml.clib's ``CParser``), with a resolver fixed to YAML 1.2 and a
-small builder in place of ruamel's SafeConstructor (about twice as fast for
-fabric files; :func:`uses_c_loader` pins that the C parser is the one used).
-Every file goes through that one parser: a second, faster reader for "simple"
-files would be a second YAML dialect on untrusted input.
+something went wrong (see :mod:`treadle.fabric.locate`). The hot path is
+libyaml's C reader, scanner and parser (ruamel.yaml.clib's ``CParser``); its
+events are turned into values by a small builder with an explicit stack. The C
+composer is not used: it recurses once per nesting level, and tens of
+thousands of levels crash the process. Every file goes through that one
+parser: a second, faster reader for "simple" files would be a second YAML
+dialect on untrusted input.
+
+Scalars follow the YAML 1.2 core schema exactly (booleans ``true``/``false``
+in three spellings, integers in decimal, ``0o`` and ``0x``, ``!`` makes a
+string), and the YAML 1.1 habits that YAML 1.2 would silently read as text
+are refused with a hint: ``yes``/``no``/``on``/``off``/``y``/``n`` as values,
+binary ``0b..`` and ``1_000``. libyaml ends anchor names at the first
+character other than a letter, digit, ``-`` or ``_``; such anchors are refused
+rather than read differently from the spec.
 Three tags change how an overlay merges:
 
     !append [..]   extend the inherited list instead of replacing it
     !delete        remove the inherited key
     !replace {..}  replace the inherited map whole instead of merging into it
 
-Caps, all from fabric.yaml ``limits``: file size (checked before parsing),
-alias count (counted while building) and alias expansion. An alias bomb
-("billion laughs") is a small graph of shared nodes; building it is cheap
-because aliased values are shared, but anything that walks it later would
-expand it. So when a file uses aliases, its expanded size is computed on the
-shared graph (memoized, linear in the file) and refused when it could not
-have been written out within ``max_file_bytes``.
+Caps: file size (checked before parsing), control characters (found before
+libyaml reports them at 1:1), nesting depth (:data:`MAX_DEPTH`, counted with
+aliases expanded, so that every later walker's recursion is bounded),
+integer size, alias count and alias expansion. An alias bomb ("billion
+laughs") is a small graph of shared nodes; building it is cheap because
+aliased values are shared, but anything that walks it later would expand it.
+So each value's expanded size is counted while building (an alias adds the
+size of what it names) and refused past ``max_file_bytes``.
 """
 
 from __future__ import annotations
@@ -32,9 +41,7 @@ from typing import Any
 
 from _ruamel_yaml import CParser  # the ruamel.yaml.clib extension: libyaml
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
-from ruamel.yaml.resolver import BaseResolver, Resolver
-from ruamel.yaml.tag import Tag
+from ruamel.yaml.events import AliasEvent, MappingEndEvent, MappingStartEvent, ScalarEvent, SequenceEndEvent, SequenceStartEvent, StreamEndEvent
 
 
 
@@ -108,176 +115,322 @@ class YamlProblem(Exception):
 
 
 class _Located(Exception):
-    """A problem at a composed node (its start mark gives the line and column)."""
+    """A problem at an event's start mark (0-based line and column)."""
 
-    def __init__(self, node: Any, code: str, message: str, hint: str = "") -> None:
+    def __init__(self, mark: Any, code: str, message: str, hint: str = "") -> None:
         super().__init__(message)
-        self.node, self.code, self.message = node, code, message
+        self.mark, self.code, self.message = mark, code, message
         self.hint = hint or _HINTS.get(code, "")
 
 
-def _to_int(text: str) -> int:
-    s = text.replace("_", "")
-    sign = -1 if s.startswith("-") else 1
-    s = s.lstrip("+-")
-    if s[:2] in ("0o", "0O"):
-        return sign * int(s[2:], 8)
-    if s[:2] in ("0x", "0X"):
-        return sign * int(s[2:], 16)
-    return sign * int(s, 10)  # YAML 1.2: 0644 is the decimal 644
+#: Deepest nesting of maps and lists accepted, counted after aliases are expanded. Every walker of a
+#: document (merge, schema, canonical JSON, templates) recurses, so this keeps them far from Python's
+#: recursion limit; a fabric nests a dozen levels.
+MAX_DEPTH = 64
+#: Longest integer literal accepted (sign included): a manifest integer fits in 64 bits.
+MAX_INT_DIGITS = 20
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+# The YAML 1.2.2 core schema (section 10.3.2), exactly: what a plain scalar resolves to.
+_CORE_NULL = frozenset(("", "~", "null", "Null", "NULL"))
+_CORE_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_CORE_INT = re.compile(r"[-+]?[0-9]+\Z|0o[0-7]+\Z|0x[0-9a-fA-F]+\Z")
+_CORE_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?\Z")
+_CORE_SPECIAL_FLOAT = {".inf": float("inf"), ".Inf": float("inf"), ".INF": float("inf"),
+                       "+.inf": float("inf"), "+.Inf": float("inf"), "+.INF": float("inf"),
+                       "-.inf": float("-inf"), "-.Inf": float("-inf"), "-.INF": float("-inf"),
+                       ".nan": float("nan"), ".NaN": float("nan"), ".NAN": float("nan")}
+#: First characters of a plain scalar that may resolve to something other than a string.
+_MAYBE_NOT_STR = frozenset("0123456789-+.~nNtTfF")
+#: YAML 1.1 words for booleans: text in YAML 1.2, read as booleans by Puppet, Ansible and PyYAML.
+_TRUTHY_11 = frozenset(("yes", "no", "on", "off", "y", "n"))
+#: YAML 1.1 numbers that YAML 1.2 reads as text (binary, digit separators).
+_NUMBER_11 = re.compile(r"[-+]?0b[01_]+\Z|[-+]?[0-9][0-9_]*_[0-9_]*(?:\.[0-9_]*)?\Z|[-+]?\.?[0-9_]+\.[0-9_]*_[0-9_]*\Z")
 
 
-def _to_float(text: str) -> float:
-    s = text.replace("_", "").lower()
-    if s.endswith(".inf"):
-        return float("-inf") if s.startswith("-") else float("inf")
-    if s.endswith(".nan"):
-        return float("nan")
-    return float(s)
+class _NotCore(Exception):
+    """A plain or tagged scalar the core schema refuses (carries the message and hint)."""
+
+    def __init__(self, code: str, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.code, self.message, self.hint = code, message, hint
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise _NotCore("yaml", f"integer {text[:24]}... has {len(text)} characters, more than {MAX_INT_DIGITS}",
+                       "quote it if it is text: manifest integers fit in 64 bits")
+    if text[:2] == "0o":
+        value = int(text[2:], 8)
+    elif text[:2] == "0x":
+        value = int(text[2:], 16)
+    else:
+        value = int(text, 10)  # YAML 1.2: 0644 is the decimal 644
+    if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        raise _NotCore("yaml", f"integer {text} does not fit in 64 bits", "quote it if it is text")
+    return value
+
+
+def _plain(text: str) -> Any:
+    """A plain (unquoted, untagged) scalar, resolved by the YAML 1.2 core schema.
+
+    Raises:
+        _NotCore: a YAML 1.1 boolean word or number, which YAML 1.2 would read
+            as text while the admin most likely meant otherwise; or an integer
+            too large.
+    """
+    if not text:
+        return None  # `key:` with nothing after it
+    if text[0] not in _MAYBE_NOT_STR:
+        if text.lower() in _TRUTHY_11:
+            raise _NotCore("truthy", f"{text!r} is a YAML 1.1 boolean word: YAML 1.2 reads it as the text {text!r}, "
+                           "other tools as a boolean", "quote it, or write true/false")
+        return text
+    if text in _CORE_NULL:
+        return None
+    if text in _CORE_BOOL:
+        return _CORE_BOOL[text]
+    if _CORE_INT.match(text):
+        return _int(text)
+    if _CORE_FLOAT.match(text):
+        return float(text)
+    if text in _CORE_SPECIAL_FLOAT:
+        return _CORE_SPECIAL_FLOAT[text]
+    if text.lower() in _TRUTHY_11:
+        raise _NotCore("truthy", f"{text!r} is a YAML 1.1 boolean word: YAML 1.2 reads it as the text {text!r}, "
+                       "other tools as a boolean", "quote it, or write true/false")
+    if _NUMBER_11.match(text):
+        raise _NotCore("yaml-1.1-number", f"{text!r} is a YAML 1.1 number (binary or with _ separators): "
+                       "YAML 1.2 reads it as text", "quote it if it is text, or write a decimal, 0o or 0x number")
+    return text
+
+
+def _tagged(tag: str, text: str) -> Any:
+    """A scalar with an explicit core tag: its value must be of that tag's form in the core schema."""
+    if tag == _STR_TAG:
+        return text
+    kind = tag.rsplit(":", 1)[-1]
+    if tag == _NULL_TAG and text in _CORE_NULL:
+        return None
+    if tag == _BOOL_TAG and text in _CORE_BOOL:
+        return _CORE_BOOL[text]
+    if tag == _INT_TAG and _CORE_INT.match(text):
+        return _int(text)
+    if tag == _FLOAT_TAG:
+        if _CORE_FLOAT.match(text):
+            return float(text)
+        if text in _CORE_SPECIAL_FLOAT:
+            return _CORE_SPECIAL_FLOAT[text]
+    if tag in (_NULL_TAG, _BOOL_TAG, _INT_TAG, _FLOAT_TAG):
+        raise _NotCore("yaml", f"{text!r} is not a valid {kind} in YAML 1.2",
+                       {"bool": "write true or false"}.get(kind, "drop the explicit tag or fix the value"))
+    raise _NotCore("yaml", f"unknown tag {tag}", _TAG_HINT)
 
 
 _MAP_TAG, _SEQ_TAG, _MERGE_TAG = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:merge"
-_SCALAR_BY_NAME: dict[str, Any] = {
-    "tag:yaml.org,2002:str": str,
-    "tag:yaml.org,2002:int": _to_int,
-    "tag:yaml.org,2002:float": _to_float,
-    "tag:yaml.org,2002:bool": lambda s: s.lower() == "true",
-    "tag:yaml.org,2002:null": lambda s: None,
-}
+_STR_TAG, _NULL_TAG, _BOOL_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:null", "tag:yaml.org,2002:bool"
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+#: Characters that may follow an anchor or alias name: libyaml ends a name at the first character that
+#: is not a letter, digit, - or _, where YAML 1.2 reads on (``&an:chor`` is the anchor ``an:chor``).
+_NAME_END = frozenset(" \t\r\n,[]{}")
 
 
-def _implicit_12() -> tuple[dict[str, tuple[tuple[Tag, re.Pattern[str]], ...]], tuple[tuple[Tag, re.Pattern[str]], ...]]:
-    # ruamel's YAML 1.2 rules, keyed by first character, without timestamps: the
-    # 1.2 core schema has none, and a date object is not a manifest value.
-    table = {ch: [(t, r) for t, r in rules if not t.endswith(":timestamp")] for ch, rules in Resolver.yaml_implicit_resolvers.items()}
-    anyfirst = tuple((Tag(suffix=t), r) for t, r in table.get(None, []))
-    return {ch: tuple((Tag(suffix=t), r) for t, r in rules) + anyfirst for ch, rules in table.items() if ch is not None}, anyfirst
+class _Frame:
+    """An open map or list while its events arrive: the value being filled, its height and size so far."""
+
+    __slots__ = ("value", "is_map", "key", "key_mark", "marks", "height", "size", "anchor", "mark")
+
+    def __init__(self, value: Any, is_map: bool, anchor: str | None, mark: Any) -> None:
+        self.value, self.is_map, self.anchor, self.mark = value, is_map, anchor, mark
+        self.key: Any = _NO_KEY
+        self.key_mark: Any = None
+        self.marks: dict[str, Any] | None = {} if is_map else None
+        self.height = 1
+        self.size = 1
 
 
-_IMPLICIT, _IMPLICIT_ANY = _implicit_12()
-_STR, _SEQ, _MAP = BaseResolver.DEFAULT_SCALAR_TAG, BaseResolver.DEFAULT_SEQUENCE_TAG, BaseResolver.DEFAULT_MAPPING_TAG
-
-
-class _Resolver12(BaseResolver):
-    """YAML 1.2 core-schema scalars, always (a ``%YAML 1.1`` directive does not bring back ``yes``/``no`` or octal ``0644``).
-
-    ruamel's resolvers look the version up on every scalar; fixing it once
-    makes parsing about twice as fast. Path resolvers are not used.
-    """
-
-    @property
-    def processing_version(self) -> tuple[int, int]:
-        return (1, 2)
-
-    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        if kind is ScalarNode:
-            if implicit[0]:
-                for tag, regexp in _IMPLICIT.get(value[:1], _IMPLICIT_ANY):
-                    if regexp.match(value):
-                        return tag
-            return _STR
-        return _SEQ if kind is SequenceNode else _MAP
-
-
-#: Converters keyed by the resolver's own (shared) tag objects: the common case skips the name lookup.
-_SCALARS: dict[int, Any] = {id(_STR): str}
-for _rules in (*_IMPLICIT.values(), _IMPLICIT_ANY):
-    for _tag, _ in _rules:
-        if str(_tag) in _SCALAR_BY_NAME:
-            _SCALARS[id(_tag)] = _SCALAR_BY_NAME[str(_tag)]
-
-
-class _Loader(CParser, _Resolver12):  # type: ignore[misc]
-    """libyaml's reader, scanner, parser and composer (C), with the YAML 1.2 resolver."""
-
-    def __init__(self, text: str) -> None:
-        CParser.__init__(self, text)
-        self._parser = self._composer = self
-        _Resolver12.__init__(self, loadumper=self)
+_NO_KEY = object()
 
 
 class _Build:
-    """Turns libyaml's composed node graph into plain Python values.
+    """Builds plain Python values from libyaml's event stream, with an explicit stack (no recursion).
 
-    ruamel's SafeConstructor does the same through several layers of generic
-    dispatch; this is the part a fabric needs, about twice as fast: YAML 1.2
-    core scalars, maps (duplicate keys refused), lists, the three merge tags,
-    and shared (aliased) nodes counted against ``max_aliases``.
+    The composer of ruamel.yaml.clib recurses in C once per nesting level (a
+    few tens of thousands of levels crash the process), and a Python walk of
+    its nodes recurses too; events arrive flat, so every limit is checked here
+    before anything recursive sees the document: nesting depth (after alias
+    expansion), integer sizes, alias count and alias expansion.
     """
 
-    def __init__(self, max_aliases: int) -> None:
-        self.max_aliases = max_aliases
+    def __init__(self, text: str, limits: Limits) -> None:
+        self.text = text
+        self.max_aliases = limits.max_aliases
+        self.max_size = limits.max_file_bytes
         self.aliases = 0
         self.tagged = False
-        self.memo: dict[int, Any] = {}
+        self.anchors: dict[str, tuple[Any, int, int]] = {}  # name -> (value, height, expanded size)
+        self.open_anchors: set[str] = set()
 
-    def value(self, node: Any) -> Any:
-        key = id(node)
-        if key in self.memo:
-            self.aliases += 1
-            if self.aliases > self.max_aliases:
-                raise _Located(node, "aliases", f"more than limits.max_aliases {self.max_aliases} aliases")
-            return self.memo[key]
-        kind = type(node)
-        if kind is ScalarNode:
-            convert = _SCALARS.get(id(node.ctag))
-            value = convert(node.value) if convert is not None else self._scalar(node, str(node.ctag))
-            self.memo[key] = value  # so that an alias of a scalar is counted too
-            return value
-        if kind is MappingNode:
-            return self._mapping(node, str(node.ctag), key)
-        return self._sequence(node, str(node.ctag), key)
+    def document(self, parser: Any) -> Any:
+        stack: list[_Frame] = []
+        get = parser.get_event
+        event = get()  # StreamStart
+        event = get()
+        if type(event) is StreamEndEvent:
+            return None
+        event = get()  # the first event after DocumentStart
+        root: Any = None
+        while True:
+            kind = type(event)
+            if kind is ScalarEvent:
+                value, height, size = self._scalar(event, stack), 0, 1 + len(event.value)
+                if event.anchor is not None:
+                    self._anchor(event)
+                    self.anchors[event.anchor] = (value, height, size)
+            elif kind is MappingStartEvent or kind is SequenceStartEvent:
+                frame = self._open(event, kind is MappingStartEvent, stack)
+                stack.append(frame)
+                if len(stack) > MAX_DEPTH:
+                    raise _Located(event.start_mark, "too-deep", f"maps and lists nest more than {MAX_DEPTH} levels deep",
+                                   "flatten the structure")
+                event = get()
+                continue
+            elif kind is MappingEndEvent or kind is SequenceEndEvent:
+                frame = stack.pop()
+                value, height, size = frame.value, frame.height, frame.size
+                if frame.anchor is not None:
+                    self.open_anchors.discard(frame.anchor)
+                    self.anchors[frame.anchor] = (value, height, size)
+            elif kind is AliasEvent:
+                value, height, size = self._alias(event)
+                if len(stack) + height > MAX_DEPTH:
+                    raise _Located(event.start_mark, "too-deep", f"maps and lists nest more than {MAX_DEPTH} levels deep "
+                                   "once aliases are expanded", "flatten the structure")
+            else:  # DocumentEnd
+                nxt = get()
+                if type(nxt) is not StreamEndEvent:
+                    raise _Located(nxt.start_mark, "yaml", "more than one YAML document in the file (a second ---)",
+                                   "keep one document per file")
+                return root
+            if not stack:
+                root = value
+            else:
+                self._add(stack[-1], value, height, size, event)
+            event = get()
 
-    def _mapping(self, node: Any, tag: str, key: int) -> dict[Any, Any]:
-        if tag == "!replace":
-            self.tagged = True
-            out: dict[Any, Any] = Replace()
-        elif tag == _MAP_TAG:
-            out = {}
+    def _open(self, event: Any, is_map: bool, stack: list[_Frame]) -> _Frame:
+        tag = event.tag
+        if is_map:
+            if tag is None or tag == "!" or tag == _MAP_TAG:
+                value: Any = {}
+            elif tag == "!replace":
+                self.tagged, value = True, Replace()
+            else:
+                raise _Located(event.start_mark, "yaml", _tag_message(tag, "map"), _TAG_HINT)
+        elif tag is None or tag == "!" or tag == _SEQ_TAG:
+            value = []
+        elif tag == "!append":
+            self.tagged, value = True, Append()
         else:
-            raise _Located(node, "yaml", _tag_message(tag, "map"), _TAG_HINT)
-        self.memo[key] = out
-        for knode, vnode in node.value:
-            if type(knode) is not ScalarNode:
-                raise _Located(knode, "yaml", "a map key must be a plain value, not a map or list", "use a string key")
-            if str(knode.ctag) == _MERGE_TAG:
-                raise _Located(knode, "yaml", "merge keys (<<) are not supported", "use profiles, or the !append / !replace tags")
-            k = self.value(knode)
-            if type(k) is not str:
-                raise _Located(knode, "yaml", f"map key {knode.value!r} is read as {type(k).__name__}, not text",
-                               f'quote it: "{knode.value}": (keys are strings, as in JSON)')
-            if k in out:
-                first = next(kn for kn, _ in node.value if self.value(kn) == k)
-                raise _Located(knode, "duplicate-key", f"duplicate key {k!r} (first at line {first.start_mark.line + 1})")
-            out[k] = self.value(vnode)
-        return out
+            raise _Located(event.start_mark, "yaml", _tag_message(tag, "list"), _TAG_HINT)
+        if stack and stack[-1].is_map and stack[-1].key is _NO_KEY:
+            raise _Located(event.start_mark, "yaml", "a map key must be a plain value, not a map or list", "use a string key")
+        anchor = event.anchor
+        if anchor is not None:
+            self._anchor(event)
+            self.open_anchors.add(anchor)
+        return _Frame(value, is_map, anchor, event.start_mark)
 
-    def _sequence(self, node: Any, tag: str, key: int) -> list[Any]:
-        if tag == "!append":
-            self.tagged = True
-            out: list[Any] = Append()
-        elif tag == _SEQ_TAG:
-            out = []
-        else:
-            raise _Located(node, "yaml", _tag_message(tag, "list"), _TAG_HINT)
-        self.memo[key] = out
-        out.extend(self.value(v) for v in node.value)
-        return out
+    def _anchor(self, event: Any) -> None:
+        text, at = self.text, event.start_mark.index
+        name = "&" + event.anchor
+        found = text.find(name, at)
+        if found >= 0:
+            end = found + len(name)
+            if end < len(text) and text[end] not in _NAME_END:
+                raise _Located(event.start_mark, "yaml", f"anchor name {event.anchor + text[end]!r}...: anchor names here are "
+                               "letters, digits, - and _", "rename the anchor (and its aliases)")
 
-    def _scalar(self, node: Any, tag: str) -> Any:
-        if tag == "!delete":
-            if node.value not in ("", "~", "null"):
-                raise _Located(node, "yaml", "!delete takes no value", "write `key: !delete`")
-            self.tagged = True
-            return DELETE
-        convert = _SCALAR_BY_NAME.get(tag)
-        if convert is None:
-            raise _Located(node, "yaml", _tag_message(tag, "scalar"), _TAG_HINT)
+    def _alias(self, event: Any) -> tuple[Any, int, int]:
+        name = event.anchor
+        if name in self.open_anchors:
+            raise _Located(event.start_mark, "aliases", "an alias refers to its own parent (a recursive structure)",
+                           "YAML aliases must not form a cycle")
+        hit = self.anchors.get(name)
+        if hit is None:
+            raise _Located(event.start_mark, "yaml", f"alias *{name} refers to no anchor before it", "define &" + name + " first")
+        end = event.start_mark.index + 1 + len(name)
+        if end < len(self.text) and self.text[end] not in _NAME_END:
+            raise _Located(event.start_mark, "yaml", f"alias name {name + self.text[end]!r}...: anchor names here are "
+                           "letters, digits, - and _", "rename the anchor and its aliases")
+        self.aliases += 1
+        if self.aliases > self.max_aliases:
+            raise _Located(event.start_mark, "aliases", f"more than limits.max_aliases {self.max_aliases} aliases")
+        return hit
+
+    def _scalar(self, event: Any, stack: list[_Frame]) -> Any:
+        tag, text = event.tag, event.value
         try:
-            return convert(node.value)
-        except ValueError as e:
-            kind = tag.rsplit(":", 1)[-1]
-            raise _Located(node, "yaml", f"{node.value!r} is not a valid {kind}", "drop the explicit tag or fix the value") from e
+            if tag is None:
+                if event.style:  # quoted or block: text
+                    return text
+                at = event.start_mark.index
+                if at and self.text[at - 1] == "?":  # libyaml reads `{?x: 1}` as the key x, YAML 1.2 as "?x"
+                    raise _NotCore("yaml", f"'?' directly before {text[:40]!r}: YAML 1.2 reads it as part of the text, "
+                                   "libyaml as a key indicator", f"quote it (\"?{text[:40]}\") or write '? {text[:40]}'")
+                if stack and stack[-1].is_map and stack[-1].key is _NO_KEY:
+                    return _plain_key(text)
+                return _plain(text)
+            if tag == "!":  # the non-specific tag: a string (YAML 1.2, 6.9.1)
+                return text
+            if tag == "!delete":
+                if text not in ("", "~", "null"):
+                    raise _NotCore("yaml", "!delete takes no value", "write `key: !delete`")
+                self.tagged = True
+                return DELETE
+            if tag in ("!append", "!replace"):
+                raise _NotCore("yaml", _tag_message(tag, "scalar"), _TAG_HINT)
+            return _tagged(tag, text)
+        except _NotCore as e:
+            raise _Located(event.start_mark, e.code, e.message, e.hint) from None
+
+    def _add(self, frame: _Frame, value: Any, height: int, size: int, event: Any) -> None:
+        if height + 1 > frame.height:
+            frame.height = height + 1
+        frame.size += size
+        if frame.size > self.max_size:
+            raise _Located(event.start_mark, "aliases", f"aliases expand to more than {self.max_size} values (an alias bomb)",
+                           "write the values out instead of nesting aliases")
+        if not frame.is_map:
+            frame.value.append(value)
+            return
+        if frame.key is _NO_KEY:
+            if type(value) is not str:
+                if event.tag == _MERGE_TAG or (type(event) is ScalarEvent and event.value == "<<" and not event.style):
+                    raise _Located(event.start_mark, "yaml", "merge keys (<<) are not supported",
+                                   "use profiles, or the !append / !replace tags")
+                shown = event.value if type(event) is ScalarEvent else value
+                raise _Located(event.start_mark, "yaml", f"map key {shown!r} is read as {type(value).__name__}, not text",
+                               f'quote it: "{shown}": (keys are strings, as in JSON)')
+            if value in frame.value:
+                first = frame.marks[value]  # type: ignore[index]
+                raise _Located(event.start_mark, "duplicate-key", f"duplicate key {value!r} (first at line {first.line + 1})")
+            if value == "<<" and type(event) is ScalarEvent and not event.style:
+                raise _Located(event.start_mark, "yaml", "merge keys (<<) are not supported",
+                               "use profiles, or the !append / !replace tags")
+            frame.key, frame.key_mark = value, event.start_mark
+            return
+        frame.value[frame.key] = value
+        frame.marks[frame.key] = frame.key_mark  # type: ignore[index]
+        frame.key = _NO_KEY
+
+
+def _plain_key(text: str) -> Any:
+    """A plain map key: the core schema without the YAML 1.1 checks (``on:`` and ``y:`` are fine keys)."""
+    try:
+        return _plain(text)
+    except _NotCore:
+        return text
 
 
 def _tag_message(tag: str, kind: str) -> str:
@@ -289,43 +442,53 @@ def _tag_message(tag: str, kind: str) -> str:
 
 def uses_c_loader() -> bool:
     """True: the hot path parses with libyaml (the ruamel.yaml.clib extension)."""
-    return issubclass(_Loader, CParser) and CParser.__module__.startswith("ruamel.yaml.clib")
+    return CParser.__module__.startswith("ruamel.yaml.clib") or CParser.__module__ == "_ruamel_yaml"
 
 
 def load_yaml(data: bytes, limits: Limits) -> tuple[Any, bool]:
     """Parse one YAML document: (document, whether it uses merge tags).
 
     Raises:
-        YamlProblem: oversized, not UTF-8, a syntax error, a duplicate key, an
-            unknown tag, too many aliases or an alias expansion beyond the cap.
+        YamlProblem: oversized, not UTF-8, a control character, a syntax
+            error, a duplicate key, an unknown tag, a value the YAML 1.2 core
+            schema refuses or a YAML 1.1 habit, nesting deeper than
+            :data:`MAX_DEPTH`, too many aliases or an alias expansion beyond
+            the cap. Never anything else: every input is a located problem.
     """
     if len(data) > limits.max_file_bytes:
         raise YamlProblem(
-            Problem(0, 0, "too-large", f"file is {len(data)} bytes, more than limits.max_file_bytes {limits.max_file_bytes}",
+            Problem(1, 1, "too-large", f"file is {len(data)} bytes, more than limits.max_file_bytes {limits.max_file_bytes}",
                     "split it, or raise limits.max_file_bytes in fabric.yaml")
         )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise YamlProblem(Problem(line, 1, "yaml", f"not UTF-8 text: {e.reason}", "save the file as UTF-8")) from e
-    loader = _Loader(text)
-    build = _Build(limits.max_aliases)
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise YamlProblem(Problem(line, col, "yaml", f"not UTF-8 text: {e.reason}", "save the file as UTF-8")) from e
+    bad = _CONTROL.search(text)
+    if bad is not None:
+        at = bad.start()
+        line, col = text.count("\n", 0, at) + 1, at - (text.rfind("\n", 0, at) + 1) + 1
+        raise YamlProblem(Problem(line, col, "yaml", f"control character U+{ord(bad.group()):04X} in the file",
+                                  "remove it (YAML allows tabs and line breaks only)"))
+    build = _Build(text, limits)
+    parser = CParser(text)
     try:
-        node = loader.get_single_node()
-        doc = None if node is None else build.value(node)
+        doc = build.document(parser)
     except _Located as e:
-        mark = e.node.start_mark
-        raise YamlProblem(Problem(mark.line + 1, mark.column + 1, e.code, e.message, e.hint)) from e
+        raise YamlProblem(Problem(e.mark.line + 1, e.mark.column + 1, e.code, e.message, e.hint)) from e
     except MarkedYAMLError as e:
         raise YamlProblem(_problem(e, "yaml", _message(e), "fix the YAML syntax (indentation, quotes, colons)")) from e
     except YAMLError as e:
         raise YamlProblem(Problem(1, 1, "yaml", f"YAML error: {e}", "fix the YAML syntax")) from e
     finally:
-        loader.dispose()
-    if build.aliases:
-        _refuse_expansion(doc, limits)
+        parser.dispose()
     return doc, build.tagged
+
+
+#: Characters YAML 1.2 does not allow in a stream (c-printable), found before libyaml reports them at 1:1.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ufffe\uffff]")
 
 
 _HINTS = {
@@ -333,37 +496,6 @@ _HINTS = {
     "duplicate-key": "remove one of them: a key may appear once per map",
 }
 _TAG_HINT = "the only tags are !append [..], !delete and !replace {..}"
-
-
-def _refuse_expansion(doc: Any, limits: Limits) -> None:
-    """Refuse a document whose aliases expand past what ``max_file_bytes`` could spell out."""
-    cap = limits.max_file_bytes
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-
-    def size(obj: Any) -> int:
-        key = id(obj)
-        if key in sizes:
-            return sizes[key]
-        if key in active:
-            raise YamlProblem(Problem(1, 1, "aliases", "an alias refers to its own parent (a recursive structure)",
-                                      "YAML aliases must not form a cycle"))
-        if isinstance(obj, dict):
-            active.add(key)
-            total = 1 + sum(size(k) + size(v) for k, v in obj.items())
-        elif isinstance(obj, list):
-            active.add(key)
-            total = 1 + sum(size(v) for v in obj)
-        else:
-            return 1 + (len(obj) if isinstance(obj, str) else 0)
-        active.discard(key)
-        sizes[key] = total
-        if total > cap:
-            raise YamlProblem(Problem(1, 1, "aliases", f"aliases expand to more than {cap} values (an alias bomb)",
-                                      "write the values out instead of nesting aliases"))
-        return total
-
-    size(doc)
 
 
 def _message(e: MarkedYAMLError) -> str:
