@@ -99,3 +99,30 @@ def test_a_tick_steps_again_only_to_start_the_next_wave(tmp_path, steps) -> None
     assert executor.published == [("n0",), ("n1", "n2", "n3", "n4", "n5")]
     assert steps == [State.SOAKING, State.PENDING]
     assert all(p.status is machine.NodeStatus.PENDING for p in r.progress.values())
+
+
+def test_a_passed_canary_is_still_asked_and_its_failure_halts_the_rollout(tmp_path) -> None:
+    executor, now = Executor(), [1000.0]
+    reports = Reports(executor)
+    asked: list[set[str]] = []
+    unhealthy: set[str] = set()
+
+    class Watched:
+        async def observe(self, targets: Sequence[Target]) -> dict[str, Observation]:
+            asked.append({t.node for t in targets})
+            seen = await reports.observe(targets)
+            return {n: Observation(o.generation, True, n not in unhealthy) for n, o in seen.items()}
+
+    service = RolloutService(tmp_path / "state.db", Watched(), clock=lambda: now[0])
+    service.begin(SHA, POLICY, NODES, immediate=False)
+    service.tick(executor)
+    now[0] += 1
+    service.tick(executor)
+    now[0] += 10
+    r = service.tick(executor)
+    assert r is not None and r.wave == 1 and r.state is State.SOAKING
+    unhealthy.add("n0")
+    now[0] += 1
+    r = service.tick(executor)
+    assert "n0" in asked[-1] and {"n1", "n5"} <= asked[-1]
+    assert r is not None and r.state is State.HALTED and "wave canary (passed)" in r.reason
