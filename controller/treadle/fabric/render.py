@@ -51,7 +51,7 @@ from treadle.fabric.overlay import Chain, Overlays
 from treadle.fabric.pool import fork_map
 from treadle.fabric.run import FabricRun, lifecycles, load_fabric, roles
 from treadle.fabric.source import Source
-from treadle.fabric.templates import TEMPLATE_DIR, Templates, TemplateProblem
+from treadle.fabric.templates import ANY_TEMPLATE, TEMPLATE_DIR, Templates, TemplateProblem, feeds
 from treadle.fabric.yamlload import plain
 
 _EMPTY: dict[str, Any] = {}
@@ -222,7 +222,7 @@ def _feeds(chain: Chain, templates: Templates, paths: frozenset[str]) -> bool:
     files = chain.merged.get("files")
     for spec in files.values() if isinstance(files, dict) else ():
         name = spec.get("template") if isinstance(spec, dict) else None
-        if isinstance(name, str) and not templates.dependencies(name).isdisjoint(paths):
+        if isinstance(name, str) and feeds(templates.dependencies(name), paths):
             return True
     return False
 
@@ -421,6 +421,8 @@ def _reusable(previous: RenderResult | None, changed: Iterable[str] | None) -> d
     stale: set[str] = set()
     for path in changed:
         stale |= previous.deps.get(path, frozenset())
+        if path.startswith(TEMPLATE_DIR):  # nodes whose templates compute what they include: any template feeds them
+            stale |= previous.deps.get(ANY_TEMPLATE, frozenset())
     return {name: node for name, node in previous.nodes.items() if name not in stale}
 
 
