@@ -105,6 +105,8 @@ class RenderResult:
     rollout: dict[str, Any] | None
     lifecycles: Mapping[str, str] = field(default_factory=dict)
     skipped: frozenset[str] = frozenset()
+    #: Nodes whose file does not parse: their entry in ``lifecycles`` is the default, not a known state.
+    unreadable: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -190,6 +192,7 @@ def _render(src: Source, cache: ParseCache, previous: RenderResult | None, chang
         fabric=plain(fabric),
         rollout=plain(rollout[0]) if rollout else None,
         lifecycles={f.name: f.lifecycle for f in facts},
+        unreadable=frozenset(f.name for f in facts if not f.lifecycle_known),
         skipped=frozenset() if selected is None else frozenset(ref.name for ref in run.layout.nodes if ref.name not in selected),
     )
 
@@ -450,7 +453,7 @@ def _base_lifecycles(base: RenderResult | Source | None, cache: ParseCache) -> d
     if base is None:
         return None
     if isinstance(base, RenderResult):
-        return dict(base.lifecycles)
+        return {n: s for n, s in base.lifecycles.items() if n not in base.unreadable}
     return lifecycles(base, cache)
 
 
