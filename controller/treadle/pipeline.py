@@ -54,6 +54,7 @@ from typing import Any, Protocol
 from treadle import gate as gate_mod
 from treadle import log
 from treadle.errors import FabricError, GateError, SigningKeyError, SourceError, StoreError, TreadleError
+from treadle.generation import clock_floor, next_generation
 from treadle.metrics import ControllerMetrics
 from treadle.publish import PublishStore
 from treadle.rollout import policy as rollout_policy
@@ -230,7 +231,8 @@ class Pipeline:
             with _timed(steps, "plan"):
                 records = self.state.nodes()
                 plan = plan_changes(records, rendered.result.nodes, head, published=self._published_if_unknown(),
-                                    digest_of=self._digests)
+                                    digest_of=self._digests, floor=clock_floor(self.clock()),
+                                    stored=self._stored_generations(records, rendered.result.nodes))
                 now_items, staged = split_plan(plan, records, staged=self.rollouts is not None)
             with _timed(steps, "sign"):
                 signed = self.signer.sign(now_items, now=self.clock())
@@ -268,6 +270,25 @@ class Pipeline:
         # After a (re)start the store is checked once against the state: a
         # deleted or never-renamed file is published again.
         return frozenset(self.store.nodes()) if self.last_good is None else None
+
+    def _stored_generations(self, records: Mapping[str, NodeRecord], nodes: Mapping[str, Any]) -> dict[str, int]:
+        """The generations in the store's envelopes of nodes the state has no record of (read once, after a start).
+
+        A state directory lost while the publish store was kept: the next generation goes above those.
+        """
+        if self.last_good is not None:
+            return {}
+        out = {}
+        for name in nodes:
+            if name in records:
+                continue
+            try:
+                data = self.store.read(name)
+                if data is not None:
+                    out[name] = int(manifest_from_envelope(data)["metadata"]["generation"])
+            except (StoreError, ValueError, KeyError, TypeError) as e:
+                log.warning("store.unreadable_envelope", node=name, error=str(e))
+        return out
 
     def _prepare_store(self, head: str) -> threading.Thread | None:
         """On a cold cycle, create the store's node directories and temp files while the render runs.
@@ -392,6 +413,7 @@ class Pipeline:
     def publish_content(self, commit: str, nodes: Sequence[str]) -> None:
         rendered = self._rendered(commit)
         records = self.state.nodes()
+        floor = clock_floor(self.clock())
         items = []
         for n in nodes:
             node = rendered.result.nodes.get(n)
@@ -401,12 +423,14 @@ class Pipeline:
             rec = records.get(n)
             if rec is not None and rec.present and not rec.dirty and rec.content_digest == d:
                 continue  # already carries this content: a publish retried after a restart
-            items.append(ToSign(n, node.manifest, d, rec.generation + 1 if rec else 1, commit, node.lifecycle, node.canonical))
+            items.append(ToSign(n, node.manifest, d, next_generation(rec.generation if rec else None, floor), commit,
+                                node.lifecycle, node.canonical))
         self._sign_and_confirm(items, "rollout")
 
     def publish_manifests(self, manifests: Mapping[str, Mapping[str, Any]]) -> None:
         records = self.state.nodes()
-        items = [ToSign(n, m, content_digest(m), records[n].generation + 1 if n in records else 1,
+        floor = clock_floor(self.clock())
+        items = [ToSign(n, m, content_digest(m), next_generation(records[n].generation if n in records else None, floor),
                         m["metadata"].get("commit"), m["metadata"]["lifecycle"]) for n, m in sorted(manifests.items())]
         self._sign_and_confirm(items, "rollback")
 
@@ -490,7 +514,8 @@ class Pipeline:
             except (ValueError, KeyError) as e:
                 log.error("resign.unreadable", node=r.name, error=str(e))
                 continue
-            items.append(ToSign(r.name, manifest, r.content_digest, r.generation + 1, manifest["metadata"]["commit"], r.lifecycle))
+            items.append(ToSign(r.name, manifest, r.content_digest, next_generation(r.generation, clock_floor(now)),
+                                manifest["metadata"]["commit"], r.lifecycle))
         try:
             signed = self.signer.sign(items, now=now)
             publish(self.state, self.store, signed, ())
@@ -549,11 +574,14 @@ def _head_or_none(source: GitSource) -> str | None:
 
 
 def plan_changes(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], commit: str,
-                 published: frozenset[str] | None = None, digest_of: Callable[[Any], str] = node_digest) -> Plan:
+                 published: frozenset[str] | None = None, digest_of: Callable[[Any], str] = node_digest,
+                 floor: int = 0, stored: Mapping[str, int] | None = None) -> Plan:
     """plan: every node whose content differs from what is published gets the next generation.
 
     A node is republished as well when its last reservation was never confirmed
     (dirty) or, when ``published`` is given, when its file is missing from the store.
+    Generations are at least ``floor`` and above ``stored`` (the store's generations
+    of nodes the state does not know): see :mod:`treadle.generation`.
     """
     to_sign, unchanged = [], 0
     for name in sorted(nodes):
@@ -565,7 +593,8 @@ def plan_changes(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], co
         if same:
             unchanged += 1
             continue
-        generation = rec.generation + 1 if rec is not None else 1
+        last = rec.generation if rec is not None else (stored or {}).get(name)
+        generation = next_generation(last, floor)
         to_sign.append(ToSign(name, node.manifest, d, generation, commit, node.lifecycle, node.canonical))
     removed = tuple(sorted(n for n, r in records.items() if r.present and n not in nodes))
     return Plan(commit, tuple(to_sign), removed, unchanged)

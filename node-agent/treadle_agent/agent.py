@@ -254,13 +254,13 @@ class Agent:
 
     def _report(self, manifest: Manifest, report: ApplyReport | None, duration_s: float, checks: Mapping[str, bool]) -> None:
         expires = manifest.metadata["expires"]
-        m = self.metrics
-        m.manifest(manifest, parse_time(expires) if expires else None, self.trusted.highest_generation)
         results = () if report is None else (*report.results, *report.removed)
         # A resource removed from the manifest is no longer managed; it counts only while removing it fails.
         managed = [*report.results, *(r for r in report.removed if r.status == "failed")] if report else []
-        m.applied(manifest.generation, report is not None and report.ok, ((r.type, r.status) for r in managed), duration_s, self.clock())
-        m.health(checks)
+        # One update: a scrape never pairs this cycle's generation with the last cycle's health.
+        self.metrics.report(manifest, parse_time(expires) if expires else None, self.trusted.highest_generation,
+                            ok=report is not None and report.ok, statuses=[(r.type, r.status) for r in managed],
+                            duration_s=duration_s, now=self.clock(), checks=checks)
         counts: dict[str, Any] = {}
         for r in results:
             counts[r.status] = counts.get(r.status, 0) + 1

@@ -15,7 +15,11 @@
     treadle_agent_lifecycle{state}                       1 for the manifest's state, 0 for the others
 
 :class:`AgentMetrics` keeps the values as plain numbers, recorded once per
-cycle (agent.py); :class:`AgentCollector` turns them into metric families
+cycle (agent.py) in one update under one lock (:meth:`AgentMetrics.report`):
+a scrape sees the generation, the apply result and the health of the same
+cycle, never a new generation beside the previous cycle's health (which a
+rollout gate with no soak time could take for a pass).
+:class:`AgentCollector` turns them into metric families
 when Prometheus scrapes, from a dedicated :class:`CollectorRegistry` (never
 the global one). prometheus_client is imported only when metrics are served
 or rendered: ``treadle-agent once`` serves none, and the import would cost
@@ -75,37 +79,44 @@ class AgentMetrics:
         with self.lock:
             self.verify_failures[reason] = self.verify_failures.get(reason, 0) + 1
 
-    def manifest(self, manifest: Manifest, expires_ts: float | None, highest_generation: int) -> None:
-        """The manifest being enforced: identity, generation, expiry, lifecycle."""
+    def report(self, manifest: Manifest, expires_ts: float | None, highest_generation: int, *, ok: bool,
+               statuses: Iterable[tuple[str, str]], duration_s: float, now: float, checks: Mapping[str, bool]) -> None:
+        """One cycle's outcome, as one consistent update: the manifest enforced, its apply and its health.
+
+        Everything is computed first and swapped in under one hold of the lock, so a scrape sees either
+        the previous cycle or this one, whole (see the module docstring).
+        """
+        counts = _resource_counts(statuses)
+        checks = dict(checks)
+        with self.lock:
+            self._set_manifest(manifest, expires_ts, highest_generation)
+            self._set_applied(manifest.generation, ok, counts, duration_s, now)
+            self._set_health(checks)
+
+    # The setters below run with the lock held.
+
+    def _set_manifest(self, manifest: Manifest, expires_ts: float | None, highest_generation: int) -> None:
         meta = manifest.metadata
-        with self.lock:
-            self.site, self.cluster = meta["site"], meta["cluster"]
-            self.manifest_generation = highest_generation
-            self.expiry_timestamp_s = expires_ts or 0.0
-            self.lifecycle = {s: 0 for s in self.lifecycle} | {meta["lifecycle"]: 1}
+        self.site, self.cluster = meta["site"], meta["cluster"]
+        self.manifest_generation = highest_generation
+        self.expiry_timestamp_s = expires_ts or 0.0
+        self.lifecycle = {s: 0 for s in self.lifecycle} | {meta["lifecycle"]: 1}
 
-    def applied(self, generation: int, ok: bool, statuses: Iterable[tuple[str, str]], duration_s: float, now: float) -> None:
-        """One apply: ``statuses`` are (resource type, apply result status) pairs."""
-        counts = {(t, s): 0 for t in RESOURCE_ORDER for s in RESOURCE_STATUSES}
-        for rtype, status in statuses:
-            key = (rtype, _STATUS_OF_RESULT.get(status, "failed"))
-            counts[key] = counts.get(key, 0) + 1
-        with self.lock:
-            self.applied_generation = generation
-            self.last_apply_success = 1 if ok else 0
-            self.last_apply_timestamp_s = now
-            self.resources = counts
-            self.duration_count += 1
-            self.duration_sum_s += duration_s
-            for i, bound in enumerate(DURATION_BUCKETS_S):
-                if duration_s <= bound:
-                    self.duration_bucket_counts[i] += 1
+    def _set_applied(self, generation: int, ok: bool, counts: dict[tuple[str, str], int], duration_s: float,
+                     now: float) -> None:
+        self.applied_generation = generation
+        self.last_apply_success = 1 if ok else 0
+        self.last_apply_timestamp_s = now
+        self.resources = counts
+        self.duration_count += 1
+        self.duration_sum_s += duration_s
+        for i, bound in enumerate(DURATION_BUCKETS_S):
+            if duration_s <= bound:
+                self.duration_bucket_counts[i] += 1
 
-    def health(self, checks: Mapping[str, bool]) -> None:
-        """The health checks of the last cycle; a check no longer in the manifest disappears."""
-        with self.lock:
-            self.health_checks = dict(checks)
-            self.healthy = 1 if all(checks.values()) else 0
+    def _set_health(self, checks: dict[str, bool]) -> None:
+        self.health_checks = checks
+        self.healthy = 1 if all(checks.values()) else 0
 
     def sample(self, name: str, **labels: str) -> float | None:
         """The value of one series, as a scrape would show it (for tests and tools)."""
@@ -183,6 +194,15 @@ class AgentCollector:
 
     def describe(self) -> list[Any]:
         return []
+
+
+def _resource_counts(statuses: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """(type, status) counts of (resource type, apply result status) pairs, every known pair present."""
+    counts = {(t, s): 0 for t in RESOURCE_ORDER for s in RESOURCE_STATUSES}
+    for rtype, status in statuses:
+        key = (rtype, _STATUS_OF_RESULT.get(status, "failed"))
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _le(bound: float) -> str:

@@ -147,3 +147,37 @@ def test_health_checks_become_metrics(node, kit):
     assert node.sample("treadle_agent_health_check_up", check="motd") == 1
     assert node.sample("treadle_agent_health_check_up", check="nothing") == 0
     assert node.sample("treadle_agent_healthy") == 0
+
+
+def test_a_scrape_sees_generation_apply_result_and_health_of_one_cycle_together(node, kit):
+    """Generation, apply result and health change in one step: no scrape pairs a new generation with old health."""
+    from treadle_agent.metrics import AgentMetrics
+
+    seen: list[tuple[float | None, ...]] = []
+
+    class Scraped(AgentMetrics):
+        """Scrapes after every update the agent makes, as a Prometheus server might at any moment."""
+
+        def __getattribute__(self, name: str):  # type: ignore[no-untyped-def]
+            attr = super().__getattribute__(name)
+            if callable(attr) and not name.startswith("_") and name not in ("sample", "registry", "exposition", "serve"):
+                def scraped(*args, **kwargs):  # type: ignore[no-untyped-def]
+                    out = attr(*args, **kwargs)
+                    seen.append(tuple(self.sample(n) for n in ("treadle_agent_applied_generation",
+                                                               "treadle_agent_last_apply_success", "treadle_agent_healthy")))
+                    return out
+                return scraped
+            return attr
+
+    agent = node.start()
+    agent.metrics = Scraped(agent.metrics.node)
+    healthy = kit.manifest_doc(generation=1)
+    healthy["health"] = [{"name": "motd", "type": "file", "path": "/etc/motd", "timeout_s": 1}]
+    node.serve(healthy)
+    assert node.cycle().healthy
+    sick = kit.manifest_doc(generation=2)
+    sick["health"] = [{"name": "nothing", "type": "file", "path": "/etc/nothing", "timeout_s": 1}]
+    node.serve(sick)
+    assert not node.cycle().healthy
+    assert seen[-1] == (2, 1, 0)
+    assert (2, 1, 1) not in seen  # generation 2 beside generation 1's health: never visible

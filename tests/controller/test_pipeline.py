@@ -95,7 +95,8 @@ def test_manifests_near_expiry_are_resigned_even_while_the_head_is_refused(make_
     assert outcome.result == "refused" and set(outcome.resigned) == set(before)
     for n, old in before.items():
         new = manifest_from_envelope(p.store.read(n) or b"")
-        assert new["metadata"]["generation"] == old["metadata"]["generation"] + 1
+        # Above the old one, and at least the clock's floor at the time (see treadle.generation).
+        assert new["metadata"]["generation"] == max(old["metadata"]["generation"] + 1, int(clock.now * 1000))
         assert new["metadata"]["commit"] == fabric.commit and new["resources"] == old["resources"]
         assert new["metadata"]["expires"] > old["metadata"]["expires"]
     assert p.run_once().resigned == ()  # not again until the next window
@@ -124,3 +125,50 @@ def test_a_submodule_in_the_fabric_is_refused_and_never_fetched(make_fabric, sig
     assert outcome.result == "refused" and outcome.commit == bad
     assert any(d.startswith("vendor/lib:") and "submodule" in d for d in outcome.diagnostics)
     assert not (p.source.path / "modules").exists()
+
+
+def _generations(p: Pipeline) -> dict[str, int]:
+    return {n: manifest_from_envelope(p.store.read(n) or b"")["metadata"]["generation"] for n in p.store.nodes()}
+
+
+def test_a_controller_rebuilt_without_state_or_store_publishes_above_what_agents_accepted(
+        make_fabric, signing_key: Path, tmp_path: Path) -> None:
+    import shutil
+
+    repo, fabric = make_fabric(1, 1, 3)
+    clock = Clock(1_800_000_000)
+    first = build(tmp_path, repo.bare, signing_key, clock)
+    first.run_once()
+    node = fabric.nodes[0]
+    node.path.write_text(node.path.read_text().replace("labels: {", "labels: {owner: x, ", 1))
+    repo.commit_and_push("change")
+    clock.now += 5
+    first.run_once()  # the change's canary wave, published
+    accepted = _generations(first)
+    first.state.close()
+    # The host is rebuilt: state and publish directories are gone; only the clock has moved on.
+    shutil.rmtree(tmp_path / "state")
+    shutil.rmtree(tmp_path / "publish")
+    clock.now += 60
+    rebuilt = build(tmp_path, repo.bare, signing_key, clock)
+    assert rebuilt.run_once().result == "deployed"
+    again = _generations(rebuilt)
+    assert set(again) == set(accepted) and all(again[n] > accepted[n] for n in accepted)
+
+
+def test_a_controller_that_lost_its_state_but_kept_its_store_publishes_above_the_store(
+        make_fabric, signing_key: Path, tmp_path: Path) -> None:
+    import shutil
+
+    repo, fabric = make_fabric(1, 1, 3)
+    clock = Clock(1_800_000_000)
+    first = build(tmp_path, repo.bare, signing_key, clock)
+    first.run_once()
+    accepted = _generations(first)
+    first.state.close()
+    shutil.rmtree(tmp_path / "state")
+    clock.now -= 86400  # and the rebuilt host's clock is a day behind
+    rebuilt = build(tmp_path, repo.bare, signing_key, clock)
+    assert rebuilt.run_once().result == "deployed"
+    again = _generations(rebuilt)
+    assert all(again[n] > accepted[n] for n in accepted)

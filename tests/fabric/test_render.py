@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from treadle_agent.manifest import canonical_json, sort_resources
 
 from treadle.fabric import GitRevisionSource, ParseCache, WorkTreeSource, render_fabric
+from treadle.fabric.render import Scope
 from treadle.fabric.yamlload import uses_c_loader
 
 
@@ -246,3 +247,28 @@ def test_merge_tags_work_through_the_whole_chain(fabric):
     n2_file = next(r for r in nodes["n2"].manifest["resources"] if r["type"] == "file")
     assert n2_file["content"].splitlines()[:3] == ["server ntp1.example.org iburst", "server ntp2.example.org iburst",
                                                    "server ntp3.example.org iburst"]
+
+
+COMPUTED = '{% include "site_" ~ node.site ~ ".j2" ignore missing %}server {{ data.ntp.servers[0] }}\n'
+
+
+def test_a_template_added_for_a_computed_include_re_renders_the_nodes_using_it(fabric):
+    """The dependency index is conservative for computed includes: any template, even a new one, feeds them."""
+    fabric.write("templates/chrony.conf.j2", COMPUTED)
+    cache = ParseCache()
+    before = render_fabric(WorkTreeSource(fabric.root), cache)
+    assert before.ok and before.deps["templates/"] == {"n1", "n2"}
+    fabric.write("templates/site_s1.j2", "# site s1\n")
+    full = render_fabric(WorkTreeSource(fabric.root), ParseCache())
+    assert full.nodes["n1"].canonical != before.nodes["n1"].canonical
+    want = {n: v.canonical for n, v in full.nodes.items()}
+    # The controller's path: incremental from the previous result, through the same parse cache.
+    incremental = render_fabric(WorkTreeSource(fabric.root), cache, previous=before,
+                                changed_paths={"templates/site_s1.j2"})
+    assert {n: v.canonical for n, v in incremental.nodes.items()} == want
+    # The cache of rendered nodes alone (no previous result) must not reuse them either.
+    cached = render_fabric(WorkTreeSource(fabric.root), cache)
+    assert {n: v.canonical for n, v in cached.nodes.items()} == want
+    # The plan's path: a scope of the touched paths selects every node using the template.
+    scoped = render_fabric(WorkTreeSource(fabric.root), ParseCache(), scope=Scope(frozenset({"templates/site_s1.j2"})))
+    assert set(scoped.nodes) == {"n1", "n2"}

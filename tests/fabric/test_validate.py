@@ -264,3 +264,15 @@ def test_fabric_document_at_the_top_level_is_reported_but_tool_configs_are_not(c
 def test_templates_cannot_build_huge_strings(cli, fabric):
     fabric.write("templates/chrony.conf.j2", "{{ 'x' * 1000000000 }}\n")
     assert "templates/chrony.conf.j2:1:1: template error: repetition builds more than" in invalid(cli, fabric)
+
+
+def test_a_base_whose_node_file_does_not_parse_assumes_no_lifecycle_transition(cli, fabric):
+    fabric.write(NODE1, "kind: Node\naddress: 10.0.0.1\nlifecycle: maintenance\n")
+    fabric.commit("maintenance")
+    fabric.write(NODE1, "kind: Node\naddress: [10.0.0.1\nlifecycle: maintenance\n")  # a YAML syntax error
+    fabric.commit("broken")
+    fabric.write(NODE1, "kind: Node\naddress: 10.0.0.1\nlifecycle: maintenance\n")
+    fabric.commit("revert the syntax error")
+    # The revert is valid against the broken base: its state there is unknown, not "production".
+    done = cli("validate", str(fabric.root), "--rev", "HEAD", "--base", "HEAD~1")
+    assert done.code == 0, done

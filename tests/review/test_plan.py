@@ -194,3 +194,30 @@ def test_a_long_diff_is_shortened_with_a_count_of_what_was_cut(fabric_repo):
     md = render_markdown(plan, MarkdownLimits(max_diff_chars=200))
     assert "more characters of diff)" in md
     assert md.count("```diff") == len(plan.groups) * 1  # one file changes per group: one diff each
+
+
+def test_a_base_node_file_that_does_not_parse_is_named_and_no_transition_is_invented(fabric_repo):
+    node = "sites/meyrin/batch/nodes/batch-005.yaml"  # in maintenance
+    fabric_repo.edit(node, "lifecycle: maintenance", "lifecycle: [maintenance")
+    fabric_repo.commit("a syntax error")
+    fabric_repo.branch("fix")
+    fabric_repo.edit(node, "lifecycle: [maintenance", "lifecycle: maintenance")
+    fabric_repo.commit("revert the syntax error")
+    draining = "sites/meyrin/batch/nodes/batch-004.yaml"
+    plan = build_plan(fabric_repo.root, "main", "fix", PlanSettings(full_render=True))
+    assert plan.refusals == () and plan.changes.transitions == ()
+    assert [n.name for n in plan.changes.base_unreadable] == ["batch-005"]
+    doc = json.loads(run_cli("plan", str(fabric_repo.root), "main", "fix", "--format", "json")[1])
+    assert doc["summary"]["base_unreadable"] == [{"node": "batch-005", "site": "meyrin", "cluster": "batch"}]
+    assert doc["summary"]["transitions"] == []
+    code, markdown, _ = run_cli("plan", str(fabric_repo.root), "main", "fix")
+    assert code == 0 and "Unreadable in BASE (1)" in markdown and "`batch-005`" in markdown
+    # A draining node whose BASE file is broken: no "production -> draining" is listed.
+    fabric_repo.git("checkout", "-q", "main")
+    fabric_repo.edit(draining, "lifecycle: draining", "lifecycle: [draining")
+    fabric_repo.commit("break the draining node too")
+    fabric_repo.branch("fix2")
+    fabric_repo.edit(draining, "lifecycle: [draining", "lifecycle: draining")
+    fabric_repo.commit("revert it")
+    plan = build_plan(fabric_repo.root, "main", "fix2")
+    assert plan.changes.transitions == () and [n.name for n in plan.changes.base_unreadable] == ["batch-004"]

@@ -203,3 +203,72 @@ def test_a_halt_reason_names_the_failing_node_and_its_checks() -> None:
 def test_refusing_an_action_on_a_finished_rollout_says_what_to_do_instead() -> None:
     with pytest.raises(m.TransitionError, match="push a commit"):
         m.resume(m.abort(rollout()))
+
+
+def test_higher_generation_than_published_never_passes_the_wave() -> None:
+    # An agent that accepted generation 9 from an earlier controller refuses generation 2 as a rollback
+    # and keeps reporting 9: that is not the content of this wave, so the wave fails at once, loudly.
+    ahead = Observation(generation=9, apply_ok=True, healthy=True)
+    r, _ = run_wave(rollout(), 0, {"n1": ahead})
+    assert r.state is State.HALTED
+    assert "n1: reports generation 9, above the 2 published" in r.reason and "refuses" in r.reason
+
+
+def test_only_the_exact_generation_counts_as_applied() -> None:
+    r, _ = run_wave(rollout(), 0, {"n1": OK})
+    r, _ = m.step(r, 100, {"n1": OK}, EXPECTED, None)
+    r, _ = m.step(r, 101, {}, EXPECTED, None)
+    r = m.published(r, 101)
+    # n2 reports an older generation: pending, never applied; at the timeout its report is named.
+    r, _ = m.step(r, 102, {"n1": OK, "n2": Observation(1, True, True)}, EXPECTED, None)
+    assert r.progress["n2"].status is NodeStatus.PENDING
+    r, _ = m.step(r, 101 + 600, {"n1": OK, "n2": Observation(1, True, True)}, EXPECTED, None)
+    assert r.state is State.HALTED
+    assert "n2: timed out after 600s while pending (reports generation 1, published 2)" in r.reason
+
+
+def _past_canary(policy: str = "halt") -> m.Rollout:
+    r, _ = run_wave(rollout(policy), 0, {"n1": OK})
+    r, _ = m.step(r, 100, {"n1": OK}, EXPECTED, None)
+    assert (r.state, r.wave) == (State.PENDING, 1)
+    r, _ = m.step(r, 101, {"n1": OK}, EXPECTED, None)
+    r = m.published(r, 101)
+    assert r.state is State.SOAKING
+    return r
+
+
+def test_canary_turning_unhealthy_after_its_wave_passed_halts_the_rollout() -> None:
+    r = _past_canary()
+    rest = {n: OK for n in ("n2", "n3", "n4")}
+    r, _ = m.step(r, 102, {**rest, "n1": OK}, EXPECTED, None)
+    assert r.state is State.SOAKING
+    r, actions = m.step(r, 150, {**rest, "n1": Observation(2, True, False)}, EXPECTED, None)
+    assert r.state is State.HALTED and actions == []
+    assert "wave canary (passed)" in r.reason and "n1: unhealthy" in r.reason
+    # The later wave never completes: the rollout is over.
+    later, _ = m.step(r, 1000, {n: OK for n in ("n1", "n2", "n3", "n4")}, EXPECTED, None)
+    assert later is r
+
+
+def test_passed_canary_failing_with_rollback_policy_rolls_back_every_reached_node() -> None:
+    r = _past_canary("rollback")
+    r, actions = m.step(r, 150, {"n1": Observation(2, False, True)}, EXPECTED, None)
+    assert r.state is State.ROLLING_BACK and actions == [Rollback(("n1", "n2", "n3", "n4"))]
+
+
+def test_passed_canary_is_gated_while_the_next_wave_waits_for_approval() -> None:
+    r, _ = run_wave(rollout(approval=True), 0, {"n1": OK})
+    r, _ = m.step(r, 100, {"n1": OK}, EXPECTED, None)
+    r, _ = m.step(r, 101, {"n1": OK}, EXPECTED, None)
+    assert r.state is State.WAITING
+    r, _ = m.step(r, 500, {"n1": Observation(2, True, False)}, EXPECTED, None)
+    assert r.state is State.HALTED and "n1: unhealthy" in r.reason
+
+
+def test_passed_node_without_data_does_not_fail_the_rollout() -> None:
+    r = _past_canary()
+    rest = {n: OK for n in ("n2", "n3", "n4")}
+    r, _ = m.step(r, 102, rest, EXPECTED, None)  # n1's scrape failed
+    r, _ = m.step(r, 200, rest, EXPECTED, None)
+    r, _ = m.step(r, 201, {}, EXPECTED, None)
+    assert r.state is State.COMPLETE

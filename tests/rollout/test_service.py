@@ -189,3 +189,30 @@ def test_an_empty_wave_is_counted_as_empty_in_documents_metrics_and_the_demo_tab
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in console.export_text().splitlines() if "│" in line]
     rows = {c[0]: c[2:] for c in cells}
     assert rows["canary"] == ["0", "0", "0", "0"] and rows["first"] == ["0", "0", "1", "0"]
+
+
+def test_a_passed_canary_is_still_asked_and_its_failure_halts_the_rollout(tmp_path) -> None:
+    executor, now = Executor(), [1000.0]
+    reports = Reports(executor)
+    asked: list[set[str]] = []
+    unhealthy: set[str] = set()
+
+    class Watched:
+        async def observe(self, targets: Sequence[Target]) -> dict[str, Observation]:
+            asked.append({t.node for t in targets})
+            seen = await reports.observe(targets)
+            return {n: Observation(o.generation, True, n not in unhealthy) for n, o in seen.items()}
+
+    service = RolloutService(tmp_path / "state.db", Watched(), clock=lambda: now[0])
+    service.begin(SHA, POLICY, NODES, immediate=False)
+    service.tick(executor)
+    now[0] += 1
+    service.tick(executor)
+    now[0] += 10
+    r = service.tick(executor)
+    assert r is not None and r.wave == 1 and r.state is State.SOAKING
+    unhealthy.add("n0")
+    now[0] += 1
+    r = service.tick(executor)
+    assert "n0" in asked[-1] and {"n1", "n5"} <= asked[-1]
+    assert r is not None and r.state is State.HALTED and "wave canary (passed)" in r.reason

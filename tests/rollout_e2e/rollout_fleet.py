@@ -211,6 +211,9 @@ class Fleet:
     controller: Proc | None = None
     agents: dict[str, Agent] = field(default_factory=dict)
     controller_starts: int = 0
+    #: Each node's generation once every agent applied the first content: generations are clock-based
+    #: (see treadle.generation), so tests compare with these instead of counting from 1.
+    first: dict[str, int] = field(default_factory=dict)
     #: Fixed across restarts: the agents' manifest URLs name it.
     api_port: int = field(default_factory=lambda: free_port("127.0.0.1"))
 
@@ -407,6 +410,7 @@ def start_fleet(workdir: Path, keys: Path, nodes: list[NodeSpec], rollout: str, 
                                      trust_env=False).status_code == 200, 60, "the first publication")
         fleet.start_agents()
         fleet.wait_applied("v1", [n.name for n in nodes], 60)
+        fleet.first = fleet.published_generations()
     except BaseException:
         fleet.stop()
         raise

@@ -1,12 +1,12 @@
 """Health-gated waves end to end: a real controller, real agents, real pushes.
 
-Every fleet starts with all nodes applying content "v1" at generation 1
-(new nodes are published at once). A pushed change then travels in waves:
+Every fleet starts with all nodes applying content "v1" at the generation
+recorded in ``fleet.first`` (new nodes are published at once). A pushed change then travels in waves:
 the canary c1-n01, half of each cluster's remaining nodes, the rest.
 
 "No node outside the canary ever received it" is checked through the
 published generation: generations only grow, so a node still published at
-generation 1 was never published anything else.
+its first generation was never published anything else.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ def wave_nodes(doc: dict) -> list[list[str]]:  # type: ignore[type-arg]
 def assert_untouched(fleet: Fleet, names: list[str]) -> None:
     """These nodes were never published a new generation and still run v1."""
     published = fleet.published_generations()
-    assert {n: published[n] for n in names} == dict.fromkeys(names, 1)
+    assert {n: published[n] for n in names} == {n: fleet.first[n] for n in names}
     for n in names:
         agent = fleet.agents[n]
         assert agent.content() == "v1", n
         if agent.proc is not None and agent.proc.alive():
-            assert agent.metrics()["treadle_agent_applied_generation"] == 1, n
+            assert agent.metrics()["treadle_agent_applied_generation"] == fleet.first[n], n
 
 
 def settle(fleet: Fleet, cycles: int = 4) -> None:
@@ -65,7 +65,9 @@ def test_a_good_change_reaches_the_canary_then_half_of_each_cluster_then_the_res
     assert sorted(n[:2] for n in half) == ["c1", "c2", "c2"]
     assert sorted(canary + half + rest) == sorted(fleet.agents)
     fleet.wait_applied("v2", fleet.agents)
-    assert set(fleet.published_generations().values()) == {2}
+    published = fleet.published_generations()
+    assert all(published[n] > fleet.first[n] for n in fleet.agents)
+    assert all(fleet.agents[n].metrics()["treadle_agent_applied_generation"] == published[n] for n in fleet.agents)
     # The wave order as the agents lived it: when each wrote the new content.
     mtime = {n: a.app_file.stat().st_mtime_ns for n, a in fleet.agents.items()}
     for earlier, later in ((canary, half), (half, rest)):
@@ -99,15 +101,17 @@ def test_rollback_returns_the_canary_to_its_previous_content_under_a_higher_gene
     sha = fleet.change_app("v2", healthy=False, message="app v2 with a broken probe")
     doc = fleet.wait_rollout(sha, TERMINAL, 90)
     assert doc["state"] == "rolled_back", doc["reason"]
-    assert fleet.published_generation(CANARY) == 3  # 1: v1, 2: the bad v2, 3: v1 again
+    rolled = fleet.published_generation(CANARY)  # above v1's and the bad v2's: v1 again
+    assert rolled > fleet.first[CANARY] + 1
     canary = fleet.agents[CANARY]
-    fleet.wait(lambda: canary.metrics()["treadle_agent_applied_generation"] == 3, 30, "the canary to apply generation 3")
+    fleet.wait(lambda: canary.metrics()["treadle_agent_applied_generation"] == rolled, 30,
+               "the canary to apply the rollback's generation")
     assert canary.content() == "v1"
     fleet.wait(lambda: canary.metrics()["treadle_agent_healthy"] == 1, 30, "the canary to be healthy again")
     # A restarted controller renders the bad head again: the rolled-back canary keeps the previous content.
     restart_controller(fleet, sha)
     settle(fleet)
-    assert fleet.published_generation(CANARY) == 3 and canary.content() == "v1"
+    assert fleet.published_generation(CANARY) == rolled and canary.content() == "v1"
     assert_untouched(fleet, [n for n in fleet.agents if n != CANARY])
     # The revert branch: on top of the bad commit, restoring exactly the tree before it.
     branch = f"treadle/revert-{sha[:12]}"
@@ -129,10 +133,11 @@ def test_a_failure_in_wave_2_rolls_back_the_canary_and_wave_2_and_never_reaches_
     assert doc["state"] == "rolled_back" and "wave half" in doc["reason"], doc["reason"]
     canary, half, rest = wave_nodes(doc)
     reached = canary + half
-    assert {n: fleet.published_generation(n) for n in reached} == dict.fromkeys(reached, 3)
+    rolled = {n: fleet.published_generation(n) for n in reached}
+    assert all(rolled[n] > fleet.first[n] + 1 for n in reached)  # v1, the bad v2, v1 again
     fleet.wait_applied("v1", reached)
-    fleet.wait(lambda: all(fleet.agents[n].metrics()["treadle_agent_applied_generation"] == 3 for n in reached), 30,
-               "the reached nodes to apply generation 3")
+    fleet.wait(lambda: all(fleet.agents[n].metrics()["treadle_agent_applied_generation"] == rolled[n] for n in reached),
+               30, "the reached nodes to apply the rollback's generation")
     settle(fleet)
     assert_untouched(fleet, rest)
     assert doc["revert_branch"] == f"treadle/revert-{sha[:12]}"

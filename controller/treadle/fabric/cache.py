@@ -15,6 +15,8 @@ modifies its inputs.
 
 from __future__ import annotations
 
+import hashlib
+
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -56,6 +58,8 @@ class ParseCache:
         self._templates: dict[str, Any] = {}
         self._rendered: dict[str, tuple[tuple[tuple[str, str | None], ...], Any]] = {}
         self._listings: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        #: The last directory listing id computed (entries, directory, id): one listing per render.
+        self._listing_ids: tuple[Any, str, str] = (None, "", "")
         self.parse_count = 0  # files actually parsed (not served from the cache): lets tests pin "never twice"
 
     def parse(self, blob: str, read: Callable[[], bytes], limits: Limits) -> Parsed:
@@ -123,10 +127,21 @@ class ParseCache:
         blobs mean equal bytes, except the commit, which the caller re-stamps.
         """
         hit = self._rendered.get(node)
-        if hit is None or any(entries.get(path) != blob for path, blob in hit[0]):
+        if hit is None or any(self._blob(entries, path) != blob for path, blob in hit[0]):
             return None
         return hit[1]
 
     def store_rendered(self, node: str, sources: Iterable[str], entries: Mapping[str, str], result: Any) -> None:
         """Remember ``result`` for ``node`` with the blob ids of its sources (one entry per node name)."""
-        self._rendered[node] = (tuple((path, entries.get(path)) for path in sources), result)
+        self._rendered[node] = (tuple((path, self._blob(entries, path)) for path in sources), result)
+
+    def _blob(self, entries: Mapping[str, str], path: str) -> str | None:
+        """The blob id of ``path``; for a directory source (``templates/``: a template computing what it
+        includes reads any file there), one id for the whole listing under it, added files included."""
+        if not path.endswith("/"):
+            return entries.get(path)
+        memo = self._listing_ids
+        if memo[0] is not entries or memo[1] != path:
+            listing = sorted((p, b) for p, b in entries.items() if p.startswith(path))
+            self._listing_ids = memo = (entries, path, hashlib.sha256(repr(listing).encode()).hexdigest())
+        return memo[2]

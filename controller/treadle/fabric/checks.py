@@ -119,6 +119,9 @@ class NodeFacts:
     path: str
     address: str | None
     lifecycle: str
+    #: False when the node file does not parse (or its lifecycle is not a string): ``lifecycle`` is then
+    #: the default, not what the file says, and no transition is assumed from or to it.
+    lifecycle_known: bool = True
 
 
 def check_fleet(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str] | None) -> list[Finding]:
@@ -172,7 +175,7 @@ def _transitions(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Ma
     found = []
     for n in nodes:
         before = base.get(n.name)
-        if before is None or before == n.lifecycle:
+        if before is None or before == n.lifecycle or not n.lifecycle_known:
             continue
         if n.lifecycle not in allowed.get(before, frozenset()):
             reachable = ", ".join(sorted(allowed.get(before, ()))) or "nothing (final)"

@@ -51,7 +51,7 @@ from treadle.fabric.overlay import Chain, Overlays
 from treadle.fabric.pool import fork_map
 from treadle.fabric.run import FabricRun, lifecycles, load_fabric, roles
 from treadle.fabric.source import Source
-from treadle.fabric.templates import TEMPLATE_DIR, Templates, TemplateProblem
+from treadle.fabric.templates import ANY_TEMPLATE, TEMPLATE_DIR, Templates, TemplateProblem, feeds
 from treadle.fabric.yamlload import plain
 
 _EMPTY: dict[str, Any] = {}
@@ -105,6 +105,8 @@ class RenderResult:
     rollout: dict[str, Any] | None
     lifecycles: Mapping[str, str] = field(default_factory=dict)
     skipped: frozenset[str] = frozenset()
+    #: Nodes whose file does not parse: their entry in ``lifecycles`` is the default, not a known state.
+    unreadable: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -190,6 +192,7 @@ def _render(src: Source, cache: ParseCache, previous: RenderResult | None, chang
         fabric=plain(fabric),
         rollout=plain(rollout[0]) if rollout else None,
         lifecycles={f.name: f.lifecycle for f in facts},
+        unreadable=frozenset(f.name for f in facts if not f.lifecycle_known),
         skipped=frozenset() if selected is None else frozenset(ref.name for ref in run.layout.nodes if ref.name not in selected),
     )
 
@@ -222,7 +225,7 @@ def _feeds(chain: Chain, templates: Templates, paths: frozenset[str]) -> bool:
     files = chain.merged.get("files")
     for spec in files.values() if isinstance(files, dict) else ():
         name = spec.get("template") if isinstance(spec, dict) else None
-        if isinstance(name, str) and not templates.dependencies(name).isdisjoint(paths):
+        if isinstance(name, str) and feeds(templates.dependencies(name), paths):
             return True
     return False
 
@@ -421,6 +424,8 @@ def _reusable(previous: RenderResult | None, changed: Iterable[str] | None) -> d
     stale: set[str] = set()
     for path in changed:
         stale |= previous.deps.get(path, frozenset())
+        if path.startswith(TEMPLATE_DIR):  # nodes whose templates compute what they include: any template feeds them
+            stale |= previous.deps.get(ANY_TEMPLATE, frozenset())
     return {name: node for name, node in previous.nodes.items() if name not in stale}
 
 
@@ -448,7 +453,7 @@ def _base_lifecycles(base: RenderResult | Source | None, cache: ParseCache) -> d
     if base is None:
         return None
     if isinstance(base, RenderResult):
-        return dict(base.lifecycles)
+        return {n: s for n, s in base.lifecycles.items() if n not in base.unreadable}
     return lifecycles(base, cache)
 
 

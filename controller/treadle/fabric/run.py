@@ -109,15 +109,18 @@ class FabricRun:
         facts = []
         for ref in self.layout.nodes:
             entry = self.lookup(ref.path)
+            readable = True
             if entry is None:
                 parsed = self.cache.parse(self.entries[ref.path], lambda p=ref.path: self.src.read(p), self.limits)  # type: ignore[misc]
-                doc = parsed.doc if isinstance(parsed.doc, dict) else {}
+                readable = isinstance(parsed.doc, dict)
+                doc = parsed.doc if readable else {}
             else:
                 doc = entry[0]
             address = doc.get("address") if isinstance(doc.get("address"), str) else None
             lifecycle = doc.get("lifecycle", DEFAULT_LIFECYCLE)
-            state = lifecycle if isinstance(lifecycle, str) else DEFAULT_LIFECYCLE
-            facts.append(NodeFacts(ref.name, ref.site, ref.cluster, ref.path, address, state))
+            known = readable and isinstance(lifecycle, str)
+            state = lifecycle if known else DEFAULT_LIFECYCLE
+            facts.append(NodeFacts(ref.name, ref.site, ref.cluster, ref.path, address, state, known))
         return facts
 
     def lookup(self, path: str) -> tuple[Any, bool] | None:
@@ -168,11 +171,16 @@ def roles(layout: Layout) -> list[tuple[str, str]]:
 
 
 def lifecycles(src: Source, cache: ParseCache) -> dict[str, str]:
-    """Each node's lifecycle state in ``src``, from its node file alone (nothing is rendered)."""
+    """Each node's lifecycle state in ``src``, from its node file alone (nothing is rendered).
+
+    A node whose file does not parse (or names no readable state) is left out: its state is unknown,
+    and no transition may be assumed from it (the default would invent one).
+    """
     listing = cache.listing(src, lambda: Listing.of(src))
     states = {}
     for ref in listing.layout.nodes:
         doc = cache.parse(listing.entries[ref.path], lambda p=ref.path: src.read(p), Limits()).doc  # type: ignore[misc]
-        state = doc.get("lifecycle", DEFAULT_LIFECYCLE) if isinstance(doc, dict) else DEFAULT_LIFECYCLE
-        states[ref.name] = state if isinstance(state, str) else DEFAULT_LIFECYCLE
+        state = doc.get("lifecycle", DEFAULT_LIFECYCLE) if isinstance(doc, dict) else None
+        if isinstance(state, str):
+            states[ref.name] = state
     return states

@@ -43,6 +43,11 @@ from treadle.fabric.source import Source
 from treadle.fabric.yamlload import Limits
 
 TEMPLATE_DIR = "templates/"
+#: The dependency of a template that computes the name of what it includes or imports
+#: (``{% include "site_" ~ node.site ~ ".j2" ignore missing %}``): any file under templates/,
+#: including one that does not exist yet. Kept in a node's sources and the dependency index
+#: as this directory path; :func:`feeds` matches it against every template path.
+ANY_TEMPLATE = TEMPLATE_DIR
 #: Names a plain dict answers as attributes (its methods): ``data.items`` must stay the method, as in Jinja.
 _DICT_ATTRIBUTES = frozenset(dir(dict))
 
@@ -60,6 +65,13 @@ class _Compiled:
     code: Any
     references: tuple[str | None, ...]  # templates it includes/imports/extends; None = computed at render time
     uses_node: bool
+
+
+def feeds(dependencies: frozenset[str], paths: frozenset[str] | set[str]) -> bool:
+    """Whether a change of ``paths`` can change what a template with ``dependencies`` renders."""
+    if not dependencies.isdisjoint(paths):
+        return True
+    return ANY_TEMPLATE in dependencies and any(p.startswith(TEMPLATE_DIR) for p in paths)
 
 
 def template_path(name: str) -> str:
@@ -225,9 +237,16 @@ class Templates:
         return _Compiled(code, refs, "node" in jinja2.meta.find_undeclared_variables(ast))
 
     def dependencies(self, name: str) -> frozenset[str]:
-        """Paths of ``name`` and every template it may include, transitively (all templates if it computes a name)."""
+        """Paths of ``name`` and every template it may include, transitively.
+
+        A template that computes a name may include any template, one added
+        later included: its dependencies are every template and
+        :data:`ANY_TEMPLATE`, never narrower (a change under templates/ must
+        reach every node using it, in the plan and the controller alike).
+        """
         if name not in self._deps:
             seen: set[str] = set()
+            computed = False
             todo = [name]
             while todo:
                 current = todo.pop()
@@ -239,9 +258,10 @@ class Templates:
                 except TemplateProblem:
                     continue
                 if None in refs:
+                    computed = True
                     todo.extend(self.names())
                 todo.extend(r for r in refs if r is not None)
-            self._deps[name] = frozenset(TEMPLATE_DIR + n for n in seen)
+            self._deps[name] = frozenset(TEMPLATE_DIR + n for n in seen) | ({ANY_TEMPLATE} if computed else frozenset())
         return self._deps[name]
 
     def _uses_node(self, name: str) -> bool:

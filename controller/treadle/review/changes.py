@@ -94,6 +94,8 @@ class Changes:
     removed: tuple[NodeRef, ...]
     unrendered: tuple[NodeRef, ...]
     transitions: tuple[Transition, ...]
+    #: Nodes whose BASE file does not parse: no lifecycle transition is assumed for them (lifecycle: HEAD's).
+    base_unreadable: tuple[NodeRef, ...] = ()
 
 
 def resource_key(resource: Mapping[str, Any]) -> tuple[str, str]:
@@ -201,17 +203,19 @@ def _show(value: Any) -> str:
 
 def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str, RenderedNode],
                  base_lifecycles: Mapping[str, str], head_lifecycles: Mapping[str, str],
-                 places: Places | None = None, untouched: frozenset[str] = frozenset()) -> Changes:
+                 places: Places | None = None, untouched: frozenset[str] = frozenset(),
+                 unreadable_base: frozenset[str] = frozenset()) -> Changes:
     """Compare two renders. A node whose file exists in HEAD but did not render is ``unrendered``, not removed.
     ``untouched`` nodes were left out of both renders (see :class:`treadle.fabric.Scope`) because no
     file they read changed, so they are not compared.
 
     ``*_lifecycles`` are every node file's lifecycle (``RenderResult.lifecycles``), which also tells
     which nodes exist in a revision whether or not they rendered; ``places`` gives (site, cluster)
-    of nodes that did not render in either.
+    of nodes that did not render in either. ``unreadable_base`` are the nodes whose BASE file does not
+    parse: their BASE lifecycle is unknown, so they are listed apart and never as a transition.
     """
     places = places if places is not None else {}
-    changed, added, removed, unrendered, transitions = [], [], [], [], []
+    changed, added, removed, unrendered, transitions, unreadable = [], [], [], [], [], []
     for name in sorted(set(head_lifecycles) | set(base_lifecycles) | set(head_nodes) | set(base_nodes)):
         if name in untouched:
             continue
@@ -229,9 +233,11 @@ def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str
             if diffs:
                 changed.append(NodeChange(name, site, cluster, new.address, diffs))
         before, after = base_lifecycles.get(name), head_lifecycles.get(name)
-        if before is not None and after is not None and before != after:
+        if name in unreadable_base:
+            unreadable.append(NodeRef(name, site, cluster, after or "production"))
+        elif before is not None and after is not None and before != after:
             transitions.append(Transition(name, site, cluster, before, after))
-    return Changes(tuple(changed), tuple(added), tuple(removed), tuple(unrendered), tuple(transitions))
+    return Changes(tuple(changed), tuple(added), tuple(removed), tuple(unrendered), tuple(transitions), tuple(unreadable))
 
 
 def _place(name: str, new: RenderedNode | None, old: RenderedNode | None, places: Places) -> tuple[str, str]:

@@ -57,7 +57,10 @@ def summary(plan: Plan) -> dict[str, Any]:
         "unrendered": Counter((n.site, n.cluster) for n in c.unrendered),
     }
     places = sorted(set().union(*(set(v) for v in counts.values())))
+    extra = {"base_unreadable": [{"node": n.name, "site": n.site, "cluster": n.cluster} for n in c.base_unreadable]
+             } if c.base_unreadable else {}
     return {
+        **extra,
         "changed": len(c.changed), "added": len(c.added), "removed": len(c.removed), "unrendered": len(c.unrendered),
         "by_cluster": [{"site": s, "cluster": cl, **{k: v[(s, cl)] for k, v in counts.items()}} for s, cl in places],
         "transitions": [{"node": t.name, "site": t.site, "cluster": t.cluster, "from": t.before, "to": t.after}

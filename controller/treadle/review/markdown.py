@@ -107,6 +107,13 @@ def _summary(plan: Plan, limits: MarkdownLimits) -> list[str]:
         out += _capped((f"- `{t['node']}` ({t['site']}/{t['cluster']}): {t['from']} → {t['to']}" for t in transitions),
                        len(transitions), limits.max_list_items, "more")
         out.append("")
+    unreadable = s.get("base_unreadable", [])
+    if unreadable:
+        out += [f"**Unreadable in BASE ({len(unreadable)})**: these node files do not parse in BASE, so their "
+                "lifecycle there is unknown and no transition is assumed", ""]
+        out += _capped((f"- `{u['node']}` ({u['site']}/{u['cluster']})" for u in unreadable),
+                       len(unreadable), limits.max_list_items, "more")
+        out.append("")
     return out
 
 

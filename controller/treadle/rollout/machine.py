@@ -22,7 +22,11 @@ for it, its apply succeeded, and it has stayed healthy for the wave's soak
 time. Missing data never passes: a node that does not report is not done,
 and when the wave's timeout expires every node that is not done has failed.
 A node that reports a failed apply or unhealthy after applying has failed at
-once (a flapping node is a failing node).
+once (a flapping node is a failing node). Only the exact generation counts: a
+node reporting a higher one holds a manifest from an earlier controller and
+refuses this one (see ``_observe``), so it has failed at once too. Nodes of
+the waves that passed stay under the gate until the rollout completes: more
+of them failing than their wave's budget fails the rollout as well.
 """
 
 from __future__ import annotations
@@ -166,13 +170,17 @@ def step(r: Rollout, now: float, observations: Mapping[str, Observation], expect
          blocked: str | None) -> tuple[Rollout, list[Action]]:
     """One deterministic step of rollout ``r``.
 
-    ``observations`` are the agents' reports for the current wave's nodes;
+    ``observations`` are the agents' reports for the current wave's nodes and those of the waves that
+    passed (still gated: see :func:`_passed_wave_failure`);
     ``expected`` the generation published for each of them; ``blocked`` why
     no new wave may start now (window, freeze) or None. Returns the next
     rollout (``r`` itself when nothing changed) and the actions to carry out.
     """
     if not r.active or r.paused:
         return r, []
+    late = _passed_wave_failure(r, observations) if r.wave else None
+    if late is not None:
+        return _fail(r, late)
     if r.state in (State.PENDING, State.WAITING):
         return _start_wave(r, blocked)
     if r.state is State.PUBLISHING:
@@ -226,8 +234,15 @@ def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: fl
     ``made`` (one per status and start time in a step), so nodes that move together share them."""
     if p.status in _DONE:
         return p
-    if obs is None or obs.generation is None or want is None or obs.generation < want:
-        # Not applied yet, or no data: a soak in progress restarts once data returns.
+    if obs is not None and obs.generation is not None and want is not None and obs.generation > want:
+        # Above anything this controller published: the agent accepted a higher generation from an earlier
+        # controller (state lost, restored from an old backup) and refuses ours as a rollback. It will
+        # never apply this wave's content, so waiting for the timeout would only hide that.
+        return NodeProgress(NodeStatus.FAILED, now, f"reports generation {obs.generation}, above the {want} published "
+                            "for it: it refuses what was published (controller state lost? see 'Restoring a controller')")
+    if obs is None or obs.generation is None or want is None or obs.generation != want:
+        # Not applied yet, or no data: a soak in progress restarts once data returns. Only the exact
+        # generation published for the node counts as applied.
         return _FRESH if p.status is NodeStatus.APPLIED else p
     if obs.apply_ok is False:
         return NodeProgress(NodeStatus.FAILED, now, f"apply of generation {obs.generation} failed")
@@ -260,9 +275,12 @@ def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
     for n in wave.nodes:
         p = r.progress.get(n, _FRESH)
         if p.status not in _DONE:
-            q = _observe(p, observations.get(n), expected.get(n), now, soak_s, made)
+            obs, want = observations.get(n), expected.get(n)
+            q = _observe(p, obs, want, now, soak_s, made)
             if timed_out and q.status not in _DONE:
-                q = NodeProgress(NodeStatus.FAILED, now, f"timed out after {wave.timeout_s}s while {q.status}")
+                seen = ("" if obs is None or obs.generation is None or obs.generation == want
+                        else f" (reports generation {obs.generation}, published {want})")
+                q = NodeProgress(NodeStatus.FAILED, now, f"timed out after {wave.timeout_s}s while {q.status}{seen}")
             if q is not p or n not in r.progress:
                 p = moved[n] = q
         if p.status is NodeStatus.FAILED:
@@ -275,14 +293,41 @@ def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
         names = sorted(n for n, p in r.progress.items() if p.status is NodeStatus.FAILED)
         reason = (f"wave {wave.name}: {failed} of {len(wave.nodes)} nodes failed "
                   f"(budget {wave.allowed_failures}): " + ", ".join(f"{n}: {r.progress[n].reason}" for n in names[:5]))
-        if r.failure_policy == "rollback":
-            r = _replace(r, state=State.ROLLING_BACK, reason=reason)
-            return r, [Rollback(r.reached())]
-        return _replace(r, state=State.HALTED, reason=reason), []
+        return _fail(r, reason)
     if not unfinished:
         return _replace(r, state=State.PENDING, wave=r.wave + 1, started_at=None, progress={},
                         finished=(*r.finished, r.counts())), []
     return r, []
+
+
+def _fail(r: Rollout, reason: str) -> tuple[Rollout, list[Action]]:
+    """Halt, or roll back every node reached so far, as the rollout's failure policy says."""
+    if r.failure_policy == "rollback":
+        r = _replace(r, state=State.ROLLING_BACK, reason=reason)
+        return r, [Rollback(r.reached())]
+    return _replace(r, state=State.HALTED, reason=reason), []
+
+
+def _passed_wave_failure(r: Rollout, observations: Mapping[str, Observation]) -> str | None:
+    """Why a wave that already passed now fails (more of its nodes report a failed apply or unhealthy than
+    its budget allows), or None.
+
+    Nodes of passed waves stay under the gate until the rollout completes: a canary that turns bad after
+    its soak must still stop the waves behind it. Only reports count here (a passed node whose data
+    is missing is not failed again: it passed, and a scrape gap must not halt a fleet-wide rollout).
+    """
+    passed = r.wave if r.state in (State.PENDING, State.WAITING, State.PUBLISHING, State.SOAKING) else 0
+    for wave in r.waves[:passed]:
+        bad = []
+        for n in wave.nodes:
+            obs = observations.get(n)
+            if obs is not None and (obs.apply_ok is False or obs.healthy is False):
+                bad.append(f"{n}: {'apply failed' if obs.apply_ok is False else 'unhealthy'}"
+                           f" at generation {obs.generation}")
+        if len(bad) > wave.allowed_failures:
+            return (f"wave {wave.name} (passed): {len(bad)} of {len(wave.nodes)} nodes failed after it passed "
+                    f"(budget {wave.allowed_failures}): " + ", ".join(bad[:5]))
+    return None
 
 
 def pause(r: Rollout) -> Rollout:

@@ -171,9 +171,15 @@ class RolloutService:
             return r
 
     def _observe(self, r: Rollout, executor: Executor) -> dict[str, Observation]:
-        if r.state is not State.SOAKING or r.paused or r.current is None:
+        """What the agents of the wave soaking and of the waves that passed report (those stay gated)."""
+        if r.paused or not r.active:
             return {}
-        return anyio.run(self._health.observe, executor.targets(r.commit, r.current.nodes))
+        nodes = [n for w in r.waves[:r.wave] for n in w.nodes]
+        if r.state is State.SOAKING and r.current is not None:
+            nodes.extend(r.current.nodes)
+        if not nodes:
+            return {}
+        return anyio.run(self._health.observe, executor.targets(r.commit, nodes))
 
     def _carry_out(self, rid: int, r: Rollout, action: machine.Action, executor: Executor) -> Rollout:
         now = self._clock()
