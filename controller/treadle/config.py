@@ -75,6 +75,16 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """What history is kept; see README "Retention and cleanup" (defaults as in the schema)."""
+
+    rollouts_kept: int = 50  # finished rollouts, with their events and previous manifests
+    history_kept: int = 1000  # deployment rows, and refusal rows, each
+    mirror_max_packs: int = 16  # git gc the mirror above this many pack files
+    revert_branches_kept: int = 20  # treadle/revert-* branches in the mirror
+
+
+@dataclass(frozen=True, slots=True)
 class ControllerConfig:
     path: Path
     source: SourceSettings
@@ -83,6 +93,7 @@ class ControllerConfig:
     policy: PolicySettings
     api: ApiSettings
     health: HealthSettings
+    retention: RetentionSettings = RetentionSettings()
 
 
 def load(path: str | Path) -> ControllerConfig:
@@ -146,6 +157,7 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
             scrape_timeout_s=float(health.get("scrape_timeout_s", 2)),
             interval_s=float(health.get("interval_s", 2)),
         ),
+        retention=RetentionSettings(**doc.get("retention", {})),
     )
 
 

@@ -99,7 +99,15 @@ class Controller:
                     workers.start_soon(watch_refs, git_dir, self.trigger.set, stop)
                     log.event("source.watching", path=str(git_dir))
             server.should_exit = True
+        self.close()
         log.event("controller.stopped")
+
+    def close(self) -> None:
+        """Release what the parts hold open: database connections, the mirror's pack files."""
+        if self.pipeline.rollouts is not None:
+            self.pipeline.rollouts.close()
+        self.pipeline.source.close()
+        self.pipeline.state.close()
 
     async def _stop_on_signal(self, server: uvicorn.Server, scope: anyio.CancelScope, stop: anyio.Event) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -175,7 +183,8 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
     health = source_from_config(config.health.source, config.health.prometheus_url, config.health.scrape_timeout_s)
     rollouts = RolloutService(state_dir / STATE_DB, health, metrics=metrics)
     pipeline = Pipeline(
-        source=GitSource(config.source.repository, config.source.branch, state_dir, config.source.credentials),
+        source=GitSource(config.source.repository, config.source.branch, state_dir, config.source.credentials,
+                         max_packs=config.retention.mirror_max_packs),
         state=state, store=store, metrics=metrics, rollouts=rollouts,
         signer=ManifestSigner(config.signing.signing_keys, lifetime_s=config.signing.manifest_lifetime_s),
         settings=Settings(resign_before_s=config.signing.resign_before_s),

@@ -301,6 +301,7 @@ class Pipeline:
             return None
 
         def work() -> None:
+            src = None
             try:
                 from treadle.fabric import GitRevisionSource
                 from treadle.fabric.layout import classify
@@ -309,6 +310,11 @@ class Pipeline:
                 self.store.prepare(n.name for n in classify(src.entries()).nodes)
             except Exception as e:  # only an optimisation: publish creates what is missing
                 log.warning("store.prepare_failed", error=str(e))
+            finally:
+                if src is not None:
+                    # libgit2 shares a pack's descriptor among every handle on the repository: this one
+                    # would keep the mirror's packs open after a repack (tests/controller/test_soak.py).
+                    src.repo.free()
 
         thread = threading.Thread(target=work, name="store-prepare", daemon=True)
         thread.start()

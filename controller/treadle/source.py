@@ -20,6 +20,14 @@ fetch itself decides what the head is, so duplicates are harmless):
 - ``POST /v1/hooks/git`` (see :mod:`treadle.api`);
 - polling every ``poll_interval_s`` as the fallback.
 
+Upkeep: every fetch that brings commits writes one more pack file into the
+mirror, and libgit2 never repacks. After a fetch, when the mirror holds more
+than ``max_packs`` pack files, ``git gc`` (the git CLI) repacks them into one
+and prunes unreachable objects older than git's default (two weeks); the
+repository handle is then freed so the deleted packs' descriptors close.
+libgit2 is also told to keep at most :data:`MAX_OPEN_PACK_FILES` pack files
+open at once, process-wide. (Pinned by tests/controller/test_soak.py.)
+
 Raises:
     SourceError: clone, fetch or a read failed; the loop retries later.
 """
@@ -27,6 +35,7 @@ Raises:
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +43,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pygit2
+from treadle import log
 from treadle.errors import SourceError
 
 MIRROR_DIR = "mirror.git"
@@ -61,6 +71,14 @@ DEFAULT_TOKEN_USER = "git"
 #: fails the fetch (the loop retries later) instead of hanging the pipeline for good.
 CONNECT_TIMEOUT_MS = 15_000
 IO_TIMEOUT_MS = 60_000
+
+
+#: Pack files libgit2 keeps open at once, process-wide (its default: no limit, one descriptor per pack ever read).
+MAX_OPEN_PACK_FILES = 64
+#: Default of ``mirror_max_packs``: repack the mirror when it holds more pack files than this.
+DEFAULT_MAX_PACKS = 16
+#: How long ``git gc`` of the mirror may take before it is stopped (the next fetch tries again).
+GC_TIMEOUT_S = 600
 
 
 def set_timeouts(connect_ms: int = CONNECT_TIMEOUT_MS, io_ms: int = IO_TIMEOUT_MS) -> None:
@@ -148,12 +166,16 @@ def read_token(path: Path) -> str:
 class GitSource:
     """The tracked ``branch`` of ``url``, mirrored in ``state_dir``."""
 
-    def __init__(self, url: str, branch: str, state_dir: Path, credentials: GitCredentials | None = None) -> None:
+    def __init__(self, url: str, branch: str, state_dir: Path, credentials: GitCredentials | None = None,
+                 max_packs: int = DEFAULT_MAX_PACKS) -> None:
         self.url = url
         self.branch = branch
         self.credentials = credentials or GitCredentials()
+        self.max_packs = max_packs
         if pygit2.settings.server_timeout == 0:  # libgit2's default: wait forever
             set_timeouts()
+        if pygit2.settings.mwindow_file_limit == 0:  # libgit2's default: no limit
+            pygit2.settings.mwindow_file_limit = MAX_OPEN_PACK_FILES
         if self.credentials.https_ca_file is not None:
             pygit2.settings.set_ssl_cert_locations(str(self.credentials.https_ca_file), None)
         self.path = state_dir / MIRROR_DIR
@@ -202,7 +224,42 @@ class GitSource:
                                        prune=pygit2.enums.FetchPrune.NO_PRUNE)
         except (pygit2.GitError, KeyError, ValueError) as e:
             raise SourceError(f"{self.url}: fetch of branch {self.branch!r} failed: {e}") from e
+        if self.pack_count() > self.max_packs:
+            self.repack()
         return self.head()
+
+    def pack_count(self) -> int:
+        """How many pack files the mirror holds."""
+        try:
+            return sum(1 for p in (self.path / "objects" / "pack").iterdir() if p.suffix == ".pack")
+        except OSError:
+            return 0
+
+    def repack(self) -> bool:
+        """``git gc`` the mirror, then free the handle so the old packs' descriptors close; whether it ran.
+
+        A failure is logged, never raised: the mirror stays usable, only larger, and the next fetch tries again.
+        """
+        env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+        argv = ["git", "-C", str(self.path), "-c", "gc.autoDetach=false", "-c", "core.hooksPath=/dev/null", "gc", "--quiet"]
+        try:
+            done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  errors="replace", timeout=GC_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("mirror.gc_failed", path=str(self.path), error=str(e))
+            return False
+        self.close()  # the handle reopens on next use, seeing only the new pack
+        if done.returncode != 0:
+            log.warning("mirror.gc_failed", path=str(self.path), error=done.stderr.strip()[-500:])
+            return False
+        log.event("mirror.gc", path=str(self.path), packs=self.pack_count())
+        return True
+
+    def close(self) -> None:
+        """Release the mirror's handle and the pack files behind it (reopened on next use)."""
+        if self._repo is not None:
+            self._repo.free()
+            self._repo = None
 
     def head(self) -> str:
         """The last fetched head of the branch.

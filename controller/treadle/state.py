@@ -14,8 +14,13 @@ the store, so it is re-signed under a generation above the reserved one. An
 agent therefore never sees two different envelopes with one generation, and
 no generation ever goes down.
 
-Each thread gets its own connection (the API reads while the pipeline
-writes; WAL lets readers proceed during a write).
+Connections come from a small pool owned by the :class:`StateDB`: a
+statement borrows one and returns it, so the API reads on one while the
+pipeline writes on another (WAL lets readers proceed during a write), and
+the number open is the most ever used at once (two or three), however many
+worker threads come and go. :meth:`StateDB.close` closes them all. (One
+connection per thread leaked one, with its WAL descriptor, per short-lived
+worker thread: tests/controller/test_soak.py.)
 
 Raises:
     StoreError: the database cannot be opened, is from a newer version, or a
@@ -95,51 +100,74 @@ class StateDB:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._local = threading.local()
+        self._pool_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._opened: list[sqlite3.Connection] = []
         # The pipeline reads every node each cycle; it is also the only writer
         # of nodes, so it keeps them in memory and the writes below update them
         # exactly as the SQL does (pinned by tests/controller/test_state.py).
         self._nodes: dict[str, NodeRecord] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._migrate(self._conn())
+        self._migrate()
         self._add_node_history()
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+    @property
+    def handles(self) -> int:
+        """How many connections are open (the pool's size)."""
+        with self._pool_lock:
+            return len(self._opened)
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        """A connection of the pool for the duration of the block, opened when none is idle."""
+        with self._pool_lock:
+            conn = self._idle.pop() if self._idle else None
         if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-                conn.execute("PRAGMA journal_mode=WAL")
-                # FULL: a deployment recorded is a deployment that survives power loss.
-                conn.execute("PRAGMA synchronous=FULL")
-            except sqlite3.Error as e:
-                raise StoreError(f"{self.path}: cannot open the state database: {e}; move it aside and restart") from e
-            self._local.conn = conn
+            conn = self._open()
+            with self._pool_lock:
+                self._opened.append(conn)
+        try:
+            yield conn
+        finally:
+            with self._pool_lock:
+                if conn in self._opened:  # not closed meanwhile
+                    self._idle.append(conn)
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a deployment recorded is a deployment that survives power loss.
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot open the state database: {e}; move it aside and restart") from e
         return conn
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._conn() as conn:
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise StoreError(f"{self.path}: {e}") from e
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: {e}") from e
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._conn().execute(sql, args).fetchall()
+            with self._conn() as conn:
+                return conn.execute(sql, args).fetchall()
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: {e}") from e
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _migrate(self) -> None:
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            with self._conn() as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: not a Treadle state database ({e}); move it aside and restart") from e
         if version > SCHEMA_VERSION:
@@ -162,10 +190,11 @@ class StateDB:
                       "commit_sha TEXT, author TEXT, why TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY(node, generation))")
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close every connection of the pool (a later statement opens a new one)."""
+        with self._pool_lock:
+            opened, self._opened, self._idle = self._opened, [], []
+        for conn in opened:
             conn.close()
-            self._local.conn = None
 
     # -- reads ---------------------------------------------------------------
 

@@ -42,6 +42,14 @@ def write_revert_branch(clone: Path, remote_url: str, bad_commit: str, onto: str
     """
     repo = pygit2.Repository(str(clone))
     try:
+        return _write(repo, remote_url, bad_commit, onto, reason, credentials)
+    finally:
+        repo.free()  # its pack descriptors, shared with the mirror's own handle, close now
+
+
+def _write(repo: pygit2.Repository, remote_url: str, bad_commit: str, onto: str, reason: str,
+           credentials: GitCredentials | None) -> RevertBranch:
+    try:
         bad, base = repo.revparse_single(bad_commit), repo.revparse_single(onto)
     except (KeyError, ValueError) as e:
         raise SourceError(f"cannot revert {bad_commit[:12]}: {e}") from e

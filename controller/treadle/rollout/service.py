@@ -87,6 +87,12 @@ class RolloutService:
         with self._lock:
             self._update_metrics()
 
+    def close(self) -> None:
+        """Close both connections (the service is not used afterwards)."""
+        with self._lock, self._read_lock:
+            self._store.close()
+            self._reader.close()
+
     # -- the pipeline's side -------------------------------------------------
 
     def has_rollout(self, commit: str) -> bool:

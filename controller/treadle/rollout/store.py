@@ -143,6 +143,9 @@ class RolloutStore:
         with conn:
             conn.executescript(SCHEMA)
 
+    def close(self) -> None:
+        self._conn.close()
+
     def create(self, r: Rollout, now: float | None = None, previous: Mapping[str, bytes] | None = None) -> int:
         """Store a new rollout and, in the same transaction, what its nodes run before it (for a rollback)."""
         now = time.time() if now is None else now
