@@ -24,27 +24,30 @@ def test_a_node_says_what_it_runs_since_when_its_wave_and_what_its_agent_reports
     assert fleet.wait_rollout(sha, TERMINAL, 90)["state"] == "complete"
     fleet.wait_applied("v2", fleet.agents)
 
+    # Generations are clock-based: the second publication is above the first, and the one the store serves.
+    gen1, gen2 = fleet.first[CANARY], fleet.published_generation(CANARY)
+    assert gen2 > gen1
     doc = fleet.api(f"/v1/nodes/{CANARY}")
     assert treadle_schemas.errors("node-status.json", doc) == []
     assert (doc["node"], doc["lifecycle"], doc["labels"], doc["site"], doc["cluster"]) == (
         CANARY, "production", {"canary": "true"}, "s1", "c1")
-    assert doc["published"]["generation"] == 2 and doc["published"]["commit"] == sha and doc["published"]["since"]
+    assert doc["published"]["generation"] == gen2 and doc["published"]["commit"] == sha and doc["published"]["since"]
     assert doc["rollout"]["commit"] == sha and (doc["rollout"]["wave"], doc["rollout"]["status"]) == ("canary", "passed")
     obs = doc["observation"]
     assert obs["reachable"] is True, obs
-    assert (obs["applied_generation"], obs["last_apply_success"], obs["healthy"]) == (2, True, True)
+    assert (obs["applied_generation"], obs["last_apply_success"], obs["healthy"]) == (gen2, True, True)
     assert obs["health_checks"] == {"app-config": True} and obs["resources"]["failed"] == 0 and obs["last_apply_at"] > 0
 
     shown = treadle(fleet, "status", "--node", CANARY)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     out = " ".join(shown.stdout.split())
-    assert f"generation 2 of commit {sha}" in out and "app-config up" in out and "canary=true" in out, out
+    assert f"generation {gen2} of commit {sha}" in out and "app-config up" in out and "canary=true" in out, out
 
     history = fleet.api(f"/v1/nodes/{CANARY}/history")
     assert treadle_schemas.errors("node-history.json", history) == []
     rows = [(h["generation"], h["commit"], h["why"]) for h in history["history"]]
     first = rows[-1][1]
-    assert rows == [(2, sha, "rollout"), (1, first, "new node")]
+    assert rows == [(gen2, sha, "rollout"), (gen1, first, "new node")]
     assert all(h["author"] == "Fabric Admin <admin@example.org>" for h in history["history"])
     listed = treadle(fleet, "history", CANARY)
     assert listed.returncode == 0 and "rollout" in listed.stdout and "new node" in listed.stdout and sha[:12] in listed.stdout
