@@ -18,6 +18,7 @@ Exit 0 when nothing differed, 1 on a mismatch, 2 on a usage error.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.examples < 1 or args.max_commits < 1:
         parser.error("--examples and --max-commits must be at least 1")
     done = [0]
+    logging.disable(logging.WARNING)  # refused commits are expected here: only mismatches are news
 
     @settings(max_examples=args.examples, deadline=None, database=None, derandomize=False,
               suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
