@@ -30,9 +30,10 @@ GIT_ENV = {
 
 SITES = ("s1", "s2")
 CLUSTERS = (("s1", "c1"), ("s1", "c2"), ("s2", "c1"))
-LIFECYCLES = ("production", "draining", "maintenance")
-#: Legal next states (the default transitions); anything else is an illegal, refused commit.
-LEGAL = {"production": ("draining",), "draining": ("maintenance", "production"), "maintenance": ("production",)}
+LIFECYCLES = ("production", "draining", "maintenance", "provisioning")
+#: Legal next states (the default transitions, retirement aside); anything else is an illegal, refused commit.
+LEGAL = {"production": ("draining",), "draining": ("maintenance", "production"), "maintenance": ("production",),
+         "provisioning": ("production",)}
 
 TEMPLATE_TEXTS = {
     "header.j2": ("# {{ node.name }} in {{ node.site }}\n", "# managed: {{ node.name }}\n"),

@@ -30,6 +30,8 @@ CORPUS = {
                                       ("site-template", "s1", None)],
     # Reverting a syntax error in a node file out of production: no transition from an unreadable base.
     "revert-of-a-broken-maintenance-node": [("lifecycle", 0, 0, True), ("lifecycle", 0, 0, True), ("invalid", 6)],
+    # An illegal move from draining (where both other states are legal) was not generated.
+    "illegal-move-from-draining": [("lifecycle", 0, 6, True), ("lifecycle", 0, 0, False), ("lifecycle", 0, 0, True)],
     "every-kind-once": [("data", "node", "motd", 1), ("data", "cluster", "ntp", 2), ("data", "defaults", "motd", 3),
                         ("data", "profile", "ntp", 4), ("data", "lifecycle-profile", "motd", 5), ("sysctl", 1),
                         ("template", "header.j2", 1), ("add-node", 1), ("move-node", 0, 2), ("remove-node", 3),
