@@ -22,7 +22,7 @@ this check is about (the waves' gate is tested in tests/rollout*).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +196,7 @@ def operations(st: Any) -> Any:
     )
 
 
-def run_sequence(workdir: Path, ops: Sequence[tuple[Any, ...]], on_step: Callable[[], None] | None = None) -> None:
+def run_sequence(workdir: Path, ops: Sequence[tuple[Any, ...]]) -> None:
     """Check one sequence of operations in a fresh repository and controller under ``workdir``."""
     diff = Differential(workdir)
     try:

@@ -14,7 +14,6 @@ where a merge tag is wanted; node addresses are loopback addresses.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -146,9 +145,6 @@ class FabricModel:
 
     def lifecycle(self, name: str) -> str:
         return self.docs[self.node_path(name)].get("lifecycle", "production")
-
-    def snapshot(self) -> FabricModel:
-        return copy.deepcopy(self)
 
 
 def apply(model: FabricModel, op: tuple[Any, ...]) -> str:
