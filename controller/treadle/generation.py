@@ -30,6 +30,7 @@ the manifest schema's ``generation`` is any non-negative integer.
 
 from __future__ import annotations
 
+
 def clock_floor(now_s: float) -> int:
     """The smallest generation a controller publishes at ``now_s`` (Unix seconds)."""
     return max(0, int(now_s * 1000))
