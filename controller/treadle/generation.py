@@ -30,9 +30,6 @@ the manifest schema's ``generation`` is any non-negative integer.
 
 from __future__ import annotations
 
-#: Generations stay exactly representable as float64 (Prometheus samples) below this.
-MAX_EXACT = 2**53
-
 
 def clock_floor(now_s: float) -> int:
     """The smallest generation a controller publishes at ``now_s`` (Unix seconds)."""

@@ -172,3 +172,39 @@ def test_a_controller_that_lost_its_state_but_kept_its_store_publishes_above_the
     assert rebuilt.run_once().result == "deployed"
     again = _generations(rebuilt)
     assert all(again[n] > accepted[n] for n in accepted)
+
+
+def test_a_restore_from_an_old_backup_with_an_empty_publish_dir_republishes_every_node_above_the_newer_ones(
+        make_fabric, signing_key: Path, tmp_path: Path) -> None:
+    """README "Restoring a controller from backup": the old state, an empty publish directory."""
+    import shutil
+
+    repo, fabric = make_fabric(1, 1, 3)
+    clock = Clock(1_800_000_000)
+    p = build(tmp_path, repo.bare, signing_key, clock, extra="")
+    p.run_once()
+    p.rollouts = None  # every change published at once: what matters here is what the nodes were last sent
+    p.state.close()
+    shutil.copytree(tmp_path / "state", tmp_path / "backup")
+    p = build(tmp_path, repo.bare, signing_key, clock)
+    p.rollouts = None
+    node = fabric.nodes[0]
+    original = node.path.read_text()
+    node.path.write_text(original.replace("labels: {", "labels: {owner: x, ", 1))
+    repo.commit_and_push("change")
+    clock.now += 10
+    p.run_once()
+    node.path.write_text(original)
+    repo.commit_and_push("and back")
+    clock.now += 10
+    p.run_once()
+    newest = _generations(p)
+    p.state.close()
+    shutil.rmtree(tmp_path / "state")
+    shutil.rmtree(tmp_path / "publish")
+    shutil.copytree(tmp_path / "backup", tmp_path / "state")
+    clock.now += 60
+    restored = build(tmp_path, repo.bare, signing_key, clock)
+    assert restored.run_once().result == "deployed"
+    again = _generations(restored)
+    assert set(again) == set(newest) and all(again[n] > newest[n] for n in newest)

@@ -272,3 +272,10 @@ def test_passed_node_without_data_does_not_fail_the_rollout() -> None:
     r, _ = m.step(r, 200, rest, EXPECTED, None)
     r, _ = m.step(r, 201, {}, EXPECTED, None)
     assert r.state is State.COMPLETE
+
+
+def test_an_agent_that_accepted_a_higher_generation_fails_at_once_even_while_applying_an_older_one() -> None:
+    # It applied generation 1 long ago, but holds generation 50 as its highest accepted: it refuses 2 as a rollback.
+    refusing = Observation(generation=1, apply_ok=True, healthy=True, accepted=50)
+    r, _ = run_wave(rollout(), 0, {"n1": refusing})
+    assert r.state is State.HALTED and "n1: reports generation 50, above the 2 published" in r.reason

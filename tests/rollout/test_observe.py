@@ -8,6 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Gauge, Info, generate_latest
 
 from treadle.rollout.machine import Observation
@@ -75,3 +77,21 @@ def test_unreachable_failing_or_impostor_agents_are_missing_not_healthy(agents) 
 
 def test_garbage_exposition_is_missing_data() -> None:
     assert parse_exposition("treadle_agent_healthy{{{ 1\n", "n1") is None
+
+
+def test_the_highest_accepted_generation_is_read_beside_the_applied_one() -> None:
+    text = exposition("n1", 7, 1, 1) + "# TYPE treadle_agent_manifest_generation gauge\ntreadle_agent_manifest_generation 9.0\n"
+    assert parse_exposition(text, "n1") == Observation(7, True, True, accepted=9)
+
+
+def test_an_infinite_or_nan_generation_is_missing_data_not_a_crash() -> None:
+    text = exposition("n1", 7, 1, 1).replace("treadle_agent_applied_generation 7.0", "treadle_agent_applied_generation +Inf")
+    assert parse_exposition(text, "n1") == Observation(None, True, True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=st.text(max_size=300), value=st.sampled_from(["1", "-1", "+Inf", "NaN", "1e400", "x", "18e11"]))
+def test_any_exposition_is_an_observation_or_missing_never_an_exception(body: str, value: str) -> None:
+    text = f'treadle_agent_info{{node="n1"}} 1\ntreadle_agent_applied_generation {value}\n{body}'
+    got = parse_exposition(text, "n1")
+    assert got is None or isinstance(got, Observation)

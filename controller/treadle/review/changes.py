@@ -204,7 +204,7 @@ def _show(value: Any) -> str:
 def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str, RenderedNode],
                  base_lifecycles: Mapping[str, str], head_lifecycles: Mapping[str, str],
                  places: Places | None = None, untouched: frozenset[str] = frozenset(),
-                 unreadable_base: frozenset[str] = frozenset()) -> Changes:
+                 unreadable_base: frozenset[str] = frozenset(), unreadable_head: frozenset[str] = frozenset()) -> Changes:
     """Compare two renders. A node whose file exists in HEAD but did not render is ``unrendered``, not removed.
     ``untouched`` nodes were left out of both renders (see :class:`treadle.fabric.Scope`) because no
     file they read changed, so they are not compared.
@@ -212,7 +212,8 @@ def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str
     ``*_lifecycles`` are every node file's lifecycle (``RenderResult.lifecycles``), which also tells
     which nodes exist in a revision whether or not they rendered; ``places`` gives (site, cluster)
     of nodes that did not render in either. ``unreadable_base`` are the nodes whose BASE file does not
-    parse: their BASE lifecycle is unknown, so they are listed apart and never as a transition.
+    parse: their BASE lifecycle is unknown, so they are listed apart and never as a transition;
+    ``unreadable_head`` the same in HEAD (an error of HEAD, reported as such).
     """
     places = places if places is not None else {}
     changed, added, removed, unrendered, transitions, unreadable = [], [], [], [], [], []
@@ -235,7 +236,7 @@ def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str
         before, after = base_lifecycles.get(name), head_lifecycles.get(name)
         if name in unreadable_base:
             unreadable.append(NodeRef(name, site, cluster, after or "production"))
-        elif before is not None and after is not None and before != after:
+        elif before is not None and after is not None and before != after and name not in unreadable_head:
             transitions.append(Transition(name, site, cluster, before, after))
     return Changes(tuple(changed), tuple(added), tuple(removed), tuple(unrendered), tuple(transitions), tuple(unreadable))
 

@@ -130,7 +130,8 @@ def build_plan(repo: str | os.PathLike[str] | pygit2.Repository, base_rev: str, 
     paths = changed_paths(base_src.repo, base_commit, head_commit, getattr(head_src, "prefix", ""))
     base, head = _render_both(base_src, head_src, cache, paths, settings.full_render)
     changes = diff_renders(base.nodes, head.nodes, base.lifecycles, head.lifecycles, _Places(head_src, base_src),
-                           untouched=base.skipped | head.skipped, unreadable_base=base.unreadable)
+                           untouched=base.skipped | head.skipped, unreadable_base=base.unreadable,
+                           unreadable_head=head.unreadable)
     groups = group_changes(changes.changed)
     budget = ProvenanceBudget(lookups=settings.max_provenance_lookups)
     provenance = explain_groups(Explainer(head_src, cache, paths, budget), groups)

@@ -72,6 +72,9 @@ class Observation:
     apply_ok: bool | None = None
     healthy: bool | None = None
     failed_checks: tuple[str, ...] = ()  # the health checks reported down, for the halt reason
+    #: The highest generation the agent accepted (treadle_agent_manifest_generation): above the published
+    #: one, the agent refuses what was published as a rollback.
+    accepted: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,11 +237,12 @@ def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: fl
     ``made`` (one per status and start time in a step), so nodes that move together share them."""
     if p.status in _DONE:
         return p
-    if obs is not None and obs.generation is not None and want is not None and obs.generation > want:
+    ahead = None if obs is None or want is None else max(obs.generation or 0, obs.accepted or 0)
+    if ahead is not None and want is not None and ahead > want:
         # Above anything this controller published: the agent accepted a higher generation from an earlier
         # controller (state lost, restored from an old backup) and refuses ours as a rollback. It will
         # never apply this wave's content, so waiting for the timeout would only hide that.
-        return NodeProgress(NodeStatus.FAILED, now, f"reports generation {obs.generation}, above the {want} published "
+        return NodeProgress(NodeStatus.FAILED, now, f"reports generation {ahead}, above the {want} published "
                             "for it: it refuses what was published (controller state lost? see 'Restoring a controller')")
     if obs is None or obs.generation is None or want is None or obs.generation != want:
         # Not applied yet, or no data: a soak in progress restarts once data returns. Only the exact

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS_PORT = 9731
 #: Agent series the gate reads; names are DESIGN.md's contract.
 GENERATION = "treadle_agent_applied_generation"
+ACCEPTED = "treadle_agent_manifest_generation"
 APPLY_OK = "treadle_agent_last_apply_success"
 HEALTHY = "treadle_agent_healthy"
 INFO = "treadle_agent_info"
@@ -69,7 +70,7 @@ def parse_exposition(text: str, node: str) -> Observation | None:
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name in (GENERATION, APPLY_OK, HEALTHY):
+                if sample.name in (GENERATION, APPLY_OK, HEALTHY, ACCEPTED):
                     values[sample.name] = sample.value
                 elif sample.name == CHECK_UP and sample.value != 1.0:
                     failed_checks.append(str(sample.labels.get("check", "?")))
@@ -82,16 +83,20 @@ def parse_exposition(text: str, node: str) -> Observation | None:
         if info_node is not None:
             log.warning("metrics of %s claim to be node %s; ignored", node, info_node)
         return None
-    obs = _observation(values.get(GENERATION), values.get(APPLY_OK), values.get(HEALTHY))
+    obs = _observation(values.get(GENERATION), values.get(APPLY_OK), values.get(HEALTHY), values.get(ACCEPTED))
     return replace(obs, failed_checks=tuple(sorted(failed_checks))) if failed_checks else obs
 
 
-def _observation(generation: float | None, apply_ok: float | None, healthy: float | None) -> Observation:
+def _observation(generation: float | None, apply_ok: float | None, healthy: float | None,
+                 accepted: float | None = None) -> Observation:
     def flag(v: float | None) -> bool | None:
         return None if v is None or math.isnan(v) else v == 1.0
 
-    gen = None if generation is None or math.isnan(generation) else int(generation)
-    return Observation(generation=gen, apply_ok=flag(apply_ok), healthy=flag(healthy))
+    def number(v: float | None) -> int | None:
+        return None if v is None or math.isnan(v) or math.isinf(v) else int(v)
+
+    return Observation(generation=number(generation), apply_ok=flag(apply_ok), healthy=flag(healthy),
+                       accepted=number(accepted))
 
 
 class ScrapeSource:
@@ -143,14 +148,15 @@ class PrometheusSource:
         wanted = {t.node for t in targets}
         columns: dict[str, dict[str, float]] = {}
         async with httpx.AsyncClient(timeout=self._timeout_s, transport=self._transport, trust_env=False) as client:
-            for metric in (GENERATION, APPLY_OK, HEALTHY):
+            for metric in (GENERATION, APPLY_OK, HEALTHY, ACCEPTED):
                 try:
                     columns[metric] = await self._vector(client, self.query(metric))
                 except (httpx.HTTPError, ValueError, KeyError) as e:
                     log.warning("Prometheus query for %s failed: %s", metric, e)
                     return {}  # one unreadable column makes every node's data incomplete
         return {
-            node: _observation(columns[GENERATION].get(node), columns[APPLY_OK].get(node), columns[HEALTHY].get(node))
+            node: _observation(columns[GENERATION].get(node), columns[APPLY_OK].get(node), columns[HEALTHY].get(node),
+                               columns[ACCEPTED].get(node))
             for node in wanted if node in columns[GENERATION]
         }
 

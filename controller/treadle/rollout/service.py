@@ -178,7 +178,7 @@ class RolloutService:
 
     def _observe(self, r: Rollout, executor: Executor) -> dict[str, Observation]:
         """What the agents of the wave soaking and of the waves that passed report (those stay gated)."""
-        if r.paused or not r.active:
+        if r.paused or not r.active or r.state is State.ROLLING_BACK:
             return {}
         nodes = [n for w in r.waves[:r.wave] for n in w.nodes]
         if r.state is State.SOAKING and r.current is not None:
