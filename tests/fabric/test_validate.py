@@ -264,3 +264,25 @@ def test_fabric_document_at_the_top_level_is_reported_but_tool_configs_are_not(c
 def test_templates_cannot_build_huge_strings(cli, fabric):
     fabric.write("templates/chrony.conf.j2", "{{ 'x' * 1000000000 }}\n")
     assert "templates/chrony.conf.j2:1:1: template error: repetition builds more than" in invalid(cli, fabric)
+
+
+def test_setuid_mode_is_refused_unless_policy_special_modes_allows_the_path(cli, fabric):
+    fabric.write(NODE1, 'kind: Node\naddress: 10.0.0.1\nfiles:\n  /usr/local/bin/tool:\n    content: x\n    mode: "4755"\n')
+    err = invalid(cli, fabric)
+    assert f"{NODE1}:6:5: file '/usr/local/bin/tool': mode 4755 has setuid, setgid or sticky bits" in err
+    assert "policy.special_modes" in err
+    text = (fabric.root / "fabric.yaml").read_text() + "policy:\n  special_modes: [/usr/local/bin/*]\n"
+    fabric.write("fabric.yaml", text)
+    assert cli("validate", str(fabric.root)).code == 0
+
+
+def test_rendered_manifest_carries_the_special_modes_policy_for_the_agent_only_where_it_is_used(cli, fabric):
+    text = (fabric.root / "fabric.yaml").read_text() + "policy:\n  special_modes: [/usr/local/bin/*]\n"
+    fabric.write("fabric.yaml", text)
+    outcome = cli("render", str(fabric.root), "--node", "n1")
+    assert outcome.code == 0, outcome
+    assert "special_modes" not in json.loads(outcome.out)["metadata"]
+    fabric.write(NODE1, 'kind: Node\naddress: 10.0.0.1\nfiles:\n  /usr/local/bin/tool:\n    content: x\n    mode: "4755"\n')
+    outcome = cli("render", str(fabric.root), "--node", "n1")
+    assert outcome.code == 0, outcome
+    assert json.loads(outcome.out)["metadata"]["special_modes"] == ["/usr/local/bin/*"]
