@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from treadle_agent import config as agent_config
@@ -309,8 +309,19 @@ def test_no_damaged_state_file_crashes_the_agent_or_lowers_its_floor(enforcing_5
         st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4).map(lambda ops: _mutate(original, ops)),
         st.integers(1, len(original)).map(lambda n: original[:n]),
     ))
+    # A mutation may leave a facts file valid with another generation: a higher floor is the safe direction,
+    # but then generation 5 is rightly a rollback; such examples test nothing this test asserts.
+    assume(name not in STATE_FILES[:2] or (_generation(damage) or 0) <= 5)
     path.write_bytes(damage)
     _check_damage_is_survived(node, kit, name)
+
+
+def _generation(data: bytes) -> int | None:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc.get("generation") if isinstance(doc, dict) and type(doc.get("generation")) is int else None
 
 
 @pytest.mark.parametrize("path", sorted(f"{d.name}/{p.name}" for d in (CORPUS / "state").iterdir() for p in d.iterdir()))
