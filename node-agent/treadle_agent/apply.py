@@ -202,7 +202,8 @@ class Applier:
         plan = self._plan
         with RootFS(self.root) as fs:
             ctx = Context(fs, self.host, self.inventory,
-                          package_names=[r["name"] for r in resources if r["type"] == "package"])
+                          package_names=[r["name"] for r in resources if r["type"] == "package"],
+                          special_modes=tuple(manifest.metadata.get("special_modes") or ()))
             if not self._swept:
                 self._sweep(ctx, resources)
             self._remember_new(ctx, resources, plan)
@@ -231,7 +232,8 @@ class Applier:
         results: list[ResourceResult] = []
         with RootFS(self.root) as fs:
             ctx = Context(fs, self.host, self.inventory,
-                          package_names=[r["name"] for r in resources if r["type"] == "package"])
+                          package_names=[r["name"] for r in resources if r["type"] == "package"],
+                          special_modes=tuple(manifest.metadata.get("special_modes") or ()))
             for i in plan.order:
                 rid, res = plan.ids[i], resources[i]
                 if i in plan.errors:

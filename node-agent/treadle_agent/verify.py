@@ -211,21 +211,33 @@ class IsolatedAuthenticator(Authenticator):
 
 
 def _child(argv: Sequence[str]) -> int:
-    """The child side of :class:`IsolatedAuthenticator`."""
+    """The child side of :class:`IsolatedAuthenticator`.
+
+    Only the trust root can make it exit 2 (the agent's environment); whatever
+    the envelope provokes, even an exception of ours, is a refusal (exit 1).
+    """
     stdin = sys.stdin.buffer.read()
     size, _, rest = stdin.partition(b"\n")
     try:
-        trust = TrustRoot.from_bytes(rest[: int(size)], "<trust root from the agent>")
+        n = int(size)
+        trust = TrustRoot.from_bytes(rest[:n], "<trust root from the agent>")
         if "--check-keys" in argv:
             trust.check_keys()
             return 0
-        manifest = InProcessAuthenticator(trust)(rest[int(size):])
-    except VerifyError as e:
-        sys.stdout.write(json.dumps({"reason": e.reason, "message": str(e)}))
-        return 1
     except (ConfigError, ValueError) as e:
         print(e, file=sys.stderr)
         return 2
+    try:
+        manifest = InProcessAuthenticator(trust)(rest[n:])
+    except VerifyError as e:
+        sys.stdout.write(json.dumps({"reason": e.reason, "message": str(e)}))
+        return 1
+    except ConfigError as e:  # a key that fails only now: the trust root, not the envelope
+        print(e, file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug of ours on this envelope: still a counted refusal
+        sys.stdout.write(json.dumps({"reason": "internal", "message": f"{type(e).__name__}: {str(e)[:300]}"}))
+        return 1
     sys.stdout.buffer.write(manifest.raw)
     return 0
 

@@ -148,3 +148,26 @@ def test_sigterm_cancels_a_fetch_in_flight_instead_of_waiting_for_its_deadline(t
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=30)  # far below the 120 s fetch deadline
     assert p.returncode == 0 and "agent.stopped" in err and "fetch.failed" not in err
+
+
+def test_daemon_keeps_running_through_hostile_responses_and_counts_each(running, server, keys, kit):
+    """Responses that crashed the agent before (a 5,000-digit integer, an ETag that is not ASCII) and a
+    signature flood: each refused and counted by the daemon, which goes on enforcing generation 3."""
+    p, url = running
+    _wait_for(lambda: "treadle_agent_applied_generation 3.0" in _scrape(url))
+    good = server.routes[kit.MANIFEST_PATH].body
+    envelope = json.loads(good)
+    server.serve(json.dumps(envelope)[:-1].encode() + b', "n": ' + b"9" * 5000 + b"}")
+    _wait_for(lambda: _sample(_scrape(url), "treadle_agent_verify_failures_total", reason="envelope") >= 1)
+    envelope["signatures"] = envelope["signatures"] * 5_000
+    server.serve(json.dumps(envelope).encode())
+    _wait_for(lambda: _sample(_scrape(url), "treadle_agent_verify_failures_total", reason="envelope") >= 2)
+    server.serve(good)
+    server.routes[kit.MANIFEST_PATH].etag = '"caf\xe9"'
+    _wait_for(lambda: len(server.requests) > 3 and server.requests[-1][1] is None)
+    n = len(server.requests)
+    _wait_for(lambda: len(server.requests) > n + 1)  # later requests went out, without the poisoned ETag
+    assert all(inm is None or inm.isascii() for _, inm in server.requests)
+    assert p.poll() is None
+    text = _scrape(url)
+    assert _sample(text, "treadle_agent_applied_generation") == 3 and _sample(text, "treadle_agent_last_apply_success") == 1

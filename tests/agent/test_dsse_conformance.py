@@ -71,12 +71,12 @@ def _variant(envelope: bytes, *, urlsafe: bool = False, unpadded: bool = False, 
 @pytest.mark.parametrize("urlsafe", [False, True])
 @pytest.mark.parametrize("unpadded", [False, True])
 @pytest.mark.parametrize("keyid", ["keep", None, "", "another-implementations-key-id"])
-def test_envelopes_of_other_implementations_verify(keys, kit, urlsafe, unpadded, keyid):
+def test_envelopes_of_other_implementations_verify(shared_keys, kit, urlsafe, unpadded, keyid):
     """URL-safe or standard base64, padded or not, with the key id left out or spelt another way."""
     doc = kit.manifest_doc(generation=1, files={"/etc/x": "?>?>~~~" * 40})  # bytes whose base64 holds + and /
-    envelope = kit.signed(doc, keys.signers)
+    envelope = kit.signed(doc, shared_keys.signers)
     payload = verify_envelope(_variant(envelope, urlsafe=urlsafe, unpadded=unpadded, keyid=keyid),
-                              TrustRoot.load(keys.trust_root))
+                              TrustRoot.load(shared_keys.trust_root))
     assert json.loads(payload) == doc
 
 
@@ -110,9 +110,9 @@ def test_signature_object_with_unknown_members_or_a_non_string_keyid_is_refused(
 
 
 def test_signature_flood_is_refused_before_any_signature_is_verified(keys, kit):
-    """100,000 well-formed copies of a valid signature: refused by count (before: 10-15 s verifying each)."""
+    """2,000 well-formed copies of a valid signature: refused by count, before any is verified."""
     envelope = json.loads(kit.signed(kit.manifest_doc(), keys.signers))
-    envelope["signatures"] = envelope["signatures"] * 100_000
+    envelope["signatures"] = envelope["signatures"] * 2_000
     with pytest.raises(VerifyError, match="refused before verifying any") as e:
         verify_envelope(json.dumps(envelope).encode(), TrustRoot.load(keys.trust_root))
     assert e.value.reason == "envelope"
@@ -123,7 +123,7 @@ def test_signature_flood_over_http_is_refused_and_counted(node, kit):
     node.serve(kit.manifest_doc(generation=2))
     assert node.cycle().ok
     envelope = json.loads(kit.signed(kit.manifest_doc(generation=3), node.keys.signers))
-    envelope["signatures"] = envelope["signatures"] * 5_000
+    envelope["signatures"] = envelope["signatures"] * 500
     node.server.serve(json.dumps(envelope).encode())
     result = node.cycle()
     assert result.refused == "envelope" and result.generation == 2

@@ -9,6 +9,7 @@ the last good manifest still enforced.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -276,3 +277,60 @@ def test_reformatting_the_trust_root_is_no_rotation(node, kit, enforced):
     assert node.agent.trusted.highest_generation == 7
     node.serve(kit.manifest_doc(generation=6, files=GOOD))
     assert node.cycle().refused == "rollback"
+
+
+# --- 6: hard links and special mode bits ------------------------------------------------------------
+
+
+def _file_manifest(kit, path: str, content: str, mode: str, special_modes: list[str] | None = None, generation: int = 3):
+    doc = kit.manifest_doc(generation=generation, files={path: content})
+    doc["resources"][0]["mode"] = mode
+    if special_modes is not None:
+        doc["metadata"]["special_modes"] = special_modes
+    return doc
+
+
+def test_mode_change_through_a_planted_hard_link_is_refused_and_the_outside_file_keeps_its_mode(node, kit, enforced):
+    outside = node.tmp / "shadow"
+    outside.write_text("secret\n")
+    outside.chmod(0o600)
+    os.link(outside, node.tmp / "root/etc/linked")
+    node.serve(_file_manifest(kit, "/etc/linked", "secret\n", "0644"))
+    result = node.cycle()
+    assert not result.apply_ok
+    assert outside.stat().st_mode & 0o7777 == 0o600  # before: 0644, through the link
+    assert node.sample("treadle_agent_resources", type="file", status="failed") == 1
+    report = node.agent.applier.check(node.agent.trusted.manifest)
+    assert [r.status for r in report.results] == ["would_change"]  # still owed, never forced through the link
+
+
+def test_content_change_of_a_hard_linked_file_replaces_the_name_and_leaves_the_other_file(node, kit, enforced):
+    outside = node.tmp / "shadow"
+    outside.write_text("secret\n")
+    outside.chmod(0o600)
+    os.link(outside, node.tmp / "root/etc/linked")
+    node.serve(_file_manifest(kit, "/etc/linked", "public\n", "0644"))
+    assert node.cycle().ok
+    assert outside.read_text() == "secret\n" and outside.stat().st_mode & 0o7777 == 0o600
+    assert (node.tmp / "root/etc/linked").read_text() == "public\n"
+
+
+def test_hard_links_to_a_file_the_agent_created_do_not_block_its_mode(node, kit, enforced):
+    os.link(node.tmp / "root/etc/motd", node.tmp / "root/etc/motd.link")
+    node.serve(_file_manifest(kit, "/etc/motd", "good\n", "0600"))
+    assert node.cycle().ok
+    assert (node.tmp / "root/etc/motd").stat().st_mode & 0o7777 == 0o600
+
+
+@pytest.mark.parametrize("mode", ["4755", "2755", "1777", "6755"])
+def test_special_mode_bits_are_refused_where_the_manifest_does_not_allow_them(node, kit, enforced, mode):
+    node.serve(_file_manifest(kit, "/etc/tool", "#!/bin/sh\n", mode, special_modes=["/usr/local/bin/*"]))
+    result = node.cycle()
+    assert not result.apply_ok and result.generation == 3
+    assert not (node.tmp / "root/etc/tool").exists()  # before: created setuid
+
+
+def test_special_mode_bits_are_applied_where_the_manifest_allows_them(node, kit, enforced):
+    node.serve(_file_manifest(kit, "/usr/local/bin/tool", "#!/bin/sh\n", "4755", special_modes=["/usr/local/bin/*"]))
+    assert node.cycle().ok
+    assert (node.tmp / "root/usr/local/bin/tool").stat().st_mode & 0o7777 == 0o4755

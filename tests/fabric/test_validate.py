@@ -276,3 +276,25 @@ def test_a_base_whose_node_file_does_not_parse_assumes_no_lifecycle_transition(c
     # The revert is valid against the broken base: its state there is unknown, not "production".
     done = cli("validate", str(fabric.root), "--rev", "HEAD", "--base", "HEAD~1")
     assert done.code == 0, done
+
+
+def test_setuid_mode_is_refused_unless_policy_special_modes_allows_the_path(cli, fabric):
+    fabric.write(NODE1, 'kind: Node\naddress: 10.0.0.1\nfiles:\n  /usr/local/bin/tool:\n    content: x\n    mode: "4755"\n')
+    err = invalid(cli, fabric)
+    assert f"{NODE1}:6:5: file '/usr/local/bin/tool': mode 4755 has setuid, setgid or sticky bits" in err
+    assert "policy.special_modes" in err
+    text = (fabric.root / "fabric.yaml").read_text() + "policy:\n  special_modes: [/usr/local/bin/*]\n"
+    fabric.write("fabric.yaml", text)
+    assert cli("validate", str(fabric.root)).code == 0
+
+
+def test_rendered_manifest_carries_the_special_modes_policy_for_the_agent_only_where_it_is_used(cli, fabric):
+    text = (fabric.root / "fabric.yaml").read_text() + "policy:\n  special_modes: [/usr/local/bin/*]\n"
+    fabric.write("fabric.yaml", text)
+    outcome = cli("render", str(fabric.root), "--node", "n1")
+    assert outcome.code == 0, outcome
+    assert "special_modes" not in json.loads(outcome.out)["metadata"]
+    fabric.write(NODE1, 'kind: Node\naddress: 10.0.0.1\nfiles:\n  /usr/local/bin/tool:\n    content: x\n    mode: "4755"\n')
+    outcome = cli("render", str(fabric.root), "--node", "n1")
+    assert outcome.code == 0, outcome
+    assert json.loads(outcome.out)["metadata"]["special_modes"] == ["/usr/local/bin/*"]

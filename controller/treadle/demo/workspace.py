@@ -174,6 +174,9 @@ def build(root: Path, node_count: int, timing: Timing) -> Workspace:
     if root.exists() and any(root.iterdir()):
         raise UsageError(f"--workspace {root}: not empty; give a new or empty directory")
     sizes = cluster_sizes(node_count)
+    # The agents refuse a config, trust root or state dir others can write (README, "Security"): keep group and
+    # others from writing anything the demo creates, whatever the user's umask (002 is common).
+    os.umask(os.umask(0o022) | 0o022)
     root.mkdir(parents=True, exist_ok=True)
     ports = free_ports(node_count + 1)
     ws = Workspace(root=root.resolve(), nodes=[], controller_port=ports[0], timing=timing)

@@ -75,6 +75,29 @@ def check_paths(path: str, prefix: tuple[Any, ...], body: Any, allowed_roots: Se
     return found
 
 
+def has_special_modes(resources: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether a file or directory of ``resources`` has a mode with setuid, setgid or sticky bits."""
+    return any(r.get("type") in ("file", "directory") and r.get("mode") and int(r["mode"], 8) & 0o7000 for r in resources)
+
+
+def special_mode_problems(resources: Iterable[Mapping[str, Any]], patterns: Sequence[str]) -> list[Any]:
+    """Files and directories whose mode has setuid, setgid or sticky bits on a path no ``policy.special_modes``
+    pattern allows (the agent refuses them again: node-agent providers/base.py ``check_special_mode``)."""
+    import fnmatch
+
+    from treadle.fabric.nodemanifest import BuildProblem
+
+    out = []
+    for r in resources:
+        mode = r.get("mode") if r.get("type") in ("file", "directory") else None
+        if mode and int(mode, 8) & 0o7000 and not any(fnmatch.fnmatchcase(r["path"], p) for p in patterns):
+            section = "files" if r["type"] == "file" else "directories"
+            out.append(BuildProblem((section, r["path"], "mode"), "special-mode",
+                                    f"{r['type']} {r['path']!r}: mode {mode} has setuid, setgid or sticky bits",
+                                    "allow the path in fabric.yaml policy.special_modes, or drop those bits"))
+    return out
+
+
 def schema_finding(path: str, keypath: tuple[Any, ...], message: str, value: Any) -> Finding:
     """A schema violation, with the messages people need for the two classic mistakes."""
     where = json_path(keypath)

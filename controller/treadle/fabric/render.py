@@ -43,7 +43,7 @@ from treadle_agent.manifest import canonical_json, digest
 from treadle.errors import Diagnostic
 from treadle.fabric.cache import ParseCache
 from treadle.fabric.canonical import restamped
-from treadle.fabric.checks import DEFAULT_ALLOWED_ROOTS, Finding, check_fleet, check_paths
+from treadle.fabric.checks import DEFAULT_ALLOWED_ROOTS, Finding, check_fleet, check_paths, has_special_modes, special_mode_problems
 from treadle.fabric.layout import FABRIC_FILE, NodeRef
 from treadle.fabric.merge import trace
 from treadle.fabric.nodemanifest import BuildProblem, build_manifest, canonical_manifest
@@ -385,6 +385,10 @@ def _render_node(run: FabricRun, overlays: Overlays, templates: Templates, ref: 
 
     problems: list[BuildProblem] = []
     manifest = build_manifest(identity, fabric.get("name", ""), chain.merged, render, problems, run.memo)
+    special = (fabric.get("policy") or {}).get("special_modes") or ()
+    problems += special_mode_problems(manifest["resources"], special)
+    if special and has_special_modes(manifest["resources"]):  # the agent checks again; other manifests stay as they were
+        manifest["metadata"]["special_modes"] = list(special)
     for p in problems:
         if p.at is not None:
             template_errors[(*p.at, p.message, p.hint)].append(ref.name)

@@ -61,6 +61,8 @@ class Context:
     started: set[str] = field(default_factory=set)
     #: Sysctl keys whose runtime value the run changed.
     sysctl_changed: set[str] = field(default_factory=set)
+    #: Where the manifest (fabric.yaml policy.special_modes) allows setuid, setgid and sticky bits.
+    special_modes: tuple[str, ...] = ()
     _packages: dict[str, PackageState] | None = None
     _uids: dict[str, int] = field(default_factory=dict)
     _gids: dict[str, int] = field(default_factory=dict)
@@ -116,6 +118,51 @@ class Provider(Protocol):
     def inspect(self, res: Resource, ctx: Context, entry: Entry | None) -> Observed: ...
     def repair(self, res: Resource, ctx: Context, observed: Observed) -> Entry: ...
     def remove(self, rid: str, entry: Entry, ctx: Context) -> str: ...
+
+
+SPECIAL_BITS = 0o7000
+
+
+def check_special_mode(res: Resource, ctx: Context) -> None:
+    """Refuse a mode with setuid, setgid or sticky bits on a path the fabric's policy does not allow them on.
+
+    ``treadle validate`` refuses such a fabric already; this is the agent's own
+    check of the signed manifest, so that no single mistake grants setuid.
+
+    Raises:
+        HostError: naming the path, the mode and the fix.
+    """
+    import fnmatch
+
+    mode = res.get("mode")
+    if mode is None or not int(mode, 8) & SPECIAL_BITS:
+        return
+    if any(fnmatch.fnmatchcase(res["path"], pattern) for pattern in ctx.special_modes):
+        return
+    raise HostError(f"{res['path']}: mode {mode} has setuid, setgid or sticky bits, which fabric.yaml policy.special_modes "
+                    "does not allow on this path (fix: add the path to policy.special_modes, or drop those bits)")
+
+
+def check_single_link(path: str, st: os.stat_result, ctx: Context) -> None:
+    """Refuse to change the mode or owner of a file with other hard links that the agent did not create.
+
+    A chmod or chown acts on the inode, so through a hard link planted under
+    the managed root it would change a file outside it (``/etc/shadow``). A
+    rewrite of the content is safe (it replaces the name, never writes
+    through), so only mode and owner changes are refused.
+
+    Raises:
+        HostError: naming the path, the link count and the fix.
+    """
+    if st.st_nlink <= 1:
+        return
+    entry = ctx.inventory.get(f"file:{path}")
+    stat_data = entry.get("stat") if entry else None
+    if entry and entry.get("created") and stat_data and stat_data[3] == st.st_ino:
+        return  # the agent made this very inode; another name for it changes nothing else
+    raise HostError(f"{path} has {st.st_nlink} hard links and was not created by the agent: changing its mode or owner "
+                    "would change the file behind every other link (fix: remove the other links, e.g. `find / -samefile "
+                    f"{path}`)")
 
 
 def ownership_diff(st: os.stat_result, res: Resource, ctx: Context) -> list[str]:

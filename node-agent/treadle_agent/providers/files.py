@@ -5,6 +5,11 @@ never follows a symlink out of the managed root. A file's content is compared
 without hashing when its stat data equals what the inventory recorded after
 the agent last wrote or verified it; otherwise it is hashed (only if the size
 matches) and the inventory's stat data refreshed.
+
+Two refusals protect what lies outside the root and the node's privileges
+(base.py): no chmod or chown of a file with other hard links the agent did not
+create (content is replaced by rename, never written through), and no setuid,
+setgid or sticky bits except where the manifest's ``special_modes`` allows.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import stat
 
 from treadle_agent.errors import HostError
 from treadle_agent.inventory import Entry, stat_key
-from treadle_agent.providers.base import Context, Observed, Resource, fix_ownership, ownership_diff, wanted_ids
+from treadle_agent.providers.base import (Context, Observed, Resource, check_single_link, check_special_mode, fix_ownership,
+                                          ownership_diff, wanted_ids)
 from treadle_agent.providers.paths import split_path, temp_name
 
 _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symlink", stat.S_IFREG: "a regular file"}
@@ -64,10 +70,12 @@ class FileProvider:
         if res["ensure"] == "absent":
             ctx.fs.unlink(path)
             return {}
+        check_special_mode(res, ctx)
         if st is None or not stat.S_ISREG(st.st_mode) or "content differs" in (observed.diff or ""):
             return self._write(res, ctx, st)
         f = ctx.fs.open_regular(path)
         try:
+            check_single_link(path, os.fstat(f), ctx)  # the inode about to change, not the name looked up before
             fix_ownership(f, res, ctx)
             new = os.fstat(f)
         finally:
@@ -132,6 +140,7 @@ class DirectoryProvider:
             st = None
         elif st is not None and not stat.S_ISDIR(st.st_mode):
             raise HostError(f"{path} is {kind(st)}: remove it by hand, or declare it as a file")
+        check_special_mode(res, ctx)
         fd = ctx.fs.dir_fd(split_path(path), create=True)
         assert fd is not None
         if st is None and res["mode"] is None:
