@@ -155,7 +155,7 @@ def default_data(rng: random.Random) -> dict[str, Any]:
     """Fabric-wide template parameters: about thirty keys, nested maps and lists."""
     return {
         "ntp": {"servers": ["ntp1.example.org", "ntp2.example.org", "ntp3.example.org"], "makestep": {"threshold_s": 1, "limit": 3}},
-        "dns": {"nameservers": ["10.255.0.53", "10.255.1.53"], "search": ["example.org"], "options": {"timeout_s": 2, "attempts": 3}},
+        "dns": {"nameservers": ["127.0.0.53", "127.0.1.53"], "search": ["example.org"], "options": {"timeout_s": 2, "attempts": 3}},
         "ssh": {"permit_root_login": "prohibit-password", "password_authentication": False, "allow_groups": ["admins"], "max_auth_tries": 3},
         "motd": {"banner": "Synthetic benchmark fabric", "contact": "admins@example.org"},
         "syslog": {"server": "logs.example.org", "port": 6514, "protocol": "tcp", "facilities": ["auth", "authpriv", "daemon", "kern"]},
@@ -275,9 +275,17 @@ class GeneratedFabric:
     commit: str | None = None
 
 
+#: Node addresses start at 127.16.0.0: benchmarks run controllers that scrape their nodes' health, and
+#: nothing here may send traffic outside loopback (tests/template/test_gen_fabric.py pins it).
+_FIRST_OCTET2 = 16
+MAX_NODES = (256 - _FIRST_OCTET2) << 16
+
+
 def _address(index: int) -> str:
-    """A unique private address per node (10.0.0.1 onwards; unique up to 2**24 nodes)."""
-    return f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}"
+    """A unique loopback address per node (127.16.0.1 onwards; unique up to ``MAX_NODES`` nodes)."""
+    if not 0 <= index < MAX_NODES:
+        raise ValueError(f"node index {index} is beyond the {MAX_NODES} loopback addresses a fabric can have")
+    return f"127.{_FIRST_OCTET2 + (index >> 16)}.{(index >> 8) & 255}.{index & 255}"
 
 
 class _Writer:

@@ -115,3 +115,22 @@ def test_command_line_exits_2_with_the_reason_on_a_bad_target(tmp_path):
     done = subprocess.run([sys.executable, str(GEN), "--out", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2
     assert "directory is not empty" in done.stderr and str(tmp_path) in done.stderr
+
+
+def test_every_address_in_a_generated_fabric_is_loopback(tmp_path, gen_fabric):
+    """Benchmarks start controllers that scrape their nodes: an address outside 127.0.0.0/8 would send traffic
+    off this machine. Every IPv4 literal in every generated file must be loopback, and node addresses unique."""
+    import ipaddress
+    import re
+
+    fabric = gen_fabric.generate(tmp_path / "f", 2, 3, 40, seed=3)
+    literals = {m for p in fabric.root.rglob("*") if p.is_file() and ".git" not in p.parts
+                for m in re.findall(rb"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])", p.read_bytes())}
+    assert literals, "the generator writes addresses; the scan must see them"
+    outside = sorted(x.decode() for x in literals if not ipaddress.ip_address(x.decode()).is_loopback)
+    assert outside == []
+    last = gen_fabric._address(gen_fabric.MAX_NODES - 1)
+    assert ipaddress.ip_address(last).is_loopback and last != gen_fabric._address(gen_fabric.MAX_NODES - 2)
+    assert len({gen_fabric._address(i) for i in range(0, 300_000, 7)}) == len(range(0, 300_000, 7))
+    with pytest.raises(ValueError, match="loopback addresses"):
+        gen_fabric._address(gen_fabric.MAX_NODES)
