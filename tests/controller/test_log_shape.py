@@ -82,3 +82,19 @@ def test_agent_once_json_lines_have_the_same_shape(tmp_path: Path) -> None:
     assert any("fetch.failed" in line for line in lines), result.stderr
     for line in lines:
         assert list(json.loads(line))[:4] == KEYS, line
+
+
+def test_both_programs_tell_their_version_on_the_command_line_in_status_and_in_their_info_metric(
+        make_fabric, start_controller) -> None:
+    import httpx
+
+    from treadle_agent import __version__
+
+    for program, module in (("treadle", "treadle.cli"), ("treadle-agent", "treadle_agent.cli")):
+        out = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == f"{program} {__version__}"
+    repo, fabric = make_fabric(1, 1, 1)
+    ctl = start_controller(str(repo.bare))
+    ctl.wait_deployed(fabric.commit)
+    assert httpx.get(f"{ctl.url}/v1/status", timeout=10).json()["version"] == __version__
+    assert f'treadle_controller_info{{version="{__version__}"}} 1.0' in httpx.get(f"{ctl.url}/metrics", timeout=10).text
