@@ -86,7 +86,8 @@ class Controller:
         """Serve and reconcile until SIGTERM or SIGINT."""
         sock = _bind(self.config.api.host, self.config.api.port)
         host, port = sock.getsockname()[:2]
-        server = _Server(uvicorn.Config(build_app(self.api), log_level="warning", access_log=False, lifespan="off"))
+        server = _Server(uvicorn.Config(build_app(self.api), log_level="warning", access_log=False, lifespan="off",
+                                          log_config=None))
         log.event("api.listening", host=host, port=port, url=f"http://{host}:{port}")
         async with anyio.create_task_group() as outer:
             outer.start_soon(server.serve, [sock])

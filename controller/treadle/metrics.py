@@ -27,6 +27,10 @@ class ControllerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.info = Gauge("treadle_controller_info", "The controller (value 1), with its version.", ["version"], registry=r)
+        from treadle import __version__
+
+        self.info.labels(version=__version__).set(1)
         self.deployed_commit_info = Gauge("treadle_controller_deployed_commit_info",
                                           "The commit whose manifests are published (value 1).", ["commit"], registry=r)
         self.commits_total = Counter("treadle_controller_commits_total",

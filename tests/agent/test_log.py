@@ -14,12 +14,13 @@ from treadle_agent import log
 @pytest.fixture
 def stream():
     """A stream to log into; the logger's set-up is put back afterwards (caplog elsewhere relies on propagation)."""
-    root = logging.getLogger("treadle_agent")
-    saved = (list(root.handlers), root.propagate, root.level)
+    loggers = [logging.getLogger(n) for n in ("", "treadle_agent", "treadle", "httpx", "httpcore")]
+    saved = [(list(lg.handlers), lg.propagate, lg.level) for lg in loggers]
     yield io.StringIO()
-    root.handlers[:] = saved[0]
-    root.propagate = saved[1]
-    root.setLevel(saved[2])
+    for lg, (handlers, propagate, level) in zip(loggers, saved, strict=True):
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
+        lg.setLevel(level)
 
 
 def test_text_lines_quote_values_with_spaces(stream):
@@ -34,7 +35,7 @@ def test_json_lines_carry_every_field(stream):
     log.configure("json", stream=stream)
     log.get_logger("verify").info("verify.refused", reason="rollback", generation=4)
     doc = json.loads(stream.getvalue())
-    assert doc["event"] == "verify.refused" and doc["level"] == "INFO" and doc["reason"] == "rollback" and doc["generation"] == 4
+    assert doc["event"] == "verify.refused" and doc["level"] == "info" and doc["reason"] == "rollback" and doc["generation"] == 4
 
 
 def test_unknown_format_is_refused():

@@ -8,7 +8,7 @@ from treadle.errors import REFUSAL_REASONS, GateError
 from treadle.metrics import ControllerMetrics
 
 NAMES = {
-    "treadle_controller_deployed_commit_info", "treadle_controller_commits_total",
+    "treadle_controller_info", "treadle_controller_deployed_commit_info", "treadle_controller_commits_total",
     "treadle_controller_rejected_commits_total", "treadle_controller_render_duration_seconds",
     "treadle_controller_nodes", "treadle_rollout_wave_nodes", "treadle_rollout_state",
 }

@@ -116,3 +116,25 @@ def test_key_rotation_signs_with_both_then_drops_the_old_and_no_node_ever_refuse
     root.write_bytes((new / "trust-root.json").read_bytes())
     agent_accepts()
     assert generations == sorted(generations) and generations[-1] > generations[0]
+
+
+def test_a_key_file_and_a_signer_uri_together_meet_a_threshold_of_two(tmp_path: Path) -> None:
+    from treadle.sign import ToSign, content_digest
+    from treadle_agent.envelope import verify_envelope
+    from treadle_agent.errors import VerifyError
+    from treadle_agent.manifest import canonical_json
+    from treadle_agent.trust import TrustRoot
+
+    from .test_sign import COMMIT, manifest
+
+    keys = tmp_path / "keys"
+    generate(keys, threshold=2)
+    signer = ManifestSigner([str(keys / "treadle-1.key"), f"file2:{keys / 'treadle-2.key'}"], lifetime_s=3600)
+    m = manifest()
+    [signed] = signer.sign([ToSign("n1", m, content_digest(m), 1, COMMIT, "production", canonical_json(m))], now=1_800_000_000)
+    root = TrustRoot.load(keys / "trust-root.json")
+    assert verify_envelope(signed.envelope, root)  # both distinct keys signed: threshold 2 met
+    alone = ManifestSigner(str(keys / "treadle-1.key"), lifetime_s=3600).sign(
+        [ToSign("n1", m, content_digest(m), 1, COMMIT, "production", canonical_json(m))], now=1_800_000_000)[0]
+    with pytest.raises(VerifyError, match="requires 2"):
+        verify_envelope(alone.envelope, root)

@@ -144,7 +144,7 @@ def _verify(unit: Path, tmp_path: Path) -> str:
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_passes_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
     text = (SYSTEMD / unit).read_text()
-    assert text.count("/usr/local/bin/") + text.count("/opt/treadle/bin/") == 1
+    assert len(re.findall(r"^ExecStart=(?:/usr/local/bin|/opt/treadle/bin)/treadle", text, re.M)) == 1
     assert _verify(SYSTEMD / unit, tmp_path) == ""
 
 

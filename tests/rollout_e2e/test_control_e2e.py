@@ -108,6 +108,7 @@ def test_operator_pause_holds_resume_continues_approve_releases_and_abort_ends(m
     sha = fleet.change_app("v2")
     doc = fleet.wait_rollout(sha, {"waiting", *TERMINAL}, 60)
     assert (doc["state"], doc["wave"]) == ("waiting", 1) and "approval" in doc["reason"]
+    assert f"`treadle rollout approve {doc['id']}`" in doc["hint"]  # the id, not the commit (approval takes the id)
     half, rest = wave_nodes(doc)[1:]
 
     paused = cli(fleet, "pause")

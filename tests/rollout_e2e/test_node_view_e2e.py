@@ -36,6 +36,9 @@ def test_a_node_says_what_it_runs_since_when_its_wave_and_what_its_agent_reports
     obs = doc["observation"]
     assert obs["reachable"] is True, obs
     assert (obs["applied_generation"], obs["last_apply_success"], obs["healthy"]) == (gen2, True, True)
+    from treadle_agent import __version__
+
+    assert obs["version"] == __version__  # the agent's treadle_agent_info{version}
     assert obs["health_checks"] == {"app-config": True} and obs["resources"]["failed"] == 0 and obs["last_apply_at"] > 0
 
     shown = treadle(fleet, "status", "--node", CANARY)

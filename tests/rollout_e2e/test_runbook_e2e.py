@@ -56,7 +56,11 @@ def test_halted_runbook_repair_the_node_then_resume_completes_the_rollout(make_f
     # 2. The cause is on the node: repair it by hand (here: give it the file its check probes), then resume.
     probe = fleet.agents[CANARY].home / "root" / MISSING_FILE.lstrip("/")
     probe.write_text("repaired\n")
-    resumed = treadle(fleet, "rollout", "resume", str(rid))
+    # The controller's own hint, run as printed (its id included).
+    hint = fleet.rollout(rid)["hint"]
+    command = re.search(r"`(treadle rollout resume \d+)`", hint)
+    assert command and command.group(1) == f"treadle rollout resume {rid}", hint
+    resumed = treadle(fleet, *command.group(1).split()[1:])
     assert resumed.returncode == 0, resumed.stderr
     assert "re-checking wave canary" in " ".join(resumed.stdout.split())
     # The other nodes do not have the file: only the canary was repaired, so the next wave halts on its node.
@@ -76,7 +80,9 @@ def test_halted_runbook_abort_says_what_runs_and_a_revert_takes_the_canary_back(
     sha, rid = halted(fleet)
     step_1_status_names_the_rollout_nodes_checks_and_next_commands(fleet, rid)
     # 3. The commit is bad: abort, which says what the fabric runs now, then revert in git.
-    aborted = treadle(fleet, "rollout", "abort", str(rid))
+    command = re.search(r"`(treadle rollout abort \d+)`", fleet.rollout(rid)["hint"])
+    assert command, fleet.rollout(rid)["hint"]
+    aborted = treadle(fleet, *command.group(1).split()[1:])
     assert aborted.returncode == 0, aborted.stderr
     out = " ".join(aborted.stdout.split())
     assert re.search(rf"1 node\(s\) \(waves canary\) run {sha[:12]}; the other 2 changed node\(s\) keep", out), out

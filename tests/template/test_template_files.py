@@ -121,12 +121,13 @@ def test_referenced_profiles_and_templates_exist(fabric_files):
     assert used_templates == templates
 
 
-def test_each_agent_listens_on_its_own_port_and_checks_it(fabric_files):
+def test_each_agent_listens_on_its_own_port_and_no_check_needs_the_daemon(fabric_files):
     nodes = _nodes(fabric_files)
     ports = [n["agent"]["metrics_port"] for n in nodes.values()]
     assert len(set(ports)) == len(ports)
     for name, node in nodes.items():
-        assert node["health"]["agent-metrics"] == {"tcp": node["agent"]["metrics_port"]}, name
+        # `treadle-agent once` serves no metrics: a check on the port would fail every first test.
+        assert all(c.get("tcp") != node["agent"]["metrics_port"] for c in node.get("health", {}).values()), name
 
 
 def test_rollout_starts_with_the_canaries_the_canary_profile_marks(fabric_files):

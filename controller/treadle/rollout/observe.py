@@ -15,7 +15,6 @@ from the result, which the state machine never counts as a pass.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -27,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from treadle.rollout.machine import Observation
 
-log = logging.getLogger(__name__)
+from treadle import log
 
 DEFAULT_METRICS_PORT = 9731
 #: Agent series the gate reads; names are DESIGN.md's contract.
@@ -77,11 +76,11 @@ def parse_exposition(text: str, node: str) -> Observation | None:
                 elif sample.name == INFO:
                     info_node = sample.labels.get("node")
     except (ValueError, TypeError) as e:
-        log.warning("unreadable metrics from %s: %s", node, e)
+        log.warning("scrape.unreadable", node=node, error=str(e))
         return None
     if info_node != node:
         if info_node is not None:
-            log.warning("metrics of %s claim to be node %s; ignored", node, info_node)
+            log.warning("scrape.wrong_node", node=node, claims=info_node, action="ignored")
         return None
     obs = _observation(values.get(GENERATION), values.get(APPLY_OK), values.get(HEALTHY), values.get(ACCEPTED))
     return replace(obs, failed_checks=tuple(sorted(failed_checks))) if failed_checks else obs
@@ -121,7 +120,7 @@ class ScrapeSource:
                 response = await client.get(target.url)
                 response.raise_for_status()
             except httpx.HTTPError as e:
-                log.info("scrape of %s at %s failed: %s", target.node, target.url, e)
+                log.warning("scrape.failed", node=target.node, url=target.url, error=str(e) or type(e).__name__)
                 return
         obs = parse_exposition(response.text, target.node)
         if obs is not None:
@@ -152,7 +151,7 @@ class PrometheusSource:
                 try:
                     columns[metric] = await self._vector(client, self.query(metric))
                 except (httpx.HTTPError, ValueError, KeyError) as e:
-                    log.warning("Prometheus query for %s failed: %s", metric, e)
+                    log.warning("prometheus.query_failed", metric=metric, error=str(e))
                     return {}  # one unreadable column makes every node's data incomplete
         return {
             node: _observation(columns[GENERATION].get(node), columns[APPLY_OK].get(node), columns[HEALTHY].get(node),
