@@ -398,7 +398,7 @@ class _Build:
         if height + 1 > frame.height:
             frame.height = height + 1
         frame.size += size
-        if frame.size > self.max_size:
+        if self.aliases and frame.size > self.max_size:  # without aliases the file size is the bound
             raise _Located(event.start_mark, "aliases", f"aliases expand to more than {self.max_size} values (an alias bomb)",
                            "write the values out instead of nesting aliases")
         if not frame.is_map:
