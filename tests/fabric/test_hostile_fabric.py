@@ -125,3 +125,8 @@ def test_nodes_outside_a_broken_profile_are_still_rendered_and_checked(cli, temp
     doc = json.loads(cli("validate", "--format", "json", str(template_copy.root)).out)
     templates = [d["message"] for d in doc["diagnostics"] if d["file"] == "templates/motd.j2"]
     assert len(templates) == 1 and templates[0].endswith("and 11 other nodes)")  # the unchecked ones included
+
+
+def test_a_template_literal_python_cannot_convert_is_a_located_error(cli, fabric):
+    fabric.write("templates/chrony.conf.j2", "line\n{{ " + "9" * 5000 + " }}\n")
+    assert "templates/chrony.conf.j2:1:1: template cannot be compiled: ValueError" in invalid(cli, fabric)
