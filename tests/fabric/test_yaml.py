@@ -108,7 +108,8 @@ def test_nesting_up_to_the_limit_loads():
     (b"a: 1\n" * 16 + b"b: \x00\n", 17, 4),
     (b"a: 1\nb: x\x07y\n", 2, 5),
     (b"a: 1\nb: \xff\n", 2, 4),
-    (b"a: 1\nb: \xc2\x85\xc2\x80\n", 2, 5),
+    (b"a: 1\nb: \xc2\x85\xc2\x80\n", 2, 4),
+    (b"a: \xe2\x80\xa8\nb: x\n", 1, 4),
 ])
 def test_control_characters_and_bad_bytes_are_located_at_their_line(data, line, col):
     with pytest.raises(YamlProblem) as e:
