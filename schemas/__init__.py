@@ -40,6 +40,34 @@ def load(name: str) -> dict[str, Any]:
     return json.loads(resources.files(__name__).joinpath(name).read_text(encoding="utf-8"))
 
 
+#: What a key tagged ``!delete`` is to an editor: yaml-language-server (with ``customTags: ["!delete scalar"]``)
+#: loads it as the empty string; other servers as null.
+_DELETED = {"enum": [None, ""], "description": "!delete: removes the inherited key (merge tags: !append, !delete, !replace)"}
+
+
+def for_editors(name: str) -> dict[str, Any]:
+    """Schema ``name`` as editors need it: in the overlay body every key may also be empty (``key: !delete``).
+
+    Treadle removes a ``!delete``-tagged key before it validates, so its own
+    schemas refuse a null there (an untagged ``key:`` with no value is an
+    error). An editor's YAML language server cannot tell the two apart: it
+    loads ``!delete`` as an empty scalar (with the ``customTags`` setting the
+    fabric template ships). Only overlay.json differs; ``!append`` and ``!replace``
+    load as the list and the map they tag, which the schemas accept as they are.
+    """
+    doc = json.loads(json.dumps(load(name)))
+    if name != "overlay.json":
+        return doc
+    for definition in doc["$defs"].values():
+        if definition.get("type") != "object":
+            continue
+        for key, sub in list(definition.get("properties", {}).items()):
+            definition["properties"][key] = {"anyOf": [sub, _DELETED]}
+        if isinstance(definition.get("additionalProperties"), dict):
+            definition["additionalProperties"] = {"anyOf": [definition["additionalProperties"], _DELETED]}
+    return doc
+
+
 @functools.cache
 def _registry() -> jsonschema_rs.Registry:
     return jsonschema_rs.Registry([(BASE_URI + n, load(n)) for n in names()])

@@ -6,13 +6,22 @@ bits) and resolves relative paths against the directory of the config file,
 so a config can be moved together with its keys. Every error names the file,
 the key and the fix.
 
+Before the schema, every value is checked for what TOML can say and a
+schema or a path cannot take: a TOML date or time where text is expected,
+control characters (a NUL in a path would only fail much later), values
+longer than :data:`MAX_VALUE_CHARS`, path components longer than 255 bytes
+and nesting deeper than the parser's recursion allows.
+
 Raises:
     UsageError: the file is missing, not TOML, breaks the schema, or names a
-        file that does not exist.
+        file that does not exist. Never anything else: a malformed value is
+        always exit 2 with the key and the fix.
 """
 
 from __future__ import annotations
 
+import datetime
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +33,12 @@ from treadle.errors import SourceError, UsageError
 from treadle.source import GitCredentials, read_token
 
 SCHEMA = "controller-config.json"
+#: Longest text value accepted (a path, a URL, a signer URI).
+MAX_VALUE_CHARS = 4096
+#: Keys whose value is a file or directory path (relative to the config file), or may be one.
+PATH_KEYS = frozenset({"repository", "state_dir", "publish_dir", "signing_key", "ssh_key_file", "https_token_file",
+                       "https_ca_file", "webhook_secret_file", "admin_token_file", "commit_policy.allowed_signers"})
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +126,12 @@ def load(path: str | Path) -> ControllerConfig:
         raise UsageError(f"{path}: cannot read: {e}") from e
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: not valid TOML: {e}; fix the syntax at that position") from e
-    return from_dict(doc, path)
+    except RecursionError as e:
+        raise UsageError(f"{path}: arrays or tables nest too deeply to read; fix: flatten them") from e
+    try:
+        return from_dict(doc, path)
+    except (ValueError, TypeError, OSError) as e:  # a value no check above foresaw: still exit 2, never a traceback
+        raise UsageError(f"{path}: a value cannot be used: {e}; fix the key it names") from e
 
 
 def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
@@ -120,6 +140,7 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
     Raises:
         UsageError: see the module docstring.
     """
+    _check_values(doc, path)
     problems = treadle_schemas.errors(SCHEMA, doc)
     if problems:
         lines = [f"{path}: {_key(p) or '(top level)'}: {msg}" for p, msg in problems]
@@ -161,8 +182,35 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
     )
 
 
-def _key(instance_path: list[str | int]) -> str:
+def _key(instance_path: list[str | int] | tuple[str | int, ...]) -> str:
     return ".".join(str(p) for p in instance_path)
+
+
+def _check_values(doc: dict[str, Any], path: Path) -> None:
+    """Refuse what the schema cannot see or say well (see the module docstring), naming the key; no recursion."""
+    todo: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]
+    while todo:
+        keys, value = todo.pop()
+        key = _key(keys)
+        if isinstance(value, dict):
+            todo.extend(((*keys, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            todo.extend(((*keys, i), v) for i, v in enumerate(value))
+        elif isinstance(value, datetime.date | datetime.time):  # datetime.datetime is a date
+            raise UsageError(f"{path}: {key}: {value.isoformat()} is a TOML date or time, not text; "
+                             f'fix: quote it ({key.rsplit(".", 1)[-1]} = "...") if it is meant as text')
+        elif isinstance(value, str):
+            bad = _CONTROL.search(value)
+            if bad is not None:
+                raise UsageError(f"{path}: {key}: contains the control character U+{ord(bad.group()):04X} "
+                                 f"at position {bad.start()}; fix: remove it")
+            if len(value) > MAX_VALUE_CHARS:
+                raise UsageError(f"{path}: {key}: {len(value)} characters, more than {MAX_VALUE_CHARS}; fix: shorten it")
+            if key in PATH_KEYS and "://" not in value:
+                long = next((part for part in value.split("/") if len(part.encode()) > 255), None)
+                if long is not None:
+                    raise UsageError(f"{path}: {key}: the path component {long[:40]}... is {len(long.encode())} bytes, "
+                                     "more than the 255 a file name may have; fix: shorten it")
 
 
 def _repository(value: str, base: Path) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from treadle import config
+from treadle.cli import main
 from treadle.errors import UsageError
 
 MINIMAL = """
@@ -115,3 +116,24 @@ def test_resigning_window_not_shorter_than_the_lifetime_is_refused_with_a_fix(tm
 def test_prometheus_health_source_without_its_url_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="health.prometheus_url"):
         config.load(write(tmp_path, MINIMAL + '[health]\nsource = "prometheus"\n'))
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("repository = 1979-05-27", "repository: 1979-05-27 is a TOML date or time, not text; fix: quote it"),
+    ("branch = 07:32:00", "branch: 07:32:00 is a TOML date or time"),
+    ('repository = "/srv/fab\\u0000ric"', "repository: contains the control character U+0000 at position 8; fix: remove it"),
+    ('state_dir = "state\\u001b"', "state_dir: contains the control character U+001B"),
+    ('repository = "/srv/' + "r" * 300 + '"', "repository: the path component rrrr"),
+    ('publish_dir = "' + "p" * 256 + '"', "publish_dir: the path component"),
+    ('repository = "' + "/r" * 3000 + '"', "repository: 6000 characters, more than 4096"),
+    ("poll_interval_s = " + "[" * 3000 + "]" * 3000, "nest too deeply"),
+])
+def test_malformed_values_exit_2_with_the_key_and_the_fix(tmp_path: Path, line: str, words: str, capsys) -> None:
+    text = 'repository = "/srv/fabric.git"\nstate_dir = "state"\npublish_dir = "publish"\nsigning_key = "k"\n'
+    key = line.split(" ", 1)[0]
+    text = "".join(row + "\n" for row in text.splitlines() if not row.startswith(key + " ")) + line + "\n"
+    path = tmp_path / "controller.toml"
+    path.write_text(text)
+    assert main(["controller", "run", "--config", str(path)]) == 2  # the real command, in-process: no traceback escapes
+    err = capsys.readouterr().err
+    assert words in err, err[-2000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -93,3 +94,39 @@ def test_a_nul_byte_is_reported_once_at_its_own_line(cli, fabric):
     err = invalid(cli, fabric)
     assert err.count(NODE1) == 1, err
     assert f"{NODE1}:17:11: control character U+0000 in the file" in err
+
+
+def test_an_error_in_a_shared_profile_hides_no_template_error_and_names_the_unchecked_nodes(cli, template_copy):
+    base = template_copy.root / "profiles" / "base.yaml"
+    base.write_text(base.read_text().replace('mode: "0644"', "mode: 0644", 1))
+    chrony = template_copy.root / "templates" / "chrony.conf.j2"
+    chrony.write_text(chrony.read_text().replace("data.ntp.servers", "data.ntp.sevrers"))
+    outcome = cli("validate", str(template_copy.root))
+    assert outcome.code == 1
+    lines = outcome.err.splitlines()
+    assert any(line.startswith("profiles/base.yaml:") and "mode 644 is an integer" in line for line in lines)
+    assert any(line.startswith("templates/chrony.conf.j2:") and "'sevrers'" in line for line in lines), outcome.err
+    assert any(line.startswith("profiles/base.yaml:1:1: 12 node(s) use this file and were not rendered or checked")
+               and "login-001" in line for line in lines), outcome.err
+    assert lines[-1] == "invalid: 3 problem(s); 0 node(s) rendered and checked, 12 not rendered because a file they use has errors"
+
+
+def test_nodes_outside_a_broken_profile_are_still_rendered_and_checked(cli, template_copy):
+    storage = template_copy.root / "profiles" / "storage.yaml"
+    storage.write_text(storage.read_text() + "bogus_field: 1\n")
+    outcome = cli("validate", "--format", "json", str(template_copy.root))
+    doc = json.loads(outcome.out)
+    assert outcome.code == 1 and doc["unchecked"] and all(n.startswith("storage-") for n in doc["unchecked"])
+    assert doc["nodes"] == 12 - len(doc["unchecked"])
+    assert {(d["file"], d["code"]) for d in doc["diagnostics"]} == {("profiles/storage.yaml", "schema"),
+                                                                      ("profiles/storage.yaml", "unchecked")}
+    motd = template_copy.root / "templates" / "motd.j2"
+    motd.write_text(motd.read_text() + "{{ data.motd.nothing }}\n")
+    doc = json.loads(cli("validate", "--format", "json", str(template_copy.root)).out)
+    templates = [d["message"] for d in doc["diagnostics"] if d["file"] == "templates/motd.j2"]
+    assert len(templates) == 1 and templates[0].endswith("and 11 other nodes)")  # the unchecked ones included
+
+
+def test_a_template_literal_python_cannot_convert_is_a_located_error(cli, fabric):
+    fabric.write("templates/chrony.conf.j2", "line\n{{ " + "9" * 5000 + " }}\n")
+    assert "templates/chrony.conf.j2:1:1: template cannot be compiled: ValueError" in invalid(cli, fabric)

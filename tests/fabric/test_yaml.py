@@ -108,7 +108,8 @@ def test_nesting_up_to_the_limit_loads():
     (b"a: 1\n" * 16 + b"b: \x00\n", 17, 4),
     (b"a: 1\nb: x\x07y\n", 2, 5),
     (b"a: 1\nb: \xff\n", 2, 4),
-    (b"a: 1\nb: \xc2\x85\xc2\x80\n", 2, 5),
+    (b"a: 1\nb: \xc2\x85\xc2\x80\n", 2, 4),
+    (b"a: \xe2\x80\xa8\nb: x\n", 1, 4),
 ])
 def test_control_characters_and_bad_bytes_are_located_at_their_line(data, line, col):
     with pytest.raises(YamlProblem) as e:
@@ -197,3 +198,8 @@ def test_map_keys_that_are_not_text_are_refused_with_a_quoting_hint(key):
         load(f"data:\n  {key}: x\n")
     assert (e.value.problem.line, e.value.problem.col) == (2, 3)
     assert e.value.problem.hint.startswith(f'quote it: "{key}":')
+
+
+def test_a_file_without_aliases_is_never_an_alias_bomb_whatever_its_shape():
+    text = "{" + ",".join(f"k{i}" for i in range(225)) + "}\n"  # null values: more values than bytes
+    assert len(text) < 1024 and len(load(text, max_file_bytes=1024)) == 225

@@ -132,7 +132,9 @@ def test_schema_export_writes_every_shipped_schema(tmp_path):
     written = sorted(p.name for p in (tmp_path / "schemas").iterdir())
     assert written == treadle_schemas.names() and "plan.json" in written
     for name in written:
-        assert json.loads((tmp_path / "schemas" / name).read_text()) == treadle_schemas.load(name)
+        exported = json.loads((tmp_path / "schemas" / name).read_text())
+        assert exported == treadle_schemas.for_editors(name)
+        assert (exported == treadle_schemas.load(name)) == (name != "overlay.json")  # only !delete's null is added
 
 
 def test_schema_export_into_a_file_is_a_usage_error(tmp_path):
@@ -150,7 +152,9 @@ def test_invalid_head_exits_1_and_still_prints_the_report(fabric_repo, fmt):
     code, out, _ = run_cli("plan", str(fabric_repo.root), "main", "change", "--format", fmt)
     assert code == 1
     if fmt == "json":
-        assert [e["file"] for e in json.loads(out)["errors"]] == ["profiles/base.yaml"]
+        errors = json.loads(out)["errors"]
+        assert [e["file"] for e in errors if e["code"] != "unchecked"] == ["profiles/base.yaml"]
+        assert [e["file"] for e in errors if e["code"] == "unchecked"] == ["profiles/base.yaml"]  # names the nodes it hid
     else:
         assert "`profiles/base.yaml:" in out
 

@@ -150,10 +150,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     result = render_fabric(_source(args.repo, args.rev), cache, base=base)
     if args.format == "json":
         print(json.dumps({"ok": result.ok, "commit": result.commit, "nodes": len(result.nodes),
+                          "unchecked": sorted(result.unchecked),
                           "diagnostics": [d.as_dict() for d in result.diagnostics]}, indent=2))
         return 0 if result.ok else 1
     if not result.ok:
-        raise FabricError(result.diagnostics)
+        for d in result.diagnostics:
+            print(d, file=sys.stderr)
+        print(f"invalid: {len(result.diagnostics)} problem(s); {len(result.nodes)} node(s) rendered and checked, "
+              f"{len(result.unchecked)} not rendered because a file they use has errors", file=sys.stderr)
+        return 1
     print(f"ok: {len(result.nodes)} nodes valid")
     return 0
 

@@ -1,15 +1,18 @@
 """``treadle schema export DIR``: write every JSON Schema Treadle ships, for editors and other tools.
 
-The files are the ones inside the installed package (treadle_schemas), byte
-for byte, so an editor pointed at DIR (or at the published
-``https://treadle.dev/schemas/v1/`` copies) checks exactly what
-``treadle validate`` checks. Existing files of the same name are replaced.
+The files are the ones inside the installed package (treadle_schemas), so an
+editor pointed at DIR (or at the published ``https://treadle.dev/schemas/v1/``
+copies) checks what ``treadle validate`` checks, with one addition: in
+overlay.json every key of the overlay body may also be empty, which is what an
+editor's YAML language server makes of ``key: !delete``
+(:func:`treadle_schemas.for_editors`). Existing files of the same name are
+replaced.
 """
 
 from __future__ import annotations
 
 import argparse
-from importlib import resources
+import json
 from pathlib import Path
 
 import treadle_schemas
@@ -41,7 +44,7 @@ def export(target: Path) -> list[Path]:
         written = []
         for name in treadle_schemas.names():
             path = target / name
-            path.write_bytes(resources.files(treadle_schemas).joinpath(name).read_bytes())
+            path.write_text(json.dumps(treadle_schemas.for_editors(name), indent=2) + "\n", encoding="utf-8")
             written.append(path)
     except OSError as e:
         raise UsageError(f"{target}: cannot write schemas: {e.strerror} (give a writable directory)") from e

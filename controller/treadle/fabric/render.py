@@ -46,7 +46,7 @@ from treadle.fabric.canonical import restamped
 from treadle.fabric.checks import DEFAULT_ALLOWED_ROOTS, Finding, check_fleet, check_paths, has_special_modes, special_mode_problems
 from treadle.fabric.layout import FABRIC_FILE, NodeRef
 from treadle.fabric.merge import trace
-from treadle.fabric.nodemanifest import BuildProblem, build_manifest, canonical_manifest
+from treadle.fabric.nodemanifest import BuildProblem, Memo, build_manifest, canonical_manifest
 from treadle.fabric.overlay import Chain, Overlays
 from treadle.fabric.pool import fork_map
 from treadle.fabric.run import FabricRun, lifecycles, load_fabric, roles
@@ -107,6 +107,7 @@ class RenderResult:
     skipped: frozenset[str] = frozenset()
     #: Nodes whose file does not parse: their entry in ``lifecycles`` is the default, not a known state.
     unreadable: frozenset[str] = frozenset()
+    unchecked: frozenset[str] = frozenset()  # nodes not rendered because a file of their chain has errors
 
     @property
     def ok(self) -> bool:
@@ -181,6 +182,7 @@ def _render(src: Source, cache: ParseCache, previous: RenderResult | None, chang
     selected = _select(run, overlays, templates, scope) if scope is not None else None
     nodes = _render_nodes(run, overlays, templates, fabric, _reusable(previous, changed_paths), template_errors, selected)
     run.findings += overlays.findings
+    unchecked = _unchecked(run, overlays, templates, fabric, fabric_tagged, nodes, selected, template_errors)
     _report_template_errors(run, template_errors, broken_templates)
     facts = run.facts()
     run.findings += check_fleet(facts, fabric, _base_lifecycles(base, cache))
@@ -194,6 +196,7 @@ def _render(src: Source, cache: ParseCache, previous: RenderResult | None, chang
         lifecycles={f.name: f.lifecycle for f in facts},
         unreadable=frozenset(f.name for f in facts if not f.lifecycle_known),
         skipped=frozenset() if selected is None else frozenset(ref.name for ref in run.layout.nodes if ref.name not in selected),
+        unchecked=unchecked,
     )
 
 
@@ -407,6 +410,60 @@ def _render_node(run: FabricRun, overlays: Overlays, templates: Templates, ref: 
         sources |= templates.dependencies(name)
     return RenderedNode(ref.name, ref.site, ref.cluster, doc["address"], chain.lifecycle, manifest["metadata"]["labels"],
                         manifest, canonical, digest(canonical), tuple(sorted(sources)))
+
+
+def _unchecked(run: FabricRun, overlays: Overlays, templates: Templates, fabric: dict[str, Any], fabric_tagged: bool,
+               nodes: Mapping[str, RenderedNode], selected: frozenset[str] | None,
+               template_errors: dict[_TemplateKey, list[str]]) -> frozenset[str]:
+    """The nodes not rendered because a file of their chain has errors, named and counted per shared file.
+
+    One error in a shared profile must not hide the others: each such node is
+    rendered once more with the documents that parsed but break their schema,
+    only to find template errors (its manifest is discarded, and whatever
+    else that render trips on is not reported: the schema errors already are).
+    """
+    lenient = Overlays(run.layout, fabric, fabric_tagged, run.lookup_lenient)
+    by_file: dict[str, list[str]] = defaultdict(list)
+    names: set[str] = set()
+    for ref in run.layout.nodes:
+        if ref.name in nodes or ref.name in names or (selected is not None and ref.name not in selected):
+            continue
+        chain = overlays.chain(ref)
+        if chain.ok:
+            continue  # rendered and refused for its own problems, reported already
+        names.add(ref.name)
+        broken = sorted(p for p in chain.wanted if p != ref.path and p in run.roles and run.lookup(p) is None)
+        if broken:
+            by_file[broken[0]].append(ref.name)
+        loose = lenient.chain(ref)
+        if loose.ok:
+            _look_for_template_errors(run, templates, ref, loose, fabric, template_errors)
+    for path, failed in by_file.items():
+        shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+        run.diagnostics.append(Diagnostic(path, 1, 1, "unchecked", f"{len(failed)} node(s) use this file and were not "
+                                          f"rendered or checked because it has errors: {shown}",
+                                          "fix the errors reported for this file and validate again"))
+    return frozenset(names)
+
+
+def _look_for_template_errors(run: FabricRun, templates: Templates, ref: NodeRef, chain: Chain, fabric: dict[str, Any],
+                              template_errors: dict[_TemplateKey, list[str]]) -> None:
+    entry = run.lookup_lenient(ref.path)
+    if entry is None or not isinstance(entry[0], dict):
+        return
+    data = chain.merged.get("data", _EMPTY)
+    context = {"name": ref.name, "site": ref.site, "cluster": ref.cluster, "address": entry[0].get("address"),
+               "labels": chain.merged.get("labels") or _EMPTY, "lifecycle": chain.lifecycle}
+    identity = {**context, "commit": run.src.commit}
+    problems: list[BuildProblem] = []
+    try:
+        build_manifest(identity, fabric.get("name", ""), chain.merged, lambda name: templates.render(name, data, context),
+                       problems, Memo())
+    except Exception:  # a schema-invalid document may trip the builder anywhere: its schema errors are reported
+        return
+    for p in problems:
+        if p.at is not None:
+            template_errors[(*p.at, p.message, p.hint)].append(ref.name)
 
 
 def _locate_problem(chain: Chain, ref: NodeRef, p: BuildProblem) -> Finding:

@@ -65,6 +65,7 @@ class FabricRun:
         self.limits = Limits()
         self.docs: dict[str, tuple[Any, bool] | None] = {}  # usable (valid) documents
         self.parsed: dict[str, Any] = {}  # every document that parsed, valid or not
+        self.invalid: dict[str, tuple[Any, bool]] = {}  # documents that parsed but break their schema
         self.roles = self.listing.roles
         self.memo = Memo()
 
@@ -84,6 +85,8 @@ class FabricRun:
                 continue  # a relative resource path: the path policy check says it better
             self.findings.append(self._schema_finding(path, keypath, message, parsed.doc))
         self.docs[path] = None if errors else (parsed.doc, parsed.tagged)
+        if errors:
+            self.invalid[path] = (parsed.doc, parsed.tagged)
         return self.docs[path]
 
     def _schema_finding(self, path: str, keypath: tuple[Any, ...], message: str, doc: Any) -> Finding:
@@ -128,6 +131,10 @@ class FabricRun:
         if path not in self.docs and path in self.roles:
             return self.load(path, self.roles[path])
         return self.docs.get(path)
+
+    def lookup_lenient(self, path: str) -> tuple[Any, bool] | None:
+        """As :meth:`lookup`, but also a document that breaks its schema: only to look for more errors."""
+        return self.lookup(path) or self.invalid.get(path)
 
     def diagnose(self) -> list[Diagnostic]:
         """Every finding located (round-trip parsing only the files that have findings), sorted, without repeats."""

@@ -233,6 +233,9 @@ class Templates:
         except (RecursionError, MemoryError, SyntaxError) as e:  # Jinja's parser and code generator recurse per level
             raise TemplateProblem(path, 1, f"template nests too deeply to compile ({type(e).__name__})",
                                   "split the expression or the blocks into smaller ones") from e
+        except Exception as e:  # anything else Jinja trips on, e.g. ValueError for a literal of 5,000 digits
+            raise TemplateProblem(path, getattr(e, "lineno", None) or 1, f"template cannot be compiled: {type(e).__name__}: "
+                                  f"{str(e)[:200]}", "fix the expression on that line") from e
         refs = tuple(jinja2.meta.find_referenced_templates(ast))
         return _Compiled(code, refs, "node" in jinja2.meta.find_undeclared_variables(ast))
 

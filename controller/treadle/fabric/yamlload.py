@@ -398,7 +398,7 @@ class _Build:
         if height + 1 > frame.height:
             frame.height = height + 1
         frame.size += size
-        if frame.size > self.max_size:
+        if self.aliases and frame.size > self.max_size:  # without aliases the file size is the bound
             raise _Located(event.start_mark, "aliases", f"aliases expand to more than {self.max_size} values (an alias bomb)",
                            "write the values out instead of nesting aliases")
         if not frame.is_map:
@@ -487,8 +487,10 @@ def load_yaml(data: bytes, limits: Limits) -> tuple[Any, bool]:
     return doc, build.tagged
 
 
-#: Characters YAML 1.2 does not allow in a stream (c-printable), found before libyaml reports them at 1:1.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ufffe\uffff]")
+#: Characters YAML 1.2 does not allow in a stream (c-printable), found before libyaml reports them at 1:1;
+#: and the raw line breaks U+0085, U+2028, U+2029, which libyaml counts as new lines (YAML 1.1) and YAML 1.2
+#: and editors do not, so that every later line number would be off (written as escapes in quotes, they are fine).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ufffe\uffff]")
 
 
 _HINTS = {
