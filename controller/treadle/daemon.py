@@ -34,6 +34,7 @@ from treadle import log
 from treadle.api import ApiContext, build_app
 from treadle.config import ControllerConfig
 from treadle.errors import UsageError
+from treadle.fabric.render import collect_garbage
 from treadle.gate import SignaturePolicy
 from treadle.metrics import ControllerMetrics
 from treadle.pipeline import Outcome, Pipeline, Settings
@@ -151,6 +152,8 @@ class Controller:
             log.error("cycle.crashed", error_type=type(e).__name__, error=str(e))
             return None
         self.api.last_cycle.update(result=outcome.result, commit=outcome.commit, reason=outcome.reason, at=time.time())
+        if outcome.kind not in ("unchanged", "refused-before"):  # a render ran: free its garbage now
+            collect_garbage()
         return outcome
 
 

@@ -10,6 +10,7 @@ is much faster than the git CLI. Open descriptors are read from /proc/self/fd.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections import Counter
@@ -22,7 +23,7 @@ import pytest
 from treadle import config as config_mod
 from treadle import daemon
 
-COMMITS = 240
+COMMITS = 200
 WARM_UP = 20
 MAX_PACKS = 4
 
@@ -37,6 +38,11 @@ def open_descriptors() -> Counter[str]:
             continue  # the descriptor listdir itself used
         kinds["sqlite" if ".sqlite3" in target else "pack" if "mirror.git/objects/pack/" in target else "other"] += 1
     return kinds
+
+
+def live_objects() -> int:
+    """Objects the cyclic collector tracks, frozen ones included (a render freezes its survivors)."""
+    return len(gc.get_objects()) + gc.get_freeze_count()
 
 
 def on_new_thread(fn: Any) -> Any:
@@ -78,7 +84,7 @@ def controller(make_fabric, signing_key: Path, tmp_path: Path):  # type: ignore[
 def test_hundreds_of_commits_leave_descriptors_threads_and_database_handles_flat(controller) -> None:  # type: ignore[no-untyped-def]
     ctl, upstream = controller
     state = ctl.pipeline.state
-    samples = []
+    samples, objects = [], []
     for i in range(COMMITS):
         head = upstream.commit(i)
         outcome = on_new_thread(ctl._cycle)
@@ -86,6 +92,7 @@ def test_hundreds_of_commits_leave_descriptors_threads_and_database_handles_flat
         assert on_new_thread(state.deployed_commit) == head  # the API reads on threads of its own too
         if i >= WARM_UP:
             samples.append((open_descriptors(), threading.active_count(), state.handles))
+            objects.append(live_objects())
     first, last = samples[0], samples[-1]
     # Pack files come and go between repacks (at most MAX_PACKS + 1 of them); nothing else moves.
     for fds, threads, handles in samples:
@@ -94,6 +101,10 @@ def test_hundreds_of_commits_leave_descriptors_threads_and_database_handles_flat
         assert threads == first[1] and handles <= 2, (threads, handles)
     assert last[0]["sqlite"] == first[0]["sqlite"]
     assert ctl.pipeline.source.pack_count() <= MAX_PACKS + 1
+    # Memory: each render's garbage is collected and the parse cache holds one revision's files, so the
+    # objects alive do not grow with the commits (before: ~2,000 more per commit, frozen by the render).
+    assert max(objects) - objects[0] < 20 * (COMMITS - WARM_UP), (objects[0], max(objects))
+    assert len(ctl.pipeline.renderer.cache._parsed) <= 30
 
 
 def test_closing_the_controller_closes_every_database_and_pack_descriptor(controller) -> None:  # type: ignore[no-untyped-def]
