@@ -255,6 +255,28 @@ class GitSource:
         log.event("mirror.gc", path=str(self.path), packs=self.pack_count())
         return True
 
+    def prune_revert_branches(self, keep: int, prefix: str = "refs/heads/treadle/revert-") -> list[str]:
+        """Delete all but the ``keep`` newest revert branches (by commit time) from the mirror; their names.
+
+        Only the mirror's copies: the branches pushed upstream are the admins' to merge or delete.
+        """
+        repo = self.repo
+        found = []
+        for name in repo.references:
+            if name.startswith(prefix):
+                try:
+                    found.append((repo.references[name].peel(pygit2.Commit).commit_time, name))
+                except (pygit2.GitError, KeyError, ValueError):
+                    found.append((0, name))
+        found.sort(reverse=True)
+        gone = [name for _, name in found[keep:]]
+        try:
+            for name in gone:
+                repo.references.delete(name)
+        except (pygit2.GitError, KeyError) as e:
+            raise SourceError(f"{self.path}: cannot delete an old revert branch: {e}") from e
+        return gone
+
     def close(self) -> None:
         """Release the mirror's handle and the pack files behind it (reopened on next use)."""
         if self._repo is not None:

@@ -105,6 +105,9 @@ def test_hundreds_of_commits_leave_descriptors_threads_and_database_handles_flat
     # objects alive do not grow with the commits (before: ~2,000 more per commit, frozen by the render).
     assert max(objects) - objects[0] < 20 * (COMMITS - WARM_UP), (objects[0], max(objects))
     assert len(ctl.pipeline.renderer.cache._parsed) <= 30
+    # History on disk: the retention settings of the config above.
+    assert len(state.deployments(limit=1000)) == 20
+    assert len(ctl.pipeline.rollouts.documents(limit=1000)) <= 5 + 1
 
 
 def test_closing_the_controller_closes_every_database_and_pack_descriptor(controller) -> None:  # type: ignore[no-untyped-def]
