@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                     next_commit += args.commit_every_s
                 if now >= next_sample:
                     samples.append(_sample(ws, fleet, now - started, commits, load))
+                    c = samples[-1]["procs"].get("controller", {})
+                    print(f"{samples[-1]['t'] / 60:6.1f} min  {commits} commits  {load.requests} requests "
+                          f"({load.failures} failed)  controller RSS {c.get('rss_mb', 0):.1f} MB, {c.get('fds')} fds, "
+                          f"{c.get('threads')} threads", flush=True)
                     next_sample += args.sample_s
                 time.sleep(0.2)
         finally:
