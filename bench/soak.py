@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-up-min", type=float, default=5.0)
     ap.add_argument("--workspace", help="directory to build in (default: a new temporary one)")
     ap.add_argument("--json", help="write every sample and the summary to this file")
+    ap.add_argument("--log-max-mb", type=float, default=1.0, help="rotate each process's log file above this size")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary workspace (always kept with --workspace)")
     args = ap.parse_args(argv)
 
     from treadle.demo import processes, workspace
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                     commits += 1
                     next_commit += args.commit_every_s
                 if now >= next_sample:
+                    fleet.rotate_logs(args.log_max_mb * 2**20)
                     samples.append(_sample(ws, fleet, now - started, commits, load))
                     c = samples[-1]["procs"].get("controller", {})
                     print(f"{samples[-1]['t'] / 60:6.1f} min  {commits} commits  {load.requests} requests "
@@ -188,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         samples.append(_sample(ws, fleet, time.monotonic() - started, commits, load))
         del ctl
     summary = _summarise(samples, args)
+    if not args.workspace and not args.keep:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"samples": samples, "summary": summary}, indent=1))
     return 0 if summary["ok"] else 1
