@@ -108,6 +108,9 @@ def test_hundreds_of_commits_leave_descriptors_threads_and_database_handles_flat
     # History on disk: the retention settings of the config above.
     assert len(state.deployments(limit=1000)) == 20
     assert len(ctl.pipeline.rollouts.documents(limit=1000)) <= 5 + 1
+    published = [p for p in ctl.pipeline.store.root.rglob("*") if p.is_file()]
+    assert sorted(p.parent.name for p in published) == sorted(ctl.pipeline.store.nodes())  # one envelope per node, no temp file
+    assert len(published) == 6
 
 
 def test_closing_the_controller_closes_every_database_and_pack_descriptor(controller) -> None:  # type: ignore[no-untyped-def]
