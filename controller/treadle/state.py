@@ -18,11 +18,12 @@ Connections come from a small pool owned by the :class:`StateDB`: a
 statement borrows one and returns it, so the API reads on one while the
 pipeline writes on another (WAL lets readers proceed during a write), and
 the number open is the most ever used at once (two or three), however many
-worker threads come and go. :meth:`StateDB.close` closes them all.
-History (deployments, refusals, accepted rewrites) is cut to the newest
-``history_kept`` rows by :meth:`StateDB.prune`, which also checkpoints the WAL. (One
+worker threads come and go. :meth:`StateDB.close` closes them all. (One
 connection per thread leaked one, with its WAL descriptor, per short-lived
 worker thread: tests/controller/test_soak.py.)
+
+History (deployments, refusals, accepted rewrites) is cut to the newest
+``history_kept`` rows by :meth:`StateDB.prune`, which also checkpoints the WAL.
 
 Raises:
     StoreError: the database cannot be opened, is from a newer version, or a
