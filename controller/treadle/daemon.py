@@ -34,7 +34,6 @@ from treadle import log
 from treadle.api import ApiContext, build_app
 from treadle.config import ControllerConfig
 from treadle.errors import SourceError, StoreError, UsageError
-from treadle.fabric.render import collect_garbage
 from treadle.gate import SignaturePolicy
 from treadle.metrics import ControllerMetrics
 from treadle.pipeline import Outcome, Pipeline, Settings
@@ -153,6 +152,8 @@ class Controller:
             return None
         self.api.last_cycle.update(result=outcome.result, commit=outcome.commit, reason=outcome.reason, at=time.time())
         if outcome.kind not in ("unchanged", "refused-before"):  # a render ran: free its garbage now
+            from treadle.fabric.render import collect_garbage
+
             collect_garbage()
         if outcome.result in ("deployed", "refused"):
             self.prune()
