@@ -24,7 +24,7 @@ def files_under(path) -> int:  # type: ignore[no-untyped-def]
     return sum(1 for p in path.rglob("*") if p.is_file())
 
 
-def test_hundreds_of_cycles_leave_descriptors_threads_and_the_state_dir_flat(node, kit) -> None:  # type: ignore[no-untyped-def]
+def test_two_hundred_cycles_leave_descriptors_threads_and_the_state_dir_flat(node, kit) -> None:  # type: ignore[no-untyped-def]
     node.serve(kit.manifest_doc(generation=1))
     agent = node.start()
     samples = []
@@ -51,7 +51,9 @@ def test_hundreds_of_cycles_leave_descriptors_threads_and_the_state_dir_flat(nod
     first = samples[0]
     for fds, threads, state_files, root_files in samples:
         assert fds <= first[0] + 2, (fds, first)  # a keep-alive connection may be re-opened, never piled up
-        assert threads <= first[1], (threads, first)
+        # The test server answers each connection on a thread of its own, and anyio resolves addresses on a
+        # worker thread: one of each may be finishing while the next starts. Never more.
+        assert threads <= first[1] + 2, (threads, first)
         assert state_files <= first[2] + 1, (state_files, first)  # no temp file or set-aside copy left per cycle
         assert root_files <= 8, root_files  # at most the seven rotating files and /etc/motd
     assert node.sample("treadle_agent_applied_generation") == 1 + CYCLES // 5
