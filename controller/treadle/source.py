@@ -181,6 +181,7 @@ class GitSource:
         self.path = state_dir / MIRROR_DIR
         self.tracking_ref = f"refs/remotes/{REMOTE}/{branch}"
         self._repo: pygit2.Repository | None = None
+        self._retry_gc_at = 0  # pack count at which a failed git gc is tried again
 
     @property
     def repo(self) -> pygit2.Repository:
@@ -224,8 +225,11 @@ class GitSource:
                                        prune=pygit2.enums.FetchPrune.NO_PRUNE)
         except (pygit2.GitError, KeyError, ValueError) as e:
             raise SourceError(f"{self.url}: fetch of branch {self.branch!r} failed: {e}") from e
-        if self.pack_count() > self.max_packs:
-            self.repack()
+        packs = self.pack_count()
+        if packs > self.max_packs and packs >= self._retry_gc_at:
+            if not self.repack():
+                # Not at every fetch (git missing, a broken mirror): once another max_packs packs have come.
+                self._retry_gc_at = packs + self.max_packs
         return self.head()
 
     def pack_count(self) -> int:

@@ -138,3 +138,17 @@ def test_only_the_newest_revert_branches_are_kept_in_the_mirror(repo, tmp_path: 
     assert sorted(gone) == [f"refs/heads/treadle/revert-{i:012x}" for i in range(3)]
     assert sorted(n for n in mirror.references if "revert-" in n) == [f"refs/heads/treadle/revert-{i:012x}" for i in (3, 4)]
     assert source.head() == str(head.id)
+
+
+def test_without_the_git_command_the_mirror_still_fetches_and_gc_is_retried_only_after_more_packs(
+        repo, tmp_path: Path, monkeypatch, caplog) -> None:
+    source = GitSource(str(repo.bare), "main", tmp_path / "state", max_packs=2)
+    for i in range(6):
+        repo.write("a.txt", f"{i}\n")
+        head = repo.commit_and_push(f"c{i}")
+        with monkeypatch.context() as m:
+            m.setenv("PATH", str(tmp_path / "no-git-here"))  # only the controller's fetch misses git
+            assert source.fetch() == head
+    assert source.pack_count() == 6
+    # Tried at 3 packs, then only once another max_packs had come (at 5), not at every fetch.
+    assert [r.getMessage() for r in caplog.records].count("mirror.gc_failed") == 2
