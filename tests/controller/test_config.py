@@ -115,3 +115,19 @@ def test_resigning_window_not_shorter_than_the_lifetime_is_refused_with_a_fix(tm
 def test_prometheus_health_source_without_its_url_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="health.prometheus_url"):
         config.load(write(tmp_path, MINIMAL + '[health]\nsource = "prometheus"\n'))
+
+
+def test_retention_settings_default_as_the_schema_says_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    import treadle_schemas
+
+    schema = treadle_schemas.load("controller-config.json")
+    defaults = config.load(write(tmp_path, MINIMAL)).retention
+    for key, spec in schema["properties"]["retention"]["properties"].items():
+        assert getattr(defaults, key) == spec["default"], key
+    cfg = config.load(write(tmp_path, MINIMAL + "[retention]\nrollouts_kept = 3\nhistory_kept = 7\nmirror_max_packs = 2\n"))
+    assert (cfg.retention.rollouts_kept, cfg.retention.history_kept, cfg.retention.mirror_max_packs,
+            cfg.retention.revert_branches_kept) == (3, 7, 2, 20)
+    with pytest.raises(UsageError, match="retention.history_kept"):
+        config.load(write(tmp_path, MINIMAL + "[retention]\nhistory_kept = 0\n"))
+    with pytest.raises(UsageError, match="retention"):
+        config.load(write(tmp_path, MINIMAL + "[retention]\nkeep_forever = true\n"))
