@@ -33,7 +33,7 @@ import uvicorn
 from treadle import log
 from treadle.api import ApiContext, build_app
 from treadle.config import ControllerConfig
-from treadle.errors import UsageError
+from treadle.errors import SourceError, StoreError, UsageError
 from treadle.gate import SignaturePolicy
 from treadle.metrics import ControllerMetrics
 from treadle.pipeline import Outcome, Pipeline, Settings
@@ -152,7 +152,27 @@ class Controller:
             log.error("cycle.crashed", error_type=type(e).__name__, error=str(e))
             return None
         self.api.last_cycle.update(result=outcome.result, commit=outcome.commit, reason=outcome.reason, at=time.time())
+        if outcome.kind not in ("unchanged", "refused-before"):  # a render ran: free its garbage now
+            from treadle.fabric.render import collect_garbage
+
+            collect_garbage()
+        if outcome.result in ("deployed", "refused"):
+            self.prune()
         return outcome
+
+    def prune(self) -> None:
+        """Cut the history kept to the retention settings (README: Retention and cleanup); failures are logged."""
+        keep = self.config.retention
+        try:
+            removed = self.pipeline.state.prune(keep.history_kept)
+            if self.pipeline.rollouts is not None:
+                removed += self.pipeline.rollouts.prune(keep.rollouts_kept)
+            branches = self.pipeline.source.prune_revert_branches(keep.revert_branches_kept)
+        except (StoreError, SourceError) as e:
+            log.error("retention.failed", error_type=type(e).__name__, error=str(e))
+            return
+        if removed or branches:
+            log.event("retention.pruned", rows=removed, revert_branches=len(branches))
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -90,8 +90,10 @@ class FabricRenderer:
 
         if isinstance(base, str):
             base = GitRevisionSource(repo, base)
-        return render_fabric(GitRevisionSource(repo, commit), cache=self.cache, previous=previous,
-                             changed_paths=changed, base=base)
+        src = GitRevisionSource(repo, commit)
+        result = render_fabric(src, cache=self.cache, previous=previous, changed_paths=changed, base=base)
+        self.cache.retain(src.entries().values())  # the cache keeps one revision's files, not every version seen
+        return result
 
 
 @dataclass(frozen=True, slots=True)

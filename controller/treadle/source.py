@@ -181,6 +181,7 @@ class GitSource:
         self.path = state_dir / MIRROR_DIR
         self.tracking_ref = f"refs/remotes/{REMOTE}/{branch}"
         self._repo: pygit2.Repository | None = None
+        self._retry_gc_at = 0  # pack count at which a failed git gc is tried again
 
     @property
     def repo(self) -> pygit2.Repository:
@@ -224,8 +225,11 @@ class GitSource:
                                        prune=pygit2.enums.FetchPrune.NO_PRUNE)
         except (pygit2.GitError, KeyError, ValueError) as e:
             raise SourceError(f"{self.url}: fetch of branch {self.branch!r} failed: {e}") from e
-        if self.pack_count() > self.max_packs:
-            self.repack()
+        packs = self.pack_count()
+        if packs > self.max_packs and packs >= self._retry_gc_at:
+            if not self.repack():
+                # Not at every fetch (git missing, a broken mirror): once another max_packs packs have come.
+                self._retry_gc_at = packs + self.max_packs
         return self.head()
 
     def pack_count(self) -> int:
@@ -254,6 +258,28 @@ class GitSource:
             return False
         log.event("mirror.gc", path=str(self.path), packs=self.pack_count())
         return True
+
+    def prune_revert_branches(self, keep: int, prefix: str = "refs/heads/treadle/revert-") -> list[str]:
+        """Delete all but the ``keep`` newest revert branches (by commit time) from the mirror; their names.
+
+        Only the mirror's copies: the branches pushed upstream are the admins' to merge or delete.
+        """
+        repo = self.repo
+        found = []
+        for name in repo.references:
+            if name.startswith(prefix):
+                try:
+                    found.append((repo.references[name].peel(pygit2.Commit).commit_time, name))
+                except (pygit2.GitError, KeyError, ValueError):
+                    found.append((0, name))
+        found.sort(reverse=True)
+        gone = [name for _, name in found[keep:]]
+        try:
+            for name in gone:
+                repo.references.delete(name)
+        except (pygit2.GitError, KeyError) as e:
+            raise SourceError(f"{self.path}: cannot delete an old revert branch: {e}") from e
+        return gone
 
     def close(self) -> None:
         """Release the mirror's handle and the pack files behind it (reopened on next use)."""

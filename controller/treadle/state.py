@@ -22,6 +22,9 @@ worker threads come and go. :meth:`StateDB.close` closes them all. (One
 connection per thread leaked one, with its WAL descriptor, per short-lived
 worker thread: tests/controller/test_soak.py.)
 
+History (deployments, refusals, accepted rewrites) is cut to the newest
+``history_kept`` rows by :meth:`StateDB.prune`, which also checkpoints the WAL.
+
 Raises:
     StoreError: the database cannot be opened, is from a newer version, or a
         statement failed.
@@ -42,6 +45,8 @@ from typing import Any
 from treadle.errors import StoreError
 
 SCHEMA_VERSION = 1
+#: The size the WAL file is truncated to after a checkpoint (SQLite's journal_size_limit).
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
 
 _SCHEMA_V1 = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
@@ -139,6 +144,8 @@ class StateDB:
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a deployment recorded is a deployment that survives power loss.
             conn.execute("PRAGMA synchronous=FULL")
+            # The WAL is reused after each checkpoint but never shrinks by itself: cut it back to this size.
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot open the state database: {e}; move it aside and restart") from e
         return conn
@@ -300,6 +307,32 @@ class StateDB:
         """Record an operator's acceptance of a rewritten history ending at ``commit``."""
         with self._tx() as c:
             c.execute("INSERT OR IGNORE INTO accepted_history(commit_sha, at) VALUES(?, ?)", (commit, time.time()))
+
+
+    # -- retention -------------------------------------------------------------
+
+    def prune(self, keep: int) -> int:
+        """Keep the newest ``keep`` deployment rows, refusal rows and accepted rewrites (each); checkpoint the WAL.
+
+        Nodes are never pruned: a removed node's generation must never be reused.
+        The pages freed are reused by later rows, so the file stops growing.
+        Returns the number of rows deleted.
+        """
+        deleted = 0
+        with self._tx() as c:
+            for table, order in (("deployments", "id"), ("refusals", "id"), ("accepted_history", "at")):
+                deleted += c.execute(f"DELETE FROM {table} WHERE rowid NOT IN "  # noqa: S608 - fixed names
+                                     f"(SELECT rowid FROM {table} ORDER BY {order} DESC LIMIT ?)", (keep,)).rowcount
+        self.checkpoint()
+        return deleted
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (readers in progress may make it partial: harmless)."""
+        try:
+            with self._conn() as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: checkpoint failed: {e}") from e
 
 
 def _refusal(row: tuple[Any, ...]) -> Refusal:

@@ -24,6 +24,7 @@ so a stop cannot leave a node half-configured.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class Agent:
         self.etag: str | None = None  # of the accepted envelope, for If-None-Match
         self._stop: anyio.Event | None = None
         self._fetch_scope: anyio.CancelScope | None = None
+        self._health_threads: dict[str, threading.Thread] = {}  # a hung check's thread, not started again while alive
 
     @classmethod
     def from_config(cls, config: AgentConfig, *, host: Host | None = None, fetcher: Fetcher | None = None,
@@ -250,7 +252,7 @@ class Agent:
     def _check_health(self, manifest: Manifest) -> dict[str, bool]:
         from treadle_agent.health import run_checks
 
-        return run_checks(manifest.health, self.host, self.config.root)
+        return run_checks(manifest.health, self.host, self.config.root, self._health_threads)
 
     def _report(self, manifest: Manifest, report: ApplyReport | None, duration_s: float, checks: Mapping[str, bool]) -> None:
         expires = manifest.metadata["expires"]

@@ -80,19 +80,38 @@ def run_check(check: Mapping[str, Any], host: Host, root: Path) -> bool:
         return False
 
 
-def run_checks(checks: Sequence[Mapping[str, Any]], host: Host, root: Path) -> dict[str, bool]:
-    """name -> up, for every check; all run concurrently, each within its own timeout."""
+def run_checks(checks: Sequence[Mapping[str, Any]], host: Host, root: Path,
+               running: dict[str, threading.Thread] | None = None) -> dict[str, bool]:
+    """name -> up, for every check; all run concurrently, each within its own timeout.
+
+    ``running``, kept by the caller from one run to the next, holds each
+    check's last thread: a check whose thread from an earlier run is still
+    going (an http server that trickles its headers keeps a read alive past
+    any timeout) is not started again and counts as down, so a hung check
+    costs one thread, not one per cycle (tests/providers/test_health.py).
+    """
     results: dict[str, bool] = {c["name"]: False for c in checks}
     threads = []
     for c in checks:
+        earlier = running.get(c["name"]) if running is not None else None
+        if earlier is not None and earlier.is_alive():
+            log.info("health.check_error", check=c["name"], error="its check from an earlier cycle is still running")
+            continue
+
         def work(c: Mapping[str, Any] = c) -> None:
             results[c["name"]] = run_check(c, host, root)
         t = threading.Thread(target=work, name=f"health-{c['name']}", daemon=True)
         t.start()
         threads.append((c, t, time.monotonic() + c["timeout_s"] + GRACE_S))
+        if running is not None:
+            running[c["name"]] = t
+    if running is not None:
+        for name in [n for n, t in running.items() if not t.is_alive()]:
+            del running[name]
     for c, t, deadline in threads:
         t.join(max(0.0, deadline - time.monotonic()))
         if t.is_alive():
             log.info("health.check_error", check=c["name"], error=f"no answer within {c['timeout_s']} s")
     # A hung thread may still write its result later; the copy taken now is what counts.
-    return {c["name"]: (results[c["name"]] and not t.is_alive()) for c, t, _ in threads}
+    up = {c["name"]: (results[c["name"]] and not t.is_alive()) for c, t, _ in threads}
+    return {c["name"]: up.get(c["name"], False) for c in checks}

@@ -48,6 +48,8 @@ from treadle_agent.manifest import ManifestFormatError, digest, parse_json
 ENVELOPE = "envelope.json"
 STATE = "agent-state.json"
 STATE_COPY = "agent-state.copy.json"
+#: Copies of a corrupt state file kept for a post-mortem (the newest ones).
+CORRUPT_COPIES_KEPT = 3
 
 log = get_logger("state")
 
@@ -250,6 +252,11 @@ class StateStore:
         except OSError as e:
             raise StateError(f"{src}: corrupt ({why}) and cannot be moved aside: {e.strerror}") from e
         log.warning("state.corrupt", file=str(src), moved_to=str(dst), why=why, action="going on with the other state files")
+        # Keep the newest few copies only: a disk that keeps corrupting a file must not fill up with them.
+        copies = sorted((p for p in self.dir.glob(f"{name}.corrupt-*") if p.name.rsplit("-", 1)[1].isdigit()),
+                        key=lambda p: int(p.name.rsplit("-", 1)[1]))
+        for old in copies[:-CORRUPT_COPIES_KEPT]:
+            old.unlink(missing_ok=True)
         return dst
 
     def _read(self, name: str) -> bytes | None:

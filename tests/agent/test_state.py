@@ -57,3 +57,13 @@ def test_envelope_digest_is_recorded(tmp_path):
     store = StateStore(tmp_path)
     store.save(b"abc", 1, None, "t")
     assert json.loads((tmp_path / STATE).read_text())["envelope_sha256"] == digest(b"abc")
+
+
+def test_only_the_newest_copies_of_a_corrupt_file_are_kept(tmp_path):
+    clock = [1000.0]
+    store = StateStore(tmp_path, clock=lambda: clock[0])
+    for i in range(10):  # a disk that corrupts the state file at every start
+        (tmp_path / STATE).write_bytes(b"{not json")
+        clock[0] = 1000.0 + i
+        store.load()
+    assert sorted(p.name for p in tmp_path.glob(f"{STATE}.corrupt-*")) == [f"{STATE}.corrupt-{t}" for t in (1007, 1008, 1009)]

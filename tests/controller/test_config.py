@@ -137,3 +137,19 @@ def test_malformed_values_exit_2_with_the_key_and_the_fix(tmp_path: Path, line: 
     assert main(["controller", "run", "--config", str(path)]) == 2  # the real command, in-process: no traceback escapes
     err = capsys.readouterr().err
     assert words in err, err[-2000:]
+
+
+def test_retention_settings_default_as_the_schema_says_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    import treadle_schemas
+
+    schema = treadle_schemas.load("controller-config.json")
+    defaults = config.load(write(tmp_path, MINIMAL)).retention
+    for key, spec in schema["properties"]["retention"]["properties"].items():
+        assert getattr(defaults, key) == spec["default"], key
+    cfg = config.load(write(tmp_path, MINIMAL + "[retention]\nrollouts_kept = 3\nhistory_kept = 7\nmirror_max_packs = 2\n"))
+    assert (cfg.retention.rollouts_kept, cfg.retention.history_kept, cfg.retention.mirror_max_packs,
+            cfg.retention.revert_branches_kept) == (3, 7, 2, 20)
+    with pytest.raises(UsageError, match="retention.history_kept"):
+        config.load(write(tmp_path, MINIMAL + "[retention]\nhistory_kept = 0\n"))
+    with pytest.raises(UsageError, match="retention"):
+        config.load(write(tmp_path, MINIMAL + "[retention]\nkeep_forever = true\n"))

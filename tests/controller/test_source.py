@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anyio
@@ -100,3 +101,54 @@ def test_hooks_in_the_mirror_never_run(repo, tmp_path: Path) -> None:
     repo.write("a.txt", "2\n")
     head = repo.commit_and_push("second")
     assert source.fetch() == head and not marker.exists()
+
+
+def test_the_mirror_is_repacked_when_it_holds_more_packs_than_the_limit(repo, tmp_path: Path) -> None:
+    source = GitSource(str(repo.bare), "main", tmp_path / "state", max_packs=3)
+    heads = []
+    for i in range(10):  # one pack file per fetch that brings a commit
+        repo.write("a.txt", f"{i}\n")
+        heads.append(repo.commit_and_push(f"c{i}"))
+        assert source.fetch() == heads[-1]
+        assert source.pack_count() <= 4
+    packs = sorted((source.path / "objects" / "pack").glob("*.pack"))
+    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}") and "/objects/pack/" in os.readlink(f"/proc/self/fd/{fd}")]
+    assert all(Path(p).exists() for p in held), held  # no descriptor kept on a deleted pack
+    assert len(packs) <= 4
+    assert source.changed_paths(heads[0], heads[-1]) == {"a.txt"}  # every commit still readable
+    source.close()
+
+
+def test_only_the_newest_revert_branches_are_kept_in_the_mirror(repo, tmp_path: Path) -> None:
+    import pygit2
+
+    repo.write("a.txt", "1\n")
+    repo.commit_and_push("first")
+    source = GitSource(str(repo.bare), "main", tmp_path / "state")
+    source.fetch()
+    mirror = source.repo
+    head = mirror.references[source.tracking_ref].peel(pygit2.Commit)
+    sig = pygit2.Signature("Treadle", "treadle@localhost")
+    for i in range(5):
+        sig = pygit2.Signature("Treadle", "treadle@localhost", 1_700_000_000 + i, 0)
+        commit = mirror.create_commit(None, sig, sig, f"revert {i}", head.tree.id, [head.id])
+        mirror.references.create(f"refs/heads/treadle/revert-{i:012x}", commit)
+    gone = source.prune_revert_branches(2)
+    assert sorted(gone) == [f"refs/heads/treadle/revert-{i:012x}" for i in range(3)]
+    assert sorted(n for n in mirror.references if "revert-" in n) == [f"refs/heads/treadle/revert-{i:012x}" for i in (3, 4)]
+    assert source.head() == str(head.id)
+
+
+def test_without_the_git_command_the_mirror_still_fetches_and_gc_is_retried_only_after_more_packs(
+        repo, tmp_path: Path, monkeypatch, caplog) -> None:
+    source = GitSource(str(repo.bare), "main", tmp_path / "state", max_packs=2)
+    for i in range(6):
+        repo.write("a.txt", f"{i}\n")
+        head = repo.commit_and_push(f"c{i}")
+        with monkeypatch.context() as m:
+            m.setenv("PATH", str(tmp_path / "no-git-here"))  # only the controller's fetch misses git
+            assert source.fetch() == head
+    assert source.pack_count() == 6
+    # Tried at 3 packs, then only once another max_packs had come (at 5), not at every fetch.
+    assert [r.getMessage() for r in caplog.records].count("mirror.gc_failed") == 2

@@ -77,3 +77,33 @@ def test_in_memory_nodes_always_equal_a_fresh_read_of_the_database(tmp_path: Pat
     db.reserve([rec("n2", 2)])  # a removed node comes back above its old generation
     assert db.nodes() == StateDB(tmp_path / "s.db").nodes()
     assert db.nodes()["n2"].present and db.nodes()["n2"].dirty
+
+
+def test_history_beyond_the_retention_setting_is_pruned_and_the_wal_truncated(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "s.db")
+    for i in range(30):
+        db.record_deployment(f"{i:040x}", None, [], ())
+        db.record_refusal(f"{i:040x}", "invalid", f"bad {i}")
+        db.accept_history(f"{i:040x}")
+    wal = tmp_path / "s.db-wal"
+    assert wal.stat().st_size > 0
+    assert db.prune(10) == 3 * 20
+    assert [d["commit"] for d in db.deployments(limit=100)] == [f"{i:040x}" for i in range(29, 19, -1)]
+    assert len(db.refusals(limit=100)) == 10 and db.last_refusal().message == "bad 29"
+    assert db.history_accepted(f"{29:040x}") and not db.history_accepted(f"{0:040x}")
+    assert db.deployed_commit() == f"{29:040x}"
+    assert wal.stat().st_size == 0  # checkpointed and truncated
+
+
+def test_connections_are_pooled_not_opened_per_thread_and_all_closed(tmp_path: Path) -> None:
+    import threading
+
+    db = StateDB(tmp_path / "s.db")
+    for i in range(20):  # twenty short-lived threads, as anyio's workers come and go
+        t = threading.Thread(target=lambda i=i: db.record_deployment(f"{i:040x}", None, [], ()))
+        t.start()
+        t.join()
+    assert db.handles == 1
+    db.close()
+    assert db.handles == 0
+    assert db.deployed_commit() == f"{19:040x}"  # a later statement opens a connection again

@@ -110,3 +110,49 @@ def test_command_check_runs_argv_without_a_shell_and_honours_its_timeout(host, t
 
 def test_no_checks_is_an_empty_result(host, tmp_path):
     assert run_checks([], host, tmp_path) == {}
+
+
+def test_a_check_hung_past_its_timeout_is_not_started_again_each_cycle(host, tmp_path):
+    """A server that trickles its headers keeps http.client reading past any timeout: one thread, not one per cycle."""
+    (tmp_path / "ready").write_text("")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+    clients: list[socket.socket] = []
+
+    def trickle() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            clients.append(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+
+    def drip() -> None:
+        while not stop.wait(0.2):
+            for conn in list(clients):
+                try:
+                    conn.sendall(b"X-Slow: y\r\n")
+                except OSError:
+                    pass
+
+    threading.Thread(target=trickle, daemon=True).start()
+    threading.Thread(target=drip, daemon=True).start()
+    hung = check("trickle", "http", timeout_s=1, url=f"http://127.0.0.1:{server.getsockname()[1]}/", status=200)
+    running: dict = {}
+    try:
+        for _ in range(4):
+            assert run_checks([hung, check("sure", "file", path="/ready")], host, tmp_path, running) == {"trickle": False, "sure": True}
+        alive = [t for t in threading.enumerate() if t.name == "health-trickle"]
+        assert len(alive) == 1 and len(clients) == 1
+    finally:
+        stop.set()
+        for conn in clients:
+            conn.close()
+        server.close()
+    alive[0].join(10)
+    assert run_checks([check("sure", "file", path="/ready")], host, tmp_path, running) == {"sure": True}
+    assert "trickle" not in running  # finished threads are forgotten

@@ -46,3 +46,24 @@ def test_a_row_written_with_its_waves_inside_is_still_read(tmp_path) -> None:
     rid = store.active_id()
     assert rid is not None
     assert store.get(rid) == r and store.for_commit(SHA) == (rid, r) and store.list()[0][3] == r
+
+
+def test_pruning_keeps_the_newest_rollouts_and_the_one_in_flight_with_their_rows(tmp_path) -> None:
+    conn = sqlite3.connect(tmp_path / "state.db")
+    store = RolloutStore(conn)
+    in_flight = store.create(_rollout(), now=0, previous={"n1": b'{"old": 1}'})  # oldest, still running
+    finished = []
+    for t in range(1, 9):
+        rid = store.create(_rollout(), now=t, previous={"n1": b'{"old": 1}'})
+        store.save(rid, replace(_rollout(), state=State.COMPLETE), now=t)
+        store.note_revert(rid, None, None)
+        finished.append(rid)
+    assert store.active_id() == in_flight
+    assert store.prune(3) == 5
+    kept = {rid for rid, *_ in store.list(100)}
+    assert kept == {in_flight, *finished[-3:]}
+    for table in ("rollout_waves", "rollout_events", "rollout_previous", "rollout_notes"):
+        ids = {r for (r,) in conn.execute(f"SELECT DISTINCT rollout_id FROM {table}")}
+        assert ids <= kept, table
+    assert store.previous(in_flight) == {"n1": {"old": 1}}
+    assert store.prune(3) == 0  # idempotent

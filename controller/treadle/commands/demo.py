@@ -82,7 +82,7 @@ def _play(root: Path, nodes: int, timing: Any, keep_running: bool) -> int:
             (ws.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             view.summary(summary["scenes"], summary["nodes"], _facts(ws, summary))
             if keep_running:
-                _wait_for_interrupt(view, ws)
+                _wait_for_interrupt(view, ws, fleet)
         finally:
             observer.close()
             view.step("stopping the controller and the agents")
@@ -118,11 +118,12 @@ def _facts(ws: Any, summary: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def _wait_for_interrupt(view: Any, ws: Any) -> None:
+def _wait_for_interrupt(view: Any, ws: Any, fleet: Any) -> None:
     view.print(f"\n[bold]The fabric keeps running.[/] Try: treadle status --url {ws.controller_url}\n"
                f"Stop it with Ctrl-C (or: kill {os.getpid()}); every process stops with the demo.")
     try:
         while True:
-            time.sleep(3600)
+            time.sleep(60)
+            fleet.rotate_logs()  # a demo left running for days keeps its logs bounded
     except KeyboardInterrupt:
         view.print("")

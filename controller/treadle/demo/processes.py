@@ -34,6 +34,8 @@ from treadle.errors import UsageError
 
 #: How long processes get to stop after SIGTERM before they are killed.
 STOP_GRACE_S = 10.0
+#: A child's log file is rotated (copied to ``<name>.log.1``, then truncated) once it passes this size.
+LOG_MAX_BYTES = 8 * 2**20
 #: Starts a program with the parent-death signal set (util-linux; None where it is missing: Fleet.stop still applies).
 _SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
@@ -87,6 +89,26 @@ class Fleet:
             code = child.process.poll()
             if code is not None:
                 raise UsageError(f"{child.name} exited with code {code}; the end of {child.log}:\n{child.tail()}")
+
+    def rotate_logs(self, max_bytes: int = LOG_MAX_BYTES) -> list[str]:
+        """Copy each log above ``max_bytes`` to ``<name>.log.1`` and truncate it; the names rotated.
+
+        Copy and truncate, as logrotate's ``copytruncate``: the children keep
+        writing to their descriptor, opened for appending, so their next line
+        lands at the start of the emptied file. At most twice ``max_bytes``
+        per process stays on disk, however long the fleet runs.
+        """
+        rotated = []
+        for child in self.children.values():
+            try:
+                if child.log.stat().st_size <= max_bytes:
+                    continue
+                shutil.copyfile(child.log, child.log.with_name(child.log.name + ".1"))
+                os.truncate(child.log, 0)
+            except OSError:
+                continue  # a full disk: the next call tries again
+            rotated.append(child.name)
+        return rotated
 
     def pids(self) -> list[int]:
         return [c.process.pid for c in self.children.values() if c.process.poll() is None]

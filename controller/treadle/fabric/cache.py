@@ -131,6 +131,19 @@ class ParseCache:
             return None
         return hit[1]
 
+    def retain(self, blobs: Iterable[str]) -> None:
+        """Forget every parse, schema verdict, round-trip document and template of a blob not in ``blobs``.
+
+        A long-lived owner calls it with the blobs of the revision it now
+        works from, so the cache holds about one revision's files instead of
+        every version ever seen (the controller: tests/controller/test_soak.py).
+        """
+        keep = set(blobs)
+        self._parsed = {k: v for k, v in self._parsed.items() if k[0] in keep}
+        self._schema = {k: v for k, v in self._schema.items() if k[0] in keep}
+        self._round_trip = {k: v for k, v in self._round_trip.items() if k in keep}
+        self._templates = {k: v for k, v in self._templates.items() if k.split(":", 1)[0] in keep}
+
     def store_rendered(self, node: str, sources: Iterable[str], entries: Mapping[str, str], result: Any) -> None:
         """Remember ``result`` for ``node`` with the blob ids of its sources (one entry per node name)."""
         self._rendered[node] = (tuple((path, self._blob(entries, path)) for path in sources), result)

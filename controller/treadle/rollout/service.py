@@ -93,6 +93,14 @@ class RolloutService:
             self._store.close()
             self._reader.close()
 
+    def prune(self, keep: int) -> int:
+        """Keep the newest ``keep`` rollouts (and the one in flight); see :meth:`RolloutStore.prune`."""
+        with self._lock:
+            try:
+                return self._store.prune(keep)
+            except sqlite3.Error as e:
+                raise StoreError(f"pruning old rollouts failed: {e}") from e
+
     # -- the pipeline's side -------------------------------------------------
 
     def has_rollout(self, commit: str) -> bool:

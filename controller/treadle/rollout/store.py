@@ -146,6 +146,19 @@ class RolloutStore:
     def close(self) -> None:
         self._conn.close()
 
+    def prune(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` rollouts (never the one in flight), with their waves, events,
+        previous manifests and notes; the number of rollouts deleted."""
+        active = self.active_id()
+        with self._conn:
+            gone = [r for (r,) in self._conn.execute(
+                "SELECT id FROM rollouts WHERE id NOT IN (SELECT id FROM rollouts ORDER BY id DESC LIMIT ?) AND id != ?",
+                (keep, active if active is not None else -1)).fetchall()]
+            for table in ("rollout_waves", "rollout_events", "rollout_previous", "rollout_notes"):
+                self._conn.executemany(f"DELETE FROM {table} WHERE rollout_id = ?", [(r,) for r in gone])  # noqa: S608
+            self._conn.executemany("DELETE FROM rollouts WHERE id = ?", [(r,) for r in gone])
+        return len(gone)
+
     def create(self, r: Rollout, now: float | None = None, previous: Mapping[str, bytes] | None = None) -> int:
         """Store a new rollout and, in the same transaction, what its nodes run before it (for a rollback)."""
         now = time.time() if now is None else now
