@@ -226,6 +226,7 @@ class Applier:
         resources = manifest.resources
         plan = make_plan(resources)
         results: list[ResourceResult] = []
+        starting: set[str] = set()
         with RootFS(self.root) as fs:
             ctx = Context(fs, self.host, self.inventory,
                           package_names=[r["name"] for r in resources if r["type"] == "package"])
@@ -241,16 +242,19 @@ class Applier:
                     continue
                 status = "in_sync" if observed.diff is None else "drifted" if drift else "would_change"
                 results.append(ResourceResult(rid, res["type"], status, observed.diff or ""))
+                if res["type"] == "service" and (observed.detail or {}).get("running") and (self.heal or not drift):
+                    starting.add(res["name"])
         ids = set(plan.ids)
         removed = tuple(ResourceResult(rid, rid.partition(":")[0], "would_remove", "dropped from the manifest")
                         for rid, entry in sorted(self.inventory.resources.items())
                         if rid not in ids and rid.partition(":")[0] in self._providers and entry.get("created"))
-        return CheckReport((*results, *self._would_restart(resources, plan, results)), removed)
+        return CheckReport((*results, *self._would_restart(resources, plan, results, starting)), removed)
 
     def _would_restart(self, resources: Sequence[Mapping[str, Any]], plan: Plan,
-                       results: Sequence[ResourceResult]) -> list[ResourceResult]:
+                       results: Sequence[ResourceResult], starting: set[str]) -> list[ResourceResult]:
         """The restarts a run would do (see :meth:`_restart`): services notified by files it would change or
-        heal, and restarts that failed before, except services it stops."""
+        heal, and restarts that failed before, except services it stops and services it starts (a start
+        runs the new files: the run does not restart them)."""
         changing = {"would_change", "drifted"} if self.heal else {"would_change"}
         by_id = {r.id: r for r in results}
         why: dict[str, list[str]] = {name: ["a restart that failed in an earlier run"] for name in self.inventory.pending_restarts}
@@ -260,7 +264,7 @@ class Applier:
                     why.setdefault(name, []).append(f"notified by {res['path']}")
         stopped = {r["name"] for r in resources if r["type"] == "service" and r["state"] == "stopped"}
         return [ResourceResult(f"service:{name}", "service", "would_restart", "; ".join(reasons))
-                for name, reasons in sorted(why.items()) if name not in stopped]
+                for name, reasons in sorted(why.items()) if name not in stopped and name not in starting]
 
     # --- one resource ---------------------------------------------------------
 
@@ -278,9 +282,10 @@ class Applier:
         statuses[rid] = status
         entry = self.inventory.get(rid)
         if status in ("failed", "skipped") and entry is not None and entry.get("want") is None:
-            # A placeholder of _remember_new, and nothing was created; kept so
-            # that a resource failing every run does not rewrite the inventory.
-            self.inventory.put(rid, {"want": None, "created": False})
+            # A placeholder of _remember_new; kept so that a resource failing every run does not rewrite the
+            # inventory. Whether the agent created it stays as recorded before the attempt: a failed install
+            # can leave the package (half-)installed, and it must be pruned when the manifest drops it.
+            self.inventory.put(rid, {"want": None, "created": bool(entry.get("created"))})
         return ResourceResult(rid, rtype, status, message)
 
     def _judge(self, res: Mapping[str, Any], rid: str, ctx: Context) -> tuple[Any, Any, Observed, bool]:
