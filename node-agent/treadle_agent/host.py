@@ -239,7 +239,11 @@ def apt_failure(r: CommandResult, what: str) -> HostError:
     for text in (r.stdout, r.stderr):
         keep = False
         for line in text.splitlines():
-            if line.startswith(("dpkg:", "dpkg-deb:", "E:", "Errors were encountered")):
+            # dpkg's error may follow a prompt on the same line: "*** x.conf (Y/I/N/O/D/Z) [default=N] ? dpkg: error..."
+            start = min((i for i in (line.find("dpkg: "), line.find("dpkg-deb: ")) if i >= 0), default=-1)
+            if start >= 0:
+                keep, line = True, line[start:]
+            elif line.startswith(("E:", "Errors were encountered")):
                 keep = True
             elif not line.startswith(" "):
                 keep = False

@@ -72,6 +72,15 @@ def test_the_failure_message_carries_dpkg_s_reason_not_only_apt_s_last_line():
     assert "Unpacking" not in message and message.startswith("installing hello: `apt-get install hello` exited 100")
 
 
+def test_the_failure_message_finds_dpkg_s_error_after_a_conffile_prompt():
+    stdout = ("Setting up logrotate (3.21.0-1) ...\n\nConfiguration file '/etc/logrotate.conf'\n"
+              "*** logrotate.conf (Y/I/N/O/D/Z) [default=N] ? dpkg: error processing package logrotate (--configure):\n"
+              " end of file on stdin at conffile prompt\nProcessing triggers for libc-bin (2.36-9) ...\n")
+    message = str(apt_failure(CommandResult(("apt-get", "install", "logrotate"), 100, stdout, "E: Sub-process\n"), "x"))
+    assert "dpkg: error processing package logrotate (--configure):\n end of file on stdin at conffile prompt" in message
+    assert "***" not in message and "Processing triggers" not in message
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=3000), st.text(max_size=3000), st.integers(1, 255))
 def test_the_failure_message_of_any_output_is_a_bounded_host_error(stdout, stderr, code):

@@ -35,7 +35,8 @@ def rn(tmp_path_factory: pytest.TempPathFactory, realnode_cache: tuple[Path, Pat
 
 def test_a_fresh_node_converges_from_no_package_lists(rn: RealNode) -> None:
     host_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
-    assert not list(rn.node.path("/var/lib/apt/lists").glob("*_Packages")), "the pristine tree has no package lists"
+    # As in container images and minimal installs: no package lists at all.
+    rn.sh("rm -rf /var/lib/apt/lists/* && apt-cache policy cron | grep -q 'Candidate: (none)'")
     out = rn.once()
     assert out.returncode == 0, out.output
     assert out.status("package:cron") == "changed"
@@ -94,14 +95,21 @@ def test_a_package_installed_after_its_conffile_was_written_keeps_the_file_and_d
 
 
 def test_a_failed_install_carries_dpkg_s_reason_and_leaves_dpkg_usable(rn: RealNode) -> None:
-    # A directory where the package ships a file: dpkg refuses to unpack it and says so on its own output.
-    rn.publish(base("v2", "directories:\n  /usr/bin/hello: {mode: \"0755\"}\n")
-               .replace("packages:\n", "packages:\n  hello: {ensure: present}\n"))
-    out = rn.once()
-    assert out.returncode == 1 and out.status("package:hello") == "failed", out.output
-    message = out.message("package:hello")
-    assert "/usr/bin/hello" in message and "dpkg" in message, message
-    assert rn.sh("dpkg --audit") == ""
+    # Another package already owns a file the package ships: dpkg refuses to unpack it and says why in its
+    # own words (apt only says that dpkg returned an error).
+    rn.sh("mkdir -p /tmp/obstacle/DEBIAN /tmp/obstacle/usr/bin && touch /tmp/obstacle/usr/bin/hello"
+          " && printf 'Package: treadle-obstacle\\nVersion: 1\\nArchitecture: all\\nMaintainer: t <t@example.org>\\n"
+          "Description: owns /usr/bin/hello\\n' > /tmp/obstacle/DEBIAN/control"
+          " && dpkg-deb -b /tmp/obstacle /tmp/obstacle.deb >/dev/null && dpkg -i /tmp/obstacle.deb >/dev/null")
+    try:
+        rn.publish(base("v2").replace("packages:\n", "packages:\n  hello: {ensure: present}\n"))
+        out = rn.once()
+        assert out.returncode == 1 and out.status("package:hello") == "failed", out.output
+        message = out.message("package:hello")
+        assert "trying to overwrite '/usr/bin/hello', which is also in package treadle-obstacle" in message, message
+        assert rn.sh("dpkg --audit") == ""
+    finally:
+        rn.sh("dpkg -r treadle-obstacle >/dev/null")
 
 
 def test_a_failed_install_is_still_pruned_when_the_manifest_drops_it(rn: RealNode) -> None:
