@@ -148,3 +148,20 @@ def test_a_failed_install_stays_recorded_as_created_by_the_agent(tmp_path):
     env = make_env(tmp_path, available={})
     env.applier().apply(manifest(package("ghost")))
     assert env.applier().inventory.get("package:ghost") == {"want": None, "created": True}
+
+
+def test_the_lists_age_is_an_agent_setting(tmp_path):
+    import pytest
+
+    from treadle_agent.config import from_dict
+    from treadle_agent.errors import ConfigError
+    from treadle_agent.host import SystemHost
+
+    (tmp_path / "trust-root.json").write_text("{}")
+    raw = {"node": "n1", "manifest_urls": ["http://127.0.0.1:1/m"], "trust_root": "trust-root.json",
+           "state_dir": "state", "package_manager": "apt", "service_manager": "none"}
+    config = from_dict({**raw, "package_lists_max_age_s": 600}, tmp_path / "agent.toml")
+    assert SystemHost.from_config(config.host).packages.lists_max_age_s == 600
+    assert SystemHost.from_config(from_dict(raw, tmp_path / "agent.toml").host).packages.lists_max_age_s == 86400
+    with pytest.raises(ConfigError, match="package_lists_max_age_s"):
+        from_dict({**raw, "package_lists_max_age_s": 0}, tmp_path / "agent.toml")
