@@ -54,6 +54,9 @@ STATUSES = ("in_sync", "changed", "drifted", "healed", "failed", "skipped")
 _BUCKET = {"in_sync": "in_sync", "changed": "in_sync", "healed": "in_sync",
            "drifted": "drifted", "failed": "failed", "skipped": "failed"}
 _PATH_TYPES = ("directory", "file", "symlink")
+#: Where systemd reads unit files and drop-ins (systemd.unit(5)); a change there needs a daemon-reload.
+UNIT_DIRS = ("/etc/systemd/system/", "/run/systemd/system/", "/usr/local/lib/systemd/system/",
+             "/usr/lib/systemd/system/", "/lib/systemd/system/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +216,10 @@ class Applier:
             self._sysctl_file(ctx, resources, statuses, results)
             removed = self._prune(ctx, set(plan.ids))
             restarted = self._restart(ctx, resources, statuses, notified, results)
+            try:  # unit files changed and no service change reloaded systemd yet: it should know them now
+                ctx.reload_units()
+            except (AgentError, OSError) as e:
+                log.warning("units.reload_failed", error=_describe(e))
             fs.sync_dirs()
         self.inventory.save()
         return ApplyReport(tuple(results), restarted, tuple(removed))
@@ -280,6 +287,8 @@ class Applier:
             except (AgentError, OSError, ValueError) as e:
                 status, message = "failed", _describe(e)
         statuses[rid] = status
+        if status in ("changed", "healed") and rtype in _PATH_TYPES and _in_unit_dir(res["path"]):
+            ctx.units_changed = True
         entry = self.inventory.get(rid)
         if status in ("failed", "skipped") and entry is not None and entry.get("want") is None:
             # A placeholder of _remember_new; kept so that a resource failing every run does not rewrite the
@@ -386,6 +395,8 @@ class Applier:
                 continue
             self.inventory.forget(rid)
             out.append(ResourceResult(rid, rtype, "changed", message))
+            if rtype in _PATH_TYPES and _in_unit_dir(rid.partition(":")[2]):
+                ctx.units_changed = True
         return out
 
     def _restart(self, ctx: Context, resources: Sequence[Mapping[str, Any]], statuses: Mapping[str, str],
@@ -401,6 +412,7 @@ class Applier:
                 if resources[n]["state"] == "stopped" or name in ctx.started:
                     continue
             try:
+                ctx.reload_units()
                 ctx.host.services.restart(name)
                 done.append(name)
                 log.info("service.restarted", service=name, why="a file that notifies it changed")
@@ -414,6 +426,10 @@ class Applier:
                     results.append(failure)
         self.inventory.set_pending_restarts(keep)
         return tuple(done)
+
+
+def _in_unit_dir(path: str) -> bool:
+    return path.startswith(UNIT_DIRS) or path.rstrip("/") + "/" in UNIT_DIRS
 
 
 def _blocked(plan: Plan, i: int, statuses: Mapping[str, str]) -> str | None:

@@ -310,6 +310,7 @@ class ServiceManager(Protocol):
     def file_state(self, unit: str) -> str: ...
     def unit_id(self, unit: str) -> str: ...
     def is_active(self, unit: str) -> bool: ...
+    def daemon_reload(self) -> None: ...
     def set_enabled(self, unit: str, enabled: bool) -> None: ...
     def set_running(self, unit: str, running: bool) -> None: ...
     def restart(self, unit: str) -> None: ...
@@ -330,6 +331,9 @@ class NoServices:
         raise self._refuse()
 
     def unit_id(self, unit: str) -> str:
+        raise self._refuse()
+
+    def daemon_reload(self) -> None:
         raise self._refuse()
 
     def is_active(self, unit: str) -> bool:
@@ -399,11 +403,14 @@ class Systemd:
         if r.returncode != 0:
             raise r.failure(f"{verb} {unit}")
 
+    def daemon_reload(self) -> None:
+        r = self._run("daemon-reload")
+        if r.returncode != 0:
+            raise r.failure("daemon-reload (unit files changed)")
+
     def _reload_if_needed(self, unit: str) -> None:
         if self.show(unit, "NeedDaemonReload").get("NeedDaemonReload") == "yes":
-            r = self._run("daemon-reload")
-            if r.returncode != 0:
-                raise r.failure(f"daemon-reload (the files of {unit} changed)")
+            self.daemon_reload()
 
     def _why_not_active(self, unit: str) -> str:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from _provider_helpers import file, make_env, manifest, package, service
+from _provider_helpers import directory, file, make_env, manifest, package, service
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,6 +99,21 @@ def test_a_changed_unit_file_is_reloaded_before_the_restart_it_notifies(tmp_path
                                  service("probe", state="running")))
     assert env.host.changes() == [("systemctl", "daemon-reload"), ("systemctl", "restart", "probe")]
     assert not env.host.sim.units["probe"].need_reload
+
+
+def test_a_new_or_removed_drop_in_reloads_systemd_even_when_it_does_not_say_so(tmp_path):
+    # systemd's NeedDaemonReload misses a drop-in directory it has not seen (its path cache is stale).
+    env = make_env(tmp_path, units={"probe": Unit(enabled=True, active=True)})
+    dropin = file("/etc/systemd/system/probe.service.d/10-x.conf", "[Service]\n", notify=["probe"])
+    applier = env.applier()
+    applier.apply(manifest(directory("/etc/systemd/system/probe.service.d"), dropin, service("probe", state="running")))
+    assert env.host.changes() == [("systemctl", "daemon-reload"), ("systemctl", "restart", "probe")]
+    del env.host.commands[:]
+    applier.apply(manifest(service("probe", state="running")))
+    assert env.host.changes() == [("systemctl", "daemon-reload")]
+    del env.host.commands[:]
+    applier.apply(manifest(service("probe", state="running")))
+    assert env.host.changes() == []
 
 
 def test_a_start_without_effect_fails_with_systemd_s_reason_and_is_not_healed(tmp_path):

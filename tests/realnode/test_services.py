@@ -94,7 +94,8 @@ def test_a_start_that_has_no_effect_fails_with_the_reason_every_run(rn: RealNode
 def test_static_masked_and_alias_units_are_handled_explicitly(rn: RealNode) -> None:
     static = "[Service]\\nExecStart=/bin/sleep infinity\\n"
     real = "[Service]\\nExecStart=/bin/sleep infinity\\n[Install]\\nWantedBy=multi-user.target\\nAlias=treadle-alias.service\\n"
-    rn.sh("printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > /etc/systemd/system/treadle-masked.service"
+    rn.sh("mkdir -p /usr/local/lib/systemd/system && printf '[Service]\\nExecStart=/bin/sleep infinity\\n'"
+          " > /usr/local/lib/systemd/system/treadle-masked.service"
           " && systemctl daemon-reload && systemctl mask treadle-masked")
     files = (f'  /etc/systemd/system/treadle-static.service: {{content: "{static}", mode: "0644"}}\n'
              f'  /etc/systemd/system/treadle-real.service: {{content: "{real}", mode: "0644"}}\n')

@@ -68,6 +68,7 @@ class ServiceProvider:
 
     def repair(self, res: Resource, ctx: Context, observed: Observed) -> Entry:
         services, name, fix = ctx.host.services, res["name"], observed.detail
+        ctx.reload_units()
         if "enabled" in fix:
             services.set_enabled(name, fix["enabled"])
         if "running" in fix:
