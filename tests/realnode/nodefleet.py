@@ -7,7 +7,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,20 +107,29 @@ class RealNode:
 
 
 def boot_real_node(tmp_path_factory: pytest.TempPathFactory, cache: tuple[Path, Path], keys: Path,
-                   first_profile: str) -> Iterator[RealNode]:
-    """Boot a node, install the agent, start a controller whose fabric gives the node ``first_profile``."""
+                   first_profile: str | None, *, node_name: str | None = None,
+                   make_fabric: Callable[[Fleet], None] | None = None) -> Iterator[RealNode]:
+    """Boot a node, install the agent, start a controller whose fabric gives the node ``first_profile``.
+
+    ``make_fabric`` (instead of ``first_profile``) writes and pushes a whole fabric to ``fleet.bare``; the
+    node's agent then fetches the manifest of ``node_name``.
+    """
     tarball, wheelhouse = cache
     index = next(_INDEX)
-    name = f"rn{index}"
-    work = tmp_path_factory.mktemp(name)
-    node = realnode.make_node(name, index, work / "node", tarball)
+    name = node_name or f"rn{index}"
+    work = tmp_path_factory.mktemp(f"rn{index}")
+    node = realnode.make_node(f"rn{index}", index, work / "node", tarball)
     fleet = Fleet(work / "fleet", keys, [NodeSpec(name, "s1", "c1", node.address, METRICS_PORT, canary=True)],
                   controller_toml_extra='[health]\nsource = "scrape"\nscrape_timeout_s = 1\ninterval_s = 1\n')
     try:
         node.install_agent(wheelhouse)
-        fleet.init_repo(ROLLOUT)
-        (fleet.work / "profiles" / "app.yaml").write_text(first_profile)
-        fleet.commit_and_push("the real node's first profile")
+        if make_fabric is not None:
+            make_fabric(fleet)
+        else:
+            assert first_profile is not None
+            fleet.init_repo(ROLLOUT)
+            (fleet.work / "profiles" / "app.yaml").write_text(first_profile)
+            fleet.commit_and_push("the real node's first profile")
         fleet.start_controller()
         port = int(fleet.url.rpartition(":")[2])
         url = f"http://{node.forward(port, ('127.0.0.1', port))}"

@@ -61,6 +61,14 @@ def test_a_changed_drop_in_is_reloaded_before_the_restart(rn: RealNode) -> None:
     assert out.returncode == 0 and out.done["restarted"] == ["treadle-probe"], out.output
     assert rn.sh("cat /run/treadle-probe") == "v3"
     assert rn.sh("systemctl show -p NeedDaemonReload --value treadle-probe") == "no"
+    # Dropped from the manifest, the drop-in (the agent's) is removed and systemd reloaded; the service keeps
+    # what it runs until something restarts it.
+    rn.publish(probe("v2"))
+    assert rn.once().returncode == 0
+    assert not rn.node.path(f"{DROPIN_DIR}/10-treadle.conf").exists()
+    assert rn.sh("systemctl show -p NeedDaemonReload --value treadle-probe") == "no"
+    rn.sh("systemctl restart treadle-probe")
+    assert rn.sh("cat /run/treadle-probe") == "v2"
 
 
 def test_check_predicts_a_start_for_a_stopped_service_whose_file_changed_not_a_restart(rn: RealNode) -> None:
