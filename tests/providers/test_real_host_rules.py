@@ -180,3 +180,19 @@ def test_the_lists_age_is_an_agent_setting(tmp_path):
     assert SystemHost.from_config(from_dict(raw, tmp_path / "agent.toml").host).packages.lists_max_age_s == 86400
     with pytest.raises(ConfigError, match="package_lists_max_age_s"):
         from_dict({**raw, "package_lists_max_age_s": 0}, tmp_path / "agent.toml")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
+                        max_size=60), max_size=8))
+def test_dpkg_query_output_of_any_shape_reads_as_states_of_the_names_asked_only(lines):
+    class Canned:
+        def run(self, argv, *, timeout_s, env=None):
+            return CommandResult(tuple(argv), 1, "".join(line + "\n" for line in lines), "")
+
+    states = AptPackages(Canned(), lists_dir=None).query(["cron", "hello"])
+    assert set(states) == {"cron", "hello"}
+    for name, state in states.items():
+        assert not (state.installed and state.partial)
+        assert state.installed == any(line.split(" ", 4)[:1] == [name] and line.split(" ", 4)[3:4] == ["installed"]
+                                      for line in lines)

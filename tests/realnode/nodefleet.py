@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import json
+import random
 import shutil
 import sys
 import time
@@ -20,7 +20,18 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "rollout_e2e"))
 import realnode  # noqa: E402
 from rollout_fleet import Fleet, NodeSpec  # noqa: E402
 
-_INDEX = itertools.count(101)
+def _free_index() -> int:
+    """A node number whose veth (ve-rn<N>) and link-local /30 no other run on this machine uses right now."""
+    taken = {int(m) for p in Path("/sys/class/net").iterdir() if (m := p.name.removeprefix("ve-rn")).isdigit()}
+    free = sorted(set(range(100, 250)) - taken - _USED)
+    if not free:
+        raise realnode.NodeError("no free node number (ve-rn100 .. ve-rn249 all in use)")
+    index = random.choice(free)
+    _USED.add(index)
+    return index
+
+
+_USED: set[int] = set()
 
 #: One wave: the node is its only member (it carries the canary label).
 ROLLOUT = """\
@@ -115,7 +126,7 @@ def boot_real_node(tmp_path_factory: pytest.TempPathFactory, cache: tuple[Path, 
     node's agent then fetches the manifest of ``node_name``.
     """
     tarball, wheelhouse = cache
-    index = next(_INDEX)
+    index = _free_index()
     name = node_name or f"rn{index}"
     work = tmp_path_factory.mktemp(f"rn{index}")
     node = realnode.make_node(f"rn{index}", index, work / "node", tarball)
