@@ -186,15 +186,22 @@ class AptPackages:
 
     def install(self, name: str, version: str | None) -> None:
         spec = check_name("package", name) + (f"={_check_version(version)}" if version else "")
+        refresh_failed = None
         if self._lists_stale():
-            self.refresh()
+            try:
+                self.refresh()
+            except HostError as e:  # the lists at hand may still do (a mirror down for a while)
+                refresh_failed = e
         argv = ["apt-get", "install", "-y", "--no-install-recommends", *self._options(), spec]
         r = self.runner.run(argv, timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
         if r.returncode != 0 and _APT_UNKNOWN_RE.search(r.stderr + r.stdout) and self._may_refresh():
             self.refresh()
             r = self.runner.run(argv, timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
         if r.returncode != 0:
-            raise apt_failure(r, f"installing {spec}")
+            failure = apt_failure(r, f"installing {spec}")
+            if refresh_failed is not None:
+                failure = HostError(f"{failure}\n(before it, {refresh_failed})")
+            raise failure
 
     def remove(self, name: str) -> None:
         r = self.runner.run(["apt-get", "remove", "-y", *self._options(), check_name("package", name)],

@@ -196,3 +196,22 @@ def test_dpkg_query_output_of_any_shape_reads_as_states_of_the_names_asked_only(
         assert not (state.installed and state.partial)
         assert state.installed == any(line.split(" ", 4)[:1] == [name] and line.split(" ", 4)[3:4] == ["installed"]
                                       for line in lines)
+
+
+def test_a_failed_refresh_of_stale_lists_does_not_stop_an_install_the_lists_at_hand_allow(tmp_path):
+    class MirrorDown(SimulatedRunner):
+        def run(self, argv, *, timeout_s, env=None):
+            if argv[:2] == ["apt-get", "update"]:
+                self.commands.append(tuple(argv))
+                return CommandResult(tuple(argv), 100, "", "E: Failed to fetch http://deb.debian.org/...\n")
+            return super().run(argv, timeout_s=timeout_s, env=env)
+
+    runner = MirrorDown(available={"cron": "1"})
+    _apt(tmp_path, runner, 7200, max_age_s=3600).install("cron", None)
+    assert runner.installed == {"cron": "1"} and [c[1] for c in runner.commands] == ["update", "install"]
+    apt = _apt(tmp_path / "b", MirrorDown(), 7200, max_age_s=3600)
+    try:
+        apt.install("hello", None)
+        raise AssertionError("installed an unknown package")
+    except HostError as e:
+        assert "Unable to locate package hello" in str(e) and "Failed to fetch" in str(e)
