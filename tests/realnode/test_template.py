@@ -43,7 +43,8 @@ def template_fabric(fleet: Fleet) -> None:
     subprocess.run([str(Path(sys.executable).parent / "treadle"), "init", str(fleet.work)], check=True,
                    capture_output=True)
     for profile in (fleet.work / "profiles").rglob("*.yaml"):
-        profile.write_text(re.sub(r"(?m)^  (vm|kernel)\.[a-z_.]+: .*\n", "", profile.read_text()))
+        text = re.sub(r"(?m)^  (vm|kernel)\.[a-z_.]+: .*\n", "", profile.read_text())
+        profile.write_text(re.sub(r"(?m)^sysctl:\n(?!  )", "", text))  # a section left empty
     node_file = fleet.work / "sites/meyrin/login/nodes" / f"{NODE}.yaml"
     node_file.write_text(node_file.read_text() + CONTAINER)
     git(fleet.work, "remote", "add", "origin", str(fleet.bare))
