@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,6 @@ class RealNode:
     node: realnode.Node
     fleet: Fleet
     name: str
-    generations: list[int] = field(default_factory=list)
 
     def publish(self, profile: str) -> int:
         """Commit ``profile`` as the node's only profile, wait for the controller to publish it; its generation."""
