@@ -57,6 +57,9 @@ STATUSES = ("in_sync", "changed", "drifted", "healed", "failed", "skipped")
 _BUCKET = {"in_sync": "in_sync", "changed": "in_sync", "healed": "in_sync",
            "drifted": "drifted", "failed": "failed", "skipped": "failed"}
 _PATH_TYPES = ("directory", "file", "symlink")
+#: Where systemd reads unit files and drop-ins (systemd.unit(5)); a change there needs a daemon-reload.
+UNIT_DIRS = ("/etc/systemd/system/", "/run/systemd/system/", "/usr/local/lib/systemd/system/",
+             "/usr/lib/systemd/system/", "/lib/systemd/system/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +220,10 @@ class Applier:
             self._sysctl_file(ctx, resources, statuses, results)
             removed = self._prune(ctx, set(plan.ids))
             restarted = self._restart(ctx, resources, statuses, notified, results)
+            try:  # unit files changed and no service change reloaded systemd yet: it should know them now
+                ctx.reload_units()
+            except (AgentError, OSError) as e:
+                log.warning("units.reload_failed", error=_describe(e))
             fs.sync_dirs()
         self.inventory.save()
         return ApplyReport(tuple(results), restarted, tuple(removed))
@@ -230,6 +237,7 @@ class Applier:
         resources = manifest.resources
         plan = make_plan(resources)
         results: list[ResourceResult] = []
+        starting: set[str] = set()
         with RootFS(self.root) as fs:
             ctx = Context(fs, self.host, self.inventory,
                           package_names=[r["name"] for r in resources if r["type"] == "package"],
@@ -246,16 +254,19 @@ class Applier:
                     continue
                 status = "in_sync" if observed.diff is None else "drifted" if drift else "would_change"
                 results.append(ResourceResult(rid, res["type"], status, observed.diff or ""))
+                if res["type"] == "service" and (observed.detail or {}).get("running") and (self.heal or not drift):
+                    starting.add(res["name"])
         ids = set(plan.ids)
         removed = tuple(ResourceResult(rid, rid.partition(":")[0], "would_remove", "dropped from the manifest")
                         for rid, entry in sorted(self.inventory.resources.items())
                         if rid not in ids and rid.partition(":")[0] in self._providers and entry.get("created"))
-        return CheckReport((*results, *self._would_restart(resources, plan, results)), removed)
+        return CheckReport((*results, *self._would_restart(resources, plan, results, starting)), removed)
 
     def _would_restart(self, resources: Sequence[Mapping[str, Any]], plan: Plan,
-                       results: Sequence[ResourceResult]) -> list[ResourceResult]:
+                       results: Sequence[ResourceResult], starting: set[str]) -> list[ResourceResult]:
         """The restarts a run would do (see :meth:`_restart`): services notified by files it would change or
-        heal, and restarts that failed before, except services it stops."""
+        heal, and restarts that failed before, except services it stops and services it starts (a start
+        runs the new files: the run does not restart them)."""
         changing = {"would_change", "drifted"} if self.heal else {"would_change"}
         by_id = {r.id: r for r in results}
         why: dict[str, list[str]] = {name: ["a restart that failed in an earlier run"] for name in self.inventory.pending_restarts}
@@ -265,7 +276,7 @@ class Applier:
                     why.setdefault(name, []).append(f"notified by {res['path']}")
         stopped = {r["name"] for r in resources if r["type"] == "service" and r["state"] == "stopped"}
         return [ResourceResult(f"service:{name}", "service", "would_restart", "; ".join(reasons))
-                for name, reasons in sorted(why.items()) if name not in stopped]
+                for name, reasons in sorted(why.items()) if name not in stopped and name not in starting]
 
     # --- one resource ---------------------------------------------------------
 
@@ -281,11 +292,14 @@ class Applier:
             except (AgentError, OSError, ValueError) as e:
                 status, message = "failed", _describe(e)
         statuses[rid] = status
+        if status in ("changed", "healed") and rtype in _PATH_TYPES and _in_unit_dir(res["path"]):
+            ctx.units_changed = True
         entry = self.inventory.get(rid)
         if status in ("failed", "skipped") and entry is not None and entry.get("want") is None:
-            # A placeholder of _remember_new, and nothing was created; kept so
-            # that a resource failing every run does not rewrite the inventory.
-            self.inventory.put(rid, {"want": None, "created": False})
+            # A placeholder of _remember_new; kept so that a resource failing every run does not rewrite the
+            # inventory. Whether the agent created it stays as recorded before the attempt: a failed install
+            # can leave the package (half-)installed, and it must be pruned when the manifest drops it.
+            self.inventory.put(rid, {"want": None, "created": bool(entry.get("created"))})
         return ResourceResult(rid, rtype, status, message)
 
     def _judge(self, res: Mapping[str, Any], rid: str, ctx: Context) -> tuple[Any, Any, Observed, bool]:
@@ -408,6 +422,8 @@ class Applier:
                 continue
             self.inventory.forget(rid)
             out.append(ResourceResult(rid, rtype, "changed", message))
+            if rtype in _PATH_TYPES and _in_unit_dir(rid.partition(":")[2]):
+                ctx.units_changed = True
         return out
 
     def _restart(self, ctx: Context, resources: Sequence[Mapping[str, Any]], statuses: Mapping[str, str],
@@ -423,6 +439,7 @@ class Applier:
                 if resources[n]["state"] == "stopped" or name in ctx.started:
                     continue
             try:
+                ctx.reload_units()
                 ctx.host.services.restart(name)
                 done.append(name)
                 log.info("service.restarted", service=name, why="a file that notifies it changed")
@@ -436,6 +453,10 @@ class Applier:
                     results.append(failure)
         self.inventory.set_pending_restarts(keep)
         return tuple(done)
+
+
+def _in_unit_dir(path: str) -> bool:
+    return path.startswith(UNIT_DIRS) or path.rstrip("/") + "/" in UNIT_DIRS
 
 
 def _blocked(plan: Plan, i: int, statuses: Mapping[str, str]) -> str | None:

@@ -96,6 +96,7 @@ class HostSettings:
     service_manager: str  # auto | systemd | none | simulated
     sysctl_dir: str
     proc_sys: str
+    package_lists_max_age_s: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +271,7 @@ def _build(raw: dict[str, Any], path: Path) -> AgentConfig:
             service_manager=doc["service_manager"],
             sysctl_dir=doc["sysctl_dir"],
             proc_sys=doc["proc_sys"],
+            package_lists_max_age_s=float(doc["package_lists_max_age_s"]),
         ),
         metrics=_listen(doc["metrics_listen"], path),
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,9 @@ def check_name(kind: str, name: str) -> str:
 class PackageState:
     installed: bool
     version: str | None = None
+    #: Not (fully) installed, but dpkg has some of it on disk (half-installed, unpacked, half-configured...):
+    #: removing it is still work to do.
+    partial: bool = False
 
 
 class PackageManager(Protocol):
@@ -124,13 +128,41 @@ class NoPackages:
         return installed == wanted
 
 
+#: dpkg status words of a package that is not installed and has nothing but (maybe) its conffiles on disk.
+_DPKG_ABSENT = frozenset({"not-installed", "config-files"})
+#: apt-get's words for a package (or version) its lists do not know: the lists may be missing or stale.
+_APT_UNKNOWN_RE = re.compile(r"Unable to locate package|has no installation candidate|Version '[^']*' for '[^']*' was not found")
+#: After a refresh for an unknown package, the next one waits this long (a name that is really unknown
+#: must not cost a download on every run).
+_REFRESH_MIN_INTERVAL_S = 300.0
+
+
 @dataclass
 class AptPackages:
-    """dpkg-query to read (all names in one call), apt-get to change."""
+    """dpkg-query to read (all names in one call), apt-get to change; never asks a question.
+
+    Every apt-get runs with ``DEBIAN_FRONTEND=noninteractive`` and dpkg's
+    ``--force-confdef --force-confold`` (a conffile changed on the node, or
+    written by the manifest before its package, is kept: no prompt on a
+    closed stdin), and waits up to ``lock_timeout_s`` for another apt or dpkg
+    to let go of the dpkg lock. The package lists are refreshed (``apt-get
+    update``) before an install when there are none or the newest is older
+    than ``lists_max_age_s``, and once more when apt does not know the
+    package. A failure's message carries dpkg's own error lines.
+    """
 
     runner: Runner
     name: str = "apt"
+    #: apt's list directory; None: never look at it (the simulated host).
+    lists_dir: Path | None = Path("/var/lib/apt/lists")
+    lists_max_age_s: float = 86400.0
+    lock_timeout_s: int = 300
     ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+    _refreshed_at: float | None = None
+
+    def _options(self) -> list[str]:
+        return ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
+                "-o", f"DPkg::Lock::Timeout={self.lock_timeout_s}"]
 
     def query(self, names: Sequence[str]) -> dict[str, PackageState]:
         names = [check_name("package", n) for n in names]
@@ -144,23 +176,92 @@ class AptPackages:
             raise r.failure("reading package state")
         for line in r.stdout.splitlines():
             parts = line.split(" ", 4)
-            if len(parts) >= 4 and parts[3] == "installed" and parts[0] in out:
-                out[parts[0]] = PackageState(True, parts[4] if len(parts) > 4 else "")
+            if len(parts) >= 4 and parts[0] in out:
+                version = parts[4] if len(parts) > 4 else ""
+                if parts[3] == "installed":
+                    out[parts[0]] = PackageState(True, version)
+                elif parts[3] not in _DPKG_ABSENT and not out[parts[0]].installed:
+                    out[parts[0]] = PackageState(False, version, partial=True)
         return out
 
     def install(self, name: str, version: str | None) -> None:
         spec = check_name("package", name) + (f"={_check_version(version)}" if version else "")
-        r = self.runner.run(["apt-get", "install", "-y", "--no-install-recommends", spec], timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
+        refresh_failed = None
+        if self._lists_stale():
+            try:
+                self.refresh()
+            except HostError as e:  # the lists at hand may still do (a mirror down for a while)
+                refresh_failed = e
+        argv = ["apt-get", "install", "-y", "--no-install-recommends", *self._options(), spec]
+        r = self.runner.run(argv, timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
+        if r.returncode != 0 and _APT_UNKNOWN_RE.search(r.stderr + r.stdout) and self._may_refresh():
+            self.refresh()
+            r = self.runner.run(argv, timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
         if r.returncode != 0:
-            raise r.failure(f"installing {spec}")
+            failure = apt_failure(r, f"installing {spec}")
+            if refresh_failed is not None:
+                failure = HostError(f"{failure}\n(before it, {refresh_failed})")
+            raise failure
 
     def remove(self, name: str) -> None:
-        r = self.runner.run(["apt-get", "remove", "-y", check_name("package", name)], timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
+        r = self.runner.run(["apt-get", "remove", "-y", *self._options(), check_name("package", name)],
+                            timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
         if r.returncode != 0:
-            raise r.failure(f"removing {name}")
+            raise apt_failure(r, f"removing {name}")
+
+    def refresh(self) -> None:
+        """``apt-get update``; raises HostError if it fails (an install would fail the same way)."""
+        r = self.runner.run(["apt-get", "update", "-q", "-o", f"DPkg::Lock::Timeout={self.lock_timeout_s}"],
+                            timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
+        self._refreshed_at = time.monotonic()
+        if r.returncode != 0:
+            raise apt_failure(r, "refreshing the package lists")
+
+    def _may_refresh(self) -> bool:
+        return self._refreshed_at is None or time.monotonic() - self._refreshed_at >= _REFRESH_MIN_INTERVAL_S
+
+    def _lists_stale(self) -> bool:
+        """No package lists, or the newest older than ``lists_max_age_s`` (and not refreshed by this process since)."""
+        if self.lists_dir is None:
+            return False
+        if self._refreshed_at is not None and time.monotonic() - self._refreshed_at < self.lists_max_age_s:
+            return False
+        try:
+            newest = max((e.stat().st_mtime for e in os.scandir(self.lists_dir) if "_Packages" in e.name), default=None)
+        except OSError:
+            newest = None
+        return newest is None or time.time() - newest > self.lists_max_age_s
 
     def version_matches(self, installed: str, wanted: str) -> bool:
         return installed == wanted
+
+
+def apt_failure(r: CommandResult, what: str) -> HostError:
+    """A failed apt-get, with dpkg's own reason: its ``dpkg:`` lines and their indented details, then apt's ``E:`` lines.
+
+    apt-get's last line is only ``E: Sub-process /usr/bin/dpkg returned an error code (1)``; dpkg says why
+    (on stdout or stderr, depending on how apt runs it).
+    """
+    lines: list[str] = []
+    for text in (r.stdout, r.stderr):
+        keep = False
+        for line in text.splitlines():
+            # dpkg's error may follow a prompt on the same line: "*** x.conf (Y/I/N/O/D/Z) [default=N] ? dpkg: error..."
+            start = min((i for i in (line.find("dpkg: "), line.find("dpkg-deb: ")) if i >= 0), default=-1)
+            if start >= 0:
+                keep, line = True, line[start:]
+            elif line.startswith(("E:", "Errors were encountered")):
+                keep = True
+            elif not line.startswith(" "):
+                keep = False
+            if keep and line not in lines:
+                lines.append(line)
+    if not lines:
+        return r.failure(what)
+    detail = "\n".join(lines)
+    if len(detail) > 2000:
+        detail = "..." + detail[-2000:]
+    return HostError(f"{what}: `{' '.join(r.argv)}` exited {r.returncode}:\n{detail}")
 
 
 @dataclass
@@ -213,7 +314,10 @@ class ServiceManager(Protocol):
     name: str
 
     def is_enabled(self, unit: str) -> bool: ...
+    def file_state(self, unit: str) -> str: ...
+    def unit_id(self, unit: str) -> str: ...
     def is_active(self, unit: str) -> bool: ...
+    def daemon_reload(self) -> None: ...
     def set_enabled(self, unit: str, enabled: bool) -> None: ...
     def set_running(self, unit: str, running: bool) -> None: ...
     def restart(self, unit: str) -> None: ...
@@ -230,6 +334,15 @@ class NoServices:
     def is_enabled(self, unit: str) -> bool:
         raise self._refuse()
 
+    def file_state(self, unit: str) -> str:
+        raise self._refuse()
+
+    def unit_id(self, unit: str) -> str:
+        raise self._refuse()
+
+    def daemon_reload(self) -> None:
+        raise self._refuse()
+
     def is_active(self, unit: str) -> bool:
         raise self._refuse()
 
@@ -243,9 +356,24 @@ class NoServices:
         raise self._refuse()
 
 
+#: ``systemctl is-enabled`` words that mean enabled.
+ENABLED_STATES = frozenset({"enabled", "enabled-runtime"})
+#: Properties that say why a unit is not running after a start.
+_WHY_PROPERTIES = ("ActiveState", "SubState", "Result", "ConditionResult", "AssertResult")
+
+
 @dataclass
 class Systemd:
-    """systemctl is-enabled / is-active to read; enable, disable, start, stop, restart to change."""
+    """systemctl is-enabled / is-active / show to read; enable, disable, start, stop, restart to change.
+
+    Every change is read back: a start that leaves the unit inactive (an unmet
+    ``Condition…``, a process that exits at once), a stop that leaves it
+    active, an enable that leaves it disabled is a failure saying what
+    systemd reports. A unit whose file or drop-ins changed on disk since
+    systemd loaded it (``NeedDaemonReload=yes``) is reloaded
+    (``systemctl daemon-reload``) before it is started or restarted, so it
+    runs what its files say.
+    """
 
     runner: Runner
     name: str = "systemd"
@@ -254,8 +382,24 @@ class Systemd:
         return self.runner.run(["systemctl", *args], timeout_s=SERVICE_TIMEOUT_S)
 
     def is_enabled(self, unit: str) -> bool:
+        return self.file_state(unit) in ENABLED_STATES
+
+    def file_state(self, unit: str) -> str:
+        """``systemctl is-enabled``'s word (enabled, disabled, static, masked, alias, indirect...), or "not-found"."""
         r = self._run("is-enabled", check_name("service", unit))
-        return r.stdout.strip() in ("enabled", "enabled-runtime", "alias")
+        words = r.stdout.split()
+        return words[0] if words else "not-found"
+
+    def unit_id(self, unit: str) -> str:
+        """The unit's own name (an alias resolves to the unit it names)."""
+        return self.show(unit, "Id").get("Id") or unit
+
+    def show(self, unit: str, *properties: str) -> dict[str, str]:
+        """``systemctl show``'s values of ``properties`` (missing ones absent)."""
+        r = self._run("show", f"--property={','.join(properties)}", "--", check_name("service", unit))
+        if r.returncode != 0:
+            raise r.failure(f"reading unit {unit}")
+        return dict(line.partition("=")[::2] for line in r.stdout.splitlines() if "=" in line)
 
     def is_active(self, unit: str) -> bool:
         r = self._run("is-active", check_name("service", unit))
@@ -266,14 +410,45 @@ class Systemd:
         if r.returncode != 0:
             raise r.failure(f"{verb} {unit}")
 
+    def daemon_reload(self) -> None:
+        r = self._run("daemon-reload")
+        if r.returncode != 0:
+            raise r.failure("daemon-reload (unit files changed)")
+
+    def _reload_if_needed(self, unit: str) -> None:
+        if self.show(unit, "NeedDaemonReload").get("NeedDaemonReload") == "yes":
+            self.daemon_reload()
+
+    def _why_not_active(self, unit: str) -> str:
+        try:
+            props = self.show(unit, *_WHY_PROPERTIES)
+        except HostError as e:
+            return str(e)
+        why = f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')}), result {props.get('Result', '?')}"
+        if props.get("ConditionResult") == "no":
+            why += "; a Condition… of the unit is not met"
+        if props.get("AssertResult") == "no":
+            why += "; an Assert… of the unit failed"
+        return why
+
     def set_enabled(self, unit: str, enabled: bool) -> None:
         self._change("enable" if enabled else "disable", unit)
+        state = self.file_state(unit)
+        if (state in ENABLED_STATES) != enabled:
+            raise HostError(f"{'enable' if enabled else 'disable'} {unit} had no effect: systemctl is-enabled says {state}")
 
     def set_running(self, unit: str, running: bool) -> None:
+        if running:
+            self._reload_if_needed(unit)
         self._change("start" if running else "stop", unit)
+        if self.is_active(unit) != running:
+            raise HostError(f"{'start' if running else 'stop'} {unit} had no effect: it is {self._why_not_active(unit)}")
 
     def restart(self, unit: str) -> None:
+        self._reload_if_needed(unit)
         self._change("restart", unit)
+        if not self.is_active(unit):
+            raise HostError(f"restart {unit}: it did not stay running: it is {self._why_not_active(unit)}")
 
 
 # --- sysctl ------------------------------------------------------------------
@@ -343,7 +518,7 @@ class Host:
         return self.runner.run(argv, timeout_s=timeout_s)
 
 
-def _packages(kind: str, runner: Runner) -> PackageManager:
+def _packages(kind: str, runner: Runner, lists_max_age_s: float = 86400.0) -> PackageManager:
     if kind == "auto":
         import shutil
 
@@ -353,7 +528,9 @@ def _packages(kind: str, runner: Runner) -> PackageManager:
             kind = "dnf"
         else:
             kind = "none"
-    return {"apt": AptPackages, "dnf": DnfPackages}.get(kind, lambda r: NoPackages())(runner)
+    if kind == "apt":
+        return AptPackages(runner, lists_max_age_s=lists_max_age_s)
+    return DnfPackages(runner) if kind == "dnf" else NoPackages()
 
 
 def _services(kind: str, runner: Runner) -> ServiceManager:
@@ -367,18 +544,21 @@ class SystemHost(Host):
     """The real machine."""
 
     def __init__(self, *, package_manager: str = "auto", service_manager: str = "auto",
-                 proc_sys: Path | str = "/proc/sys", sysctl_dir: str = "/etc/sysctl.d") -> None:
+                 proc_sys: Path | str = "/proc/sys", sysctl_dir: str = "/etc/sysctl.d",
+                 package_lists_max_age_s: float = 86400.0) -> None:
         runner = ProcessRunner()
-        super().__init__(runner, packages=_packages(package_manager, runner), services=_services(service_manager, runner),
-                         proc_sys=proc_sys, sysctl_dir=sysctl_dir)
+        super().__init__(runner, packages=_packages(package_manager, runner, package_lists_max_age_s),
+                         services=_services(service_manager, runner), proc_sys=proc_sys, sysctl_dir=sysctl_dir)
 
     @classmethod
     def from_config(cls, config: Any) -> SystemHost:
-        """From any object with ``package_manager``, ``service_manager``, ``proc_sys``, ``sysctl_dir``."""
+        """From any object with ``package_manager``, ``service_manager``, ``proc_sys``, ``sysctl_dir``
+        (and optionally ``package_lists_max_age_s``)."""
         return cls(package_manager=getattr(config, "package_manager", "auto"),
                    service_manager=getattr(config, "service_manager", "auto"),
                    proc_sys=getattr(config, "proc_sys", "/proc/sys"),
-                   sysctl_dir=getattr(config, "sysctl_dir", "/etc/sysctl.d"))
+                   sysctl_dir=getattr(config, "sysctl_dir", "/etc/sysctl.d"),
+                   package_lists_max_age_s=float(getattr(config, "package_lists_max_age_s", 86400.0)))
 
 
 def host_for(settings: Any, state_dir: Path) -> Host:

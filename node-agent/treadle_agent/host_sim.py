@@ -32,6 +32,14 @@ class Unit:
     active: bool = False
     #: Starting or restarting fails, as a broken unit's would.
     broken: bool = False
+    #: Starting succeeds and leaves it inactive, as an unmet Condition… does.
+    condition_fails: bool = False
+    #: What ``is-enabled`` says instead of enabled/disabled: "static", "masked", "alias"...
+    file_state: str | None = None
+    #: The unit this name is an alias of (``show -p Id``).
+    alias_of: str | None = None
+    #: Its files changed on disk since the last daemon-reload.
+    need_reload: bool = False
 
 
 #: The file of the ``simulated`` host mode in the agent's state dir.
@@ -39,7 +47,7 @@ STATE_FILE = "simulated-host.json"
 #: The version every package has in the ``simulated`` mode, unless the manifest pins another.
 SIMULATED_VERSION = "1.0-1"
 #: Verbs that change the simulated state (saved after each, in the ``simulated`` mode).
-_CHANGES = frozenset({"install", "remove", "purge", "enable", "disable", "start", "stop", "restart"})
+_CHANGES = frozenset({"install", "remove", "purge", "enable", "disable", "start", "stop", "restart", "daemon-reload"})
 
 
 @dataclass
@@ -60,6 +68,8 @@ class SimulatedRunner:
     state_file: Path | None = None
     #: Keep every argv in ``commands`` (for tests); off in the ``simulated`` mode, where an agent runs for days.
     record: bool = True
+    #: Packages apt only knows after ``apt-get update`` (added to ``available`` then).
+    upstream: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.state_file is not None and self.state_file.exists():
@@ -87,7 +97,9 @@ class SimulatedRunner:
     def _save(self) -> None:
         from treadle_agent.state import write_atomic
 
-        doc = {"installed": self.installed, "units": {name: asdict(u) for name, u in self.units.items()}}
+        # The simulated mode's units only ever change these three (the other fields are for tests).
+        doc = {"installed": self.installed, "units": {name: {k: v for k, v in asdict(u).items() if k in ("enabled", "active", "broken")}
+                                                      for name, u in self.units.items()}}
         assert self.state_file is not None
         write_atomic(self.state_file, json.dumps(doc, indent=1, sort_keys=True).encode())
 
@@ -126,6 +138,9 @@ class SimulatedRunner:
         return 0, "", ""
 
     def _apt_get(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        if args[0] == "update":
+            self.available.update(self.upstream)
+            return 0, "Reading package lists...\n", ""
         return self._install(args[-1], "=") if args[0] == "install" else self._remove(args[-1])
 
     def _dnf(self, args: tuple[str, ...]) -> tuple[int, str, str]:
@@ -133,27 +148,48 @@ class SimulatedRunner:
 
     def _systemctl(self, args: tuple[str, ...]) -> tuple[int, str, str]:
         verb, name = args[0], args[-1]
+        if verb == "daemon-reload":
+            for u in self.units.values():
+                u.need_reload = False
+            return 0, "", ""
         if self.permissive and verb in _CHANGES:
             self.units.setdefault(name, Unit())
+        if verb == "show":  # an unknown unit shows too (LoadState=not-found)
+            unit = self.units.get(name) or Unit()
+            return 0, "".join(f"{p}={self._property(name, unit, p)}\n" for p in args[1].partition("=")[2].split(",")), ""
         unit = self.units.get(name)
         if unit is None:
             if verb == "is-active":
                 return 3, "inactive\n", ""
             return (1 if verb == "is-enabled" else 5), "", f"Failed to {verb} unit: Unit {name}.service not found.\n"
         if verb == "is-enabled":
+            if unit.file_state:
+                return (1 if unit.file_state in ("disabled", "masked") else 0), f"{unit.file_state}\n", ""
             return (0, "enabled\n", "") if unit.enabled else (1, "disabled\n", "")
         if verb == "is-active":
             return (0, "active\n", "") if unit.active else (3, "inactive\n", "")
+        if unit.file_state == "masked" and verb in ("enable", "start", "restart"):
+            return 1, "", f"Failed to {verb} unit: Unit file {name}.service is masked.\n"
         if verb in ("enable", "disable"):
-            unit.enabled = verb == "enable"
+            if unit.file_state != "static":
+                unit.enabled = verb == "enable"
         elif verb in ("start", "restart"):
             if unit.broken:
                 unit.active = False
                 return 1, "", f"Job for {name}.service failed because the control process exited with error code.\n"
-            unit.active = True
+            unit.active = not unit.condition_fails
         elif verb == "stop":
             unit.active = False
         return 0, "", ""
+
+
+    @staticmethod
+    def _property(name: str, unit: Unit, prop: str) -> str:
+        return {"Id": unit.alias_of or (name if "." in name else f"{name}.service"),
+                "NeedDaemonReload": "yes" if unit.need_reload else "no",
+                "ActiveState": "active" if unit.active else "inactive", "SubState": "running" if unit.active else "dead",
+                "Result": "success", "ConditionResult": "no" if unit.condition_fails else "yes",
+                "AssertResult": "yes"}.get(prop, "")
 
 
 def _split_rpm_spec(spec: str, available: Mapping[str, str]) -> tuple[str, str, str]:
@@ -175,7 +211,8 @@ class SimulatedHost(Host):
                  permissive: bool = False, state_file: Path | None = None) -> None:
         self.sim = SimulatedRunner(dict(installed or {}), dict(available or {}), dict(units or {}),
                                    permissive=permissive, state_file=state_file, record=state_file is None)
-        packages: PackageManager = {"apt": AptPackages, "dnf": DnfPackages}.get(package_manager, lambda r: NoPackages())(self.sim)
+        packages: PackageManager = (AptPackages(self.sim, lists_dir=None) if package_manager == "apt"
+                                    else DnfPackages(self.sim) if package_manager == "dnf" else NoPackages())
         services: ServiceManager = Systemd(self.sim) if service_manager == "systemd" else NoServices()
         super().__init__(self.sim, packages=packages, services=services, proc_sys=proc_sys, sysctl_dir=sysctl_dir)
 
@@ -194,5 +231,5 @@ class SimulatedHost(Host):
 
     def changes(self, programs: Iterable[str] = ("apt-get", "dnf", "systemctl")) -> list[tuple[str, ...]]:
         """The recorded commands that change state (reads such as is-active and dpkg-query left out)."""
-        reads = {"is-active", "is-enabled"}
+        reads = {"is-active", "is-enabled", "show"}
         return [c for c in self.sim.commands if c[0] in programs and not (c[0] == "systemctl" and c[1] in reads)]

@@ -67,7 +67,7 @@ def test_the_grown_fabric_is_valid_with_unique_loopback_addresses_and_ports(tmp_
     manifest = subprocess.run([sys.executable, "-m", "treadle.cli", "render", str(ws.admin), "--node", "batch-002"],
                               capture_output=True, text=True, check=True).stdout
     resources = json.loads(manifest)["resources"]
-    assert {("package", "slurmd"), ("service", "slurmd"), ("service", "chronyd")} <= {(r["type"], r.get("name")) for r in resources}
+    assert {("package", "slurmd"), ("service", "slurmd"), ("service", "chrony")} <= {(r["type"], r.get("name")) for r in resources}
     config = ws.agent_config("batch-002").read_text()
     assert 'package_manager = "simulated"' in config and 'service_manager = "simulated"' in config
     assert (ws.node_dir("batch-002") / "proc/sys/vm/swappiness").is_file()
@@ -167,7 +167,8 @@ def test_the_demo_story_passes_every_scene_and_keeps_running_until_interrupted(t
                               capture_output=True, text=True, check=True).stdout
     assert branches.strip()
     for node in nodes:
-        conf = (ws / "nodes" / node / "root/etc/chrony.conf").read_text()
+        root = ws / "nodes" / node / "root"
+        conf = next(p for p in (root / "etc/chrony/chrony.conf", root / "etc/chrony.conf") if p.exists()).read_text()
         assert "server ntp3.example.org iburst" in conf and "makestep 10" not in conf
     assert "Scenes" in printed and f"{summary['controller_url']}/v1/status" in printed and "keeps running" in printed
     assert _processes_mentioning(str(ws)) == []

@@ -127,16 +127,24 @@ def _systemd_analyze() -> str:
     return path
 
 
+#: Where the units' ExecStart commands live.
+BIN_DIRS = ("/opt/treadle/bin/", "/usr/local/bin/")
+
+
 def _verify(unit: Path, tmp_path: Path) -> str:
     """``systemd-analyze verify`` output for ``unit`` ("" when clean).
 
-    The units name /usr/local/bin, where `pip install treadle` puts the
-    commands; verify insists the command exists, so the copy checked here
-    points at this checkout's installed command instead.
+    The units name /opt/treadle/bin (the venv of a node install) or
+    /usr/local/bin, where `pip install treadle` puts the commands; verify
+    insists the command exists, so the copy checked here points at this
+    checkout's installed command instead.
     """
     bin_dir = Path(sys.executable).parent
     copy = tmp_path / unit.name
-    copy.write_text(unit.read_text().replace("/usr/local/bin/", f"{bin_dir}/").replace("/opt/treadle/bin/", f"{bin_dir}/"))
+    text = unit.read_text()
+    for prefix in BIN_DIRS:
+        text = text.replace(prefix, f"{bin_dir}/")
+    copy.write_text(text)
     result = subprocess.run([_systemd_analyze(), "verify", str(copy)], capture_output=True, text=True, timeout=60)
     return (result.stdout + result.stderr).strip() + ("" if result.returncode == 0 else f"\nexit {result.returncode}")
 

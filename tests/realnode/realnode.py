@@ -79,7 +79,7 @@ def host_mirror() -> str:
             continue
     for text in texts:
         for uri in re.findall(r"(?m)^(?:URIs:\s*|deb\s+(?:\[[^]]*\]\s+)?)(http://\S+)", text):
-            if f"/debian" in uri and "security" not in uri:
+            if "/debian" in uri and "security" not in uri:
                 return uri.rstrip("/")
     return "http://deb.debian.org/debian"
 
@@ -106,8 +106,9 @@ def pristine_tarball(log: Path) -> Path:
              log, timeout=1200, what="debootstrap")
         # No getty on the console (stdin is not a terminal) and no clock or journal upload noise.
         (build / "etc/systemd/system/console-getty.service").symlink_to("/dev/null")
-        _run(["tar", "-C", str(build), "--numeric-owner", "--xattrs", "-cf", f"{tarball}.tmp", "."], log, 600, "tar")
-        os.replace(f"{tarball}.tmp", tarball)
+        partial = f"{tarball}.{os.getpid()}.tmp"
+        _run(["tar", "-C", str(build), "--numeric-owner", "--xattrs", "-cf", partial, "."], log, 600, "tar")
+        os.replace(partial, tarball)
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return tarball

@@ -50,8 +50,8 @@ def test_every_template_node_renders_a_manifest_valid_under_its_schema(manifests
 
 
 def test_site_appends_its_ntp_server_after_the_fabric_ones(manifests):
-    meyrin = _file(manifests["batch-002"], "/etc/chrony.conf")
-    wigner = _file(manifests["storage-002"], "/etc/chrony.conf")
+    meyrin = _file(manifests["batch-002"], "/etc/chrony/chrony.conf")  # Debian (profiles/os/debian.yaml)
+    wigner = _file(manifests["storage-002"], "/etc/chrony.conf")  # RHEL (profiles/os/rhel.yaml)
     servers = [line.split()[1] for line in meyrin.splitlines() if line.startswith("server ")]
     assert servers == ["ntp1.example.org", "ntp2.example.org", "ntp.meyrin.example.org"]
     assert "server ntp.wigner.example.org iburst" in wigner and "meyrin" not in wigner
@@ -59,7 +59,7 @@ def test_site_appends_its_ntp_server_after_the_fabric_ones(manifests):
 
 def test_node_delete_removes_the_package_and_service_only_on_that_node(manifests):
     assert "smartmontools" not in _resources(manifests["login-002"], "package")
-    assert "smartd" not in _resources(manifests["login-002"], "service")
+    assert "smartmontools" not in _resources(manifests["login-002"], "service")
     assert "smartmontools" in _resources(manifests["login-001"], "package")
 
 
@@ -97,3 +97,15 @@ def test_render_benchmark_reports_a_small_fabric_beside_the_targets(tmp_path, ge
     row = next(line for line in done.stdout.splitlines() if line.startswith("f "))
     assert row.split()[1] == "10"
     assert "ansible-inventory" in done.stdout
+
+
+def test_each_site_gets_the_names_and_paths_of_its_os_family(manifests):
+    debian, rhel = manifests["login-001"], manifests["storage-001"]
+    assert {"chrony", "ssh", "smartmontools"} <= set(_resources(debian, "service"))
+    assert not {"chronyd", "sshd", "smartd"} & set(_resources(debian, "service"))
+    assert {"chronyd", "sshd", "smartd"} <= set(_resources(rhel, "service"))
+    assert _resources(debian, "file")["/etc/chrony/chrony.conf"]["notify"] == ["chrony"]
+    assert "/etc/chrony.conf" not in _resources(debian, "file")
+    assert _resources(debian, "file")["/etc/ssh/sshd_config.d/50-treadle.conf"]["notify"] == ["ssh"]
+    assert _resources(rhel, "file")["/etc/ssh/sshd_config.d/50-treadle.conf"]["notify"] == ["sshd"]
+    assert (debian["metadata"]["labels"]["os_family"], rhel["metadata"]["labels"]["os_family"]) == ("debian", "rhel")

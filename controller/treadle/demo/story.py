@@ -36,6 +36,8 @@ TERMINAL = ("complete", "halted", "rolled_back", "aborted", "superseded")
 NEW_NTP = "ntp3.example.org"
 BAD_CHECK = "chrony-drift"
 BAD_STEP_S = 10
+#: chrony's unit and config file on each OS family of the template (profiles/os/debian.yaml, rhel.yaml).
+_CHRONY = (("chrony", "/etc/chrony/chrony.conf"), ("chronyd", "/etc/chrony.conf"))
 
 
 class SceneFailed(Exception):
@@ -80,6 +82,13 @@ class Story:
             return (self.ws.node_root(node) / path.lstrip("/")).read_text()
         except OSError:
             return None
+
+    def chrony(self, node: str) -> tuple[str, str]:
+        """(unit, config path) of chrony on the node's OS family (the template's profiles/os/)."""
+        for unit, path in _CHRONY:
+            if self.file(node, path) is not None:
+                return unit, path
+        return _CHRONY[0]
 
     def unit(self, node: str, name: str) -> dict[str, bool] | None:
         """A service of the node as its agent left it (the demo's agents run the ``simulated`` host)."""
@@ -188,9 +197,9 @@ class Story:
         motd = self.file(first.name, "/etc/motd") or ""
         self._check(r, f"node       {first.name} ({first.address})" in motd,
                     f"{first.name}:/etc/motd written in {self.ws.node_root(first.name)}")
-        running = [n.name for n in self.ws.nodes if (self.unit(n.name, "chronyd") or {}).get("active")]
+        running = [n.name for n in self.ws.nodes if (self.unit(n.name, self.chrony(n.name)[0]) or {}).get("active")]
         self._check(r, len(running) == len(self.ws.nodes),
-                    f"chronyd enabled and running on {len(running)} of {len(self.ws.nodes)} nodes (simulated host)")
+                    f"chrony enabled and running on {len(running)} of {len(self.ws.nodes)} nodes (simulated host)")
 
     def ntp(self, r: SceneResult) -> None:
         def edit(repo: Path) -> None:
@@ -206,9 +215,9 @@ class Story:
         self._check(r, len(waves) >= 3 and all(n > 0 for _, n in waves),
                     "waves " + ", ".join(f"{name} ({n} nodes)" for name, n in waves))
         line = f"server {NEW_NTP} iburst"
-        self.wait_quietly(lambda: all(line in (self.file(n.name, "/etc/chrony.conf") or "") for n in self.ws.nodes), 15)
-        missing = [n.name for n in self.ws.nodes if line not in (self.file(n.name, "/etc/chrony.conf") or "")]
-        self._check(r, not missing, f"/etc/chrony.conf of every node lists {NEW_NTP}" + (f" (missing: {missing})" if missing else ""))
+        self.wait_quietly(lambda: all(line in (self.file(n.name, self.chrony(n.name)[1]) or "") for n in self.ws.nodes), 15)
+        missing = [n.name for n in self.ws.nodes if line not in (self.file(n.name, self.chrony(n.name)[1]) or "")]
+        self._check(r, not missing, f"chrony.conf of every node lists {NEW_NTP}" + (f" (missing: {missing})" if missing else ""))
 
     def wait_quietly(self, done: Callable[[], bool], timeout_s: float) -> None:
         try:
@@ -242,8 +251,8 @@ class Story:
         back = watch.restored(self.last, self.canaries)
         self._check(r, len(back) == len(self.canaries),
                     f"canaries back on the previous content under a higher generation ({', '.join(back) or 'none'})")
-        changed = [n.name for n in self.ws.nodes if self.file(n.name, "/etc/chrony.conf") != watch.conf_before[n.name]]
-        self._check(r, not changed, "/etc/chrony.conf identical to before on every node" + (f" (differs: {changed})" if changed else ""))
+        changed = [n.name for n in self.ws.nodes if self.file(n.name, self.chrony(n.name)[1]) != watch.conf_before[n.name]]
+        self._check(r, not changed, "chrony.conf identical to before on every node" + (f" (differs: {changed})" if changed else ""))
         self.revert_branch(r, sha, rollout)
 
     def revert_branch(self, r: SceneResult, bad: str, rollout: dict[str, Any]) -> None:
@@ -317,7 +326,7 @@ class Watch:
     def __init__(self, story: Story, reports: dict[str, AgentReport | None]) -> None:
         self.story = story
         self.before = {n: a.applied_generation for n, a in reports.items() if a is not None}
-        self.conf_before = {n.name: story.file(n.name, "/etc/chrony.conf") for n in story.ws.nodes}
+        self.conf_before = {n.name: story.file(n.name, story.chrony(n.name)[1]) for n in story.ws.nodes}
         self.highest = dict(self.before)
         self.bad_content: set[str] = set()
 
@@ -325,7 +334,7 @@ class Watch:
         for node, report in reports.items():
             if report is not None:
                 self.highest[node] = max(self.highest.get(node, 0), report.applied_generation)
-            if f"makestep {BAD_STEP_S} " in (self.story.file(node, "/etc/chrony.conf") or ""):
+            if f"makestep {BAD_STEP_S} " in (self.story.file(node, self.story.chrony(node)[1]) or ""):
                 self.bad_content.add(node)
 
     def touched(self) -> set[str]:
@@ -336,4 +345,4 @@ class Watch:
         """Those of ``nodes`` healthy on their previous chrony.conf, under a generation above the bad one's."""
         return sorted(n for n in nodes if (r := reports.get(n)) is not None and r.healthy
                       and r.applied_generation > self.before.get(n, 0) + 1
-                      and self.story.file(n, "/etc/chrony.conf") == self.conf_before[n])
+                      and self.story.file(n, self.story.chrony(n)[1]) == self.conf_before[n])

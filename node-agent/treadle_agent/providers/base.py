@@ -63,6 +63,9 @@ class Context:
     sysctl_changed: set[str] = field(default_factory=set)
     #: Where the manifest (fabric.yaml policy.special_modes) allows setuid, setgid and sticky bits.
     special_modes: tuple[str, ...] = ()
+    #: The run changed, created or removed something in a systemd unit directory: the service manager
+    #: must reload before it starts, enables or restarts anything (see :meth:`reload_units`).
+    units_changed: bool = False
     _packages: dict[str, PackageState] | None = None
     _uids: dict[str, int] = field(default_factory=dict)
     _gids: dict[str, int] = field(default_factory=dict)
@@ -100,6 +103,16 @@ class Context:
         if self._packages is not None:
             self._packages[name] = state
         return state
+
+    def reload_units(self) -> None:
+        """``systemctl daemon-reload`` once after unit files or drop-ins changed, before any service change.
+
+        systemd's own ``NeedDaemonReload`` misses a new drop-in directory (its unit path cache is only
+        refreshed by a reload), so the agent reloads whenever it touched a unit directory.
+        """
+        if self.units_changed:
+            self.host.services.daemon_reload()
+            self.units_changed = False
 
     def cached(self, key: str, make: Any) -> Any:
         """A per-run memo (e.g. the parsed persistent sysctl file)."""

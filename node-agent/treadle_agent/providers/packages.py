@@ -45,7 +45,8 @@ class PackageProvider:
 
     def remove(self, rid: str, entry: Entry, ctx: Context) -> str:
         name = rid.partition(":")[2]
-        if not ctx.package(name).installed:
+        state = ctx.package(name)
+        if not state.installed and not state.partial:
             return "already gone"
         ctx.host.packages.remove(name)
         ctx.package_changed(name)
