@@ -35,7 +35,7 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import anyio
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -58,6 +58,7 @@ CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'
        "frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff",
                     "referrer-policy": "no-referrer", "x-frame-options": "DENY", "cache-control": "no-store"}
+MAX_FORM_BYTES = 16 * 1024
 ACTIONS = ("approve", "pause", "resume", "abort")
 RESOURCE_KEY = {"directory": "path", "file": "path", "symlink": "path", "package": "name", "sysctl": "key",
                 "service": "name"}
@@ -89,6 +90,22 @@ def resource_rows(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
             details["content"] = f"{len(str(res['content']))} characters"
         rows.append({"type": kind, "id": str(res.get(key, "?")), "details": details})
     return rows
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """The fields of a small url-encoded form (first value of each); empty when it is too large or not a form."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return {}
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return {}
+    try:
+        fields = parse_qs(body.decode("utf-8"), max_num_fields=16)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return {k: v[0] for k, v in fields.items() if v}
 
 
 class Console:
@@ -137,7 +154,7 @@ class Console:
         return False, ("actions are accepted from the controller's own machine only; set admin_token_file in "
                        "controller.toml to allow them with a token")
 
-    def csrf_ok(self, request: Request, form: Any) -> bool:
+    def csrf_ok(self, request: Request, form: dict[str, str]) -> bool:
         session = request.cookies.get(SESSION_COOKIE, "")
         sent = str(form.get("csrf", ""))
         if not session or not sent or not hmac.compare_digest(sent.encode(), self.csrf_token(session).encode()):
@@ -236,7 +253,7 @@ def build_console(ctx: Any) -> Starlette:
 
     async def act(request: Request) -> Response:
         action = request.path_params["action"]
-        form = await request.form()
+        form = await read_form(request)
         if not console.csrf_ok(request, form):
             return console.refused(request, 403, "this form is stale or came from another site (CSRF check failed): "
                                                  "reload the page and try again")
@@ -293,7 +310,7 @@ def build_console(ctx: Any) -> Starlette:
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return console.page(request, "login.html")
-        form = await request.form()
+        form = await read_form(request)
         if not console.csrf_ok(request, form):
             return console.refused(request, 403, "this form is stale or came from another site (CSRF check failed): "
                                                  "reload the page and try again")
