@@ -52,7 +52,7 @@ def main() -> int:
         last = f"n{args.nodes - 1:03d}"
         pages = {"overview": "/ui/", "node page": f"/ui/nodes/{last}", "fabric, page 1": "/ui/nodes",
                  "fabric, search": "/ui/nodes?q=r1&site=s2", "rollouts": "/ui/rollouts",
-                 "rollout (current wave)": "/ui/rollouts/1"}
+                 "rollout (current wave)": "/ui/rollouts/1", "racks of a site": "/ui/racks?site=s1"}
         with serving(fleet.ctx) as url, httpx.Client(base_url=url, timeout=60) as client:
             print(f"  {'overview, cold (reads every manifest)':<40} {_time(client, '/ui/'):8.1f} ms")
             for name, path in pages.items():

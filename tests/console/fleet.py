@@ -55,7 +55,7 @@ def manifest(name: str, site: str, cluster: str, labels: dict[str, str], generat
     return {"apiVersion": "treadle.dev/v1", "kind": "NodeManifest",
             "metadata": {"node": name, "site": site, "cluster": cluster, "address": "127.0.0.1", "fabric": "f",
                          "generation": generation, "commit": SHA, "issued": None, "expires": None,
-                         "lifecycle": "active", "labels": labels},
+                         "lifecycle": "production", "labels": labels},
             "resources": [{"type": "file", "path": "/etc/motd", "ensure": "present", "content": labels.get("note", "hi"),
                            "sha256": "0" * 64, "mode": "0644", "owner": "root", "group": "root", "notify": [],
                            "requires": []},
@@ -74,10 +74,11 @@ def make_fleet(tmp_path: Path, n: int = 12, admin_token: bytes | None = None) ->
     """``n`` nodes over two sites, node ``n000`` with the XSS label, a rollout of all of them waiting for approval."""
     store = PublishStore(tmp_path / "pub")
     state = StateDB(tmp_path / "state.db")
-    labels = {f"n{i:03d}": {"canary": "true" if i == 0 else "false", "rack": f"r{i % 3}"} for i in range(n)}
+    labels = {f"n{i:03d}": {"canary": "true" if i == 0 else "false", "rack": f"r{i % 3}", "room": "A",
+                           "unit": str(i // 3 % 42 + 1)} for i in range(n)}
     labels["n000"]["note"] = XSS
     sites = {name: ("s1" if i % 2 == 0 else "s2") for i, name in enumerate(labels)}
-    state.reserve([NodeRecord(name, 1, 0, "d", SHA, time.time() + 3600, "active") for name in labels])
+    state.reserve([NodeRecord(name, 1, 0, "d", SHA, time.time() + 3600, "production") for name in labels])
     store.publish({name: envelope(manifest(name, sites[name], "c1", labels[name], 1)) for name in labels})
     state.record_deployment(SHA, None, list(labels), [])
     state.record_history([(name, 1, SHA, "Ada <ada@example.com>", "deploy") for name in labels])

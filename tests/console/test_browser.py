@@ -24,7 +24,7 @@ from .fleet import XSS, Fleet, make_fleet, serving
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 PAGES = {"overview": "/ui/", "rollouts": "/ui/rollouts", "rollout": "/ui/rollouts/1", "fabric": "/ui/nodes?site=s1",
-         "node": "/ui/nodes/n000", "confirm": "/ui/rollouts/1/approve", "login": "/ui/login"}
+         "node": "/ui/nodes/n000", "racks": "/ui/racks", "confirm": "/ui/rollouts/1/approve", "login": "/ui/login"}
 
 
 @pytest.fixture(scope="module")

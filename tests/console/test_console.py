@@ -14,11 +14,11 @@ from starlette.testclient import TestClient
 
 from treadle.api import build_app
 from treadle.console import CSP, resource_rows
-from treadle.console.index import Filters, parse_filters
+from treadle.console.index import Filters, NodeInfo, parse_filters, rack_elevations
 
 from .fleet import XSS, Fleet, make_fleet, serving
 
-PAGES = ["/ui/", "/ui/rollouts", "/ui/rollouts/1", "/ui/rollouts/1/approve", "/ui/nodes", "/ui/nodes?q=r1",
+PAGES = ["/ui/", "/ui/racks", "/ui/racks?site=s2", "/ui/rollouts", "/ui/rollouts/1", "/ui/rollouts/1/approve", "/ui/nodes", "/ui/nodes?q=r1",
          "/ui/nodes?site=s2&label=rack%3Dr1", "/ui/nodes/n000", "/ui/login"]
 TOKEN = b"t0ken-of-the-admin"
 
@@ -178,6 +178,39 @@ def test_from_another_machine_reading_needs_the_token_too(tmp_path: Path) -> Non
         csrf = _csrf(client.get("/ui/login").text)
         assert client.post("/ui/login", data={"csrf": csrf, "token": TOKEN.decode()}).status_code == 303
         assert client.get("/ui/nodes/n000").status_code == 200
+
+
+def test_pages_of_a_rollout_in_flight_reload_themselves_and_stop_when_it_ends(fleet: Fleet) -> None:
+    refresh = '<meta http-equiv="refresh" content="5">'
+    with serving(fleet.ctx) as url:
+        assert refresh in httpx.get(url + "/ui/").text and refresh in httpx.get(url + "/ui/rollouts/1").text
+        assert refresh not in httpx.get(url + "/ui/nodes").text
+        fleet.ctx.rollouts.act(1, "abort")
+        assert refresh not in httpx.get(url + "/ui/").text and refresh not in httpx.get(url + "/ui/rollouts/1").text
+
+
+def test_the_rack_page_shows_each_rack_of_the_site_top_unit_first(fleet: Fleet) -> None:
+    with serving(fleet.ctx) as url:
+        text = httpx.get(url + "/ui/racks?site=s2").text
+    assert text.count('<table class="rack">') == 3 and "<caption>A / r0</caption>" in text
+    assert 'href="/ui/nodes/n001"' in text and 'href="/ui/nodes/n000"' not in text  # n000 is in s1
+    # rack r1 of s2 holds n001 (unit 1) and n007 (unit 3): the higher unit is drawn above
+    assert text.index("/ui/nodes/n007") < text.index("/ui/nodes/n001")
+    assert XSS not in text
+
+
+def test_rack_elevations_order_units_and_colour_by_the_rollout() -> None:
+    def node(name: str, site: str = "s", **labels: str) -> NodeInfo:
+        return NodeInfo(name=name, lifecycle="production", generation=1, commit=None, present=True, site=site,
+                        labels=labels)
+
+    nodes = [node("a", rack="r1", unit="U2"), node("b", rack="r1", unit="10"), node("c", rack="r1"),
+             node("d", rack="r0", room="B", unit="1"), node("e", rack="r0", room="A", unit="1"),
+             node("f", site="other", rack="r1", unit="3"), node("g")]
+    racks = rack_elevations(nodes, "s", {"b": "failed"})
+    assert [(r.room, r.rack) for r in racks] == [("", "r1"), ("A", "r0"), ("B", "r0")]
+    assert [(s.node.name, s.unit, s.status) for s in racks[0].slots] == [("b", "10", "failed"), ("a", "U2", ""),
+                                                                          ("c", "", "")]
 
 
 def test_the_manifest_table_names_each_resource_and_leaves_file_content_out() -> None:

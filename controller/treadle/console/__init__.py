@@ -7,6 +7,8 @@
     GET  /ui/rollouts/<id>/<action>    the confirmation page of an action (pause, resume, approve, abort)
     POST /ui/rollouts/<id>/<action>    the action itself (admin token, CSRF token)
     GET  /ui/nodes?q=&lifecycle=&site=&cluster=&label=k=v&page=   the fabric: filtered and paged server-side
+    GET  /ui/racks?site=               rack elevations from the labels room, rack and unit, coloured by
+                                       lifecycle and by the running rollout's node status
     GET  /ui/nodes/<node>              one node: published generation and commit, rollout, observation,
                                        history, manifest resources
     GET|POST /ui/login                 exchange the admin token for a session cookie (for actions and for
@@ -45,7 +47,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from treadle.console.index import PAGE_SIZE, NodeIndex, parse_filters
+from treadle.console.index import PAGE_SIZE, NodeIndex, parse_filters, rack_elevations
 from treadle.errors import StoreError
 from treadle.publish import valid_node_name
 from treadle.rollout.machine import TransitionError
@@ -59,6 +61,9 @@ CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'
 SECURITY_HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff",
                     "referrer-policy": "no-referrer", "x-frame-options": "DENY", "cache-control": "no-store"}
 MAX_FORM_BYTES = 16 * 1024
+#: Rollout states whose pages reload themselves (a meta refresh: no script needed), every REFRESH_S seconds.
+LIVE_STATES = frozenset({"pending", "waiting", "publishing", "soaking", "rolling_back"})
+REFRESH_S = 5
 ACTIONS = ("approve", "pause", "resume", "abort")
 RESOURCE_KEY = {"directory": "path", "file": "path", "symlink": "path", "package": "name", "sysctl": "key",
                 "service": "name"}
@@ -220,7 +225,9 @@ def build_console(ctx: Any) -> Starlette:
             return {"status": status, "rollout": rollout, "refusals": ctx.state.refusals(limit=5),
                     "sites": dict(sorted(sites.items())), "deployment": (status["deployments"] or [None])[0]}
 
-        return console.page(request, "overview.html", **await anyio.to_thread.run_sync(gather))
+        values = await anyio.to_thread.run_sync(gather)
+        live = values["rollout"] is not None and values["rollout"]["state"] in LIVE_STATES
+        return console.page(request, "overview.html", refresh=REFRESH_S if live else None, **values)
 
     @guarded
     async def rollouts(request: Request) -> Response:
@@ -240,7 +247,8 @@ def build_console(ctx: Any) -> Starlette:
         doc = await anyio.to_thread.run_sync(_rollout_doc, request.path_params["rid"])
         if doc is None:
             return console.refused(request, 404, "no such rollout")
-        return console.page(request, "rollout.html", r=doc, actions=ACTIONS)
+        return console.page(request, "rollout.html", r=doc, actions=ACTIONS,
+                            refresh=REFRESH_S if doc["state"] in LIVE_STATES else None)
 
     @guarded
     async def confirm(request: Request) -> Response:
@@ -307,6 +315,24 @@ def build_console(ctx: Any) -> Starlette:
             return console.refused(request, 404, "no such node")
         return console.page(request, "node.html", **values)
 
+    @guarded
+    async def racks(request: Request) -> Response:
+        def gather() -> dict[str, Any]:
+            progress: dict[str, str] = {}
+            if ctx.rollouts is not None and (rid := ctx.rollouts.latest_id()) is not None:
+                try:
+                    doc = ctx.rollouts.document(rid)
+                except KeyError:
+                    doc = None
+                if doc is not None and doc["state"] in LIVE_STATES | {"halted"}:
+                    progress = {n: p["status"] for n, p in doc["progress"].items()}
+            nodes = console.index.nodes()
+            sites = sorted({n.site for n in nodes if n.site and "rack" in n.labels})
+            site = request.query_params.get("site") or (sites[0] if sites else "")
+            return {"sites": sites, "site": site, "racks": rack_elevations(nodes, site, progress)}
+
+        return console.page(request, "racks.html", **await anyio.to_thread.run_sync(gather))
+
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return console.page(request, "login.html")
@@ -332,6 +358,7 @@ def build_console(ctx: Any) -> Starlette:
         Route("/rollouts/{rid}/{action}", act, methods=["POST"]),
         Route("/nodes", nodes, methods=["GET"]),
         Route("/nodes/{node}", node, methods=["GET"]),
+        Route("/racks", racks, methods=["GET"]),
         Route("/login", login, methods=["GET", "POST"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ])

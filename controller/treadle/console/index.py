@@ -9,8 +9,9 @@ happen here, on the server: the browser receives one page of rows.
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,3 +142,37 @@ class NodeIndex:
         return {"lifecycle": sorted({n.lifecycle for n in nodes}),
                 "site": sorted({n.site for n in nodes if n.site}),
                 "cluster": sorted({n.cluster for n in nodes if n.cluster})}
+
+
+@dataclass(frozen=True)
+class RackSlot:
+    unit: str
+    node: NodeInfo
+    status: str  # the running rollout's status of the node, "" when it is not in the current wave
+
+
+@dataclass(frozen=True)
+class Rack:
+    room: str
+    rack: str
+    slots: list[RackSlot]
+
+
+def _unit_order(unit: str) -> tuple[int, str]:
+    digits = re.search(r"\d+", unit)
+    return (int(digits.group()) if digits else -1, unit)
+
+
+def rack_elevations(nodes: Iterable[NodeInfo], site: str, progress: Mapping[str, str]) -> list[Rack]:
+    """The racks of ``site`` from the node labels ``room``, ``rack`` and ``unit``: top unit first, racks by room and name.
+
+    A node without a ``rack`` label is in no rack; one without ``unit`` sorts below the numbered units.
+    """
+    racks: dict[tuple[str, str], list[RackSlot]] = {}
+    for n in nodes:
+        if n.site != site or "rack" not in n.labels:
+            continue
+        key = (n.labels.get("room", ""), n.labels["rack"])
+        racks.setdefault(key, []).append(RackSlot(n.labels.get("unit", ""), n, progress.get(n.name, "")))
+    return [Rack(room, rack, sorted(slots, key=lambda s: (_unit_order(s.unit), s.node.name), reverse=True))
+            for (room, rack), slots in sorted(racks.items())]
