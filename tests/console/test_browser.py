@@ -17,27 +17,19 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from .chromium import console_errors as _errors
+from .chromium import start_chromium
 from .fleet import XSS, Fleet, make_fleet, serving
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 PAGES = {"overview": "/ui/", "rollouts": "/ui/rollouts", "rollout": "/ui/rollouts/1", "fabric": "/ui/nodes?site=s1",
          "node": "/ui/nodes/n000", "racks": "/ui/racks", "confirm": "/ui/rollouts/1/approve", "login": "/ui/login"}
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
-    assert CHROMIUM and DRIVER, "install Debian's chromium and chromium-driver (.ci/install-deps does)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                "--window-size=1280,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=DRIVER))
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     try:
         yield driver
     finally:
@@ -47,10 +39,6 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
 @pytest.fixture
 def fleet(tmp_path: Path) -> Fleet:
     return make_fleet(tmp_path, n=40)
-
-
-def _errors(driver: webdriver.Chrome) -> list[str]:
-    return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
 
 
 def _screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> None:
