@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import QueryParams
+from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from treadle.api import build_app
-from treadle.console import CSP, resource_rows
+from treadle.console import CSP, MAX_FORM_BYTES, read_form, resource_rows
 from treadle.console.index import Filters, NodeInfo, parse_filters, rack_elevations
 
 from .fleet import XSS, Fleet, make_fleet, serving
@@ -246,3 +248,32 @@ REGRESSIONS = [
 def test_query_string_regression_corpus(items: list[tuple[str, str]], expected: Filters, problems: int) -> None:
     filters, found = parse_filters(QueryParams(items))
     assert filters == expected and len(found) == problems
+
+
+def _form(body: bytes, content_type: bytes = b"application/x-www-form-urlencoded") -> dict[str, str]:
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-type", content_type)]}
+    return anyio.run(read_form, Request(scope, receive))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=2000), st.sampled_from([b"application/x-www-form-urlencoded", b"text/plain", b""]))
+def test_any_posted_body_gives_form_fields_never_an_exception(body: bytes, content_type: bytes) -> None:
+    fields = _form(body, content_type)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
+
+
+FORM_REGRESSIONS = [
+    (b"csrf=abc&token=x%20y", {"csrf": "abc", "token": "x y"}),
+    (b"csrf=a&csrf=b", {"csrf": "a"}),  # the first value counts
+    (b"\xff\xfe=1", {}),  # not UTF-8
+    (b"&".join(b"f%d=1" % i for i in range(40)), {}),  # more fields than a console form has
+    (b"csrf=" + b"a" * MAX_FORM_BYTES, {}),  # larger than any console form
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), FORM_REGRESSIONS)
+def test_form_regression_corpus(body: bytes, expected: dict[str, str]) -> None:
+    assert _form(body) == expected
