@@ -93,7 +93,9 @@ def test_the_fabric_is_filtered_and_paged_on_the_server(fleet: Fleet) -> None:
 
 def test_unknown_nodes_rollouts_and_odd_names_are_404(fleet: Fleet) -> None:
     with serving(fleet.ctx) as url:
-        for path in ("/ui/nodes/nope", "/ui/nodes/.n000", "/ui/rollouts/99", "/ui/rollouts/x", "/ui/rollouts/1/explode"):
+        css = httpx.get(url + "/ui/static/console.css")
+        assert css.status_code == 200 and css.headers["content-security-policy"] == CSP
+        for path in ("/ui/static/nope.css", "/ui/no-such-page", "/ui/nodes/nope", "/ui/nodes/.n000", "/ui/rollouts/99", "/ui/rollouts/x", "/ui/rollouts/1/explode"):
             r = httpx.get(url + path)
             assert r.status_code == 404, path
             assert r.headers["content-security-policy"] == CSP

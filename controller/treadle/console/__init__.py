@@ -188,7 +188,29 @@ class Console:
         return self.page(request, "error.html", code, message=message)
 
 
-def build_console(ctx: Any) -> Starlette:
+class SecurityHeaders:
+    """ASGI wrapper: every answer of the console (static files and Starlette's own 404s too) carries the headers."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *((k, v) for k, v in self.headers if k not in present)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def build_console(ctx: Any) -> SecurityHeaders:
     """The ASGI application of the console, to be mounted at ``/ui`` (see :func:`treadle.api.build_app`)."""
     console = Console(ctx)
 
@@ -350,7 +372,7 @@ def build_console(ctx: Any) -> Starlette:
                             path="/ui")
         return response
 
-    return Starlette(routes=[
+    return SecurityHeaders(Starlette(routes=[
         Route("/", overview, methods=["GET"]),
         Route("/rollouts", rollouts, methods=["GET"]),
         Route("/rollouts/{rid}", rollout, methods=["GET"]),
@@ -361,4 +383,4 @@ def build_console(ctx: Any) -> Starlette:
         Route("/racks", racks, methods=["GET"]),
         Route("/login", login, methods=["GET", "POST"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
-    ])
+    ]))
