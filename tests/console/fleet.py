@@ -32,10 +32,6 @@ from treadle.state import NodeRecord, StateDB
 
 SHA = "ab" * 20
 XSS = "<script>alert('x')</script>"
-POLICY = from_doc({"waves": [
-    {"name": "canary", "selector": {"labels": {"canary": "true"}}, "soak_s": 10},
-    {"name": "rest", "fraction": 1.0, "soak_s": 10},
-]})
 
 
 class NoAgents:
