@@ -58,3 +58,15 @@ def test_schemas_ship_inside_the_package_and_all_compile() -> None:
         assert required in names
     for name in names:
         treadle_schemas.validator(name)  # raises on an invalid schema or a dangling $ref
+
+
+def test_console_templates_and_static_files_ship_as_package_data() -> None:
+    import fnmatch
+
+    console = ROOT / "controller" / "treadle" / "console"
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["treadle.console"]
+    files = [p.relative_to(console).as_posix() for p in console.rglob("*")
+             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert any(f.startswith("templates/") for f in files) and any(f.startswith("static/") for f in files)
+    unshipped = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
+    assert not unshipped, f"add these to [tool.setuptools.package-data] treadle.console: {unshipped}"

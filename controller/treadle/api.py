@@ -13,6 +13,7 @@
     GET  /v1/rollouts/<id|current>   one rollout, with its events and the current wave's per-node progress
     POST /v1/rollouts/<id|current>/(pause|resume|approve|abort)   operator actions (409 when not applicable)
     GET  /metrics                    Prometheus exposition
+    GET  /ui/...                     the web console (treadle.console), same access rules
 
 Manifests are read from the publish store, the same static files any web
 server or mirror could serve; this endpoint adds only the ETag, kept in a
@@ -46,7 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from treadle.errors import StoreError
 from treadle.metrics import ControllerMetrics
@@ -294,6 +295,8 @@ def build_app(ctx: ApiContext) -> Starlette:
         ctx.trigger()  # let the pipeline act on it now
         return JSONResponse(doc)
 
+    from treadle.console import build_console
+
     return Starlette(routes=[
         Route("/v1/nodes/{node}/manifest", manifest, methods=["GET", "HEAD"]),
         Route("/v1/nodes/{node}", node_view, methods=["GET"]),
@@ -305,6 +308,7 @@ def build_app(ctx: ApiContext) -> Starlette:
         Route("/v1/rollouts", rollouts, methods=["GET"]),
         Route("/v1/rollouts/{rid}", rollout, methods=["GET"]),
         Route("/v1/rollouts/{rid}/{action}", rollout_action, methods=["POST"]),
+        Mount("/ui", app=build_console(ctx)),
     ])
 
 
