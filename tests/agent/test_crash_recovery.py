@@ -22,9 +22,15 @@ case "$1" in
   restart) if [ -e "{kill}" ]; then rm -f "{kill}"; kill -9 $PPID; sleep 5; fi ;;
   is-active) echo active ;;
   is-enabled) echo enabled ;;
+  show) echo "NeedDaemonReload=no" ;;
 esac
 exit 0
 """
+
+
+def _restarts(log: Path) -> list[str]:
+    """The restarts the service manager was asked for (it is also asked what it needs before each)."""
+    return [line for line in log.read_text().splitlines() if line.startswith("restart ")]
 
 
 def _agent(config: Path, bin_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -46,12 +52,12 @@ def test_restart_owed_by_a_changed_file_survives_a_kill_9_before_the_restart(tmp
     first = _agent(config, bin_dir)
     assert first.returncode == -signal.SIGKILL, first.stderr
     assert (tmp_path / "root/etc/app.conf").read_text() == "v = 1\n"  # changed, and the restart never happened
-    assert log.read_text().splitlines() == ["restart app"]
+    assert _restarts(log) == ["restart app"]
     second = _agent(config, bin_dir)
     assert second.returncode == 0, second.stderr
-    assert log.read_text().splitlines() == ["restart app", "restart app"]  # before: the restart was lost for good
+    assert _restarts(log) == ["restart app", "restart app"]  # before: the restart was lost for good
     third = _agent(config, bin_dir)
-    assert third.returncode == 0 and log.read_text().splitlines() == ["restart app", "restart app"]  # owed once
+    assert third.returncode == 0 and _restarts(log) == ["restart app", "restart app"]  # owed once
 
 
 def test_failing_notifying_file_owes_no_restart(tmp_path, server, keys, kit):

@@ -1,7 +1,7 @@
 """A controller runs for months: what it opens per commit it closes or reuses, and its mirror stays small.
 
 The controller is built in-process from a config (real bare repository, real
-SQLite, real signing) and driven through 120 commits, each cycle on a
+SQLite, real signing) and driven through 200 commits, each cycle on a
 new thread as anyio's worker threads come and go in the daemon (an idle worker
 exits after ten seconds, so at production commit rates every cycle meets a new
 thread). Commits are written into the upstream repository with pygit2, which
@@ -23,7 +23,7 @@ import pytest
 from treadle import config as config_mod
 from treadle import daemon
 
-COMMITS = 120
+COMMITS = 200
 WARM_UP = 20
 MAX_PACKS = 4
 
@@ -88,7 +88,7 @@ def controller(make_fabric, signing_key: Path, tmp_path: Path):  # type: ignore[
     ctl.close()
 
 
-def test_a_hundred_commits_leave_descriptors_threads_memory_and_database_handles_flat(controller) -> None:  # type: ignore[no-untyped-def]
+def test_two_hundred_commits_leave_descriptors_threads_memory_and_database_handles_flat(controller) -> None:  # type: ignore[no-untyped-def]
     ctl, upstream, root = controller
     state = ctl.pipeline.state
     samples, objects = [], []
