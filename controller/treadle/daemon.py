@@ -197,7 +197,7 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
     """
     state_dir = config.store.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
-    state = StateDB(state_dir / STATE_DB)
+    state = StateDB(state_dir / STATE_DB, node_history_kept=config.retention.history_kept)
     store = PublishStore(config.store.publish_dir)
     metrics = ControllerMetrics()
     trigger = Trigger()

@@ -23,7 +23,9 @@ connection per thread leaked one, with its WAL descriptor, per short-lived
 worker thread: tests/controller/test_soak.py.)
 
 History (deployments, refusals, accepted rewrites) is cut to the newest
-``history_kept`` rows by :meth:`StateDB.prune`, which also checkpoints the WAL.
+``history_kept`` rows by :meth:`StateDB.prune`, which also checkpoints the WAL;
+each node's publication history keeps its newest ``history_kept`` rows, trimmed
+as they are recorded.
 
 Raises:
     StoreError: the database cannot be opened, is from a newer version, or a
@@ -103,8 +105,10 @@ class Refusal:
 class StateDB:
     """The state database at ``path``; see the module docstring."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, node_history_kept: int = 1000) -> None:
         self.path = path
+        #: Publications kept per node in ``node_history`` (retention.history_kept), trimmed as each is recorded.
+        self.node_history_kept = node_history_kept
         self._pool_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._opened: list[sqlite3.Connection] = []
@@ -288,9 +292,14 @@ class StateDB:
     def record_history(self, rows: Iterable[tuple[str, int, str | None, str | None, str]], at: float | None = None) -> None:
         """Remember what was published: ``(node, generation, commit, author, why)`` per node."""
         when = time.time() if at is None else at
+        rows = list(rows)
         with self._tx() as c:
             c.executemany("INSERT OR REPLACE INTO node_history(node, generation, commit_sha, author, why, at) VALUES(?,?,?,?,?,?)",
                           [(*r, when) for r in rows])
+            # Bounded per node, through the primary key's index: only the nodes just published are looked at.
+            c.executemany("DELETE FROM node_history WHERE node=? AND generation < (SELECT generation FROM node_history "
+                          "WHERE node=? ORDER BY generation DESC LIMIT 1 OFFSET ?)",
+                          [(n, n, self.node_history_kept - 1) for n in sorted({r[0] for r in rows})])
 
     def node_history(self, node: str, limit: int = 100) -> list[dict[str, Any]]:
         """The generations published for ``node``, newest first."""

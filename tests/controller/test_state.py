@@ -107,3 +107,14 @@ def test_connections_are_pooled_not_opened_per_thread_and_all_closed(tmp_path: P
     db.close()
     assert db.handles == 0
     assert db.deployed_commit() == f"{19:040x}"  # a later statement opens a connection again
+
+
+def test_each_nodes_publication_history_keeps_its_newest_rows_only(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.sqlite3", node_history_kept=3)
+    for gen in range(1, 8):
+        db.record_history([("n1", gen, f"c{gen}", "A <a@example.org>", "rollout")], at=float(gen))
+    db.record_history([("n2", 1, "c1", None, "new node")], at=1.0)
+    assert [h["generation"] for h in db.node_history("n1")] == [7, 6, 5]
+    assert [h["generation"] for h in db.node_history("n2")] == [1]  # another node's history is its own
+    reopened = StateDB(tmp_path / "state.sqlite3", node_history_kept=3)
+    assert [h["commit"] for h in reopened.node_history("n1")] == ["c7", "c6", "c5"]
