@@ -1,8 +1,21 @@
-"""Settings every suite shares: a git identity, so tests that commit work on a fresh machine."""
+"""Settings every suite shares: a git identity, so tests that commit work on a fresh machine; and, in CI,
+fuzz tests that draw the same examples on every run.
+
+With ``CI`` set (as the CI runner does), Hypothesis is derandomized: a landing is judged on a known set of
+examples, and a failure reproduces exactly. Elsewhere every run draws new examples, which is how the fuzz
+tests keep finding things (each find goes into the test's regression corpus); `TREADLE_FUZZ_EXAMPLES` and
+`bench/differential.py` run longer searches.
+"""
 
 from __future__ import annotations
 
 import os
+
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 for key, value in {
     "GIT_AUTHOR_NAME": "Treadle Test",

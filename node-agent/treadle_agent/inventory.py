@@ -34,9 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from treadle_agent.errors import StateError
+from treadle_agent.errors import PathEscapeError, StateError
 from treadle_agent.log import get_logger
 from treadle_agent.manifest import ManifestFormatError, is_plain_json, parse_json
+from treadle_agent.providers.paths import split_path
 from treadle_agent.state import write_atomic
 
 VERSION = 1
@@ -49,12 +50,20 @@ Entry = dict[str, Any]
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RID = re.compile(r"[a-z0-9._-]+:.+", re.DOTALL)
 _SERVICE = re.compile(r"[^\x00/]{1,256}")
+_PATH_TYPES = ("directory", "file", "symlink")
 
 
 def valid_entry(rid: object, entry: object) -> str | None:
     """Why inventory entry ``rid`` -> ``entry`` cannot be used, or None when it can."""
     if not isinstance(rid, str) or not _RID.fullmatch(rid) or len(rid) > 8192:
         return "the resource id is not type:key"
+    rtype, _, key = rid.partition(":")
+    if rtype in _PATH_TYPES:
+        try:
+            split_path(key)
+        except PathEscapeError:
+            # A relative or unnormalized path could never be removed or checked: kept, it would fail every run.
+            return "the resource path is not absolute and normalized"
     if not isinstance(entry, dict):
         return "the entry is not an object"
     if "want" in entry and entry["want"] is not None and not (isinstance(entry["want"], list) and is_plain_json(entry["want"])):

@@ -236,6 +236,21 @@ def test_wrongly_typed_inventory_entry_is_dropped_and_the_run_recovers(node, kit
     assert doc["resources"]["file:/etc/motd"]["want"] is not None and "file:/etc/other" not in doc["resources"]
 
 
+def test_inventory_entry_with_a_relative_path_is_dropped_not_pruned_every_run(node, kit, enforced):
+    """Found by the state fuzzer: an entry ``file:etc/motd`` marked created could never be removed (its path
+    is refused), so every later run failed pruning it. It is dropped when read, like any wrongly shaped one."""
+    inventory = _state(node, "inventory.json")
+    doc = json.loads(inventory.read_text())
+    doc["resources"]["file:etc/motd"] = {"want": None, "created": True, "stat": [1] * 7, "sha256": None}
+    doc["resources"]["directory:/srv/../etc"] = {"want": None, "created": True}
+    inventory.write_text(json.dumps(doc))
+    node.start()
+    first, second = node.cycle(), node.cycle()
+    assert first.ok and second.ok
+    kept = json.loads(inventory.read_text())["resources"]
+    assert "file:etc/motd" not in kept and "directory:/srv/../etc" not in kept and "file:/etc/motd" in kept
+
+
 def test_wrongly_typed_pending_restarts_are_dropped(node, kit, enforced):
     inventory = _state(node, "inventory.json")
     doc = json.loads(inventory.read_text())
