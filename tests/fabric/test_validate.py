@@ -298,3 +298,28 @@ def test_rendered_manifest_carries_the_special_modes_policy_for_the_agent_only_w
     outcome = cli("render", str(fabric.root), "--node", "n1")
     assert outcome.code == 0, outcome
     assert json.loads(outcome.out)["metadata"]["special_modes"] == ["/usr/local/bin/*"]
+
+
+def _recipient() -> str:
+    import pyrage
+
+    return str(pyrage.x25519.Identity.generate().to_public())
+
+
+def test_a_node_identity_is_accepted_when_it_is_an_age_recipient(cli, fabric):
+    fabric.write(NODE1, f"kind: Node\naddress: 10.0.0.1\nidentity: {_recipient()}\n")
+    assert cli("validate", str(fabric.root)).code == 0
+
+
+def test_a_node_identity_that_is_not_an_age_recipient_is_located(cli, fabric):
+    fabric.write(NODE1, "kind: Node\naddress: 10.0.0.1\nidentity: AGE-SECRET-KEY-1QQQ\n")
+    assert f"{NODE1}:3:" in invalid(cli, fabric)
+
+
+def test_two_nodes_with_one_identity_are_reported_at_the_identity_lines(cli, fabric):
+    same = _recipient()
+    fabric.write(NODE1, f"kind: Node\naddress: 10.0.0.1\nidentity: {same}\n")
+    fabric.write("sites/s1/c1/nodes/n2.yaml", f"kind: Node\naddress: 10.0.0.2\n\nidentity: {same}\n")
+    err = invalid(cli, fabric)
+    assert f"{NODE1}:3:1: identity '{same}' is also used by sites/s1/c1/nodes/n2.yaml" in err
+    assert "sites/s1/c1/nodes/n2.yaml:4:1: identity" in err and "treadle-agent enroll" in err
