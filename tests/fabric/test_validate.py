@@ -323,3 +323,37 @@ def test_two_nodes_with_one_identity_are_reported_at_the_identity_lines(cli, fab
     err = invalid(cli, fabric)
     assert f"{NODE1}:3:1: identity '{same}' is also used by sites/s1/c1/nodes/n2.yaml" in err
     assert "sites/s1/c1/nodes/n2.yaml:4:1: identity" in err and "treadle-agent enroll" in err
+
+
+def _age_identity() -> str:
+    import pyrage
+
+    return str(pyrage.x25519.Identity.generate())
+
+
+def test_plaintext_private_keys_anywhere_in_the_repo_are_located_and_never_echoed(cli, fabric):
+    age_key = _age_identity()
+    fabric.write("files/munge.key", "# pasted by mistake\n" + age_key + "\n")
+    fabric.write("notes/tls.pem", "\n\n-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEI\n-----END EC PRIVATE KEY-----\n")
+    fabric.write("notes/ssh", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n")
+    fabric.write(NODE1, f"kind: Node\naddress: 10.0.0.1\ndata:\n  k: '  {age_key.lower()}'\n")
+    err = invalid(cli, fabric)
+    assert "files/munge.key:2:1: an age identity in plain text" in err
+    assert "notes/tls.pem:3:1: a PEM or OpenSSH private key in plain text" in err
+    assert "notes/ssh:1:1: a PEM or OpenSSH private key in plain text" in err
+    assert f"{NODE1}:4:" in err and "rotate the key" in err
+    assert age_key not in err and age_key.lower() not in err and "MHcCAQEEI" not in err
+
+
+def test_public_keys_and_mentions_of_key_formats_pass(cli, fabric):
+    fabric.write("files/README", "AGE-SECRET-KEY-1 lines and -----BEGIN PUBLIC KEY----- are fine\n")
+    fabric.write("files/cert.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert cli("validate", str(fabric.root)).code == 0
+
+
+def test_a_plaintext_key_is_refused_in_json_output_too(cli, fabric):
+    fabric.write("files/k", "-----BEGIN RSA PRIVATE KEY-----\n")
+    outcome = cli("validate", str(fabric.root), "--format", "json")
+    report = json.loads(outcome.out)
+    assert outcome.code == 1 and not report["ok"]
+    assert [(d["file"], d["line"], d["code"]) for d in report["diagnostics"]] == [("files/k", 1, "plaintext-key")]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from treadle.errors import FabricError, UsageError
-from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, WorkTreeSource, explain, render_fabric
+from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, WorkTreeSource, explain, keyscan, render_fabric
 from treadle.fabric.source import Source
 
 _SKIP = {"__pycache__", "__init__.py"}
@@ -147,13 +147,15 @@ def _git_init(target: Path) -> bool:
 def cmd_validate(args: argparse.Namespace) -> int:
     cache = ParseCache()
     base = GitRevisionSource(args.repo, args.base) if args.base else None
-    result = render_fabric(_source(args.repo, args.rev), cache, base=base)
+    source = _source(args.repo, args.rev)
+    result = render_fabric(source, cache, base=base)
+    diagnostics = sorted({*result.diagnostics, *keyscan.scan(source)})
     if args.format == "json":
-        print(json.dumps({"ok": result.ok, "commit": result.commit, "nodes": len(result.nodes),
-                          "diagnostics": [d.as_dict() for d in result.diagnostics]}, indent=2))
-        return 0 if result.ok else 1
-    if not result.ok:
-        raise FabricError(result.diagnostics)
+        print(json.dumps({"ok": not diagnostics, "commit": result.commit, "nodes": len(result.nodes),
+                          "diagnostics": [d.as_dict() for d in diagnostics]}, indent=2))
+        return 0 if not diagnostics else 1
+    if diagnostics:
+        raise FabricError(diagnostics)
     print(f"ok: {len(result.nodes)} nodes valid")
     return 0
 
