@@ -56,7 +56,7 @@ def _read(path: Path) -> pyrage.x25519.Identity:
                          "(fix: restore it from backup, or enrol again with --rotate)")
     try:
         return pyrage.x25519.Identity.from_str(keys[0])
-    except Exception as e:  # pyrage raises its own IdentityError; never echo the key
+    except pyrage.IdentityError as e:  # never echo the key
         raise StateError(f"{path}: not an age X25519 identity (fix: restore it from backup, "
                          "or enrol again with --rotate)") from e
 
