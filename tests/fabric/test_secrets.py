@@ -138,3 +138,18 @@ def test_rekey_with_an_identity_that_cannot_decrypt_is_refused(cli, fabric, tmp_
     done = cli("secret", "rekey", "--identity", str(stranger), "--repo", str(fabric.root))
     assert done.code == 2 and "cannot decrypt it" in done.err
     assert (fabric.root / KEY).read_bytes() == before
+
+
+def test_an_incremental_render_picks_up_a_rekeyed_secret(cli, fabric, tmp_path):
+    from treadle.fabric import WorkTreeSource, render_fabric
+
+    n1, n2 = _ids(2)
+    _setup(fabric, n1, n2)
+    assert _encrypt(cli, fabric, tmp_path, "one\n").code == 0
+    first = render_fabric(WorkTreeSource(fabric.root))
+    assert first.ok, first.diagnostics
+    assert _encrypt(cli, fabric, tmp_path, "two\n").code == 0
+    again = render_fabric(WorkTreeSource(fabric.root), previous=first, changed_paths=[KEY])
+    for node in ("n1", "n2"):
+        res = next(r for r in again.nodes[node].manifest["resources"] if r["path"] == "/etc/munge/munge.key")
+        assert pyrage.decrypt(base64.b64decode(res["secret"]["age"]), [n1 if node == "n1" else n2]) == b"two\n"

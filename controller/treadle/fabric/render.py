@@ -49,7 +49,7 @@ from treadle.fabric.merge import trace
 from treadle.fabric.nodemanifest import BuildProblem, build_manifest, canonical_manifest
 from treadle.fabric.overlay import Chain, Overlays
 from treadle.fabric.pool import fork_map
-from treadle.fabric.secrets import Secret, read_secret, recipients_path
+from treadle.fabric.secrets import SECRET_DIR, Secret, read_secret, recipients_path
 from treadle.fabric.run import FabricRun, lifecycles, load_fabric, roles
 from treadle.fabric.source import Source
 from treadle.fabric.templates import ANY_TEMPLATE, TEMPLATE_DIR, Templates, TemplateProblem, feeds
@@ -211,14 +211,26 @@ def _select(run: FabricRun, overlays: Overlays, templates: Templates, scope: Sco
     if FABRIC_FILE in scope.paths:
         return None
     templates_touched = any(path.startswith(TEMPLATE_DIR) for path in scope.paths)
+    secrets_touched = any(path.startswith(SECRET_DIR) for path in scope.paths)
     selected = set(scope.names)
     for ref in run.layout.nodes:
         if ref.name in selected:
             continue
         chain = overlays.chain(ref)
-        if not chain.wanted.isdisjoint(scope.paths) or (templates_touched and _feeds(chain, templates, scope.paths)):
+        if not chain.wanted.isdisjoint(scope.paths) or (templates_touched and _feeds(chain, templates, scope.paths)) \
+                or (secrets_touched and _reads_secret(chain, scope.paths)):
             selected.add(ref.name)
     return frozenset(selected)
+
+
+def _reads_secret(chain: Chain, paths: frozenset[str]) -> bool:
+    """Whether one of the chain's files is a secret whose ciphertext or recipients list is among ``paths``."""
+    files = chain.merged.get("files")
+    for spec in files.values() if isinstance(files, dict) else ():
+        name = spec.get("secret") if isinstance(spec, dict) else None
+        if isinstance(name, str) and (name in paths or recipients_path(name) in paths):
+            return True
+    return False
 
 
 def _feeds(chain: Chain, templates: Templates, paths: frozenset[str]) -> bool:
