@@ -141,8 +141,8 @@ class Context:
         except pyrage.DecryptError as e:  # not one of our recipients, or a damaged file
             mine = identity.recipient(self.state_dir)
             raise HostError(f"{path}: the secret (ciphertext sha256 {secret['sha256'][:16]}) is not encrypted to "
-                            f"this node's identity {mine} (fix: add it to the secret's recipients, then "
-                            "treadle secret rekey)") from e
+                            f"this node's identity {mine}, or is damaged (fix: add the identity to the secret's "
+                            "recipients, then treadle secret rekey)") from e
         self._cache[key] = plain
         return plain
 
