@@ -34,7 +34,7 @@ class _Bytes:
 
 def _check(data: bytes) -> None:
     found = keyscan.scan(_Bytes(data))
-    lines = data.splitlines()
+    lines = data.split(b"\n")
     for d in found:
         assert 1 <= d.line <= len(lines) and d.code == "plaintext-key"
         assert "SECRET-KEY" not in d.message and "BEGIN" not in d.message

@@ -68,7 +68,7 @@ def parse_recipients(path: str, text: bytes) -> tuple[str, ...]:
     """The recipients of a recipients file, in order, without repeats."""
     out: list[str] = []
     try:
-        lines = text.decode("utf-8").splitlines()
+        lines = text.decode("utf-8").split("\n")  # lines as git and editors count them (not str.splitlines: \f, \x1c...)
     except UnicodeDecodeError as e:
         raise SecretFileError(path, 0, "not UTF-8 text", "one age1... recipient a line") from e
     for number, line in enumerate(lines, start=1):
