@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "treadle.commands.plan",
     "treadle.commands.schema",
     "treadle.commands.keys",
+    "treadle.commands.secret",
     "treadle.commands.controller",
     "treadle.commands.rollout",
     "treadle.commands.targets",

@@ -182,6 +182,7 @@ class Applier:
         if drift_policy not in ("heal", "report"):
             raise ConfigError(f"drift_policy {drift_policy!r}: use \"heal\" or \"report\"")
         self.root = Path(root)
+        self.state_dir = Path(state_dir)
         self.host = host
         self.heal = drift_policy == "heal"
         self.inventory = Inventory.load(Path(state_dir), read_only=read_only)
@@ -206,7 +207,7 @@ class Applier:
         with RootFS(self.root) as fs:
             ctx = Context(fs, self.host, self.inventory,
                           package_names=[r["name"] for r in resources if r["type"] == "package"],
-                          special_modes=tuple(manifest.metadata.get("special_modes") or ()))
+                          special_modes=tuple(manifest.metadata.get("special_modes") or ()), state_dir=self.state_dir)
             if not self._swept:
                 self._sweep(ctx, resources)
             self._remember_new(ctx, resources, plan)
@@ -241,7 +242,7 @@ class Applier:
         with RootFS(self.root) as fs:
             ctx = Context(fs, self.host, self.inventory,
                           package_names=[r["name"] for r in resources if r["type"] == "package"],
-                          special_modes=tuple(manifest.metadata.get("special_modes") or ()))
+                          special_modes=tuple(manifest.metadata.get("special_modes") or ()), state_dir=self.state_dir)
             for i in plan.order:
                 rid, res = plan.ids[i], resources[i]
                 if i in plan.errors:

@@ -3,6 +3,7 @@
     treadle-agent run   --config agent.toml [--log-format text|json] [--metrics-port-file PATH]
     treadle-agent once  --config agent.toml [--log-format text|json]
     treadle-agent check --config agent.toml [--offline] [--format text|json]
+    treadle-agent enroll --config agent.toml [--rotate]
 
 ``run`` cycles until SIGTERM or SIGINT and serves /metrics on
 ``metrics_listen``; with port 0 a free port is bound, logged
@@ -11,6 +12,9 @@ that file once the server listens (for tests and supervisors).
 ``once`` runs one cycle (for cron, or to try a config) and serves nothing.
 ``check`` says what a cycle would change and changes nothing (see check.py);
 it exits 0 when the node is in sync, 1 when it is not.
+``enroll`` creates the node's age identity in the state dir and prints its
+public part (see identity.py); it refuses (exit 2) when the node already has
+one, unless ``--rotate`` is given.
 The daemon checks each new envelope's signatures and schema, and a new or
 changed agent.toml against its schema, in short-lived child processes (see
 verify.py and config.py); ``once`` does both in-process.
@@ -47,6 +51,8 @@ _EXAMPLES = {
     "once": "example:\n  treadle-agent once --config /etc/treadle/agent.toml   # one cycle; exit 0 in sync and healthy",
     "check": "examples:\n  treadle-agent check --config /etc/treadle/agent.toml\n"
              "  treadle-agent check --config /etc/treadle/agent.toml --offline --format json",
+    "enroll": "examples:\n  treadle-agent enroll --config /etc/treadle/agent.toml   # prints age1..., for the node file\n"
+              "  treadle-agent enroll --config /etc/treadle/agent.toml --rotate",
 }
 
 
@@ -57,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"treadle-agent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, text in (("run", "cycle until stopped, serving /metrics"), ("once", "run one cycle and exit"),
-                       ("check", "show what a cycle would change, changing nothing (exit 0: in sync, 1: not)")):
+                       ("check", "show what a cycle would change, changing nothing (exit 0: in sync, 1: not)"),
+                       ("enroll", "create this node's age identity and print its public part (identity: in the node file)")):
         p = sub.add_parser(name, help=text, description=text, epilog=_EXAMPLES[name],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", required=True, type=Path, help="path of agent.toml")
@@ -67,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "check":
             p.add_argument("--offline", action="store_true", help="do not fetch: check the last manifest the agent accepted")
             p.add_argument("--format", choices=("text", "json"), default="text", help="the report on stdout")
+        if name == "enroll":
+            p.add_argument("--rotate", action="store_true",
+                           help="replace an existing identity (the old one is kept as identity.previous.age)")
     return parser
 
 
@@ -78,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(args.log_format)
     try:
         # The daemon checks agent.toml's schema in a child process, so jsonschema-rs never stays loaded.
-        config = agent_config.load(args.config, isolate_validation=args.command == "run", remember=args.command != "check")
+        config = agent_config.load(args.config, isolate_validation=args.command == "run",
+                                   remember=args.command not in ("check", "enroll"))
+        if args.command == "enroll":
+            return _enroll(config, rotate=args.rotate)
         if args.command == "check":
             return _check(config, args)
         return _run(config, args) if args.command == "run" else _once(config)
@@ -88,6 +101,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _enroll(config: AgentConfig, *, rotate: bool) -> int:
+    from treadle_agent.identity import enroll
+
+    done = enroll(config.state_dir, rotate=rotate)
+    if done.rotated_from:
+        print(f"treadle-agent: rotated: {done.rotated_from} replaced; the old identity is kept as "
+              "identity.previous.age until every secret is re-encrypted", file=sys.stderr)
+    print(f"treadle-agent: enrolled: record `identity: {done.recipient}` in this node's file, "
+          "then run `treadle secret rekey`", file=sys.stderr)
+    print(done.recipient)
+    return EXIT_OK
 
 
 def _once(config: AgentConfig) -> int:

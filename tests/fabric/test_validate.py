@@ -299,3 +299,62 @@ def test_rendered_manifest_carries_the_special_modes_policy_for_the_agent_only_w
     outcome = cli("render", str(fabric.root), "--node", "n1")
     assert outcome.code == 0, outcome
     assert json.loads(outcome.out)["metadata"]["special_modes"] == ["/usr/local/bin/*"]
+
+
+def _recipient() -> str:
+    import pyrage
+
+    return str(pyrage.x25519.Identity.generate().to_public())
+
+
+def test_a_node_identity_is_accepted_when_it_is_an_age_recipient(cli, fabric):
+    fabric.write(NODE1, f"kind: Node\naddress: 10.0.0.1\nidentity: {_recipient()}\n")
+    assert cli("validate", str(fabric.root)).code == 0
+
+
+def test_a_node_identity_that_is_not_an_age_recipient_is_located(cli, fabric):
+    fabric.write(NODE1, "kind: Node\naddress: 10.0.0.1\nidentity: AGE-SECRET-KEY-1QQQ\n")
+    assert f"{NODE1}:3:" in invalid(cli, fabric)
+
+
+def test_two_nodes_with_one_identity_are_reported_at_the_identity_lines(cli, fabric):
+    same = _recipient()
+    fabric.write(NODE1, f"kind: Node\naddress: 10.0.0.1\nidentity: {same}\n")
+    fabric.write("sites/s1/c1/nodes/n2.yaml", f"kind: Node\naddress: 10.0.0.2\n\nidentity: {same}\n")
+    err = invalid(cli, fabric)
+    assert f"{NODE1}:3:1: identity '{same}' is also used by sites/s1/c1/nodes/n2.yaml" in err
+    assert "sites/s1/c1/nodes/n2.yaml:4:1: identity" in err and "treadle-agent enroll" in err
+
+
+def _age_identity() -> str:
+    import pyrage
+
+    return str(pyrage.x25519.Identity.generate())
+
+
+def test_plaintext_private_keys_anywhere_in_the_repo_are_located_and_never_echoed(cli, fabric):
+    age_key = _age_identity()
+    fabric.write("files/munge.key", "# pasted by mistake\n" + age_key + "\n")
+    fabric.write("notes/tls.pem", "\n\n-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEI\n-----END EC PRIVATE KEY-----\n")
+    fabric.write("notes/ssh", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n")
+    fabric.write(NODE1, f"kind: Node\naddress: 10.0.0.1\ndata:\n  k: '  {age_key.lower()}'\n")
+    err = invalid(cli, fabric)
+    assert "files/munge.key:2:1: an age identity in plain text" in err
+    assert "notes/tls.pem:3:1: a PEM or OpenSSH private key in plain text" in err
+    assert "notes/ssh:1:1: a PEM or OpenSSH private key in plain text" in err
+    assert f"{NODE1}:4:" in err and "rotate the key" in err
+    assert age_key not in err and age_key.lower() not in err and "MHcCAQEEI" not in err
+
+
+def test_public_keys_and_mentions_of_key_formats_pass(cli, fabric):
+    fabric.write("files/README", "AGE-SECRET-KEY-1 lines and -----BEGIN PUBLIC KEY----- are fine\n")
+    fabric.write("files/cert.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert cli("validate", str(fabric.root)).code == 0
+
+
+def test_a_plaintext_key_is_refused_in_json_output_too(cli, fabric):
+    fabric.write("files/k", "-----BEGIN RSA PRIVATE KEY-----\n")
+    outcome = cli("validate", str(fabric.root), "--format", "json")
+    report = json.loads(outcome.out)
+    assert outcome.code == 1 and not report["ok"]
+    assert [(d["file"], d["line"], d["code"]) for d in report["diagnostics"]] == [("files/k", 1, "plaintext-key")]

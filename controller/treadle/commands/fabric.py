@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from treadle.errors import FabricError, UsageError
-from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, WorkTreeSource, explain, render_fabric
+from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, WorkTreeSource, explain, keyscan, render_fabric
 from treadle.fabric.source import Source
 
 _SKIP = {"__pycache__", "__init__.py"}
@@ -147,16 +147,18 @@ def _git_init(target: Path) -> bool:
 def cmd_validate(args: argparse.Namespace) -> int:
     cache = ParseCache()
     base = GitRevisionSource(args.repo, args.base) if args.base else None
-    result = render_fabric(_source(args.repo, args.rev), cache, base=base)
+    source = _source(args.repo, args.rev)
+    result = render_fabric(source, cache, base=base)
+    diagnostics = sorted({*result.diagnostics, *keyscan.scan(source)})
     if args.format == "json":
-        print(json.dumps({"ok": result.ok, "commit": result.commit, "nodes": len(result.nodes),
+        print(json.dumps({"ok": not diagnostics, "commit": result.commit, "nodes": len(result.nodes),
                           "unchecked": sorted(result.unchecked),
-                          "diagnostics": [d.as_dict() for d in result.diagnostics]}, indent=2))
-        return 0 if result.ok else 1
-    if not result.ok:
-        for d in result.diagnostics:
+                          "diagnostics": [d.as_dict() for d in diagnostics]}, indent=2))
+        return 0 if not diagnostics else 1
+    if diagnostics:
+        for d in diagnostics:
             print(d, file=sys.stderr)
-        print(f"invalid: {len(result.diagnostics)} problem(s); {len(result.nodes)} node(s) rendered and checked, "
+        print(f"invalid: {len(diagnostics)} problem(s); {len(result.nodes)} node(s) rendered and checked, "
               f"{len(result.unchecked)} not rendered because a file they use has errors", file=sys.stderr)
         return 1
     print(f"ok: {len(result.nodes)} nodes valid")

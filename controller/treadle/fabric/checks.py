@@ -145,6 +145,7 @@ class NodeFacts:
     #: False when the node file does not parse (or its lifecycle is not a string): ``lifecycle`` is then
     #: the default, not what the file says, and no transition is assumed from or to it.
     lifecycle_known: bool = True
+    identity: str | None = None  # the node's age recipient (identity:), when its file names one
 
 
 def check_fleet(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str] | None) -> list[Finding]:
@@ -154,7 +155,8 @@ def check_fleet(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Map
 
 def _duplicates(nodes: Sequence[NodeFacts]) -> list[Finding]:
     found = []
-    for field, keypath, code in (("name", (), "duplicate-node"), ("address", ("address",), "duplicate-address")):
+    for field, keypath, code in (("name", (), "duplicate-node"), ("address", ("address",), "duplicate-address"),
+                                 ("identity", ("identity",), "duplicate-identity")):
         groups: dict[str, list[NodeFacts]] = defaultdict(list)
         for n in nodes:
             value = getattr(n, field)
@@ -164,7 +166,9 @@ def _duplicates(nodes: Sequence[NodeFacts]) -> list[Finding]:
             for n in group if len(group) > 1 else ():
                 others = ", ".join(o.path for o in group if o is not n)
                 found.append(Finding(n.path, keypath, code, f"{field} {value!r} is also used by {others}",
-                                     "node names (file names) and addresses must be unique across the fabric"))
+                                     "node names (file names), addresses and identities must be unique across the fabric"
+                                     + (" (fix: run `treadle-agent enroll` on the node and record what it prints)"
+                                        if field == "identity" else "")))
     return found
 
 

@@ -27,7 +27,7 @@ from treadle.fabric.source import GitRevisionSource, Source, WorkTreeSource
 from treadle.fabric.yamlload import plain
 
 #: Top-level node fields that are the node file's alone (not merged).
-NODE_FIELDS = ("address", "lifecycle", "rollout", "agent", "description")
+NODE_FIELDS = ("address", "identity", "lifecycle", "rollout", "agent", "description")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ caused them; the renderer locates them in the overlay that set that path.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ from typing import Any
 from treadle_agent.manifest import API_VERSION, KIND, canonical_json
 
 from treadle.fabric.canonical import FILE_CLOSE, FILE_OPEN, KIND_KEY, MANIFEST_HEAD, encode_canonical, encode_str
+from treadle.fabric.secrets import Secret, SecretFileError, recipients_path
 from treadle.fabric.templates import TemplateProblem
 
 HEALTH_TYPES = ("tcp", "http", "service", "file", "command")
@@ -177,8 +179,13 @@ def build_manifest(
     render: Callable[[str], str],
     problems: list[BuildProblem],
     memo: Memo | None = None,
+    secret: Callable[[str], Secret] | None = None,
 ) -> dict[str, Any]:
     """The manifest of one node. ``render(template_name)`` renders a template for this node.
+
+    ``secret(name)`` reads a ciphertext and its recipients (raising
+    SecretFileError); a secret file is refused unless the node's ``identity``
+    is among its recipients.
 
     Resources are built in apply order (type, then key), which is
     ``sort_resources`` order by construction.
@@ -186,7 +193,7 @@ def build_manifest(
     memo = memo or Memo()
     parts = (
         memo.section("directories", body.get("directories") or _EMPTY, _directories, problems),
-        _files(body.get("files") or _EMPTY, render, problems, memo),
+        _files(body.get("files") or _EMPTY, render, problems, memo, secret, identity.get("identity")),
         memo.section("symlinks", body.get("symlinks") or _EMPTY, _symlinks, problems),
         memo.section("packages", body.get("packages") or _EMPTY, _packages, problems),
         memo.section("sysctl", body.get("sysctl") or _EMPTY, _sysctls, problems),
@@ -240,13 +247,50 @@ def _healths(section: Mapping[str, Any], problems: list[BuildProblem]) -> list[d
     return [h for n, s in sorted(section.items()) if (h := _health(n, s, problems)) is not None]
 
 
-def _files(section: Mapping[str, Any], render: Callable[[str], str], problems: list[BuildProblem], memo: Memo) -> list[dict[str, Any]]:
+def _files(section: Mapping[str, Any], render: Callable[[str], str], problems: list[BuildProblem], memo: Memo,
+           secret: Callable[[str], Secret] | None = None, node_identity: str | None = None) -> list[dict[str, Any]]:
     out = []
     for path, spec in sorted(section.items()):
+        if "secret" in spec and spec.get("ensure", "present") == "present":
+            resource = _secret_file(path, spec, secret, node_identity, problems)
+            out += [resource] if resource is not None else []
+            continue
         ok, content = _file_content(path, spec, render, problems)
         if ok:
             out.append(memo.file(path, spec, content))
     return out
+
+
+def _secret_file(path: str, spec: Mapping[str, Any], secret: Callable[[str], Secret] | None, node_identity: str | None,
+                 problems: list[BuildProblem]) -> dict[str, Any] | None:
+    """The resource of a secret file: the ciphertext, refused unless this node is one of its recipients."""
+    name, at = spec["secret"], ("files", path, "secret")
+    if "template" in spec or "content" in spec:
+        problems.append(BuildProblem(at, "file-content", f"file {path} has a secret and a template or content after merging",
+                                     "keep one: set the others to !delete in the overlay that overrides them"))
+        return None
+    if secret is None:
+        problems.append(BuildProblem(at, "secret", f"file {path}: secrets cannot be read here"))
+        return None
+    try:
+        found = secret(name)
+    except SecretFileError as e:
+        problems.append(BuildProblem(at, "secret", f"{e.path}:{max(e.line, 1)}: {e.message}", e.hint))
+        return None
+    if node_identity is None:
+        problems.append(BuildProblem(at, "secret", f"file {path} is a secret, and this node has no identity to decrypt it",
+                                     "run treadle-agent enroll on the node and record what it prints as identity: "
+                                     "in its node file, then treadle secret rekey"))
+        return None
+    if node_identity not in found.recipients:
+        problems.append(BuildProblem(at, "secret", f"{name} is not encrypted to this node's identity {node_identity} "
+                                     f"(not in {recipients_path(name)})", f"run treadle secret rekey {name}"))
+        return None
+    box = found.ciphertext
+    return {"type": "file", "path": path, "ensure": "present", "content": None, "sha256": None,
+            "secret": {"age": base64.b64encode(box).decode("ascii"), "sha256": hashlib.sha256(box).hexdigest()},
+            "mode": normalize_mode(spec.get("mode")) or "0600", "owner": spec.get("owner"), "group": spec.get("group"),
+            "notify": sorted(set(spec.get("notify") or [])), "requires": _requires(spec)}
 
 
 def _requires(spec: Mapping[str, Any]) -> list[str]:

@@ -49,6 +49,7 @@ from treadle.fabric.merge import trace
 from treadle.fabric.nodemanifest import BuildProblem, Memo, build_manifest, canonical_manifest
 from treadle.fabric.overlay import Chain, Overlays
 from treadle.fabric.pool import fork_map
+from treadle.fabric.secrets import SECRET_DIR, Secret, read_secret, recipients_path
 from treadle.fabric.run import FabricRun, lifecycles, load_fabric, roles
 from treadle.fabric.source import Source
 from treadle.fabric.templates import ANY_TEMPLATE, TEMPLATE_DIR, Templates, TemplateProblem, feeds
@@ -231,14 +232,26 @@ def _select(run: FabricRun, overlays: Overlays, templates: Templates, scope: Sco
     if FABRIC_FILE in scope.paths:
         return None
     templates_touched = any(path.startswith(TEMPLATE_DIR) for path in scope.paths)
+    secrets_touched = any(path.startswith(SECRET_DIR) for path in scope.paths)
     selected = set(scope.names)
     for ref in run.layout.nodes:
         if ref.name in selected:
             continue
         chain = overlays.chain(ref)
-        if not chain.wanted.isdisjoint(scope.paths) or (templates_touched and _feeds(chain, templates, scope.paths)):
+        if not chain.wanted.isdisjoint(scope.paths) or (templates_touched and _feeds(chain, templates, scope.paths)) \
+                or (secrets_touched and _reads_secret(chain, scope.paths)):
             selected.add(ref.name)
     return frozenset(selected)
+
+
+def _reads_secret(chain: Chain, paths: frozenset[str]) -> bool:
+    """Whether one of the chain's files is a secret whose ciphertext or recipients list is among ``paths``."""
+    files = chain.merged.get("files")
+    for spec in files.values() if isinstance(files, dict) else ():
+        name = spec.get("secret") if isinstance(spec, dict) else None
+        if isinstance(name, str) and (name in paths or recipients_path(name) in paths):
+            return True
+    return False
 
 
 def _feeds(chain: Chain, templates: Templates, paths: frozenset[str]) -> bool:
@@ -395,7 +408,7 @@ def _render_node(run: FabricRun, overlays: Overlays, templates: Templates, ref: 
     doc = entry[0]
     labels = chain.merged.get("labels") or _EMPTY
     identity = {"name": ref.name, "site": ref.site, "cluster": ref.cluster, "address": doc["address"],
-                "lifecycle": chain.lifecycle, "labels": labels, "commit": run.src.commit}
+                "lifecycle": chain.lifecycle, "labels": labels, "commit": run.src.commit, "identity": doc.get("identity")}
     context = {k: identity[k] for k in ("name", "site", "cluster", "address", "labels", "lifecycle")}
     data = chain.merged.get("data", _EMPTY)
     used: set[str] = set()
@@ -404,8 +417,13 @@ def _render_node(run: FabricRun, overlays: Overlays, templates: Templates, ref: 
         used.add(name)
         return templates.render(name, data, context)
 
+    def secret(name: str) -> Secret:
+        used_secrets.update((name, recipients_path(name)))
+        return read_secret(run.src, name)
+
+    used_secrets: set[str] = set()
     problems: list[BuildProblem] = []
-    manifest = build_manifest(identity, fabric.get("name", ""), chain.merged, render, problems, run.memo)
+    manifest = build_manifest(identity, fabric.get("name", ""), chain.merged, render, problems, run.memo, secret)
     special = (fabric.get("policy") or {}).get("special_modes") or ()
     problems += special_mode_problems(manifest["resources"], special)
     if special and has_special_modes(manifest["resources"]):  # the agent checks again; other manifests stay as they were
@@ -423,7 +441,7 @@ def _render_node(run: FabricRun, overlays: Overlays, templates: Templates, ref: 
                                     f"limits.max_rendered_bytes {run.limits.max_rendered_bytes}",
                                     "move large content out of the manifest, or raise limits.max_rendered_bytes in fabric.yaml"))
         return None
-    sources = set(chain.wanted)
+    sources = set(chain.wanted) | used_secrets
     for name in used:
         sources |= templates.dependencies(name)
     return RenderedNode(ref.name, ref.site, ref.cluster, doc["address"], chain.lifecycle, manifest["metadata"]["labels"],
@@ -542,3 +560,27 @@ def _deps(nodes: Iterable[RenderedNode]) -> dict[str, frozenset[str]]:
         for path in node.sources:
             index[path].add(node.name)
     return {path: frozenset(names) for path, names in index.items()}
+
+
+def secret_receivers(src: Source) -> tuple[dict[str, list[tuple[str, str | None]]], dict[str, Any]]:
+    """Which nodes receive each secret (``{name: [(node, identity or None)]}``), and fabric.yaml.
+
+    Read from the merged overlays alone, without rendering, so that it works
+    before the ciphertext exists (``treadle secret encrypt``). Nodes whose
+    overlays do not merge are left out; ``treadle validate`` reports them.
+    """
+    run = FabricRun(src, ParseCache())
+    fabric, fabric_tagged = load_fabric(run)
+    overlays = Overlays(run.layout, fabric, fabric_tagged, run.lookup)
+    out: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
+    for ref in run.layout.nodes:
+        entry = run.lookup(ref.path)
+        chain = overlays.chain(ref) if entry is not None else None
+        if chain is None or not chain.ok:
+            continue
+        node_identity = entry[0].get("identity")  # type: ignore[index]
+        for spec in (chain.merged.get("files") or _EMPTY).values():
+            if isinstance(spec, Mapping) and isinstance(spec.get("secret"), str) and spec.get("ensure", "present") == "present":
+                if (ref.name, node_identity) not in out[spec["secret"]]:
+                    out[spec["secret"]].append((ref.name, node_identity if isinstance(node_identity, str) else None))
+    return dict(out), plain(fabric)

@@ -123,7 +123,8 @@ class FabricRun:
             lifecycle = doc.get("lifecycle", DEFAULT_LIFECYCLE)
             known = readable and isinstance(lifecycle, str)
             state = lifecycle if known else DEFAULT_LIFECYCLE
-            facts.append(NodeFacts(ref.name, ref.site, ref.cluster, ref.path, address, state, known))
+            node_identity = doc.get("identity") if isinstance(doc.get("identity"), str) else None
+            facts.append(NodeFacts(ref.name, ref.site, ref.cluster, ref.path, address, state, known, node_identity))
         return facts
 
     def lookup(self, path: str) -> tuple[Any, bool] | None:

@@ -146,8 +146,13 @@ def resource_change(kind: str, key: str, before: Mapping[str, Any] | None, after
 
 
 def _field_lines(resource: Mapping[str, Any], skip: tuple[str, ...]) -> list[str]:
-    return [f"{json.dumps(k)}: {json.dumps(v, sort_keys=True, ensure_ascii=False)}\n"
+    return [f"{json.dumps(k)}: {json.dumps(_secret_digest(v) if k == 'secret' else v, sort_keys=True, ensure_ascii=False)}\n"
             for k, v in sorted(resource.items()) if k not in skip and k != "type"]
+
+
+def _secret_digest(secret: Any) -> Any:
+    """A secret file's field as a plan shows it: the ciphertext's digest, never the ciphertext (nor, of course, a plaintext)."""
+    return f"age ciphertext sha256 {secret['sha256']}" if isinstance(secret, Mapping) and "sha256" in secret else secret
 
 
 def _field_diff(kind: str, key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
@@ -186,6 +191,8 @@ def _summary(change: str, fields: tuple[str, ...], a: Mapping[str, Any], b: Mapp
             continue
         if f == "content":
             parts.append("content changed")
+        elif f == "secret" and isinstance(b.get(f), Mapping):
+            parts.append(f"secret changed (ciphertext sha256 {b[f]['sha256'][:16]})")
         elif _short(a.get(f)) and _short(b.get(f)):
             parts.append(f"{f} {_show(a.get(f))} -> {_show(b.get(f))}")
         else:

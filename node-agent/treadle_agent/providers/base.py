@@ -23,7 +23,11 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import base64
+import binascii
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from treadle_agent.errors import HostError
@@ -66,6 +70,8 @@ class Context:
     #: The run changed, created or removed something in a systemd unit directory: the service manager
     #: must reload before it starts, enables or restarts anything (see :meth:`reload_units`).
     units_changed: bool = False
+    #: Where the node's identity is (identity.py): secrets are decrypted with it.
+    state_dir: Path | None = None
     _packages: dict[str, PackageState] | None = None
     _uids: dict[str, int] = field(default_factory=dict)
     _gids: dict[str, int] = field(default_factory=dict)
@@ -113,6 +119,44 @@ class Context:
         if self.units_changed:
             self.host.services.daemon_reload()
             self.units_changed = False
+    def secret(self, res: Resource) -> bytes:
+        """The plaintext of a file resource's ``secret``, decrypted with the node's identity; kept for this run only.
+
+        The plaintext never goes into a message: errors name the path and the
+        ciphertext's digest.
+
+        Raises:
+            HostError: the ciphertext does not match its digest, the node has no
+                identity, or the secret is not encrypted to it.
+            StateError: the stored identity is unusable (identity.py).
+        """
+        import pyrage
+
+        from treadle_agent import identity
+
+        path, secret = res["path"], res["secret"]
+        key = f"secret:{secret['sha256']}"
+        if key in self._cache:
+            return self._cache[key]  # type: ignore[no-any-return]
+        try:
+            data = base64.b64decode(secret["age"], validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise HostError(f"{path}: the secret's ciphertext is not base64; refusing it") from e
+        if hashlib.sha256(data).hexdigest() != secret["sha256"]:
+            raise HostError(f"{path}: the secret's ciphertext does not match its sha256; refusing it")
+        if self.state_dir is None or not (identities := identity.load(self.state_dir)):
+            raise HostError(f"{path}: this node has no identity to decrypt its secret (ciphertext sha256 "
+                            f"{secret['sha256'][:16]}) (fix: treadle-agent enroll, record identity: in the node "
+                            "file, then treadle secret rekey)")
+        try:
+            plain = pyrage.decrypt(data, identities)
+        except pyrage.DecryptError as e:  # not one of our recipients, or a damaged file
+            mine = identity.recipient(self.state_dir)
+            raise HostError(f"{path}: the secret (ciphertext sha256 {secret['sha256'][:16]}) is not encrypted to "
+                            f"this node's identity {mine}, or is damaged (fix: add the identity to the secret's "
+                            "recipients, then treadle secret rekey)") from e
+        self._cache[key] = plain
+        return plain
 
     def cached(self, key: str, make: Any) -> Any:
         """A per-run memo (e.g. the parsed persistent sysctl file)."""

@@ -24,6 +24,9 @@ from treadle_agent.providers.base import (Context, Observed, Resource, check_sin
                                           ownership_diff, wanted_ids)
 from treadle_agent.providers.paths import split_path, temp_name
 
+#: The difference a secret file's content shows: never the content, only the ciphertext's digest.
+SECRET_DIFF = "secret changed"
+
 _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symlink", stat.S_IFREG: "a regular file"}
 
 
@@ -38,11 +41,25 @@ def desired_sha(res: Resource) -> str | None:
     return hashlib.sha256(res["content"].encode()).hexdigest()
 
 
+def secret_sha(res: Resource) -> str | None:
+    """The sha256 of a secret file's ciphertext (what the inventory and messages name), None for other files."""
+    secret = res.get("secret")
+    return secret["sha256"] if secret else None
+
+
 class FileProvider:
+    """Files; a ``secret`` file's content is decrypted at write time and compared by digest in memory.
+
+    For a secret, the inventory records the ciphertext's digest and the stat
+    data of the file written from it, never the plaintext nor its digest: a
+    file whose stat data changed is decrypted again and compared.
+    """
+
     type = "file"
 
     def want(self, res: Resource) -> list:
-        return [res["ensure"], desired_sha(res), res["mode"], res["owner"], res["group"]]
+        content = f"secret:{secret_sha(res)}" if res.get("secret") else desired_sha(res)
+        return [res["ensure"], content, res["mode"], res["owner"], res["group"]]
 
     def inspect(self, res: Resource, ctx: Context, entry: Entry | None) -> Observed:
         st = ctx.fs.lstat(res["path"])
@@ -54,7 +71,10 @@ class FileProvider:
             return Observed(f"is {kind(st)}, want a regular file", detail=st)
         diffs, record = [], None
         sha = desired_sha(res)
-        if sha is not None and not (entry is not None and entry.get("sha256") == sha and entry.get("stat") == stat_key(st)):
+        if res.get("secret"):
+            record, diff = self._inspect_secret(res, ctx, entry, st)
+            diffs += [diff] if diff else []
+        elif sha is not None and not (entry is not None and entry.get("sha256") == sha and entry.get("stat") == stat_key(st)):
             content = res["content"] or ""
             if st.st_size == len(content.encode()) and ctx.fs.sha256(res["path"]) == sha:
                 record = {"sha256": sha, "stat": stat_key(st)}
@@ -62,6 +82,16 @@ class FileProvider:
                 diffs.append("content differs")
         diffs += ownership_diff(st, res, ctx)
         return Observed("; ".join(diffs) or None, record=record, detail=st)
+
+    @staticmethod
+    def _inspect_secret(res: Resource, ctx: Context, entry: Entry | None, st: os.stat_result) -> tuple[Entry | None, str | None]:
+        csha = secret_sha(res)
+        if entry is not None and entry.get("secret_sha256") == csha and entry.get("stat") == stat_key(st):
+            return None, None
+        plain = ctx.secret(res)
+        if st.st_size == len(plain) and ctx.fs.sha256(res["path"]) == hashlib.sha256(plain).hexdigest():
+            return {"secret_sha256": csha, "stat": stat_key(st)}, None
+        return None, f"{SECRET_DIFF} (ciphertext sha256 {csha})"
 
     def repair(self, res: Resource, ctx: Context, observed: Observed) -> Entry:
         path, st = res["path"], observed.detail
@@ -71,7 +101,7 @@ class FileProvider:
             ctx.fs.unlink(path)
             return {}
         check_special_mode(res, ctx)
-        if st is None or not stat.S_ISREG(st.st_mode) or "content differs" in (observed.diff or ""):
+        if st is None or not stat.S_ISREG(st.st_mode) or any(d in (observed.diff or "") for d in ("content differs", SECRET_DIFF)):
             return self._write(res, ctx, st)
         f = ctx.fs.open_regular(path)
         try:
@@ -80,9 +110,18 @@ class FileProvider:
             new = os.fstat(f)
         finally:
             os.close(f)
+        if res.get("secret"):
+            return {"secret_sha256": secret_sha(res), "stat": stat_key(new)}
         return {"sha256": desired_sha(res), "stat": stat_key(new)}
 
     def _write(self, res: Resource, ctx: Context, st: os.stat_result | None) -> Entry:
+        if res.get("secret"):
+            data = ctx.secret(res)
+            regular = st is not None and stat.S_ISREG(st.st_mode)
+            uid, gid = wanted_ids(res, ctx, st if regular else None)
+            mode = int(res["mode"], 8) if res["mode"] is not None else 0o600  # never readable by others unless asked
+            new = ctx.fs.write_atomic(res["path"], data, mode=mode, uid=uid, gid=gid)
+            return {"secret_sha256": secret_sha(res), "stat": stat_key(new), "created": st is None}
         data = (res["content"] or "").encode()
         sha = hashlib.sha256(data).hexdigest()
         if res["sha256"] is not None and sha != res["sha256"]:

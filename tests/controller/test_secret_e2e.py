@@ -1,0 +1,78 @@
+"""A secret file from the fabric repository to one node, through a real controller and a real agent.
+
+The plaintext marker must reach the node's file and nothing else: not the
+repository, the controller's log, state, publish store or metrics, nor the
+agent's output and state.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from treadle_agent.trust import trust_root_document
+
+MARKER = "PLAINTEXT-MARKER-e2e-3c7d"
+
+
+def _agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "treadle_agent.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def agent_config(tmp_path: Path, node: str, url: str, trust_root_file: Path) -> Path:
+    """As in test_agents_e2e.py: an agent applying into a temp root, no package or service manager."""
+    d = tmp_path / "agents" / node
+    (d / "root").mkdir(parents=True)
+    (d / "proc-sys").mkdir()
+    config = d / "agent.toml"
+    config.write_text(
+        f'node = "{node}"\nmanifest_urls = ["{url}/v1/nodes/{{node}}/manifest"]\ntrust_root = "{trust_root_file}"\n'
+        f'state_dir = "{d / "state"}"\nroot = "{d / "root"}"\npackage_manager = "none"\nservice_manager = "none"\n'
+        f'proc_sys = "{d / "proc-sys"}"\nretries = 0\n')
+    return config
+
+
+def _tree_bytes(top: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(top.rglob("*")) if p.is_file() and not p.is_symlink())
+
+
+def test_a_secret_reaches_its_node_and_nothing_else_sees_it(make_fabric, start_controller, signing_key: Path,
+                                                            tmp_path: Path) -> None:
+    from treadle.cli import main as treadle
+    from treadle_agent.envelope import load_signer
+
+    repo, fabric = make_fabric(1, 1, 2)
+    key = load_signer(str(signing_key)).public_key
+    trust_file = tmp_path / "trust-root.json"
+    trust_file.write_bytes(trust_root_document({key.keyid: key.to_dict()}, 1))
+    ctl = start_controller(str(repo.bare))
+    ctl.wait_deployed(fabric.commit)
+    a = fabric.nodes[0]
+    config = agent_config(tmp_path, a.name, ctl.url, trust_file)
+    enrolled = _agent("enroll", "--config", str(config))
+    assert enrolled.returncode == 0, enrolled.stderr
+    a.path.write_text(a.path.read_text() + f"identity: {enrolled.stdout.strip()}\n"
+                      "files:\n  /etc/munge/munge.key: {secret: secrets/munge.key.age, mode: \"0400\"}\n")
+    plain = tmp_path / "munge.key"
+    plain.write_text(f"{MARKER}\n")
+    assert treadle(["secret", "encrypt", "munge.key", "--in", str(plain), "--repo", str(repo.work)]) == 0
+    plain.unlink()
+    head = repo.commit_and_push("deliver the munge key")
+    ctl.wait_deployed(head)
+
+    applied = _agent("once", "--config", str(config), "--log-format", "json")
+    assert applied.returncode in (0, 1), applied.stderr  # 1: the fabric's health checks fail in a temp root
+    written = config.parent / "root/etc/munge/munge.key"
+    assert written.read_text() == f"{MARKER}\n" and written.stat().st_mode & 0o777 == 0o400
+    checked = _agent("check", "--config", str(config), "--offline", "--format", "json")
+
+    metrics = httpx.get(f"{ctl.url}/metrics", timeout=10).content
+    marker = MARKER.encode()
+    assert marker not in _tree_bytes(repo.bare) and marker not in _tree_bytes(repo.work)
+    assert marker not in _tree_bytes(tmp_path / "controller")  # log, state, publish store
+    assert marker not in metrics
+    assert MARKER not in applied.stdout + applied.stderr + checked.stdout + checked.stderr
+    assert marker not in _tree_bytes(config.parent / "state")
