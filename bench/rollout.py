@@ -57,7 +57,8 @@ class StubExecutor:
 
         self.policy = policy
         self.generation = dict.fromkeys(nodes, 1)
-        self._targets = {n: Target(n, f"10.{i // 65536}.{i // 256 % 256}.{i % 256}") for i, n in enumerate(nodes)}
+        # Loopback addresses: the fake health source never contacts them, and nothing here may leave 127/8.
+        self._targets = {n: Target(n, f"127.{16 + i // 65536}.{i // 256 % 256}.{i % 256}") for i, n in enumerate(nodes)}
 
     def rollout_policy(self, commit: str) -> Any:
         return self.policy
