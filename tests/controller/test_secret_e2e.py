@@ -15,24 +15,13 @@ import httpx
 
 from treadle_agent.trust import trust_root_document
 
+from .test_agents_e2e import agent_config
+
 MARKER = "PLAINTEXT-MARKER-e2e-3c7d"
 
 
 def _agent(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "treadle_agent.cli", *args], capture_output=True, text=True, timeout=60)
-
-
-def agent_config(tmp_path: Path, node: str, url: str, trust_root_file: Path) -> Path:
-    """As in test_agents_e2e.py: an agent applying into a temp root, no package or service manager."""
-    d = tmp_path / "agents" / node
-    (d / "root").mkdir(parents=True)
-    (d / "proc-sys").mkdir()
-    config = d / "agent.toml"
-    config.write_text(
-        f'node = "{node}"\nmanifest_urls = ["{url}/v1/nodes/{{node}}/manifest"]\ntrust_root = "{trust_root_file}"\n'
-        f'state_dir = "{d / "state"}"\nroot = "{d / "root"}"\npackage_manager = "none"\nservice_manager = "none"\n'
-        f'proc_sys = "{d / "proc-sys"}"\nretries = 0\n')
-    return config
 
 
 def _tree_bytes(top: Path) -> bytes:
