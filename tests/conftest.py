@@ -9,8 +9,11 @@ tests keep finding things (each find goes into the test's regression corpus); `T
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -24,3 +27,16 @@ for key, value in {
     "GIT_COMMITTER_EMAIL": "test@treadle.invalid",
 }.items():
     os.environ.setdefault(key, value)
+
+
+@pytest.fixture
+def stream():
+    """A stream to log into (the log tests of both programs); the loggers' set-up is put back afterwards
+    (caplog elsewhere relies on propagation)."""
+    loggers = [logging.getLogger(n) for n in ("", "treadle_agent", "treadle", "httpx", "httpcore")]
+    saved = [(list(lg.handlers), lg.propagate, lg.level) for lg in loggers]
+    yield io.StringIO()
+    for lg, (handlers, propagate, level) in zip(loggers, saved, strict=True):
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
+        lg.setLevel(level)

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 
 import pytest
 
 from treadle_agent import log
 
-
-@pytest.fixture
-def stream():
-    """A stream to log into; the logger's set-up is put back afterwards (caplog elsewhere relies on propagation)."""
-    loggers = [logging.getLogger(n) for n in ("", "treadle_agent", "treadle", "httpx", "httpcore")]
-    saved = [(list(lg.handlers), lg.propagate, lg.level) for lg in loggers]
-    yield io.StringIO()
-    for lg, (handlers, propagate, level) in zip(loggers, saved, strict=True):
-        lg.handlers[:] = handlers
-        lg.propagate = propagate
-        lg.setLevel(level)
 
 
 def test_text_lines_quote_values_with_spaces(stream):

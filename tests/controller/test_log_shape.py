@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import socket
@@ -11,23 +10,12 @@ import sys
 from pathlib import Path
 
 import anyio
-import pytest
 
 from treadle import log as controller_log
 from treadle_agent import log as agent_log
 
 KEYS = ["ts", "level", "logger", "event"]
 
-
-@pytest.fixture
-def stream():
-    loggers = [logging.getLogger(n) for n in ("", "treadle_agent", "treadle", "httpx", "httpcore")]
-    saved = [(list(lg.handlers), lg.propagate, lg.level) for lg in loggers]
-    yield io.StringIO()
-    for lg, (handlers, propagate, level) in zip(loggers, saved, strict=True):
-        lg.handlers[:] = handlers
-        lg.propagate = propagate
-        lg.setLevel(level)
 
 
 def test_controller_agent_and_plain_logging_lines_share_one_json_shape(stream) -> None:
