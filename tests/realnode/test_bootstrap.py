@@ -152,8 +152,10 @@ def test_a_secret_encrypted_to_the_printed_identity_is_delivered_and_seen_nowher
     fleet, name = boot.fleet, boot.name
     recipient = IDENTITY_LINE.search(boot.first_run.stdout).group(1)  # type: ignore[union-attr]
     node_file = fleet.work / "sites" / "s1" / "c1" / "nodes" / f"{name}.yaml"
-    node_file.write_text(node_file.read_text() + f"identity: {recipient}\n"
-                         "files:\n  /etc/munge/munge.key: {secret: secrets/munge.key.age}\n")
+    text = node_file.read_text()
+    assert "\nfiles: {" in text  # the canary marker file (rollout_fleet.write_fabric): the secret goes beside it
+    node_file.write_text(text.replace("\nfiles: {", "\nfiles: {/etc/munge/munge.key: {secret: secrets/munge.key.age}, ")
+                         + f"identity: {recipient}\n")
     plain = tmp_path / "munge.key"
     plain.write_text(f"{MARKER}\n")
     encrypted = treadle("secret", "encrypt", "munge.key", "--in", str(plain), "--repo", str(fleet.work))
