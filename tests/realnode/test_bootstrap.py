@@ -13,6 +13,7 @@ journal, `treadle-agent check` or `treadle plan`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
@@ -74,16 +75,17 @@ def treadle(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PY, "-m", "treadle.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def boot(tmp_path_factory: pytest.TempPathFactory, realnode_cache: tuple[Path, Path],
-         realnode_keys: Path) -> Iterator[Bootstrapped]:
-    """A fresh node and a controller; the node runs the bootstrap script once."""
-    tarball, wheelhouse = realnode_cache
+@contextlib.contextmanager
+def fresh_node(tmp_path_factory: pytest.TempPathFactory, cache: tuple[Path, Path], keys: Path,
+               fmt: str) -> Iterator[tuple[realnode.Node, Fleet, str, str]]:
+    """A pristine node with the wheelhouse copied in, a controller publishing its manifest, and
+    `treadle bootstrap`'s output for it in ``fmt``: (node, fleet, its name, the output)."""
+    tarball, wheelhouse = cache
     index = _free_index()
     name = f"rn{index}"
     work = tmp_path_factory.mktemp(f"bootstrap-rn{index}")
     node = realnode.make_node(name, index, work / "node", tarball)
-    fleet = Fleet(work / "fleet", realnode_keys, [NodeSpec(name, "s1", "c1", node.address, METRICS_PORT, canary=True)],
+    fleet = Fleet(work / "fleet", keys, [NodeSpec(name, "s1", "c1", node.address, METRICS_PORT, canary=True)],
                   controller_toml_extra='[health]\nsource = "scrape"\nscrape_timeout_s = 1\ninterval_s = 1\n')
     try:
         assert not node.path("/opt/treadle").exists() and not node.path("/etc/treadle").exists()
@@ -92,18 +94,26 @@ def boot(tmp_path_factory: pytest.TempPathFactory, realnode_cache: tuple[Path, P
         port = int(fleet.url.rpartition(":")[2])
         url = f"http://{node.forward(port, ('127.0.0.1', port))}"
         shutil.copytree(wheelhouse, node.path(WHEELHOUSE))
-        made = treadle("bootstrap", str(fleet.work), name, "--rev", "main",
+        made = treadle("bootstrap", str(fleet.work), name, "--rev", "main", "--format", fmt,
                        "--manifest-url", f"{url}/v1/nodes/{{node}}/manifest",
-                       "--trust-root", str(realnode_keys / "trust-root.json"), "--wheelhouse", WHEELHOUSE)
+                       "--trust-root", str(keys / "trust-root.json"), "--wheelhouse", WHEELHOUSE)
         assert made.returncode == 0, made.stderr
-        node.path(SCRIPT).write_text(made.stdout)
         manifest = fleet.workdir / "controller" / "publish" / "nodes" / name / "manifest"
         fleet.wait(manifest.exists, 120, "the first publication")
-        first = node.run(["sh", SCRIPT], check=False, timeout=900)
-        yield Bootstrapped(node, fleet, name, made.stdout, first)
+        yield node, fleet, name, made.stdout
     finally:
         fleet.stop()
         node.shutdown()
+
+
+@pytest.fixture(scope="module")
+def boot(tmp_path_factory: pytest.TempPathFactory, realnode_cache: tuple[Path, Path],
+         realnode_keys: Path) -> Iterator[Bootstrapped]:
+    """A fresh node and a controller; the node runs the bootstrap script once."""
+    with fresh_node(tmp_path_factory, realnode_cache, realnode_keys, "shell") as (node, fleet, name, script):
+        node.path(SCRIPT).write_text(script)
+        first = node.run(["sh", SCRIPT], check=False, timeout=900)
+        yield Bootstrapped(node, fleet, name, script, first)
 
 
 def test_the_script_installs_pins_enrols_and_starts_the_agent_which_converges(boot: Bootstrapped,
@@ -186,3 +196,34 @@ def test_a_secret_encrypted_to_the_printed_identity_is_delivered_and_seen_nowher
     assert marker not in stored and marker not in logs
     for text in (boot.metrics(), check.stdout + check.stderr, plan.stdout + plan.stderr, journal):
         assert MARKER not in text
+
+
+def test_the_cloud_init_user_data_bootstraps_a_node_under_cloud_init(tmp_path_factory: pytest.TempPathFactory,
+                                                                      realnode_cache: tuple[Path, Path],
+                                                                      realnode_keys: Path) -> None:
+    """Debian's cloud-init, from a NoCloud seed, runs the user-data's stages on a fresh node: the same script
+    is written, run once, and the agent converges the node."""
+    with fresh_node(tmp_path_factory, realnode_cache, realnode_keys, "cloud-init") as (node, fleet, name, user_data):
+        node.sh("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+                "cloud-init", timeout=900)
+        # A container has no datasource to find and its network is the test's: NoCloud from the seed
+        # directory, cloud-init leaves the network alone, and it runs the modules the user-data uses
+        # (a minbase tree has no locales, which the default locale module would fail on).
+        node.path("/etc/cloud/cloud.cfg.d/99-treadle-test.cfg").write_text(
+            "datasource_list: [NoCloud]\nnetwork: {config: disabled}\ncloud_init_modules: [write_files]\n"
+            "cloud_config_modules: [runcmd]\ncloud_final_modules: [scripts_user]\n")
+        seed = node.path("/var/lib/cloud/seed/nocloud")
+        seed.mkdir(parents=True, exist_ok=True)
+        (seed / "meta-data").write_text(f"instance-id: {name}\nlocal-hostname: {name}\n")
+        (seed / "user-data").write_text(user_data)
+        for stage in (["init", "--local"], ["init"], ["modules", "--mode=config"], ["modules", "--mode=final"]):
+            node.run(["cloud-init", *stage], timeout=900)
+        output = node.path("/var/log/cloud-init-output.log").read_text()
+        assert IDENTITY_LINE.search(output), output[-3000:]
+        script = node.path("/usr/local/sbin/treadle-bootstrap")
+        assert script.stat().st_mode & 0o777 == 0o700 and script.read_text().startswith("#!/bin/sh\n")
+        assert node.path("/etc/treadle/trust-root.json").read_bytes() == (realnode_keys / "trust-root.json").read_bytes()
+        booted = Bootstrapped(node, fleet, name, script.read_text(), subprocess.CompletedProcess([], 0, output, ""))
+        assert booted.sh("systemctl is-enabled treadle-agent") == "enabled"
+        booted.wait_applied(fleet.published_generation(name))
+        assert node.path("/etc/app.conf").read_text() == "v1\n"
