@@ -171,10 +171,13 @@ def test_pip_gets_each_source_as_one_argument(capsys, fabric, tmp_path: Path) ->
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(unit=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=200),
-       name=st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,20}\Z"))
-def test_any_unit_text_and_node_name_reach_the_node_exactly(unit: str, name: str) -> None:
-    sources = Sources((URL,), b'{"keys":{}, "threshold":1}\n', "/w", None, unit)
+       name=st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,20}\Z"),
+       wheelhouse=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0\n\r"), min_size=1,
+                          max_size=40))
+def test_any_unit_text_node_name_and_source_reach_the_node_exactly(unit: str, name: str, wheelhouse: str) -> None:
+    sources = Sources((URL,), b'{"keys":{}, "threshold":1}\n', wheelhouse, None, unit)
     script = shell_script(NodeFacts(name, f"sites/s/c/nodes/{name}.yaml", 9731, "f", "work tree"), sources)
+    assert subprocess.run(["sh", "-n"], input=script.encode(), capture_output=True).returncode == 0
     assert sh_value(script, "AGENT_UNIT") == unit
     assert sh_value(script, "NODE") == name
     assert tomllib.loads(sh_value(script, "AGENT_TOML"))["node"] == name
@@ -196,6 +199,12 @@ def test_all_writes_a_script_and_a_user_data_for_every_node_but_the_retired(caps
     assert code == 2 and "retired" in err
 
 
+def test_one_node_with_out_writes_both_forms(capsys, fabric, tmp_path: Path) -> None:
+    code, _, err = bootstrap(capsys, fabric, "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{NODE}.cloud-init.yaml", f"{NODE}.sh"]
+
+
 def test_an_unknown_node_exits_2_and_says_how_to_find_the_names(capsys, fabric) -> None:
     code, out, err = bootstrap(capsys, fabric, node="batch-999")
     assert code == 2 and out == ""
@@ -204,6 +213,7 @@ def test_an_unknown_node_exits_2_and_says_how_to_find_the_names(capsys, fabric) 
 
 @pytest.mark.parametrize("args, says", [
     (["--manifest-url", "ftp://x/{node}"], "--manifest-url 'ftp://x/{node}'"),
+    (["--manifest-url", "http://[::1/{node}"], "not an absolute http(s) URL"),
     (["--agent-unit", "/nonexistent/treadle-agent.service"], "--agent-unit"),
     (["--all"], "--all needs --out"),
 ])

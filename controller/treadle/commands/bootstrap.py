@@ -174,15 +174,17 @@ def load_sources(args: argparse.Namespace) -> Sources:
         raise UsageError(f"--trust-root {args.trust_root}: cannot read: {e.strerror}") from e
     try:
         TrustRoot.from_bytes(trust, str(args.trust_root)).check_keys()
-        trust.decode("utf-8")
-    except ConfigError as e:
+        trust.decode("utf-8")  # parse_json accepted it, so it is; the script embeds it as text
+    except (ConfigError, UnicodeDecodeError) as e:
         raise UsageError(f"--trust-root {e}") from e
     unit_file = args.agent_unit or CHECKOUT_UNIT
     try:
         unit = unit_file.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"{unit_file}: cannot read the agent's unit: {e.strerror} (fix: --agent-unit "
-                         "systemd/treadle-agent.service from Treadle's source release)") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{unit_file}: cannot read the agent's unit: {getattr(e, 'strerror', None) or e} "
+                         "(fix: --agent-unit systemd/treadle-agent.service from Treadle's source release)") from e
+    if "\0" in unit:
+        raise UsageError(f"{unit_file}: a NUL byte in the agent's unit (fix: --agent-unit with the real unit file)")
     for what, value in (("--wheelhouse", args.wheelhouse), ("--agent-wheel", args.agent_wheel)):
         if value is not None and (not value or any(c in value for c in "\0\n\r")):
             raise UsageError(f"{what} {value!r}: give a path on the node or a URL")
@@ -191,13 +193,13 @@ def load_sources(args: argparse.Namespace) -> Sources:
 
 def _check_url(url: str) -> str:
     """``url`` when the agent will accept it (absolute http or https, a host, no whitespace)."""
-    parts = urllib.parse.urlsplit(url)
     try:
+        parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError on a bad port)
-        bad_port = False
     except ValueError:
-        bad_port = True
-    if parts.scheme not in ("http", "https") or not parts.hostname or bad_port or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url)):
         raise UsageError(f"--manifest-url {url!r}: not an absolute http(s) URL with a host "
                          "(fix: e.g. https://treadle.example.org/v1/nodes/{node}/manifest)")
     return url
@@ -264,7 +266,7 @@ def _pip_args(sources: Sources) -> list[str]:
 def shell_script(facts: NodeFacts, sources: Sources) -> str:
     """The node's bootstrap as a POSIX shell script (module docstring); every value is shell-quoted."""
     q = shlex.quote
-    source = sources.agent_wheel or sources.wheelhouse or ""
+    source = _printable(sources.agent_wheel or sources.wheelhouse or "")
     header = (
         "#!/bin/sh\n"
         "# shellcheck disable=SC2016  # single-quoted values are literal text on purpose\n"
@@ -403,6 +405,11 @@ def cloud_config(facts: NodeFacts, script: str) -> str:
             f"# `treadle bootstrap`: cloud-init writes the script to {SCRIPT_PATH} and runs it once.\n"
             "# Its output, with the node's identity: line, is in /var/log/cloud-init-output.log.\n"
             + buf.getvalue())
+
+
+def _printable(text: str) -> str:
+    """``text`` for a comment line of the script: a line break or control character there would end the comment."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _write(path: Path, text: str, mode: int) -> None:
