@@ -239,3 +239,21 @@ def test_an_invalid_fabric_exits_1_with_its_problems(capsys, fabric, tmp_path: P
     (repo / "sites/meyrin/batch/nodes/batch-001.yaml").write_text("kind: Node\naddress: [\n")
     code, out, err = bootstrap(capsys, (repo, fabric[1]))
     assert code == 1 and out == "" and "batch-001.yaml" in err
+
+
+def test_a_new_node_with_a_secret_it_cannot_decrypt_yet_is_bootstrapped_with_a_note(capsys, fabric,
+                                                                                    tmp_path: Path) -> None:
+    """Enrolment is the fix of that problem, so it does not stop the bootstrap (it stops validate)."""
+    repo = tmp_path / "fabric"
+    shutil.copytree(fabric[0], repo)
+    node_file = repo / NODE_FILE
+    node_file.write_text(node_file.read_text() + "files:\n  /etc/munge/munge.key: {secret: secrets/munge.key.age}\n")
+    assert treadle(["validate", str(repo)]) == 1
+    code, script, err = bootstrap(capsys, (repo, fabric[1]))
+    assert code == 0, err
+    assert "note:" in err and "munge.key" in err and "treadle secret" in err
+    assert sh_value(script, "NODE") == NODE
+    # Any other problem still refuses, and every problem is printed.
+    (repo / "sites/meyrin/batch/nodes/batch-001.yaml").write_text("kind: Node\naddress: [\n")
+    code, script, err = bootstrap(capsys, (repo, fabric[1]))
+    assert code == 1 and script == "" and "batch-001.yaml" in err and "munge.key" in err

@@ -75,11 +75,24 @@ def treadle(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PY, "-m", "treadle.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+def add_secret(fleet: Fleet, name: str) -> Path:
+    """Give the node /etc/munge/munge.key from secrets/munge.key.age, in the work tree; its node file."""
+    node_file = fleet.work / "sites" / "s1" / "c1" / "nodes" / f"{name}.yaml"
+    text = node_file.read_text()
+    assert "\nfiles: {" in text  # the canary marker file (rollout_fleet.write_fabric): the secret goes beside it
+    node_file.write_text(text.replace("\nfiles: {", "\nfiles: {/etc/munge/munge.key: {secret: secrets/munge.key.age}, "))
+    return node_file
+
+
 @contextlib.contextmanager
 def fresh_node(tmp_path_factory: pytest.TempPathFactory, cache: tuple[Path, Path], keys: Path,
                fmt: str) -> Iterator[tuple[realnode.Node, Fleet, str, str]]:
     """A pristine node with the wheelhouse copied in, a controller publishing its manifest, and
-    `treadle bootstrap`'s output for it in ``fmt``: (node, fleet, its name, the output)."""
+    `treadle bootstrap`'s output for it in ``fmt``: (node, fleet, its name, the output).
+
+    The shell script is made as an admin makes it for a new node that is to receive a secret: from
+    the work tree, where the node file already names the secret it cannot decrypt yet (so the fabric
+    cannot be committed: no identity). The user-data is made from the committed revision."""
     tarball, wheelhouse = cache
     index = _free_index()
     name = f"rn{index}"
@@ -94,10 +107,14 @@ def fresh_node(tmp_path_factory: pytest.TempPathFactory, cache: tuple[Path, Path
         port = int(fleet.url.rpartition(":")[2])
         url = f"http://{node.forward(port, ('127.0.0.1', port))}"
         shutil.copytree(wheelhouse, node.path(WHEELHOUSE))
-        made = treadle("bootstrap", str(fleet.work), name, "--rev", "main", "--format", fmt,
-                       "--manifest-url", f"{url}/v1/nodes/{{node}}/manifest",
+        if fmt == "shell":
+            add_secret(fleet, name)
+            assert treadle("validate", str(fleet.work)).returncode == 1
+        made = treadle("bootstrap", str(fleet.work), name, *(["--rev", "main"] if fmt != "shell" else []),
+                       "--format", fmt, "--manifest-url", f"{url}/v1/nodes/{{node}}/manifest",
                        "--trust-root", str(keys / "trust-root.json"), "--wheelhouse", WHEELHOUSE)
         assert made.returncode == 0, made.stderr
+        assert ("munge.key" in made.stderr) == (fmt == "shell")  # the note on the secret it cannot decrypt yet
         manifest = fleet.workdir / "controller" / "publish" / "nodes" / name / "manifest"
         fleet.wait(manifest.exists, 120, "the first publication")
         yield node, fleet, name, made.stdout
@@ -162,10 +179,8 @@ def test_a_secret_encrypted_to_the_printed_identity_is_delivered_and_seen_nowher
     fleet, name = boot.fleet, boot.name
     recipient = IDENTITY_LINE.search(boot.first_run.stdout).group(1)  # type: ignore[union-attr]
     node_file = fleet.work / "sites" / "s1" / "c1" / "nodes" / f"{name}.yaml"
-    text = node_file.read_text()
-    assert "\nfiles: {" in text  # the canary marker file (rollout_fleet.write_fabric): the secret goes beside it
-    node_file.write_text(text.replace("\nfiles: {", "\nfiles: {/etc/munge/munge.key: {secret: secrets/munge.key.age}, ")
-                         + f"identity: {recipient}\n")
+    assert "munge.key" in node_file.read_text()  # written before the bootstrap (fresh_node)
+    node_file.write_text(node_file.read_text() + f"identity: {recipient}\n")
     plain = tmp_path / "munge.key"
     plain.write_text(f"{MARKER}\n")
     encrypted = treadle("secret", "encrypt", "munge.key", "--in", str(plain), "--repo", str(fleet.work))

@@ -29,6 +29,12 @@ still alter what it installs, so serve it like the installer itself (HTTPS,
 the install network); the pinned digest catches a damaged copy and lets an
 admin check a copy (``sh SCRIPT --verify``) against the trust root they hold.
 
+A new node whose profiles deliver secrets makes the fabric invalid until it
+is enrolled (a receiving node must have an identity), so such problems are
+printed as a note and do not stop a bootstrap (ENROLMENT_CODES): the node
+file is written, the node bootstrapped from the work tree, its identity
+recorded and the secrets rekeyed, and then it is committed.
+
 Exit codes (DESIGN.md): 0 written; 1 the fabric is invalid (every problem
 printed); 2 usage or environment error (an unknown or retired node, a bad
 trust root file, an unusable URL, no agent unit file).
@@ -205,39 +211,57 @@ def _check_url(url: str) -> str:
     return url
 
 
+#: Problems a bootstrap goes ahead despite: a node's secret files it cannot decrypt yet. The enrolment the
+#: script does is their fix (identity:, then `treadle secret rekey`), so a new node whose profiles deliver
+#: secrets is bootstrapped from the work tree before its node file can be committed.
+ENROLMENT_CODES = frozenset({"secret"})
+
+
 def node_facts(repo: str, rev: str | None, node: str | None) -> list[NodeFacts]:
-    """The facts of ``node`` (or of every node not retired when None), from the rendered fabric.
+    """The facts of ``node`` (or of every node not retired when None), from its node file in the fabric.
+
+    The whole fabric is rendered and checked; problems of secret files
+    (ENROLMENT_CODES) are printed as a note, any other problem refuses.
 
     Raises:
-        FabricError: the fabric is invalid.
+        FabricError: the fabric is invalid (every problem).
         UsageError: no such node, or it is retired.
     """
     from treadle.fabric import GitRevisionSource, ParseCache, WorkTreeSource, render_fabric
-    from treadle.fabric.nodefile import node_path, node_settings
+    from treadle.fabric.layout import classify
+    from treadle.fabric.nodefile import node_settings
 
     src = GitRevisionSource(repo, rev) if rev else WorkTreeSource(repo)
     cache = ParseCache()
     result = render_fabric(src, cache)
-    if not result.ok:
+    if any(d.code not in ENROLMENT_CODES for d in result.diagnostics):
         raise FabricError(result.diagnostics)
+    for d in result.diagnostics:
+        print(f"treadle: note: {d}", file=sys.stderr)
+    if result.diagnostics:
+        print(f"treadle: note: the fabric cannot be deployed until these {len(result.diagnostics)} secret "
+              "problem(s) are fixed: record the identity: the script prints in the node file, then "
+              "`treadle secret encrypt` (a new secret) or `treadle secret rekey`, and commit",
+              file=sys.stderr)
+    refs = {ref.name: ref for ref in classify(src.entries()).nodes}
     if node is not None:
-        found = result.nodes.get(node)
-        if found is None:
-            names = sorted(result.nodes)
+        if node not in refs:
+            names = sorted(refs)
             raise UsageError(f"{repo}: no node {node!r} in the fabric{f' at {rev}' if rev else ''} "
                              f"({len(names)} nodes, e.g. {', '.join(names[:10]) or 'none'}; every node is a file "
                              "sites/<site>/<cluster>/nodes/<node>.yaml, `treadle targets` lists them)")
-        if found.lifecycle == "retired":
+        if result.lifecycles.get(node) == "retired":
             raise UsageError(f"{repo}: node {node!r} is retired: a retired node is not bootstrapped "
                              "(fix: set its lifecycle first)")
-        chosen = [found]
+        chosen = [refs[node]]
     else:
-        chosen = [n for _, n in sorted(result.nodes.items()) if n.lifecycle != "retired"]
-    settings = node_settings(src, cache, result.fabric, chosen)
+        chosen = [ref for name, ref in sorted(refs.items()) if result.lifecycles.get(name) != "retired"]
+    # node_settings reads name, site and cluster, which a NodeRef has as a rendered node does.
+    settings = node_settings(src, cache, result.fabric, chosen)  # type: ignore[arg-type]
     fabric = str(result.fabric.get("name", "?")) if isinstance(result.fabric, dict) else "?"
-    return [NodeFacts(n.name, node_path(n.site, n.cluster, n.name),
-                      settings[n.name].metrics_port or DEFAULT_METRICS_PORT, fabric, result.commit or "work tree")
-            for n in chosen]
+    return [NodeFacts(ref.name, ref.path, settings[ref.name].metrics_port or DEFAULT_METRICS_PORT, fabric,
+                      result.commit or "work tree")
+            for ref in chosen]
 
 
 def agent_toml(facts: NodeFacts, sources: Sources) -> str:
