@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "treadle.commands.schema",
     "treadle.commands.keys",
     "treadle.commands.secret",
+    "treadle.commands.bootstrap",
     "treadle.commands.controller",
     "treadle.commands.rollout",
     "treadle.commands.targets",
