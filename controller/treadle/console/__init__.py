@@ -164,11 +164,14 @@ class Console:
         return hit
 
     def agent_targets(self) -> list[Target]:
-        """Every present node's agent, as the deployed commit's node files place it."""
+        """Every present node's agent, as the deployed commit's node files place it (in one read of the
+        mirror); without a mirror, as ``target_of`` says node by node; else none."""
         commit = self.ctx.state.deployed_commit()
-        if self.ctx.mirror is None or commit is None:
+        if self.ctx.mirror is not None and commit is not None:
+            return sources.agent_targets(self.ctx.mirror, commit, self.index.nodes())
+        if self.ctx.target_of is None:
             return []
-        return sources.agent_targets(self.ctx.mirror, commit, self.index.nodes())
+        return [t for n in self.index.nodes() if n.present and (t := self.ctx.target_of(n.name)) is not None]
 
     # -- sessions, access and CSRF ---------------------------------------------
 
