@@ -140,7 +140,8 @@ class Console:
         self.key = secrets.token_bytes(32)
         self.index = NodeIndex(ctx.state, ctx.store)
         self.plans = Work("plans", workers=1, keep=64, max_pending=8)
-        self.provenance = Work("provenance", workers=2, keep=256, max_pending=16)
+        self.provenance = Work("provenance", workers=1, keep=256, max_pending=16)  # one worker: see ProvenanceReader
+        self.trace = None if ctx.mirror is None else sources.ProvenanceReader(ctx.mirror)
         self._commits: dict[str, dict[str, Any]] = {}
         self.watch = FleetWatch(self.agent_targets, ctx.scrape_timeout_s)
 
@@ -423,10 +424,10 @@ def build_console(ctx: Any) -> SecurityHeaders:
         commit = doc["published"]["commit"]
         if not doc["present"]:
             return {"state": "none", "why": "the node is removed from the fabric"}
-        if ctx.mirror is None or not commit:
+        trace = console.trace
+        if trace is None or not commit:
             return {"state": "none", "why": "the controller has no git mirror to read the fabric from"}
-        outcome = await console.provenance.get((commit, name), lambda: sources.node_provenance(ctx.mirror, commit, name),
-                                               PROVENANCE_WAIT_S)
+        outcome = await console.provenance.get((commit, name), lambda: trace(commit, name), PROVENANCE_WAIT_S)
         if outcome.state == "done":
             return {"state": "done", **outcome.value}
         if outcome.state == "failed":

@@ -118,23 +118,41 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f"\n… {len(text) - limit} more characters"
 
 
-def node_provenance(mirror: str, commit: str, node: str) -> dict[str, Any]:
-    """Every value of ``node`` at ``commit`` and the overlays that set it (``treadle explain`` for each key path).
+class ProvenanceReader:
+    """Traces a node's values at a commit (``treadle explain`` for each key path of the node).
 
-    Raises:
-        TreadleError: no such node at that commit, or its files are invalid there.
+    The source and parse cache of the last commit asked are kept: the first
+    node at a commit pays for listing and loading the fabric, the next ones
+    only for their own files. Not thread-safe: one thread calls it (the
+    console's provenance pool has one worker).
     """
-    from treadle.fabric.explain import explain_node
-    from treadle.fabric.source import GitRevisionSource
 
-    values, complete = explain_node(GitRevisionSource(mirror, commit), node)
-    rows = []
-    for keypath, chain in values:
-        settings = [{"value": _value_text(p.value), "file": p.file, "line": p.line, "col": p.col, "how": p.how,
-                     "commit": p.blame.commit if p.blame else None, "author": p.blame.author if p.blame else None,
-                     "date": p.blame.date if p.blame else None} for p in chain]
-        rows.append({"keypath": keypath, "settings": settings})
-    return {"commit": commit, "node": node, "values": rows, "complete": complete}
+    def __init__(self, mirror: str) -> None:
+        self.mirror = mirror
+        self._at: tuple[str, Any, Any] | None = None  # (commit, GitRevisionSource, ParseCache)
+
+    def __call__(self, commit: str, node: str) -> dict[str, Any]:
+        """Every value of ``node`` at ``commit`` with the overlays that set it, winner first.
+
+        Raises:
+            TreadleError: no such node at that commit, or its files are invalid there.
+        """
+        from treadle.fabric.cache import ParseCache
+        from treadle.fabric.explain import explain_node
+        from treadle.fabric.source import GitRevisionSource
+
+        if self._at is None or self._at[0] != commit:
+            self._at = None  # a failure below leaves nothing half made
+            self._at = (commit, GitRevisionSource(self.mirror, commit), ParseCache())
+        _, src, cache = self._at
+        values, complete = explain_node(src, node, cache)
+        rows = []
+        for keypath, chain in values:
+            settings = [{"value": _value_text(p.value), "file": p.file, "line": p.line, "col": p.col, "how": p.how,
+                         "commit": p.blame.commit if p.blame else None, "author": p.blame.author if p.blame else None,
+                         "date": p.blame.date if p.blame else None} for p in chain]
+            rows.append({"keypath": keypath, "settings": settings})
+        return {"commit": commit, "node": node, "values": rows, "complete": complete}
 
 
 def _value_text(value: Any) -> str:
