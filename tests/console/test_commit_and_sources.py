@@ -102,7 +102,7 @@ def test_the_node_page_traces_every_value_to_its_file_line_commit_and_author(fle
     src = GitRevisionSource(fleet.root, fleet.head)
     with serving(fleet.ctx) as url:
         text = httpx.get(f"{url}/ui/nodes/{NODE}").text
-    section = html.unescape(text.split('id="sources"', 1)[1].split("<h2>History</h2>", 1)[0])  # tags kept
+    section = html.unescape(text.split('id="sources"', 1)[1].split('<h2 id="history">', 1)[0])  # tags kept
     for keypath in ("labels.rack", "data.ntp.servers", "address"):
         chain = explain(src, NODE, keypath)
         assert chain, keypath
