@@ -279,3 +279,22 @@ FORM_REGRESSIONS = [
 @pytest.mark.parametrize(("body", "expected"), FORM_REGRESSIONS)
 def test_form_regression_corpus(body: bytes, expected: dict[str, str]) -> None:
     assert _form(body) == expected
+
+
+def test_the_rollout_page_lists_each_waves_nodes_and_the_soak_left_of_each_applied_node(fleet: Fleet) -> None:
+    from treadle.console import environment
+
+    doc = fleet.ctx.rollouts.document(1)
+    soak_s = doc["waves"][0]["soak_s"]
+    doc = {**doc, "state": "soaking", "progress": {"n000": {"status": "applied", "since": 1000.0, "reason": ""}}}
+    text = environment().get_template("rollout.html").render(r=doc, actions=(), now=1003.5, rc=None,
+                                                              wave_nodes_shown=100)
+    assert f"{soak_s - 3} s left" in text and f"(of {soak_s} s)" in text
+    waves = text.split("<h2>Each wave's nodes</h2>", 1)[1]
+    assert waves.count("<details") == 2 and "<summary>canary: 1 node(s)" in waves
+    canary, rest = waves.split("<details", 2)[1:]
+    assert 'href="/ui/nodes/n000"' in canary and ">applied<" in canary and " open>" in canary
+    assert "… and 49 more" in rest and ">not reached<" in rest  # 149 nodes, 100 listed
+    done = environment().get_template("rollout.html").render(r={**doc, "state": "complete"}, actions=(), now=1003.5,
+                                                              rc=None, wave_nodes_shown=100)
+    assert ">passed<" in done.split("<h2>Each wave's nodes</h2>", 1)[1] and " open>" not in done

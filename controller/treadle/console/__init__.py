@@ -81,6 +81,8 @@ PLAN_WAIT_S = 5.0
 PROVENANCE_WAIT_S = 2.0
 WORKING_REFRESH_S = 3
 COMMITS_KEPT = 1024
+#: Nodes listed per wave on a rollout page (a wave of thousands is summed up by its counts).
+WAVE_NODES_SHOWN = 200
 ACTIONS = ("approve", "pause", "resume", "abort")
 RESOURCE_KEY = {"directory": "path", "file": "path", "symlink": "path", "package": "name", "sysctl": "key",
                 "service": "name"}
@@ -234,6 +236,8 @@ class Console:
         values.setdefault("csrf", self.csrf_token(session))
         values.setdefault("admin", self.is_admin(request))
         values.setdefault("token_required", self.ctx.admin_token is not None)
+        values.setdefault("now", time.time())
+        values.setdefault("wave_nodes_shown", WAVE_NODES_SHOWN)
         body = self.env.get_template(template).render(request=request, **values)
         response = HTMLResponse(body, status_code=code, headers=SECURITY_HEADERS)
         if SESSION_COOKIE not in request.cookies:
