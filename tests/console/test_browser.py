@@ -19,6 +19,9 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
 
 from .chromium import console_errors as _errors
 from .chromium import start_chromium
@@ -58,6 +61,11 @@ def _screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> None:
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_path / f"console-{name}.png", Path(out) / f"console-{name}.png")
+
+
+def _wait_for(browser: webdriver.Chrome, css: str) -> WebElement:
+    """The element once the page that a click loads holds it."""
+    return WebDriverWait(browser, 10).until(EC.presence_of_element_located((By.CSS_SELECTOR, css)))
 
 
 def _load(browser: webdriver.Chrome, url: str, name: str) -> None:
@@ -130,5 +138,28 @@ def test_an_operator_approves_through_the_confirmation_form(browser: webdriver.C
         assert "Approve rollout 1?" in browser.find_element(By.TAG_NAME, "h1").text
         browser.find_element(By.CSS_SELECTOR, "button.danger").click()
         assert "approve: done." in browser.find_element(By.CSS_SELECTOR, "p.ok").text
+        assert _errors(browser) == []
+    assert fleet.ctx.rollouts.active().approved == {0} and fleet.triggered == [1]
+
+
+def test_with_an_admin_token_an_action_is_refused_until_the_operator_logs_in(browser: webdriver.Chrome,
+                                                                            tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path, n=8, admin_token=b"t0ken-of-the-admin")
+    with serving(fleet.ctx) as url:
+        browser.delete_all_cookies()
+        browser.get(url + "/ui/rollouts/1/approve")
+        assert "actions need the admin token" in browser.find_element(By.CSS_SELECTOR, "p.error").text
+        assert browser.find_elements(By.CSS_SELECTOR, "button.danger") == []
+        browser.find_element(By.LINK_TEXT, "Log in with the admin token").click()
+        browser.find_element(By.NAME, "token").send_keys("a wrong token")
+        browser.find_element(By.CSS_SELECTOR, "main button").click()
+        assert "wrong token" in _wait_for(browser, "p.error").text
+        assert [e for e in _errors(browser) if "401" not in e] == []  # the refusal's status, nothing else
+        browser.find_element(By.NAME, "token").send_keys("t0ken-of-the-admin")
+        browser.find_element(By.CSS_SELECTOR, "main button").click()
+        WebDriverWait(browser, 10).until(EC.url_to_be(url + "/ui/"))
+        browser.get(url + "/ui/rollouts/1/approve")
+        browser.find_element(By.CSS_SELECTOR, "button.danger").click()
+        assert "approve: done." in _wait_for(browser, "p.ok").text
         assert _errors(browser) == []
     assert fleet.ctx.rollouts.active().approved == {0} and fleet.triggered == [1]
