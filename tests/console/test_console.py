@@ -298,3 +298,12 @@ def test_the_rollout_page_lists_each_waves_nodes_and_the_soak_left_of_each_appli
     done = environment().get_template("rollout.html").render(r={**doc, "state": "complete"}, actions=(), now=1003.5,
                                                               rc=None, wave_nodes_shown=100)
     assert ">passed<" in done.split("<h2>Each wave's nodes</h2>", 1)[1] and " open>" not in done
+
+
+def test_the_fabric_page_draws_sites_then_clusters_with_their_node_counts(fleet: Fleet) -> None:
+    with serving(fleet.ctx) as url:
+        text = httpx.get(url + "/ui/nodes?site=s2&cluster=c1").text
+    tree = text.split('<nav class="tree"', 1)[1].split("</nav>", 1)[0]
+    assert '<a href="/ui/nodes?site=s1">s1</a> <span class="muted">75</span>' in tree
+    assert '<li class="here"><a href="/ui/nodes?site=s2&amp;cluster=c1">c1</a> <span class="muted">75</span>' in tree
+    assert tree.index(">s1<") < tree.index(">s2<") and tree.count("<details open>") == 1

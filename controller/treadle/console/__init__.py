@@ -395,6 +395,7 @@ def build_console(ctx: Any) -> SecurityHeaders:
         query = {k: v for k, v in request.query_params.multi_items() if k != "page"}
         return console.page(request, "nodes.html", result=result, filters=filters, problems=problems,
                             page_size=PAGE_SIZE, base_query=urlencode(query), seen=sweep.seen, sweep=sweep,
+                            tree=await anyio.to_thread.run_sync(console.index.tree),
                             choices={**await anyio.to_thread.run_sync(console.index.choices), "health": HEALTH,
                                      "drift": DRIFT})
 

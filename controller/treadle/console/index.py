@@ -158,6 +158,14 @@ class NodeIndex:
         return SearchResult(rows=found[(page - 1) * page_size: page * page_size], total=len(found), page=page,
                             pages=pages)
 
+    def tree(self) -> dict[str, dict[str, int]]:
+        """Sites → clusters → how many nodes, sorted by name (nodes without a site or cluster under "—")."""
+        out: dict[str, dict[str, int]] = {}
+        for n in self.nodes():
+            clusters = out.setdefault(n.site or "—", {})
+            clusters[n.cluster or "—"] = clusters.get(n.cluster or "—", 0) + 1
+        return {site: dict(sorted(c.items())) for site, c in sorted(out.items())}
+
     def choices(self) -> dict[str, list[str]]:
         """The values the filters can take: lifecycles, sites, clusters."""
         nodes = self.nodes()
