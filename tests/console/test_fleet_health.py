@@ -164,3 +164,17 @@ def test_the_fabric_list_filters_by_health_and_drift(tmp_path: Path, agents: int
     assert "2 node(s)" in unreachable and 'href="/ui/nodes/n002"' in unreachable and 'href="/ui/nodes/n003"' in unreachable
     assert "health filter &#39;&lt;b&gt;bogus&#39; ignored" in bad and "drift filter &#39;x&#39; ignored" in bad
     assert "12 node(s)" in bad
+
+
+def test_the_racks_are_coloured_by_health_by_default_or_by_lifecycle(tmp_path: Path, agents: int) -> None:
+    fleet = _with_agents(tmp_path, agents)
+    with serving(fleet.ctx) as url:
+        health = _swept(url, "/ui/racks?site=s2")
+        lifecycle = httpx.get(url + "/ui/racks?site=s2&by=lifecycle").text
+        bogus = httpx.get(url + "/ui/racks?site=s2&by=%3Cx%3E").text
+    # s2 holds the odd nodes: n001 (unhealthy), n003 (unreachable), n005... (no agent: unknown)
+    assert '<td class="slot h-unhealthy">\n        <a href="/ui/nodes/n001">' in health
+    assert '<td class="slot h-unreachable">\n        <a href="/ui/nodes/n003">' in health
+    assert '<td class="slot h-unknown">\n        <a href="/ui/nodes/n005">' in health
+    assert '<td class="slot lc-production">\n        <a href="/ui/nodes/n001">' in lifecycle and "h-" not in lifecycle
+    assert '<option value="health" selected>' in bogus and "&lt;x&gt;" not in bogus and "<x>" not in bogus

@@ -8,8 +8,8 @@
     POST /ui/rollouts/<id>/<action>    the action itself (admin token, CSRF token)
     GET  /ui/nodes?q=&lifecycle=&site=&cluster=&health=&drift=&label=k=v&page=
                                        the fabric: filtered and paged server-side
-    GET  /ui/racks?site=               rack elevations from the labels room, rack and unit, coloured by
-                                       lifecycle and by the running rollout's node status
+    GET  /ui/racks?site=&by=           rack elevations from the labels room, rack and unit, coloured by
+                                       health, by the running rollout's node status or by lifecycle
     GET  /ui/nodes/<node>              one node: published generation and commit, rollout, observation,
                                        history, manifest resources, where each value comes from
     GET  /ui/commits/<sha>             a commit and its plan against its parent (``treadle plan``)
@@ -81,6 +81,9 @@ PLAN_WAIT_S = 5.0
 PROVENANCE_WAIT_S = 2.0
 WORKING_REFRESH_S = 3
 COMMITS_KEPT = 1024
+#: What the rack elevation colours nodes by (the query's ``by``), the first one the default.
+RACK_COLOURS = {"health": "health (the agents' last sweep)", "rollout": "the running rollout's status, else lifecycle",
+                "lifecycle": "lifecycle"}
 #: Nodes listed per wave on a rollout page (a wave of thousands is summed up by its counts).
 WAVE_NODES_SHOWN = 200
 ACTIONS = ("approve", "pause", "resume", "abort")
@@ -473,7 +476,11 @@ def build_console(ctx: Any) -> SecurityHeaders:
             nodes = console.index.nodes()
             sites = sorted({n.site for n in nodes if n.site and "rack" in n.labels})
             site = request.query_params.get("site") or (sites[0] if sites else "")
-            return {"sites": sites, "site": site, "racks": rack_elevations(nodes, site, progress)}
+            by = request.query_params.get("by", "health")
+            sweep = console.watch.read() if by == "health" else None
+            return {"sites": sites, "site": site, "racks": rack_elevations(nodes, site, progress),
+                    "by": by if by in RACK_COLOURS else "health", "colours": RACK_COLOURS,
+                    "seen": sweep.seen if sweep else {}, "sweep": sweep}
 
         return console.page(request, "racks.html", **await anyio.to_thread.run_sync(gather))
 
