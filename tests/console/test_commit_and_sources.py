@@ -13,10 +13,16 @@ import re
 import threading
 from pathlib import Path
 
+from urllib.parse import quote
+
 import anyio
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
 
+from treadle.api import build_app
 from treadle.console.work import Outcome, Work
 from treadle.fabric import GitRevisionSource, explain
 from treadle.fabric.explain import explain_node
@@ -166,3 +172,25 @@ def test_a_failed_computation_is_said_once_and_tried_again() -> None:
     failed, ok = anyio.run(scenario)
     assert failed == Outcome("failed", error="the mirror is being repacked")
     assert ok == Outcome("done", "ok") and len(attempts) == 2
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_any_commit_in_the_address_is_a_page_or_a_404_never_an_error(fleet: GitFleet, sha: str) -> None:
+    with TestClient(build_app(fleet.ctx), client=("127.0.0.1", 1)) as client:
+        r = client.get("/ui/commits/" + quote(sha, safe=""))
+    assert r.status_code in (200, 404), (sha, r.status_code)
+    assert "<script" not in r.text.lower()
+    assert "<h1>Commit" not in r.text or fleet.head.startswith(sha.lower()) or fleet.first.startswith(sha.lower())
+
+
+# Commit addresses that once could trip a page like this one (case, abbreviations, path tricks), kept as a corpus.
+COMMIT_CORPUS = ["A" * 40, "..", "%2e%2e", "0" * 7, "ffffffff", " ", "\x00", "HEAD~1", "main"]
+
+
+@pytest.mark.parametrize("sha", COMMIT_CORPUS)
+def test_commit_address_regression_corpus(fleet: GitFleet, sha: str) -> None:
+    with TestClient(build_app(fleet.ctx), client=("127.0.0.1", 1)) as client:
+        r = client.get("/ui/commits/" + quote(sha, safe=""))
+    # ".." leaves the commit pages (the client resolves it to /ui/): whatever answers, it is no commit's page.
+    assert r.status_code in (200, 404) and "<h1>Commit" not in r.text, sha

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from treadle.api import build_app
 from treadle.console import CSP, MAX_FORM_BYTES, read_form, resource_rows
+from treadle.console.health import DRIFT, HEALTH
 from treadle.console.index import Filters, NodeInfo, parse_filters, rack_elevations
 
 from .fleet import XSS, Fleet, make_fleet, serving
@@ -229,12 +230,13 @@ def test_the_manifest_table_names_each_resource_and_leaves_file_content_out() ->
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["q", "lifecycle", "site", "cluster", "label", "page", "x"]),
+@given(st.lists(st.tuples(st.sampled_from(["q", "lifecycle", "site", "cluster", "label", "page", "health", "drift", "x"]),
                           st.text(max_size=300)), max_size=8))
 def test_any_query_string_gives_filters_never_an_exception(items: list[tuple[str, str]]) -> None:
     filters, problems = parse_filters(QueryParams(items))
     assert isinstance(filters, Filters) and all(isinstance(p, str) for p in problems)
     assert len(filters.text) <= 200 and all(len(k) + len(v) <= 200 for k, v in filters.labels)
+    assert filters.health in ("", *HEALTH) and filters.drift in ("", *DRIFT)
 
 
 # Found by the fuzz test above or by hand: each is parsed without raising, to these filters.
@@ -243,6 +245,9 @@ REGRESSIONS = [
     ([("label", "a==b")], Filters(labels=(("a", "=b"),)), 0),
     ([("label", "")], Filters(), 0),
     ([("q", "  MiXeD  ")], Filters(text="mixed"), 0),
+    ([("health", "unreachable"), ("drift", "drifted")], Filters(health="unreachable", drift="drifted"), 0),
+    ([("health", "Healthy"), ("drift", "in sync")], Filters(), 2),  # the values are exact
+    ([("health", "x" * 5000)], Filters(), 1),
 ]
 
 
