@@ -76,7 +76,8 @@ def _fabric(root: Path, nodes: int) -> tuple[str, str, str, str]:
     first = git(root, "rev-parse", "HEAD")
     cluster = sorted((root / "sites").glob("*/*/cluster.yaml"))[0]
     text = cluster.read_text(encoding="utf-8")
-    cluster.write_text(text.replace("sysctl: {net.core.somaxconn:", "sysctl: {net.core.somaxconn: 1", 1), encoding="utf-8")
+    changed = text.replace("sysctl: {net.core.somaxconn:", "sysctl: {net.core.somaxconn: 1", 1)
+    cluster.write_text(changed, encoding="utf-8")
     head = commit_all(root, "Raise somaxconn in one cluster")
     node = sorted((cluster.parent / "nodes").glob("*.yaml"))[-1].stem
     other = sorted((root / "sites").glob("*/*/nodes/*.yaml"))[-1].stem

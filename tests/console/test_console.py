@@ -230,7 +230,8 @@ def test_the_manifest_table_names_each_resource_and_leaves_file_content_out() ->
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["q", "lifecycle", "site", "cluster", "label", "page", "health", "drift", "x"]),
+@given(st.lists(st.tuples(st.sampled_from(["q", "lifecycle", "site", "cluster", "label", "page", "health", "drift",
+                                           "x"]),
                           st.text(max_size=300)), max_size=8))
 def test_any_query_string_gives_filters_never_an_exception(items: list[tuple[str, str]]) -> None:
     filters, problems = parse_filters(QueryParams(items))

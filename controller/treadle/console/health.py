@@ -31,6 +31,8 @@ from treadle.rollout.observe import Target
 HEALTH = ("healthy", "unhealthy", "unreachable", "unknown")
 DRIFT = ("in_sync", "drifted", "unknown")
 UNKNOWN = ("unknown", "unknown")
+#: A sweep asks every agent: at 10,000 nodes, no more often than this while someone reads the console.
+SWEEP_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +64,8 @@ class Sweep:
 class FleetWatch:
     """The last answer of every agent; a sweep over ``targets()`` starts when a reader finds it stale."""
 
-    def __init__(self, targets: Callable[[], Sequence[Target]], timeout_s: float, interval_s: float = 30.0,
-                 concurrency: int = 64) -> None:
+    def __init__(self, targets: Callable[[], Sequence[Target]], timeout_s: float,
+                 interval_s: float = SWEEP_INTERVAL_S, concurrency: int = 64) -> None:
         self._targets, self.timeout_s, self.interval_s, self.concurrency = targets, timeout_s, interval_s, concurrency
         self._lock = threading.Lock()
         self._seen: dict[str, Seen] = {}

@@ -128,7 +128,8 @@ def _located(run: FabricRun, src: Source, layers: Sequence[Layer], parts: tuple[
         path = setting.layer.path
         doc = run.cache.round_trip(run.entries[path], lambda p=path: src.read(p))  # type: ignore[misc]
         line, col = locate_in(doc, setting.keypath)
-        out.append(Provenance(setting.value, path, line, col, blamer.blame(path, line) if blamer else None, setting.how))
+        blame = blamer.blame(path, line) if blamer else None
+        out.append(Provenance(setting.value, path, line, col, blame, setting.how))
     return out
 
 
