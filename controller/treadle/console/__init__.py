@@ -60,9 +60,9 @@ from treadle.console.health import DRIFT, HEALTH, UNKNOWN, FleetWatch
 from treadle.console.index import PAGE_SIZE, NodeIndex, parse_filters, rack_elevations
 from treadle.console.work import Work
 from treadle.errors import StoreError
-from treadle.rollout.observe import Target
 from treadle.publish import valid_node_name
 from treadle.rollout.machine import TransitionError
+from treadle.rollout.observe import Target
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "treadle_session"
@@ -457,10 +457,14 @@ def build_console(ctx: Any) -> SecurityHeaders:
         if outcome.state == "busy":
             return console.refused(request, 503, "the controller is computing many plans at once: reload in a moment")
         plan = outcome.value["plan"] if outcome.state == "done" else None
+
+        def around() -> dict[str, Any]:
+            return {"parents": [console.commit(p) or {"sha": p} for p in info["parents"]],
+                    "deployed": ctx.state.deployed_commit() == full}
+
         return console.page(request, "commit.html", c=info, outcome=outcome, plan=plan,
-                            parents=[console.commit(p) or {"sha": p} for p in info["parents"]],
-                            deployed=ctx.state.deployed_commit() == full,
-                            refresh=WORKING_REFRESH_S if outcome.state == "running" else None)
+                            refresh=WORKING_REFRESH_S if outcome.state == "running" else None,
+                            **await anyio.to_thread.run_sync(around))
 
     @guarded
     async def racks(request: Request) -> Response:
@@ -476,11 +480,11 @@ def build_console(ctx: Any) -> SecurityHeaders:
             nodes = console.index.nodes()
             sites = sorted({n.site for n in nodes if n.site and "rack" in n.labels})
             site = request.query_params.get("site") or (sites[0] if sites else "")
-            by = request.query_params.get("by", "health")
+            by = request.query_params.get("by", "")
+            by = by if by in RACK_COLOURS else next(iter(RACK_COLOURS))
             sweep = console.watch.read() if by == "health" else None
-            return {"sites": sites, "site": site, "racks": rack_elevations(nodes, site, progress),
-                    "by": by if by in RACK_COLOURS else "health", "colours": RACK_COLOURS,
-                    "seen": sweep.seen if sweep else {}, "sweep": sweep}
+            return {"sites": sites, "site": site, "racks": rack_elevations(nodes, site, progress), "by": by,
+                    "colours": RACK_COLOURS, "seen": sweep.seen if sweep else {}, "sweep": sweep}
 
         return console.page(request, "racks.html", **await anyio.to_thread.run_sync(gather))
 
