@@ -90,13 +90,12 @@ class FleetWatch:
             thread.join(timeout_s)
 
     def _sweep(self) -> None:
+        targets: list[Target] = []
         try:
             targets = list(self._targets())
-        except Exception as e:  # noqa: BLE001 - a sweep that cannot start is logged; the next read retries
-            log.warning("console.fleet_watch_failed", error=str(e) or type(e).__name__)
-            targets = []
-        else:
             asyncio.run(self._ask_all(targets))
+        except Exception as e:  # noqa: BLE001 - a failed sweep is logged and ends; the next stale read retries
+            log.warning("console.fleet_watch_failed", error=str(e) or type(e).__name__)
         with self._lock:
             names = {t.node for t in targets}
             self._seen = {n: s for n, s in self._seen.items() if n in names}
@@ -119,7 +118,7 @@ class FleetWatch:
                         if len(body) > MAX_EXPOSITION_BYTES:
                             break
                 facts = parse_agent_metrics(body.decode("utf-8", "replace"), target.node)
-            except httpx.HTTPError:
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError):  # no answer, or an address no URL can hold
                 facts = None
             health, drift = classify(facts)
             with self._lock:
