@@ -1,10 +1,12 @@
 """The console in a real browser: Debian's chromium, headless, driven by Selenium through chromium-driver.
 
 Each page loads with no console error (a Content-Security-Policy violation is
-one), an XSS attempt in a node label renders as text, an operator action
-works through its confirmation form. Screenshots of every page are written to
-the test's tmp dir, and copied to ``$TREADLE_CONSOLE_SCREENSHOTS`` when set
-(how README's pictures are made).
+one), the commit page and a node's sources included (over the example fabric
+in git); an XSS attempt in a node label or a commit message renders as text;
+an operator action works through its confirmation form, and with an admin
+token only after the login. Screenshots of every page are written to the
+test's tmp dir, and copied to ``$TREADLE_CONSOLE_SCREENSHOTS`` when set (how
+README's pictures are made).
 """
 
 from __future__ import annotations
