@@ -76,6 +76,8 @@ class ApiContext:
     last_cycle: dict[str, Any] = field(default_factory=dict)
     target_of: Callable[[str], Any] | None = None  # node -> treadle.rollout.observe.Target (Pipeline.target_of)
     scrape_timeout_s: float = 2.0
+    mirror: str | None = None  # the git mirror's path: the console reads commits, plans and provenance there
+    console_read: str = "loopback"  # who reads the console without the token (ApiSettings.console_read)
 
 
 class _ETagCache:

@@ -79,6 +79,7 @@ class ApiSettings:
     port: int
     webhook_secret: bytes | None  # the content of webhook_secret_file, stripped of surrounding whitespace
     admin_token: bytes | None = None  # the content of admin_token_file; None: operator actions from loopback only
+    console_read: str = "loopback"  # who reads the console without the admin token: loopback, anyone, nobody
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +275,12 @@ def _api(doc: dict[str, Any], base: Path, path: Path) -> ApiSettings:
         raise UsageError(f"{path}: listen: port {port} is above 65535; use a port between 0 and 65535")
     secret = _secret_file(doc, "webhook_secret_file", base, path, "the shared secret")
     token = _secret_file(doc, "admin_token_file", base, path, "a long random token")
-    return ApiSettings(host=host or "127.0.0.1", port=port, webhook_secret=secret, admin_token=token)
+    console_read = doc.get("console_read", "loopback")
+    if console_read == "nobody" and token is None:
+        raise UsageError(f"{path}: console_read = \"nobody\" needs admin_token_file (the console would be unreadable); "
+                         "set admin_token_file or choose \"loopback\"")
+    return ApiSettings(host=host or "127.0.0.1", port=port, webhook_secret=secret, admin_token=token,
+                       console_read=console_read)
 
 
 def _secret_file(doc: dict[str, Any], key: str, base: Path, path: Path, what: str) -> bytes | None:

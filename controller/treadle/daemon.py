@@ -216,8 +216,15 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
                      rollouts=rollouts,
                      repository=config.source.repository, webhook_secret=config.api.webhook_secret,
                      admin_token=config.api.admin_token, target_of=pipeline.target_of,
-                     scrape_timeout_s=config.health.scrape_timeout_s)
+                     scrape_timeout_s=config.health.scrape_timeout_s, mirror=_mirror_of(pipeline),
+                     console_read=config.api.console_read)
     return Controller(config, pipeline, api, trigger)
+
+
+def _mirror_of(pipeline: Any) -> str | None:
+    """The git mirror's path, where the console reads commits (None for a source without one)."""
+    path = getattr(pipeline.source, "path", None)
+    return None if path is None else str(path)
 
 
 def run(config: ControllerConfig) -> None:

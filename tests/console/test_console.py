@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from treadle.api import build_app
 from treadle.console import CSP, MAX_FORM_BYTES, read_form, resource_rows
+from treadle.console.health import DRIFT, HEALTH
 from treadle.console.index import Filters, NodeInfo, parse_filters, rack_elevations
 
 from .fleet import XSS, Fleet, make_fleet, serving
@@ -229,12 +230,14 @@ def test_the_manifest_table_names_each_resource_and_leaves_file_content_out() ->
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["q", "lifecycle", "site", "cluster", "label", "page", "x"]),
+@given(st.lists(st.tuples(st.sampled_from(["q", "lifecycle", "site", "cluster", "label", "page", "health", "drift",
+                                           "x"]),
                           st.text(max_size=300)), max_size=8))
 def test_any_query_string_gives_filters_never_an_exception(items: list[tuple[str, str]]) -> None:
     filters, problems = parse_filters(QueryParams(items))
     assert isinstance(filters, Filters) and all(isinstance(p, str) for p in problems)
     assert len(filters.text) <= 200 and all(len(k) + len(v) <= 200 for k, v in filters.labels)
+    assert filters.health in ("", *HEALTH) and filters.drift in ("", *DRIFT)
 
 
 # Found by the fuzz test above or by hand: each is parsed without raising, to these filters.
@@ -243,6 +246,9 @@ REGRESSIONS = [
     ([("label", "a==b")], Filters(labels=(("a", "=b"),)), 0),
     ([("label", "")], Filters(), 0),
     ([("q", "  MiXeD  ")], Filters(text="mixed"), 0),
+    ([("health", "unreachable"), ("drift", "drifted")], Filters(health="unreachable", drift="drifted"), 0),
+    ([("health", "Healthy"), ("drift", "in sync")], Filters(), 2),  # the values are exact
+    ([("health", "x" * 5000)], Filters(), 1),
 ]
 
 
@@ -279,3 +285,31 @@ FORM_REGRESSIONS = [
 @pytest.mark.parametrize(("body", "expected"), FORM_REGRESSIONS)
 def test_form_regression_corpus(body: bytes, expected: dict[str, str]) -> None:
     assert _form(body) == expected
+
+
+def test_the_rollout_page_lists_each_waves_nodes_and_the_soak_left_of_each_applied_node(fleet: Fleet) -> None:
+    from treadle.console import environment
+
+    doc = fleet.ctx.rollouts.document(1)
+    soak_s = doc["waves"][0]["soak_s"]
+    doc = {**doc, "state": "soaking", "progress": {"n000": {"status": "applied", "since": 1000.0, "reason": ""}}}
+    text = environment().get_template("rollout.html").render(r=doc, actions=(), now=1003.5, rc=None,
+                                                              wave_nodes_shown=100)
+    assert f"{soak_s - 3} s left" in text and f"(of {soak_s} s)" in text
+    waves = text.split("<h2>Each wave's nodes</h2>", 1)[1]
+    assert waves.count("<details") == 2 and "<summary>canary: 1 node(s)" in waves
+    canary, rest = waves.split("<details", 2)[1:]
+    assert 'href="/ui/nodes/n000"' in canary and ">applied<" in canary and " open>" in canary
+    assert "… and 49 more" in rest and ">not reached<" in rest  # 149 nodes, 100 listed
+    done = environment().get_template("rollout.html").render(r={**doc, "state": "complete"}, actions=(), now=1003.5,
+                                                              rc=None, wave_nodes_shown=100)
+    assert ">passed<" in done.split("<h2>Each wave's nodes</h2>", 1)[1] and " open>" not in done
+
+
+def test_the_fabric_page_draws_sites_then_clusters_with_their_node_counts(fleet: Fleet) -> None:
+    with serving(fleet.ctx) as url:
+        text = httpx.get(url + "/ui/nodes?site=s2&cluster=c1").text
+    tree = text.split('<nav class="tree"', 1)[1].split("</nav>", 1)[0]
+    assert '<a href="/ui/nodes?site=s1">s1</a> <span class="muted">75</span>' in tree
+    assert '<li class="here"><a href="/ui/nodes?site=s2&amp;cluster=c1">c1</a> <span class="muted">75</span>' in tree
+    assert tree.index(">s1<") < tree.index(">s2<") and tree.count("<details open>") == 1

@@ -75,3 +75,21 @@ def test_explain_command_prints_the_chain_and_blame(cli, fabric):
 def test_explain_command_exits_1_for_an_unset_key_and_2_for_an_unknown_node(cli, fabric):
     assert cli("explain", str(fabric.root), "n1", "data.nothing").code == 1
     assert cli("explain", str(fabric.root), "n9", "data").code == 2
+
+
+def test_explain_node_lists_every_value_with_what_explain_says_of_it(fabric):
+    from treadle.fabric.explain import explain_node
+
+    fabric.write("sites/s1/c1/cluster.yaml", "kind: Cluster\nfiles:\n  /etc/chrony.conf:\n    mode: \"0600\"\n")
+    first = fabric.commit("initial")
+    src = GitRevisionSource(fabric.root, "HEAD")
+    values, complete = explain_node(src, "n1")
+    assert complete
+    keypaths = [k for k, _ in values]
+    assert keypaths[0] == "address" and "files./etc/chrony.conf.mode" in keypaths
+    assert all(chain == explain(src, "n1", k) for k, chain in values)
+    mode = dict(values)["files./etc/chrony.conf.mode"]
+    assert [(p.value, p.file, p.blame.commit) for p in mode] == [("0600", "sites/s1/c1/cluster.yaml", first),
+                                                                  ("644", "fabric.yaml", first)]
+    with pytest.raises(UsageError, match="no node 'n9'"):
+        explain_node(src, "n9")

@@ -18,7 +18,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "console"))
 
 from chromium import console_errors, start_chromium  # noqa: E402
-from rollout_fleet import Fleet  # noqa: E402
+from rollout_fleet import APP_FILE, Fleet  # noqa: E402
 
 CANARY = "c1-n01"
 
@@ -69,6 +69,22 @@ def test_the_rollout_page_follows_a_real_rollout_and_approve_works(make_fleet, t
         driver.get(f"{fleet.url}/ui/nodes/{CANARY}")
         facts = driver.find_element(By.CSS_SELECTOR, "main").text
         assert "Healthy\nyes" in facts and "app-config" in facts and sha in facts, facts
+        # Where each value comes from, at the published commit: the change's own line, by its commit.
+        rows = driver.find_elements(By.CSS_SELECTOR, "table.sources tbody tr")
+        content = [r.text for r in rows if f"files.{APP_FILE}.content" in r.text]
+        assert content and "profiles/app.yaml" in content[0] and sha[:12] in content[0], content
+        # The fleet by health and drift, from the console's own sweep of the real agents.
+        driver.get(f"{fleet.url}/ui/")
+        deadline = time.monotonic() + 60
+        while "the agents as asked at" not in _find(driver, "main").text and time.monotonic() < deadline:
+            time.sleep(0.5)
+            driver.get(f"{fleet.url}/ui/")
+        counts = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "dl.fleet a.state")]
+        assert f"healthy {len(fleet.agents)}" in counts and f"in sync {len(fleet.agents)}" in counts, counts
+        driver.find_element(By.LINK_TEXT, f"healthy {len(fleet.agents)}").click()
+        assert f"{len(fleet.agents)} node(s)" in _find(driver, "main").text
+        driver.get(f"{fleet.url}/ui/commits/{sha}")
+        assert "valid" in _find(driver, "main").text and "changed" in driver.find_element(By.TAG_NAME, "main").text
         assert console_errors(driver) == []
     finally:
         driver.quit()

@@ -1,28 +1,36 @@
 """The web console: server-rendered pages under ``/ui/`` on the API's listener.
 
     GET  /ui/                          overview: deployed commit, newest rollout and its waves, refused commits,
-                                       the fleet by lifecycle and site
+                                       the fleet by lifecycle, health, drift and site
     GET  /ui/rollouts                  the newest rollouts
     GET  /ui/rollouts/<id>             one rollout: waves, per-node progress, reason, events, actions
     GET  /ui/rollouts/<id>/<action>    the confirmation page of an action (pause, resume, approve, abort)
     POST /ui/rollouts/<id>/<action>    the action itself (admin token, CSRF token)
-    GET  /ui/nodes?q=&lifecycle=&site=&cluster=&label=k=v&page=   the fabric: filtered and paged server-side
-    GET  /ui/racks?site=               rack elevations from the labels room, rack and unit, coloured by
-                                       lifecycle and by the running rollout's node status
+    GET  /ui/nodes?q=&lifecycle=&site=&cluster=&health=&drift=&label=k=v&page=
+                                       the fabric: filtered and paged server-side
+    GET  /ui/racks?site=&by=           rack elevations from the labels room, rack and unit, coloured by
+                                       health, by the running rollout's node status or by lifecycle
     GET  /ui/nodes/<node>              one node: published generation and commit, rollout, observation,
-                                       history, manifest resources
+                                       history, manifest resources, where each value comes from
+    GET  /ui/commits/<sha>             a commit and its plan against its parent (``treadle plan``)
     GET|POST /ui/login                 exchange the admin token for a session cookie (for actions and for
                                        reading from another machine)
 
 Everything is read from the same library code as the JSON API and the CLI
 (:func:`treadle.api.status_document`, :mod:`treadle.nodeview`, the rollout
-service's documents and :meth:`~treadle.rollout.service.RolloutService.act`).
+service's documents and :meth:`~treadle.rollout.service.RolloutService.act`,
+:func:`treadle.review.plan.build_plan`, :func:`treadle.fabric.explain.explain_node`).
+Slow answers (plans, provenance) are computed off the event loop, once per
+commit, with a bounded wait (:mod:`treadle.console.work`); the fleet's health
+and drift come from a background sweep of the agents (:mod:`treadle.console.health`).
 
 Security. Fabric content is user input: templates are rendered with Jinja2
 autoescaping on, and every answer carries a Content-Security-Policy that
-allows no script, no inline style and no foreign origin at all. Reading needs
-nothing from loopback clients; from elsewhere it needs the admin-token session
-(no admin token configured: loopback only), like the API's operator rule.
+allows no script, no inline style and no foreign origin at all. Who reads
+without the admin token is ``console_read`` in controller.toml: "loopback"
+(the default: loopback clients read freely, others need the admin-token
+session; no admin token configured: loopback only), "anyone", or "nobody"
+(the token everywhere).
 Actions need, on top of that rule, a CSRF token: an HMAC, under a key drawn
 when the controller starts, of the browser's random session cookie
 (``SameSite=Strict``, ``HttpOnly``); a form from another site can neither
@@ -47,10 +55,14 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from treadle.console import sources
+from treadle.console.health import DRIFT, HEALTH, UNKNOWN, FleetWatch
 from treadle.console.index import PAGE_SIZE, NodeIndex, parse_filters, rack_elevations
+from treadle.console.work import Work
 from treadle.errors import StoreError
 from treadle.publish import valid_node_name
 from treadle.rollout.machine import TransitionError
+from treadle.rollout.observe import Target
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "treadle_session"
@@ -64,6 +76,16 @@ MAX_FORM_BYTES = 16 * 1024
 #: Rollout states whose pages reload themselves (a meta refresh: no script needed), every REFRESH_S seconds.
 LIVE_STATES = frozenset({"pending", "waiting", "publishing", "soaking", "rolling_back"})
 REFRESH_S = 5
+#: How long a page waits for a plan or for a node's provenance before it says "still computing" and reloads.
+PLAN_WAIT_S = 5.0
+PROVENANCE_WAIT_S = 2.0
+WORKING_REFRESH_S = 3
+COMMITS_KEPT = 1024
+#: What the rack elevation colours nodes by (the query's ``by``), the first one the default.
+RACK_COLOURS = {"health": "health (the agents' last sweep)", "rollout": "the running rollout's status, else lifecycle",
+                "lifecycle": "lifecycle"}
+#: Nodes listed per wave on a rollout page (a wave of thousands is summed up by its counts).
+WAVE_NODES_SHOWN = 200
 ACTIONS = ("approve", "pause", "resume", "abort")
 RESOURCE_KEY = {"directory": "path", "file": "path", "symlink": "path", "package": "name", "sysctl": "key",
                 "service": "name"}
@@ -114,13 +136,48 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 class Console:
-    """The console's state: templates, the CSRF key, the node index."""
+    """The console's state: templates, the CSRF key, the node index, the caches of commits, plans and provenance,
+    and the sweep of the agents."""
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self.env = environment()
         self.key = secrets.token_bytes(32)
         self.index = NodeIndex(ctx.state, ctx.store)
+        self.plans = Work("plans", workers=1, keep=64, max_pending=8)
+        self.provenance = Work("provenance", workers=1, keep=256, max_pending=16)  # one worker: see ProvenanceReader
+        self.trace = None if ctx.mirror is None else sources.ProvenanceReader(ctx.mirror)
+        self._commits: dict[str, dict[str, Any]] = {}
+        self.watch = FleetWatch(self.agent_targets, ctx.scrape_timeout_s)
+
+    # -- reading the mirror ----------------------------------------------------
+
+    def commit(self, sha: str | None) -> dict[str, Any] | None:
+        """Author, time and subject of a commit from the mirror (kept: commits never change); None when unknown."""
+        if not sha or self.ctx.mirror is None:
+            return None
+        hit = self._commits.get(sha)
+        if hit is None:
+            try:
+                hit = sources.commit_info(self.ctx.mirror, sha)
+            except LookupError:
+                return None
+            if hit is None:
+                return None
+            if len(self._commits) >= COMMITS_KEPT:
+                self._commits.clear()
+            self._commits[sha] = hit
+        return hit
+
+    def agent_targets(self) -> list[Target]:
+        """Every present node's agent, as the deployed commit's node files place it (in one read of the
+        mirror); without a mirror, as ``target_of`` says node by node; else none."""
+        commit = self.ctx.state.deployed_commit()
+        if self.ctx.mirror is not None and commit is not None:
+            return sources.agent_targets(self.ctx.mirror, commit, self.index.nodes())
+        if self.ctx.target_of is None:
+            return []
+        return [t for n in self.index.nodes() if n.present and (t := self.ctx.target_of(n.name)) is not None]
 
     # -- sessions, access and CSRF ---------------------------------------------
 
@@ -142,9 +199,13 @@ class Console:
         return bool(session) and hmac.compare_digest(admin.encode(), self._mac("admin", session).encode())
 
     def may_read(self, request: Request) -> bool:
+        """``console_read``: "anyone", "nobody" (the token everywhere), or "loopback" (the token elsewhere)."""
         from treadle.api import _loopback
 
-        return _loopback(request.client.host if request.client else "") or self.is_admin(request)
+        rule = self.ctx.console_read
+        if rule == "anyone" or self.is_admin(request):
+            return True
+        return rule != "nobody" and _loopback(request.client.host if request.client else "")
 
     def may_act(self, request: Request) -> tuple[bool, str]:
         """Whether ``request`` may perform an action, the API's rule (:func:`treadle.api.authorize_operator`)."""
@@ -178,6 +239,8 @@ class Console:
         values.setdefault("csrf", self.csrf_token(session))
         values.setdefault("admin", self.is_admin(request))
         values.setdefault("token_required", self.ctx.admin_token is not None)
+        values.setdefault("now", time.time())
+        values.setdefault("wave_nodes_shown", WAVE_NODES_SHOWN)
         body = self.env.get_template(template).render(request=request, **values)
         response = HTMLResponse(body, status_code=code, headers=SECURITY_HEADERS)
         if SESSION_COOKIE not in request.cookies:
@@ -208,6 +271,21 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def fleet_counts(nodes: list[Any], watch: FleetWatch) -> dict[str, Any]:
+    """The present nodes by health and by drift, from the agents' last sweep (a stale sweep starts a new one)."""
+    sweep = watch.read()
+    health = dict.fromkeys(HEALTH, 0)
+    drift = dict.fromkeys(DRIFT, 0)
+    for n in nodes:
+        if not n.present:
+            continue
+        hit = sweep.seen.get(n.name)
+        h, d = UNKNOWN if hit is None else (hit.health, hit.drift)
+        health[h] += 1
+        drift[d] += 1
+    return {"health": health, "drift": drift, "sweep": sweep}
 
 
 def build_console(ctx: Any) -> SecurityHeaders:
@@ -244,8 +322,12 @@ def build_console(ctx: Any) -> SecurityHeaders:
             sites: dict[str, int] = {}
             for n in nodes:
                 sites[n.site or "—"] = sites.get(n.site or "—", 0) + 1
-            return {"status": status, "rollout": rollout, "refusals": ctx.state.refusals(limit=5),
-                    "sites": dict(sorted(sites.items())), "deployment": (status["deployments"] or [None])[0]}
+            refusals = ctx.state.refusals(limit=5)
+            return {"status": status, "rollout": rollout, "refusals": refusals,
+                    "sites": dict(sorted(sites.items())), "deployment": (status["deployments"] or [None])[0],
+                    "deployed": console.commit(status["deployed_commit"]),
+                    "refused": {f.commit: console.commit(f.commit) for f in refusals},
+                    **fleet_counts(nodes, console.watch)}
 
         values = await anyio.to_thread.run_sync(gather)
         live = values["rollout"] is not None and values["rollout"]["state"] in LIVE_STATES
@@ -270,6 +352,7 @@ def build_console(ctx: Any) -> SecurityHeaders:
         if doc is None:
             return console.refused(request, 404, "no such rollout")
         return console.page(request, "rollout.html", r=doc, actions=ACTIONS,
+                            rc=await anyio.to_thread.run_sync(console.commit, doc["commit"]),
                             refresh=REFRESH_S if doc["state"] in LIVE_STATES else None)
 
     @guarded
@@ -310,11 +393,14 @@ def build_console(ctx: Any) -> SecurityHeaders:
             page = max(1, int(request.query_params.get("page", "1")))
         except ValueError:
             page = 1
-        result = await anyio.to_thread.run_sync(console.index.search, filters, page)
+        sweep = console.watch.read()
+        result = await anyio.to_thread.run_sync(console.index.search, filters, page, PAGE_SIZE, sweep.seen)
         query = {k: v for k, v in request.query_params.multi_items() if k != "page"}
         return console.page(request, "nodes.html", result=result, filters=filters, problems=problems,
-                            page_size=PAGE_SIZE, base_query=urlencode(query),
-                            choices=await anyio.to_thread.run_sync(console.index.choices))
+                            page_size=PAGE_SIZE, base_query=urlencode(query), seen=sweep.seen, sweep=sweep,
+                            tree=await anyio.to_thread.run_sync(console.index.tree),
+                            choices={**await anyio.to_thread.run_sync(console.index.choices), "health": HEALTH,
+                                     "drift": DRIFT})
 
     @guarded
     async def node(request: Request) -> Response:
@@ -330,12 +416,55 @@ def build_console(ctx: Any) -> SecurityHeaders:
                 return None
             history = history_document(ctx, name, limit=50)
             return {"n": doc, "history": history["history"] if history else [],
-                    "resources": resource_rows(console.index.manifest(name))}
+                    "resources": resource_rows(console.index.manifest(name)),
+                    "published_commit": console.commit(doc["published"]["commit"])}
 
         values = await anyio.to_thread.run_sync(gather)
         if values is None:
             return console.refused(request, 404, "no such node")
-        return console.page(request, "node.html", **values)
+        provenance = await node_provenance(name, values["n"])
+        working = provenance.get("state") == "running"
+        return console.page(request, "node.html", provenance=provenance,
+                            refresh=WORKING_REFRESH_S if working else None, **values)
+
+    async def node_provenance(name: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """Where each of the node's values comes from at its published commit: {"state", "values"|"why"}."""
+        commit = doc["published"]["commit"]
+        if not doc["present"]:
+            return {"state": "none", "why": "the node is removed from the fabric"}
+        trace = console.trace
+        if trace is None or not commit:
+            return {"state": "none", "why": "the controller has no git mirror to read the fabric from"}
+        outcome = await console.provenance.get((commit, name), lambda: trace(commit, name), PROVENANCE_WAIT_S)
+        if outcome.state == "done":
+            return {"state": "done", **outcome.value}
+        if outcome.state == "failed":
+            return {"state": "none", "why": f"cannot trace the values at {commit[:12]}: {outcome.error}"}
+        if outcome.state == "busy":
+            return {"state": "none", "why": "the controller is tracing many nodes at once: reload in a moment"}
+        return {"state": "running"}
+
+    @guarded
+    async def commit(request: Request) -> Response:
+        sha = request.path_params["sha"].lower()
+        if ctx.mirror is None or not sources.SHA.fullmatch(sha):
+            return console.refused(request, 404, "no such commit")
+        info = await anyio.to_thread.run_sync(console.commit, sha)
+        if info is None:
+            return console.refused(request, 404, f"no commit {sha} in the controller's mirror")
+        full = info["sha"]
+        outcome = await console.plans.get(full, lambda: sources.commit_plan(ctx.mirror, full), PLAN_WAIT_S)
+        if outcome.state == "busy":
+            return console.refused(request, 503, "the controller is computing many plans at once: reload in a moment")
+        plan = outcome.value["plan"] if outcome.state == "done" else None
+
+        def around() -> dict[str, Any]:
+            return {"parents": [console.commit(p) or {"sha": p} for p in info["parents"]],
+                    "deployed": ctx.state.deployed_commit() == full}
+
+        return console.page(request, "commit.html", c=info, outcome=outcome, plan=plan,
+                            refresh=WORKING_REFRESH_S if outcome.state == "running" else None,
+                            **await anyio.to_thread.run_sync(around))
 
     @guarded
     async def racks(request: Request) -> Response:
@@ -351,7 +480,11 @@ def build_console(ctx: Any) -> SecurityHeaders:
             nodes = console.index.nodes()
             sites = sorted({n.site for n in nodes if n.site and "rack" in n.labels})
             site = request.query_params.get("site") or (sites[0] if sites else "")
-            return {"sites": sites, "site": site, "racks": rack_elevations(nodes, site, progress)}
+            by = request.query_params.get("by", "")
+            by = by if by in RACK_COLOURS else next(iter(RACK_COLOURS))
+            sweep = console.watch.read() if by == "health" else None
+            return {"sites": sites, "site": site, "racks": rack_elevations(nodes, site, progress), "by": by,
+                    "colours": RACK_COLOURS, "seen": sweep.seen if sweep else {}, "sweep": sweep}
 
         return console.page(request, "racks.html", **await anyio.to_thread.run_sync(gather))
 
@@ -381,6 +514,7 @@ def build_console(ctx: Any) -> SecurityHeaders:
         Route("/nodes", nodes, methods=["GET"]),
         Route("/nodes/{node}", node, methods=["GET"]),
         Route("/racks", racks, methods=["GET"]),
+        Route("/commits/{sha}", commit, methods=["GET"]),
         Route("/login", login, methods=["GET", "POST"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]))

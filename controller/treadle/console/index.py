@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from treadle.console.health import DRIFT, HEALTH, UNKNOWN
 from treadle.sign import manifest_from_envelope
 
 PAGE_SIZE = 100
@@ -41,6 +42,8 @@ class Filters:
     site: str = ""
     cluster: str = ""
     labels: tuple[tuple[str, str], ...] = ()
+    health: str = ""  # one of treadle.console.health.HEALTH, by the last sweep of the agents
+    drift: str = ""  # one of treadle.console.health.DRIFT
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ class SearchResult:
 
 
 def parse_filters(params: Any) -> tuple[Filters, list[str]]:
-    """The filters of a query string (``q``, ``lifecycle``, ``site``, ``cluster``, ``label=k=v`` repeated).
+    """The filters of a query string (``q``, ``lifecycle``, ``site``, ``cluster``, ``health``, ``drift``,
+    ``label=k=v`` repeated).
 
     Never raises: what cannot be used is left out and said in the returned problems.
     """
@@ -67,13 +71,25 @@ def parse_filters(params: Any) -> tuple[Filters, list[str]]:
             problems.append(f"label filter {raw!r} ignored: write it as key=value")
             continue
         labels.append((key.strip(), value.strip()))
+    health, drift = str(params.get("health", "")), str(params.get("drift", ""))
+    if health and health not in HEALTH:
+        problems.append(f"health filter {health[:40]!r} ignored: it is one of {', '.join(HEALTH)}")
+        health = ""
+    if drift and drift not in DRIFT:
+        problems.append(f"drift filter {drift[:40]!r} ignored: it is one of {', '.join(DRIFT)}")
+        drift = ""
     return Filters(text=str(params.get("q", ""))[:MAX_QUERY].strip().lower(),
                    lifecycle=str(params.get("lifecycle", ""))[:MAX_QUERY],
                    site=str(params.get("site", ""))[:MAX_QUERY], cluster=str(params.get("cluster", ""))[:MAX_QUERY],
-                   labels=tuple(labels)), problems
+                   labels=tuple(labels), health=health, drift=drift), problems
 
 
-def matches(n: NodeInfo, f: Filters) -> bool:
+def matches(n: NodeInfo, f: Filters, seen: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``n`` passes ``f``; ``seen`` maps node names to their agent's last answer (health.Seen)."""
+    if f.health or f.drift:
+        health, drift = _seen_of(n.name, seen)
+        if (f.health and health != f.health) or (f.drift and drift != f.drift):
+            return False
     if f.lifecycle and n.lifecycle != f.lifecycle:
         return False
     if f.site and n.site != f.site:
@@ -88,6 +104,11 @@ def matches(n: NodeInfo, f: Filters) -> bool:
             return True
         return any(f.text in k.lower() or f.text in str(v).lower() for k, v in n.labels.items())
     return True
+
+
+def _seen_of(name: str, seen: Mapping[str, Any] | None) -> tuple[str, str]:
+    hit = (seen or {}).get(name)
+    return UNKNOWN if hit is None else (hit.health, hit.drift)
 
 
 class NodeIndex:
@@ -129,12 +150,21 @@ class NodeIndex:
             self._by_name = fresh
             return [fresh[n][1] for n in sorted(fresh)]
 
-    def search(self, f: Filters, page: int = 1, page_size: int = PAGE_SIZE) -> SearchResult:
-        found = [n for n in self.nodes() if matches(n, f)]
+    def search(self, f: Filters, page: int = 1, page_size: int = PAGE_SIZE,
+               seen: Mapping[str, Any] | None = None) -> SearchResult:
+        found = [n for n in self.nodes() if matches(n, f, seen)]
         pages = max(1, -(-len(found) // page_size))
         page = min(max(1, page), pages)
         return SearchResult(rows=found[(page - 1) * page_size: page * page_size], total=len(found), page=page,
                             pages=pages)
+
+    def tree(self) -> dict[str, dict[str, int]]:
+        """Sites → clusters → how many nodes, sorted by name (nodes without a site or cluster under "—")."""
+        out: dict[str, dict[str, int]] = {}
+        for n in self.nodes():
+            clusters = out.setdefault(n.site or "—", {})
+            clusters[n.cluster or "—"] = clusters.get(n.cluster or "—", 0) + 1
+        return {site: dict(sorted(c.items())) for site, c in sorted(out.items())}
 
     def choices(self) -> dict[str, list[str]]:
         """The values the filters can take: lifecycles, sites, clusters."""

@@ -57,6 +57,51 @@ def explain(src: Source, node: str, keypath: str, cache: ParseCache | None = Non
         UsageError: no such node.
         FabricError: the node's files are invalid (their diagnostics).
     """
+    run, ref, chain = _node_chain(src, node, cache)
+    head = keypath.split(".", 1)[0]
+    if head in NODE_FIELDS:
+        layers: Sequence[Layer] = [_node_layer(run, ref)]
+        root: Any = layers[0].body
+    elif head in BODY_KEYS:
+        layers, root = chain.layers, chain.merged
+    else:
+        raise UsageError(f"{keypath!r}: a key path starts with one of {', '.join((*BODY_KEYS, *NODE_FIELDS))}")
+    parts = resolve_keypath(root, keypath) or _resolve_in_layers(layers, keypath)
+    if parts is None:
+        return []
+    return _located(run, src, layers, parts, _Blamer.for_source(src))
+
+
+def explain_node(src: Source, node: str, cache: ParseCache | None = None,
+                 max_values: int = 2000) -> tuple[list[tuple[str, list[Provenance]]], bool]:
+    """Every value of ``node`` with the overlays that set it (what ``explain`` gives for each key path), and
+    whether the list is complete (False: more than ``max_values`` values, the rest left out).
+
+    The fabric is loaded and the node's chain built once, and each file is
+    blamed once, so one node costs about what one ``explain`` costs. The key
+    paths are the node file's own fields, then every leaf of the merged body
+    (a list is one value), in the body's order.
+
+    Raises:
+        UsageError: no such node.
+        FabricError: the node's files are invalid (their diagnostics).
+    """
+    run, ref, chain = _node_chain(src, node, cache)
+    blamer = _Blamer.for_source(src)
+    own = _node_layer(run, ref)
+    wanted: list[tuple[tuple[Any, ...], Sequence[Layer]]] = []
+    if isinstance(own.body, dict):
+        wanted += [((f,), [own]) for f in NODE_FIELDS if f in own.body]
+    for key in BODY_KEYS:
+        if key in chain.merged:
+            wanted += [(parts, chain.layers) for parts in _leaves(chain.merged[key], (key,))]
+    out = [(".".join(str(p) for p in parts), _located(run, src, layers, parts, blamer))
+           for parts, layers in wanted[:max_values]]
+    return out, len(wanted) <= max_values
+
+
+def _node_chain(src: Source, node: str, cache: ParseCache | None) -> tuple[FabricRun, Any, Any]:
+    """The fabric loaded, the node's reference and its overlay chain; raises as :func:`explain` says."""
     run = FabricRun(src, cache if cache is not None else ParseCache())
     fabric, tagged = load_fabric(run)
     ref = run.listing.nodes.get(node)
@@ -68,25 +113,31 @@ def explain(src: Source, node: str, keypath: str, cache: ParseCache | None = Non
     run.findings += overlays.findings
     if not chain.ok:
         raise FabricError(run.diagnose())
-    head = keypath.split(".", 1)[0]
-    if head in NODE_FIELDS:
-        layers: Sequence[Layer] = [Layer(ref.path, (), run.lookup(ref.path)[0], False)]  # type: ignore[index]
-        root: Any = layers[0].body
-    elif head in BODY_KEYS:
-        layers, root = chain.layers, chain.merged
-    else:
-        raise UsageError(f"{keypath!r}: a key path starts with one of {', '.join((*BODY_KEYS, *NODE_FIELDS))}")
-    parts = resolve_keypath(root, keypath) or _resolve_in_layers(layers, keypath)
-    if parts is None:
-        return []
-    blamer = _Blamer.for_source(src)
+    return run, ref, chain
+
+
+def _node_layer(run: FabricRun, ref: Any) -> Layer:
+    """The node file alone: where its own fields (address, lifecycle...) are set."""
+    return Layer(ref.path, (), run.lookup(ref.path)[0], False)  # type: ignore[index]
+
+
+def _located(run: FabricRun, src: Source, layers: Sequence[Layer], parts: tuple[Any, ...],
+             blamer: _Blamer | None) -> list[Provenance]:
     out = []
     for setting in trace(layers, parts):
         path = setting.layer.path
         doc = run.cache.round_trip(run.entries[path], lambda p=path: src.read(p))  # type: ignore[misc]
         line, col = locate_in(doc, setting.keypath)
-        out.append(Provenance(setting.value, path, line, col, blamer.blame(path, line) if blamer else None, setting.how))
+        blame = blamer.blame(path, line) if blamer else None
+        out.append(Provenance(setting.value, path, line, col, blame, setting.how))
     return out
+
+
+def _leaves(value: Any, prefix: tuple[Any, ...], depth: int = 0) -> list[tuple[Any, ...]]:
+    """The key paths of the scalars and lists under a merged map (a map's own path when it is empty)."""
+    if not isinstance(value, dict) or not value or depth > 32:
+        return [prefix]
+    return [leaf for k, v in value.items() for leaf in _leaves(v, (*prefix, k), depth + 1)]
 
 
 def resolve_keypath(root: Any, text: str) -> tuple[Any, ...] | None:
@@ -125,6 +176,7 @@ class _Blamer:
 
     def __init__(self, repo: pygit2.Repository, commit: str, prefix: str, entries: dict[str, str] | None) -> None:
         self.repo, self.commit, self.prefix, self.entries = repo, commit, prefix, entries
+        self._blames: dict[str, pygit2.Blame | None] = {}  # one blame per file, however many of its lines are asked
 
     @classmethod
     def for_source(cls, src: Source) -> _Blamer | None:
@@ -145,14 +197,25 @@ class _Blamer:
         repo_path = self.prefix + path
         if self.entries is not None and not self._committed(repo_path, self.entries.get(path)):
             return Blame(None, "not committed yet", None)
+        blame = self._blame_of(repo_path)
         try:
-            hunk = self.repo.blame(repo_path, newest_commit=self.commit).for_line(max(line, 1))
+            if blame is None:
+                raise KeyError(repo_path)
+            hunk = blame.for_line(max(line, 1))
         except (KeyError, ValueError, IndexError, pygit2.GitError):
             return Blame(None, "unknown", None)
         commit = self.repo[hunk.final_commit_id]
         author = commit.author
         when = dt.datetime.fromtimestamp(author.time, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return Blame(str(commit.id), f"{author.name} <{author.email}>", when)
+
+    def _blame_of(self, repo_path: str) -> pygit2.Blame | None:
+        if repo_path not in self._blames:
+            try:
+                self._blames[repo_path] = self.repo.blame(repo_path, newest_commit=self.commit)
+            except (KeyError, ValueError, pygit2.GitError):
+                self._blames[repo_path] = None
+        return self._blames[repo_path]
 
     def _committed(self, repo_path: str, blob: str | None) -> bool:
         try:
