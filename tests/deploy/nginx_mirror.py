@@ -74,7 +74,8 @@ worker_processes 1;
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log notice;
 {user}
-events {{ worker_connections 1024; }}
+worker_rlimit_nofile 16384;
+events {{ worker_connections 4096; }}
 http {{
     log_format mirror '$request_method $request_uri $status';
     access_log {workdir}/access.log mirror;

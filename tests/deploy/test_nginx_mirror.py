@@ -62,7 +62,7 @@ def replace_file(path: Path, data: bytes) -> None:
 
 
 def serves(url: str, condition: Callable[[bytes], bool]) -> None:
-    """Wait until the mirror's answer meets ``condition`` (open_file_cache_valid is 1 s: a renamed file shows soon)."""
+    """Wait until the mirror's answer meets ``condition`` (a renamed file is served at once; bounded all the same)."""
     deadline = time.monotonic() + 30
     while not condition(httpx.get(url, trust_env=False).content):
         assert time.monotonic() < deadline, f"{url} did not change within 30 s"
