@@ -76,6 +76,7 @@ class ApiContext:
     last_cycle: dict[str, Any] = field(default_factory=dict)
     target_of: Callable[[str], Any] | None = None  # node -> treadle.rollout.observe.Target (Pipeline.target_of)
     scrape_timeout_s: float = 2.0
+    health_status: Callable[[], dict[str, Any]] | None = None  # HealthWatcher.status: the last round of observation
 
 
 class _ETagCache:
@@ -172,6 +173,7 @@ def status_document(ctx: ApiContext) -> dict[str, Any]:
         "deployments": state.deployments(limit=5),
         "last_cycle": dict(ctx.last_cycle),
         "rollout": None if ctx.rollouts is None else ctx.rollouts.summary(),
+        "health": None if ctx.health_status is None else ctx.health_status(),
     }
 
 

@@ -230,7 +230,7 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
                      rollouts=rollouts,
                      repository=config.source.repository, webhook_secret=config.api.webhook_secret,
                      admin_token=config.api.admin_token, target_of=pipeline.target_of,
-                     scrape_timeout_s=config.health.scrape_timeout_s)
+                     scrape_timeout_s=config.health.scrape_timeout_s, health_status=health.status)
     return Controller(config, pipeline, api, trigger, health)
 
 

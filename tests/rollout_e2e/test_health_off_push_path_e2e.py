@@ -48,5 +48,7 @@ def test_a_push_is_published_while_a_round_is_blocked_on_hung_agents(tmp_path: P
 
             # The round that was blocked when the push came is blocked still: its connections are open.
             assert net.accepted == len(hung) and net.open == len(hung) and net.closed_by_client == 0
+            # The new rollout's wave (the one node) is what the health thread watches now; its round waits.
+            fleet.wait(lambda: fleet.api("/v1/status")["health"]["watched"] == 1, 60, "the one node to be watched")
         finally:
             fleet.stop()
