@@ -223,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     fabric_dir, bare, _fabric = setup_fabric(work, 1000)
     ctl = Controller(work, bare)
     nginx = None
-    ok = True
     try:
         ctl.url = ctl.wait_event("api.listening")["url"]
         ctl.wait_event("commit.deployed", timeout_s=600)
@@ -233,17 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         uri = "/v1/nodes/{node}/manifest"
         if "controller" in args.targets:
             r = load(ctl.url.removeprefix("http://"), agent_list(ctl.publish, names, uri, controller_etag), work, args)
-            ok &= report("controller", r)
+            report("controller", r)
         if "nginx" in args.targets:
             nginx, port = start_nginx(work, ctl.publish)
             r = load(f"127.0.0.1:{port}", agent_list(ctl.publish, names, uri, nginx_etag), work, args)
-            ok &= report("nginx", r)
+            report("nginx", r)
     finally:
         if nginx is not None:
             nginx.stop()  # type: ignore[attr-defined]
         ctl.stop()
         shutil.rmtree(work, ignore_errors=True)
-    return 0 if ok else 1
+    return 0  # figures, not a test: PASS/FAIL is printed (bench/README.md)
 
 
 if __name__ == "__main__":
