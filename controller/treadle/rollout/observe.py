@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import httpx
@@ -241,27 +241,47 @@ class PrometheusSource:
         return {node: _observation(*(columns[m].get(node) for m in (GENERATION, APPLY_OK, HEALTHY, ACCEPTED)))
                 for node in wanted if node in columns[GENERATION]}
 
+    async def observe_round(self, targets: Sequence[Target]) -> RoundResult:
+        started = time.perf_counter()
+        found = await self.observe(targets)
+        return RoundResult(found, {t.node: "absent" for t in targets if t.node not in found}, time.perf_counter() - started)
+
     async def _columns(self, client: httpx.AsyncClient, promql: str) -> dict[str, dict[str, float]]:
         """Per metric, each node's value. Raises httpx.HTTPError, ValueError, KeyError, TypeError."""
         self.queries += 1
         response = await client.post(self._url, data={"query": promql})
         response.raise_for_status()
-        body = response.json()
-        if body.get("status") != "success" or body["data"]["resultType"] != "vector":
-            raise ValueError(f"unexpected answer: {body.get('error', body.get('status'))}")
-        by_short = {short: metric for metric, short in GAUGES.items()}
-        columns: dict[str, dict[str, float]] = {m: {} for m in GAUGES}
-        for r in body["data"]["result"]:
-            labels = r["metric"]
-            metric = by_short.get(labels.get("m", ""))
-            if metric is not None and "node" in labels:
-                columns[metric][labels["node"]] = float(r["value"][1])
-        return columns
+        return columns_from_answer(response.json())
 
-    async def observe_round(self, targets: Sequence[Target]) -> RoundResult:
-        started = time.perf_counter()
-        found = await self.observe(targets)
-        return RoundResult(found, {t.node: "absent" for t in targets if t.node not in found}, time.perf_counter() - started)
+
+def columns_from_answer(body: Any) -> dict[str, dict[str, float]]:
+    """Per gauge, each node's value, from the JSON answer to :meth:`PrometheusSource.query`.
+
+    A result without a node, with an unknown ``m`` or a value that is no
+    number is skipped; NaN and infinities are kept (:func:`_observation`
+    makes them missing data).
+
+    Raises:
+        ValueError, KeyError, TypeError: the answer is not a successful vector (every node is then unknown).
+    """
+    if not isinstance(body, dict) or body.get("status") != "success" or body["data"]["resultType"] != "vector":
+        error = body.get("error", body.get("status")) if isinstance(body, dict) else type(body).__name__
+        raise ValueError(f"unexpected answer: {error}")
+    by_short = {short: metric for metric, short in GAUGES.items()}
+    columns: dict[str, dict[str, float]] = {m: {} for m in GAUGES}
+    for r in body["data"]["result"]:
+        labels = r.get("metric") if isinstance(r, dict) else None
+        value = r.get("value") if isinstance(r, dict) else None
+        if not isinstance(labels, dict) or not isinstance(value, list) or len(value) != 2:
+            continue
+        metric, node = by_short.get(str(labels.get("m", ""))), labels.get("node")
+        if metric is None or not isinstance(node, str):
+            continue
+        try:
+            columns[metric][node] = float(value[1])
+        except (TypeError, ValueError):
+            continue
+    return columns
 
 
 def _regex_literal(name: str) -> str:
