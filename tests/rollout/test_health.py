@@ -107,3 +107,17 @@ def test_a_new_set_of_targets_starts_a_round_in_the_health_thread_at_once(net: P
             watcher.last_round.duration_s, abs=0.001)}  # type: ignore[union-attr]
     finally:
         watcher.stop()
+
+
+def test_what_was_observed_before_since_does_not_count(net: Peers) -> None:
+    """A halted wave resumed by an operator is judged on what its nodes say after the resume."""
+    wall = [1_800_000_000.0]
+    watcher = HealthWatcher(ScrapeSource(timeout_s=0.5), interval_s=1, stale_after_s=600, wall_clock=lambda: wall[0])
+    target = Target("n1", *net.agent(exposition("n1", 5, 1, 0)))
+    watcher.watch([target])
+    watcher.run_round([target])
+    assert watcher.observations([target], since=wall[0]) == {"n1": Observation(5, True, False)}
+    assert watcher.observations([target], since=wall[0] + 1) == {}  # e.g. resumed a second after that round
+    wall[0] += 2
+    watcher.run_round([target])
+    assert watcher.observations([target], since=wall[0] - 1) == {"n1": Observation(5, True, False)}

@@ -16,6 +16,11 @@ Rules this module keeps (tests/rollout/test_health.py pins them):
 - An observation counts only while it is younger than ``stale_after_s``,
   measured from the start of the round that took it; older, the node is
   unknown, which the state machine never counts as a pass.
+- An observation counts only if its round started at or after ``since`` (the
+  rollout's soak start): what a node said before an operator resumed a halted
+  wave, or before the wave was published, is never judged again
+  (tests/rollout_e2e/test_runbook_e2e.py repairs a node, resumes, and expects
+  the repaired state to be what counts).
 - A target that gave nothing in a round (refused, hung, unreadable, past the
   round's deadline) replaces what it reported before: a node that stops
   answering is unknown at once, never healthy on old data.
@@ -42,7 +47,9 @@ from treadle.rollout.observe import HealthSource, RoundResult, Target
 class Observer(Protocol):
     """What the rollout service asks: the observations of these targets, now (absent: unknown)."""
 
-    def observations(self, targets: Sequence[Target]) -> dict[str, Observation]: ...
+    def observations(self, targets: Sequence[Target], since: float | None = None) -> dict[str, Observation]:
+        """``since``: ignore what was observed before this time (seconds since the epoch)."""
+        ...
 
 
 class DirectObserver:
@@ -51,15 +58,16 @@ class DirectObserver:
     def __init__(self, source: HealthSource) -> None:
         self.source = source
 
-    def observations(self, targets: Sequence[Target]) -> dict[str, Observation]:
+    def observations(self, targets: Sequence[Target], since: float | None = None) -> dict[str, Observation]:
         if not targets:
             return {}
-        return anyio.run(self.source.observe, targets)
+        return anyio.run(self.source.observe, targets)  # observed now: after any ``since``
 
 
 @dataclass(frozen=True, slots=True)
 class _Seen:
     at: float  # start of the round that took it (monotonic clock)
+    wall: float  # the same moment in seconds since the epoch, to compare with the rollout's times
     observation: Observation | None  # None: the target gave nothing in that round
 
 
@@ -78,12 +86,13 @@ class HealthWatcher:
     """Observes the wanted targets in rounds, in its own thread, and keeps the latest observation per node."""
 
     def __init__(self, source: HealthSource, *, interval_s: float, stale_after_s: float, metrics: Any | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         self.source = source
         self._interval_s = interval_s
         self._stale_after_s = stale_after_s
         self._metrics = metrics
         self._clock = clock
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._wanted: dict[str, Target] = {}
         self._seen: dict[str, _Seen] = {}
@@ -97,15 +106,17 @@ class HealthWatcher:
 
     # -- the rollout's side (any thread) ----------------------------------------
 
-    def observations(self, targets: Sequence[Target]) -> dict[str, Observation]:
-        """Watch ``targets`` from now on (and only them) and return their fresh observations."""
+    def observations(self, targets: Sequence[Target], since: float | None = None) -> dict[str, Observation]:
+        """Watch ``targets`` from now on (and only them) and return their fresh observations taken since ``since``."""
         self.watch(targets)
         now = self._clock()
+        floor = float("-inf") if since is None else since
         with self._lock:
             out = {}
             for t in targets:
                 seen = self._seen.get(t.node)
-                if seen is not None and seen.observation is not None and now - seen.at <= self._stale_after_s:
+                if (seen is not None and seen.observation is not None and now - seen.at <= self._stale_after_s
+                        and seen.wall >= floor):
                     out[t.node] = seen.observation
             return out
 
@@ -163,14 +174,14 @@ class HealthWatcher:
 
     def run_round(self, targets: Sequence[Target]) -> RoundStats:
         """One round over ``targets``, recorded in the cache (the health thread calls it; tests may too)."""
-        started = self._clock()
+        started, wall = self._clock(), self._wall_clock()
         result: RoundResult = anyio.run(self.source.observe_round, targets)
         stats = RoundStats(started, result.duration_s, len(targets), len(result.observations),
                            _count(result.failed.values()))
         with self._lock:
             for t in targets:
                 if t.node in self._wanted:
-                    self._seen[t.node] = _Seen(started, result.observations.get(t.node))
+                    self._seen[t.node] = _Seen(started, wall, result.observations.get(t.node))
             self.last_round = stats
             self.rounds += 1
             self._round_done.notify_all()

@@ -194,7 +194,9 @@ class RolloutService:
             nodes = [n for w in r.waves[:r.wave] for n in w.nodes]
             if r.state is State.SOAKING and r.current is not None:
                 nodes.extend(r.current.nodes)
-        return self._observer.observations(executor.targets(r.commit, nodes) if nodes else ())
+        # Only what was observed since the wave's soak started (at its publication, or an operator's resume) counts.
+        since = r.started_at if r.state is State.SOAKING else None
+        return self._observer.observations(executor.targets(r.commit, nodes) if nodes else (), since)
 
     def _carry_out(self, rid: int, r: Rollout, action: machine.Action, executor: Executor) -> Rollout:
         now = self._clock()
