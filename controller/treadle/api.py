@@ -78,6 +78,7 @@ class ApiContext:
     scrape_timeout_s: float = 2.0
     mirror: str | None = None  # the git mirror's path: the console reads commits, plans and provenance there
     console_read: str = "loopback"  # who reads the console without the token (ApiSettings.console_read)
+    health_status: Callable[[], dict[str, Any]] | None = None  # HealthWatcher.status: the last round of observation
 
 
 class _ETagCache:
@@ -174,6 +175,7 @@ def status_document(ctx: ApiContext) -> dict[str, Any]:
         "deployments": state.deployments(limit=5),
         "last_cycle": dict(ctx.last_cycle),
         "rollout": None if ctx.rollouts is None else ctx.rollouts.summary(),
+        "health": None if ctx.health_status is None else ctx.health_status(),
     }
 
 

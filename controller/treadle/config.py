@@ -86,8 +86,11 @@ class ApiSettings:
 class HealthSettings:
     source: str
     prometheus_url: str | None
-    scrape_timeout_s: float
-    interval_s: float
+    scrape_timeout_s: float  # per agent: connect, send and read together
+    interval_s: float  # between the end of one round of observation and the start of the next
+    scrape_concurrency: int = 64  # connections open at once, at most
+    scrape_round_s: float = 30.0  # one round over every agent of a wave, at most; the rest are unknown
+    stale_after_s: float = 60.0  # an observation older than this is unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,7 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
     if health.get("source") == "prometheus" and not health.get("prometheus_url"):
         raise UsageError(f"{path}: health.source = \"prometheus\" needs health.prometheus_url; "
                          "fix: add prometheus_url = \"http://prometheus:9090\" to [health]")
+    _check_health(health, path)
     return ControllerConfig(
         path=path,
         source=SourceSettings(
@@ -178,9 +182,22 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
             prometheus_url=health.get("prometheus_url"),
             scrape_timeout_s=float(health.get("scrape_timeout_s", 2)),
             interval_s=float(health.get("interval_s", 2)),
+            scrape_concurrency=int(health.get("scrape_concurrency", 64)),
+            scrape_round_s=float(health.get("scrape_round_s", 30)),
+            stale_after_s=float(health.get("stale_after_s", 60)),
         ),
         retention=RetentionSettings(**doc.get("retention", {})),
     )
+
+
+def _check_health(health: dict[str, Any], path: Path) -> None:
+    """An observation must outlive the round that took it plus the pause before the next, or no node ever passes."""
+    stale, round_s, interval = (float(health.get(k, d)) for k, d in
+                                (("stale_after_s", 60), ("scrape_round_s", 30), ("interval_s", 2)))
+    if stale <= round_s + interval:
+        raise UsageError(f"{path}: health.stale_after_s ({stale:g}) must be more than health.scrape_round_s + "
+                         f"health.interval_s ({round_s + interval:g}): observations would go stale before the next "
+                         f"round; fix: stale_after_s = {2 * (round_s + interval):g}")
 
 
 def _key(instance_path: list[str | int] | tuple[str | int, ...]) -> str:

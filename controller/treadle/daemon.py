@@ -7,6 +7,11 @@ watcher, the webhook, an accepted history) only sets a trigger; a trigger that
 arrives during a cycle makes the next one start at once, and that cycle
 fetches the newest head, so a burst of pushes costs one or two cycles.
 
+Health observation (scraping the agents, or asking Prometheus) runs in a
+thread of its own (:class:`treadle.rollout.health.HealthWatcher`): a rollout
+tick only reads its latest observations, so neither a push nor the API ever
+waits for an agent that is down or hung.
+
 SIGTERM and SIGINT stop the loop after the cycle in progress (a cycle is never
 abandoned halfway, although a crash mid-cycle is safe too) and shut the HTTP
 server down.
@@ -38,6 +43,7 @@ from treadle.gate import SignaturePolicy
 from treadle.metrics import ControllerMetrics
 from treadle.pipeline import Outcome, Pipeline, Settings
 from treadle.publish import PublishStore
+from treadle.rollout.health import HealthWatcher
 from treadle.rollout.observe import source_from_config
 from treadle.rollout.service import RolloutService
 from treadle.sign import ManifestSigner
@@ -81,6 +87,7 @@ class Controller:
     pipeline: Pipeline
     api: ApiContext
     trigger: Trigger
+    health: HealthWatcher | None = None
 
     async def run(self) -> None:
         """Serve and reconcile until SIGTERM or SIGINT."""
@@ -89,6 +96,8 @@ class Controller:
         server = _Server(uvicorn.Config(build_app(self.api), log_level="warning", access_log=False, lifespan="off",
                                           log_config=None))
         log.event("api.listening", host=host, port=port, url=f"http://{host}:{port}")
+        if self.health is not None:
+            self.health.start()
         async with anyio.create_task_group() as outer:
             outer.start_soon(server.serve, [sock])
             stop = anyio.Event()
@@ -104,7 +113,9 @@ class Controller:
         log.event("controller.stopped")
 
     def close(self) -> None:
-        """Release what the parts hold open: database connections, the mirror's pack files."""
+        """Release what the parts hold open: the health thread, database connections, the mirror's pack files."""
+        if self.health is not None:
+            self.health.stop()
         if self.pipeline.rollouts is not None:
             self.pipeline.rollouts.close()
         self.pipeline.source.close()
@@ -201,7 +212,10 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
     store = PublishStore(config.store.publish_dir)
     metrics = ControllerMetrics()
     trigger = Trigger()
-    health = source_from_config(config.health.source, config.health.prometheus_url, config.health.scrape_timeout_s)
+    h = config.health
+    health = HealthWatcher(source_from_config(h.source, h.prometheus_url, h.scrape_timeout_s, h.scrape_concurrency,
+                                              h.scrape_round_s),
+                           interval_s=h.interval_s, stale_after_s=h.stale_after_s, metrics=metrics)
     rollouts = RolloutService(state_dir / STATE_DB, health, metrics=metrics)
     pipeline = Pipeline(
         source=GitSource(config.source.repository, config.source.branch, state_dir, config.source.credentials,
@@ -217,8 +231,8 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
                      repository=config.source.repository, webhook_secret=config.api.webhook_secret,
                      admin_token=config.api.admin_token, target_of=pipeline.target_of,
                      scrape_timeout_s=config.health.scrape_timeout_s, mirror=_mirror_of(pipeline),
-                     console_read=config.api.console_read)
-    return Controller(config, pipeline, api, trigger)
+                     console_read=config.api.console_read, health_status=health.status)
+    return Controller(config, pipeline, api, trigger, health)
 
 
 def _mirror_of(pipeline: Any) -> str | None:

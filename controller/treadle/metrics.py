@@ -44,6 +44,13 @@ class ControllerMetrics:
                                         ["wave", "status"], registry=r)
         self.rollout_state = Gauge("treadle_rollout_state", "The rollout state machine's state (value 1 for the current one).",
                                    ["state"], registry=r)
+        self.health_observations_total = Counter(
+            "treadle_controller_health_observations_total",
+            "Agents asked by the health source, by result (ok, or why nothing came: refused, timeout, ...).",
+            ["result"], registry=r)
+        self.health_round_duration_seconds = Histogram(
+            "treadle_controller_health_round_duration_seconds", "Time one round of health observation took.",
+            buckets=RENDER_BUCKETS_S, registry=r)
         self._commit: str | None = None
         # Every label value of the counters exists from the start, at 0: a series born at 1 on
         # its first event has no earlier sample, and increase() over it says 0.
@@ -51,6 +58,10 @@ class ControllerMetrics:
             self.commits_total.labels(result=result)
         for reason in REFUSAL_REASONS:
             self.rejected_commits_total.labels(reason=reason)
+        from treadle.rollout.observe import FAILURES
+
+        for result in ("ok", *FAILURES):
+            self.health_observations_total.labels(result=result)
 
     def set_deployed_commit(self, commit: str | None) -> None:
         """Exactly one ``commit`` label carries 1: the old one is removed, not zeroed."""

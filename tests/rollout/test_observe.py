@@ -95,3 +95,43 @@ def test_any_exposition_is_an_observation_or_missing_never_an_exception(body: st
     text = f'treadle_agent_info{{node="n1"}} 1\ntreadle_agent_applied_generation {value}\n{body}'
     got = parse_exposition(text, "n1")
     assert got is None or isinstance(got, Observation)
+
+
+# -- the Prometheus source's answers (tests/observability/test_prometheus_health.py asks a real one) --
+
+from treadle.rollout.observe import columns_from_answer  # noqa: E402
+
+_json = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                     max_leaves=20)
+_result = st.fixed_dictionaries({"metric": st.dictionaries(st.sampled_from(["m", "node", "instance"]),
+                                                           st.sampled_from(["healthy", "applied_generation", "n1", "x"]) | _json),
+                                 "value": st.lists(_json, max_size=3) | _json})
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=_json | st.fixed_dictionaries({"status": st.just("success"), "data": st.fixed_dictionaries(
+    {"resultType": st.just("vector"), "result": st.lists(_result | _json, max_size=6)})}))
+def test_any_prometheus_answer_is_columns_or_a_refusal_never_another_exception(body: object) -> None:
+    try:
+        columns = columns_from_answer(body)
+    except (ValueError, KeyError, TypeError):
+        return
+    assert set(columns) == {"treadle_agent_applied_generation", "treadle_agent_last_apply_success",
+                            "treadle_agent_healthy", "treadle_agent_manifest_generation"}
+    assert all(isinstance(n, str) and isinstance(v, float) for c in columns.values() for n, v in c.items())
+
+
+def test_a_prometheus_answer_is_read_by_gauge_and_node() -> None:
+    body = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"m": "applied_generation", "node": "n1"}, "value": [1.0, "7"]},
+        {"metric": {"m": "healthy", "node": "n1"}, "value": [1.0, "0"]},
+        {"metric": {"m": "healthy"}, "value": [1.0, "1"]},  # no node: skipped
+        {"metric": {"m": "other", "node": "n1"}, "value": [1.0, "1"]},  # not a gauge the gate reads
+        {"metric": {"m": "last_apply_success", "node": "n2"}, "value": [1.0, "NaN"]}]}}
+    columns = columns_from_answer(body)
+    assert columns["treadle_agent_applied_generation"] == {"n1": 7.0}
+    assert columns["treadle_agent_healthy"] == {"n1": 0.0}
+    assert "n2" in columns["treadle_agent_last_apply_success"]
+    with pytest.raises(ValueError):
+        columns_from_answer({"status": "error", "error": "bad query"})

@@ -16,9 +16,10 @@ from the result, which the state machine never counts as a pass.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import httpx
@@ -36,6 +37,9 @@ APPLY_OK = "treadle_agent_last_apply_success"
 HEALTHY = "treadle_agent_healthy"
 INFO = "treadle_agent_info"
 CHECK_UP = "treadle_agent_health_check_up"  # only for naming the failing checks in a halt reason
+#: The gauges the Prometheus source reads, by the short name its query keeps in label ``m``.
+GAUGES = {GENERATION: "applied_generation", APPLY_OK: "last_apply_success", HEALTHY: "healthy",
+          ACCEPTED: "manifest_generation"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,10 @@ class Target:
 class HealthSource(Protocol):
     async def observe(self, targets: Sequence[Target]) -> dict[str, Observation]:
         """Observations for the nodes that reported readable data; others are absent."""
+        ...
+
+    async def observe_round(self, targets: Sequence[Target]) -> RoundResult:
+        """The same, with the reason each absent node gave nothing (see FAILURES)."""
         ...
 
 
@@ -98,79 +106,197 @@ def _observation(generation: float | None, apply_ok: float | None, healthy: floa
                        accepted=number(accepted))
 
 
-class ScrapeSource:
-    """Scrapes every target's /metrics concurrently (bounded), each with a timeout."""
+#: Why a target gave no observation in a round (the ``result`` label of the health metrics, beside ``ok``).
+FAILURES = ("refused", "timeout", "http_error", "unreadable", "too_large", "round_deadline", "absent")
+#: An agent's exposition is a few kilobytes; more than this is cut off and counts as unreadable.
+MAX_EXPOSITION_BYTES = 1 << 20
 
-    def __init__(self, timeout_s: float = 2.0, concurrency: int = 64, transport: httpx.AsyncBaseTransport | None = None) -> None:
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """One round of observation: what each target reported, or why it reported nothing."""
+
+    observations: dict[str, Observation]
+    failed: dict[str, str]  # node -> one of FAILURES
+    duration_s: float = 0.0
+
+
+class ScrapeSource:
+    """Scrapes every target's /metrics concurrently, with three bounds.
+
+    - at most ``concurrency`` connections are open at once (a capacity limiter
+      around each request, and the client's own pool limit);
+    - each target gets ``timeout_s`` in all (connect, send, read), so an agent
+      that accepts and never answers costs one slot for ``timeout_s``, and one
+      that refuses costs a round trip;
+    - the whole round gets ``round_s``: targets not answered by then are
+      ``round_deadline`` (unknown), never healthy.
+    """
+
+    def __init__(self, timeout_s: float = 2.0, concurrency: int = 64, transport: httpx.AsyncBaseTransport | None = None,
+                 round_s: float = 30.0) -> None:
         self._timeout_s = timeout_s
-        self._limit = anyio.CapacityLimiter(concurrency)
+        self._concurrency = concurrency
+        self._round_s = round_s
         self._transport = transport
 
     async def observe(self, targets: Sequence[Target]) -> dict[str, Observation]:
-        results: dict[str, Observation] = {}
-        async with httpx.AsyncClient(timeout=self._timeout_s, transport=self._transport, trust_env=False) as client:
-            async with anyio.create_task_group() as tg:
-                for t in targets:
-                    tg.start_soon(self._one, client, t, results)
-        return results
+        return (await self.observe_round(targets)).observations
 
-    async def _one(self, client: httpx.AsyncClient, target: Target, results: dict[str, Observation]) -> None:
-        async with self._limit:
-            try:
-                response = await client.get(target.url)
-                response.raise_for_status()
-            except httpx.HTTPError as e:
-                log.warning("scrape.failed", node=target.node, url=target.url, error=str(e) or type(e).__name__)
-                return
-        obs = parse_exposition(response.text, target.node)
-        if obs is not None:
+    async def observe_round(self, targets: Sequence[Target]) -> RoundResult:
+        started = time.perf_counter()
+        results: dict[str, Observation] = {}
+        failed: dict[str, str] = {}
+        limiter = anyio.CapacityLimiter(self._concurrency)
+        limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=self._timeout_s, transport=self._transport, trust_env=False,
+                                     limits=limits) as client:
+            with anyio.move_on_after(self._round_s):
+                async with anyio.create_task_group() as tg:
+                    for t in targets:
+                        tg.start_soon(self._one, client, limiter, t, results, failed)
+        for t in targets:
+            if t.node not in results and t.node not in failed:
+                failed[t.node] = "round_deadline"
+        return RoundResult(results, failed, time.perf_counter() - started)
+
+    async def _one(self, client: httpx.AsyncClient, limiter: anyio.CapacityLimiter, target: Target,
+                   results: dict[str, Observation], failed: dict[str, str]) -> None:
+        async with limiter:
+            with anyio.move_on_after(self._timeout_s) as scope:
+                outcome = await self._fetch(client, target)
+            if scope.cancelled_caught:
+                outcome = "timeout"
+        if isinstance(outcome, str):
+            failed[target.node] = outcome
+            log.warning("scrape.failed", node=target.node, url=target.url, error=outcome)
+            return
+        obs = parse_exposition(outcome.decode("utf-8", "replace"), target.node)
+        if obs is None:
+            failed[target.node] = "unreadable"
+        else:
             results[target.node] = obs
+
+    async def _fetch(self, client: httpx.AsyncClient, target: Target) -> bytes | str:
+        """The body of the target's /metrics, or why there is none (one of FAILURES)."""
+        try:
+            async with client.stream("GET", target.url) as response:
+                if response.status_code != 200:
+                    return "http_error"
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_EXPOSITION_BYTES:
+                        return "too_large"
+                return bytes(body)
+        except httpx.ConnectError:
+            return "refused"
+        except httpx.TimeoutException:
+            return "timeout"
+        except httpx.HTTPError:
+            return "http_error"
 
 
 class PrometheusSource:
-    """Reads the same facts from a Prometheus server's query API.
+    """Reads the same facts from a Prometheus server's query API: one query per round, whatever the wave's size.
 
     Agents' series carry no ``node`` label of their own (Prometheus adds
-    ``instance``); each query joins on ``treadle_agent_info`` to name the node.
+    ``instance``); the query joins on ``treadle_agent_info`` to name the node,
+    and ``label_replace`` keeps each series' name in a label ``m``, so the
+    four facts of every node come back in one answer. A wave of up to
+    ``REGEX_MAX_NODES`` nodes is selected on the server (``node=~"a|b|..."``,
+    sent as a POST form, so no URL length applies); a larger wave reads every
+    node's facts and keeps the wave's here, which bounds the query's size.
     """
+
+    #: Above this many nodes, the regex (about 20 bytes a node) costs the server more than it saves.
+    REGEX_MAX_NODES = 2000
 
     def __init__(self, url: str, timeout_s: float = 5.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._url = url.rstrip("/") + "/api/v1/query"
         self._timeout_s = timeout_s
         self._transport = transport
+        #: Queries sent since this source was made (tests and the benchmark read it).
+        self.queries = 0
 
     @staticmethod
-    def query(metric: str) -> str:
-        return f"max by (node) ({metric} * on (instance) group_left (node) {INFO})"
+    def query(nodes: Sequence[str] | None = None) -> str:
+        """The one PromQL query of a round: the wave's ``nodes`` (None: every node)."""
+        names = "|".join(sorted(GAUGES[m] for m in GAUGES))
+        selector = f'{INFO}{{node=~"{"|".join(_regex_literal(n) for n in sorted(nodes))}"}}' if nodes is not None else INFO
+        return (f'max by (node, m) (label_replace({{__name__=~"treadle_agent_({names})"}}, "m", "$1", "__name__", '
+                f'"treadle_agent_(.*)") * on (instance) group_left (node) {selector})')
 
     async def observe(self, targets: Sequence[Target]) -> dict[str, Observation]:
         wanted = {t.node for t in targets}
-        columns: dict[str, dict[str, float]] = {}
+        if not wanted:
+            return {}
+        promql = self.query(sorted(wanted) if len(wanted) <= self.REGEX_MAX_NODES else None)
         async with httpx.AsyncClient(timeout=self._timeout_s, transport=self._transport, trust_env=False) as client:
-            for metric in (GENERATION, APPLY_OK, HEALTHY, ACCEPTED):
-                try:
-                    columns[metric] = await self._vector(client, self.query(metric))
-                except (httpx.HTTPError, ValueError, KeyError) as e:
-                    log.warning("prometheus.query_failed", metric=metric, error=str(e))
-                    return {}  # one unreadable column makes every node's data incomplete
-        return {
-            node: _observation(columns[GENERATION].get(node), columns[APPLY_OK].get(node), columns[HEALTHY].get(node),
-                               columns[ACCEPTED].get(node))
-            for node in wanted if node in columns[GENERATION]
-        }
+            try:
+                columns = await self._columns(client, promql)
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+                log.warning("prometheus.query_failed", error=str(e) or type(e).__name__)
+                return {}  # an unreadable answer makes every node's data incomplete
+        return {node: _observation(*(columns[m].get(node) for m in (GENERATION, APPLY_OK, HEALTHY, ACCEPTED)))
+                for node in wanted if node in columns[GENERATION]}
 
-    async def _vector(self, client: httpx.AsyncClient, promql: str) -> dict[str, float]:
-        response = await client.get(self._url, params={"query": promql})
+    async def observe_round(self, targets: Sequence[Target]) -> RoundResult:
+        started = time.perf_counter()
+        found = await self.observe(targets)
+        return RoundResult(found, {t.node: "absent" for t in targets if t.node not in found}, time.perf_counter() - started)
+
+    async def _columns(self, client: httpx.AsyncClient, promql: str) -> dict[str, dict[str, float]]:
+        """Per metric, each node's value. Raises httpx.HTTPError, ValueError, KeyError, TypeError."""
+        self.queries += 1
+        response = await client.post(self._url, data={"query": promql})
         response.raise_for_status()
-        body = response.json()
-        if body.get("status") != "success" or body["data"]["resultType"] != "vector":
-            raise ValueError(f"unexpected answer to {promql!r}: {body.get('error', body.get('status'))}")
-        return {r["metric"]["node"]: float(r["value"][1]) for r in body["data"]["result"] if "node" in r["metric"]}
+        return columns_from_answer(response.json())
 
 
-def source_from_config(kind: str, prometheus_url: str | None, timeout_s: float) -> HealthSource:
+def columns_from_answer(body: Any) -> dict[str, dict[str, float]]:
+    """Per gauge, each node's value, from the JSON answer to :meth:`PrometheusSource.query`.
+
+    A result without a node, with an unknown ``m`` or a value that is no
+    number is skipped; NaN and infinities are kept (:func:`_observation`
+    makes them missing data).
+
+    Raises:
+        ValueError, KeyError, TypeError: the answer is not a successful vector (every node is then unknown).
+    """
+    if not isinstance(body, dict) or body.get("status") != "success" or body["data"]["resultType"] != "vector":
+        error = body.get("error", body.get("status")) if isinstance(body, dict) else type(body).__name__
+        raise ValueError(f"unexpected answer: {error}")
+    by_short = {short: metric for metric, short in GAUGES.items()}
+    columns: dict[str, dict[str, float]] = {m: {} for m in GAUGES}
+    for r in body["data"]["result"]:
+        labels = r.get("metric") if isinstance(r, dict) else None
+        value = r.get("value") if isinstance(r, dict) else None
+        if not isinstance(labels, dict) or not isinstance(value, list) or len(value) != 2:
+            continue
+        metric, node = by_short.get(str(labels.get("m", ""))), labels.get("node")
+        if metric is None or not isinstance(node, str):
+            continue
+        try:
+            columns[metric][node] = float(value[1])
+        except (TypeError, ValueError):
+            continue
+    return columns
+
+
+def _regex_literal(name: str) -> str:
+    """``name`` as a literal inside a PromQL (RE2) regex written in a double-quoted PromQL string."""
+    regex = "".join("\\" + c if c in _REGEX_SPECIAL else c for c in name)
+    return regex.replace("\\", "\\\\").replace('"', '\\"')
+
+
+_REGEX_SPECIAL = frozenset(".+*?()|[]{}^$\\")
+
+
+def source_from_config(kind: str, prometheus_url: str | None, timeout_s: float, concurrency: int = 64,
+                       round_s: float = 30.0) -> HealthSource:
     """The configured health source (controller.toml ``[health]``, as :mod:`treadle.config` validated it)."""
     if kind == "prometheus":
         assert prometheus_url, "treadle.config refuses health.source = prometheus without prometheus_url"
         return PrometheusSource(prometheus_url, timeout_s)
-    return ScrapeSource(timeout_s)
+    return ScrapeSource(timeout_s, concurrency, round_s=round_s)

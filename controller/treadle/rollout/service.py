@@ -9,7 +9,9 @@ every action and again after it (see :mod:`treadle.rollout.machine` for why
 that makes a restart resume at the same step).
 
 Observation (HTTP to the agents or to Prometheus) happens outside the lock,
-so a slow health source never blocks an operator. Reads (the API's rollout
+so a slow health source never blocks an operator; in the controller it
+happens in a thread of its own (:class:`treadle.rollout.health.HealthWatcher`)
+and a tick only reads its latest observations, so it never blocks a push either. Reads (the API's rollout
 documents, status) use a second connection and never wait for a step: a
 wave of 10,000 manifests being signed does not make ``/v1/status`` hang.
 """
@@ -23,12 +25,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import anyio
-
 from treadle import log
 from treadle.errors import SourceError, StoreError
 from treadle.rollout import machine
 from treadle.rollout.machine import Observation, Publish, Rollback, Rollout, State
+from treadle.rollout.health import DirectObserver, HealthWatcher, Observer
 from treadle.rollout.observe import HealthSource, Target
 from treadle.rollout.policy import RolloutPolicy
 from treadle.rollout.store import RolloutStore
@@ -72,13 +73,14 @@ def _connect(db_path: Path) -> sqlite3.Connection:
 
 
 class RolloutService:
-    def __init__(self, db_path: Path, health: HealthSource, *, metrics: Any | None = None,
+    def __init__(self, db_path: Path, health: HealthSource | HealthWatcher, *, metrics: Any | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        """``health``: a watcher (its cache is read), or a source asked in the ticking thread."""
         self._lock = threading.RLock()  # steps and operator actions
         self._read_lock = threading.Lock()  # the reader connection only
         self._store = RolloutStore(_connect(db_path))
         self._reader = RolloutStore(_connect(db_path))
-        self._health = health
+        self._observer: Observer = health if isinstance(health, HealthWatcher) else DirectObserver(health)
         self._metrics = metrics
         self._clock = clock
         #: The last rollout this service saved, with its id and save time: re-parsing a 10,000-node
@@ -155,6 +157,7 @@ class RolloutService:
             rid = self._store.active_id()
             r = self._load(rid) if rid is not None else None
         if rid is None or r is None:
+            self._observer.observations(())  # nothing to gate: stop observing
             return None
         observations = self._observe(r, executor)
         with self._lock:
@@ -186,14 +189,14 @@ class RolloutService:
 
     def _observe(self, r: Rollout, executor: Executor) -> dict[str, Observation]:
         """What the agents of the wave soaking and of the waves that passed report (those stay gated)."""
-        if r.paused or not r.active or r.state is State.ROLLING_BACK:
-            return {}
-        nodes = [n for w in r.waves[:r.wave] for n in w.nodes]
-        if r.state is State.SOAKING and r.current is not None:
-            nodes.extend(r.current.nodes)
-        if not nodes:
-            return {}
-        return anyio.run(self._health.observe, executor.targets(r.commit, nodes))
+        nodes: list[str] = []
+        if not (r.paused or not r.active or r.state is State.ROLLING_BACK):
+            nodes = [n for w in r.waves[:r.wave] for n in w.nodes]
+            if r.state is State.SOAKING and r.current is not None:
+                nodes.extend(r.current.nodes)
+        # Only what was observed since the wave's soak started (at its publication, or an operator's resume) counts.
+        since = r.started_at if r.state is State.SOAKING else None
+        return self._observer.observations(executor.targets(r.commit, nodes) if nodes else (), since)
 
     def _carry_out(self, rid: int, r: Rollout, action: machine.Action, executor: Executor) -> Rollout:
         now = self._clock()

@@ -1,0 +1,207 @@
+"""Health observation off the push path: rounds in a thread of their own, a cache the rollout reads.
+
+    rollout tick (pipeline worker thread)        health thread
+    ─────────────────────────────────────        ──────────────────────────────────────────
+    observations(targets) ── wanted targets ──►  round: source.observe_round(targets)
+                          ◄── latest per node ─  (bounded connections, per-target and
+                                                  per-round deadlines: see ScrapeSource)
+
+Why: a round over 10,000 agents, a tenth of them down or hung, takes seconds
+to tens of seconds; if the pipeline's worker waited for it, a push would wait
+too. Here the tick never does network I/O: it names the nodes it gates and
+reads what the last rounds saw.
+
+Rules this module keeps (tests/rollout/test_health.py pins them):
+
+- An observation counts only while it is younger than ``stale_after_s``,
+  measured from the start of the round that took it; older, the node is
+  unknown, which the state machine never counts as a pass.
+- An observation counts only if its round started at or after ``since`` (the
+  rollout's soak start): what a node said before an operator resumed a halted
+  wave, or before the wave was published, is never judged again
+  (tests/rollout_e2e/test_runbook_e2e.py repairs a node, resumes, and expects
+  the repaired state to be what counts).
+- A target that gave nothing in a round (refused, hung, unreadable, past the
+  round's deadline) replaces what it reported before: a node that stops
+  answering is unknown at once, never healthy on old data.
+- Rounds are paced: ``interval_s`` from the end of one to the start of the
+  next; a new set of wanted targets (a wave just published) starts one at
+  once, or as soon as the round in progress ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+from treadle import log
+from treadle.rollout.machine import Observation
+from treadle.rollout.observe import HealthSource, RoundResult, Target
+
+
+class Observer(Protocol):
+    """What the rollout service asks: the observations of these targets, now (absent: unknown)."""
+
+    def observations(self, targets: Sequence[Target], since: float | None = None) -> dict[str, Observation]:
+        """``since``: ignore what was observed before this time (seconds since the epoch)."""
+        ...
+
+
+class DirectObserver:
+    """Asks the source in the caller's thread (tests and tools that step a rollout by hand)."""
+
+    def __init__(self, source: HealthSource) -> None:
+        self.source = source
+
+    def observations(self, targets: Sequence[Target], since: float | None = None) -> dict[str, Observation]:
+        if not targets:
+            return {}
+        return anyio.run(self.source.observe, targets)  # observed now: after any ``since``
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    at: float  # start of the round that took it (monotonic clock)
+    wall: float  # the same moment in seconds since the epoch, to compare with the rollout's times
+    observation: Observation | None  # None: the target gave nothing in that round
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStats:
+    """The counts of one finished round (``/v1/status`` shows the last one)."""
+
+    started_at: float
+    duration_s: float
+    targets: int
+    ok: int
+    failed: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+
+class HealthWatcher:
+    """Observes the wanted targets in rounds, in its own thread, and keeps the latest observation per node."""
+
+    def __init__(self, source: HealthSource, *, interval_s: float, stale_after_s: float, metrics: Any | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self._interval_s = interval_s
+        self._stale_after_s = stale_after_s
+        self._metrics = metrics
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._lock = threading.Lock()
+        self._wanted: dict[str, Target] = {}
+        self._seen: dict[str, _Seen] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_round: RoundStats | None = None
+        #: Rounds finished since start; a condition variable lets tests wait for the next one.
+        self.rounds = 0
+        self._round_done = threading.Condition(self._lock)
+
+    # -- the rollout's side (any thread) ----------------------------------------
+
+    def observations(self, targets: Sequence[Target], since: float | None = None) -> dict[str, Observation]:
+        """Watch ``targets`` from now on (and only them) and return their fresh observations taken since ``since``."""
+        self.watch(targets)
+        now = self._clock()
+        floor = float("-inf") if since is None else since
+        with self._lock:
+            out = {}
+            for t in targets:
+                seen = self._seen.get(t.node)
+                if (seen is not None and seen.observation is not None and now - seen.at <= self._stale_after_s
+                        and seen.wall >= floor):
+                    out[t.node] = seen.observation
+            return out
+
+    def watch(self, targets: Sequence[Target]) -> None:
+        """Make ``targets`` the set observed; a change starts a round at once."""
+        wanted = {t.node: t for t in targets}
+        with self._lock:
+            if wanted == self._wanted:
+                return
+            self._wanted = wanted
+            self._seen = {n: s for n, s in self._seen.items() if n in wanted}
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        """The last round in a few fields, for ``/v1/status``."""
+        r = self.last_round
+        with self._lock:
+            watched = len(self._wanted)
+        if r is None:
+            return {"watched": watched, "last_round": None}
+        return {"watched": watched, "last_round": {"targets": r.targets, "ok": r.ok, "failed": dict(r.failed),
+                                                   "duration_s": round(r.duration_s, 3)}}
+
+    def wait_rounds(self, count: int, timeout_s: float) -> bool:
+        """Wait until ``count`` rounds have finished in all; whether they did."""
+        with self._round_done:
+            return self._round_done.wait_for(lambda: self.rounds >= count, timeout_s)
+
+    # -- the health thread ----------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="treadle-health", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop after the round in progress (bounded by the source's round deadline); waits ``timeout_s`` at most."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                targets = list(self._wanted.values())
+            if targets:
+                try:
+                    self.run_round(targets)
+                except Exception as e:  # a bug of ours must not end observation: its nodes stay unknown
+                    log.error("health.round_crashed", error_type=type(e).__name__, error=str(e))
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+
+    def run_round(self, targets: Sequence[Target]) -> RoundStats:
+        """One round over ``targets``, recorded in the cache (the health thread calls it; tests may too)."""
+        started, wall = self._clock(), self._wall_clock()
+        result: RoundResult = anyio.run(self.source.observe_round, targets)
+        stats = RoundStats(started, result.duration_s, len(targets), len(result.observations),
+                           _count(result.failed.values()))
+        with self._lock:
+            for t in targets:
+                if t.node in self._wanted:
+                    self._seen[t.node] = _Seen(started, wall, result.observations.get(t.node))
+            self.last_round = stats
+            self.rounds += 1
+            self._round_done.notify_all()
+        self._record(stats)
+        return stats
+
+    def _record(self, stats: RoundStats) -> None:
+        if self._metrics is not None:
+            self._metrics.health_observations_total.labels(result="ok").inc(stats.ok)
+            for reason, n in stats.failed.items():
+                self._metrics.health_observations_total.labels(result=reason).inc(n)
+            self._metrics.health_round_duration_seconds.observe(stats.duration_s)
+        emit = log.warning if stats.failed else log.event
+        emit("health.round", targets=stats.targets, ok=stats.ok, duration_s=round(stats.duration_s, 3),
+             **{f"failed_{k}": v for k, v in sorted(stats.failed.items())})
+
+
+def _count(reasons: Sequence[str] | Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in reasons:
+        out[r] = out.get(r, 0) + 1
+    return out
+
