@@ -15,18 +15,18 @@ applied), unknown.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import anyio
 
 from treadle import log
-from treadle.nodeview import MAX_EXPOSITION_BYTES, parse_agent_metrics
-from treadle.rollout.observe import Target
+from treadle.nodeview import parse_agent_metrics
+from treadle.rollout.observe import Target, scrape
 
 HEALTH = ("healthy", "unhealthy", "unreachable", "unknown")
 DRIFT = ("in_sync", "drifted", "unknown")
@@ -67,6 +67,7 @@ class FleetWatch:
     def __init__(self, targets: Callable[[], Sequence[Target]], timeout_s: float,
                  interval_s: float = SWEEP_INTERVAL_S, concurrency: int = 64) -> None:
         self._targets, self.timeout_s, self.interval_s, self.concurrency = targets, timeout_s, interval_s, concurrency
+        self.round_s = interval_s  # a sweep ends by the time the next one may start: the rest stay unreachable
         self._lock = threading.Lock()
         self._seen: dict[str, Seen] = {}
         self._finished: float | None = None
@@ -90,36 +91,20 @@ class FleetWatch:
             thread.join(timeout_s)
 
     def _sweep(self) -> None:
-        targets: list[Target] = []
+        seen: dict[str, Seen] | None = None
         try:
             targets = list(self._targets())
-            asyncio.run(self._ask_all(targets))
+            facts, _ = anyio.run(functools.partial(scrape, targets, _parse, timeout_s=self.timeout_s,
+                                                   concurrency=self.concurrency, round_s=self.round_s))
+            now = time.time()
+            seen = {t.node: Seen(*classify(facts.get(t.node)), now) for t in targets}
         except Exception as e:  # noqa: BLE001 - a failed sweep is logged and ends; the next stale read retries
             log.warning("console.fleet_watch_failed", error=str(e) or type(e).__name__)
         with self._lock:
-            names = {t.node for t in targets}
-            self._seen = {n: s for n, s in self._seen.items() if n in names}
+            if seen is not None:  # a failed sweep keeps what the last one saw
+                self._seen = seen
             self._finished = time.time()
 
-    async def _ask_all(self, targets: Sequence[Target]) -> None:
-        limit = asyncio.Semaphore(self.concurrency)
-        async with httpx.AsyncClient(timeout=self.timeout_s, trust_env=False) as client:
-            await asyncio.gather(*(self._ask(client, limit, t) for t in targets))
 
-    async def _ask(self, client: httpx.AsyncClient, limit: asyncio.Semaphore, target: Target) -> None:
-        async with limit:
-            facts = None
-            try:
-                async with client.stream("GET", target.url) as response:
-                    response.raise_for_status()
-                    body = b""
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) > MAX_EXPOSITION_BYTES:
-                            break
-                facts = parse_agent_metrics(body.decode("utf-8", "replace"), target.node)
-            except (httpx.HTTPError, httpx.InvalidURL, ValueError):  # no answer, or an address no URL can hold
-                facts = None
-            health, drift = classify(facts)
-            with self._lock:
-                self._seen[target.node] = Seen(health, drift, time.time())
+def _parse(body: bytes, node: str) -> dict[str, Any] | None:
+    return parse_agent_metrics(body.decode("utf-8", "replace"), node)

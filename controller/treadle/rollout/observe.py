@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import httpx
@@ -30,6 +30,7 @@ from treadle.rollout.machine import Observation
 from treadle import log
 
 DEFAULT_METRICS_PORT = 9731
+T = TypeVar("T")
 #: Agent series the gate reads; names are DESIGN.md's contract.
 GENERATION = "treadle_agent_applied_generation"
 ACCEPTED = "treadle_agent_manifest_generation"
@@ -145,56 +146,74 @@ class ScrapeSource:
 
     async def observe_round(self, targets: Sequence[Target]) -> RoundResult:
         started = time.perf_counter()
-        results: dict[str, Observation] = {}
-        failed: dict[str, str] = {}
-        limiter = anyio.CapacityLimiter(self._concurrency)
-        limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=0)
-        async with httpx.AsyncClient(timeout=self._timeout_s, transport=self._transport, trust_env=False,
-                                     limits=limits) as client:
-            with anyio.move_on_after(self._round_s):
-                async with anyio.create_task_group() as tg:
-                    for t in targets:
-                        tg.start_soon(self._one, client, limiter, t, results, failed)
-        for t in targets:
-            if t.node not in results and t.node not in failed:
-                failed[t.node] = "round_deadline"
+        results, failed = await scrape(targets, _parse_bytes, timeout_s=self._timeout_s,
+                                       concurrency=self._concurrency, round_s=self._round_s, transport=self._transport)
         return RoundResult(results, failed, time.perf_counter() - started)
 
-    async def _one(self, client: httpx.AsyncClient, limiter: anyio.CapacityLimiter, target: Target,
-                   results: dict[str, Observation], failed: dict[str, str]) -> None:
+
+def _parse_bytes(body: bytes, node: str) -> Observation | None:
+    return parse_exposition(body.decode("utf-8", "replace"), node)
+
+
+async def scrape(targets: Sequence[Target], parse: Callable[[bytes, str], T | None], *, timeout_s: float,
+                 concurrency: int, round_s: float,
+                 transport: httpx.AsyncBaseTransport | None = None) -> tuple[dict[str, T], dict[str, str]]:
+    """Every target's /metrics, parsed: (node -> parsed, node -> why nothing, one of FAILURES).
+
+    The bounds of :class:`ScrapeSource`; the console's fleet sweep reads its
+    own facts from the same bodies with another ``parse``. A body ``parse``
+    turns into None is ``unreadable``.
+    """
+    results: dict[str, T] = {}
+    failed: dict[str, str] = {}
+    limiter = anyio.CapacityLimiter(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
+
+    async def one(client: httpx.AsyncClient, target: Target) -> None:
         async with limiter:
-            with anyio.move_on_after(self._timeout_s) as scope:
-                outcome = await self._fetch(client, target)
+            with anyio.move_on_after(timeout_s) as scope:
+                outcome = await _fetch(client, target)
             if scope.cancelled_caught:
                 outcome = "timeout"
         if isinstance(outcome, str):
             failed[target.node] = outcome
             log.warning("scrape.failed", node=target.node, url=target.url, error=outcome)
             return
-        obs = parse_exposition(outcome.decode("utf-8", "replace"), target.node)
-        if obs is None:
+        parsed = parse(outcome, target.node)
+        if parsed is None:
             failed[target.node] = "unreadable"
         else:
-            results[target.node] = obs
+            results[target.node] = parsed
 
-    async def _fetch(self, client: httpx.AsyncClient, target: Target) -> bytes | str:
-        """The body of the target's /metrics, or why there is none (one of FAILURES)."""
-        try:
-            async with client.stream("GET", target.url) as response:
-                if response.status_code != 200:
-                    return "http_error"
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_EXPOSITION_BYTES:
-                        return "too_large"
-                return bytes(body)
-        except httpx.ConnectError:
-            return "refused"
-        except httpx.TimeoutException:
-            return "timeout"
-        except httpx.HTTPError:
-            return "http_error"
+    async with httpx.AsyncClient(timeout=timeout_s, transport=transport, trust_env=False, limits=limits) as client:
+        with anyio.move_on_after(round_s):
+            async with anyio.create_task_group() as tg:
+                for t in targets:
+                    tg.start_soon(one, client, t)
+    for t in targets:
+        if t.node not in results and t.node not in failed:
+            failed[t.node] = "round_deadline"
+    return results, failed
+
+
+async def _fetch(client: httpx.AsyncClient, target: Target) -> bytes | str:
+    """The body of the target's /metrics, or why there is none (one of FAILURES)."""
+    try:
+        async with client.stream("GET", target.url) as response:
+            if response.status_code != 200:
+                return "http_error"
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_EXPOSITION_BYTES:
+                    return "too_large"
+            return bytes(body)
+    except httpx.ConnectError:
+        return "refused"
+    except httpx.TimeoutException:
+        return "timeout"
+    except (httpx.HTTPError, httpx.InvalidURL):  # InvalidURL: an address no URL can hold
+        return "http_error"
 
 
 class PrometheusSource:
