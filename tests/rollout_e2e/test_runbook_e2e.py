@@ -30,6 +30,13 @@ def halted(fleet: Fleet) -> tuple[str, int]:
     return sha, doc["id"]
 
 
+def wait_until_status_says_healthy(fleet: Fleet, names: list[str]) -> None:
+    """Runbook step 2's check between repair and resume: `treadle status --node N` exits 0 for each."""
+    for name in names:
+        fleet.wait(lambda: treadle(fleet, "status", "--node", name).returncode == 0, 60,
+                   f"treadle status --node {name} to say healthy")
+
+
 def step_1_status_names_the_rollout_nodes_checks_and_next_commands(fleet: Fleet, rid: int) -> None:
     status = treadle(fleet, "status")
     out = " ".join(status.stdout.split())  # the table wraps long lines
@@ -56,6 +63,7 @@ def test_halted_runbook_repair_the_node_then_resume_completes_the_rollout(make_f
     # 2. The cause is on the node: repair it by hand (here: give it the file its check probes), then resume.
     probe = fleet.agents[CANARY].home / "root" / MISSING_FILE.lstrip("/")
     probe.write_text("repaired\n")
+    wait_until_status_says_healthy(fleet, [CANARY])
     # The controller's own hint, run as printed (its id included).
     hint = fleet.rollout(rid)["hint"]
     command = re.search(r"`(treadle rollout resume \d+)`", hint)
@@ -69,6 +77,7 @@ def test_halted_runbook_repair_the_node_then_resume_completes_the_rollout(make_f
     for name, agent in fleet.agents.items():
         (agent.home / "root" / MISSING_FILE.lstrip("/")).write_text("repaired\n")
     if doc["state"] == "halted":
+        wait_until_status_says_healthy(fleet, list(fleet.agents))
         again = treadle(fleet, "rollout", "resume", str(rid))
         assert again.returncode == 0, again.stderr
     doc = fleet.wait_rollout(sha, {"complete"}, 90)
