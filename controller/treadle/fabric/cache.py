@@ -37,6 +37,15 @@ class Parsed:
     problem: Problem | None
 
 
+def parse_bytes(data: bytes, limits: Limits) -> Parsed:
+    """One file's bytes parsed: its document, or the problem that stopped parsing (never raises for content)."""
+    try:
+        doc, tagged = load_yaml(data, limits)
+        return Parsed(doc, tagged, None)
+    except YamlProblem as e:
+        return Parsed(None, False, e.problem)
+
+
 T = TypeVar("T")
 
 #: One schema violation: (instance path, message). Paths are kept, lines found later.
@@ -68,13 +77,24 @@ class ParseCache:
         hit = self._parsed.get(key)
         if hit is None:
             self.parse_count += 1
-            try:
-                doc, tagged = load_yaml(read(), limits)
-                hit = Parsed(doc, tagged, None)
-            except YamlProblem as e:
-                hit = Parsed(None, False, e.problem)
-            self._parsed[key] = hit
+            hit = self._parsed[key] = parse_bytes(read(), limits)
         return hit
+
+    def missing(self, blobs: Iterable[str], limits: Limits) -> list[str]:
+        """The blobs of ``blobs`` not parsed yet under ``limits`` (each once, in order)."""
+        seen: set[str] = set()
+        out = []
+        for blob in blobs:
+            if (blob, limits) not in self._parsed and blob not in seen:
+                seen.add(blob)
+                out.append(blob)
+        return out
+
+    def add_parsed(self, blob: str, limits: Limits, parsed: Parsed) -> None:
+        """Store a parse made elsewhere (:func:`parse_bytes` in a forked worker): as if :meth:`parse` had made it."""
+        if (blob, limits) not in self._parsed:
+            self.parse_count += 1
+            self._parsed[(blob, limits)] = parsed
 
     def schema_errors(self, blob: str, schema: str, parsed: Parsed) -> tuple[SchemaError, ...]:
         """Violations of ``schema`` (e.g. ``node.json``) by the parsed file; validated once per (blob, schema)."""

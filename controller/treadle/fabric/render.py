@@ -41,7 +41,7 @@ from typing import Any
 from treadle_agent.manifest import canonical_json, digest
 
 from treadle.errors import Diagnostic
-from treadle.fabric.cache import ParseCache
+from treadle.fabric.cache import ParseCache, parse_bytes
 from treadle.fabric.canonical import restamped
 from treadle.fabric.checks import DEFAULT_ALLOWED_ROOTS, Finding, check_fleet, check_paths, has_special_modes, special_mode_problems
 from treadle.fabric.layout import FABRIC_FILE, NodeRef
@@ -268,10 +268,34 @@ def _load_and_check_files(run: FabricRun, fabric: dict[str, Any]) -> None:
     """Parse and validate every fabric file; path policy on every overlay's resources."""
     allowed = (fabric.get("policy") or {}).get("allowed_roots") or DEFAULT_ALLOWED_ROOTS
     run.findings += check_paths(FABRIC_FILE, ("defaults",), fabric.get("defaults"), allowed)
+    _parse_in_parallel(run)
     for path, role in roles(run.layout):
         run.load(path, role)
         run.findings += check_paths(path, (), run.parsed.get(path), allowed)
     run.check_stray()
+
+
+#: Files per job when a cold render parses in parallel: a few milliseconds of work each.
+_JOB_FILES = 500
+
+
+def _parse_in_parallel(run: FabricRun) -> None:
+    """Parse the files the cache lacks with the forked helper too, when there are many (a cold render).
+
+    Parsing a file is a pure function of its bytes, so the results are the
+    same documents and problems either way; they go into the cache, where
+    the loop that follows finds them. The worker reads the bytes itself.
+    """
+    paths = {blob: path for path, _ in roles(run.layout) for blob in (run.entries[path],)}
+    todo = run.cache.missing(paths, run.limits)
+    if len(todo) < PARALLEL_MIN_NODES:
+        return
+    jobs = [todo[i:i + _JOB_FILES] for i in range(0, len(todo), _JOB_FILES)]
+    limits, src = run.limits, run.src
+    done = fork_map(jobs, lambda blobs: [(b, parse_bytes(src.read(paths[b]), limits)) for b in blobs])
+    for batch in done:
+        for blob, parsed in batch:
+            run.cache.add_parsed(blob, limits, parsed)
 
 
 _TemplateKey = tuple[str, int, str, str]  # template file, line, message, hint
