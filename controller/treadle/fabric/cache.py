@@ -69,6 +69,8 @@ class ParseCache:
         self._listings: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         #: The last directory listing id computed (entries, directory, id): one listing per render.
         self._listing_ids: tuple[Any, str, str] = (None, "", "")
+        self._limits_seen: set[Limits] = set()  # the keys' second halves, for forget()
+        self._schemas_seen: set[str] = set()
         self.parse_count = 0  # files actually parsed (not served from the cache): lets tests pin "never twice"
 
     def parse(self, blob: str, read: Callable[[], bytes], limits: Limits) -> Parsed:
@@ -77,6 +79,7 @@ class ParseCache:
         hit = self._parsed.get(key)
         if hit is None:
             self.parse_count += 1
+            self._limits_seen.add(limits)
             hit = self._parsed[key] = parse_bytes(read(), limits)
         return hit
 
@@ -94,6 +97,7 @@ class ParseCache:
         """Store a parse made elsewhere (:func:`parse_bytes` in a forked worker): as if :meth:`parse` had made it."""
         if (blob, limits) not in self._parsed:
             self.parse_count += 1
+            self._limits_seen.add(limits)
             self._parsed[(blob, limits)] = parsed
 
     def schema_errors(self, blob: str, schema: str, parsed: Parsed) -> tuple[SchemaError, ...]:
@@ -101,6 +105,7 @@ class ParseCache:
         key = (blob, schema)
         hit = self._schema.get(key)
         if hit is None:
+            self._schemas_seen.add(schema)
             instance = plain(parsed.doc) if parsed.tagged else parsed.doc
             try:
                 hit = tuple((tuple(path), message) for path, message in treadle_schemas.errors(schema, instance))
@@ -163,6 +168,19 @@ class ParseCache:
         self._schema = {k: v for k, v in self._schema.items() if k[0] in keep}
         self._round_trip = {k: v for k, v in self._round_trip.items() if k in keep}
         self._templates = {k: v for k, v in self._templates.items() if k.split(":", 1)[0] in keep}
+
+    def forget(self, blobs: Iterable[str]) -> None:
+        """Forget the parses, schema verdicts and round-trip documents of ``blobs`` (files a change replaced).
+
+        :meth:`retain` for a few blobs, in proportion to them: each is looked up
+        under every parse limit and schema seen (a handful), not by a scan.
+        """
+        for blob in blobs:
+            for lim in self._limits_seen:
+                self._parsed.pop((blob, lim), None)
+            for schema in self._schemas_seen:
+                self._schema.pop((blob, schema), None)
+            self._round_trip.pop(blob, None)
 
     def store_rendered(self, node: str, sources: Iterable[str], entries: Mapping[str, str], result: Any) -> None:
         """Remember ``result`` for ``node`` with the blob ids of its sources (one entry per node name)."""

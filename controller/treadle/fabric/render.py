@@ -44,6 +44,7 @@ from treadle.errors import Diagnostic
 from treadle.fabric.cache import ParseCache, parse_bytes
 from treadle.fabric.canonical import restamped
 from treadle.fabric.checks import DEFAULT_ALLOWED_ROOTS, Finding, check_fleet, check_paths, has_special_modes, special_mode_problems
+from treadle.fabric.incremental import Stamped, index_of
 from treadle.fabric.layout import FABRIC_FILE, NodeRef
 from treadle.fabric.merge import trace
 from treadle.fabric.nodemanifest import BuildProblem, Memo, build_manifest, canonical_manifest
@@ -109,6 +110,11 @@ class RenderResult:
     #: Nodes whose file does not parse: their entry in ``lifecycles`` is the default, not a known state.
     unreadable: frozenset[str] = frozenset()
     unchecked: frozenset[str] = frozenset()  # nodes not rendered because a file of their chain has errors
+    #: When made incrementally from ``previous`` by :mod:`treadle.fabric.incremental`: the nodes rendered anew
+    #: (every other node is the previous one, re-stamped). None after any other render.
+    fresh: frozenset[str] | None = None
+    #: What the next incremental render starts from (:class:`treadle.fabric.incremental.NodeIndex`); clean renders only.
+    index: Any = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -136,6 +142,12 @@ def render_fabric(
     """
     cache = cache if cache is not None else ParseCache()
     with _no_gc():
+        if previous is not None and changed_paths is not None and scope is None:
+            from treadle.fabric.incremental import render_changed
+
+            found = render_changed(src, cache, previous, changed_paths, base)
+            if found is not None:
+                return found
         return _render(src, cache, previous, changed_paths, base, scope)
 
 
@@ -205,10 +217,11 @@ def _render(src: Source, cache: ParseCache, previous: RenderResult | None, chang
     _report_template_errors(run, template_errors, broken_templates)
     facts = run.facts()
     run.findings += check_fleet(facts, fabric, _base_lifecycles(base, cache))
+    diagnostics = run.diagnose()
     return RenderResult(
         commit=src.commit,
         nodes=nodes,
-        diagnostics=run.diagnose(),
+        diagnostics=diagnostics,
         deps=_deps(nodes.values()),
         fabric=plain(fabric),
         rollout=plain(rollout[0]) if rollout else None,
@@ -216,6 +229,7 @@ def _render(src: Source, cache: ParseCache, previous: RenderResult | None, chang
         unreadable=frozenset(f.name for f in facts if not f.lifecycle_known),
         skipped=frozenset() if selected is None else frozenset(ref.name for ref in run.layout.nodes if ref.name not in selected),
         unchecked=unchecked,
+        index=index_of(run.listing, facts, nodes) if not diagnostics and selected is None else None,
     )
 
 
@@ -350,7 +364,7 @@ def _render_nodes(run: FabricRun, overlays: Overlays, templates: Templates, fabr
         if ref.name in names:
             later.append(ref)
         elif known is not None and ref.path in known.sources:
-            kept[ref.name] = _restamp(known, run.src.commit)
+            kept[ref.name] = restamp(known, run.src.commit)
         else:
             todo.append(ref)
         names.add(ref.name)
@@ -547,10 +561,11 @@ def _reusable(previous: RenderResult | None, changed: Iterable[str] | None) -> d
         stale |= previous.deps.get(path, frozenset())
         if path.startswith(TEMPLATE_DIR):  # nodes whose templates compute what they include: any template feeds them
             stale |= previous.deps.get(ANY_TEMPLATE, frozenset())
-    return {name: node for name, node in previous.nodes.items() if name not in stale}
+    nodes = previous.nodes.raw if isinstance(previous.nodes, Stamped) else previous.nodes  # as rendered: re-stamped once, below
+    return {name: node for name, node in nodes.items() if name not in stale}
 
 
-def _restamp(node: RenderedNode, commit: str | None) -> RenderedNode:
+def restamp(node: RenderedNode, commit: str | None) -> RenderedNode:
     """A reused node carrying the new revision's commit.
 
     Only the commit changes, so its bytes are spliced into the node's
