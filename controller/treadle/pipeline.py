@@ -264,6 +264,8 @@ class Pipeline:
                     if rendered is None:  # refused or failed: drop the prepared temp files
                         self.store.remove_temp_files()
             with _timed(steps, "plan"):
+                if self.last_good is None:
+                    self._confirm_published()
                 records = self.state.records()
                 plan = plan_changes(records, rendered.result.nodes, head, published=self._published_if_unknown(),
                                     digest_of=self._digests, floor=clock_floor(self.clock()),
@@ -324,6 +326,37 @@ class Pipeline:
         if signed:
             self._resign_at = min(self._resign_at, min(s.expires for s in signed) - self.settings.resign_before_s)
         return signed
+
+    def _confirm_published(self) -> None:
+        """After a start: confirm each dirty node whose reserved generation is in the store, so only the rest is republished.
+
+        A crash between reserving and confirming leaves the reserved nodes
+        dirty, though the store may hold the new envelope of many of them (a
+        batch is renamed into place file by file). A generation is reserved
+        for one content and never reused, so an envelope carrying the
+        reserved generation is that publication, whole (renamed, never
+        written in place): recording it as published is the truth, and
+        republishing it would only re-sign the same content under another
+        generation. The nodes whose envelope is older are republished as
+        before (tests/controller/test_crash.py counts both).
+        """
+        records = self.state.records()
+        done = []
+        for name in sorted(self.state.dirty()):
+            record = records[name]
+            try:
+                data = self.store.read(name) if record.present else None
+                if data is not None and int(manifest_from_envelope(data)["metadata"]["generation"]) == record.generation:
+                    done.append(name)
+            except (StoreError, ValueError, KeyError, TypeError) as e:
+                log.warning("store.unreadable_envelope", node=name, error=str(e))
+        if done:
+            self.state.record_deployment(None, None, done, ())
+            try:  # the crashed cycle may not have written their history rows
+                self.state.record_history((n, records[n].generation, records[n].commit, None, "recovered") for n in done)
+            except StoreError as e:
+                log.error("history.write_failed", error=str(e))
+            log.event("recovery.confirmed", nodes=len(done), dirty=len(self.state.dirty()) + len(done))
 
     def _published_if_unknown(self) -> frozenset[str] | None:
         # After a (re)start the store is checked once against the state: a
