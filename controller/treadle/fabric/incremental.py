@@ -34,6 +34,7 @@ from treadle.fabric.cache import ParseCache
 from treadle.fabric.checks import DEFAULT_ALLOWED_ROOTS, NodeFacts, check_paths, check_transitions, out_of_production_limit
 from treadle.fabric.layout import NodeRef
 from treadle.fabric.overlay import Overlays
+from treadle.fabric.patched import Patched
 from treadle.fabric.run import FabricRun, Listing, load_fabric
 from treadle.fabric.source import Source
 from treadle.fabric.templates import Templates
@@ -128,8 +129,9 @@ def render_changed(src: Source, cache: ParseCache, previous: RenderResult, chang
         return None
     changed = set(changed)
     refs = [index.by_path.get(path) for path in sorted(changed)]
-    entries = src.entries()
-    if any(ref is None for ref in refs) or not changed <= entries.keys() or src.problems():
+    view = getattr(src, "entries_view", None)
+    entries = view() if view is not None else src.entries()
+    if any(ref is None for ref in refs) or not all(path in entries for path in changed) or src.problems():
         return None  # a file other than a node file, or a node added or removed: the layout may change
     listing = Listing(entries, index.listing.layout, index.listing.roles, index.listing.nodes)
     cache.listing(src, lambda: listing)
@@ -159,7 +161,7 @@ def _render_refs(run: FabricRun, previous: RenderResult, index: NodeIndex, refs:
         return None
     for ref in refs:
         run.cache.store_rendered(ref.name, fresh[ref.name].sources, run.entries, fresh[ref.name])
-    raw = {**index.nodes, **fresh}
+    raw = Patched.of(index.nodes, fresh)
     return RenderResult(
         commit=run.src.commit, nodes=Stamped(raw, run.src.commit), diagnostics=[],
         deps=_deps(previous.deps, index.nodes, fresh), fabric=plain(fabric), rollout=previous.rollout,

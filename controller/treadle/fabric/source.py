@@ -21,6 +21,7 @@ from typing import Protocol
 import pygit2
 
 from treadle.errors import SourceError, UsageError
+from treadle.fabric.patched import Patched
 
 #: Files above this size are never read into memory, whatever fabric.yaml says.
 HARD_MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -181,9 +182,10 @@ class GitRevisionSource:
                 tree = self.repo[tree[self.prefix.rstrip("/")].id].peel(pygit2.Tree)
             except (KeyError, ValueError, pygit2.GitError) as e:
                 raise UsageError(f"{self.prefix.rstrip('/')}: not a directory in revision {rev}") from e
-        self._entries: dict[str, str] = {}
+        walked: dict[str, str] = {}
         self._problems: list[SourceProblem] = []
-        self._walk(tree, "")
+        self._walk(tree, "", walked)
+        self._entries: Mapping[str, str] = walked
 
     @classmethod
     def derived(cls, base: GitRevisionSource, rev: str, changed: set[str] | frozenset[str]) -> GitRevisionSource | None:
@@ -208,42 +210,43 @@ class GitRevisionSource:
         self.commit, self.rev, self.prefix = str(commit.id), rev, ""
         self.label = f"{rev} ({self.commit[:12]})"
         self._problems = []
-        self._entries = dict(base._entries)
         tree = commit.tree
+        patch, gone = {}, set()
         for path in changed:
             if any(part in SKIPPED_DIRS for part in path.split("/")[:-1]):
                 continue
             try:
                 entry = tree[path]
             except KeyError:
-                self._entries.pop(path, None)  # deleted
+                gone.add(path)  # deleted
                 continue
             if entry.filemode in (_GIT_TREE, _GIT_SYMLINK, _GIT_GITLINK):
                 return None
-            self._entries[path] = str(entry.id)
+            patch[path] = str(entry.id)
+        self._entries = Patched.of(base._entries, patch, gone)  # not a copy of the whole listing
         return self
 
-    def _walk(self, tree: pygit2.Tree, prefix: str) -> None:
+    def _walk(self, tree: pygit2.Tree, prefix: str, into: dict[str, str]) -> None:
         for entry in tree:
             rel = prefix + entry.name
             mode = entry.filemode
             if mode == _GIT_TREE:
                 if entry.name in SKIPPED_DIRS:
                     continue
-                self._walk(self.repo[entry.id], rel + "/")
+                self._walk(self.repo[entry.id], rel + "/", into)
             elif mode == _GIT_SYMLINK:
                 self._problems.append(SourceProblem(rel, "symlink", "symlink blob"))
             elif mode == _GIT_GITLINK:
                 self._problems.append(SourceProblem(rel, "submodule", f"submodule at commit {entry.id}"))
             else:
-                self._entries[rel] = str(entry.id)
+                into[rel] = str(entry.id)
 
     def entries(self) -> dict[str, str]:
         return dict(self._entries)
 
     def entries_view(self) -> Mapping[str, str]:
         """:meth:`entries` without the copy, read-only (the listing never changes)."""
-        return MappingProxyType(self._entries)
+        return self._entries if isinstance(self._entries, Patched) else MappingProxyType(self._entries)
 
     def read(self, path: str) -> bytes:
         try:
