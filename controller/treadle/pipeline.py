@@ -189,10 +189,12 @@ class Pipeline:
     _node_settings: tuple[str, dict[str, Any]] = field(default_factory=lambda: ("", {}))
     #: The published envelopes were compared against the signer's keys (once per process).
     _keys_checked: bool = field(default=False)
-    #: The nodes of the last good plan whose content differed from their records (see :meth:`_candidates`).
+    #: The nodes of the last good plan left differing from their records: staged in its rollout (see :meth:`_candidates`).
     _pending: frozenset[str] = field(default=frozenset())
     #: No published manifest needs re-signing before this time (see :meth:`_resign_due`).
     _resign_at: float = field(default=float("-inf"))
+    #: Nodes signed by this process before the first key check: their envelopes need not be read for it.
+    _signed_here: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.renderer is None:
@@ -267,9 +269,10 @@ class Pipeline:
                 if self.last_good is None:
                     self._confirm_published()
                 records = self.state.records()
-                plan = plan_changes(records, rendered.result.nodes, head, published=self._published_if_unknown(),
+                published = self._published_if_unknown()
+                plan = plan_changes(records, rendered.result.nodes, head, published=published,
                                     digest_of=self._digests, floor=clock_floor(self.clock()),
-                                    stored=self._stored_generations(records, rendered.result.nodes),
+                                    stored=self._stored_generations(records, rendered.result.nodes, published),
                                     only=self._candidates(rendered))
                 now_items, staged = split_plan(plan, records, staged=self.rollouts is not None)
                 why = {i.node: _why_now(records.get(i.node), i.content_digest) for i in now_items}  # before publish writes
@@ -291,7 +294,7 @@ class Pipeline:
         except (SourceError, StoreError, SigningKeyError) as e:
             return Outcome("failed", None, deployed, type(e).__name__, str(e), step_s=steps)
         self.last_good = rendered
-        self._pending = frozenset(i.node for i in plan.to_sign)
+        self._pending = frozenset(i.node for i in staged)  # the rest was published: equal to its record now
         return Outcome("deployed" if signed or plan.removed or decision.kind != "unchanged" else "unchanged",
                        head, deployed, published=tuple(s.node for s in signed), removed=plan.removed,
                        render_s=rendered.duration_s, kind=decision.kind, step_s=steps)
@@ -325,6 +328,8 @@ class Pipeline:
         """Note the earliest expiry signed, so that :meth:`_resign_due` knows when to look again."""
         if signed:
             self._resign_at = min(self._resign_at, min(s.expires for s in signed) - self.settings.resign_before_s)
+            if not self._keys_checked:
+                self._signed_here.update(s.node for s in signed)
         return signed
 
     def _confirm_published(self) -> None:
@@ -363,16 +368,18 @@ class Pipeline:
         # deleted or never-renamed file is published again.
         return frozenset(self.store.nodes()) if self.last_good is None else None
 
-    def _stored_generations(self, records: Mapping[str, NodeRecord], nodes: Mapping[str, Any]) -> dict[str, int]:
+    def _stored_generations(self, records: Mapping[str, NodeRecord], nodes: Mapping[str, Any],
+                            published: frozenset[str] | None) -> dict[str, int]:
         """The generations in the store's envelopes of nodes the state has no record of (read once, after a start).
 
         A state directory lost while the publish store was kept: the next generation goes above those.
+        Only nodes in the store's listing (``published``) are read: on a cold start that is none of them.
         """
-        if self.last_good is not None:
+        if self.last_good is not None or published is None:
             return {}
         out = {}
         for name in nodes:
-            if name in records:
+            if name in records or name not in published:
                 continue
             try:
                 data = self.store.read(name)
@@ -601,12 +608,15 @@ class Pipeline:
             return ()  # nothing signed expires before then: no need to look at every record
         records = self.state.records()
         before_s = self.settings.resign_before_s
-        due = [r for r in records.values() if r.present and not r.dirty and (check_keys or r.expires - now <= before_s)]
+        mine = self._signed_here  # signed with this signer's keys: only expiry can make them due
+        due = [r for r in records.values() if r.present and not r.dirty
+               and ((check_keys and r.name not in mine) or r.expires - now <= before_s)]
         # The next time a record falls due, unless one due now cannot be re-signed (then: every cycle, as before).
         next_at = min((r.expires - before_s for r in records.values() if r.present and not r.dirty and r.expires - now > before_s),
                       default=float("inf"))
         if not due:
             self._keys_checked, self._resign_at = True, next_at
+            self._signed_here = set()
             return ()
         items = []
         for r in due:
@@ -633,6 +643,7 @@ class Pipeline:
             log.error("resign.failed", error=str(e))
             return ()
         self._keys_checked, self._resign_at = True, next_at
+        self._signed_here = set()
         self._signed(signed)
         return tuple(s.node for s in signed)
 
