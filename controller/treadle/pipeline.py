@@ -54,6 +54,7 @@ from typing import Any, Protocol
 from treadle import gate as gate_mod
 from treadle import log
 from treadle.errors import FabricError, GateError, SigningKeyError, SourceError, StoreError, TreadleError
+from treadle.fabric.source import changed_paths
 from treadle.generation import clock_floor, next_generation
 from treadle.metrics import ControllerMetrics
 from treadle.publish import PublishStore
@@ -433,7 +434,7 @@ class Pipeline:
         previous, changed, base = None, None, None
         if self.last_good is not None:
             previous = self.last_good.result
-            changed = self.source.changed_paths(self.last_good.commit, head)
+            changed = changed_paths(self.source.repo, self.last_good.commit, head)
             base = previous if self.last_good.commit == deployed else deployed
         elif deployed is not None and deployed != head:
             base = deployed

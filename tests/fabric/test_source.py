@@ -116,3 +116,31 @@ def test_a_derived_revision_meeting_a_symlink_or_a_directory_walks_the_tree_inst
     head = fabric.commit("symlink")
     assert GitRevisionSource.derived(GitRevisionSource(repo, first), head, _changed(repo, first, head)) is None
     assert GitRevisionSource.derived(GitRevisionSource(repo, first), head, {"sites"}) is None  # a directory now
+
+
+def test_changed_paths_names_what_a_libgit2_tree_diff_names(fabric):
+    """Added, deleted, modified, a file turned into a directory, a mode change, a symlink: the same set as pygit2's diff."""
+    import os
+    import shutil
+
+    from treadle.fabric.source import changed_paths
+
+    repo_first = fabric.commit("one")
+    repo = pygit2.Repository(str(fabric.root))
+    edits = [
+        lambda: fabric.write("sites/s1/c1/nodes/n1.yaml", "kind: Node\naddress: 127.0.0.9\n"),
+        lambda: fabric.write("templates/deep/er/x.j2", "x"),
+        lambda: shutil.rmtree(fabric.root / "templates/deep"),
+        lambda: (fabric.root / "templates/x.j2").write_text("x"),
+        lambda: ((fabric.root / "templates/x.j2").unlink(), fabric.write("templates/x.j2/inner.j2", "y")),
+        lambda: os.chmod(fabric.root / "fabric.yaml", 0o755),
+        lambda: (fabric.root / "profiles" / "alias.yaml").symlink_to("base.yaml"),
+        lambda: (fabric.root / "sites/s1/c1/nodes/n1.yaml").unlink(),
+    ]
+    before = repo_first
+    for edit in edits:
+        edit()
+        head = fabric.commit("edit")
+        assert changed_paths(repo, before, head) == _changed(repo, before, head)
+        assert changed_paths(repo, repo_first, head) == _changed(repo, repo_first, head)
+        before = head
