@@ -19,7 +19,9 @@ a time so that no two large measurements share the machine:
   the ref through its watcher; the changed node starts a rollout whose first
   wave publishes it). The *push-path work* is the sum of the cycle's steps as
   the controller logs them (source, gate, render, plan, sign, publish,
-  advance): what the controller did for that push, without the waiting;
+  advance): what the controller did for that push, without the waiting.
+  The pushes start once the controller is idle after its cold start (the
+  garbage collection after a full render takes seconds at 100,000 nodes);
 - rollout step: ``bench/rollout.py``'s timed ``RolloutService.tick`` on a
   rollout of that many nodes, no news (the median of its ticks);
 - memory: the controller's RSS after the pushes.
@@ -154,6 +156,7 @@ def measure_controller(row: Row, work: Path, fabric_dir: Path, bare: Path, node_
             row.cold_steps = " ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in first.items() if k.endswith("_s") and isinstance(v, float))
         if not push:
             return
+        _settle(ctl.proc.pid)  # the collection after the cold render (seconds at 100,000 nodes) is not a push's
         manifest = ctl.publish / "nodes" / node / "manifest"
         for i in range(pushes):
             row.push_s.append(ctl_bench.push_one_node_change(fabric_dir, node_path, manifest, i))
@@ -165,6 +168,20 @@ def measure_controller(row: Row, work: Path, fabric_dir: Path, bare: Path, node_
         row.rss_after_gib = _vm(ctl.proc.pid, "VmRSS") / 2**30
     finally:
         ctl.stop()
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _settle(pid: int, timeout_s: float = 120) -> None:
+    """Until the process has used under 20 ms of CPU in each of two half-seconds running."""
+    deadline, quiet, last = time.monotonic() + timeout_s, 0, _cpu_s(pid)
+    while quiet < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _cpu_s(pid)
+        quiet, last = (quiet + 1 if now - last < 0.02 else 0), now
 
 
 def _vm(pid: int, key: str) -> int:
