@@ -36,7 +36,7 @@ from treadle.fabric.layout import NodeRef
 from treadle.fabric.overlay import Overlays
 from treadle.fabric.patched import Patched
 from treadle.fabric.run import FabricRun, Listing, load_fabric
-from treadle.fabric.source import Source
+from treadle.fabric.source import Source, entries_of
 from treadle.fabric.templates import Templates
 from treadle.fabric.yamlload import plain
 
@@ -129,8 +129,7 @@ def render_changed(src: Source, cache: ParseCache, previous: RenderResult, chang
         return None
     changed = set(changed)
     refs = [index.by_path.get(path) for path in sorted(changed)]
-    view = getattr(src, "entries_view", None)
-    entries = view() if view is not None else src.entries()
+    entries = entries_of(src)
     if any(ref is None for ref in refs) or not all(path in entries for path in changed) or src.problems():
         return None  # a file other than a node file, or a node added or removed: the layout may change
     listing = Listing(entries, index.listing.layout, index.listing.roles, index.listing.nodes)

@@ -121,6 +121,10 @@ class WorkTreeSource:
     def entries(self) -> dict[str, str]:
         return dict(self._entries)
 
+    def entries_view(self) -> Mapping[str, str]:
+        """:meth:`entries` without the copy, read-only (the listing never changes)."""
+        return MappingProxyType(self._entries)
+
     def read(self, path: str) -> bytes:
         try:
             return self._data[path]
@@ -129,6 +133,12 @@ class WorkTreeSource:
 
     def problems(self) -> list[SourceProblem]:
         return list(self._problems)
+
+
+def entries_of(src: object) -> Mapping[str, str]:
+    """A source's listing without copying it when the source offers a read-only view (both sources here do)."""
+    view = getattr(src, "entries_view", None)
+    return view() if view is not None else src.entries()  # type: ignore[attr-defined,no-any-return]
 
 
 def changed_paths(repo: pygit2.Repository, old: str, new: str) -> set[str]:
