@@ -18,8 +18,12 @@ a time so that no two large measurements share the machine:
   manifest file being replaced in the publish store (the controller reacts to
   the ref through its watcher; the changed node starts a rollout whose first
   wave publishes it). The *push-path work* is the sum of the cycle's steps as
-  the controller logs them (source, gate, render, plan, sign, publish,
-  advance): what the controller did for that push, without the waiting.
+  the controller logs them (gate, render, plan, sign, publish, advance):
+  what the controller did for that push, without the waiting. The source
+  step, the git fetch, is shown apart and in a second ratio: most of it is
+  the upstream git's pack-objects walking the new tree (``git fetch`` from
+  the same bare repository takes as long), a cost of the git server that
+  grows with the tree, not of the controller.
   The pushes start once the controller is idle after its cold start (the
   garbage collection after a full render takes seconds at 100,000 nodes);
 - rollout step: ``bench/rollout.py``'s timed ``RolloutService.tick`` on a
@@ -83,6 +87,7 @@ class Row:
     cold_gib: float | None = None
     push_s: list[float] = field(default_factory=list)
     work_s: list[float] = field(default_factory=list)
+    fetch_s: list[float] = field(default_factory=list)
     steps: str = ""
     cold_steps: str = ""
     rss_after_gib: float | None = None
@@ -162,6 +167,7 @@ def measure_controller(row: Row, work: Path, fabric_dir: Path, bare: Path, node_
             row.push_s.append(ctl_bench.push_one_node_change(fabric_dir, node_path, manifest, i))
             event = ctl.wait_event("commit.deployed", count=i + 2, timeout_s=120)
             steps = {k.removesuffix("_s"): v for k, v in event.items() if k.endswith("_s") and isinstance(v, float)}
+            row.fetch_s.append(steps.pop("source", 0.0))
             row.work_s.append(sum(steps.values()))
             row.steps = " ".join(f"{k} {v * 1000:.0f}" for k, v in steps.items())
             time.sleep(0.5)  # the garbage collection after a render is not the next push's
@@ -256,7 +262,8 @@ def table(rows: list[Row]) -> str:
         ("  peak RSS (GiB)", [_f(r.cold_gib, ".2f") for r in rows]),
         ("push -> published, median (s)", [_f(_med(r.push_s), ".3f") for r in rows]),
         ("  worst (s)", [_f(max(r.push_s) if r.push_s else None, ".3f") for r in rows]),
-        ("  push-path work, median (ms)", [_f(None if not r.work_s else 1000 * _med(r.work_s), ".0f") for r in rows]),
+        ("  push-path work, median (ms)", [_f(None if not r.work_s else 1000 * _med(r.work_s), ".1f") for r in rows]),
+        ("  git fetch (source step), median (ms)", [_f(None if not r.fetch_s else 1000 * _med(r.fetch_s), ".1f") for r in rows]),
         ("rollout step, no news (ms)", [_f(r.step_ms, ".1f") for r in rows]),
         ("controller RSS after pushes (GiB)", [_f(r.rss_after_gib, ".2f") for r in rows]),
     ]
@@ -298,6 +305,9 @@ def targets(rows: list[Row]) -> str:
     if big is not None and small is not None and big.work_s and small.work_s:
         ratio = statistics.median(big.work_s) / statistics.median(small.work_s)
         line(f"push-path work, {BIG:,} / {small.nodes:,} nodes <= {TARGET_WORK_RATIO:.0f}x", ratio, TARGET_WORK_RATIO, "x")
+        with_fetch = [w + f for w, f in zip(big.work_s, big.fetch_s)], [w + f for w, f in zip(small.work_s, small.fetch_s)]
+        line(f"  the same with the git fetch <= {TARGET_WORK_RATIO:.0f}x", statistics.median(with_fetch[0]) / statistics.median(with_fetch[1]),
+             TARGET_WORK_RATIO, "x")
     else:
         lines.append(f"(the push-path work ratio needs {min(SHAPES):,} and {BIG:,} nodes with pushes)")
     return "\n".join(lines)
