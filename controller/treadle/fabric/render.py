@@ -13,7 +13,11 @@ nodes those paths feed (``deps``) are rendered again; the others are reused
 (re-stamped with the new commit: the commit's bytes are spliced into the
 reused canonical bytes, so re-stamping 10,000 nodes costs a copy and a
 digest each, not an encoding). The whole fabric is still parsed (from the
-cache) and checked, so the result equals a full render.
+cache) and checked, so the result equals a full render. When the change
+only modifies node files and the previous render was clean, even that is
+skipped: :mod:`treadle.fabric.incremental` loads, checks and renders those
+nodes alone and re-stamps the others lazily (``RenderResult.fresh`` names
+the nodes rendered anew), falling back to this full path on any doubt.
 
 Scoped: given a :class:`Scope` (the paths a change touched), only the
 nodes those paths can feed are rendered (see :func:`_select`); the rest are
