@@ -86,7 +86,7 @@ def _manifest(n_files: int, generation: int = 1, filler: int = 0) -> dict:
                       "owner": None, "group": None, "notify": [], "requires": []})
     now = time.time()
     return {"apiVersion": "treadle.dev/v1", "kind": "NodeManifest",
-            "metadata": {"node": NODE, "site": "s", "cluster": "c", "address": "10.0.0.1", "fabric": "bench",
+            "metadata": {"node": NODE, "site": "s", "cluster": "c", "address": "127.0.0.1", "fabric": "bench",
                          "generation": generation, "commit": None, "issued": format_time(now),
                          "expires": format_time(now + 86400), "lifecycle": "production", "labels": {}},
             "resources": sorted(files, key=lambda r: r["path"]), "health": []}

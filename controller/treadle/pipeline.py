@@ -54,6 +54,7 @@ from typing import Any, Protocol
 from treadle import gate as gate_mod
 from treadle import log
 from treadle.errors import FabricError, GateError, SigningKeyError, SourceError, StoreError, TreadleError
+from treadle.fabric.source import changed_paths
 from treadle.generation import clock_floor, next_generation
 from treadle.metrics import ControllerMetrics
 from treadle.publish import PublishStore
@@ -78,22 +79,51 @@ class Renderer(Protocol):
 
 
 class FabricRenderer:
-    """The real renderer (:mod:`treadle.fabric`), with a parse cache kept across cycles."""
+    """The real renderer (:mod:`treadle.fabric`), with a parse cache kept across cycles.
+
+    It keeps the source of its last render: the next commit's source is made
+    from it and the changed paths (:meth:`GitRevisionSource.derived`) instead
+    of walking the whole tree, and the cache forgets only the blobs those
+    paths replaced. A push's cost then follows the change, not the fabric.
+    """
 
     def __init__(self) -> None:
         from treadle.fabric import ParseCache
 
         self.cache = ParseCache()
+        self._last: Any = None  # the GitRevisionSource of the last render
 
     def __call__(self, repo: Any, commit: str, previous: Any | None, changed: set[str] | None, base: Any | None) -> Any:
-        from treadle.fabric import GitRevisionSource, render_fabric
+        from treadle.fabric import render_fabric
 
         if isinstance(base, str):
-            base = GitRevisionSource(repo, base)
-        src = GitRevisionSource(repo, commit)
+            base = self.source(repo, base)
+        src = self._derived(repo, commit, previous, changed) or self.source(repo, commit)
         result = render_fabric(src, cache=self.cache, previous=previous, changed_paths=changed, base=base)
-        self.cache.retain(src.entries().values())  # the cache keeps one revision's files, not every version seen
+        if result.fresh is not None and self._last is not None and changed is not None:
+            old = self._last.entries_view()
+            new = src.entries_view()
+            self.cache.forget(old[p] for p in changed if p in old and old[p] != new.get(p))
+        else:
+            self.cache.retain(src.entries_view().values())  # the cache keeps one revision's files, not every version seen
+        self._last = src
         return result
+
+    def source(self, repo: Any, commit: str) -> Any:
+        """The source of ``commit``: the last render's when it is that commit (no second walk of the tree)."""
+        from treadle.fabric import GitRevisionSource
+
+        if self._last is not None and self._last.commit == commit and self._last.repo is repo:
+            return self._last
+        return GitRevisionSource(repo, commit)
+
+    def _derived(self, repo: Any, commit: str, previous: Any | None, changed: set[str] | None) -> Any:
+        from treadle.fabric import GitRevisionSource
+
+        last = self._last
+        if previous is None or changed is None or last is None or last.repo is not repo or last.commit != previous.commit:
+            return None
+        return GitRevisionSource.derived(last, commit, changed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +190,12 @@ class Pipeline:
     _node_settings: tuple[str, dict[str, Any]] = field(default_factory=lambda: ("", {}))
     #: The published envelopes were compared against the signer's keys (once per process).
     _keys_checked: bool = field(default=False)
+    #: The nodes of the last good plan left differing from their records: staged in its rollout (see :meth:`_candidates`).
+    _pending: frozenset[str] = field(default=frozenset())
+    #: No published manifest needs re-signing before this time (see :meth:`_resign_due`).
+    _resign_at: float = field(default=float("-inf"))
+    #: Nodes signed by this process before the first key check: their envelopes need not be read for it.
+    _signed_here: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.renderer is None:
@@ -231,17 +267,21 @@ class Pipeline:
                     if rendered is None:  # refused or failed: drop the prepared temp files
                         self.store.remove_temp_files()
             with _timed(steps, "plan"):
-                records = self.state.nodes()
-                plan = plan_changes(records, rendered.result.nodes, head, published=self._published_if_unknown(),
+                if self.last_good is None:
+                    self._confirm_published()
+                records = self.state.records()
+                published = self._published_if_unknown()
+                plan = plan_changes(records, rendered.result.nodes, head, published=published,
                                     digest_of=self._digests, floor=clock_floor(self.clock()),
-                                    stored=self._stored_generations(records, rendered.result.nodes))
+                                    stored=self._stored_generations(records, rendered.result.nodes, published),
+                                    only=self._candidates(rendered))
                 now_items, staged = split_plan(plan, records, staged=self.rollouts is not None)
+                why = {i.node: _why_now(records.get(i.node), i.content_digest) for i in now_items}  # before publish writes
             with _timed(steps, "sign"):
-                signed = self.signer.sign(now_items, now=self.clock())
+                signed = self._signed(self.signer.sign(now_items, now=self.clock()))
             with _timed(steps, "publish"):
                 publish(self.state, self.store, signed, plan.removed)
-                digests = {i.node: i.content_digest for i in now_items}
-                self._record_history(signed, lambda n: _why_now(records.get(n), digests[n]))
+                self._record_history(signed, why.__getitem__)
             with _timed(steps, "advance"):
                 # The rollout exists before the deployment is recorded: whoever sees the new
                 # deployed commit also sees its rollout.
@@ -255,6 +295,7 @@ class Pipeline:
         except (SourceError, StoreError, SigningKeyError) as e:
             return Outcome("failed", None, deployed, type(e).__name__, str(e), step_s=steps)
         self.last_good = rendered
+        self._pending = frozenset(i.node for i in staged)  # the rest was published: equal to its record now
         return Outcome("deployed" if signed or plan.removed or decision.kind != "unchanged" else "unchanged",
                        head, deployed, published=tuple(s.node for s in signed), removed=plan.removed,
                        render_s=rendered.duration_s, kind=decision.kind, step_s=steps)
@@ -266,23 +307,80 @@ class Pipeline:
         return not (last.reason == "non_fast_forward" and self.state.history_accepted(head))
 
     def _dirty(self) -> bool:
-        return any(r.dirty for r in self.state.nodes().values())
+        return bool(self.state.dirty())
+
+    def _candidates(self, rendered: Rendered) -> frozenset[str] | None:
+        """The nodes whose content may differ from what is published; None: every node.
+
+        After an incremental render that names the nodes it rendered anew
+        (``fresh``; every other node is the last good render's, re-stamped),
+        only these can differ: the fresh ones, those that differed at the last
+        plan (``_pending``: staged in a rollout, or rolled back since), and the
+        dirty ones. Everything else was equal to its record at the last plan
+        and neither changed since. So a one-node push plans one node, not the
+        fabric (tests/controller/test_pipeline.py pins both plans equal).
+        """
+        fresh = getattr(rendered.result, "fresh", None)
+        if fresh is None or self.last_good is None:
+            return None
+        return fresh | self._pending | self.state.dirty()
+
+    def _signed(self, signed: list[SignedManifest]) -> list[SignedManifest]:
+        """Note the earliest expiry signed, so that :meth:`_resign_due` knows when to look again."""
+        if signed:
+            self._resign_at = min(self._resign_at, min(s.expires for s in signed) - self.settings.resign_before_s)
+            if not self._keys_checked:
+                self._signed_here.update(s.node for s in signed)
+        return signed
+
+    def _confirm_published(self) -> None:
+        """After a start: confirm each dirty node whose reserved generation is in the store, so only the rest is republished.
+
+        A crash between reserving and confirming leaves the reserved nodes
+        dirty, though the store may hold the new envelope of many of them (a
+        batch is renamed into place file by file). A generation is reserved
+        for one content and never reused, so an envelope carrying the
+        reserved generation is that publication, whole (renamed, never
+        written in place): recording it as published is the truth, and
+        republishing it would only re-sign the same content under another
+        generation. The nodes whose envelope is older are republished as
+        before (tests/controller/test_crash.py counts both).
+        """
+        records = self.state.records()
+        done = []
+        for name in sorted(self.state.dirty()):
+            record = records[name]
+            try:
+                data = self.store.read(name) if record.present else None
+                if data is not None and int(manifest_from_envelope(data)["metadata"]["generation"]) == record.generation:
+                    done.append(name)
+            except (StoreError, ValueError, KeyError, TypeError) as e:
+                log.warning("store.unreadable_envelope", node=name, error=str(e))
+        if done:
+            self.state.record_deployment(None, None, done, ())
+            try:  # the crashed cycle may not have written their history rows
+                self.state.record_history((n, records[n].generation, records[n].commit, None, "recovered") for n in done)
+            except StoreError as e:
+                log.error("history.write_failed", error=str(e))
+            log.event("recovery.confirmed", nodes=len(done), dirty=len(self.state.dirty()) + len(done))
 
     def _published_if_unknown(self) -> frozenset[str] | None:
         # After a (re)start the store is checked once against the state: a
         # deleted or never-renamed file is published again.
         return frozenset(self.store.nodes()) if self.last_good is None else None
 
-    def _stored_generations(self, records: Mapping[str, NodeRecord], nodes: Mapping[str, Any]) -> dict[str, int]:
+    def _stored_generations(self, records: Mapping[str, NodeRecord], nodes: Mapping[str, Any],
+                            published: frozenset[str] | None) -> dict[str, int]:
         """The generations in the store's envelopes of nodes the state has no record of (read once, after a start).
 
         A state directory lost while the publish store was kept: the next generation goes above those.
+        Only nodes in the store's listing (``published``) are read: on a cold start that is none of them.
         """
-        if self.last_good is not None:
+        if self.last_good is not None or published is None:
             return {}
         out = {}
         for name in nodes:
-            if name in records:
+            if name in records or name not in published:
                 continue
             try:
                 data = self.store.read(name)
@@ -336,7 +434,7 @@ class Pipeline:
         previous, changed, base = None, None, None
         if self.last_good is not None:
             previous = self.last_good.result
-            changed = self.source.changed_paths(self.last_good.commit, head)
+            changed = changed_paths(self.source.repo, self.last_good.commit, head)
             base = previous if self.last_good.commit == deployed else deployed
         elif deployed is not None and deployed != head:
             base = deployed
@@ -389,7 +487,8 @@ class Pipeline:
                 from treadle.fabric.cache import ParseCache
 
                 cache = ParseCache()
-            src = GitRevisionSource(self.source.repo, rendered.commit)
+            source_of = getattr(self.renderer, "source", None)
+            src = source_of(self.source.repo, rendered.commit) if source_of else GitRevisionSource(self.source.repo, rendered.commit)
             known.update(node_settings(src, cache, rendered.result.fabric, missing))
         return known
 
@@ -406,7 +505,7 @@ class Pipeline:
                 for n in present]
 
     def expected(self, nodes: Sequence[str]) -> dict[str, int]:
-        records = self.state.nodes()
+        records = self.state.records()
         return {n: records[n].generation for n in nodes if n in records}
 
     def current_manifests(self, nodes: Sequence[str]) -> dict[str, bytes]:
@@ -420,7 +519,7 @@ class Pipeline:
 
     def publish_content(self, commit: str, nodes: Sequence[str]) -> None:
         rendered = self._rendered(commit)
-        records = self.state.nodes()
+        records = self.state.records()
         floor = clock_floor(self.clock())
         items = []
         for n in nodes:
@@ -436,7 +535,8 @@ class Pipeline:
         self._sign_and_confirm(items, "rollout")
 
     def publish_manifests(self, manifests: Mapping[str, Mapping[str, Any]]) -> None:
-        records = self.state.nodes()
+        self._pending |= frozenset(manifests)  # rolled back: their records no longer match the last good render
+        records = self.state.records()
         floor = clock_floor(self.clock())
         items = [ToSign(n, m, content_digest(m), next_generation(records[n].generation if n in records else None, floor),
                         m["metadata"].get("commit"), m["metadata"]["lifecycle"]) for n, m in sorted(manifests.items())]
@@ -445,7 +545,7 @@ class Pipeline:
     def _sign_and_confirm(self, items: list[ToSign], why: str) -> None:
         if not items:
             return
-        signed = self.signer.sign(items, now=self.clock())
+        signed = self._signed(self.signer.sign(items, now=self.clock()))
         publish(self.state, self.store, signed, ())
         self._record_history(signed, lambda _n: why)
         self.state.record_deployment(None, None, [s.node for s in signed], ())
@@ -505,22 +605,33 @@ class Pipeline:
         """
         now = self.clock()
         check_keys = not self._keys_checked
-        due = [r for r in self.state.nodes().values()
-               if r.present and not r.dirty and (check_keys or r.expires - now <= self.settings.resign_before_s)]
+        if not check_keys and now < self._resign_at:
+            return ()  # nothing signed expires before then: no need to look at every record
+        records = self.state.records()
+        before_s = self.settings.resign_before_s
+        mine = self._signed_here  # signed with this signer's keys: only expiry can make them due
+        due = [r for r in records.values() if r.present and not r.dirty
+               and ((check_keys and r.name not in mine) or r.expires - now <= before_s)]
+        # The next time a record falls due, unless one due now cannot be re-signed (then: every cycle, as before).
+        next_at = min((r.expires - before_s for r in records.values() if r.present and not r.dirty and r.expires - now > before_s),
+                      default=float("inf"))
         if not due:
-            self._keys_checked = True
+            self._keys_checked, self._resign_at = True, next_at
+            self._signed_here = set()
             return ()
         items = []
         for r in due:
             data = self.store.read(r.name)
             if data is None:
+                next_at = float("-inf")
                 continue  # the next deploy cycle republishes it
             try:
                 manifest = manifest_from_envelope(data)
-                if r.expires - now > self.settings.resign_before_s and envelope_keyids(data) == self.signer.keyids:
+                if r.expires - now > before_s and envelope_keyids(data) == self.signer.keyids:
                     continue
             except (ValueError, KeyError) as e:
                 log.error("resign.unreadable", node=r.name, error=str(e))
+                next_at = float("-inf")
                 continue
             items.append(ToSign(r.name, manifest, r.content_digest, next_generation(r.generation, clock_floor(now)),
                                 manifest["metadata"]["commit"], r.lifecycle))
@@ -532,7 +643,9 @@ class Pipeline:
         except TreadleError as e:
             log.error("resign.failed", error=str(e))
             return ()
-        self._keys_checked = True
+        self._keys_checked, self._resign_at = True, next_at
+        self._signed_here = set()
+        self._signed(signed)
         return tuple(s.node for s in signed)
 
     # -- the one place a cycle is recorded -------------------------------------
@@ -583,14 +696,18 @@ def _head_or_none(source: GitSource) -> str | None:
 
 def plan_changes(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], commit: str,
                  published: frozenset[str] | None = None, digest_of: Callable[[Any], str] = node_digest,
-                 floor: int = 0, stored: Mapping[str, int] | None = None) -> Plan:
+                 floor: int = 0, stored: Mapping[str, int] | None = None, only: frozenset[str] | None = None) -> Plan:
     """plan: every node whose content differs from what is published gets the next generation.
 
     A node is republished as well when its last reservation was never confirmed
     (dirty) or, when ``published`` is given, when its file is missing from the store.
     Generations are at least ``floor`` and above ``stored`` (the store's generations
     of nodes the state does not know): see :mod:`treadle.generation`.
+    ``only`` limits the plan to those names, the only ones that can differ
+    (see :meth:`Pipeline._candidates`); ``unchanged`` then counts the rest as well.
     """
+    if only is not None:
+        return _plan_of(records, nodes, commit, only, digest_of, floor, stored)
     to_sign, unchanged = [], 0
     for name in sorted(nodes):
         node = nodes[name]
@@ -606,6 +723,14 @@ def plan_changes(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], co
         to_sign.append(ToSign(name, node.manifest, d, generation, commit, node.lifecycle, node.canonical))
     removed = tuple(sorted(n for n, r in records.items() if r.present and n not in nodes))
     return Plan(commit, tuple(to_sign), removed, unchanged)
+
+
+def _plan_of(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], commit: str, only: frozenset[str],
+             digest_of: Callable[[Any], str], floor: int, stored: Mapping[str, int] | None) -> Plan:
+    """:func:`plan_changes` over the names of ``only``: what is in ``nodes`` is planned, what is not is removed."""
+    present = {n: nodes[n] for n in only if n in nodes}
+    plan = plan_changes({n: records[n] for n in only if n in records}, present, commit, None, digest_of, floor, stored)
+    return replace(plan, unchanged=len(nodes) - len(plan.to_sign))
 
 
 def _why_now(record: NodeRecord | None, digest: str) -> str:

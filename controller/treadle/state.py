@@ -38,10 +38,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from treadle.errors import StoreError
@@ -112,10 +113,16 @@ class StateDB:
         self._pool_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._opened: list[sqlite3.Connection] = []
-        # The pipeline reads every node each cycle; it is also the only writer
-        # of nodes, so it keeps them in memory and the writes below update them
-        # exactly as the SQL does (pinned by tests/controller/test_state.py).
+        # The pipeline reads nodes every cycle; it is also the only writer of
+        # nodes, so it keeps them in memory and the writes below update them
+        # in place exactly as the SQL does (pinned by tests/controller/test_state.py),
+        # with the dirty names and the lifecycle counts kept beside them, so
+        # that a cycle's reads and writes cost what its nodes cost, not what
+        # the fabric's size costs. Other threads read copies, taken under the lock.
         self._nodes: dict[str, NodeRecord] | None = None
+        self._dirty: set[str] = set()
+        self._counts: dict[str, int] = {}
+        self._nodes_lock = threading.RLock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
         self._add_node_history()
@@ -214,17 +221,56 @@ class StateDB:
         return rows[0][0] if rows else None
 
     def nodes(self) -> dict[str, NodeRecord]:
-        """Every node ever published, removed ones included (their generation must never be reused)."""
-        if self._nodes is None:
-            self._nodes = self._load_nodes()
-        return dict(self._nodes)
+        """Every node ever published, removed ones included (their generation must never be reused): a copy."""
+        with self._nodes_lock:
+            return dict(self._known())
+
+    def records(self) -> Mapping[str, NodeRecord]:
+        """The same records as :meth:`nodes`, as a live read-only view: for the pipeline's thread (the writer), in O(1)."""
+        return MappingProxyType(self._known())
+
+    def dirty(self) -> frozenset[str]:
+        """The nodes whose reserved generation was never confirmed published."""
+        with self._nodes_lock:
+            self._known()
+            return frozenset(self._dirty)
+
+    def _known(self) -> dict[str, NodeRecord]:
+        with self._nodes_lock:
+            if self._nodes is None:
+                self._nodes = self._load_nodes()
+                self._dirty = {n for n, r in self._nodes.items() if r.dirty}
+                self._counts = {}
+                for r in self._nodes.values():
+                    self._count(r, 1)
+            return self._nodes
+
+    def _count(self, record: NodeRecord, delta: int) -> None:
+        if record.present:
+            self._counts[record.lifecycle] = self._counts.get(record.lifecycle, 0) + delta
+
+    def _put(self, record: NodeRecord) -> None:
+        """Replace one in-memory record, keeping the dirty set and the counts (the lock is held)."""
+        assert self._nodes is not None
+        old = self._nodes.get(record.name)
+        if old is not None:
+            self._count(old, -1)
+        self._count(record, 1)
+        self._nodes[record.name] = record
+        if record.dirty:
+            self._dirty.add(record.name)
+        else:
+            self._dirty.discard(record.name)
 
     def _load_nodes(self) -> dict[str, NodeRecord]:
         rows = self._query("SELECT name, generation, published_generation, content_digest, commit_sha, expires, lifecycle, present FROM nodes")
         return {r[0]: NodeRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7])) for r in rows}
 
     def lifecycle_counts(self) -> dict[str, int]:
-        return dict(self._query("SELECT lifecycle, count(*) FROM nodes WHERE present=1 GROUP BY lifecycle"))
+        """Present nodes by lifecycle (what ``treadle_controller_nodes`` shows)."""
+        with self._nodes_lock:
+            self._known()
+            return {k: v for k, v in self._counts.items() if v}
 
     def last_refusal(self) -> Refusal | None:
         rows = self._query("SELECT commit_sha, reason, message, diagnostics, at FROM refusals ORDER BY id DESC LIMIT 1")
@@ -254,40 +300,46 @@ class StateDB:
         """Commit new generations before the manifests carrying them are published (see the module docstring)."""
         records = list(records)
         rows = [(r.name, r.generation, r.published_generation, r.content_digest, r.commit, r.expires, r.lifecycle) for r in records]
-        known = self.nodes()
-        self._nodes = None  # reloaded from the database if the transaction fails
-        with self._tx() as c:
-            c.executemany(
-                "INSERT INTO nodes(name, generation, published_generation, content_digest, commit_sha, expires, lifecycle, present) "
-                "VALUES(?,?,?,?,?,?,?,1) ON CONFLICT(name) DO UPDATE SET generation=excluded.generation, "
-                "content_digest=excluded.content_digest, commit_sha=excluded.commit_sha, expires=excluded.expires, "
-                "lifecycle=excluded.lifecycle, present=1", rows)
-        for r in records:
-            old = known.get(r.name)
-            known[r.name] = replace(r, published_generation=old.published_generation if old else r.published_generation, present=True)
-        self._nodes = known
+        with self._nodes_lock:
+            known = self._known()
+            try:
+                with self._tx() as c:
+                    c.executemany(
+                        "INSERT INTO nodes(name, generation, published_generation, content_digest, commit_sha, expires, lifecycle, present) "
+                        "VALUES(?,?,?,?,?,?,?,1) ON CONFLICT(name) DO UPDATE SET generation=excluded.generation, "
+                        "content_digest=excluded.content_digest, commit_sha=excluded.commit_sha, expires=excluded.expires, "
+                        "lifecycle=excluded.lifecycle, present=1", rows)
+            except BaseException:
+                self._nodes = None  # reloaded from the database: the transaction may or may not have committed
+                raise
+            for r in records:
+                old = known.get(r.name)
+                self._put(replace(r, published_generation=old.published_generation if old else r.published_generation, present=True))
 
     def record_deployment(self, commit: str | None, previous: str | None, published: Iterable[str], removed: Iterable[str],
                           kind: str = "deploy") -> None:
         """Mark ``published`` nodes' reserved generations as published, ``removed`` nodes as gone, and move the deployed commit."""
         pub, rem = [(n,) for n in published], [(n,) for n in removed]
-        known = self.nodes()
-        self._nodes = None
-        with self._tx() as c:
-            c.executemany("UPDATE nodes SET published_generation=generation WHERE name=?", pub)
-            c.executemany("UPDATE nodes SET present=0, published_generation=generation WHERE name=?", rem)
-            if commit is not None:
-                c.execute("INSERT INTO meta(key, value) VALUES('deployed_commit', ?) "
-                          "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (commit,))
-                c.execute("INSERT INTO deployments(commit_sha, previous, changed, removed, kind, at) VALUES(?,?,?,?,?,?)",
-                          (commit, previous, len(pub), len(rem), kind, time.time()))
-        for (n,) in pub:
-            if n in known:
-                known[n] = replace(known[n], published_generation=known[n].generation)
-        for (n,) in rem:
-            if n in known:
-                known[n] = replace(known[n], published_generation=known[n].generation, present=False)
-        self._nodes = known
+        with self._nodes_lock:
+            known = self._known()
+            try:
+                with self._tx() as c:
+                    c.executemany("UPDATE nodes SET published_generation=generation WHERE name=?", pub)
+                    c.executemany("UPDATE nodes SET present=0, published_generation=generation WHERE name=?", rem)
+                    if commit is not None:
+                        c.execute("INSERT INTO meta(key, value) VALUES('deployed_commit', ?) "
+                                  "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (commit,))
+                        c.execute("INSERT INTO deployments(commit_sha, previous, changed, removed, kind, at) VALUES(?,?,?,?,?,?)",
+                                  (commit, previous, len(pub), len(rem), kind, time.time()))
+            except BaseException:
+                self._nodes = None
+                raise
+            for (n,) in pub:
+                if n in known:
+                    self._put(replace(known[n], published_generation=known[n].generation))
+            for (n,) in rem:
+                if n in known:
+                    self._put(replace(known[n], published_generation=known[n].generation, present=False))
 
     def record_history(self, rows: Iterable[tuple[str, int, str | None, str | None, str]], at: float | None = None) -> None:
         """Remember what was published: ``(node, generation, commit, author, why)`` per node."""

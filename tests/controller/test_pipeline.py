@@ -208,3 +208,40 @@ def test_a_restore_from_an_old_backup_with_an_empty_publish_dir_republishes_ever
     assert restored.run_once().result == "deployed"
     again = _generations(restored)
     assert set(again) == set(newest) and all(again[n] > newest[n] for n in newest)
+
+
+def _differing(p: Pipeline, repo: Path, head: str) -> set[str]:
+    """The nodes whose published content differs from a full render of ``head``, computed without the pipeline."""
+    from treadle.fabric import GitRevisionSource, ParseCache, render_fabric
+    from treadle.sign import content_digest
+
+    rendered = render_fabric(GitRevisionSource(repo, head), ParseCache())
+    assert rendered.ok
+    return {n for n, node in rendered.nodes.items()
+            if content_digest(manifest_from_envelope(p.store.read(n) or b"")) != content_digest(node.manifest)}
+
+
+def test_a_one_node_push_during_a_rollout_plans_that_node_and_every_node_still_waiting(
+        make_fabric, signing_key: Path, tmp_path: Path) -> None:
+    """An incremental render plans only the nodes that can differ: the pushed one, and those the rollout it
+    supersedes had not published yet (the one it had published is left alone), exactly as a full plan would."""
+    repo, fabric = make_fabric(1, 2, 4)
+    clock = Clock(1_800_000_000)
+    p = build(tmp_path, repo.bare, signing_key, clock)
+    assert p.run_once().result == "deployed"
+    canary = next(n for n in fabric.nodes if n.name.endswith("-n001"))
+    waiting, pushed = [n for n in fabric.nodes if not n.name.endswith("-n001")][:2]
+    for node in (canary, waiting):
+        node.path.write_text(node.path.read_text().replace("labels: {", "labels: {owner: first, ", 1))
+    first = repo.commit_and_push("two nodes: the canary wave publishes one, the other waits")
+    assert p.run_once().result == "deployed"
+    assert _differing(p, repo.work, first) == {waiting.name}  # the canary is published, its soak holds the rest
+    pushed.path.write_text(pushed.path.read_text().replace("labels: {", "labels: {owner: second, ", 1))
+    second = repo.commit_and_push("one more node")
+    differing = _differing(p, repo.work, second)
+    assert differing == {waiting.name, pushed.name}
+    outcome = p.run_once()
+    assert outcome.result == "deployed" and p.last_good is not None and p.last_good.result.fresh == {pushed.name}
+    rollout = p.rollouts.active() if p.rollouts is not None else None
+    assert rollout is not None and rollout.commit == second
+    assert {n for w in rollout.waves for n in w.nodes} == differing

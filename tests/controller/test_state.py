@@ -77,6 +77,32 @@ def test_in_memory_nodes_always_equal_a_fresh_read_of_the_database(tmp_path: Pat
     db.reserve([rec("n2", 2)])  # a removed node comes back above its old generation
     assert db.nodes() == StateDB(tmp_path / "s.db").nodes()
     assert db.nodes()["n2"].present and db.nodes()["n2"].dirty
+    _same_derived(db, StateDB(tmp_path / "s.db"))
+
+
+def _same_derived(db: StateDB, fresh: StateDB) -> None:
+    """The dirty set and the lifecycle counts kept beside the records equal those computed from a fresh read."""
+    records = fresh.nodes()
+    assert db.dirty() == frozenset(n for n, r in records.items() if r.dirty) == fresh.dirty()
+    counts: dict[str, int] = {}
+    for r in records.values():
+        if r.present:
+            counts[r.lifecycle] = counts.get(r.lifecycle, 0) + 1
+    assert db.lifecycle_counts() == counts == fresh.lifecycle_counts()
+    assert dict(db.records()) == records
+
+
+def test_dirty_names_and_lifecycle_counts_follow_every_write(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "s.db")
+    db.reserve([rec("n1", 1), rec("n2", 1, lifecycle="draining"), rec("n3", 1)])
+    _same_derived(db, StateDB(tmp_path / "s.db"))
+    assert db.dirty() == {"n1", "n2", "n3"}
+    db.record_deployment("a" * 40, None, ["n1", "n2"], [])
+    _same_derived(db, StateDB(tmp_path / "s.db"))
+    db.reserve([rec("n2", 2, lifecycle="production")])
+    db.record_deployment("b" * 40, "a" * 40, ["n2", "n3"], ["n1"])
+    _same_derived(db, StateDB(tmp_path / "s.db"))
+    assert db.dirty() == frozenset() and db.lifecycle_counts() == {"production": 2}
 
 
 def test_history_beyond_the_retention_setting_is_pruned_and_the_wal_truncated(tmp_path: Path) -> None:

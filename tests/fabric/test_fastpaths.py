@@ -98,3 +98,61 @@ def test_a_render_leaves_the_garbage_collector_enabled_and_collecting(fabric):
     a.self = a  # type: ignore[attr-defined]
     del a
     assert gc.collect() > 0
+
+
+_NODE_TEMPLATES = [
+    # spliced: node members only printed
+    "{{ node.name }} {{ node.address }}:{{ data.port }}\n",
+    "{% for s in data.servers %}server {{ s }} {{ node.site }}/{{ node.cluster }}\n{% endfor %}{{ node.labels }}",
+    "{% if data.port > 1 %}{{ node.lifecycle }}{% else %}none{% endif %}",
+    # rendered in full: node used otherwise, or text captured before it is printed
+    "{{ node.name | upper }}", "{% if node.lifecycle == 'production' %}p{% endif %}{{ node.name }}",
+    "{% set n = node.name %}{{ n }}", "{% macro m() %}{{ node.name }}{% endmacro %}{{ m() | upper }}",
+    "{% set x %}{{ node.name }}{% endset %}{{ x | length }}", "{% filter upper %}{{ node.name }}{% endfilter %}",
+    "{{ node['name'] }}{{ node.name ~ '!' }}", "{% for node in data.servers %}{{ node }}{% endfor %}",
+]
+_NODES = [{"name": n, "site": "s1", "cluster": "c1", "address": f"127.0.0.{i}", "labels": {"rack": str(i)},
+           "lifecycle": "production" if i % 2 else "draining"} for i, n in enumerate(["n1", "n2", "n3"], 1)]
+
+
+@pytest.mark.parametrize("text", _NODE_TEMPLATES)
+def test_a_template_printing_node_members_renders_as_plain_jinja_for_every_node(fabric, text):
+    """One data object shared by several nodes: the spliced text must be each node's full render."""
+    fabric.write("templates/t.j2", text)
+    src = WorkTreeSource(fabric.root)
+    templates = Templates(src, src.entries(), ParseCache())
+    data = {"port": 2, "servers": ["a", "b"]}
+    reference = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(text)
+    for node in _NODES:
+        assert templates.render("t.j2", data, node) == reference.render(data=data, node=node)
+
+
+def test_only_templates_printing_node_members_alone_are_spliced(fabric):
+    src = WorkTreeSource(fabric.root)
+    for i, text in enumerate(_NODE_TEMPLATES):
+        fabric.write(f"templates/t{i}.j2", text)
+    src = WorkTreeSource(fabric.root)
+    templates = Templates(src, src.entries(), ParseCache())
+    assert [templates.compiled(f"t{i}.j2").prints_node_only for i in range(len(_NODE_TEMPLATES))] == [True] * 3 + [False] * 8
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=40)
+@given(name=_TEXT, address=_TEXT, servers=st.lists(_TEXT, max_size=3))
+def test_spliced_text_equals_plain_jinja_for_any_values(fabric, name, address, servers):
+    text = "{% for s in data.servers %}{{ s }}:{{ node.name }};{% endfor %}{{ node.address }}|{{ node.name }}"
+    fabric.write("templates/t.j2", text)
+    src = WorkTreeSource(fabric.root)
+    templates = Templates(src, src.entries(), ParseCache())
+    data = {"servers": servers}
+    reference = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(text)
+    for node in (_NODES[0], {**_NODES[1], "name": name, "address": address}):
+        assert templates.render("t.j2", data, node) == reference.render(data=data, node=node)
+
+
+def test_a_template_error_under_splicing_is_each_nodes_own_error(fabric):
+    fabric.write("templates/t.j2", "{{ node.name }}{{ data.missing }}")
+    src = WorkTreeSource(fabric.root)
+    templates = Templates(src, src.entries(), ParseCache())
+    for node in _NODES[:2]:
+        with pytest.raises(Exception, match="missing"):
+            templates.render("t.j2", {}, node)

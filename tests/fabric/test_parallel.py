@@ -68,6 +68,7 @@ def _many_nodes(fabric, count: int) -> None:
                  "{% if node.name.endswith('7') %}{{ data.nothing.here }}{% endif %}\n")
     fabric.write("sites/s1/c1/nodes/m005.yaml", "kind: Node\naddress: 10.1.1.5\nprofiles: [nope]\n")
     fabric.write("sites/s1/c1/nodes/m031.yaml", "kind: Node\naddress: 10.1.1.31\nfiles:\n  /etc/x: {content: x, mode: '9999'}\n")
+    fabric.write("sites/s1/c1/nodes/m044.yaml", "kind: Node\naddress: [10.1.1.44\n")  # a YAML error, found by a parse job
 
 
 def test_a_forked_render_equals_a_serial_one_byte_for_byte(fabric, monkeypatch, forking):
@@ -76,6 +77,7 @@ def test_a_forked_render_equals_a_serial_one_byte_for_byte(fabric, monkeypatch, 
     serial = render_fabric(WorkTreeSource(fabric.root), ParseCache())
     monkeypatch.setattr(render, "PARALLEL_MIN_NODES", 0)
     monkeypatch.setattr(render, "_JOB_NODES", 3)
+    monkeypatch.setattr(render, "_JOB_FILES", 4)  # the files are parsed by several jobs, some in the helper
     cache = ParseCache()
     forked = render_fabric(WorkTreeSource(fabric.root), cache)
     assert not serial.ok and serial.diagnostics  # the problems above are reported...
@@ -83,5 +85,7 @@ def test_a_forked_render_equals_a_serial_one_byte_for_byte(fabric, monkeypatch, 
     assert list(forked.nodes) == list(serial.nodes)
     assert {n: v.canonical for n, v in forked.nodes.items()} == {n: v.canonical for n, v in serial.nodes.items()}
     assert forked.deps == serial.deps
+    assert cache.parse_count == len(set(WorkTreeSource(fabric.root).entries().values()) - {  # each file parsed once
+        b for p, b in WorkTreeSource(fabric.root).entries().items() if p.startswith("templates/")})
     again = render_fabric(WorkTreeSource(fabric.root), cache)  # the helper's nodes were stored in the parse cache
     assert all(again.nodes[n] is forked.nodes[n] for n in forked.nodes)

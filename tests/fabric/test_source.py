@@ -79,3 +79,68 @@ def test_a_fabric_in_a_subdirectory_of_a_repository_is_read_from_that_directory(
     assert source.prefix == "fabric/"
     assert source.entries() == WorkTreeSource(fabric.root).entries()
     assert render_fabric(source).ok
+
+
+def _changed(repo: pygit2.Repository, old: str, new: str) -> set[str]:
+    diff = repo.diff(repo.get(old).peel(pygit2.Tree), repo.get(new).peel(pygit2.Tree))
+    return {p for d in diff.deltas for p in (d.old_file.path, d.new_file.path)}
+
+
+def test_a_revision_derived_from_an_earlier_one_lists_what_a_walk_lists(fabric):
+    import shutil
+
+    first = fabric.commit("one")
+    edits = [
+        lambda: fabric.write("sites/s1/c1/nodes/n1.yaml", "kind: Node\naddress: 127.0.0.9\n"),  # modified
+        lambda: fabric.write("sites/s1/c1/nodes/n9.yaml", "kind: Node\naddress: 127.0.0.19\n"),  # added
+        lambda: (fabric.root / "sites/s1/c1/nodes/n9.yaml").unlink(),  # deleted
+        lambda: fabric.write("templates/deep/x.j2", "x"),  # a new directory
+        lambda: shutil.rmtree(fabric.root / "templates/deep"),  # a directory gone
+    ]
+    repo = pygit2.Repository(str(fabric.root))
+    base, before = GitRevisionSource(repo, first), first
+    for edit in edits:
+        edit()
+        head = fabric.commit("edit")
+        derived = GitRevisionSource.derived(base, head, _changed(repo, before, head))
+        assert derived is not None and derived.commit == head
+        assert derived.entries() == GitRevisionSource(repo, head).entries()
+        assert derived.read("fabric.yaml") == GitRevisionSource(repo, head).read("fabric.yaml")
+        base, before = derived, head
+
+
+def test_a_derived_revision_meeting_a_symlink_or_a_directory_walks_the_tree_instead(fabric):
+    first = fabric.commit("one")
+    repo = pygit2.Repository(str(fabric.root))
+    (fabric.root / "profiles" / "alias.yaml").symlink_to("base.yaml")
+    head = fabric.commit("symlink")
+    assert GitRevisionSource.derived(GitRevisionSource(repo, first), head, _changed(repo, first, head)) is None
+    assert GitRevisionSource.derived(GitRevisionSource(repo, first), head, {"sites"}) is None  # a directory now
+
+
+def test_changed_paths_names_what_a_libgit2_tree_diff_names(fabric):
+    """Added, deleted, modified, a file turned into a directory, a mode change, a symlink: the same set as pygit2's diff."""
+    import os
+    import shutil
+
+    from treadle.fabric.source import changed_paths
+
+    repo_first = fabric.commit("one")
+    repo = pygit2.Repository(str(fabric.root))
+    edits = [
+        lambda: fabric.write("sites/s1/c1/nodes/n1.yaml", "kind: Node\naddress: 127.0.0.9\n"),
+        lambda: fabric.write("templates/deep/er/x.j2", "x"),
+        lambda: shutil.rmtree(fabric.root / "templates/deep"),
+        lambda: (fabric.root / "templates/x.j2").write_text("x"),
+        lambda: ((fabric.root / "templates/x.j2").unlink(), fabric.write("templates/x.j2/inner.j2", "y")),
+        lambda: os.chmod(fabric.root / "fabric.yaml", 0o755),
+        lambda: (fabric.root / "profiles" / "alias.yaml").symlink_to("base.yaml"),
+        lambda: (fabric.root / "sites/s1/c1/nodes/n1.yaml").unlink(),
+    ]
+    before = repo_first
+    for edit in edits:
+        edit()
+        head = fabric.commit("edit")
+        assert changed_paths(repo, before, head) == _changed(repo, before, head)
+        assert changed_paths(repo, repo_first, head) == _changed(repo, repo_first, head)
+        before = head

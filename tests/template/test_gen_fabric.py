@@ -134,3 +134,41 @@ def test_every_address_in_a_generated_fabric_is_loopback(tmp_path, gen_fabric):
     assert len({gen_fabric._address(i) for i in range(0, 300_000, 7)}) == len(range(0, 300_000, 7))
     with pytest.raises(ValueError, match="loopback addresses"):
         gen_fabric._address(gen_fabric.MAX_NODES)
+
+
+_IPV4 = rb"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])"
+
+
+def test_every_address_written_in_a_benchmark_script_is_loopback():
+    """Every benchmark (bench/*.py: the fabric generator, the controller, rollout, scale, agent and soak
+    benchmarks...) may send traffic only to 127.0.0.0/8: an IPv4 literal anywhere in them must be loopback."""
+    import ipaddress
+    import re
+
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    found = {(p.name, m.decode()) for p in bench.glob("*.py") for m in re.findall(_IPV4, p.read_bytes())}
+    assert {name for name, _ in found} >= {"gen_fabric.py", "controller.py", "agent.py"}  # the scan sees them
+    assert sorted((name, a) for name, a in found if not ipaddress.ip_address(a).is_loopback) == []
+
+
+def test_the_rollout_benchmarks_node_targets_are_loopback_and_distinct_at_100000_nodes(tmp_path):
+    """bench/rollout.py makes its own node targets (no fabric): all on 127.0.0.0/8, one per node."""
+    import importlib.util
+    import ipaddress
+
+    spec = importlib.util.spec_from_file_location("bench_rollout", Path(__file__).resolve().parents[2] / "bench" / "rollout.py")
+    assert spec is not None and spec.loader is not None
+    rollout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rollout)
+    names = [f"n{i:06d}" for i in range(100_000)]
+    targets = rollout.StubExecutor(None, names).targets("c" * 40, names)
+    assert len(targets) == 100_000 and len({t.address for t in targets}) == 100_000
+    assert all(ipaddress.ip_address(t.address).is_loopback for t in targets)
+
+
+def test_the_scale_and_controller_benchmarks_generate_their_fabrics_with_the_loopback_generator():
+    """bench/scale.py and bench/controller.py take their fabrics from bench/gen_fabric.py (pinned above)."""
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    for script in ("scale.py", "controller.py"):
+        text = (bench / script).read_text(encoding="utf-8")
+        assert "gen_fabric" in text and ".generate(" in text, script

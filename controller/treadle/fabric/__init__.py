@@ -15,6 +15,8 @@ Layers, each a module, bottom up:
     run          one pass over a source: files loaded and validated, findings located
     pool         fork_map: jobs shared with one forked helper when a CPU is idle, results in job order
     render       render_fabric: all of the above, incremental, all problems in one run
+    patched      a large read-only mapping with a few keys replaced, without copying it
+    incremental  the render of a change to node files only, in proportion to the change
     explain      which overlays set a value, where, and who committed it
 
 Bad content never raises from :func:`render_fabric`; it is returned as

@@ -37,6 +37,15 @@ class Parsed:
     problem: Problem | None
 
 
+def parse_bytes(data: bytes, limits: Limits) -> Parsed:
+    """One file's bytes parsed: its document, or the problem that stopped parsing (never raises for content)."""
+    try:
+        doc, tagged = load_yaml(data, limits)
+        return Parsed(doc, tagged, None)
+    except YamlProblem as e:
+        return Parsed(None, False, e.problem)
+
+
 T = TypeVar("T")
 
 #: One schema violation: (instance path, message). Paths are kept, lines found later.
@@ -60,6 +69,8 @@ class ParseCache:
         self._listings: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         #: The last directory listing id computed (entries, directory, id): one listing per render.
         self._listing_ids: tuple[Any, str, str] = (None, "", "")
+        self._limits_seen: set[Limits] = set()  # the keys' second halves, for forget()
+        self._schemas_seen: set[str] = set()
         self.parse_count = 0  # files actually parsed (not served from the cache): lets tests pin "never twice"
 
     def parse(self, blob: str, read: Callable[[], bytes], limits: Limits) -> Parsed:
@@ -68,19 +79,33 @@ class ParseCache:
         hit = self._parsed.get(key)
         if hit is None:
             self.parse_count += 1
-            try:
-                doc, tagged = load_yaml(read(), limits)
-                hit = Parsed(doc, tagged, None)
-            except YamlProblem as e:
-                hit = Parsed(None, False, e.problem)
-            self._parsed[key] = hit
+            self._limits_seen.add(limits)
+            hit = self._parsed[key] = parse_bytes(read(), limits)
         return hit
+
+    def missing(self, blobs: Iterable[str], limits: Limits) -> list[str]:
+        """The blobs of ``blobs`` not parsed yet under ``limits`` (each once, in order)."""
+        seen: set[str] = set()
+        out = []
+        for blob in blobs:
+            if (blob, limits) not in self._parsed and blob not in seen:
+                seen.add(blob)
+                out.append(blob)
+        return out
+
+    def add_parsed(self, blob: str, limits: Limits, parsed: Parsed) -> None:
+        """Store a parse made elsewhere (:func:`parse_bytes` in a forked worker): as if :meth:`parse` had made it."""
+        if (blob, limits) not in self._parsed:
+            self.parse_count += 1
+            self._limits_seen.add(limits)
+            self._parsed[(blob, limits)] = parsed
 
     def schema_errors(self, blob: str, schema: str, parsed: Parsed) -> tuple[SchemaError, ...]:
         """Violations of ``schema`` (e.g. ``node.json``) by the parsed file; validated once per (blob, schema)."""
         key = (blob, schema)
         hit = self._schema.get(key)
         if hit is None:
+            self._schemas_seen.add(schema)
             instance = plain(parsed.doc) if parsed.tagged else parsed.doc
             try:
                 hit = tuple((tuple(path), message) for path, message in treadle_schemas.errors(schema, instance))
@@ -143,6 +168,19 @@ class ParseCache:
         self._schema = {k: v for k, v in self._schema.items() if k[0] in keep}
         self._round_trip = {k: v for k, v in self._round_trip.items() if k in keep}
         self._templates = {k: v for k, v in self._templates.items() if k.split(":", 1)[0] in keep}
+
+    def forget(self, blobs: Iterable[str]) -> None:
+        """Forget the parses, schema verdicts and round-trip documents of ``blobs`` (files a change replaced).
+
+        :meth:`retain` for a few blobs, in proportion to them: each is looked up
+        under every parse limit and schema seen (a handful), not by a scan.
+        """
+        for blob in blobs:
+            for lim in self._limits_seen:
+                self._parsed.pop((blob, lim), None)
+            for schema in self._schemas_seen:
+                self._schema.pop((blob, schema), None)
+            self._round_trip.pop(blob, None)
 
     def store_rendered(self, node: str, sources: Iterable[str], entries: Mapping[str, str], result: Any) -> None:
         """Remember ``result`` for ``node`` with the blob ids of its sources (one entry per node name)."""

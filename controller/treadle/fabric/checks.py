@@ -153,6 +153,18 @@ def check_fleet(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Map
     return [*_duplicates(nodes), *_out_of_production(nodes, fabric, base), *_transitions(nodes, fabric, base)]
 
 
+def check_transitions(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str]) -> list[Finding]:
+    """The lifecycle transitions of ``nodes`` from their states in ``base`` (the part of :func:`check_fleet`
+    that concerns each node alone)."""
+    return _transitions(nodes, fabric, base)
+
+
+def out_of_production_limit(fabric: Mapping[str, Any]) -> float | None:
+    """fabric.yaml ``lifecycle.max_out_of_production``, when set."""
+    limit = (fabric.get("lifecycle") or {}).get("max_out_of_production") if isinstance(fabric, dict) else None
+    return limit if isinstance(limit, int | float) else None
+
+
 def _duplicates(nodes: Sequence[NodeFacts]) -> list[Finding]:
     found = []
     for field, keypath, code in (("name", (), "duplicate-node"), ("address", ("address",), "duplicate-address"),
@@ -173,8 +185,8 @@ def _duplicates(nodes: Sequence[NodeFacts]) -> list[Finding]:
 
 
 def _out_of_production(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str] | None) -> list[Finding]:
-    limit = (fabric.get("lifecycle") or {}).get("max_out_of_production") if isinstance(fabric, dict) else None
-    if not isinstance(limit, int | float):
+    limit = out_of_production_limit(fabric)
+    if limit is None:
         return []
     clusters: dict[tuple[str, str], list[NodeFacts]] = defaultdict(list)
     for n in nodes:

@@ -14,7 +14,7 @@ from typing import Any
 from treadle.fabric.cache import ParseCache
 from treadle.fabric.layout import SITE_DIR
 from treadle.fabric.render import RenderedNode
-from treadle.fabric.source import Source
+from treadle.fabric.source import Source, entries_of
 from treadle.fabric.yamlload import Limits
 
 
@@ -32,7 +32,7 @@ def node_path(site: str, cluster: str, name: str) -> str:
 def node_settings(src: Source, cache: ParseCache, fabric: Mapping[str, Any],
                   nodes: Iterable[RenderedNode]) -> dict[str, NodeSettings]:
     """``rollout.wave`` and ``agent.metrics_port`` of each node's file (defaults where unset)."""
-    entries = src.entries()
+    entries = entries_of(src)  # a push's few nodes: no copy of the whole listing
     limits = Limits.from_fabric(fabric)
     found: dict[str, NodeSettings] = {}
     for node in nodes:

@@ -109,23 +109,24 @@ class FabricRun:
 
     def facts(self) -> list[NodeFacts]:
         """What the fleet checks need of every node file, usable or not (address, lifecycle state)."""
-        facts = []
-        for ref in self.layout.nodes:
-            entry = self.lookup(ref.path)
-            readable = True
-            if entry is None:
-                parsed = self.cache.parse(self.entries[ref.path], lambda p=ref.path: self.src.read(p), self.limits)  # type: ignore[misc]
-                readable = isinstance(parsed.doc, dict)
-                doc = parsed.doc if readable else {}
-            else:
-                doc = entry[0]
-            address = doc.get("address") if isinstance(doc.get("address"), str) else None
-            lifecycle = doc.get("lifecycle", DEFAULT_LIFECYCLE)
-            known = readable and isinstance(lifecycle, str)
-            state = lifecycle if known else DEFAULT_LIFECYCLE
-            node_identity = doc.get("identity") if isinstance(doc.get("identity"), str) else None
-            facts.append(NodeFacts(ref.name, ref.site, ref.cluster, ref.path, address, state, known, node_identity))
-        return facts
+        return [self.fact(ref) for ref in self.layout.nodes]
+
+    def fact(self, ref: NodeRef) -> NodeFacts:
+        """What the fleet checks need of one node file."""
+        entry = self.lookup(ref.path)
+        readable = True
+        if entry is None:
+            parsed = self.cache.parse(self.entries[ref.path], lambda p=ref.path: self.src.read(p), self.limits)  # type: ignore[misc]
+            readable = isinstance(parsed.doc, dict)
+            doc = parsed.doc if readable else {}
+        else:
+            doc = entry[0]
+        address = doc.get("address") if isinstance(doc.get("address"), str) else None
+        lifecycle = doc.get("lifecycle", DEFAULT_LIFECYCLE)
+        known = readable and isinstance(lifecycle, str)
+        state = lifecycle if known else DEFAULT_LIFECYCLE
+        node_identity = doc.get("identity") if isinstance(doc.get("identity"), str) else None
+        return NodeFacts(ref.name, ref.site, ref.cluster, ref.path, address, state, known, node_identity)
 
     def lookup(self, path: str) -> tuple[Any, bool] | None:
         """The loaded document of a fabric file (loaded now if it was not yet), None when unusable."""

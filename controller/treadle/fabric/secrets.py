@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from treadle.fabric.source import entries_of
+
 SECRET_DIR = "secrets/"
 AGE_MAGIC = b"age-encryption.org/v1\n"
 ARMOR_BEGIN = b"-----BEGIN AGE ENCRYPTED FILE-----"
@@ -101,7 +103,7 @@ class _Readable(Protocol):
 def read_secret(src: _Readable, name: str) -> Secret:
     """The ciphertext ``name`` and its recipients, from a fabric source (a work tree or a revision)."""
     rpath = recipients_path(name)
-    entries = src.entries()
+    entries = entries_of(src)  # once per secret per node: never a copy of the listing
     for path in (name, rpath):
         if path not in entries:
             raise SecretFileError(path, 0, "is not in the fabric repository",

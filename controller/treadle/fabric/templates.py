@@ -22,11 +22,19 @@ Speed: a template is compiled once per blob (the code is kept in the
 :class:`~treadle.fabric.cache.ParseCache`), and a template that never mentions
 ``node`` renders once per distinct ``data`` object, which the copy-on-write
 merge shares between all nodes of a cluster that do not override ``data``.
+A template that mentions ``node`` only as printed values (``{{ node.address }}``,
+nothing computed from them: no filter, test, condition or loop over them)
+renders once per ``data`` object too, with markers in place of the node's
+values, and each node's text is the markers' text spliced with its own values
+(what ``{{ }}`` prints is ``str(value)``, the same bytes either way:
+tests/fabric/test_fastpaths.py pins it against plain Jinja).
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
+import secrets
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +58,12 @@ TEMPLATE_DIR = "templates/"
 ANY_TEMPLATE = TEMPLATE_DIR
 #: Names a plain dict answers as attributes (its methods): ``data.items`` must stay the method, as in Jinja.
 _DICT_ATTRIBUTES = frozenset(dir(dict))
+#: The members of ``node`` a template sees (see treadle.fabric.render): the only ones a spliced render prints.
+NODE_KEYS = ("name", "site", "cluster", "address", "labels", "lifecycle")
+#: A marker per node member, unguessable by a fabric's content (a new nonce per process): ``\x00<nonce>:<key>\x00``.
+_NONCE = secrets.token_hex(16)
+_MARKERS = {key: f"\x00{_NONCE}:{key}\x00" for key in NODE_KEYS}
+_MARKER_RE = re.compile("\x00" + _NONCE + ":(" + "|".join(NODE_KEYS) + ")\x00")
 
 
 class TemplateProblem(Exception):
@@ -65,6 +79,8 @@ class _Compiled:
     code: Any
     references: tuple[str | None, ...]  # templates it includes/imports/extends; None = computed at render time
     uses_node: bool
+    #: ``node`` appears only as printed members (``{{ node.address }}``) and nothing is included: spliceable.
+    prints_node_only: bool = False
 
 
 def feeds(dependencies: frozenset[str], paths: frozenset[str] | set[str]) -> bool:
@@ -191,6 +207,7 @@ class Templates:
         self.env.max_result_bytes = self.limits.max_rendered_bytes
         self.env.filters[_CONDITION_FILTER] = _condition
         self._rendered: dict[tuple[str, int], tuple[Any, str]] = {}
+        self._spliced_text: dict[tuple[str, int], tuple[Any, list[str] | None]] = {}
         self._deps: dict[str, frozenset[str]] = {}
         self._node_use: dict[str, bool] = {}
         self._compiled: dict[str, _Compiled] = {}
@@ -237,7 +254,7 @@ class Templates:
             raise TemplateProblem(path, getattr(e, "lineno", None) or 1, f"template cannot be compiled: {type(e).__name__}: "
                                   f"{str(e)[:200]}", "fix the expression on that line") from e
         refs = tuple(jinja2.meta.find_referenced_templates(ast))
-        return _Compiled(code, refs, "node" in jinja2.meta.find_undeclared_variables(ast))
+        return _Compiled(code, refs, "node" in jinja2.meta.find_undeclared_variables(ast), not refs and _prints_node_only(ast))
 
     def dependencies(self, name: str) -> frozenset[str]:
         """Paths of ``name`` and every template it may include, transitively.
@@ -281,13 +298,37 @@ class Templates:
                 while rendering (undefined value, sandbox violation, error raised
                 by the template), located at the innermost template line.
         """
-        self.compiled(name)
+        compiled = self.compiled(name)
         key = (name, id(data))
         cacheable = not self._uses_node(name)
         if cacheable:
             hit = self._rendered.get(key)
             if hit is not None and hit[0] is data:
                 return hit[1]
+        elif compiled.prints_node_only:
+            spliced = self._spliced(name, data)
+            if spliced is not None:
+                return "".join(part if i % 2 == 0 else str(node[part]) for i, part in enumerate(spliced))
+        return self._render(name, data, node, key if cacheable else None)
+
+    def _spliced(self, name: str, data: Any) -> list[str] | None:
+        """The text of ``name`` for ``data`` split at the node markers: literal, key, literal, key, ..., literal.
+
+        None when that render fails: each node then renders in full, so it
+        reports its own error exactly as without splicing.
+        """
+        key = (name, id(data))
+        hit = self._spliced_text.get(key)
+        if hit is None or hit[0] is not data:
+            try:
+                parts: list[str] | None = _MARKER_RE.split(self._render(name, data, _MARKERS, None))
+            except TemplateProblem:
+                parts = None
+            hit = self._spliced_text[key] = (data, parts)
+        return hit[1]
+
+    def _render(self, name: str, data: Any, node: Mapping[str, Any], key: tuple[str, int] | None) -> str:
+        """Render through Jinja under the time limit; remembered under ``key`` when given."""
         try:
             template = self._loaded.get(name)
             if template is None:
@@ -309,7 +350,7 @@ class Templates:
         except Exception as e:  # anything a template raises: StrictUndefined, SecurityError, TypeError, ZeroDivisionError...
             path, line = _template_frame(e, TEMPLATE_DIR + name)
             raise TemplateProblem(path, line, f"template error: {_describe(e)}", _hint(e)) from e
-        if cacheable:
+        if key is not None:
             self._rendered[key] = (data, text)
         return text
 
@@ -322,6 +363,27 @@ class Templates:
             return path, self.env.get_template(path[len(TEMPLATE_DIR):]).get_corresponding_lineno(line)
         except (jinja2.TemplateError, TemplateProblem):
             return path, 1
+
+
+def _prints_node_only(ast: nodes.Template) -> bool:
+    """Whether every use of ``node`` in the template is a printed member of it, ``{{ node.<key> }}``.
+
+    Printed alone, a member becomes ``str(value)`` and nothing else depends
+    on it, so the text can be made once and spliced per node. Any other use
+    (a filter, a test, a condition, an index, ``node`` bound anew) needs the
+    real value while rendering. Text that is captured or transformed before
+    it is printed (macros, call and filter blocks, block assignments) could
+    change the markers too, so a template with any of them renders in full.
+    """
+    if any(True for _ in ast.find_all((nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock, nodes.Block,
+                                       nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport))):
+        return False
+    printed: set[int] = set()
+    for output in ast.find_all(nodes.Output):
+        for n in output.nodes:
+            if isinstance(n, nodes.Getattr) and isinstance(n.node, nodes.Name) and n.node.name == "node" and n.attr in NODE_KEYS:
+                printed.add(id(n.node))
+    return all(id(n) in printed for n in ast.find_all(nodes.Name) if n.name == "node")
 
 
 def _template_frame(e: BaseException, default: str) -> tuple[str, int]:
