@@ -67,7 +67,7 @@ class StubExecutor:
         return [self._targets[n] for n in nodes]
 
     def expected(self, nodes: Sequence[str]) -> dict[str, int]:
-        return {n: self.generation[n] for n in nodes}
+        return dict(zip(nodes, map(self.generation.__getitem__, nodes)))  # in C: the stub should cost ~nothing
 
     def current_manifests(self, nodes: Sequence[str]) -> dict[str, bytes]:
         return {n: b'{"metadata":{"generation":%d,"node":"%s"}}' % (self.generation[n], n.encode()) for n in nodes}
@@ -90,7 +90,8 @@ class PreparedHealth:
         self.answers: dict[str, Any] = {}
 
     async def observe(self, targets: Sequence[Any]) -> dict[str, Any]:
-        return {t.node: self.answers[t.node] for t in targets if t.node in self.answers}
+        answers = self.answers
+        return {t.node: answers[t.node] for t in targets if t.node in answers}
 
 
 class Clock:

@@ -279,3 +279,31 @@ def test_an_agent_that_accepted_a_higher_generation_fails_at_once_even_while_app
     refusing = Observation(generation=1, apply_ok=True, healthy=True, accepted=50)
     r, _ = run_wave(rollout(), 0, {"n1": refusing})
     assert r.state is State.HALTED and "n1: reports generation 50, above the 2 published" in r.reason
+
+
+def test_a_step_told_which_reports_changed_decides_as_a_full_step() -> None:
+    """Stepping with ``changed`` (only those nodes and soaks that are up are looked at) gives the same rollouts
+    as stepping without it, through reports arriving, vanishing, failing and soaks ending."""
+    wave = tuple(f"n{i:02d}" for i in range(20))
+    r = m.Rollout("c" * 40, (m.Wave("all", wave, soak_s=10, timeout_s=1000, allowed_failures=3),))
+    r, _ = m.step(r, 0, {}, {}, None)
+    r = m.published(r, 0)
+    expected = dict.fromkeys(wave, 1)
+    good, bad = Observation(1, True, True), Observation(1, True, False)
+    rounds = [
+        {n: good for n in wave[:5]},
+        {n: good for n in wave[:5]},                      # nothing new
+        {**{n: good for n in wave[:10]}},                 # more report
+        {**{n: good for n in wave[2:10]}, wave[10]: bad},  # two lose their report, one fails
+        {**{n: good for n in wave[2:12]}, wave[10]: bad},  # soaks of the first ones are up
+        {n: good for n in wave},
+        {n: good for n in wave},
+    ]
+    full, fast, before = r, r, {}
+    for t, obs in enumerate(rounds, start=1):
+        changed = [n for n in wave if obs.get(n) != before.get(n)]
+        full, _ = m.step(full, t * 6, obs, expected, None)
+        fast, _ = m.step(fast, t * 6, obs, expected, None, changed)
+        assert fast == full, t
+        before = obs
+    assert full.state is State.COMPLETE or full.progress

@@ -86,6 +86,12 @@ class RolloutService:
         #: The last rollout this service saved, with its id and save time: re-parsing a 10,000-node
         #: rollout costs ~20 ms, so a tick reuses this copy while the database says it is current.
         self._hot: tuple[int, float, Rollout] | None = None
+        #: The rollout the last step returned, with the reports and generations it was given: the next
+        #: step of that same rollout is told which nodes' reports changed (see :func:`machine.step`).
+        self._stepped: tuple[Rollout, Mapping[str, Observation], Mapping[str, int]] | None = None
+        #: The targets observed for a rollout's position ((id, commit, wave, state) -> targets): they only
+        #: change when the rollout moves, and listing 100,000 of them costs tens of ms.
+        self._targets: tuple[tuple[object, ...], list[Target]] | None = None
         with self._lock:
             self._update_metrics()
 
@@ -159,7 +165,7 @@ class RolloutService:
         if rid is None or r is None:
             self._observer.observations(())  # nothing to gate: stop observing
             return None
-        observations = self._observe(r, executor)
+        observations = self._observe(rid, r, executor)
         with self._lock:
             found = self._load(rid)  # an operator may have acted while the agents were asked
             if found is None or not found.active:
@@ -171,7 +177,10 @@ class RolloutService:
             for _ in range(MAX_STEPS_PER_TICK):
                 now = self._clock()
                 wave_nodes = r.current.nodes if r.current else ()
-                new, actions = machine.step(r, now, observations, executor.expected(wave_nodes), policy.blocked(now))
+                expected = executor.expected(wave_nodes)
+                new, actions = machine.step(r, now, observations, expected, policy.blocked(now),
+                                            self._changed(r, observations, expected))
+                self._stepped = (new, observations, expected)
                 if new != r:
                     self._save(rid, new, now, before=r)
                     self._log_transition(rid, r, new)
@@ -187,7 +196,23 @@ class RolloutService:
             self._update_metrics(rid, r)
             return r
 
-    def _observe(self, r: Rollout, executor: Executor) -> dict[str, Observation]:
+    def _changed(self, r: Rollout, observations: Mapping[str, Observation],
+                 expected: Mapping[str, int]) -> list[str] | None:
+        """The nodes whose report differs from the last step's, when that step returned ``r`` itself; else None.
+
+        Only the very object the last step returned qualifies (a rollout re-read from the store, changed
+        by an operator or carried through an action is another one): a restart starts from None.
+        """
+        if self._stepped is None or self._stepped[0] is not r or self._stepped[2] != expected:
+            return None
+        before = self._stepped[1]
+        if before == observations:  # compared in C, by identity first: the usual tick with no news
+            return []
+        out = [n for n, o in observations.items() if (b := before.get(n)) is not o and b != o]
+        out.extend(n for n in before if n not in observations)
+        return out
+
+    def _observe(self, rid: int, r: Rollout, executor: Executor) -> dict[str, Observation]:
         """What the agents of the wave soaking and of the waves that passed report (those stay gated)."""
         nodes: list[str] = []
         if not (r.paused or not r.active or r.state is State.ROLLING_BACK):
@@ -196,7 +221,10 @@ class RolloutService:
                 nodes.extend(r.current.nodes)
         # Only what was observed since the wave's soak started (at its publication, or an operator's resume) counts.
         since = r.started_at if r.state is State.SOAKING else None
-        return self._observer.observations(executor.targets(r.commit, nodes) if nodes else (), since)
+        key = (executor, rid, r.commit, r.wave, r.state, r.paused)
+        if self._targets is None or self._targets[0] != key:
+            self._targets = (key, executor.targets(r.commit, nodes) if nodes else [])
+        return self._observer.observations(self._targets[1], since)
 
     def _carry_out(self, rid: int, r: Rollout, action: machine.Action, executor: Executor) -> Rollout:
         now = self._clock()
