@@ -82,6 +82,8 @@ MAX_OPEN_PACK_FILES = 64
 DEFAULT_MAX_PACKS = 16
 #: How long ``git gc`` of the mirror may take before it is stopped (the next fetch tries again).
 GC_TIMEOUT_S = 600
+#: How long ``git fetch-pack`` from a local upstream may take, the first (whole) fetch included, before libgit2 is tried.
+FETCH_PACK_TIMEOUT_S = 600
 
 
 def set_timeouts(connect_ms: int = CONNECT_TIMEOUT_MS, io_ms: int = IO_TIMEOUT_MS) -> None:
@@ -186,6 +188,7 @@ class GitSource:
         self._repo: pygit2.Repository | None = None
         self._retry_gc_at = 0  # pack count at which a failed git gc is tried again
         self._cli_fetch = True  # local upstreams: git fetch-pack until the git command proves missing
+        self._fetch_pack_warned = False  # a failed git fetch-pack was logged, and none has worked since
 
     @property
     def repo(self) -> pygit2.Repository:
@@ -262,22 +265,19 @@ class GitSource:
                 str(upstream), f"refs/heads/{self.branch}"]
         try:
             done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  errors="replace", timeout=IO_TIMEOUT_MS / 1000, check=False)
+                                  errors="replace", timeout=FETCH_PACK_TIMEOUT_S, check=False)
         except (OSError, subprocess.TimeoutExpired) as e:
             if isinstance(e, OSError):
                 self._cli_fetch = False  # no git command: libgit2 from now on, without retrying every fetch
-            log.warning("mirror.fetch_pack_failed", path=str(upstream), error=str(e))
-            return False
+            return self._fetch_pack_failed(upstream, str(e))
         if done.returncode != 0:
             if "no such remote ref" in done.stderr:
                 return True
-            log.warning("mirror.fetch_pack_failed", path=str(upstream), error=done.stderr.strip()[-500:])
-            return False
+            return self._fetch_pack_failed(upstream, done.stderr.strip()[-500:])
         wanted = f"refs/heads/{self.branch}"
         heads = [line.split()[0] for line in done.stdout.splitlines() if line.split()[1:] == [wanted]]
         if len(heads) != 1:
-            log.warning("mirror.fetch_pack_failed", path=str(upstream), error=f"unexpected output {done.stdout[:200]!r}")
-            return False
+            return self._fetch_pack_failed(upstream, f"unexpected output {done.stdout[:200]!r}")
         try:
             self.repo.references.create(self.tracking_ref, pygit2.Oid(hex=heads[0]), force=True)
         except (pygit2.GitError, ValueError) as e:
@@ -286,7 +286,15 @@ class GitSource:
             kind, _, name = line.partition("\t")
             if kind == "keep" and name.isalnum():
                 (self.path / "objects" / "pack" / f"pack-{name}.keep").unlink(missing_ok=True)
+        self._fetch_pack_warned = False
         return True
+
+    def _fetch_pack_failed(self, upstream: Path, error: str) -> bool:
+        """Log the first of a run of failures (not one line per poll), and say libgit2 must fetch."""
+        if not self._fetch_pack_warned:
+            log.warning("mirror.fetch_pack_failed", path=str(upstream), error=error, fallback="libgit2")
+            self._fetch_pack_warned = True
+        return False
 
     def pack_count(self) -> int:
         """How many pack files the mirror holds."""
