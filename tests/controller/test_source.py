@@ -152,3 +152,34 @@ def test_without_the_git_command_the_mirror_still_fetches_and_gc_is_retried_only
     assert source.pack_count() == 6
     # Tried at 3 packs, then only once another max_packs had come (at 5), not at every fetch.
     assert [r.getMessage() for r in caplog.records].count("mirror.gc_failed") == 2
+
+
+def test_fetches_from_a_local_upstream_leave_no_pack_locked_and_nothing_loose(repo, tmp_path: Path) -> None:
+    # git fetch-pack locks the pack it writes (a .keep file); a lock left behind would keep git gc from ever
+    # folding that pack, so the mirror would grow one pack per push for good.
+    source = GitSource(str(repo.bare), "main", tmp_path / "state")
+    for i in range(3):
+        repo.write("a.txt", f"{i}\n")
+        head = repo.commit_and_push(f"c{i}")
+        assert source.fetch() == head
+    pack_dir = source.path / "objects" / "pack"
+    assert source.pack_count() == 3
+    assert not list(pack_dir.glob("*.keep"))
+    assert not list((source.path / "objects").glob("[0-9a-f][0-9a-f]/*"))  # kept as packs, not unpacked loose
+
+
+def test_a_git_that_refuses_the_local_upstream_falls_back_to_libgit2_and_says_so_once(
+        repo, tmp_path: Path, monkeypatch, caplog) -> None:
+    # As a git that will not read a repository owned by another user (safe.directory) answers.
+    fake = tmp_path / "bin" / "git"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho \"fatal: detected dubious ownership in repository\" >&2\nexit 128\n")
+    fake.chmod(0o755)
+    source = GitSource(str(repo.bare), "main", tmp_path / "state")
+    for i in range(3):
+        repo.write("a.txt", f"{i}\n")
+        head = repo.commit_and_push(f"c{i}")
+        with monkeypatch.context() as m:
+            m.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")  # only the controller's fetch sees it
+            assert source.fetch() == head
+    assert [r.getMessage() for r in caplog.records].count("mirror.fetch_pack_failed") == 1
