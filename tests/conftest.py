@@ -10,8 +10,11 @@ tests keep finding things (each find goes into the test's regression corpus); `T
 from __future__ import annotations
 
 import io
+import threading
 import logging
 import os
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from hypothesis import settings
@@ -40,3 +43,32 @@ def stream():
         lg.handlers[:] = handlers
         lg.propagate = propagate
         lg.setLevel(level)
+
+
+@pytest.fixture
+def agent_pages() -> Iterator[tuple[int, dict[str, str]]]:
+    """One HTTP server on 127.0.0.1 playing many agents: GET /<node>/... answers pages[node], 503 when absent."""
+    pages: dict[str, str] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages.get(self.path.strip("/").split("/")[0])
+            if body is None:
+                self.send_response(503)
+                self.end_headers()
+                return
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], pages
+    server.shutdown()
+    server.server_close()

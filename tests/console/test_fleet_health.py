@@ -8,10 +8,7 @@ of the fleet has no agent the console can find.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -43,29 +40,10 @@ class PathTarget(Target):
 
 
 @pytest.fixture
-def agents() -> Iterator[int]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = PAGES.get(self.path.strip("/").split("/")[0])
-            if body is None:
-                self.send_response(503)
-                self.end_headers()
-                return
-            data = body.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+def agents(agent_pages: tuple[int, dict[str, str]]) -> int:
+    port, pages = agent_pages
+    pages.update(PAGES)
+    return port
 
 
 def _with_agents(tmp_path: Path, port: int) -> Fleet:

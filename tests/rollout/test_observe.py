@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anyio
 import pytest
@@ -26,30 +23,8 @@ def exposition(node: str, generation: int, ok: int, healthy: int) -> str:
 
 
 @pytest.fixture
-def agents() -> Iterator[tuple[int, dict[str, str]]]:
-    pages: dict[str, str] = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = pages.get(self.path.strip("/").split("/")[0])
-            if body is None:
-                self.send_response(503)
-                self.end_headers()
-                return
-            data = body.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1], pages
-    server.shutdown()
+def agents(agent_pages: tuple[int, dict[str, str]]) -> tuple[int, dict[str, str]]:
+    return agent_pages
 
 
 class PathTarget(Target):
