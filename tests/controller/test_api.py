@@ -17,10 +17,10 @@ import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treadle.api import ApiContext, build_app, etag_matches, verify_webhook
-from treadle.metrics import ControllerMetrics
-from treadle.publish import PublishStore
-from treadle.state import StateDB
+from treadle.daemon.api import ApiContext, build_app, etag_matches, verify_webhook
+from treadle.daemon.metrics import ControllerMetrics
+from treadle.daemon.publish import PublishStore
+from treadle.daemon.state import StateDB
 
 SECRET = b"s3cret"
 
@@ -180,7 +180,7 @@ def test_with_an_admin_token_accepting_history_needs_the_bearer_token(api: Api) 
 def test_without_an_admin_token_operator_actions_come_from_loopback_only(tmp_path: Path, client: str, allowed: bool) -> None:
     from starlette.requests import Request
 
-    from treadle.api import authorize_operator
+    from treadle.daemon.api import authorize_operator
 
     ctx = ApiContext(store=PublishStore(tmp_path / "pub"), state=StateDB(tmp_path / "s.db"), metrics=ControllerMetrics(),
                      trigger=lambda: None, branch="main", repository="r")

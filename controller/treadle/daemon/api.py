@@ -50,10 +50,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from treadle.errors import StoreError
-from treadle.metrics import ControllerMetrics
-from treadle.publish import PublishStore, valid_node_name
+from treadle.daemon.metrics import ControllerMetrics
+from treadle.daemon.publish import PublishStore, valid_node_name
 from treadle.rollout.machine import TransitionError
-from treadle.state import StateDB
+from treadle.daemon.state import StateDB
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
 ENVELOPE_MEDIA_TYPE = "application/json"
@@ -161,7 +161,6 @@ def status_document(ctx: ApiContext) -> dict[str, Any]:
     refusal = state.last_refusal()
     counts = state.lifecycle_counts()
     from treadle import __version__
-
     return {
         "version": __version__,
         "repository": ctx.repository,
@@ -198,7 +197,7 @@ def build_app(ctx: ApiContext) -> Starlette:
         return Response(data, media_type=ENVELOPE_MEDIA_TYPE, headers=headers)
 
     async def node_view(request: Request) -> Response:
-        from treadle.nodeview import node_document
+        from treadle.daemon.nodeview import node_document
 
         node = request.path_params["node"]
         if not valid_node_name(node):
@@ -210,7 +209,7 @@ def build_app(ctx: ApiContext) -> Starlette:
         return not_found if doc is None else JSONResponse(doc)
 
     async def node_history(request: Request) -> Response:
-        from treadle.nodeview import history_document
+        from treadle.daemon.nodeview import history_document
 
         node = request.path_params["node"]
         if not valid_node_name(node):
