@@ -229,7 +229,7 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
     api = ApiContext(store=store, state=state, metrics=metrics, trigger=trigger.set, branch=config.source.branch,
                      rollouts=rollouts,
                      repository=config.source.repository, webhook_secret=config.api.webhook_secret,
-                     admin_token=config.api.admin_token, target_of=pipeline.target_of,
+                     admin_token=config.api.admin_token, target_of=pipeline.executor.target_of,
                      scrape_timeout_s=config.health.scrape_timeout_s, mirror=_mirror_of(pipeline),
                      console_read=config.api.console_read, health_status=health.status)
     return Controller(config, pipeline, api, trigger, health)
