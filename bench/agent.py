@@ -93,7 +93,7 @@ def _manifest(n_files: int, generation: int = 1, filler: int = 0) -> dict:
 
 
 def _setup(work: Path, n_files: int) -> tuple[Path, ThreadingHTTPServer, list]:
-    from treadle.commands.keys import generate
+    from treadle.keygen import generate
     from treadle_agent.envelope import load_signer, sign_payload
     from treadle_agent.manifest import canonical_json
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from treadle.commands.keys import generate
+from treadle.keygen import generate
 from treadle_agent import config as agent_config
 from treadle_agent.envelope import load_signer, sign_payload
 from treadle_agent.manifest import canonical_json, format_time

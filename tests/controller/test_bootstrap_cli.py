@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from treadle.cli import main as treadle
-from treadle.commands.bootstrap import NodeFacts, Sources, shell_script
+from treadle.provision import NodeFacts, Sources, shell_script
 
 URL = "http://treadle.example.org:8080/v1/nodes/{node}/manifest"
 NODE = "batch-002"

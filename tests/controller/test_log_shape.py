@@ -58,7 +58,7 @@ def test_a_running_controller_writes_only_json_lines(make_fabric, start_controll
 
 
 def test_agent_once_json_lines_have_the_same_shape(tmp_path: Path) -> None:
-    from treadle.commands.keys import generate
+    from treadle.keygen import generate
 
     generate(tmp_path / "keys")
     config = tmp_path / "agent.toml"

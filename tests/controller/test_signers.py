@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from treadle.commands.keys import generate, trust_root
+from treadle.keygen import generate, trust_root
 from treadle.daemon.config import from_dict
 from treadle.errors import SigningKeyError
 from treadle.daemon.sign import ManifestSigner

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from treadle.commands.keys import generate
+from treadle.keygen import generate
 from treadle.daemon.sign import manifest_from_envelope
 
 

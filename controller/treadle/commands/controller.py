@@ -16,9 +16,8 @@ import sys
 import time
 from typing import Any
 
-from treadle.errors import UsageError
+from treadle.daemon.client import DEFAULT_URL, api_call
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_OK, EXIT_PROBLEM = 0, 1
 
 
@@ -60,33 +59,6 @@ def add_url_argument(parser: argparse.ArgumentParser, *, operator: bool = False)
         parser.add_argument("--token-file", default=os.environ.get("TREADLE_TOKEN_FILE"),
                             help="file with the controller's admin token (default $TREADLE_TOKEN_FILE; "
                                  "not needed on the controller's own machine without admin_token_file)")
-
-
-def api_call(method: str, url: str, path: str, body: Any = None, token_file: str | None = None) -> dict[str, Any]:
-    """One request to the controller's API, with the admin token of ``token_file`` when given.
-
-    Raises:
-        UsageError: the token file is unreadable, or the controller cannot be reached or answered with an error.
-    """
-    import httpx
-
-    headers = {}
-    if token_file:
-        try:
-            headers["authorization"] = "Bearer " + open(token_file, encoding="utf-8").read().strip()
-        except OSError as e:
-            raise UsageError(f"{token_file}: cannot read the admin token: {e.strerror} (--token-file)") from e
-    try:
-        response = httpx.request(method, url.rstrip("/") + path, json=body, headers=headers, timeout=10)
-    except httpx.HTTPError as e:
-        raise UsageError(f"cannot reach the controller at {url}: {e}; is `treadle controller run` running? (--url)") from e
-    try:
-        doc = response.json()
-    except ValueError:
-        doc = {}
-    if response.status_code >= 400:
-        raise UsageError(f"{url}{path}: HTTP {response.status_code}: {doc.get('error', response.text.strip())}")
-    return doc
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -20,7 +20,8 @@ import argparse
 import sys
 from typing import Any
 
-from treadle.commands.controller import add_url_argument, api_call
+from treadle.commands.controller import add_url_argument
+from treadle.daemon.client import api_call
 from treadle.errors import UsageError
 
 STATUS_COLUMNS = ("pending", "applied", "healthy", "failed")

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from treadle.errors import UsageError
 from treadle.fabric import WorkTreeSource
+from treadle.fabric.encrypt import encrypt_secret, recipients_for
 from treadle.fabric.render import secret_receivers
-from treadle.fabric.secrets import (SECRET_DIR, SecretFileError, format_recipients, parse_ciphertext, parse_recipients,
-                                    recipients_path)
+from treadle.fabric.secrets import SECRET_DIR, SecretFileError, parse_ciphertext, parse_recipients, recipients_path
 
 _RECIPIENTS_HELP = "the nodes whose files name the secret (their identity:), and fabric.yaml secrets.admins"
 
@@ -68,45 +67,15 @@ def _name(name: str) -> str:
     return full
 
 
-def _wanted(repo: str, name: str, receivers: dict[str, list[tuple[str, str | None]]], fabric: dict[str, Any]) -> dict[str, str]:
-    """``{recipient: who}`` a secret must be encrypted to; refused when a receiving node has no identity."""
-    nodes = receivers.get(name, [])
-    missing = [node for node, ident in nodes if ident is None]
-    if missing:
-        raise UsageError(f"{repo}: {name} goes to {', '.join(missing)}, which {'has' if len(missing) == 1 else 'have'} no "
-                         "identity: (fix: treadle-agent enroll on the node, record identity: in its node file)")
-    admins = ((fabric.get("secrets") or {}).get("admins") or []) if isinstance(fabric, dict) else []
-    wanted: dict[str, str] = {}
-    for node, ident in nodes:
-        wanted.setdefault(ident, f"node {node}")  # type: ignore[arg-type]
-    for i, admin in enumerate(admins):
-        wanted.setdefault(admin, f"admin (fabric.yaml secrets.admins[{i}])")
-    if not wanted:
-        raise UsageError(f"{repo}: no node's files name {name}, and fabric.yaml has no secrets.admins "
-                         "(fix: add file: {secret: " + name + "} to a node or profile first)")
-    return wanted
-
-
-def _encrypt(repo: Path, name: str, plaintext: bytes, wanted: dict[str, str]) -> None:
-    import pyrage
-
-    from treadle_agent.state import write_atomic
-
-    box = pyrage.encrypt(plaintext, [pyrage.x25519.Recipient.from_str(r) for r in wanted], armored=True)
-    (repo / SECRET_DIR).mkdir(exist_ok=True)
-    write_atomic(repo / name, box, mode=0o644)
-    write_atomic(repo / recipients_path(name), format_recipients(wanted), mode=0o644)
-
-
 def cmd_encrypt(args: argparse.Namespace) -> int:
     name, repo = _name(args.name), Path(args.repo)
     receivers, fabric = secret_receivers(WorkTreeSource(repo))
-    wanted = _wanted(args.repo, name, receivers, fabric)
+    wanted = recipients_for(args.repo, name, receivers, fabric)
     try:
         plaintext = args.infile.read_bytes() if args.infile else sys.stdin.buffer.read()
     except OSError as e:
         raise UsageError(f"{args.infile}: cannot read the plaintext: {e.strerror}") from e
-    _encrypt(repo, name, plaintext, wanted)
+    encrypt_secret(repo, name, plaintext, wanted)
     print(f"{name}: encrypted to {len(wanted)} recipients ({', '.join(wanted.values())}); commit it with "
           f"{recipients_path(name)}")
     return 0
@@ -134,7 +103,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
     if not names:
         raise UsageError(f"{repo / SECRET_DIR}: no secrets/*.age to rekey")
     for name in names:
-        wanted = _wanted(args.repo, name, receivers, fabric)
+        wanted = recipients_for(args.repo, name, receivers, fabric)
         try:
             box = parse_ciphertext(name, (repo / name).read_bytes())
             plaintext = pyrage.decrypt(box, identities)
@@ -145,7 +114,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         except pyrage.DecryptError as e:
             raise UsageError(f"{repo / name}: {args.identity} cannot decrypt it (fix: use an identity of "
                              "fabric.yaml secrets.admins, or encrypt the plaintext again)") from e
-        _encrypt(repo, name, plaintext, wanted)
+        encrypt_secret(repo, name, plaintext, wanted)
         print(f"{name}: re-encrypted to {len(wanted)} recipients ({', '.join(wanted.values())})")
     return 0
 

@@ -6,15 +6,16 @@ A commit travels, in order::
 
 - :mod:`.fetch` mirrors the upstream repository and watches its ref;
 - :mod:`.gate` decides whether a new head may deploy (fast-forward, signed commits);
-- rendering is :mod:`treadle.fabric`'s (the renderer the pipeline calls is in :mod:`.pipeline`);
-- :mod:`.pipeline` plans what changed, runs one cycle and records its outcome;
-- :mod:`.sign` stamps and signs manifests in DSSE envelopes;
-- :mod:`.publish` writes them as static files, atomically;
-- :mod:`.state` (SQLite) records what was published, so a restart confirms instead of redoing;
-- :mod:`.rollouts` advances staged rollouts (:mod:`treadle.rollout` holds their pure state machine).
+- :mod:`.render` loads, renders and checks it (the rendering itself is :mod:`treadle.fabric`'s);
+- :mod:`.pipeline` runs the cycle, one call per step: it plans what changed and records the outcome;
+- :mod:`.release` is the one sign → publish → confirm path, over :mod:`.sign` (DSSE envelopes),
+  :mod:`.publish` (static files, written atomically) and :mod:`.state` (SQLite: what was
+  published, so a restart confirms instead of redoing);
+- :mod:`.rollouts` advances staged rollouts: it carries out what :mod:`treadle.rollout`'s
+  pure state machine decides.
 
 The process around them: :mod:`.process` (threads, signals, the watch loop),
 :mod:`.api` (HTTP), :mod:`.config`, :mod:`.metrics`, :mod:`.nodeview`
 (a node's page for the API and the console) and :mod:`.generation`
-(the generation counter's rules).
+(the generation counter's rules); :mod:`.client` is the commands' client of the API.
 """

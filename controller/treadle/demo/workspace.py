@@ -192,7 +192,7 @@ def build(root: Path, node_count: int, timing: Timing) -> Workspace:
     git(ws.admin, "remote", "add", "origin", str(ws.bare))
     git(ws.admin, "fetch", "-q", "origin")
     git(ws.admin, "branch", "-q", "--set-upstream-to", f"origin/{BRANCH}")
-    from treadle.commands.keys import generate
+    from treadle.keygen import generate
 
     generate(ws.root / "keys")
     _write_controller_config(ws)
@@ -237,7 +237,7 @@ def _write_controller_config(ws: Workspace) -> None:
 
 def _write_targets(ws: Workspace) -> None:
     """The agents as Prometheus file_sd targets, as `treadle targets` writes them for a real fabric."""
-    from treadle.commands.targets import file_sd_entries, write_targets
+    from treadle.fabric.file_sd import file_sd_entries, write_targets
     from treadle.fabric import GitRevisionSource
 
     (ws.root / "prometheus").mkdir()
