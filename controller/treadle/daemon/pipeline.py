@@ -213,18 +213,18 @@ class Pipeline:
     def _render(self, head: str, deployed: str | None, steps: dict[str, float]) -> Rendered:
         """render (see :func:`treadle.daemon.render.render`), the store made ready meanwhile on a cold cycle."""
         preparing = prepare_store(self.store, self.source.path, head) if self.last_good is None else None
-        rendered = None
+        rendered: Rendered | None = None
         try:
             with timed(steps, "render"):
                 assert self.renderer is not None
                 rendered = render(self.renderer, self.source.repo, head, deployed, self.last_good)
+            return rendered
         finally:
             if preparing is not None:
                 with timed(steps, "prepare_wait"):  # what the store's preparation took beyond the render
                     preparing.join()
                 if rendered is None:  # refused or failed: drop the prepared temp files
                     self.store.remove_temp_files()
-        return rendered
 
     def _plan(self, rendered: Rendered) -> tuple[PublishPlan, tuple[ToSign, ...], tuple[ToSign, ...], dict[str, str]]:
         """plan: the changes, split into (plan, publish now, roll out in waves, why each published now)."""
