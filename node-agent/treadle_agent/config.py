@@ -33,7 +33,7 @@ time where the schema wants a string, an infinite or NaN number, a NUL in any
 string, or a manifest URL that does not parse is a ConfigError naming the key
 and the fix (exit 2), like a schema error. The file must be private, as OpenSSH
 requires of its configs: owned by root or the agent's user, not writable by
-group or others (``state.check_private``).
+group or others (``contract.files.check_private``).
 
 Raises:
     ConfigError: the file is missing, not private, not TOML, breaks the schema,
@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from treadle_agent.errors import AgentError, ConfigError
-from treadle_agent.log import get_logger
+from treadle_agent.contract.log import get_logger
 
 SCHEMA = "agent-config.json"
 #: The record of the last successful validation, in the state dir.
@@ -164,7 +164,7 @@ def from_dict(raw: dict[str, Any], path: Path) -> AgentConfig:
 
 
 def _read(path: Path) -> bytes:
-    from treadle_agent.state import check_private
+    from treadle_agent.contract.files import check_private
 
     try:
         data = path.read_bytes()
@@ -359,7 +359,7 @@ def _remember(state_dir: Path, config_sha256: str) -> str | None:
     Not recording is no error: the next load validates again, and an unusable
     state dir is reported by the state store.
     """
-    from treadle_agent.state import write_atomic
+    from treadle_agent.contract.files import write_atomic
 
     record = {"config_sha256": config_sha256, "schema_sha256": schema_sha256()}
     try:

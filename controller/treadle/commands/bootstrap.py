@@ -52,12 +52,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from treadle.errors import FabricError, UsageError
+from treadle_agent.contract.names import DEFAULT_METRICS_PORT
 
 #: Fixed paths on the node: the unit's ExecStart and StateDirectory name them (systemd/treadle-agent.service).
 VENV, ETC, STATE_DIR = "/opt/treadle", "/etc/treadle", "/var/lib/treadle"
 UNIT_PATH = "/etc/systemd/system/treadle-agent.service"
 SCRIPT_PATH = "/usr/local/sbin/treadle-bootstrap"  # where the cloud-init user-data writes the script
-DEFAULT_METRICS_PORT = 9731
 #: The unit in a checkout (controller/treadle/commands/ -> the repository root); a wheel does not ship it.
 CHECKOUT_UNIT = Path(__file__).resolve().parents[3] / "systemd" / "treadle-agent.service"
 
@@ -123,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    from treadle_agent.errors import StateError
+    from treadle_agent.contract.errors import StateError
 
     repo, node = _positionals(args)
     sources = load_sources(args)
@@ -167,8 +167,8 @@ def load_sources(args: argparse.Namespace) -> Sources:
     Raises:
         UsageError: naming the option and the fix.
     """
-    from treadle_agent.errors import ConfigError
-    from treadle_agent.trust import TrustRoot
+    from treadle_agent.contract.errors import ConfigError
+    from treadle_agent.contract.trustroot import TrustRoot
 
     if not args.wheelhouse and not args.agent_wheel:
         raise UsageError("say where the node gets the agent: --wheelhouse DIR|URL (wheel and dependencies, "
@@ -437,6 +437,6 @@ def _printable(text: str) -> str:
 
 
 def _write(path: Path, text: str, mode: int) -> None:
-    from treadle_agent.state import write_atomic
+    from treadle_agent.contract.files import write_atomic
 
     write_atomic(path, text.encode("utf-8"), mode=mode)

@@ -90,7 +90,7 @@ def _wanted(repo: str, name: str, receivers: dict[str, list[tuple[str, str | Non
 def _encrypt(repo: Path, name: str, plaintext: bytes, wanted: dict[str, str]) -> None:
     import pyrage
 
-    from treadle_agent.state import write_atomic
+    from treadle_agent.contract.files import write_atomic
 
     box = pyrage.encrypt(plaintext, [pyrage.x25519.Recipient.from_str(r) for r in wanted], armored=True)
     (repo / SECRET_DIR).mkdir(exist_ok=True)

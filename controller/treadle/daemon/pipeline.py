@@ -499,7 +499,7 @@ class Pipeline:
         rendered = self._rendered(commit)
         present = [n for n in nodes if n in rendered.result.nodes]
         settings = self._settings_for(rendered, present)
-        from treadle.rollout.observe import DEFAULT_METRICS_PORT
+        from treadle_agent.contract.names import DEFAULT_METRICS_PORT
 
         return [Target(n, rendered.result.nodes[n].address, settings[n].metrics_port or DEFAULT_METRICS_PORT)
                 for n in present]
@@ -580,7 +580,7 @@ class Pipeline:
         from treadle.fabric import GitRevisionSource
         from treadle.fabric.cache import ParseCache
         from treadle.fabric.nodefile import node_settings
-        from treadle.rollout.observe import DEFAULT_METRICS_PORT
+        from treadle_agent.contract.names import DEFAULT_METRICS_PORT
 
         n = rendered.result.nodes[node]
         try:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from treadle.rollout.machine import NodeProgress, NodeStatus, Rollout, State, Wave
-from treadle_agent.manifest import parse_json
+from treadle_agent.contract.manifest import parse_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
