@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import treadle_schemas  # reading defaults does not load jsonschema-rs; the first validation does
 from treadle_agent.errors import AgentError, ConfigError
 from treadle_agent.contract.log import get_logger
 
@@ -281,8 +282,8 @@ def _build(raw: dict[str, Any], path: Path) -> AgentConfig:
 def _schema_file() -> tuple[bytes, dict[str, Any]]:
     """schemas/agent-config.json from the installed treadle_schemas package: its bytes and document.
 
-    Read as a file next to the package rather than through ``treadle_schemas.load``:
-    importing that package loads jsonschema-rs, which a recorded config skips.
+    Read as bytes next to the package rather than through ``treadle_schemas.load``:
+    the file's digest is part of a config record.
     """
     spec = importlib.util.find_spec("treadle_schemas")
     if spec is None or not spec.submodule_search_locations:
@@ -297,12 +298,11 @@ def schema_sha256() -> str:
 
 
 def _defaults() -> dict[str, Any]:
-    return {k: p["default"] for k, p in _schema_file()[1]["properties"].items() if "default" in p}
+    """The schema's defaults (treadle_schemas.defaults: one reading of defaults for agent and controller)."""
+    return treadle_schemas.defaults(_schema_file()[1])
 
 
 def _check_schema(raw: dict[str, Any], path: Path) -> None:
-    import treadle_schemas  # loads jsonschema-rs: only here, when a check is needed
-
     errors = treadle_schemas.errors(SCHEMA, raw)
     if errors:
         raise ConfigError("\n".join(_message(path, raw, where, message) for where, message in errors))
