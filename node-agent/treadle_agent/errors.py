@@ -2,6 +2,7 @@
 
     AgentError                 (contract.errors: the contract raises these on both sides)
     ├── ConfigError            agent.toml or the trust root is wrong: exit 2, fix and restart
+    │   └── EnrolledError      (identity.py) ``enroll`` on a node that has an identity: nothing changed
     ├── VerifyError            trust (envelope, signature, schema, node, rollback,
     │                          equivocation, expired): refuse, count the reason, keep the last good
     ├── StateError             the state dir is corrupt or unreadable: set the file aside, refetch

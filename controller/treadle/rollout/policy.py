@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import treadle_schemas
+from treadle.errors import PolicyError  # raised here; the tree is drawn in treadle.errors
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: The git trailer of the emergency path: ``Treadle-Rollout: immediate`` skips soak times and change windows.
@@ -24,10 +25,6 @@ TRAILER_IMMEDIATE = "immediate"
 POLICY_DEFAULTS = treadle_schemas.defaults("rollout.json")
 WAVE_DEFAULTS = treadle_schemas.defaults("rollout.json", "waves")
 WINDOW_DEFAULTS = treadle_schemas.defaults("rollout.json", "windows")
-
-
-class PolicyError(ValueError):
-    """rollout.yaml is schema-valid but not meaningful (unknown time zone, empty window)."""
 
 
 @dataclass(frozen=True, slots=True)
