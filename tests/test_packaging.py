@@ -121,3 +121,28 @@ def test_console_templates_and_static_files_ship_as_package_data() -> None:
     assert any(f.startswith("templates/") for f in files) and any(f.startswith("static/") for f in files)
     unshipped = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
     assert not unshipped, f"add these to [tool.setuptools.package-data] treadle.console: {unshipped}"
+
+
+#: Modules where one imports the other and the other must not import it back, not even inside a function.
+ONE_WAY = (("treadle.demo.workspace", "treadle.demo.grow"), ("treadle_agent.host_sim", "treadle_agent.host"),
+           ("treadle_agent.host_mode", "treadle_agent.host_sim"), ("treadle_agent.host_mode", "treadle_agent.host"))
+
+
+def _module_file(module: str) -> Path:
+    top = ROOT / ("node-agent" if module.startswith("treadle_agent") else "controller")
+    return top.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in it (``from a import b`` counts as a and a.b)."""
+    found = set()
+    for _, module, names in _imports(path):
+        found.add(module)
+        found.update(f"{module}.{n}" for n in names)
+    return found
+
+
+def test_the_former_cycles_go_one_way() -> None:
+    for importer, imported in ONE_WAY:
+        assert imported in _imported_modules(_module_file(importer)), f"{importer} no longer imports {imported}"
+        assert importer not in _imported_modules(_module_file(imported)), f"{imported} imports {importer} back"
