@@ -76,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _manifest(n_files: int, generation: int = 1, filler: int = 0) -> dict:
-    from treadle_agent.manifest import format_time
+    from treadle_agent.contract.manifest import format_time
 
     files = []
     for i in range(n_files):
@@ -94,8 +94,8 @@ def _manifest(n_files: int, generation: int = 1, filler: int = 0) -> dict:
 
 def _setup(work: Path, n_files: int) -> tuple[Path, ThreadingHTTPServer, list]:
     from treadle.keygen import generate
-    from treadle_agent.envelope import load_signer, sign_payload
-    from treadle_agent.manifest import canonical_json
+    from treadle_agent.contract.envelope import load_signer, sign_payload
+    from treadle_agent.contract.manifest import canonical_json
 
     generate(work / "keys")
     signers = [load_signer(str(work / "keys" / "treadle.key"))]
@@ -198,9 +198,9 @@ def _idle_rss_mb(config: Path, work: Path, *, fresh: bool) -> float:
 
 def _isolated_verify_ms(signers: list, runs: int) -> float:
     """The same verification in the daemon's verifier process, spawn and imports included."""
-    from treadle_agent.envelope import sign_payload
-    from treadle_agent.manifest import canonical_json
-    from treadle_agent.trust import trust_root_document
+    from treadle_agent.contract.envelope import sign_payload
+    from treadle_agent.contract.manifest import canonical_json
+    from treadle_agent.contract.trustroot import trust_root_document
     from treadle_agent.verify import IsolatedAuthenticator
 
     envelope = sign_payload(canonical_json(_manifest(1000, filler=960)), signers)
@@ -214,9 +214,10 @@ def _isolated_verify_ms(signers: list, runs: int) -> float:
 
 
 def _verify_ms(signers: list, runs: int) -> tuple[float, int]:
-    from treadle_agent.envelope import sign_payload
-    from treadle_agent.manifest import canonical_json
-    from treadle_agent.trust import TrustedState, TrustRoot
+    from treadle_agent.contract.envelope import sign_payload
+    from treadle_agent.contract.manifest import canonical_json
+    from treadle_agent.trust import TrustedState
+    from treadle_agent.contract.trustroot import TrustRoot
     from treadle_agent.verify import Verifier
 
     payload = canonical_json(_manifest(1000, filler=960))

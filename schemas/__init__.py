@@ -3,17 +3,21 @@
 The schemas ship inside the installed package and are loaded only from here.
 Validators are compiled once per schema (jsonschema-rs) and shared; the
 registry resolves cross-file references such as ``overlay.json#/$defs/body``
-without touching the network.
+without touching the network. jsonschema-rs is imported by the first
+validation only: reading a schema or its defaults (:func:`defaults`, which the
+agent uses on every start) does not load it.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema_rs
+if TYPE_CHECKING:
+    import jsonschema_rs
 
 BASE_URI = "https://treadle.dev/schemas/v1/"
 
@@ -68,14 +72,35 @@ def for_editors(name: str) -> dict[str, Any]:
     return doc
 
 
+def defaults(schema: str | Mapping[str, Any], *section: str) -> dict[str, Any]:
+    """The ``default`` of each property that has one, in schema ``schema`` (a file name or a loaded document).
+
+    ``section`` walks down object properties (``"health"``), and into the
+    items of an array property (``"waves"``: the defaults of one wave). Code
+    takes its defaults from here rather than repeating them.
+
+    Raises:
+        KeyError: ``section`` names no property of the schema.
+    """
+    node: Mapping[str, Any] = load(schema) if isinstance(schema, str) else schema
+    for key in section:
+        node = node["properties"][key]
+        node = node.get("items", node)
+    return {k: p["default"] for k, p in node.get("properties", {}).items() if "default" in p}
+
+
 @functools.cache
 def _registry() -> jsonschema_rs.Registry:
+    import jsonschema_rs
+
     return jsonschema_rs.Registry([(BASE_URI + n, load(n)) for n in names()])
 
 
 @functools.cache
 def validator(name: str) -> jsonschema_rs.Validator:
     """The compiled validator of schema ``name``; compiled once per process."""
+    import jsonschema_rs
+
     return jsonschema_rs.validator_for(load(name), registry=_registry(), validate_formats=True)
 
 

@@ -49,6 +49,57 @@ def test_agent_package_never_imports_controller_libraries() -> None:
     assert not offenders, "\n".join(offenders)
 
 
+def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """``(line, module, names)`` of each absolute import in ``path`` (names: what a ``from`` import takes)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module, [a.name for a in node.names]))
+    return found
+
+
+def _contract_only(module: str, names: list[str]) -> bool:
+    """Whether an import of ``module`` takes from treadle_agent only the contract (or the distribution's version)."""
+    if module == "treadle_agent.contract" or module.startswith("treadle_agent.contract."):
+        return True
+    return module == "treadle_agent" and bool(names) and set(names) <= {"contract", "__version__"}
+
+
+def _agent_imports_beyond_contract(top: Path) -> list[str]:
+    offenders = []
+    for path in top.rglob("*.py"):
+        for line, module, names in _imports(path):
+            if module.split(".")[0] == "treadle_agent" and not _contract_only(module, names):
+                offenders.append(f"{path.relative_to(ROOT)}:{line}: import {module} {names or ''}".rstrip())
+    return offenders
+
+
+def test_controller_imports_nothing_of_the_agent_but_its_contract() -> None:
+    offenders = _agent_imports_beyond_contract(ROOT / "controller")
+    assert not offenders, ("the controller may import only treadle_agent.contract (and treadle_agent.__version__); "
+                           "move the shared name into the contract:\n" + "\n".join(offenders))
+
+
+def test_the_contract_check_refuses_an_agent_internal(tmp_path: Path) -> None:
+    """The check above can fail: an import of an agent internal, in any form, is found."""
+    for source in ("from treadle_agent.state import write_atomic\n", "import treadle_agent.host_sim\n",
+                   "def f():\n    from treadle_agent import errors\n", "from treadle_agent import __version__, log\n"):
+        (tmp_path / "m.py").write_text(source)
+        assert [m for _, m, n in _imports(tmp_path / "m.py") if not _contract_only(m, n)], source
+    for source in ("from treadle_agent.contract.files import write_atomic\n", "from treadle_agent import __version__\n",
+                   "from treadle_agent.contract import names\n"):
+        (tmp_path / "m.py").write_text(source)
+        assert not [m for _, m, n in _imports(tmp_path / "m.py") if not _contract_only(m, n)], source
+
+
+def test_the_contract_imports_nothing_else_of_the_agent() -> None:
+    """The contract is the bottom layer: the agent imports it, never the other way round."""
+    offenders = _agent_imports_beyond_contract(ROOT / "node-agent" / "treadle_agent" / "contract")
+    assert not offenders, "\n".join(offenders)
+
+
 def test_schemas_ship_inside_the_package_and_all_compile() -> None:
     import treadle_schemas
 
@@ -70,3 +121,28 @@ def test_console_templates_and_static_files_ship_as_package_data() -> None:
     assert any(f.startswith("templates/") for f in files) and any(f.startswith("static/") for f in files)
     unshipped = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
     assert not unshipped, f"add these to [tool.setuptools.package-data] treadle.console: {unshipped}"
+
+
+#: Modules where one imports the other and the other must not import it back, not even inside a function.
+ONE_WAY = (("treadle.demo.workspace", "treadle.demo.grow"), ("treadle_agent.host_sim", "treadle_agent.host"),
+           ("treadle_agent.host_mode", "treadle_agent.host_sim"), ("treadle_agent.host_mode", "treadle_agent.host"))
+
+
+def _module_file(module: str) -> Path:
+    top = ROOT / ("node-agent" if module.startswith("treadle_agent") else "controller")
+    return top.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in it (``from a import b`` counts as a and a.b)."""
+    found = set()
+    for _, module, names in _imports(path):
+        found.add(module)
+        found.update(f"{module}.{n}" for n in names)
+    return found
+
+
+def test_the_former_cycles_go_one_way() -> None:
+    for importer, imported in ONE_WAY:
+        assert imported in _imported_modules(_module_file(importer)), f"{importer} no longer imports {imported}"
+        assert importer not in _imported_modules(_module_file(imported)), f"{imported} imports {importer} back"

@@ -1,18 +1,30 @@
 """The controller's errors, split by whose fault they are; the type decides what happens next.
 
     TreadleError
-    ├── UsageError         bad command line or configuration: exit 2
-    ├── FabricError        the repository's content is invalid (carries every
-    │                      Diagnostic found in one run): exit 1, the commit is
-    │                      refused, the last good manifests stay published
-    ├── SourceError        git could not be reached or read: retry later
-    ├── GateError          a commit is not allowed to deploy (history rewritten,
-    │                      unsigned, unknown signer): refused and recorded, waits for a human
-    ├── SigningKeyError    a signing key or trust root cannot be used: exit 2
-    └── StoreError         the state database or publish store failed: retry, never half-publish
+    ├── UsageError             bad command line or configuration: exit 2
+    ├── FabricError            the repository's content is invalid (carries every
+    │                          Diagnostic found in one run): exit 1, the commit is
+    │                          refused, the last good manifests stay published
+    ├── PolicyError            rollout.yaml is schema-valid but meaningless (an unknown
+    │                          time zone, an empty window): becomes a FabricError of the commit
+    ├── SourceError            git could not be reached or read: retry later
+    ├── GateError              a commit is not allowed to deploy (history rewritten,
+    │                          unsigned, unknown signer): refused and recorded, waits for a human
+    ├── SigningKeyError        a signing key or trust root cannot be used: exit 2
+    ├── StoreError             the state database, the rollout tables or the publish store
+    │                          failed (every sqlite3.Error is wrapped into it): retry, never half-publish
+    └── RolloutError           an operator's action on a rollout cannot be done
+        ├── NoSuchRolloutError   no rollout has that id: HTTP 404
+        └── TransitionError      the action does not apply in the rollout's state: HTTP 409
+
+Inside the fabric package, YamlProblem, TemplateProblem and SecretFileError
+carry one located problem each; they never leave it except as Diagnostics of
+a FabricError (the demo's SceneFailed likewise stays in the demo).
 
 Foreign errors (ruamel.yaml, jsonschema, pygit2, jinja2, httpx, sqlite3,
-OSError) are wrapped at the boundary with ``raise ... from e``.
+OSError) are wrapped at the boundary with ``raise ... from e``. The agent's
+errors that the contract raises (treadle_agent.contract.errors: ConfigError,
+StateError, ManifestFormatError) are foreign here too, and wrapped the same way.
 """
 
 from __future__ import annotations
@@ -96,4 +108,24 @@ class SigningKeyError(TreadleError):
 
 
 class StoreError(TreadleError):
-    """The state database or the publish store failed."""
+    """The state database, the rollout tables or the publish store failed."""
+
+
+class PolicyError(TreadleError):
+    """rollout.yaml is schema-valid but not meaningful (unknown time zone, empty window)."""
+
+
+class RolloutError(TreadleError):
+    """An operator's action on a rollout cannot be done."""
+
+
+class NoSuchRolloutError(RolloutError):
+    """No rollout has the id asked for."""
+
+    def __init__(self, rid: int) -> None:
+        super().__init__(f"no rollout {rid}; `treadle rollout list` shows the rollouts kept")
+        self.rid = rid
+
+
+class TransitionError(RolloutError):
+    """An operator action that does not apply to the rollout's state (e.g. approve a finished rollout)."""

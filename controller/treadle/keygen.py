@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from treadle.errors import UsageError
-from treadle_agent.state import write_all
+from treadle_agent.contract.files import write_all
 
 
 def key_names(name: str, threshold: int) -> list[str]:
@@ -41,9 +41,9 @@ def generate(directory: Path, *, threshold: int = 1, name: str = "treadle") -> l
 
     from securesystemslib.signer import CryptoSigner
 
-    from treadle_agent.envelope import public_key_document
-    from treadle_agent.manifest import canonical_json
-    from treadle_agent.trust import trust_root_document
+    from treadle_agent.contract.envelope import public_key_document
+    from treadle_agent.contract.manifest import canonical_json
+    from treadle_agent.contract.trustroot import trust_root_document
 
     signers = [CryptoSigner.generate_ed25519() for _ in stems]
     try:
@@ -77,9 +77,10 @@ def trust_root(out: Path, pubs: list[Path], *, threshold: int = 1) -> Path:
         UsageError: a public key file is unreadable or not a key, the same key
             is given twice, the threshold does not fit, or ``out`` exists.
     """
-    from treadle_agent.errors import ConfigError
-    from treadle_agent.manifest import ManifestFormatError, parse_json
-    from treadle_agent.trust import TrustRoot, trust_root_document
+    from treadle_agent.contract.errors import ConfigError
+    from treadle_agent.contract.errors import ManifestFormatError
+    from treadle_agent.contract.manifest import parse_json
+    from treadle_agent.contract.trustroot import TrustRoot, trust_root_document
 
     keys: dict[str, dict[str, object]] = {}
     for pub in pubs:

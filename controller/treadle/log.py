@@ -2,7 +2,7 @@
 
 Events are named (``cycle.deployed``, ``gate.refused``, ``api.listening``) so a
 log pipeline can select them without parsing prose; the fields are the facts.
-The format is the agent's (:mod:`treadle_agent.log`): both programs write one
+The format is the agent's (:mod:`treadle_agent.contract.log`): both programs write one
 shape, and every logger of the process, plain :mod:`logging` users and
 libraries included, goes through it.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, TextIO
 
-from treadle_agent import log as _shared
+from treadle_agent.contract import log as _shared
 
 LOGGER = logging.getLogger("treadle.controller")
 

@@ -43,12 +43,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from treadle.errors import FabricError, UsageError
+from treadle_agent.contract.names import DEFAULT_METRICS_PORT
 
 #: Fixed paths on the node: the unit's ExecStart and StateDirectory name them (systemd/treadle-agent.service).
 VENV, ETC, STATE_DIR = "/opt/treadle", "/etc/treadle", "/var/lib/treadle"
 UNIT_PATH = "/etc/systemd/system/treadle-agent.service"
 SCRIPT_PATH = "/usr/local/sbin/treadle-bootstrap"  # where the cloud-init user-data writes the script
-DEFAULT_METRICS_PORT = 9731
 
 
 @dataclass(frozen=True, slots=True)

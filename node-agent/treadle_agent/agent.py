@@ -35,11 +35,12 @@ import anyio
 from treadle_agent.config import AgentConfig
 from treadle_agent.errors import ConfigError, FetchError, HostError, StateError, VerifyError
 from treadle_agent.fetch import Fetcher, FetchResult, HttpFetcher
-from treadle_agent.log import get_logger
-from treadle_agent.manifest import Manifest, parse_time
+from treadle_agent.contract.log import get_logger
+from treadle_agent.contract.manifest import Manifest, parse_time
 from treadle_agent.metrics import AgentMetrics
 from treadle_agent.state import ENVELOPE, StateStore
-from treadle_agent.trust import TrustedState, TrustRoot
+from treadle_agent.contract.trustroot import TrustRoot
+from treadle_agent.trust import TrustedState
 from treadle_agent.verify import IsolatedAuthenticator, Verifier
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class Agent:
             ConfigError: the trust root is unusable.
         """
         from treadle_agent.apply import Applier
-        from treadle_agent.host import host_for
+        from treadle_agent.host_mode import host_for
 
         trust = TrustRoot.load(config.trust_root)
         metrics = AgentMetrics(config.node)

@@ -42,8 +42,8 @@ from typing import Any
 from treadle_agent.errors import AgentError, ConfigError, HostError, PathEscapeError
 from treadle_agent.host import Host
 from treadle_agent.inventory import Inventory
-from treadle_agent.log import get_logger
-from treadle_agent.manifest import RESOURCE_ORDER, Manifest, resource_id
+from treadle_agent.contract.log import get_logger
+from treadle_agent.contract.manifest import RESOURCE_ORDER, Manifest, resource_id
 from treadle_agent.providers.base import Context, Observed, Provider
 from treadle_agent.providers.files import DirectoryProvider, FileProvider, SymlinkProvider
 from treadle_agent.providers.packages import PackageProvider

@@ -24,10 +24,10 @@ from treadle_agent.apply import Applier, CheckReport
 from treadle_agent.config import AgentConfig
 from treadle_agent.errors import FetchError
 from treadle_agent.fetch import HttpFetcher
-from treadle_agent.host import host_for
-from treadle_agent.manifest import Manifest
+from treadle_agent.host_mode import host_for
+from treadle_agent.contract.manifest import Manifest
 from treadle_agent.state import StateStore, StoredState
-from treadle_agent.trust import TrustRoot
+from treadle_agent.contract.trustroot import TrustRoot
 from treadle_agent.verify import TrustedState, Verifier, VerifyError
 
 

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from treadle_agent import config as agent_config
-    from treadle_agent import log
+    from treadle_agent.contract import log
 
     log.configure(args.log_format)
     try:
@@ -147,8 +147,8 @@ def _run(config: AgentConfig, args: argparse.Namespace) -> int:
     import anyio
 
     from treadle_agent.agent import Agent
-    from treadle_agent.log import get_logger
-    from treadle_agent.state import write_atomic
+    from treadle_agent.contract.log import get_logger
+    from treadle_agent.contract.files import write_atomic
 
     log = get_logger("agent")
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # every thread's stack to stderr, for a stuck daemon
@@ -181,7 +181,7 @@ def _run(config: AgentConfig, args: argparse.Namespace) -> int:
 async def _stop_on_signal(agent: Agent) -> None:
     import anyio
 
-    from treadle_agent.log import get_logger
+    from treadle_agent.contract.log import get_logger
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:

@@ -33,7 +33,7 @@ time where the schema wants a string, an infinite or NaN number, a NUL in any
 string, or a manifest URL that does not parse is a ConfigError naming the key
 and the fix (exit 2), like a schema error. The file must be private, as OpenSSH
 requires of its configs: owned by root or the agent's user, not writable by
-group or others (``state.check_private``).
+group or others (``contract.files.check_private``).
 
 Raises:
     ConfigError: the file is missing, not private, not TOML, breaks the schema,
@@ -57,8 +57,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import treadle_schemas  # reading defaults does not load jsonschema-rs; the first validation does
 from treadle_agent.errors import AgentError, ConfigError
-from treadle_agent.log import get_logger
+from treadle_agent.contract.log import get_logger
 
 SCHEMA = "agent-config.json"
 #: The record of the last successful validation, in the state dir.
@@ -164,7 +165,7 @@ def from_dict(raw: dict[str, Any], path: Path) -> AgentConfig:
 
 
 def _read(path: Path) -> bytes:
-    from treadle_agent.state import check_private
+    from treadle_agent.contract.files import check_private
 
     try:
         data = path.read_bytes()
@@ -281,8 +282,8 @@ def _build(raw: dict[str, Any], path: Path) -> AgentConfig:
 def _schema_file() -> tuple[bytes, dict[str, Any]]:
     """schemas/agent-config.json from the installed treadle_schemas package: its bytes and document.
 
-    Read as a file next to the package rather than through ``treadle_schemas.load``:
-    importing that package loads jsonschema-rs, which a recorded config skips.
+    Read as bytes next to the package rather than through ``treadle_schemas.load``:
+    the file's digest is part of a config record.
     """
     spec = importlib.util.find_spec("treadle_schemas")
     if spec is None or not spec.submodule_search_locations:
@@ -297,12 +298,11 @@ def schema_sha256() -> str:
 
 
 def _defaults() -> dict[str, Any]:
-    return {k: p["default"] for k, p in _schema_file()[1]["properties"].items() if "default" in p}
+    """The schema's defaults (treadle_schemas.defaults: one reading of defaults for agent and controller)."""
+    return treadle_schemas.defaults(_schema_file()[1])
 
 
 def _check_schema(raw: dict[str, Any], path: Path) -> None:
-    import treadle_schemas  # loads jsonschema-rs: only here, when a check is needed
-
     errors = treadle_schemas.errors(SCHEMA, raw)
     if errors:
         raise ConfigError("\n".join(_message(path, raw, where, message) for where, message in errors))
@@ -359,7 +359,7 @@ def _remember(state_dir: Path, config_sha256: str) -> str | None:
     Not recording is no error: the next load validates again, and an unusable
     state dir is reported by the state store.
     """
-    from treadle_agent.state import write_atomic
+    from treadle_agent.contract.files import write_atomic
 
     record = {"config_sha256": config_sha256, "schema_sha256": schema_sha256()}
     try:

@@ -1,29 +1,32 @@
 """The agent's errors, split by whose fault they are; the type decides what the loop does.
 
-    AgentError
-    ├── ConfigError        agent.toml or the trust root is wrong: exit 2, fix and restart
-    ├── FetchError         the source (network, HTTP status, size cap, deadline):
-    │                      keep enforcing the last good manifest, retry with backoff
-    ├── VerifyError        trust (envelope, signature, schema, node, rollback,
-    │                      equivocation, expired): refuse, count the reason, keep the last good
-    ├── StateError         the state dir is corrupt or unreadable: set the file aside, refetch
-    └── HostError          the host refused a change (a command failed, a write failed):
-        │                  that resource fails, unrelated resources go on
-        └── PathEscapeError  a path would leave the managed root (symlink, ``..``)
+    AgentError                 (contract.errors: the contract raises these on both sides)
+    ├── ConfigError            agent.toml or the trust root is wrong: exit 2, fix and restart
+    │   └── EnrolledError      (identity.py) ``enroll`` on a node that has an identity: nothing changed
+    ├── VerifyError            trust (envelope, signature, schema, node, rollback,
+    │                          equivocation, expired): refuse, count the reason, keep the last good
+    ├── StateError             the state dir is corrupt or unreadable: set the file aside, refetch
+    ├── ManifestFormatError    bytes that are not strict JSON (also a ValueError): wrapped into
+    │                          VerifyError or StateError by whoever read the bytes
+    ├── FetchError             the source (network, HTTP status, size cap, deadline):
+    │                          keep enforcing the last good manifest, retry with backoff
+    └── HostError              the host refused a change (a command failed, a write failed):
+        │                      that resource fails, unrelated resources go on
+        └── PathEscapeError    a path would leave the managed root (symlink, ``..``)
 
+The first five live in :mod:`treadle_agent.contract.errors` because contract
+code (parsing, the envelope, the trust root, atomic writes) raises them in the
+controller too; this module is the agent's one place to import any of them.
 Foreign errors (httpx, OSError, securesystemslib, json) are wrapped at the
 boundary with ``raise ... from e``; nothing else escapes the agent's layers.
 """
 
 from __future__ import annotations
 
+from treadle_agent.contract.errors import AgentError, ConfigError, ManifestFormatError, StateError, VerifyError
 
-class AgentError(Exception):
-    """Base of every error the agent raises on purpose."""
-
-
-class ConfigError(AgentError):
-    """A bad setting in agent.toml or an unusable trust root; the message names the file, key and fix."""
+__all__ = ["AgentError", "ConfigError", "FetchError", "HostError", "ManifestFormatError", "PathEscapeError",
+           "StateError", "VerifyError"]
 
 
 class FetchError(AgentError):
@@ -32,22 +35,6 @@ class FetchError(AgentError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-class VerifyError(AgentError):
-    """A fetched manifest was refused. ``reason`` is a metric label value.
-
-    Reasons: envelope, payload_type, signature, threshold, schema, node,
-    rollback, equivocation, expired, internal (verify.py's REASONS).
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class StateError(AgentError):
-    """A state file is corrupt or unreadable."""
 
 
 class HostError(AgentError):

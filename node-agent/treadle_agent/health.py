@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from treadle_agent.host import Host
-from treadle_agent.log import get_logger
+from treadle_agent.contract.log import get_logger
 from treadle_agent.providers.paths import RootFS
 
 log = get_logger("health")

@@ -10,10 +10,11 @@ Everything the agent changes outside the managed file tree goes through one
     └── sysctl      ProcSys: runtime values as files under ``proc_sys``
 
 :class:`SystemHost` runs real programs. :class:`SimulatedHost` (in
-``host_sim.py``, importable from here) keeps the package and unit state in
+``host_sim.py``, which imports this module and never the other way) keeps the package and unit state in
 memory and answers the *same* command lines the real parts produce, recording
 every one, so tests exercise the real command lines where this machine cannot
-install packages or start units.
+install packages or start units. Which of the two agent.toml asks for is
+decided in ``host_mode.py``.
 
 Every failure is a :class:`~treadle_agent.errors.HostError` naming the command
 and what it printed; nothing else escapes.
@@ -559,27 +560,3 @@ class SystemHost(Host):
                    proc_sys=getattr(config, "proc_sys", "/proc/sys"),
                    sysctl_dir=getattr(config, "sysctl_dir", "/etc/sysctl.d"),
                    package_lists_max_age_s=float(getattr(config, "package_lists_max_age_s", 86400.0)))
-
-
-def host_for(settings: Any, state_dir: Path) -> Host:
-    """The host agent.toml describes: the real machine, or the ``simulated`` one (see host_sim.py).
-
-    Raises:
-        StateError: the simulated host's state file cannot be read.
-    """
-    if getattr(settings, "package_manager", "auto") == "simulated":
-        from treadle_agent import host_sim
-
-        return host_sim.SimulatedHost.persistent(state_dir, proc_sys=getattr(settings, "proc_sys", "/proc/sys"),
-                                                 sysctl_dir=getattr(settings, "sysctl_dir", "/etc/sysctl.d"))
-    return SystemHost.from_config(settings)
-
-
-def __getattr__(name: str) -> Any:
-    # The simulator lives in host_sim.py so that the agent never loads it; tests
-    # and the demo import it from here all the same (PEP 562).
-    if name in ("SimulatedHost", "SimulatedRunner", "Unit"):
-        from treadle_agent import host_sim
-
-        return getattr(host_sim, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from treadle_agent.contract.files import write_atomic
+from treadle_agent.contract.names import SIMULATED_HOST_FILE
 from treadle_agent.errors import StateError
 from treadle_agent.host import (AptPackages, CommandResult, DnfPackages, Host, NoPackages, NoServices, PackageManager,
                                 ProcessRunner, ServiceManager, Systemd)
@@ -42,8 +44,6 @@ class Unit:
     need_reload: bool = False
 
 
-#: The file of the ``simulated`` host mode in the agent's state dir.
-STATE_FILE = "simulated-host.json"
 #: The version every package has in the ``simulated`` mode, unless the manifest pins another.
 SIMULATED_VERSION = "1.0-1"
 #: Verbs that change the simulated state (saved after each, in the ``simulated`` mode).
@@ -95,8 +95,6 @@ class SimulatedRunner:
         return CommandResult(argv, rc, out, err)
 
     def _save(self) -> None:
-        from treadle_agent.state import write_atomic
-
         # The simulated mode's units only ever change these three (the other fields are for tests).
         doc = {"installed": self.installed, "units": {name: {k: v for k, v in asdict(u).items() if k in ("enabled", "active", "broken")}
                                                       for name, u in self.units.items()}}
@@ -223,7 +221,7 @@ class SimulatedHost(Host):
         Raises:
             StateError: the file exists but cannot be read.
         """
-        return cls(proc_sys=proc_sys, sysctl_dir=sysctl_dir, permissive=True, state_file=Path(state_dir) / STATE_FILE)
+        return cls(proc_sys=proc_sys, sysctl_dir=sysctl_dir, permissive=True, state_file=Path(state_dir) / SIMULATED_HOST_FILE)
 
     @property
     def commands(self) -> list[tuple[str, ...]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyrage
 
 from treadle_agent.errors import ConfigError, StateError
-from treadle_agent.state import check_private, write_atomic
+from treadle_agent.contract.files import check_private, write_atomic
 
 IDENTITY = "identity.age"
 PREVIOUS = "identity.previous.age"

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from treadle_agent.errors import PathEscapeError, StateError
-from treadle_agent.log import get_logger
-from treadle_agent.manifest import ManifestFormatError, is_plain_json, parse_json
+from treadle_agent.contract.log import get_logger
+from treadle_agent.contract.manifest import ManifestFormatError, is_plain_json, parse_json
 from treadle_agent.providers.paths import split_path
-from treadle_agent.state import write_atomic
+from treadle_agent.contract.files import write_atomic
 
 VERSION = 1
 FILE_NAME = "inventory.json"

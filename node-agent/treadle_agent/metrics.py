@@ -38,11 +38,11 @@ from typing import Any
 
 from treadle_agent import __version__
 from treadle_agent.fetch import REASONS as FETCH_REASONS
-from treadle_agent.manifest import RESOURCE_ORDER, Manifest
+from treadle_agent.contract import names
+from treadle_agent.contract.manifest import RESOURCE_ORDER, Manifest
+from treadle_agent.contract.names import LIFECYCLE_STATES, RESOURCE_STATUSES
 from treadle_agent.verify import REASONS as VERIFY_REASONS
 
-RESOURCE_STATUSES = ("in_sync", "drifted", "failed")
-LIFECYCLE_STATES = ("provisioning", "production", "draining", "maintenance", "retired")
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 #: How an apply result status is shown in treadle_agent_resources.
 _STATUS_OF_RESULT = {"in_sync": "in_sync", "changed": "in_sync", "healed": "in_sync", "drifted": "drifted",
@@ -165,31 +165,31 @@ class AgentCollector:
 
         m = self.metrics
         with m.lock:
-            yield _gauge(GaugeMetricFamily, "treadle_agent_info", "The agent and the node it runs on.",
+            yield _gauge(GaugeMetricFamily, names.METRIC_INFO, "The agent and the node it runs on.",
                          {(m.node, m.site, m.cluster, __version__): 1}, ["node", "site", "cluster", "version"])
-            yield GaugeMetricFamily("treadle_agent_manifest_generation", "Highest accepted manifest generation.", value=m.manifest_generation)
-            yield GaugeMetricFamily("treadle_agent_applied_generation", "Generation of the manifest last applied.", value=m.applied_generation)
-            yield GaugeMetricFamily("treadle_agent_last_apply_success", "1 when the last apply had no failed or skipped resource.",
+            yield GaugeMetricFamily(names.METRIC_MANIFEST_GENERATION, "Highest accepted manifest generation.", value=m.manifest_generation)
+            yield GaugeMetricFamily(names.METRIC_APPLIED_GENERATION, "Generation of the manifest last applied.", value=m.applied_generation)
+            yield GaugeMetricFamily(names.METRIC_LAST_APPLY_SUCCESS, "1 when the last apply had no failed or skipped resource.",
                                     value=m.last_apply_success)
-            yield GaugeMetricFamily("treadle_agent_last_apply_timestamp_seconds", "Unix time of the last apply.",
+            yield GaugeMetricFamily(names.METRIC_LAST_APPLY_TIMESTAMP, "Unix time of the last apply.",
                                     value=m.last_apply_timestamp_s)
             # Each observation already counted in every bucket it fits: the counts are cumulative.
             buckets = [(_le(b), n) for b, n in zip(DURATION_BUCKETS_S, m.duration_bucket_counts, strict=True)]
             buckets.append(("+Inf", m.duration_count))
-            yield HistogramMetricFamily("treadle_agent_apply_duration_seconds", "Wall time of an apply.",
+            yield HistogramMetricFamily(names.METRIC_APPLY_DURATION, "Wall time of an apply.",
                                         buckets=buckets, sum_value=m.duration_sum_s)
-            yield _gauge(GaugeMetricFamily, "treadle_agent_resources", "Managed resources by type and status.",
+            yield _gauge(GaugeMetricFamily, names.METRIC_RESOURCES, "Managed resources by type and status.",
                          m.resources, ["type", "status"])
-            yield _gauge(GaugeMetricFamily, "treadle_agent_health_check_up", "1 when the health check passes.",
+            yield _gauge(GaugeMetricFamily, names.METRIC_HEALTH_CHECK_UP, "1 when the health check passes.",
                          {(k,): int(v) for k, v in m.health_checks.items()}, ["check"])
-            yield GaugeMetricFamily("treadle_agent_healthy", "1 when every health check passes.", value=m.healthy)
-            yield _gauge(CounterMetricFamily, "treadle_agent_verify_failures", "Fetched manifests refused, by reason.",
+            yield GaugeMetricFamily(names.METRIC_HEALTHY, "1 when every health check passes.", value=m.healthy)
+            yield _gauge(CounterMetricFamily, names.METRIC_VERIFY_FAILURES, "Fetched manifests refused, by reason.",
                          {(k,): v for k, v in m.verify_failures.items()}, ["reason"])
-            yield _gauge(CounterMetricFamily, "treadle_agent_fetch_failures", "Failed manifest requests, by reason.",
+            yield _gauge(CounterMetricFamily, names.METRIC_FETCH_FAILURES, "Failed manifest requests, by reason.",
                          {(k,): v for k, v in m.fetch_failures.items()}, ["reason"])
-            yield GaugeMetricFamily("treadle_agent_manifest_expiry_timestamp_seconds", "Unix time the enforced manifest expires.",
+            yield GaugeMetricFamily(names.METRIC_MANIFEST_EXPIRY, "Unix time the enforced manifest expires.",
                                     value=m.expiry_timestamp_s)
-            yield _gauge(GaugeMetricFamily, "treadle_agent_lifecycle", "1 for the node's lifecycle state in its manifest.",
+            yield _gauge(GaugeMetricFamily, names.METRIC_LIFECYCLE, "1 for the node's lifecycle state in its manifest.",
                          {(k,): v for k, v in m.lifecycle.items()}, ["state"])
 
     def describe(self) -> list[Any]:

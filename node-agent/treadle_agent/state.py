@@ -27,7 +27,7 @@ entity tag is dropped, not sent. Temp files a killed write left behind
 
 The state dir holds what the node trusts, so it must be private, as OpenSSH
 requires of ~/.ssh: owned by root or the agent's user and not writable by group
-or others (see :func:`check_private`).
+or others (see :func:`treadle_agent.contract.files.check_private`).
 """
 
 from __future__ import annotations
@@ -35,15 +35,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from treadle_agent.errors import ConfigError, StateError
-from treadle_agent.log import get_logger
-from treadle_agent.manifest import ManifestFormatError, digest, parse_json
+from treadle_agent.contract.files import check_private, write_atomic
+from treadle_agent.contract.log import get_logger
+from treadle_agent.contract.manifest import ManifestFormatError, digest, parse_json
+from treadle_agent.errors import StateError
 
 ENVELOPE = "envelope.json"
 STATE = "agent-state.json"
@@ -113,70 +113,6 @@ class StoredState:
         """Both facts files are there, agree, and describe the envelope under this trust root."""
         return len(self.facts) == 2 and self.facts[0] == self.facts[1] and self.envelope_intact(trust_root_sha256) \
             and self.facts[0].trust_root_sha256 == trust_root_sha256
-
-
-def check_private(path: Path, what: str) -> None:
-    """Refuse ``path`` when someone other than root and this user could change it, as OpenSSH's StrictModes does.
-
-    The file (or directory) and every directory above it must be owned by root
-    or by the effective user and must not be writable by group or others; a
-    directory above it with the sticky bit (``/tmp``) may be world-writable,
-    since nobody else can rename or remove what is in it.
-
-    Raises:
-        ConfigError: naming the path, what is wrong, and the fix.
-    """
-    try:
-        real = Path(os.path.realpath(path))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot resolve the {what}: {e}") from e
-    me = os.geteuid()
-    for n, p in enumerate((real, *real.parents)):
-        try:
-            st = os.stat(p)
-        except FileNotFoundError:
-            continue  # a state dir is created later, privately
-        except OSError as e:
-            raise ConfigError(f"{p}: cannot stat the {what}: {e.strerror}") from e
-        if st.st_uid not in (0, me):
-            raise ConfigError(f"{p}: the {what} {'is' if n == 0 else 'is below a directory'} owned by uid {st.st_uid}, "
-                              f"neither root nor the agent's user (fix: chown root {p})")
-        sticky_dir = n > 0 and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-        if st.st_mode & 0o022 and not sticky_dir:
-            raise ConfigError(f"{p}: the {what} {'is' if n == 0 else 'is below a directory that is'} writable by "
-                              f"group or others (mode {st.st_mode & 0o7777:04o}; fix: chmod go-w {p})")
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd`` and fsync it (``os.write`` may write less than asked)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    os.fsync(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data``: temp file in the same dir, fsync, rename, fsync of the dir.
-
-    Raises:
-        StateError: the write failed; the old file is untouched.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-        try:
-            write_all(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise StateError(f"{path}: cannot write: {e.strerror}") from e
 
 
 class StateStore:

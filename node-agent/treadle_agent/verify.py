@@ -27,10 +27,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
-from treadle_agent.envelope import check_signatures, parse_envelope
+from treadle_agent.contract.envelope import check_signatures, parse_envelope
 from treadle_agent.errors import ConfigError, VerifyError
-from treadle_agent.manifest import Manifest, ManifestFormatError, parse_json, parse_time
-from treadle_agent.trust import TrustedState, TrustRoot
+from treadle_agent.contract.manifest import Manifest, ManifestFormatError, parse_json, parse_time
+from treadle_agent.contract.trustroot import TrustRoot
+from treadle_agent.trust import TrustedState
 
 #: Every reason a manifest can be refused for, in check order (metric label values); ``internal``: the checks
 #: themselves failed on this input (a bug of ours, still a counted refusal, never a crash).

@@ -17,8 +17,8 @@ import pytest
 
 from treadle.keygen import generate
 from treadle_agent import config as agent_config
-from treadle_agent.envelope import load_signer, sign_payload
-from treadle_agent.manifest import canonical_json, format_time
+from treadle_agent.contract.envelope import load_signer, sign_payload
+from treadle_agent.contract.manifest import canonical_json, format_time
 
 NODE = "node-1"
 MANIFEST_PATH = f"/v1/nodes/{NODE}/manifest"
@@ -239,7 +239,7 @@ class Node:
 
     def start(self, **overrides: Any) -> Any:
         from treadle_agent.agent import Agent
-        from treadle_agent.host import SimulatedHost
+        from treadle_agent.host_sim import SimulatedHost
 
         if overrides:
             trust_root = overrides.pop("trust_root", self.keys.trust_root)

@@ -12,9 +12,9 @@ import json
 
 import pytest
 
-from treadle_agent.envelope import parse_envelope, verify_envelope
+from treadle_agent.contract.envelope import parse_envelope, verify_envelope
 from treadle_agent.errors import VerifyError
-from treadle_agent.trust import TrustRoot
+from treadle_agent.contract.trustroot import TrustRoot
 
 # protocol.md, "Test Vectors": the body, the type, the PAE, and the P-256 key and signature the spec publishes.
 SPEC_BODY = b"hello world"

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treadle_agent.envelope import load_signer, parse_envelope, sign_payload, verify_envelope
+from treadle_agent.contract.envelope import load_signer, parse_envelope, sign_payload, verify_envelope
 from treadle_agent.errors import ConfigError, VerifyError
-from treadle_agent.manifest import PAYLOAD_TYPE, canonical_json
-from treadle_agent.trust import TrustRoot
+from treadle_agent.contract.manifest import PAYLOAD_TYPE, canonical_json
+from treadle_agent.contract.trustroot import TrustRoot
 
 
 def _reason(data: bytes, trust: TrustRoot) -> str:

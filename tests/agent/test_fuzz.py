@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from treadle_agent import config as agent_config
 from treadle_agent.errors import ConfigError, VerifyError
 from treadle_agent.fetch import valid_etag
-from treadle_agent.trust import TrustedState, TrustRoot
+from treadle_agent.contract.trustroot import TrustRoot
+from treadle_agent.trust import TrustedState
 from treadle_agent.verify import Verifier
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -124,7 +125,7 @@ def manifests(draw: st.DrawFn, kit) -> bytes:
 def test_no_signed_payload_crashes_verification_or_apply(shared_keys, kit, tmp_path_factory, data):
     """Signed by the trusted key: only the schema and the later checks stand between the payload and the host."""
     from treadle_agent.apply import Applier
-    from treadle_agent.host import SimulatedHost
+    from treadle_agent.host_sim import SimulatedHost
 
     payload = data.draw(manifests(kit))
     verifier = _verifier(shared_keys, kit)

@@ -13,8 +13,9 @@ import os
 
 import pytest
 
-from treadle_agent import fetch, manifest
-from treadle_agent.manifest import ManifestFormatError, parse_json
+from treadle_agent import fetch
+from treadle_agent.contract import manifest
+from treadle_agent.contract.manifest import ManifestFormatError, parse_json
 
 MAX_INT_DIGITS = getattr(manifest, "MAX_INT_DIGITS", 20)
 
@@ -173,7 +174,7 @@ def test_group_or_world_writable_trust_root_config_or_state_dir_is_refused(node,
 
 
 def test_world_writable_directory_with_the_sticky_bit_above_is_accepted(tmp_path):
-    from treadle_agent.state import check_private
+    from treadle_agent.contract.files import check_private
 
     sticky = tmp_path / "sticky"
     sticky.mkdir()

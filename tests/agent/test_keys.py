@@ -6,8 +6,8 @@ import json
 import stat
 
 from treadle.cli import main
-from treadle_agent.envelope import load_signer, sign_payload, verify_envelope
-from treadle_agent.trust import TrustRoot
+from treadle_agent.contract.envelope import load_signer, sign_payload, verify_envelope
+from treadle_agent.contract.trustroot import TrustRoot
 
 
 def test_generate_writes_a_private_key_0600_a_public_key_and_a_usable_trust_root(tmp_path, capsys):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from treadle_agent import log
+from treadle_agent.contract import log
 
 
 

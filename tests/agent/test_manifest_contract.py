@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from treadle_agent.manifest import (
+from treadle_agent.contract.manifest import (
     ManifestFormatError,
     canonical_json,
     format_time,

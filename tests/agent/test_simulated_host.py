@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from treadle_agent.errors import StateError
-from treadle_agent.host import host_for
-from treadle_agent.host_sim import STATE_FILE, SimulatedHost
+from treadle_agent.contract.names import SIMULATED_HOST_FILE as STATE_FILE
+from treadle_agent.host_mode import host_for
+from treadle_agent.host_sim import SimulatedHost
 
 
 def _agent(*args: str) -> subprocess.CompletedProcess[str]:

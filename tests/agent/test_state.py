@@ -8,8 +8,9 @@ import os
 import pytest
 
 from treadle_agent.errors import StateError
-from treadle_agent.manifest import digest
-from treadle_agent.state import ENVELOPE, STATE, StateStore, write_atomic
+from treadle_agent.contract.manifest import digest
+from treadle_agent.contract.files import write_atomic
+from treadle_agent.state import ENVELOPE, STATE, StateStore
 
 
 def test_saved_state_loads_back_and_describes_its_envelope(tmp_path):

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from treadle_agent.errors import VerifyError
-from treadle_agent.manifest import canonical_json
-from treadle_agent.trust import TrustedState, TrustRoot
+from treadle_agent.contract.manifest import canonical_json
+from treadle_agent.contract.trustroot import TrustRoot
+from treadle_agent.trust import TrustedState
 from treadle_agent.verify import Verifier
 
 

@@ -83,8 +83,8 @@ def signing_key(tmp_path: Path) -> Path:
 @pytest.fixture
 def trust_root(signing_key: Path):  # type: ignore[no-untyped-def]
     """The agent's TrustRoot pinning ``signing_key``."""
-    from treadle_agent.envelope import load_signer
-    from treadle_agent.trust import TrustRoot, trust_root_document
+    from treadle_agent.contract.envelope import load_signer
+    from treadle_agent.contract.trustroot import TrustRoot, trust_root_document
 
     key = load_signer(str(signing_key)).public_key
     return TrustRoot.from_bytes(trust_root_document({key.keyid: key.to_dict()}, 1))

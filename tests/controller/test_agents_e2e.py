@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from treadle_agent.trust import trust_root_document
+from treadle_agent.contract.trustroot import trust_root_document
 
 
 def agent_config(tmp_path: Path, node: str, url: str, trust_root_file: Path) -> Path:
@@ -29,7 +29,7 @@ def run_agent(config: Path) -> subprocess.CompletedProcess[str]:
 
 def test_a_pushed_change_reaches_the_right_agents_files_and_no_other_node_changes(
         make_fabric, start_controller, signing_key: Path, tmp_path: Path) -> None:
-    from treadle_agent.envelope import load_signer
+    from treadle_agent.contract.envelope import load_signer
 
     repo, fabric = make_fabric(1, 1, 2)
     key = load_signer(str(signing_key)).public_key

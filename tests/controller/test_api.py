@@ -190,3 +190,28 @@ def test_without_an_admin_token_operator_actions_come_from_loopback_only(tmp_pat
     assert (refusal is None) == allowed
     if not allowed:
         assert refusal.status_code == 403 and b"admin_token_file" in refusal.body
+
+
+def test_no_such_rollout_is_404_and_an_action_that_does_not_apply_is_409(api: Api, tmp_path: Path) -> None:
+    """The handlers map the tree's NoSuchRolloutError and TransitionError (real service, real SQLite)."""
+    import sqlite3
+
+    from treadle.rollout.machine import Rollout, State, Wave
+    from treadle.rollout.service import RolloutService
+    from treadle.rollout.store import RolloutStore
+
+    class NobodyAnswers:
+        async def observe(self, targets):  # type: ignore[no-untyped-def]
+            raise AssertionError("not asked")
+
+    db = tmp_path / "rollouts.db"
+    api.ctx.rollouts = RolloutService(db, NobodyAnswers())
+    done = Rollout(commit="c" * 40, waves=(Wave("all", ("n1",), soak_s=0, timeout_s=60, allowed_failures=0),),
+                   state=State.COMPLETE)
+    rid = RolloutStore(sqlite3.connect(db)).create(done, now=1.0)
+    assert httpx.get(f"{api.url}/v1/rollouts/{rid + 1}").status_code == 404
+    missing = httpx.post(f"{api.url}/v1/rollouts/{rid + 1}/approve")
+    assert missing.status_code == 404 and missing.json() == {"error": "no such rollout"}
+    refused = httpx.post(f"{api.url}/v1/rollouts/{rid}/approve")
+    assert refused.status_code == 409 and "complete" in refused.json()["error"]
+    assert httpx.get(f"{api.url}/v1/rollouts/{rid}").json()["state"] == "complete"

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from treadle_agent.envelope import verify_envelope
+from treadle_agent.contract.envelope import verify_envelope
 from treadle_agent.verify import parse_manifest
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from treadle.daemon.publish import TEMP_PREFIX
-from treadle_agent.envelope import verify_envelope
+from treadle_agent.contract.envelope import verify_envelope
 from treadle_agent.verify import parse_manifest
 
 

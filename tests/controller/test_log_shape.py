@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 
 from treadle import log as controller_log
-from treadle_agent import log as agent_log
+from treadle_agent.contract import log as agent_log
 
 KEYS = ["ts", "level", "logger", "event"]
 

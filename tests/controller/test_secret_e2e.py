@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from treadle_agent.trust import trust_root_document
+from treadle_agent.contract.trustroot import trust_root_document
 
 from .test_agents_e2e import agent_config
 
@@ -31,7 +31,7 @@ def _tree_bytes(top: Path) -> bytes:
 def test_a_secret_reaches_its_node_and_nothing_else_sees_it(make_fabric, start_controller, signing_key: Path,
                                                             tmp_path: Path) -> None:
     from treadle.cli import main as treadle
-    from treadle_agent.envelope import load_signer
+    from treadle_agent.contract.envelope import load_signer
 
     repo, fabric = make_fabric(1, 1, 2)
     key = load_signer(str(signing_key)).public_key

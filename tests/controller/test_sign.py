@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from treadle.errors import SigningKeyError
 from treadle.daemon.sign import ManifestSigner, ToSign, content_digest, manifest_from_envelope, stamped_canonical
-from treadle_agent.envelope import verify_envelope
-from treadle_agent.manifest import canonical_json, parse_time, stamp
+from treadle_agent.contract.envelope import verify_envelope
+from treadle_agent.contract.manifest import canonical_json, parse_time, stamp
 from treadle_agent.verify import parse_manifest
 
 COMMIT = "c" * 40

@@ -120,10 +120,10 @@ def test_key_rotation_signs_with_both_then_drops_the_old_and_no_node_ever_refuse
 
 def test_a_key_file_and_a_signer_uri_together_meet_a_threshold_of_two(tmp_path: Path) -> None:
     from treadle.daemon.sign import ToSign, content_digest
-    from treadle_agent.envelope import verify_envelope
+    from treadle_agent.contract.envelope import verify_envelope
     from treadle_agent.errors import VerifyError
-    from treadle_agent.manifest import canonical_json
-    from treadle_agent.trust import TrustRoot
+    from treadle_agent.contract.manifest import canonical_json
+    from treadle_agent.contract.trustroot import TrustRoot
 
     from .test_sign import COMMIT, manifest
 

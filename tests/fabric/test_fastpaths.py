@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from treadle_agent.manifest import ManifestFormatError, canonical_json
+from treadle_agent.contract.manifest import ManifestFormatError, canonical_json
 
 from treadle.fabric import ParseCache, WorkTreeSource, explain, render_fabric
 from treadle.fabric.canonical import encode_canonical, restamped

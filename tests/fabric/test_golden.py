@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import treadle_schemas
-from treadle_agent.manifest import canonical_json, parse_json
+from treadle_agent.contract.manifest import canonical_json, parse_json
 
 from treadle.fabric import WorkTreeSource, render_fabric
 

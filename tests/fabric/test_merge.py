@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from treadle_agent.manifest import canonical_json
+from treadle_agent.contract.manifest import canonical_json
 
 from treadle.fabric.merge import Layer, merge, trace
 from treadle.fabric.yamlload import DELETE, Append, Replace

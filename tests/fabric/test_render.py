@@ -7,7 +7,7 @@ import hashlib
 import treadle_schemas
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from treadle_agent.manifest import canonical_json, sort_resources
+from treadle_agent.contract.manifest import canonical_json, sort_resources
 
 from treadle.fabric import GitRevisionSource, ParseCache, WorkTreeSource, render_fabric
 from treadle.fabric.render import Scope

@@ -11,8 +11,8 @@ from typing import Any
 
 import treadle_schemas
 from treadle_agent.apply import Applier
-from treadle_agent.host import SimulatedHost, Unit
-from treadle_agent.manifest import Manifest, canonical_json, sort_resources
+from treadle_agent.host_sim import SimulatedHost, Unit
+from treadle_agent.contract.manifest import Manifest, canonical_json, sort_resources
 
 
 def file(path: str, content: str | None = "", *, ensure: str = "present", mode: str | None = None, owner: str | None = None,

@@ -22,7 +22,7 @@ import pytest
 from _provider_helpers import file, manifest
 
 from treadle_agent.inventory import Inventory
-from treadle_agent.manifest import Manifest, parse_json
+from treadle_agent.contract.manifest import Manifest, parse_json
 from treadle_agent.providers.paths import TEMP_SUFFIX
 
 N = 1000
@@ -31,8 +31,8 @@ CHILD = r"""
 import os, signal, sys
 from pathlib import Path
 from treadle_agent.apply import Applier
-from treadle_agent.host import SimulatedHost
-from treadle_agent.manifest import Manifest, parse_json
+from treadle_agent.host_sim import SimulatedHost
+from treadle_agent.contract.manifest import Manifest, parse_json
 
 root, state, proc, manifest_path, kill_at = sys.argv[1:]
 kill_at = int(kill_at)

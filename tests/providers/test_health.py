@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from treadle_agent.health import run_checks
-from treadle_agent.host import SimulatedHost, Unit
+from treadle_agent.host_sim import SimulatedHost, Unit
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

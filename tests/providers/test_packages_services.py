@@ -9,7 +9,8 @@ import pytest
 from _provider_helpers import file, make_env, manifest, package, service
 
 from treadle_agent.errors import HostError
-from treadle_agent.host import AptPackages, NoPackages, NoServices, ProcessRunner, SystemHost, Unit
+from treadle_agent.host import AptPackages, NoPackages, NoServices, ProcessRunner, SystemHost
+from treadle_agent.host_sim import Unit
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 #: No question ever (keep a changed conffile, take the default otherwise), wait for the dpkg lock.
@@ -161,7 +162,8 @@ def test_failed_restart_fails_the_service_and_is_retried_next_run(env):
 
 
 def test_unknown_service_name_with_leading_dash_is_refused():
-    from treadle_agent.host import SimulatedRunner, Systemd
+    from treadle_agent.host import Systemd
+    from treadle_agent.host_sim import SimulatedRunner
 
     with pytest.raises(HostError, match="invalid service name"):
         Systemd(SimulatedRunner()).restart("--now")

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from treadle_agent.errors import HostError
-from treadle_agent.host import AptPackages, CommandResult, SimulatedRunner, Unit, apt_failure
+from treadle_agent.host import AptPackages, CommandResult, apt_failure
+from treadle_agent.host_sim import SimulatedRunner, Unit
 
 UPDATE = ("apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300")
 

@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    from treadle_agent.errors import StateError
+    from treadle_agent.contract.errors import StateError
 
     repo, node = _positionals(args)
     sources = load_sources(args)
@@ -107,8 +107,8 @@ def load_sources(args: argparse.Namespace) -> Sources:
     Raises:
         UsageError: naming the option and the fix.
     """
-    from treadle_agent.errors import ConfigError
-    from treadle_agent.trust import TrustRoot
+    from treadle_agent.contract.errors import ConfigError
+    from treadle_agent.contract.trustroot import TrustRoot
 
     if not args.wheelhouse and not args.agent_wheel:
         raise UsageError("say where the node gets the agent: --wheelhouse DIR|URL (wheel and dependencies, "
@@ -156,6 +156,6 @@ def _note(line: str) -> None:
 
 
 def _write(path: Path, text: str, mode: int) -> None:
-    from treadle_agent.state import write_atomic
+    from treadle_agent.contract.files import write_atomic
 
     write_atomic(path, text.encode("utf-8"), mode=mode)

@@ -59,9 +59,8 @@ from treadle.console import sources
 from treadle.console.health import DRIFT, HEALTH, UNKNOWN, FleetWatch
 from treadle.console.index import PAGE_SIZE, NodeIndex, parse_filters, rack_elevations
 from treadle.console.work import Work
-from treadle.errors import StoreError
+from treadle.errors import NoSuchRolloutError, StoreError, TransitionError
 from treadle.daemon.publish import valid_node_name
-from treadle.rollout.machine import TransitionError
 from treadle.rollout.observe import Target
 
 HERE = Path(__file__).resolve().parent
@@ -316,7 +315,7 @@ def build_console(ctx: Any) -> SecurityHeaders:
             if status["rollout"] is not None:
                 try:
                     rollout = ctx.rollouts.document(status["rollout"]["id"])
-                except KeyError:
+                except NoSuchRolloutError:
                     rollout = None
             nodes = console.index.nodes()
             sites: dict[str, int] = {}
@@ -343,7 +342,7 @@ def build_console(ctx: Any) -> SecurityHeaders:
             return None
         try:
             return ctx.rollouts.document(int(raw))
-        except KeyError:
+        except NoSuchRolloutError:
             return None
 
     @guarded
@@ -378,7 +377,7 @@ def build_console(ctx: Any) -> SecurityHeaders:
             return console.refused(request, 404, "no such rollout or action")
         try:
             doc = await anyio.to_thread.run_sync(ctx.rollouts.act, int(raw), action)
-        except KeyError:
+        except NoSuchRolloutError:
             return console.refused(request, 404, "no such rollout")
         except TransitionError as e:
             return console.refused(request, 409, str(e))
@@ -473,7 +472,7 @@ def build_console(ctx: Any) -> SecurityHeaders:
             if ctx.rollouts is not None and (rid := ctx.rollouts.latest_id()) is not None:
                 try:
                     doc = ctx.rollouts.document(rid)
-                except KeyError:
+                except NoSuchRolloutError:
                     doc = None
                 if doc is not None and doc["state"] in LIVE_STATES | {"halted"}:
                     progress = {n: p["status"] for n, p in doc["progress"].items()}

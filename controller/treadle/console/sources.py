@@ -170,7 +170,7 @@ def agent_targets(mirror: str, commit: str, nodes: Sequence[Any]) -> list[Target
     from treadle.fabric.cache import ParseCache
     from treadle.fabric.nodefile import node_settings
     from treadle.fabric.source import GitRevisionSource
-    from treadle.rollout.observe import DEFAULT_METRICS_PORT
+    from treadle_agent.contract.names import DEFAULT_METRICS_PORT
 
     placed = [n for n in nodes if n.present and n.site and n.cluster and n.address]
     settings = node_settings(GitRevisionSource(mirror, commit), ParseCache(), {}, placed)

@@ -49,10 +49,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from treadle.errors import StoreError
+from treadle.errors import NoSuchRolloutError, StoreError, TransitionError
 from treadle.daemon.metrics import ControllerMetrics
 from treadle.daemon.publish import PublishStore, valid_node_name
-from treadle.rollout.machine import TransitionError
 from treadle.daemon.state import StateDB
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
@@ -276,7 +275,7 @@ def build_app(ctx: ApiContext) -> Starlette:
             return JSONResponse({"error": "no such rollout"}, 404)
         try:
             return JSONResponse(await anyio.to_thread.run_sync(ctx.rollouts.document, rid))
-        except KeyError:
+        except NoSuchRolloutError:
             return JSONResponse({"error": "no such rollout"}, 404)
 
     async def rollout_action(request: Request) -> Response:
@@ -289,7 +288,7 @@ def build_app(ctx: ApiContext) -> Starlette:
         action = request.path_params["action"]
         try:
             doc = await anyio.to_thread.run_sync(ctx.rollouts.act, rid, action)
-        except KeyError:
+        except NoSuchRolloutError:
             return JSONResponse({"error": "no such rollout"}, 404)
         except TransitionError as e:
             return JSONResponse({"error": str(e)}, 409)

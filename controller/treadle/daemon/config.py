@@ -39,6 +39,11 @@ MAX_VALUE_CHARS = 4096
 PATH_KEYS = frozenset({"repository", "state_dir", "publish_dir", "signing_key", "ssh_key_file", "https_token_file",
                        "https_ca_file", "webhook_secret_file", "admin_token_file", "commit_policy.allowed_signers"})
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+#: The schema's defaults, top level and per table: the only place a default of controller.toml is written.
+DEFAULTS = treadle_schemas.defaults(SCHEMA)
+HEALTH_DEFAULTS = treadle_schemas.defaults(SCHEMA, "health")
+POLICY_DEFAULTS = treadle_schemas.defaults(SCHEMA, "commit_policy")
+RETENTION_DEFAULTS = treadle_schemas.defaults(SCHEMA, "retention")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,7 @@ class ApiSettings:
     port: int
     webhook_secret: bytes | None  # the content of webhook_secret_file, stripped of surrounding whitespace
     admin_token: bytes | None = None  # the content of admin_token_file; None: operator actions from loopback only
-    console_read: str = "loopback"  # who reads the console without the admin token: loopback, anyone, nobody
+    console_read: str = DEFAULTS["console_read"]  # who reads the console without the admin token: loopback, anyone, nobody
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,19 +93,19 @@ class HealthSettings:
     prometheus_url: str | None
     scrape_timeout_s: float  # per agent: connect, send and read together
     interval_s: float  # between the end of one round of observation and the start of the next
-    scrape_concurrency: int = 64  # connections open at once, at most
-    scrape_round_s: float = 30.0  # one round over every agent of a wave, at most; the rest are unknown
-    stale_after_s: float = 60.0  # an observation older than this is unknown
+    scrape_concurrency: int = HEALTH_DEFAULTS["scrape_concurrency"]  # connections open at once, at most
+    scrape_round_s: float = float(HEALTH_DEFAULTS["scrape_round_s"])  # one round over every agent of a wave, at most
+    stale_after_s: float = float(HEALTH_DEFAULTS["stale_after_s"])  # an observation older than this is unknown
 
 
 @dataclass(frozen=True, slots=True)
 class RetentionSettings:
     """What history is kept; see README "Retention and cleanup" (defaults as in the schema)."""
 
-    rollouts_kept: int = 50  # finished rollouts, with their events and previous manifests
-    history_kept: int = 1000  # deployment rows, and refusal rows, each
-    mirror_max_packs: int = 16  # git gc the mirror above this many pack files
-    revert_branches_kept: int = 20  # treadle/revert-* branches in the mirror
+    rollouts_kept: int = RETENTION_DEFAULTS["rollouts_kept"]  # finished rollouts, with their events and previous manifests
+    history_kept: int = RETENTION_DEFAULTS["history_kept"]  # deployment rows, and refusal rows, each
+    mirror_max_packs: int = RETENTION_DEFAULTS["mirror_max_packs"]  # git gc the mirror above this many pack files
+    revert_branches_kept: int = RETENTION_DEFAULTS["revert_branches_kept"]  # treadle/revert-* branches in the mirror
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +155,10 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
         lines = [f"{path}: {_key(p) or '(top level)'}: {msg}" for p, msg in problems]
         raise UsageError("\n".join(lines) + "\nfix these keys; the format is schemas/controller-config.json")
     base = path.parent
-    src, policy, health = doc, doc.get("commit_policy", {}), doc.get("health", {})
-    lifetime_s, resign_s = int(src.get("manifest_lifetime_s", 604800)), int(src.get("resign_before_s", 86400))
+    src = {**DEFAULTS, **doc}
+    policy = {**POLICY_DEFAULTS, **doc.get("commit_policy", {})}
+    health = {**HEALTH_DEFAULTS, **doc.get("health", {})}
+    lifetime_s, resign_s = int(src["manifest_lifetime_s"]), int(src["resign_before_s"])
     if resign_s >= lifetime_s:
         # Otherwise every manifest is due for re-signing as soon as it is signed, and every cycle
         # would publish every node under a new generation.
@@ -165,8 +172,8 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
         path=path,
         source=SourceSettings(
             repository=_repository(src["repository"], base),
-            branch=src.get("branch", "main"),
-            poll_interval_s=float(src.get("poll_interval_s", 30)),
+            branch=src["branch"],
+            poll_interval_s=float(src["poll_interval_s"]),
             credentials=_credentials(src, base, path),
         ),
         store=StoreSettings(state_dir=base / src["state_dir"], publish_dir=base / src["publish_dir"]),
@@ -178,22 +185,24 @@ def from_dict(doc: dict[str, Any], path: Path) -> ControllerConfig:
         policy=_policy(policy, base, path),
         api=_api(src, base, path),
         health=HealthSettings(
-            source=health.get("source", "scrape"),
+            source=health["source"],
             prometheus_url=health.get("prometheus_url"),
-            scrape_timeout_s=float(health.get("scrape_timeout_s", 2)),
-            interval_s=float(health.get("interval_s", 2)),
-            scrape_concurrency=int(health.get("scrape_concurrency", 64)),
-            scrape_round_s=float(health.get("scrape_round_s", 30)),
-            stale_after_s=float(health.get("stale_after_s", 60)),
+            scrape_timeout_s=float(health["scrape_timeout_s"]),
+            interval_s=float(health["interval_s"]),
+            scrape_concurrency=int(health["scrape_concurrency"]),
+            scrape_round_s=float(health["scrape_round_s"]),
+            stale_after_s=float(health["stale_after_s"]),
         ),
         retention=RetentionSettings(**doc.get("retention", {})),
     )
 
 
 def _check_health(health: dict[str, Any], path: Path) -> None:
-    """An observation must outlive the round that took it plus the pause before the next, or no node ever passes."""
-    stale, round_s, interval = (float(health.get(k, d)) for k, d in
-                                (("stale_after_s", 60), ("scrape_round_s", 30), ("interval_s", 2)))
+    """An observation must outlive the round that took it plus the pause before the next, or no node ever passes.
+
+    ``health`` has the schema's defaults filled in.
+    """
+    stale, round_s, interval = (float(health[k]) for k in ("stale_after_s", "scrape_round_s", "interval_s"))
     if stale <= round_s + interval:
         raise UsageError(f"{path}: health.stale_after_s ({stale:g}) must be more than health.scrape_round_s + "
                          f"health.interval_s ({round_s + interval:g}): observations would go stale before the next "
@@ -274,7 +283,7 @@ def _signing_key(value: str, base: Path) -> str:
 
 
 def _policy(policy: dict[str, Any], base: Path, path: Path) -> PolicySettings:
-    require = bool(policy.get("require_signed", False))
+    require = bool(policy["require_signed"])
     signers = policy.get("allowed_signers")
     if require and not signers:
         raise UsageError(f"{path}: commit_policy.allowed_signers: required when commit_policy.require_signed is true; "
@@ -286,13 +295,13 @@ def _policy(policy: dict[str, Any], base: Path, path: Path) -> PolicySettings:
 
 
 def _api(doc: dict[str, Any], base: Path, path: Path) -> ApiSettings:
-    host, _, port_text = doc.get("listen", "127.0.0.1:8080").rpartition(":")
+    host, _, port_text = doc["listen"].rpartition(":")
     port = int(port_text)
     if port > 65535:
         raise UsageError(f"{path}: listen: port {port} is above 65535; use a port between 0 and 65535")
     secret = _secret_file(doc, "webhook_secret_file", base, path, "the shared secret")
     token = _secret_file(doc, "admin_token_file", base, path, "a long random token")
-    console_read = doc.get("console_read", "loopback")
+    console_read = doc["console_read"]
     if console_read == "nobody" and token is None:
         raise UsageError(f"{path}: console_read = \"nobody\" needs admin_token_file (the console would be unreadable); "
                          "set admin_token_file or choose \"loopback\"")

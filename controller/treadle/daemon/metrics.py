@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from treadle.errors import REFUSAL_REASONS
+from treadle_agent.contract.names import LIFECYCLE_STATES
 
 #: Rendering a whole 10,000-node fabric takes seconds, an incremental one milliseconds.
 RENDER_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-LIFECYCLES = ("provisioning", "production", "draining", "maintenance", "retired")
 #: The ``result`` label values of treadle_controller_commits_total.
 COMMIT_RESULTS = ("deployed", "refused")
 
@@ -74,7 +74,7 @@ class ControllerMetrics:
 
     def set_lifecycle_counts(self, counts: Mapping[str, int]) -> None:
         """Publish node counts by lifecycle; lifecycles no longer present drop to 0."""
-        for lifecycle in set(LIFECYCLES) | set(counts):
+        for lifecycle in set(LIFECYCLE_STATES) | set(counts):
             self.nodes.labels(lifecycle=lifecycle).set(counts.get(lifecycle, 0))
 
     def exposition(self) -> bytes:

@@ -29,13 +29,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from treadle import log
 from treadle.rollout.observe import Target
 from treadle.daemon.sign import manifest_from_envelope
+from treadle_agent.contract import names
 
 _GAUGES = {
-    "treadle_agent_manifest_generation": "manifest_generation",
-    "treadle_agent_applied_generation": "applied_generation",
-    "treadle_agent_last_apply_success": "last_apply_success",
-    "treadle_agent_last_apply_timestamp_seconds": "last_apply_at",
-    "treadle_agent_healthy": "healthy",
+    names.METRIC_MANIFEST_GENERATION: "manifest_generation",
+    names.METRIC_APPLIED_GENERATION: "applied_generation",
+    names.METRIC_LAST_APPLY_SUCCESS: "last_apply_success",
+    names.METRIC_LAST_APPLY_TIMESTAMP: "last_apply_at",
+    names.METRIC_HEALTHY: "healthy",
 }
 #: Caps on what one exposition may make us keep: a hostile or broken agent cannot grow the answer without bound.
 MAX_EXPOSITION_BYTES = 4 * 1024 * 1024
@@ -49,7 +50,7 @@ def parse_agent_metrics(text: str, node: str) -> dict[str, Any] | None:
     """
     if len(text) > MAX_EXPOSITION_BYTES:
         return None
-    out: dict[str, Any] = {"version": None, "health_checks": {}, "resources": {"in_sync": 0, "drifted": 0, "failed": 0}}
+    out: dict[str, Any] = {"version": None, "health_checks": {}, "resources": dict.fromkeys(names.RESOURCE_STATUSES, 0)}
     info_node = None
     try:
         for family in text_string_to_metric_families(text):
@@ -61,11 +62,11 @@ def parse_agent_metrics(text: str, node: str) -> dict[str, Any] | None:
                     key = _GAUGES[s.name]
                     out[key] = bool(value == 1.0) if key in ("last_apply_success", "healthy") else (
                         float(value) if key == "last_apply_at" else int(value))
-                elif s.name == "treadle_agent_info":
+                elif s.name == names.METRIC_INFO:
                     info_node, out["version"] = s.labels.get("node"), s.labels.get("version")
-                elif s.name == "treadle_agent_health_check_up" and len(out["health_checks"]) < MAX_CHECKS:
+                elif s.name == names.METRIC_HEALTH_CHECK_UP and len(out["health_checks"]) < MAX_CHECKS:
                     out["health_checks"][str(s.labels.get("check", ""))] = bool(value == 1.0)
-                elif s.name == "treadle_agent_resources" and s.labels.get("status") in out["resources"]:
+                elif s.name == names.METRIC_RESOURCES and s.labels.get("status") in out["resources"]:
                     out["resources"][s.labels["status"]] += int(value)
     except (ValueError, TypeError, OverflowError, KeyError):
         return None

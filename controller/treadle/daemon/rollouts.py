@@ -27,7 +27,8 @@ from treadle.daemon.sign import DigestCache, ToSign, content_digest, payload_fro
 from treadle.daemon.state import StateDB
 from treadle.errors import FabricError
 from treadle.rollout import policy as rollout_policy
-from treadle.rollout.observe import DEFAULT_METRICS_PORT, Target
+from treadle.rollout.observe import Target
+from treadle_agent.contract.names import DEFAULT_METRICS_PORT
 from treadle.rollout.revert import write_revert_branch
 from treadle.rollout.service import RolloutService
 from treadle.rollout.waves import Candidate

@@ -7,7 +7,7 @@ again and keeps its generation, envelope and ETag. A manifest close to expiry
 is re-signed under a new generation, since an agent refuses a second,
 different envelope with a generation it already accepted.
 
-Each signing key is whatever ``treadle_agent.envelope.load_signer`` accepts: a
+Each signing key is whatever ``treadle_agent.contract.envelope.load_signer`` accepts: a
 key file written by ``treadle keys generate`` or a securesystemslib signer URI.
 Every key signs every envelope. A published manifest signed by another set of
 keys than the controller's (after a key was added or dropped) is re-signed at
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from treadle.errors import SigningKeyError
-from treadle_agent.manifest import canonical_json, digest, format_time, parse_json, stamp
+from treadle_agent.contract.manifest import canonical_json, digest, format_time, parse_json, stamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +176,7 @@ class ManifestSigner:
     """
 
     def __init__(self, spec: str | Sequence[str], *, lifetime_s: int) -> None:
-        from treadle_agent.envelope import load_signer  # the agent owns the envelope format
+        from treadle_agent.contract.envelope import load_signer  # the agent owns the envelope format
 
         specs = [spec] if isinstance(spec, str) else list(spec)
         if not specs:
@@ -209,7 +209,7 @@ class ManifestSigner:
         Raises:
             SigningKeyError: signing failed.
         """
-        from treadle_agent.envelope import sign_payload
+        from treadle_agent.contract.envelope import sign_payload
 
         issued, expires = format_time(now), format_time(now + self.lifetime_s)
         out = []

@@ -14,10 +14,32 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from treadle.errors import UsageError
+
+
+@dataclass(frozen=True, slots=True)
+class DemoNode:
+    """One node of the grown fabric: where its agent listens, and its file in the repository.
+
+    Defined here, where the nodes are made; the workspace (which imports this
+    module, never the other way round) gives each its directory and agent.
+    """
+
+    name: str
+    site: str
+    cluster: str
+    address: str
+    metrics_port: int
+    canary: bool
+    file: str  # path in the fabric repository
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.address}:{self.metrics_port}/metrics"
 
 def _yaml() -> Any:
     from ruamel.yaml import YAML
@@ -46,14 +68,12 @@ def _flow(mapping: Mapping[str, Any]) -> Any:
     return m
 
 
-def grow(fabric: Path, sizes: Mapping[tuple[str, str], int], ports: list[int], first_address: int) -> list[Any]:
+def grow(fabric: Path, sizes: Mapping[tuple[str, str], int], ports: list[int], first_address: int) -> list[DemoNode]:
     """Write ``sizes[(site, cluster)]`` node files per cluster; returns the nodes, in address order.
 
     Raises:
         UsageError: the template has no node in one of the clusters.
     """
-    from treadle.demo.workspace import DemoNode
-
     nodes: list[DemoNode] = []
     for (site, cluster), count in sizes.items():
         directory = fabric / "sites" / site / cluster / "nodes"
@@ -84,7 +104,7 @@ def _copy(doc: Any) -> Any:
     return copy
 
 
-def _make_node(doc: Any, node: Any, index: int) -> None:
+def _make_node(doc: Any, node: DemoNode, index: int) -> None:
     """Point a copied node document at ``node``'s address and metrics port; only the first stays a canary."""
     doc["address"] = node.address
     doc.setdefault("agent", {})["metrics_port"] = node.metrics_port

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from treadle_agent.contract import names
+
 TIMEOUT_S = 3.0
 
 
@@ -39,13 +41,13 @@ def parse_agent_metrics(node: str, text: str) -> AgentReport:
     lifecycle = None
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == "treadle_agent_lifecycle" and s.value == 1:
+            if s.name == names.METRIC_LIFECYCLE and s.value == 1:
                 lifecycle = s.labels.get("state")
-            elif s.name in ("treadle_agent_applied_generation", "treadle_agent_healthy", "treadle_agent_last_apply_success"):
+            elif s.name in (names.METRIC_APPLIED_GENERATION, names.METRIC_HEALTHY, names.METRIC_LAST_APPLY_SUCCESS):
                 values[s.name] = s.value
-    return AgentReport(node=node, applied_generation=int(values.get("treadle_agent_applied_generation", 0)),
-                       healthy=values.get("treadle_agent_healthy", 0) == 1,
-                       apply_ok=values.get("treadle_agent_last_apply_success", 0) == 1, lifecycle=lifecycle)
+    return AgentReport(node=node, applied_generation=int(values.get(names.METRIC_APPLIED_GENERATION, 0)),
+                       healthy=values.get(names.METRIC_HEALTHY, 0) == 1,
+                       apply_ok=values.get(names.METRIC_LAST_APPLY_SUCCESS, 0) == 1, lifecycle=lifecycle)
 
 
 def read_agent(client: httpx.Client, node: str, url: str) -> AgentReport | None:

@@ -29,7 +29,7 @@ from treadle.demo.readings import AgentReport, Observer
 from treadle.demo.processes import Fleet
 from treadle.demo.view import View
 from treadle.demo.workspace import BRANCH, Workspace, git
-from treadle_agent.host_sim import STATE_FILE
+from treadle_agent.contract.names import SIMULATED_HOST_FILE
 
 POLL_S = 0.5
 TERMINAL = ("complete", "halted", "rolled_back", "aborted", "superseded")
@@ -93,7 +93,7 @@ class Story:
     def unit(self, node: str, name: str) -> dict[str, bool] | None:
         """A service of the node as its agent left it (the demo's agents run the ``simulated`` host)."""
         try:
-            return json.loads((self.ws.node_dir(node) / "state" / STATE_FILE).read_text())["units"].get(name)
+            return json.loads((self.ws.node_dir(node) / "state" / SIMULATED_HOST_FILE).read_text())["units"].get(name)
         except (OSError, ValueError, KeyError):
             return None
 

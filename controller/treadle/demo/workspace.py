@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from treadle.demo import grow
+from treadle.demo.grow import DemoNode
 from treadle.errors import UsageError
 
 MIN_NODES, MAX_NODES = 8, 200
@@ -60,21 +62,6 @@ class Timing:
     @classmethod
     def fast(cls) -> Timing:
         return cls(soak_s=2, agent_interval_s=1.0, agent_jitter_s=0.5, health_interval_s=0.5, wave_timeout_s=45)
-
-
-@dataclass(frozen=True, slots=True)
-class DemoNode:
-    name: str
-    site: str
-    cluster: str
-    address: str
-    metrics_port: int
-    canary: bool
-    file: str  # path in the fabric repository
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.address}:{self.metrics_port}/metrics"
 
 
 @dataclass
@@ -181,11 +168,9 @@ def build(root: Path, node_count: int, timing: Timing) -> Workspace:
     ports = free_ports(node_count + 1)
     ws = Workspace(root=root.resolve(), nodes=[], controller_port=ports[0], timing=timing)
     _treadle(ws.root, "init", str(ws.admin))
-    from treadle.demo import grow as demo_fabric
-
-    ws.nodes = demo_fabric.grow(ws.admin, sizes, ports[1:], FIRST_ADDRESS)
-    demo_fabric.adapt(ws.admin, timing)
-    ws.sysctl_keys = demo_fabric.check_and_list_sysctl(ws.admin)
+    ws.nodes = grow.grow(ws.admin, sizes, ports[1:], FIRST_ADDRESS)
+    grow.adapt(ws.admin, timing)
+    ws.sysctl_keys = grow.check_and_list_sysctl(ws.admin)
     git(ws.admin, "add", "-A")
     git(ws.admin, "commit", "-q", "-m", f"Demo fabric: {node_count} nodes on loopback addresses, short soak times")
     git(ws.root, "clone", "-q", "--bare", str(ws.admin), str(ws.bare))

@@ -1,4 +1,4 @@
-"""Canonical JSON bytes, fast: the same bytes as ``treadle_agent.manifest.canonical_json``, made cheaply.
+"""Canonical JSON bytes, fast: the same bytes as ``treadle_agent.contract.manifest.canonical_json``, made cheaply.
 
 A render encodes tens of thousands of small values; ``json.dumps`` builds a
 new encoder on every call, which costs as much as encoding a resource. Here
@@ -14,7 +14,7 @@ import functools
 import json.encoder
 from typing import Any
 
-from treadle_agent.manifest import API_VERSION, KIND, canonical_json, is_plain_json
+from treadle_agent.contract.manifest import API_VERSION, KIND, canonical_json, is_plain_json
 
 #: ``json.dumps(..., ensure_ascii=False)`` encodes every string with this function; so do the fast paths here.
 encode_str = json.encoder.encode_basestring

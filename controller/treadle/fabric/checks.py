@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from treadle.fabric.yamlload import DELETE
+from treadle_agent.contract.names import LIFECYCLE_STATES
 
 DEFAULT_ALLOWED_ROOTS = ("/etc", "/usr/local", "/opt", "/var/lib", "/srv")
-LIFECYCLE_STATES = ("provisioning", "production", "draining", "maintenance", "retired")
 DEFAULT_LIFECYCLE = "production"
 #: state -> states reachable from it (besides staying). Retired is final.
 DEFAULT_TRANSITIONS: dict[str, frozenset[str]] = {

@@ -44,7 +44,7 @@ def encrypt_secret(repo: Path, name: str, plaintext: bytes, wanted: dict[str, st
     """Encrypt ``plaintext`` (armored age) to ``wanted`` as ``name`` in the work tree, and write its recipients beside it."""
     import pyrage
 
-    from treadle_agent.state import write_atomic
+    from treadle_agent.contract.files import write_atomic
 
     box = pyrage.encrypt(plaintext, [pyrage.x25519.Recipient.from_str(r) for r in wanted], armored=True)
     (repo / SECRET_DIR).mkdir(exist_ok=True)

@@ -24,7 +24,7 @@ def file_sd_entries(src: Any) -> list[dict[str, Any]]:
     """
     from treadle.fabric import ParseCache, render_fabric
     from treadle.fabric.nodefile import node_settings
-    from treadle.rollout.observe import DEFAULT_METRICS_PORT
+    from treadle_agent.contract.names import DEFAULT_METRICS_PORT
 
     cache = ParseCache()
     result = render_fabric(src, cache)
@@ -47,8 +47,8 @@ def write_targets(out: Path, entries: list[dict[str, Any]]) -> None:
     Raises:
         UsageError: the directory does not exist or cannot be written.
     """
-    from treadle_agent.errors import StateError
-    from treadle_agent.state import write_atomic
+    from treadle_agent.contract.errors import StateError
+    from treadle_agent.contract.files import write_atomic
 
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: the directory {out.parent} does not exist; create it or choose another path")

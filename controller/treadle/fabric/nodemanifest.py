@@ -3,7 +3,7 @@
 Every field is always present (null or [] when unset) so that the agent and
 the digest never depend on which level happened to spell a default out.
 Modes are four octal digits ("644" -> "0644"), sysctl values strings, health
-timeouts integers; resources come in treadle_agent.manifest.sort_resources
+timeouts integers; resources come in treadle_agent.contract.manifest.sort_resources
 order and health checks by name. File content is the rendered template or
 ``content``; an absent file or symlink carries no content, digest or target.
 
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from treadle_agent.manifest import API_VERSION, KIND, canonical_json
+from treadle_agent.contract.manifest import API_VERSION, KIND, canonical_json
 
 from treadle.fabric.canonical import FILE_CLOSE, FILE_OPEN, KIND_KEY, MANIFEST_HEAD, encode_canonical, encode_str
 from treadle.fabric.secrets import Secret, SecretFileError, recipients_path

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from treadle_agent.manifest import canonical_json, digest
+from treadle_agent.contract.manifest import canonical_json, digest
 
 from treadle.errors import Diagnostic
 from treadle.fabric.cache import ParseCache, parse_bytes
@@ -69,7 +69,7 @@ class RenderedNode:
 
     ``manifest`` shares its resource dicts with other nodes of the same render
     (they are built once per distinct resource): treat it as read-only, and
-    copy before changing (as treadle_agent.manifest.stamp does).
+    copy before changing (as treadle_agent.contract.manifest.stamp does).
     ``sources`` are the paths that fed it, including the profiles and
     templates it looked for and did not find.
     """

@@ -38,6 +38,8 @@ from operator import attrgetter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from treadle.errors import TransitionError  # raised here; the tree is drawn in treadle.errors
+
 
 class State(StrEnum):
     PENDING = "pending"
@@ -60,10 +62,6 @@ class NodeStatus(StrEnum):
     APPLIED = "applied"      # applied and healthy, soaking
     HEALTHY = "healthy"      # soaked: done
     FAILED = "failed"
-
-
-class TransitionError(ValueError):
-    """An operator action that does not apply to the rollout's state (e.g. approve a finished rollout)."""
 
 
 @dataclass(frozen=True, slots=True)

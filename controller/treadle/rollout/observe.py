@@ -28,15 +28,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from treadle.rollout.machine import Observation
 
 from treadle import log
-DEFAULT_METRICS_PORT = 9731
+from treadle_agent.contract import names
+from treadle_agent.contract.names import DEFAULT_METRICS_PORT
+
 T = TypeVar("T")
-#: Agent series the gate reads; names are DESIGN.md's contract.
-GENERATION = "treadle_agent_applied_generation"
-ACCEPTED = "treadle_agent_manifest_generation"
-APPLY_OK = "treadle_agent_last_apply_success"
-HEALTHY = "treadle_agent_healthy"
-INFO = "treadle_agent_info"
-CHECK_UP = "treadle_agent_health_check_up"  # only for naming the failing checks in a halt reason
+#: Agent series the gate reads, by the contract's names (treadle_agent.contract.names).
+GENERATION = names.METRIC_APPLIED_GENERATION
+ACCEPTED = names.METRIC_MANIFEST_GENERATION
+APPLY_OK = names.METRIC_LAST_APPLY_SUCCESS
+HEALTHY = names.METRIC_HEALTHY
+INFO = names.METRIC_INFO
+CHECK_UP = names.METRIC_HEALTH_CHECK_UP  # only for naming the failing checks in a halt reason
 #: The gauges the Prometheus source reads, by the short name its query keeps in label ``m``.
 GAUGES = {GENERATION: "applied_generation", APPLY_OK: "last_apply_success", HEALTHY: "healthy",
           ACCEPTED: "manifest_generation"}
@@ -240,10 +242,11 @@ class PrometheusSource:
     @staticmethod
     def query(nodes: Sequence[str] | None = None) -> str:
         """The one PromQL query of a round: the wave's ``nodes`` (None: every node)."""
-        names = "|".join(sorted(GAUGES[m] for m in GAUGES))
+        short = "|".join(sorted(GAUGES[m] for m in GAUGES))
+        prefix = names.METRIC_PREFIX
         selector = f'{INFO}{{node=~"{"|".join(_regex_literal(n) for n in sorted(nodes))}"}}' if nodes is not None else INFO
-        return (f'max by (node, m) (label_replace({{__name__=~"treadle_agent_({names})"}}, "m", "$1", "__name__", '
-                f'"treadle_agent_(.*)") * on (instance) group_left (node) {selector})')
+        return (f'max by (node, m) (label_replace({{__name__=~"{prefix}({short})"}}, "m", "$1", "__name__", '
+                f'"{prefix}(.*)") * on (instance) group_left (node) {selector})')
 
     async def observe(self, targets: Sequence[Target]) -> dict[str, Observation]:
         wanted = {t.node for t in targets}

@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import treadle_schemas
+from treadle.errors import PolicyError  # raised here; the tree is drawn in treadle.errors
+
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: The git trailer of the emergency path: ``Treadle-Rollout: immediate`` skips soak times and change windows.
 TRAILER = "Treadle-Rollout"
 TRAILER_IMMEDIATE = "immediate"
-
-
-class PolicyError(ValueError):
-    """rollout.yaml is schema-valid but not meaningful (unknown time zone, empty window)."""
+#: rollout.json's defaults: the only place a default of rollout.yaml is written.
+POLICY_DEFAULTS = treadle_schemas.defaults("rollout.json")
+WAVE_DEFAULTS = treadle_schemas.defaults("rollout.json", "waves")
+WINDOW_DEFAULTS = treadle_schemas.defaults("rollout.json", "windows")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +36,11 @@ class WaveSpec:
     sites: frozenset[str] | None = None
     clusters: frozenset[str] | None = None
     fraction: float | None = None
-    soak_s: int = 300
-    timeout_s: int = 1800
+    soak_s: int = WAVE_DEFAULTS["soak_s"]
+    timeout_s: int = WAVE_DEFAULTS["timeout_s"]
     budget_count: int | None = None
     budget_percent: float | None = None
-    approval: bool = False
+    approval: bool = WAVE_DEFAULTS["approval"]
 
     def selects(self, site: str, cluster: str, labels: Mapping[str, str]) -> bool:
         """Whether a node matches this wave's selector (all criteria; no selector matches all)."""
@@ -90,7 +93,7 @@ class RolloutPolicy:
     waves: tuple[WaveSpec, ...]
     windows: tuple[Window, ...] = ()
     freezes: tuple[Freeze, ...] = ()
-    failure_policy: str = "halt"
+    failure_policy: str = POLICY_DEFAULTS["failure_policy"]
 
     def wave(self, name: str) -> WaveSpec | None:
         return next((w for w in self.waves if w.name == name), None)
@@ -136,7 +139,7 @@ def from_doc(doc: Mapping[str, Any] | None) -> RolloutPolicy:
         raise PolicyError(f"wave names must be unique, got {names}")
     windows = tuple(_window(w) for w in doc.get("windows", ()))
     freezes = tuple(_freeze(f) for f in doc.get("freezes", ()))
-    return RolloutPolicy(waves=waves, windows=windows, freezes=freezes, failure_policy=doc.get("failure_policy", "halt"))
+    return RolloutPolicy(waves=waves, windows=windows, freezes=freezes, failure_policy=doc.get("failure_policy", POLICY_DEFAULTS["failure_policy"]))
 
 
 def _wave(w: Mapping[str, Any]) -> WaveSpec:
@@ -148,16 +151,16 @@ def _wave(w: Mapping[str, Any]) -> WaveSpec:
         sites=frozenset(selector["sites"]) if "sites" in selector else None,
         clusters=frozenset(selector["clusters"]) if "clusters" in selector else None,
         fraction=w.get("fraction"),
-        soak_s=w.get("soak_s", 300),
-        timeout_s=w.get("timeout_s", 1800),
+        soak_s=w.get("soak_s", WAVE_DEFAULTS["soak_s"]),
+        timeout_s=w.get("timeout_s", WAVE_DEFAULTS["timeout_s"]),
         budget_count=budget.get("count"),
         budget_percent=budget.get("percent"),
-        approval=w.get("approval", False),
+        approval=w.get("approval", WAVE_DEFAULTS["approval"]),
     )
 
 
 def _window(w: Mapping[str, Any]) -> Window:
-    tz = w.get("timezone", "UTC")
+    tz = w.get("timezone", WINDOW_DEFAULTS["timezone"])
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as e:

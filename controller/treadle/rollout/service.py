@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from treadle import log
-from treadle.errors import SourceError, StoreError
+from treadle.errors import NoSuchRolloutError, SourceError, StoreError
 from treadle.rollout import machine
 from treadle.rollout.machine import Observation, Publish, Rollback, Rollout, State
 from treadle.rollout.health import DirectObserver, HealthWatcher, Observer
@@ -263,7 +263,7 @@ class RolloutService:
         """Apply an operator action; the rollout's document afterwards.
 
         Raises:
-            KeyError: no rollout ``rid``.
+            NoSuchRolloutError: no rollout ``rid``.
             machine.TransitionError: the action does not apply in the rollout's state.
             ValueError: an unknown action.
         """
@@ -272,7 +272,7 @@ class RolloutService:
         with self._lock:
             r = self._store.get(rid)
             if r is None:
-                raise KeyError(rid)
+                raise NoSuchRolloutError(rid)
             now = self._clock()
             latest = self._store.latest_id()
             if action == "resume" and r.state is State.HALTED and latest != rid:
@@ -332,11 +332,11 @@ class RolloutService:
             return [self._doc(self._reader, rid, created, updated, r) for rid, created, updated, r in self._reader.list(limit)]
 
     def document(self, rid: int) -> dict[str, Any]:
-        """One rollout with its events and the current wave's per-node progress. Raises KeyError."""
+        """One rollout with its events and the current wave's per-node progress. Raises NoSuchRolloutError."""
         with self._read_lock:
             row = self._reader.row(rid)
             if row is None:
-                raise KeyError(rid)
+                raise NoSuchRolloutError(rid)
             doc = self._doc(self._reader, *row)
             doc["events"] = self._reader.events(rid)
             doc["progress"] = {n: {"status": p.status.value, "since": p.since, "reason": p.reason}

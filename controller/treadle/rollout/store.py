@@ -11,14 +11,16 @@ is on disk.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
+from treadle.errors import StoreError
 from treadle.rollout.machine import NodeProgress, NodeStatus, Rollout, State, Wave
-from treadle_agent.manifest import parse_json
+from treadle_agent.contract.manifest import parse_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -135,6 +137,41 @@ def _ungroup_progress(groups: list[list[Any]]) -> dict[str, NodeProgress]:
     return out
 
 
+_C = TypeVar("_C", bound=type)
+
+
+def _sqlite_errors_as_store_errors(cls: _C) -> _C:
+    """Wrap ``__init__`` and each public method of ``cls``: a sqlite3.Error leaves it as a StoreError.
+
+    The controller's error tree (treadle.errors) holds every error it raises on
+    purpose; a damaged, locked or read-only database is a StoreError like any
+    other, named with its file and the operation that failed.
+    """
+    for name, method in list(vars(cls).items()):
+        if callable(method) and (name == "__init__" or not name.startswith("_")):
+            setattr(cls, name, _wrapped(method))
+    return cls
+
+
+def _wrapped(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise StoreError(f"{_database_file(self)}: rollout tables, {method.__name__}: {e} "
+                             "(fix: free the disk or the lock; a damaged file: move it aside and restart)") from e
+    return call
+
+
+def _database_file(store: Any) -> str:
+    try:
+        return store._conn.execute("PRAGMA database_list").fetchone()[2] or "the state database"
+    except (sqlite3.Error, AttributeError, TypeError):
+        return "the state database"
+
+
+@_sqlite_errors_as_store_errors
 class RolloutStore:
     """Persistence of rollouts over an open SQLite connection (the controller's state database)."""
 

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from treadle_agent.contract.errors import ManifestFormatError
+
 API_VERSION = "treadle.dev/v1"
 KIND = "NodeManifest"
 PAYLOAD_TYPE = "application/vnd.treadle.manifest+json"
@@ -39,10 +41,6 @@ KEY_FIELD = {"directory": "path", "file": "path", "symlink": "path", "package": 
 MAX_INT_DIGITS = 20  # an unsigned 64-bit integer has at most 20 digits
 MAX_DEPTH = 64  # nesting of arrays and objects
 MAX_MEMBERS = 100_000  # members of one object
-
-
-class ManifestFormatError(ValueError):
-    """Bytes that are not strict canonical-compatible JSON (bad UTF-8, duplicate keys, floats, NaN, over a limit)."""
 
 
 def canonical_json(obj: Any) -> bytes:

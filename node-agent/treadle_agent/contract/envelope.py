@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from treadle_agent.errors import ConfigError, VerifyError
-from treadle_agent.manifest import PAYLOAD_TYPE, ManifestFormatError, canonical_json, parse_json
-from treadle_agent.trust import TrustRoot
+from treadle_agent.contract.errors import ConfigError, VerifyError
+from treadle_agent.contract.manifest import PAYLOAD_TYPE, ManifestFormatError, canonical_json, parse_json
+from treadle_agent.contract.trustroot import TrustRoot
 
 if TYPE_CHECKING:
     from securesystemslib.signer import Signer
