@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from obs_prometheus import EXAMPLE_CONFIG, PROMETHEUS_DIR, REPO, RULE_FILES
-from obs_promql import DASHBOARD, dashboard_expressions, metric_names, recorded_names, rule_expressions, rule_groups
+from support.prometheus import EXAMPLE_CONFIG, PROMETHEUS_DIR, REPO, RULE_FILES
+from support.promql import DASHBOARD, dashboard_expressions, metric_names, recorded_names, rule_expressions, rule_groups
 
 SYSTEMD = REPO / "systemd"
 UNITS = ("treadle-agent.service", "treadle-controller.service")

@@ -17,7 +17,7 @@ from types import ModuleType
 
 import anyio
 import pytest
-from obs_prometheus import PrometheusServer, free_port
+from support.prometheus import PrometheusServer, free_port
 
 from treadle.rollout.health import HealthWatcher
 from treadle.rollout.machine import Observation

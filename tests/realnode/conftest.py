@@ -7,16 +7,13 @@ is an error.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "rollout_e2e"))
 
-import realnode  # noqa: E402
-from rollout_fleet import generate_keys  # noqa: E402
+from support import realnode
+from support.fleet import generate_keys
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

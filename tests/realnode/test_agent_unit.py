@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from nodefleet import METRICS_PORT, RealNode, boot_real_node
+from support.nodefleet import METRICS_PORT, RealNode, boot_real_node
 
-from realnode import REPO
+from support.realnode import REPO
 
 HEAD = "apiVersion: treadle.dev/v1\nkind: Profile\n"
 PROFILE = (HEAD + "packages:\n  cron: {ensure: present}\n"

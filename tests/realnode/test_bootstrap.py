@@ -25,10 +25,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from nodefleet import METRICS_PORT, ROLLOUT, _free_index
+from support.nodefleet import METRICS_PORT, ROLLOUT, _free_index
 
-import realnode
-from rollout_fleet import PY, Fleet, NodeSpec
+from support import realnode
+from support.fleet import PY, Fleet, NodeSpec
 
 MARKER = "PLAINTEXT-MARKER-bootstrap-5e1f"
 WHEELHOUSE = "/var/tmp/treadle-wheelhouse"  # where the install media put the wheels on the node
@@ -79,7 +79,7 @@ def add_secret(fleet: Fleet, name: str) -> Path:
     """Give the node /etc/munge/munge.key from secrets/munge.key.age, in the work tree; its node file."""
     node_file = fleet.work / "sites" / "s1" / "c1" / "nodes" / f"{name}.yaml"
     text = node_file.read_text()
-    assert "\nfiles: {" in text  # the canary marker file (rollout_fleet.write_fabric): the secret goes beside it
+    assert "\nfiles: {" in text  # the canary marker file (support.fleet.write_fabric): the secret goes beside it
     node_file.write_text(text.replace("\nfiles: {", "\nfiles: {/etc/munge/munge.key: {secret: secrets/munge.key.age}, "))
     return node_file
 

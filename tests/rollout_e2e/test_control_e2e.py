@@ -10,7 +10,7 @@ import datetime as dt
 import subprocess
 import time
 
-from rollout_fleet import PY, Fleet, rollout_yaml
+from support.fleet import PY, Fleet, rollout_yaml
 
 TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
 CANARY = "c1-n01"

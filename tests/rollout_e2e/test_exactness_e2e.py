@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from rollout_fleet import Fleet
+from support.fleet import Fleet
 
 TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
 CANARY = "c1-n01"

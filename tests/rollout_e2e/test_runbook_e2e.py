@@ -11,7 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from rollout_fleet import MISSING_FILE, PY, Fleet, git
+from support.fleet import MISSING_FILE, PY, Fleet, git
 
 TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
 CANARY = "c1-n01"

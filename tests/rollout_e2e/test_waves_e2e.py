@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from rollout_fleet import CANARY_MARKER, Fleet, free_port, git
+from support.fleet import CANARY_MARKER, Fleet, free_port, git
 
 TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
 CANARY = "c1-n01"

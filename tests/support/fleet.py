@@ -19,14 +19,11 @@ unhealthy.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +31,13 @@ from typing import Any
 
 import httpx
 
+from support import git as _git
+from support.net import free_port
+from support.procs import Proc, listening_port, spawn, wait_until
+
 PY = sys.executable
-GIT_ENV = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "Fabric Admin",
-           "GIT_AUTHOR_EMAIL": "admin@example.org", "GIT_COMMITTER_NAME": "Fabric Admin",
-           "GIT_COMMITTER_EMAIL": "admin@example.org"}
+#: Who commits the fabric (the node history tests read it back).
+IDENTITY = ("Fabric Admin", "admin@example.org")
 APP_FILE = "/etc/app.conf"
 MISSING_FILE = "/etc/app-health-probe-never-written"
 CANARY_MARKER = "/etc/canary-marker"
@@ -84,15 +84,8 @@ def rollout_yaml(**overrides: Any) -> str:
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, **GIT_ENV}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def free_port(address: str) -> int:
-    """A port free on ``address`` right now (the agent binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
+    """git as the fabric's admin."""
+    return _git.git(cwd, *args, identity=IDENTITY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,31 +135,6 @@ def write_fabric(work: Path, nodes: Iterable[NodeSpec], rollout: str, content: s
         (cdir / f"{n.name}.yaml").write_text(
             f"apiVersion: treadle.dev/v1\nkind: Node\naddress: {n.address}\nlifecycle: production{labels}\n"
             f"agent: {{metrics_port: {n.port}}}\n")
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen  # type: ignore[type-arg]
-    log: Path
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def spawn(name: str, argv: list[str], log: Path, cwd: Path) -> Proc:
-    with log.open("ab") as out:
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
-    return Proc(name, p, log)
 
 
 @dataclass
@@ -257,17 +225,10 @@ class Fleet:
         self.controller_starts += 1
         self.controller = spawn("controller", [PY, "-m", "treadle.cli", "controller", "run", "--config", str(config),
                                                "--log-format", "json"], log, d)
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None:
-            for line in log.read_text().splitlines():
-                if '"api.listening"' in line:
-                    port = json.loads(line)["port"]
-            if not self.controller.alive():
-                raise FleetError(f"controller exited: {log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise FleetError(f"controller did not listen: {log.read_text()[-3000:]}")
-            time.sleep(0.05)
+        try:
+            port = listening_port(self.controller)
+        except AssertionError as e:
+            raise FleetError(str(e)) from None
         self.url = f"http://127.0.0.1:{port}"
 
     def kill_controller(self) -> None:
@@ -343,18 +304,17 @@ class Fleet:
 
     def wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         """Poll ``condition`` (an HTTP error counts as false) while the controller lives."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        def alive() -> None:
             if self.controller is not None and not self.controller.alive():
                 raise FleetError(f"controller exited while waiting for {what}:\n{self.controller.log.read_text()[-3000:]}")
-            try:
-                if condition():
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise FleetError(f"timed out after {timeout_s}s waiting for {what}\n{self._diagnostics()}")
-            time.sleep(0.1)
+
+        try:
+            wait_until(condition, timeout_s, what, check=alive, ignore=(httpx.HTTPError,), describe=self._diagnostics)
+        except FleetError:
+            raise
+        except AssertionError as e:
+            raise FleetError(str(e)) from None
 
     def wait_rollout(self, commit: str, states: set[str], timeout_s: float = 60,
                      also: Callable[[dict[str, Any]], bool] = lambda d: True) -> dict[str, Any]:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import httpx
 
-from obs_prometheus import REPO, free_port
+from support.git import git
+from support.net import free_port
+from support.prometheus import REPO
 
 TEMPLATE = REPO / "fabric-repo-template"
 BIN = Path(sys.executable).parent
@@ -155,17 +157,13 @@ def _port_from(fleet: Fleet, port_file: Path, what: str) -> int:
     return int(port_file.read_text())
 
 
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
-
-
 def _start_real(fleet: Fleet) -> None:
     work = fleet.workdir
     repo = work / "fabric"
     shutil.copytree(TEMPLATE, repo, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "fabric")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "fabric")
     for keys in ("keys", "rogue-keys"):
         subprocess.run([str(BIN / "treadle"), "keys", "generate", str(work / keys)], check=True, capture_output=True)
     fleet.controller_port = free_port()

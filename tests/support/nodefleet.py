@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,11 +13,9 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "rollout_e2e"))
 
-import realnode  # noqa: E402
-from rollout_fleet import Fleet, NodeSpec  # noqa: E402
+from support import realnode
+from support.fleet import Fleet, NodeSpec
 
 def _free_index() -> int:
     """A node number whose veth (ve-rn<N>) and link-local /30 no other run on this machine uses right now."""
