@@ -14,6 +14,7 @@ import threading
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -43,6 +44,15 @@ def stream():
         lg.handlers[:] = handlers
         lg.propagate = propagate
         lg.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`treadle keys generate` once per session: the fleets' signing key and their agents' trust root (generating
+    them is not what the fleet tests are about, and every fleet has its own state, publish dir and agents)."""
+    from support.fleet import generate_keys
+
+    return generate_keys(tmp_path_factory.mktemp("keys") / "keys")
 
 
 @pytest.fixture

@@ -1,8 +1,7 @@
 """Fixtures: a fresh real fleet per test (see support.fleet), stopped afterwards.
 
-The signing key and trust root are generated once per session: generating
-them is not what these tests are about, and every fleet has its own
-controller state, publish directory and agents anyway.
+The signing key and trust root (``fleet_keys``, tests/conftest.py) are
+generated once per session.
 """
 
 from __future__ import annotations
@@ -13,12 +12,7 @@ from pathlib import Path
 import pytest
 
 
-from support.fleet import Fleet, generate_keys, node_specs, rollout_yaml, start_fleet
-
-
-@pytest.fixture(scope="session")
-def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_keys(tmp_path_factory.mktemp("keys") / "keys")
+from support.fleet import Fleet, node_specs, rollout_yaml, start_fleet
 
 
 @pytest.fixture

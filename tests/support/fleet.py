@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from support import git as _git
+from support.git import Repo
 from support.net import free_port
 from support.procs import Proc, listening_port, spawn, wait_until
 
@@ -164,8 +165,32 @@ class Agent:
         return out
 
 
+class FabricRepo:
+    """The fabric's upstream (``bare``) and the admin's work clone (``work``) under ``workdir``, for ``nodes``."""
+
+    workdir: Path
+    nodes: list[NodeSpec]
+    bare: Path
+    work: Path
+
+    def init_repo(self, rollout: str, content: str = "v1") -> str:
+        """Both repositories, with the fabric (the ``app`` profile at ``content``) pushed; the commit."""
+        Repo.create(self.bare, self.work, IDENTITY)
+        write_fabric(self.work, self.nodes, rollout, content)
+        return self.commit_and_push("fabric")
+
+    def change_app(self, content: str, *, healthy: bool = True, probe: str | None = None,
+                   message: str | None = None) -> str:
+        """Commit and push a new content of /etc/app.conf (and a failing health check when not ``healthy``)."""
+        (self.work / "profiles" / "app.yaml").write_text(profile_yaml(content, healthy, probe))
+        return self.commit_and_push(message or f"app {content}")
+
+    def commit_and_push(self, message: str) -> str:
+        return Repo(self.bare, self.work, IDENTITY).commit_and_push(message)
+
+
 @dataclass
-class Fleet:
+class Fleet(FabricRepo):
     """The fabric's repositories, the controller and the agents of one test."""
 
     workdir: Path
@@ -188,39 +213,14 @@ class Fleet:
     def __post_init__(self) -> None:
         self.bare, self.work = self.workdir / "upstream.git", self.workdir / "fabric"
 
-    # -- git ---------------------------------------------------------------
-
-    def init_repo(self, rollout: str, content: str = "v1") -> str:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        git(self.workdir, "init", "-q", "--bare", "-b", "main", str(self.bare))
-        self.work.mkdir()
-        git(self.work, "init", "-q", "-b", "main")
-        git(self.work, "remote", "add", "origin", str(self.bare))
-        write_fabric(self.work, self.nodes, rollout, content)
-        return self.commit_and_push("fabric")
-
-    def change_app(self, content: str, *, healthy: bool = True, probe: str | None = None,
-                   message: str | None = None) -> str:
-        """Commit and push a new content of /etc/app.conf (and a failing health check when not ``healthy``)."""
-        (self.work / "profiles" / "app.yaml").write_text(profile_yaml(content, healthy, probe))
-        return self.commit_and_push(message or f"app {content}")
-
-    def commit_and_push(self, message: str) -> str:
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "--allow-empty", "-m", message)
-        git(self.work, "push", "-q", "origin", "HEAD:main")
-        return git(self.work, "rev-parse", "HEAD")
-
     # -- the controller ------------------------------------------------------
 
     def start_controller(self) -> None:
         d = self.workdir / "controller"
         d.mkdir(exist_ok=True)
         config = d / "controller.toml"
-        config.write_text(
-            f'repository = "{self.bare}"\nstate_dir = "state"\npublish_dir = "publish"\n'
-            f'signing_key = "{self.keys / "treadle.key"}"\nlisten = "127.0.0.1:{self.api_port}"\npoll_interval_s = 30\n'
-            f"{self.controller_toml_extra or _HEALTH_SCRAPE}")
+        config.write_text(controller_toml(self.bare, self.keys, self.controller_toml_extra,
+                                          listen=f"127.0.0.1:{self.api_port}"))
         log = d / f"controller-{self.controller_starts}.log"
         self.controller_starts += 1
         self.controller = spawn("controller", [PY, "-m", "treadle.cli", "controller", "run", "--config", str(config),
@@ -250,11 +250,8 @@ class Fleet:
         home = self.workdir / "agents" / n.name
         (home / "root").mkdir(parents=True)
         (home / "proc_sys").mkdir()
-        (home / "agent.toml").write_text(
-            f'node = "{n.name}"\nmanifest_urls = ["{self.url}/v1/nodes/{{node}}/manifest"]\n'
-            f'trust_root = "{self.keys / "trust-root.json"}"\nstate_dir = "state"\nroot = "root"\n'
-            f'proc_sys = "{home / "proc_sys"}"\ninterval_s = {self.agent_interval_s}\njitter_s = 0\nretries = 0\n'
-            f'metrics_listen = "{n.address}:{n.port}"\npackage_manager = "none"\nservice_manager = "none"\n')
+        (home / "agent.toml").write_text(agent_toml(n, home, f"{self.url}/v1/nodes/{{node}}/manifest", self.keys,
+                                                     self.agent_interval_s))
         return Agent(n, home)
 
     @staticmethod
@@ -337,7 +334,7 @@ class Fleet:
                   f"{names} to apply {content!r}")
 
     def _diagnostics(self) -> str:
-        parts = []
+        parts: list[str] = []
         try:
             parts.append(json.dumps(self.rollout(), indent=1)[-3000:])
         except (httpx.HTTPError, ValueError) as e:
@@ -345,6 +342,21 @@ class Fleet:
         if self.controller is not None:
             parts.append(self.controller.log.read_text()[-3000:])
         return "\n".join(parts)
+
+
+def controller_toml(repository: Path, keys: Path, extra: str = "", listen: str = "127.0.0.1:0") -> str:
+    """The fleet's controller.toml: state and publish dirs beside it; ``extra`` (default: scrape health every 0.5 s)."""
+    return (f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
+            f'signing_key = "{keys / "treadle.key"}"\nlisten = "{listen}"\npoll_interval_s = 30\n'
+            f"{extra or _HEALTH_SCRAPE}")
+
+
+def agent_toml(n: NodeSpec, home: Path, manifest_url: str, keys: Path, interval_s: float) -> str:
+    """A node's agent.toml: it applies into ``home``/root with no package or service manager."""
+    return (f'node = "{n.name}"\nmanifest_urls = ["{manifest_url}"]\n'
+            f'trust_root = "{keys / "trust-root.json"}"\nstate_dir = "state"\nroot = "root"\n'
+            f'proc_sys = "{home / "proc_sys"}"\ninterval_s = {interval_s}\njitter_s = 0\nretries = 0\n'
+            f'metrics_listen = "{n.address}:{n.port}"\npackage_manager = "none"\nservice_manager = "none"\n')
 
 
 _HEALTH_SCRAPE = '[health]\nsource = "scrape"\nscrape_timeout_s = 1\ninterval_s = 0.5\n'
