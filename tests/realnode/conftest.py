@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-
 from support import realnode
-from support.fleet import generate_keys
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,5 +32,6 @@ def realnode_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 
 
 @pytest.fixture(scope="session")
-def realnode_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_keys(tmp_path_factory.mktemp("realnode-keys") / "keys")
+def realnode_keys(fleet_keys: Path) -> Path:
+    """The fleets' keys (tests/conftest.py)."""
+    return fleet_keys

@@ -18,13 +18,13 @@ import hashlib
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from support.procs import wait_until
 from support.nodefleet import METRICS_PORT, ROLLOUT, _free_index
 
 from support import realnode
@@ -58,17 +58,9 @@ class Bootstrapped:
         return float(found.group(1)) if found else -1.0
 
     def wait_applied(self, generation: int, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if self.applied() == generation:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                journal = self.sh("journalctl -u treadle-agent --no-pager | tail -40", check=False)
-                raise AssertionError(f"the agent never applied generation {generation}:\n{journal}")
-            time.sleep(0.5)
+        wait_until(lambda: self.applied() == generation, timeout_s, f"the agent to apply generation {generation}",
+                   ignore=(httpx.HTTPError,), interval_s=0.5,
+                   describe=lambda: self.sh("journalctl -u treadle-agent --no-pager | tail -40", check=False))
 
 
 def treadle(*args: str) -> subprocess.CompletedProcess[str]:

@@ -55,7 +55,7 @@ def restart_controller(fleet: LocalFleet) -> None:
 def test_a_good_change_passes_wave_by_wave_each_wave_only_after_the_previous_one_soaked(local_fleet) -> None:
     fleet = local_fleet(canary_soak_s=5, half_soak_s=5)
     sha = fleet.push("v2")
-    doc = fleet.wait_rollout(sha, TERMINAL)
+    doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "complete", doc["reason"]
     canary, half, rest = wave_nodes(doc)
     assert canary == [CANARY] and sorted(n[:2] for n in half) == ["c1", "c2", "c2"]
@@ -72,7 +72,7 @@ def test_a_good_change_passes_wave_by_wave_each_wave_only_after_the_previous_one
 def test_a_change_failing_its_health_check_on_the_canary_halts_before_any_other_node(local_fleet) -> None:
     fleet = local_fleet()
     sha = fleet.push("v2", healthy=False)
-    doc = fleet.wait_rollout(sha, TERMINAL)
+    doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "halted"
     assert "wave canary" in doc["reason"] and CANARY in doc["reason"] and "unhealthy" in doc["reason"]
     fleet.run_for(5)
@@ -90,7 +90,7 @@ def test_a_change_failing_its_health_check_on_the_canary_halts_before_any_other_
 def test_rollback_returns_the_canary_to_its_previous_content_under_a_higher_generation(local_fleet) -> None:
     fleet = local_fleet(failure_policy="rollback")
     sha = fleet.push("v2", healthy=False, message="app v2 with a broken probe")
-    doc = fleet.wait_rollout(sha, TERMINAL)
+    doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "rolled_back", doc["reason"]
     rolled = fleet.published_generation(CANARY)  # above v1's and the bad v2's: v1 again
     assert rolled > fleet.first[CANARY] + 1
@@ -120,7 +120,7 @@ def test_a_failure_in_wave_2_rolls_back_the_canary_and_wave_2_and_never_reaches_
     fleet = local_fleet(failure_policy="rollback")
     # The new check passes on the canary only (it alone has the marker file): wave 2 fails.
     sha = fleet.push("v2", probe=CANARY_MARKER, message="app v2 probing a canary-only file")
-    doc = fleet.wait_rollout(sha, TERMINAL)
+    doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "rolled_back" and "wave half" in doc["reason"], doc["reason"]
     canary, half, rest = wave_nodes(doc)
     reached = canary + half
@@ -143,7 +143,7 @@ def test_a_node_that_stops_reporting_during_its_wave_counts_against_the_failure_
     assert doc["state"] == "soaking" and doc["wave"] == 1, doc["state"]
     victim = wave_nodes(doc)[1][0]
     fleet.stop_agent(victim)  # at the start of the wave's 3 s soak: it never soaks
-    doc = fleet.wait_rollout(sha, TERMINAL)
+    doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == outcome, doc["reason"]
     rest = wave_nodes(doc)[2]
     if outcome == "complete":
@@ -159,7 +159,7 @@ def test_a_prometheus_that_refuses_connections_halts_the_wave_at_its_timeout(loc
     refusing = PrometheusSource(f"http://127.0.0.1:{free_port()}", timeout_s=1)  # nothing listens there
     fleet = local_fleet(canary_timeout_s=3, health=refusing)
     sha = fleet.push("v2")
-    doc = fleet.wait_rollout(sha, TERMINAL)
+    doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "halted"
     assert "timed out after 3s" in doc["reason"] and CANARY in doc["reason"]
     # The canary did apply and is healthy: only the source is down, and that never passes a wave.
@@ -172,7 +172,7 @@ def test_a_wave_whose_agents_are_all_down_halts_at_its_timeout(local_fleet) -> N
     fleet = local_fleet(canary_timeout_s=3)
     fleet.stop_agent(CANARY)
     sha = fleet.push("v2")
-    doc = fleet.wait_rollout(sha, TERMINAL)
+    doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "halted"
     assert "timed out after 3s while pending" in doc["reason"]
     fleet.run_for(5)
@@ -196,7 +196,7 @@ def test_a_controller_killed_in_wave_2_resumes_in_wave_2_without_skipping_or_rep
 
     fleet.run_for(1)  # the agents go on while the controller is down
     fleet.start_controller()
-    doc = fleet.wait_rollout(sha, TERMINAL)
+    doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "complete", doc["reason"]
     steps = [(e["state"], e["wave"]) for e in doc["events"]]
     # Each wave published once, in order, and wave 3 only after wave 2 passed.
@@ -266,7 +266,7 @@ def test_inside_the_change_window_the_waiting_rollout_starts_by_itself(local_fle
     sha = fleet.push("v2")
     assert fleet.wait_rollout(sha, {"waiting", *TERMINAL})["state"] == "waiting"
     fleet.clock.advance(3600 - (fleet.clock.now - EPOCH))  # 09:00
-    doc = fleet.wait_rollout(sha, TERMINAL)
+    doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "complete", doc["reason"]
     fleet.wait_applied("v2", fleet.agents)
 
@@ -286,7 +286,7 @@ def test_a_controller_rebuilt_without_its_state_reaches_every_node_and_refusing_
         fleet.agents[n].metrics()["treadle_agent_applied_generation"] == published[n] > fleet.first[n]
         for n in fleet.agents), 30, "every agent to accept the rebuilt controller's v1")
     sha = fleet.push("v2")
-    assert fleet.wait_rollout(sha, TERMINAL)["state"] == "complete"
+    assert fleet.wait_rollout(sha, TERMINAL, 120)["state"] == "complete"
     fleet.wait_applied("v2", fleet.agents)
 
     # The canary's agent holds a generation above anything this controller publishes (as it would after a
@@ -299,7 +299,7 @@ def test_a_controller_rebuilt_without_its_state_reaches_every_node_and_refusing_
     state.write_text(json.dumps(doc))
     fleet.start_agents([CANARY])
     sha = fleet.push("v3")
-    doc = fleet.wait_rollout(sha, TERMINAL)
+    doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "halted", doc
     assert f"{CANARY}: reports generation {2**52}, above the" in doc["reason"] and "refuses" in doc["reason"]
     assert canary.content() == "v2"
@@ -362,7 +362,7 @@ def test_operator_pause_holds_resume_continues_approve_releases_and_abort_ends(l
 def test_an_operator_action_that_does_not_apply_exits_1_with_the_reason_on_stderr(local_fleet, capsys) -> None:
     fleet = local_fleet(clusters=1, per_cluster=2)
     sha = fleet.push("v2")
-    assert fleet.wait_rollout(sha, TERMINAL)["state"] == "complete"
+    assert fleet.wait_rollout(sha, TERMINAL, 120)["state"] == "complete"
     with fleet.serving() as url:
         code, out, err = treadle(capsys, "rollout", "approve", "--url", url)
     assert code == 1
@@ -374,7 +374,7 @@ def test_an_operator_action_that_does_not_apply_exits_1_with_the_reason_on_stder
 def test_halted_runbook_abort_says_what_runs_and_a_revert_takes_the_canary_back(local_fleet, capsys) -> None:
     fleet = local_fleet(clusters=1, per_cluster=3)
     sha = fleet.push("v2", healthy=False, message="app v2 with a probe no node passes")
-    doc = fleet.wait_rollout(sha, TERMINAL)
+    doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "halted", doc["reason"]
     rid = doc["id"]
     assert f"`treadle rollout abort {rid}`" in doc["hint"], doc["hint"]

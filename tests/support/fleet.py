@@ -189,8 +189,65 @@ class FabricRepo:
         return Repo(self.bare, self.work, IDENTITY).commit_and_push(message)
 
 
+class FleetView:
+    """What a fleet says, the same whether its daemons are processes (:class:`Fleet`) or in-process
+    (:class:`support.local_fleet.LocalFleet`): rollout documents, published generations, the agents' files."""
+
+    nodes: list[NodeSpec]
+    agents: dict[str, Any]
+
+    @property
+    def publish_dir(self) -> Path:
+        raise NotImplementedError
+
+    def documents(self) -> list[dict[str, Any]]:
+        """The newest rollouts' documents, as GET /v1/rollouts lists them."""
+        raise NotImplementedError
+
+    def rollout(self, rid: str | int = "current") -> dict[str, Any]:
+        """One rollout's document, as GET /v1/rollouts/<rid> answers it."""
+        raise NotImplementedError
+
+    def wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Until ``condition`` holds, at most ``timeout_s`` seconds (the fleet's own seconds)."""
+        raise NotImplementedError
+
+    def rollout_of(self, commit: str) -> dict[str, Any]:
+        return next(d for d in self.documents() if d["commit"] == commit)
+
+    def wait_rollout(self, commit: str, states: set[str], timeout_s: float = 60,
+                     also: Callable[[dict[str, Any]], bool] = lambda d: True) -> dict[str, Any]:
+        """The rollout of ``commit`` once it is in one of ``states`` (and ``also`` holds)."""
+        found: dict[str, Any] = {}
+
+        def ready() -> bool:
+            for doc in self.documents():
+                if doc["commit"] == commit and doc["state"] in states and also(doc):
+                    found.update(doc)
+                    return True
+            return False
+
+        self.wait(ready, timeout_s, f"the rollout of {commit[:12]} to be {sorted(states)}")
+        return self.rollout(found["id"])
+
+    def wait_applied(self, content: str, names: Iterable[str], timeout_s: float = 30) -> None:
+        names = list(names)
+        self.wait(lambda: all(self.agents[n].content() == content for n in names), timeout_s,
+                  f"{names} to apply {content!r}")
+
+    def published_generation(self, node: str) -> int:
+        """The generation of the manifest the controller publishes for ``node`` now."""
+        from treadle.daemon.sign import manifest_from_envelope
+
+        data = (self.publish_dir / "nodes" / node / "manifest").read_bytes()
+        return int(manifest_from_envelope(data)["metadata"]["generation"])
+
+    def published_generations(self) -> dict[str, int]:
+        return {n.name: self.published_generation(n.name) for n in self.nodes}
+
+
 @dataclass
-class Fleet(FabricRepo):
+class Fleet(FabricRepo, FleetView):
     """The fabric's repositories, the controller and the agents of one test."""
 
     workdir: Path
@@ -289,15 +346,12 @@ class Fleet(FabricRepo):
     def rollout(self, rid: str | int = "current") -> dict[str, Any]:
         return self.api(f"/v1/rollouts/{rid}")
 
-    def published_generation(self, node: str) -> int:
-        """The generation of the manifest the controller publishes for ``node`` now."""
-        from treadle.daemon.sign import manifest_from_envelope
+    def documents(self) -> list[dict[str, Any]]:
+        return list(self.api("/v1/rollouts")["rollouts"])
 
-        data = (self.workdir / "controller" / "publish" / "nodes" / node / "manifest").read_bytes()
-        return int(manifest_from_envelope(data)["metadata"]["generation"])
-
-    def published_generations(self) -> dict[str, int]:
-        return {n.name: self.published_generation(n.name) for n in self.nodes}
+    @property
+    def publish_dir(self) -> Path:
+        return self.workdir / "controller" / "publish"
 
     def wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         """Poll ``condition`` (an HTTP error counts as false) while the controller lives."""
@@ -312,26 +366,6 @@ class Fleet(FabricRepo):
             raise
         except AssertionError as e:
             raise FleetError(str(e)) from None
-
-    def wait_rollout(self, commit: str, states: set[str], timeout_s: float = 60,
-                     also: Callable[[dict[str, Any]], bool] = lambda d: True) -> dict[str, Any]:
-        """The rollout of ``commit`` once it is in one of ``states`` (and ``also`` holds)."""
-        found: dict[str, Any] = {}
-
-        def ready() -> bool:
-            for doc in self.api("/v1/rollouts")["rollouts"]:
-                if doc["commit"] == commit and doc["state"] in states and also(doc):
-                    found.update(doc)
-                    return True
-            return False
-
-        self.wait(ready, timeout_s, f"the rollout of {commit[:12]} to be {sorted(states)}")
-        return self.rollout(found["id"])
-
-    def wait_applied(self, content: str, names: Iterable[str], timeout_s: float = 30) -> None:
-        names = list(names)
-        self.wait(lambda: all(self.agents[n].content() == content for n in names), timeout_s,
-                  f"{names} to apply {content!r}")
 
     def _diagnostics(self) -> str:
         parts: list[str] = []

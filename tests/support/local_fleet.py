@@ -31,11 +31,10 @@ from typing import Any
 import anyio
 
 from support.clock import Clock
-from support.console_state import serving
-from support.fleet import APP_FILE, FabricRepo, NodeSpec, agent_toml, controller_toml, git
+from support.api_server import serving
+from support.fleet import APP_FILE, FabricRepo, FleetView, NodeSpec, agent_toml, controller_toml, git
 from treadle.daemon import config as controller_config
 from treadle.daemon import process
-from treadle.daemon.sign import manifest_from_envelope
 from treadle.rollout.machine import Observation
 from treadle.rollout.observe import HealthSource, Target, parse_exposition
 from treadle.rollout.service import RolloutService
@@ -120,7 +119,7 @@ class AgentPages:
 
 
 @dataclass
-class LocalFleet(FabricRepo):
+class LocalFleet(FabricRepo, FleetView):
     """The fabric's repositories, the in-process controller and agents of one scenario."""
 
     workdir: Path
@@ -146,7 +145,7 @@ class LocalFleet(FabricRepo):
         return self.controller.pipeline.rollouts
 
     @property
-    def publish_dir(self) -> Path:
+    def publish_dir(self) -> Path:  # type: ignore[override]
         return self.workdir / "controller" / "publish"
 
     def start_controller(self) -> None:
@@ -189,12 +188,6 @@ class LocalFleet(FabricRepo):
     def push(self, content: str, **change: Any) -> str:
         """Commit and push a new content of the app file, and the controller's cycle that the push triggers."""
         sha = self.change_app(content, **change)
-        self.cycle()
-        return sha
-
-    def push_commit(self, message: str) -> str:
-        """Commit and push the work tree as it is, and the cycle it triggers."""
-        sha = self.commit_and_push(message)
         self.cycle()
         return sha
 
@@ -266,40 +259,16 @@ class LocalFleet(FabricRepo):
     # -- what the controller and agents say -------------------------------------------
 
     def rollout(self, rid: int | str = "current") -> dict[str, Any]:
-        """The rollout's document, as GET /v1/rollouts/<rid> answers it."""
         found = self.rollouts.latest_id() if rid == "current" else int(rid)
         assert found is not None, "no rollout"
         return self.rollouts.document(found)
 
-    def rollout_of(self, commit: str) -> dict[str, Any]:
-        return next(d for d in self.rollouts.documents() if d["commit"] == commit)
+    def documents(self) -> list[dict[str, Any]]:
+        return self.rollouts.documents()
 
-    def wait_rollout(self, commit: str, states: set[str], max_s: float = 120,
-                     also: Callable[[dict[str, Any]], bool] = lambda d: True) -> dict[str, Any]:
-        """The rollout of ``commit`` once it is in one of ``states`` (and ``also`` holds)."""
-        found: dict[str, Any] = {}
-
-        def ready() -> bool:
-            for doc in self.rollouts.documents():
-                if doc["commit"] == commit and doc["state"] in states and also(doc):
-                    found.update(doc)
-                    return True
-            return False
-
-        self.run_until(ready, max_s, f"the rollout of {commit[:12]} to be {sorted(states)}")
-        return self.rollout(found["id"])
-
-    def wait_applied(self, content: str, names: Iterable[str], max_s: float = 30) -> None:
-        names = list(names)
-        self.run_until(lambda: all(self.agents[n].content() == content for n in names), max_s,
-                       f"{names} to apply {content!r}")
-
-    def published_generation(self, node: str) -> int:
-        data = (self.publish_dir / "nodes" / node / "manifest").read_bytes()
-        return int(manifest_from_envelope(data)["metadata"]["generation"])
-
-    def published_generations(self) -> dict[str, int]:
-        return {n.name: self.published_generation(n.name) for n in self.nodes}
+    def wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """In fake seconds: see :meth:`run_until`."""
+        self.run_until(condition, timeout_s, what)
 
     def stop(self) -> None:
         if self.controller is not None:
