@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from support.bench import bench_module
 from support.git import Repo, git
 from support.procs import listening_port, spawn
 
@@ -66,19 +67,8 @@ def ssh_keys(tmp_path: Path) -> SshKeys:
 
 
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 def _gen_fabric():  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("treadle_bench_gen_fabric", ROOT / "bench" / "gen_fabric.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("gen_fabric")
 
 
 @pytest.fixture

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from support import TEMPLATE
+from support import TEMPLATE, copy_template
 from support.git import ADA, git
 from treadle.cli import main
 
@@ -108,7 +107,7 @@ def fabric(tmp_path: Path) -> Fabric:
 def template_copy(tmp_path: Path) -> Fabric:
     """A copy of fabric-repo-template."""
     target = tmp_path / "template"
-    shutil.copytree(TEMPLATE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+    copy_template(target)
     return Fabric(target)
 
 

@@ -22,9 +22,16 @@ The fleets and servers built on them:
   :mod:`support.npm_tools`: the helpers of one suite each, kept here so that no suite edits ``sys.path``.
 """
 
+import shutil
 from pathlib import Path
 
 #: The repository's root.
 REPO = Path(__file__).resolve().parents[2]
 #: The example fabric the project ships.
 TEMPLATE = REPO / "fabric-repo-template"
+
+
+def copy_template(target: Path) -> Path:
+    """A copy of the example fabric at ``target`` (without the files that make it a Python package); ``target``."""
+    shutil.copytree(TEMPLATE, target, ignore=shutil.ignore_patterns("__pycache__", "__init__.py", "*.pyc"))
+    return target

@@ -8,7 +8,6 @@ saying HEAD is deployed, as the pipeline would after a deploy.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from treadle.rollout.service import RolloutService
 from treadle.rollout.waves import Candidate
 from treadle.daemon.state import NodeRecord, StateDB
 
-from support import TEMPLATE
+from support import copy_template
 from support import git as _git
 from support.console_state import XSS, NoAgents, envelope
 from support.git import ADA
@@ -54,7 +53,7 @@ class GitFleet:
 def template_repo(root: Path) -> tuple[str, str]:
     """The example fabric in a new git repository (addresses moved to loopback: the console's sweep of the
     agents asks them), then a commit by another author that moves one node to a rack named with markup."""
-    shutil.copytree(TEMPLATE, root)
+    copy_template(root)
     for path in root.rglob("*.yaml"):
         text = path.read_text(encoding="utf-8")
         if "192.0.2." in text:

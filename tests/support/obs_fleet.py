@@ -14,7 +14,6 @@ what the shipped scrape config collects.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -24,12 +23,13 @@ from pathlib import Path
 
 import httpx
 
+from support import copy_template
 from support.git import git
 from support.net import free_port
 from support.procs import Proc, spawn, wait_until
 from support.prometheus import REPO
 
-TEMPLATE = REPO / "fabric-repo-template"
+from support import TEMPLATE  # noqa: E402
 BIN = Path(sys.executable).parent
 #: (node, trusts the signing key); nodes from three clusters on two sites.
 NODES = (("batch-001", True), ("login-001", True), ("storage-001", True), ("storage-002", True), ("batch-002", False))
@@ -151,7 +151,7 @@ def _port_from(fleet: Fleet, port_file: Path, what: str) -> int:
 def _start_real(fleet: Fleet) -> None:
     work = fleet.workdir
     repo = work / "fabric"
-    shutil.copytree(TEMPLATE, repo, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+    copy_template(repo)
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "fabric")

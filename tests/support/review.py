@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from support import REPO, TEMPLATE
+from support import REPO, TEMPLATE, copy_template
 from support.git import git, git_env
 from treadle.cli import main
 
@@ -61,7 +60,7 @@ class FabricRepo:
 
 def make_repo(root: Path) -> FabricRepo:
     """The template, committed as the first commit of ``main``."""
-    shutil.copytree(TEMPLATE, root, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    copy_template(root)
     repo = FabricRepo(root)
     repo.git("init", "-q", "-b", "main")
     repo.commit("Example fabric")
