@@ -177,8 +177,8 @@ def agent_list(publish: Path, names: list[str], uri: str, etag_of) -> list[tuple
 
 
 def start_nginx(work: Path, publish: Path) -> tuple[subprocess.Popen, int]:  # type: ignore[type-arg]
-    sys.path.insert(0, str(ROOT / "tests" / "deploy"))
-    from nginx_mirror import start_nginx as start  # the same configuration the tests run
+    sys.path.insert(0, str(ROOT / "tests"))  # the tests' support package
+    from support.nginx_mirror import start_nginx as start  # the same configuration the tests run
 
     nginx = start(work / "nginx", publish)
     return nginx, nginx.port  # type: ignore[return-value]

@@ -8,7 +8,7 @@ synthetic fabric (bench/gen_fabric.py) in a git repository, plus a commit
 that changes one cluster (50 nodes); the head is rendered by the real
 renderer, every manifest published to a real publish store, the state
 database says it is deployed, and a rollout of every node waits in the
-rollout database (tests/console/gitfleet.py). The console reads the
+rollout database (tests/support/console_git.py). The console reads the
 repository as it reads the controller's mirror; it runs in uvicorn on
 127.0.0.1 and is asked over HTTP, so a figure is the whole answer: reading
 the state, rendering the template, sending it.
@@ -36,14 +36,14 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' support package
 sys.path.insert(0, str(ROOT / "bench"))
 TARGET_MS = 300.0
 TARGETED = ("overview", "node page (with provenance)")
 
 from gen_fabric import generate  # noqa: E402
-from tests.console.fleet import serving  # noqa: E402
-from tests.console.gitfleet import commit_all, git, make_git_fleet  # noqa: E402
+from support.console_state import serving  # noqa: E402
+from support.console_git import commit_all, git, make_git_fleet  # noqa: E402
 
 
 def _time(client: httpx.Client, path: str, expect: str | None = None) -> float:

@@ -24,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "differential"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' support package
 
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from differential import Mismatch, operations, run_sequence  # noqa: E402
+from support.differential import Mismatch, operations, run_sequence  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@
   newly report (a transition, persisted), a steady soak (nothing changes,
   nothing written), and a wave passing into the next one.
 - 50 agents: a real controller and 50 real ``treadle-agent run`` processes
-  (tests/rollout_e2e/rollout_fleet.py), a 3-wave rollout with a 2 s soak in
+  (tests/support/fleet.py), a 3-wave rollout with a 2 s soak in
   every wave; wall time from ``git push`` returning to the rollout being
   complete (asserted: the run fails with exit 1 otherwise).
 """
@@ -208,8 +208,8 @@ def bench_step(nodes: int, ticks: int, workdir: Path) -> list[float]:
 
 def bench_agents(agents: int, soak_s: int, workdir: Path) -> float | None:
     """A 3-wave rollout over ``agents`` real agent processes; seconds from push to complete (None: it did not complete)."""
-    sys.path.insert(0, str(ROOT / "tests" / "rollout_e2e"))
-    from rollout_fleet import generate_keys, node_specs, start_fleet
+    sys.path.insert(0, str(ROOT / "tests"))  # the tests' support package
+    from support.fleet import generate_keys, node_specs, start_fleet
 
     rollout = (f"apiVersion: treadle.dev/v1\nkind: RolloutPolicy\nwaves:\n"
                f'  - {{name: canary, selector: {{labels: {{canary: "true"}}}}, soak_s: {soak_s}, timeout_s: 120}}\n'

@@ -14,6 +14,7 @@ import threading
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -32,6 +33,19 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 
+#: Suites that share a heavy machine-wide resource run on one worker under `pytest -n N --dist loadgroup`
+#: (the Makefile's test target): the real-node tests boot network namespaces from one cached tree, and the
+#: observability tests share one fleet and one Prometheus per worker.
+XDIST_GROUPS = {"realnode": "realnode", "observability": "prometheus"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.parent.name
+        if folder in XDIST_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[folder]))
+
+
 @pytest.fixture
 def stream():
     """A stream to log into (the log tests of both programs); the loggers' set-up is put back afterwards
@@ -43,6 +57,15 @@ def stream():
         lg.handlers[:] = handlers
         lg.propagate = propagate
         lg.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`treadle keys generate` once per session: the fleets' signing key and their agents' trust root (generating
+    them is not what the fleet tests are about, and every fleet has its own state, publish dir and agents)."""
+    from support.fleet import generate_keys
+
+    return generate_keys(tmp_path_factory.mktemp("keys") / "keys")
 
 
 @pytest.fixture

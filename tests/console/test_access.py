@@ -12,7 +12,7 @@ from treadle.daemon import config
 from treadle.daemon.api import build_app
 from treadle.errors import UsageError
 
-from .fleet import make_fleet, serving
+from support.console_state import make_fleet, serving
 
 TOKEN = b"t0ken-of-the-admin"
 MINIMAL = """

@@ -25,10 +25,10 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from .chromium import console_errors as _errors
-from .chromium import start_chromium
-from .fleet import XSS, Fleet, make_fleet, serving
-from .gitfleet import NODE, GitFleet, make_git_fleet, template_repo
+from support.chromium import console_errors as _errors
+from support.chromium import start_chromium
+from support.console_state import XSS, Fleet, make_fleet, serving
+from support.console_git import NODE, GitFleet, make_git_fleet, template_repo
 
 PAGES = {"overview": "/ui/", "rollouts": "/ui/rollouts", "rollout": "/ui/rollouts/1", "fabric": "/ui/nodes?site=s1",
          "node": "/ui/nodes/n000", "racks": "/ui/racks", "confirm": "/ui/rollouts/1/approve", "login": "/ui/login"}

@@ -29,8 +29,8 @@ from treadle.fabric.explain import explain_node
 from treadle.review.jsonreport import render_json
 from treadle.review.plan import build_plan
 
-from .fleet import XSS, serving
-from .gitfleet import NODE, GitFleet, make_git_fleet, template_repo
+from support.console_state import XSS, serving
+from support.console_git import NODE, GitFleet, make_git_fleet, template_repo
 
 ESCAPED_XSS = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"
 

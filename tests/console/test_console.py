@@ -19,7 +19,7 @@ from treadle.console import CSP, MAX_FORM_BYTES, read_form, resource_rows
 from treadle.console.health import DRIFT, HEALTH
 from treadle.console.index import Filters, NodeInfo, parse_filters, rack_elevations
 
-from .fleet import XSS, Fleet, make_fleet, serving
+from support.console_state import XSS, Fleet, make_fleet, serving
 
 PAGES = ["/ui/", "/ui/racks", "/ui/racks?site=s2", "/ui/rollouts", "/ui/rollouts/1", "/ui/rollouts/1/approve", "/ui/nodes", "/ui/nodes?q=r1",
          "/ui/nodes?site=s2&label=rack%3Dr1", "/ui/nodes/n000", "/ui/login"]

@@ -17,7 +17,8 @@ import pytest
 from treadle.console.health import FleetWatch, Seen, classify
 from treadle.rollout.observe import Target
 
-from .fleet import Fleet, make_fleet, serving
+from support.agent_pages import PathTarget
+from support.console_state import Fleet, make_fleet, serving
 
 
 def exposition(node: str, healthy: int, drifted: int) -> str:
@@ -29,14 +30,6 @@ def exposition(node: str, healthy: int, drifted: int) -> str:
 
 
 PAGES = {"n000": exposition("n000", 1, 0), "n001": exposition("n001", 0, 2), "n003": exposition("n999", 1, 0)}
-
-
-class PathTarget(Target):
-    """A target whose URL path names the node, so one server plays many agents."""
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}:{self.port}/{self.node}/metrics"
 
 
 @pytest.fixture

@@ -10,61 +10,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # git_servers.py, importable from every test module here
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Test Author", "GIT_AUTHOR_EMAIL": "author@example.com",
-    "GIT_COMMITTER_NAME": "Test Author", "GIT_COMMITTER_EMAIL": "author@example.com",
-    "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
-}
-
-
-def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, **GIT_ENV}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
-
-
-@dataclass
-class Repo:
-    """A bare "upstream" repository and a work clone that commits and pushes to it."""
-
-    bare: Path
-    work: Path
-
-    def write(self, path: str, text: str) -> None:
-        p = self.work / path
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-
-    def commit(self, message: str = "change", *extra: str) -> str:
-        git(self.work, "add", "-A")
-        git(self.work, *extra, "commit", "-q", "--allow-empty", "-m", message)
-        return git(self.work, "rev-parse", "HEAD")
-
-    def amend(self, message: str = "rewritten") -> str:
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "--amend", "--allow-empty", "-m", message)
-        return git(self.work, "rev-parse", "HEAD")
-
-    def git(self, *args: str) -> str:
-        return git(self.work, *args)
-
-    def push(self, force: bool = False) -> None:
-        git(self.work, "push", "-q", *(["--force"] if force else []), "origin", "HEAD:main")
-
-    def commit_and_push(self, message: str = "change", *extra: str) -> str:
-        sha = self.commit(message, *extra)
-        self.push()
-        return sha
+from support.bench import bench_module
+from support.git import Repo, git
+from support.procs import listening_port, spawn
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Repo:
-    bare, work = tmp_path / "upstream.git", tmp_path / "work"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
-    git(tmp_path, "init", "-q", "-b", "main", str(work))
-    git(work, "remote", "add", "origin", str(bare))
-    return Repo(bare, work)
+    return Repo.create(tmp_path / "upstream.git", tmp_path / "work")
 
 
 @pytest.fixture
@@ -114,19 +67,8 @@ def ssh_keys(tmp_path: Path) -> SshKeys:
 
 
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 def _gen_fabric():  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("treadle_bench_gen_fabric", ROOT / "bench" / "gen_fabric.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("gen_fabric")
 
 
 @pytest.fixture
@@ -204,8 +146,6 @@ class ControllerProc:
 @pytest.fixture
 def start_controller(tmp_path: Path, signing_key: Path):  # type: ignore[no-untyped-def]
     """``start_controller(repository, extra_toml="") -> ControllerProc``; the same state and publish dirs on every start."""
-    import time
-
     procs: list[ControllerProc] = []
 
     def start(repository: str, extra_toml: str = "", env: dict[str, str] | None = None,
@@ -217,23 +157,10 @@ def start_controller(tmp_path: Path, signing_key: Path):  # type: ignore[no-unty
         config.write_text(f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
                           f'signing_key = {signing or f"{chr(34)}{signing_key}{chr(34)}"}\nlisten = "127.0.0.1:0"\npoll_interval_s = 3600\n{extra_toml}')
         log = d / f"controller-{len(procs)}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "treadle.cli", "controller", "run", "--config", str(config),
-                                     "--log-format", "json"], stdout=out, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None and time.monotonic() < deadline:
-            for line in log.read_text().splitlines():
-                if '"api.listening"' in line:
-                    import json
-
-                    port = json.loads(line)["port"]
-            if proc.poll() is not None:
-                raise AssertionError(f"controller exited: {log.read_text()}")
-            time.sleep(0.02)
-        assert port is not None, log.read_text()
-        c = ControllerProc(proc, f"http://127.0.0.1:{port}", log, d / "publish")
+        proc = spawn("controller", [sys.executable, "-m", "treadle.cli", "controller", "run", "--config", str(config),
+                                    "--log-format", "json"], log, d, env={**os.environ, **(env or {})})
+        port = listening_port(proc, 30)
+        c = ControllerProc(proc.popen, f"http://127.0.0.1:{port}", log, d / "publish")
         procs.append(c)
         return c
 

@@ -6,17 +6,15 @@ import hashlib
 import hmac
 import json
 import socket
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support.api_server import serving
 from treadle.daemon.api import ApiContext, build_app, etag_matches, verify_webhook
 from treadle.daemon.metrics import ControllerMetrics
 from treadle.daemon.publish import PublishStore
@@ -39,17 +37,8 @@ def api(tmp_path: Path):  # type: ignore[no-untyped-def]
     store = PublishStore(tmp_path / "pub")
     ctx = ApiContext(store=store, state=StateDB(tmp_path / "state.db"), metrics=ControllerMetrics(),
                      trigger=lambda: triggered.append(1), branch="main", repository="/srv/fabric.git", webhook_secret=SECRET)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(build_app(ctx), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    yield Api(f"http://127.0.0.1:{sock.getsockname()[1]}", ctx, triggered, store)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(ctx) as url:
+        yield Api(url, ctx, triggered, store)
 
 
 def test_manifest_has_a_strong_etag_and_a_conditional_get_is_304(api: Api) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from treadle_agent.contract.envelope import verify_envelope
 from treadle_agent.verify import parse_manifest
+from support.net import free_port
 
 
 def manifests(envelopes: dict[str, bytes], trust_root) -> dict[str, dict]:  # type: ignore[no-untyped-def,type-arg]
@@ -128,16 +129,11 @@ def test_signed_policy_refuses_unsigned_and_unknown_signers_and_deploys_an_allow
     ctl.wait_deployed(good)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def git_daemon(tmp_path: Path):  # type: ignore[no-untyped-def]
     """`git daemon` on 127.0.0.1 serving tmp_path: a network URL, so no ref watcher, only webhooks and polls."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(["git", "daemon", "--reuseaddr", "--listen=127.0.0.1", f"--port={port}", "--export-all",
                              f"--base-path={tmp_path}", str(tmp_path)], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10

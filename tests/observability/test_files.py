@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from obs_prometheus import EXAMPLE_CONFIG, PROMETHEUS_DIR, REPO, RULE_FILES
-from obs_promql import DASHBOARD, dashboard_expressions, metric_names, recorded_names, rule_expressions, rule_groups
+from support import copy_template
+from support.git import git
+from support.prometheus import EXAMPLE_CONFIG, PROMETHEUS_DIR, REPO, RULE_FILES
+from support.promql import DASHBOARD, dashboard_expressions, metric_names, recorded_names, rule_expressions, rule_groups
 
 SYSTEMD = REPO / "systemd"
 UNITS = ("treadle-agent.service", "treadle-controller.service")
@@ -208,9 +210,9 @@ def _fabric_nodes() -> dict[str, dict[str, object]]:
 def test_treadle_targets_writes_one_file_sd_entry_per_node_not_retired(tmp_path: Path) -> None:
     treadle = str(Path(sys.executable).parent / "treadle")
     repo = tmp_path / "fabric"
-    shutil.copytree(REPO / "fabric-repo-template", repo)
+    copy_template(repo)
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "fabric"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+        git(repo, *args)
     out = tmp_path / "treadle-agents.json"
     result = subprocess.run([treadle, "targets", "--out", str(out)], cwd=repo, capture_output=True, text=True, timeout=60)  # as documented
     assert result.returncode == 0, result.stderr

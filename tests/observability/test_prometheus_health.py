@@ -9,34 +9,22 @@ whatever the size of the wave.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import anyio
 import pytest
-from obs_prometheus import PrometheusServer, free_port
+from support.bench import bench_module
+from support.prometheus import PrometheusServer, free_port
 
 from treadle.rollout.health import HealthWatcher
 from treadle.rollout.machine import Observation
 from treadle.rollout.observe import PrometheusSource, Target
 
 NODES = 100_000
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "prometheus_health.py"
 
 
-def _series_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("prometheus_health", BENCH)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-series = _series_module()
+series = bench_module("prometheus_health")
 
 
 @pytest.fixture(scope="module")

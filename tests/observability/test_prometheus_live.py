@@ -9,9 +9,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from obs_fleet import Fleet
-from obs_prometheus import PrometheusError, PrometheusServer
-from obs_promql import SYNTHETIC, dashboard_expressions, metric_names, recorded_names, rule_expressions
+from support.obs_fleet import Fleet
+from support.prometheus import PrometheusError, PrometheusServer
+from support.promql import SYNTHETIC, dashboard_expressions, metric_names, recorded_names, rule_expressions
 
 DASHBOARD = dashboard_expressions()
 RULES = rule_expressions()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from obs_promql import dashboard_expressions, grafana_to_promql, metric_names, rule_expressions, variable_to_promql
+from support.promql import dashboard_expressions, grafana_to_promql, metric_names, rule_expressions, variable_to_promql
 
 NAME = st.from_regex(r"\A[a-z][a-z0-9_]{0,20}(:[a-z0-9_]{1,10}){0,2}\Z").filter(
     lambda n: n not in {"by", "on", "or", "and", "bool", "unless", "offset", "without", "ignoring", "inf", "nan"}
@@ -69,7 +69,7 @@ def test_every_panel_target_and_rule_of_the_shipped_files_is_found() -> None:
 
 
 def test_a_missing_prometheus_binary_is_reported_with_the_package_to_install() -> None:
-    from obs_prometheus import PrometheusError, binary
+    from support.prometheus import PrometheusError, binary
 
     with pytest.raises(PrometheusError, match=r"treadle-no-such-tool not found on PATH; install Debian's `prometheus` package"):
         binary("treadle-no-such-tool")

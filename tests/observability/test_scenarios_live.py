@@ -7,9 +7,9 @@ module pytest runs after the read-only live tests (test_prometheus_live.py).
 from __future__ import annotations
 
 
-from obs_fleet import TEMPLATE, Fleet
-from obs_prometheus import PrometheusServer
-from obs_promql import dashboard_expressions
+from support.obs_fleet import TEMPLATE, Fleet
+from support.prometheus import PrometheusServer
+from support.promql import dashboard_expressions
 
 SETTLE_S = 30
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-from _provider_helpers import Env, make_env  # noqa: E402
+from support.providers import Env, make_env
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _provider_helpers import file, manifest
+from support.providers import file, manifest
 
 from treadle_agent.inventory import Inventory
 from treadle_agent.contract.manifest import Manifest, parse_json

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from _provider_helpers import directory, file, manifest, snapshot, symlink
+from support.providers import directory, file, manifest, snapshot, symlink
 
 from treadle_agent.inventory import FILE_NAME
 

@@ -6,7 +6,7 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
-from _provider_helpers import file, make_env, manifest, package, service
+from support.providers import file, make_env, manifest, package, service
 
 from treadle_agent.errors import HostError
 from treadle_agent.host import AptPackages, NoPackages, NoServices, ProcessRunner, SystemHost

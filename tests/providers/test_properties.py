@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from _provider_helpers import directory, file, make_env, manifest, snapshot, symlink, sysctl
+from support.providers import directory, file, make_env, manifest, snapshot, symlink, sysctl
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 

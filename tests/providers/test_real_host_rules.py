@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from _provider_helpers import directory, file, make_env, manifest, package, service
+from support.providers import directory, file, make_env, manifest, package, service
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

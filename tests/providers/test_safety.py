@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from _provider_helpers import directory, file, manifest, package, service, snapshot, symlink
+from support.providers import directory, file, manifest, package, service, snapshot, symlink
 
 from treadle_agent.errors import PathEscapeError
 from treadle_agent.providers.paths import RootFS, split_path

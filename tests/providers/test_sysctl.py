@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 
 import pytest
-from _provider_helpers import file, manifest, sysctl
+from support.providers import file, manifest, sysctl
 
 from treadle_agent.errors import HostError
 from treadle_agent.host import SystemHost

@@ -7,16 +7,11 @@ is an error.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "rollout_e2e"))
-
-import realnode  # noqa: E402
-from rollout_fleet import generate_keys  # noqa: E402
+from support import realnode
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -37,5 +32,6 @@ def realnode_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 
 
 @pytest.fixture(scope="session")
-def realnode_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_keys(tmp_path_factory.mktemp("realnode-keys") / "keys")
+def realnode_keys(fleet_keys: Path) -> Path:
+    """The fleets' keys (tests/conftest.py)."""
+    return fleet_keys

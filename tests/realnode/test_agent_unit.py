@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from nodefleet import METRICS_PORT, RealNode, boot_real_node
+from support.procs import wait_until
+from support.nodefleet import METRICS_PORT, RealNode, boot_real_node
 
-from realnode import REPO
+from support.realnode import REPO
 
 HEAD = "apiVersion: treadle.dev/v1\nkind: Profile\n"
 PROFILE = (HEAD + "packages:\n  cron: {ensure: present}\n"
@@ -38,17 +38,8 @@ def metrics(rn: RealNode) -> dict[str, float]:
 
 
 def wait(condition: Callable[[], bool], timeout_s: float, what: str, rn: RealNode) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            journal = rn.sh("journalctl -u treadle-agent --no-pager | tail -40", check=False)
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{journal}")
-        time.sleep(0.2)
+    wait_until(condition, timeout_s, what, ignore=(httpx.HTTPError,), interval_s=0.2,
+               describe=lambda: rn.sh("journalctl -u treadle-agent --no-pager | tail -40", check=False))
 
 
 def test_the_agent_unit_converges_the_node_and_serves_metrics_to_the_host(rn: RealNode) -> None:

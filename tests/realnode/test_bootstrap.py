@@ -18,17 +18,17 @@ import hashlib
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from nodefleet import METRICS_PORT, ROLLOUT, _free_index
+from support.procs import wait_until
+from support.nodefleet import METRICS_PORT, ROLLOUT, _free_index
 
-import realnode
-from rollout_fleet import PY, Fleet, NodeSpec
+from support import realnode
+from support.fleet import PY, Fleet, NodeSpec
 
 MARKER = "PLAINTEXT-MARKER-bootstrap-5e1f"
 WHEELHOUSE = "/var/tmp/treadle-wheelhouse"  # where the install media put the wheels on the node
@@ -58,17 +58,9 @@ class Bootstrapped:
         return float(found.group(1)) if found else -1.0
 
     def wait_applied(self, generation: int, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if self.applied() == generation:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                journal = self.sh("journalctl -u treadle-agent --no-pager | tail -40", check=False)
-                raise AssertionError(f"the agent never applied generation {generation}:\n{journal}")
-            time.sleep(0.5)
+        wait_until(lambda: self.applied() == generation, timeout_s, f"the agent to apply generation {generation}",
+                   ignore=(httpx.HTTPError,), interval_s=0.5,
+                   describe=lambda: self.sh("journalctl -u treadle-agent --no-pager | tail -40", check=False))
 
 
 def treadle(*args: str) -> subprocess.CompletedProcess[str]:
@@ -79,7 +71,7 @@ def add_secret(fleet: Fleet, name: str) -> Path:
     """Give the node /etc/munge/munge.key from secrets/munge.key.age, in the work tree; its node file."""
     node_file = fleet.work / "sites" / "s1" / "c1" / "nodes" / f"{name}.yaml"
     text = node_file.read_text()
-    assert "\nfiles: {" in text  # the canary marker file (rollout_fleet.write_fabric): the secret goes beside it
+    assert "\nfiles: {" in text  # the canary marker file (support.fleet.write_fabric): the secret goes beside it
     node_file.write_text(text.replace("\nfiles: {", "\nfiles: {/etc/munge/munge.key: {secret: secrets/munge.key.age}, "))
     return node_file
 

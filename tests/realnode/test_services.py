@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nodefleet import RealNode, boot_real_node
+from support.nodefleet import RealNode, boot_real_node
 
 HEAD = "apiVersion: treadle.dev/v1\nkind: Profile\n"
 UNIT = "/etc/systemd/system/treadle-probe.service"

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nodefleet import RealNode, boot_real_node
-from rollout_fleet import Fleet, git
+from support.nodefleet import RealNode, boot_real_node
+from support.fleet import Fleet, git
 
 NODE = "login-001"
 CONTAINER = """

@@ -1,15 +1,13 @@
-"""Fixtures of the plan suite (helpers in _review_helpers.py, importable from every test module)."""
+"""Fixtures of the plan suite (helpers in support.review)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-from _review_helpers import FabricRepo, make_repo  # noqa: E402
+from support.review import FabricRepo, make_repo
 
 
 @pytest.fixture

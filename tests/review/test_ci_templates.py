@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from _review_helpers import GIT_ENV, REPO, TEMPLATE, FabricRepo, make_repo
+from support.review import GIT_ENV, REPO, TEMPLATE, FabricRepo, make_repo
 
 WORKFLOW = TEMPLATE / ".github" / "workflows" / "treadle.yml"
 GITLAB = TEMPLATE / ".gitlab-ci.yml"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 import treadle_schemas
 
-from _review_helpers import FabricRepo, check_golden, make_repo, normalize_commits, run_cli
+from support.review import FabricRepo, check_golden, make_repo, normalize_commits, run_cli
 
 
 def one_node(repo: FabricRepo) -> None:

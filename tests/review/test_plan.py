@@ -9,7 +9,7 @@ import pytest
 import treadle_schemas
 
 import treadle.fabric.render as render_module
-from _review_helpers import FabricRepo, run_cli
+from support.review import FabricRepo, run_cli
 from treadle.review.markdown import MarkdownLimits, render_markdown
 from treadle.review.plan import PlanSettings, build_plan
 from treadle.rollout.policy import has_immediate_trailer
@@ -160,12 +160,10 @@ def test_invalid_head_exits_1_and_still_prints_the_report(fabric_repo, fmt):
 
 
 def test_a_fabric_in_a_directory_of_the_repository_is_planned_incrementally(tmp_path):
-    import shutil
-
-    from _review_helpers import TEMPLATE
+    from support import copy_template
 
     root = tmp_path / "infra"
-    shutil.copytree(TEMPLATE, root / "fabric")
+    copy_template(root / "fabric")
     repo = FabricRepo(root)
     repo.git("init", "-q", "-b", "main")
     repo.commit("Fabric in a directory")

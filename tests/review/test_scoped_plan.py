@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 import treadle.fabric.render as render_module
-from _review_helpers import FabricRepo, run_cli
+from support.review import FabricRepo, run_cli
 from treadle.review.jsonreport import render_json
 from treadle.review.plan import PlanSettings, build_plan
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pyrage
-from _review_helpers import run_cli
+from support.review import run_cli
 
 NODE = "sites/meyrin/batch/nodes/batch-003.yaml"
 MARKER_1, MARKER_2 = "PLAINTEXT-ONE-77ab", "PLAINTEXT-TWO-19cd"

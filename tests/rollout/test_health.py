@@ -1,6 +1,6 @@
 """Health observation off the push path: rounds over real loopback peers, a cache the rollout reads.
 
-Peers are real sockets (tests/rollout/loopback_peers.py): agents that answer,
+Peers are real sockets (tests/support/loopback_peers.py): agents that answer,
 listeners that accept and never answer, ports that refuse.
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from loopback_peers import Peers, peers
-from test_observe import exposition
+from support.loopback_peers import Peers, peers
+from support.agent_pages import exposition
 from treadle.daemon.metrics import ControllerMetrics
 from treadle.rollout.health import HealthWatcher
 from treadle.rollout.machine import Observation

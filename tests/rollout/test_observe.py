@@ -7,32 +7,16 @@ import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Gauge, Info, generate_latest
 
 from treadle.rollout.machine import Observation
 from treadle.rollout.observe import ScrapeSource, Target, parse_exposition
 
-
-def exposition(node: str, generation: int, ok: int, healthy: int) -> str:
-    reg = CollectorRegistry()
-    Info("treadle_agent", "agent", registry=reg).info({"node": node, "site": "s", "cluster": "c", "version": "0.1.0"})
-    Gauge("treadle_agent_applied_generation", "g", registry=reg).set(generation)
-    Gauge("treadle_agent_last_apply_success", "g", registry=reg).set(ok)
-    Gauge("treadle_agent_healthy", "g", registry=reg).set(healthy)
-    return generate_latest(reg).decode()
+from support.agent_pages import PathTarget, exposition
 
 
 @pytest.fixture
 def agents(agent_pages: tuple[int, dict[str, str]]) -> tuple[int, dict[str, str]]:
     return agent_pages
-
-
-class PathTarget(Target):
-    """A target whose URL path names the node, so one test server plays many agents."""
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}:{self.port}/{self.node}/metrics"
 
 
 def test_scrape_reads_generation_apply_and_health_of_each_agent(agents) -> None:

@@ -1,28 +1,18 @@
-"""Fixtures: a fresh real fleet per test (see rollout_fleet.py), stopped afterwards.
+"""Fixtures: a fresh real fleet per test (see support.fleet), stopped afterwards.
 
-The signing key and trust root are generated once per session: generating
-them is not what these tests are about, and every fleet has its own
-controller state, publish directory and agents anyway.
+The signing key and trust root (``fleet_keys``, tests/conftest.py) are
+generated once per session.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-# The helper module sits next to this file; pytest's importlib mode does not
-# put test directories on sys.path by itself.
-sys.path.insert(0, str(Path(__file__).parent))
 
-from rollout_fleet import Fleet, generate_keys, node_specs, rollout_yaml, start_fleet  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_keys(tmp_path_factory.mktemp("keys") / "keys")
+from support.fleet import Fleet, node_specs, rollout_yaml, start_fleet
 
 
 @pytest.fixture

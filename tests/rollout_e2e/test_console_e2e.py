@@ -7,7 +7,6 @@ to complete, after the operator approved through the console's form.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -15,10 +14,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "console"))
 
-from chromium import console_errors, start_chromium  # noqa: E402
-from rollout_fleet import APP_FILE, Fleet  # noqa: E402
+from support.chromium import console_errors, start_chromium
+from support.fleet import APP_FILE, Fleet
 
 CANARY = "c1-n01"
 

@@ -1,7 +1,7 @@
 """A push is never delayed by health observation: a real controller publishes a push while its round of
 scraping is blocked on agents that accept and never answer.
 
-The wave in flight holds live agents, hung listeners (tests/rollout/loopback_peers.py) and addresses that
+The wave in flight holds live agents, hung listeners (tests/support/loopback_peers.py) and addresses that
 refuse; the per-agent deadline is ten minutes, so the round stays blocked for the whole test. The test
 orders events, it does not time them: the hung listeners have accepted the round's connections, then the
 push is published, and the round's connections are still open (no client has given up).
@@ -9,13 +9,11 @@ push is published, and the round's connections are still open (no client has giv
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from rollout_fleet import Fleet, node_specs, rollout_yaml
+from support.fleet import Fleet, node_specs, rollout_yaml
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "rollout"))
-from loopback_peers import peers  # noqa: E402
+from support.loopback_peers import peers
 
 BLOCKING_HEALTH = ('[health]\nsource = "scrape"\nscrape_timeout_s = 600\nscrape_round_s = 900\nstale_after_s = 2000\n'
                    'interval_s = 0.5\nscrape_concurrency = 8\n')

@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import treadle_schemas
-from rollout_fleet import PY, Fleet
+from support.fleet import PY, Fleet
 
 TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
 CANARY = "c1-n01"

@@ -2,6 +2,7 @@
 
 Three nodes in one cluster: the canary c1-n01, then one node per later wave.
 A change whose health check probes a file no node has halts at the canary.
+Step 3 (abort, then revert in git) runs in-process: tests/rollout/test_scenarios.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from rollout_fleet import MISSING_FILE, PY, Fleet, git
+from support.fleet import MISSING_FILE, PY, Fleet
 
 TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
 CANARY = "c1-n01"
@@ -82,24 +83,3 @@ def test_halted_runbook_repair_the_node_then_resume_completes_the_rollout(make_f
         assert again.returncode == 0, again.stderr
     doc = fleet.wait_rollout(sha, {"complete"}, 90)
     fleet.wait_applied("v2", fleet.agents)
-
-
-def test_halted_runbook_abort_says_what_runs_and_a_revert_takes_the_canary_back(make_fleet) -> None:
-    fleet = make_fleet(clusters=1, per_cluster=3)
-    sha, rid = halted(fleet)
-    step_1_status_names_the_rollout_nodes_checks_and_next_commands(fleet, rid)
-    # 3. The commit is bad: abort, which says what the fabric runs now, then revert in git.
-    command = re.search(r"`(treadle rollout abort \d+)`", fleet.rollout(rid)["hint"])
-    assert command, fleet.rollout(rid)["hint"]
-    aborted = treadle(fleet, *command.group(1).split()[1:])
-    assert aborted.returncode == 0, aborted.stderr
-    out = " ".join(aborted.stdout.split())
-    assert re.search(rf"1 node\(s\) \(waves canary\) run {sha[:12]}; the other 2 changed node\(s\) keep", out), out
-    assert fleet.rollout(rid)["state"] == "aborted"
-    assert fleet.agents[CANARY].content() == "v2"
-    git(fleet.work, "revert", "--no-edit", sha)
-    git(fleet.work, "push", "-q", "origin", "HEAD:main")
-    revert = git(fleet.work, "rev-parse", "HEAD")
-    doc = fleet.wait_rollout(revert, TERMINAL, 90)
-    assert doc["state"] == "complete", doc["reason"]
-    fleet.wait_applied("v1", fleet.agents)

@@ -9,8 +9,6 @@ template and the generator are pinned even while the renderer changes.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -21,9 +19,8 @@ import treadle_schemas
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import SafeConstructor
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "fabric-repo-template"
-BENCH = REPO / "bench"
+from support import REPO, TEMPLATE
+from support.bench import bench_module
 
 
 class _Deleted:
@@ -92,12 +89,7 @@ def schema_errors(path: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def gen_fabric() -> ModuleType:
     """bench/gen_fabric.py, imported from its path (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("gen_fabric", BENCH / "gen_fabric.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gen_fabric"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("gen_fabric")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Editors agree with `treadle validate`: the real yaml-language-server, over LSP on stdio, on the template.
 
-The server (npm ``yaml-language-server``, see tests/npm_tools.py) gets the
+The server (npm ``yaml-language-server``, see tests/support/npm_tools.py) gets the
 template's shipped ``.vscode/settings.json`` and the schemas written by
 ``treadle schema export``. The files' ``$schema`` modelines name the
 published URL; the test points them at the exported copies (the server must
@@ -24,10 +24,10 @@ from typing import Any
 
 import treadle_schemas
 
-from tests.npm_tools import npm_package
+from support import copy_template
+from support.npm_tools import npm_package
 from treadle.cli import main
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "fabric-repo-template"
 
 
 class LanguageServer:
@@ -131,7 +131,7 @@ def vscode_settings(root: Path) -> dict[str, Any]:
 
 def template_with_local_schemas(tmp_path: Path) -> Path:
     root = tmp_path / "fabric"
-    shutil.copytree(TEMPLATE, root, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+    copy_template(root)
     schemas = tmp_path / "schemas"
     assert main(["schema", "export", str(schemas)]) == 0
     for path in root.rglob("*.yaml"):

@@ -153,13 +153,11 @@ def test_every_address_written_in_a_benchmark_script_is_loopback():
 
 def test_the_rollout_benchmarks_node_targets_are_loopback_and_distinct_at_100000_nodes(tmp_path):
     """bench/rollout.py makes its own node targets (no fabric): all on 127.0.0.0/8, one per node."""
-    import importlib.util
     import ipaddress
 
-    spec = importlib.util.spec_from_file_location("bench_rollout", Path(__file__).resolve().parents[2] / "bench" / "rollout.py")
-    assert spec is not None and spec.loader is not None
-    rollout = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rollout)
+    from support.bench import bench_module
+
+    rollout = bench_module("rollout", "bench_rollout")
     names = [f"n{i:06d}" for i in range(100_000)]
     targets = rollout.StubExecutor(None, names).targets("c" * 40, names)
     assert len(targets) == 100_000 and len({t.address for t in targets}) == 100_000

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,8 +20,9 @@ from typing import Any
 
 import httpx
 from ruamel.yaml import YAML
+from support.net import free_port  # noqa: F401 (the observability tests import it from here)
 
-REPO = Path(__file__).resolve().parents[2]
+from support import REPO  # noqa: E402
 PROMETHEUS_DIR = REPO / "observability" / "prometheus"
 RULE_FILES = (PROMETHEUS_DIR / "recording-rules.yml", PROMETHEUS_DIR / "alert-rules.yml")
 EXAMPLE_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -44,11 +44,6 @@ def binary(name: str) -> str:
         raise PrometheusError(f"{name} not found on PATH; {INSTALL_HINT}")
     return path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def derived_config(controller: str, targets_file: Path, interval_s: int = 1) -> dict[str, Any]:

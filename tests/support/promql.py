@@ -18,7 +18,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from obs_prometheus import REPO, RULE_FILES
+from support.prometheus import REPO, RULE_FILES
 
 DASHBOARD = REPO / "observability" / "grafana" / "treadle-fleet.json"
 

@@ -14,7 +14,6 @@ what the shipped scrape config collects.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -24,9 +23,13 @@ from pathlib import Path
 
 import httpx
 
-from obs_prometheus import REPO, free_port
+from support import copy_template
+from support.git import git
+from support.net import free_port
+from support.procs import Proc, spawn, wait_until
+from support.prometheus import REPO
 
-TEMPLATE = REPO / "fabric-repo-template"
+from support import TEMPLATE  # noqa: E402
 BIN = Path(sys.executable).parent
 #: (node, trusts the signing key); nodes from three clusters on two sites.
 NODES = (("batch-001", True), ("login-001", True), ("storage-001", True), ("storage-002", True), ("batch-002", False))
@@ -58,7 +61,7 @@ class Fleet:
     prometheus_url: str  # the controller's rollout health source
     controller_port: int = 0
     agents: list[AgentTarget] = field(default_factory=list)
-    processes: list[tuple[str, subprocess.Popen[bytes], Path]] = field(default_factory=list)
+    processes: list[Proc] = field(default_factory=list)
 
     @property
     def controller(self) -> str:
@@ -71,31 +74,25 @@ class Fleet:
     def commit(self, path: str, text: str, message: str) -> None:
         """Write ``path`` in the fabric repository and commit it; the controller reacts within a second."""
         (self.repo / path).write_text(text)
-        _git(self.repo, "commit", "-q", "-a", "-m", message)
+        git(self.repo, "commit", "-q", "-a", "-m", message)
 
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:
-            p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir)
-        self.processes.append((name, p, log))
-        return p
+    def spawn(self, name: str, argv: list[str]) -> Proc:
+        proc = spawn(name, argv, self.workdir / f"{name}.log", self.workdir)
+        self.processes.append(proc)
+        return proc
 
     def check_alive(self) -> None:
         """Raises FleetError naming the first daemon that exited, with its log."""
-        for name, p, log in self.processes:
-            if p.poll() is not None:
-                raise FleetError(f"{name} exited with {p.returncode}:\n{log.read_text()[-4000:]}")
+        for p in self.processes:
+            if not p.alive():
+                raise FleetError(f"{p.name} exited with {p.popen.returncode}:\n{p.log.read_text()[-4000:]}")
 
     def stop(self) -> None:
-        for _name, p, _log in self.processes:
-            if p.poll() is None:
-                p.terminate()
-        for _name, p, _log in self.processes:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        for p in self.processes:
+            if p.alive():
+                p.popen.terminate()
+        for p in self.processes:
+            p.stop()
 
 
 def place(node: str) -> tuple[str, str]:
@@ -118,18 +115,14 @@ def wait_for(fleet: Fleet, condition: Callable[[], bool], timeout_s: float, what
     Raises:
         FleetError: a daemon exited, or ``condition`` stayed false for ``timeout_s``.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        fleet.check_alive()
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {n}\n{log.read_text()[-2000:]}" for n, _p, log in fleet.processes)
-            raise FleetError(f"timed out after {timeout_s}s waiting for {what}\n{logs}")
-        time.sleep(0.2)
+    def logs() -> str:
+        return "\n".join(f"--- {p.name}\n{p.log.read_text()[-2000:]}" for p in fleet.processes)
+
+    try:
+        wait_until(condition, timeout_s, what, check=fleet.check_alive, ignore=(httpx.HTTPError,), interval_s=0.2,
+                   describe=logs)
+    except AssertionError as e:
+        raise FleetError(str(e)) from None
 
 
 def start(workdir: Path, prometheus_url: str) -> Fleet:
@@ -155,17 +148,13 @@ def _port_from(fleet: Fleet, port_file: Path, what: str) -> int:
     return int(port_file.read_text())
 
 
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
-
-
 def _start_real(fleet: Fleet) -> None:
     work = fleet.workdir
     repo = work / "fabric"
-    shutil.copytree(TEMPLATE, repo, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "fabric")
+    copy_template(repo)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "fabric")
     for keys in ("keys", "rogue-keys"):
         subprocess.run([str(BIN / "treadle"), "keys", "generate", str(work / keys)], check=True, capture_output=True)
     fleet.controller_port = free_port()

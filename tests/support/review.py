@@ -14,28 +14,21 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from support import REPO, TEMPLATE, copy_template
+from support.git import git, git_env
 from treadle.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "fabric-repo-template"
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = REPO / "tests" / "review" / "golden"
 REGENERATE = os.environ.get("TREADLE_REGEN_GOLDEN") == "1"
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Fabric Admin",
-    "GIT_AUTHOR_EMAIL": "admin@example.org",
-    "GIT_COMMITTER_NAME": "Fabric Admin",
-    "GIT_COMMITTER_EMAIL": "admin@example.org",
-    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
-    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
+#: A fixed identity and date: the commit ids are the same on every run and machine.
+IDENTITY = ("Fabric Admin", "admin@example.org")
+DATES = {"GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}
+GIT_ENV = {k: v for k, v in git_env(IDENTITY, **DATES).items() if k.startswith("GIT_")}
 
 
 @dataclass
@@ -45,9 +38,7 @@ class FabricRepo:
     root: Path
 
     def git(self, *args: str) -> str:
-        done = subprocess.run(["git", "-c", "commit.gpgsign=false", *args], cwd=self.root, env={**os.environ, **GIT_ENV},
-                              capture_output=True, text=True, check=True)
-        return done.stdout.strip()
+        return git(self.root, *args, identity=IDENTITY, env=DATES)
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -69,7 +60,7 @@ class FabricRepo:
 
 def make_repo(root: Path) -> FabricRepo:
     """The template, committed as the first commit of ``main``."""
-    shutil.copytree(TEMPLATE, root, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    copy_template(root)
     repo = FabricRepo(root)
     repo.git("init", "-q", "-b", "main")
     repo.commit("Example fabric")

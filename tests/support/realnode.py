@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-REPO = Path(__file__).resolve().parents[2]
+from support import REPO  # noqa: E402
 SUITE = "bookworm"
 INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3-venv", "iproute2")
 #: Bumped when the way the tree is made changes (a new key, a fresh debootstrap).

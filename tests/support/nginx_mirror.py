@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from support import REPO as ROOT  # noqa: E402
 MIRROR_CONF = ROOT / "deploy" / "nginx" / "treadle-mirror.conf"
 
 

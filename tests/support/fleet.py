@@ -19,14 +19,11 @@ unhealthy.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +31,14 @@ from typing import Any
 
 import httpx
 
+from support import git as _git
+from support.git import Repo
+from support.net import free_port
+from support.procs import Proc, listening_port, spawn, wait_until
+
 PY = sys.executable
-GIT_ENV = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "Fabric Admin",
-           "GIT_AUTHOR_EMAIL": "admin@example.org", "GIT_COMMITTER_NAME": "Fabric Admin",
-           "GIT_COMMITTER_EMAIL": "admin@example.org"}
+#: Who commits the fabric (the node history tests read it back).
+IDENTITY = ("Fabric Admin", "admin@example.org")
 APP_FILE = "/etc/app.conf"
 MISSING_FILE = "/etc/app-health-probe-never-written"
 CANARY_MARKER = "/etc/canary-marker"
@@ -84,15 +85,8 @@ def rollout_yaml(**overrides: Any) -> str:
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, **GIT_ENV}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def free_port(address: str) -> int:
-    """A port free on ``address`` right now (the agent binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
+    """git as the fabric's admin."""
+    return _git.git(cwd, *args, identity=IDENTITY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,31 +139,6 @@ def write_fabric(work: Path, nodes: Iterable[NodeSpec], rollout: str, content: s
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen  # type: ignore[type-arg]
-    log: Path
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def spawn(name: str, argv: list[str], log: Path, cwd: Path) -> Proc:
-    with log.open("ab") as out:
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
-    return Proc(name, p, log)
-
-
-@dataclass
 class Agent:
     spec: NodeSpec
     home: Path
@@ -196,8 +165,89 @@ class Agent:
         return out
 
 
+class FabricRepo:
+    """The fabric's upstream (``bare``) and the admin's work clone (``work``) under ``workdir``, for ``nodes``."""
+
+    workdir: Path
+    nodes: list[NodeSpec]
+    bare: Path
+    work: Path
+
+    def init_repo(self, rollout: str, content: str = "v1") -> str:
+        """Both repositories, with the fabric (the ``app`` profile at ``content``) pushed; the commit."""
+        Repo.create(self.bare, self.work, IDENTITY)
+        write_fabric(self.work, self.nodes, rollout, content)
+        return self.commit_and_push("fabric")
+
+    def change_app(self, content: str, *, healthy: bool = True, probe: str | None = None,
+                   message: str | None = None) -> str:
+        """Commit and push a new content of /etc/app.conf (and a failing health check when not ``healthy``)."""
+        (self.work / "profiles" / "app.yaml").write_text(profile_yaml(content, healthy, probe))
+        return self.commit_and_push(message or f"app {content}")
+
+    def commit_and_push(self, message: str) -> str:
+        return Repo(self.bare, self.work, IDENTITY).commit_and_push(message)
+
+
+class FleetView:
+    """What a fleet says, the same whether its daemons are processes (:class:`Fleet`) or in-process
+    (:class:`support.local_fleet.LocalFleet`): rollout documents, published generations, the agents' files."""
+
+    nodes: list[NodeSpec]
+    agents: dict[str, Any]
+
+    @property
+    def publish_dir(self) -> Path:
+        raise NotImplementedError
+
+    def documents(self) -> list[dict[str, Any]]:
+        """The newest rollouts' documents, as GET /v1/rollouts lists them."""
+        raise NotImplementedError
+
+    def rollout(self, rid: str | int = "current") -> dict[str, Any]:
+        """One rollout's document, as GET /v1/rollouts/<rid> answers it."""
+        raise NotImplementedError
+
+    def wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Until ``condition`` holds, at most ``timeout_s`` seconds (the fleet's own seconds)."""
+        raise NotImplementedError
+
+    def rollout_of(self, commit: str) -> dict[str, Any]:
+        return next(d for d in self.documents() if d["commit"] == commit)
+
+    def wait_rollout(self, commit: str, states: set[str], timeout_s: float = 60,
+                     also: Callable[[dict[str, Any]], bool] = lambda d: True) -> dict[str, Any]:
+        """The rollout of ``commit`` once it is in one of ``states`` (and ``also`` holds)."""
+        found: dict[str, Any] = {}
+
+        def ready() -> bool:
+            for doc in self.documents():
+                if doc["commit"] == commit and doc["state"] in states and also(doc):
+                    found.update(doc)
+                    return True
+            return False
+
+        self.wait(ready, timeout_s, f"the rollout of {commit[:12]} to be {sorted(states)}")
+        return self.rollout(found["id"])
+
+    def wait_applied(self, content: str, names: Iterable[str], timeout_s: float = 30) -> None:
+        names = list(names)
+        self.wait(lambda: all(self.agents[n].content() == content for n in names), timeout_s,
+                  f"{names} to apply {content!r}")
+
+    def published_generation(self, node: str) -> int:
+        """The generation of the manifest the controller publishes for ``node`` now."""
+        from treadle.daemon.sign import manifest_from_envelope
+
+        data = (self.publish_dir / "nodes" / node / "manifest").read_bytes()
+        return int(manifest_from_envelope(data)["metadata"]["generation"])
+
+    def published_generations(self) -> dict[str, int]:
+        return {n.name: self.published_generation(n.name) for n in self.nodes}
+
+
 @dataclass
-class Fleet:
+class Fleet(FabricRepo, FleetView):
     """The fabric's repositories, the controller and the agents of one test."""
 
     workdir: Path
@@ -220,54 +270,22 @@ class Fleet:
     def __post_init__(self) -> None:
         self.bare, self.work = self.workdir / "upstream.git", self.workdir / "fabric"
 
-    # -- git ---------------------------------------------------------------
-
-    def init_repo(self, rollout: str, content: str = "v1") -> str:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        git(self.workdir, "init", "-q", "--bare", "-b", "main", str(self.bare))
-        self.work.mkdir()
-        git(self.work, "init", "-q", "-b", "main")
-        git(self.work, "remote", "add", "origin", str(self.bare))
-        write_fabric(self.work, self.nodes, rollout, content)
-        return self.commit_and_push("fabric")
-
-    def change_app(self, content: str, *, healthy: bool = True, probe: str | None = None,
-                   message: str | None = None) -> str:
-        """Commit and push a new content of /etc/app.conf (and a failing health check when not ``healthy``)."""
-        (self.work / "profiles" / "app.yaml").write_text(profile_yaml(content, healthy, probe))
-        return self.commit_and_push(message or f"app {content}")
-
-    def commit_and_push(self, message: str) -> str:
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "--allow-empty", "-m", message)
-        git(self.work, "push", "-q", "origin", "HEAD:main")
-        return git(self.work, "rev-parse", "HEAD")
-
     # -- the controller ------------------------------------------------------
 
     def start_controller(self) -> None:
         d = self.workdir / "controller"
         d.mkdir(exist_ok=True)
         config = d / "controller.toml"
-        config.write_text(
-            f'repository = "{self.bare}"\nstate_dir = "state"\npublish_dir = "publish"\n'
-            f'signing_key = "{self.keys / "treadle.key"}"\nlisten = "127.0.0.1:{self.api_port}"\npoll_interval_s = 30\n'
-            f"{self.controller_toml_extra or _HEALTH_SCRAPE}")
+        config.write_text(controller_toml(self.bare, self.keys, self.controller_toml_extra,
+                                          listen=f"127.0.0.1:{self.api_port}"))
         log = d / f"controller-{self.controller_starts}.log"
         self.controller_starts += 1
         self.controller = spawn("controller", [PY, "-m", "treadle.cli", "controller", "run", "--config", str(config),
                                                "--log-format", "json"], log, d)
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None:
-            for line in log.read_text().splitlines():
-                if '"api.listening"' in line:
-                    port = json.loads(line)["port"]
-            if not self.controller.alive():
-                raise FleetError(f"controller exited: {log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise FleetError(f"controller did not listen: {log.read_text()[-3000:]}")
-            time.sleep(0.05)
+        try:
+            port = listening_port(self.controller)
+        except AssertionError as e:
+            raise FleetError(str(e)) from None
         self.url = f"http://127.0.0.1:{port}"
 
     def kill_controller(self) -> None:
@@ -289,11 +307,8 @@ class Fleet:
         home = self.workdir / "agents" / n.name
         (home / "root").mkdir(parents=True)
         (home / "proc_sys").mkdir()
-        (home / "agent.toml").write_text(
-            f'node = "{n.name}"\nmanifest_urls = ["{self.url}/v1/nodes/{{node}}/manifest"]\n'
-            f'trust_root = "{self.keys / "trust-root.json"}"\nstate_dir = "state"\nroot = "root"\n'
-            f'proc_sys = "{home / "proc_sys"}"\ninterval_s = {self.agent_interval_s}\njitter_s = 0\nretries = 0\n'
-            f'metrics_listen = "{n.address}:{n.port}"\npackage_manager = "none"\nservice_manager = "none"\n')
+        (home / "agent.toml").write_text(agent_toml(n, home, f"{self.url}/v1/nodes/{{node}}/manifest", self.keys,
+                                                     self.agent_interval_s))
         return Agent(n, home)
 
     @staticmethod
@@ -331,53 +346,29 @@ class Fleet:
     def rollout(self, rid: str | int = "current") -> dict[str, Any]:
         return self.api(f"/v1/rollouts/{rid}")
 
-    def published_generation(self, node: str) -> int:
-        """The generation of the manifest the controller publishes for ``node`` now."""
-        from treadle.daemon.sign import manifest_from_envelope
+    def documents(self) -> list[dict[str, Any]]:
+        return list(self.api("/v1/rollouts")["rollouts"])
 
-        data = (self.workdir / "controller" / "publish" / "nodes" / node / "manifest").read_bytes()
-        return int(manifest_from_envelope(data)["metadata"]["generation"])
-
-    def published_generations(self) -> dict[str, int]:
-        return {n.name: self.published_generation(n.name) for n in self.nodes}
+    @property
+    def publish_dir(self) -> Path:
+        return self.workdir / "controller" / "publish"
 
     def wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         """Poll ``condition`` (an HTTP error counts as false) while the controller lives."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        def alive() -> None:
             if self.controller is not None and not self.controller.alive():
                 raise FleetError(f"controller exited while waiting for {what}:\n{self.controller.log.read_text()[-3000:]}")
-            try:
-                if condition():
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise FleetError(f"timed out after {timeout_s}s waiting for {what}\n{self._diagnostics()}")
-            time.sleep(0.1)
 
-    def wait_rollout(self, commit: str, states: set[str], timeout_s: float = 60,
-                     also: Callable[[dict[str, Any]], bool] = lambda d: True) -> dict[str, Any]:
-        """The rollout of ``commit`` once it is in one of ``states`` (and ``also`` holds)."""
-        found: dict[str, Any] = {}
-
-        def ready() -> bool:
-            for doc in self.api("/v1/rollouts")["rollouts"]:
-                if doc["commit"] == commit and doc["state"] in states and also(doc):
-                    found.update(doc)
-                    return True
-            return False
-
-        self.wait(ready, timeout_s, f"the rollout of {commit[:12]} to be {sorted(states)}")
-        return self.rollout(found["id"])
-
-    def wait_applied(self, content: str, names: Iterable[str], timeout_s: float = 30) -> None:
-        names = list(names)
-        self.wait(lambda: all(self.agents[n].content() == content for n in names), timeout_s,
-                  f"{names} to apply {content!r}")
+        try:
+            wait_until(condition, timeout_s, what, check=alive, ignore=(httpx.HTTPError,), describe=self._diagnostics)
+        except FleetError:
+            raise
+        except AssertionError as e:
+            raise FleetError(str(e)) from None
 
     def _diagnostics(self) -> str:
-        parts = []
+        parts: list[str] = []
         try:
             parts.append(json.dumps(self.rollout(), indent=1)[-3000:])
         except (httpx.HTTPError, ValueError) as e:
@@ -385,6 +376,21 @@ class Fleet:
         if self.controller is not None:
             parts.append(self.controller.log.read_text()[-3000:])
         return "\n".join(parts)
+
+
+def controller_toml(repository: Path, keys: Path, extra: str = "", listen: str = "127.0.0.1:0") -> str:
+    """The fleet's controller.toml: state and publish dirs beside it; ``extra`` (default: scrape health every 0.5 s)."""
+    return (f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
+            f'signing_key = "{keys / "treadle.key"}"\nlisten = "{listen}"\npoll_interval_s = 30\n'
+            f"{extra or _HEALTH_SCRAPE}")
+
+
+def agent_toml(n: NodeSpec, home: Path, manifest_url: str, keys: Path, interval_s: float) -> str:
+    """A node's agent.toml: it applies into ``home``/root with no package or service manager."""
+    return (f'node = "{n.name}"\nmanifest_urls = ["{manifest_url}"]\n'
+            f'trust_root = "{keys / "trust-root.json"}"\nstate_dir = "state"\nroot = "root"\n'
+            f'proc_sys = "{home / "proc_sys"}"\ninterval_s = {interval_s}\njitter_s = 0\nretries = 0\n'
+            f'metrics_listen = "{n.address}:{n.port}"\npackage_manager = "none"\nservice_manager = "none"\n')
 
 
 _HEALTH_SCRAPE = '[health]\nsource = "scrape"\nscrape_timeout_s = 1\ninterval_s = 0.5\n'

@@ -8,9 +8,6 @@ saying HEAD is deployed, as the pipeline would after a deploy.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,23 +21,19 @@ from treadle.rollout.service import RolloutService
 from treadle.rollout.waves import Candidate
 from treadle.daemon.state import NodeRecord, StateDB
 
-from .fleet import XSS, NoAgents, envelope
+from support import copy_template
+from support import git as _git
+from support.console_state import XSS, NoAgents, envelope
+from support.git import ADA
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "fabric-repo-template"
-GIT_ENV = {"GIT_AUTHOR_NAME": "Ada Admin", "GIT_AUTHOR_EMAIL": "ada@example.org", "GIT_COMMITTER_NAME": "Ada Admin",
-           "GIT_COMMITTER_EMAIL": "ada@example.org", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
 #: The change of the second commit: one node moves rack (a label the console shows, with markup in it).
 NODE = "batch-003"
 NODE_FILE = "sites/meyrin/batch/nodes/batch-003.yaml"
 
 
 def git(root: Path, *args: str, author: str | None = None) -> str:
-    env = {**os.environ, **GIT_ENV}
-    if author:
-        env["GIT_AUTHOR_NAME"] = author
-    done = subprocess.run(["git", "-c", "commit.gpgsign=false", *args], cwd=root, env=env, capture_output=True,
-                          text=True, check=True)
-    return done.stdout.strip()
+    """git as the fabric's admin (``author``: another author, the same committer)."""
+    return _git.git(root, *args, identity=ADA, author=author)
 
 
 def commit_all(root: Path, message: str, author: str | None = None) -> str:
@@ -60,7 +53,7 @@ class GitFleet:
 def template_repo(root: Path) -> tuple[str, str]:
     """The example fabric in a new git repository (addresses moved to loopback: the console's sweep of the
     agents asks them), then a commit by another author that moves one node to a rack named with markup."""
-    shutil.copytree(TEMPLATE, root)
+    copy_template(root)
     for path in root.rglob("*.yaml"):
         text = path.read_text(encoding="utf-8")
         if "192.0.2." in text:

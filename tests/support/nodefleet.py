@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +12,9 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "rollout_e2e"))
 
-import realnode  # noqa: E402
-from rollout_fleet import Fleet, NodeSpec  # noqa: E402
+from support import realnode
+from support.fleet import Fleet, NodeSpec
 
 def _free_index() -> int:
     """A node number whose veth (ve-rn<N>) and link-local /30 no other run on this machine uses right now."""
@@ -143,12 +139,8 @@ def boot_real_node(tmp_path_factory: pytest.TempPathFactory, cache: tuple[Path, 
         fleet.start_controller()
         port = int(fleet.url.rpartition(":")[2])
         url = f"http://{node.forward(port, ('127.0.0.1', port))}"
-        deadline = time.monotonic() + 120
         publish = fleet.workdir / "controller" / "publish" / "nodes" / name / "manifest"
-        while not publish.exists():
-            if time.monotonic() > deadline or not fleet.controller or not fleet.controller.alive():
-                raise realnode.NodeError(f"no first publication: {fleet.controller.log.read_text()[-3000:] if fleet.controller else ''}")
-            time.sleep(0.1)
+        fleet.wait(publish.exists, 120, f"the first publication of {name}")
         etc = node.path("/etc/treadle")
         etc.mkdir(parents=True)
         shutil.copy(keys / "trust-root.json", etc / "trust-root.json")

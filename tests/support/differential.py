@@ -34,7 +34,7 @@ from treadle.daemon.pipeline import Pipeline
 from treadle.review.plan import PlanSettings, build_plan
 from treadle.daemon.sign import content_digest, manifest_from_envelope
 
-from fabric_model import LEGAL, FabricModel, GitFabric, apply, invalid_content
+from support.fabric_model import LEGAL, FabricModel, GitFabric, apply, invalid_content
 
 
 class Mismatch(AssertionError):

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from treadle.daemon.api import ApiContext, build_app
+from support.api_server import serving  # noqa: F401 (the console tests serve their state with it)
+from treadle.daemon.api import ApiContext
 from treadle.daemon.metrics import ControllerMetrics
 from treadle.daemon.publish import PublishStore
 from treadle.rollout.machine import Observation
@@ -91,21 +87,3 @@ def make_fleet(tmp_path: Path, n: int = 12, admin_token: bytes | None = None) ->
                      branch="main", repository="/srv/fabric.git", admin_token=admin_token, rollouts=rollouts,
                      scrape_timeout_s=0.5)
     return Fleet(ctx, triggered, rid)
-
-
-@contextmanager
-def serving(ctx: ApiContext) -> Iterator[str]:
-    """The API (console included) on 127.0.0.1, port 0; its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(build_app(ctx), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

@@ -15,17 +15,12 @@ where a merge tag is wanted; node addresses are loopback addresses.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Ada Admin", "GIT_AUTHOR_EMAIL": "ada@example.org",
-    "GIT_COMMITTER_NAME": "Ada Admin", "GIT_COMMITTER_EMAIL": "ada@example.org",
-    "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
-}
+from support.git import ADA, git
+
 
 SITES = ("s1", "s2")
 CLUSTERS = (("s1", "c1"), ("s1", "c2"), ("s2", "c1"))
@@ -226,9 +221,7 @@ class GitFabric:
         self.written: dict[str, str] = {}
 
     def git(self, *args: str) -> str:
-        done = subprocess.run(["git", "-c", "commit.gpgsign=false", *args], cwd=self.root, env={**os.environ, **GIT_ENV},
-                              capture_output=True, text=True, check=True)
-        return done.stdout.strip()
+        return git(self.root, *args, identity=ADA)
 
     def commit(self, model: FabricModel, message: str) -> str:
         files = model.files()
