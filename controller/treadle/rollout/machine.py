@@ -36,8 +36,8 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import chain, compress, filterfalse
-from operator import attrgetter, or_
+from itertools import chain, compress, filterfalse, repeat
+from operator import attrgetter, is_, or_
 
 
 class State(StrEnum):
@@ -124,15 +124,21 @@ Action = Publish | Rollback
 
 
 @dataclass(frozen=True, slots=True)
-class SoakIndex:
-    """How many nodes of ``progress`` soak ("applied") since each soak start: derived from ``progress``.
+class ProgressIndex:
+    """What a step needs to know of ``progress`` beyond the mapping, derived from it: its nodes by status,
+    and its soaking ("applied") nodes by soak start.
 
-    A step uses it to find the soaks that are up without walking the wave; it is valid only for the very
-    ``progress`` object it names (a rollout whose progress was replaced derives it again).
+    With it a step counts the wave and finds the soaks that are up without walking the wave. It is valid
+    only for the very ``progress`` object it names (a rollout whose progress was replaced derives it
+    again). A step that moved nodes also says from which progress (``base``) by which entries (``moved``),
+    so that the store writes those without comparing the whole wave.
     """
 
     progress: Mapping[str, NodeProgress]
+    counts: Mapping[NodeStatus, int]
     starts: Mapping[float | None, int]
+    base: Mapping[str, NodeProgress] | None = None
+    moved: Mapping[str, NodeProgress] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +156,9 @@ class Rollout:
     reason: str = ""
     #: Node counts by status of each wave that has passed, in wave order.
     finished: tuple[Mapping[str, int], ...] = ()
-    #: Derived from ``progress`` (see :class:`SoakIndex`), not part of the rollout's value: None, or an index
-    #: of another progress object, is derived again when needed.
-    soaks: SoakIndex | None = field(default=None, compare=False, repr=False)
+    #: Derived from ``progress`` (see :class:`ProgressIndex`), not part of the rollout's value: None, or an
+    #: index of another progress object, is derived again when needed.
+    index: ProgressIndex | None = field(default=None, compare=False, repr=False)
 
     @property
     def active(self) -> bool:
@@ -170,7 +176,9 @@ class Rollout:
     def counts(self) -> dict[str, int]:
         """Current wave's nodes by status."""
         out = {s.value: 0 for s in NodeStatus}
-        out.update(_count(self.progress))  # a StrEnum member hashes and compares as its value
+        index = self.index
+        # A StrEnum member hashes and compares as its value.
+        out.update(index.counts if index is not None and index.progress is self.progress else _count(self.progress))
         return out
 
     def wave_counts(self) -> list[dict[str, int]]:
@@ -301,24 +309,32 @@ def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
     soak_s = 0 if r.immediate else wave.soak_s
     timed_out = r.started_at is not None and now - r.started_at >= wave.timeout_s
     progress = r.progress
-    starts = _soak_starts(r)
+    index = _index(r)
     # Only the nodes whose progress can move are looked at, and only those that move are collected:
     # on most steps of a large wave that is few of them, and a node that is done is not looked at again.
-    if timed_out or len(progress) != len(wave.nodes):
+    walk = timed_out or len(progress) != len(wave.nodes)
+    soaked: list[tuple[NodeProgress, list[str]]] = []
+    if walk:
         todo: Collection[str] = wave.nodes  # every node not done moves (or the progress is incomplete)
     else:
-        todo = _may_move(progress, starts, observations, now, soak_s, changed)
-        if not todo and changed is not None:
+        todo, soaked = _may_move(progress, index.starts, observations, now, soak_s, changed)
+        if not todo and not soaked and changed is not None:
             # Nothing can move, and the step that returned ``r`` (there was one: ``changed`` says so) found
             # its counts neither over the budget nor finished: the result is ``r``, with no work per node.
             return r, []
-    moved, starts = _moved(progress, starts, todo, observations, expected, now, soak_s, wave if timed_out else None)
+    moved, was = _moved(progress, todo, observations, expected, now, soak_s, wave if timed_out else None)
+    for p, nodes in soaked:  # done soaking, all at once (see _may_move)
+        moved.update(dict.fromkeys(nodes, NodeProgress(NodeStatus.HEALTHY, p.since)))
+        was.extend(repeat(p, len(nodes)))
     if moved:
-        progress = {**progress, **moved}
-        r = _replace(r, progress=progress, soaks=SoakIndex(progress, starts))
-    counts = _count(r.progress)
-    failed = counts[NodeStatus.FAILED]
-    unfinished = len(wave.nodes) - failed - counts[NodeStatus.HEALTHY]
+        new = {**progress, **moved}
+        # Counted again from the moves (in C, per shared progress object); a walk of the wave may have
+        # added nodes the progress lacked, and is rare: the new progress is counted whole then.
+        index = _derive(new) if walk else _advance(index, new, was, moved)
+        r = _replace(r, progress=new, index=dataclasses.replace(index, base=progress, moved=moved))
+    counts = index.counts
+    failed = counts.get(NodeStatus.FAILED, 0)
+    unfinished = len(wave.nodes) - failed - counts.get(NodeStatus.HEALTHY, 0)
     if failed > wave.allowed_failures:
         names = sorted(n for n, p in r.progress.items() if p.status is NodeStatus.FAILED)
         reason = (f"wave {wave.name}: {failed} of {len(wave.nodes)} nodes failed "
@@ -330,10 +346,10 @@ def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
     return r, []
 
 
-def _moved(progress: Mapping[str, NodeProgress], starts: Mapping[float | None, int], todo: Collection[str],
-           observations: Mapping[str, Observation], expected: Mapping[str, int], now: float, soak_s: float,
-           timed_out: Wave | None) -> tuple[dict[str, NodeProgress], dict[float | None, int]]:
-    """The nodes of ``todo`` whose progress moves, with their new progress, and the soak starts afterwards.
+def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observations: Mapping[str, Observation],
+           expected: Mapping[str, int], now: float, soak_s: float,
+           timed_out: Wave | None) -> tuple[dict[str, NodeProgress], list[NodeProgress]]:
+    """The nodes of ``todo`` whose progress moves, with their new progress, and the progress they had.
 
     The usual report (the generation published for the node, applied, healthy) is decided here inline:
     it is what most nodes of a large wave send at once, and a call of :func:`_observe` per node would cost
@@ -344,7 +360,7 @@ def _moved(progress: Mapping[str, NodeProgress], starts: Mapping[float | None, i
     """
     moved: dict[str, NodeProgress] = {}
     made: dict[tuple[float, bool], NodeProgress] = {}
-    left: list[NodeProgress] = []  # the soaking progress of the nodes that moved off it
+    was: list[NodeProgress] = []  # what the nodes that moved had
     applied, healthy, failed = NodeStatus.APPLIED, NodeStatus.HEALTHY, NodeStatus.FAILED
     started: NodeProgress | None = None  # what a node that starts soaking now gets (shared, made once)
     progress_get, observation_get, expected_get = progress.get, observations.get, expected.get
@@ -376,56 +392,65 @@ def _moved(progress: Mapping[str, NodeProgress], starts: Mapping[float | None, i
             q = NodeProgress(failed, now, f"timed out after {timed_out.timeout_s}s while {q.status}{seen}")
         if q is not p or n not in progress:
             moved[n] = q
-            if status is applied:
-                left.append(p)
-    return moved, _soaks_after(starts, left, moved)
+            was.append(p)
+    return moved, was
 
 
-def _soaks_after(starts: Mapping[float | None, int], left: list[NodeProgress],
-                 moved: Mapping[str, NodeProgress]) -> dict[float | None, int]:
-    """The soak starts once the nodes of ``moved`` moved (``left``: the soaking progress they had),
-    counted per shared progress object, in C."""
-    soaking = dict(starts)
-    gone, objects = Counter(map(id, left)), {id(p): p for p in left}
-    for i, count in gone.items():
-        since = objects[i].since
-        soaking[since] -= count
-        if not soaking[since]:
-            del soaking[since]
-    values = list(moved.values())
-    came, objects = Counter(map(id, values)), dict(zip(map(id, values), values))
-    for i, count in came.items():
-        p = objects[i]
-        if p.status is NodeStatus.APPLIED:
-            soaking[p.since] = soaking.get(p.since, 0) + count
-    return soaking
+def _tally(values: list[NodeProgress]) -> list[tuple[NodeProgress, int]]:
+    """The distinct progress objects of ``values`` with how many times each occurs, counted in C (nodes
+    that moved together share one object, so there are few)."""
+    objects = dict(zip(map(id, values), values))
+    if len(objects) == 1:
+        return [(values[0], len(values))]
+    if len(objects) <= 8:
+        return [(p, sum(map(is_, values, repeat(p)))) for p in objects.values()]
+    return [(objects[i], count) for i, count in Counter(map(id, values)).items()]
 
 
-def _soak_starts(r: Rollout) -> Mapping[float | None, int]:
-    """The soak starts of ``r``'s soaking nodes with their counts (see :class:`SoakIndex`).
-
-    Derived once per progress object and kept on the rollout: the field is not part of its value (it does not
-    compare), so keeping it there leaves ``r`` the same rollout, and a step with no news finds it ready.
-    """
-    if r.soaks is not None and r.soaks.progress is r.progress:
-        return r.soaks.starts
-    values = list(r.progress.values())
-    objects = dict(zip(map(id, values), values))  # in C: nodes that moved together share one progress object
-    soaking = {i for i, p in objects.items() if p.status is NodeStatus.APPLIED}
+def _derive(progress: Mapping[str, NodeProgress]) -> ProgressIndex:
+    counts: dict[NodeStatus, int] = {}
     starts: dict[float | None, int] = {}
-    if soaking:  # counted only when some soak (a new wave's progress has one object, pending)
-        for i, count in Counter(i for i in map(id, values) if i in soaking).items():
-            since = objects[i].since
-            starts[since] = starts.get(since, 0) + count
-    object.__setattr__(r, "soaks", SoakIndex(r.progress, starts))  # a cache of derived data, not a change
-    return starts
+    _add(counts, starts, _tally(list(progress.values())), 1)
+    return ProgressIndex(progress, counts, starts)
+
+
+def _advance(index: ProgressIndex, progress: Mapping[str, NodeProgress], was: list[NodeProgress],
+             moved: Mapping[str, NodeProgress]) -> ProgressIndex:
+    """The index of ``progress``, made from ``index`` by ``moved`` (whose nodes had ``was`` before)."""
+    counts, starts = dict(index.counts), dict(index.starts)
+    _add(counts, starts, _tally(was), -1)
+    _add(counts, starts, _tally(list(moved.values())), 1)
+    return ProgressIndex(progress, counts, starts)
+
+
+def _add(counts: dict[NodeStatus, int], starts: dict[float | None, int],
+         tally: list[tuple[NodeProgress, int]], sign: int) -> None:
+    for p, count in tally:
+        counts[p.status] = counts.get(p.status, 0) + sign * count
+        if p.status is NodeStatus.APPLIED:
+            starts[p.since] = left = starts.get(p.since, 0) + sign * count
+            if not left:
+                del starts[p.since]
+
+
+def _index(r: Rollout) -> ProgressIndex:
+    """The index of ``r``'s progress (see :class:`ProgressIndex`).
+
+    Derived once per progress object and kept on the rollout: the field is not part of its value (it does
+    not compare), so keeping it there leaves ``r`` the same rollout, and a step with no news finds it ready.
+    """
+    if r.index is not None and r.index.progress is r.progress:
+        return r.index
+    index = _derive(r.progress)
+    object.__setattr__(r, "index", index)  # a cache of derived data, not a change
+    return index
 
 
 def _may_move(progress: Mapping[str, NodeProgress], starts: Mapping[float | None, int],
               observations: Mapping[str, Observation], now: float, soak_s: float,
-              changed: Collection[str] | None) -> list[str]:
-    """The wave's nodes whose progress a soak step can move, in the progress's order; every other node's
-    stays as it is.
+              changed: Collection[str] | None) -> tuple[list[str], list[tuple[NodeProgress, list[str]]]]:
+    """The wave's nodes whose progress a soak step can move (in the progress's order; every other node's
+    stays as it is), and those of them that are done soaking for sure, by the progress object they share.
 
     A pending node moves only on a report (without one it stays pending); a soaking ("applied") node
     moves on a report, on losing it, or when its soak is up; a done node never moves. With ``changed``
@@ -433,22 +458,36 @@ def _may_move(progress: Mapping[str, NodeProgress], starts: Mapping[float | None
     step did not already move, so only the changed nodes and the soaks that are up remain. The soak
     starts (``starts``) say whether any soak is up without walking the wave; only when one is are its
     nodes looked for, per shared progress object, in C.
+
+    A soaking node whose report did not change since the previous step is healthy now if its soak is up:
+    it was soaking after that step, so its report was the right one then, and is now. Those nodes are
+    returned apart (the second part), for the step to move them all at once, without a look per node.
     """
     keys = progress.keys()
-    soaking = None
     up = {s for s in starts if changed is None or s is None or now - s >= soak_s}
+    values: list[NodeProgress] = []
+    ups: list[NodeProgress] = []
     if up:
         values = list(progress.values())
         distinct = dict(zip(map(id, values), values))
-        ids = {i for i, p in distinct.items() if p.status is NodeStatus.APPLIED and p.since in up}
-        soaking = map(ids.__contains__, map(id, values))
-    if changed is None:
-        reported = map(observations.__contains__, keys)
-        return list(compress(keys, reported if soaking is None else map(or_, reported, soaking)))
-    out = list(compress(changed, map(progress.__contains__, changed)))
-    if soaking is not None:
-        out = list(dict.fromkeys(chain(out, compress(keys, soaking))))  # a node changed and up is looked at once
-    return out
+        ups = [p for p in distinct.values() if p.status is NodeStatus.APPLIED and p.since in up]
+    bulk = changed is not None and 0 < len(ups) <= 8 and all(p.since is not None for p in ups)
+    if changed is None or (ups and not bulk):
+        flags = map(observations.__contains__, keys) if changed is None else map(set(changed).__contains__, keys)
+        if ups:
+            ids = {id(p) for p in ups}
+            flags = map(or_, flags, map(ids.__contains__, map(id, values)))
+        return list(compress(keys, flags)), []
+    # Each node once (a node named twice must not be counted twice as moving).
+    todo = list(dict.fromkeys(compress(changed, map(progress.__contains__, changed))))
+    if not bulk:
+        return todo, []
+    looked = set(todo)
+    done = []
+    for p in ups:
+        nodes = compress(keys, map(is_, values, repeat(p)))  # one pass in C per shared object
+        done.append((p, list(filterfalse(looked.__contains__, nodes))))
+    return todo, done
 
 
 def _fail(r: Rollout, reason: str) -> tuple[Rollout, list[Action]]:
@@ -472,16 +511,16 @@ def _passed_wave_failure(r: Rollout, observations: Mapping[str, Observation],
     its soak must still stop the waves behind it. Only reports count here (a passed node whose data
     is missing is not failed again: it passed, and a scrape gap must not halt a fleet-wide rollout).
 
-    With ``changed``, the step that returned ``r`` checked the same passed waves (unless a wave passed in
-    it: ``r`` is pending then) and found none failing; only a changed report of a passed node that is bad
-    can change that, so without one the passed waves are not walked.
+    With ``changed``, the step that returned ``r`` checked the same passed waves (but the one that passed
+    in it, when ``r`` is pending) and found none failing; only a changed report of a passed node that is
+    bad can change that, so without one only a wave that just passed is walked.
     """
-    if changed is not None and r.state is not State.PENDING:
-        # Passed nodes are never in the current wave's progress: the changed nodes outside it are found in C.
-        if not any(_bad(observations.get(n)) for n in filterfalse(r.progress.__contains__, changed)):
-            return None
     passed = r.wave if r.state in (State.PENDING, State.WAITING, State.PUBLISHING, State.SOAKING) else 0
-    for wave in r.waves[:passed]:
+    first = 0
+    # Passed nodes are never in the current wave's progress: the changed nodes outside it are found in C.
+    if changed is not None and not any(_bad(observations.get(n)) for n in filterfalse(r.progress.__contains__, changed)):
+        first = passed - 1 if r.state is State.PENDING else passed
+    for wave in r.waves[first:passed]:
         get = observations.get
         bad = [n for n in wave.nodes if (o := get(n)) is not None and (o.apply_ok is False or o.healthy is False)]
         if len(bad) > wave.allowed_failures:

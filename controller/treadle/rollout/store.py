@@ -201,9 +201,16 @@ def _snapshot(progress: Mapping[str, NodeProgress]) -> list[_Row]:
     return _grouped(list(progress), list(progress.values()))
 
 
-def _moves(old: Mapping[str, NodeProgress], new: Mapping[str, NodeProgress]) -> list[_Row] | None:
-    """The rows that take progress ``old`` to ``new`` (only the nodes whose progress object changed);
-    None when ``new`` lost nodes of ``old`` (a log only adds and overwrites: a snapshot is needed)."""
+def _moves(old: Mapping[str, NodeProgress], r: Rollout) -> list[_Row] | None:
+    """The rows that take progress ``old`` to ``r``'s (only the nodes whose progress object changed);
+    None when ``r``'s lost nodes of ``old`` (a log only adds and overwrites: a snapshot is needed).
+
+    When the step that made ``r`` says it moved ``old`` by some entries (its progress index), those are the
+    rows; otherwise the two are compared, by identity, in C.
+    """
+    new, index = r.progress, r.index
+    if index is not None and index.progress is new and index.base is old and index.moved is not None:
+        return _grouped(list(index.moved), list(index.moved.values()))
     keys = list(new)
     moved = list(compress(keys, map(is_not, new.values(), map(old.get, keys))))  # compared by identity, in C
     added = len(moved) - sum(map(old.__contains__, moved))
@@ -366,7 +373,7 @@ class RolloutStore:
         known = self._known.get(rid)
         moves = None
         if known is not None:
-            moves = [] if known[1] is r.progress else _moves(known[1], r.progress)
+            moves = [] if known[1] is r.progress else _moves(known[1], r)
         logged = len(r.progress) if known is None or moves is None else known[2] + sum(row[3].count("\n") + 1 for row in moves)
         if logged > _LOG_FACTOR * len(r.progress) + _LOG_MARGIN:
             moves, logged = None, len(r.progress)  # the log has grown too long: write it whole again
