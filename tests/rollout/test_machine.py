@@ -350,8 +350,9 @@ def _reference_progress(r: m.Rollout, now: float, observations, expected) -> dic
 @given(st.lists(st.tuples(_PROGRESS, _REPORTS, st.sampled_from([None, -1, 0, 1, 2, 2, 2, 3])), min_size=1, max_size=6),
        st.sampled_from([0.0, 10.0, 30.0, 100.0]), st.sampled_from([0, 10]), st.booleans())
 def test_a_soak_step_moves_every_node_as_observe_defines(nodes, now, soak_s, immediate) -> None:
-    """The inline path for the usual report, the soak index and the counts give what a walk of the wave
-    through ``_observe`` gives, whatever the reports, generations, soak starts and timeouts."""
+    """The inline path for the usual report, the one in C for many nodes, the soak index and the counts give
+    what a walk of the wave through ``_observe`` gives, whatever the reports, generations, soak starts and timeouts."""
+    nodes = [nodes[i % len(nodes)] for i in range(len(nodes) * 60)]  # past the size where the C path starts
     names = tuple(f"n{i}" for i in range(len(nodes)))
     wave = m.Wave("all", names, soak_s=soak_s, timeout_s=50, allowed_failures=len(names))
     r = m.Rollout(SHA, (wave,), immediate=immediate, state=State.SOAKING, started_at=0.0,

@@ -370,7 +370,11 @@ def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observat
         if status is healthy or status is failed:
             continue
         obs, want = observation_get(n), expected_get(n)
-        if (obs is not None and want is not None and want > 0 and obs.generation == want and obs.apply_ok is True
+        if obs is None:  # no report (any more): a soak in progress restarts once one returns
+            q = _FRESH if status is applied else p
+            if q is p and timed_out is None:
+                continue
+        elif (want is not None and want > 0 and obs.generation == want and obs.apply_ok is True
                 and obs.healthy is True and (obs.accepted is None or obs.accepted <= want)):
             if status is applied and p.since is not None:
                 if now - p.since < soak_s:
@@ -399,9 +403,11 @@ def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observat
 def _tally(values: list[NodeProgress]) -> list[tuple[NodeProgress, int]]:
     """The distinct progress objects of ``values`` with how many times each occurs, counted in C (nodes
     that moved together share one object, so there are few)."""
-    objects = dict(zip(map(id, values), values))
-    if len(objects) == 1:
+    if not values:
+        return []
+    if all(map(is_, values, repeat(values[0]))):  # the usual case, in one pass in C that stops at a difference
         return [(values[0], len(values))]
+    objects = dict(zip(map(id, values), values))
     if len(objects) <= 8:
         return [(p, sum(map(is_, values, repeat(p)))) for p in objects.values()]
     return [(objects[i], count) for i, count in Counter(map(id, values)).items()]

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from itertools import compress
+from itertools import compress, filterfalse
 from operator import is_not
 from pathlib import Path
 from typing import Any, Protocol
@@ -216,7 +216,7 @@ class RolloutService:
         keys = list(observations)
         other = compress(keys, map(is_not, observations.values(), map(before.get, keys)))
         out = [n for n in other if (b := before.get(n)) is None or b != observations[n]]
-        out.extend(before.keys() - observations.keys())
+        out.extend(filterfalse(observations.__contains__, before))  # in C, in the wave's order (see machine._moved)
         return out
 
     def _observe(self, rid: int, r: Rollout, executor: Executor) -> dict[str, Observation]:

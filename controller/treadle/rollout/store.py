@@ -180,9 +180,9 @@ def _grouped(nodes: list[str], values: list[NodeProgress]) -> list[_Row]:
     """
     if not nodes:
         return []
-    objects = dict(zip(map(id, values), values))
-    if len(objects) == 1:
+    if all(map(is_, values, repeat(values[0]))):  # the usual case, in one pass in C that stops at a difference
         return [_row(values[0], nodes)]
+    objects = dict(zip(map(id, values), values))
     if len(objects) <= _C_PASSES:  # one pass in C per object beats one Python step per node
         by_object = {i: list(compress(nodes, map(is_, values, repeat(p)))) for i, p in objects.items()}
     else:
@@ -211,6 +211,10 @@ def _moves(old: Mapping[str, NodeProgress], r: Rollout) -> list[_Row] | None:
     new, index = r.progress, r.index
     if index is not None and index.progress is new and index.base is old and index.moved is not None:
         return _grouped(list(index.moved), list(index.moved.values()))
+    if len(new) < len(old):
+        return None
+    if not old:  # a new wave's progress: all of it
+        return _snapshot(new)
     keys = list(new)
     moved = list(compress(keys, map(is_not, new.values(), map(old.get, keys))))  # compared by identity, in C
     added = len(moved) - sum(map(old.__contains__, moved))
