@@ -320,3 +320,31 @@ def test_pruning_keeps_the_newest_rollouts_and_the_one_in_flight_with_their_rows
     assert {r for (r,) in conn.execute("SELECT DISTINCT rollout_id FROM rollout_progress")} == set(finished[-3:])
     assert store.previous(in_flight) == {"n1": {"old": 1}}
     assert store.prune(3) == 0  # idempotent
+
+
+def test_the_moves_a_step_reports_are_what_is_written_and_read_back(tmp_path) -> None:
+    """A rollout the state machine stepped says which entries moved from which progress; the store writes
+    those (no comparison of the wave) and a new connection reads back exactly the stepped rollout."""
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    store = RolloutStore(conn)
+    r = _rollout()
+    rid = store.create(r, now=0)
+    expected = dict.fromkeys(("n1", *REST), 2)
+    good, bad = m.Observation(2, True, True), m.Observation(2, True, False)
+    rounds = [(0, {}), (1, {"n1": good}), (70, {"n1": good}), (71, {}),  # the canary passes; the rest is published
+              (72, {n: good for n in REST[:100]}), (73, {**{n: good for n in REST[:100]}, "n150": bad}),
+              (74, {n: good for n in REST[:50]}), (150, {n: good for n in REST})]
+    before = None
+    for t, reports in rounds:
+        new, actions = m.step(r, t, reports, expected, None)
+        if actions:
+            new = m.published(new, t)
+        store.save(rid, new, now=t, before=r)
+        rows = _progress_rows(conn, rid)
+        if before is not None and new.index is not None and new.index.base is r.progress:
+            assert len(rows) - before <= len({id(p) for p in new.index.moved.values()}), t  # a row per moved value
+        before, r = len(rows), new
+        assert _fresh_read(path, rid) == r, t
+    # The 50 that kept reporting since 72 are done soaking; the others started again at 150; n150 failed.
+    assert r.state is State.SOAKING and r.counts() == {"pending": 0, "applied": 147, "healthy": 50, "failed": 1}

@@ -216,6 +216,11 @@ def step(r: Rollout, now: float, observations: Mapping[str, Observation], expect
     expected generation differ from that step's (None: unknown, any may have). Only those nodes, and
     soaking nodes whose soak time is up, are looked at then: a step of a 90,000-node wave with no news
     does no work per node. The result is the same as without it (tests/rollout/test_machine.py checks).
+
+    What a step needs to know of the wave's progress beyond the mapping (its counts by status, its soak
+    starts) it keeps beside it, in :class:`ProgressIndex`, derived data that is not part of the rollout's
+    value; so counting a wave, finding the soaks that are up and telling the store what moved cost per
+    node that moved, not per node of the wave.
     """
     if not r.active or r.paused:
         return r, []
