@@ -30,7 +30,10 @@ a time so that no two large measurements share the machine:
   The pushes start once the controller is idle after its cold start (the
   garbage collection after a full render takes seconds at 100,000 nodes);
 - rollout step: ``bench/rollout.py``'s timed ``RolloutService.tick`` on a
-  rollout of that many nodes, no news (the median of its ticks);
+  rollout of that many nodes, the median of five ticks of each kind: no
+  news, half the largest wave (90 %) reporting at once, a wave passing and
+  the next starting; the service's own time (deciding, persisting, its
+  reads and metrics), without its stand-ins for publishing and health;
 - memory: the controller's RSS after the pushes.
 
 It reports, it does not judge a build: exit 0 whatever the figures, 2 on a
@@ -94,7 +97,8 @@ class Row:
     steps: str = ""
     cold_steps: str = ""
     rss_after_gib: float | None = None
-    step_ms: float | None = None
+    #: The rollout step's median (the service's own time, ms) by tick kind: no news, many reporting, wave start.
+    step_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -200,17 +204,23 @@ def _vm(pid: int, key: str) -> int:
     return 0
 
 
+#: The rollout tick kinds the step target is about, as bench/rollout.py names them, with their labels here.
+STEP_KINDS = (("soak, nothing new", "no news"), ("soak, half the wave newly reporting", "half a wave reporting at once"),
+              ("wave passed, next wave published", "a wave passes, the next starts"))
+
+
 def measure_rollout(row: Row, nodes: int) -> None:
     out, _ = run_sampled([PY, __file__, "--child-rollout", str(nodes)], 1800)
-    row.step_ms = json.loads(out.strip().splitlines()[-1])["no_news_ms"]
+    row.step_ms = json.loads(out.strip().splitlines()[-1])
 
 
 def child_rollout(nodes: int) -> int:
-    """bench/rollout.py's step benchmark on ``nodes`` nodes; its own report goes to stderr, the median to stdout."""
+    """bench/rollout.py's step benchmark on ``nodes`` nodes; its own report goes to stderr, the medians by tick
+    kind (the service's own time) to stdout."""
     rollout = _module("rollout")
     with tempfile.TemporaryDirectory(prefix="treadle-scale-rollout-") as tmp, contextlib.redirect_stdout(sys.stderr):
         ticks = rollout.bench_step(nodes, 5, Path(tmp))
-    print(json.dumps({"no_news_ms": statistics.median(ticks)}))
+    print(json.dumps({kind: statistics.median(ticks[kind]) for kind, _ in STEP_KINDS}))
     return 0
 
 
@@ -267,7 +277,8 @@ def table(rows: list[Row]) -> str:
         ("  worst (s)", [_f(max(r.push_s) if r.push_s else None, ".3f") for r in rows]),
         ("  push-path work, median (ms)", [_f(None if not r.work_s else 1000 * _med(r.work_s), ".1f") for r in rows]),
         ("  git fetch (source step), median (ms)", [_f(None if not r.fetch_s else 1000 * _med(r.fetch_s), ".1f") for r in rows]),
-        ("rollout step, no news (ms)", [_f(r.step_ms, ".1f") for r in rows]),
+        *((f"rollout step, {label} (ms)" if i == 0 else f"  {label} (ms)", [_f(r.step_ms.get(kind), ".1f") for r in rows])
+          for i, (kind, label) in enumerate(STEP_KINDS)),
         ("controller RSS after pushes (GiB)", [_f(r.rss_after_gib, ".2f") for r in rows]),
     ]
     width = max(len(name) for name, _ in lines) + 2
@@ -304,7 +315,8 @@ def targets(rows: list[Row]) -> str:
         line(f"cold start peak RSS <= {TARGET_COLD_GIB:.0f} GiB", big.cold_gib, TARGET_COLD_GIB, "GiB")
         line(f"push -> published (worst), {BIG:,} nodes <= {TARGET_PUSH_S:.0f} s", max(big.push_s) if big.push_s else None,
              TARGET_PUSH_S, "s")
-        line(f"rollout step, {BIG:,} nodes <= {TARGET_STEP_MS:.0f} ms", big.step_ms, TARGET_STEP_MS, "ms")
+        line(f"rollout step (worst kind), {BIG:,} nodes <= {TARGET_STEP_MS:.0f} ms", max(big.step_ms.values(), default=None),
+             TARGET_STEP_MS, "ms")
     if big is not None and small is not None and big.work_s and small.work_s:
         ratio = statistics.median(big.work_s) / statistics.median(small.work_s)
         line(f"push-path work, {BIG:,} / {small.nodes:,} nodes <= {TARGET_WORK_RATIO:.0f}x", ratio, TARGET_WORK_RATIO, "x")

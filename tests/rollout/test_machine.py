@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from treadle.rollout import machine as m
 from treadle.rollout.machine import NodeStatus, Observation, Publish, Rollback, State
@@ -307,3 +309,114 @@ def test_a_step_told_which_reports_changed_decides_as_a_full_step() -> None:
         assert fast == full, t
         before = obs
     assert full.state is State.COMPLETE or full.progress
+
+
+# -- the fast paths decide as the definition does ---------------------------------------------------
+
+_GOOD = Observation(2, True, True)
+_REPORTS = st.one_of(
+    st.none(),
+    st.builds(Observation, st.sampled_from([None, -1, 0, 1, 2, 2, 2, 3]), st.sampled_from([None, True, True, False]),
+              st.sampled_from([None, True, True, False]), st.just(()), st.sampled_from([None, None, 0, 1, 2, 3])),
+    st.just(_GOOD),
+)
+_PROGRESS = st.one_of(st.just(m.NodeProgress()),
+                      st.builds(m.NodeProgress, st.just(NodeStatus.APPLIED), st.sampled_from([None, 0.0, 5.0, 20.0])),
+                      st.just(m.NodeProgress(NodeStatus.HEALTHY, 1.0)), st.just(m.NodeProgress(NodeStatus.FAILED, 1.0, "x")))
+
+
+def _reference_progress(r: m.Rollout, now: float, observations, expected) -> dict[str, m.NodeProgress]:
+    """A soak step's progress as the definition has it: every node of the wave through ``_observe``."""
+    wave = r.waves[r.wave]
+    soak_s = 0 if r.immediate else wave.soak_s
+    timed_out = r.started_at is not None and now - r.started_at >= wave.timeout_s
+    out = {}
+    for n in wave.nodes:
+        p = r.progress.get(n, m.NodeProgress())
+        if p.status in (NodeStatus.HEALTHY, NodeStatus.FAILED):
+            out[n] = p
+            continue
+        obs, want = observations.get(n), expected.get(n)
+        q = m._observe(p, obs, want, now, soak_s, {})
+        if timed_out and q.status not in (NodeStatus.HEALTHY, NodeStatus.FAILED):
+            seen = ("" if obs is None or obs.generation is None or obs.generation == want
+                    else f" (reports generation {obs.generation}, published {want})")
+            q = m.NodeProgress(NodeStatus.FAILED, now, f"timed out after {wave.timeout_s}s while {q.status}{seen}")
+        out[n] = q
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_PROGRESS, _REPORTS, st.sampled_from([None, -1, 0, 1, 2, 2, 2, 3])), min_size=1, max_size=6),
+       st.sampled_from([0.0, 10.0, 30.0, 100.0]), st.sampled_from([0, 10]), st.booleans())
+def test_a_soak_step_moves_every_node_as_observe_defines(nodes, now, soak_s, immediate) -> None:
+    """The inline path for the usual report, the one in C for many nodes, the soak index and the counts give
+    what a walk of the wave through ``_observe`` gives, whatever the reports, generations, soak starts and timeouts."""
+    nodes = [nodes[i % len(nodes)] for i in range(len(nodes) * 60)]  # past the size where the C path starts
+    names = tuple(f"n{i}" for i in range(len(nodes)))
+    wave = m.Wave("all", names, soak_s=soak_s, timeout_s=50, allowed_failures=len(names))
+    r = m.Rollout(SHA, (wave,), immediate=immediate, state=State.SOAKING, started_at=0.0,
+                  progress={n: p for n, (p, _, _) in zip(names, nodes)})
+    observations = {n: o for n, (_, o, _) in zip(names, nodes) if o is not None}
+    expected = {n: w for n, (_, _, w) in zip(names, nodes) if w is not None}
+    reference = _reference_progress(r, now, observations, expected)
+    new, _ = m.step(r, now, observations, expected, None)
+    if new.state is State.SOAKING:
+        assert new.progress == reference
+        assert new.counts() == {s.value: sum(p.status is s for p in reference.values()) for s in NodeStatus}
+    else:
+        assert new.state is State.PENDING and all(p.status in (NodeStatus.HEALTHY, NodeStatus.FAILED) for p in reference.values())
+        assert new.finished[-1] == {s.value: sum(p.status is s for p in reference.values()) for s in NodeStatus}
+
+
+_ROUND = st.dictionaries(st.sampled_from([f"n{i:02d}" for i in range(12)]),
+                         st.sampled_from([_GOOD, _GOOD, _GOOD, Observation(2, True, False), Observation(2, False, True),
+                                          Observation(1, True, True), Observation(3, True, True)]), max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_ROUND, st.sampled_from([1, 4, 11, 40])), min_size=1, max_size=14), st.sampled_from([0, 1, 3]))
+def test_steps_told_what_changed_decide_as_full_steps_through_waves(rounds, budget) -> None:
+    """Through reports arriving, vanishing, turning bad (also on nodes of passed waves), soaks ending, waves
+    passing and timeouts, a chain of steps told which reports changed (as the service steps: only while it
+    holds what the last step returned) gives the same rollouts as steps told nothing, with the same counts."""
+    names = [f"n{i:02d}" for i in range(12)]
+    waves = (m.Wave("canary", tuple(names[:2]), 10, 60, 0), m.Wave("half", tuple(names[2:6]), 10, 60, budget),
+             m.Wave("rest", tuple(names[6:]), 10, 60, budget))
+    full = fast = m.Rollout(SHA, waves)
+    expected = dict.fromkeys(names, 2)
+    now, previous, stepped = 0.0, None, None
+    for reports, dt in rounds:
+        now += dt
+        changed = None
+        if stepped is not None and stepped is fast:
+            changed = [n for n in set(reports) | set(previous) if reports.get(n) != previous.get(n)]
+        full, full_actions = m.step(full, now, reports, expected, None)
+        fast, actions = m.step(fast, now, reports, expected, None, changed)
+        assert fast == full and actions == full_actions
+        assert fast.counts() == full.counts() == {s.value: sum(p.status is s for p in full.progress.values()) for s in NodeStatus}
+        stepped, previous = fast, reports
+        if fast.state is State.PENDING:  # a wave passed: the service steps again at once, with the same reports
+            full, _ = m.step(full, now, reports, expected, None)
+            fast, _ = m.step(fast, now, reports, expected, None, [])
+            assert fast == full
+            stepped = fast
+        if fast.state is State.PUBLISHING:
+            full, fast = m.published(full, now), m.published(fast, now)
+        if not full.active:
+            break
+
+
+def test_a_node_that_turns_bad_as_its_wave_passes_fails_the_rollout_at_the_next_step() -> None:
+    """A done node is not looked at again in its own wave; when its report turns bad in the very step its
+    wave passes, the passed-wave gate of the next step (told nothing changed) still counts it."""
+    waves = (m.Wave("canary", ("n1", "n2"), 10, 600, 0), m.Wave("rest", ("n3",), 10, 600, 0))
+    r, _ = m.step(m.Rollout(SHA, waves), 0, {}, EXPECTED, None)
+    r = m.published(r, 0)
+    r, _ = m.step(r, 1, {"n1": OK}, EXPECTED, None)
+    r, _ = m.step(r, 12, {"n1": OK, "n2": OK}, EXPECTED, None, ["n2"])  # n1 done, n2 soaking
+    bad = {"n1": Observation(2, True, False), "n2": OK}
+    r, _ = m.step(r, 23, bad, EXPECTED, None, ["n1"])  # n2's soak is up: the wave passes, n1 done already
+    assert (r.state, r.wave) == (State.PENDING, 1)
+    r, _ = m.step(r, 23, bad, EXPECTED, None, [])
+    assert r.state is State.HALTED and "n1: unhealthy" in r.reason

@@ -34,9 +34,10 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Collection, Mapping
-from operator import attrgetter
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import chain, compress, filterfalse, repeat
+from operator import attrgetter, is_, or_
 
 from treadle.errors import TransitionError  # raised here; the tree is drawn in treadle.errors
 
@@ -121,6 +122,24 @@ Action = Publish | Rollback
 
 
 @dataclass(frozen=True, slots=True)
+class ProgressIndex:
+    """What a step needs to know of ``progress`` beyond the mapping, derived from it: its nodes by status,
+    and its soaking ("applied") nodes by soak start.
+
+    With it a step counts the wave and finds the soaks that are up without walking the wave. It is valid
+    only for the very ``progress`` object it names (a rollout whose progress was replaced derives it
+    again). A step that moved nodes also says from which progress (``base``) by which entries (``moved``),
+    so that the store writes those without comparing the whole wave.
+    """
+
+    progress: Mapping[str, NodeProgress]
+    counts: Mapping[NodeStatus, int]
+    starts: Mapping[float | None, int]
+    base: Mapping[str, NodeProgress] | None = None
+    moved: Mapping[str, NodeProgress] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Rollout:
     commit: str
     waves: tuple[Wave, ...]
@@ -135,6 +154,9 @@ class Rollout:
     reason: str = ""
     #: Node counts by status of each wave that has passed, in wave order.
     finished: tuple[Mapping[str, int], ...] = ()
+    #: Derived from ``progress`` (see :class:`ProgressIndex`), not part of the rollout's value: None, or an
+    #: index of another progress object, is derived again when needed.
+    index: ProgressIndex | None = field(default=None, compare=False, repr=False)
 
     @property
     def active(self) -> bool:
@@ -152,7 +174,9 @@ class Rollout:
     def counts(self) -> dict[str, int]:
         """Current wave's nodes by status."""
         out = {s.value: 0 for s in NodeStatus}
-        out.update(_count(self.progress))  # a StrEnum member hashes and compares as its value
+        index = self.index
+        # A StrEnum member hashes and compares as its value.
+        out.update(index.counts if index is not None and index.progress is self.progress else _count(self.progress))
         return out
 
     def wave_counts(self) -> list[dict[str, int]]:
@@ -190,10 +214,15 @@ def step(r: Rollout, now: float, observations: Mapping[str, Observation], expect
     expected generation differ from that step's (None: unknown, any may have). Only those nodes, and
     soaking nodes whose soak time is up, are looked at then: a step of a 90,000-node wave with no news
     does no work per node. The result is the same as without it (tests/rollout/test_machine.py checks).
+
+    What a step needs to know of the wave's progress beyond the mapping (its counts by status, its soak
+    starts) it keeps beside it, in :class:`ProgressIndex`, derived data that is not part of the rollout's
+    value; so counting a wave, finding the soaks that are up and telling the store what moved cost per
+    node that moved, not per node of the wave.
     """
     if not r.active or r.paused:
         return r, []
-    late = _passed_wave_failure(r, observations) if r.wave else None
+    late = _passed_wave_failure(r, observations, changed) if r.wave else None
     if late is not None:
         return _fail(r, late)
     if r.state in (State.PENDING, State.WAITING):
@@ -283,33 +312,32 @@ def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
     soak_s = 0 if r.immediate else wave.soak_s
     timed_out = r.started_at is not None and now - r.started_at >= wave.timeout_s
     progress = r.progress
+    index = _index(r)
     # Only the nodes whose progress can move are looked at, and only those that move are collected:
     # on most steps of a large wave that is few of them, and a node that is done is not looked at again.
-    if timed_out or len(progress) != len(wave.nodes):
+    walk = timed_out or len(progress) != len(wave.nodes)
+    soaked: list[tuple[NodeProgress, list[str]]] = []
+    if walk:
         todo: Collection[str] = wave.nodes  # every node not done moves (or the progress is incomplete)
     else:
-        todo = _may_move(progress, observations, now, soak_s, changed)
-    moved: dict[str, NodeProgress] = {}
-    made: dict[tuple[float, bool], NodeProgress] = {}
-    for n in todo:
-        p = progress.get(n, _FRESH)
-        if p.status in _DONE:
-            if n not in progress:
-                moved[n] = p
-            continue
-        obs, want = observations.get(n), expected.get(n)
-        q = _observe(p, obs, want, now, soak_s, made)
-        if timed_out and q.status not in _DONE:
-            seen = ("" if obs is None or obs.generation is None or obs.generation == want
-                    else f" (reports generation {obs.generation}, published {want})")
-            q = NodeProgress(NodeStatus.FAILED, now, f"timed out after {wave.timeout_s}s while {q.status}{seen}")
-        if q is not p or n not in progress:
-            moved[n] = q
+        todo, soaked = _may_move(progress, index.starts, observations, now, soak_s, changed)
+        if not todo and not soaked and changed is not None:
+            # Nothing can move, and the step that returned ``r`` (there was one: ``changed`` says so) found
+            # its counts neither over the budget nor finished: the result is ``r``, with no work per node.
+            return r, []
+    moved, was = _moved(progress, todo, observations, expected, now, soak_s, wave if timed_out else None)
+    for p, nodes in soaked:  # done soaking, all at once (see _may_move)
+        moved.update(dict.fromkeys(nodes, NodeProgress(NodeStatus.HEALTHY, p.since)))
+        was.extend(repeat(p, len(nodes)))
     if moved:
-        r = _replace(r, progress={**progress, **moved})
-    counts = _count(r.progress)
-    failed = counts[NodeStatus.FAILED]
-    unfinished = len(wave.nodes) - failed - counts[NodeStatus.HEALTHY]
+        new = {**progress, **moved}
+        # Counted again from the moves (in C, per shared progress object); a walk of the wave may have
+        # added nodes the progress lacked, and is rare: the new progress is counted whole then.
+        index = _derive(new) if walk else _advance(index, new, was, moved)
+        r = _replace(r, progress=new, index=dataclasses.replace(index, base=progress, moved=moved))
+    counts = index.counts
+    failed = counts.get(NodeStatus.FAILED, 0)
+    unfinished = len(wave.nodes) - failed - counts.get(NodeStatus.HEALTHY, 0)
     if failed > wave.allowed_failures:
         names = sorted(n for n, p in r.progress.items() if p.status is NodeStatus.FAILED)
         reason = (f"wave {wave.name}: {failed} of {len(wave.nodes)} nodes failed "
@@ -321,24 +349,154 @@ def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
     return r, []
 
 
-def _may_move(progress: Mapping[str, NodeProgress], observations: Mapping[str, Observation], now: float,
-              soak_s: float, changed: Collection[str] | None) -> Collection[str]:
-    """The wave's nodes whose progress a soak step can move; every other node's stays as it is.
+def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observations: Mapping[str, Observation],
+           expected: Mapping[str, int], now: float, soak_s: float,
+           timed_out: Wave | None) -> tuple[dict[str, NodeProgress], list[NodeProgress]]:
+    """The nodes of ``todo`` whose progress moves, with their new progress, and the progress they had.
+
+    The usual report (the generation published for the node, applied, healthy) is decided here inline:
+    it is what most nodes of a large wave send at once, and a call of :func:`_observe` per node would cost
+    more than everything else in the step. It gives what :func:`_observe` gives (tests/rollout/test_machine.py
+    checks them against each other); any other report goes to :func:`_observe`. ``todo`` comes in the
+    progress's order: looking nodes up in the order their entries were made is several times faster at
+    100,000 nodes than in a set's order (memory locality).
+    """
+    moved: dict[str, NodeProgress] = {}
+    made: dict[tuple[float, bool], NodeProgress] = {}
+    was: list[NodeProgress] = []  # what the nodes that moved had
+    applied, healthy, failed = NodeStatus.APPLIED, NodeStatus.HEALTHY, NodeStatus.FAILED
+    started: NodeProgress | None = None  # what a node that starts soaking now gets (shared, made once)
+    progress_get, observation_get, expected_get = progress.get, observations.get, expected.get
+    for n in todo:
+        p = progress_get(n, _FRESH)
+        status = p.status
+        if status is healthy or status is failed:
+            continue
+        obs, want = observation_get(n), expected_get(n)
+        if obs is None:  # no report (any more): a soak in progress restarts once one returns
+            q = _FRESH if status is applied else p
+            if q is p and timed_out is None:
+                continue
+        elif (want is not None and want > 0 and obs.generation == want and obs.apply_ok is True
+                and obs.healthy is True and (obs.accepted is None or obs.accepted <= want)):
+            if status is applied and p.since is not None:
+                if now - p.since < soak_s:
+                    if timed_out is None:
+                        continue  # soaking on: unchanged
+                    q = p
+                else:
+                    q = made.get((p.since, True)) or made.setdefault((p.since, True), NodeProgress(healthy, p.since))
+            elif started is not None:
+                q = started
+            else:
+                done = now - now >= soak_s
+                q = started = made.get((now, done)) or made.setdefault((now, done), NodeProgress(healthy if done else applied, now))
+        else:
+            q = _observe(p, obs, want, now, soak_s, made)
+        if timed_out is not None and q.status is not healthy and q.status is not failed:
+            seen = ("" if obs is None or obs.generation is None or obs.generation == want
+                    else f" (reports generation {obs.generation}, published {want})")
+            q = NodeProgress(failed, now, f"timed out after {timed_out.timeout_s}s while {q.status}{seen}")
+        if q is not p or n not in progress:
+            moved[n] = q
+            was.append(p)
+    return moved, was
+
+
+def _tally(values: list[NodeProgress]) -> list[tuple[NodeProgress, int]]:
+    """The distinct progress objects of ``values`` with how many times each occurs, counted in C (nodes
+    that moved together share one object, so there are few)."""
+    if not values:
+        return []
+    if all(map(is_, values, repeat(values[0]))):  # the usual case, in one pass in C that stops at a difference
+        return [(values[0], len(values))]
+    objects = dict(zip(map(id, values), values))
+    if len(objects) <= 8:
+        return [(p, sum(map(is_, values, repeat(p)))) for p in objects.values()]
+    return [(objects[i], count) for i, count in Counter(map(id, values)).items()]
+
+
+def _derive(progress: Mapping[str, NodeProgress]) -> ProgressIndex:
+    counts: dict[NodeStatus, int] = {}
+    starts: dict[float | None, int] = {}
+    _add(counts, starts, _tally(list(progress.values())), 1)
+    return ProgressIndex(progress, counts, starts)
+
+
+def _advance(index: ProgressIndex, progress: Mapping[str, NodeProgress], was: list[NodeProgress],
+             moved: Mapping[str, NodeProgress]) -> ProgressIndex:
+    """The index of ``progress``, made from ``index`` by ``moved`` (whose nodes had ``was`` before)."""
+    counts, starts = dict(index.counts), dict(index.starts)
+    _add(counts, starts, _tally(was), -1)
+    _add(counts, starts, _tally(list(moved.values())), 1)
+    return ProgressIndex(progress, counts, starts)
+
+
+def _add(counts: dict[NodeStatus, int], starts: dict[float | None, int],
+         tally: list[tuple[NodeProgress, int]], sign: int) -> None:
+    for p, count in tally:
+        counts[p.status] = counts.get(p.status, 0) + sign * count
+        if p.status is NodeStatus.APPLIED:
+            starts[p.since] = left = starts.get(p.since, 0) + sign * count
+            if not left:
+                del starts[p.since]
+
+
+def _index(r: Rollout) -> ProgressIndex:
+    """The index of ``r``'s progress (see :class:`ProgressIndex`).
+
+    Derived once per progress object and kept on the rollout: the field is not part of its value (it does
+    not compare), so keeping it there leaves ``r`` the same rollout, and a step with no news finds it ready.
+    """
+    if r.index is not None and r.index.progress is r.progress:
+        return r.index
+    index = _derive(r.progress)
+    object.__setattr__(r, "index", index)  # a cache of derived data, not a change
+    return index
+
+
+def _may_move(progress: Mapping[str, NodeProgress], starts: Mapping[float | None, int],
+              observations: Mapping[str, Observation], now: float, soak_s: float,
+              changed: Collection[str] | None) -> tuple[list[str], list[tuple[NodeProgress, list[str]]]]:
+    """The wave's nodes whose progress a soak step can move (in the progress's order; every other node's
+    stays as it is), and those of them that are done soaking for sure, by the progress object they share.
 
     A pending node moves only on a report (without one it stays pending); a soaking ("applied") node
     moves on a report, on losing it, or when its soak is up; a done node never moves. With ``changed``
     (the nodes whose report differs from the previous step's), an unchanged report moves nothing that
-    step did not already move, so only the changed nodes and the soaks that are up remain. Nodes that
-    moved together share one progress object, so soaking ones are found per object, not per node.
+    step did not already move, so only the changed nodes and the soaks that are up remain. The soak
+    starts (``starts``) say whether any soak is up without walking the wave; only when one is are its
+    nodes looked for, per shared progress object, in C.
+
+    A soaking node whose report did not change since the previous step is healthy now if its soak is up:
+    it was soaking after that step, so its report was the right one then, and is now. Those nodes are
+    returned apart (the second part), for the step to move them all at once, without a look per node.
     """
-    values = list(progress.values())
-    distinct = dict(zip(map(id, values), values))  # built in C
-    soaking = {i for i, p in distinct.items() if p.status is NodeStatus.APPLIED
-               and (changed is None or p.since is None or now - p.since >= soak_s)}
-    out = set(progress.keys() & (observations.keys() if changed is None else set(changed)))
-    if soaking:
-        out.update(n for n, p in progress.items() if id(p) in soaking)
-    return out
+    keys = progress.keys()
+    up = {s for s in starts if changed is None or s is None or now - s >= soak_s}
+    values: list[NodeProgress] = []
+    ups: list[NodeProgress] = []
+    if up:
+        values = list(progress.values())
+        distinct = dict(zip(map(id, values), values))
+        ups = [p for p in distinct.values() if p.status is NodeStatus.APPLIED and p.since in up]
+    bulk = changed is not None and 0 < len(ups) <= 8 and all(p.since is not None for p in ups)
+    if changed is None or (ups and not bulk):
+        flags = map(observations.__contains__, keys) if changed is None else map(set(changed).__contains__, keys)
+        if ups:
+            ids = {id(p) for p in ups}
+            flags = map(or_, flags, map(ids.__contains__, map(id, values)))
+        return list(compress(keys, flags)), []
+    # Each node once (a node named twice must not be counted twice as moving).
+    todo = list(dict.fromkeys(compress(changed, map(progress.__contains__, changed))))
+    if not bulk:
+        return todo, []
+    looked = set(todo)
+    done = []
+    for p in ups:
+        nodes = compress(keys, map(is_, values, repeat(p)))  # one pass in C per shared object
+        done.append((p, list(filterfalse(looked.__contains__, nodes))))
+    return todo, done
 
 
 def _fail(r: Rollout, reason: str) -> tuple[Rollout, list[Action]]:
@@ -349,25 +507,36 @@ def _fail(r: Rollout, reason: str) -> tuple[Rollout, list[Action]]:
     return _replace(r, state=State.HALTED, reason=reason), []
 
 
-def _passed_wave_failure(r: Rollout, observations: Mapping[str, Observation]) -> str | None:
+def _bad(obs: Observation | None) -> bool:
+    return obs is not None and (obs.apply_ok is False or obs.healthy is False)
+
+
+def _passed_wave_failure(r: Rollout, observations: Mapping[str, Observation],
+                         changed: Collection[str] | None = None) -> str | None:
     """Why a wave that already passed now fails (more of its nodes report a failed apply or unhealthy than
     its budget allows), or None.
 
     Nodes of passed waves stay under the gate until the rollout completes: a canary that turns bad after
     its soak must still stop the waves behind it. Only reports count here (a passed node whose data
     is missing is not failed again: it passed, and a scrape gap must not halt a fleet-wide rollout).
+
+    With ``changed``, the step that returned ``r`` checked the same passed waves (but the one that passed
+    in it, when ``r`` is pending) and found none failing; only a changed report of a passed node that is
+    bad can change that, so without one only a wave that just passed is walked.
     """
     passed = r.wave if r.state in (State.PENDING, State.WAITING, State.PUBLISHING, State.SOAKING) else 0
-    for wave in r.waves[:passed]:
-        bad = []
-        for n in wave.nodes:
-            obs = observations.get(n)
-            if obs is not None and (obs.apply_ok is False or obs.healthy is False):
-                bad.append(f"{n}: {'apply failed' if obs.apply_ok is False else 'unhealthy'}"
-                           f" at generation {obs.generation}")
+    first = 0
+    # Passed nodes are never in the current wave's progress: the changed nodes outside it are found in C.
+    if changed is not None and not any(_bad(observations.get(n)) for n in filterfalse(r.progress.__contains__, changed)):
+        first = passed - 1 if r.state is State.PENDING else passed
+    for wave in r.waves[first:passed]:
+        get = observations.get
+        bad = [n for n in wave.nodes if (o := get(n)) is not None and (o.apply_ok is False or o.healthy is False)]
         if len(bad) > wave.allowed_failures:
+            shown = ", ".join(f"{n}: {'apply failed' if get(n).apply_ok is False else 'unhealthy'}"  # type: ignore[union-attr]
+                              f" at generation {get(n).generation}" for n in bad[:5])  # type: ignore[union-attr]
             return (f"wave {wave.name} (passed): {len(bad)} of {len(wave.nodes)} nodes failed after it passed "
-                    f"(budget {wave.allowed_failures}): " + ", ".join(bad[:5]))
+                    f"(budget {wave.allowed_failures}): " + shown)
     return None
 
 

@@ -22,6 +22,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from itertools import compress, filterfalse
+from operator import is_not
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,6 +94,8 @@ class RolloutService:
         #: The targets observed for a rollout's position ((id, commit, wave, state) -> targets): they only
         #: change when the rollout moves, and listing 100,000 of them costs tens of ms.
         self._targets: tuple[tuple[object, ...], list[Target]] | None = None
+        #: The rollout the metrics gauges were last set from, with its id (None: another, or unknown).
+        self._metered: tuple[int | None, Rollout] | None = None
         with self._lock:
             self._update_metrics()
 
@@ -208,21 +212,24 @@ class RolloutService:
         before = self._stepped[1]
         if before == observations:  # compared in C, by identity first: the usual tick with no news
             return []
-        out = [n for n, o in observations.items() if (b := before.get(n)) is not o and b != o]
-        out.extend(n for n in before if n not in observations)
+        # Nodes whose report is another object are found in C; only those are compared by value.
+        keys = list(observations)
+        other = compress(keys, map(is_not, observations.values(), map(before.get, keys)))
+        out = [n for n in other if (b := before.get(n)) is None or b != observations[n]]
+        out.extend(filterfalse(observations.__contains__, before))  # in C, in the wave's order (see machine._moved)
         return out
 
     def _observe(self, rid: int, r: Rollout, executor: Executor) -> dict[str, Observation]:
         """What the agents of the wave soaking and of the waves that passed report (those stay gated)."""
-        nodes: list[str] = []
-        if not (r.paused or not r.active or r.state is State.ROLLING_BACK):
-            nodes = [n for w in r.waves[:r.wave] for n in w.nodes]
-            if r.state is State.SOAKING and r.current is not None:
-                nodes.extend(r.current.nodes)
         # Only what was observed since the wave's soak started (at its publication, or an operator's resume) counts.
         since = r.started_at if r.state is State.SOAKING else None
         key = (executor, rid, r.commit, r.wave, r.state, r.paused)
         if self._targets is None or self._targets[0] != key:
+            nodes: list[str] = []
+            if not (r.paused or not r.active or r.state is State.ROLLING_BACK):
+                nodes = [n for w in r.waves[:r.wave] for n in w.nodes]
+                if r.state is State.SOAKING and r.current is not None:
+                    nodes.extend(r.current.nodes)
             self._targets = (key, executor.targets(r.commit, nodes) if nodes else [])
         return self._observer.observations(self._targets[1], since)
 
@@ -361,7 +368,10 @@ class RolloutService:
         if self._metrics is None:
             return
         latest = self._store.latest_id()
+        if r is not None and self._metered is not None and self._metered[0] == rid == latest and self._metered[1] is r:
+            return  # the gauges show this very rollout already: a tick with no news counts no nodes
         found = (rid, r) if r is not None and rid == latest else (self._store.latest() if latest is not None else None)
+        self._metered = (rid, r) if r is not None and rid == latest else None
         state_gauge, wave_gauge = self._metrics.rollout_state, self._metrics.rollout_wave_nodes
         current = found[1].state.value if found else None
         for s in State:
