@@ -12,7 +12,10 @@ answer is 304. This benchmark makes that traffic for real, on loopback:
   bench/gen_fabric.py; its publish_dir then also holds 100,000 node
   directories, hard links to its real envelopes (the API and nginx serve
   files by name: the agents' URLs are 100,000 distinct paths, the bytes are
-  real signed envelopes);
+  real signed envelopes). The controller is then restarted on the same state
+  and store, as after an upgrade: the API answers 304s from its in-memory
+  ETag index, which a start fills from the store (the time it took is
+  printed) and a publication updates;
 - Debian's nginx-light with deploy/nginx/treadle-mirror.conf over the same
   publish_dir (the mirror tier, README "Mirrors");
 - the load: an open loop in its own process (asyncio, uvloop when present):
@@ -22,9 +25,12 @@ answer is 304. This benchmark makes that traffic for real, on loopback:
   controller: the SHA-256 of the bytes; nginx: modification time and size).
 
 Printed per server: the rate asked and achieved, answers by status, errors,
-requests not started on time (more than ``--max-in-flight`` waiting), and
-latency p50/p99 from each request's scheduled start. This machine has 2
-cores shared by the server and the load generator.
+requests not started on time (more than ``--max-in-flight`` waiting),
+latency p50/p99 from each request's scheduled start, and the CPU time the
+server and the load generator spent per request. This machine has 2 cores
+shared by the server and the load generator (and whatever else runs): the
+generator's CPU is part of the measurement, and the load average is printed.
+``--repeat N`` runs each server N times and prints the median and range.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import asyncio
 import hashlib
 import json
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -195,13 +203,69 @@ def load(hostport: str, agents: list[tuple[str, str | None]], work: Path, args: 
     return json.loads(out.stdout)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its children that still run (nginx's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for p in [pid, *map(int, children)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def restart(ctl: Controller) -> dict:  # type: ignore[type-arg]
+    """Stop the controller and start it on the same state and store (not a new key); its ``api.index_loaded`` event."""
+    ctl.stop()
+    ctl.log = ctl.log.with_name("controller-restarted.log")
+    ctl.proc = subprocess.Popen([PY, "-m", "treadle.cli", "controller", "run", "--config", str(ctl.config),
+                                 "--log-format", "json"], stdout=open(ctl.log, "wb"), stderr=subprocess.STDOUT)
+    ctl.url = ctl.wait_event("api.listening")["url"]
+    return ctl.wait_event("api.index_loaded", timeout_s=300)
+
+
+def measured(hostport: str, server_pid: int, agents: list[tuple[str, str | None]], work: Path,
+             args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    """One load run with the CPU the server and the load generator spent on it, and the load average before it."""
+    loadavg = os.getloadavg()[0]
+    server0, gen0 = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = load(hostport, agents, work, args)
+    gen1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    answered = max(1, r["answered"])
+    r["server_cpu_ms_per_request"] = (cpu_seconds(server_pid) - server0) * 1000 / answered
+    r["load_cpu_ms_per_request"] = (gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime) * 1000 / answered
+    r["loadavg_before"] = loadavg
+    return r
+
+
+def summary(name: str, runs: list[dict]) -> None:  # type: ignore[type-arg]
+    """Median and range over ``runs`` of one server."""
+    def fig(key: str, fmt: str) -> str:
+        values = [r[key] for r in runs]
+        return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
+
+    passed = sum(1 for r in runs if r["pass"])
+    print(f"  {name:<11} {len(runs)} runs, median (range): achieved {fig('achieved_rate', '.0f')}/s  "
+          f"p50 {fig('p50_ms', '.1f')} ms  p99 {fig('p99_ms', '.1f')} ms  server CPU {fig('server_cpu_ms_per_request', '.3f')} "
+          f"ms/request  load generator {fig('load_cpu_ms_per_request', '.3f')} ms/request  PASS {passed}/{len(runs)}")
+
+
 def report(name: str, r: dict) -> bool:  # type: ignore[type-arg]
     ok = r["achieved_rate"] >= 0.95 * r["asked_rate"] and not r["errors"] and r["p99_ms"] <= TARGET_P99_MS
     print(f"  {name:<11} asked {r['asked_rate']:7.0f}/s  achieved {r['achieved_rate']:7.0f}/s  "
           f"answers {r['statuses']}  errors {r['errors'] or 0}  not started on time {r['late']}\n"
           f"              latency p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms  max {r['max_ms']:7.1f} ms   "
           f"target: {r['asked_rate']:.0f}/s (100,000 agents: {TARGET_RATE:.0f}/s), no errors, p99 <= {TARGET_P99_MS:.0f} ms  "
-          f"{'PASS' if ok else 'FAIL'}")
+          f"{'PASS' if ok else 'FAIL'}\n"
+          f"              CPU per request: server {r['server_cpu_ms_per_request']:.3f} ms, "
+          f"load generator {r['load_cpu_ms_per_request']:.3f} ms; load average before {r['loadavg_before']:.2f}")
+    r["pass"] = ok
     return ok
 
 
@@ -213,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=1000)
     parser.add_argument("--targets", default="controller,nginx")
     parser.add_argument("--timeout-s", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=1, help="load runs per server (median and range printed)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--agents-file", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=None, help=argparse.SUPPRESS)
@@ -228,16 +293,28 @@ def main(argv: list[str] | None = None) -> int:
         ctl.url = ctl.wait_event("api.listening")["url"]
         ctl.wait_event("commit.deployed", timeout_s=600)
         names = populate(ctl.publish, args.agents)
+        indexed = restart(ctl)
         print(f"{args.agents:,} agents polling every {args.interval_s:g} s: {args.rate:.0f} conditional GETs/s, "
-              f"{args.seconds:g} s per server, one connection per request, 1 % without an ETag")
+              f"{args.seconds:g} s per server, one connection per request, 1 % without an ETag\n"
+              f"  the controller's ETag index, filled at its start: {indexed['nodes']:,} envelopes in {indexed['seconds']} s")
         uri = "/v1/nodes/{node}/manifest"
+        results: dict[str, list[dict]] = {}  # type: ignore[type-arg]
         if "controller" in args.targets:
-            r = load(ctl.url.removeprefix("http://"), agent_list(ctl.publish, names, uri, controller_etag), work, args)
-            report("controller", r)
+            agents = agent_list(ctl.publish, names, uri, controller_etag)
+            for _ in range(args.repeat):
+                r = measured(ctl.url.removeprefix("http://"), ctl.proc.pid, agents, work, args)
+                report("controller", r)
+                results.setdefault("controller", []).append(r)
         if "nginx" in args.targets:
             nginx, port = start_nginx(work, ctl.publish)
-            r = load(f"127.0.0.1:{port}", agent_list(ctl.publish, names, uri, nginx_etag), work, args)
-            report("nginx", r)
+            agents = agent_list(ctl.publish, names, uri, nginx_etag)
+            for _ in range(args.repeat):
+                r = measured(f"127.0.0.1:{port}", nginx.proc.pid, agents, work, args)  # type: ignore[attr-defined]
+                report("nginx", r)
+                results.setdefault("nginx", []).append(r)
+        if args.repeat > 1:
+            for name, runs in results.items():
+                summary(name, runs)
     finally:
         if nginx is not None:
             nginx.stop()  # type: ignore[attr-defined]

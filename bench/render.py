@@ -15,13 +15,20 @@ environment error.
     python bench/render.py               # 1,000 and 10,000 nodes (a minute or two)
     python bench/render.py --quick       # 100 and 1,000 nodes (seconds)
     python bench/render.py --fabric DIR  # one existing fabric
+    python bench/render.py --fabric DIR --repeat 5   # median and range of five renders
+
+Each render prints the load average before it: this machine's 2 cores are
+shared, and the cold render uses both (a forked helper, see
+treadle.fabric.pool).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,10 +149,26 @@ def targets(rows: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
-def run(shapes: tuple[tuple[int, int, int], ...], fabric: Path | None, seed: int) -> list[Measurement]:
+def repeated(fabric: Path, label: str, repeat: int) -> Measurement:
+    """``measure`` ``repeat`` times; prints each cold render and the median and range; returns the median run."""
+    runs = []
+    for i in range(repeat):
+        load = os.getloadavg()[0]
+        runs.append(measure(fabric, label))
+        if repeat > 1:
+            print(f"  {label} run {i + 1}: cold {runs[-1].cold_s:.2f} s, warm {runs[-1].warm_s:.2f} s, "
+                  f"peak RSS {runs[-1].peak_rss_mib:.0f} MiB (load average before: {load:.2f})", flush=True)
+    cold = sorted(m.cold_s for m in runs)
+    if repeat > 1:
+        print(f"  {label}: cold render median {statistics.median(cold):.2f} s, range {cold[0]:.2f}-{cold[-1]:.2f} s "
+              f"over {repeat} runs", flush=True)
+    return sorted(runs, key=lambda m: m.cold_s)[(len(runs) - 1) // 2]
+
+
+def run(shapes: tuple[tuple[int, int, int], ...], fabric: Path | None, seed: int, repeat: int = 1) -> list[Measurement]:
     """Measure one given fabric, or generate and measure each shape in a temporary directory."""
     if fabric is not None:
-        return [measure(fabric, fabric.name[:14])]
+        return [repeated(fabric, fabric.name[:14], repeat)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="treadle-bench-") as tmp:
         for sites, clusters, nodes in shapes:
@@ -153,7 +176,7 @@ def run(shapes: tuple[tuple[int, int, int], ...], fabric: Path | None, seed: int
             started = time.perf_counter()
             gen_fabric.generate(out, sites, clusters, nodes, seed)
             print(f"generated {out.name} ({sites * clusters * nodes:,} nodes) in {time.perf_counter() - started:.1f} s", flush=True)
-            rows.append(measure(out, out.name))
+            rows.append(repeated(out, out.name, repeat))
     return rows
 
 
@@ -162,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 nodes instead of 1,000 and 10,000")
     parser.add_argument("--fabric", type=Path, help="render this existing fabric instead of generated ones")
     parser.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
+    parser.add_argument("--repeat", type=int, default=1, help="renders per fabric: each printed, then the median and range")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
@@ -170,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"render.py: error: {args.fabric}/fabric.yaml not found; pass a fabric repository", file=sys.stderr)
         return 2
     try:
-        rows = run(QUICK_SHAPES if args.quick else FULL_SHAPES, args.fabric, args.seed)
+        rows = run(QUICK_SHAPES if args.quick else FULL_SHAPES, args.fabric, args.seed, max(1, args.repeat))
     except gen_fabric.GeneratorError as e:
         print(f"render.py: error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from starlette.testclient import TestClient
 
 from support.api_server import serving
 from treadle.daemon.api import ApiContext, build_app, etag_matches, verify_webhook
@@ -61,6 +62,90 @@ def test_a_republished_manifest_gets_a_new_etag_and_a_full_answer(api: Api) -> N
 
 def test_unknown_node_is_404(api: Api) -> None:
     assert httpx.get(f"{api.url}/v1/nodes/nope/manifest").status_code == 404
+
+
+def _loaded(store: PublishStore) -> None:
+    deadline = time.monotonic() + 10
+    while not store.index().loaded and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.index().loaded
+
+
+def test_after_a_publish_the_old_etag_gets_the_new_envelope_and_the_new_etag_a_304(api: Api) -> None:
+    _loaded(api.store)
+    api.store.publish({"n1": b"v1"})
+    old = httpx.get(f"{api.url}/v1/nodes/n1/manifest").headers["etag"]
+    assert httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": old}).status_code == 304
+    api.store.publish({"n1": b"v2"})
+    r = httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": old})
+    assert r.status_code == 200 and r.content == b"v2" and r.headers["etag"] == '"' + hashlib.sha256(b"v2").hexdigest() + '"'
+    assert r.headers["content-type"] == "application/json" and r.headers["cache-control"] == "no-cache"
+    again = httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": f'W/"zz", {r.headers["etag"]}'})
+    assert again.status_code == 304 and again.headers["etag"] == r.headers["etag"]
+
+
+def test_a_removed_node_is_404_even_with_its_last_etag(api: Api) -> None:
+    _loaded(api.store)
+    api.store.publish({"n1": b"v1"})
+    etag = httpx.get(f"{api.url}/v1/nodes/n1/manifest").headers["etag"]
+    api.store.publish({}, remove=["n1"])
+    r = httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": etag})
+    assert r.status_code == 404 and r.json() == {"error": "no such node"}
+    assert httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": "*"}).status_code == 404
+
+
+def test_head_answers_the_headers_of_get_without_a_body(api: Api) -> None:
+    api.store.publish({"n1": b"envelope"})
+    r = httpx.head(f"{api.url}/v1/nodes/n1/manifest")
+    assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == "8"
+    assert r.headers["etag"] == '"' + hashlib.sha256(b"envelope").hexdigest() + '"'
+    assert httpx.head(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+
+
+def test_other_methods_on_a_manifest_are_refused(api: Api) -> None:
+    api.store.publish({"n1": b"envelope"})
+    r = httpx.post(f"{api.url}/v1/nodes/n1/manifest", content=b"x")
+    assert r.status_code == 405 and api.store.read("n1") == b"envelope"
+
+
+def test_envelopes_published_before_a_restart_are_answered_304_from_the_index(tmp_path: Path) -> None:
+    PublishStore(tmp_path / "pub").publish({"n1": b"before the restart"})
+    store = PublishStore(tmp_path / "pub")
+    ctx = ApiContext(store=store, state=StateDB(tmp_path / "s.db"), metrics=ControllerMetrics(), trigger=lambda: None,
+                     branch="main", repository="r")
+    etag = '"' + hashlib.sha256(b"before the restart").hexdigest() + '"'
+    with TestClient(build_app(ctx)) as client:
+        _loaded(store)
+        assert client.get("/v1/nodes/n1/manifest", headers={"If-None-Match": etag}).status_code == 304
+        # The index is the store's own record: a file written behind its back is not served.
+        (tmp_path / "pub/nodes/n2").mkdir()
+        (tmp_path / "pub/nodes/n2/manifest").write_bytes(b"stray")
+        assert client.get("/v1/nodes/n2/manifest").status_code == 404
+
+
+def test_below_a_root_path_the_manifest_is_answered_by_the_router_alike(tmp_path: Path) -> None:
+    store = PublishStore(tmp_path / "pub")
+    ctx = ApiContext(store=store, state=StateDB(tmp_path / "s.db"), metrics=ControllerMetrics(), trigger=lambda: None,
+                     branch="main", repository="r")
+    with TestClient(build_app(ctx), root_path="/treadle") as client:
+        store.publish({"n1": b"env"})
+        r = client.get("/treadle/v1/nodes/n1/manifest")
+        assert r.status_code == 200 and r.content == b"env" and r.headers["cache-control"] == "no-cache"
+        assert client.get("/treadle/v1/nodes/n1/manifest", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+        assert client.get("/treadle/v1/nodes/nope/manifest").status_code == 404
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.one_of(st.text(max_size=60), st.builds(lambda n: f"/v1/nodes/{n}/manifest", st.text(max_size=30))),
+       method=st.sampled_from(["GET", "HEAD", "POST", "PUT"]))
+def test_the_fast_path_takes_only_a_valid_node_name_as_one_path_segment(path: str, method: str) -> None:
+    from treadle.api import _manifest_node
+    from treadle.publish import valid_node_name
+
+    node = _manifest_node({"type": "http", "method": method, "path": path, "root_path": ""})
+    if node is not None:
+        assert method in ("GET", "HEAD") and valid_node_name(node) and "/" not in node
+        assert path == f"/v1/nodes/{node}/manifest"
 
 
 @pytest.mark.parametrize("path", ["/v1/nodes/../manifest", "/v1/nodes/%2e%2e/manifest", "/v1/nodes/..%2Fstate.db/manifest",

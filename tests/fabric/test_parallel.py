@@ -89,3 +89,35 @@ def test_a_forked_render_equals_a_serial_one_byte_for_byte(fabric, monkeypatch, 
         b for p, b in WorkTreeSource(fabric.root).entries().items() if p.startswith("templates/")})
     again = render_fabric(WorkTreeSource(fabric.root), cache)  # the helper's nodes were stored in the parse cache
     assert all(again.nodes[n] is forked.nodes[n] for n in forked.nodes)
+
+
+def test_results_larger_than_the_pipe_arrive_whole_and_in_order(forking):
+    parent = os.getpid()
+    results = fork_map(list(range(12)), lambda n: (bytes([n]) * (3 * 2**20 + n), os.getpid()))
+    assert [data for data, _ in results] == [bytes([n]) * (3 * 2**20 + n) for n in range(12)]
+    assert {pid for _, pid in results} - {parent}  # some were the helper's: they crossed the pipe
+
+
+def test_a_result_the_helper_cannot_pickle_is_made_here(forking):
+    parent = os.getpid()
+
+    def unpicklable_in_helper(n: int):  # type: ignore[no-untyped-def]
+        return n if os.getpid() == parent else (lambda: n)
+
+    assert fork_map(list(range(20)), unpicklable_in_helper) == list(range(20))
+
+
+def test_an_error_here_stops_the_helper_and_leaves_no_child_behind(forking):
+    parent = os.getpid()
+
+    def slow_there_failing_here(n: int) -> int:
+        if os.getpid() != parent:
+            import time
+
+            time.sleep(30)
+        raise ValueError("failed here")
+
+    with pytest.raises(ValueError, match="failed here"):
+        fork_map(list(range(4)), slow_there_failing_here)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # reaped, not left running or as a zombie

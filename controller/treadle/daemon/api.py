@@ -16,11 +16,15 @@
     GET  /ui/...                     the web console (treadle.console), same access rules
 
 Manifests are read from the publish store, the same static files any web
-server or mirror could serve; this endpoint adds only the ETag, kept in a
-small cache keyed by the file's (inode, mtime, size) so a 304 costs one stat.
-A node name that is not a plain path segment (``..``, separators, odd
-characters) is a 404, exactly like an unknown node: the answer never tells
-which names exist beyond the ones asked for.
+server or mirror could serve; this endpoint adds only the ETag. The agents'
+poll is the hot path (100,000 agents every 60 s: 1,700 requests a second,
+nearly all 304), so it is answered before Starlette's routing and middleware
+(:class:`_Api`), and a 304 or an unknown node's 404 comes from the store's
+in-memory ETag index (:class:`treadle.publish.ManifestIndex`) without touching
+the disk; only a full answer reads the file. A node name that is not a plain
+path segment (``..``, separators, odd characters) is a 404, exactly like an
+unknown node: the answer never tells which names exist beyond the ones asked
+for.
 
 Webhook secrets are compared in constant time (:func:`hmac.compare_digest`);
 a mismatch is a 401 and triggers nothing. Operator actions (accepting a
@@ -36,8 +40,9 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import re
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,11 +53,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
 
-from treadle.errors import NoSuchRolloutError, StoreError, TransitionError
+from treadle import log
 from treadle.daemon.metrics import ControllerMetrics
-from treadle.daemon.publish import PublishStore, valid_node_name
+from treadle.daemon.publish import ManifestIndex, PublishStore, etag_of, valid_node_name
 from treadle.daemon.state import StateDB
+from treadle.errors import NoSuchRolloutError, StoreError, TransitionError
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
 ENVELOPE_MEDIA_TYPE = "application/json"
@@ -80,30 +87,84 @@ class ApiContext:
     health_status: Callable[[], dict[str, Any]] | None = None  # HealthWatcher.status: the last round of observation
 
 
-class _ETagCache:
-    """node -> (stat key, etag, bytes); a changed file has a new inode (rename), so the key catches every publish."""
+_MANIFEST_PREFIX, _MANIFEST_SUFFIX = "/v1/nodes/", "/manifest"
+_NOT_FOUND = b'{"error":"no such node"}\n'
+_JSON = (b"content-type", ENVELOPE_MEDIA_TYPE.encode())
+_NO_CACHE = (b"cache-control", b"no-cache")
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body: what the manifest endpoint sends
 
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple[int, int, int], str, bytes]] = {}
 
-    def get(self, path: str, node: str) -> tuple[str, bytes] | None:
+def manifest_answer(index: ManifestIndex, node: str, if_none_match: str | None) -> Answer:
+    """The answer to ``GET /v1/nodes/<node>/manifest`` for a valid node name.
+
+    A 304 and a 404 are decided from the index alone; a 200 reads the file and
+    takes its ETag from the bytes read, so body and ETag always agree, even
+    while a publication renames the file.
+    """
+    etag = index.etag(node)
+    if etag is not None and etag_matches(if_none_match, etag):
+        return 304, [(b"etag", etag.encode()), _NO_CACHE], b""
+    data = None if etag is None else index.read(node)
+    if data is None:
+        return 404, [(b"content-length", b"%d" % len(_NOT_FOUND)), _JSON], _NOT_FOUND
+    return 200, [(b"content-length", b"%d" % len(data)), _JSON, (b"etag", etag_of(data).encode()), _NO_CACHE], data
+
+
+def _manifest_node(scope: Scope) -> str | None:
+    """The node of a ``GET``/``HEAD /v1/nodes/<node>/manifest`` with a valid name, else None (Starlette routes it)."""
+    path = scope["path"]
+    if (scope["type"] != "http" or scope["method"] not in ("GET", "HEAD") or scope.get("root_path")
+            or not path.startswith(_MANIFEST_PREFIX) or not path.endswith(_MANIFEST_SUFFIX)):
+        return None
+    node = path[len(_MANIFEST_PREFIX):-len(_MANIFEST_SUFFIX)]
+    return node if valid_node_name(node) else None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class _Api(Starlette):
+    """Starlette, with the agents' manifest poll answered before its middleware and routing.
+
+    The poll is most of the traffic a large fleet makes; Starlette's error and
+    exception middleware, router and Request/Response objects were half of
+    the time spent on each. Everything else, including a manifest request
+    with an invalid node name, goes through Starlette as before.
+    """
+
+    def __init__(self, index: ManifestIndex, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._index = index
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        node = _manifest_node(scope) if scope["type"] == "http" else None
+        if node is None:
+            await super().__call__(scope, receive, send)
+            return
+        status, headers, body = manifest_answer(self._index, node, _header(scope, b"if-none-match"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def load_index(index: ManifestIndex) -> None:
+    """Index what the store already holds, in a thread: at 100,000 nodes that reads 100,000 files (seconds)."""
+    if not index.begin_load():
+        return
+
+    def run() -> None:
+        started = time.monotonic()
         try:
-            st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            self._entries.pop(node, None)
-            return None
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        hit = self._entries.get(node)
-        if hit is not None and hit[0] == key:
-            return hit[1], hit[2]
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        etag = f'"{hashlib.sha256(data).hexdigest()}"'
-        self._entries[node] = (key, etag, data)
-        return etag, data
+            count = index.load()
+        except OSError as e:  # the index stays in its disk-reading mode: slower, still correct
+            log.error("api.index_failed", error=str(e))
+            return
+        log.event("api.index_loaded", nodes=count, seconds=round(time.monotonic() - started, 3))
+
+    threading.Thread(target=run, name="treadle-manifest-index", daemon=True).start()
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -178,22 +239,18 @@ def status_document(ctx: ApiContext) -> dict[str, Any]:
 
 
 def build_app(ctx: ApiContext) -> Starlette:
-    """The ASGI application over ``ctx``."""
-    cache = _ETagCache()
-    not_found = Response(b'{"error":"no such node"}\n', status_code=404, media_type="application/json")
+    """The ASGI application over ``ctx``; starts indexing the store's ETags (:func:`load_index`)."""
+    index = ctx.store.index()
+    load_index(index)
+    not_found = Response(_NOT_FOUND, status_code=404, media_type="application/json")
 
     async def manifest(request: Request) -> Response:
+        # Reached only when _Api's fast path does not apply (an invalid name, a root_path).
         node = request.path_params["node"]
         if not valid_node_name(node):
             return not_found
-        hit = cache.get(os.path.join(ctx.store.nodes_dir, node, "manifest"), node)
-        if hit is None:
-            return not_found
-        etag, data = hit
-        headers = {"etag": etag, "cache-control": "no-cache"}
-        if etag_matches(request.headers.get("if-none-match"), etag):
-            return Response(status_code=304, headers=headers)
-        return Response(data, media_type=ENVELOPE_MEDIA_TYPE, headers=headers)
+        status, headers, body = manifest_answer(index, node, request.headers.get("if-none-match"))
+        return Response(body, status, headers={k.decode(): v.decode() for k, v in headers if k != b"content-length"})
 
     async def node_view(request: Request) -> Response:
         from treadle.daemon.nodeview import node_document
@@ -299,7 +356,7 @@ def build_app(ctx: ApiContext) -> Starlette:
 
     from treadle.console import build_console
 
-    return Starlette(routes=[
+    return _Api(index, routes=[
         Route("/v1/nodes/{node}/manifest", manifest, methods=["GET", "HEAD"]),
         Route("/v1/nodes/{node}", node_view, methods=["GET"]),
         Route("/v1/nodes/{node}/history", node_history, methods=["GET"]),

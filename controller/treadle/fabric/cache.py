@@ -36,6 +36,11 @@ class Parsed:
     tagged: bool
     problem: Problem | None
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # A cold render's files are parsed half in the forked helper and come back pickled
+        # (treadle.fabric.pool): cheaper as a constructor call than as a slotted dataclass's state.
+        return Parsed, (self.doc, self.tagged, self.problem)
+
 
 def parse_bytes(data: bytes, limits: Limits) -> Parsed:
     """One file's bytes parsed: its document, or the problem that stopped parsing (never raises for content)."""
