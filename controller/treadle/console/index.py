@@ -138,7 +138,8 @@ class NodeIndex:
                 hit = self._by_name.get(name)
                 if hit is None or hit[0] != key:
                     meta = (self.manifest(name) or {}).get("metadata", {}) if rec.present else {}
-                    labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+                    raw_labels = meta.get("labels")
+                    labels = raw_labels if isinstance(raw_labels, dict) else {}
                     hit = (key, NodeInfo(name=name, lifecycle=rec.lifecycle, generation=rec.published_generation,
                                          commit=rec.commit, present=rec.present, site=meta.get("site"),
                                          cluster=meta.get("cluster"), address=meta.get("address"),

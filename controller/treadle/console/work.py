@@ -11,6 +11,8 @@ without bound.
 
 from __future__ import annotations
 
+import functools
+
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -55,15 +57,16 @@ class Work:
         if hit is not None:
             return hit
         with self._lock:
-            future = self._running.get(key)
-            started = future is None
-            if started:
+            running = self._running.get(key)
+            started = running is None
+            if running is None:
                 if len(self._running) >= self._max_pending:
                     return Outcome("busy")
-                future = self._pool.submit(compute)
-                self._running[key] = future
+                running = self._pool.submit(compute)
+                self._running[key] = running
+        future: Future[Any] = running
         if started:  # outside the lock: a future already done runs its callback here, and _finish takes the lock
-            future.add_done_callback(lambda f, k=key: self._finish(k, f))
+            future.add_done_callback(functools.partial(self._finish, key))
         try:
             await anyio.to_thread.run_sync(future.result, wait_s)
         except FutureTimeout:

@@ -140,7 +140,7 @@ class ParseCache:
             return build()
         if hit is None:
             hit = self._listings[src] = build()
-        return hit  # type: ignore[no-any-return]
+        return hit
 
     def template_code(self, key: str, compile_: Callable[[], Any]) -> Any:
         """The compiled template for ``key`` (blob id and path: the code embeds its file name); ``compile_`` runs only on a miss."""

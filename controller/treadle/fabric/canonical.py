@@ -20,8 +20,9 @@ from treadle_agent.contract.manifest import API_VERSION, KIND, canonical_json, i
 encode_str = json.encoder.encode_basestring
 #: json's C encoder made once with canonical_json's settings (json.dumps builds a new one per call,
 #: which costs as much as encoding a small resource). None without the C accelerator.
-_C_ENCODER = (json.encoder.c_make_encoder(None, None, encode_str, None, ":", ",", True, False, False)
-              if json.encoder.c_make_encoder is not None else None)
+_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # private to json, hence no type
+_C_ENCODER = (_MAKE_ENCODER(None, None, encode_str, None, ":", ",", True, False, False)
+              if _MAKE_ENCODER is not None else None)
 
 
 def encode_canonical(obj: Any) -> bytes:

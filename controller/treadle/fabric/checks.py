@@ -59,7 +59,7 @@ def path_problem(path: str, allowed_roots: Sequence[str]) -> str | None:
 
 def check_paths(path: str, prefix: tuple[Any, ...], body: Any, allowed_roots: Sequence[str]) -> list[Finding]:
     """Path policy for the resource keys one overlay body declares."""
-    found = []
+    found: list[Finding] = []
     if not isinstance(body, dict):
         return found
     for section in PATH_SECTIONS:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, cast
 
 import pygit2
 
@@ -161,7 +161,7 @@ def _read_file(path: str) -> bytes | int:
 def entries_of(src: object) -> Mapping[str, str]:
     """A source's listing without copying it when the source offers a read-only view (both sources here do)."""
     view = getattr(src, "entries_view", None)
-    return view() if view is not None else src.entries()  # type: ignore[attr-defined,no-any-return]
+    return view() if view is not None else src.entries()  # type: ignore[attr-defined]
 
 
 def changed_paths(repo: pygit2.Repository, old: str, new: str) -> set[str]:
@@ -184,9 +184,14 @@ def changed_paths(repo: pygit2.Repository, old: str, new: str) -> set[str]:
     return out
 
 
+def _tree(repo: pygit2.Repository, oid: pygit2.Oid) -> pygit2.Tree:
+    """The tree ``oid`` names (a tree entry of mode 040000 always does)."""
+    return cast(pygit2.Tree, repo[oid])
+
+
 def _diff_trees(repo: pygit2.Repository, a: pygit2.Tree | None, b: pygit2.Tree | None, prefix: str, out: set[str]) -> None:
-    left = {e.name: e for e in a} if a is not None else {}
-    right = {e.name: e for e in b} if b is not None else {}
+    left = {e.name or "": e for e in a} if a is not None else {}
+    right = {e.name or "": e for e in b} if b is not None else {}
     for name in left.keys() | right.keys():
         x, y = left.get(name), right.get(name)
         if x is not None and y is not None and x.id == y.id and x.filemode == y.filemode:
@@ -194,7 +199,9 @@ def _diff_trees(repo: pygit2.Repository, a: pygit2.Tree | None, b: pygit2.Tree |
         x_tree = x is not None and x.filemode == _GIT_TREE
         y_tree = y is not None and y.filemode == _GIT_TREE
         if x_tree or y_tree:
-            _diff_trees(repo, repo[x.id] if x_tree else None, repo[y.id] if y_tree else None, f"{prefix}{name}/", out)  # type: ignore[union-attr]
+            x_obj = _tree(repo, x.id) if x is not None and x_tree else None
+            y_obj = _tree(repo, y.id) if y is not None and y_tree else None
+            _diff_trees(repo, x_obj, y_obj, f"{prefix}{name}/", out)
         if (x is not None and not x_tree) or (y is not None and not y_tree):
             out.add(prefix + name)
 
@@ -220,7 +227,7 @@ def _prefix_in(repo: pygit2.Repository, given: object) -> str:
     """``sub/dir/`` when ``given`` is a path below the work tree's root, else ``""``."""
     if isinstance(given, pygit2.Repository) or repo.workdir is None:
         return ""
-    rel = os.path.relpath(os.path.realpath(os.fspath(given)), os.path.realpath(repo.workdir))  # type: ignore[arg-type]
+    rel = os.path.relpath(os.path.realpath(os.fspath(cast("str | os.PathLike[str]", given))), os.path.realpath(repo.workdir))
     return "" if rel == "." else rel.replace(os.sep, "/") + "/"
 
 
@@ -296,12 +303,12 @@ class GitRevisionSource:
 
     def _walk(self, tree: pygit2.Tree, prefix: str, into: dict[str, str]) -> None:
         for entry in tree:
-            rel = prefix + entry.name
+            rel = prefix + (entry.name or "")
             mode = entry.filemode
             if mode == _GIT_TREE:
                 if entry.name in SKIPPED_DIRS:
                     continue
-                self._walk(self.repo[entry.id], rel + "/", into)
+                self._walk(_tree(self.repo, entry.id), rel + "/", into)
             elif mode == _GIT_SYMLINK:
                 self._problems.append(SourceProblem(rel, "symlink", "symlink blob"))
             elif mode == _GIT_GITLINK:
@@ -318,7 +325,7 @@ class GitRevisionSource:
 
     def read(self, path: str) -> bytes:
         try:
-            return self.repo[self._entries[path]].data
+            return cast(pygit2.Blob, self.repo[self._entries[path]]).data
         except KeyError:
             raise SourceError(f"{path}: not in {self.label}") from None
 

@@ -38,7 +38,7 @@ import secrets
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import jinja2.meta
@@ -134,10 +134,10 @@ def strict_conditions(ast: nodes.Template) -> nodes.Template:
     for n in list(ast.find_all((nodes.If, nodes.CondExpr, nodes.For, nodes.Not))):
         if isinstance(n, nodes.Not):
             n.node = _strict(n.node)
-        elif isinstance(n, nodes.CondExpr | nodes.If):
+        elif isinstance(n, nodes.CondExpr):
             n.test = _strict(n.test)
-        elif n.test is not None:
-            n.test = _strict(n.test)
+        elif isinstance(n, nodes.If | nodes.For) and n.test is not None:
+            n.test = _strict(cast(nodes.Expr, n.test))  # a condition is always an expression
     return ast
 
 

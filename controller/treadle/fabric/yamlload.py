@@ -45,13 +45,13 @@ from ruamel.yaml.events import AliasEvent, MappingEndEvent, MappingStartEvent, S
 
 
 
-class Append(list):  # type: ignore[type-arg]
+class Append(list[Any]):
     """A list tagged ``!append``: merged by extending the inherited list."""
 
     __slots__ = ()
 
 
-class Replace(dict):  # type: ignore[type-arg]
+class Replace(dict[str, Any]):
     """A map tagged ``!replace``: merged by replacing the inherited map whole."""
 
     __slots__ = ()

@@ -222,7 +222,6 @@ def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str
     parse: their BASE lifecycle is unknown, so they are listed apart and never as a transition;
     ``unreadable_head`` the same in HEAD (an error of HEAD, reported as such).
     """
-    places = places if places is not None else {}
     changed, added, removed, unrendered, transitions, unreadable = [], [], [], [], [], []
     for name in sorted(set(head_lifecycles) | set(base_lifecycles) | set(head_nodes) | set(base_nodes)):
         if name in untouched:
@@ -248,8 +247,8 @@ def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str
     return Changes(tuple(changed), tuple(added), tuple(removed), tuple(unrendered), tuple(transitions), tuple(unreadable))
 
 
-def _place(name: str, new: RenderedNode | None, old: RenderedNode | None, places: Places) -> tuple[str, str]:
+def _place(name: str, new: RenderedNode | None, old: RenderedNode | None, places: Places | None) -> tuple[str, str]:
     for node in (new, old):
         if node is not None:
             return node.site, node.cluster
-    return places.get(name) or ("?", "?")
+    return (places.get(name) if places is not None else None) or ("?", "?")

@@ -43,7 +43,7 @@ def render_markdown(plan: Plan, limits: MarkdownLimits | None = None) -> str:
                       *_changes_heading(plan)])
     tail_note = "\n\n---\n_Not shown, to stay within the comment size limit: {}. Run `treadle plan --format json` for everything._\n"
     reserve = len(tail_note) + 200
-    parts, left_out = [head], []
+    parts, left_out = [head], list[str]()
     used = len(head)
     sections = [(f"group {i + 1} ({len(g.nodes)} nodes)", _group(g, p, limits))
                 for i, (g, p) in enumerate(zip(plan.groups, plan.provenance, strict=True))]

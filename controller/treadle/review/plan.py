@@ -99,7 +99,8 @@ def changed_paths(repo: pygit2.Repository, base: str, head: str, prefix: str = "
         SourceError: git cannot diff the two trees.
     """
     try:
-        diff = repo.diff(repo[base].peel(pygit2.Tree), repo[head].peel(pygit2.Tree))
+        # pygit2's stubs omit diff(Tree, Tree), which it supports (Tree.diff_to_tree).
+        diff = repo.diff(repo[base].peel(pygit2.Tree), repo[head].peel(pygit2.Tree))  # type: ignore[call-overload]
     except (KeyError, ValueError, pygit2.GitError) as e:
         raise SourceError(f"cannot diff {base[:12]}..{head[:12]}: {e}") from e
     paths: dict[str, frozenset[int]] = {}
@@ -135,7 +136,7 @@ def build_plan(repo: str | os.PathLike[str] | pygit2.Repository, base_rev: str, 
     groups = group_changes(changes.changed)
     budget = ProvenanceBudget(lookups=settings.max_provenance_lookups)
     provenance = explain_groups(Explainer(head_src, cache, paths, budget), groups)
-    updated = [head.nodes[n.name] for n in (*changes.changed, *changes.added)]
+    updated = [head.nodes[n.name] for n in changes.changed] + [head.nodes[n.name] for n in changes.added]
     pinned = pinned_waves(head_src, cache, head.fabric, updated)
     now = settings.now_s if settings.now_s is not None else time.time()
     rollout = preview(head.rollout, updated, pinned, now, commit_is_immediate(base_src.repo, head_commit))

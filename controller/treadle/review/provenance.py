@@ -93,18 +93,19 @@ class Explainer:
             if keypath == "#content":
                 found = self._content(node, change.key)
                 if found is None:
-                    return self._skip()
+                    self._skip()
+                    return None
                 out += found
                 continue
             settings = self.lookup(node, keypath)
             if settings is None:
-                return self._skip()
+                self._skip()
+                return None
             out.append(ValueSource(keypath, settings))
         return tuple(out)
 
     def _skip(self) -> None:
         self.budget.skipped += 1
-        return None
 
     def lookup(self, node: str, keypath: str) -> tuple[Setting, ...] | None:
         """The settings of ``keypath`` for ``node`` (winner first; () when unknown); None when the budget is spent."""

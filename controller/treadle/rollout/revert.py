@@ -50,8 +50,8 @@ def write_revert_branch(clone: Path, remote_url: str, bad_commit: str, onto: str
 def _write(repo: pygit2.Repository, remote_url: str, bad_commit: str, onto: str, reason: str,
            credentials: GitCredentials | None) -> RevertBranch:
     try:
-        bad, base = repo.revparse_single(bad_commit), repo.revparse_single(onto)
-    except (KeyError, ValueError) as e:
+        bad, base = repo.revparse_single(bad_commit).peel(pygit2.Commit), repo.revparse_single(onto).peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError) as e:
         raise SourceError(f"cannot revert {bad_commit[:12]}: {e}") from e
     index = repo.revert_commit(bad, base, mainline=1 if len(bad.parents) > 1 else 0)
     if index.conflicts is not None:
