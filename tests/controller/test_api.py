@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from support.api_server import serving
+from support.procs import wait_until
 from treadle.daemon.api import ApiContext, build_app, etag_matches, verify_webhook
 from treadle.daemon.metrics import ControllerMetrics
 from treadle.daemon.publish import PublishStore
@@ -65,10 +66,7 @@ def test_unknown_node_is_404(api: Api) -> None:
 
 
 def _loaded(store: PublishStore) -> None:
-    deadline = time.monotonic() + 10
-    while not store.index().loaded and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert store.index().loaded
+    wait_until(lambda: store.index().loaded, 10, "the publish store's ETag index is loaded")
 
 
 def test_after_a_publish_the_old_etag_gets_the_new_envelope_and_the_new_etag_a_304(api: Api) -> None:
@@ -139,8 +137,8 @@ def test_below_a_root_path_the_manifest_is_answered_by_the_router_alike(tmp_path
 @given(path=st.one_of(st.text(max_size=60), st.builds(lambda n: f"/v1/nodes/{n}/manifest", st.text(max_size=30))),
        method=st.sampled_from(["GET", "HEAD", "POST", "PUT"]))
 def test_the_fast_path_takes_only_a_valid_node_name_as_one_path_segment(path: str, method: str) -> None:
-    from treadle.api import _manifest_node
-    from treadle.publish import valid_node_name
+    from treadle.daemon.api import _manifest_node
+    from treadle.daemon.publish import valid_node_name
 
     node = _manifest_node({"type": "http", "method": method, "path": path, "root_path": ""})
     if node is not None:

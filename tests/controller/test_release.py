@@ -10,7 +10,7 @@ from treadle.daemon.release import Release
 from treadle.daemon.sign import ManifestSigner, ToSign, content_digest, manifest_from_envelope
 from treadle.daemon.state import StateDB
 from treadle.keygen import generate
-from treadle_agent.manifest import canonical_json
+from treadle_agent.contract.manifest import canonical_json
 
 from .test_sign import COMMIT, manifest
 

@@ -157,7 +157,7 @@ def test_a_save_that_fails_midway_leaves_the_rollout_as_last_saved(tmp_path) -> 
         conn.execute("CREATE TRIGGER full_disk BEFORE INSERT ON rollout_events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
     moved = replace(_soaking({**saved.progress, **dict.fromkeys(REST[:50], NodeProgress(NodeStatus.APPLIED, 2.0))}, 2),
                     paused=True)  # an event is logged: the last write of the save
-    with pytest.raises(sqlite3.Error, match="disk full"):
+    with pytest.raises(StoreError, match="disk full"):  # sqlite3.Error, wrapped
         store.save(rid, moved, now=2, before=saved)
     assert _fresh_read(path, rid) == saved and store.get(rid) == saved
     with conn:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -266,6 +267,20 @@ def _database(conn: sqlite3.Connection) -> str:
     return next((str(path) for _, name, path in rows if name == "main" and path), "the state database")
 
 
+#: The tables SCHEMA creates.
+_SCHEMA_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
+
+
+def _tables_and_version(conn: sqlite3.Connection) -> tuple[set[str], int]:
+    """The tables present and the version of the rollout tables (1 before versions were recorded)."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    version = SCHEMA_VERSION if "rollouts" not in tables else 1
+    if "rollout_meta" in tables:
+        row = conn.execute("SELECT value FROM rollout_meta WHERE key = 'schema'").fetchone()
+        version = int(row[0]) if row else version
+    return tables, version
+
+
 def _prepare(conn: sqlite3.Connection) -> None:
     """Create the rollout tables, or migrate those of version 1; refuse those of a newer version.
 
@@ -273,12 +288,11 @@ def _prepare(conn: sqlite3.Connection) -> None:
         StoreError: the tables are of a newer version, or a stored rollout cannot be migrated
             (the database is left as it was).
     """
+    tables, version = _tables_and_version(conn)
+    if version == SCHEMA_VERSION and _SCHEMA_TABLES <= tables:
+        return  # nothing to create or migrate, so nothing is written: a read-only database opens
     with _immediate(conn):
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        version = SCHEMA_VERSION if "rollouts" not in tables else 1
-        if "rollout_meta" in tables:
-            row = conn.execute("SELECT value FROM rollout_meta WHERE key = 'schema'").fetchone()
-            version = int(row[0]) if row else version
+        tables, version = _tables_and_version(conn)  # again, under the write lock
         if version > SCHEMA_VERSION:
             raise StoreError(f"{_database(conn)}: its rollout tables are of version {version}, written by a newer "
                              f"Treadle; this one reads version {SCHEMA_VERSION} and older. Run the newer Treadle, "
