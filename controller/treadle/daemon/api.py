@@ -20,7 +20,7 @@ server or mirror could serve; this endpoint adds only the ETag. The agents'
 poll is the hot path (100,000 agents every 60 s: 1,700 requests a second,
 nearly all 304), so it is answered before Starlette's routing and middleware
 (:class:`_Api`), and a 304 or an unknown node's 404 comes from the store's
-in-memory ETag index (:class:`treadle.publish.ManifestIndex`) without touching
+in-memory ETag index (:class:`treadle.daemon.publish.ManifestIndex`) without touching
 the disk; only a full answer reads the file. A node name that is not a plain
 path segment (``..``, separators, odd characters) is a 404, exactly like an
 unknown node: the answer never tells which names exist beyond the ones asked
