@@ -173,7 +173,7 @@ def _run(config: AgentConfig, args: argparse.Namespace) -> int:
     try:
         anyio.run(serve)
     finally:
-        server.shutdown()  # type: ignore[attr-defined]
+        server.shutdown()
     log.info("agent.stopped")
     return EXIT_OK
 

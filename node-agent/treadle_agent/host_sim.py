@@ -155,11 +155,12 @@ class SimulatedRunner:
         if verb == "show":  # an unknown unit shows too (LoadState=not-found)
             unit = self.units.get(name) or Unit()
             return 0, "".join(f"{p}={self._property(name, unit, p)}\n" for p in args[1].partition("=")[2].split(",")), ""
-        unit = self.units.get(name)
-        if unit is None:
+        found = self.units.get(name)
+        if found is None:
             if verb == "is-active":
                 return 3, "inactive\n", ""
             return (1 if verb == "is-enabled" else 5), "", f"Failed to {verb} unit: Unit {name}.service not found.\n"
+        unit = found
         if verb == "is-enabled":
             if unit.file_state:
                 return (1 if unit.file_state in ("disabled", "masked") else 0), f"{unit.file_state}\n", ""

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from treadle_agent import __version__
 from treadle_agent.fetch import REASONS as FETCH_REASONS
@@ -209,7 +209,10 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-def _gauge(cls: Any, name: str, text: str, values: Mapping[tuple[str, ...], float], labels: list[str]) -> Any:
+_Labels = TypeVar("_Labels", bound=tuple[str, ...])  # label values, one per label name
+
+
+def _gauge(cls: Any, name: str, text: str, values: Mapping[_Labels, float], labels: list[str]) -> Any:
     family = cls(name, text, labels=labels)
     for key, value in sorted(values.items()):
         family.add_metric(list(key), value)

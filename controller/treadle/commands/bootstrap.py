@@ -28,7 +28,7 @@ from treadle.provision import Sources, cloud_config, node_facts, shell_script
 CHECKOUT_UNIT = Path(__file__).resolve().parents[3] / "systemd" / "treadle-agent.service"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bootstrap", help="a node's installer data: a shell script and cloud-init user-data",
                        usage="treadle bootstrap [-h] [REPO] (NODE | --all --out DIR) --manifest-url URL "
                              "--trust-root FILE (--wheelhouse LOC | --agent-wheel LOC) [options]",

@@ -21,7 +21,7 @@ from treadle.daemon.client import DEFAULT_URL, api_call
 EXIT_OK, EXIT_PROBLEM = 0, 1
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ctl = sub.add_parser("controller", help="run the controller daemon",
                          epilog="example:\n  treadle controller run --config /etc/treadle/controller.toml", formatter_class=argparse.RawDescriptionHelpFormatter)
     ctl_sub = ctl.add_subparsers(dest="controller_command", metavar="ACTION", required=True)

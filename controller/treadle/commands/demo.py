@@ -25,7 +25,7 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run a whole fabric on this machine and play a short story",
                        description="Start a real controller and N real agents on loopback addresses, each agent\n"
                                    "applying into its own directory, then show a change rolling out wave by\n"

@@ -25,7 +25,7 @@ from pathlib import Path
 from treadle.keygen import generate, trust_root
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = subparsers.add_parser("keys", help="manage manifest signing keys",
                                  epilog="example:\n  treadle keys generate /etc/treadle/keys --threshold 2",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

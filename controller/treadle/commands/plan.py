@@ -17,7 +17,7 @@ from treadle.review.markdown import MarkdownLimits, render_markdown
 from treadle.review.plan import PlanSettings, build_plan
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("plan", help="the plan a reviewer approves: changed nodes, diffs, sources, rollout waves",
                        description="Render BASE and HEAD and report what the change does: nodes changed, added and "
                                    "removed by site and cluster, lifecycle transitions, nodes grouped by identical "

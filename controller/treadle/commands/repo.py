@@ -17,7 +17,7 @@ from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, WorkTree
 from treadle.fabric.scaffold import new_fabric
 from treadle.fabric.source import Source
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("init", help="create a new fabric repository from the example template",
                        description="Copy the example fabric into DIR (which must be empty or absent).\n"
                                    "When git is installed, DIR becomes a git repository with the template\n"

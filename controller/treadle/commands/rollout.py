@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from treadle.commands.controller import add_url_argument
 from treadle.daemon.client import api_call
 from treadle.errors import UsageError
 
+if TYPE_CHECKING:  # rich loads only when a table is printed
+    from rich.console import Console
+    from rich.table import Table
+
 STATUS_COLUMNS = ("pending", "applied", "healthy", "failed")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rollout = sub.add_parser("rollout", help="operator actions on the controller's rollouts",
                              epilog="examples:\n  treadle rollout show\n  treadle rollout resume 12",
                              formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,13 +66,13 @@ def _accept_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _console():  # type: ignore[no-untyped-def]
+def _console() -> Console:
     from rich.console import Console
 
     return Console()
 
 
-def _wave_table(doc: dict[str, Any]):  # type: ignore[no-untyped-def]
+def _wave_table(doc: dict[str, Any]) -> Table:
     from rich.table import Table
 
     table = Table(title=f"rollout {doc['id']} of {doc['commit'][:12]}: {doc['state']}" + (" (paused)" if doc["paused"] else ""))

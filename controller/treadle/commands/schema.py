@@ -20,7 +20,7 @@ import treadle_schemas
 from treadle.errors import UsageError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("schema", help="JSON Schemas of every file format",
                        epilog="example:\n  treadle schema export .schemas", formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = p.add_subparsers(dest="schema_command", metavar="ACTION", required=True)

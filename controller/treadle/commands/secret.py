@@ -24,7 +24,7 @@ from treadle.fabric.secrets import SECRET_DIR, SecretFileError, parse_ciphertext
 _RECIPIENTS_HELP = "the nodes whose files name the secret (their identity:), and fabric.yaml secrets.admins"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("secret", help="encrypt secret files to the nodes that receive them (age)",
                        description="Manage secrets/<name>.age and secrets/<name>.recipients in a fabric repository.\n"
                                    f"Recipients are {_RECIPIENTS_HELP}.",

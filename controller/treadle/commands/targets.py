@@ -22,7 +22,7 @@ from pathlib import Path
 from treadle.fabric.file_sd import file_sd_entries, write_targets
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("targets", help="write the agents' Prometheus file_sd targets from the fabric",
                        description="Write Prometheus file_sd JSON with one entry per non-retired node: its agent's\n"
                                    "metrics address and the labels node, site, cluster and lifecycle.\n"

@@ -316,9 +316,9 @@ def build_app(ctx: ApiContext) -> Starlette:
     async def metrics(_request: Request) -> Response:
         return Response(ctx.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    def _rollout_id(raw: str) -> int | None:
+    def _rollout_id(service: Any, raw: str) -> int | None:
         if raw in ("current", "latest"):
-            return ctx.rollouts.latest_id()
+            return service.latest_id()  # type: ignore[no-any-return]
         return int(raw) if raw.isdigit() else None
 
     async def rollouts(_request: Request) -> Response:
@@ -327,11 +327,12 @@ def build_app(ctx: ApiContext) -> Starlette:
         return JSONResponse({"rollouts": await anyio.to_thread.run_sync(ctx.rollouts.documents)})
 
     async def rollout(request: Request) -> Response:
-        rid = None if ctx.rollouts is None else _rollout_id(request.path_params["rid"])
-        if rid is None:
+        service = ctx.rollouts
+        rid = None if service is None else _rollout_id(service, request.path_params["rid"])
+        if service is None or rid is None:
             return JSONResponse({"error": "no such rollout"}, 404)
         try:
-            return JSONResponse(await anyio.to_thread.run_sync(ctx.rollouts.document, rid))
+            return JSONResponse(await anyio.to_thread.run_sync(service.document, rid))
         except NoSuchRolloutError:
             return JSONResponse({"error": "no such rollout"}, 404)
 
@@ -339,12 +340,13 @@ def build_app(ctx: ApiContext) -> Starlette:
         refusal = authorize_operator(ctx, request)
         if refusal is not None:
             return refusal
-        rid = None if ctx.rollouts is None else _rollout_id(request.path_params["rid"])
-        if rid is None:
+        service = ctx.rollouts
+        rid = None if service is None else _rollout_id(service, request.path_params["rid"])
+        if service is None or rid is None:
             return JSONResponse({"error": "no such rollout"}, 404)
         action = request.path_params["action"]
         try:
-            doc = await anyio.to_thread.run_sync(ctx.rollouts.act, rid, action)
+            doc = await anyio.to_thread.run_sync(service.act, rid, action)
         except NoSuchRolloutError:
             return JSONResponse({"error": "no such rollout"}, 404)
         except TransitionError as e:

@@ -369,8 +369,9 @@ class GitSource:
             SourceError: a commit is missing from the mirror.
         """
         try:
-            diff = self.repo.diff(self.repo.get(old).peel(pygit2.Tree), self.repo.get(new).peel(pygit2.Tree))
-        except (pygit2.GitError, AttributeError, ValueError) as e:
+            # pygit2's stubs omit diff(Tree, Tree), which it supports (Tree.diff_to_tree).
+            diff = self.repo.diff(self.repo[old].peel(pygit2.Tree), self.repo[new].peel(pygit2.Tree))  # type: ignore[call-overload]
+        except (pygit2.GitError, AttributeError, ValueError, KeyError) as e:
             raise SourceError(f"cannot diff {old[:12]}..{new[:12]}: {e}") from e
         paths: set[str] = set()
         for delta in diff.deltas:

@@ -97,8 +97,8 @@ def _ssh_keygen(args: list[str], stdin: bytes) -> subprocess.CompletedProcess[by
 
 def _commit(repo: pygit2.Repository, commit_id: str) -> pygit2.Commit:
     try:
-        return repo.get(commit_id).peel(pygit2.Commit)
-    except (AttributeError, ValueError, pygit2.GitError) as e:
+        return repo[commit_id].peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError) as e:
         raise SourceError(f"commit {commit_id} is not in the mirror: {e}") from e
 
 

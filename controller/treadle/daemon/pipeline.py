@@ -281,8 +281,9 @@ class Pipeline:
         elif o.result == "failed":
             log.error("cycle.failed", error_type=o.reason, error=o.message)
         elif o.result == "deployed":
+            steps: dict[str, Any] = {f"{k}_s": round(v, 4) for k, v in o.step_s.items()}
             log.event("commit.deployed", commit=o.commit, previous=o.previous, kind=o.kind, published=len(o.published),
-                      removed=len(o.removed), **{f"{k}_s": round(v, 4) for k, v in o.step_s.items()})
+                      removed=len(o.removed), **steps)
         if o.resigned:
             log.event("manifests.resigned", count=len(o.resigned))
         m.set_deployed_commit(self.state.deployed_commit())

@@ -135,7 +135,7 @@ def check_signatures(envelope: ParsedEnvelope, trust: TrustRoot) -> bytes:
     verified: set[tuple[str, str, str]] = set()
     for signed in envelope.signatures:
         # The key id narrows the search when it names a trusted key; otherwise every key not yet counted is tried.
-        candidates = [signed.keyid] if signed.keyid in trust.keys else list(trust.keys)
+        candidates = [signed.keyid] if signed.keyid is not None and signed.keyid in trust.keys else list(trust.keys)
         for keyid in candidates:
             if trust.identity(keyid) in verified:
                 continue

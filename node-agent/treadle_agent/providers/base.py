@@ -137,7 +137,7 @@ class Context:
         path, secret = res["path"], res["secret"]
         key = f"secret:{secret['sha256']}"
         if key in self._cache:
-            return self._cache[key]  # type: ignore[no-any-return]
+            return self._cache[key]
         try:
             data = base64.b64decode(secret["age"], validate=True)
         except (binascii.Error, ValueError) as e:

@@ -128,7 +128,7 @@ class FileProvider:
             raise HostError(f"{res['path']}: the manifest's sha256 does not match its content; refusing to write it")
         regular = st is not None and stat.S_ISREG(st.st_mode)
         # Unmanaged mode/owner: keep the replaced file's, so that a rewrite never loosens them.
-        mode = int(res["mode"], 8) if res["mode"] is not None else (st.st_mode & 0o7777 if regular else 0o644)
+        mode = int(res["mode"], 8) if res["mode"] is not None else (st.st_mode & 0o7777 if st is not None and regular else 0o644)
         uid, gid = wanted_ids(res, ctx, st if regular else None)
         new = ctx.fs.write_atomic(res["path"], data, mode=mode, uid=uid, gid=gid)
         return {"sha256": sha, "stat": stat_key(new), "created": st is None}

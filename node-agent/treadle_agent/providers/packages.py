@@ -7,6 +7,8 @@ installing is a failure, not a silent drift.
 
 from __future__ import annotations
 
+from typing import Any
+
 from treadle_agent.errors import HostError
 from treadle_agent.inventory import Entry
 from treadle_agent.providers.base import Context, Observed, Resource
@@ -18,7 +20,7 @@ class PackageProvider:
     def want(self, res: Resource) -> list:
         return [res["ensure"], res["version"]]
 
-    def _diff(self, res: Resource, ctx: Context, state) -> str | None:
+    def _diff(self, res: Resource, ctx: Context, state: Any) -> str | None:
         if res["ensure"] == "absent":
             return f"installed ({state.version}), want absent" if state.installed else None
         if not state.installed:

@@ -251,8 +251,10 @@ class RootFS:
 
     # --- writing ------------------------------------------------------------
 
-    def mark_dirty(self, dir_fd: int) -> None:
-        self._dirty_dirs[dir_fd] = None
+    def mark_dirty(self, dir_fd: int | None) -> None:
+        """Note that ``dir_fd``'s entries changed (None, a directory that is missing: nothing to sync)."""
+        if dir_fd is not None:
+            self._dirty_dirs[dir_fd] = None
 
     def sync_dirs(self) -> None:
         """fsync every directory whose entries changed this run."""
