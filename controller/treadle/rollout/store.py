@@ -22,7 +22,7 @@ row, the progress rows and the event commit together or not at all
 (tests/rollout/test_store.py kills a writer mid-save and reopens).
 
 The tables share the controller's state database, whose ``user_version`` belongs to
-:mod:`treadle.state`; the rollout tables keep their own version in ``rollout_meta``. Tables written by an
+the controller's state module (``state.py``); the rollout tables keep their own version in ``rollout_meta``. Tables written by an
 earlier version (progress inside the JSON document) are migrated when a store opens them, in one
 transaction; tables of a newer version are refused with an error saying so.
 """
