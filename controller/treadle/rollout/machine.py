@@ -222,7 +222,8 @@ def step(r: Rollout, now: float, observations: Mapping[str, Observation], expect
     """
     if not r.active or r.paused:
         return r, []
-    late = _passed_wave_failure(r, observations, changed) if r.wave else None
+    told = None if changed is None else _Changed(changed, r.progress)
+    late = _passed_wave_failure(r, observations, told) if r.wave else None
     if late is not None:
         return _fail(r, late)
     if r.state in (State.PENDING, State.WAITING):
@@ -231,7 +232,7 @@ def step(r: Rollout, now: float, observations: Mapping[str, Observation], expect
         wave = r.waves[r.wave]
         return r, [Publish(r.wave, wave.nodes)]
     if r.state is State.SOAKING:
-        return _soak(r, now, observations, expected, changed)
+        return _soak(r, now, observations, expected, told)
     if r.state is State.ROLLING_BACK:
         return r, [Rollback(r.reached())]
     return r, []
@@ -307,7 +308,7 @@ def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: fl
 
 
 def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
-          expected: Mapping[str, int], changed: Collection[str] | None) -> tuple[Rollout, list[Action]]:
+          expected: Mapping[str, int], changed: _Changed | None) -> tuple[Rollout, list[Action]]:
     wave = r.waves[r.wave]
     soak_s = 0 if r.immediate else wave.soak_s
     timed_out = r.started_at is not None and now - r.started_at >= wave.timeout_s
@@ -332,7 +333,10 @@ def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
     if moved:
         new = {**progress, **moved}
         # Counted again from the moves (in C, per shared progress object); a walk of the wave may have
-        # added nodes the progress lacked, and is rare: the new progress is counted whole then.
+        # added nodes the progress lacked, and is rare: the new progress is counted whole then. A node
+        # named twice in ``changed`` moved once (its progress was read from the same ``progress``).
+        if not walk and len(was) != len(moved):
+            was = list(map(progress.__getitem__, moved))
         index = _derive(new) if walk else _advance(index, new, was, moved)
         r = _replace(r, progress=new, index=dataclasses.replace(index, base=progress, moved=moved))
     counts = index.counts
@@ -366,6 +370,7 @@ def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observat
     was: list[NodeProgress] = []  # what the nodes that moved had
     applied, healthy, failed = NodeStatus.APPLIED, NodeStatus.HEALTHY, NodeStatus.FAILED
     started: NodeProgress | None = None  # what a node that starts soaking now gets (shared, made once)
+    starting: list[str] = []  # the nodes that do, when there is no timeout to apply: moved all at once below
     progress_get, observation_get, expected_get = progress.get, observations.get, expected.get
     for n in todo:
         p = progress_get(n, _FRESH)
@@ -386,11 +391,12 @@ def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observat
                     q = p
                 else:
                     q = made.get((p.since, True)) or made.setdefault((p.since, True), NodeProgress(healthy, p.since))
-            elif started is not None:
-                q = started
+            elif timed_out is None:
+                starting.append(n)
+                was.append(p)
+                continue
             else:
-                done = now - now >= soak_s
-                q = started = made.get((now, done)) or made.setdefault((now, done), NodeProgress(healthy if done else applied, now))
+                q = _started(now, soak_s, made)
         else:
             q = _observe(p, obs, want, now, soak_s, made)
         if timed_out is not None and q.status is not healthy and q.status is not failed:
@@ -400,7 +406,18 @@ def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observat
         if q is not p or n not in progress:
             moved[n] = q
             was.append(p)
+    if starting:
+        moved.update(dict.fromkeys(starting, _started(now, soak_s, made)))
     return moved, was
+
+
+def _started(now: float, soak_s: float, made: dict[tuple[float, bool], NodeProgress]) -> NodeProgress:
+    """The progress of a node whose soak starts ``now`` (shared by every such node of the step)."""
+    done = now - now >= soak_s
+    q = made.get((now, done))
+    if q is None:
+        q = made[(now, done)] = NodeProgress(NodeStatus.HEALTHY if done else NodeStatus.APPLIED, now)
+    return q
 
 
 def _tally(values: list[NodeProgress]) -> list[tuple[NodeProgress, int]]:
@@ -457,7 +474,7 @@ def _index(r: Rollout) -> ProgressIndex:
 
 def _may_move(progress: Mapping[str, NodeProgress], starts: Mapping[float | None, int],
               observations: Mapping[str, Observation], now: float, soak_s: float,
-              changed: Collection[str] | None) -> tuple[list[str], list[tuple[NodeProgress, list[str]]]]:
+              changed: _Changed | None) -> tuple[list[str], list[tuple[NodeProgress, list[str]]]]:
     """The wave's nodes whose progress a soak step can move (in the progress's order; every other node's
     stays as it is), and those of them that are done soaking for sure, by the progress object they share.
 
@@ -482,13 +499,12 @@ def _may_move(progress: Mapping[str, NodeProgress], starts: Mapping[float | None
         ups = [p for p in distinct.values() if p.status is NodeStatus.APPLIED and p.since in up]
     bulk = changed is not None and 0 < len(ups) <= 8 and all(p.since is not None for p in ups)
     if changed is None or (ups and not bulk):
-        flags = map(observations.__contains__, keys) if changed is None else map(set(changed).__contains__, keys)
+        flags = map(observations.__contains__, keys) if changed is None else map(set(changed.inside).__contains__, keys)
         if ups:
             ids = {id(p) for p in ups}
             flags = map(or_, flags, map(ids.__contains__, map(id, values)))
         return list(compress(keys, flags)), []
-    # Each node once (a node named twice must not be counted twice as moving).
-    todo = list(dict.fromkeys(compress(changed, map(progress.__contains__, changed))))
+    todo = changed.inside
     if not bulk:
         return todo, []
     looked = set(todo)
@@ -507,12 +523,29 @@ def _fail(r: Rollout, reason: str) -> tuple[Rollout, list[Action]]:
     return _replace(r, state=State.HALTED, reason=reason), []
 
 
+class _Changed:
+    """The nodes a caller says changed (see :func:`step`): those of the current wave's progress (``inside``,
+    found in C, in the caller's order) and the others, of passed waves (usually none: known without a look)."""
+
+    __slots__ = ("given", "inside", "_progress")
+
+    def __init__(self, changed: Collection[str], progress: Mapping[str, NodeProgress]) -> None:
+        self.given = changed
+        self._progress = progress
+        self.inside = list(compress(changed, map(progress.__contains__, changed)))
+
+    def outside(self) -> Collection[str]:
+        if len(self.inside) == len(self.given):
+            return ()
+        return list(filterfalse(self._progress.__contains__, self.given))
+
+
 def _bad(obs: Observation | None) -> bool:
     return obs is not None and (obs.apply_ok is False or obs.healthy is False)
 
 
 def _passed_wave_failure(r: Rollout, observations: Mapping[str, Observation],
-                         changed: Collection[str] | None = None) -> str | None:
+                         changed: _Changed | None = None) -> str | None:
     """Why a wave that already passed now fails (more of its nodes report a failed apply or unhealthy than
     its budget allows), or None.
 
@@ -526,8 +559,7 @@ def _passed_wave_failure(r: Rollout, observations: Mapping[str, Observation],
     """
     passed = r.wave if r.state in (State.PENDING, State.WAITING, State.PUBLISHING, State.SOAKING) else 0
     first = 0
-    # Passed nodes are never in the current wave's progress: the changed nodes outside it are found in C.
-    if changed is not None and not any(_bad(observations.get(n)) for n in filterfalse(r.progress.__contains__, changed)):
+    if changed is not None and not any(_bad(observations.get(n)) for n in changed.outside()):
         first = passed - 1 if r.state is State.PENDING else passed
     for wave in r.waves[first:passed]:
         get = observations.get

@@ -212,11 +212,14 @@ class RolloutService:
         before = self._stepped[1]
         if before == observations:  # compared in C, by identity first: the usual tick with no news
             return []
-        # Nodes whose report is another object are found in C; only those are compared by value.
+        # Nodes whose report is another object are found in C, and those that had none before (new reports);
+        # only the others are compared by value. Each part keeps the wave's order (see machine._moved).
         keys = list(observations)
-        other = compress(keys, map(is_not, observations.values(), map(before.get, keys)))
-        out = [n for n in other if (b := before.get(n)) is None or b != observations[n]]
-        out.extend(filterfalse(observations.__contains__, before))  # in C, in the wave's order (see machine._moved)
+        other = list(compress(keys, map(is_not, observations.values(), map(before.get, keys))))
+        out = list(filterfalse(before.__contains__, other))
+        if len(out) < len(other):
+            out.extend(n for n in filter(before.__contains__, other) if before[n] != observations[n])
+        out.extend(filterfalse(observations.__contains__, before))
         return out
 
     def _observe(self, rid: int, r: Rollout, executor: Executor) -> dict[str, Observation]:

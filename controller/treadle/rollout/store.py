@@ -420,22 +420,18 @@ class RolloutStore:
         ``before`` is the rollout as last saved, when the caller has it (saves re-reading it); it decides
         the event only. Its waves are those it was created with: they are not written again. Progress is
         written as the moves from what this connection last wrote or read of it (see the module's docstring).
+
+        Raises:
+            ValueError: a node name with a line break (nothing is written).
+            sqlite3.Error: the write failed (nothing of it stays).
         """
         now = time.time() if now is None else now
         doc = json.dumps(to_doc(r))
         logs_event = self._logs_event(rid, r, before)
-        known = self._known.get(rid)
-        moves = None
-        if known is not None:
-            moves = [] if known[1] is r.progress else _moves(known[1], r)
-        logged = len(r.progress) if known is None or moves is None else known[2] + sum(row[3].count("\n") + 1 for row in moves)
-        if logged > _LOG_FACTOR * len(r.progress) + _LOG_MARGIN:
-            moves, logged = None, len(r.progress)  # the log has grown too long: write it whole again
+        known, moves, logged = self._moves_from_known(rid, r)
         with self._conn:
-            version = None
-            if known is not None and moves is not None:
-                version = self._update(rid, r, now, doc, known[0])
-            if version is None:  # no moves to write, or the row was saved by another connection since
+            version = None if known is None or moves is None else self._update(rid, r, now, doc, known[0])
+            if version is None:  # a snapshot is due, or the row was saved by another connection since
                 moves, logged = None, len(r.progress)
                 version = self._update(rid, r, now, doc, None)
                 if version is None:
@@ -445,6 +441,21 @@ class RolloutStore:
             if logs_event:
                 self._event(rid, r, now)
         self._remember(self._known, rid, (version, r.progress, logged))
+
+    def _moves_from_known(self, rid: int, r: Rollout) -> tuple[tuple[int, Mapping[str, NodeProgress], int] | None,
+                                                                list[_Row] | None, int]:
+        """What this connection knows of rollout ``rid``'s progress, the rows that take it to ``r``'s (None: write
+        it whole), and the node entries of the log afterwards."""
+        known = self._known.get(rid)
+        if known is None:
+            return None, None, len(r.progress)
+        moves = [] if known[1] is r.progress else _moves(known[1], r)
+        if moves is None:
+            return known, None, len(r.progress)
+        logged = known[2] + sum(row[3].count("\n") + 1 for row in moves)
+        if logged > _LOG_FACTOR * len(r.progress) + _LOG_MARGIN:
+            return known, None, len(r.progress)  # the log has grown too long: write it whole again
+        return known, moves, logged
 
     def _logs_event(self, rid: int, r: Rollout, before: Rollout | None) -> bool:
         """Whether saving ``r`` logs an event: its state, wave, reason or pause flag differ from ``before``'s
