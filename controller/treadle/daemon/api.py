@@ -318,7 +318,7 @@ def build_app(ctx: ApiContext) -> Starlette:
 
     def _rollout_id(service: Any, raw: str) -> int | None:
         if raw in ("current", "latest"):
-            return service.latest_id()  # type: ignore[no-any-return]
+            return service.latest_id()
         return int(raw) if raw.isdigit() else None
 
     async def rollouts(_request: Request) -> Response:

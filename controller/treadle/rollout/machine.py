@@ -173,10 +173,10 @@ class Rollout:
 
     def counts(self) -> dict[str, int]:
         """Current wave's nodes by status."""
-        out = {s.value: 0 for s in NodeStatus}
+        out: dict[str, int] = {s.value: 0 for s in NodeStatus}
         index = self.index
-        # A StrEnum member hashes and compares as its value.
-        out.update(index.counts if index is not None and index.progress is self.progress else _count(self.progress))
+        counts = index.counts if index is not None and index.progress is self.progress else _count(self.progress)
+        out.update((s.value, n) for s, n in counts.items())  # a handful of statuses, not nodes
         return out
 
     def wave_counts(self) -> list[dict[str, int]]:

@@ -29,6 +29,7 @@ transaction; tables of a newer version are refused with an error saying so.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import json
 import re
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from itertools import compress, repeat
 from operator import is_, is_not
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from treadle.errors import StoreError
 from treadle.rollout.machine import NodeProgress, NodeStatus, Rollout, State, Wave
@@ -403,7 +404,7 @@ class RolloutStore:
             cur = self._conn.execute(
                 "INSERT INTO rollouts (commit_sha, state, created_at, updated_at, doc) VALUES (?, ?, ?, ?, ?)",
                 (r.commit, r.state.value, now, now, json.dumps(to_doc(r))))
-            rid = int(cur.lastrowid)
+            rid = cast(int, cur.lastrowid)  # an INSERT sets it
             self._conn.execute("INSERT INTO rollout_waves (rollout_id, waves) VALUES (?, ?)", (rid, json.dumps(waves_doc(r))))
             self._write_rows(rid, rows)
             self._event(rid, r, now)
@@ -569,7 +570,7 @@ class RolloutStore:
         row = self._conn.execute("SELECT revert_branch, revert_error FROM rollout_notes WHERE rollout_id = ?", (rid,)).fetchone()
         return (row[0], row[1]) if row else (None, None)
 
-    def events(self, rid: int) -> list[dict[str, Any]]:
+    def events(self, rid: int) -> builtins.list[dict[str, Any]]:
         rows = self._conn.execute("SELECT at, state, wave, reason FROM rollout_events WHERE rollout_id = ? ORDER BY at, rowid",
                                   (rid,)).fetchall()
         return [{"at": at, "state": s, "wave": w, "reason": reason} for at, s, w, reason in rows]

@@ -28,8 +28,12 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from treadle.rollout.policy import RolloutPolicy, WaveSpec
+
+if TYPE_CHECKING:
+    from treadle.rollout.machine import Rollout
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +89,7 @@ def assign(policy: RolloutPolicy, changed: Iterable[Candidate]) -> list[tuple[Wa
     return [(spec, tuple(nodes)) for spec, nodes in result]
 
 
-def plan_rollout(commit: str, policy: RolloutPolicy, changed: Iterable[Candidate], *, immediate: bool = False):
+def plan_rollout(commit: str, policy: RolloutPolicy, changed: Iterable[Candidate], *, immediate: bool = False) -> Rollout:
     """A new rollout of ``commit`` over the ``changed`` nodes, its waves assigned by ``policy``."""
     from treadle.rollout.machine import Rollout, Wave
 
