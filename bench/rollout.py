@@ -114,7 +114,7 @@ def _policy():  # type: ignore[no-untyped-def]
 
 def bench_step(nodes: int, ticks: int, workdir: Path) -> list[float]:
     """Time RolloutService.tick, machine.step and RolloutStore.save on a ``nodes``-node rollout; the tick times (ms)."""
-    from treadle.metrics import ControllerMetrics
+    from treadle.daemon.metrics import ControllerMetrics
     from treadle.rollout import machine
     from treadle.rollout.machine import Observation
     from treadle.rollout.service import RolloutService

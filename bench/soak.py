@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from treadle.demo import processes, workspace
-    from treadle.demo.fabric import _dump, _load
+    from treadle.demo.grow import _dump, _load
 
     root = Path(args.workspace or tempfile.mkdtemp(prefix="treadle-soak-"))
     timing = workspace.Timing(soak_s=2, agent_interval_s=5.0, agent_jitter_s=2.0, health_interval_s=2.0, wave_timeout_s=60)

@@ -19,7 +19,7 @@ from treadle.errors import FabricError, TreadleError, UsageError
 
 #: Command modules, in the order their commands appear in ``--help``.
 COMMAND_MODULES = (
-    "treadle.commands.fabric",
+    "treadle.commands.repo",
     "treadle.commands.plan",
     "treadle.commands.schema",
     "treadle.commands.keys",

@@ -20,15 +20,15 @@ from typing import Any
 
 import uvicorn
 
-from treadle.api import ApiContext, build_app
-from treadle.metrics import ControllerMetrics
-from treadle.publish import PublishStore
+from treadle.daemon.api import ApiContext, build_app
+from treadle.daemon.metrics import ControllerMetrics
+from treadle.daemon.publish import PublishStore
 from treadle.rollout.machine import Observation
 from treadle.rollout.observe import Target
 from treadle.rollout.policy import from_doc
 from treadle.rollout.service import RolloutService
 from treadle.rollout.waves import Candidate
-from treadle.state import NodeRecord, StateDB
+from treadle.daemon.state import NodeRecord, StateDB
 
 SHA = "ab" * 20
 XSS = "<script>alert('x')</script>"

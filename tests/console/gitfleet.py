@@ -15,14 +15,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from treadle.api import ApiContext
+from treadle.daemon.api import ApiContext
 from treadle.fabric import GitRevisionSource, ParseCache, render_fabric
-from treadle.metrics import ControllerMetrics
-from treadle.publish import PublishStore
+from treadle.daemon.metrics import ControllerMetrics
+from treadle.daemon.publish import PublishStore
 from treadle.rollout.policy import from_doc
 from treadle.rollout.service import RolloutService
 from treadle.rollout.waves import Candidate
-from treadle.state import NodeRecord, StateDB
+from treadle.daemon.state import NodeRecord, StateDB
 
 from .fleet import XSS, NoAgents, envelope
 

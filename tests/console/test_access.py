@@ -8,8 +8,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from treadle import config
-from treadle.api import build_app
+from treadle.daemon import config
+from treadle.daemon.api import build_app
 from treadle.errors import UsageError
 
 from .fleet import make_fleet, serving

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from treadle.api import build_app
+from treadle.daemon.api import build_app
 from treadle.console.work import Outcome, Work
 from treadle.fabric import GitRevisionSource, explain
 from treadle.fabric.explain import explain_node

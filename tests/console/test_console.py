@@ -14,7 +14,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from treadle.api import build_app
+from treadle.daemon.api import build_app
 from treadle.console import CSP, MAX_FORM_BYTES, read_form, resource_rows
 from treadle.console.health import DRIFT, HEALTH
 from treadle.console.index import Filters, NodeInfo, parse_filters, rack_elevations

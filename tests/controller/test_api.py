@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from treadle.api import ApiContext, build_app, etag_matches, verify_webhook
-from treadle.metrics import ControllerMetrics
-from treadle.publish import PublishStore
-from treadle.state import StateDB
+from treadle.daemon.api import ApiContext, build_app, etag_matches, verify_webhook
+from treadle.daemon.metrics import ControllerMetrics
+from treadle.daemon.publish import PublishStore
+from treadle.daemon.state import StateDB
 
 SECRET = b"s3cret"
 
@@ -150,8 +150,8 @@ def test_below_a_root_path_the_manifest_is_answered_by_the_router_alike(tmp_path
 @given(path=st.one_of(st.text(max_size=60), st.builds(lambda n: f"/v1/nodes/{n}/manifest", st.text(max_size=30))),
        method=st.sampled_from(["GET", "HEAD", "POST", "PUT"]))
 def test_the_fast_path_takes_only_a_valid_node_name_as_one_path_segment(path: str, method: str) -> None:
-    from treadle.api import _manifest_node
-    from treadle.publish import valid_node_name
+    from treadle.daemon.api import _manifest_node
+    from treadle.daemon.publish import valid_node_name
 
     node = _manifest_node({"type": "http", "method": method, "path": path, "root_path": ""})
     if node is not None:
@@ -265,7 +265,7 @@ def test_with_an_admin_token_accepting_history_needs_the_bearer_token(api: Api) 
 def test_without_an_admin_token_operator_actions_come_from_loopback_only(tmp_path: Path, client: str, allowed: bool) -> None:
     from starlette.requests import Request
 
-    from treadle.api import authorize_operator
+    from treadle.daemon.api import authorize_operator
 
     ctx = ApiContext(store=PublishStore(tmp_path / "pub"), state=StateDB(tmp_path / "s.db"), metrics=ControllerMetrics(),
                      trigger=lambda: None, branch="main", repository="r")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from treadle import config
+from treadle.daemon import config
 from treadle.cli import main
 from treadle.errors import UsageError
 

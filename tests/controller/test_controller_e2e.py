@@ -182,5 +182,5 @@ def test_sigusr1_writes_every_threads_stack_and_the_controller_goes_on(make_fabr
     ctl.proc.send_signal(signal.SIGUSR1)
     ctl.wait_for(lambda d: "Current thread" in ctl.log.read_text() or "Thread 0x" in ctl.log.read_text(), 30,
                  "a stack dump in the controller's output")
-    assert "treadle/daemon.py" in ctl.log.read_text() or "anyio" in ctl.log.read_text()
+    assert "treadle/daemon/process.py" in ctl.log.read_text() or "anyio" in ctl.log.read_text()
     assert ctl.proc.poll() is None and ctl.status()["deployed_commit"] == fabric.commit

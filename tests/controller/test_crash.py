@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from treadle.publish import TEMP_PREFIX
+from treadle.daemon.publish import TEMP_PREFIX
 from treadle_agent.envelope import verify_envelope
 from treadle_agent.verify import parse_manifest
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from treadle import gate
+from treadle.daemon import gate
 from treadle.errors import GateError
-from treadle.source import GitSource
+from treadle.daemon.fetch import GitSource
 
 
 def mirror(repo, tmp_path: Path) -> GitSource:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from treadle.errors import REFUSAL_REASONS, GateError
-from treadle.metrics import ControllerMetrics
+from treadle.daemon.metrics import ControllerMetrics
 
 NAMES = {
     "treadle_controller_info", "treadle_controller_deployed_commit_info", "treadle_controller_commits_total",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treadle.nodeview import parse_agent_metrics
+from treadle.daemon.nodeview import parse_agent_metrics
 
 GOOD = """\
 # TYPE treadle_agent_info gauge

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from treadle import config, daemon
-from treadle.pipeline import Pipeline, plan_changes
-from treadle.sign import manifest_from_envelope
-from treadle.state import NodeRecord
+from treadle.daemon import config
+
+from treadle.daemon import process as daemon
+from treadle.daemon.pipeline import Pipeline, plan_changes
+from treadle.daemon.sign import manifest_from_envelope
+from treadle.daemon.state import NodeRecord
 
 
 class Clock:
@@ -95,7 +97,7 @@ def test_manifests_near_expiry_are_resigned_even_while_the_head_is_refused(make_
     assert outcome.result == "refused" and set(outcome.resigned) == set(before)
     for n, old in before.items():
         new = manifest_from_envelope(p.store.read(n) or b"")
-        # Above the old one, and at least the clock's floor at the time (see treadle.generation).
+        # Above the old one, and at least the clock's floor at the time (see treadle.daemon.generation).
         assert new["metadata"]["generation"] == max(old["metadata"]["generation"] + 1, int(clock.now * 1000))
         assert new["metadata"]["commit"] == fabric.commit and new["resources"] == old["resources"]
         assert new["metadata"]["expires"] > old["metadata"]["expires"]
@@ -213,7 +215,7 @@ def test_a_restore_from_an_old_backup_with_an_empty_publish_dir_republishes_ever
 def _differing(p: Pipeline, repo: Path, head: str) -> set[str]:
     """The nodes whose published content differs from a full render of ``head``, computed without the pipeline."""
     from treadle.fabric import GitRevisionSource, ParseCache, render_fabric
-    from treadle.sign import content_digest
+    from treadle.daemon.sign import content_digest
 
     rendered = render_fabric(GitRevisionSource(repo, head), ParseCache())
     assert rendered.ok

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from treadle.errors import StoreError
-from treadle.publish import TEMP_PREFIX, PublishStore, valid_node_name
+from treadle.daemon.publish import TEMP_PREFIX, PublishStore, valid_node_name
 
 
 def test_batch_is_published_and_removed_nodes_disappear(tmp_path: Path) -> None:

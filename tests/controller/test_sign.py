@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from treadle.errors import SigningKeyError
-from treadle.sign import ManifestSigner, ToSign, content_digest, manifest_from_envelope, stamped_canonical
+from treadle.daemon.sign import ManifestSigner, ToSign, content_digest, manifest_from_envelope, stamped_canonical
 from treadle_agent.envelope import verify_envelope
 from treadle_agent.manifest import canonical_json, parse_time, stamp
 from treadle_agent.verify import parse_manifest
@@ -80,7 +80,7 @@ class Rendered:
 
 
 def test_node_digest_is_the_same_for_the_same_content_at_any_commit() -> None:
-    from treadle.sign import node_digest
+    from treadle.daemon.sign import node_digest
 
     at_c, at_d = manifest(), manifest()
     at_d["metadata"]["commit"] = "d" * 40
@@ -89,7 +89,7 @@ def test_node_digest_is_the_same_for_the_same_content_at_any_commit() -> None:
 
 
 def test_digest_cache_rehashes_when_content_objects_or_metadata_change() -> None:
-    from treadle.sign import DigestCache
+    from treadle.daemon.sign import DigestCache
 
     cache = DigestCache()
     m = manifest()

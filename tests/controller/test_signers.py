@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from treadle.commands.keys import generate, trust_root
-from treadle.config import from_dict
+from treadle.daemon.config import from_dict
 from treadle.errors import SigningKeyError
-from treadle.sign import ManifestSigner
+from treadle.daemon.sign import ManifestSigner
 
 from .test_agents_e2e import agent_config, run_agent
 
@@ -119,7 +119,7 @@ def test_key_rotation_signs_with_both_then_drops_the_old_and_no_node_ever_refuse
 
 
 def test_a_key_file_and_a_signer_uri_together_meet_a_threshold_of_two(tmp_path: Path) -> None:
-    from treadle.sign import ToSign, content_digest
+    from treadle.daemon.sign import ToSign, content_digest
     from treadle_agent.envelope import verify_envelope
     from treadle_agent.errors import VerifyError
     from treadle_agent.manifest import canonical_json

@@ -20,9 +20,8 @@ from typing import Any
 import pygit2
 import pytest
 
-from treadle import config as config_mod
-from treadle import daemon
-
+from treadle.daemon import config as config_mod
+from treadle.daemon import process as daemon
 COMMITS = 200
 WARM_UP = 20
 MAX_PACKS = 4

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from treadle.errors import SourceError
-from treadle.source import GitSource, local_git_dir, watch_refs
+from treadle.daemon.fetch import GitSource, local_git_dir, watch_refs
 
 
 @pytest.mark.parametrize("as_url", [False, True], ids=["path", "file-url"])

@@ -21,10 +21,10 @@ import pygit2
 import pytest
 
 from git_servers import HttpGitServer, SshGitServer, make_tls
-from treadle import config as config_mod
+from treadle.daemon import config as config_mod
 from treadle.errors import SourceError, UsageError
 from treadle.rollout.revert import write_revert_branch
-from treadle.source import GitCredentials, GitSource, set_timeouts
+from treadle.daemon.fetch import GitCredentials, GitSource, set_timeouts
 
 TOKEN = "tok-3f9c2a7e"
 
@@ -148,7 +148,7 @@ def https_git(repo, tmp_path: Path) -> Iterator[tuple[HttpGitServer, Path]]:
 
 def _fetch_in_child(url: str, state: Path, token: Path, ca: Path | None) -> subprocess.CompletedProcess[str]:
     """Fetch in a fresh interpreter: a CA added to libgit2's TLS context cannot be removed again."""
-    code = ("import sys; from pathlib import Path; from treadle.source import GitCredentials, GitSource\n"
+    code = ("import sys; from pathlib import Path; from treadle.daemon.fetch import GitCredentials, GitSource\n"
             "from treadle.errors import SourceError\n"
             "ca = Path(sys.argv[4]) if sys.argv[4] else None\n"
             "try:\n"

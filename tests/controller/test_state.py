@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from treadle.errors import StoreError
-from treadle.state import SCHEMA_VERSION, NodeRecord, StateDB
+from treadle.daemon.state import SCHEMA_VERSION, NodeRecord, StateDB
 
 
 def rec(name: str, generation: int, digest: str = "d", lifecycle: str = "production") -> NodeRecord:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from treadle.commands.keys import generate
-from treadle.sign import manifest_from_envelope
+from treadle.daemon.sign import manifest_from_envelope
 
 
 def test_agent_once_on_the_template_fabric_exits_0(start_controller, tmp_path: Path) -> None:

@@ -26,11 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from treadle import config, daemon
+from treadle.daemon import config
+
+from treadle.daemon import process as daemon
 from treadle.fabric import GitRevisionSource, ParseCache, render_fabric
-from treadle.pipeline import Pipeline
+from treadle.daemon.pipeline import Pipeline
 from treadle.review.plan import PlanSettings, build_plan
-from treadle.sign import content_digest, manifest_from_envelope
+from treadle.daemon.sign import content_digest, manifest_from_envelope
 
 from fabric_model import LEGAL, FabricModel, GitFabric, apply, invalid_content
 

@@ -12,7 +12,7 @@ import pytest
 
 from loopback_peers import Peers, peers
 from test_observe import exposition
-from treadle.metrics import ControllerMetrics
+from treadle.daemon.metrics import ControllerMetrics
 from treadle.rollout.health import HealthWatcher
 from treadle.rollout.machine import Observation
 from treadle.rollout.observe import ScrapeSource, Target

@@ -160,7 +160,7 @@ def test_an_empty_wave_is_counted_as_empty_in_documents_metrics_and_the_demo_tab
     from rich.console import Console
 
     from treadle.demo.view import wave_table
-    from treadle.metrics import ControllerMetrics
+    from treadle.daemon.metrics import ControllerMetrics
 
     policy = from_doc({"waves": [
         {"name": "canary", "selector": {"labels": {"canary": "none"}}, "soak_s": 0},

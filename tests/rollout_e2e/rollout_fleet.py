@@ -212,7 +212,7 @@ class Fleet:
     agents: dict[str, Agent] = field(default_factory=dict)
     controller_starts: int = 0
     #: Each node's generation once every agent applied the first content: generations are clock-based
-    #: (see treadle.generation), so tests compare with these instead of counting from 1.
+    #: (see treadle.daemon.generation), so tests compare with these instead of counting from 1.
     first: dict[str, int] = field(default_factory=dict)
     #: Fixed across restarts: the agents' manifest URLs name it.
     api_port: int = field(default_factory=lambda: free_port("127.0.0.1"))
@@ -333,7 +333,7 @@ class Fleet:
 
     def published_generation(self, node: str) -> int:
         """The generation of the manifest the controller publishes for ``node`` now."""
-        from treadle.sign import manifest_from_envelope
+        from treadle.daemon.sign import manifest_from_envelope
 
         data = (self.workdir / "controller" / "publish" / "nodes" / node / "manifest").read_bytes()
         return int(manifest_from_envelope(data)["metadata"]["generation"])

@@ -90,8 +90,9 @@ def api_call(method: str, url: str, path: str, body: Any = None, token_file: str
 
 
 def _run(args: argparse.Namespace) -> int:
-    from treadle import config, daemon, log
-
+    from treadle import log
+    from treadle.daemon import config
+    from treadle.daemon import process as daemon
     log.configure(as_json=args.log_format == "json")
     daemon.run(config.load(args.config))
     return EXIT_OK

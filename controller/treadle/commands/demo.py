@@ -59,7 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _play(root: Path, nodes: int, timing: Any, keep_running: bool) -> int:
     from treadle.demo import workspace
-    from treadle.demo.observe import Observer
+    from treadle.demo.readings import Observer
     from treadle.demo.processes import Fleet, MemoryMeter, agent_argv, controller_argv
     from treadle.demo.story import Story
     from treadle.demo.view import View

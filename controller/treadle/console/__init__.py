@@ -17,7 +17,7 @@
                                        reading from another machine)
 
 Everything is read from the same library code as the JSON API and the CLI
-(:func:`treadle.api.status_document`, :mod:`treadle.nodeview`, the rollout
+(:func:`treadle.daemon.api.status_document`, :mod:`treadle.daemon.nodeview`, the rollout
 service's documents and :meth:`~treadle.rollout.service.RolloutService.act`,
 :func:`treadle.review.plan.build_plan`, :func:`treadle.fabric.explain.explain_node`).
 Slow answers (plans, provenance) are computed off the event loop, once per
@@ -60,7 +60,7 @@ from treadle.console.health import DRIFT, HEALTH, UNKNOWN, FleetWatch
 from treadle.console.index import PAGE_SIZE, NodeIndex, parse_filters, rack_elevations
 from treadle.console.work import Work
 from treadle.errors import StoreError
-from treadle.publish import valid_node_name
+from treadle.daemon.publish import valid_node_name
 from treadle.rollout.machine import TransitionError
 from treadle.rollout.observe import Target
 
@@ -200,7 +200,7 @@ class Console:
 
     def may_read(self, request: Request) -> bool:
         """``console_read``: "anyone", "nobody" (the token everywhere), or "loopback" (the token elsewhere)."""
-        from treadle.api import _loopback
+        from treadle.daemon.api import _loopback
 
         rule = self.ctx.console_read
         if rule == "anyone" or self.is_admin(request):
@@ -208,8 +208,8 @@ class Console:
         return rule != "nobody" and _loopback(request.client.host if request.client else "")
 
     def may_act(self, request: Request) -> tuple[bool, str]:
-        """Whether ``request`` may perform an action, the API's rule (:func:`treadle.api.authorize_operator`)."""
-        from treadle.api import _loopback
+        """Whether ``request`` may perform an action, the API's rule (:func:`treadle.daemon.api.authorize_operator`)."""
+        from treadle.daemon.api import _loopback
 
         if self.ctx.admin_token is not None:
             if self.is_admin(request):
@@ -289,7 +289,7 @@ def fleet_counts(nodes: list[Any], watch: FleetWatch) -> dict[str, Any]:
 
 
 def build_console(ctx: Any) -> SecurityHeaders:
-    """The ASGI application of the console, to be mounted at ``/ui`` (see :func:`treadle.api.build_app`)."""
+    """The ASGI application of the console, to be mounted at ``/ui`` (see :func:`treadle.daemon.api.build_app`)."""
     console = Console(ctx)
 
     def guarded(handler: Any) -> Any:
@@ -308,7 +308,7 @@ def build_console(ctx: Any) -> SecurityHeaders:
 
     @guarded
     async def overview(request: Request) -> Response:
-        from treadle.api import status_document
+        from treadle.daemon.api import status_document
 
         def gather() -> dict[str, Any]:
             status = status_document(ctx)
@@ -404,7 +404,7 @@ def build_console(ctx: Any) -> SecurityHeaders:
 
     @guarded
     async def node(request: Request) -> Response:
-        from treadle.nodeview import history_document, node_document
+        from treadle.daemon.nodeview import history_document, node_document
 
         name = request.path_params["node"]
         if not valid_node_name(name):

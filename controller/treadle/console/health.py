@@ -2,7 +2,7 @@
 
 A page cannot wait for 10,000 agents, and the controller keeps no per-node
 series (DESIGN.md); so the console keeps the last answer of each agent, read
-the way the node page reads one (:func:`treadle.nodeview.parse_agent_metrics`
+the way the node page reads one (:func:`treadle.daemon.nodeview.parse_agent_metrics`
 over the agent's ``/metrics``), and refreshes the lot in a background thread
 when a page asks and the last sweep is older than ``interval_s``. Pages show
 what the last sweep saw and when; a node not asked yet is "unknown", an
@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 from treadle import log
-from treadle.nodeview import parse_agent_metrics
+from treadle.daemon.nodeview import parse_agent_metrics
 from treadle.rollout.observe import Target, scrape
 
 HEALTH = ("healthy", "unhealthy", "unreachable", "unknown")

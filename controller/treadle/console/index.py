@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from treadle.console.health import DRIFT, HEALTH, UNKNOWN
-from treadle.sign import manifest_from_envelope
+from treadle.daemon.sign import manifest_from_envelope
 
 PAGE_SIZE = 100
 MAX_QUERY = 200

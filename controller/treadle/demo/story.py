@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from treadle.demo.observe import AgentReport, Observer
+from treadle.demo.readings import AgentReport, Observer
 from treadle.demo.processes import Fleet
 from treadle.demo.view import View
 from treadle.demo.workspace import BRANCH, Workspace, git

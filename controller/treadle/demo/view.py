@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from treadle.demo.observe import AgentReport
+from treadle.demo.readings import AgentReport
 
 _STATE_STYLE = {"complete": "green", "rolled_back": "yellow", "halted": "red", "rolling_back": "yellow",
                 "aborted": "red", "soaking": "cyan", "publishing": "cyan"}

@@ -181,11 +181,11 @@ def build(root: Path, node_count: int, timing: Timing) -> Workspace:
     ports = free_ports(node_count + 1)
     ws = Workspace(root=root.resolve(), nodes=[], controller_port=ports[0], timing=timing)
     _treadle(ws.root, "init", str(ws.admin))
-    from treadle.demo import fabric
+    from treadle.demo import grow as demo_fabric
 
-    ws.nodes = fabric.grow(ws.admin, sizes, ports[1:], FIRST_ADDRESS)
-    fabric.adapt(ws.admin, timing)
-    ws.sysctl_keys = fabric.check_and_list_sysctl(ws.admin)
+    ws.nodes = demo_fabric.grow(ws.admin, sizes, ports[1:], FIRST_ADDRESS)
+    demo_fabric.adapt(ws.admin, timing)
+    ws.sysctl_keys = demo_fabric.check_and_list_sysctl(ws.admin)
     git(ws.admin, "add", "-A")
     git(ws.admin, "commit", "-q", "-m", f"Demo fabric: {node_count} nodes on loopback addresses, short soak times")
     git(ws.root, "clone", "-q", "--bare", str(ws.admin), str(ws.bare))

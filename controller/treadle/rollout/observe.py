@@ -28,7 +28,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from treadle.rollout.machine import Observation
 
 from treadle import log
-
 DEFAULT_METRICS_PORT = 9731
 T = TypeVar("T")
 #: Agent series the gate reads; names are DESIGN.md's contract.
@@ -314,8 +313,8 @@ _REGEX_SPECIAL = frozenset(".+*?()|[]{}^$\\")
 
 def source_from_config(kind: str, prometheus_url: str | None, timeout_s: float, concurrency: int = 64,
                        round_s: float = 30.0) -> HealthSource:
-    """The configured health source (controller.toml ``[health]``, as :mod:`treadle.config` validated it)."""
+    """The configured health source (controller.toml ``[health]``, as :mod:`treadle.daemon.config` validated it)."""
     if kind == "prometheus":
-        assert prometheus_url, "treadle.config refuses health.source = prometheus without prometheus_url"
+        assert prometheus_url, "treadle.daemon.config refuses health.source = prometheus without prometheus_url"
         return PrometheusSource(prometheus_url, timeout_s)
     return ScrapeSource(timeout_s, concurrency, round_s=round_s)

@@ -6,7 +6,7 @@ bad commit onto a branch ``treadle/revert-<sha12>`` (on top of the branch head
 it was rolling out) and pushes it to the fabric repository, for admins to
 review and merge. It never pushes to the tracked branch itself: git stays the
 source of truth, changed only by people. The push goes through libgit2 with
-the credentials the mirror is fetched with (:class:`treadle.source.GitCredentials`).
+the credentials the mirror is fetched with (:class:`treadle.daemon.fetch.GitCredentials`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pygit2
 
 from treadle.errors import SourceError
-from treadle.source import Callbacks, GitCredentials
+from treadle.daemon.fetch import Callbacks, GitCredentials
 
 SIGNATURE = ("Treadle", "treadle@localhost")
 

@@ -25,7 +25,7 @@ Rules this module keeps:
 - Each cycle fetches the newest head, so commits arriving during a cycle are
   coalesced into the next one.
 - Generations are reserved in the state database before publishing and
-  confirmed after (see :mod:`treadle.state`): a crash anywhere leaves a store
+  confirmed after (see :mod:`treadle.daemon.state`): a crash anywhere leaves a store
   of whole, verifiable envelopes, and the next cycle converges.
 - Manifests near expiry are re-signed every cycle, refused head or not: a bad
   commit must not let the fabric's manifests run out.
@@ -51,21 +51,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from treadle import gate as gate_mod
+from treadle.daemon import gate as gate_mod
 from treadle import log
 from treadle.errors import FabricError, GateError, SigningKeyError, SourceError, StoreError, TreadleError
 from treadle.fabric.source import changed_paths
-from treadle.generation import clock_floor, next_generation
-from treadle.metrics import ControllerMetrics
-from treadle.publish import PublishStore
+from treadle.daemon.generation import clock_floor, next_generation
+from treadle.daemon.metrics import ControllerMetrics
+from treadle.daemon.publish import PublishStore
 from treadle.rollout import policy as rollout_policy
 from treadle.rollout.observe import Target
 from treadle.rollout.revert import write_revert_branch
 from treadle.rollout.service import RolloutService
 from treadle.rollout.waves import Candidate
-from treadle.sign import DigestCache, ManifestSigner, SignedManifest, ToSign, content_digest, envelope_keyids, manifest_from_envelope, node_digest, payload_from_envelope
-from treadle.source import GitSource
-from treadle.state import NodeRecord, StateDB
+from treadle.daemon.sign import DigestCache, ManifestSigner, SignedManifest, ToSign, content_digest, envelope_keyids, manifest_from_envelope, node_digest, payload_from_envelope
+from treadle.daemon.fetch import GitSource
+from treadle.daemon.state import NodeRecord, StateDB
 
 
 class Renderer(Protocol):
@@ -136,7 +136,7 @@ class Rendered:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class PublishPlan:
     """What to publish: changed nodes with their new generations, and nodes gone from the fabric."""
 
     commit: str | None
@@ -696,13 +696,13 @@ def _head_or_none(source: GitSource) -> str | None:
 
 def plan_changes(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], commit: str,
                  published: frozenset[str] | None = None, digest_of: Callable[[Any], str] = node_digest,
-                 floor: int = 0, stored: Mapping[str, int] | None = None, only: frozenset[str] | None = None) -> Plan:
+                 floor: int = 0, stored: Mapping[str, int] | None = None, only: frozenset[str] | None = None) -> PublishPlan:
     """plan: every node whose content differs from what is published gets the next generation.
 
     A node is republished as well when its last reservation was never confirmed
     (dirty) or, when ``published`` is given, when its file is missing from the store.
     Generations are at least ``floor`` and above ``stored`` (the store's generations
-    of nodes the state does not know): see :mod:`treadle.generation`.
+    of nodes the state does not know): see :mod:`treadle.daemon.generation`.
     ``only`` limits the plan to those names, the only ones that can differ
     (see :meth:`Pipeline._candidates`); ``unchanged`` then counts the rest as well.
     """
@@ -722,11 +722,11 @@ def plan_changes(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], co
         generation = next_generation(last, floor)
         to_sign.append(ToSign(name, node.manifest, d, generation, commit, node.lifecycle, node.canonical))
     removed = tuple(sorted(n for n, r in records.items() if r.present and n not in nodes))
-    return Plan(commit, tuple(to_sign), removed, unchanged)
+    return PublishPlan(commit, tuple(to_sign), removed, unchanged)
 
 
 def _plan_of(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], commit: str, only: frozenset[str],
-             digest_of: Callable[[Any], str], floor: int, stored: Mapping[str, int] | None) -> Plan:
+             digest_of: Callable[[Any], str], floor: int, stored: Mapping[str, int] | None) -> PublishPlan:
     """:func:`plan_changes` over the names of ``only``: what is in ``nodes`` is planned, what is not is removed."""
     present = {n: nodes[n] for n in only if n in nodes}
     plan = plan_changes({n: records[n] for n in only if n in records}, present, commit, None, digest_of, floor, stored)
@@ -754,7 +754,7 @@ def publish(state: StateDB, store: PublishStore, signed: list[SignedManifest], r
     store.publish({s.node: s.envelope for s in signed}, removed)
 
 
-def split_plan(plan: Plan, records: Mapping[str, NodeRecord], *, staged: bool) -> tuple[tuple[ToSign, ...], tuple[ToSign, ...]]:
+def split_plan(plan: PublishPlan, records: Mapping[str, NodeRecord], *, staged: bool) -> tuple[tuple[ToSign, ...], tuple[ToSign, ...]]:
     """(publish now, roll out in waves): see the module docstring. Without rollouts everything is published now."""
     if not staged:
         return plan.to_sign, ()

@@ -20,7 +20,7 @@ server or mirror could serve; this endpoint adds only the ETag. The agents'
 poll is the hot path (100,000 agents every 60 s: 1,700 requests a second,
 nearly all 304), so it is answered before Starlette's routing and middleware
 (:class:`_Api`), and a 304 or an unknown node's 404 comes from the store's
-in-memory ETag index (:class:`treadle.publish.ManifestIndex`) without touching
+in-memory ETag index (:class:`treadle.daemon.publish.ManifestIndex`) without touching
 the disk; only a full answer reads the file. A node name that is not a plain
 path segment (``..``, separators, odd characters) is a 404, exactly like an
 unknown node: the answer never tells which names exist beyond the ones asked
@@ -57,10 +57,10 @@ from starlette.types import Receive, Scope, Send
 
 from treadle import log
 from treadle.errors import StoreError
-from treadle.metrics import ControllerMetrics
-from treadle.publish import ManifestIndex, PublishStore, etag_of, valid_node_name
+from treadle.daemon.metrics import ControllerMetrics
+from treadle.daemon.publish import ManifestIndex, PublishStore, etag_of, valid_node_name
 from treadle.rollout.machine import TransitionError
-from treadle.state import StateDB
+from treadle.daemon.state import StateDB
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
 ENVELOPE_MEDIA_TYPE = "application/json"
@@ -222,7 +222,6 @@ def status_document(ctx: ApiContext) -> dict[str, Any]:
     refusal = state.last_refusal()
     counts = state.lifecycle_counts()
     from treadle import __version__
-
     return {
         "version": __version__,
         "repository": ctx.repository,
@@ -255,7 +254,7 @@ def build_app(ctx: ApiContext) -> Starlette:
         return Response(body, status, headers={k.decode(): v.decode() for k, v in headers if k != b"content-length"})
 
     async def node_view(request: Request) -> Response:
-        from treadle.nodeview import node_document
+        from treadle.daemon.nodeview import node_document
 
         node = request.path_params["node"]
         if not valid_node_name(node):
@@ -267,7 +266,7 @@ def build_app(ctx: ApiContext) -> Starlette:
         return not_found if doc is None else JSONResponse(doc)
 
     async def node_history(request: Request) -> Response:
-        from treadle.nodeview import history_document
+        from treadle.daemon.nodeview import history_document
 
         node = request.path_params["node"]
         if not valid_node_name(node):

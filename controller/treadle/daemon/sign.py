@@ -2,7 +2,7 @@
 
 Generations: a node whose content changed gets the generation *reserved*
 above anything it may ever have been published under (see
-:mod:`treadle.state`); a node whose content did not change is not signed
+:mod:`treadle.daemon.state`); a node whose content did not change is not signed
 again and keeps its generation, envelope and ETag. A manifest close to expiry
 is re-signed under a new generation, since an agent refuses a second,
 different envelope with a generation it already accepted.

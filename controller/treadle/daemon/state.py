@@ -6,7 +6,7 @@ with their reasons and diagnostics; accepted history rewrites; the history of
 deployments. The schema is versioned (``PRAGMA user_version``) and migrated
 forward on open; a database from a newer Treadle is refused, never guessed at.
 
-Crash safety rests on one rule, kept by :mod:`treadle.pipeline`: generations
+Crash safety rests on one rule, kept by :mod:`treadle.daemon.pipeline`: generations
 are *reserved* here (committed) before the manifests carrying them are
 published, and marked published afterwards. A node whose reserved generation
 was never marked published is "dirty" after a crash: it may or may not be in

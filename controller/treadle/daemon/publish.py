@@ -17,7 +17,7 @@ invisible to readers.
 
 A crash before step 3 leaves only temp files, removed on the next open; a
 crash during step 3 leaves some nodes old and some new, each a whole envelope
-that verifies; the controller's state (see :mod:`treadle.state`) has those
+that verifies; the controller's state (see :mod:`treadle.daemon.state`) has those
 nodes marked dirty and re-publishes them. Re-running a batch is idempotent.
 
 The store also keeps, once asked (:meth:`PublishStore.index`), an in-memory

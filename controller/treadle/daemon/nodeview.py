@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from treadle import log
 from treadle.rollout.observe import Target
-from treadle.sign import manifest_from_envelope
+from treadle.daemon.sign import manifest_from_envelope
 
 _GAUGES = {
     "treadle_agent_manifest_generation": "manifest_generation",

@@ -20,7 +20,7 @@ Three ways to notice a new commit, all of which only *trigger* a fetch (the
 fetch itself decides what the head is, so duplicates are harmless):
 
 - watchfiles on the refs of a local repository: a push is seen within a second;
-- ``POST /v1/hooks/git`` (see :mod:`treadle.api`);
+- ``POST /v1/hooks/git`` (see :mod:`treadle.daemon.api`);
 - polling every ``poll_interval_s`` as the fallback.
 
 Upkeep: every fetch that brings commits writes one more pack file into the

@@ -36,19 +36,19 @@ import anyio
 import uvicorn
 
 from treadle import log
-from treadle.api import ApiContext, build_app
-from treadle.config import ControllerConfig
+from treadle.daemon.api import ApiContext, build_app
+from treadle.daemon.config import ControllerConfig
 from treadle.errors import SourceError, StoreError, UsageError
-from treadle.gate import SignaturePolicy
-from treadle.metrics import ControllerMetrics
-from treadle.pipeline import Outcome, Pipeline, Settings
-from treadle.publish import PublishStore
+from treadle.daemon.gate import SignaturePolicy
+from treadle.daemon.metrics import ControllerMetrics
+from treadle.daemon.pipeline import Outcome, Pipeline, Settings
+from treadle.daemon.publish import PublishStore
 from treadle.rollout.health import HealthWatcher
 from treadle.rollout.observe import source_from_config
 from treadle.rollout.service import RolloutService
-from treadle.sign import ManifestSigner
-from treadle.source import GitSource, local_git_dir, watch_refs
-from treadle.state import StateDB
+from treadle.daemon.sign import ManifestSigner
+from treadle.daemon.fetch import GitSource, local_git_dir, watch_refs
+from treadle.daemon.state import StateDB
 
 STATE_DB = "state.sqlite3"
 #: After a failed cycle (git unreachable, disk full) retry sooner than the poll interval, but not in a tight loop.

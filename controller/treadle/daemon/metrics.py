@@ -29,7 +29,6 @@ class ControllerMetrics:
         r = self.registry
         self.info = Gauge("treadle_controller_info", "The controller (value 1), with its version.", ["version"], registry=r)
         from treadle import __version__
-
         self.info.labels(version=__version__).set(1)
         self.deployed_commit_info = Gauge("treadle_controller_deployed_commit_info",
                                           "The commit whose manifests are published (value 1).", ["commit"], registry=r)

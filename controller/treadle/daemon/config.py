@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 import treadle_schemas
 from treadle.errors import SourceError, UsageError
-from treadle.source import GitCredentials, read_token
+from treadle.daemon.fetch import GitCredentials, read_token
 
 SCHEMA = "controller-config.json"
 #: Longest text value accepted (a path, a URL, a signer URI).
