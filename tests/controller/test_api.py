@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support.api_server import serving
-from treadle.daemon.api import ApiContext, build_app, etag_matches, verify_webhook
+from treadle.daemon.api import ApiContext, etag_matches, verify_webhook
 from treadle.daemon.metrics import ControllerMetrics
 from treadle.daemon.publish import PublishStore
 from treadle.daemon.state import StateDB
