@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/treadle demo
 
+# Two workers on two cores (pytest-xdist); suites that share one heavy resource stay on one worker
+# (tests/conftest.py's XDIST_GROUPS, --dist loadgroup).
 test: $(STAMP)
 	.ci/install-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 # The versioned wheel and sdist (dist/treadle-<version>-py3-none-any.whl, dist/treadle-<version>.tar.gz):
 # what README "Install" installs on controller hosts and nodes.

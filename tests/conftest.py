@@ -33,17 +33,30 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 
-#: Suites that share a heavy machine-wide resource run on one worker under `pytest -n N --dist loadgroup`
-#: (the Makefile's test target): the real-node tests boot network namespaces from one cached tree, and the
-#: observability tests share one fleet and one Prometheus per worker.
-XDIST_GROUPS = {"realnode": "realnode", "observability": "prometheus"}
+#: Suites that share a heavy or machine-wide resource run on one worker under `pytest -n N --dist loadgroup`
+#: (the Makefile's test target): the real-node tests boot network namespaces from one cached tree and, like the
+#: install tests, build the checkout's wheel (setuptools writes its egg-info and sdist tree inside the checkout,
+#: so two builds at once break each other); the observability tests share one fleet and one Prometheus.
+XDIST_GROUPS = {"realnode": "checkout", "install": "checkout", "observability": "prometheus"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        folder = item.path.parent.name
-        if folder in XDIST_GROUPS:
-            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[folder]))
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadgroup`` with the groups above, read from each test's folder in its node id.
+
+    xdist's own loadgroup reads ``xdist_group`` marks through a node-id suffix that pytest 9.2 no longer lets it
+    write (pytest-xdist issue 1386), so its groups would silently split; this scheduler needs no marks.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class FolderGroups(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            folder = nodeid.split("::")[0].rpartition("/")[0].rpartition("/")[2]
+            return XDIST_GROUPS.get(folder) or super()._split_scope(nodeid)
+
+    return FolderGroups(config, log)  # type: ignore[arg-type]
 
 
 @pytest.fixture

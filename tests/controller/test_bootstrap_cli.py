@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from treadle.cli import main as treadle
+from support import REPO
 from treadle.provision import NodeFacts, Sources, shell_script
 
 URL = "http://treadle.example.org:8080/v1/nodes/{node}/manifest"
@@ -122,7 +123,7 @@ def test_the_embedded_trust_root_and_unit_are_the_files_byte_for_byte(capsys, fa
     trust = fabric[1].read_bytes()
     assert sh_value(script, "TRUST_ROOT").encode() == trust
     assert sh_value(script, "TRUST_ROOT_SHA256") == hashlib.sha256(trust).hexdigest()
-    unit = Path(__file__).resolve().parents[2] / "systemd" / "treadle-agent.service"
+    unit = REPO / "systemd" / "treadle-agent.service"
     assert sh_value(script, "AGENT_UNIT") == unit.read_text()
 
 

@@ -20,8 +20,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from support import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 #: Distributions only the controller extra brings; a node install must have none of them.
 CONTROLLER_ONLY = {"pygit2", "ruamel.yaml", "jinja2", "watchfiles", "starlette", "uvicorn", "rich"}

@@ -10,7 +10,6 @@ whatever the size of the wave.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest

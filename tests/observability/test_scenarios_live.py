@@ -7,9 +7,10 @@ module pytest runs after the read-only live tests (test_prometheus_live.py).
 from __future__ import annotations
 
 
-from support.obs_fleet import TEMPLATE, Fleet
+from support.obs_fleet import Fleet
 from support.prometheus import PrometheusServer
 from support.promql import dashboard_expressions
+from support import TEMPLATE
 
 SETTLE_S = 30
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from support.review import GIT_ENV, REPO, TEMPLATE, FabricRepo, make_repo
+from support.review import GIT_ENV, FabricRepo, make_repo
+from support import REPO, TEMPLATE
 
 WORKFLOW = TEMPLATE / ".github" / "workflows" / "treadle.yml"
 GITLAB = TEMPLATE / ".gitlab-ci.yml"

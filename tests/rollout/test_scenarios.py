@@ -248,8 +248,7 @@ def test_outside_a_change_window_the_rollout_waits_and_the_emergency_trailer_byp
     assert fleet.rollout("current")["state"] == "waiting"
     assert fleet.published_generations() == fleet.first
 
-    urgent = fleet.change_app("v3", message="app v3: urgent security fix\n\nTreadle-Rollout: immediate")
-    fleet.cycle()
+    urgent = fleet.push("v3", message="app v3: urgent security fix\n\nTreadle-Rollout: immediate")
     doc = fleet.wait_rollout(urgent, TERMINAL)
     assert doc["state"] == "complete" and doc["immediate"] is True, doc["reason"]
     fleet.wait_applied("v3", fleet.agents)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 from support.fleet import MISSING_FILE, PY, Fleet
+from support import REPO
 
 TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
 CANARY = "c1-n01"
-RUNBOOK = Path(__file__).parents[2] / "observability" / "README.md"
+RUNBOOK = REPO / "observability" / "README.md"
 
 
 def treadle(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:

@@ -201,8 +201,9 @@ class LocalFleet(FabricRepo, FleetView):
 
     def start_agents(self, names: Iterable[str] | None = None) -> None:
         """Start these agents (default: all): each takes up its state dir, as a started agent does."""
+        wanted = None if names is None else set(names)
         for n in self.nodes:
-            if names is not None and n.name not in set(names):
+            if wanted is not None and n.name not in wanted:
                 continue
             local = self.agents.get(n.name) or self._agent_home(n)
             self.agents[n.name] = local

@@ -27,7 +27,6 @@ from support import copy_template
 from support.git import git
 from support.net import free_port
 from support.procs import Proc, spawn, wait_until
-from support.prometheus import REPO
 
 from support import TEMPLATE  # noqa: E402
 BIN = Path(sys.executable).parent

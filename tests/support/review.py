@@ -14,11 +14,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from support import REPO, TEMPLATE, copy_template
+from support import REPO, copy_template
 from support.git import git, git_env
 from treadle.cli import main
 

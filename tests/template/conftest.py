@@ -19,7 +19,6 @@ import treadle_schemas
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import SafeConstructor
 
-from support import REPO, TEMPLATE
 from support.bench import bench_module
 
 

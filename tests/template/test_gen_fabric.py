@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.bench import BENCH
 
-GEN = Path(__file__).resolve().parents[2] / "bench" / "gen_fabric.py"
+GEN = BENCH / "gen_fabric.py"
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -145,7 +146,7 @@ def test_every_address_written_in_a_benchmark_script_is_loopback():
     import ipaddress
     import re
 
-    bench = Path(__file__).resolve().parents[2] / "bench"
+    bench = BENCH
     found = {(p.name, m.decode()) for p in bench.glob("*.py") for m in re.findall(_IPV4, p.read_bytes())}
     assert {name for name, _ in found} >= {"gen_fabric.py", "controller.py", "agent.py"}  # the scan sees them
     assert sorted((name, a) for name, a in found if not ipaddress.ip_address(a).is_loopback) == []
@@ -166,7 +167,7 @@ def test_the_rollout_benchmarks_node_targets_are_loopback_and_distinct_at_100000
 
 def test_the_scale_and_controller_benchmarks_generate_their_fabrics_with_the_loopback_generator():
     """bench/scale.py and bench/controller.py take their fabrics from bench/gen_fabric.py (pinned above)."""
-    bench = Path(__file__).resolve().parents[2] / "bench"
+    bench = BENCH
     for script in ("scale.py", "controller.py"):
         text = (bench / script).read_text(encoding="utf-8")
         assert "gen_fabric" in text and ".generate(" in text, script

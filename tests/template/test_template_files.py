@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from pathlib import Path
 
 import pytest
 import treadle_schemas
+from support import TEMPLATE
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "fabric-repo-template"
 YAML_FILES = sorted(p.relative_to(TEMPLATE).as_posix() for p in TEMPLATE.rglob("*.yaml") if not any(part.startswith(".") for part in p.relative_to(TEMPLATE).parts))
 NODE_FILES = sorted(TEMPLATE.glob("sites/*/*/nodes/*.yaml"))
 DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]

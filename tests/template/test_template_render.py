@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import treadle_schemas
 
 import treadle.fabric as fabric_api
+from support import TEMPLATE
+from support.bench import BENCH
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "fabric-repo-template"
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_site_changes_one_field_of_an_inherited_symlink(manifests):
 
 def test_render_benchmark_reports_a_small_fabric_beside_the_targets(tmp_path, gen_fabric):
     fabric = gen_fabric.generate(tmp_path / "f", 1, 2, 5, seed=1)
-    bench = Path(__file__).resolve().parents[2] / "bench" / "render.py"
+    bench = BENCH / "render.py"
     done = subprocess.run([sys.executable, str(bench), "--fabric", str(fabric.root)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     row = next(line for line in done.stdout.splitlines() if line.startswith("f "))
