@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench dist clean
+.PHONY: demo test lint bench dist clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,6 +19,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	.ci/install-deps
 	$(PY) -m pytest -q -n auto --dist loadgroup
+
+# The gates CI runs before the tests: lint and format (ruff), types (mypy); settings in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The versioned wheel and sdist (dist/treadle-<version>-py3-none-any.whl, dist/treadle-<version>.tar.gz):
 # what README "Install" installs on controller hosts and nodes.
