@@ -27,6 +27,16 @@ Rules this module keeps (tests/rollout/test_health.py pins them):
 - Rounds are paced: ``interval_s`` from the end of one to the start of the
   next; a new set of wanted targets (a wave just published) starts one at
   once, or as soon as the round in progress ends.
+
+Reading costs what changed, not what is watched: at 100,000 nodes a walk of
+the cache per tick alone took about 100 ms. The watcher numbers each change
+of what a node's entry reads as (another observation, none, stale, or taken
+on the other side of the reader's ``since``) and keeps the answer it gave
+last; a read with the same targets and ``since`` applies only the changes
+numbered after that answer, and returns that very object when there are none.
+Staleness comes from the clock, not from a round, so a read first expires the
+rounds (all the nodes a round observed share its start) that have grown older
+than ``stale_after_s``: a few rounds to look at, then only their nodes.
 """
 
 from __future__ import annotations
@@ -71,6 +81,16 @@ class _Seen:
     observation: Observation | None  # None: the target gave nothing in that round
 
 
+@dataclass(slots=True)
+class _Answer:
+    """The last answer given: for these targets (the very object) and ``since``, as of change ``seq``."""
+
+    targets: Sequence[Target]
+    floor: float
+    seq: int
+    out: dict[str, Observation]
+
+
 @dataclass(frozen=True, slots=True)
 class RoundStats:
     """The counts of one finished round (``/v1/status`` shows the last one)."""
@@ -95,7 +115,19 @@ class HealthWatcher:
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._wanted: dict[str, Target] = {}
+        #: The targets object ``_wanted`` was made from: the rollout hands the same list while it stays put.
+        self._wanted_from: Sequence[Target] | None = None
         self._seen: dict[str, _Seen] = {}
+        #: Change numbers: the last one given, and each node's last, in the order given (oldest first).
+        self._seq = 0
+        self._changes: dict[str, int] = {}
+        #: Round start -> the nodes whose observation that round took, while they are not stale.
+        self._rounds: dict[float, set[str]] = {}
+        #: Nodes whose observation was read as stale: their next round changes them whatever it says.
+        self._expired: set[str] = set()
+        #: The ``since`` of the last read (an entry taken on the other side of it reads differently).
+        self._floor = float("-inf")
+        self._answer: _Answer | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,28 +139,81 @@ class HealthWatcher:
     # -- the rollout's side (any thread) ----------------------------------------
 
     def observations(self, targets: Sequence[Target], since: float | None = None) -> dict[str, Observation]:
-        """Watch ``targets`` from now on (and only them) and return their fresh observations taken since ``since``."""
+        """Watch ``targets`` from now on (and only them) and return their fresh observations taken since ``since``.
+
+        The caller must not change the answer, nor ``targets`` once handed over (the same object is
+        taken to mean the same targets): an answer with no news since the last is that same object.
+        """
         self.watch(targets)
-        now = self._clock()
         floor = float("-inf") if since is None else since
         with self._lock:
-            out = {}
-            for t in targets:
-                seen = self._seen.get(t.node)
-                if (seen is not None and seen.observation is not None and now - seen.at <= self._stale_after_s
-                        and seen.wall >= floor):
-                    out[t.node] = seen.observation
+            now = self._clock()
+            self._expire(now)
+            last = self._answer
+            if last is None or last.targets is not targets or last.floor != floor:
+                self._floor = floor
+                out = {t.node: o for t in targets if (o := self._reads(t.node, now, floor)) is not None}
+            else:
+                changed = self._changed_after(last.seq)
+                if not changed:
+                    return last.out
+                out = dict(last.out)
+                for n in changed:
+                    if (o := self._reads(n, now, floor)) is not None:
+                        out[n] = o
+                    else:
+                        out.pop(n, None)
+            self._answer = _Answer(targets, floor, self._seq, out)
             return out
 
     def watch(self, targets: Sequence[Target]) -> None:
         """Make ``targets`` the set observed; a change starts a round at once."""
+        if targets is self._wanted_from:
+            return
         wanted = {t.node: t for t in targets}
         with self._lock:
+            self._wanted_from = targets
             if wanted == self._wanted:
                 return
             self._wanted = wanted
             self._seen = {n: s for n, s in self._seen.items() if n in wanted}
+            for nodes in self._rounds.values():
+                nodes.intersection_update(wanted)
+            self._expired.intersection_update(wanted)
+            self._changes.clear()  # the next read starts afresh: its targets are another object
+            self._answer = None
         self._wake.set()
+
+    def _reads(self, node: str, now: float, floor: float) -> Observation | None:
+        """What ``node``'s entry reads as now (the lock is held)."""
+        seen = self._seen.get(node)
+        if (seen is not None and seen.observation is not None and now - seen.at <= self._stale_after_s
+                and seen.wall >= floor):
+            return seen.observation
+        return None
+
+    def _changed(self, node: str) -> None:
+        """Number a change of ``node`` (the lock is held); its older number goes."""
+        self._seq += 1
+        self._changes.pop(node, None)
+        self._changes[node] = self._seq
+
+    def _changed_after(self, seq: int) -> list[str]:
+        """The nodes changed after change ``seq`` (the lock is held): newest first, so only they are looked at."""
+        out = []
+        for n, s in reversed(self._changes.items()):
+            if s <= seq:
+                break
+            out.append(n)
+        return out
+
+    def _expire(self, now: float) -> None:
+        """Number a change for every node whose observation has gone stale since the last read (the lock is held)."""
+        for at in [a for a in self._rounds if now - a > self._stale_after_s]:
+            nodes = self._rounds.pop(at)
+            for n in nodes:
+                self._changed(n)
+            self._expired |= nodes
 
     def status(self) -> dict[str, Any]:
         """The last round in a few fields, for ``/v1/status``."""
@@ -179,14 +264,35 @@ class HealthWatcher:
         stats = RoundStats(started, result.duration_s, len(targets), len(result.observations),
                            _count(result.failed.values()))
         with self._lock:
-            for t in targets:
-                if t.node in self._wanted:
-                    self._seen[t.node] = _Seen(started, wall, result.observations.get(t.node))
+            self._record_round(targets, result.observations, started, wall)
             self.last_round = stats
             self.rounds += 1
             self._round_done.notify_all()
         self._record(stats)
         return stats
+
+    def _record_round(self, targets: Sequence[Target], observations: dict[str, Observation], started: float,
+                      wall: float) -> None:
+        """Keep a round's observations, numbering a change for each node that reads differently now (lock held)."""
+        wanted, seen, rounds, expired, floor = self._wanted, self._seen, self._rounds, self._expired, self._floor
+        taken = rounds.setdefault(started, set())
+        for t in targets:
+            n = t.node
+            if n not in wanted:
+                continue
+            obs = observations.get(n)
+            old = seen.get(n)
+            seen[n] = _Seen(started, wall, obs)
+            if old is not None and old.observation is not None and (was := rounds.get(old.at)) is not None:
+                was.discard(n)
+            if obs is not None:
+                taken.add(n)
+            if (old is None or n in expired or old.observation != obs
+                    or (old.wall >= floor) != (wall >= floor)):
+                expired.discard(n)
+                self._changed(n)
+        for at in [a for a, nodes in rounds.items() if not nodes]:
+            del rounds[at]
 
     def _record(self, stats: RoundStats) -> None:
         if self._metrics is not None:
