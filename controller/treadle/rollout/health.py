@@ -215,6 +215,11 @@ class HealthWatcher:
                 self._changed(n)
             self._expired |= nodes
 
+    def watched(self) -> list[Target]:
+        """The targets observed now (what the next round covers)."""
+        with self._lock:
+            return list(self._wanted.values())
+
     def status(self) -> dict[str, Any]:
         """The last round in a few fields, for ``/v1/status``."""
         r = self.last_round
@@ -247,8 +252,7 @@ class HealthWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                targets = list(self._wanted.values())
+            targets = self.watched()
             if targets:
                 try:
                     self.run_round(targets)
