@@ -29,11 +29,11 @@ Rules this module keeps (tests/rollout/test_health.py pins them):
   once, or as soon as the round in progress ends.
 
 Reading costs what changed, not what is watched: at 100,000 nodes a walk of
-the cache per tick alone took about 100 ms. The watcher numbers each change
-of what a node's entry reads as (another observation, none, stale, or taken
-on the other side of the reader's ``since``) and keeps the answer it gave
-last; a read with the same targets and ``since`` applies only the changes
-numbered after that answer, and returns that very object when there are none.
+the cache per tick alone took about 100 ms. The watcher keeps the answer it
+gave last and notes each node whose entry has read differently since
+(another observation, none, stale, or taken on the other side of the
+reader's ``since``); a read with the same targets and ``since`` looks again
+at those nodes only, and returns that very object when there are none.
 Staleness comes from the clock, not from a round, so a read first expires the
 rounds (all the nodes a round observed share its start) that have grown older
 than ``stale_after_s``: a few rounds to look at, then only their nodes.
@@ -43,8 +43,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import attrgetter, is_not
 from typing import Any, Protocol
 
 import anyio
@@ -81,13 +84,16 @@ class _Seen:
     observation: Observation | None  # None: the target gave nothing in that round
 
 
+_TAKEN = attrgetter("observation")
+_WHEN = attrgetter("at", "wall")
+
+
 @dataclass(slots=True)
 class _Answer:
-    """The last answer given: for these targets (the very object) and ``since``, as of change ``seq``."""
+    """The last answer given: for these targets (the very object) and ``since``."""
 
     targets: Sequence[Target]
     floor: float
-    seq: int
     out: dict[str, Observation]
 
 
@@ -118,9 +124,8 @@ class HealthWatcher:
         #: The targets object ``_wanted`` was made from: the rollout hands the same list while it stays put.
         self._wanted_from: Sequence[Target] | None = None
         self._seen: dict[str, _Seen] = {}
-        #: Change numbers: the last one given, and each node's last, in the order given (oldest first).
-        self._seq = 0
-        self._changes: dict[str, int] = {}
+        #: The nodes whose entry reads differently since the last answer (a dict: ordered, each once).
+        self._changed: dict[str, None] = {}
         #: Round start -> the nodes whose observation that round took, while they are not stale.
         self._rounds: dict[float, set[str]] = {}
         #: Nodes whose observation was read as stale: their next round changes them whatever it says.
@@ -152,18 +157,17 @@ class HealthWatcher:
             last = self._answer
             if last is None or last.targets is not targets or last.floor != floor:
                 self._floor = floor
-                out = {t.node: o for t in targets if (o := self._reads(t.node, now, floor)) is not None}
+                out: dict[str, Observation] = {}
+                self._read_into(out, [t.node for t in targets], now, floor)
             else:
-                changed = self._changed_after(last.seq)
-                if not changed:
+                if not self._changed:
                     return last.out
                 out = dict(last.out)
-                for n in changed:
-                    if (o := self._reads(n, now, floor)) is not None:
-                        out[n] = o
-                    else:
-                        out.pop(n, None)
-            self._answer = _Answer(targets, floor, self._seq, out)
+                changed = list(self._changed)
+                deque(map(out.pop, changed, repeat(None)), maxlen=0)  # each read again below, in C
+                self._read_into(out, changed, now, floor)
+            self._changed = {}
+            self._answer = _Answer(targets, floor, out)
             return out
 
     def watch(self, targets: Sequence[Target]) -> None:
@@ -180,39 +184,33 @@ class HealthWatcher:
             for nodes in self._rounds.values():
                 nodes.intersection_update(wanted)
             self._expired.intersection_update(wanted)
-            self._changes.clear()  # the next read starts afresh: its targets are another object
+            self._changed = {}  # the next read starts afresh: its targets are another object
             self._answer = None
         self._wake.set()
 
-    def _reads(self, node: str, now: float, floor: float) -> Observation | None:
-        """What ``node``'s entry reads as now (the lock is held)."""
-        seen = self._seen.get(node)
-        if (seen is not None and seen.observation is not None and now - seen.at <= self._stale_after_s
-                and seen.wall >= floor):
-            return seen.observation
-        return None
+    def _read_into(self, out: dict[str, Observation], nodes: list[str], now: float, floor: float) -> None:
+        """Add what ``nodes``' entries read as now to ``out`` (the lock is held).
 
-    def _changed(self, node: str) -> None:
-        """Number a change of ``node`` (the lock is held); its older number goes."""
-        self._seq += 1
-        self._changes.pop(node, None)
-        self._changes[node] = self._seq
-
-    def _changed_after(self, seq: int) -> list[str]:
-        """The nodes changed after change ``seq`` (the lock is held): newest first, so only they are looked at."""
-        out = []
-        for n, s in reversed(self._changes.items()):
-            if s <= seq:
-                break
-            out.append(n)
-        return out
+        Done in C but for a look per distinct round: the nodes a round observed share its start.
+        """
+        found = list(map(self._seen.get, nodes))
+        nodes = list(compress(nodes, found))  # an entry is always truthy
+        found = list(filter(None, found))
+        taken = list(map(_TAKEN, found))
+        whens = set(map(_WHEN, found))
+        fresh = {w for w in whens if now - w[0] <= self._stale_after_s and w[1] >= floor}
+        keep: Iterable[bool]
+        if len(fresh) == len(whens):
+            keep = list(map(is_not, taken, repeat(None)))
+        else:
+            keep = [o is not None and w in fresh for o, w in zip(taken, map(_WHEN, found))]
+        out.update(zip(compress(nodes, keep), compress(taken, keep)))
 
     def _expire(self, now: float) -> None:
-        """Number a change for every node whose observation has gone stale since the last read (the lock is held)."""
+        """Note every node whose observation has gone stale since the last read (the lock is held)."""
         for at in [a for a in self._rounds if now - a > self._stale_after_s]:
             nodes = self._rounds.pop(at)
-            for n in nodes:
-                self._changed(n)
+            self._changed.update(dict.fromkeys(nodes))
             self._expired |= nodes
 
     def watched(self) -> list[Target]:
@@ -277,8 +275,9 @@ class HealthWatcher:
 
     def _record_round(self, targets: Sequence[Target], observations: dict[str, Observation], started: float,
                       wall: float) -> None:
-        """Keep a round's observations, numbering a change for each node that reads differently now (lock held)."""
+        """Keep a round's observations, noting each node that reads differently now (the lock is held)."""
         wanted, seen, rounds, expired, floor = self._wanted, self._seen, self._rounds, self._expired, self._floor
+        changed = self._changed
         taken = rounds.setdefault(started, set())
         for t in targets:
             n = t.node
@@ -294,7 +293,7 @@ class HealthWatcher:
             if (old is None or n in expired or old.observation != obs
                     or (old.wall >= floor) != (wall >= floor)):
                 expired.discard(n)
-                self._changed(n)
+                changed[n] = None
         for at in [a for a, nodes in rounds.items() if not nodes]:
             del rounds[at]
 
