@@ -20,6 +20,11 @@
   The target is 50 ms up to 10,000 nodes and 100 ms at 100,000.
   Timed separately: ``machine.step`` alone and ``RolloutStore.save`` alone,
   on the largest wave, all of its nodes reporting at once.
+- step with the watcher (``--health watcher``, run after the above by
+  default): the same ticks with the daemon's real ``HealthWatcher`` between
+  the service and a stand-in source (no HTTP), its cache holding every
+  watched node's observation; a round (the health thread's work, untimed)
+  lands before each timed tick, so the tick reads what that round changed.
 - 50 agents: a real controller and 50 real ``treadle-agent run`` processes
   (tests/rollout_e2e/rollout_fleet.py), a 3-wave rollout with a 2 s soak in
   every wave; wall time from ``git push`` returning to the rollout being
@@ -144,6 +149,23 @@ class PreparedHealth:
             self._spent.timed(started)
 
 
+class RoundAnswers:
+    """A health source answering a watcher's rounds from a dict the benchmark fills in: no HTTP."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Any] = {}
+
+    async def observe(self, targets: Sequence[Any]) -> dict[str, Any]:
+        return (await self.observe_round(targets)).observations
+
+    async def observe_round(self, targets: Sequence[Any]) -> Any:
+        from treadle.rollout.observe import RoundResult
+
+        answers = self.answers
+        got = {t.node: answers[t.node] for t in targets if t.node in answers}
+        return RoundResult(got, {t.node: "refused" for t in targets if t.node not in got})
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
@@ -167,23 +189,28 @@ NO_NEWS, REPORTING, WAVE_START = "soak, nothing new", "soak, half the wave newly
 LOSING, LAST, RESTART = "soak, half the wave losing its reports", "last wave passed, rollout complete", "first tick after a restart"
 
 
-def bench_step(nodes: int, ticks: int, workdir: Path) -> dict[str, list[float]]:
+def bench_step(nodes: int, ticks: int, workdir: Path, watcher: bool = False) -> dict[str, list[float]]:
     """Time RolloutService.tick, machine.step and RolloutStore.save on a ``nodes``-node rollout; the tick times
-    (ms) by kind."""
+    (ms) by kind. ``watcher``: the service reads a real HealthWatcher's cache, a round landing before each tick."""
     from treadle.daemon.metrics import ControllerMetrics
     from treadle.rollout import machine
+    from treadle.rollout.health import HealthWatcher
     from treadle.rollout.machine import Observation
     from treadle.rollout.service import RolloutService
     from treadle.rollout.store import RolloutStore
     from treadle.rollout.waves import Candidate
 
+    workdir.mkdir(parents=True, exist_ok=True)
     clusters = 100
     names = [f"c{i % clusters:03d}-n{i // clusters:04d}" for i in range(nodes)]
     candidates = [Candidate(n, "s1", n[:4], {"canary": "true"} if i < 10 else {}) for i, n in enumerate(names)]
     spent = StandIns()
-    policy, health, clock = _policy(), PreparedHealth(spent), Clock()
+    policy, clock = _policy(), Clock()
+    health: PreparedHealth | RoundAnswers = RoundAnswers() if watcher else PreparedHealth(spent)
+    # The watcher's clocks are the benchmark's: its rounds start when the rollout's time says (no staleness).
+    cache = HealthWatcher(health, interval_s=1, stale_after_s=3600, clock=clock, wall_clock=clock) if watcher else None
     executor = StubExecutor(policy, names, spent)
-    service = RolloutService(workdir / "state.sqlite3", health, metrics=ControllerMetrics(), clock=clock)
+    service = RolloutService(workdir / "state.sqlite3", cache or health, metrics=ControllerMetrics(), clock=clock)
     created = time.perf_counter()
     rid = service.begin("a" * 40, policy, candidates, immediate=False, current=executor.current_manifests(names))
     print(f"  planning and creating the rollout: {1000 * (time.perf_counter() - created):.1f} ms "
@@ -198,7 +225,13 @@ def bench_step(nodes: int, ticks: int, workdir: Path) -> dict[str, list[float]]:
     stand_ins: dict[str, list[float]] = {k: [] for k in kinds}
     cpus: dict[str, list[float]] = {k: [] for k in kinds}  # CPU time: what the wall time is on an idle machine
 
+    rounds: list[float] = []
+
     def timed_tick(kind: str | None, on: RolloutService = service) -> None:
+        if cache is not None:  # what the health thread does between ticks
+            started = time.perf_counter()
+            cache.run_round(cache.watched())
+            rounds.append(1000 * (time.perf_counter() - started))
         spent.spent_s = 0.0
         started, cpu = time.perf_counter(), time.process_time()
         on.tick(executor)
@@ -207,15 +240,16 @@ def bench_step(nodes: int, ticks: int, workdir: Path) -> dict[str, list[float]]:
             cpus[kind].append(1000 * (time.process_time() - cpu))
             stand_ins[kind].append(1000 * spent.spent_s)
 
-    service.tick(executor)  # publishes the canaries
+    timed_tick(None)  # publishes the canaries
     while True:  # walk to the largest wave; timed: its start (90 % of the nodes)
         r = service.active()
         assert r is not None and r.current is not None, "the rollout ended early"
+        timed_tick(None, service)  # a wave just published: the watcher is asked for its nodes from now on
         if r.wave == 2:
             break
         healthy(r.current.nodes)
         clock.now += 1
-        service.tick(executor)
+        timed_tick(None, service)
         clock.now += 61
         timed_tick(WAVE_START if r.wave == 1 else None)
     big = service.active()
@@ -235,21 +269,23 @@ def bench_step(nodes: int, ticks: int, workdir: Path) -> dict[str, list[float]]:
         timed_tick(LOSING)
     # A restart: a new service (its store connections, no rollout in memory) ticks the same rollout.
     service.close()
-    service = RolloutService(workdir / "state.sqlite3", health, metrics=ControllerMetrics(), clock=clock)
+    service = RolloutService(workdir / "state.sqlite3", cache or health, metrics=ControllerMetrics(), clock=clock)
     healthy(wave, 0.5)
     clock.now += 1
     timed_tick(RESTART, service)
     healthy(wave)
     clock.now += 1
-    service.tick(executor)
+    timed_tick(None, service)
     clock.now += 61
     timed_tick(LAST, service)
     service.close()
 
     target = TARGET_STEP_MS_LARGE if nodes > LARGE else TARGET_STEP_MS
     own = {k: [t - s for t, s in zip(kinds[k], stand_ins[k])] for k in kinds}
+    reads = ("reading the real HealthWatcher's cache, a round having landed just before each tick"
+             if watcher else "its reads")
     print(f"RolloutService.tick, {nodes:,}-node rollout, largest wave {len(wave):,} nodes ({ticks} ticks of each "
-          "soak kind): the service's own time (deciding, persisting, its reads and metrics); in brackets the "
+          f"soak kind): the service's own time (deciding, persisting, {reads} and metrics); in brackets the "
           "median and max of the whole tick, with the stand-ins for the pipeline (publishing) and the health source, "
           "and the median CPU time of the whole tick (on a busy machine the wall time waits for a core too):")
     for kind, label in ((NO_NEWS, NO_NEWS), (REPORTING, REPORTING), (WAVE_START, f"wave 2 passed, wave 3 ({len(wave):,}) published"),
@@ -257,6 +293,9 @@ def bench_step(nodes: int, ticks: int, workdir: Path) -> dict[str, list[float]]:
         _line(label, own[kind], target, f"  [{statistics.median(kinds[kind]):.1f} / {max(kinds[kind]):.1f}; "
                                         f"CPU {statistics.median(cpus[kind]):.1f}]")
 
+    if watcher:
+        _line("a watcher round (health thread, untimed in ticks)", rounds, None)
+        return own
     # The two halves of a step, alone, on the same wave: every node of it reports at once.
     store = RolloutStore(sqlite3.connect(workdir / "state.sqlite3"))
     r = store.get(rid)
@@ -319,12 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, default=20, help="timed ticks of each kind (default 20)")
     parser.add_argument("--agents", type=int, default=50, help="real agents for the end-to-end figure; 0 skips it")
     parser.add_argument("--soak-s", type=int, default=2, help="soak of every wave in the end-to-end figure")
+    parser.add_argument("--health", choices=("prepared", "watcher", "both"), default="both",
+                        help="the step's health: prepared answers, a real HealthWatcher's cache, or both (default)")
     args = parser.parse_args(argv)
     if args.nodes < 1000 or args.ticks < 1 or args.agents < 0 or (args.agents and args.agents < 10):
         parser.error("--nodes must be >= 1000, --ticks >= 1, --agents 0 or >= 10")
     sys.path.insert(0, str(ROOT / "controller"))
     with tempfile.TemporaryDirectory(prefix="treadle-bench-rollout-") as tmp:
-        bench_step(args.nodes, args.ticks, Path(tmp))
+        if args.health != "watcher":
+            bench_step(args.nodes, args.ticks, Path(tmp) / "prepared")
+        if args.health != "prepared":
+            bench_step(args.nodes, args.ticks, Path(tmp) / "watcher", watcher=True)
         if args.agents:
             if bench_agents(args.agents, args.soak_s, Path(tmp)) is None:
                 return 1

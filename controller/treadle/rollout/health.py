@@ -27,14 +27,27 @@ Rules this module keeps (tests/rollout/test_health.py pins them):
 - Rounds are paced: ``interval_s`` from the end of one to the start of the
   next; a new set of wanted targets (a wave just published) starts one at
   once, or as soon as the round in progress ends.
+
+Reading costs what changed, not what is watched: at 100,000 nodes a walk of
+the cache per tick alone took about 100 ms. The watcher keeps the answer it
+gave last and notes each node whose entry has read differently since
+(another observation, none, stale, or taken on the other side of the
+reader's ``since``); a read with the same targets and ``since`` looks again
+at those nodes only, and returns that very object when there are none.
+Staleness comes from the clock, not from a round, so a read first expires the
+rounds (all the nodes a round observed share its start) that have grown older
+than ``stale_after_s``: a few rounds to look at, then only their nodes.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import attrgetter, is_not
 from typing import Any, Protocol
 
 import anyio
@@ -71,6 +84,19 @@ class _Seen:
     observation: Observation | None  # None: the target gave nothing in that round
 
 
+_TAKEN = attrgetter("observation")
+_WHEN = attrgetter("at", "wall")
+
+
+@dataclass(slots=True)
+class _Answer:
+    """The last answer given: for these targets (the very object) and ``since``."""
+
+    targets: Sequence[Target]
+    floor: float
+    out: dict[str, Observation]
+
+
 @dataclass(frozen=True, slots=True)
 class RoundStats:
     """The counts of one finished round (``/v1/status`` shows the last one)."""
@@ -95,7 +121,18 @@ class HealthWatcher:
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._wanted: dict[str, Target] = {}
+        #: The targets object ``_wanted`` was made from: the rollout hands the same list while it stays put.
+        self._wanted_from: Sequence[Target] | None = None
         self._seen: dict[str, _Seen] = {}
+        #: The nodes whose entry reads differently since the last answer (a dict: ordered, each once).
+        self._changed: dict[str, None] = {}
+        #: Round start -> the nodes whose observation that round took, while they are not stale.
+        self._rounds: dict[float, set[str]] = {}
+        #: Nodes whose observation was read as stale: their next round changes them whatever it says.
+        self._expired: set[str] = set()
+        #: The ``since`` of the last read (an entry taken on the other side of it reads differently).
+        self._floor = float("-inf")
+        self._answer: _Answer | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,28 +144,79 @@ class HealthWatcher:
     # -- the rollout's side (any thread) ----------------------------------------
 
     def observations(self, targets: Sequence[Target], since: float | None = None) -> dict[str, Observation]:
-        """Watch ``targets`` from now on (and only them) and return their fresh observations taken since ``since``."""
+        """Watch ``targets`` from now on (and only them) and return their fresh observations taken since ``since``.
+
+        The caller must not change the answer, nor ``targets`` once handed over (the same object is
+        taken to mean the same targets): an answer with no news since the last is that same object.
+        """
         self.watch(targets)
-        now = self._clock()
         floor = float("-inf") if since is None else since
         with self._lock:
-            out = {}
-            for t in targets:
-                seen = self._seen.get(t.node)
-                if (seen is not None and seen.observation is not None and now - seen.at <= self._stale_after_s
-                        and seen.wall >= floor):
-                    out[t.node] = seen.observation
+            now = self._clock()
+            self._expire(now)
+            last = self._answer
+            if last is None or last.targets is not targets or last.floor != floor:
+                self._floor = floor
+                out: dict[str, Observation] = {}
+                self._read_into(out, [t.node for t in targets], now, floor)
+            else:
+                if not self._changed:
+                    return last.out
+                out = dict(last.out)
+                changed = list(self._changed)
+                deque(map(out.pop, changed, repeat(None)), maxlen=0)  # each read again below, in C
+                self._read_into(out, changed, now, floor)
+            self._changed = {}
+            self._answer = _Answer(targets, floor, out)
             return out
 
     def watch(self, targets: Sequence[Target]) -> None:
         """Make ``targets`` the set observed; a change starts a round at once."""
+        if targets is self._wanted_from:
+            return
         wanted = {t.node: t for t in targets}
         with self._lock:
+            self._wanted_from = targets
             if wanted == self._wanted:
                 return
             self._wanted = wanted
             self._seen = {n: s for n, s in self._seen.items() if n in wanted}
+            for nodes in self._rounds.values():
+                nodes.intersection_update(wanted)
+            self._expired.intersection_update(wanted)
+            self._changed = {}  # the next read starts afresh: its targets are another object
+            self._answer = None
         self._wake.set()
+
+    def _read_into(self, out: dict[str, Observation], nodes: list[str], now: float, floor: float) -> None:
+        """Add what ``nodes``' entries read as now to ``out`` (the lock is held).
+
+        Done in C but for a look per distinct round: the nodes a round observed share its start.
+        """
+        found = list(map(self._seen.get, nodes))
+        nodes = list(compress(nodes, found))  # an entry is always truthy
+        found = list(filter(None, found))
+        taken = list(map(_TAKEN, found))
+        whens = set(map(_WHEN, found))
+        fresh = {w for w in whens if now - w[0] <= self._stale_after_s and w[1] >= floor}
+        keep: Iterable[bool]
+        if len(fresh) == len(whens):
+            keep = list(map(is_not, taken, repeat(None)))
+        else:
+            keep = [o is not None and w in fresh for o, w in zip(taken, map(_WHEN, found))]
+        out.update(zip(compress(nodes, keep), compress(taken, keep)))
+
+    def _expire(self, now: float) -> None:
+        """Note every node whose observation has gone stale since the last read (the lock is held)."""
+        for at in [a for a in self._rounds if now - a > self._stale_after_s]:
+            nodes = self._rounds.pop(at)
+            self._changed.update(dict.fromkeys(nodes))
+            self._expired |= nodes
+
+    def watched(self) -> list[Target]:
+        """The targets observed now (what the next round covers)."""
+        with self._lock:
+            return list(self._wanted.values())
 
     def status(self) -> dict[str, Any]:
         """The last round in a few fields, for ``/v1/status``."""
@@ -162,8 +250,7 @@ class HealthWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                targets = list(self._wanted.values())
+            targets = self.watched()
             if targets:
                 try:
                     self.run_round(targets)
@@ -179,14 +266,36 @@ class HealthWatcher:
         stats = RoundStats(started, result.duration_s, len(targets), len(result.observations),
                            _count(result.failed.values()))
         with self._lock:
-            for t in targets:
-                if t.node in self._wanted:
-                    self._seen[t.node] = _Seen(started, wall, result.observations.get(t.node))
+            self._record_round(targets, result.observations, started, wall)
             self.last_round = stats
             self.rounds += 1
             self._round_done.notify_all()
         self._record(stats)
         return stats
+
+    def _record_round(self, targets: Sequence[Target], observations: dict[str, Observation], started: float,
+                      wall: float) -> None:
+        """Keep a round's observations, noting each node that reads differently now (the lock is held)."""
+        wanted, seen, rounds, expired, floor = self._wanted, self._seen, self._rounds, self._expired, self._floor
+        changed = self._changed
+        taken = rounds.setdefault(started, set())
+        for t in targets:
+            n = t.node
+            if n not in wanted:
+                continue
+            obs = observations.get(n)
+            old = seen.get(n)
+            seen[n] = _Seen(started, wall, obs)
+            if old is not None and old.observation is not None and (was := rounds.get(old.at)) is not None:
+                was.discard(n)
+            if obs is not None:
+                taken.add(n)
+            if (old is None or n in expired or old.observation != obs
+                    or (old.wall >= floor) != (wall >= floor)):
+                expired.discard(n)
+                changed[n] = None
+        for at in [a for a, nodes in rounds.items() if not nodes]:
+            del rounds[at]
 
     def _record(self, stats: RoundStats) -> None:
         if self._metrics is not None:
