@@ -33,16 +33,23 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 
-#: Suites that share a heavy or machine-wide resource run on one worker under `pytest -n N --dist loadgroup`
-#: (the Makefile's test target): the real-node tests boot network namespaces from one cached tree and, like the
-#: install tests, build the checkout's wheel (setuptools writes its egg-info and sdist tree inside the checkout,
-#: so two builds at once break each other); the observability tests share one fleet and one Prometheus.
-XDIST_GROUPS = {"realnode": "checkout", "install": "checkout", "observability": "prometheus"}
+#: Tests that share a heavy or machine-wide resource run on one worker under `pytest -n N --dist loadgroup`
+#: (the Makefile's test target), by node-id prefix: the real-node tests boot network namespaces from one cached
+#: tree and, like the install tests, build the checkout's wheel (setuptools writes its egg-info and sdist tree
+#: inside the checkout, so two builds at once break each other); the live observability tests share one fleet
+#: and one Prometheus (session fixtures), the Prometheus health tests one large Prometheus (a module fixture).
+XDIST_GROUPS = {
+    "tests/realnode/": "checkout",
+    "tests/install/": "checkout",
+    "tests/observability/test_prometheus_live.py": "prometheus-fleet",
+    "tests/observability/test_scenarios_live.py": "prometheus-fleet",
+    "tests/observability/test_prometheus_health.py": "prometheus-health",
+}
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """``--dist loadgroup`` with the groups above, read from each test's folder in its node id.
+    """``--dist loadgroup`` with the groups above, read from each test's node id.
 
     xdist's own loadgroup reads ``xdist_group`` marks through a node-id suffix that pytest 9.2 no longer lets it
     write (pytest-xdist issue 1386), so its groups would silently split; this scheduler needs no marks.
@@ -51,12 +58,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
         return None
     from xdist.scheduler import LoadGroupScheduling
 
-    class FolderGroups(LoadGroupScheduling):
+    class PathGroups(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            folder = nodeid.split("::")[0].rpartition("/")[0].rpartition("/")[2]
-            return XDIST_GROUPS.get(folder) or super()._split_scope(nodeid)
+            for prefix, group in XDIST_GROUPS.items():
+                if nodeid.startswith(prefix):
+                    return group
+            return super()._split_scope(nodeid)
 
-    return FolderGroups(config, log)  # type: ignore[arg-type]
+    return PathGroups(config, log)  # type: ignore[arg-type]
 
 
 @pytest.fixture
