@@ -81,15 +81,40 @@ def _manifest(n_files: int, generation: int = 1, filler: int = 0) -> dict:
     files = []
     for i in range(n_files):
         text = f"# managed file {i}\nvalue = {i}\n" + ("x" * filler)
-        files.append({"type": "file", "path": f"/etc/bench/d{i % 20:02d}/f{i:04d}.conf", "ensure": "present",
-                      "content": text, "sha256": hashlib.sha256(text.encode()).hexdigest(), "mode": "0644",
-                      "owner": None, "group": None, "notify": [], "requires": []})
+        files.append(
+            {
+                "type": "file",
+                "path": f"/etc/bench/d{i % 20:02d}/f{i:04d}.conf",
+                "ensure": "present",
+                "content": text,
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "mode": "0644",
+                "owner": None,
+                "group": None,
+                "notify": [],
+                "requires": [],
+            }
+        )
     now = time.time()
-    return {"apiVersion": "treadle.dev/v1", "kind": "NodeManifest",
-            "metadata": {"node": NODE, "site": "s", "cluster": "c", "address": "127.0.0.1", "fabric": "bench",
-                         "generation": generation, "commit": None, "issued": format_time(now),
-                         "expires": format_time(now + 86400), "lifecycle": "production", "labels": {}},
-            "resources": sorted(files, key=lambda r: r["path"]), "health": []}
+    return {
+        "apiVersion": "treadle.dev/v1",
+        "kind": "NodeManifest",
+        "metadata": {
+            "node": NODE,
+            "site": "s",
+            "cluster": "c",
+            "address": "127.0.0.1",
+            "fabric": "bench",
+            "generation": generation,
+            "commit": None,
+            "issued": format_time(now),
+            "expires": format_time(now + 86400),
+            "lifecycle": "production",
+            "labels": {},
+        },
+        "resources": sorted(files, key=lambda r: r["path"]),
+        "health": [],
+    }
 
 
 def _setup(work: Path, n_files: int) -> tuple[Path, ThreadingHTTPServer, list]:
@@ -111,7 +136,7 @@ def _setup(work: Path, n_files: int) -> tuple[Path, ThreadingHTTPServer, list]:
         f'node = "{NODE}"\nmanifest_urls = ["http://127.0.0.1:{httpd.server_address[1]}/v1/nodes/{{node}}/manifest"]\n'
         f'trust_root = "keys/trust-root.json"\nstate_dir = "state"\nroot = "root"\nmetrics_listen = "127.0.0.1:0"\n'
         f'package_manager = "none"\nservice_manager = "none"\nproc_sys = "proc-sys"\nretries = 0\n'
-        f'interval_s = 3600\njitter_s = 0\n'
+        f"interval_s = 3600\njitter_s = 0\n"
     )
     return config, httpd, signers
 
@@ -132,8 +157,12 @@ def _once(config: Path, work: Path) -> tuple[float, float, int]:
     gnu_time = shutil.which("time") or "/usr/bin/time"
     wrapper = [gnu_time, "-o", str(report), "-f", "%M"] if Path(gnu_time).exists() else []
     started = time.perf_counter()
-    p = subprocess.run([*wrapper, *_agent_command(), "once", "--config", str(config)], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, check=False)
+    p = subprocess.run(
+        [*wrapper, *_agent_command(), "once", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
     wall = time.perf_counter() - started
     if wrapper:
         rss_mb = int(report.read_text().strip().splitlines()[-1]) / 1024
@@ -176,21 +205,30 @@ def _idle_rss_mb(config: Path, work: Path, *, fresh: bool) -> float:
         shutil.rmtree(work / "state")
     port_file = work / "metrics.port"
     port_file.unlink(missing_ok=True)
-    p = subprocess.Popen([*_agent_command(), "run", "--config", str(config), "--metrics-port-file", str(port_file)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [*_agent_command(), "run", "--config", str(config), "--metrics-port-file", str(port_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if port_file.exists():
                 url = f"http://127.0.0.1:{port_file.read_text().strip()}/metrics"
-                if b"treadle_agent_applied_generation 1.0" in urllib.request.urlopen(url, timeout=5).read():
+                if (
+                    b"treadle_agent_applied_generation 1.0"
+                    in urllib.request.urlopen(url, timeout=5).read()
+                ):
                     break
             time.sleep(0.05)
         else:
             raise SystemExit("the daemon did not complete its first cycle")
         time.sleep(0.5)
         status = Path(f"/proc/{p.pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+        return (
+            int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            / 1024
+        )
     finally:
         p.terminate()
         p.wait(timeout=20)
@@ -204,7 +242,9 @@ def _isolated_verify_ms(signers: list, runs: int) -> float:
     from treadle_agent.verify import IsolatedAuthenticator
 
     envelope = sign_payload(canonical_json(_manifest(1000, filler=960)), signers)
-    isolated = IsolatedAuthenticator(trust_root_document({signers[0].public_key.keyid: signers[0].public_key.to_dict()}, 1))
+    isolated = IsolatedAuthenticator(
+        trust_root_document({signers[0].public_key.keyid: signers[0].public_key.to_dict()}, 1)
+    )
     times = []
     for _ in range(max(3, runs // 2)):
         t = time.perf_counter()
@@ -216,13 +256,17 @@ def _isolated_verify_ms(signers: list, runs: int) -> float:
 def _verify_ms(signers: list, runs: int) -> tuple[float, int]:
     from treadle_agent.contract.envelope import sign_payload
     from treadle_agent.contract.manifest import canonical_json
-    from treadle_agent.trust import TrustedState
     from treadle_agent.contract.trustroot import TrustRoot
+    from treadle_agent.trust import TrustedState
     from treadle_agent.verify import Verifier
 
     payload = canonical_json(_manifest(1000, filler=960))
     envelope = sign_payload(payload, signers)
-    trust = TrustRoot.from_bytes(canonical_json({"threshold": 1, "keys": {signers[0].public_key.keyid: signers[0].public_key.to_dict()}}))
+    trust = TrustRoot.from_bytes(
+        canonical_json(
+            {"threshold": 1, "keys": {signers[0].public_key.keyid: signers[0].public_key.to_dict()}}
+        )
+    )
     Verifier(trust, NODE, TrustedState()).accept(envelope)  # warm: imports, compiled schema
     times = []
     for _ in range(runs):
@@ -255,15 +299,37 @@ def main(argv: list[str] | None = None) -> int:
             print("a no-op `treadle-agent once` failed", file=sys.stderr)
             return 1
         print(f"agent benchmark: {args.files} managed files in sync, medians of {args.runs} runs")
-        _line("treadle-agent once, whole process, no-op: wall", statistics.median(w for w, _, _ in runs) * 1000, "ms", TARGET_ONCE_S * 1000)
-        _line("treadle-agent once, whole process, no-op: peak RSS", max(r for _, r, _ in runs), "MB", TARGET_ONCE_RSS_MB)
+        _line(
+            "treadle-agent once, whole process, no-op: wall",
+            statistics.median(w for w, _, _ in runs) * 1000,
+            "ms",
+            TARGET_ONCE_S * 1000,
+        )
+        _line(
+            "treadle-agent once, whole process, no-op: peak RSS",
+            max(r for _, r, _ in runs),
+            "MB",
+            TARGET_ONCE_RSS_MB,
+        )
         _line("in-daemon no-op cycle", _cycle_ms(config, args.runs), "ms", TARGET_CYCLE_MS)
-        _line("idle daemon RSS, restarted on its verified manifest", _idle_rss_mb(config, work, fresh=False), "MB", TARGET_IDLE_RSS_MB)
-        _line("idle daemon RSS, after verifying a new manifest", _idle_rss_mb(config, work, fresh=True), "MB", TARGET_IDLE_RSS_MB)
+        _line(
+            "idle daemon RSS, restarted on its verified manifest",
+            _idle_rss_mb(config, work, fresh=False),
+            "MB",
+            TARGET_IDLE_RSS_MB,
+        )
+        _line(
+            "idle daemon RSS, after verifying a new manifest",
+            _idle_rss_mb(config, work, fresh=True),
+            "MB",
+            TARGET_IDLE_RSS_MB,
+        )
         verify_ms, size = _verify_ms(signers, args.runs)
         _line(f"verify a {size / 1e6:.1f} MB manifest", verify_ms, "ms", TARGET_VERIFY_MS)
-        print(f"{'  the same, in the daemon verifier process':<52} {_isolated_verify_ms(signers, args.runs):8.1f} ms"
-              "  (no target: once per new manifest)")
+        print(
+            f"{'  the same, in the daemon verifier process':<52} {_isolated_verify_ms(signers, args.runs):8.1f} ms"
+            "  (no target: once per new manifest)"
+        )
         httpd.shutdown()
         return 0
     finally:

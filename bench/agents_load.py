@@ -46,7 +46,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,13 +59,17 @@ TARGET_P99_MS = 100.0
 # -- the load (a process of its own: --run) --------------------------------------------------
 
 
-async def _request(host: str, port: int, path: str, etag: str | None, timeout_s: float) -> tuple[int, bool]:
+async def _request(
+    host: str, port: int, path: str, etag: str | None, timeout_s: float
+) -> tuple[int, bool]:
     """(status, 304-or-200 with a body as expected); raises OSError or TimeoutError."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
     try:
         cond = f"If-None-Match: {etag}\r\n" if etag else ""
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: treadle-agent\r\n{cond}"
-                     f"Connection: close\r\n\r\n".encode())
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: treadle-agent\r\n{cond}"
+            f"Connection: close\r\n\r\n".encode()
+        )
         data = await asyncio.wait_for(reader.read(-1), timeout_s)
     finally:
         writer.close()
@@ -74,8 +77,15 @@ async def _request(host: str, port: int, path: str, etag: str | None, timeout_s:
     return status, status in (200, 304)
 
 
-async def _run(host: str, port: int, agents: list[tuple[str, str | None]], rate: float, seconds: float,
-               max_in_flight: int, timeout_s: float) -> dict:  # type: ignore[type-arg]
+async def _run(
+    host: str,
+    port: int,
+    agents: list[tuple[str, str | None]],
+    rate: float,
+    seconds: float,
+    max_in_flight: int,
+    timeout_s: float,
+) -> dict:  # type: ignore[type-arg]
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     statuses: dict[str, int] = {}
@@ -91,7 +101,7 @@ async def _run(host: str, port: int, agents: list[tuple[str, str | None]], rate:
             status, _ = await _request(host, port, path, etag, timeout_s)
             statuses[str(status)] = statuses.get(str(status), 0) + 1
             latencies.append(loop.time() - due)
-        except (OSError, TimeoutError, asyncio.TimeoutError, ValueError) as e:
+        except (OSError, TimeoutError, ValueError) as e:
             errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
         finally:
             in_flight -= 1
@@ -121,12 +131,26 @@ async def _run(host: str, port: int, agents: list[tuple[str, str | None]], rate:
     latencies.sort()
 
     def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
+        return (
+            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+            if latencies
+            else float("nan")
+        )
 
     answered = sum(statuses.values())
-    return {"asked_rate": rate, "achieved_rate": answered / elapsed, "requests": total, "answered": answered,
-            "statuses": statuses, "errors": errors, "late": late, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "max_ms": pct(1.0), "seconds": elapsed}
+    return {
+        "asked_rate": rate,
+        "achieved_rate": answered / elapsed,
+        "requests": total,
+        "answered": answered,
+        "statuses": statuses,
+        "errors": errors,
+        "late": late,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "seconds": elapsed,
+    }
 
 
 def run_main(args: argparse.Namespace) -> int:
@@ -140,7 +164,9 @@ def run_main(args: argparse.Namespace) -> int:
     host, port = args.run.rsplit(":", 1)
     if not host.startswith("127."):
         raise SystemExit(f"{host}: the load goes to loopback only")
-    result = asyncio.run(_run(host, int(port), agents, args.rate, args.seconds, args.max_in_flight, args.timeout_s))  # type: ignore[arg-type]
+    result = asyncio.run(
+        _run(host, int(port), agents, args.rate, args.seconds, args.max_in_flight, args.timeout_s)
+    )  # type: ignore[arg-type]
     print(json.dumps(result))
     return 0
 
@@ -192,12 +218,30 @@ def start_nginx(work: Path, publish: Path) -> tuple[subprocess.Popen, int]:  # t
     return nginx, nginx.port  # type: ignore[return-value]
 
 
-def load(hostport: str, agents: list[tuple[str, str | None]], work: Path, args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+def load(
+    hostport: str, agents: list[tuple[str, str | None]], work: Path, args: argparse.Namespace
+) -> dict:  # type: ignore[type-arg]
     agents_file = work / "agents.json"
     agents_file.write_text(json.dumps(agents))
-    out = subprocess.run([PY, __file__, "--run", hostport, "--agents-file", str(agents_file), "--rate", str(args.rate),
-                          "--seconds", str(args.seconds), "--max-in-flight", str(args.max_in_flight)],
-                         capture_output=True, text=True, timeout=args.seconds + 120)
+    out = subprocess.run(
+        [
+            PY,
+            __file__,
+            "--run",
+            hostport,
+            "--agents-file",
+            str(agents_file),
+            "--rate",
+            str(args.rate),
+            "--seconds",
+            str(args.seconds),
+            "--max-in-flight",
+            str(args.max_in_flight),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=args.seconds + 120,
+    )
     if out.returncode != 0:
         raise SystemExit(f"the load process failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout)
@@ -224,14 +268,32 @@ def restart(ctl: Controller) -> dict:  # type: ignore[type-arg]
     """Stop the controller and start it on the same state and store (not a new key); its ``api.index_loaded`` event."""
     ctl.stop()
     ctl.log = ctl.log.with_name("controller-restarted.log")
-    ctl.proc = subprocess.Popen([PY, "-m", "treadle.cli", "controller", "run", "--config", str(ctl.config),
-                                 "--log-format", "json"], stdout=open(ctl.log, "wb"), stderr=subprocess.STDOUT)
+    ctl.proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "treadle.cli",
+            "controller",
+            "run",
+            "--config",
+            str(ctl.config),
+            "--log-format",
+            "json",
+        ],
+        stdout=open(ctl.log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     ctl.url = ctl.wait_event("api.listening")["url"]
     return ctl.wait_event("api.index_loaded", timeout_s=300)
 
 
-def measured(hostport: str, server_pid: int, agents: list[tuple[str, str | None]], work: Path,
-             args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+def measured(
+    hostport: str,
+    server_pid: int,
+    agents: list[tuple[str, str | None]],
+    work: Path,
+    args: argparse.Namespace,
+) -> dict:  # type: ignore[type-arg]
     """One load run with the CPU the server and the load generator spent on it, and the load average before it."""
     loadavg = os.getloadavg()[0]
     server0, gen0 = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -239,32 +301,43 @@ def measured(hostport: str, server_pid: int, agents: list[tuple[str, str | None]
     gen1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     answered = max(1, r["answered"])
     r["server_cpu_ms_per_request"] = (cpu_seconds(server_pid) - server0) * 1000 / answered
-    r["load_cpu_ms_per_request"] = (gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime) * 1000 / answered
+    r["load_cpu_ms_per_request"] = (
+        (gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime) * 1000 / answered
+    )
     r["loadavg_before"] = loadavg
     return r
 
 
 def summary(name: str, runs: list[dict]) -> None:  # type: ignore[type-arg]
     """Median and range over ``runs`` of one server."""
+
     def fig(key: str, fmt: str) -> str:
         values = [r[key] for r in runs]
         return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
 
     passed = sum(1 for r in runs if r["pass"])
-    print(f"  {name:<11} {len(runs)} runs, median (range): achieved {fig('achieved_rate', '.0f')}/s  "
-          f"p50 {fig('p50_ms', '.1f')} ms  p99 {fig('p99_ms', '.1f')} ms  server CPU {fig('server_cpu_ms_per_request', '.3f')} "
-          f"ms/request  load generator {fig('load_cpu_ms_per_request', '.3f')} ms/request  PASS {passed}/{len(runs)}")
+    print(
+        f"  {name:<11} {len(runs)} runs, median (range): achieved {fig('achieved_rate', '.0f')}/s  "
+        f"p50 {fig('p50_ms', '.1f')} ms  p99 {fig('p99_ms', '.1f')} ms  server CPU {fig('server_cpu_ms_per_request', '.3f')} "
+        f"ms/request  load generator {fig('load_cpu_ms_per_request', '.3f')} ms/request  PASS {passed}/{len(runs)}"
+    )
 
 
 def report(name: str, r: dict) -> bool:  # type: ignore[type-arg]
-    ok = r["achieved_rate"] >= 0.95 * r["asked_rate"] and not r["errors"] and r["p99_ms"] <= TARGET_P99_MS
-    print(f"  {name:<11} asked {r['asked_rate']:7.0f}/s  achieved {r['achieved_rate']:7.0f}/s  "
-          f"answers {r['statuses']}  errors {r['errors'] or 0}  not started on time {r['late']}\n"
-          f"              latency p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms  max {r['max_ms']:7.1f} ms   "
-          f"target: {r['asked_rate']:.0f}/s (100,000 agents: {TARGET_RATE:.0f}/s), no errors, p99 <= {TARGET_P99_MS:.0f} ms  "
-          f"{'PASS' if ok else 'FAIL'}\n"
-          f"              CPU per request: server {r['server_cpu_ms_per_request']:.3f} ms, "
-          f"load generator {r['load_cpu_ms_per_request']:.3f} ms; load average before {r['loadavg_before']:.2f}")
+    ok = (
+        r["achieved_rate"] >= 0.95 * r["asked_rate"]
+        and not r["errors"]
+        and r["p99_ms"] <= TARGET_P99_MS
+    )
+    print(
+        f"  {name:<11} asked {r['asked_rate']:7.0f}/s  achieved {r['achieved_rate']:7.0f}/s  "
+        f"answers {r['statuses']}  errors {r['errors'] or 0}  not started on time {r['late']}\n"
+        f"              latency p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms  max {r['max_ms']:7.1f} ms   "
+        f"target: {r['asked_rate']:.0f}/s (100,000 agents: {TARGET_RATE:.0f}/s), no errors, p99 <= {TARGET_P99_MS:.0f} ms  "
+        f"{'PASS' if ok else 'FAIL'}\n"
+        f"              CPU per request: server {r['server_cpu_ms_per_request']:.3f} ms, "
+        f"load generator {r['load_cpu_ms_per_request']:.3f} ms; load average before {r['loadavg_before']:.2f}"
+    )
     r["pass"] = ok
     return ok
 
@@ -277,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=1000)
     parser.add_argument("--targets", default="controller,nginx")
     parser.add_argument("--timeout-s", type=float, default=10.0)
-    parser.add_argument("--repeat", type=int, default=1, help="load runs per server (median and range printed)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="load runs per server (median and range printed)"
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--agents-file", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=None, help=argparse.SUPPRESS)
@@ -294,9 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         ctl.wait_event("commit.deployed", timeout_s=600)
         names = populate(ctl.publish, args.agents)
         indexed = restart(ctl)
-        print(f"{args.agents:,} agents polling every {args.interval_s:g} s: {args.rate:.0f} conditional GETs/s, "
-              f"{args.seconds:g} s per server, one connection per request, 1 % without an ETag\n"
-              f"  the controller's ETag index, filled at its start: {indexed['nodes']:,} envelopes in {indexed['seconds']} s")
+        print(
+            f"{args.agents:,} agents polling every {args.interval_s:g} s: {args.rate:.0f} conditional GETs/s, "
+            f"{args.seconds:g} s per server, one connection per request, 1 % without an ETag\n"
+            f"  the controller's ETag index, filled at its start: {indexed['nodes']:,} envelopes in {indexed['seconds']} s"
+        )
         uri = "/v1/nodes/{node}/manifest"
         results: dict[str, list[dict]] = {}  # type: ignore[type-arg]
         if "controller" in args.targets:

@@ -42,8 +42,9 @@ TARGET_MS = 300.0
 TARGETED = ("overview", "node page (with provenance)")
 
 from gen_fabric import generate  # noqa: E402
-from support.console_state import serving  # noqa: E402
+
 from support.console_git import commit_all, git, make_git_fleet  # noqa: E402
+from support.console_state import serving  # noqa: E402
 
 
 def _time(client: httpx.Client, path: str, expect: str | None = None) -> float:
@@ -85,7 +86,9 @@ def _fabric(root: Path, nodes: int) -> tuple[str, str, str, str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--nodes", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=20)
     args = ap.parse_args()
@@ -94,20 +97,34 @@ def main() -> int:
         first, head, node, other = _fabric(Path(tmp) / "fabric", args.nodes)
         fleet = make_git_fleet(Path(tmp), Path(tmp) / "fabric", first, head)
         total = len(fleet.ctx.state.nodes())
-        print(f"console at {total} nodes (fabric, render and state built in {time.perf_counter() - start:.1f} s)")
-        pages = {"overview": "/ui/", "node page (with provenance)": f"/ui/nodes/{node}",
-                 "fabric, page 1": "/ui/nodes", "fabric, search": "/ui/nodes?q=r00&site=s01",
-                 "fabric, unreachable nodes": "/ui/nodes?health=unreachable", "rollouts": "/ui/rollouts",
-                 "rollout (current wave)": "/ui/rollouts/1", "racks of a site": "/ui/racks?site=s01",
-                 "commit page (plan)": f"/ui/commits/{head}"}
+        print(
+            f"console at {total} nodes (fabric, render and state built in {time.perf_counter() - start:.1f} s)"
+        )
+        pages = {
+            "overview": "/ui/",
+            "node page (with provenance)": f"/ui/nodes/{node}",
+            "fabric, page 1": "/ui/nodes",
+            "fabric, search": "/ui/nodes?q=r00&site=s01",
+            "fabric, unreachable nodes": "/ui/nodes?health=unreachable",
+            "rollouts": "/ui/rollouts",
+            "rollout (current wave)": "/ui/rollouts/1",
+            "racks of a site": "/ui/racks?site=s01",
+            "commit page (plan)": f"/ui/commits/{head}",
+        }
         with serving(fleet.ctx) as url, httpx.Client(base_url=url, timeout=120) as client:
-            cold = {"overview (reads every manifest, starts the sweep)": _cold(client, "/ui/", "Overview"),
-                    "node page (traces every value)": _cold(client, f"/ui/nodes/{node}", "overridden"),
-                    "another node page, same commit": _cold(client, f"/ui/nodes/{other}", "overridden"),
-                    "commit page (computes the plan)": _cold(client, f"/ui/commits/{head}", "changed,")}
+            cold = {
+                "overview (reads every manifest, starts the sweep)": _cold(
+                    client, "/ui/", "Overview"
+                ),
+                "node page (traces every value)": _cold(client, f"/ui/nodes/{node}", "overridden"),
+                "another node page, same commit": _cold(client, f"/ui/nodes/{other}", "overridden"),
+                "commit page (computes the plan)": _cold(client, f"/ui/commits/{head}", "changed,"),
+            }
             for name, ms in cold.items():
                 print(f"  cold: {name:<49} {ms:8.1f} ms")
-            _cold(client, "/ui/", "the agents as asked at")  # the first sweep over: what follows is warm
+            _cold(
+                client, "/ui/", "the agents as asked at"
+            )  # the first sweep over: what follows is warm
             verdicts = []
             for name, path in pages.items():
                 values = [_time(client, path) for _ in range(args.requests)]
@@ -115,7 +132,9 @@ def main() -> int:
                 verdict = ""
                 if name in TARGETED:
                     verdicts.append(med <= TARGET_MS)
-                    verdict = f"  target <= {TARGET_MS:.0f} ms  {'PASS' if med <= TARGET_MS else 'FAIL'}"
+                    verdict = (
+                        f"  target <= {TARGET_MS:.0f} ms  {'PASS' if med <= TARGET_MS else 'FAIL'}"
+                    )
                 print(f"  {name:<40} median {med:8.1f} ms  max {worst:8.1f} ms{verdict}")
         fleet.ctx.rollouts.close()
         fleet.ctx.state.close()

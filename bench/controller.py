@@ -50,17 +50,29 @@ def _gen():  # type: ignore[no-untyped-def]
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
-           "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.com",
+        "GIT_COMMITTER_NAME": "Bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.com",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def write_key(path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
 
 class Controller:
@@ -69,13 +81,28 @@ class Controller:
     def __init__(self, work: Path, repository: Path) -> None:
         write_key(work / "bench.key")
         self.config = work / "controller.toml"
-        self.config.write_text(f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
-                               'signing_key = "bench.key"\nlisten = "127.0.0.1:0"\npoll_interval_s = 3600\n')
+        self.config.write_text(
+            f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
+            'signing_key = "bench.key"\nlisten = "127.0.0.1:0"\npoll_interval_s = 3600\n'
+        )
         self.publish = work / "publish"
         self.log = work / "controller.log"
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen([PY, "-m", "treadle.cli", "controller", "run", "--config", str(self.config),
-                                      "--log-format", "json"], stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "treadle.cli",
+                "controller",
+                "run",
+                "--config",
+                str(self.config),
+                "--log-format",
+                "json",
+            ],
+            stdout=open(self.log, "wb"),
+            stderr=subprocess.STDOUT,
+        )
         self.url = ""
 
     def events(self, name: str) -> list[dict]:  # type: ignore[type-arg]
@@ -112,7 +139,11 @@ class Controller:
 
 
 def setup_fabric(work: Path, nodes: int) -> tuple[Path, Path, object]:
-    sites, clusters, per = SHAPES.get(nodes) or (max(1, nodes // 1000), 20 if nodes >= 1000 else 1, 50 if nodes >= 50 else nodes)
+    sites, clusters, per = SHAPES.get(nodes) or (
+        max(1, nodes // 1000),
+        20 if nodes >= 1000 else 1,
+        50 if nodes >= 50 else nodes,
+    )
     fabric = _gen().generate(work / "fabric", sites, clusters, per, 1, git=True)
     bare = work / "upstream.git"
     git(work, "init", "-q", "--bare", "-b", "main", str(bare))
@@ -152,21 +183,40 @@ def bench_size(nodes: int, pushes: int, keep: Controller | None) -> dict:  # typ
     manifest = ctl.publish / "nodes" / node.name / "manifest"
     times = [push_one_node_change(fabric_dir, node.path, manifest, i) for i in range(pushes)]
     last = ctl.wait_event("commit.deployed", count=pushes + 1)
-    result = {"nodes": len(fabric.nodes), "cold_s": cold_s, "cold_steps": _steps(deployed), "rss": rss,  # type: ignore[attr-defined]
-              "push_s": times, "push_steps": _steps(last), "work": work, "controller": ctl}
+    result = {
+        "nodes": len(fabric.nodes),
+        "cold_s": cold_s,
+        "cold_steps": _steps(deployed),
+        "rss": rss,  # type: ignore[attr-defined]
+        "push_s": times,
+        "push_steps": _steps(last),
+        "work": work,
+        "controller": ctl,
+    }
     if keep is None:
         ctl.stop()
     return result
 
 
 def _steps(event: dict) -> str:  # type: ignore[type-arg]
-    return " ".join(f"{k.removesuffix('_s')} {v:.3f}" for k, v in event.items() if k.endswith("_s") and isinstance(v, float))
+    return " ".join(
+        f"{k.removesuffix('_s')} {v:.3f}"
+        for k, v in event.items()
+        if k.endswith("_s") and isinstance(v, float)
+    )
 
 
 # -- the load generator, run as its own process ---------------------------------
 
 
-async def _load(host: str, port: int, targets: list[tuple[str, str]], requests: int, seconds: float, connections: int) -> dict:  # type: ignore[type-arg]
+async def _load(
+    host: str,
+    port: int,
+    targets: list[tuple[str, str]],
+    requests: int,
+    seconds: float,
+    connections: int,
+) -> dict:  # type: ignore[type-arg]
     counts = {"304": 0, "other": 0, "errors": 0}
     remaining = [requests]
     deadline = time.perf_counter() + seconds
@@ -183,7 +233,9 @@ async def _load(host: str, port: int, targets: list[tuple[str, str]], requests: 
                 remaining[0] -= 1
                 node, etag = targets[i % len(targets)]
                 i += connections
-                writer.write(f"GET /v1/nodes/{node}/manifest HTTP/1.1\r\nHost: {host}\r\nIf-None-Match: {etag}\r\n\r\n".encode())
+                writer.write(
+                    f"GET /v1/nodes/{node}/manifest HTTP/1.1\r\nHost: {host}\r\nIf-None-Match: {etag}\r\n\r\n".encode()
+                )
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = 0
                 for line in head.split(b"\r\n"):
@@ -212,7 +264,13 @@ def load_main(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    print(json.dumps(asyncio.run(_load(host, int(port), targets, args.requests, args.seconds, args.connections))))
+    print(
+        json.dumps(
+            asyncio.run(
+                _load(host, int(port), targets, args.requests, args.seconds, args.connections)
+            )
+        )
+    )
     return 0
 
 
@@ -221,13 +279,32 @@ def bench_serving(ctl: Controller, requests: int, seconds: float, connections: i
 
     names = sorted(os.listdir(ctl.publish / "nodes"))[:1000]
     with httpx.Client() as client:
-        targets = [(n, client.get(f"{ctl.url}/v1/nodes/{n}/manifest").headers["etag"]) for n in names]
+        targets = [
+            (n, client.get(f"{ctl.url}/v1/nodes/{n}/manifest").headers["etag"]) for n in names
+        ]
     targets_file = ctl.publish.parent / "targets.json"
     targets_file.write_text(json.dumps(targets))
     hostport = ctl.url.removeprefix("http://")
-    out = subprocess.run([PY, __file__, "--load", hostport, "--targets", str(targets_file), "--requests", str(requests),
-                          "--seconds", str(seconds), "--connections", str(connections)], capture_output=True, text=True,
-                         timeout=seconds + 60, check=True)
+    out = subprocess.run(
+        [
+            PY,
+            __file__,
+            "--load",
+            hostport,
+            "--targets",
+            str(targets_file),
+            "--requests",
+            str(requests),
+            "--seconds",
+            str(seconds),
+            "--connections",
+            str(connections),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -238,28 +315,38 @@ def report(results: list[dict], serving: dict | None) -> None:  # type: ignore[t
         med, worst = statistics.median(r["push_s"]), max(r["push_s"])
         medians[r["nodes"]] = med
         ok = "ok" if worst <= TARGET_PUSH_S else "MISSED"
-        print(f"push -> published, one-node change, {r['nodes']:>6} nodes: median {med:.3f} s, worst {worst:.3f} s"
-              f"   target <= {TARGET_PUSH_S:.1f} s   {ok}")
+        print(
+            f"push -> published, one-node change, {r['nodes']:>6} nodes: median {med:.3f} s, worst {worst:.3f} s"
+            f"   target <= {TARGET_PUSH_S:.1f} s   {ok}"
+        )
         print(f"    last cycle's steps (s): {r['push_steps']}")
     if len(medians) > 1:
         small, large = min(medians), max(medians)
-        print(f"push -> published ratio {large} / {small} nodes: {medians[large] / medians[small]:.2f}"
-              f"   (fabric {large // small}x larger)")
+        print(
+            f"push -> published ratio {large} / {small} nodes: {medians[large] / medians[small]:.2f}"
+            f"   (fabric {large // small}x larger)"
+        )
     for r in results:
         rss_gib = r["rss"] / 2**30
         ok = "ok" if r["cold_s"] <= TARGET_COLD_S and rss_gib <= TARGET_RSS_GIB else "MISSED"
-        print(f"cold start, {r['nodes']:>6} nodes (clone, render, sign, publish durably): {r['cold_s']:.2f} s,"
-              f" peak RSS {rss_gib:.2f} GiB   target <= {TARGET_COLD_S:.0f} s, <= {TARGET_RSS_GIB} GiB"
-              f" (10,000 nodes)   {ok if r['nodes'] >= 10000 else ''}")
+        print(
+            f"cold start, {r['nodes']:>6} nodes (clone, render, sign, publish durably): {r['cold_s']:.2f} s,"
+            f" peak RSS {rss_gib:.2f} GiB   target <= {TARGET_COLD_S:.0f} s, <= {TARGET_RSS_GIB} GiB"
+            f" (10,000 nodes)   {ok if r['nodes'] >= 10000 else ''}"
+        )
         print(f"    steps (s): {r['cold_steps']}")
     if serving:
         rps = serving["304"] / serving["seconds"]
         ok = "ok" if rps >= TARGET_RPS else "MISSED"
-        print(f"conditional GETs answered 304: {rps:,.0f} req/s ({serving['304']} x 304, {serving['other']} other,"
-              f" {serving['errors']} errors, {serving['seconds']:.1f} s)   target >= {TARGET_RPS:,} req/s   {ok}")
+        print(
+            f"conditional GETs answered 304: {rps:,.0f} req/s ({serving['304']} x 304, {serving['other']} other,"
+            f" {serving['errors']} errors, {serving['seconds']:.1f} s)   target >= {TARGET_RPS:,} req/s   {ok}"
+        )
         if rps < TARGET_RPS:
-            print("    the publish store is static files: nginx or any static server / CDN in front of"
-                  " publish_dir/nodes serves the same bytes and ETags at far higher rates")
+            print(
+                "    the publish store is static files: nginx or any static server / CDN in front of"
+                " publish_dir/nodes serves the same bytes and ETags at far higher rates"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

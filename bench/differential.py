@@ -35,7 +35,9 @@ from support.differential import Mismatch, operations, run_sequence  # noqa: E40
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=200, help="sequences to try (default 200)")
-    parser.add_argument("--max-commits", type=int, default=12, help="operations per sequence at most (default 12)")
+    parser.add_argument(
+        "--max-commits", type=int, default=12, help="operations per sequence at most (default 12)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random)")
     args = parser.parse_args(argv)
     if args.examples < 1 or args.max_commits < 1:
@@ -43,8 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     done = [0]
     logging.disable(logging.WARNING)  # refused commits are expected here: only mismatches are news
 
-    @settings(max_examples=args.examples, deadline=None, database=None, derandomize=False,
-              suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
+    @settings(
+        max_examples=args.examples,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate, Phase.shrink],
+    )
     @given(ops=st.lists(operations(st), min_size=1, max_size=args.max_commits))
     def check(ops: list) -> None:  # type: ignore[type-arg]
         with tempfile.TemporaryDirectory(prefix="treadle-differential-") as workdir:

@@ -94,7 +94,9 @@ def _scalar(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, float):  # repr is the shortest round-tripping form, the same on every machine
+    if isinstance(
+        value, float
+    ):  # repr is the shortest round-tripping form, the same on every machine
         return repr(value)
     if isinstance(value, str):
         return _string(value)
@@ -154,21 +156,59 @@ def dump(kind: str, schema: str, body: dict[str, Any]) -> str:
 def default_data(rng: random.Random) -> dict[str, Any]:
     """Fabric-wide template parameters: about thirty keys, nested maps and lists."""
     return {
-        "ntp": {"servers": ["ntp1.example.org", "ntp2.example.org", "ntp3.example.org"], "makestep": {"threshold_s": 1, "limit": 3}},
-        "dns": {"nameservers": ["127.0.0.53", "127.0.1.53"], "search": ["example.org"], "options": {"timeout_s": 2, "attempts": 3}},
-        "ssh": {"permit_root_login": "prohibit-password", "password_authentication": False, "allow_groups": ["admins"], "max_auth_tries": 3},
+        "ntp": {
+            "servers": ["ntp1.example.org", "ntp2.example.org", "ntp3.example.org"],
+            "makestep": {"threshold_s": 1, "limit": 3},
+        },
+        "dns": {
+            "nameservers": ["127.0.0.53", "127.0.1.53"],
+            "search": ["example.org"],
+            "options": {"timeout_s": 2, "attempts": 3},
+        },
+        "ssh": {
+            "permit_root_login": "prohibit-password",
+            "password_authentication": False,
+            "allow_groups": ["admins"],
+            "max_auth_tries": 3,
+        },
         "motd": {"banner": "Synthetic benchmark fabric", "contact": "admins@example.org"},
-        "syslog": {"server": "logs.example.org", "port": 6514, "protocol": "tcp", "facilities": ["auth", "authpriv", "daemon", "kern"]},
+        "syslog": {
+            "server": "logs.example.org",
+            "port": 6514,
+            "protocol": "tcp",
+            "facilities": ["auth", "authpriv", "daemon", "kern"],
+        },
         "app": {
             "name": "workload",
             "listen_port": 8080,
-            "tuning": {"threads": 8, "cache_mb": 512, "queues": ["default", "short", "long"], "timeouts": {"connect_s": 5, "read_s": 30}},
+            "tuning": {
+                "threads": 8,
+                "cache_mb": 512,
+                "queues": ["default", "short", "long"],
+                "timeouts": {"connect_s": 5, "read_s": 30},
+            },
             "features": {"compression": True, "tracing": False, "audit": True},
         },
-        "monitoring": {"scrape_interval_s": 30, "exporters": ["node", "process"], "alert_email": "oncall@example.org"},
-        "proxy": {"http": "http://proxy.example.org:3128", "no_proxy": ["localhost", "127.0.0.1", ".example.org"]},
-        "kernel": {"hugepages": 0, "transparent_hugepages": "madvise", "modules": ["bonding", "8021q"]},
-        "backup": {"enabled": True, "schedule": "0 2 * * *", "retention_days": 14, "paths": ["/etc", "/var/lib/workload"]},
+        "monitoring": {
+            "scrape_interval_s": 30,
+            "exporters": ["node", "process"],
+            "alert_email": "oncall@example.org",
+        },
+        "proxy": {
+            "http": "http://proxy.example.org:3128",
+            "no_proxy": ["localhost", "127.0.0.1", ".example.org"],
+        },
+        "kernel": {
+            "hugepages": 0,
+            "transparent_hugepages": "madvise",
+            "modules": ["bonding", "8021q"],
+        },
+        "backup": {
+            "enabled": True,
+            "schedule": "0 2 * * *",
+            "retention_days": 14,
+            "paths": ["/etc", "/var/lib/workload"],
+        },
         "timezone": "UTC",
         "locale": "en_US.UTF-8",
         "environment": "production",
@@ -184,7 +224,13 @@ def default_data(rng: random.Random) -> dict[str, Any]:
         "selinux": "permissive",
         "firewall": {"default_policy": "drop", "allow_tcp": [22, 9731], "allow_icmp": True},
         "users": {"admins": ["alice", "bob", "carol"], "operators": ["dave"]},
-        "mounts": [{"path": "/srv/shared", "source": "nfs.example.org:/shared", "options": ["ro", "nosuid"]}],
+        "mounts": [
+            {
+                "path": "/srv/shared",
+                "source": "nfs.example.org:/shared",
+                "options": ["ro", "nosuid"],
+            }
+        ],
         "cpu_governor": "performance",
         "numa_balancing": False,
         "build_tag": f"b{rng.randrange(1000, 9999)}",
@@ -199,18 +245,43 @@ def defaults_body(rng: random.Random) -> dict[str, Any]:
         "labels": {"fabric": "synthetic"},
         "directories": {"/etc/workload": {"mode": "0755", "owner": "root", "group": "root"}},
         "files": {
-            "/etc/chrony.conf": {"template": "ntp.conf.j2", "mode": "0644", "notify": ["chronyd"], "requires": ["package:chrony"]},
+            "/etc/chrony.conf": {
+                "template": "ntp.conf.j2",
+                "mode": "0644",
+                "notify": ["chronyd"],
+                "requires": ["package:chrony"],
+            },
             "/etc/motd": {"template": "motd.j2", "mode": "0644"},
-            "/etc/workload/app.conf": {"template": "app.conf.j2", "mode": "0640", "owner": "root", "group": "root", "notify": ["workload"]},
+            "/etc/workload/app.conf": {
+                "template": "app.conf.j2",
+                "mode": "0640",
+                "owner": "root",
+                "group": "root",
+                "notify": ["workload"],
+            },
         },
         "symlinks": {"/etc/localtime": {"target": "/usr/share/zoneinfo/UTC"}},
-        "packages": {name: {"ensure": "present"} for name in ("chrony", "openssh-server", "rsyslog", "prometheus-node-exporter", "workload")},
+        "packages": {
+            name: {"ensure": "present"}
+            for name in (
+                "chrony",
+                "openssh-server",
+                "rsyslog",
+                "prometheus-node-exporter",
+                "workload",
+            )
+        },
         "services": {
             "chronyd": {"enabled": True, "state": "running"},
             "sshd": {"enabled": True, "state": "running"},
             "workload": {"enabled": True, "state": "running", "requires": ["package:workload"]},
         },
-        "sysctl": {"vm.swappiness": 10, "kernel.panic": 10, "net.core.somaxconn": 1024, "net.ipv4.tcp_syncookies": 1},
+        "sysctl": {
+            "vm.swappiness": 10,
+            "kernel.panic": 10,
+            "net.core.somaxconn": 1024,
+            "net.ipv4.tcp_syncookies": 1,
+        },
         "health": {
             "chrony-config": {"file": "/etc/chrony.conf"},
             "app-config": {"file": "/etc/workload/app.conf"},
@@ -224,10 +295,28 @@ def profile_body(index: int, role: str) -> dict[str, Any]:
     return {
         "description": f"Synthetic role {role}.",
         "labels": {"role": role},
-        "data": {"role": {"name": role, "slots": 4 * (index + 1), "tags": [role, f"tier{index % 3}"]}, "app": {"tuning": {"cache_mb": 256 * (index + 1)}}},
-        "packages": {f"{role}-tools": {"ensure": "present"}, f"{role}-agent": {"ensure": "present", "version": f"1.{index}.0"}},
-        "services": {f"{role}-agent": {"enabled": True, "state": "running", "requires": [f"package:{role}-agent"]}},
-        "files": {f"/etc/{role}/role.conf": {"template": "role.conf.j2", "mode": "0644", "notify": [f"{role}-agent"]}},
+        "data": {
+            "role": {"name": role, "slots": 4 * (index + 1), "tags": [role, f"tier{index % 3}"]},
+            "app": {"tuning": {"cache_mb": 256 * (index + 1)}},
+        },
+        "packages": {
+            f"{role}-tools": {"ensure": "present"},
+            f"{role}-agent": {"ensure": "present", "version": f"1.{index}.0"},
+        },
+        "services": {
+            f"{role}-agent": {
+                "enabled": True,
+                "state": "running",
+                "requires": [f"package:{role}-agent"],
+            }
+        },
+        "files": {
+            f"/etc/{role}/role.conf": {
+                "template": "role.conf.j2",
+                "mode": "0644",
+                "notify": [f"{role}-agent"],
+            }
+        },
         "directories": {f"/etc/{role}": {"mode": "0755"}},
         "sysctl": {"vm.dirty_ratio": 10 + index},
         "health": {"role-config": {"file": f"/etc/{role}/role.conf"}},
@@ -284,7 +373,9 @@ MAX_NODES = (256 - _FIRST_OCTET2) << 16
 def _address(index: int) -> str:
     """A unique loopback address per node (127.16.0.1 onwards; unique up to ``MAX_NODES`` nodes)."""
     if not 0 <= index < MAX_NODES:
-        raise ValueError(f"node index {index} is beyond the {MAX_NODES} loopback addresses a fabric can have")
+        raise ValueError(
+            f"node index {index} is beyond the {MAX_NODES} loopback addresses a fabric can have"
+        )
     return f"127.{_FIRST_OCTET2 + (index >> 16)}.{(index >> 8) & 255}.{index & 255}"
 
 
@@ -305,8 +396,18 @@ def _rollout() -> dict[str, Any]:
     return {
         "failure_policy": "halt",
         "waves": [
-            {"name": "canary", "selector": {"labels": {"canary": "true"}}, "soak_s": 300, "failure_budget": {"count": 0}},
-            {"name": "ten-percent", "fraction": 0.1, "soak_s": 600, "failure_budget": {"percent": 5}},
+            {
+                "name": "canary",
+                "selector": {"labels": {"canary": "true"}},
+                "soak_s": 300,
+                "failure_budget": {"count": 0},
+            },
+            {
+                "name": "ten-percent",
+                "fraction": 0.1,
+                "soak_s": 600,
+                "failure_budget": {"percent": 5},
+            },
             {"name": "rest", "fraction": 1.0, "soak_s": 0, "failure_budget": {"percent": 2}},
         ],
     }
@@ -324,7 +425,11 @@ def _write_static(w: _Writer, rng: random.Random) -> None:
     w.write("rollout.yaml", dump("RolloutPolicy", "rollout", _rollout()))
     for index, role in enumerate(ROLES):
         w.write(f"profiles/{role}.yaml", dump("Profile", "profile", profile_body(index, role)))
-    draining = {"description": "Applied to draining nodes.", "services": {"workload": {"state": "stopped"}}, "labels": {"drain": "true"}}
+    draining = {
+        "description": "Applied to draining nodes.",
+        "services": {"workload": {"state": "stopped"}},
+        "labels": {"drain": "true"},
+    }
     w.write("profiles/lifecycle/draining.yaml", dump("Profile", "profile", draining))
     for name, text in TEMPLATES.items():
         w.write(f"templates/{name}", text)
@@ -334,7 +439,10 @@ def _site_body(site: str, s: int) -> dict[str, Any]:
     return {
         "description": f"Synthetic site {site}.",
         "labels": {"site-region": f"region{s % 3}"},
-        "data": {"ntp": {"servers": Append([f"ntp.{site}.example.org"])}, "dns": {"search": Append([f"{site}.example.org"])}},
+        "data": {
+            "ntp": {"servers": Append([f"ntp.{site}.example.org"])},
+            "dns": {"search": Append([f"{site}.example.org"])},
+        },
         "symlinks": {"/etc/localtime": {"target": f"/usr/share/zoneinfo/Etc/GMT-{s % 12}"}},
     }
 
@@ -343,7 +451,10 @@ def _cluster_body(role: str, c: int) -> dict[str, Any]:
     body: dict[str, Any] = {
         "profiles": [role],
         "labels": {"cluster-kind": role},
-        "data": {"app": {"tuning": {"queues": Append([f"q{c}"])}}, "monitoring": {"scrape_interval_s": 15 + c % 4 * 15}},
+        "data": {
+            "app": {"tuning": {"queues": Append([f"q{c}"])}},
+            "monitoring": {"scrape_interval_s": 15 + c % 4 * 15},
+        },
         "sysctl": {"net.core.somaxconn": 2048 + c},
     }
     if c % 5 == 0:  # a few clusters drop a default package and replace a whole map
@@ -353,7 +464,10 @@ def _cluster_body(role: str, c: int) -> dict[str, Any]:
 
 
 def _node_body(index: int, *, canary: bool, draining: bool, threads: int | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"address": _address(index), "lifecycle": "draining" if draining else "production"}
+    body: dict[str, Any] = {
+        "address": _address(index),
+        "lifecycle": "draining" if draining else "production",
+    }
     labels = {"rack": f"r{index // 40:04d}"}
     if canary:
         labels["canary"] = "true"
@@ -363,14 +477,24 @@ def _node_body(index: int, *, canary: bool, draining: bool, threads: int | None)
     return body
 
 
-def generate(out: str | os.PathLike[str], sites: int = 10, clusters: int = 20, nodes: int = 50, seed: int = 1, *, git: bool = False) -> GeneratedFabric:
+def generate(
+    out: str | os.PathLike[str],
+    sites: int = 10,
+    clusters: int = 20,
+    nodes: int = 50,
+    seed: int = 1,
+    *,
+    git: bool = False,
+) -> GeneratedFabric:
     """Write a synthetic fabric of ``sites`` x ``clusters`` (per site) x ``nodes`` (per cluster) into ``out``.
 
     Raises GeneratorError when a count is below 1, ``out`` exists and is not
     empty, or ``git`` is asked for and the git CLI fails.
     """
     if min(sites, clusters, nodes) < 1:
-        raise GeneratorError(f"sites, clusters and nodes must be at least 1 (got {sites}, {clusters}, {nodes})")
+        raise GeneratorError(
+            f"sites, clusters and nodes must be at least 1 (got {sites}, {clusters}, {nodes})"
+        )
     root = Path(out)
     if root.exists() and any(root.iterdir()):
         raise GeneratorError(f"{root}: directory is not empty; pass a new or empty directory")
@@ -392,13 +516,20 @@ def generate(out: str | os.PathLike[str], sites: int = 10, clusters: int = 20, n
             cluster = f"{site}-c{c:02d}"
             cluster_names.append((site, cluster))
             role = ROLES[((s - 1) * clusters + c - 1) % len(ROLES)]
-            w.write(f"sites/{site}/{cluster}/cluster.yaml", dump("Cluster", "cluster", _cluster_body(role, c)))
+            w.write(
+                f"sites/{site}/{cluster}/cluster.yaml",
+                dump("Cluster", "cluster", _cluster_body(role, c)),
+            )
             drains = nodes >= 2 and c % DRAINING_CLUSTER_EVERY == 0
             for n in range(1, nodes + 1):
                 name = f"{cluster}-n{n:03d}"
                 threads = rng.choice((4, 16, 32, 64)) if index in overriding else None
-                body = _node_body(index + 1, canary=n == 1, draining=drains and n == nodes, threads=threads)
-                path = w.write(f"sites/{site}/{cluster}/nodes/{name}.yaml", dump("Node", "node", body))
+                body = _node_body(
+                    index + 1, canary=n == 1, draining=drains and n == nodes, threads=threads
+                )
+                path = w.write(
+                    f"sites/{site}/{cluster}/nodes/{name}.yaml", dump("Node", "node", body)
+                )
                 refs.append(NodeRef(name, site, cluster, path))
                 index += 1
     commit = _git_commit(root) if git else None
@@ -418,7 +549,9 @@ def _git_commit(root: Path) -> str:
     out = ""
     for argv in commands:
         try:
-            done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                argv, cwd=root, env=env, capture_output=True, text=True, check=True
+            )
         except (OSError, subprocess.CalledProcessError) as e:
             detail = getattr(e, "stderr", "") or str(e)
             raise GeneratorError(f"{' '.join(argv)} failed in {root}: {detail.strip()}") from e
@@ -427,13 +560,22 @@ def _git_commit(root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write a deterministic synthetic fabric repository.", epilog="example: gen_fabric.py --out /tmp/fabric --sites 2 --clusters 2 --nodes 5")
-    parser.add_argument("--out", required=True, help="new or empty directory to write the fabric into")
+    parser = argparse.ArgumentParser(
+        description="Write a deterministic synthetic fabric repository.",
+        epilog="example: gen_fabric.py --out /tmp/fabric --sites 2 --clusters 2 --nodes 5",
+    )
+    parser.add_argument(
+        "--out", required=True, help="new or empty directory to write the fabric into"
+    )
     parser.add_argument("--sites", type=int, default=10, help="number of sites (default 10)")
     parser.add_argument("--clusters", type=int, default=20, help="clusters per site (default 20)")
     parser.add_argument("--nodes", type=int, default=50, help="nodes per cluster (default 50)")
-    parser.add_argument("--seed", type=int, default=1, help="random seed; same seed, same bytes (default 1)")
-    parser.add_argument("--git", action="store_true", help="commit the fabric as a git repository (branch main)")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="random seed; same seed, same bytes (default 1)"
+    )
+    parser.add_argument(
+        "--git", action="store_true", help="commit the fabric as a git repository (branch main)"
+    )
     args = parser.parse_args(argv)
     try:
         fabric = generate(args.out, args.sites, args.clusters, args.nodes, args.seed, git=args.git)
@@ -441,7 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gen_fabric: error: {e}", file=sys.stderr)
         return 2
     suffix = f", commit {fabric.commit}" if fabric.commit else ""
-    print(f"{fabric.root}: {len(fabric.nodes)} nodes in {len(fabric.sites)} sites, {len(fabric.clusters)} clusters{suffix}")
+    print(
+        f"{fabric.root}: {len(fabric.nodes)} nodes in {len(fabric.sites)} sites, {len(fabric.clusters)} clusters{suffix}"
+    )
     return 0
 
 

@@ -58,7 +58,14 @@ class Run:
 def _git(root: Path, *args: str) -> None:
     env = {**os.environ, **gen_fabric.GIT_ENV}
     try:
-        subprocess.run(["git", "-c", "commit.gpgsign=false", "-c", "gc.auto=0", *args], cwd=root, env=env, check=True, capture_output=True, text=True)
+        subprocess.run(
+            ["git", "-c", "commit.gpgsign=false", "-c", "gc.auto=0", *args],
+            cwd=root,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     except subprocess.CalledProcessError as e:
         raise BenchError(f"git {' '.join(args)} failed: {e.stderr.strip()}") from e
 
@@ -77,16 +84,32 @@ def _branch(root: Path, name: str, path: str, old: str, new: str) -> None:
 
 def _plan(root: Path, branch: str, label: str) -> Run:
     start = time.perf_counter()
-    md = subprocess.run([*TREADLE, "plan", str(root), "main", branch], capture_output=True, text=True)
+    md = subprocess.run(
+        [*TREADLE, "plan", str(root), "main", branch], capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
     if md.returncode != 0:
-        raise BenchError(f"treadle plan main {branch} exited {md.returncode}: {md.stderr.strip()[:500]}")
-    js = subprocess.run([*TREADLE, "plan", str(root), "main", branch, "--format", "json"], capture_output=True, text=True)
+        raise BenchError(
+            f"treadle plan main {branch} exited {md.returncode}: {md.stderr.strip()[:500]}"
+        )
+    js = subprocess.run(
+        [*TREADLE, "plan", str(root), "main", branch, "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
     if js.returncode != 0:
-        raise BenchError(f"treadle plan --format json exited {js.returncode}: {js.stderr.strip()[:500]}")
+        raise BenchError(
+            f"treadle plan --format json exited {js.returncode}: {js.stderr.strip()[:500]}"
+        )
     doc = json.loads(js.stdout)
-    return Run(label, wall, doc["summary"]["changed"], doc["stats"]["head_rendered"], doc["stats"]["untouched"],
-               len(md.stdout))
+    return Run(
+        label,
+        wall,
+        doc["summary"]["changed"],
+        doc["stats"]["head_rendered"],
+        doc["stats"]["untouched"],
+        len(md.stdout),
+    )
 
 
 def _verdict(ok: bool) -> str:
@@ -96,7 +119,9 @@ def _verdict(ok: bool) -> str:
 def _validate_wall(root: Path) -> float:
     """Wall time of one full render in a fresh process (``treadle validate --rev main``): the floor of a plan."""
     start = time.perf_counter()
-    done = subprocess.run([*TREADLE, "validate", str(root), "--rev", "main"], capture_output=True, text=True)
+    done = subprocess.run(
+        [*TREADLE, "validate", str(root), "--rev", "main"], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise BenchError(f"treadle validate exited {done.returncode}: {done.stderr.strip()[:500]}")
     return time.perf_counter() - start
@@ -122,10 +147,22 @@ def report(nodes: int, one: Run, site: Run, validate_s: float) -> str:
 def run(out: Path, sites: int) -> str:
     fabric = gen_fabric.generate(out, sites=sites, clusters=20, nodes=50, seed=1, git=True)
     node = fabric.nodes[len(fabric.nodes) // 2]
-    node_path = Path(node.path).relative_to(out).as_posix() if Path(node.path).is_absolute() else str(node.path)
+    node_path = (
+        Path(node.path).relative_to(out).as_posix()
+        if Path(node.path).is_absolute()
+        else str(node.path)
+    )
     _branch(out, "one-node", node_path, "lifecycle: production", "lifecycle: draining")
-    _branch(out, "site-wide", f"sites/{fabric.sites[0]}/site.yaml", "servers: !append [", "servers: !append [ntp-b.example.org, ")
-    _git(out, "repack", "-a", "-d", "-q")  # a CI checkout is a packed clone, not 10,000 loose objects
+    _branch(
+        out,
+        "site-wide",
+        f"sites/{fabric.sites[0]}/site.yaml",
+        "servers: !append [",
+        "servers: !append [ntp-b.example.org, ",
+    )
+    _git(
+        out, "repack", "-a", "-d", "-q"
+    )  # a CI checkout is a packed clone, not 10,000 loose objects
     validate_s = _validate_wall(out)
     one = _plan(out, "one-node", "one node")
     site = _plan(out, "site-wide", "site")
@@ -134,7 +171,12 @@ def run(out: Path, sites: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sites", type=int, default=10, help="sites of 20 x 50 nodes each (default 10: 10,000 nodes)")
+    parser.add_argument(
+        "--sites",
+        type=int,
+        default=10,
+        help="sites of 20 x 50 nodes each (default 10: 10,000 nodes)",
+    )
     args = parser.parse_args(argv)
     if args.sites < 1:
         parser.error("--sites must be at least 1")

@@ -53,8 +53,12 @@ def facts(i: int) -> dict[str, float] | None:
     """What node ``i`` reports: None for one in 1,000 (no gauges at all); one in ten unhealthy."""
     if i % 1000 == 1:
         return None
-    return {"applied_generation": 1000 + i % 7, "manifest_generation": 1000 + i % 7,
-            "last_apply_success": 0.0 if i % 50 == 3 else 1.0, "healthy": 0.0 if i % 10 == 5 else 1.0}
+    return {
+        "applied_generation": 1000 + i % 7,
+        "manifest_generation": 1000 + i % 7,
+        "last_apply_success": 0.0 if i % 50 == 3 else 1.0,
+        "healthy": 0.0 if i % 10 == 5 else 1.0,
+    }
 
 
 def _lines(nodes: int, timestamps: list[int]) -> Iterator[str]:
@@ -82,15 +86,28 @@ def write_series(data_dir: Path, nodes: int, now: float | None = None) -> None:
     om = data_dir.parent / "series.om"
     with om.open("w") as out:
         out.writelines(_lines(nodes, timestamps))
-    subprocess.run([_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=2h",
-                    str(om), str(data_dir)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            _binary("promtool"),
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            "--max-block-duration=2h",
+            str(om),
+            str(data_dir),
+        ],
+        check=True,
+        capture_output=True,
+    )
     om.unlink()
 
 
 def _binary(name: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
     if path is None:
-        raise SystemExit(f"{name} not found: install Debian's prometheus package (listed in .ci/apt-packages)")
+        raise SystemExit(
+            f"{name} not found: install Debian's prometheus package (listed in .ci/apt-packages)"
+        )
     return path
 
 
@@ -101,12 +118,23 @@ class Prometheus:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        (workdir / "prometheus.yml").write_text("global: {scrape_interval: 1h}\nscrape_configs: []\n")
+        (workdir / "prometheus.yml").write_text(
+            "global: {scrape_interval: 1h}\nscrape_configs: []\n"
+        )
         self.log = workdir / "prometheus.log"
         self.proc = subprocess.Popen(
-            [_binary("prometheus"), f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn", "--storage.tsdb.retention.time=10y"],
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                _binary("prometheus"),
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+                "--storage.tsdb.retention.time=10y",
+            ],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         import httpx
 
@@ -130,8 +158,13 @@ class Prometheus:
         from prometheus_client.parser import text_string_to_metric_families
 
         text = httpx.get(f"{self.url}/metrics", timeout=10, trust_env=False).text
-        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                   if s.name == "prometheus_http_requests_total" and s.labels.get("handler") == "/api/v1/query")
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "prometheus_http_requests_total"
+            and s.labels.get("handler") == "/api/v1/query"
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -155,7 +188,9 @@ def _round(source: Any, names: list[str]) -> tuple[float, dict[str, Any]]:
 
 def bench(nodes: int, workdir: Path, ticks: int) -> int:
     sys.path.insert(0, str(ROOT / "bench"))
-    from rollout import StubExecutor  # the pipeline's side with nothing behind it (bench/rollout.py)
+    from rollout import (
+        StubExecutor,
+    )  # the pipeline's side with nothing behind it (bench/rollout.py)
 
     from treadle.rollout.health import HealthWatcher
     from treadle.rollout.observe import PrometheusSource
@@ -165,7 +200,9 @@ def bench(nodes: int, workdir: Path, ticks: int) -> int:
 
     started = time.perf_counter()
     write_series(workdir / "data", nodes)
-    print(f"series for {nodes:,} nodes written as a TSDB block in {time.perf_counter() - started:.1f} s")
+    print(
+        f"series for {nodes:,} nodes written as a TSDB block in {time.perf_counter() - started:.1f} s"
+    )
     prom = Prometheus(workdir)
     failed = False
     try:
@@ -173,33 +210,61 @@ def bench(nodes: int, workdir: Path, ticks: int) -> int:
         names = [node_name(i) for i in range(nodes)]
         wave = names[: nodes // 10]
         _round(source, wave)  # warm Prometheus's caches once
-        for label, chosen in ((f"a wave of {len(wave):,}", wave), (f"every node ({nodes:,})", names)):
+        for label, chosen in (
+            (f"a wave of {len(wave):,}", wave),
+            (f"every node ({nodes:,})", names),
+        ):
             before, times = prom.queries_served(), []
             for _ in range(3):
                 took, found = _round(source, chosen)
                 times.append(took)
             queries = prom.queries_served() - before
-            print(f"  observe {label:<24} median {statistics.median(times) * 1000:8.1f} ms  "
-                  f"{len(found):,} nodes reported  queries per round {queries / 3:g} (bounded: 1)")
+            print(
+                f"  observe {label:<24} median {statistics.median(times) * 1000:8.1f} ms  "
+                f"{len(found):,} nodes reported  queries per round {queries / 3:g} (bounded: 1)"
+            )
             failed |= queries != 3  # more than one query a round: the property measured is broken
 
-        policy = from_doc({"waves": [
-            {"name": "tenth", "fraction": 0.1, "soak_s": 3600, "failure_budget": {"percent": 50}},
-            {"name": "rest", "fraction": 1.0, "soak_s": 3600, "failure_budget": {"percent": 50}}]})
+        policy = from_doc(
+            {
+                "waves": [
+                    {
+                        "name": "tenth",
+                        "fraction": 0.1,
+                        "soak_s": 3600,
+                        "failure_budget": {"percent": 50},
+                    },
+                    {
+                        "name": "rest",
+                        "fraction": 1.0,
+                        "soak_s": 3600,
+                        "failure_budget": {"percent": 50},
+                    },
+                ]
+            }
+        )
         executor = StubExecutor(policy, names)
-        for i, n in enumerate(names):  # published generations one below what the agents report; +1 at publish
+        for i, n in enumerate(
+            names
+        ):  # published generations one below what the agents report; +1 at publish
             executor.generation[n] = 999 + i % 7
         watcher = HealthWatcher(source, interval_s=3600, stale_after_s=7200)
         service = RolloutService(workdir / "state.sqlite3", watcher)
-        service.begin("c" * 40, policy, [Candidate(n, "s", f"c{i % 200}", {}) for i, n in enumerate(names)],
-                      immediate=False)
+        service.begin(
+            "c" * 40,
+            policy,
+            [Candidate(n, "s", f"c{i % 200}", {}) for i, n in enumerate(names)],
+            immediate=False,
+        )
         r = service.tick(executor)  # publishes the first wave: it soaks from now
         assert r is not None and r.current is not None and r.state.value == "soaking", r
         wave_targets = executor.targets("c" * 40, list(r.current.nodes))
         watcher.watch(wave_targets)
         stats = watcher.run_round(wave_targets)  # what the health thread does, beside the rollout
-        print(f"  health round over the soaking wave: {stats.duration_s * 1000:.1f} ms, {stats.ok:,} reported, "
-              f"{sum(stats.failed.values()):,} absent (off the push path: the health thread's work)")
+        print(
+            f"  health round over the soaking wave: {stats.duration_s * 1000:.1f} ms, {stats.ok:,} reported, "
+            f"{sum(stats.failed.values()):,} absent (off the push path: the health thread's work)"
+        )
         steps = []
         for _ in range(ticks):
             t0 = time.perf_counter()
@@ -207,9 +272,11 @@ def bench(nodes: int, workdir: Path, ticks: int) -> int:
             steps.append(time.perf_counter() - t0)
         assert r is not None and r.current is not None
         worst = max(steps) * 1000
-        print(f"  rollout step, {nodes:,} nodes, wave of {len(r.current.nodes):,} soaking ({r.counts()})\n"
-              f"    first (transitions persisted) {steps[0] * 1000:.1f} ms  median {statistics.median(steps) * 1000:.1f} ms  "
-              f"max {worst:.1f} ms  target <= {TARGET_STEP_MS:.0f} ms  {'PASS' if worst <= TARGET_STEP_MS else 'FAIL'}")
+        print(
+            f"  rollout step, {nodes:,} nodes, wave of {len(r.current.nodes):,} soaking ({r.counts()})\n"
+            f"    first (transitions persisted) {steps[0] * 1000:.1f} ms  median {statistics.median(steps) * 1000:.1f} ms  "
+            f"max {worst:.1f} ms  target <= {TARGET_STEP_MS:.0f} ms  {'PASS' if worst <= TARGET_STEP_MS else 'FAIL'}"
+        )
         service.close()
     finally:
         prom.stop()

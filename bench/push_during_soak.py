@@ -79,8 +79,10 @@ async def _serve_agents(plan_file: Path, port: int, ready_file: Path, hung_file:
 
     def answering(node: str):  # type: ignore[no-untyped-def]
         body = EXPOSITION.format(node=node).encode()
-        head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nConnection: close\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(body))
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
@@ -124,7 +126,9 @@ def serve_agents_main(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve_agents(Path(args.serve_agents), args.port, Path(args.ready), Path(args.hung)))
+    asyncio.run(
+        _serve_agents(Path(args.serve_agents), args.port, Path(args.ready), Path(args.hung))
+    )
     return 0
 
 
@@ -139,7 +143,9 @@ def agents_plan(fabric: object, unreachable_share: float) -> list[tuple[str, str
     for i, n in enumerate(nodes):
         address = re.search(r"^address: (\S+)$", n.path.read_text(), re.M).group(1).strip("\"'")  # type: ignore[union-attr]
         if not address.startswith("127."):
-            raise SystemExit(f"{n.path}: address {address} is outside 127.0.0.0/8; the benchmark sends nothing there")
+            raise SystemExit(
+                f"{n.path}: address {address} is outside 127.0.0.0/8; the benchmark sends nothing there"
+            )
         kind = "answer" if i < cut else ("hung" if (i - cut) % 2 == 0 else "refuse")
         plan.append((address, n.name, kind))
     return plan
@@ -158,7 +164,9 @@ def wait_file(path: Path, timeout_s: float, proc: subprocess.Popen) -> str:  # t
 
 def change_every_node(fabric_dir: Path, i: int) -> None:
     path = fabric_dir / "fabric.yaml"
-    text = re.sub(r"banner: [^\n,}]+", f"banner: Synthetic benchmark fabric {i}", path.read_text(), count=1)
+    text = re.sub(
+        r"banner: [^\n,}]+", f"banner: Synthetic benchmark fabric {i}", path.read_text(), count=1
+    )
     path.write_text(text)
     git(fabric_dir, "commit", "-q", "-am", f"every node {i}")
     git(fabric_dir, "push", "-q", "origin", "main")
@@ -174,14 +182,28 @@ def bench(nodes: int, pushes: int, unreachable: float) -> int:
     plan_file = work / "agents.json"
     plan_file.write_text(json.dumps(plan))
     counts = {k: sum(1 for p in plan if p[2] == k) for k in ("answer", "hung", "refuse")}
-    agents = subprocess.Popen([PY, __file__, "--serve-agents", str(plan_file), "--port", "9731",
-                               "--ready", str(work / "agents.ready"), "--hung", str(work / "hung.accepted")])
+    agents = subprocess.Popen(
+        [
+            PY,
+            __file__,
+            "--serve-agents",
+            str(plan_file),
+            "--port",
+            "9731",
+            "--ready",
+            str(work / "agents.ready"),
+            "--hung",
+            str(work / "hung.accepted"),
+        ]
+    )
     ctl = None
     times: list[float] = []
     try:
         wait_file(work / "agents.ready", 300, agents)
-        print(f"{len(plan):,} nodes: {counts['answer']:,} agents answer, {counts['hung']:,} hung, "
-              f"{counts['refuse']:,} refuse (all on 127.16.0.0/12)")
+        print(
+            f"{len(plan):,} nodes: {counts['answer']:,} agents answer, {counts['hung']:,} hung, "
+            f"{counts['refuse']:,} refuse (all on 127.16.0.0/12)"
+        )
         ctl = Controller(work, bare)
         ctl.url = ctl.wait_event("api.listening")["url"]
         ctl.wait_event("commit.deployed", timeout_s=900)
@@ -194,26 +216,36 @@ def bench(nodes: int, pushes: int, unreachable: float) -> int:
             change_every_node(fabric_dir, i)
             deployed += 1
             ctl.wait_event("commit.deployed", count=deployed, timeout_s=900)
-            ctl.wait_event("rollout.step", count=2 * i + 1, timeout_s=900)  # the whole wave published: soaking
-            wait_file(work / "hung.accepted", 300, agents)  # the health round is now blocked on hung agents
+            ctl.wait_event(
+                "rollout.step", count=2 * i + 1, timeout_s=900
+            )  # the whole wave published: soaking
+            wait_file(
+                work / "hung.accepted", 300, agents
+            )  # the health round is now blocked on hung agents
             took = push_one_node_change(fabric_dir, node.path, manifest, i)
             deployed += 1
             times.append(took)
-            print(f"  push {i + 1}: {took:.3f} s (a round blocked on {counts['hung']:,} hung agents in progress)")
+            print(
+                f"  push {i + 1}: {took:.3f} s (a round blocked on {counts['hung']:,} hung agents in progress)"
+            )
         rounds = ctl.events("health.round")
         for r in rounds[-3:]:
-            print(f"  health round: {r.get('targets'):,} targets, {r.get('ok'):,} ok, "
-                  f"{r.get('failed_refused', 0):,} refused, {r.get('failed_timeout', 0):,} timed out, "
-                  f"{r.get('failed_round_deadline', 0):,} past the round's deadline, {r.get('duration_s')} s")
+            print(
+                f"  health round: {r.get('targets'):,} targets, {r.get('ok'):,} ok, "
+                f"{r.get('failed_refused', 0):,} refused, {r.get('failed_timeout', 0):,} timed out, "
+                f"{r.get('failed_round_deadline', 0):,} past the round's deadline, {r.get('duration_s')} s"
+            )
     finally:
         if ctl is not None:
             ctl.stop()
         agents.terminate()
         agents.wait(30)
     worst = max(times)
-    print(f"\npush -> published while {nodes:,} nodes soak under scrape health ({unreachable:.0%} unreachable): "
-          f"median {statistics.median(times):.3f} s  max {worst:.3f} s  target <= {TARGET_PUSH_S:.0f} s  "
-          f"{'PASS' if worst <= TARGET_PUSH_S else 'FAIL'}")
+    print(
+        f"\npush -> published while {nodes:,} nodes soak under scrape health ({unreachable:.0%} unreachable): "
+        f"median {statistics.median(times):.3f} s  max {worst:.3f} s  target <= {TARGET_PUSH_S:.0f} s  "
+        f"{'PASS' if worst <= TARGET_PUSH_S else 'FAIL'}"
+    )
     return 0  # figures, not a test: PASS/FAIL is printed (bench/README.md)
 
 
@@ -221,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10000)
     parser.add_argument("--pushes", type=int, default=3)
-    parser.add_argument("--unreachable", type=float, default=0.1, help="share of agents hung or refusing")
+    parser.add_argument(
+        "--unreachable", type=float, default=0.1, help="share of agents hung or refusing"
+    )
     parser.add_argument("--serve-agents", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=9731, help=argparse.SUPPRESS)
     parser.add_argument("--ready", help=argparse.SUPPRESS)

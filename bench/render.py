@@ -90,7 +90,11 @@ def child(fabric: Path) -> int:
         started = time.perf_counter()
         warm = render_fabric(WorkTreeSource(fabric), cache=cache)
         report["warm_s"] = time.perf_counter() - started
-        same = warm.ok and warm.nodes.keys() == cold.nodes.keys() and all(warm.nodes[n].canonical == r.canonical for n, r in cold.nodes.items())
+        same = (
+            warm.ok
+            and warm.nodes.keys() == cold.nodes.keys()
+            and all(warm.nodes[n].canonical == r.canonical for n, r in cold.nodes.items())
+        )
         report["warm_matches_cold"] = bool(same)
     report["diagnostics"] = [str(d) for d in list(cold.diagnostics)[:20]]
     report["diagnostic_count"] = len(cold.diagnostics)
@@ -105,16 +109,30 @@ def measure(fabric: Path, label: str) -> Measurement:
     Raises BenchError when the child crashes, the render is not ok, or the warm
     render differs from the cold one.
     """
-    done = subprocess.run([sys.executable, __file__, "--child", str(fabric)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", str(fabric)], capture_output=True, text=True
+    )
     if done.returncode != 0 or not done.stdout.strip():
-        raise BenchError(f"rendering {fabric} failed (exit {done.returncode}):\n{done.stderr.strip()}")
+        raise BenchError(
+            f"rendering {fabric} failed (exit {done.returncode}):\n{done.stderr.strip()}"
+        )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     if not report["ok"] or report["diagnostic_count"]:
         shown = "\n".join(f"  {d}" for d in report["diagnostics"])
-        raise BenchError(f"{fabric}: render reported {report['diagnostic_count']} diagnostic(s):\n{shown}")
+        raise BenchError(
+            f"{fabric}: render reported {report['diagnostic_count']} diagnostic(s):\n{shown}"
+        )
     if not report.get("warm_matches_cold", False):
-        raise BenchError(f"{fabric}: the warm re-render gave different manifests than the cold render")
-    return Measurement(label, int(report["nodes"]), float(report["cold_s"]), float(report["warm_s"]), report["peak_rss_kib"] / 1024)
+        raise BenchError(
+            f"{fabric}: the warm re-render gave different manifests than the cold render"
+        )
+    return Measurement(
+        label,
+        int(report["nodes"]),
+        float(report["cold_s"]),
+        float(report["warm_s"]),
+        report["peak_rss_kib"] / 1024,
+    )
 
 
 # --- the report ----------------------------------------------------------------------
@@ -125,9 +143,13 @@ def _verdict(ok: bool) -> str:
 
 
 def table(rows: list[Measurement]) -> str:
-    lines = [f"{'fabric':<14} {'nodes':>7} {'cold s':>8} {'nodes/s':>9} {'peak RSS MiB':>13} {'warm s':>8}"]
+    lines = [
+        f"{'fabric':<14} {'nodes':>7} {'cold s':>8} {'nodes/s':>9} {'peak RSS MiB':>13} {'warm s':>8}"
+    ]
     for m in rows:
-        lines.append(f"{m.label:<14} {m.nodes:>7} {m.cold_s:>8.2f} {m.nodes_per_s:>9.0f} {m.peak_rss_mib:>13.0f} {m.warm_s:>8.2f}")
+        lines.append(
+            f"{m.label:<14} {m.nodes:>7} {m.cold_s:>8.2f} {m.nodes_per_s:>9.0f} {m.peak_rss_mib:>13.0f} {m.warm_s:>8.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -136,11 +158,19 @@ def targets(rows: list[Measurement]) -> str:
     lines = [f"{'target':<44} {'measured':>10}  result"]
     big = next((m for m in rows if m.nodes == TARGET_NODES), None)
     if big is None:
-        lines.append(f"(cold, RSS and warm targets are for {TARGET_NODES:,} nodes; none rendered here)")
+        lines.append(
+            f"(cold, RSS and warm targets are for {TARGET_NODES:,} nodes; none rendered here)"
+        )
     else:
-        lines.append(f"{'cold render, 10,000 nodes <= 5 s':<44} {big.cold_s:>8.2f} s  {_verdict(big.cold_s <= TARGET_COLD_S)}")
-        lines.append(f"{'peak RSS, 10,000 nodes <= 1 GiB':<44} {big.peak_rss_mib:>6.0f} MiB  {_verdict(big.peak_rss_mib <= TARGET_RSS_MIB)}")
-        lines.append(f"{'warm re-render, 10,000 nodes <= 1.5 s':<44} {big.warm_s:>8.2f} s  {_verdict(big.warm_s <= TARGET_WARM_S)}")
+        lines.append(
+            f"{'cold render, 10,000 nodes <= 5 s':<44} {big.cold_s:>8.2f} s  {_verdict(big.cold_s <= TARGET_COLD_S)}"
+        )
+        lines.append(
+            f"{'peak RSS, 10,000 nodes <= 1 GiB':<44} {big.peak_rss_mib:>6.0f} MiB  {_verdict(big.peak_rss_mib <= TARGET_RSS_MIB)}"
+        )
+        lines.append(
+            f"{'warm re-render, 10,000 nodes <= 1.5 s':<44} {big.warm_s:>8.2f} s  {_verdict(big.warm_s <= TARGET_WARM_S)}"
+        )
     if len(rows) >= 2 and rows[-1].nodes == 10 * rows[0].nodes:
         small, large = rows[0], rows[-1]
         ratio = large.cold_s / small.cold_s if small.cold_s > 0 else float("inf")
@@ -156,16 +186,24 @@ def repeated(fabric: Path, label: str, repeat: int) -> Measurement:
         load = os.getloadavg()[0]
         runs.append(measure(fabric, label))
         if repeat > 1:
-            print(f"  {label} run {i + 1}: cold {runs[-1].cold_s:.2f} s, warm {runs[-1].warm_s:.2f} s, "
-                  f"peak RSS {runs[-1].peak_rss_mib:.0f} MiB (load average before: {load:.2f})", flush=True)
+            print(
+                f"  {label} run {i + 1}: cold {runs[-1].cold_s:.2f} s, warm {runs[-1].warm_s:.2f} s, "
+                f"peak RSS {runs[-1].peak_rss_mib:.0f} MiB (load average before: {load:.2f})",
+                flush=True,
+            )
     cold = sorted(m.cold_s for m in runs)
     if repeat > 1:
-        print(f"  {label}: cold render median {statistics.median(cold):.2f} s, range {cold[0]:.2f}-{cold[-1]:.2f} s "
-              f"over {repeat} runs", flush=True)
+        print(
+            f"  {label}: cold render median {statistics.median(cold):.2f} s, range {cold[0]:.2f}-{cold[-1]:.2f} s "
+            f"over {repeat} runs",
+            flush=True,
+        )
     return sorted(runs, key=lambda m: m.cold_s)[(len(runs) - 1) // 2]
 
 
-def run(shapes: tuple[tuple[int, int, int], ...], fabric: Path | None, seed: int, repeat: int = 1) -> list[Measurement]:
+def run(
+    shapes: tuple[tuple[int, int, int], ...], fabric: Path | None, seed: int, repeat: int = 1
+) -> list[Measurement]:
     """Measure one given fabric, or generate and measure each shape in a temporary directory."""
     if fabric is not None:
         return [repeated(fabric, fabric.name[:14], repeat)]
@@ -175,26 +213,46 @@ def run(shapes: tuple[tuple[int, int, int], ...], fabric: Path | None, seed: int
             out = Path(tmp) / f"{sites}x{clusters}x{nodes}"
             started = time.perf_counter()
             gen_fabric.generate(out, sites, clusters, nodes, seed)
-            print(f"generated {out.name} ({sites * clusters * nodes:,} nodes) in {time.perf_counter() - started:.1f} s", flush=True)
+            print(
+                f"generated {out.name} ({sites * clusters * nodes:,} nodes) in {time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
             rows.append(repeated(out, out.name, repeat))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Render benchmark: cold and warm full renders beside issue 2's targets.", epilog="example: python bench/render.py --quick")
-    parser.add_argument("--quick", action="store_true", help="100 and 1,000 nodes instead of 1,000 and 10,000")
-    parser.add_argument("--fabric", type=Path, help="render this existing fabric instead of generated ones")
+    parser = argparse.ArgumentParser(
+        description="Render benchmark: cold and warm full renders beside issue 2's targets.",
+        epilog="example: python bench/render.py --quick",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="100 and 1,000 nodes instead of 1,000 and 10,000"
+    )
+    parser.add_argument(
+        "--fabric", type=Path, help="render this existing fabric instead of generated ones"
+    )
     parser.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
-    parser.add_argument("--repeat", type=int, default=1, help="renders per fabric: each printed, then the median and range")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="renders per fabric: each printed, then the median and range",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
         return child(args.child)
     if args.fabric is not None and not (args.fabric / "fabric.yaml").is_file():
-        print(f"render.py: error: {args.fabric}/fabric.yaml not found; pass a fabric repository", file=sys.stderr)
+        print(
+            f"render.py: error: {args.fabric}/fabric.yaml not found; pass a fabric repository",
+            file=sys.stderr,
+        )
         return 2
     try:
-        rows = run(QUICK_SHAPES if args.quick else FULL_SHAPES, args.fabric, args.seed, max(1, args.repeat))
+        rows = run(
+            QUICK_SHAPES if args.quick else FULL_SHAPES, args.fabric, args.seed, max(1, args.repeat)
+        )
     except gen_fabric.GeneratorError as e:
         print(f"render.py: error: {e}", file=sys.stderr)
         return 2

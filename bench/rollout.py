@@ -57,8 +57,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _line(what: str, values_ms: list[float], target_ms: float | None, after: str = "") -> None:
     med, worst = statistics.median(values_ms), max(values_ms)
-    verdict = "" if target_ms is None else f"  target <= {target_ms:.0f} ms  {'PASS' if worst <= target_ms else 'FAIL'}"
-    print(f"  {what:<44} median {med:7.2f} ms  p95 {_percentile(values_ms, 0.95):7.2f} ms  max {worst:7.2f} ms{verdict}{after}")
+    verdict = (
+        ""
+        if target_ms is None
+        else f"  target <= {target_ms:.0f} ms  {'PASS' if worst <= target_ms else 'FAIL'}"
+    )
+    print(
+        f"  {what:<44} median {med:7.2f} ms  p95 {_percentile(values_ms, 0.95):7.2f} ms  max {worst:7.2f} ms{verdict}{after}"
+    )
 
 
 class StandIns:
@@ -87,7 +93,10 @@ class StubExecutor:
         self._expected: tuple[Sequence[str], dict[str, int]] | None = None
         self._spent = spent if spent is not None else StandIns()
         # Loopback addresses: the fake health source never contacts them, and nothing here may leave 127/8.
-        self._targets = {n: Target(n, f"127.{16 + i // 65536}.{i // 256 % 256}.{i % 256}") for i, n in enumerate(nodes)}
+        self._targets = {
+            n: Target(n, f"127.{16 + i // 65536}.{i // 256 % 256}.{i % 256}")
+            for i, n in enumerate(nodes)
+        }
 
     def rollout_policy(self, commit: str) -> Any:
         return self.policy
@@ -102,17 +111,25 @@ class StubExecutor:
     def expected(self, nodes: Sequence[str]) -> dict[str, int]:
         started = time.perf_counter()
         if self._expected is None or self._expected[0] is not nodes:
-            self._expected = (nodes, dict(zip(nodes, map(self.generation.__getitem__, nodes))))
+            self._expected = (
+                nodes,
+                dict(zip(nodes, map(self.generation.__getitem__, nodes), strict=False)),
+            )
         self._spent.timed(started)
         return self._expected[1]
 
     def current_manifests(self, nodes: Sequence[str]) -> dict[str, bytes]:
-        return {n: b'{"metadata":{"generation":%d,"node":"%s"}}' % (self.generation[n], n.encode()) for n in nodes}
+        return {
+            n: b'{"metadata":{"generation":%d,"node":"%s"}}' % (self.generation[n], n.encode())
+            for n in nodes
+        }
 
     def publish_content(self, commit: str, nodes: Sequence[str]) -> None:
         started = time.perf_counter()
         generation = self.generation
-        generation.update(zip(nodes, map((1).__add__, map(generation.__getitem__, nodes))))
+        generation.update(
+            zip(nodes, map((1).__add__, map(generation.__getitem__, nodes)), strict=False)
+        )
         self._expected = None
         self._spent.timed(started)
 
@@ -177,19 +194,43 @@ class Clock:
 def _policy():  # type: ignore[no-untyped-def]
     from treadle.rollout.policy import from_doc
 
-    return from_doc({"waves": [
-        {"name": "canary", "selector": {"labels": {"canary": "true"}}, "soak_s": 60, "failure_budget": {"count": 0}},
-        {"name": "ten-percent", "fraction": 0.1, "soak_s": 60, "failure_budget": {"percent": 5}},
-        {"name": "rest", "fraction": 1.0, "soak_s": 60, "failure_budget": {"percent": 2}},
-    ]})
+    return from_doc(
+        {
+            "waves": [
+                {
+                    "name": "canary",
+                    "selector": {"labels": {"canary": "true"}},
+                    "soak_s": 60,
+                    "failure_budget": {"count": 0},
+                },
+                {
+                    "name": "ten-percent",
+                    "fraction": 0.1,
+                    "soak_s": 60,
+                    "failure_budget": {"percent": 5},
+                },
+                {"name": "rest", "fraction": 1.0, "soak_s": 60, "failure_budget": {"percent": 2}},
+            ]
+        }
+    )
 
 
 #: The tick kinds timed, in the order printed; the first three are those the target is about.
-NO_NEWS, REPORTING, WAVE_START = "soak, nothing new", "soak, half the wave newly reporting", "wave passed, next wave published"
-LOSING, LAST, RESTART = "soak, half the wave losing its reports", "last wave passed, rollout complete", "first tick after a restart"
+NO_NEWS, REPORTING, WAVE_START = (
+    "soak, nothing new",
+    "soak, half the wave newly reporting",
+    "wave passed, next wave published",
+)
+LOSING, LAST, RESTART = (
+    "soak, half the wave losing its reports",
+    "last wave passed, rollout complete",
+    "first tick after a restart",
+)
 
 
-def bench_step(nodes: int, ticks: int, workdir: Path, watcher: bool = False) -> dict[str, list[float]]:
+def bench_step(
+    nodes: int, ticks: int, workdir: Path, watcher: bool = False
+) -> dict[str, list[float]]:
     """Time RolloutService.tick, machine.step and RolloutStore.save on a ``nodes``-node rollout; the tick times
     (ms) by kind. ``watcher``: the service reads a real HealthWatcher's cache, a round landing before each tick."""
     from treadle.daemon.metrics import ControllerMetrics
@@ -203,27 +244,43 @@ def bench_step(nodes: int, ticks: int, workdir: Path, watcher: bool = False) -> 
     workdir.mkdir(parents=True, exist_ok=True)
     clusters = 100
     names = [f"c{i % clusters:03d}-n{i // clusters:04d}" for i in range(nodes)]
-    candidates = [Candidate(n, "s1", n[:4], {"canary": "true"} if i < 10 else {}) for i, n in enumerate(names)]
+    candidates = [
+        Candidate(n, "s1", n[:4], {"canary": "true"} if i < 10 else {}) for i, n in enumerate(names)
+    ]
     spent = StandIns()
     policy, clock = _policy(), Clock()
     health: PreparedHealth | RoundAnswers = RoundAnswers() if watcher else PreparedHealth(spent)
     # The watcher's clocks are the benchmark's: its rounds start when the rollout's time says (no staleness).
-    cache = HealthWatcher(health, interval_s=1, stale_after_s=3600, clock=clock, wall_clock=clock) if watcher else None
+    cache = (
+        HealthWatcher(health, interval_s=1, stale_after_s=3600, clock=clock, wall_clock=clock)
+        if watcher
+        else None
+    )
     executor = StubExecutor(policy, names, spent)
-    service = RolloutService(workdir / "state.sqlite3", cache or health, metrics=ControllerMetrics(), clock=clock)
+    service = RolloutService(
+        workdir / "state.sqlite3", cache or health, metrics=ControllerMetrics(), clock=clock
+    )
     created = time.perf_counter()
-    rid = service.begin("a" * 40, policy, candidates, immediate=False, current=executor.current_manifests(names))
-    print(f"  planning and creating the rollout: {1000 * (time.perf_counter() - created):.1f} ms "
-          f"(waves {[len(w.nodes) for w in service.active().waves]})")
+    rid = service.begin(
+        "a" * 40, policy, candidates, immediate=False, current=executor.current_manifests(names)
+    )
+    print(
+        f"  planning and creating the rollout: {1000 * (time.perf_counter() - created):.1f} ms "
+        f"(waves {[len(w.nodes) for w in service.active().waves]})"
+    )
     assert rid is not None
 
     def healthy(wave_nodes: Sequence[str], share: float = 1.0) -> None:
         for n in wave_nodes[: int(len(wave_nodes) * share)]:
             health.answers[n] = Observation(executor.generation[n], True, True)
 
-    kinds: dict[str, list[float]] = {k: [] for k in (NO_NEWS, REPORTING, WAVE_START, LOSING, LAST, RESTART)}
+    kinds: dict[str, list[float]] = {
+        k: [] for k in (NO_NEWS, REPORTING, WAVE_START, LOSING, LAST, RESTART)
+    }
     stand_ins: dict[str, list[float]] = {k: [] for k in kinds}
-    cpus: dict[str, list[float]] = {k: [] for k in kinds}  # CPU time: what the wall time is on an idle machine
+    cpus: dict[str, list[float]] = {
+        k: [] for k in kinds
+    }  # CPU time: what the wall time is on an idle machine
 
     rounds: list[float] = []
 
@@ -244,7 +301,9 @@ def bench_step(nodes: int, ticks: int, workdir: Path, watcher: bool = False) -> 
     while True:  # walk to the largest wave; timed: its start (90 % of the nodes)
         r = service.active()
         assert r is not None and r.current is not None, "the rollout ended early"
-        timed_tick(None, service)  # a wave just published: the watcher is asked for its nodes from now on
+        timed_tick(
+            None, service
+        )  # a wave just published: the watcher is asked for its nodes from now on
         if r.wave == 2:
             break
         healthy(r.current.nodes)
@@ -269,7 +328,9 @@ def bench_step(nodes: int, ticks: int, workdir: Path, watcher: bool = False) -> 
         timed_tick(LOSING)
     # A restart: a new service (its store connections, no rollout in memory) ticks the same rollout.
     service.close()
-    service = RolloutService(workdir / "state.sqlite3", cache or health, metrics=ControllerMetrics(), clock=clock)
+    service = RolloutService(
+        workdir / "state.sqlite3", cache or health, metrics=ControllerMetrics(), clock=clock
+    )
     healthy(wave, 0.5)
     clock.now += 1
     timed_tick(RESTART, service)
@@ -281,17 +342,33 @@ def bench_step(nodes: int, ticks: int, workdir: Path, watcher: bool = False) -> 
     service.close()
 
     target = TARGET_STEP_MS_LARGE if nodes > LARGE else TARGET_STEP_MS
-    own = {k: [t - s for t, s in zip(kinds[k], stand_ins[k])] for k in kinds}
-    reads = ("reading the real HealthWatcher's cache, a round having landed just before each tick"
-             if watcher else "its reads")
-    print(f"RolloutService.tick, {nodes:,}-node rollout, largest wave {len(wave):,} nodes ({ticks} ticks of each "
-          f"soak kind): the service's own time (deciding, persisting, {reads} and metrics); in brackets the "
-          "median and max of the whole tick, with the stand-ins for the pipeline (publishing) and the health source, "
-          "and the median CPU time of the whole tick (on a busy machine the wall time waits for a core too):")
-    for kind, label in ((NO_NEWS, NO_NEWS), (REPORTING, REPORTING), (WAVE_START, f"wave 2 passed, wave 3 ({len(wave):,}) published"),
-                        (LOSING, LOSING), (LAST, LAST), (RESTART, RESTART)):
-        _line(label, own[kind], target, f"  [{statistics.median(kinds[kind]):.1f} / {max(kinds[kind]):.1f}; "
-                                        f"CPU {statistics.median(cpus[kind]):.1f}]")
+    own = {k: [t - s for t, s in zip(kinds[k], stand_ins[k], strict=False)] for k in kinds}
+    reads = (
+        "reading the real HealthWatcher's cache, a round having landed just before each tick"
+        if watcher
+        else "its reads"
+    )
+    print(
+        f"RolloutService.tick, {nodes:,}-node rollout, largest wave {len(wave):,} nodes ({ticks} ticks of each "
+        f"soak kind): the service's own time (deciding, persisting, {reads} and metrics); in brackets the "
+        "median and max of the whole tick, with the stand-ins for the pipeline (publishing) and the health source, "
+        "and the median CPU time of the whole tick (on a busy machine the wall time waits for a core too):"
+    )
+    for kind, label in (
+        (NO_NEWS, NO_NEWS),
+        (REPORTING, REPORTING),
+        (WAVE_START, f"wave 2 passed, wave 3 ({len(wave):,}) published"),
+        (LOSING, LOSING),
+        (LAST, LAST),
+        (RESTART, RESTART),
+    ):
+        _line(
+            label,
+            own[kind],
+            target,
+            f"  [{statistics.median(kinds[kind]):.1f} / {max(kinds[kind]):.1f}; "
+            f"CPU {statistics.median(cpus[kind]):.1f}]",
+        )
 
     if watcher:
         _line("a watcher round (health thread, untimed in ticks)", rounds, None)
@@ -305,7 +382,13 @@ def bench_step(nodes: int, ticks: int, workdir: Path, watcher: bool = False) -> 
     expected = dict.fromkeys(wave, 2)
     steps, saves = [], []
     for i in range(ticks):
-        r = replace(r, state=machine.State.SOAKING, wave=2, started_at=clock.now, progress=dict.fromkeys(wave, fresh))
+        r = replace(
+            r,
+            state=machine.State.SOAKING,
+            wave=2,
+            started_at=clock.now,
+            progress=dict.fromkeys(wave, fresh),
+        )
         store.save(rid, r, clock.now + i)
         started = time.perf_counter()
         new, _ = machine.step(r, clock.now + i, obs, expected, None)
@@ -325,19 +408,28 @@ def bench_agents(agents: int, soak_s: int, workdir: Path) -> float | None:
     sys.path.insert(0, str(ROOT / "tests" / "rollout_e2e"))
     from rollout_fleet import generate_keys, node_specs, start_fleet
 
-    rollout = (f"apiVersion: treadle.dev/v1\nkind: RolloutPolicy\nwaves:\n"
-               f'  - {{name: canary, selector: {{labels: {{canary: "true"}}}}, soak_s: {soak_s}, timeout_s: 120}}\n'
-               f"  - {{name: ten-percent, fraction: 0.1, soak_s: {soak_s}, timeout_s: 120}}\n"
-               f"  - {{name: rest, fraction: 1.0, soak_s: {soak_s}, timeout_s: 120}}\n")
+    rollout = (
+        f"apiVersion: treadle.dev/v1\nkind: RolloutPolicy\nwaves:\n"
+        f'  - {{name: canary, selector: {{labels: {{canary: "true"}}}}, soak_s: {soak_s}, timeout_s: 120}}\n'
+        f"  - {{name: ten-percent, fraction: 0.1, soak_s: {soak_s}, timeout_s: 120}}\n"
+        f"  - {{name: rest, fraction: 1.0, soak_s: {soak_s}, timeout_s: 120}}\n"
+    )
     clusters = 5
     started = time.perf_counter()
-    fleet = start_fleet(workdir / "fleet", generate_keys(workdir / "keys"), node_specs(clusters, agents // clusters, 2),
-                        rollout, agent_interval_s=1.0)
+    fleet = start_fleet(
+        workdir / "fleet",
+        generate_keys(workdir / "keys"),
+        node_specs(clusters, agents // clusters, 2),
+        rollout,
+        agent_interval_s=1.0,
+    )
     print(f"{agents} agents: fleet started and applied v1 in {time.perf_counter() - started:.1f} s")
     try:
         pushed = time.perf_counter()
         sha = fleet.change_app("v2")
-        doc = fleet.wait_rollout(sha, {"complete", "halted", "rolled_back", "aborted", "superseded"}, 180)
+        doc = fleet.wait_rollout(
+            sha, {"complete", "halted", "rolled_back", "aborted", "superseded"}, 180
+        )
         wall = time.perf_counter() - pushed
         sizes = [len(w["nodes"]) for w in doc["waves"]]
         if doc["state"] != "complete":
@@ -345,8 +437,10 @@ def bench_agents(agents: int, soak_s: int, workdir: Path) -> float | None:
             return None
         fleet.wait_applied("v2", fleet.agents, 60)
         verdict = "PASS" if wall < TARGET_50_AGENTS_S else "FAIL"
-        print(f"  3-wave rollout (waves {sizes}, soak {soak_s} s each), push -> complete: {wall:.1f} s  "
-              f"target < {TARGET_50_AGENTS_S:.0f} s  {verdict}")
+        print(
+            f"  3-wave rollout (waves {sizes}, soak {soak_s} s each), push -> complete: {wall:.1f} s  "
+            f"target < {TARGET_50_AGENTS_S:.0f} s  {verdict}"
+        )
         return wall
     finally:
         fleet.stop()
@@ -354,12 +448,24 @@ def bench_agents(agents: int, soak_s: int, workdir: Path) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=10000, help="nodes in the in-process rollout (default 10000)")
-    parser.add_argument("--ticks", type=int, default=20, help="timed ticks of each kind (default 20)")
-    parser.add_argument("--agents", type=int, default=50, help="real agents for the end-to-end figure; 0 skips it")
-    parser.add_argument("--soak-s", type=int, default=2, help="soak of every wave in the end-to-end figure")
-    parser.add_argument("--health", choices=("prepared", "watcher", "both"), default="both",
-                        help="the step's health: prepared answers, a real HealthWatcher's cache, or both (default)")
+    parser.add_argument(
+        "--nodes", type=int, default=10000, help="nodes in the in-process rollout (default 10000)"
+    )
+    parser.add_argument(
+        "--ticks", type=int, default=20, help="timed ticks of each kind (default 20)"
+    )
+    parser.add_argument(
+        "--agents", type=int, default=50, help="real agents for the end-to-end figure; 0 skips it"
+    )
+    parser.add_argument(
+        "--soak-s", type=int, default=2, help="soak of every wave in the end-to-end figure"
+    )
+    parser.add_argument(
+        "--health",
+        choices=("prepared", "watcher", "both"),
+        default="both",
+        help="the step's health: prepared answers, a real HealthWatcher's cache, or both (default)",
+    )
     args = parser.parse_args(argv)
     if args.nodes < 1000 or args.ticks < 1 or args.agents < 0 or (args.agents and args.agents < 10):
         parser.error("--nodes must be >= 1000, --ticks >= 1, --agents 0 or >= 10")

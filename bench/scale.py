@@ -156,24 +156,46 @@ def measure_render(row: Row, fabric: Path) -> None:
     row.render_s, row.warm_s, row.render_gib = report["cold_s"], report.get("warm_s"), peak / 2**30
 
 
-def measure_controller(row: Row, work: Path, fabric_dir: Path, bare: Path, node_path: Path, node: str,
-                       pushes: int, cold: bool, push: bool) -> None:
+def measure_controller(
+    row: Row,
+    work: Path,
+    fabric_dir: Path,
+    bare: Path,
+    node_path: Path,
+    node: str,
+    pushes: int,
+    cold: bool,
+    push: bool,
+) -> None:
     ctl_bench = _module("controller")
     ctl = ctl_bench.Controller(work, bare)
     try:
         ctl.wait_event("api.listening", timeout_s=120)
         first = ctl.wait_event("commit.deployed", timeout_s=1800)
         if cold:
-            row.cold_s, row.cold_gib = time.perf_counter() - ctl.started, ctl.peak_rss_bytes() / 2**30
-            row.cold_steps = " ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in first.items() if k.endswith("_s") and isinstance(v, float))
+            row.cold_s, row.cold_gib = (
+                time.perf_counter() - ctl.started,
+                ctl.peak_rss_bytes() / 2**30,
+            )
+            row.cold_steps = " ".join(
+                f"{k.removesuffix('_s')} {v:.1f}"
+                for k, v in first.items()
+                if k.endswith("_s") and isinstance(v, float)
+            )
         if not push:
             return
-        _settle(ctl.proc.pid)  # the collection after the cold render (seconds at 100,000 nodes) is not a push's
+        _settle(
+            ctl.proc.pid
+        )  # the collection after the cold render (seconds at 100,000 nodes) is not a push's
         manifest = ctl.publish / "nodes" / node / "manifest"
         for i in range(pushes):
             row.push_s.append(ctl_bench.push_one_node_change(fabric_dir, node_path, manifest, i))
             event = ctl.wait_event("commit.deployed", count=i + 2, timeout_s=120)
-            steps = {k.removesuffix("_s"): v for k, v in event.items() if k.endswith("_s") and isinstance(v, float)}
+            steps = {
+                k.removesuffix("_s"): v
+                for k, v in event.items()
+                if k.endswith("_s") and isinstance(v, float)
+            }
             row.fetch_s.append(steps.pop("source", 0.0))
             row.work_s.append(sum(steps.values()))
             row.steps = " ".join(f"{k} {v * 1000:.0f}" for k, v in steps.items())
@@ -205,8 +227,11 @@ def _vm(pid: int, key: str) -> int:
 
 
 #: The rollout tick kinds the step target is about, as bench/rollout.py names them, with their labels here.
-STEP_KINDS = (("soak, nothing new", "no news"), ("soak, half the wave newly reporting", "half a wave reporting at once"),
-              ("wave passed, next wave published", "a wave passes, the next starts"))
+STEP_KINDS = (
+    ("soak, nothing new", "no news"),
+    ("soak, half the wave newly reporting", "half a wave reporting at once"),
+    ("wave passed, next wave published", "a wave passes, the next starts"),
+)
 
 
 def measure_rollout(row: Row, nodes: int) -> None:
@@ -218,7 +243,10 @@ def child_rollout(nodes: int) -> int:
     """bench/rollout.py's step benchmark on ``nodes`` nodes; its own report goes to stderr, the medians by tick
     kind (the service's own time) to stdout."""
     rollout = _module("rollout")
-    with tempfile.TemporaryDirectory(prefix="treadle-scale-rollout-") as tmp, contextlib.redirect_stdout(sys.stderr):
+    with (
+        tempfile.TemporaryDirectory(prefix="treadle-scale-rollout-") as tmp,
+        contextlib.redirect_stdout(sys.stderr),
+    ):
         ticks = rollout.bench_step(nodes, 5, Path(tmp))
     print(json.dumps({kind: statistics.median(ticks[kind]) for kind, _ in STEP_KINDS}))
     return 0
@@ -231,7 +259,11 @@ def measure_size(nodes: int, only: set[str], pushes: int) -> Row:
     try:
         started = time.perf_counter()
         fabric = _module("gen_fabric").generate(work / "fabric", sites, clusters, per, 1, git=True)
-        print(f"... {nodes:,} nodes generated in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"... {nodes:,} nodes generated in {time.perf_counter() - started:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         if "render" in only:
             print(f"... {nodes:,} nodes: full render", file=sys.stderr, flush=True)
             measure_render(row, work / "fabric")
@@ -243,7 +275,17 @@ def measure_size(nodes: int, only: set[str], pushes: int) -> Row:
             ctl_bench.git(work / "fabric", "remote", "add", "origin", str(bare))
             ctl_bench.git(work / "fabric", "push", "-q", "origin", "main")
             node = fabric.nodes[len(fabric.nodes) // 2]
-            measure_controller(row, work, work / "fabric", bare, node.path, node.name, pushes, "cold" in only, "push" in only)
+            measure_controller(
+                row,
+                work,
+                work / "fabric",
+                bare,
+                node.path,
+                node.name,
+                pushes,
+                "cold" in only,
+                "push" in only,
+            )
         if "rollout" in only:
             print(f"... {nodes:,} nodes: rollout step", file=sys.stderr, flush=True)
             measure_rollout(row, nodes)
@@ -275,10 +317,21 @@ def table(rows: list[Row]) -> str:
         ("  peak RSS (GiB)", [_f(r.cold_gib, ".2f") for r in rows]),
         ("push -> published, median (s)", [_f(_med(r.push_s), ".3f") for r in rows]),
         ("  worst (s)", [_f(max(r.push_s) if r.push_s else None, ".3f") for r in rows]),
-        ("  push-path work, median (ms)", [_f(None if not r.work_s else 1000 * _med(r.work_s), ".1f") for r in rows]),
-        ("  git fetch (source step), median (ms)", [_f(None if not r.fetch_s else 1000 * _med(r.fetch_s), ".1f") for r in rows]),
-        *((f"rollout step, {label} (ms)" if i == 0 else f"  {label} (ms)", [_f(r.step_ms.get(kind), ".1f") for r in rows])
-          for i, (kind, label) in enumerate(STEP_KINDS)),
+        (
+            "  push-path work, median (ms)",
+            [_f(None if not r.work_s else 1000 * _med(r.work_s), ".1f") for r in rows],
+        ),
+        (
+            "  git fetch (source step), median (ms)",
+            [_f(None if not r.fetch_s else 1000 * _med(r.fetch_s), ".1f") for r in rows],
+        ),
+        *(
+            (
+                f"rollout step, {label} (ms)" if i == 0 else f"  {label} (ms)",
+                [_f(r.step_ms.get(kind), ".1f") for r in rows],
+            )
+            for i, (kind, label) in enumerate(STEP_KINDS)
+        ),
         ("controller RSS after pushes (GiB)", [_f(r.rss_after_gib, ".2f") for r in rows]),
     ]
     width = max(len(name) for name, _ in lines) + 2
@@ -304,35 +357,87 @@ def targets(rows: list[Row]) -> str:
 
     def line(name: str, value: float | None, limit: float, unit: str) -> None:
         shown = "-" if value is None else f"{value:.2f} {unit}"
-        lines.append(f"{name:<52} {shown:>12}  {'-' if value is None else _verdict(value <= limit)}")
+        lines.append(
+            f"{name:<52} {shown:>12}  {'-' if value is None else _verdict(value <= limit)}"
+        )
 
     if big is None:
         lines.append(f"(the absolute targets are for {BIG:,} nodes; not measured here)")
     else:
-        line(f"full render, {BIG:,} nodes <= {TARGET_RENDER_S:.0f} s", big.render_s, TARGET_RENDER_S, "s")
-        line(f"full render peak memory <= {TARGET_RENDER_GIB:.0f} GiB", big.render_gib, TARGET_RENDER_GIB, "GiB")
+        line(
+            f"full render, {BIG:,} nodes <= {TARGET_RENDER_S:.0f} s",
+            big.render_s,
+            TARGET_RENDER_S,
+            "s",
+        )
+        line(
+            f"full render peak memory <= {TARGET_RENDER_GIB:.0f} GiB",
+            big.render_gib,
+            TARGET_RENDER_GIB,
+            "GiB",
+        )
         line(f"cold start, {BIG:,} nodes <= {TARGET_COLD_S:.0f} s", big.cold_s, TARGET_COLD_S, "s")
-        line(f"cold start peak RSS <= {TARGET_COLD_GIB:.0f} GiB", big.cold_gib, TARGET_COLD_GIB, "GiB")
-        line(f"push -> published (worst), {BIG:,} nodes <= {TARGET_PUSH_S:.0f} s", max(big.push_s) if big.push_s else None,
-             TARGET_PUSH_S, "s")
-        line(f"rollout step (worst kind), {BIG:,} nodes <= {TARGET_STEP_MS:.0f} ms", max(big.step_ms.values(), default=None),
-             TARGET_STEP_MS, "ms")
+        line(
+            f"cold start peak RSS <= {TARGET_COLD_GIB:.0f} GiB",
+            big.cold_gib,
+            TARGET_COLD_GIB,
+            "GiB",
+        )
+        line(
+            f"push -> published (worst), {BIG:,} nodes <= {TARGET_PUSH_S:.0f} s",
+            max(big.push_s) if big.push_s else None,
+            TARGET_PUSH_S,
+            "s",
+        )
+        line(
+            f"rollout step (worst kind), {BIG:,} nodes <= {TARGET_STEP_MS:.0f} ms",
+            max(big.step_ms.values(), default=None),
+            TARGET_STEP_MS,
+            "ms",
+        )
     if big is not None and small is not None and big.work_s and small.work_s:
         ratio = statistics.median(big.work_s) / statistics.median(small.work_s)
-        line(f"push-path work, {BIG:,} / {small.nodes:,} nodes <= {TARGET_WORK_RATIO:.0f}x", ratio, TARGET_WORK_RATIO, "x")
-        with_fetch = [w + f for w, f in zip(big.work_s, big.fetch_s)], [w + f for w, f in zip(small.work_s, small.fetch_s)]
-        line(f"  the same with the git fetch <= {TARGET_WORK_RATIO:.0f}x", statistics.median(with_fetch[0]) / statistics.median(with_fetch[1]),
-             TARGET_WORK_RATIO, "x")
+        line(
+            f"push-path work, {BIG:,} / {small.nodes:,} nodes <= {TARGET_WORK_RATIO:.0f}x",
+            ratio,
+            TARGET_WORK_RATIO,
+            "x",
+        )
+        with_fetch = (
+            [w + f for w, f in zip(big.work_s, big.fetch_s, strict=False)],
+            [w + f for w, f in zip(small.work_s, small.fetch_s, strict=False)],
+        )
+        line(
+            f"  the same with the git fetch <= {TARGET_WORK_RATIO:.0f}x",
+            statistics.median(with_fetch[0]) / statistics.median(with_fetch[1]),
+            TARGET_WORK_RATIO,
+            "x",
+        )
     else:
-        lines.append(f"(the push-path work ratio needs {min(SHAPES):,} and {BIG:,} nodes with pushes)")
+        lines.append(
+            f"(the push-path work ratio needs {min(SHAPES):,} and {BIG:,} nodes with pushes)"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="example: python bench/scale.py --sizes 1000,10000")
-    parser.add_argument("--sizes", default="1000,10000,100000", help="fabric sizes among 1000, 10000, 100000 (default all three)")
-    parser.add_argument("--only", default=",".join(MEASUREMENTS), help=f"measurements among {', '.join(MEASUREMENTS)} (default all)")
-    parser.add_argument("--pushes", type=int, default=5, help="one-node pushes per size (default 5)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="example: python bench/scale.py --sizes 1000,10000",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="1000,10000,100000",
+        help="fabric sizes among 1000, 10000, 100000 (default all three)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(MEASUREMENTS),
+        help=f"measurements among {', '.join(MEASUREMENTS)} (default all)",
+    )
+    parser.add_argument(
+        "--pushes", type=int, default=5, help="one-node pushes per size (default 5)"
+    )
     parser.add_argument("--child-rollout", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_rollout is not None:
@@ -342,8 +447,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--sizes: not a list of numbers: {args.sizes!r}")
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    if not sizes or set(sizes) - set(SHAPES) or not only or only - set(MEASUREMENTS) or args.pushes < 1:
-        parser.error(f"--sizes among {sorted(SHAPES)}, --only among {', '.join(MEASUREMENTS)}, --pushes >= 1")
+    if (
+        not sizes
+        or set(sizes) - set(SHAPES)
+        or not only
+        or only - set(MEASUREMENTS)
+        or args.pushes < 1
+    ):
+        parser.error(
+            f"--sizes among {sorted(SHAPES)}, --only among {', '.join(MEASUREMENTS)}, --pushes >= 1"
+        )
     rows = [measure_size(n, only, args.pushes) for n in sizes]
     print("\nTreadle at scale (this machine; figures vary with its load)\n")
     print(table(rows))

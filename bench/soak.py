@@ -62,8 +62,12 @@ def proc_sample(pid: int) -> dict[str, float] | None:
         return None
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     ticks = os.sysconf("SC_CLK_TCK")
-    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "fds": fds, "threads": int(fields["Threads"]),
-            "cpu_s": (int(stat[11]) + int(stat[12])) / ticks}
+    return {
+        "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
+        "fds": fds,
+        "threads": int(fields["Threads"]),
+        "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,
+    }
 
 
 def du_mb(path: Path) -> float:
@@ -128,33 +132,53 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--agents", type=int, default=12)
     ap.add_argument("--commit-every-s", type=float, default=6.0)
-    ap.add_argument("--rps", type=float, default=20.0, help="requests per second against the controller's API")
+    ap.add_argument(
+        "--rps", type=float, default=20.0, help="requests per second against the controller's API"
+    )
     ap.add_argument("--sample-s", type=float, default=10.0)
     ap.add_argument("--warm-up-min", type=float, default=5.0)
     ap.add_argument("--workspace", help="directory to build in (default: a new temporary one)")
     ap.add_argument("--json", help="write every sample and the summary to this file")
-    ap.add_argument("--log-max-mb", type=float, default=1.0, help="rotate each process's log file above this size")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary workspace (always kept with --workspace)")
+    ap.add_argument(
+        "--log-max-mb",
+        type=float,
+        default=1.0,
+        help="rotate each process's log file above this size",
+    )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary workspace (always kept with --workspace)",
+    )
     args = ap.parse_args(argv)
 
     from treadle.demo import processes, workspace
     from treadle.demo.grow import _dump, _load
 
     root = Path(args.workspace or tempfile.mkdtemp(prefix="treadle-soak-"))
-    timing = workspace.Timing(soak_s=2, agent_interval_s=5.0, agent_jitter_s=2.0, health_interval_s=2.0, wave_timeout_s=60)
+    timing = workspace.Timing(
+        soak_s=2, agent_interval_s=5.0, agent_jitter_s=2.0, health_interval_s=2.0, wave_timeout_s=60
+    )
     ws = workspace.build(root, args.agents, timing)
     config = ws.controller_config()
-    config.write_text(config.read_text().replace("poll_interval_s = 30", "poll_interval_s = 30\n")
-                      + "\n[retention]\nrollouts_kept = 20\nhistory_kept = 200\nmirror_max_packs = 16\n")
-    print(f"workspace {ws.root}: {args.agents} agents, a commit every {args.commit_every_s:g} s, "
-          f"{args.rps:g} requests/s, {args.minutes:g} minutes", flush=True)
+    config.write_text(
+        config.read_text().replace("poll_interval_s = 30", "poll_interval_s = 30\n")
+        + "\n[retention]\nrollouts_kept = 20\nhistory_kept = 200\nmirror_max_packs = 16\n"
+    )
+    print(
+        f"workspace {ws.root}: {args.agents} agents, a commit every {args.commit_every_s:g} s, "
+        f"{args.rps:g} requests/s, {args.minutes:g} minutes",
+        flush=True,
+    )
 
     samples: list[dict[str, Any]] = []
     commits = 0
     with processes.sigterm_as_interrupt(), processes.Fleet(ws.logs) as fleet:
         ctl = fleet.start("controller", processes.controller_argv(config), config.parent)
         for node in ws.nodes:
-            fleet.start(node.name, processes.agent_argv(ws.agent_config(node.name)), ws.node_dir(node.name))
+            fleet.start(
+                node.name, processes.agent_argv(ws.agent_config(node.name)), ws.node_dir(node.name)
+            )
         _wait_up(ws.controller_url, fleet)
         load = Load(ws.controller_url, [n.name for n in ws.nodes], args.rps)
         loader = threading.Thread(target=load.run, name="load", daemon=True)
@@ -180,9 +204,12 @@ def main(argv: list[str] | None = None) -> int:
                     fleet.rotate_logs(args.log_max_mb * 2**20)
                     samples.append(_sample(ws, fleet, now - started, commits, load))
                     c = samples[-1]["procs"].get("controller", {})
-                    print(f"{samples[-1]['t'] / 60:6.1f} min  {commits} commits  {load.requests} requests "
-                          f"({load.failures} failed)  controller RSS {c.get('rss_mb', 0):.1f} MB, {c.get('fds')} fds, "
-                          f"{c.get('threads')} threads", flush=True)
+                    print(
+                        f"{samples[-1]['t'] / 60:6.1f} min  {commits} commits  {load.requests} requests "
+                        f"({load.failures} failed)  controller RSS {c.get('rss_mb', 0):.1f} MB, {c.get('fds')} fds, "
+                        f"{c.get('threads')} threads",
+                        flush=True,
+                    )
                     next_sample += args.sample_s
                 time.sleep(0.2)
         finally:
@@ -228,7 +255,14 @@ def _sample(ws: Any, fleet: Any, t: float, commits: int, load: Load) -> dict[str
         "agents/root": sum(du_mb(ws.node_root(n.name)) for n in ws.nodes),
         "logs": du_mb(ws.logs),
     }
-    return {"t": t, "commits": commits, "requests": load.requests, "failures": load.failures, "procs": procs, "disk": disk}
+    return {
+        "t": t,
+        "commits": commits,
+        "requests": load.requests,
+        "failures": load.failures,
+        "procs": procs,
+        "disk": disk,
+    }
 
 
 def _summarise(samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -236,12 +270,20 @@ def _summarise(samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[
     warm = min(args.warm_up_min * 60, total / 5)
     after = [s for s in samples if s["t"] >= warm]
     last = samples[-1]
-    print(f"\n{total / 60:.1f} min, {last['commits']} commits, {last['requests']} requests "
-          f"({last['failures']} failed); growth per hour fitted after a {warm / 60:.1f} min warm-up\n")
+    print(
+        f"\n{total / 60:.1f} min, {last['commits']} commits, {last['requests']} requests "
+        f"({last['failures']} failed); growth per hour fitted after a {warm / 60:.1f} min warm-up\n"
+    )
     ok = last["failures"] == 0
     rows: dict[str, Any] = {}
-    print(f"{'process':<16}{'RSS MB':>14}{'MB/h':>8}{'fds':>10}{'threads':>10}{'CPU %':>7}   limits: RSS < {RSS_LIMIT_MB_PER_H:g} MB/h, fds and threads flat")
-    groups = {"controller": ["controller"], "agents (worst)": sorted(n for n in last["procs"] if n != "controller")}
+    print(
+        f"{'process':<16}{'RSS MB':>14}{'MB/h':>8}{'fds':>10}{'threads':>10}{'CPU %':>7}   "
+        f"limits: RSS < {RSS_LIMIT_MB_PER_H:g} MB/h, fds and threads flat"
+    )
+    groups = {
+        "controller": ["controller"],
+        "agents (worst)": sorted(n for n in last["procs"] if n != "controller"),
+    }
     for label, names in groups.items():
         worst: dict[str, Any] | None = None
         for name in names:
@@ -251,31 +293,62 @@ def _summarise(samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[
             rss_h = slope_per_h([(t, p["rss_mb"]) for t, p in series])
             fds = [p["fds"] for _, p in series]
             threads = [p["threads"] for _, p in series]
-            cpu = (series[-1][1]["cpu_s"] - series[0][1]["cpu_s"]) / max(series[-1][0] - series[0][0], 1e-9) * 100
-            row = {"rss_start_mb": series[0][1]["rss_mb"], "rss_end_mb": series[-1][1]["rss_mb"], "rss_mb_per_h": rss_h,
-                   "fds_first": fds[0], "fds_max": max(fds), "fds_last": fds[-1], "threads_first": threads[0],
-                   "threads_max": max(threads), "threads_last": threads[-1], "cpu_percent": cpu,
-                   "fds_flat": max(fds) <= fds[-1] + FD_BAND and fds[-1] <= fds[0] + FD_BAND,
-                   "threads_flat": max(threads) <= threads[-1] + THREAD_BAND and threads[-1] <= threads[0] + THREAD_BAND}
+            cpu = (
+                (series[-1][1]["cpu_s"] - series[0][1]["cpu_s"])
+                / max(series[-1][0] - series[0][0], 1e-9)
+                * 100
+            )
+            row = {
+                "rss_start_mb": series[0][1]["rss_mb"],
+                "rss_end_mb": series[-1][1]["rss_mb"],
+                "rss_mb_per_h": rss_h,
+                "fds_first": fds[0],
+                "fds_max": max(fds),
+                "fds_last": fds[-1],
+                "threads_first": threads[0],
+                "threads_max": max(threads),
+                "threads_last": threads[-1],
+                "cpu_percent": cpu,
+                "fds_flat": max(fds) <= fds[-1] + FD_BAND and fds[-1] <= fds[0] + FD_BAND,
+                "threads_flat": max(threads) <= threads[-1] + THREAD_BAND
+                and threads[-1] <= threads[0] + THREAD_BAND,
+            }
             row["ok"] = row["fds_flat"] and row["threads_flat"] and rss_h < RSS_LIMIT_MB_PER_H
-            if worst is None or (not row["ok"], row["rss_mb_per_h"]) > (not worst["ok"], worst["rss_mb_per_h"]):
+            if worst is None or (not row["ok"], row["rss_mb_per_h"]) > (
+                not worst["ok"],
+                worst["rss_mb_per_h"],
+            ):
                 worst = {**row, "name": name}
         if worst is None:
             continue
         rows[label] = worst
         ok = ok and worst["ok"]
-        print(f"{label:<16}{worst['rss_start_mb']:>6.1f}->{worst['rss_end_mb']:<6.1f}{worst['rss_mb_per_h']:>+8.2f}"
-              f"{worst['fds_first']:>4}->{worst['fds_last']:<4}{worst['threads_first']:>4}->{worst['threads_last']:<4}"
-              f"{worst['cpu_percent']:>7.1f}   {'ok' if worst['ok'] else 'OVER THE LIMIT'}")
-    print(f"\n{'directory':<26}{'MB at warm-up':>14}{'MB at end':>11}{'MB/h':>9}   (bounded by retention)")
+        print(
+            f"{label:<16}{worst['rss_start_mb']:>6.1f}->{worst['rss_end_mb']:<6.1f}{worst['rss_mb_per_h']:>+8.2f}"
+            f"{worst['fds_first']:>4}->{worst['fds_last']:<4}{worst['threads_first']:>4}->{worst['threads_last']:<4}"
+            f"{worst['cpu_percent']:>7.1f}   {'ok' if worst['ok'] else 'OVER THE LIMIT'}"
+        )
+    print(
+        f"\n{'directory':<26}{'MB at warm-up':>14}{'MB at end':>11}{'MB/h':>9}   (bounded by retention)"
+    )
     disk = {}
     for key in last["disk"]:
         pts = [(s["t"], s["disk"][key]) for s in after]
         disk[key] = {"start_mb": pts[0][1], "end_mb": pts[-1][1], "mb_per_h": slope_per_h(pts)}
         print(f"{key:<26}{pts[0][1]:>14.2f}{pts[-1][1]:>11.2f}{disk[key]['mb_per_h']:>+9.2f}")
-    print(f"\n{'ok: every quantity flat or bounded' if ok else 'FAILED: a quantity grew beyond its limit'}")
-    return {"ok": ok, "minutes": total / 60, "warm_up_min": warm / 60, "commits": last["commits"],
-            "requests": last["requests"], "failures": last["failures"], "processes": rows, "disk": disk}
+    print(
+        f"\n{'ok: every quantity flat or bounded' if ok else 'FAILED: a quantity grew beyond its limit'}"
+    )
+    return {
+        "ok": ok,
+        "minutes": total / 60,
+        "warm_up_min": warm / 60,
+        "commits": last["commits"],
+        "requests": last["requests"],
+        "failures": last["failures"],
+        "processes": rows,
+        "disk": disk,
+    }
 
 
 if __name__ == "__main__":

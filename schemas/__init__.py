@@ -46,7 +46,10 @@ def load(name: str) -> dict[str, Any]:
 
 #: What a key tagged ``!delete`` is to an editor: yaml-language-server (with ``customTags: ["!delete scalar"]``)
 #: loads it as the empty string; other servers as null.
-_DELETED = {"enum": [None, ""], "description": "!delete: removes the inherited key (merge tags: !append, !delete, !replace)"}
+_DELETED = {
+    "enum": [None, ""],
+    "description": "!delete: removes the inherited key (merge tags: !append, !delete, !replace)",
+}
 
 
 def for_editors(name: str) -> dict[str, Any]:
@@ -68,7 +71,9 @@ def for_editors(name: str) -> dict[str, Any]:
         for key, sub in list(definition.get("properties", {}).items()):
             definition["properties"][key] = {"anyOf": [sub, _DELETED]}
         if isinstance(definition.get("additionalProperties"), dict):
-            definition["additionalProperties"] = {"anyOf": [definition["additionalProperties"], _DELETED]}
+            definition["additionalProperties"] = {
+                "anyOf": [definition["additionalProperties"], _DELETED]
+            }
     return doc
 
 

@@ -10,12 +10,12 @@ tests keep finding things (each find goes into the test's regression corpus); `T
 from __future__ import annotations
 
 import io
-import threading
 import logging
 import os
+import threading
 from collections.abc import Iterator
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from hypothesis import settings

@@ -47,5 +47,10 @@ def test_the_agent_tree_is_drawn_as_it_is() -> None:
 
 def test_the_drawing_parser_reads_nesting() -> None:
     doc = "x\n\n    AError\n    ├── BError   text\n    │   └── CError\n    └── DError\n        └── EError\n"
-    assert _drawn(doc) == {("AError", None), ("BError", "AError"), ("CError", "BError"), ("DError", "AError"),
-                           ("EError", "DError")}
+    assert _drawn(doc) == {
+        ("AError", None),
+        ("BError", "AError"),
+        ("CError", "BError"),
+        ("DError", "AError"),
+        ("EError", "DError"),
+    }

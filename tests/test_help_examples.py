@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 
-def parsers(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+def parsers(
+    parser: argparse.ArgumentParser, path: str
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
     yield path, parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -28,10 +30,14 @@ def test_there_are_as_many_commands_as_the_readme_lists() -> None:
     assert len(every_parser()) >= 25
 
 
-@pytest.mark.parametrize("path, parser", every_parser(), ids=lambda v: v if isinstance(v, str) else "")
-def test_help_shows_an_example_of_the_command_itself(path: str, parser: argparse.ArgumentParser) -> None:
+@pytest.mark.parametrize(
+    "path, parser", every_parser(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_help_shows_an_example_of_the_command_itself(
+    path: str, parser: argparse.ArgumentParser
+) -> None:
     text = parser.format_help()
     found = re.search(r"^examples?:", text, re.M)
     assert found, f"`{path} --help` shows no example"
-    examples = text[found.start():]
+    examples = text[found.start() :]
     assert path in examples, f"`{path} --help`: the example does not run {path}"

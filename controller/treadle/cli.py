@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import NoReturn
 from collections.abc import Sequence
+from typing import NoReturn
 
 from treadle import __version__
 from treadle.errors import FabricError, TreadleError, UsageError
@@ -36,16 +36,21 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # argparse exits 2 on usage errors already; keep its message short
+    def error(
+        self, message: str
+    ) -> NoReturn:  # argparse exits 2 on usage errors already; keep its message short
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="treadle", description="GitOps controller for datacenter fabrics.",
-                     epilog="examples:\n  treadle validate my-fabric\n  treadle plan my-fabric origin/main HEAD\n"
-                            "  treadle status --url http://treadle.example.org:8080",
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="treadle",
+        description="GitOps controller for datacenter fabrics.",
+        epilog="examples:\n  treadle validate my-fabric\n  treadle plan my-fabric origin/main HEAD\n"
+        "  treadle status --url http://treadle.example.org:8080",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"treadle {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

@@ -63,7 +63,14 @@ class Diagnostic:
         return f"{text} (hint: {self.hint})" if self.hint else text
 
     def as_dict(self) -> dict[str, object]:
-        return {"file": self.file, "line": self.line, "col": self.col, "code": self.code, "message": self.message, "hint": self.hint}
+        return {
+            "file": self.file,
+            "line": self.line,
+            "col": self.col,
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+        }
 
 
 class TreadleError(Exception):

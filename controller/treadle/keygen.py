@@ -34,10 +34,14 @@ def generate(directory: Path, *, threshold: int = 1, name: str = "treadle") -> l
     if not name or "/" in name or name.startswith("."):
         raise UsageError(f"--name {name!r}: use a plain file name stem such as 'treadle'")
     stems = key_names(name, threshold)
-    targets = [directory / f"{s}{ext}" for s in stems for ext in (".key", ".pub.json")] + [directory / "trust-root.json"]
+    targets = [directory / f"{s}{ext}" for s in stems for ext in (".key", ".pub.json")] + [
+        directory / "trust-root.json"
+    ]
     existing = [str(p) for p in targets if p.exists() or p.is_symlink()]
     if existing:
-        raise UsageError(f"{existing[0]} already exists; refusing to overwrite a key (fix: choose another DIR or --name)")
+        raise UsageError(
+            f"{existing[0]} already exists; refusing to overwrite a key (fix: choose another DIR or --name)"
+        )
 
     from securesystemslib.signer import CryptoSigner
 
@@ -51,9 +55,19 @@ def generate(directory: Path, *, threshold: int = 1, name: str = "treadle") -> l
         written = []
         for stem, signer in zip(stems, signers, strict=True):
             written.append(_create(directory / f"{stem}.key", signer.private_bytes, 0o600))
-            written.append(_create(directory / f"{stem}.pub.json", canonical_json(public_key_document(signer)) + b"\n", 0o644))
+            written.append(
+                _create(
+                    directory / f"{stem}.pub.json",
+                    canonical_json(public_key_document(signer)) + b"\n",
+                    0o644,
+                )
+            )
         pinned = {s.public_key.keyid: s.public_key.to_dict() for s in signers}
-        written.append(_create(directory / "trust-root.json", trust_root_document(pinned, threshold) + b"\n", 0o644))
+        written.append(
+            _create(
+                directory / "trust-root.json", trust_root_document(pinned, threshold) + b"\n", 0o644
+            )
+        )
     except OSError as e:
         raise UsageError(f"{e.filename or directory}: cannot write: {e.strerror}") from e
     return written
@@ -77,8 +91,7 @@ def trust_root(out: Path, pubs: list[Path], *, threshold: int = 1) -> Path:
         UsageError: a public key file is unreadable or not a key, the same key
             is given twice, the threshold does not fit, or ``out`` exists.
     """
-    from treadle_agent.contract.errors import ConfigError
-    from treadle_agent.contract.errors import ManifestFormatError
+    from treadle_agent.contract.errors import ConfigError, ManifestFormatError
     from treadle_agent.contract.manifest import parse_json
     from treadle_agent.contract.trustroot import TrustRoot, trust_root_document
 
@@ -88,15 +101,21 @@ def trust_root(out: Path, pubs: list[Path], *, threshold: int = 1) -> Path:
             doc = parse_json(pub.read_bytes())
             keyid = doc.pop("keyid")
         except (OSError, ManifestFormatError, AttributeError, KeyError, TypeError) as e:
-            raise UsageError(f"{pub}: not a public key file written by `treadle keys generate` ({e})") from e
+            raise UsageError(
+                f"{pub}: not a public key file written by `treadle keys generate` ({e})"
+            ) from e
         keys[keyid] = doc
     data = trust_root_document(keys, threshold) + b"\n"
     try:
-        TrustRoot.from_bytes(data, str(out))  # the agent's own checks: threshold in range, distinct keys
+        TrustRoot.from_bytes(
+            data, str(out)
+        )  # the agent's own checks: threshold in range, distinct keys
     except ConfigError as e:
         raise UsageError(str(e)) from e
     if out.exists() or out.is_symlink():
-        raise UsageError(f"{out} already exists; refusing to overwrite a trust root (fix: write to a new file and move it)")
+        raise UsageError(
+            f"{out} already exists; refusing to overwrite a trust root (fix: write to a new file and move it)"
+        )
     try:
         return _create(out, data, 0o644)
     except OSError as e:

@@ -17,7 +17,9 @@ from treadle_agent.contract import log as _shared
 LOGGER = logging.getLogger("treadle.controller")
 
 
-def configure(*, as_json: bool = False, level: int = logging.INFO, stream: TextIO | None = None) -> None:
+def configure(
+    *, as_json: bool = False, level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
     """Send every logger's records to ``stream`` (stderr by default), replacing earlier handlers of ours."""
     _shared.configure("json" if as_json else "text", stream=stream, level=level)
 

@@ -48,7 +48,9 @@ from treadle_agent.contract.names import DEFAULT_METRICS_PORT
 #: Fixed paths on the node: the unit's ExecStart and StateDirectory name them (systemd/treadle-agent.service).
 VENV, ETC, STATE_DIR = "/opt/treadle", "/etc/treadle", "/var/lib/treadle"
 UNIT_PATH = "/etc/systemd/system/treadle-agent.service"
-SCRIPT_PATH = "/usr/local/sbin/treadle-bootstrap"  # where the cloud-init user-data writes the script
+SCRIPT_PATH = (
+    "/usr/local/sbin/treadle-bootstrap"  # where the cloud-init user-data writes the script
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,9 @@ class NodeFacts:
 ENROLMENT_CODES = frozenset({"secret"})
 
 
-def node_facts(repo: str, rev: str | None, node: str | None, note: Callable[[str], None]) -> list[NodeFacts]:
+def node_facts(
+    repo: str, rev: str | None, node: str | None, note: Callable[[str], None]
+) -> list[NodeFacts]:
     """The facts of ``node`` (or of every node not retired when None), from its node file in the fabric.
 
     The whole fabric is rendered and checked; problems of secret files
@@ -105,28 +109,43 @@ def node_facts(repo: str, rev: str | None, node: str | None, note: Callable[[str
     for d in result.diagnostics:
         note(str(d))
     if result.diagnostics:
-        note(f"the fabric cannot be deployed until these {len(result.diagnostics)} secret "
-             "problem(s) are fixed: record the identity: the script prints in the node file, then "
-             "`treadle secret encrypt` (a new secret) or `treadle secret rekey`, and commit")
+        note(
+            f"the fabric cannot be deployed until these {len(result.diagnostics)} secret "
+            "problem(s) are fixed: record the identity: the script prints in the node file, then "
+            "`treadle secret encrypt` (a new secret) or `treadle secret rekey`, and commit"
+        )
     refs = {ref.name: ref for ref in classify(src.entries()).nodes}
     if node is not None:
         if node not in refs:
             names = sorted(refs)
-            raise UsageError(f"{repo}: no node {node!r} in the fabric{f' at {rev}' if rev else ''} "
-                             f"({len(names)} nodes, e.g. {', '.join(names[:10]) or 'none'}; every node is a file "
-                             "sites/<site>/<cluster>/nodes/<node>.yaml, `treadle targets` lists them)")
+            raise UsageError(
+                f"{repo}: no node {node!r} in the fabric{f' at {rev}' if rev else ''} "
+                f"({len(names)} nodes, e.g. {', '.join(names[:10]) or 'none'}; every node is a file "
+                "sites/<site>/<cluster>/nodes/<node>.yaml, `treadle targets` lists them)"
+            )
         if result.lifecycles.get(node) == "retired":
-            raise UsageError(f"{repo}: node {node!r} is retired: a retired node is not bootstrapped "
-                             "(fix: set its lifecycle first)")
+            raise UsageError(
+                f"{repo}: node {node!r} is retired: a retired node is not bootstrapped "
+                "(fix: set its lifecycle first)"
+            )
         chosen = [refs[node]]
     else:
-        chosen = [ref for name, ref in sorted(refs.items()) if result.lifecycles.get(name) != "retired"]
+        chosen = [
+            ref for name, ref in sorted(refs.items()) if result.lifecycles.get(name) != "retired"
+        ]
     # node_settings reads name, site and cluster, which a NodeRef has as a rendered node does.
     settings = node_settings(src, cache, result.fabric, chosen)  # type: ignore[arg-type]
     fabric = str(result.fabric.get("name", "?")) if isinstance(result.fabric, dict) else "?"
-    return [NodeFacts(ref.name, ref.path, settings[ref.name].metrics_port or DEFAULT_METRICS_PORT, fabric,
-                      result.commit or "work tree")
-            for ref in chosen]
+    return [
+        NodeFacts(
+            ref.name,
+            ref.path,
+            settings[ref.name].metrics_port or DEFAULT_METRICS_PORT,
+            fabric,
+            result.commit or "work tree",
+        )
+        for ref in chosen
+    ]
 
 
 def agent_toml(facts: NodeFacts, sources: Sources) -> str:
@@ -137,12 +156,14 @@ def agent_toml(facts: NodeFacts, sources: Sources) -> str:
         return json.dumps(value, ensure_ascii=False)
 
     urls = ", ".join(q(u) for u in sources.manifest_urls)
-    return (f"# Written by the Treadle bootstrap of {facts.name} (fabric {facts.fabric}, {facts.commit}).\n"
-            f"node = {q(facts.name)}\n"
-            f"manifest_urls = [{urls}]\n"
-            f"trust_root = {q(ETC + '/trust-root.json')}\n"
-            f"state_dir = {q(STATE_DIR)}\n"
-            f"metrics_listen = {q(f'0.0.0.0:{facts.metrics_port}')}\n")
+    return (
+        f"# Written by the Treadle bootstrap of {facts.name} (fabric {facts.fabric}, {facts.commit}).\n"
+        f"node = {q(facts.name)}\n"
+        f"manifest_urls = [{urls}]\n"
+        f"trust_root = {q(ETC + '/trust-root.json')}\n"
+        f"state_dir = {q(STATE_DIR)}\n"
+        f"metrics_listen = {q(f'0.0.0.0:{facts.metrics_port}')}\n"
+    )
 
 
 def _pip_args(sources: Sources) -> list[str]:
@@ -169,7 +190,8 @@ def shell_script(facts: NodeFacts, sources: Sources) -> str:
         f"#      public part, for identity: in {facts.node_file};\n"
         "#   5. enables treadle-agent.service, and starts it when systemd is running.\n"
         "# Running it again installs and writes the same again, and never makes a new identity.\n"
-        "# `sh SCRIPT --verify` only checks the embedded trust root against the pinned sha256.\n")
+        "# `sh SCRIPT --verify` only checks the embedded trust root against the pinned sha256.\n"
+    )
     values = (
         "set -eu\numask 077\n\n"
         "# The values, each quoted as one literal word (the unit's $ and quotes included).\n"
@@ -179,7 +201,8 @@ def shell_script(facts: NodeFacts, sources: Sources) -> str:
         f"TRUST_ROOT={q(sources.trust_root.decode('utf-8'))}\n"
         f"AGENT_TOML={q(agent_toml(facts, sources))}\n"
         f"AGENT_UNIT={q(sources.unit)}\n"
-        f"VENV={VENV}\nETC={ETC}\nSTATE={STATE_DIR}\nUNIT={UNIT_PATH}\n\n")
+        f"VENV={VENV}\nETC={ETC}\nSTATE={STATE_DIR}\nUNIT={UNIT_PATH}\n\n"
+    )
     pip = " ".join(q(a) for a in _pip_args(sources))
     return header + values + _SCRIPT_BODY.replace("@PIP_ARGS@", pip)
 
@@ -281,19 +304,27 @@ def cloud_config(facts: NodeFacts, script: str) -> str:
     from ruamel.yaml.scalarstring import LiteralScalarString
 
     doc = {
-        "write_files": [{"path": SCRIPT_PATH, "owner": "root:root", "permissions": "0700",
-                         "content": LiteralScalarString(script)}],
+        "write_files": [
+            {
+                "path": SCRIPT_PATH,
+                "owner": "root:root",
+                "permissions": "0700",
+                "content": LiteralScalarString(script),
+            }
+        ],
         "runcmd": [["sh", SCRIPT_PATH]],
     }
     yaml = YAML()
     yaml.width = 4096
     buf = io.StringIO()
     yaml.dump(doc, buf)
-    return ("#cloud-config\n"
-            f"# Treadle bootstrap of node {facts.name} (fabric {facts.fabric}, {facts.commit}), written by\n"
-            f"# `treadle bootstrap`: cloud-init writes the script to {SCRIPT_PATH} and runs it once.\n"
-            "# Its output, with the node's identity: line, is in /var/log/cloud-init-output.log.\n"
-            + buf.getvalue())
+    return (
+        "#cloud-config\n"
+        f"# Treadle bootstrap of node {facts.name} (fabric {facts.fabric}, {facts.commit}), written by\n"
+        f"# `treadle bootstrap`: cloud-init writes the script to {SCRIPT_PATH} and runs it once.\n"
+        "# Its output, with the node's identity: line, is in /var/log/cloud-init-output.log.\n"
+        + buf.getvalue()
+    )
 
 
 def _printable(text: str) -> str:

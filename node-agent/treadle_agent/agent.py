@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from treadle_agent.config import AgentConfig
-from treadle_agent.errors import ConfigError, FetchError, HostError, StateError, VerifyError
-from treadle_agent.fetch import Fetcher, FetchResult, HttpFetcher
 from treadle_agent.contract.log import get_logger
 from treadle_agent.contract.manifest import Manifest, parse_time
+from treadle_agent.contract.trustroot import TrustRoot
+from treadle_agent.errors import ConfigError, FetchError, HostError, StateError, VerifyError
+from treadle_agent.fetch import Fetcher, FetchResult, HttpFetcher
 from treadle_agent.metrics import AgentMetrics
 from treadle_agent.state import ENVELOPE, StateStore
-from treadle_agent.contract.trustroot import TrustRoot
 from treadle_agent.trust import TrustedState
 from treadle_agent.verify import IsolatedAuthenticator, Verifier
 
@@ -62,7 +62,13 @@ class CycleResult:
 
     @property
     def ok(self) -> bool:
-        return self.fetch_failed is None and self.refused is None and self.generation is not None and self.apply_ok and self.healthy
+        return (
+            self.fetch_failed is None
+            and self.refused is None
+            and self.generation is not None
+            and self.apply_ok
+            and self.healthy
+        )
 
 
 class Agent:
@@ -95,11 +101,20 @@ class Agent:
         self.etag: str | None = None  # of the accepted envelope, for If-None-Match
         self._stop: anyio.Event | None = None
         self._fetch_scope: anyio.CancelScope | None = None
-        self._health_threads: dict[str, threading.Thread] = {}  # a hung check's thread, not started again while alive
+        self._health_threads: dict[
+            str, threading.Thread
+        ] = {}  # a hung check's thread, not started again while alive
 
     @classmethod
-    def from_config(cls, config: AgentConfig, *, host: Host | None = None, fetcher: Fetcher | None = None,
-                    clock: Callable[[], float] = time.time, isolate_verification: bool = False) -> Agent:
+    def from_config(
+        cls,
+        config: AgentConfig,
+        *,
+        host: Host | None = None,
+        fetcher: Fetcher | None = None,
+        clock: Callable[[], float] = time.time,
+        isolate_verification: bool = False,
+    ) -> Agent:
         """The agent for ``config``, with the real host and HTTP fetcher unless given others.
 
         ``isolate_verification`` runs the envelope, signature and schema checks
@@ -114,10 +129,20 @@ class Agent:
         trust = TrustRoot.load(config.trust_root)
         metrics = AgentMetrics(config.node)
         host = host or host_for(config.host, config.state_dir)
-        fetcher = fetcher or HttpFetcher(config.fetch, on_failure=lambda e, url: cls._fetch_failed(metrics, e, url))
+        fetcher = fetcher or HttpFetcher(
+            config.fetch, on_failure=lambda e, url: cls._fetch_failed(metrics, e, url)
+        )
         applier = Applier(config.root, config.state_dir, host, config.drift_policy)
-        agent = cls(config, trust=trust, fetcher=fetcher, applier=applier, host=host, metrics=metrics,
-                    store=StateStore(config.state_dir, clock=clock), clock=clock)
+        agent = cls(
+            config,
+            trust=trust,
+            fetcher=fetcher,
+            applier=applier,
+            host=host,
+            metrics=metrics,
+            store=StateStore(config.state_dir, clock=clock),
+            clock=clock,
+        )
         if isolate_verification:
             agent.verifier.authenticate = IsolatedAuthenticator(trust.raw)
         return agent
@@ -146,23 +171,36 @@ class Agent:
         stored = self.store.load()
         trust_digest = self.trust.digest
         if stored.rotated(trust_digest):
-            log.warning("trust_root.rotated", recorded=stored.trust_root_sha256, now=trust_digest,
-                        action="generation floor reset; the stored manifest is verified again under the new trust root")
+            log.warning(
+                "trust_root.rotated",
+                recorded=stored.trust_root_sha256,
+                now=trust_digest,
+                action="generation floor reset; the stored manifest is verified again under the new trust root",
+            )
         floor = stored.floor(trust_digest)
-        self.trusted.highest_generation, self.trusted.highest_digest = floor.generation, floor.manifest_sha256
+        self.trusted.highest_generation, self.trusted.highest_digest = (
+            floor.generation,
+            floor.manifest_sha256,
+        )
         verified = stored.envelope_intact(trust_digest)
         if not verified:
             self.verifier.authenticate.check_keys()
         if stored.envelope is None:
-            log.info("state.empty", state_dir=str(self.store.dir), highest_generation=floor.generation)
+            log.info(
+                "state.empty", state_dir=str(self.store.dir), highest_generation=floor.generation
+            )
             return
         try:
             manifest = self.verifier.restore(stored.envelope, verified=verified)
         except VerifyError as e:
-            self.store.set_aside(ENVELOPE, f"the stored manifest no longer verifies ({e.reason}: {e})")
+            self.store.set_aside(
+                ENVELOPE, f"the stored manifest no longer verifies ({e.reason}: {e})"
+            )
             return
         self.etag = floor.etag if verified else None
-        if not stored.complete(trust_digest):  # a file was missing, damaged or stale: write every copy again
+        if not stored.complete(
+            trust_digest
+        ):  # a file was missing, damaged or stale: write every copy again
             self._save(stored.envelope, self.etag)
         log.info("state.restored", generation=manifest.generation, reverified=not verified)
 
@@ -179,7 +217,13 @@ class Agent:
         report, duration_s = self._apply(manifest)
         checks = self._check_health(manifest)
         self._report(manifest, report, duration_s, checks)
-        return CycleResult(fetch_failed, refused, manifest.generation, report is not None and report.ok, all(checks.values()))
+        return CycleResult(
+            fetch_failed,
+            refused,
+            manifest.generation,
+            report is not None and report.ok,
+            all(checks.values()),
+        )
 
     async def _fetch(self) -> tuple[FetchResult | None, str | None]:
         with anyio.CancelScope() as scope:
@@ -187,12 +231,21 @@ class Agent:
             try:
                 return await self.fetcher.fetch(self.etag), None
             except FetchError as e:
-                log.warning("fetch.gave_up", reason=e.reason, error=str(e), action="enforcing the last good manifest")
+                log.warning(
+                    "fetch.gave_up",
+                    reason=e.reason,
+                    error=str(e),
+                    action="enforcing the last good manifest",
+                )
                 return None, e.reason
             except Exception as e:  # a Fetcher's bug on some answer: counted, never a crash
                 self.metrics.fetch_failed("other")
-                log.error("fetch.crashed", reason="other", error=f"{type(e).__name__}: {str(e)[:300]}",
-                          action="enforcing the last good manifest")
+                log.error(
+                    "fetch.crashed",
+                    reason="other",
+                    error=f"{type(e).__name__}: {str(e)[:300]}",
+                    action="enforcing the last good manifest",
+                )
                 return None, "other"
             finally:
                 self._fetch_scope = None
@@ -209,19 +262,35 @@ class Agent:
             manifest = self.verifier.accept(fetched.data)
         except VerifyError as e:
             self.metrics.verify_failed(e.reason)
-            log.warning("verify.refused", url=fetched.url, reason=e.reason, error=str(e), action="enforcing the last good manifest")
+            log.warning(
+                "verify.refused",
+                url=fetched.url,
+                reason=e.reason,
+                error=str(e),
+                action="enforcing the last good manifest",
+            )
             return e.reason
         except ConfigError:
             raise
         except Exception as e:  # a bug of ours on this input: refuse it, counted, and go on
             self.metrics.verify_failed("internal")
-            log.error("verify.crashed", url=fetched.url, reason="internal", error=f"{type(e).__name__}: {str(e)[:300]}",
-                      action="enforcing the last good manifest")
+            log.error(
+                "verify.crashed",
+                url=fetched.url,
+                reason="internal",
+                error=f"{type(e).__name__}: {str(e)[:300]}",
+                action="enforcing the last good manifest",
+            )
             return "internal"
         if fetched.data != previous or fetched.etag != self.etag:
             self._persist(fetched)
         if fetched.data != previous:
-            log.info("manifest.accepted", url=fetched.url, generation=manifest.generation, digest=manifest.digest)
+            log.info(
+                "manifest.accepted",
+                url=fetched.url,
+                generation=manifest.generation,
+                digest=manifest.digest,
+            )
         return None
 
     def _persist(self, fetched: FetchResult) -> None:
@@ -231,8 +300,16 @@ class Agent:
 
     def _save(self, envelope: bytes, etag: str | None) -> bool:
         try:
-            self.store.save(envelope, self.trusted.highest_generation, etag, self.trust.digest, self.trusted.highest_digest)
-        except StateError as e:  # enforcement goes on from memory; the next accept retries the write
+            self.store.save(
+                envelope,
+                self.trusted.highest_generation,
+                etag,
+                self.trust.digest,
+                self.trusted.highest_digest,
+            )
+        except (
+            StateError
+        ) as e:  # enforcement goes on from memory; the next accept retries the write
             log.error("state.write_failed", error=str(e))
             return False
         return True
@@ -245,8 +322,14 @@ class Agent:
         except (HostError, StateError) as e:
             log.error("apply.failed", generation=manifest.generation, error=str(e))
             report = None
-        except Exception as e:  # a bug of ours on this manifest or host: this run failed, the next one retries
-            log.error("apply.crashed", generation=manifest.generation, error=f"{type(e).__name__}: {str(e)[:300]}")
+        except (
+            Exception
+        ) as e:  # a bug of ours on this manifest or host: this run failed, the next one retries
+            log.error(
+                "apply.crashed",
+                generation=manifest.generation,
+                error=f"{type(e).__name__}: {str(e)[:300]}",
+            )
             report = None
         return report, time.perf_counter() - started
 
@@ -255,15 +338,32 @@ class Agent:
 
         return run_checks(manifest.health, self.host, self.config.root, self._health_threads)
 
-    def _report(self, manifest: Manifest, report: ApplyReport | None, duration_s: float, checks: Mapping[str, bool]) -> None:
+    def _report(
+        self,
+        manifest: Manifest,
+        report: ApplyReport | None,
+        duration_s: float,
+        checks: Mapping[str, bool],
+    ) -> None:
         expires = manifest.metadata["expires"]
         results = () if report is None else (*report.results, *report.removed)
         # A resource removed from the manifest is no longer managed; it counts only while removing it fails.
-        managed = [*report.results, *(r for r in report.removed if r.status == "failed")] if report else []
+        managed = (
+            [*report.results, *(r for r in report.removed if r.status == "failed")]
+            if report
+            else []
+        )
         # One update: a scrape never pairs this cycle's generation with the last cycle's health.
-        self.metrics.report(manifest, parse_time(expires) if expires else None, self.trusted.highest_generation,
-                            ok=report is not None and report.ok, statuses=[(r.type, r.status) for r in managed],
-                            duration_s=duration_s, now=self.clock(), checks=checks)
+        self.metrics.report(
+            manifest,
+            parse_time(expires) if expires else None,
+            self.trusted.highest_generation,
+            ok=report is not None and report.ok,
+            statuses=[(r.type, r.status) for r in managed],
+            duration_s=duration_s,
+            now=self.clock(),
+            checks=checks,
+        )
         counts: dict[str, Any] = {}
         for r in results:
             counts[r.status] = counts.get(r.status, 0) + 1
@@ -272,8 +372,15 @@ class Agent:
         for name, up in checks.items():
             if not up:
                 log.warning("health.down", check=name)
-        log.info("cycle.done", generation=manifest.generation, ok=report is not None and report.ok, healthy=all(checks.values()),
-                 duration_ms=round(duration_s * 1000, 1), restarted=list(report.restarted) if report else [], **counts)
+        log.info(
+            "cycle.done",
+            generation=manifest.generation,
+            ok=report is not None and report.ok,
+            healthy=all(checks.values()),
+            duration_ms=round(duration_s * 1000, 1),
+            restarted=list(report.restarted) if report else [],
+            **counts,
+        )
 
     async def run(self) -> None:
         """Cycle every ``interval_s`` plus jitter until :meth:`request_stop`."""
@@ -284,8 +391,14 @@ class Agent:
             except (ConfigError, anyio.get_cancelled_exc_class()):
                 raise
             except Exception as e:  # no input may stop the daemon; the next cycle starts from the last good manifest
-                log.error("cycle.crashed", error=f"{type(e).__name__}: {str(e)[:300]}", action="next cycle as usual")
-            with anyio.move_on_after(self.config.loop.interval_s + self.rng() * self.config.loop.jitter_s):
+                log.error(
+                    "cycle.crashed",
+                    error=f"{type(e).__name__}: {str(e)[:300]}",
+                    action="next cycle as usual",
+                )
+            with anyio.move_on_after(
+                self.config.loop.interval_s + self.rng() * self.config.loop.jitter_s
+            ):
                 await self._stop.wait()
         await self.fetcher.aclose()
 

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from treadle_agent.contract.log import get_logger
+from treadle_agent.contract.manifest import RESOURCE_ORDER, Manifest, resource_id
 from treadle_agent.errors import AgentError, ConfigError, HostError, PathEscapeError
 from treadle_agent.host import Host
 from treadle_agent.inventory import Inventory
-from treadle_agent.contract.log import get_logger
-from treadle_agent.contract.manifest import RESOURCE_ORDER, Manifest, resource_id
 from treadle_agent.providers.base import Context, Observed, Provider
 from treadle_agent.providers.files import DirectoryProvider, FileProvider, SymlinkProvider
 from treadle_agent.providers.packages import PackageProvider
@@ -54,12 +54,23 @@ from treadle_agent.providers.sysctl import SysctlProvider, sync_persistent
 log = get_logger("apply")
 
 STATUSES = ("in_sync", "changed", "drifted", "healed", "failed", "skipped")
-_BUCKET = {"in_sync": "in_sync", "changed": "in_sync", "healed": "in_sync",
-           "drifted": "drifted", "failed": "failed", "skipped": "failed"}
+_BUCKET = {
+    "in_sync": "in_sync",
+    "changed": "in_sync",
+    "healed": "in_sync",
+    "drifted": "drifted",
+    "failed": "failed",
+    "skipped": "failed",
+}
 _PATH_TYPES = ("directory", "file", "symlink")
 #: Where systemd reads unit files and drop-ins (systemd.unit(5)); a change there needs a daemon-reload.
-UNIT_DIRS = ("/etc/systemd/system/", "/run/systemd/system/", "/usr/local/lib/systemd/system/",
-             "/usr/lib/systemd/system/", "/lib/systemd/system/")
+UNIT_DIRS = (
+    "/etc/systemd/system/",
+    "/run/systemd/system/",
+    "/usr/local/lib/systemd/system/",
+    "/usr/lib/systemd/system/",
+    "/lib/systemd/system/",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +140,9 @@ def make_plan(resources: Sequence[Mapping[str, Any]]) -> Plan:
     for i, r in enumerate(resources):
         unknown = [d for d in r.get("requires") or () if d not in index]
         if unknown:
-            errors[i] = f"requires {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not in the manifest"
+            errors[i] = (
+                f"requires {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not in the manifest"
+            )
         requires.append(tuple(d for d in r.get("requires") or () if d in index and d != ids[i]))
         parents.append(_managed_parent(r, index, resources))
     edges: list[list[int]] = [[] for _ in resources]
@@ -154,7 +167,9 @@ def make_plan(resources: Sequence[Mapping[str, Any]]) -> Plan:
     return Plan(ids, tuple(order + cyclic), tuple(requires), tuple(parents), errors)
 
 
-def _managed_parent(r: Mapping[str, Any], index: Mapping[str, int], resources: Sequence[Mapping[str, Any]]) -> str | None:
+def _managed_parent(
+    r: Mapping[str, Any], index: Mapping[str, int], resources: Sequence[Mapping[str, Any]]
+) -> str | None:
     if r["type"] not in _PATH_TYPES:
         return None
     try:
@@ -178,16 +193,24 @@ class Applier:
         StateError: the inventory cannot be read.
     """
 
-    def __init__(self, root: Path, state_dir: Path, host: Host, drift_policy: str, *, read_only: bool = False) -> None:
+    def __init__(
+        self, root: Path, state_dir: Path, host: Host, drift_policy: str, *, read_only: bool = False
+    ) -> None:
         if drift_policy not in ("heal", "report"):
-            raise ConfigError(f"drift_policy {drift_policy!r}: use \"heal\" or \"report\"")
+            raise ConfigError(f'drift_policy {drift_policy!r}: use "heal" or "report"')
         self.root = Path(root)
         self.state_dir = Path(state_dir)
         self.host = host
         self.heal = drift_policy == "heal"
         self.inventory = Inventory.load(Path(state_dir), read_only=read_only)
-        providers: list[Provider] = [DirectoryProvider(), FileProvider(), SymlinkProvider(), PackageProvider(),
-                                     SysctlProvider(), ServiceProvider()]
+        providers: list[Provider] = [
+            DirectoryProvider(),
+            FileProvider(),
+            SymlinkProvider(),
+            PackageProvider(),
+            SysctlProvider(),
+            ServiceProvider(),
+        ]
         self._providers = {p.type: p for p in providers}
         self._plan: Plan | None = None
         self._plan_raw: bytes | None = None
@@ -205,13 +228,21 @@ class Applier:
             self._plan, self._plan_raw = make_plan(resources), manifest.raw
         plan = self._plan
         with RootFS(self.root) as fs:
-            ctx = Context(fs, self.host, self.inventory,
-                          package_names=[r["name"] for r in resources if r["type"] == "package"],
-                          special_modes=tuple(manifest.metadata.get("special_modes") or ()), state_dir=self.state_dir)
+            ctx = Context(
+                fs,
+                self.host,
+                self.inventory,
+                package_names=[r["name"] for r in resources if r["type"] == "package"],
+                special_modes=tuple(manifest.metadata.get("special_modes") or ()),
+                state_dir=self.state_dir,
+            )
             if not self._swept:
                 self._sweep(ctx, resources)
             self._remember_new(ctx, resources, plan)
-            results: list[ResourceResult] = [ResourceResult(rid, r["type"], "skipped") for rid, r in zip(plan.ids, resources)]
+            results: list[ResourceResult] = [
+                ResourceResult(rid, r["type"], "skipped")
+                for rid, r in zip(plan.ids, resources, strict=False)
+            ]
             statuses: dict[str, str] = {}
             notified: set[str] = set()
             for i in plan.order:
@@ -240,9 +271,14 @@ class Applier:
         results: list[ResourceResult] = []
         starting: set[str] = set()
         with RootFS(self.root) as fs:
-            ctx = Context(fs, self.host, self.inventory,
-                          package_names=[r["name"] for r in resources if r["type"] == "package"],
-                          special_modes=tuple(manifest.metadata.get("special_modes") or ()), state_dir=self.state_dir)
+            ctx = Context(
+                fs,
+                self.host,
+                self.inventory,
+                package_names=[r["name"] for r in resources if r["type"] == "package"],
+                special_modes=tuple(manifest.metadata.get("special_modes") or ()),
+                state_dir=self.state_dir,
+            )
             for i in plan.order:
                 rid, res = plan.ids[i], resources[i]
                 if i in plan.errors:
@@ -253,35 +289,60 @@ class Applier:
                 except (AgentError, OSError, ValueError) as e:
                     results.append(ResourceResult(rid, res["type"], "failed", _describe(e)))
                     continue
-                status = "in_sync" if observed.diff is None else "drifted" if drift else "would_change"
+                status = (
+                    "in_sync" if observed.diff is None else "drifted" if drift else "would_change"
+                )
                 results.append(ResourceResult(rid, res["type"], status, observed.diff or ""))
-                if res["type"] == "service" and (observed.detail or {}).get("running") and (self.heal or not drift):
+                if (
+                    res["type"] == "service"
+                    and (observed.detail or {}).get("running")
+                    and (self.heal or not drift)
+                ):
                     starting.add(res["name"])
         ids = set(plan.ids)
-        removed = tuple(ResourceResult(rid, rid.partition(":")[0], "would_remove", "dropped from the manifest")
-                        for rid, entry in sorted(self.inventory.resources.items())
-                        if rid not in ids and rid.partition(":")[0] in self._providers and entry.get("created"))
-        return CheckReport((*results, *self._would_restart(resources, plan, results, starting)), removed)
+        removed = tuple(
+            ResourceResult(rid, rid.partition(":")[0], "would_remove", "dropped from the manifest")
+            for rid, entry in sorted(self.inventory.resources.items())
+            if rid not in ids and rid.partition(":")[0] in self._providers and entry.get("created")
+        )
+        return CheckReport(
+            (*results, *self._would_restart(resources, plan, results, starting)), removed
+        )
 
-    def _would_restart(self, resources: Sequence[Mapping[str, Any]], plan: Plan,
-                       results: Sequence[ResourceResult], starting: set[str]) -> list[ResourceResult]:
+    def _would_restart(
+        self,
+        resources: Sequence[Mapping[str, Any]],
+        plan: Plan,
+        results: Sequence[ResourceResult],
+        starting: set[str],
+    ) -> list[ResourceResult]:
         """The restarts a run would do (see :meth:`_restart`): services notified by files it would change or
         heal, and restarts that failed before, except services it stops and services it starts (a start
         runs the new files: the run does not restart them)."""
         changing = {"would_change", "drifted"} if self.heal else {"would_change"}
         by_id = {r.id: r for r in results}
-        why: dict[str, list[str]] = {name: ["a restart that failed in an earlier run"] for name in self.inventory.pending_restarts}
-        for rid, res in zip(plan.ids, resources):
+        why: dict[str, list[str]] = {
+            name: ["a restart that failed in an earlier run"]
+            for name in self.inventory.pending_restarts
+        }
+        for rid, res in zip(plan.ids, resources, strict=False):
             if res["type"] == "file" and by_id[rid].status in changing:
                 for name in res["notify"]:
                     why.setdefault(name, []).append(f"notified by {res['path']}")
-        stopped = {r["name"] for r in resources if r["type"] == "service" and r["state"] == "stopped"}
-        return [ResourceResult(f"service:{name}", "service", "would_restart", "; ".join(reasons))
-                for name, reasons in sorted(why.items()) if name not in stopped and name not in starting]
+        stopped = {
+            r["name"] for r in resources if r["type"] == "service" and r["state"] == "stopped"
+        }
+        return [
+            ResourceResult(f"service:{name}", "service", "would_restart", "; ".join(reasons))
+            for name, reasons in sorted(why.items())
+            if name not in stopped and name not in starting
+        ]
 
     # --- one resource ---------------------------------------------------------
 
-    def _one(self, res: Mapping[str, Any], plan: Plan, i: int, ctx: Context, statuses: dict[str, str]) -> ResourceResult:
+    def _one(
+        self, res: Mapping[str, Any], plan: Plan, i: int, ctx: Context, statuses: dict[str, str]
+    ) -> ResourceResult:
         rid, rtype = plan.ids[i], res["type"]
         if i in plan.errors:
             status, message = "failed", plan.errors[i]
@@ -303,7 +364,9 @@ class Applier:
             self.inventory.put(rid, {"want": None, "created": bool(entry.get("created"))})
         return ResourceResult(rid, rtype, status, message)
 
-    def _judge(self, res: Mapping[str, Any], rid: str, ctx: Context) -> tuple[Any, Any, Observed, bool]:
+    def _judge(
+        self, res: Mapping[str, Any], rid: str, ctx: Context
+    ) -> tuple[Any, Any, Observed, bool]:
         """(inventory entry, desired fingerprint, what the host has, whether a difference is drift); reads only."""
         entry = self.inventory.get(rid)
         want = self._providers[res["type"]].want(res)
@@ -316,7 +379,10 @@ class Applier:
         created = bool(entry and entry.get("created"))
         if observed.diff is None:
             if entry is None or entry.get("want") != want or observed.record is not None:
-                self.inventory.put(rid, {**(entry or {}), **(observed.record or {}), "want": want, "created": created})
+                self.inventory.put(
+                    rid,
+                    {**(entry or {}), **(observed.record or {}), "want": want, "created": created},
+                )
             return "in_sync", ""
         if drift and not self.heal:
             return "drifted", observed.diff
@@ -352,7 +418,11 @@ class Applier:
     def _sweep(self, ctx: Context, resources: Sequence[Mapping[str, Any]]) -> None:
         """Remove temp files a killed run left next to the files it was replacing."""
         paths = [r["path"] for r in resources if r["type"] in ("file", "symlink")]
-        paths += [rid.partition(":")[2] for rid in self.inventory.resources if rid.startswith(("file:", "symlink:", "sysctl.d:"))]
+        paths += [
+            rid.partition(":")[2]
+            for rid in self.inventory.resources
+            if rid.startswith(("file:", "symlink:", "sysctl.d:"))
+        ]
         paths.append(ctx.host.sysctl_dir.rstrip("/") + "/x")
         dirs = set()
         for p in paths:
@@ -369,7 +439,9 @@ class Applier:
             log.warning("apply.temp_sweep_failed", error=_describe(e))
         self._swept = True
 
-    def _remember_new(self, ctx: Context, resources: Sequence[Mapping[str, Any]], plan: Plan) -> None:
+    def _remember_new(
+        self, ctx: Context, resources: Sequence[Mapping[str, Any]], plan: Plan
+    ) -> None:
         """Record, before touching them, whether resources new to the inventory exist yet.
 
         A run killed after creating a file but before saving the inventory
@@ -378,20 +450,38 @@ class Applier:
         None, so the first real inspection counts as a change, not drift.
         """
         known = self.inventory.resources
-        new = [(rid, r) for rid, r in zip(plan.ids, resources)
-               if rid not in known and r["type"] in (*_PATH_TYPES, "package") and r["ensure"] == "present"]
+        new = [
+            (rid, r)
+            for rid, r in zip(plan.ids, resources, strict=False)
+            if rid not in known
+            and r["type"] in (*_PATH_TYPES, "package")
+            and r["ensure"] == "present"
+        ]
         for rid, r in new:
             try:
-                exists = ctx.fs.lstat(r["path"]) is not None if r["type"] != "package" else ctx.package(r["name"]).installed
+                exists = (
+                    ctx.fs.lstat(r["path"]) is not None
+                    if r["type"] != "package"
+                    else ctx.package(r["name"]).installed
+                )
             except (AgentError, OSError):
                 continue  # inspecting it will fail and say why
             self.inventory.put(rid, {"want": None, "created": not exists})
         if new:
             self.inventory.save()
 
-    def _sysctl_file(self, ctx: Context, resources: Sequence[Mapping[str, Any]], statuses: Mapping[str, str],
-                     results: list[ResourceResult]) -> None:
-        keys = [(r["key"], r["value"], statuses.get(f"sysctl:{r['key']}", "skipped")) for r in resources if r["type"] == "sysctl"]
+    def _sysctl_file(
+        self,
+        ctx: Context,
+        resources: Sequence[Mapping[str, Any]],
+        statuses: Mapping[str, str],
+        results: list[ResourceResult],
+    ) -> None:
+        keys = [
+            (r["key"], r["value"], statuses.get(f"sysctl:{r['key']}", "skipped"))
+            for r in resources
+            if r["type"] == "sysctl"
+        ]
         if not keys and not any(rid.startswith("sysctl.d:") for rid in self.inventory.resources):
             return
         try:
@@ -400,13 +490,19 @@ class Applier:
             # The file belongs to every key: each one reports the failure.
             for n, r in enumerate(results):
                 if r.type == "sysctl" and r.status not in ("failed", "skipped"):
-                    results[n] = ResourceResult(r.id, r.type, "failed", f"persisting failed: {_describe(e)}")
+                    results[n] = ResourceResult(
+                        r.id, r.type, "failed", f"persisting failed: {_describe(e)}"
+                    )
             return
         if message:
             log.info("sysctl.persisted", message=message)
 
     def _prune(self, ctx: Context, ids: set[str]) -> list[ResourceResult]:
-        dropped = [rid for rid in self.inventory.resources if rid not in ids and rid.partition(":")[0] in self._providers]
+        dropped = [
+            rid
+            for rid in self.inventory.resources
+            if rid not in ids and rid.partition(":")[0] in self._providers
+        ]
         # Contents before their directories, deepest directories first.
         dropped.sort(key=lambda rid: (rid.startswith("directory:"), -rid.count("/"), rid))
         out = []
@@ -414,12 +510,26 @@ class Applier:
             rtype, entry = rid.partition(":")[0], self.inventory.resources[rid]
             if not entry.get("created"):
                 self.inventory.forget(rid)
-                out.append(ResourceResult(rid, rtype, "changed", "forgotten: dropped from the manifest; left in place (not created by the agent)"))
+                out.append(
+                    ResourceResult(
+                        rid,
+                        rtype,
+                        "changed",
+                        "forgotten: dropped from the manifest; left in place (not created by the agent)",
+                    )
+                )
                 continue
             try:
                 message = self._providers[rtype].remove(rid, entry, ctx)
             except (AgentError, OSError, ValueError) as e:
-                out.append(ResourceResult(rid, rtype, "failed", f"removing it failed (retried next run): {_describe(e)}"))
+                out.append(
+                    ResourceResult(
+                        rid,
+                        rtype,
+                        "failed",
+                        f"removing it failed (retried next run): {_describe(e)}",
+                    )
+                )
                 continue
             self.inventory.forget(rid)
             out.append(ResourceResult(rid, rtype, "changed", message))
@@ -427,8 +537,14 @@ class Applier:
                 ctx.units_changed = True
         return out
 
-    def _restart(self, ctx: Context, resources: Sequence[Mapping[str, Any]], statuses: Mapping[str, str],
-                 notified: set[str], results: list[ResourceResult]) -> tuple[str, ...]:
+    def _restart(
+        self,
+        ctx: Context,
+        resources: Sequence[Mapping[str, Any]],
+        statuses: Mapping[str, str],
+        notified: set[str],
+        results: list[ResourceResult],
+    ) -> tuple[str, ...]:
         services = {r["name"]: n for n, r in enumerate(resources) if r["type"] == "service"}
         keep, done = [], []
         for name in sorted(notified | set(self.inventory.pending_restarts)):
@@ -446,8 +562,12 @@ class Applier:
                 log.info("service.restarted", service=name, why="a file that notifies it changed")
             except (AgentError, OSError) as e:
                 keep.append(name)
-                failure = ResourceResult(f"service:{name}", "service", "failed",
-                                         f"restart after a notifying file changed failed (retried next run): {_describe(e)}")
+                failure = ResourceResult(
+                    f"service:{name}",
+                    "service",
+                    "failed",
+                    f"restart after a notifying file changed failed (retried next run): {_describe(e)}",
+                )
                 if n is not None:
                     results[n] = failure
                 else:

@@ -22,12 +22,12 @@ from typing import Any
 
 from treadle_agent.apply import Applier, CheckReport
 from treadle_agent.config import AgentConfig
+from treadle_agent.contract.manifest import Manifest
+from treadle_agent.contract.trustroot import TrustRoot
 from treadle_agent.errors import FetchError
 from treadle_agent.fetch import HttpFetcher
 from treadle_agent.host_mode import host_for
-from treadle_agent.contract.manifest import Manifest
 from treadle_agent.state import StateStore, StoredState
-from treadle_agent.contract.trustroot import TrustRoot
 from treadle_agent.verify import TrustedState, Verifier, VerifyError
 
 
@@ -73,11 +73,19 @@ async def run_check(config: AgentConfig, *, offline: bool = False) -> CheckOutco
             note += f"; the stored manifest no longer verifies ({e.reason}: {e})"
     if manifest is None:
         return CheckOutcome(None, "none", note or "no manifest", refused, None)
-    applier = Applier(config.root, config.state_dir, host_for(config.host, config.state_dir), config.drift_policy, read_only=True)
+    applier = Applier(
+        config.root,
+        config.state_dir,
+        host_for(config.host, config.state_dir),
+        config.drift_policy,
+        read_only=True,
+    )
     return CheckOutcome(manifest, source, note, refused, applier.check(manifest))
 
 
-async def _fetch_and_verify(config: AgentConfig, verifier: Verifier) -> tuple[Manifest | None, str, bool]:
+async def _fetch_and_verify(
+    config: AgentConfig, verifier: Verifier
+) -> tuple[Manifest | None, str, bool]:
     """(the fetched manifest if it verifies, why not otherwise, whether it was refused)."""
     fetcher = HttpFetcher(config.fetch)
     try:
@@ -116,7 +124,9 @@ def format_text(outcome: CheckOutcome) -> str:
     summary = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in sorted(counts.items()))
     verdict = "in sync" if report.in_sync else "NOT in sync"
     if outcome.refused:
-        verdict += " (and the fetched manifest was refused: a run keeps enforcing the last accepted one)"
+        verdict += (
+            " (and the fetched manifest was refused: a run keeps enforcing the last accepted one)"
+        )
     lines.append(f"{verdict}: {summary or 'no resources'}")
     return "\n".join(lines) + "\n"
 
@@ -131,11 +141,12 @@ def as_dict(outcome: CheckOutcome) -> dict[str, Any]:
         "note": outcome.note,
         "refused": outcome.refused,
         "in_sync": outcome.ok,
-        "resources": [{"id": r.id, "type": r.type, "status": r.status, "diff": r.message}
-                      for r in ((*report.results, *report.removed) if report else ())],
+        "resources": [
+            {"id": r.id, "type": r.type, "status": r.status, "diff": r.message}
+            for r in ((*report.results, *report.removed) if report else ())
+        ],
     }
 
 
 def format_json(outcome: CheckOutcome) -> str:
     return json.dumps(as_dict(outcome), indent=2, sort_keys=True) + "\n"
-

@@ -50,33 +50,60 @@ _EXAMPLES = {
     "run": "example:\n  treadle-agent run --config /etc/treadle/agent.toml --log-format json",
     "once": "example:\n  treadle-agent once --config /etc/treadle/agent.toml   # one cycle; exit 0 in sync and healthy",
     "check": "examples:\n  treadle-agent check --config /etc/treadle/agent.toml\n"
-             "  treadle-agent check --config /etc/treadle/agent.toml --offline --format json",
+    "  treadle-agent check --config /etc/treadle/agent.toml --offline --format json",
     "enroll": "examples:\n  treadle-agent enroll --config /etc/treadle/agent.toml   # prints age1..., for the node file\n"
-              "  treadle-agent enroll --config /etc/treadle/agent.toml --rotate",
+    "  treadle-agent enroll --config /etc/treadle/agent.toml --rotate",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="treadle-agent", description="The Treadle node agent.",
-                                     epilog="example:\n  treadle-agent once --config /etc/treadle/agent.toml",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="treadle-agent",
+        description="The Treadle node agent.",
+        epilog="example:\n  treadle-agent once --config /etc/treadle/agent.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"treadle-agent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, text in (("run", "cycle until stopped, serving /metrics"), ("once", "run one cycle and exit"),
-                       ("check", "show what a cycle would change, changing nothing (exit 0: in sync, 1: not)"),
-                       ("enroll", "create this node's age identity and print its public part (identity: in the node file)")):
-        p = sub.add_parser(name, help=text, description=text, epilog=_EXAMPLES[name],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, text in (
+        ("run", "cycle until stopped, serving /metrics"),
+        ("once", "run one cycle and exit"),
+        ("check", "show what a cycle would change, changing nothing (exit 0: in sync, 1: not)"),
+        (
+            "enroll",
+            "create this node's age identity and print its public part (identity: in the node file)",
+        ),
+    ):
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=_EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--config", required=True, type=Path, help="path of agent.toml")
         p.add_argument("--log-format", choices=("text", "json"), default="text")
         if name == "run":
-            p.add_argument("--metrics-port-file", type=Path, help="write the bound metrics port here once serving")
+            p.add_argument(
+                "--metrics-port-file",
+                type=Path,
+                help="write the bound metrics port here once serving",
+            )
         if name == "check":
-            p.add_argument("--offline", action="store_true", help="do not fetch: check the last manifest the agent accepted")
-            p.add_argument("--format", choices=("text", "json"), default="text", help="the report on stdout")
+            p.add_argument(
+                "--offline",
+                action="store_true",
+                help="do not fetch: check the last manifest the agent accepted",
+            )
+            p.add_argument(
+                "--format", choices=("text", "json"), default="text", help="the report on stdout"
+            )
         if name == "enroll":
-            p.add_argument("--rotate", action="store_true",
-                           help="replace an existing identity (the old one is kept as identity.previous.age)")
+            p.add_argument(
+                "--rotate",
+                action="store_true",
+                help="replace an existing identity (the old one is kept as identity.previous.age)",
+            )
     return parser
 
 
@@ -88,15 +115,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(args.log_format)
     try:
         # The daemon checks agent.toml's schema in a child process, so jsonschema-rs never stays loaded.
-        config = agent_config.load(args.config, isolate_validation=args.command == "run",
-                                   remember=args.command not in ("check", "enroll"))
+        config = agent_config.load(
+            args.config,
+            isolate_validation=args.command == "run",
+            remember=args.command not in ("check", "enroll"),
+        )
         if args.command == "enroll":
             return _enroll(config, rotate=args.rotate)
         if args.command == "check":
             return _check(config, args)
         return _run(config, args) if args.command == "run" else _once(config)
     except AgentError as e:
-        for line in str(e).splitlines():  # several config errors: one line each, each naming the file
+        for line in str(
+            e
+        ).splitlines():  # several config errors: one line each, each naming the file
             print(f"treadle-agent: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -108,10 +140,16 @@ def _enroll(config: AgentConfig, *, rotate: bool) -> int:
 
     done = enroll(config.state_dir, rotate=rotate)
     if done.rotated_from:
-        print(f"treadle-agent: rotated: {done.rotated_from} replaced; the old identity is kept as "
-              "identity.previous.age until every secret is re-encrypted", file=sys.stderr)
-    print(f"treadle-agent: enrolled: record `identity: {done.recipient}` in this node's file, "
-          "then run `treadle secret rekey`", file=sys.stderr)
+        print(
+            f"treadle-agent: rotated: {done.rotated_from} replaced; the old identity is kept as "
+            "identity.previous.age until every secret is re-encrypted",
+            file=sys.stderr,
+        )
+    print(
+        f"treadle-agent: enrolled: record `identity: {done.recipient}` in this node's file, "
+        "then run `treadle secret rekey`",
+        file=sys.stderr,
+    )
     print(done.recipient)
     return EXIT_OK
 
@@ -147,18 +185,23 @@ def _run(config: AgentConfig, args: argparse.Namespace) -> int:
     import anyio
 
     from treadle_agent.agent import Agent
-    from treadle_agent.contract.log import get_logger
     from treadle_agent.contract.files import write_atomic
+    from treadle_agent.contract.log import get_logger
 
     log = get_logger("agent")
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # every thread's stack to stderr, for a stuck daemon
+    faulthandler.register(
+        signal.SIGUSR1, all_threads=True
+    )  # every thread's stack to stderr, for a stuck daemon
     agent = Agent.from_config(config, isolate_verification=True)
     agent.start()
     try:
         server, port = agent.metrics.serve(config.metrics.host, config.metrics.port)
     except OSError as e:
-        print(f"treadle-agent: error: {config.path}: metrics_listen {config.metrics.host}:{config.metrics.port}: {e.strerror}"
-              " (fix: choose a free port, or 0 for any)", file=sys.stderr)
+        print(
+            f"treadle-agent: error: {config.path}: metrics_listen {config.metrics.host}:{config.metrics.port}: {e.strerror}"
+            " (fix: choose a free port, or 0 for any)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     log.info("metrics.serving", host=config.metrics.host, port=port)
     if args.metrics_port_file:

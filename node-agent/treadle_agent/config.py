@@ -58,8 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import treadle_schemas  # reading defaults does not load jsonschema-rs; the first validation does
-from treadle_agent.errors import AgentError, ConfigError
 from treadle_agent.contract.log import get_logger
+from treadle_agent.errors import AgentError, ConfigError
 
 SCHEMA = "agent-config.json"
 #: The record of the last successful validation, in the state dir.
@@ -123,7 +123,9 @@ class AgentConfig:
         return self.host.root
 
 
-def load(path: str | Path, *, isolate_validation: bool = False, remember: bool = True) -> AgentConfig:
+def load(
+    path: str | Path, *, isolate_validation: bool = False, remember: bool = True
+) -> AgentConfig:
     """Read and validate agent.toml at ``path``; the schema check is skipped when recorded (module docstring).
 
     ``isolate_validation`` runs a needed schema check in a child process, so
@@ -170,7 +172,9 @@ def _read(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError as e:
-        raise ConfigError(f"{path}: no such file (fix: pass --config with the path of agent.toml)") from e
+        raise ConfigError(
+            f"{path}: no such file (fix: pass --config with the path of agent.toml)"
+        ) from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
     check_private(path, "config file")
@@ -181,9 +185,15 @@ def _parse(data: bytes, path: Path) -> dict[str, Any]:
     try:
         raw = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 at byte {e.start} (fix: save the file as UTF-8)") from e
-    except ValueError as e:  # TOMLDecodeError, and int()'s refusal of a number of thousands of digits
-        raise ConfigError(f"{path}: not valid TOML: {_one_line(str(e))} (fix: correct the syntax at that line)") from e
+        raise ConfigError(
+            f"{path}: not UTF-8 at byte {e.start} (fix: save the file as UTF-8)"
+        ) from e
+    except (
+        ValueError
+    ) as e:  # TOMLDecodeError, and int()'s refusal of a number of thousands of digits
+        raise ConfigError(
+            f"{path}: not valid TOML: {_one_line(str(e))} (fix: correct the syntax at that line)"
+        ) from e
     _plain_values(raw, path)
     return raw
 
@@ -198,12 +208,18 @@ def _plain_values(raw: dict[str, Any], path: Path) -> None:
     while stack:
         key, value = stack.pop()
         if isinstance(value, datetime.date | datetime.time):
-            raise ConfigError(f"{path}: key {key!r}: a TOML date or time ({value}) is no value of agent.toml "
-                              f'(fix: quote it if it is meant as a string: {key.split("[")[0]} = "...")')
+            raise ConfigError(
+                f"{path}: key {key!r}: a TOML date or time ({value}) is no value of agent.toml "
+                f'(fix: quote it if it is meant as a string: {key.split("[")[0]} = "...")'
+            )
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{path}: key {key!r}: {value} is not a finite number (fix: write a number of seconds, e.g. 30)")
+            raise ConfigError(
+                f"{path}: key {key!r}: {value} is not a finite number (fix: write a number of seconds, e.g. 30)"
+            )
         if isinstance(value, str) and "\0" in value:
-            raise ConfigError(f"{path}: key {key!r}: the value contains a NUL character (fix: remove it)")
+            raise ConfigError(
+                f"{path}: key {key!r}: the value contains a NUL character (fix: remove it)"
+            )
         if isinstance(value, dict):
             stack.extend((f"{key}[{k!r}]", v) for k, v in value.items())
         elif isinstance(value, list):
@@ -226,8 +242,10 @@ def _check_url(url: str, path: Path) -> str:
         elif any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
             why = "it contains whitespace or a control character"
     if why:
-        raise ConfigError(f"{path}: key 'manifest_urls': {url!r} is not a usable URL: {why} "
-                          "(fix: e.g. \"http://controller.example:8080/v1/nodes/{node}/manifest\")")
+        raise ConfigError(
+            f"{path}: key 'manifest_urls': {url!r} is not a usable URL: {why} "
+            '(fix: e.g. "http://controller.example:8080/v1/nodes/{node}/manifest")'
+        )
     return url
 
 
@@ -247,8 +265,10 @@ def _build(raw: dict[str, Any], path: Path) -> AgentConfig:
         )
     node = doc["node"]
     if (doc["package_manager"] == "simulated") != (doc["service_manager"] == "simulated"):
-        raise ConfigError(f"{path}: package_manager and service_manager: \"simulated\" is a mode of the whole host "
-                          "(fix: set both to \"simulated\", or neither)")
+        raise ConfigError(
+            f'{path}: package_manager and service_manager: "simulated" is a mode of the whole host '
+            '(fix: set both to "simulated", or neither)'
+        )
     return AgentConfig(
         path=path,
         node=node,
@@ -256,7 +276,9 @@ def _build(raw: dict[str, Any], path: Path) -> AgentConfig:
         state_dir=_resolve(base, doc["state_dir"]),
         drift_policy=doc["drift_policy"],
         fetch=FetchSettings(
-            manifest_urls=tuple(_check_url(u.replace("{node}", node), path) for u in doc["manifest_urls"]),
+            manifest_urls=tuple(
+                _check_url(u.replace("{node}", node), path) for u in doc["manifest_urls"]
+            ),
             connect_timeout_s=float(doc["connect_timeout_s"]),
             read_timeout_s=float(doc["read_timeout_s"]),
             deadline_s=float(doc["fetch_deadline_s"]),
@@ -305,7 +327,9 @@ def _defaults() -> dict[str, Any]:
 def _check_schema(raw: dict[str, Any], path: Path) -> None:
     errors = treadle_schemas.errors(SCHEMA, raw)
     if errors:
-        raise ConfigError("\n".join(_message(path, raw, where, message) for where, message in errors))
+        raise ConfigError(
+            "\n".join(_message(path, raw, where, message) for where, message in errors)
+        )
 
 
 def _message(path: Path, raw: dict[str, Any], where: Sequence[str | int], message: str) -> str:
@@ -320,8 +344,10 @@ def _message(path: Path, raw: dict[str, Any], where: Sequence[str | int], messag
     named = [k for k in sorted({*raw, *known}) if f"'{k}'" in message or f'"{k}"' in message]
     unknown = [k for k in named if k not in known]
     if unknown:
-        return (f"{path}: unknown key {', '.join(map(repr, unknown))} "
-                f"(fix: remove it or correct its spelling; known keys: {', '.join(sorted(known))})")
+        return (
+            f"{path}: unknown key {', '.join(map(repr, unknown))} "
+            f"(fix: remove it or correct its spelling; known keys: {', '.join(sorted(known))})"
+        )
     missing = [k for k in named if k not in raw]
     if missing:
         return f"{path}: missing key {missing[0]!r} (fix: add `{missing[0]} = ...`; {_describe(known[missing[0]])})"
@@ -350,7 +376,11 @@ def _is_validated(raw: dict[str, Any], path: Path, config_sha256: str) -> bool:
         doc = json.loads(record.read_bytes())
     except (OSError, ValueError):  # missing, unreadable, corrupt: validate again, which rewrites it
         return False
-    return isinstance(doc, dict) and doc.get("config_sha256") == config_sha256 and doc.get("schema_sha256") == schema_sha256()
+    return (
+        isinstance(doc, dict)
+        and doc.get("config_sha256") == config_sha256
+        and doc.get("schema_sha256") == schema_sha256()
+    )
 
 
 def _remember(state_dir: Path, config_sha256: str) -> str | None:
@@ -382,20 +412,35 @@ def check_isolated(path: Path, config_sha256: str, timeout_s: float = 60.0) -> N
             could not run, or the file changed while it was checked.
     """
     try:
-        p = subprocess.run([sys.executable, "-m", "treadle_agent.config", "--check", str(path)],
-                           capture_output=True, text=True, timeout=timeout_s, check=False)
+        p = subprocess.run(
+            [sys.executable, "-m", "treadle_agent.config", "--check", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired as e:
         raise ConfigError(f"{path}: the config check process overran {timeout_s:g} s") from e
     except OSError as e:
-        raise ConfigError(f"cannot start the config check process {sys.executable}: {e.strerror}") from e
+        raise ConfigError(
+            f"cannot start the config check process {sys.executable}: {e.strerror}"
+        ) from e
     if p.returncode == 2:
         raise ConfigError(p.stderr.strip())
     if p.returncode != 0:
-        raise ConfigError(f"{path}: the config check process failed (exit {p.returncode}): {p.stderr.strip()[-300:]}")
+        raise ConfigError(
+            f"{path}: the config check process failed (exit {p.returncode}): {p.stderr.strip()[-300:]}"
+        )
     if p.stdout.strip() != config_sha256:
-        raise ConfigError(f"{path}: the file changed while it was being checked (fix: start the agent again once it is written)")
+        raise ConfigError(
+            f"{path}: the file changed while it was being checked (fix: start the agent again once it is written)"
+        )
     if p.stderr.strip():
-        log.warning("config.record_failed", error=p.stderr.strip(), action="validating again on the next start")
+        log.warning(
+            "config.record_failed",
+            error=p.stderr.strip(),
+            action="validating again on the next start",
+        )
 
 
 def _child(argv: Sequence[str]) -> int:
@@ -446,7 +491,9 @@ def _resolve(base: Path, value: str) -> Path:
 def _listen(value: str, path: Path) -> MetricsSettings:
     host, _, port = value.rpartition(":")
     if int(port) > 65535:
-        raise ConfigError(f"{path}: key 'metrics_listen': port {port} is above 65535 (fix: use a port in 0..65535, e.g. 127.0.0.1:9731)")
+        raise ConfigError(
+            f"{path}: key 'metrics_listen': port {port} is above 65535 (fix: use a port in 0..65535, e.g. 127.0.0.1:9731)"
+        )
     return MetricsSettings(host=host or "0.0.0.0", port=int(port))
 
 

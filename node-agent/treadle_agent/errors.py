@@ -23,10 +23,24 @@ boundary with ``raise ... from e``; nothing else escapes the agent's layers.
 
 from __future__ import annotations
 
-from treadle_agent.contract.errors import AgentError, ConfigError, ManifestFormatError, StateError, VerifyError
+from treadle_agent.contract.errors import (
+    AgentError,
+    ConfigError,
+    ManifestFormatError,
+    StateError,
+    VerifyError,
+)
 
-__all__ = ["AgentError", "ConfigError", "FetchError", "HostError", "ManifestFormatError", "PathEscapeError",
-           "StateError", "VerifyError"]
+__all__ = [
+    "AgentError",
+    "ConfigError",
+    "FetchError",
+    "HostError",
+    "ManifestFormatError",
+    "PathEscapeError",
+    "StateError",
+    "VerifyError",
+]
 
 
 class FetchError(AgentError):

@@ -84,7 +84,7 @@ class Fetcher(ABC):
             FetchError: no source answered usefully.
         """
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: most fetchers hold no connection
         """Release connections."""
 
 
@@ -129,7 +129,12 @@ class HttpFetcher(Fetcher):
             httpx = _httpx()
             s = self.settings
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=s.connect_timeout_s, read=s.read_timeout_s, write=s.read_timeout_s, pool=s.connect_timeout_s),
+                timeout=httpx.Timeout(
+                    connect=s.connect_timeout_s,
+                    read=s.read_timeout_s,
+                    write=s.read_timeout_s,
+                    pool=s.connect_timeout_s,
+                ),
                 verify=any(u.startswith("https:") for u in s.manifest_urls),
                 follow_redirects=False,
                 headers={"Accept": "application/json", "User-Agent": "treadle-agent"},
@@ -152,7 +157,9 @@ class HttpFetcher(Fetcher):
 
     def backoff_s(self, attempt: int) -> float:
         """Delay before retry round ``attempt`` (1-based): full jitter over an exponential ceiling."""
-        ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (attempt - 1))
+        ceiling = min(
+            self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (attempt - 1)
+        )
         return ceiling * self.rng()
 
     async def _get(self, url: str, etag: str | None) -> FetchResult:
@@ -164,7 +171,9 @@ class HttpFetcher(Fetcher):
                 async with self._http().stream("GET", url, headers=headers) as response:
                     return await self._read(url, etag, response)
         except TimeoutError as e:
-            raise FetchError("deadline", f"{url}: no complete answer within {self.settings.deadline_s:g} s") from e
+            raise FetchError(
+                "deadline", f"{url}: no complete answer within {self.settings.deadline_s:g} s"
+            ) from e
         except httpx.ConnectTimeout as e:
             raise FetchError("timeout", f"{url}: connect timed out") from e
         except httpx.ConnectError as e:
@@ -186,12 +195,16 @@ class HttpFetcher(Fetcher):
         cap = self.settings.max_manifest_bytes
         declared = response.headers.get("content-length", "")
         if _CONTENT_LENGTH.fullmatch(declared) and int(declared) > cap:
-            raise FetchError("too_large", f"{url}: Content-Length {declared} is above the cap of {cap} bytes")
+            raise FetchError(
+                "too_large", f"{url}: Content-Length {declared} is above the cap of {cap} bytes"
+            )
         body = bytearray()
         async for chunk in response.aiter_bytes():
             body += chunk
             if len(body) > cap:
-                raise FetchError("too_large", f"{url}: the response passed the cap of {cap} bytes; cut off")
+                raise FetchError(
+                    "too_large", f"{url}: the response passed the cap of {cap} bytes; cut off"
+                )
         return FetchResult(url, bytes(body), valid_etag(response.headers.get("etag")))
 
     async def aclose(self) -> None:

@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from treadle_agent.host import Host
 from treadle_agent.contract.log import get_logger
+from treadle_agent.host import Host
 from treadle_agent.providers.paths import RootFS
 
 log = get_logger("health")
@@ -67,7 +67,11 @@ def _command(check: Mapping[str, Any], host: Host, root: Path) -> bool:
 
 
 CHECKS: Mapping[str, Callable[[Mapping[str, Any], Host, Path], bool]] = {
-    "tcp": _tcp, "http": _http, "service": _service, "file": _file, "command": _command,
+    "tcp": _tcp,
+    "http": _http,
+    "service": _service,
+    "file": _file,
+    "command": _command,
 }
 
 
@@ -80,8 +84,12 @@ def run_check(check: Mapping[str, Any], host: Host, root: Path) -> bool:
         return False
 
 
-def run_checks(checks: Sequence[Mapping[str, Any]], host: Host, root: Path,
-               running: dict[str, threading.Thread] | None = None) -> dict[str, bool]:
+def run_checks(
+    checks: Sequence[Mapping[str, Any]],
+    host: Host,
+    root: Path,
+    running: dict[str, threading.Thread] | None = None,
+) -> dict[str, bool]:
     """name -> up, for every check; all run concurrently, each within its own timeout.
 
     ``running``, kept by the caller from one run to the next, holds each
@@ -95,11 +103,16 @@ def run_checks(checks: Sequence[Mapping[str, Any]], host: Host, root: Path,
     for c in checks:
         earlier = running.get(c["name"]) if running is not None else None
         if earlier is not None and earlier.is_alive():
-            log.info("health.check_error", check=c["name"], error="its check from an earlier cycle is still running")
+            log.info(
+                "health.check_error",
+                check=c["name"],
+                error="its check from an earlier cycle is still running",
+            )
             continue
 
         def work(c: Mapping[str, Any] = c) -> None:
             results[c["name"]] = run_check(c, host, root)
+
         t = threading.Thread(target=work, name=f"health-{c['name']}", daemon=True)
         t.start()
         threads.append((c, t, time.monotonic() + c["timeout_s"] + GRACE_S))
@@ -111,7 +124,9 @@ def run_checks(checks: Sequence[Mapping[str, Any]], host: Host, root: Path,
     for c, t, deadline in threads:
         t.join(max(0.0, deadline - time.monotonic()))
         if t.is_alive():
-            log.info("health.check_error", check=c["name"], error=f"no answer within {c['timeout_s']} s")
+            log.info(
+                "health.check_error", check=c["name"], error=f"no answer within {c['timeout_s']} s"
+            )
     # A hung thread may still write its result later; the copy taken now is what counts.
     up = {c["name"]: (results[c["name"]] and not t.is_alive()) for c, t, _ in threads}
     return {c["name"]: up.get(c["name"], False) for c in checks}

@@ -57,7 +57,9 @@ class CommandResult:
 
 
 class Runner(Protocol):
-    def run(self, argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None) -> CommandResult:
+    def run(
+        self, argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None
+    ) -> CommandResult:
         """Run ``argv``; raises HostError if it cannot be started or overruns ``timeout_s``."""
         ...
 
@@ -65,14 +67,24 @@ class Runner(Protocol):
 class ProcessRunner:
     """Runs real processes: argv only, no shell, stdin closed, output captured."""
 
-    def run(self, argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None) -> CommandResult:
+    def run(
+        self, argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None
+    ) -> CommandResult:
         import subprocess  # only when a command runs: a file-only no-op run never pays for it
 
         argv = tuple(argv)
         full_env = {**os.environ, **env} if env else None
         try:
-            p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-                               timeout=timeout_s, env=full_env, check=False)
+            p = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout_s,
+                env=full_env,
+                check=False,
+            )
         except subprocess.TimeoutExpired as e:
             raise HostError(f"`{' '.join(argv)}` did not finish within {timeout_s:g} s") from e
         except OSError as e:
@@ -83,7 +95,9 @@ class ProcessRunner:
 def check_name(kind: str, name: str) -> str:
     """``name`` if it is safe to put in an argv; raises HostError otherwise."""
     if not _NAME_RE.match(name):
-        raise HostError(f"invalid {kind} name {name!r}: use letters, digits and . _ @ : + - (not leading)")
+        raise HostError(
+            f"invalid {kind} name {name!r}: use letters, digits and . _ @ : + - (not leading)"
+        )
     return name
 
 
@@ -114,7 +128,9 @@ class NoPackages:
     name = "none"
 
     def _refuse(self) -> HostError:
-        return HostError("no package manager on this host (package_manager = \"none\" or none detected)")
+        return HostError(
+            'no package manager on this host (package_manager = "none" or none detected)'
+        )
 
     def query(self, names: Sequence[str]) -> dict[str, PackageState]:
         raise self._refuse()
@@ -132,7 +148,9 @@ class NoPackages:
 #: dpkg status words of a package that is not installed and has nothing but (maybe) its conffiles on disk.
 _DPKG_ABSENT = frozenset({"not-installed", "config-files"})
 #: apt-get's words for a package (or version) its lists do not know: the lists may be missing or stale.
-_APT_UNKNOWN_RE = re.compile(r"Unable to locate package|has no installation candidate|Version '[^']*' for '[^']*' was not found")
+_APT_UNKNOWN_RE = re.compile(
+    r"Unable to locate package|has no installation candidate|Version '[^']*' for '[^']*' was not found"
+)
 #: After a refresh for an unknown package, the next one waits this long (a name that is really unknown
 #: must not cost a download on every run).
 _REFRESH_MIN_INTERVAL_S = 300.0
@@ -162,8 +180,14 @@ class AptPackages:
     _refreshed_at: float | None = None
 
     def _options(self) -> list[str]:
-        return ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
-                "-o", f"DPkg::Lock::Timeout={self.lock_timeout_s}"]
+        return [
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "-o",
+            f"DPkg::Lock::Timeout={self.lock_timeout_s}",
+        ]
 
     def query(self, names: Sequence[str]) -> dict[str, PackageState]:
         names = [check_name("package", n) for n in names]
@@ -172,7 +196,10 @@ class AptPackages:
             return out
         # One line per installed architecture; unknown names only print to
         # stderr (and make the exit code 1), so the name leads each line.
-        r = self.runner.run(["dpkg-query", "-W", "-f=${Package} ${Status} ${Version}\n", *names], timeout_s=QUERY_TIMEOUT_S)
+        r = self.runner.run(
+            ["dpkg-query", "-W", "-f=${Package} ${Status} ${Version}\n", *names],
+            timeout_s=QUERY_TIMEOUT_S,
+        )
         if r.returncode not in (0, 1):
             raise r.failure("reading package state")
         for line in r.stdout.splitlines():
@@ -195,7 +222,11 @@ class AptPackages:
                 refresh_failed = e
         argv = ["apt-get", "install", "-y", "--no-install-recommends", *self._options(), spec]
         r = self.runner.run(argv, timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
-        if r.returncode != 0 and _APT_UNKNOWN_RE.search(r.stderr + r.stdout) and self._may_refresh():
+        if (
+            r.returncode != 0
+            and _APT_UNKNOWN_RE.search(r.stderr + r.stdout)
+            and self._may_refresh()
+        ):
             self.refresh()
             r = self.runner.run(argv, timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
         if r.returncode != 0:
@@ -205,30 +236,45 @@ class AptPackages:
             raise failure
 
     def remove(self, name: str) -> None:
-        r = self.runner.run(["apt-get", "remove", "-y", *self._options(), check_name("package", name)],
-                            timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
+        r = self.runner.run(
+            ["apt-get", "remove", "-y", *self._options(), check_name("package", name)],
+            timeout_s=PACKAGE_TIMEOUT_S,
+            env=self.ENV,
+        )
         if r.returncode != 0:
             raise apt_failure(r, f"removing {name}")
 
     def refresh(self) -> None:
         """``apt-get update``; raises HostError if it fails (an install would fail the same way)."""
-        r = self.runner.run(["apt-get", "update", "-q", "-o", f"DPkg::Lock::Timeout={self.lock_timeout_s}"],
-                            timeout_s=PACKAGE_TIMEOUT_S, env=self.ENV)
+        r = self.runner.run(
+            ["apt-get", "update", "-q", "-o", f"DPkg::Lock::Timeout={self.lock_timeout_s}"],
+            timeout_s=PACKAGE_TIMEOUT_S,
+            env=self.ENV,
+        )
         self._refreshed_at = time.monotonic()
         if r.returncode != 0:
             raise apt_failure(r, "refreshing the package lists")
 
     def _may_refresh(self) -> bool:
-        return self._refreshed_at is None or time.monotonic() - self._refreshed_at >= _REFRESH_MIN_INTERVAL_S
+        return (
+            self._refreshed_at is None
+            or time.monotonic() - self._refreshed_at >= _REFRESH_MIN_INTERVAL_S
+        )
 
     def _lists_stale(self) -> bool:
         """No package lists, or the newest older than ``lists_max_age_s`` (and not refreshed by this process since)."""
         if self.lists_dir is None:
             return False
-        if self._refreshed_at is not None and time.monotonic() - self._refreshed_at < self.lists_max_age_s:
+        if (
+            self._refreshed_at is not None
+            and time.monotonic() - self._refreshed_at < self.lists_max_age_s
+        ):
             return False
         try:
-            newest = max((e.stat().st_mtime for e in os.scandir(self.lists_dir) if "_Packages" in e.name), default=None)
+            newest = max(
+                (e.stat().st_mtime for e in os.scandir(self.lists_dir) if "_Packages" in e.name),
+                default=None,
+            )
         except OSError:
             newest = None
         return newest is None or time.time() - newest > self.lists_max_age_s
@@ -248,7 +294,9 @@ def apt_failure(r: CommandResult, what: str) -> HostError:
         keep = False
         for line in text.splitlines():
             # dpkg's error may follow a prompt on the same line: "*** x.conf (Y/I/N/O/D/Z) [default=N] ? dpkg: error..."
-            start = min((i for i in (line.find("dpkg: "), line.find("dpkg-deb: ")) if i >= 0), default=-1)
+            start = min(
+                (i for i in (line.find("dpkg: "), line.find("dpkg-deb: ")) if i >= 0), default=-1
+            )
             if start >= 0:
                 keep, line = True, line[start:]
             elif line.startswith(("E:", "Errors were encountered")):
@@ -277,7 +325,10 @@ class DnfPackages:
         out = {n: PackageState(False) for n in names}
         if not names:
             return out
-        r = self.runner.run(["rpm", "-q", "--qf", "%{NAME} %{VERSION}-%{RELEASE}\n", *names], timeout_s=QUERY_TIMEOUT_S)
+        r = self.runner.run(
+            ["rpm", "-q", "--qf", "%{NAME} %{VERSION}-%{RELEASE}\n", *names],
+            timeout_s=QUERY_TIMEOUT_S,
+        )
         if r.returncode != 0 and "is not installed" not in r.stdout:
             raise r.failure("reading package state")
         for line in r.stdout.splitlines():
@@ -293,7 +344,9 @@ class DnfPackages:
             raise r.failure(f"installing {spec}")
 
     def remove(self, name: str) -> None:
-        r = self.runner.run(["dnf", "remove", "-y", check_name("package", name)], timeout_s=PACKAGE_TIMEOUT_S)
+        r = self.runner.run(
+            ["dnf", "remove", "-y", check_name("package", name)], timeout_s=PACKAGE_TIMEOUT_S
+        )
         if r.returncode != 0:
             raise r.failure(f"removing {name}")
 
@@ -330,7 +383,9 @@ class NoServices:
     name = "none"
 
     def _refuse(self) -> HostError:
-        return HostError("no service manager on this host (service_manager = \"none\" or systemd not running)")
+        return HostError(
+            'no service manager on this host (service_manager = "none" or systemd not running)'
+        )
 
     def is_enabled(self, unit: str) -> bool:
         raise self._refuse()
@@ -397,7 +452,9 @@ class Systemd:
 
     def show(self, unit: str, *properties: str) -> dict[str, str]:
         """``systemctl show``'s values of ``properties`` (missing ones absent)."""
-        r = self._run("show", f"--property={','.join(properties)}", "--", check_name("service", unit))
+        r = self._run(
+            "show", f"--property={','.join(properties)}", "--", check_name("service", unit)
+        )
         if r.returncode != 0:
             raise r.failure(f"reading unit {unit}")
         return dict(line.partition("=")[::2] for line in r.stdout.splitlines() if "=" in line)
@@ -436,20 +493,26 @@ class Systemd:
         self._change("enable" if enabled else "disable", unit)
         state = self.file_state(unit)
         if (state in ENABLED_STATES) != enabled:
-            raise HostError(f"{'enable' if enabled else 'disable'} {unit} had no effect: systemctl is-enabled says {state}")
+            raise HostError(
+                f"{'enable' if enabled else 'disable'} {unit} had no effect: systemctl is-enabled says {state}"
+            )
 
     def set_running(self, unit: str, running: bool) -> None:
         if running:
             self._reload_if_needed(unit)
         self._change("start" if running else "stop", unit)
         if self.is_active(unit) != running:
-            raise HostError(f"{'start' if running else 'stop'} {unit} had no effect: it is {self._why_not_active(unit)}")
+            raise HostError(
+                f"{'start' if running else 'stop'} {unit} had no effect: it is {self._why_not_active(unit)}"
+            )
 
     def restart(self, unit: str) -> None:
         self._reload_if_needed(unit)
         self._change("restart", unit)
         if not self.is_active(unit):
-            raise HostError(f"restart {unit}: it did not stay running: it is {self._why_not_active(unit)}")
+            raise HostError(
+                f"restart {unit}: it did not stay running: it is {self._why_not_active(unit)}"
+            )
 
 
 # --- sysctl ------------------------------------------------------------------
@@ -465,7 +528,9 @@ class ProcSys:
         """The file of ``key``: dots separate levels, unless the key uses slashes (as sysctl(8) allows)."""
         parts = key.split("/") if "/" in key else key.split(".")
         if not key or any(not p or p in (".", "..") or not _SYSCTL_PART_RE.match(p) for p in parts):
-            raise HostError(f"invalid sysctl key {key!r}: use dotted names such as net.ipv4.ip_forward")
+            raise HostError(
+                f"invalid sysctl key {key!r}: use dotted names such as net.ipv4.ip_forward"
+            )
         return self.proc_sys.joinpath(*parts)
 
     def read(self, key: str) -> str | None:
@@ -505,8 +570,15 @@ def normalize_sysctl(value: str) -> str:
 class Host:
     """One host: a runner and the package, service and sysctl parts built on it."""
 
-    def __init__(self, runner: Runner, *, packages: PackageManager, services: ServiceManager,
-                 proc_sys: Path | str = "/proc/sys", sysctl_dir: str = "/etc/sysctl.d") -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        packages: PackageManager,
+        services: ServiceManager,
+        proc_sys: Path | str = "/proc/sys",
+        sysctl_dir: str = "/etc/sysctl.d",
+    ) -> None:
         self.runner = runner
         self.packages = packages
         self.services = services
@@ -544,19 +616,32 @@ def _services(kind: str, runner: Runner) -> ServiceManager:
 class SystemHost(Host):
     """The real machine."""
 
-    def __init__(self, *, package_manager: str = "auto", service_manager: str = "auto",
-                 proc_sys: Path | str = "/proc/sys", sysctl_dir: str = "/etc/sysctl.d",
-                 package_lists_max_age_s: float = 86400.0) -> None:
+    def __init__(
+        self,
+        *,
+        package_manager: str = "auto",
+        service_manager: str = "auto",
+        proc_sys: Path | str = "/proc/sys",
+        sysctl_dir: str = "/etc/sysctl.d",
+        package_lists_max_age_s: float = 86400.0,
+    ) -> None:
         runner = ProcessRunner()
-        super().__init__(runner, packages=_packages(package_manager, runner, package_lists_max_age_s),
-                         services=_services(service_manager, runner), proc_sys=proc_sys, sysctl_dir=sysctl_dir)
+        super().__init__(
+            runner,
+            packages=_packages(package_manager, runner, package_lists_max_age_s),
+            services=_services(service_manager, runner),
+            proc_sys=proc_sys,
+            sysctl_dir=sysctl_dir,
+        )
 
     @classmethod
     def from_config(cls, config: Any) -> SystemHost:
         """From any object with ``package_manager``, ``service_manager``, ``proc_sys``, ``sysctl_dir``
         (and optionally ``package_lists_max_age_s``)."""
-        return cls(package_manager=getattr(config, "package_manager", "auto"),
-                   service_manager=getattr(config, "service_manager", "auto"),
-                   proc_sys=getattr(config, "proc_sys", "/proc/sys"),
-                   sysctl_dir=getattr(config, "sysctl_dir", "/etc/sysctl.d"),
-                   package_lists_max_age_s=float(getattr(config, "package_lists_max_age_s", 86400.0)))
+        return cls(
+            package_manager=getattr(config, "package_manager", "auto"),
+            service_manager=getattr(config, "service_manager", "auto"),
+            proc_sys=getattr(config, "proc_sys", "/proc/sys"),
+            sysctl_dir=getattr(config, "sysctl_dir", "/etc/sysctl.d"),
+            package_lists_max_age_s=float(getattr(config, "package_lists_max_age_s", 86400.0)),
+        )

@@ -20,6 +20,9 @@ def host_for(settings: Any, state_dir: Path) -> Host:
         StateError: the simulated host's state file cannot be read.
     """
     if getattr(settings, "package_manager", "auto") == "simulated":
-        return SimulatedHost.persistent(state_dir, proc_sys=getattr(settings, "proc_sys", "/proc/sys"),
-                                        sysctl_dir=getattr(settings, "sysctl_dir", "/etc/sysctl.d"))
+        return SimulatedHost.persistent(
+            state_dir,
+            proc_sys=getattr(settings, "proc_sys", "/proc/sys"),
+            sysctl_dir=getattr(settings, "sysctl_dir", "/etc/sysctl.d"),
+        )
     return SystemHost.from_config(settings)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pyrage
 
-from treadle_agent.errors import ConfigError, StateError
 from treadle_agent.contract.files import check_private, write_atomic
+from treadle_agent.errors import ConfigError, StateError
 
 IDENTITY = "identity.age"
 PREVIOUS = "identity.previous.age"
@@ -48,17 +48,27 @@ def _read(path: Path) -> pyrage.x25519.Identity:
     except (OSError, UnicodeDecodeError) as e:
         raise StateError(f"{path}: cannot read the node identity: {e}") from e
     if st.st_mode & 0o077:
-        raise StateError(f"{path}: the node identity is readable by group or others "
-                         f"(mode {stat.S_IMODE(st.st_mode):04o}; fix: chmod 0600 {path})")
-    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        raise StateError(
+            f"{path}: the node identity is readable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}; fix: chmod 0600 {path})"
+        )
+    keys = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     if len(keys) != 1:
-        raise StateError(f"{path}: expected one AGE-SECRET-KEY-1 line, found {len(keys)} "
-                         "(fix: restore it from backup, or enrol again with --rotate)")
+        raise StateError(
+            f"{path}: expected one AGE-SECRET-KEY-1 line, found {len(keys)} "
+            "(fix: restore it from backup, or enrol again with --rotate)"
+        )
     try:
         return pyrage.x25519.Identity.from_str(keys[0])
     except pyrage.IdentityError as e:  # never echo the key
-        raise StateError(f"{path}: not an age X25519 identity (fix: restore it from backup, "
-                         "or enrol again with --rotate)") from e
+        raise StateError(
+            f"{path}: not an age X25519 identity (fix: restore it from backup, "
+            "or enrol again with --rotate)"
+        ) from e
 
 
 def load(state_dir: Path) -> list[pyrage.x25519.Identity]:
@@ -74,7 +84,9 @@ def recipient(state_dir: Path) -> str | None:
 
 def _format(identity: pyrage.x25519.Identity, now: float) -> bytes:
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    return f"# created: {created}\n# public key: {identity.to_public()}\n{identity}\n".encode("ascii")
+    return f"# created: {created}\n# public key: {identity.to_public()}\n{identity}\n".encode(
+        "ascii"
+    )
 
 
 def enroll(state_dir: Path, *, rotate: bool = False, now: float | None = None) -> Enrolment:
@@ -88,9 +100,11 @@ def enroll(state_dir: Path, *, rotate: bool = False, now: float | None = None) -
     path = state_dir / IDENTITY
     old = recipient(state_dir)
     if old is not None and not rotate:
-        raise EnrolledError(f"{path}: this node is already enrolled as {old}; refusing to replace its identity "
-                            "(fix: nothing to do, or --rotate to make a new one, then record it in the node "
-                            "file and run `treadle secret rekey`)")
+        raise EnrolledError(
+            f"{path}: this node is already enrolled as {old}; refusing to replace its identity "
+            "(fix: nothing to do, or --rotate to make a new one, then record it in the node "
+            "file and run `treadle secret rekey`)"
+        )
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:

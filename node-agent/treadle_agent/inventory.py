@@ -24,7 +24,6 @@ that resource were new (its next inspection records it again, and it is not
 pruned since the agent no longer knows it created it), and the rest is kept.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -34,11 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from treadle_agent.errors import PathEscapeError, StateError
+from treadle_agent.contract.files import write_atomic
 from treadle_agent.contract.log import get_logger
 from treadle_agent.contract.manifest import ManifestFormatError, is_plain_json, parse_json
+from treadle_agent.errors import PathEscapeError, StateError
 from treadle_agent.providers.paths import split_path
-from treadle_agent.contract.files import write_atomic
 
 VERSION = 1
 FILE_NAME = "inventory.json"
@@ -66,12 +65,18 @@ def valid_entry(rid: object, entry: object) -> str | None:
             return "the resource path is not absolute and normalized"
     if not isinstance(entry, dict):
         return "the entry is not an object"
-    if "want" in entry and entry["want"] is not None and not (isinstance(entry["want"], list) and is_plain_json(entry["want"])):
+    if (
+        "want" in entry
+        and entry["want"] is not None
+        and not (isinstance(entry["want"], list) and is_plain_json(entry["want"]))
+    ):
         return "want is not a list or null"
     if type(entry.get("created", False)) is not bool:
         return "created is not true or false"
     st = entry.get("stat")
-    if st is not None and not (isinstance(st, list) and len(st) == 7 and all(type(v) is int for v in st)):
+    if st is not None and not (
+        isinstance(st, list) and len(st) == 7 and all(type(v) is int for v in st)
+    ):
         return "stat is not a list of 7 integers"
     sha = entry.get("sha256")
     if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
@@ -89,7 +94,12 @@ def stat_key(st: os.stat_result) -> list[int]:
 class Inventory:
     """The inventory of one state dir; see the module docstring."""
 
-    def __init__(self, path: Path, resources: dict[str, Entry] | None = None, pending_restarts: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        resources: dict[str, Entry] | None = None,
+        pending_restarts: list[str] | None = None,
+    ) -> None:
         self.path = path
         self.resources: dict[str, Entry] = resources or {}
         self.pending_restarts: list[str] = pending_restarts or []
@@ -117,20 +127,33 @@ class Inventory:
             raise StateError(f"{path}: cannot read the inventory: {e.strerror or e}") from e
         try:
             doc = parse_json(data)
-            if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("resources"), dict):
+            if (
+                not isinstance(doc, dict)
+                or doc.get("version") != VERSION
+                or not isinstance(doc.get("resources"), dict)
+            ):
                 raise ValueError(f"not a version {VERSION} inventory")
             return cls._validated(path, doc)
         except (ManifestFormatError, ValueError, UnicodeDecodeError) as e:
             if read_only:
-                log.warning("inventory.corrupt", path=str(path), error=str(e), consequence="read as empty")
+                log.warning(
+                    "inventory.corrupt", path=str(path), error=str(e), consequence="read as empty"
+                )
                 return cls(path)
             aside = path.with_name(f"{FILE_NAME}.corrupt-{int(time.time())}")
             try:
                 os.replace(path, aside)
             except OSError as e2:
-                raise StateError(f"{path} is corrupt ({e}) and cannot be moved aside: {e2.strerror or e2}") from e2
-            log.warning("inventory.corrupt", path=str(path), error=str(e), moved_to=str(aside),
-                        consequence="starting empty: nothing is pruned until resources are managed again")
+                raise StateError(
+                    f"{path} is corrupt ({e}) and cannot be moved aside: {e2.strerror or e2}"
+                ) from e2
+            log.warning(
+                "inventory.corrupt",
+                path=str(path),
+                error=str(e),
+                moved_to=str(aside),
+                consequence="starting empty: nothing is pruned until resources are managed again",
+            )
             return cls(path)
 
     @classmethod
@@ -144,15 +167,25 @@ class Inventory:
                 resources[rid] = entry
             else:
                 dropped = True
-                log.warning("inventory.entry_dropped", path=str(path), resource=str(rid)[:200], why=why,
-                            consequence="managed as new: inspected again, and not pruned")
+                log.warning(
+                    "inventory.entry_dropped",
+                    path=str(path),
+                    resource=str(rid)[:200],
+                    why=why,
+                    consequence="managed as new: inspected again, and not pruned",
+                )
         pending = doc.get("pending_restarts", [])
         if not isinstance(pending, list):
             pending, dropped = [], True
         names = [n for n in pending if isinstance(n, str) and _SERVICE.fullmatch(n)]
         if len(names) != len(pending):
             dropped = True
-            log.warning("inventory.entry_dropped", path=str(path), resource="pending_restarts", why="not service names")
+            log.warning(
+                "inventory.entry_dropped",
+                path=str(path),
+                resource="pending_restarts",
+                why="not service names",
+            )
         inventory = cls(path, resources, names)
         inventory.dirty = dropped  # rewrite it without them at the next save
         return inventory
@@ -182,7 +215,11 @@ class Inventory:
         """
         if not self.dirty:
             return False
-        doc = {"version": VERSION, "resources": self.resources, "pending_restarts": self.pending_restarts}
+        doc = {
+            "version": VERSION,
+            "resources": self.resources,
+            "pending_restarts": self.pending_restarts,
+        }
         data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         write_atomic(self.path, data)
         self.dirty = False

@@ -37,16 +37,37 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from treadle_agent import __version__
-from treadle_agent.fetch import REASONS as FETCH_REASONS
 from treadle_agent.contract import names
 from treadle_agent.contract.manifest import RESOURCE_ORDER, Manifest
 from treadle_agent.contract.names import LIFECYCLE_STATES, RESOURCE_STATUSES
+from treadle_agent.fetch import REASONS as FETCH_REASONS
 from treadle_agent.verify import REASONS as VERIFY_REASONS
 
-DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+DURATION_BUCKETS_S = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
 #: How an apply result status is shown in treadle_agent_resources.
-_STATUS_OF_RESULT = {"in_sync": "in_sync", "changed": "in_sync", "healed": "in_sync", "drifted": "drifted",
-                     "failed": "failed", "skipped": "failed"}
+_STATUS_OF_RESULT = {
+    "in_sync": "in_sync",
+    "changed": "in_sync",
+    "healed": "in_sync",
+    "drifted": "drifted",
+    "failed": "failed",
+    "skipped": "failed",
+}
 
 
 class AgentMetrics:
@@ -79,8 +100,18 @@ class AgentMetrics:
         with self.lock:
             self.verify_failures[reason] = self.verify_failures.get(reason, 0) + 1
 
-    def report(self, manifest: Manifest, expires_ts: float | None, highest_generation: int, *, ok: bool,
-               statuses: Iterable[tuple[str, str]], duration_s: float, now: float, checks: Mapping[str, bool]) -> None:
+    def report(
+        self,
+        manifest: Manifest,
+        expires_ts: float | None,
+        highest_generation: int,
+        *,
+        ok: bool,
+        statuses: Iterable[tuple[str, str]],
+        duration_s: float,
+        now: float,
+        checks: Mapping[str, bool],
+    ) -> None:
         """One cycle's outcome, as one consistent update: the manifest enforced, its apply and its health.
 
         Everything is computed first and swapped in under one hold of the lock, so a scrape sees either
@@ -95,15 +126,23 @@ class AgentMetrics:
 
     # The setters below run with the lock held.
 
-    def _set_manifest(self, manifest: Manifest, expires_ts: float | None, highest_generation: int) -> None:
+    def _set_manifest(
+        self, manifest: Manifest, expires_ts: float | None, highest_generation: int
+    ) -> None:
         meta = manifest.metadata
         self.site, self.cluster = meta["site"], meta["cluster"]
         self.manifest_generation = highest_generation
         self.expiry_timestamp_s = expires_ts or 0.0
         self.lifecycle = {s: 0 for s in self.lifecycle} | {meta["lifecycle"]: 1}
 
-    def _set_applied(self, generation: int, ok: bool, counts: dict[tuple[str, str], int], duration_s: float,
-                     now: float) -> None:
+    def _set_applied(
+        self,
+        generation: int,
+        ok: bool,
+        counts: dict[tuple[str, str], int],
+        duration_s: float,
+        now: float,
+    ) -> None:
         self.applied_generation = generation
         self.last_apply_success = 1 if ok else 0
         self.last_apply_timestamp_s = now
@@ -161,36 +200,96 @@ class AgentCollector:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
         m = self.metrics
         with m.lock:
-            yield _gauge(GaugeMetricFamily, names.METRIC_INFO, "The agent and the node it runs on.",
-                         {(m.node, m.site, m.cluster, __version__): 1}, ["node", "site", "cluster", "version"])
-            yield GaugeMetricFamily(names.METRIC_MANIFEST_GENERATION, "Highest accepted manifest generation.", value=m.manifest_generation)
-            yield GaugeMetricFamily(names.METRIC_APPLIED_GENERATION, "Generation of the manifest last applied.", value=m.applied_generation)
-            yield GaugeMetricFamily(names.METRIC_LAST_APPLY_SUCCESS, "1 when the last apply had no failed or skipped resource.",
-                                    value=m.last_apply_success)
-            yield GaugeMetricFamily(names.METRIC_LAST_APPLY_TIMESTAMP, "Unix time of the last apply.",
-                                    value=m.last_apply_timestamp_s)
+            yield _gauge(
+                GaugeMetricFamily,
+                names.METRIC_INFO,
+                "The agent and the node it runs on.",
+                {(m.node, m.site, m.cluster, __version__): 1},
+                ["node", "site", "cluster", "version"],
+            )
+            yield GaugeMetricFamily(
+                names.METRIC_MANIFEST_GENERATION,
+                "Highest accepted manifest generation.",
+                value=m.manifest_generation,
+            )
+            yield GaugeMetricFamily(
+                names.METRIC_APPLIED_GENERATION,
+                "Generation of the manifest last applied.",
+                value=m.applied_generation,
+            )
+            yield GaugeMetricFamily(
+                names.METRIC_LAST_APPLY_SUCCESS,
+                "1 when the last apply had no failed or skipped resource.",
+                value=m.last_apply_success,
+            )
+            yield GaugeMetricFamily(
+                names.METRIC_LAST_APPLY_TIMESTAMP,
+                "Unix time of the last apply.",
+                value=m.last_apply_timestamp_s,
+            )
             # Each observation already counted in every bucket it fits: the counts are cumulative.
-            buckets = [(_le(b), n) for b, n in zip(DURATION_BUCKETS_S, m.duration_bucket_counts, strict=True)]
+            buckets = [
+                (_le(b), n)
+                for b, n in zip(DURATION_BUCKETS_S, m.duration_bucket_counts, strict=True)
+            ]
             buckets.append(("+Inf", m.duration_count))
-            yield HistogramMetricFamily(names.METRIC_APPLY_DURATION, "Wall time of an apply.",
-                                        buckets=buckets, sum_value=m.duration_sum_s)
-            yield _gauge(GaugeMetricFamily, names.METRIC_RESOURCES, "Managed resources by type and status.",
-                         m.resources, ["type", "status"])
-            yield _gauge(GaugeMetricFamily, names.METRIC_HEALTH_CHECK_UP, "1 when the health check passes.",
-                         {(k,): int(v) for k, v in m.health_checks.items()}, ["check"])
-            yield GaugeMetricFamily(names.METRIC_HEALTHY, "1 when every health check passes.", value=m.healthy)
-            yield _gauge(CounterMetricFamily, names.METRIC_VERIFY_FAILURES, "Fetched manifests refused, by reason.",
-                         {(k,): v for k, v in m.verify_failures.items()}, ["reason"])
-            yield _gauge(CounterMetricFamily, names.METRIC_FETCH_FAILURES, "Failed manifest requests, by reason.",
-                         {(k,): v for k, v in m.fetch_failures.items()}, ["reason"])
-            yield GaugeMetricFamily(names.METRIC_MANIFEST_EXPIRY, "Unix time the enforced manifest expires.",
-                                    value=m.expiry_timestamp_s)
-            yield _gauge(GaugeMetricFamily, names.METRIC_LIFECYCLE, "1 for the node's lifecycle state in its manifest.",
-                         {(k,): v for k, v in m.lifecycle.items()}, ["state"])
+            yield HistogramMetricFamily(
+                names.METRIC_APPLY_DURATION,
+                "Wall time of an apply.",
+                buckets=buckets,
+                sum_value=m.duration_sum_s,
+            )
+            yield _gauge(
+                GaugeMetricFamily,
+                names.METRIC_RESOURCES,
+                "Managed resources by type and status.",
+                m.resources,
+                ["type", "status"],
+            )
+            yield _gauge(
+                GaugeMetricFamily,
+                names.METRIC_HEALTH_CHECK_UP,
+                "1 when the health check passes.",
+                {(k,): int(v) for k, v in m.health_checks.items()},
+                ["check"],
+            )
+            yield GaugeMetricFamily(
+                names.METRIC_HEALTHY, "1 when every health check passes.", value=m.healthy
+            )
+            yield _gauge(
+                CounterMetricFamily,
+                names.METRIC_VERIFY_FAILURES,
+                "Fetched manifests refused, by reason.",
+                {(k,): v for k, v in m.verify_failures.items()},
+                ["reason"],
+            )
+            yield _gauge(
+                CounterMetricFamily,
+                names.METRIC_FETCH_FAILURES,
+                "Failed manifest requests, by reason.",
+                {(k,): v for k, v in m.fetch_failures.items()},
+                ["reason"],
+            )
+            yield GaugeMetricFamily(
+                names.METRIC_MANIFEST_EXPIRY,
+                "Unix time the enforced manifest expires.",
+                value=m.expiry_timestamp_s,
+            )
+            yield _gauge(
+                GaugeMetricFamily,
+                names.METRIC_LIFECYCLE,
+                "1 for the node's lifecycle state in its manifest.",
+                {(k,): v for k, v in m.lifecycle.items()},
+                ["state"],
+            )
 
     def describe(self) -> list[Any]:
         return []
@@ -212,7 +311,9 @@ def _le(bound: float) -> str:
 _Labels = TypeVar("_Labels", bound=tuple[str, ...])  # label values, one per label name
 
 
-def _gauge(cls: Any, name: str, text: str, values: Mapping[_Labels, float], labels: list[str]) -> Any:
+def _gauge(
+    cls: Any, name: str, text: str, values: Mapping[_Labels, float], labels: list[str]
+) -> Any:
     family = cls(name, text, labels=labels)
     for key, value in sorted(values.items()):
         family.add_metric(list(key), value)

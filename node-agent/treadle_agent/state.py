@@ -74,7 +74,11 @@ class StoredState:
     facts: tuple[Facts, ...] = ()
 
     def _best(self, trust_root_sha256: str | None = None) -> Facts:
-        usable = [f for f in self.facts if trust_root_sha256 is None or f.trust_root_sha256 in (None, trust_root_sha256)]
+        usable = [
+            f
+            for f in self.facts
+            if trust_root_sha256 is None or f.trust_root_sha256 in (None, trust_root_sha256)
+        ]
         return max(usable, key=lambda f: f.generation, default=Facts())
 
     @property
@@ -99,20 +103,29 @@ class StoredState:
 
     def rotated(self, trust_root_sha256: str) -> bool:
         """Facts exist, and none was recorded under this trust root: the trust root was rotated."""
-        return bool(self.facts) and all(f.trust_root_sha256 not in (None, trust_root_sha256) for f in self.facts)
+        return bool(self.facts) and all(
+            f.trust_root_sha256 not in (None, trust_root_sha256) for f in self.facts
+        )
 
     def envelope_intact(self, trust_root_sha256: str | None = None) -> bool:
         """The envelope is one the facts describe (no crash between the writes, no bit rot), under that trust root."""
         if self.envelope is None:
             return False
         sha = digest(self.envelope)
-        return any(f.envelope_sha256 == sha and (trust_root_sha256 is None or f.trust_root_sha256 == trust_root_sha256)
-                   for f in self.facts)
+        return any(
+            f.envelope_sha256 == sha
+            and (trust_root_sha256 is None or f.trust_root_sha256 == trust_root_sha256)
+            for f in self.facts
+        )
 
     def complete(self, trust_root_sha256: str) -> bool:
         """Both facts files are there, agree, and describe the envelope under this trust root."""
-        return len(self.facts) == 2 and self.facts[0] == self.facts[1] and self.envelope_intact(trust_root_sha256) \
+        return (
+            len(self.facts) == 2
+            and self.facts[0] == self.facts[1]
+            and self.envelope_intact(trust_root_sha256)
             and self.facts[0].trust_root_sha256 == trust_root_sha256
+        )
 
 
 class StateStore:
@@ -138,19 +151,32 @@ class StateStore:
         check_private(self.dir, "state dir")
         self.remove_stale_temp_files()
         envelope = self._read(ENVELOPE)
-        facts = tuple(f for f in (self._read_facts(STATE), self._read_facts(STATE_COPY)) if f is not None)
+        facts = tuple(
+            f for f in (self._read_facts(STATE), self._read_facts(STATE_COPY)) if f is not None
+        )
         return StoredState(envelope=envelope, facts=facts)
 
-    def save(self, envelope: bytes, generation: int, etag: str | None, trust_root_sha256: str,
-             manifest_sha256: str | None = None) -> None:
+    def save(
+        self,
+        envelope: bytes,
+        generation: int,
+        etag: str | None,
+        trust_root_sha256: str,
+        manifest_sha256: str | None = None,
+    ) -> None:
         """Record a newly accepted envelope: the envelope, then the facts, then their copy (module docstring).
 
         Raises:
             StateError: a write failed.
         """
         write_atomic(self.dir / ENVELOPE, envelope)
-        meta = {"generation": generation, "manifest_sha256": manifest_sha256, "etag": etag,
-                "envelope_sha256": digest(envelope), "trust_root_sha256": trust_root_sha256}
+        meta = {
+            "generation": generation,
+            "manifest_sha256": manifest_sha256,
+            "etag": etag,
+            "envelope_sha256": digest(envelope),
+            "trust_root_sha256": trust_root_sha256,
+        }
         data = json.dumps(meta, sort_keys=True).encode()
         write_atomic(self.dir / STATE, data)
         write_atomic(self.dir / STATE_COPY, data)
@@ -174,7 +200,11 @@ class StateStore:
                 log.warning("state.temp_file_kept", file=str(self.dir / name), error=e.strerror)
                 continue
             removed.append(name)
-            log.warning("state.temp_file_removed", file=str(self.dir / name), why="left by an interrupted write")
+            log.warning(
+                "state.temp_file_removed",
+                file=str(self.dir / name),
+                why="left by an interrupted write",
+            )
         return removed
 
     def set_aside(self, name: str, why: str) -> Path | None:
@@ -186,11 +216,21 @@ class StateStore:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise StateError(f"{src}: corrupt ({why}) and cannot be moved aside: {e.strerror}") from e
-        log.warning("state.corrupt", file=str(src), moved_to=str(dst), why=why, action="going on with the other state files")
+            raise StateError(
+                f"{src}: corrupt ({why}) and cannot be moved aside: {e.strerror}"
+            ) from e
+        log.warning(
+            "state.corrupt",
+            file=str(src),
+            moved_to=str(dst),
+            why=why,
+            action="going on with the other state files",
+        )
         # Keep the newest few copies only: a disk that keeps corrupting a file must not fill up with them.
-        copies = sorted((p for p in self.dir.glob(f"{name}.corrupt-*") if p.name.rsplit("-", 1)[1].isdigit()),
-                        key=lambda p: int(p.name.rsplit("-", 1)[1]))
+        copies = sorted(
+            (p for p in self.dir.glob(f"{name}.corrupt-*") if p.name.rsplit("-", 1)[1].isdigit()),
+            key=lambda p: int(p.name.rsplit("-", 1)[1]),
+        )
         for old in copies[:-CORRUPT_COPIES_KEPT]:
             old.unlink(missing_ok=True)
         return dst
@@ -222,7 +262,9 @@ class StateStore:
             if type(generation) is not int or generation < 0:
                 raise ValueError("generation is not a non-negative integer")
             values = {k: doc.get(k) for k in _FACT_STRINGS}
-            if not all(v is None or (isinstance(v, str) and len(v) <= 1024) for v in values.values()):
+            if not all(
+                v is None or (isinstance(v, str) and len(v) <= 1024) for v in values.values()
+            ):
                 raise ValueError("etag and digests must be strings or null")
             for k in ("envelope_sha256", "trust_root_sha256"):
                 if values[k] is None:
@@ -233,7 +275,9 @@ class StateStore:
         from treadle_agent.fetch import valid_etag
 
         if values["etag"] is not None and valid_etag(values["etag"]) is None:
-            log.warning("state.etag_dropped", file=str(self.dir / name), why="not a valid entity tag")
+            log.warning(
+                "state.etag_dropped", file=str(self.dir / name), why="not a valid entity tag"
+            )
             values["etag"] = None
         return Facts(generation=generation, **values)
 

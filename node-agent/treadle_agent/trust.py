@@ -39,15 +39,24 @@ class TrustedState:
         generation = manifest.generation
         if generation < self.highest_generation:
             raise VerifyError(
-                "rollback", f"generation {generation} is below the highest accepted generation {self.highest_generation}"
+                "rollback",
+                f"generation {generation} is below the highest accepted generation {self.highest_generation}",
             )
         current = self.manifest
         if current is not None and generation == current.generation and manifest.raw != current.raw:
-            raise VerifyError("equivocation", f"generation {generation} was already accepted with other content")
+            raise VerifyError(
+                "equivocation", f"generation {generation} was already accepted with other content"
+            )
         # Held even when the stored envelope is lost or damaged: the digest is one of the trusted facts.
-        if generation == self.highest_generation and self.highest_digest not in (None, manifest.digest):
-            raise VerifyError("equivocation", f"generation {generation} was already accepted with other content "
-                                              f"(sha256 {self.highest_digest})")
+        if generation == self.highest_generation and self.highest_digest not in (
+            None,
+            manifest.digest,
+        ):
+            raise VerifyError(
+                "equivocation",
+                f"generation {generation} was already accepted with other content "
+                f"(sha256 {self.highest_digest})",
+            )
 
     def accept(self, envelope: bytes, manifest: Manifest) -> None:
         """Record a manifest that passed every check (verify.py decides that, in order)."""

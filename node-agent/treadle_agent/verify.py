@@ -28,15 +28,25 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 from treadle_agent.contract.envelope import check_signatures, parse_envelope
-from treadle_agent.errors import ConfigError, VerifyError
 from treadle_agent.contract.manifest import Manifest, ManifestFormatError, parse_json, parse_time
 from treadle_agent.contract.trustroot import TrustRoot
+from treadle_agent.errors import ConfigError, VerifyError
 from treadle_agent.trust import TrustedState
 
 #: Every reason a manifest can be refused for, in check order (metric label values); ``internal``: the checks
 #: themselves failed on this input (a bug of ours, still a counted refusal, never a crash).
-REASONS = ("envelope", "payload_type", "signature", "threshold", "schema", "node", "rollback", "equivocation", "expired",
-           "internal")
+REASONS = (
+    "envelope",
+    "payload_type",
+    "signature",
+    "threshold",
+    "schema",
+    "node",
+    "rollback",
+    "equivocation",
+    "expired",
+    "internal",
+)
 
 
 class Authenticator(ABC):
@@ -71,8 +81,14 @@ class InProcessAuthenticator(Authenticator):
 class Verifier:
     """Decides whether a fetched envelope becomes the manifest this node enforces."""
 
-    def __init__(self, trust: TrustRoot, node: str, state: TrustedState, clock: Callable[[], float] = time.time,
-                 authenticate: Authenticator | None = None) -> None:
+    def __init__(
+        self,
+        trust: TrustRoot,
+        node: str,
+        state: TrustedState,
+        clock: Callable[[], float] = time.time,
+        authenticate: Authenticator | None = None,
+    ) -> None:
         self.trust = trust
         self.node = node
         self.state = state
@@ -102,7 +118,9 @@ class Verifier:
                 or ``envelope`` when nothing was ever accepted.
         """
         if self.state.manifest is None:
-            raise VerifyError("envelope", "the server says the manifest is unchanged, but none was accepted yet")
+            raise VerifyError(
+                "envelope", "the server says the manifest is unchanged, but none was accepted yet"
+            )
         self._check_expiry(self.state.manifest)
         return self.state.manifest
 
@@ -127,7 +145,9 @@ class Verifier:
 
     def _check_node(self, manifest: Manifest) -> None:
         if manifest.node != self.node:
-            raise VerifyError("node", f"the manifest is for node {manifest.node!r}, this is {self.node!r}")
+            raise VerifyError(
+                "node", f"the manifest is for node {manifest.node!r}, this is {self.node!r}"
+            )
 
     def _check_expiry(self, manifest: Manifest) -> None:
         expires = manifest.metadata["expires"]
@@ -154,15 +174,22 @@ def parse_manifest(payload: bytes, *, validate: bool = True) -> Manifest:
         if errors:
             where, message = errors[0]
             path = "/".join(str(p) for p in where) or "(top level)"
-            raise VerifyError("schema", f"the manifest breaks schemas/manifest.json at {path}: {message}")
-        for field in ("issued", "expires"):  # the schema's pattern admits a 13th month; the expiry check needs a real time
+            raise VerifyError(
+                "schema", f"the manifest breaks schemas/manifest.json at {path}: {message}"
+            )
+        for field in (
+            "issued",
+            "expires",
+        ):  # the schema's pattern admits a 13th month; the expiry check needs a real time
             value = doc["metadata"][field]
             if value is None:
                 continue
             try:
                 parse_time(value)
             except ValueError as e:
-                raise VerifyError("schema", f"metadata.{field} {value!r} is not a valid UTC time") from e
+                raise VerifyError(
+                    "schema", f"metadata.{field} {value!r} is not a valid UTC time"
+                ) from e
     elif not isinstance(doc, dict):
         raise VerifyError("schema", "the stored manifest is not an object")
     return Manifest(raw=payload, doc=doc)
@@ -186,12 +213,21 @@ class IsolatedAuthenticator(Authenticator):
     def _run(self, args: Sequence[str], data: bytes) -> subprocess.CompletedProcess[bytes]:
         stdin = b"%d\n%b%b" % (len(self.trust_root_bytes), self.trust_root_bytes, data)
         try:
-            return subprocess.run([sys.executable, "-m", "treadle_agent.verify", *args], input=stdin,
-                                  capture_output=True, timeout=self.timeout_s, check=False)
+            return subprocess.run(
+                [sys.executable, "-m", "treadle_agent.verify", *args],
+                input=stdin,
+                capture_output=True,
+                timeout=self.timeout_s,
+                check=False,
+            )
         except subprocess.TimeoutExpired as e:
-            raise VerifyError("envelope", f"the verifier process overran {self.timeout_s:g} s on this envelope") from e
+            raise VerifyError(
+                "envelope", f"the verifier process overran {self.timeout_s:g} s on this envelope"
+            ) from e
         except OSError as e:
-            raise ConfigError(f"cannot start the verifier process {sys.executable}: {e.strerror}") from e
+            raise ConfigError(
+                f"cannot start the verifier process {sys.executable}: {e.strerror}"
+            ) from e
 
     def __call__(self, data: bytes) -> Manifest:
         p = self._run([], data)
@@ -203,12 +239,18 @@ class IsolatedAuthenticator(Authenticator):
         if p.returncode == 2:
             raise ConfigError(p.stderr.decode(errors="replace").strip())
         detail = p.stderr.decode(errors="replace").strip()[-300:]
-        raise VerifyError("envelope", f"the verifier process failed on this envelope (exit {p.returncode}): {detail}")
+        raise VerifyError(
+            "envelope",
+            f"the verifier process failed on this envelope (exit {p.returncode}): {detail}",
+        )
 
     def check_keys(self) -> None:
         p = self._run(["--check-keys"], b"")
         if p.returncode != 0:
-            raise ConfigError(p.stderr.decode(errors="replace").strip() or f"the verifier process exited {p.returncode}")
+            raise ConfigError(
+                p.stderr.decode(errors="replace").strip()
+                or f"the verifier process exited {p.returncode}"
+            )
 
 
 def _child(argv: Sequence[str]) -> int:
@@ -237,7 +279,9 @@ def _child(argv: Sequence[str]) -> int:
         print(e, file=sys.stderr)
         return 2
     except Exception as e:  # a bug of ours on this envelope: still a counted refusal
-        sys.stdout.write(json.dumps({"reason": "internal", "message": f"{type(e).__name__}: {str(e)[:300]}"}))
+        sys.stdout.write(
+            json.dumps({"reason": "internal", "message": f"{type(e).__name__}: {str(e)[:300]}"})
+        )
         return 1
     sys.stdout.buffer.write(manifest.raw)
     return 0

@@ -47,7 +47,9 @@ class ManifestServer:
     def url(self, path: str = MANIFEST_PATH) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def serve(self, body: bytes, path: str = MANIFEST_PATH, *, etag: bool = True, **kw: Any) -> None:
+    def serve(
+        self, body: bytes, path: str = MANIFEST_PATH, *, etag: bool = True, **kw: Any
+    ) -> None:
         tag = f'"{hashlib.sha256(body).hexdigest()}"' if etag else None
         self.routes[path] = Route(body=body, etag=tag, **kw)
 
@@ -72,7 +74,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._stream(srv, route)
 
-    def _answer(self, status: int, body: bytes, etag: str | None = None, route: Route | None = None) -> None:
+    def _answer(
+        self, status: int, body: bytes, etag: str | None = None, route: Route | None = None
+    ) -> None:
         self.send_response(status)
         if etag:
             self.send_header("ETag", etag)
@@ -115,7 +119,9 @@ def server() -> Iterator[ManifestServer]:
     httpd.daemon_threads = True
     httpd.owner = owner  # type: ignore[attr-defined]
     owner.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield owner
     owner.stopping.set()
@@ -137,7 +143,9 @@ def make_keys(tmp_path: Path) -> Callable[..., Keys]:
     def make(threshold: int = 1) -> Keys:
         d = tmp_path / f"keys-{next(counter)}"
         generate(d, threshold=threshold)
-        return Keys(d, d / "trust-root.json", [load_signer(str(p)) for p in sorted(d.glob("*.key"))])
+        return Keys(
+            d, d / "trust-root.json", [load_signer(str(p)) for p in sorted(d.glob("*.key"))]
+        )
 
     return make
 
@@ -155,22 +163,48 @@ def keys(make_keys: Callable[..., Keys]) -> Keys:
     return make_keys()
 
 
-def manifest_doc(*, node: str = NODE, generation: int = 1, expires: float | None = NOW + 86400,
-                 files: dict[str, str] | None = None, lifecycle: str = "production") -> dict[str, Any]:
+def manifest_doc(
+    *,
+    node: str = NODE,
+    generation: int = 1,
+    expires: float | None = NOW + 86400,
+    files: dict[str, str] | None = None,
+    lifecycle: str = "production",
+) -> dict[str, Any]:
     """A schema-valid manifest managing ``files`` (path -> content)."""
     resources = [
-        {"type": "file", "path": path, "ensure": "present", "content": text,
-         "sha256": hashlib.sha256(text.encode()).hexdigest(), "mode": "0644", "owner": None, "group": None,
-         "notify": [], "requires": []}
-        for path, text in sorted((files if files is not None else {"/etc/motd": f"generation {generation}\n"}).items())
+        {
+            "type": "file",
+            "path": path,
+            "ensure": "present",
+            "content": text,
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "mode": "0644",
+            "owner": None,
+            "group": None,
+            "notify": [],
+            "requires": [],
+        }
+        for path, text in sorted(
+            (files if files is not None else {"/etc/motd": f"generation {generation}\n"}).items()
+        )
     ]
     return {
         "apiVersion": "treadle.dev/v1",
         "kind": "NodeManifest",
-        "metadata": {"node": node, "site": "site-a", "cluster": "c1", "address": "10.0.0.1", "fabric": "demo",
-                     "generation": generation, "commit": None, "issued": format_time(NOW - 60),
-                     "expires": None if expires is None else format_time(expires), "lifecycle": lifecycle,
-                     "labels": {}},
+        "metadata": {
+            "node": node,
+            "site": "site-a",
+            "cluster": "c1",
+            "address": "10.0.0.1",
+            "fabric": "demo",
+            "generation": generation,
+            "commit": None,
+            "issued": format_time(NOW - 60),
+            "expires": None if expires is None else format_time(expires),
+            "lifecycle": lifecycle,
+            "labels": {},
+        },
         "resources": resources,
         "health": [],
     }
@@ -184,10 +218,22 @@ def signed(doc: dict[str, Any] | bytes, signers: Sequence[Any]) -> bytes:
 def write_config(tmp_path: Path, trust_root: Path, urls: Sequence[str], **extra: Any) -> Path:
     """An agent.toml applying into tmp_path/root, fast timeouts, no real package or service manager."""
     settings: dict[str, Any] = {
-        "node": NODE, "manifest_urls": list(urls), "trust_root": str(trust_root), "state_dir": str(tmp_path / "state"),
-        "root": str(tmp_path / "root"), "interval_s": 0.2, "jitter_s": 0, "metrics_listen": "127.0.0.1:0",
-        "connect_timeout_s": 1, "read_timeout_s": 1, "fetch_deadline_s": 2, "retries": 0, "backoff_base_s": 0,
-        "package_manager": "none", "service_manager": "none", "proc_sys": str(tmp_path / "proc-sys"),
+        "node": NODE,
+        "manifest_urls": list(urls),
+        "trust_root": str(trust_root),
+        "state_dir": str(tmp_path / "state"),
+        "root": str(tmp_path / "root"),
+        "interval_s": 0.2,
+        "jitter_s": 0,
+        "metrics_listen": "127.0.0.1:0",
+        "connect_timeout_s": 1,
+        "read_timeout_s": 1,
+        "fetch_deadline_s": 2,
+        "retries": 0,
+        "backoff_base_s": 0,
+        "package_manager": "none",
+        "service_manager": "none",
+        "proc_sys": str(tmp_path / "proc-sys"),
     }
     settings.update(extra)
     (tmp_path / "root").mkdir(exist_ok=True)
@@ -245,7 +291,9 @@ class Node:
             trust_root = overrides.pop("trust_root", self.keys.trust_root)
             self.config_path = write_config(self.tmp, trust_root, [self.server.url()], **overrides)
         config = load_config(self.config_path)
-        host = SimulatedHost(proc_sys=self.tmp / "proc-sys", package_manager="none", service_manager="none")
+        host = SimulatedHost(
+            proc_sys=self.tmp / "proc-sys", package_manager="none", service_manager="none"
+        )
         self.agent = Agent.from_config(config, host=host, clock=lambda: self.clock[0])
         self.agent.start()
         return self.agent
@@ -261,7 +309,9 @@ class Node:
 
         return anyio.run(one)
 
-    def serve(self, doc: dict[str, Any] | bytes, signers: Sequence[Any] | None = None, **kw: Any) -> bytes:
+    def serve(
+        self, doc: dict[str, Any] | bytes, signers: Sequence[Any] | None = None, **kw: Any
+    ) -> bytes:
         envelope = signed(doc, self.keys.signers if signers is None else signers)
         self.server.serve(envelope, **kw)
         return envelope

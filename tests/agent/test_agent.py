@@ -59,7 +59,9 @@ def test_new_generation_replaces_the_old_and_drops_removed_files(node, kit):
     assert node.cycle().ok
     node.serve(kit.manifest_doc(generation=2, files={"/etc/a": "a2\n"}))
     assert node.cycle().ok
-    assert (node.tmp / "root/etc/a").read_text() == "a2\n" and not (node.tmp / "root/etc/b").exists()
+    assert (node.tmp / "root/etc/a").read_text() == "a2\n" and not (
+        node.tmp / "root/etc/b"
+    ).exists()
     assert node.sample("treadle_agent_manifest_generation") == 2
 
 
@@ -97,13 +99,17 @@ def test_second_url_serves_when_the_first_is_down(node, kit):
 
 
 @pytest.mark.parametrize("garbage", [b"", b"{not json", b'{"generation": "seven"}'])
-def test_corrupt_state_file_at_start_up_is_set_aside_and_the_agent_refetches(node, kit, garbage, caplog):
+def test_corrupt_state_file_at_start_up_is_set_aside_and_the_agent_refetches(
+    node, kit, garbage, caplog
+):
     state = node.tmp / "state"
     state.mkdir()
     (state / STATE).write_bytes(garbage)
     (state / ENVELOPE).write_bytes(garbage[:3])
     node.start()
-    assert sorted(p.name.split(".corrupt-")[0] for p in state.glob("*.corrupt-*")) == sorted({ENVELOPE, STATE})
+    assert sorted(p.name.split(".corrupt-")[0] for p in state.glob("*.corrupt-*")) == sorted(
+        {ENVELOPE, STATE}
+    )
     node.serve(kit.manifest_doc(generation=3))
     assert node.cycle().ok
     assert node.agent.trusted.highest_generation == 3
@@ -139,8 +145,10 @@ def test_nothing_accepted_and_server_down_reports_nothing_to_enforce(node, kit):
 def test_health_checks_become_metrics(node, kit):
     node.start()
     doc = kit.manifest_doc()
-    doc["health"] = [{"name": "motd", "type": "file", "path": "/etc/motd", "timeout_s": 1},
-                     {"name": "nothing", "type": "file", "path": "/etc/nothing", "timeout_s": 1}]
+    doc["health"] = [
+        {"name": "motd", "type": "file", "path": "/etc/motd", "timeout_s": 1},
+        {"name": "nothing", "type": "file", "path": "/etc/nothing", "timeout_s": 1},
+    ]
     node.serve(doc)
     result = node.cycle()
     assert result.apply_ok and not result.healthy
@@ -160,12 +168,26 @@ def test_a_scrape_sees_generation_apply_result_and_health_of_one_cycle_together(
 
         def __getattribute__(self, name: str):  # type: ignore[no-untyped-def]
             attr = super().__getattribute__(name)
-            if callable(attr) and not name.startswith("_") and name not in ("sample", "registry", "exposition", "serve"):
+            if (
+                callable(attr)
+                and not name.startswith("_")
+                and name not in ("sample", "registry", "exposition", "serve")
+            ):
+
                 def scraped(*args, **kwargs):  # type: ignore[no-untyped-def]
                     out = attr(*args, **kwargs)
-                    seen.append(tuple(self.sample(n) for n in ("treadle_agent_applied_generation",
-                                                               "treadle_agent_last_apply_success", "treadle_agent_healthy")))
+                    seen.append(
+                        tuple(
+                            self.sample(n)
+                            for n in (
+                                "treadle_agent_applied_generation",
+                                "treadle_agent_last_apply_success",
+                                "treadle_agent_healthy",
+                            )
+                        )
+                    )
                     return out
+
                 return scraped
             return attr
 

@@ -34,8 +34,14 @@ CONTRACT = {
 
 def _agent(*args: str, **kw) -> subprocess.Popen:  # type: ignore[no-untyped-def]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "treadle_agent.cli", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "treadle_agent.cli", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
 
 
 def _wait_for(predicate, timeout_s: float = 20.0):  # type: ignore[no-untyped-def]
@@ -102,13 +108,31 @@ def _scrape(url: str) -> str:
 
 def test_metrics_of_a_running_agent_match_the_contract_names_and_labels(running):
     p, url = running
-    text = _wait_for(lambda: (t := _scrape(url)) and "treadle_agent_applied_generation 3.0" in t and t)
-    families = {f.name: f for f in text_string_to_metric_families(text) if f.name.startswith("treadle_agent_")}
-    seen = {name: (f.type, {k for s in f.samples for k in s.labels}) for name, f in families.items()}
+    text = _wait_for(
+        lambda: (t := _scrape(url)) and "treadle_agent_applied_generation 3.0" in t and t
+    )
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(text)
+        if f.name.startswith("treadle_agent_")
+    }
+    seen = {
+        name: (f.type, {k for s in f.samples for k in s.labels}) for name, f in families.items()
+    }
     assert seen == CONTRACT
     reasons = {s.labels["reason"] for s in families["treadle_agent_verify_failures"].samples}
-    assert reasons == {"envelope", "payload_type", "signature", "threshold", "schema", "node", "rollback", "equivocation", "expired",
-                       "internal"}
+    assert reasons == {
+        "envelope",
+        "payload_type",
+        "signature",
+        "threshold",
+        "schema",
+        "node",
+        "rollback",
+        "equivocation",
+        "expired",
+        "internal",
+    }
     fetch = {s.labels["reason"] for s in families["treadle_agent_fetch_failures"].samples}
     assert fetch == {"connect", "timeout", "http_status", "too_large", "deadline", "other"}
     info = families["treadle_agent_info"].samples[0].labels
@@ -123,7 +147,9 @@ def test_sigterm_stops_the_daemon_cleanly(running):
     assert p.returncode == 0 and "agent.stopping signal=SIGTERM" in err and "agent.stopped" in err
 
 
-def test_daemon_refuses_an_untrusted_manifest_in_its_verifier_process_and_counts_it(tmp_path, server, keys, make_keys, kit):
+def test_daemon_refuses_an_untrusted_manifest_in_its_verifier_process_and_counts_it(
+    tmp_path, server, keys, make_keys, kit
+):
     server.serve(kit.signed(kit.manifest_doc(generation=3), make_keys().signers))
     config = kit.write_config(tmp_path, keys.trust_root, [server.url()])
     port_file = tmp_path / "metrics.port"
@@ -131,7 +157,12 @@ def test_daemon_refuses_an_untrusted_manifest_in_its_verifier_process_and_counts
     try:
         port = int(_wait_for(lambda: port_file.exists() and port_file.read_text().strip()))
         url = f"http://127.0.0.1:{port}/metrics"
-        _wait_for(lambda: _sample(_scrape(url), "treadle_agent_verify_failures_total", reason="signature") >= 1)
+        _wait_for(
+            lambda: (
+                _sample(_scrape(url), "treadle_agent_verify_failures_total", reason="signature")
+                >= 1
+            )
+        )
         assert not (tmp_path / "root/etc/motd").exists()
     finally:
         p.send_signal(signal.SIGTERM)
@@ -139,9 +170,13 @@ def test_daemon_refuses_an_untrusted_manifest_in_its_verifier_process_and_counts
     assert p.returncode == 0
 
 
-def test_sigterm_cancels_a_fetch_in_flight_instead_of_waiting_for_its_deadline(tmp_path, server, keys, kit):
+def test_sigterm_cancels_a_fetch_in_flight_instead_of_waiting_for_its_deadline(
+    tmp_path, server, keys, kit
+):
     server.serve(b"", mode="trickle")
-    config = kit.write_config(tmp_path, keys.trust_root, [server.url()], fetch_deadline_s=120, read_timeout_s=120)
+    config = kit.write_config(
+        tmp_path, keys.trust_root, [server.url()], fetch_deadline_s=120, read_timeout_s=120
+    )
     port_file = tmp_path / "metrics.port"
     p = _agent("run", "--config", str(config), "--metrics-port-file", str(port_file))
     _wait_for(lambda: port_file.exists() and len(server.requests) >= 1)
@@ -158,16 +193,25 @@ def test_daemon_keeps_running_through_hostile_responses_and_counts_each(running,
     good = server.routes[kit.MANIFEST_PATH].body
     envelope = json.loads(good)
     server.serve(json.dumps(envelope)[:-1].encode() + b', "n": ' + b"9" * 5000 + b"}")
-    _wait_for(lambda: _sample(_scrape(url), "treadle_agent_verify_failures_total", reason="envelope") >= 1)
+    _wait_for(
+        lambda: _sample(_scrape(url), "treadle_agent_verify_failures_total", reason="envelope") >= 1
+    )
     envelope["signatures"] = envelope["signatures"] * 5_000
     server.serve(json.dumps(envelope).encode())
-    _wait_for(lambda: _sample(_scrape(url), "treadle_agent_verify_failures_total", reason="envelope") >= 2)
+    _wait_for(
+        lambda: _sample(_scrape(url), "treadle_agent_verify_failures_total", reason="envelope") >= 2
+    )
     server.serve(good)
     server.routes[kit.MANIFEST_PATH].etag = '"caf\xe9"'
     _wait_for(lambda: len(server.requests) > 3 and server.requests[-1][1] is None)
     n = len(server.requests)
-    _wait_for(lambda: len(server.requests) > n + 1)  # later requests went out, without the poisoned ETag
+    _wait_for(
+        lambda: len(server.requests) > n + 1
+    )  # later requests went out, without the poisoned ETag
     assert all(inm is None or inm.isascii() for _, inm in server.requests)
     assert p.poll() is None
     text = _scrape(url)
-    assert _sample(text, "treadle_agent_applied_generation") == 3 and _sample(text, "treadle_agent_last_apply_success") == 1
+    assert (
+        _sample(text, "treadle_agent_applied_generation") == 3
+        and _sample(text, "treadle_agent_last_apply_success") == 1
+    )

@@ -17,7 +17,9 @@ def _schema(name: str) -> dict:
 
 
 def test_lifecycle_states_are_the_schemas_enums() -> None:
-    assert list(names.LIFECYCLE_STATES) == _schema("overlay.json")["$defs"]["lifecycleState"]["enum"]
+    assert (
+        list(names.LIFECYCLE_STATES) == _schema("overlay.json")["$defs"]["lifecycleState"]["enum"]
+    )
     assert list(names.LIFECYCLE_STATES) == _schema("plan.json")["$defs"]["lifecycle"]["enum"]
 
 
@@ -27,7 +29,9 @@ def test_default_metrics_port_is_the_agent_configs_default() -> None:
 
 
 def test_every_series_the_agent_exports_has_a_contract_name() -> None:
-    contract = {v for k, v in vars(names).items() if k.startswith("METRIC_") and k != "METRIC_PREFIX"}
+    contract = {
+        v for k, v in vars(names).items() if k.startswith("METRIC_") and k != "METRIC_PREFIX"
+    }
     exported = {family.name for family in AgentCollector(AgentMetrics("n1")).collect()}
     assert exported == contract
     assert all(n.startswith(names.METRIC_PREFIX) for n in exported)

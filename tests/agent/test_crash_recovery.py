@@ -35,11 +35,19 @@ def _restarts(log: Path) -> list[str]:
 
 def _agent(config: Path, bin_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", "treadle_agent.cli", "once", "--config", str(config)],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "treadle_agent.cli", "once", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
-def test_restart_owed_by_a_changed_file_survives_a_kill_9_before_the_restart(tmp_path, server, keys, kit):
+def test_restart_owed_by_a_changed_file_survives_a_kill_9_before_the_restart(
+    tmp_path, server, keys, kit
+):
     bin_dir, log, kill = tmp_path / "bin", tmp_path / "systemctl.log", tmp_path / "kill-on-restart"
     bin_dir.mkdir()
     (bin_dir / "systemctl").write_text(SYSTEMCTL.format(log=log, kill=kill))
@@ -51,7 +59,9 @@ def test_restart_owed_by_a_changed_file_survives_a_kill_9_before_the_restart(tmp
     kill.touch()
     first = _agent(config, bin_dir)
     assert first.returncode == -signal.SIGKILL, first.stderr
-    assert (tmp_path / "root/etc/app.conf").read_text() == "v = 1\n"  # changed, and the restart never happened
+    assert (
+        tmp_path / "root/etc/app.conf"
+    ).read_text() == "v = 1\n"  # changed, and the restart never happened
     assert _restarts(log) == ["restart app"]
     second = _agent(config, bin_dir)
     assert second.returncode == 0, second.stderr
@@ -67,7 +77,9 @@ def test_failing_notifying_file_owes_no_restart(tmp_path, server, keys, kit):
     (bin_dir / "systemctl").write_text(SYSTEMCTL.format(log=log, kill=tmp_path / "never"))
     (bin_dir / "systemctl").chmod(0o755)
     config = kit.write_config(tmp_path, keys.trust_root, [server.url()], service_manager="systemd")
-    (tmp_path / "root/etc/app.conf").mkdir(parents=True)  # a directory where the file should be: the write fails
+    (tmp_path / "root/etc/app.conf").mkdir(
+        parents=True
+    )  # a directory where the file should be: the write fails
     doc = kit.manifest_doc(generation=1, files={"/etc/app.conf": "v = 1\n"})
     doc["resources"][0]["notify"] = ["app"]
     server.serve(kit.signed(doc, keys.signers))

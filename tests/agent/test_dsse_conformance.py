@@ -13,8 +13,8 @@ import json
 import pytest
 
 from treadle_agent.contract.envelope import parse_envelope, verify_envelope
-from treadle_agent.errors import VerifyError
 from treadle_agent.contract.trustroot import TrustRoot
+from treadle_agent.errors import VerifyError
 
 # protocol.md, "Test Vectors": the body, the type, the PAE, and the P-256 key and signature the spec publishes.
 SPEC_BODY = b"hello world"
@@ -22,8 +22,10 @@ SPEC_TYPE = "http://example.com/HelloWorld"
 SPEC_PAE = b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
 SPEC_X = 46950820868899156662930047687818585632848591499744589407958293238635476079160
 SPEC_Y = 5640078356564379163099075877009565129882514886557779369047442380624545832820
-SPEC_ENVELOPE = (b'{"payload": "aGVsbG8gd29ybGQ=", "payloadType": "http://example.com/HelloWorld", "signatures": '
-                 b'[{"sig": "A3JqsQGtVsJ2O2xqrI5IcnXip5GToJ3F+FnZ+O88SjtR6rDAajabZKciJTfUiHqJPcIAriEGAHTVeCUjW2JIZA=="}]}')
+SPEC_ENVELOPE = (
+    b'{"payload": "aGVsbG8gd29ybGQ=", "payloadType": "http://example.com/HelloWorld", "signatures": '
+    b'[{"sig": "A3JqsQGtVsJ2O2xqrI5IcnXip5GToJ3F+FnZ+O88SjtR6rDAajabZKciJTfUiHqJPcIAriEGAHTVeCUjW2JIZA=="}]}'
+)
 
 
 def test_pae_matches_the_specifications_test_vector():
@@ -39,18 +41,25 @@ def test_the_specifications_envelope_parses_without_keyid_and_its_signature_cove
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
     from securesystemslib.dsse import Envelope
 
-    with pytest.raises(VerifyError) as e:  # the type is not ours, but everything before that check passed
+    with pytest.raises(
+        VerifyError
+    ) as e:  # the type is not ours, but everything before that check passed
         parse_envelope(SPEC_ENVELOPE)
     assert e.value.reason == "payload_type"
     doc = json.loads(SPEC_ENVELOPE)
     sig = base64.b64decode(doc["signatures"][0]["sig"])
     key = ec.EllipticCurvePublicNumbers(SPEC_X, SPEC_Y, ec.SECP256R1()).public_key()
     pae = Envelope(base64.b64decode(doc["payload"]), doc["payloadType"], {}).pae()
-    key.verify(encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")), pae,
-               ec.ECDSA(hashes.SHA256()))
+    key.verify(
+        encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")),
+        pae,
+        ec.ECDSA(hashes.SHA256()),
+    )
 
 
-def _variant(envelope: bytes, *, urlsafe: bool = False, unpadded: bool = False, keyid: str | None = "keep") -> bytes:
+def _variant(
+    envelope: bytes, *, urlsafe: bool = False, unpadded: bool = False, keyid: str | None = "keep"
+) -> bytes:
     doc = json.loads(envelope)
 
     def enc(b64: str) -> str:
@@ -73,10 +82,14 @@ def _variant(envelope: bytes, *, urlsafe: bool = False, unpadded: bool = False, 
 @pytest.mark.parametrize("keyid", ["keep", None, "", "another-implementations-key-id"])
 def test_envelopes_of_other_implementations_verify(shared_keys, kit, urlsafe, unpadded, keyid):
     """URL-safe or standard base64, padded or not, with the key id left out or spelt another way."""
-    doc = kit.manifest_doc(generation=1, files={"/etc/x": "?>?>~~~" * 40})  # bytes whose base64 holds + and /
+    doc = kit.manifest_doc(
+        generation=1, files={"/etc/x": "?>?>~~~" * 40}
+    )  # bytes whose base64 holds + and /
     envelope = kit.signed(doc, shared_keys.signers)
-    payload = verify_envelope(_variant(envelope, urlsafe=urlsafe, unpadded=unpadded, keyid=keyid),
-                              TrustRoot.load(shared_keys.trust_root))
+    payload = verify_envelope(
+        _variant(envelope, urlsafe=urlsafe, unpadded=unpadded, keyid=keyid),
+        TrustRoot.load(shared_keys.trust_root),
+    )
     assert json.loads(payload) == doc
 
 
@@ -91,8 +104,13 @@ def test_treadles_envelopes_verify_with_securesystemslib(keys, kit):
 
 @pytest.mark.parametrize("sig", ["ab+_", "ab/-cd==", "a=b=", "a"])
 def test_mixed_alphabets_and_bad_padding_are_refused(sig):
-    data = json.dumps({"payload": "e30=", "payloadType": "application/vnd.treadle.manifest+json",
-                       "signatures": [{"sig": sig}]}).encode()
+    data = json.dumps(
+        {
+            "payload": "e30=",
+            "payloadType": "application/vnd.treadle.manifest+json",
+            "signatures": [{"sig": sig}],
+        }
+    ).encode()
     with pytest.raises(VerifyError) as e:
         parse_envelope(data)
     assert e.value.reason == "envelope"
@@ -100,8 +118,13 @@ def test_mixed_alphabets_and_bad_padding_are_refused(sig):
 
 def test_signature_object_with_unknown_members_or_a_non_string_keyid_is_refused():
     for s in ({"sig": "", "extra": 1}, {"keyid": 5, "sig": ""}, {"keyid": "k"}):
-        data = json.dumps({"payload": "e30=", "payloadType": "application/vnd.treadle.manifest+json",
-                           "signatures": [s]}).encode()
+        data = json.dumps(
+            {
+                "payload": "e30=",
+                "payloadType": "application/vnd.treadle.manifest+json",
+                "signatures": [s],
+            }
+        ).encode()
         with pytest.raises(VerifyError):
             parse_envelope(data)
 

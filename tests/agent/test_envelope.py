@@ -9,10 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treadle_agent.contract.envelope import load_signer, parse_envelope, sign_payload, verify_envelope
-from treadle_agent.errors import ConfigError, VerifyError
+from treadle_agent.contract.envelope import (
+    load_signer,
+    parse_envelope,
+    sign_payload,
+    verify_envelope,
+)
 from treadle_agent.contract.manifest import PAYLOAD_TYPE, canonical_json
 from treadle_agent.contract.trustroot import TrustRoot
+from treadle_agent.errors import ConfigError, VerifyError
 
 
 def _reason(data: bytes, trust: TrustRoot) -> str:
@@ -63,7 +68,7 @@ def test_threshold_two_is_not_met_by_one_signature_repeated(make_keys):
 
 def test_trust_root_listing_one_public_key_under_two_ids_is_refused(keys, tmp_path):
     doc = json.loads(keys.trust_root.read_bytes())
-    (keyid, key), = doc["keys"].items()
+    ((keyid, key),) = doc["keys"].items()
     doc["keys"]["another-id"] = key
     doc["threshold"] = 2
     path = tmp_path / "twice.json"
@@ -104,10 +109,22 @@ def test_trust_root_with_an_unsupported_key_type_fails_when_keys_are_checked(key
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b'{"payload":"e30=","payloadType":"application/vnd.treadle.manifest+json","signatures":[', "envelope"),
-        (b'{"payload":"e30=","payload":"e30=","payloadType":"application/vnd.treadle.manifest+json","signatures":[]}', "envelope"),
-        (b'{"payload":"not base64!","payloadType":"application/vnd.treadle.manifest+json","signatures":[]}', "envelope"),
-        (b'{"payload":"e30=","payloadType":"application/vnd.treadle.manifest+json","signatures":[{"keyid":"k","sig":"%%"}]}', "envelope"),
+        (
+            b'{"payload":"e30=","payloadType":"application/vnd.treadle.manifest+json","signatures":[',
+            "envelope",
+        ),
+        (
+            b'{"payload":"e30=","payload":"e30=","payloadType":"application/vnd.treadle.manifest+json","signatures":[]}',
+            "envelope",
+        ),
+        (
+            b'{"payload":"not base64!","payloadType":"application/vnd.treadle.manifest+json","signatures":[]}',
+            "envelope",
+        ),
+        (
+            b'{"payload":"e30=","payloadType":"application/vnd.treadle.manifest+json","signatures":[{"keyid":"k","sig":"%%"}]}',
+            "envelope",
+        ),
         (b'{"payload":"e30=","payloadType":"application/json","signatures":[]}', "payload_type"),
         (b"[]", "envelope"),
         (b"\xff\xfe", "envelope"),
@@ -124,7 +141,10 @@ def test_wrong_payload_type_is_refused_even_when_correctly_signed(keys):
 
     env = Envelope(b"{}", "application/vnd.in-toto+json", {})
     env.sign(keys.signers[0])
-    assert _reason(json.dumps(env.to_dict()).encode(), TrustRoot.load(keys.trust_root)) == "payload_type"
+    assert (
+        _reason(json.dumps(env.to_dict()).encode(), TrustRoot.load(keys.trust_root))
+        == "payload_type"
+    )
 
 
 def test_load_signer_reads_a_generated_key_and_refuses_a_missing_one(keys, tmp_path):
@@ -148,7 +168,7 @@ def test_load_signer_accepts_a_signer_uri_with_its_public_key(keys):
 
 def test_same_public_key_in_other_hex_case_is_still_the_same_key(keys, tmp_path):
     doc = json.loads(keys.trust_root.read_bytes())
-    (keyid, key), = doc["keys"].items()
+    ((keyid, key),) = doc["keys"].items()
     doc["keys"]["upper"] = {**key, "keyval": {"public": key["keyval"]["public"].upper()}}
     path = tmp_path / "case.json"
     path.write_text(json.dumps(doc))

@@ -13,8 +13,16 @@ from treadle_agent.fetch import HttpFetcher
 
 
 def _settings(*urls: str, **kw: object) -> FetchSettings:
-    base = dict(manifest_urls=tuple(urls), connect_timeout_s=1.0, read_timeout_s=1.0, deadline_s=2.0,
-                max_manifest_bytes=4096, retries=0, backoff_base_s=1.0, backoff_max_s=60.0)
+    base = dict(
+        manifest_urls=tuple(urls),
+        connect_timeout_s=1.0,
+        read_timeout_s=1.0,
+        deadline_s=2.0,
+        max_manifest_bytes=4096,
+        retries=0,
+        backoff_base_s=1.0,
+        backoff_max_s=60.0,
+    )
     base.update(kw)
     return FetchSettings(**base)  # type: ignore[arg-type]
 
@@ -40,14 +48,19 @@ def _dead_url() -> str:
 def test_body_and_etag_are_returned(server):
     server.serve(b'{"a":1}')
     result = _fetch(HttpFetcher(_settings(server.url())))
-    assert result.data == b'{"a":1}' and result.etag == server.routes["/v1/nodes/node-1/manifest"].etag
+    assert (
+        result.data == b'{"a":1}' and result.etag == server.routes["/v1/nodes/node-1/manifest"].etag
+    )
 
 
 def test_matching_etag_gets_not_modified_rather_than_a_failure(server):
     server.serve(b'{"a":1}')
     etag = server.routes["/v1/nodes/node-1/manifest"].etag
     failures: list[str] = []
-    result = _fetch(HttpFetcher(_settings(server.url()), on_failure=lambda e, url: failures.append(e.reason)), etag)
+    result = _fetch(
+        HttpFetcher(_settings(server.url()), on_failure=lambda e, url: failures.append(e.reason)),
+        etag,
+    )
     assert result.not_modified and result.etag == etag and failures == []
     assert server.requests[-1] == ("/v1/nodes/node-1/manifest", etag)
 
@@ -55,7 +68,10 @@ def test_matching_etag_gets_not_modified_rather_than_a_failure(server):
 def test_first_url_failing_fails_over_to_the_second_in_order(server):
     server.serve(b"{}", path="/mirror")
     failures: list[tuple[str, str]] = []
-    fetcher = HttpFetcher(_settings(server.url("/missing"), server.url("/mirror")), on_failure=lambda e, url: failures.append((e.reason, url)))
+    fetcher = HttpFetcher(
+        _settings(server.url("/missing"), server.url("/mirror")),
+        on_failure=lambda e, url: failures.append((e.reason, url)),
+    )
     result = _fetch(fetcher)
     assert result.data == b"{}" and result.url == server.url("/mirror")
     assert failures == [("http_status", server.url("/missing"))]
@@ -74,8 +90,11 @@ def test_retries_back_off_exponentially_with_jitter_and_cap(server):
     async def fake_sleep(s: float) -> None:
         sleeps.append(s)
 
-    fetcher = HttpFetcher(_settings(server.url("/missing"), retries=4, backoff_base_s=1.0, backoff_max_s=5.0),
-                          sleep=fake_sleep, rng=lambda: 0.5)
+    fetcher = HttpFetcher(
+        _settings(server.url("/missing"), retries=4, backoff_base_s=1.0, backoff_max_s=5.0),
+        sleep=fake_sleep,
+        rng=lambda: 0.5,
+    )
     with pytest.raises(FetchError) as e:
         _fetch(fetcher)
     assert e.value.reason == "http_status"
@@ -120,5 +139,9 @@ def test_silent_server_is_a_read_timeout():
 
 
 def test_node_placeholder_in_urls_is_replaced_by_the_node_name(tmp_path, keys, kit):
-    path = kit.write_config(tmp_path, keys.trust_root, ["http://a.example/v1/nodes/{node}/manifest"])
-    assert kit.load_config(path).fetch.manifest_urls == ("http://a.example/v1/nodes/node-1/manifest",)
+    path = kit.write_config(
+        tmp_path, keys.trust_root, ["http://a.example/v1/nodes/{node}/manifest"]
+    )
+    assert kit.load_config(path).fetch.manifest_urls == (
+        "http://a.example/v1/nodes/node-1/manifest",
+    )

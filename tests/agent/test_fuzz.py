@@ -27,22 +27,34 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from treadle_agent import config as agent_config
+from treadle_agent.contract.trustroot import TrustRoot
 from treadle_agent.errors import ConfigError, VerifyError
 from treadle_agent.fetch import valid_etag
-from treadle_agent.contract.trustroot import TrustRoot
 from treadle_agent.trust import TrustedState
 from treadle_agent.verify import Verifier
 
 CORPUS = Path(__file__).parent / "corpus"
 EXAMPLES = int(os.environ.get("TREADLE_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 PAYLOAD_TYPE = "application/vnd.treadle.manifest+json"
 
-json_leaves = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
-                        st.text(max_size=20))
-json_values = st.recursive(json_leaves, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                                st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                           max_leaves=20)
+json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.text(max_size=20),
+)
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 # --- envelopes and payloads ---------------------------------------------------------------------------
@@ -60,10 +72,19 @@ def _mutate(data: bytes, draw_ops: list[tuple[int, int]]) -> bytes:
 def envelopes(draw: st.DrawFn, valid: bytes) -> bytes:
     kind = draw(st.sampled_from(["mutated", "reshaped", "json", "bytes", "huge-int"]))
     if kind == "mutated":
-        return _mutate(valid, draw(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=5)))
+        return _mutate(
+            valid,
+            draw(
+                st.lists(
+                    st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=5
+                )
+            ),
+        )
     if kind == "reshaped":
         doc = json.loads(valid)
-        key = draw(st.sampled_from(["payload", "payloadType", "signatures", "keyid", "sig", "extra"]))
+        key = draw(
+            st.sampled_from(["payload", "payloadType", "signatures", "keyid", "sig", "extra"])
+        )
         value = draw(json_values)
         if key in ("keyid", "sig"):
             doc["signatures"][0][key] = value
@@ -83,7 +104,9 @@ def good_envelope(shared_keys, kit) -> bytes:
 
 
 def _verifier(shared_keys, kit) -> Verifier:
-    return Verifier(TrustRoot.load(shared_keys.trust_root), kit.NODE, TrustedState(), clock=lambda: kit.NOW)
+    return Verifier(
+        TrustRoot.load(shared_keys.trust_root), kit.NODE, TrustedState(), clock=lambda: kit.NOW
+    )
 
 
 @FUZZ
@@ -96,20 +119,28 @@ def test_no_envelope_crashes_verification(shared_keys, kit, good_envelope, data)
     except VerifyError:
         assert verifier.state.manifest is None and verifier.state.highest_generation == 0
         return
-    assert manifest.generation == 2  # only a change that keeps the signed bytes can pass (e.g. base64 padding)
+    assert (
+        manifest.generation == 2
+    )  # only a change that keeps the signed bytes can pass (e.g. base64 padding)
 
 
 @st.composite
 def manifests(draw: st.DrawFn, kit) -> bytes:
     """A valid manifest with one leaf replaced, one key dropped or one added, or any JSON, as signed bytes."""
-    doc = kit.manifest_doc(generation=draw(st.integers(0, 2**64)),
-                           files={draw(st.sampled_from(["/etc/motd", "/etc/a b", "/etc/../x", "/x\u00e9"])): "x\n"})
+    doc = kit.manifest_doc(
+        generation=draw(st.integers(0, 2**64)),
+        files={draw(st.sampled_from(["/etc/motd", "/etc/a b", "/etc/../x", "/x\u00e9"])): "x\n"},
+    )
     kind = draw(st.sampled_from(["leaf", "drop", "add", "any", "raw"]))
     if kind == "any":
         return json.dumps(draw(json_values)).encode()
     if kind == "raw":
         return draw(st.binary(max_size=200))
-    target = doc if draw(st.booleans()) else (doc["metadata"] if draw(st.booleans()) else doc["resources"][0])
+    target = (
+        doc
+        if draw(st.booleans())
+        else (doc["metadata"] if draw(st.booleans()) else doc["resources"][0])
+    )
     key = draw(st.sampled_from(sorted(target)))
     if kind == "leaf":
         target[key] = draw(json_values)
@@ -136,7 +167,9 @@ def test_no_signed_payload_crashes_verification_or_apply(shared_keys, kit, tmp_p
     tmp = tmp_path_factory.mktemp("apply")
     (tmp / "root").mkdir()
     host = SimulatedHost(proc_sys=tmp, package_manager="none", service_manager="none")
-    report = Applier(tmp / "root", tmp / "state", host, "heal").apply(manifest)  # per-resource results, no exception
+    report = Applier(tmp / "root", tmp / "state", host, "heal").apply(
+        manifest
+    )  # per-resource results, no exception
     assert len(report.results) == len(manifest.resources)
     assert not (tmp / "x").exists()  # nothing written outside the root
 
@@ -195,19 +228,41 @@ def raw_server() -> Iterator[RawServer]:
     thread.join(timeout=5)
 
 
-header_values = st.one_of(st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
-                          st.integers(-10, 10**6).map(lambda n: str(n).encode()),
-                          st.integers(4300, 6000).map(lambda n: b"9" * n),
-                          st.text(max_size=30).map(lambda t: ('"' + t + '"').encode("utf-8", "surrogatepass")))
+header_values = st.one_of(
+    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+    st.integers(-10, 10**6).map(lambda n: str(n).encode()),
+    st.integers(4300, 6000).map(lambda n: b"9" * n),
+    st.text(max_size=30).map(lambda t: ('"' + t + '"').encode("utf-8", "surrogatepass")),
+)
 
 
 @st.composite
 def http_responses(draw: st.DrawFn, envelope: bytes) -> bytes:
-    status = draw(st.one_of(st.sampled_from([b"200 OK", b"304 Not Modified", b"500 Oops", b"404 No", b"999 X"]),
-                            st.binary(max_size=12).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))))
-    headers = draw(st.lists(st.tuples(st.sampled_from([b"ETag", b"Content-Length", b"Transfer-Encoding",
-                                                       b"Content-Encoding", b"Content-Type", b"X-Any", b"Bad Name"]),
-                                      header_values), max_size=5))
+    status = draw(
+        st.one_of(
+            st.sampled_from([b"200 OK", b"304 Not Modified", b"500 Oops", b"404 No", b"999 X"]),
+            st.binary(max_size=12).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+        )
+    )
+    headers = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(
+                    [
+                        b"ETag",
+                        b"Content-Length",
+                        b"Transfer-Encoding",
+                        b"Content-Encoding",
+                        b"Content-Type",
+                        b"X-Any",
+                        b"Bad Name",
+                    ]
+                ),
+                header_values,
+            ),
+            max_size=5,
+        )
+    )
     body = draw(st.one_of(st.just(envelope), envelopes(envelope), st.binary(max_size=200)))
     head = b"HTTP/1.1 " + status + b"\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in headers)
     return head + b"Connection: close\r\n\r\n" + body
@@ -228,15 +283,22 @@ def _assert_still_enforcing(node, before) -> None:
     assert result.generation == 2 and result.apply_ok
     assert node.agent.trusted.manifest.generation == 2
     assert node.agent.etag is None or valid_etag(node.agent.etag) == node.agent.etag
-    facts = ("state/agent-state.json", "state/agent-state.copy.json")  # the good envelope under another ETag: stored
-    assert {k: v for k, v in node.snapshot().items() if k not in facts} == {k: v for k, v in before.items() if k not in facts}
+    facts = (
+        "state/agent-state.json",
+        "state/agent-state.copy.json",
+    )  # the good envelope under another ETag: stored
+    assert {k: v for k, v in node.snapshot().items() if k not in facts} == {
+        k: v for k, v in before.items() if k not in facts
+    }
     for name in facts:
         assert json.loads((node.tmp / name).read_bytes())["generation"] == 2
 
 
 @FUZZ
 @given(data=st.data())
-def test_no_http_response_crashes_the_agent_or_changes_what_it_enforces(enforcing, raw_server, kit, data):
+def test_no_http_response_crashes_the_agent_or_changes_what_it_enforces(
+    enforcing, raw_server, kit, data
+):
     node, before = enforcing
     raw_server.response = data.draw(http_responses(node.server.routes[kit.MANIFEST_PATH].body))
     _assert_still_enforcing(node, before)
@@ -251,7 +313,9 @@ def test_corpus_http_response_is_refused_and_the_good_manifest_stays(enforcing, 
     node, before = enforcing
     raw_server.response = (CORPUS / "http" / name).read_bytes()
     _assert_still_enforcing(node, before)
-    _assert_still_enforcing(node, before)  # and what it stored from that response poisons no later request
+    _assert_still_enforcing(
+        node, before
+    )  # and what it stored from that response poisons no later request
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (CORPUS / "envelope").iterdir()))
@@ -304,12 +368,16 @@ def test_no_damaged_state_file_crashes_the_agent_or_lowers_its_floor(enforcing_5
     name = data.draw(st.sampled_from(STATE_FILES))
     path = node.tmp / "state" / name
     original = path.read_bytes()
-    damage = data.draw(st.one_of(
-        st.binary(max_size=200),
-        json_values.map(lambda v: json.dumps(v).encode()),
-        st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4).map(lambda ops: _mutate(original, ops)),
-        st.integers(1, len(original)).map(lambda n: original[:n]),
-    ))
+    damage = data.draw(
+        st.one_of(
+            st.binary(max_size=200),
+            json_values.map(lambda v: json.dumps(v).encode()),
+            st.lists(
+                st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4
+            ).map(lambda ops: _mutate(original, ops)),
+            st.integers(1, len(original)).map(lambda n: original[:n]),
+        )
+    )
     # A mutation may leave a facts file valid with another generation: a higher floor is the safe direction,
     # but then generation 5 is rightly a rollback; such examples test nothing this test asserts.
     assume(name not in STATE_FILES[:2] or (_generation(damage) or 0) <= 5)
@@ -322,10 +390,16 @@ def _generation(data: bytes) -> int | None:
         doc = json.loads(data)
     except ValueError:
         return None
-    return doc.get("generation") if isinstance(doc, dict) and type(doc.get("generation")) is int else None
+    return (
+        doc.get("generation")
+        if isinstance(doc, dict) and type(doc.get("generation")) is int
+        else None
+    )
 
 
-@pytest.mark.parametrize("path", sorted(f"{d.name}/{p.name}" for d in (CORPUS / "state").iterdir() for p in d.iterdir()))
+@pytest.mark.parametrize(
+    "path", sorted(f"{d.name}/{p.name}" for d in (CORPUS / "state").iterdir() for p in d.iterdir())
+)
 def test_corpus_state_file_is_survived(enforcing_5, kit, path):
     node, saved = enforcing_5
     name, _ = path.split("/")
@@ -340,22 +414,39 @@ def _toml_value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+        return (
+            "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+        )
     if isinstance(v, int):
         return str(v)
     if isinstance(v, datetime.date | datetime.time):
         return v.isoformat()
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(v)  # a JSON string is a TOML basic string (a lone surrogate makes it invalid TOML: fine)
+    return json.dumps(
+        v
+    )  # a JSON string is a TOML basic string (a lone surrogate makes it invalid TOML: fine)
 
 
 toml_values = st.one_of(
-    st.text(max_size=30), st.integers(-(10**25), 10**25), st.floats(), st.booleans(),
-    st.dates(), st.datetimes(timezones=st.just(datetime.UTC)), st.times(),
-    st.lists(st.one_of(st.text(max_size=20), st.integers(), st.sampled_from(["http://[::1/x", "http://127.0.0.1:9/x"])),
-             max_size=3),
-    st.sampled_from(["http://[::1/x", "http:///x", "127.0.0.1:0", "127.0.0.1:99999", "a\x00b", "heal", "none"]),
+    st.text(max_size=30),
+    st.integers(-(10**25), 10**25),
+    st.floats(),
+    st.booleans(),
+    st.dates(),
+    st.datetimes(timezones=st.just(datetime.UTC)),
+    st.times(),
+    st.lists(
+        st.one_of(
+            st.text(max_size=20),
+            st.integers(),
+            st.sampled_from(["http://[::1/x", "http://127.0.0.1:9/x"]),
+        ),
+        max_size=3,
+    ),
+    st.sampled_from(
+        ["http://[::1/x", "http:///x", "127.0.0.1:0", "127.0.0.1:99999", "a\x00b", "heal", "none"]
+    ),
 )
 PATH_KEYS = {"trust_root", "state_dir", "root"}
 
@@ -367,11 +458,17 @@ def test_no_agent_config_crashes_loading(tmp_path, keys, kit, data):
     path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:9/x"])
     lines = path.read_text().splitlines()
     known = sorted(agent_config._schema_file()[1]["properties"])
-    changes = data.draw(st.dictionaries(st.sampled_from([*known, "unknown_key"]), toml_values, min_size=1, max_size=3))
+    changes = data.draw(
+        st.dictionaries(
+            st.sampled_from([*known, "unknown_key"]), toml_values, min_size=1, max_size=3
+        )
+    )
     for key, value in changes.items():
         if key in PATH_KEYS and isinstance(value, str):
             value = "sub/" + value.replace(".", "_").replace("/", "_")  # stay below tmp_path
-        lines = [line for line in lines if not line.startswith(f"{key} =")] + [f"{key} = {_toml_value(value)}"]
+        lines = [line for line in lines if not line.startswith(f"{key} =")] + [
+            f"{key} = {_toml_value(value)}"
+        ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
     try:
         agent_config.load(path)
@@ -386,8 +483,12 @@ def test_corpus_config_is_exit_2_with_a_message(tmp_path, keys, kit, capsys, nam
 
     path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:9/x"])
     snippet = (CORPUS / "config" / name).read_text()
-    keys_set = {line.split("=")[0].strip().strip("[]") for line in snippet.splitlines() if line.strip()}
-    lines = [line for line in path.read_text().splitlines() if line.split("=")[0].strip() not in keys_set]
+    keys_set = {
+        line.split("=")[0].strip().strip("[]") for line in snippet.splitlines() if line.strip()
+    }
+    lines = [
+        line for line in path.read_text().splitlines() if line.split("=")[0].strip() not in keys_set
+    ]
     path.write_text("\n".join([*lines, snippet]))
     assert main([command, "--config", str(path)]) == 2
     err = capsys.readouterr().err
@@ -399,5 +500,7 @@ def test_fuzz_helpers_are_what_they_claim():
     import tomllib
 
     assert tomllib.loads("a = " + _toml_value([1, "x", 2.5])) == {"a": [1, "x", 2.5]}
-    assert tomllib.loads("a = " + _toml_value(datetime.date(2020, 1, 2)))["a"] == datetime.date(2020, 1, 2)
+    assert tomllib.loads("a = " + _toml_value(datetime.date(2020, 1, 2)))["a"] == datetime.date(
+        2020, 1, 2
+    )
     assert _mutate(b"abc", [(1, 0x41)]) == b"aAc"

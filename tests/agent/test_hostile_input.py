@@ -39,7 +39,9 @@ def _still_enforcing(node, result, before) -> None:
 # --- 1: integers too large for int() ------------------------------------------------------------
 
 
-def test_integer_of_thousands_of_digits_in_an_unsigned_envelope_member_is_refused_not_a_crash(node, kit, enforced):
+def test_integer_of_thousands_of_digits_in_an_unsigned_envelope_member_is_refused_not_a_crash(
+    node, kit, enforced
+):
     envelope = json.loads(node.server.routes[kit.MANIFEST_PATH].body)
     raw = json.dumps(envelope)[:-1].encode() + b', "n": ' + b"9" * 5000 + b"}"
     node.server.serve(raw)
@@ -49,8 +51,14 @@ def test_integer_of_thousands_of_digits_in_an_unsigned_envelope_member_is_refuse
     _still_enforcing(node, result, enforced)
 
 
-def test_integer_of_thousands_of_digits_inside_a_signed_payload_is_refused_as_schema(node, kit, enforced):
-    payload = json.dumps(kit.manifest_doc(generation=3)).replace('"generation": 3', '"generation": ' + "7" * 5000).encode()
+def test_integer_of_thousands_of_digits_inside_a_signed_payload_is_refused_as_schema(
+    node, kit, enforced
+):
+    payload = (
+        json.dumps(kit.manifest_doc(generation=3))
+        .replace('"generation": 3', '"generation": ' + "7" * 5000)
+        .encode()
+    )
     node.serve(payload)
     result = node.cycle()
     assert result.refused == "schema"
@@ -58,8 +66,15 @@ def test_integer_of_thousands_of_digits_inside_a_signed_payload_is_refused_as_sc
     _still_enforcing(node, result, enforced)
 
 
-@pytest.mark.parametrize("text", [b"1" * (MAX_INT_DIGITS + 1), b"-" + b"1" * (MAX_INT_DIGITS + 1),
-                                  b"[" * 65 + b"]" * 65, b'{"a":' * 70 + b"1" + b"}" * 70])
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"1" * (MAX_INT_DIGITS + 1),
+        b"-" + b"1" * (MAX_INT_DIGITS + 1),
+        b"[" * 65 + b"]" * 65,
+        b'{"a":' * 70 + b"1" + b"}" * 70,
+    ],
+)
 def test_parse_json_refuses_what_is_over_its_limits_with_its_own_error(text):
     with pytest.raises(ManifestFormatError):
         parse_json(text)
@@ -81,7 +96,9 @@ def test_huge_content_length_header_is_no_crash(node, kit, enforced):
 # --- 2: ETags --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("etag", ['"caf\xe9"', '"' + "a" * 10_000 + '"', "no-quotes", '"a" "b"', '"\x7f"'])
+@pytest.mark.parametrize(
+    "etag", ['"caf\xe9"', '"' + "a" * 10_000 + '"', "no-quotes", '"a" "b"', '"\x7f"']
+)
 def test_invalid_etag_is_never_stored_nor_sent_back(node, kit, etag):
     node.start()
     envelope = node.serve(kit.manifest_doc(generation=2, files=GOOD))
@@ -89,7 +106,9 @@ def test_invalid_etag_is_never_stored_nor_sent_back(node, kit, etag):
     assert node.cycle().ok
     assert node.agent.etag is None
     assert json.loads((node.tmp / "state/agent-state.json").read_text())["etag"] is None
-    second = node.cycle()  # before: UnicodeEncodeError on every later run, or a request header the server refuses
+    second = (
+        node.cycle()
+    )  # before: UnicodeEncodeError on every later run, or a request header the server refuses
     assert second.ok and second.fetch_failed is None
     assert node.server.requests[-1] == (kit.MANIFEST_PATH, None)
     assert node.agent.trusted.envelope == envelope
@@ -97,7 +116,11 @@ def test_invalid_etag_is_never_stored_nor_sent_back(node, kit, etag):
 
 def test_valid_etags_are_kept_and_bounded():
     valid_etag, MAX_ETAG_CHARS = fetch.valid_etag, fetch.MAX_ETAG_CHARS  # noqa: N806
-    assert valid_etag('"abc"') == '"abc"' and valid_etag('W/"abc"') == 'W/"abc"' and valid_etag('""') == '""'
+    assert (
+        valid_etag('"abc"') == '"abc"'
+        and valid_etag('W/"abc"') == 'W/"abc"'
+        and valid_etag('""') == '""'
+    )
     assert valid_etag('"' + "a" * (MAX_ETAG_CHARS - 2) + '"') is not None
     assert valid_etag('"' + "a" * (MAX_ETAG_CHARS - 1) + '"') is None
     assert valid_etag(None) is None and valid_etag(7) is None
@@ -125,25 +148,32 @@ def _main(*args: str) -> int:
     return main(list(args))
 
 
-@pytest.mark.parametrize(("key", "toml", "says"), [
-    ("node", "node = 1979-05-27", "a TOML date or time"),
-    ("root", "root = 1979-05-27T07:32:00Z", "a TOML date or time"),
-    ("state_dir", 'state_dir = "/tmp/st\\u0000x"', "NUL"),
-    ("node", 'node = "a\\u0000b"', "NUL"),
-    ("manifest_urls", 'manifest_urls = ["http://[::1/x"]', "not a usable URL"),
-    ("manifest_urls", 'manifest_urls = ["http://127.0.0.1:99999/x"]', "not a usable URL"),
-    ("manifest_urls", 'manifest_urls = ["http:///x"]', "not a usable URL"),
-    ("interval_s", "interval_s = nan", "not a finite number"),
-    ("retries", "retries = 1" + "0" * 5000, "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("key", "toml", "says"),
+    [
+        ("node", "node = 1979-05-27", "a TOML date or time"),
+        ("root", "root = 1979-05-27T07:32:00Z", "a TOML date or time"),
+        ("state_dir", 'state_dir = "/tmp/st\\u0000x"', "NUL"),
+        ("node", 'node = "a\\u0000b"', "NUL"),
+        ("manifest_urls", 'manifest_urls = ["http://[::1/x"]', "not a usable URL"),
+        ("manifest_urls", 'manifest_urls = ["http://127.0.0.1:99999/x"]', "not a usable URL"),
+        ("manifest_urls", 'manifest_urls = ["http:///x"]', "not a usable URL"),
+        ("interval_s", "interval_s = nan", "not a finite number"),
+        ("retries", "retries = 1" + "0" * 5000, "not valid TOML"),
+    ],
+)
 @pytest.mark.parametrize("command", ["once", "check", "run"])
-def test_config_value_that_would_crash_is_exit_2_naming_the_key(tmp_path, kit, keys, capsys, key, toml, says, command):
+def test_config_value_that_would_crash_is_exit_2_naming_the_key(
+    tmp_path, kit, keys, capsys, key, toml, says, command
+):
     path = kit.write_config(tmp_path, keys.trust_root, ["http://127.0.0.1:9/x"])
     lines = [line for line in path.read_text().splitlines() if not line.startswith(f"{key} =")]
     path.write_text("\n".join([*lines, toml]) + "\n")
     assert _main(command, "--config", str(path)) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"treadle-agent: error: {path}") and says in err and "Traceback" not in err
+    assert (
+        err.startswith(f"treadle-agent: error: {path}") and says in err and "Traceback" not in err
+    )
     if key != "retries":
         assert repr(key) in err and "fix:" in err
 
@@ -151,7 +181,9 @@ def test_config_value_that_would_crash_is_exit_2_naming_the_key(tmp_path, kit, k
 # --- 3: the trust root, the state dir and the config must be private and usable ----------------------
 
 
-def test_trust_root_with_a_garbage_key_is_exit_2_and_the_last_good_manifest_stays(node, kit, enforced, capsys):
+def test_trust_root_with_a_garbage_key_is_exit_2_and_the_last_good_manifest_stays(
+    node, kit, enforced, capsys
+):
     doc = json.loads(node.keys.trust_root.read_text())
     for key in doc["keys"].values():
         key["keyval"]["public"] = "zz" * 32
@@ -161,11 +193,19 @@ def test_trust_root_with_a_garbage_key_is_exit_2_and_the_last_good_manifest_stay
     assert node.snapshot() == enforced  # before: exit 1, and envelope.json moved aside as corrupt
 
 
-@pytest.mark.parametrize("what", ["trust root", "config file", "state dir", "directory above the trust root"])
+@pytest.mark.parametrize(
+    "what", ["trust root", "config file", "state dir", "directory above the trust root"]
+)
 @pytest.mark.parametrize("bits", [0o020, 0o002])
-def test_group_or_world_writable_trust_root_config_or_state_dir_is_refused(node, kit, enforced, capsys, what, bits):
-    target = {"trust root": node.keys.trust_root, "config file": node.config_path, "state dir": node.tmp / "state",
-              "directory above the trust root": node.keys.trust_root.parent}[what]
+def test_group_or_world_writable_trust_root_config_or_state_dir_is_refused(
+    node, kit, enforced, capsys, what, bits
+):
+    target = {
+        "trust root": node.keys.trust_root,
+        "config file": node.config_path,
+        "state dir": node.tmp / "state",
+        "directory above the trust root": node.keys.trust_root.parent,
+    }[what]
     target.chmod(target.stat().st_mode & 0o7777 | bits)
     assert _main("once", "--config", str(node.config_path)) == 2
     err = capsys.readouterr().err
@@ -194,15 +234,23 @@ def _state(node, name: str):
 def test_damaged_stored_envelope_does_not_reopen_equivocation(node, kit, enforced):
     _state(node, "envelope.json").write_bytes(b'{"payload": "damaged')
     node.start()
-    node.serve(kit.manifest_doc(generation=2, files={"/etc/motd": "other content, same generation\n"}))
+    node.serve(
+        kit.manifest_doc(generation=2, files={"/etc/motd": "other content, same generation\n"})
+    )
     result = node.cycle()
     assert result.refused == "equivocation"  # before: accepted, and applied
     assert node.sample("treadle_agent_verify_failures_total", reason="equivocation") == 1
     assert (node.tmp / "root/etc/motd").read_text() == "good\n"
 
 
-@pytest.mark.parametrize("gone", [("envelope.json", "agent-state.json"), ("envelope.json", "agent-state.copy.json"),
-                                  ("agent-state.json", "agent-state.copy.json")])
+@pytest.mark.parametrize(
+    "gone",
+    [
+        ("envelope.json", "agent-state.json"),
+        ("envelope.json", "agent-state.copy.json"),
+        ("agent-state.json", "agent-state.copy.json"),
+    ],
+)
 def test_any_two_trusted_state_files_gone_still_refuse_a_rollback(node, kit, enforced, gone):
     node.serve(kit.manifest_doc(generation=5, files=GOOD))
     assert node.cycle().ok
@@ -219,22 +267,44 @@ def test_missing_state_files_are_written_again_at_start(node, kit, enforced):
     _state(node, "agent-state.json").unlink()
     node.start()
     assert json.loads(_state(node, "agent-state.json").read_text())["generation"] == 2
-    assert _state(node, "agent-state.json").read_bytes() == _state(node, "agent-state.copy.json").read_bytes()
+    assert (
+        _state(node, "agent-state.json").read_bytes()
+        == _state(node, "agent-state.copy.json").read_bytes()
+    )
 
 
-@pytest.mark.parametrize("entry", [[1, 2], "x", {"want": 3}, {"created": "yes"}, {"stat": "x"}, {"stat": [1, 2]},
-                                   {"sha256": 5}, {"want": None, "created": False, "stat": [1, 2, 3, 4, 5, 6, "7"]}])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        [1, 2],
+        "x",
+        {"want": 3},
+        {"created": "yes"},
+        {"stat": "x"},
+        {"stat": [1, 2]},
+        {"sha256": 5},
+        {"want": None, "created": False, "stat": [1, 2, 3, 4, 5, 6, "7"]},
+    ],
+)
 def test_wrongly_typed_inventory_entry_is_dropped_and_the_run_recovers(node, kit, enforced, entry):
     inventory = _state(node, "inventory.json")
     doc = json.loads(inventory.read_text())
     doc["resources"]["file:/etc/motd"] = entry
-    doc["resources"]["file:/etc/other"] = {"want": None, "created": True, "stat": [1] * 7, "sha256": "a" * 64}
+    doc["resources"]["file:/etc/other"] = {
+        "want": None,
+        "created": True,
+        "stat": [1] * 7,
+        "sha256": "a" * 64,
+    }
     inventory.write_text(json.dumps(doc))
     node.start()
     first, second = node.cycle(), node.cycle()  # before: a traceback on every run
     assert first.ok and second.ok
     doc = json.loads(inventory.read_text())
-    assert doc["resources"]["file:/etc/motd"]["want"] is not None and "file:/etc/other" not in doc["resources"]
+    assert (
+        doc["resources"]["file:/etc/motd"]["want"] is not None
+        and "file:/etc/other" not in doc["resources"]
+    )
 
 
 def test_inventory_entry_with_a_relative_path_is_dropped_not_pruned_every_run(node, kit, enforced):
@@ -242,14 +312,23 @@ def test_inventory_entry_with_a_relative_path_is_dropped_not_pruned_every_run(no
     is refused), so every later run failed pruning it. It is dropped when read, like any wrongly shaped one."""
     inventory = _state(node, "inventory.json")
     doc = json.loads(inventory.read_text())
-    doc["resources"]["file:etc/motd"] = {"want": None, "created": True, "stat": [1] * 7, "sha256": None}
+    doc["resources"]["file:etc/motd"] = {
+        "want": None,
+        "created": True,
+        "stat": [1] * 7,
+        "sha256": None,
+    }
     doc["resources"]["directory:/srv/../etc"] = {"want": None, "created": True}
     inventory.write_text(json.dumps(doc))
     node.start()
     first, second = node.cycle(), node.cycle()
     assert first.ok and second.ok
     kept = json.loads(inventory.read_text())["resources"]
-    assert "file:etc/motd" not in kept and "directory:/srv/../etc" not in kept and "file:/etc/motd" in kept
+    assert (
+        "file:etc/motd" not in kept
+        and "directory:/srv/../etc" not in kept
+        and "file:/etc/motd" in kept
+    )
 
 
 def test_wrongly_typed_pending_restarts_are_dropped(node, kit, enforced):
@@ -267,7 +346,9 @@ def test_wrongly_typed_pending_restarts_are_dropped(node, kit, enforced):
 FAST_FORWARD = 10**18
 
 
-def test_fast_forwarded_generation_blocks_honest_manifests_until_the_trust_root_is_rotated(node, kit, make_keys, enforced):
+def test_fast_forwarded_generation_blocks_honest_manifests_until_the_trust_root_is_rotated(
+    node, kit, make_keys, enforced
+):
     node.serve(kit.manifest_doc(generation=FAST_FORWARD, files=GOOD))
     assert node.cycle().ok
     node.serve(kit.manifest_doc(generation=5, files={"/etc/motd": "honest\n"}))
@@ -298,7 +379,14 @@ def test_reformatting_the_trust_root_is_no_rotation(node, kit, enforced):
 # --- 6: hard links and special mode bits ------------------------------------------------------------
 
 
-def _file_manifest(kit, path: str, content: str, mode: str, special_modes: list[str] | None = None, generation: int = 3):
+def _file_manifest(
+    kit,
+    path: str,
+    content: str,
+    mode: str,
+    special_modes: list[str] | None = None,
+    generation: int = 3,
+):
     doc = kit.manifest_doc(generation=generation, files={path: content})
     doc["resources"][0]["mode"] = mode
     if special_modes is not None:
@@ -306,7 +394,9 @@ def _file_manifest(kit, path: str, content: str, mode: str, special_modes: list[
     return doc
 
 
-def test_mode_change_through_a_planted_hard_link_is_refused_and_the_outside_file_keeps_its_mode(node, kit, enforced):
+def test_mode_change_through_a_planted_hard_link_is_refused_and_the_outside_file_keeps_its_mode(
+    node, kit, enforced
+):
     outside = node.tmp / "shadow"
     outside.write_text("secret\n")
     outside.chmod(0o600)
@@ -317,10 +407,14 @@ def test_mode_change_through_a_planted_hard_link_is_refused_and_the_outside_file
     assert outside.stat().st_mode & 0o7777 == 0o600  # before: 0644, through the link
     assert node.sample("treadle_agent_resources", type="file", status="failed") == 1
     report = node.agent.applier.check(node.agent.trusted.manifest)
-    assert [r.status for r in report.results] == ["would_change"]  # still owed, never forced through the link
+    assert [r.status for r in report.results] == [
+        "would_change"
+    ]  # still owed, never forced through the link
 
 
-def test_content_change_of_a_hard_linked_file_replaces_the_name_and_leaves_the_other_file(node, kit, enforced):
+def test_content_change_of_a_hard_linked_file_replaces_the_name_and_leaves_the_other_file(
+    node, kit, enforced
+):
     outside = node.tmp / "shadow"
     outside.write_text("secret\n")
     outside.chmod(0o600)
@@ -339,14 +433,22 @@ def test_hard_links_to_a_file_the_agent_created_do_not_block_its_mode(node, kit,
 
 
 @pytest.mark.parametrize("mode", ["4755", "2755", "1777", "6755"])
-def test_special_mode_bits_are_refused_where_the_manifest_does_not_allow_them(node, kit, enforced, mode):
-    node.serve(_file_manifest(kit, "/etc/tool", "#!/bin/sh\n", mode, special_modes=["/usr/local/bin/*"]))
+def test_special_mode_bits_are_refused_where_the_manifest_does_not_allow_them(
+    node, kit, enforced, mode
+):
+    node.serve(
+        _file_manifest(kit, "/etc/tool", "#!/bin/sh\n", mode, special_modes=["/usr/local/bin/*"])
+    )
     result = node.cycle()
     assert not result.apply_ok and result.generation == 3
     assert not (node.tmp / "root/etc/tool").exists()  # before: created setuid
 
 
 def test_special_mode_bits_are_applied_where_the_manifest_allows_them(node, kit, enforced):
-    node.serve(_file_manifest(kit, "/usr/local/bin/tool", "#!/bin/sh\n", "4755", special_modes=["/usr/local/bin/*"]))
+    node.serve(
+        _file_manifest(
+            kit, "/usr/local/bin/tool", "#!/bin/sh\n", "4755", special_modes=["/usr/local/bin/*"]
+        )
+    )
     assert node.cycle().ok
     assert (node.tmp / "root/usr/local/bin/tool").stat().st_mode & 0o7777 == 0o4755

@@ -14,8 +14,13 @@ from treadle_agent.errors import StateError
 
 
 def _enroll(config, *extra: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return subprocess.run([sys.executable, "-m", "treadle_agent.cli", "enroll", "--config", str(config), *extra],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "treadle_agent.cli", "enroll", "--config", str(config), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_enroll_creates_a_private_identity_and_prints_only_its_public_part(tmp_path, keys, kit):

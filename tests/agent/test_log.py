@@ -9,10 +9,11 @@ import pytest
 from treadle_agent.contract import log
 
 
-
 def test_text_lines_quote_values_with_spaces(stream):
     log.configure("text", stream=stream)
-    log.get_logger("fetch").warning("fetch.failed", url="http://a/m", error="connection refused", attempt=2)
+    log.get_logger("fetch").warning(
+        "fetch.failed", url="http://a/m", error="connection refused", attempt=2
+    )
     line = stream.getvalue()
     assert line.count("\n") == 1
     assert ' WARNING fetch.failed url=http://a/m error="connection refused" attempt=2' in line
@@ -22,7 +23,12 @@ def test_json_lines_carry_every_field(stream):
     log.configure("json", stream=stream)
     log.get_logger("verify").info("verify.refused", reason="rollback", generation=4)
     doc = json.loads(stream.getvalue())
-    assert doc["event"] == "verify.refused" and doc["level"] == "info" and doc["reason"] == "rollback" and doc["generation"] == 4
+    assert (
+        doc["event"] == "verify.refused"
+        and doc["level"] == "info"
+        and doc["reason"] == "rollback"
+        and doc["generation"] == 4
+    )
 
 
 def test_unknown_format_is_refused():

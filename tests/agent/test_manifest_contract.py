@@ -20,7 +20,11 @@ from treadle_agent.contract.manifest import (
 
 KEYS = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8)
 SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.text(max_size=20)
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4), max_leaves=20)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4),
+    max_leaves=20,
+)
 
 
 @given(JSON)
@@ -50,12 +54,15 @@ def test_floats_are_refused_when_encoding_and_when_parsing() -> None:
         parse_json(b'{"timeout":1.5}')
 
 
-@pytest.mark.parametrize("data, message", [
-    (b'{"a":1,"a":2}', "duplicate JSON key"),
-    (b'{"a":NaN}', "NaN"),
-    (b'{"a":', "malformed"),
-    (b'\xff\xfe', "malformed"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b'{"a":1,"a":2}', "duplicate JSON key"),
+        (b'{"a":NaN}', "NaN"),
+        (b'{"a":', "malformed"),
+        (b"\xff\xfe", "malformed"),
+    ],
+)
 def test_strict_parser_refuses_what_canonical_json_never_contains(data, message) -> None:
     with pytest.raises(ManifestFormatError, match=message):
         parse_json(data)
@@ -68,14 +75,27 @@ def test_canonical_form_is_compact_sorted_utf8() -> None:
 
 def test_resources_are_ordered_by_type_then_key_with_parents_first() -> None:
     resources = [
-        {"type": "service", "name": "chronyd"}, {"type": "file", "path": "/etc/b"},
-        {"type": "directory", "path": "/etc/a/b"}, {"type": "sysctl", "key": "vm.swappiness"},
-        {"type": "directory", "path": "/etc/a"}, {"type": "package", "name": "chrony"},
+        {"type": "service", "name": "chronyd"},
+        {"type": "file", "path": "/etc/b"},
+        {"type": "directory", "path": "/etc/a/b"},
+        {"type": "sysctl", "key": "vm.swappiness"},
+        {"type": "directory", "path": "/etc/a"},
+        {"type": "package", "name": "chrony"},
         {"type": "symlink", "path": "/etc/localtime"},
     ]
-    order = [(r["type"], r.get("path") or r.get("name") or r.get("key")) for r in sort_resources(resources)]
-    assert order == [("directory", "/etc/a"), ("directory", "/etc/a/b"), ("file", "/etc/b"), ("symlink", "/etc/localtime"),
-                     ("package", "chrony"), ("sysctl", "vm.swappiness"), ("service", "chronyd")]
+    order = [
+        (r["type"], r.get("path") or r.get("name") or r.get("key"))
+        for r in sort_resources(resources)
+    ]
+    assert order == [
+        ("directory", "/etc/a"),
+        ("directory", "/etc/a/b"),
+        ("file", "/etc/b"),
+        ("symlink", "/etc/localtime"),
+        ("package", "chrony"),
+        ("sysctl", "vm.swappiness"),
+        ("service", "chronyd"),
+    ]
 
 
 @given(st.integers(0, 2**33))

@@ -23,11 +23,26 @@ MARKER = "PLAINTEXT-MARKER-5f1c"
 SECRET_PATH = "/etc/munge/munge.key"
 
 
-def secret_resource(plain: str, recipients: list[str], *, mode: str | None = "0400") -> dict[str, Any]:
+def secret_resource(
+    plain: str, recipients: list[str], *, mode: str | None = "0400"
+) -> dict[str, Any]:
     box = pyrage.encrypt(plain.encode(), [pyrage.x25519.Recipient.from_str(r) for r in recipients])
-    return {"type": "file", "path": SECRET_PATH, "ensure": "present", "content": None, "sha256": None,
-            "secret": {"age": base64.b64encode(box).decode(), "sha256": hashlib.sha256(box).hexdigest()},
-            "mode": mode, "owner": None, "group": None, "notify": [], "requires": []}
+    return {
+        "type": "file",
+        "path": SECRET_PATH,
+        "ensure": "present",
+        "content": None,
+        "sha256": None,
+        "secret": {
+            "age": base64.b64encode(box).decode(),
+            "sha256": hashlib.sha256(box).hexdigest(),
+        },
+        "mode": mode,
+        "owner": None,
+        "group": None,
+        "notify": [],
+        "requires": [],
+    }
 
 
 def doc_with(kit, resource: dict[str, Any], generation: int = 1) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -37,8 +52,13 @@ def doc_with(kit, resource: dict[str, Any], generation: int = 1) -> dict[str, An
 
 
 def _agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "treadle_agent.cli", *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "treadle_agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def _state_bytes(tmp_path) -> bytes:  # type: ignore[no-untyped-def]
@@ -54,7 +74,9 @@ def test_a_secret_reaches_only_its_file_never_logs_metrics_check_or_state(tmp_pa
     written = tmp_path / "root" / SECRET_PATH.lstrip("/")
     assert written.read_text() == f"{MARKER}\n" and os.stat(written).st_mode & 0o777 == 0o400
     assert MARKER.encode() not in node.agent.metrics.exposition()
-    assert MARKER.encode() not in _state_bytes(tmp_path)  # inventory, envelope, facts: ciphertext digest only
+    assert MARKER.encode() not in _state_bytes(
+        tmp_path
+    )  # inventory, envelope, facts: ciphertext digest only
     assert node.sample("treadle_agent_resources", type="file", status="in_sync") == 2
 
     # In sync: check says so without the content. Changed on disk: check names the ciphertext, not the content.
@@ -83,7 +105,9 @@ def test_a_secret_without_a_mode_is_written_0600(tmp_path, node, kit):
     assert os.stat(tmp_path / "root" / SECRET_PATH.lstrip("/")).st_mode & 0o777 == 0o600
 
 
-def test_a_node_outside_the_recipients_is_refused_counted_and_keeps_the_last_good_file(tmp_path, node, kit):
+def test_a_node_outside_the_recipients_is_refused_counted_and_keeps_the_last_good_file(
+    tmp_path, node, kit
+):
     me = identity.enroll(tmp_path / "state").recipient
     other = str(pyrage.x25519.Identity.generate().to_public())
     node.serve(doc_with(kit, secret_resource("good\n", [me]), generation=1))
@@ -94,7 +118,9 @@ def test_a_node_outside_the_recipients_is_refused_counted_and_keeps_the_last_goo
     assert not result.ok and result.generation == 2
     assert (tmp_path / "root" / SECRET_PATH.lstrip("/")).read_text() == "good\n"
     assert node.sample("treadle_agent_resources", type="file", status="failed") == 1
-    assert node.sample("treadle_agent_resources", type="file", status="in_sync") == 1  # the motd still converged
+    assert (
+        node.sample("treadle_agent_resources", type="file", status="in_sync") == 1
+    )  # the motd still converged
     checked = _agent("check", "--config", str(node.config_path), "--offline", "--format", "json")
     report = json.loads(checked.stdout)
     failed = [r for r in report["resources"] if r["status"] == "failed"]
@@ -123,7 +149,11 @@ def test_a_ciphertext_that_does_not_match_its_digest_is_refused(tmp_path, node, 
 
 def test_a_secret_with_content_beside_it_is_refused_by_the_schema(tmp_path, node, kit):
     me = identity.enroll(tmp_path / "state").recipient
-    res = {**secret_resource("x\n", [me]), "content": "x\n", "sha256": hashlib.sha256(b"x\n").hexdigest()}
+    res = {
+        **secret_resource("x\n", [me]),
+        "content": "x\n",
+        "sha256": hashlib.sha256(b"x\n").hexdigest(),
+    }
     node.serve(doc_with(kit, res))
     node.start()
     result = node.cycle()

@@ -31,7 +31,9 @@ def _refused(node, reason: str, before: dict[str, bytes]) -> None:
     assert result.refused == reason
     assert node.sample("treadle_agent_verify_failures_total", reason=reason) == 1
     assert node.snapshot() == before
-    assert node.agent.trusted.manifest.generation == 2 and result.generation == 2 and result.apply_ok
+    assert (
+        node.agent.trusted.manifest.generation == 2 and result.generation == 2 and result.apply_ok
+    )
 
 
 def _reenvelope(envelope: bytes, **changes: object) -> bytes:
@@ -43,12 +45,16 @@ def _reenvelope(envelope: bytes, **changes: object) -> bytes:
 def test_tampered_payload_is_refused_and_nothing_changes(node, kit, enforced):
     envelope = node.serve(kit.manifest_doc(generation=3, files={"/etc/motd": "evil\n"}))
     evil = kit.manifest_doc(generation=3, files={"/etc/motd": "worse\n"})
-    node.server.serve(_reenvelope(envelope, payload=base64.b64encode(json.dumps(evil).encode()).decode()))
+    node.server.serve(
+        _reenvelope(envelope, payload=base64.b64encode(json.dumps(evil).encode()).decode())
+    )
     _refused(node, "signature", enforced)
 
 
 def test_manifest_signed_by_an_untrusted_key_is_refused(node, kit, make_keys, enforced):
-    node.serve(kit.manifest_doc(generation=3, files={"/etc/motd": "evil\n"}), signers=make_keys().signers)
+    node.serve(
+        kit.manifest_doc(generation=3, files={"/etc/motd": "evil\n"}), signers=make_keys().signers
+    )
     _refused(node, "signature", enforced)
 
 
@@ -59,7 +65,9 @@ def test_threshold_two_is_not_met_by_one_key_signing_twice(node, kit, make_keys,
     node.serve(kit.manifest_doc(generation=2, files=GOOD))
     assert node.cycle().ok
     before = node.snapshot()
-    envelope = node.serve(kit.manifest_doc(generation=3, files={"/etc/motd": "evil\n"}), signers=two.signers[:1])
+    envelope = node.serve(
+        kit.manifest_doc(generation=3, files={"/etc/motd": "evil\n"}), signers=two.signers[:1]
+    )
     doc = json.loads(envelope)
     node.server.serve(_reenvelope(envelope, signatures=doc["signatures"] * 2))
     _refused(node, "threshold", before)
@@ -71,7 +79,7 @@ def test_threshold_two_is_not_met_by_one_key_under_two_key_ids(node, kit, make_k
 
     single = node.keys
     doc = json.loads(single.trust_root.read_bytes())
-    (keyid, key), = doc["keys"].items()
+    ((keyid, key),) = doc["keys"].items()
     doc["keys"]["alias"] = key
     doc["threshold"] = 2
     twice = tmp_path / "twice.json"
@@ -88,7 +96,9 @@ def test_signature_copied_under_a_second_key_id_counts_once(node, kit, make_keys
     node.serve(kit.manifest_doc(generation=2, files=GOOD))
     assert node.cycle().ok
     before = node.snapshot()
-    envelope = node.serve(kit.manifest_doc(generation=3, files={"/etc/motd": "evil\n"}), signers=two.signers[:1])
+    envelope = node.serve(
+        kit.manifest_doc(generation=3, files={"/etc/motd": "evil\n"}), signers=two.signers[:1]
+    )
     sig = json.loads(envelope)["signatures"][0]
     other = two.signers[1].public_key.keyid
     node.server.serve(_reenvelope(envelope, signatures=[sig, {"keyid": other, "sig": sig["sig"]}]))
@@ -142,12 +152,16 @@ def test_duplicate_json_keys_in_the_envelope_are_refused(node, kit, enforced):
 
 def test_duplicate_json_keys_in_the_signed_payload_are_refused(node, kit, enforced):
     payload = json.dumps(kit.manifest_doc(generation=3), sort_keys=True, separators=(",", ":"))
-    payload = payload.replace('"kind":"NodeManifest"', '"kind":"NodeManifest","kind":"NodeManifest"')
+    payload = payload.replace(
+        '"kind":"NodeManifest"', '"kind":"NodeManifest","kind":"NodeManifest"'
+    )
     node.serve(payload.encode())
     _refused(node, "schema", enforced)
 
 
-def test_resource_path_with_dot_dot_fails_that_resource_and_writes_nothing_outside(node, kit, enforced):
+def test_resource_path_with_dot_dot_fails_that_resource_and_writes_nothing_outside(
+    node, kit, enforced
+):
     """A path escaping the root is valid JSON Schema-wise; the applier must refuse it without writing."""
     node.serve(kit.manifest_doc(generation=3, files={**GOOD, "/etc/../../escape": "evil\n"}))
     result = node.cycle()

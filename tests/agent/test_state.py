@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from treadle_agent.errors import StateError
-from treadle_agent.contract.manifest import digest
 from treadle_agent.contract.files import write_atomic
+from treadle_agent.contract.manifest import digest
+from treadle_agent.errors import StateError
 from treadle_agent.state import ENVELOPE, STATE, StateStore
 
 
@@ -44,7 +44,17 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
         write_atomic(target, b"x")
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b"[]", json.dumps({"generation": -1, "etag": None, "envelope_sha256": None, "trust_root_sha256": None}).encode()])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        b"[]",
+        json.dumps(
+            {"generation": -1, "etag": None, "envelope_sha256": None, "trust_root_sha256": None}
+        ).encode(),
+    ],
+)
 def test_corrupt_state_file_is_moved_aside_with_a_log_line(tmp_path, content, caplog):
     (tmp_path / STATE).write_bytes(content)
     store = StateStore(tmp_path, clock=lambda: 1234)
@@ -67,4 +77,6 @@ def test_only_the_newest_copies_of_a_corrupt_file_are_kept(tmp_path):
         (tmp_path / STATE).write_bytes(b"{not json")
         clock[0] = 1000.0 + i
         store.load()
-    assert sorted(p.name for p in tmp_path.glob(f"{STATE}.corrupt-*")) == [f"{STATE}.corrupt-{t}" for t in (1007, 1008, 1009)]
+    assert sorted(p.name for p in tmp_path.glob(f"{STATE}.corrupt-*")) == [
+        f"{STATE}.corrupt-{t}" for t in (1007, 1008, 1009)
+    ]

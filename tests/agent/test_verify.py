@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treadle_agent.errors import VerifyError
 from treadle_agent.contract.manifest import canonical_json
 from treadle_agent.contract.trustroot import TrustRoot
+from treadle_agent.errors import VerifyError
 from treadle_agent.trust import TrustedState
 from treadle_agent.verify import Verifier
 
@@ -27,14 +27,22 @@ def _refusal(verifier: Verifier, data: bytes) -> str:
     before = (verifier.state.envelope, verifier.state.manifest, verifier.state.highest_generation)
     with pytest.raises(VerifyError) as e:
         verifier.accept(data)
-    assert (verifier.state.envelope, verifier.state.manifest, verifier.state.highest_generation) == before
+    assert (
+        verifier.state.envelope,
+        verifier.state.manifest,
+        verifier.state.highest_generation,
+    ) == before
     return e.value.reason
 
 
 def test_valid_manifest_is_accepted_and_becomes_the_trusted_state(verifier, keys, kit):
     envelope = kit.signed(kit.manifest_doc(generation=3), keys.signers)
     manifest = verifier.accept(envelope)
-    assert manifest.generation == 3 and verifier.state.envelope == envelope and verifier.state.highest_generation == 3
+    assert (
+        manifest.generation == 3
+        and verifier.state.envelope == envelope
+        and verifier.state.highest_generation == 3
+    )
 
 
 def test_manifest_for_another_node_is_refused(verifier, keys, kit):
@@ -43,7 +51,9 @@ def test_manifest_for_another_node_is_refused(verifier, keys, kit):
 
 def test_older_generation_is_refused_as_rollback(verifier, keys, kit):
     verifier.accept(kit.signed(kit.manifest_doc(generation=5), keys.signers))
-    assert _refusal(verifier, kit.signed(kit.manifest_doc(generation=4), keys.signers)) == "rollback"
+    assert (
+        _refusal(verifier, kit.signed(kit.manifest_doc(generation=4), keys.signers)) == "rollback"
+    )
 
 
 def test_same_generation_with_other_bytes_is_refused_as_equivocation(verifier, keys, kit):
@@ -59,7 +69,10 @@ def test_same_generation_with_identical_payload_is_accepted_again(verifier, keys
 
 
 def test_expired_manifest_is_refused_by_the_clock(verifier, keys, kit):
-    assert _refusal(verifier, kit.signed(kit.manifest_doc(expires=kit.NOW - 1), keys.signers)) == "expired"
+    assert (
+        _refusal(verifier, kit.signed(kit.manifest_doc(expires=kit.NOW - 1), keys.signers))
+        == "expired"
+    )
 
 
 def test_manifest_without_expiry_is_refused_as_expired(verifier, keys, kit):
@@ -166,13 +179,25 @@ def test_isolated_verifier_refuses_an_unusable_trust_root_as_a_config_error(keys
 
 
 @settings(max_examples=40, deadline=None)
-@given(served=st.lists(st.tuples(st.integers(min_value=0, max_value=6), st.sampled_from(["a", "b"])), min_size=1, max_size=8))
-def test_generation_never_goes_back_and_one_generation_never_carries_two_contents(shared_keys, kit, served):
+@given(
+    served=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=6), st.sampled_from(["a", "b"])),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_generation_never_goes_back_and_one_generation_never_carries_two_contents(
+    shared_keys, kit, served
+):
     """For any sequence served: accepted iff newer, or the same generation with the same bytes."""
-    v = Verifier(TrustRoot.load(shared_keys.trust_root), kit.NODE, TrustedState(), clock=lambda: kit.NOW)
+    v = Verifier(
+        TrustRoot.load(shared_keys.trust_root), kit.NODE, TrustedState(), clock=lambda: kit.NOW
+    )
     highest, current = 0, None
     for generation, variant in served:
-        payload = canonical_json(kit.manifest_doc(generation=generation, files={"/etc/motd": variant}))
+        payload = canonical_json(
+            kit.manifest_doc(generation=generation, files={"/etc/motd": variant})
+        )
         expected = generation > highest or (generation == highest and current in (None, payload))
         try:
             v.accept(kit.signed(payload, shared_keys.signers))
@@ -183,4 +208,6 @@ def test_generation_never_goes_back_and_one_generation_never_carries_two_content
         assert accepted == expected
         if accepted:
             highest, current = generation, payload
-        assert v.state.highest_generation == highest and (v.state.manifest is None or v.state.manifest.raw == current)
+        assert v.state.highest_generation == highest and (
+            v.state.manifest is None or v.state.manifest.raw == current
+        )

@@ -8,11 +8,10 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from support.console_state import make_fleet, serving
 from treadle.daemon import config
 from treadle.daemon.api import build_app
 from treadle.errors import UsageError
-
-from support.console_state import make_fleet, serving
 
 TOKEN = b"t0ken-of-the-admin"
 MINIMAL = """
@@ -33,7 +32,12 @@ def _config(tmp_path: Path, extra: str) -> config.ControllerConfig:
 def test_console_read_defaults_to_loopback_and_takes_the_schema_values(tmp_path: Path) -> None:
     assert _config(tmp_path, "").api.console_read == "loopback"
     assert _config(tmp_path, 'console_read = "anyone"\n').api.console_read == "anyone"
-    assert _config(tmp_path, 'console_read = "nobody"\nadmin_token_file = "admin.token"\n').api.console_read == "nobody"
+    assert (
+        _config(
+            tmp_path, 'console_read = "nobody"\nadmin_token_file = "admin.token"\n'
+        ).api.console_read
+        == "nobody"
+    )
 
 
 def test_a_bad_console_read_names_the_key_and_the_fix(tmp_path: Path) -> None:
@@ -43,7 +47,9 @@ def test_a_bad_console_read_names_the_key_and_the_fix(tmp_path: Path) -> None:
         _config(tmp_path, 'console_read = "nobody"\n')
 
 
-def test_anyone_reads_from_another_machine_without_the_token_but_actions_still_need_it(tmp_path: Path) -> None:
+def test_anyone_reads_from_another_machine_without_the_token_but_actions_still_need_it(
+    tmp_path: Path,
+) -> None:
     fleet = make_fleet(tmp_path, n=4, admin_token=TOKEN)
     fleet.ctx.console_read = "anyone"
     # Starlette's in-process client connects as host "testclient": not loopback, like a remote browser.
@@ -62,7 +68,9 @@ def test_nobody_reads_without_the_token_not_even_from_loopback(tmp_path: Path) -
         r = httpx.get(url + "/ui/nodes/n000")
         assert r.status_code == 303 and r.headers["location"] == "/ui/login"
         assert httpx.get(url + "/ui/login").status_code == 200
-        bearer = httpx.get(url + "/ui/nodes/n000", headers={"Authorization": "Bearer " + TOKEN.decode()})
+        bearer = httpx.get(
+            url + "/ui/nodes/n000", headers={"Authorization": "Bearer " + TOKEN.decode()}
+        )
         assert bearer.status_code == 200 and "n000" in bearer.text
 
 

@@ -27,14 +27,28 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from support.chromium import console_errors as _errors
 from support.chromium import start_chromium
-from support.console_state import XSS, Fleet, make_fleet, serving
 from support.console_git import NODE, GitFleet, make_git_fleet, template_repo
+from support.console_state import XSS, Fleet, make_fleet, serving
 
-PAGES = {"overview": "/ui/", "rollouts": "/ui/rollouts", "rollout": "/ui/rollouts/1", "fabric": "/ui/nodes?site=s1",
-         "node": "/ui/nodes/n000", "racks": "/ui/racks", "confirm": "/ui/rollouts/1/approve", "login": "/ui/login"}
+PAGES = {
+    "overview": "/ui/",
+    "rollouts": "/ui/rollouts",
+    "rollout": "/ui/rollouts/1",
+    "fabric": "/ui/nodes?site=s1",
+    "node": "/ui/nodes/n000",
+    "racks": "/ui/racks",
+    "confirm": "/ui/rollouts/1/approve",
+    "login": "/ui/login",
+}
 #: The pages that read the fabric repository, shown over the example fabric; their screenshots are these.
-GIT_PAGES = {"overview": "/ui/", "node": f"/ui/nodes/{NODE}", "node-sources": f"/ui/nodes/{NODE}#sources",
-             "commit": "/ui/commits/{head}", "commit-first": "/ui/commits/{first}", "fabric": "/ui/nodes?site=meyrin"}
+GIT_PAGES = {
+    "overview": "/ui/",
+    "node": f"/ui/nodes/{NODE}",
+    "node-sources": f"/ui/nodes/{NODE}#sources",
+    "commit": "/ui/commits/{head}",
+    "commit-first": "/ui/commits/{first}",
+    "fabric": "/ui/nodes?site=meyrin",
+}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +87,9 @@ def _wait_for(browser: webdriver.Chrome, css: str) -> WebElement:
 def _load(browser: webdriver.Chrome, url: str, name: str) -> None:
     """Open a page; it must be styled and raise no console error (a page still computing is waited for)."""
     browser.get(url)
-    for _ in range(100):  # a plan or provenance still computing, the agents still being asked: their end is shown
+    for _ in range(
+        100
+    ):  # a plan or provenance still computing, the agents still being asked: their end is shown
         text = browser.find_element(By.TAG_NAME, "main").text
         if "this page reloads itself" not in text and "the agents are being asked" not in text:
             break
@@ -81,24 +97,29 @@ def _load(browser: webdriver.Chrome, url: str, name: str) -> None:
         browser.get(url)
     assert browser.find_element(By.TAG_NAME, "h1").text, name
     # The stylesheet applied (it is the only style the CSP allows): the header is dark.
-    assert browser.find_element(By.TAG_NAME, "header").value_of_css_property("background-color") == \
-        "rgba(32, 38, 45, 1)", name
+    assert (
+        browser.find_element(By.TAG_NAME, "header").value_of_css_property("background-color")
+        == "rgba(32, 38, 45, 1)"
+    ), name
     assert _errors(browser) == [], name
 
 
-def test_every_page_loads_styled_without_console_errors(browser: webdriver.Chrome, fleet: Fleet,
-                                                        tmp_path: Path) -> None:
+def test_every_page_loads_styled_without_console_errors(
+    browser: webdriver.Chrome, fleet: Fleet, tmp_path: Path
+) -> None:
     with serving(fleet.ctx) as url:
         for name, path in PAGES.items():
             _load(browser, url + path, name)
             if name not in GIT_PAGES:
                 _screenshot(browser, tmp_path, name)
-    assert sorted(p.name for p in tmp_path.glob("console-*.png")) == sorted(f"console-{n}.png" for n in PAGES
-                                                                            if n not in GIT_PAGES)
+    assert sorted(p.name for p in tmp_path.glob("console-*.png")) == sorted(
+        f"console-{n}.png" for n in PAGES if n not in GIT_PAGES
+    )
 
 
-def test_the_pages_that_read_the_repository_load_without_console_errors(browser: webdriver.Chrome,
-                                                                        git_fleet: GitFleet, tmp_path: Path) -> None:
+def test_the_pages_that_read_the_repository_load_without_console_errors(
+    browser: webdriver.Chrome, git_fleet: GitFleet, tmp_path: Path
+) -> None:
     with serving(git_fleet.ctx) as url:
         for name, path in GIT_PAGES.items():
             _load(browser, url + path.format(head=git_fleet.head, first=git_fleet.first), name)
@@ -107,12 +128,18 @@ def test_the_pages_that_read_the_repository_load_without_console_errors(browser:
         assert "1 changed, 0 added, 0 removed" in browser.find_element(By.TAG_NAME, "main").text
         browser.get(f"{url}/ui/nodes/{NODE}")
         rows = browser.find_elements(By.CSS_SELECTOR, "table.sources tbody tr")
-        assert len(rows) > 20 and "labels.rack" in browser.find_element(By.CSS_SELECTOR, "table.sources").text
-    assert sorted(p.name for p in tmp_path.glob("console-*.png")) == sorted(f"console-{n}.png" for n in GIT_PAGES)
+        assert (
+            len(rows) > 20
+            and "labels.rack" in browser.find_element(By.CSS_SELECTOR, "table.sources").text
+        )
+    assert sorted(p.name for p in tmp_path.glob("console-*.png")) == sorted(
+        f"console-{n}.png" for n in GIT_PAGES
+    )
 
 
 def test_markup_in_a_label_and_a_commit_message_renders_as_text_on_the_commit_and_node_pages(
-        browser: webdriver.Chrome, git_fleet: GitFleet) -> None:
+    browser: webdriver.Chrome, git_fleet: GitFleet
+) -> None:
     with serving(git_fleet.ctx) as url:
         for path in (f"/ui/commits/{git_fleet.head}", f"/ui/nodes/{NODE}", "/ui/"):
             _load(browser, url + path, path)
@@ -133,7 +160,9 @@ def test_a_label_with_a_script_renders_as_text(browser: webdriver.Chrome, fleet:
         assert _errors(browser) == []
 
 
-def test_an_operator_approves_through_the_confirmation_form(browser: webdriver.Chrome, fleet: Fleet) -> None:
+def test_an_operator_approves_through_the_confirmation_form(
+    browser: webdriver.Chrome, fleet: Fleet
+) -> None:
     with serving(fleet.ctx) as url:
         browser.get(url + "/ui/rollouts/1")
         browser.find_element(By.LINK_TEXT, "approve").click()
@@ -144,19 +173,24 @@ def test_an_operator_approves_through_the_confirmation_form(browser: webdriver.C
     assert fleet.ctx.rollouts.active().approved == {0} and fleet.triggered == [1]
 
 
-def test_with_an_admin_token_an_action_is_refused_until_the_operator_logs_in(browser: webdriver.Chrome,
-                                                                            tmp_path: Path) -> None:
+def test_with_an_admin_token_an_action_is_refused_until_the_operator_logs_in(
+    browser: webdriver.Chrome, tmp_path: Path
+) -> None:
     fleet = make_fleet(tmp_path, n=8, admin_token=b"t0ken-of-the-admin")
     with serving(fleet.ctx) as url:
         browser.delete_all_cookies()
         browser.get(url + "/ui/rollouts/1/approve")
-        assert "actions need the admin token" in browser.find_element(By.CSS_SELECTOR, "p.error").text
+        assert (
+            "actions need the admin token" in browser.find_element(By.CSS_SELECTOR, "p.error").text
+        )
         assert browser.find_elements(By.CSS_SELECTOR, "button.danger") == []
         browser.find_element(By.LINK_TEXT, "Log in with the admin token").click()
         browser.find_element(By.NAME, "token").send_keys("a wrong token")
         browser.find_element(By.CSS_SELECTOR, "main button").click()
         assert "wrong token" in _wait_for(browser, "p.error").text
-        assert [e for e in _errors(browser) if "401" not in e] == []  # the refusal's status, nothing else
+        assert [
+            e for e in _errors(browser) if "401" not in e
+        ] == []  # the refusal's status, nothing else
         browser.find_element(By.NAME, "token").send_keys("t0ken-of-the-admin")
         browser.find_element(By.CSS_SELECTOR, "main button").click()
         WebDriverWait(browser, 10).until(EC.url_to_be(url + "/ui/"))

@@ -12,7 +12,6 @@ import json
 import re
 import threading
 from pathlib import Path
-
 from urllib.parse import quote
 
 import anyio
@@ -22,15 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from treadle.daemon.api import build_app
+from support.console_git import NODE, GitFleet, make_git_fleet, template_repo
+from support.console_state import XSS, serving
 from treadle.console.work import Outcome, Work
+from treadle.daemon.api import build_app
 from treadle.fabric import GitRevisionSource, explain
 from treadle.fabric.explain import explain_node
 from treadle.review.jsonreport import render_json
 from treadle.review.plan import build_plan
-
-from support.console_state import XSS, serving
-from support.console_git import NODE, GitFleet, make_git_fleet, template_repo
 
 ESCAPED_XSS = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"
 
@@ -52,7 +50,9 @@ def fleet(tmp_path: Path, repo: tuple[Path, str, str]) -> GitFleet:
     return make_git_fleet(tmp_path, *repo)
 
 
-def test_the_commit_page_shows_what_treadle_plan_shows_between_the_commit_and_its_parent(fleet: GitFleet) -> None:
+def test_the_commit_page_shows_what_treadle_plan_shows_between_the_commit_and_its_parent(
+    fleet: GitFleet,
+) -> None:
     expected = json.loads(render_json(build_plan(fleet.root, fleet.first, fleet.head)))
     with serving(fleet.ctx) as url:
         r = httpx.get(f"{url}/ui/commits/{fleet.head}", timeout=60)
@@ -67,25 +67,42 @@ def test_the_commit_page_shows_what_treadle_plan_shows_between_the_commit_and_it
             assert change["diff"].strip() in text
             for source in change["sources"] or []:
                 for s in source["settings"]:  # a template as a whole is named without a line
-                    assert (f"template {s['file']}" if s["how"] == "template" else f"{s['file']}:{s['line']}") in text
-    assert "Grace Hopper &lt;ada@example.org&gt;" in r.text and "The old rack is being emptied." in r.text
+                    assert (
+                        f"template {s['file']}"
+                        if s["how"] == "template"
+                        else f"{s['file']}:{s['line']}"
+                    ) in text
+    assert (
+        "Grace Hopper &lt;ada@example.org&gt;" in r.text
+        and "The old rack is being emptied." in r.text
+    )
     assert f'href="/ui/commits/{fleet.first}"' in r.text and f'href="/ui/nodes/{NODE}"' in r.text
 
 
-def test_fabric_content_and_commit_messages_are_escaped_on_the_commit_and_node_pages(fleet: GitFleet) -> None:
+def test_fabric_content_and_commit_messages_are_escaped_on_the_commit_and_node_pages(
+    fleet: GitFleet,
+) -> None:
     with serving(fleet.ctx) as url:
-        pages = [httpx.get(f"{url}/ui/commits/{fleet.head}", timeout=60).text, httpx.get(f"{url}/ui/nodes/{NODE}").text,
-                 httpx.get(f"{url}/ui/").text]
+        pages = [
+            httpx.get(f"{url}/ui/commits/{fleet.head}", timeout=60).text,
+            httpx.get(f"{url}/ui/nodes/{NODE}").text,
+            httpx.get(f"{url}/ui/").text,
+        ]
     for text in pages:
         assert XSS not in text and "<script" not in text.lower()
         assert ESCAPED_XSS in text
 
 
-def test_the_first_commit_has_no_plan_and_unknown_or_malformed_commits_are_404(fleet: GitFleet) -> None:
+def test_the_first_commit_has_no_plan_and_unknown_or_malformed_commits_are_404(
+    fleet: GitFleet,
+) -> None:
     with serving(fleet.ctx) as url:
         root = httpx.get(f"{url}/ui/commits/{fleet.first}")
         short = httpx.get(f"{url}/ui/commits/{fleet.head[:10]}", timeout=60)
-        missing = [httpx.get(f"{url}/ui/commits/{sha}") for sha in ("0" * 40, "nothex", "abc", "a" * 41, "HEAD")]
+        missing = [
+            httpx.get(f"{url}/ui/commits/{sha}")
+            for sha in ("0" * 40, "nothex", "abc", "a" * 41, "HEAD")
+        ]
     assert root.status_code == 200 and "the first commit: there is no parent" in root.text
     assert short.status_code == 200 and fleet.head in short.text and "1 changed" in short.text
     assert [r.status_code for r in missing] == [404] * 5
@@ -98,30 +115,44 @@ def test_overview_node_and_rollout_pages_link_each_commit_to_its_page(fleet: Git
         overview = httpx.get(f"{url}/ui/").text
         node = httpx.get(f"{url}/ui/nodes/{NODE}").text
         rollout = httpx.get(f"{url}/ui/rollouts/1").text
-    assert link in overview and f"Move {NODE} to rack r09" in overview and "Grace Hopper" in overview
+    assert (
+        link in overview and f"Move {NODE} to rack r09" in overview and "Grace Hopper" in overview
+    )
     assert f'href="/ui/commits/{fleet.first}"' in overview  # the refused commit
     assert node.count(link) >= 2  # the published commit and the history's generation
     assert link in rollout
 
 
-def test_the_node_page_traces_every_value_to_its_file_line_commit_and_author(fleet: GitFleet) -> None:
+def test_the_node_page_traces_every_value_to_its_file_line_commit_and_author(
+    fleet: GitFleet,
+) -> None:
     src = GitRevisionSource(fleet.root, fleet.head)
     with serving(fleet.ctx) as url:
         text = httpx.get(f"{url}/ui/nodes/{NODE}").text
-    section = html.unescape(text.split('id="sources"', 1)[1].split('<h2 id="history">', 1)[0])  # tags kept
+    section = html.unescape(
+        text.split('id="sources"', 1)[1].split('<h2 id="history">', 1)[0]
+    )  # tags kept
     for keypath in ("labels.rack", "data.ntp.servers", "address"):
         chain = explain(src, NODE, keypath)
         assert chain, keypath
         assert f"<code>{keypath}</code>" in section
         for p in chain:
-            assert f"{p.file}:{p.line}" in section and p.blame is not None and p.blame.commit[:12] in section
+            assert (
+                f"{p.file}:{p.line}" in section
+                and p.blame is not None
+                and p.blame.commit[:12] in section
+            )
     rack = section.split("<code>labels.rack</code>", 1)[1].split("</tr>", 1)[0]
     assert "Grace Hopper" in rack and fleet.head[:12] in rack  # the line the second commit changed
     ntp = section.split("<code>data.ntp.servers</code>", 1)[1]
-    assert "(append)" in ntp.split("</tr>", 1)[0] and "overridden" in ntp  # the fabric-wide list it extends
+    assert (
+        "(append)" in ntp.split("</tr>", 1)[0] and "overridden" in ntp
+    )  # the fabric-wide list it extends
 
 
-def test_explain_node_gives_what_explain_gives_for_each_key_path(repo: tuple[Path, str, str]) -> None:
+def test_explain_node_gives_what_explain_gives_for_each_key_path(
+    repo: tuple[Path, str, str],
+) -> None:
     root, _, head = repo
     src = GitRevisionSource(root, head)
     values, complete = explain_node(src, NODE)
@@ -145,7 +176,9 @@ def test_a_slow_computation_is_said_running_then_served_from_the_cache() -> None
 
     async def scenario() -> list[Outcome]:
         first = await work.get("k", compute, 0.05)
-        busy = await work.get("other", lambda: "x", 0.05)  # one pending at most: refused, not queued
+        busy = await work.get(
+            "other", lambda: "x", 0.05
+        )  # one pending at most: refused, not queued
         release.set()
         done = await work.get("k", compute, 30)
         again = await work.get("k", compute, 0)
@@ -174,14 +207,22 @@ def test_a_failed_computation_is_said_once_and_tried_again() -> None:
     assert ok == Outcome("done", "ok") and len(attempts) == 2
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60))
-def test_any_commit_in_the_address_is_a_page_or_a_404_never_an_error(fleet: GitFleet, sha: str) -> None:
+def test_any_commit_in_the_address_is_a_page_or_a_404_never_an_error(
+    fleet: GitFleet, sha: str
+) -> None:
     with TestClient(build_app(fleet.ctx), client=("127.0.0.1", 1)) as client:
         r = client.get("/ui/commits/" + quote(sha, safe=""))
     assert r.status_code in (200, 404), (sha, r.status_code)
     assert "<script" not in r.text.lower()
-    assert "<h1>Commit" not in r.text or fleet.head.startswith(sha.lower()) or fleet.first.startswith(sha.lower())
+    assert (
+        "<h1>Commit" not in r.text
+        or fleet.head.startswith(sha.lower())
+        or fleet.first.startswith(sha.lower())
+    )
 
 
 # Commit addresses that once could trip a page like this one (case, abbreviations, path tricks), kept as a corpus.

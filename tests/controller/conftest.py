@@ -28,8 +28,13 @@ def signing_key(tmp_path: Path) -> Path:
 
     path = tmp_path / "keys" / "controller.key"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return path
 
 
@@ -60,11 +65,15 @@ def ssh_keys(tmp_path: Path) -> SshKeys:
     d = tmp_path / "ssh"
     d.mkdir()
     for name in ("alice", "mallory"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(d / name)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(d / name)],
+            check=True,
+        )
     allowed = d / "allowed_signers"
-    allowed.write_text(f'alice@example.com namespaces="git" {(d / "alice.pub").read_text().strip()}\n')
+    allowed.write_text(
+        f'alice@example.com namespaces="git" {(d / "alice.pub").read_text().strip()}\n'
+    )
     return SshKeys(allowed, d / "alice", d / "mallory")
-
 
 
 def _gen_fabric():  # type: ignore[no-untyped-def]
@@ -115,22 +124,34 @@ class ControllerProc:
             if predicate(doc):
                 return doc
             if self.proc.poll() is not None:
-                raise AssertionError(f"controller exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"controller exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}"
+                )
             time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; status {doc}; log:\n{self.log.read_text()[-3000:]}")
+        raise AssertionError(
+            f"timed out waiting for {what}; status {doc}; log:\n{self.log.read_text()[-3000:]}"
+        )
 
     def wait_deployed(self, commit: str, timeout_s: float = 60) -> dict:  # type: ignore[type-arg]
         """Until ``commit`` is deployed and its rollout (if it has one) has published its first wave."""
 
         def done(d: dict) -> bool:  # type: ignore[type-arg]
             rollout = d.get("rollout") or {}
-            publishing = rollout.get("commit") == commit and rollout.get("state") in ("pending", "waiting", "publishing")
+            publishing = rollout.get("commit") == commit and rollout.get("state") in (
+                "pending",
+                "waiting",
+                "publishing",
+            )
             return d["deployed_commit"] == commit and not publishing
 
         return self.wait_for(done, timeout_s, f"deployment of {commit}")
 
     def wait_refused(self, commit: str, timeout_s: float = 60) -> dict:  # type: ignore[type-arg]
-        return self.wait_for(lambda d: (d["last_refusal"] or {}).get("commit") == commit, timeout_s, f"refusal of {commit}")
+        return self.wait_for(
+            lambda d: (d["last_refusal"] or {}).get("commit") == commit,
+            timeout_s,
+            f"refusal of {commit}",
+        )
 
     def envelopes(self) -> dict[str, bytes]:
         nodes = self.publish / "nodes"
@@ -148,17 +169,38 @@ def start_controller(tmp_path: Path, signing_key: Path):  # type: ignore[no-unty
     """``start_controller(repository, extra_toml="") -> ControllerProc``; the same state and publish dirs on every start."""
     procs: list[ControllerProc] = []
 
-    def start(repository: str, extra_toml: str = "", env: dict[str, str] | None = None,
-              signing: str | None = None) -> ControllerProc:
+    def start(
+        repository: str,
+        extra_toml: str = "",
+        env: dict[str, str] | None = None,
+        signing: str | None = None,
+    ) -> ControllerProc:
         """``signing``: the TOML value of signing_key (default: the ``signing_key`` fixture)."""
         d = tmp_path / "controller"
         d.mkdir(exist_ok=True)
         config = d / "controller.toml"
-        config.write_text(f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
-                          f'signing_key = {signing or f"{chr(34)}{signing_key}{chr(34)}"}\nlisten = "127.0.0.1:0"\npoll_interval_s = 3600\n{extra_toml}')
+        config.write_text(
+            f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
+            f'signing_key = {signing or f"{chr(34)}{signing_key}{chr(34)}"}\nlisten = "127.0.0.1:0"\npoll_interval_s = 3600\n{extra_toml}'
+        )
         log = d / f"controller-{len(procs)}.log"
-        proc = spawn("controller", [sys.executable, "-m", "treadle.cli", "controller", "run", "--config", str(config),
-                                    "--log-format", "json"], log, d, env={**os.environ, **(env or {})})
+        proc = spawn(
+            "controller",
+            [
+                sys.executable,
+                "-m",
+                "treadle.cli",
+                "controller",
+                "run",
+                "--config",
+                str(config),
+                "--log-format",
+                "json",
+            ],
+            log,
+            d,
+            env={**os.environ, **(env or {})},
+        )
         port = listening_port(proc, 30)
         c = ControllerProc(proc.popen, f"http://127.0.0.1:{port}", log, d / "publish")
         procs.append(c)

@@ -17,18 +17,24 @@ def agent_config(tmp_path: Path, node: str, url: str, trust_root_file: Path) -> 
     config.write_text(
         f'node = "{node}"\nmanifest_urls = ["{url}/v1/nodes/{{node}}/manifest"]\ntrust_root = "{trust_root_file}"\n'
         f'state_dir = "{d / "state"}"\nroot = "{d / "root"}"\npackage_manager = "none"\nservice_manager = "none"\n'
-        f'proc_sys = "{d / "proc-sys"}"\nretries = 0\n')
+        f'proc_sys = "{d / "proc-sys"}"\nretries = 0\n'
+    )
     return config
 
 
 def run_agent(config: Path) -> subprocess.CompletedProcess[str]:
     # Exit 1 is expected here: the fabric's health checks (sshd on port 22...) fail in a temp root.
-    return subprocess.run([sys.executable, "-m", "treadle_agent.cli", "once", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "treadle_agent.cli", "once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_a_pushed_change_reaches_the_right_agents_files_and_no_other_node_changes(
-        make_fabric, start_controller, signing_key: Path, tmp_path: Path) -> None:
+    make_fabric, start_controller, signing_key: Path, tmp_path: Path
+) -> None:
     from treadle_agent.contract.envelope import load_signer
 
     repo, fabric = make_fabric(1, 1, 2)
@@ -44,7 +50,10 @@ def test_a_pushed_change_reaches_the_right_agents_files_and_no_other_node_change
         assert result.returncode in (0, 1), result.stderr
         assert (config.parent / "root/etc/motd").is_file(), f"{node}: {result.stderr}"
     before = ctl.envelopes()
-    a.path.write_text(a.path.read_text() + 'files:\n  /etc/motd.local: {content: "maintenance window: sunday\\n", mode: "0640"}\n')
+    a.path.write_text(
+        a.path.read_text()
+        + 'files:\n  /etc/motd.local: {content: "maintenance window: sunday\\n", mode: "0640"}\n'
+    )
     head = repo.commit_and_push("a local motd on one node")
     ctl.wait_deployed(head)
     after = ctl.envelopes()
@@ -52,5 +61,8 @@ def test_a_pushed_change_reaches_the_right_agents_files_and_no_other_node_change
     for config in configs.values():
         run_agent(config)
     motd = configs[a.name].parent / "root/etc/motd.local"
-    assert motd.read_text() == "maintenance window: sunday\n" and oct(motd.stat().st_mode & 0o777) == "0o640"
+    assert (
+        motd.read_text() == "maintenance window: sunday\n"
+        and oct(motd.stat().st_mode & 0o777) == "0o640"
+    )
     assert not (configs[b.name].parent / "root/etc/motd.local").exists()

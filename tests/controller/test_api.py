@@ -37,8 +37,15 @@ class Api:
 def api(tmp_path: Path):  # type: ignore[no-untyped-def]
     triggered: list[int] = []
     store = PublishStore(tmp_path / "pub")
-    ctx = ApiContext(store=store, state=StateDB(tmp_path / "state.db"), metrics=ControllerMetrics(),
-                     trigger=lambda: triggered.append(1), branch="main", repository="/srv/fabric.git", webhook_secret=SECRET)
+    ctx = ApiContext(
+        store=store,
+        state=StateDB(tmp_path / "state.db"),
+        metrics=ControllerMetrics(),
+        trigger=lambda: triggered.append(1),
+        branch="main",
+        repository="/srv/fabric.git",
+        webhook_secret=SECRET,
+    )
     with serving(ctx) as url:
         yield Api(url, ctx, triggered, store)
 
@@ -48,7 +55,9 @@ def test_manifest_has_a_strong_etag_and_a_conditional_get_is_304(api: Api) -> No
     r = httpx.get(f"{api.url}/v1/nodes/n1/manifest")
     assert r.status_code == 200 and r.content == b'{"envelope":1}'
     etag = r.headers["etag"]
-    assert etag == '"' + hashlib.sha256(b'{"envelope":1}').hexdigest() + '"' and not etag.startswith("W/")
+    assert etag == '"' + hashlib.sha256(
+        b'{"envelope":1}'
+    ).hexdigest() + '"' and not etag.startswith("W/")
     again = httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
 
@@ -69,16 +78,29 @@ def _loaded(store: PublishStore) -> None:
     wait_until(lambda: store.index().loaded, 10, "the publish store's ETag index is loaded")
 
 
-def test_after_a_publish_the_old_etag_gets_the_new_envelope_and_the_new_etag_a_304(api: Api) -> None:
+def test_after_a_publish_the_old_etag_gets_the_new_envelope_and_the_new_etag_a_304(
+    api: Api,
+) -> None:
     _loaded(api.store)
     api.store.publish({"n1": b"v1"})
     old = httpx.get(f"{api.url}/v1/nodes/n1/manifest").headers["etag"]
-    assert httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": old}).status_code == 304
+    assert (
+        httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": old}).status_code
+        == 304
+    )
     api.store.publish({"n1": b"v2"})
     r = httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": old})
-    assert r.status_code == 200 and r.content == b"v2" and r.headers["etag"] == '"' + hashlib.sha256(b"v2").hexdigest() + '"'
-    assert r.headers["content-type"] == "application/json" and r.headers["cache-control"] == "no-cache"
-    again = httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": f'W/"zz", {r.headers["etag"]}'})
+    assert (
+        r.status_code == 200
+        and r.content == b"v2"
+        and r.headers["etag"] == '"' + hashlib.sha256(b"v2").hexdigest() + '"'
+    )
+    assert (
+        r.headers["content-type"] == "application/json" and r.headers["cache-control"] == "no-cache"
+    )
+    again = httpx.get(
+        f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": f'W/"zz", {r.headers["etag"]}'}
+    )
     assert again.status_code == 304 and again.headers["etag"] == r.headers["etag"]
 
 
@@ -89,7 +111,10 @@ def test_a_removed_node_is_404_even_with_its_last_etag(api: Api) -> None:
     api.store.publish({}, remove=["n1"])
     r = httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": etag})
     assert r.status_code == 404 and r.json() == {"error": "no such node"}
-    assert httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": "*"}).status_code == 404
+    assert (
+        httpx.get(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": "*"}).status_code
+        == 404
+    )
 
 
 def test_head_answers_the_headers_of_get_without_a_body(api: Api) -> None:
@@ -97,7 +122,12 @@ def test_head_answers_the_headers_of_get_without_a_body(api: Api) -> None:
     r = httpx.head(f"{api.url}/v1/nodes/n1/manifest")
     assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == "8"
     assert r.headers["etag"] == '"' + hashlib.sha256(b"envelope").hexdigest() + '"'
-    assert httpx.head(f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+    assert (
+        httpx.head(
+            f"{api.url}/v1/nodes/n1/manifest", headers={"If-None-Match": r.headers["etag"]}
+        ).status_code
+        == 304
+    )
 
 
 def test_other_methods_on_a_manifest_are_refused(api: Api) -> None:
@@ -106,15 +136,25 @@ def test_other_methods_on_a_manifest_are_refused(api: Api) -> None:
     assert r.status_code == 405 and api.store.read("n1") == b"envelope"
 
 
-def test_envelopes_published_before_a_restart_are_answered_304_from_the_index(tmp_path: Path) -> None:
+def test_envelopes_published_before_a_restart_are_answered_304_from_the_index(
+    tmp_path: Path,
+) -> None:
     PublishStore(tmp_path / "pub").publish({"n1": b"before the restart"})
     store = PublishStore(tmp_path / "pub")
-    ctx = ApiContext(store=store, state=StateDB(tmp_path / "s.db"), metrics=ControllerMetrics(), trigger=lambda: None,
-                     branch="main", repository="r")
+    ctx = ApiContext(
+        store=store,
+        state=StateDB(tmp_path / "s.db"),
+        metrics=ControllerMetrics(),
+        trigger=lambda: None,
+        branch="main",
+        repository="r",
+    )
     etag = '"' + hashlib.sha256(b"before the restart").hexdigest() + '"'
     with TestClient(build_app(ctx)) as client:
         _loaded(store)
-        assert client.get("/v1/nodes/n1/manifest", headers={"If-None-Match": etag}).status_code == 304
+        assert (
+            client.get("/v1/nodes/n1/manifest", headers={"If-None-Match": etag}).status_code == 304
+        )
         # The index is the store's own record: a file written behind its back is not served.
         (tmp_path / "pub/nodes/n2").mkdir()
         (tmp_path / "pub/nodes/n2/manifest").write_bytes(b"stray")
@@ -123,20 +163,41 @@ def test_envelopes_published_before_a_restart_are_answered_304_from_the_index(tm
 
 def test_below_a_root_path_the_manifest_is_answered_by_the_router_alike(tmp_path: Path) -> None:
     store = PublishStore(tmp_path / "pub")
-    ctx = ApiContext(store=store, state=StateDB(tmp_path / "s.db"), metrics=ControllerMetrics(), trigger=lambda: None,
-                     branch="main", repository="r")
+    ctx = ApiContext(
+        store=store,
+        state=StateDB(tmp_path / "s.db"),
+        metrics=ControllerMetrics(),
+        trigger=lambda: None,
+        branch="main",
+        repository="r",
+    )
     with TestClient(build_app(ctx), root_path="/treadle") as client:
         store.publish({"n1": b"env"})
         r = client.get("/treadle/v1/nodes/n1/manifest")
-        assert r.status_code == 200 and r.content == b"env" and r.headers["cache-control"] == "no-cache"
-        assert client.get("/treadle/v1/nodes/n1/manifest", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+        assert (
+            r.status_code == 200
+            and r.content == b"env"
+            and r.headers["cache-control"] == "no-cache"
+        )
+        assert (
+            client.get(
+                "/treadle/v1/nodes/n1/manifest", headers={"If-None-Match": r.headers["etag"]}
+            ).status_code
+            == 304
+        )
         assert client.get("/treadle/v1/nodes/nope/manifest").status_code == 404
 
 
 @settings(max_examples=300, deadline=None)
-@given(path=st.one_of(st.text(max_size=60), st.builds(lambda n: f"/v1/nodes/{n}/manifest", st.text(max_size=30))),
-       method=st.sampled_from(["GET", "HEAD", "POST", "PUT"]))
-def test_the_fast_path_takes_only_a_valid_node_name_as_one_path_segment(path: str, method: str) -> None:
+@given(
+    path=st.one_of(
+        st.text(max_size=60), st.builds(lambda n: f"/v1/nodes/{n}/manifest", st.text(max_size=30))
+    ),
+    method=st.sampled_from(["GET", "HEAD", "POST", "PUT"]),
+)
+def test_the_fast_path_takes_only_a_valid_node_name_as_one_path_segment(
+    path: str, method: str
+) -> None:
     from treadle.daemon.api import _manifest_node
     from treadle.daemon.publish import valid_node_name
 
@@ -146,8 +207,17 @@ def test_the_fast_path_takes_only_a_valid_node_name_as_one_path_segment(path: st
         assert path == f"/v1/nodes/{node}/manifest"
 
 
-@pytest.mark.parametrize("path", ["/v1/nodes/../manifest", "/v1/nodes/%2e%2e/manifest", "/v1/nodes/..%2Fstate.db/manifest",
-                                  "/v1/nodes/n1/../n1/manifest", "/v1/nodes/.n1/manifest", "/v1/nodes/n%00/manifest"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/nodes/../manifest",
+        "/v1/nodes/%2e%2e/manifest",
+        "/v1/nodes/..%2Fstate.db/manifest",
+        "/v1/nodes/n1/../n1/manifest",
+        "/v1/nodes/.n1/manifest",
+        "/v1/nodes/n%00/manifest",
+    ],
+)
 def test_paths_with_dot_dot_or_odd_characters_are_404(api: Api, path: str) -> None:
     api.store.publish({"n1": b"x"})
     with socket.create_connection(("127.0.0.1", int(api.url.rsplit(":", 1)[1]))) as s:
@@ -161,7 +231,11 @@ def test_paths_with_dot_dot_or_odd_characters_are_404(api: Api, path: str) -> No
 
 
 def test_if_none_match_uses_the_weak_comparison_and_lists() -> None:
-    assert etag_matches('W/"a", "b"', '"a"') and etag_matches('"x", "b"', '"b"') and etag_matches("*", '"z"')
+    assert (
+        etag_matches('W/"a", "b"', '"a"')
+        and etag_matches('"x", "b"', '"b"')
+        and etag_matches("*", '"z"')
+    )
     assert not etag_matches('"a"', '"b"') and not etag_matches(None, '"b"')
 
 
@@ -172,45 +246,70 @@ def _sig(body: bytes, secret: bytes = SECRET) -> str:
 PUSH = json.dumps({"ref": "refs/heads/main", "after": "0" * 40}).encode()
 
 
-@pytest.mark.parametrize("headers", [
-    {"X-Hub-Signature-256": "sha256=" + _sig(PUSH)},
-    {"X-Gitea-Signature": _sig(PUSH)},
-    {"X-Gitlab-Token": SECRET.decode()},
-], ids=["github", "gitea", "gitlab"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Hub-Signature-256": "sha256=" + _sig(PUSH)},
+        {"X-Gitea-Signature": _sig(PUSH)},
+        {"X-Gitlab-Token": SECRET.decode()},
+    ],
+    ids=["github", "gitea", "gitlab"],
+)
 def test_webhook_with_a_valid_signature_triggers_a_fetch(api: Api, headers: dict[str, str]) -> None:
     r = httpx.post(f"{api.url}/v1/hooks/git", content=PUSH, headers=headers)
     assert r.status_code == 202 and r.json() == {"triggered": True} and api.triggered == [1]
 
 
-@pytest.mark.parametrize("headers", [
-    {"X-Hub-Signature-256": "sha256=" + _sig(PUSH, b"wrong")},
-    {"X-Hub-Signature-256": _sig(PUSH)},  # the sha256= prefix is part of the value
-    {"X-Gitea-Signature": _sig(PUSH + b" ")},
-    {"X-Gitlab-Token": "guess"},
-    {},
-], ids=["github-wrong-secret", "github-no-prefix", "gitea-other-body", "gitlab-wrong-token", "unsigned"])
-def test_webhook_with_a_bad_signature_is_401_and_triggers_nothing(api: Api, headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Hub-Signature-256": "sha256=" + _sig(PUSH, b"wrong")},
+        {"X-Hub-Signature-256": _sig(PUSH)},  # the sha256= prefix is part of the value
+        {"X-Gitea-Signature": _sig(PUSH + b" ")},
+        {"X-Gitlab-Token": "guess"},
+        {},
+    ],
+    ids=[
+        "github-wrong-secret",
+        "github-no-prefix",
+        "gitea-other-body",
+        "gitlab-wrong-token",
+        "unsigned",
+    ],
+)
+def test_webhook_with_a_bad_signature_is_401_and_triggers_nothing(
+    api: Api, headers: dict[str, str]
+) -> None:
     r = httpx.post(f"{api.url}/v1/hooks/git", content=PUSH, headers=headers)
     assert r.status_code == 401 and api.triggered == []
 
 
 def test_webhook_for_another_branch_triggers_nothing(api: Api) -> None:
     body = json.dumps({"ref": "refs/heads/feature"}).encode()
-    r = httpx.post(f"{api.url}/v1/hooks/git", content=body, headers={"X-Gitea-Signature": _sig(body)})
+    r = httpx.post(
+        f"{api.url}/v1/hooks/git", content=body, headers={"X-Gitea-Signature": _sig(body)}
+    )
     assert r.status_code == 202 and r.json()["triggered"] is False and api.triggered == []
 
 
 def test_status_shows_refusal_diagnostics_and_pending_history(api: Api) -> None:
     api.ctx.state.record_refusal("f" * 40, "non_fast_forward", "history rewritten", [])
     doc = httpx.get(f"{api.url}/v1/status").json()
-    assert doc["pending_history_acceptance"] == "f" * 40 and doc["last_refusal"]["reason"] == "non_fast_forward"
-    api.ctx.state.record_refusal("e" * 40, "invalid", "the fabric has errors", ["sites/a/site.yaml:3:5: unknown field"])
+    assert (
+        doc["pending_history_acceptance"] == "f" * 40
+        and doc["last_refusal"]["reason"] == "non_fast_forward"
+    )
+    api.ctx.state.record_refusal(
+        "e" * 40, "invalid", "the fabric has errors", ["sites/a/site.yaml:3:5: unknown field"]
+    )
     doc = httpx.get(f"{api.url}/v1/status").json()
     assert doc["last_refusal"]["diagnostics"] == ["sites/a/site.yaml:3:5: unknown field"]
     assert doc["pending_history_acceptance"] is None
 
 
-def test_accept_history_records_expands_a_prefix_of_the_pending_commit_and_triggers(api: Api) -> None:
+def test_accept_history_records_expands_a_prefix_of_the_pending_commit_and_triggers(
+    api: Api,
+) -> None:
     api.ctx.state.record_refusal("ab" * 20, "non_fast_forward", "history rewritten", [])
     r = httpx.post(f"{api.url}/v1/history/accept", json={"commit": "abababab"})
     assert r.status_code == 200 and r.json() == {"accepted": "ab" * 20}
@@ -226,8 +325,14 @@ def test_metrics_endpoint_serves_the_controller_registry(api: Api) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(secret=st.binary(min_size=1, max_size=40), other=st.binary(min_size=1, max_size=40), body=st.binary(max_size=200))
-def test_a_webhook_verifies_only_with_its_own_secret_for_every_provider(secret: bytes, other: bytes, body: bytes) -> None:
+@given(
+    secret=st.binary(min_size=1, max_size=40),
+    other=st.binary(min_size=1, max_size=40),
+    body=st.binary(max_size=200),
+)
+def test_a_webhook_verifies_only_with_its_own_secret_for_every_provider(
+    secret: bytes, other: bytes, body: bytes
+) -> None:
     sig = hmac.new(secret, body, hashlib.sha256).hexdigest()
     assert verify_webhook(secret, {"x-hub-signature-256": f"sha256={sig}"}, body)
     assert verify_webhook(secret, {"x-gitea-signature": sig}, body)
@@ -239,32 +344,64 @@ def test_a_webhook_verifies_only_with_its_own_secret_for_every_provider(secret: 
 
 def test_with_an_admin_token_accepting_history_needs_the_bearer_token(api: Api) -> None:
     api.ctx.admin_token = b"operator-token"
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic operator-token"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic operator-token"},
+    ):
         r = httpx.post(f"{api.url}/v1/history/accept", json={"commit": "a" * 40}, headers=headers)
         assert r.status_code == 401 and "admin_token_file" in r.json()["error"]
     assert not api.ctx.state.history_accepted("a" * 40) and api.triggered == []
-    r = httpx.post(f"{api.url}/v1/history/accept", json={"commit": "a" * 40}, headers={"Authorization": "Bearer operator-token"})
+    r = httpx.post(
+        f"{api.url}/v1/history/accept",
+        json={"commit": "a" * 40},
+        headers={"Authorization": "Bearer operator-token"},
+    )
     assert r.status_code == 200 and api.ctx.state.history_accepted("a" * 40)
 
 
-@pytest.mark.parametrize(("client", "allowed"), [("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
-                                                 ("10.1.2.3", False), ("192.0.2.7", False), ("", False)])
-def test_without_an_admin_token_operator_actions_come_from_loopback_only(tmp_path: Path, client: str, allowed: bool) -> None:
+@pytest.mark.parametrize(
+    ("client", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.1.2.3", False),
+        ("192.0.2.7", False),
+        ("", False),
+    ],
+)
+def test_without_an_admin_token_operator_actions_come_from_loopback_only(
+    tmp_path: Path, client: str, allowed: bool
+) -> None:
     from starlette.requests import Request
 
     from treadle.daemon.api import authorize_operator
 
-    ctx = ApiContext(store=PublishStore(tmp_path / "pub"), state=StateDB(tmp_path / "s.db"), metrics=ControllerMetrics(),
-                     trigger=lambda: None, branch="main", repository="r")
-    scope = {"type": "http", "method": "POST", "path": "/v1/history/accept", "headers": [],
-             "client": (client, 40000) if client else None}
+    ctx = ApiContext(
+        store=PublishStore(tmp_path / "pub"),
+        state=StateDB(tmp_path / "s.db"),
+        metrics=ControllerMetrics(),
+        trigger=lambda: None,
+        branch="main",
+        repository="r",
+    )
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/history/accept",
+        "headers": [],
+        "client": (client, 40000) if client else None,
+    }
     refusal = authorize_operator(ctx, Request(scope))
     assert (refusal is None) == allowed
     if not allowed:
         assert refusal.status_code == 403 and b"admin_token_file" in refusal.body
 
 
-def test_no_such_rollout_is_404_and_an_action_that_does_not_apply_is_409(api: Api, tmp_path: Path) -> None:
+def test_no_such_rollout_is_404_and_an_action_that_does_not_apply_is_409(
+    api: Api, tmp_path: Path
+) -> None:
     """The handlers map the tree's NoSuchRolloutError and TransitionError (real service, real SQLite)."""
     import sqlite3
 
@@ -278,8 +415,11 @@ def test_no_such_rollout_is_404_and_an_action_that_does_not_apply_is_409(api: Ap
 
     db = tmp_path / "rollouts.db"
     api.ctx.rollouts = RolloutService(db, NobodyAnswers())
-    done = Rollout(commit="c" * 40, waves=(Wave("all", ("n1",), soak_s=0, timeout_s=60, allowed_failures=0),),
-                   state=State.COMPLETE)
+    done = Rollout(
+        commit="c" * 40,
+        waves=(Wave("all", ("n1",), soak_s=0, timeout_s=60, allowed_failures=0),),
+        state=State.COMPLETE,
+    )
     rid = RolloutStore(sqlite3.connect(db)).create(done, now=1.0)
     assert httpx.get(f"{api.url}/v1/rollouts/{rid + 1}").status_code == 404
     missing = httpx.post(f"{api.url}/v1/rollouts/{rid + 1}/approve")

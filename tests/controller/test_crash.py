@@ -27,7 +27,9 @@ class Observer:
             g = doc["metadata"]["generation"]
             assert g >= self.generation.get(node, 0), f"{node}: generation went down to {g}"
             seen = self.by_generation.setdefault((node, g), hashlib.sha256(data).hexdigest())
-            assert seen == hashlib.sha256(data).hexdigest(), f"{node}: two different envelopes with generation {g}"
+            assert seen == hashlib.sha256(data).hexdigest(), (
+                f"{node}: two different envelopes with generation {g}"
+            )
             self.generation[node] = g
             docs[node] = doc
         return docs
@@ -38,11 +40,14 @@ def temp_files(publish: Path) -> list[Path]:
 
 
 def test_sigkill_while_publishing_1000_manifests_leaves_them_verifiable_and_a_restart_converges(
-        make_fabric, start_controller, trust_root) -> None:
+    make_fabric, start_controller, trust_root
+) -> None:
     repo, fabric = make_fabric(2, 5, 100)
     assert len(fabric.nodes) == 1000
     # One wave: every change is published in one batch (no agents run here to pass a canary).
-    (repo.work / "rollout.yaml").write_text("kind: RolloutPolicy\nwaves:\n  - {name: all, fraction: 1.0, soak_s: 0}\n")
+    (repo.work / "rollout.yaml").write_text(
+        "kind: RolloutPolicy\nwaves:\n  - {name: all, fraction: 1.0, soak_s: 0}\n"
+    )
     start = repo.commit_and_push("roll out every change in one wave")
     ctl = start_controller(str(repo.bare))
     ctl.wait_deployed(start, timeout_s=120)
@@ -50,8 +55,14 @@ def test_sigkill_while_publishing_1000_manifests_leaves_them_verifiable_and_a_re
     assert len(seen.observe(ctl.envelopes())) == 1000
     fabric_yaml = repo.work / "fabric.yaml"
     caught, head = False, fabric.commit
-    for attempt in range(1, 6):  # the kill must land inside a publish batch; a batch takes tens of milliseconds
-        fabric_yaml.write_text(fabric_yaml.read_text().replace(f"kernel.panic: {9 + attempt}", f"kernel.panic: {10 + attempt}"))
+    for attempt in range(
+        1, 6
+    ):  # the kill must land inside a publish batch; a batch takes tens of milliseconds
+        fabric_yaml.write_text(
+            fabric_yaml.read_text().replace(
+                f"kernel.panic: {9 + attempt}", f"kernel.panic: {10 + attempt}"
+            )
+        )
         head = repo.commit_and_push(f"kernel.panic on every node, attempt {attempt}")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not caught:
@@ -59,8 +70,9 @@ def test_sigkill_while_publishing_1000_manifests_leaves_them_verifiable_and_a_re
                 ctl.proc.send_signal(signal.SIGKILL)
                 ctl.proc.wait()
                 caught = True
-            elif (ctl.status().get("rollout") or {}).get("commit") == head and ctl.status()["rollout"]["state"] not in (
-                    "pending", "publishing"):
+            elif (ctl.status().get("rollout") or {}).get("commit") == head and ctl.status()[
+                "rollout"
+            ]["state"] not in ("pending", "publishing"):
                 break  # published completely before the kill could land: try again
         if caught:
             break
@@ -73,7 +85,12 @@ def test_sigkill_while_publishing_1000_manifests_leaves_them_verifiable_and_a_re
     final = seen.observe(restarted.envelopes())
     assert len(final) == 1000 and not temp_files(restarted.publish)
     assert {d["metadata"]["commit"] for d in final.values()} == {head}
-    panic = {r["value"] for d in final.values() for r in d["resources"] if r["type"] == "sysctl" and r["key"] == "kernel.panic"}
+    panic = {
+        r["value"]
+        for d in final.values()
+        for r in d["resources"]
+        if r["type"] == "sysctl" and r["key"] == "kernel.panic"
+    }
     assert panic == {str(10 + attempt)}
     assert restarted.stop() == 0
 
@@ -100,7 +117,8 @@ def _caught_mid_rename(ctl, first: Path, last_dir: Path, timeout_s: float = 60) 
 
 
 def test_a_restart_after_a_kill_between_renames_republishes_exactly_the_nodes_the_store_lacks(
-        make_fabric, start_controller, trust_root) -> None:
+    make_fabric, start_controller, trust_root
+) -> None:
     """Recovery republishes what differs from the store, not every node of the interrupted batch.
 
     The interrupted batch reserved a generation for all 1,000 nodes; the store
@@ -108,16 +126,27 @@ def test_a_restart_after_a_kill_between_renames_republishes_exactly_the_nodes_th
     confirmed as they are; only the others are signed and published again.
     """
     repo, fabric = make_fabric(2, 5, 100)
-    (repo.work / "rollout.yaml").write_text("kind: RolloutPolicy\nwaves:\n  - {name: all, fraction: 1.0, soak_s: 0}\n")
+    (repo.work / "rollout.yaml").write_text(
+        "kind: RolloutPolicy\nwaves:\n  - {name: all, fraction: 1.0, soak_s: 0}\n"
+    )
     start = repo.commit_and_push("roll out every change in one wave")
     ctl = start_controller(str(repo.bare))
     ctl.wait_deployed(start, timeout_s=120)
     names = sorted(n.name for n in fabric.nodes)
-    first, last_dir = ctl.publish / "nodes" / names[0] / "manifest", ctl.publish / "nodes" / names[-1]
+    first, last_dir = (
+        ctl.publish / "nodes" / names[0] / "manifest",
+        ctl.publish / "nodes" / names[-1],
+    )
     fabric_yaml = repo.work / "fabric.yaml"
     caught, head = False, start
-    for attempt in range(1, 11):  # the kill must land inside the renames of one batch: a few milliseconds
-        fabric_yaml.write_text(fabric_yaml.read_text().replace(f"kernel.panic: {9 + attempt}", f"kernel.panic: {10 + attempt}"))
+    for attempt in range(
+        1, 11
+    ):  # the kill must land inside the renames of one batch: a few milliseconds
+        fabric_yaml.write_text(
+            fabric_yaml.read_text().replace(
+                f"kernel.panic: {9 + attempt}", f"kernel.panic: {10 + attempt}"
+            )
+        )
         head = repo.commit_and_push(f"kernel.panic on every node, attempt {attempt}")
         caught = _caught_mid_rename(ctl, first, last_dir)
         if caught:

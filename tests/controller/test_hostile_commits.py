@@ -31,7 +31,8 @@ HOSTILE = {
 
 
 def test_commits_that_crashed_the_parser_are_refused_located_and_the_controller_keeps_running(
-        make_fabric, start_controller) -> None:
+    make_fabric, start_controller
+) -> None:
     repo, fabric = make_fabric(1, 1, 2)
     ctl = start_controller(str(repo.bare))
     ctl.wait_deployed(fabric.commit)
@@ -51,10 +52,17 @@ def test_commits_that_crashed_the_parser_are_refused_located_and_the_controller_
         assert ctl.proc.poll() is None, what
     assert ctl.envelopes() == before
     metrics = httpx.get(f"{ctl.url}/metrics").text
-    assert f'treadle_controller_rejected_commits_total{{reason="invalid"}} {float(len(HOSTILE))}' in metrics
+    assert (
+        f'treadle_controller_rejected_commits_total{{reason="invalid"}} {float(len(HOSTILE))}'
+        in metrics
+    )
     log = ctl.log.read_text()
     assert "cycle.crashed" not in log and "Traceback" not in log
-    out = subprocess.run([sys.executable, "-m", "treadle.cli", "status", "--url", ctl.url], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "treadle.cli", "status", "--url", ctl.url],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and "invalid" in out.stdout and rel in out.stdout
     node.write_text(good + "labels: {owner: fixed}\n")
     fixed = repo.commit_and_push("fixed")
@@ -76,7 +84,8 @@ class BuggyRenderer:
 
 
 def test_a_bug_met_by_one_commit_refuses_it_as_internal_once_and_the_next_commit_deploys(
-        make_fabric, signing_key: Path, tmp_path: Path, caplog) -> None:
+    make_fabric, signing_key: Path, tmp_path: Path, caplog
+) -> None:
     repo, fabric = make_fabric(1, 1, 2)
     p = build(tmp_path, repo.bare, signing_key, Clock(1_800_000_000))
     assert p.run_once().result == "deployed"
@@ -91,8 +100,15 @@ def test_a_bug_met_by_one_commit_refuses_it_as_internal_once_and_the_next_commit
     assert refusal is not None and (refusal.commit, refusal.reason) == (bad, "internal")
     assert p.metrics.rejected_commits_total.labels(reason="internal")._value.get() == 1
     logged = [r.fields for r in caplog.records if r.getMessage() == "cycle.internal_error"]  # type: ignore[attr-defined]
-    assert len(logged) == 1 and logged[0]["step"] == "render" and "a bug in the renderer" in logged[0]["error"]
-    assert "Traceback" in logged[0]["traceback"] and "BuggyRenderer" not in logged[0]["traceback"].split("\n")[0]
+    assert (
+        len(logged) == 1
+        and logged[0]["step"] == "render"
+        and "a bug in the renderer" in logged[0]["error"]
+    )
+    assert (
+        "Traceback" in logged[0]["traceback"]
+        and "BuggyRenderer" not in logged[0]["traceback"].split("\n")[0]
+    )
     for _ in range(3):  # not retried in a loop: the refused head is not rendered again
         assert p.run_once().kind == "refused-before"
     assert p.renderer.calls == 1
@@ -102,7 +118,9 @@ def test_a_bug_met_by_one_commit_refuses_it_as_internal_once_and_the_next_commit
     assert p.run_once().result == "deployed" and p.state.deployed_commit() == good
 
 
-def test_a_fabric_error_still_refuses_as_invalid_not_internal(make_fabric, signing_key: Path, tmp_path: Path) -> None:
+def test_a_fabric_error_still_refuses_as_invalid_not_internal(
+    make_fabric, signing_key: Path, tmp_path: Path
+) -> None:
     repo, fabric = make_fabric(1, 1, 2)
     p = build(tmp_path, repo.bare, signing_key, Clock(1_800_000_000))
     p.run_once()
@@ -110,4 +128,7 @@ def test_a_fabric_error_still_refuses_as_invalid_not_internal(make_fabric, signi
     bad = repo.commit_and_push("duplicate key")
     outcome = p.run_once()
     assert (outcome.result, outcome.commit, outcome.reason) == ("refused", bad, "invalid")
-    assert any(d.startswith(fabric.nodes[0].path.relative_to(repo.work).as_posix() + ":") for d in outcome.diagnostics)
+    assert any(
+        d.startswith(fabric.nodes[0].path.relative_to(repo.work).as_posix() + ":")
+        for d in outcome.diagnostics
+    )

@@ -17,7 +17,6 @@ from treadle_agent.contract import log as agent_log
 KEYS = ["ts", "level", "logger", "event"]
 
 
-
 def test_controller_agent_and_plain_logging_lines_share_one_json_shape(stream) -> None:
     controller_log.configure(as_json=True, stream=stream)
     controller_log.event("commit.deployed", commit="c" * 40)
@@ -28,8 +27,11 @@ def test_controller_agent_and_plain_logging_lines_share_one_json_shape(stream) -
     assert len(lines) == 4
     assert all(list(doc)[:4] == KEYS for doc in lines), lines
     assert [(d["logger"], d["event"], d["level"]) for d in lines] == [
-        ("treadle.controller", "commit.deployed", "info"), ("treadle_agent.fetch", "fetch.failed", "warning"),
-        ("treadle.rollout.something", "log", "info"), ("some.library", "log", "warning")]
+        ("treadle.controller", "commit.deployed", "info"),
+        ("treadle_agent.fetch", "fetch.failed", "warning"),
+        ("treadle.rollout.something", "log", "info"),
+        ("some.library", "log", "warning"),
+    ]
     assert lines[2]["message"] == "plain logging line"
 
 
@@ -43,7 +45,11 @@ def test_a_failed_scrape_of_an_agent_is_logged(stream) -> None:
         result = anyio.run(ScrapeSource(timeout_s=2).observe, [Target("n1", "127.0.0.1", port)])
     assert result == {}
     [line] = [json.loads(x) for x in stream.getvalue().splitlines() if "scrape.failed" in x]
-    assert line["node"] == "n1" and line["url"].endswith(f":{port}/metrics") and line["level"] == "warning"
+    assert (
+        line["node"] == "n1"
+        and line["url"].endswith(f":{port}/metrics")
+        and line["level"] == "warning"
+    )
 
 
 def test_a_running_controller_writes_only_json_lines(make_fabric, start_controller) -> None:
@@ -62,10 +68,25 @@ def test_agent_once_json_lines_have_the_same_shape(tmp_path: Path) -> None:
 
     generate(tmp_path / "keys")
     config = tmp_path / "agent.toml"
-    config.write_text(f'node = "n1"\nmanifest_urls = ["http://127.0.0.1:9/v1/nodes/{{node}}/manifest"]\nretries = 0\n'
-                      f'trust_root = "{tmp_path / "keys" / "trust-root.json"}"\nstate_dir = "{tmp_path / "state"}"\n')
-    result = subprocess.run([sys.executable, "-m", "treadle_agent.cli", "once", "--config", str(config), "--log-format", "json"],
-                            capture_output=True, text=True, timeout=60)
+    config.write_text(
+        f'node = "n1"\nmanifest_urls = ["http://127.0.0.1:9/v1/nodes/{{node}}/manifest"]\nretries = 0\n'
+        f'trust_root = "{tmp_path / "keys" / "trust-root.json"}"\nstate_dir = "{tmp_path / "state"}"\n'
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "treadle_agent.cli",
+            "once",
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = result.stderr.splitlines()
     assert any("fetch.failed" in line for line in lines), result.stderr
     for line in lines:
@@ -73,16 +94,22 @@ def test_agent_once_json_lines_have_the_same_shape(tmp_path: Path) -> None:
 
 
 def test_both_programs_tell_their_version_on_the_command_line_in_status_and_in_their_info_metric(
-        make_fabric, start_controller) -> None:
+    make_fabric, start_controller
+) -> None:
     import httpx
 
     from treadle_agent import __version__
 
     for program, module in (("treadle", "treadle.cli"), ("treadle-agent", "treadle_agent.cli")):
-        out = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60
+        )
         assert out.stdout.strip() == f"{program} {__version__}"
     repo, fabric = make_fabric(1, 1, 1)
     ctl = start_controller(str(repo.bare))
     ctl.wait_deployed(fabric.commit)
     assert httpx.get(f"{ctl.url}/v1/status", timeout=10).json()["version"] == __version__
-    assert f'treadle_controller_info{{version="{__version__}"}} 1.0' in httpx.get(f"{ctl.url}/metrics", timeout=10).text
+    assert (
+        f'treadle_controller_info{{version="{__version__}"}} 1.0'
+        in httpx.get(f"{ctl.url}/metrics", timeout=10).text
+    )

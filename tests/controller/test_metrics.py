@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from treadle.errors import REFUSAL_REASONS, GateError
 from treadle.daemon.metrics import ControllerMetrics
+from treadle.errors import REFUSAL_REASONS, GateError
 
 NAMES = {
-    "treadle_controller_info", "treadle_controller_deployed_commit_info", "treadle_controller_commits_total",
-    "treadle_controller_rejected_commits_total", "treadle_controller_render_duration_seconds",
-    "treadle_controller_nodes", "treadle_rollout_wave_nodes", "treadle_rollout_state",
-    "treadle_controller_health_observations_total", "treadle_controller_health_round_duration_seconds",
+    "treadle_controller_info",
+    "treadle_controller_deployed_commit_info",
+    "treadle_controller_commits_total",
+    "treadle_controller_rejected_commits_total",
+    "treadle_controller_render_duration_seconds",
+    "treadle_controller_nodes",
+    "treadle_rollout_wave_nodes",
+    "treadle_rollout_state",
+    "treadle_controller_health_observations_total",
+    "treadle_controller_health_round_duration_seconds",
 }
 
 

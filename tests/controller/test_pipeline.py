@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from treadle.daemon import config
-
 from treadle.daemon import process as daemon
 from treadle.daemon.pipeline import Pipeline, plan_changes
 from treadle.daemon.sign import manifest_from_envelope
@@ -20,10 +19,14 @@ class Clock:
         return self.now
 
 
-def build(tmp_path: Path, repo_path: Path, signing_key: Path, clock: Clock, extra: str = "") -> Pipeline:
+def build(
+    tmp_path: Path, repo_path: Path, signing_key: Path, clock: Clock, extra: str = ""
+) -> Pipeline:
     path = tmp_path / "controller.toml"
-    path.write_text(f'repository = "{repo_path}"\nstate_dir = "state"\npublish_dir = "publish"\nsigning_key = "{signing_key}"\n'
-                    f"manifest_lifetime_s = 3600\nresign_before_s = 600\n{extra}")
+    path.write_text(
+        f'repository = "{repo_path}"\nstate_dir = "state"\npublish_dir = "publish"\nsigning_key = "{signing_key}"\n'
+        f"manifest_lifetime_s = 3600\nresign_before_s = 600\n{extra}"
+    )
     return daemon.build(config.load(path), clock=clock).pipeline
 
 
@@ -31,7 +34,9 @@ class Node:
     def __init__(self, name: str, digest: str, lifecycle: str = "production") -> None:
         self.name, self.digest, self.lifecycle = name, digest, lifecycle
         self.canonical = b"{}"
-        self.manifest = {"metadata": {"generation": 0, "commit": None, "issued": None, "expires": None}}
+        self.manifest = {
+            "metadata": {"generation": 0, "commit": None, "issued": None, "expires": None}
+        }
 
 
 def test_plan_bumps_only_changed_dirty_or_missing_nodes_and_lists_removed_ones() -> None:
@@ -40,18 +45,26 @@ def test_plan_bumps_only_changed_dirty_or_missing_nodes_and_lists_removed_ones()
         "changed": NodeRecord("changed", 2, 2, "old", None, 0, "production"),
         "dirty": NodeRecord("dirty", 7, 6, "d-dirty", None, 0, "production"),
         "gone": NodeRecord("gone", 3, 3, "d", None, 0, "production"),
-        "was-removed": NodeRecord("was-removed", 9, 9, "d-back", None, 0, "production", present=False),
+        "was-removed": NodeRecord(
+            "was-removed", 9, 9, "d-back", None, 0, "production", present=False
+        ),
     }
     nodes = {n: Node(n, f"d-{n}") for n in ("same", "changed", "dirty", "new", "was-removed")}
     plan = plan_changes(records, nodes, "c" * 40)
-    assert {t.node: t.generation for t in plan.to_sign} == {"changed": 3, "dirty": 8, "new": 1, "was-removed": 10}
+    assert {t.node: t.generation for t in plan.to_sign} == {
+        "changed": 3,
+        "dirty": 8,
+        "new": 1,
+        "was-removed": 10,
+    }
     assert plan.removed == ("gone",) and plan.unchanged == 1
     missing = plan_changes(records, nodes, "c" * 40, published=frozenset({"changed", "dirty"}))
     assert "same" in {t.node for t in missing.to_sign}
 
 
 def test_a_crash_between_reserving_and_confirming_republishes_under_a_higher_generation(
-        make_fabric, signing_key: Path, tmp_path: Path) -> None:
+    make_fabric, signing_key: Path, tmp_path: Path
+) -> None:
     repo, fabric = make_fabric(1, 1, 3)
     clock = Clock(1_800_000_000)
     p = build(tmp_path, repo.bare, signing_key, clock)
@@ -62,7 +75,9 @@ def test_a_crash_between_reserving_and_confirming_republishes_under_a_higher_gen
     p.source.fetch()
     # Simulate the crash: the reservation is committed, the publish and confirmation never happen.
     rec = p.state.nodes()[node.name]
-    p.state.reserve([NodeRecord(node.name, rec.generation + 1, 0, "not-yet", head, rec.expires, rec.lifecycle)])
+    p.state.reserve(
+        [NodeRecord(node.name, rec.generation + 1, 0, "not-yet", head, rec.expires, rec.lifecycle)]
+    )
     restarted = build(tmp_path, repo.bare, signing_key, clock)
     outcome = restarted.run_once()
     assert outcome.result == "deployed"
@@ -73,18 +88,27 @@ def test_a_crash_between_reserving_and_confirming_republishes_under_a_higher_gen
     assert not any(r.dirty for r in restarted.state.nodes().values())
 
 
-def test_commits_pushed_during_a_cycle_are_coalesced_into_the_newest(make_fabric, signing_key: Path, tmp_path: Path) -> None:
+def test_commits_pushed_during_a_cycle_are_coalesced_into_the_newest(
+    make_fabric, signing_key: Path, tmp_path: Path
+) -> None:
     repo, fabric = make_fabric(1, 1, 2)
     p = build(tmp_path, repo.bare, signing_key, Clock(1_800_000_000))
     p.run_once()
     for i in range(3):
-        fabric.nodes[0].path.write_text(fabric.nodes[0].path.read_text().replace("labels: {", f"labels: {{c{i}: x, ", 1))
+        fabric.nodes[0].path.write_text(
+            fabric.nodes[0].path.read_text().replace("labels: {", f"labels: {{c{i}: x, ", 1)
+        )
         head = repo.commit_and_push(f"change {i}")
     outcome = p.run_once()
-    assert outcome.commit == head and [d["commit"] for d in p.state.deployments()][:2] == [head, fabric.commit]
+    assert outcome.commit == head and [d["commit"] for d in p.state.deployments()][:2] == [
+        head,
+        fabric.commit,
+    ]
 
 
-def test_manifests_near_expiry_are_resigned_even_while_the_head_is_refused(make_fabric, signing_key: Path, tmp_path: Path) -> None:
+def test_manifests_near_expiry_are_resigned_even_while_the_head_is_refused(
+    make_fabric, signing_key: Path, tmp_path: Path
+) -> None:
     repo, fabric = make_fabric(1, 1, 2)
     clock = Clock(1_800_000_000)
     p = build(tmp_path, repo.bare, signing_key, clock)
@@ -98,13 +122,17 @@ def test_manifests_near_expiry_are_resigned_even_while_the_head_is_refused(make_
     for n, old in before.items():
         new = manifest_from_envelope(p.store.read(n) or b"")
         # Above the old one, and at least the clock's floor at the time (see treadle.daemon.generation).
-        assert new["metadata"]["generation"] == max(old["metadata"]["generation"] + 1, int(clock.now * 1000))
+        assert new["metadata"]["generation"] == max(
+            old["metadata"]["generation"] + 1, int(clock.now * 1000)
+        )
         assert new["metadata"]["commit"] == fabric.commit and new["resources"] == old["resources"]
         assert new["metadata"]["expires"] > old["metadata"]["expires"]
     assert p.run_once().resigned == ()  # not again until the next window
 
 
-def test_an_invalid_commit_is_recorded_once_not_at_every_poll(make_fabric, signing_key: Path, tmp_path: Path) -> None:
+def test_an_invalid_commit_is_recorded_once_not_at_every_poll(
+    make_fabric, signing_key: Path, tmp_path: Path
+) -> None:
     repo, fabric = make_fabric(1, 1, 2)
     p = build(tmp_path, repo.bare, signing_key, Clock(1_800_000_000))
     p.run_once()
@@ -115,12 +143,16 @@ def test_an_invalid_commit_is_recorded_once_not_at_every_poll(make_fabric, signi
     assert [r.commit for r in p.state.refusals()] == [bad]
 
 
-def test_a_submodule_in_the_fabric_is_refused_and_never_fetched(make_fabric, signing_key: Path, tmp_path: Path) -> None:
+def test_a_submodule_in_the_fabric_is_refused_and_never_fetched(
+    make_fabric, signing_key: Path, tmp_path: Path
+) -> None:
     repo, fabric = make_fabric(1, 1, 2)
     p = build(tmp_path, repo.bare, signing_key, Clock(1_800_000_000))
     p.run_once()
     repo.git("update-index", "--add", "--cacheinfo", f"160000,{fabric.commit},vendor/lib")
-    repo.git("commit", "-q", "-m", "a submodule")  # not commit_and_push: `git add -A` would drop the gitlink
+    repo.git(
+        "commit", "-q", "-m", "a submodule"
+    )  # not commit_and_push: `git add -A` would drop the gitlink
     repo.push()
     bad = repo.git("rev-parse", "HEAD")
     outcome = p.run_once()
@@ -130,11 +162,15 @@ def test_a_submodule_in_the_fabric_is_refused_and_never_fetched(make_fabric, sig
 
 
 def _generations(p: Pipeline) -> dict[str, int]:
-    return {n: manifest_from_envelope(p.store.read(n) or b"")["metadata"]["generation"] for n in p.store.nodes()}
+    return {
+        n: manifest_from_envelope(p.store.read(n) or b"")["metadata"]["generation"]
+        for n in p.store.nodes()
+    }
 
 
 def test_a_controller_rebuilt_without_state_or_store_publishes_above_what_agents_accepted(
-        make_fabric, signing_key: Path, tmp_path: Path) -> None:
+    make_fabric, signing_key: Path, tmp_path: Path
+) -> None:
     import shutil
 
     repo, fabric = make_fabric(1, 1, 3)
@@ -159,7 +195,8 @@ def test_a_controller_rebuilt_without_state_or_store_publishes_above_what_agents
 
 
 def test_a_controller_that_lost_its_state_but_kept_its_store_publishes_above_the_store(
-        make_fabric, signing_key: Path, tmp_path: Path) -> None:
+    make_fabric, signing_key: Path, tmp_path: Path
+) -> None:
     import shutil
 
     repo, fabric = make_fabric(1, 1, 3)
@@ -177,7 +214,8 @@ def test_a_controller_that_lost_its_state_but_kept_its_store_publishes_above_the
 
 
 def test_a_restore_from_an_old_backup_with_an_empty_publish_dir_republishes_every_node_above_the_newer_ones(
-        make_fabric, signing_key: Path, tmp_path: Path) -> None:
+    make_fabric, signing_key: Path, tmp_path: Path
+) -> None:
     """README "Restoring a controller from backup": the old state, an empty publish directory."""
     import shutil
 
@@ -185,7 +223,9 @@ def test_a_restore_from_an_old_backup_with_an_empty_publish_dir_republishes_ever
     clock = Clock(1_800_000_000)
     p = build(tmp_path, repo.bare, signing_key, clock, extra="")
     p.run_once()
-    p.rollouts = None  # every change published at once: what matters here is what the nodes were last sent
+    p.rollouts = (
+        None  # every change published at once: what matters here is what the nodes were last sent
+    )
     p.state.close()
     shutil.copytree(tmp_path / "state", tmp_path / "backup")
     p = build(tmp_path, repo.bare, signing_key, clock)
@@ -214,17 +254,22 @@ def test_a_restore_from_an_old_backup_with_an_empty_publish_dir_republishes_ever
 
 def _differing(p: Pipeline, repo: Path, head: str) -> set[str]:
     """The nodes whose published content differs from a full render of ``head``, computed without the pipeline."""
-    from treadle.fabric import GitRevisionSource, ParseCache, render_fabric
     from treadle.daemon.sign import content_digest
+    from treadle.fabric import GitRevisionSource, ParseCache, render_fabric
 
     rendered = render_fabric(GitRevisionSource(repo, head), ParseCache())
     assert rendered.ok
-    return {n for n, node in rendered.nodes.items()
-            if content_digest(manifest_from_envelope(p.store.read(n) or b"")) != content_digest(node.manifest)}
+    return {
+        n
+        for n, node in rendered.nodes.items()
+        if content_digest(manifest_from_envelope(p.store.read(n) or b""))
+        != content_digest(node.manifest)
+    }
 
 
 def test_a_one_node_push_during_a_rollout_plans_that_node_and_every_node_still_waiting(
-        make_fabric, signing_key: Path, tmp_path: Path) -> None:
+    make_fabric, signing_key: Path, tmp_path: Path
+) -> None:
     """An incremental render plans only the nodes that can differ: the pushed one, and those the rollout it
     supersedes had not published yet (the one it had published is left alone), exactly as a full plan would."""
     repo, fabric = make_fabric(1, 2, 4)
@@ -234,16 +279,26 @@ def test_a_one_node_push_during_a_rollout_plans_that_node_and_every_node_still_w
     canary = next(n for n in fabric.nodes if n.name.endswith("-n001"))
     waiting, pushed = [n for n in fabric.nodes if not n.name.endswith("-n001")][:2]
     for node in (canary, waiting):
-        node.path.write_text(node.path.read_text().replace("labels: {", "labels: {owner: first, ", 1))
+        node.path.write_text(
+            node.path.read_text().replace("labels: {", "labels: {owner: first, ", 1)
+        )
     first = repo.commit_and_push("two nodes: the canary wave publishes one, the other waits")
     assert p.run_once().result == "deployed"
-    assert _differing(p, repo.work, first) == {waiting.name}  # the canary is published, its soak holds the rest
-    pushed.path.write_text(pushed.path.read_text().replace("labels: {", "labels: {owner: second, ", 1))
+    assert _differing(p, repo.work, first) == {
+        waiting.name
+    }  # the canary is published, its soak holds the rest
+    pushed.path.write_text(
+        pushed.path.read_text().replace("labels: {", "labels: {owner: second, ", 1)
+    )
     second = repo.commit_and_push("one more node")
     differing = _differing(p, repo.work, second)
     assert differing == {waiting.name, pushed.name}
     outcome = p.run_once()
-    assert outcome.result == "deployed" and p.last_good is not None and p.last_good.result.fresh == {pushed.name}
+    assert (
+        outcome.result == "deployed"
+        and p.last_good is not None
+        and p.last_good.result.fresh == {pushed.name}
+    )
     rollout = p.rollouts.active() if p.rollouts is not None else None
     assert rollout is not None and rollout.commit == second
     assert {n for w in rollout.waves for n in w.nodes} == differing

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treadle.errors import StoreError
 from treadle.daemon.publish import TEMP_PREFIX, PublishStore, valid_node_name
+from treadle.errors import StoreError
 
 
 def test_batch_is_published_and_removed_nodes_disappear(tmp_path: Path) -> None:
@@ -22,7 +22,9 @@ def test_batch_is_published_and_removed_nodes_disappear(tmp_path: Path) -> None:
     assert store.nodes() == ["n1"]
 
 
-def test_temp_files_of_a_crashed_batch_are_removed_on_open_and_never_visible(tmp_path: Path) -> None:
+def test_temp_files_of_a_crashed_batch_are_removed_on_open_and_never_visible(
+    tmp_path: Path,
+) -> None:
     store = PublishStore(tmp_path / "pub")
     store.publish({"n1": b"old"})
     # A crash after step 1: a temp file beside the target, the target untouched.
@@ -40,7 +42,9 @@ def test_republishing_the_same_batch_is_idempotent(tmp_path: Path) -> None:
     assert [store.read("a"), store.read("b")] == [b"1", b"2"]
 
 
-@pytest.mark.parametrize("name", ["..", ".", "a/b", "../etc", ".hidden", "", "a\x00b", "x..y", "n\n"])
+@pytest.mark.parametrize(
+    "name", ["..", ".", "a/b", "../etc", ".hidden", "", "a\x00b", "x..y", "n\n"]
+)
 def test_unsafe_node_names_are_refused(tmp_path: Path, name: str) -> None:
     store = PublishStore(tmp_path / "pub")
     with pytest.raises(StoreError, match="cannot be a file name"):
@@ -56,7 +60,9 @@ def test_every_accepted_name_is_one_path_segment_inside_the_store(name: str) -> 
         assert resolved.parent == Path("/store/nodes") and "/" not in name
 
 
-def test_prepared_nodes_stay_invisible_until_published_and_their_leftovers_are_cleaned(tmp_path: Path) -> None:
+def test_prepared_nodes_stay_invisible_until_published_and_their_leftovers_are_cleaned(
+    tmp_path: Path,
+) -> None:
     store = PublishStore(tmp_path / "pub")
     assert store.prepare(["n1", "n2", "../evil", "n1"]) == 2
     assert store.nodes() == [] and store.read("n1") is None

@@ -52,7 +52,9 @@ def test_a_release_publishes_each_envelope_confirms_it_and_records_why(tmp_path:
     records = state.records()
     assert records["n1"].generation == 7 and not records["n1"].dirty and not state.dirty()
     assert [h["why"] for h in state.node_history("n2")] == ["why n2"]
-    assert state.deployed_commit() is None  # no gate decision: a publication outside a deploy moves no commit
+    assert (
+        state.deployed_commit() is None
+    )  # no gate decision: a publication outside a deploy moves no commit
 
 
 def test_nothing_to_release_writes_nothing(tmp_path: Path) -> None:
@@ -61,7 +63,9 @@ def test_nothing_to_release_writes_nothing(tmp_path: Path) -> None:
     assert dict(state.records()) == {} and list(store.nodes()) == []
 
 
-def test_a_manifest_near_expiry_is_resigned_through_the_same_path_under_a_new_generation(tmp_path: Path) -> None:
+def test_a_manifest_near_expiry_is_resigned_through_the_same_path_under_a_new_generation(
+    tmp_path: Path,
+) -> None:
     clock = Clock(1_800_000_000)
     release, state, store = parts(tmp_path, clock)
     release([item("n1", 1_800_000_000)], lambda _n: "deploy")

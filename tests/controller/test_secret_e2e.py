@@ -21,15 +21,23 @@ MARKER = "PLAINTEXT-MARKER-e2e-3c7d"
 
 
 def _agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "treadle_agent.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "treadle_agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _tree_bytes(top: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in sorted(top.rglob("*")) if p.is_file() and not p.is_symlink())
+    return b"".join(
+        p.read_bytes() for p in sorted(top.rglob("*")) if p.is_file() and not p.is_symlink()
+    )
 
 
-def test_a_secret_reaches_its_node_and_nothing_else_sees_it(make_fabric, start_controller, signing_key: Path,
-                                                            tmp_path: Path) -> None:
+def test_a_secret_reaches_its_node_and_nothing_else_sees_it(
+    make_fabric, start_controller, signing_key: Path, tmp_path: Path
+) -> None:
     from treadle.cli import main as treadle
     from treadle_agent.contract.envelope import load_signer
 
@@ -43,17 +51,24 @@ def test_a_secret_reaches_its_node_and_nothing_else_sees_it(make_fabric, start_c
     config = agent_config(tmp_path, a.name, ctl.url, trust_file)
     enrolled = _agent("enroll", "--config", str(config))
     assert enrolled.returncode == 0, enrolled.stderr
-    a.path.write_text(a.path.read_text() + f"identity: {enrolled.stdout.strip()}\n"
-                      "files:\n  /etc/munge/munge.key: {secret: secrets/munge.key.age, mode: \"0400\"}\n")
+    a.path.write_text(
+        a.path.read_text() + f"identity: {enrolled.stdout.strip()}\n"
+        'files:\n  /etc/munge/munge.key: {secret: secrets/munge.key.age, mode: "0400"}\n'
+    )
     plain = tmp_path / "munge.key"
     plain.write_text(f"{MARKER}\n")
-    assert treadle(["secret", "encrypt", "munge.key", "--in", str(plain), "--repo", str(repo.work)]) == 0
+    assert (
+        treadle(["secret", "encrypt", "munge.key", "--in", str(plain), "--repo", str(repo.work)])
+        == 0
+    )
     plain.unlink()
     head = repo.commit_and_push("deliver the munge key")
     ctl.wait_deployed(head)
 
     applied = _agent("once", "--config", str(config), "--log-format", "json")
-    assert applied.returncode in (0, 1), applied.stderr  # 1: the fabric's health checks fail in a temp root
+    assert applied.returncode in (0, 1), (
+        applied.stderr
+    )  # 1: the fabric's health checks fail in a temp root
     written = config.parent / "root/etc/munge/munge.key"
     assert written.read_text() == f"{MARKER}\n" and written.stat().st_mode & 0o777 == 0o400
     checked = _agent("check", "--config", str(config), "--offline", "--format", "json")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from treadle.keygen import generate, trust_root
 from treadle.daemon.config import from_dict
-from treadle.errors import SigningKeyError
 from treadle.daemon.sign import ManifestSigner
+from treadle.errors import SigningKeyError
+from treadle.keygen import generate, trust_root
 
 from .test_agents_e2e import agent_config, run_agent
 
@@ -43,12 +43,18 @@ def wait_for(predicate, what: str, timeout_s: float = 30):  # type: ignore[no-un
 def test_signing_key_accepts_a_list_and_a_single_key_still_works(tmp_path: Path) -> None:
     base = {"repository": "r", "state_dir": "s", "publish_dir": "p"}
     one = from_dict({**base, "signing_key": "k1.key"}, tmp_path / "c.toml")
-    assert one.signing.signing_keys == (str(tmp_path / "k1.key"),) and one.signing.signing_key == str(tmp_path / "k1.key")
-    two = from_dict({**base, "signing_key": ["k1.key", "gcpkms:projects/p/key#pub.json"]}, tmp_path / "c.toml")
+    assert one.signing.signing_keys == (
+        str(tmp_path / "k1.key"),
+    ) and one.signing.signing_key == str(tmp_path / "k1.key")
+    two = from_dict(
+        {**base, "signing_key": ["k1.key", "gcpkms:projects/p/key#pub.json"]}, tmp_path / "c.toml"
+    )
     assert two.signing.signing_keys == (str(tmp_path / "k1.key"), "gcpkms:projects/p/key#pub.json")
 
 
-def test_the_same_key_listed_twice_is_refused_since_it_cannot_meet_a_threshold(tmp_path: Path) -> None:
+def test_the_same_key_listed_twice_is_refused_since_it_cannot_meet_a_threshold(
+    tmp_path: Path,
+) -> None:
     generate(tmp_path / "k", threshold=1)
     key = tmp_path / "k" / "treadle.key"
     (tmp_path / "copy.key").write_bytes(key.read_bytes())
@@ -57,11 +63,14 @@ def test_the_same_key_listed_twice_is_refused_since_it_cannot_meet_a_threshold(t
 
 
 def test_a_threshold_two_trust_root_is_met_by_a_controller_with_both_keys(
-        make_fabric, start_controller, tmp_path: Path) -> None:
+    make_fabric, start_controller, tmp_path: Path
+) -> None:
     keys = tmp_path / "keys"
     generate(keys, threshold=2)
     repo, fabric = make_fabric(1, 1, 1)
-    ctl = start_controller(str(repo.bare), signing=toml_list(keys / "treadle-1.key", keys / "treadle-2.key"))
+    ctl = start_controller(
+        str(repo.bare), signing=toml_list(keys / "treadle-1.key", keys / "treadle-2.key")
+    )
     ctl.wait_deployed(fabric.commit)
     node = fabric.nodes[0]
     config = agent_config(tmp_path, node.name, ctl.url, keys / "trust-root.json")
@@ -73,7 +82,8 @@ def test_a_threshold_two_trust_root_is_met_by_a_controller_with_both_keys(
 
 
 def test_key_rotation_signs_with_both_then_drops_the_old_and_no_node_ever_refuses(
-        make_fabric, start_controller, tmp_path: Path) -> None:
+    make_fabric, start_controller, tmp_path: Path
+) -> None:
     """The README's rotation, step by step; the agent runs after every step and must accept every manifest."""
     old, new = tmp_path / "old", tmp_path / "new"
     generate(old, threshold=1, name="old")
@@ -90,7 +100,9 @@ def test_key_rotation_signs_with_both_then_drops_the_old_and_no_node_ever_refuse
     def agent_accepts() -> None:
         # A restarted controller listens on another port.
         text = config.read_text()
-        config.write_text(text.replace(text.split('manifest_urls = ["')[1].split("/v1/")[0], ctl.url))
+        config.write_text(
+            text.replace(text.split('manifest_urls = ["')[1].split("/v1/")[0], ctl.url)
+        )
         result = run_agent(config)
         assert "verify.refused" not in result.stderr, result.stderr
         generations.append(accepted_generation(config))
@@ -100,7 +112,10 @@ def test_key_rotation_signs_with_both_then_drops_the_old_and_no_node_ever_refuse
     # 1. The controller signs with the old and the new key (a restart re-signs what is published).
     ctl.stop()
     ctl = start_controller(str(repo.bare), signing=toml_list(old / "old.key", new / "new.key"))
-    both = wait_for(lambda: len(keyids(e := ctl.envelopes()[node.name])) == 2 and e, "envelopes signed by both keys")
+    both = wait_for(
+        lambda: len(keyids(e := ctl.envelopes()[node.name])) == 2 and e,
+        "envelopes signed by both keys",
+    )
     agent_accepts()  # the node still trusts only the old key: the old signature suffices
     # 2. Every node's trust root lists both keys.
     trust_root(tmp_path / "both.json", [old / "old.pub.json", new / "new.pub.json"], threshold=1)
@@ -109,7 +124,10 @@ def test_key_rotation_signs_with_both_then_drops_the_old_and_no_node_ever_refuse
     # 3. The controller drops the old key.
     ctl.stop()
     ctl = start_controller(str(repo.bare), signing=f'"{new / "new.key"}"')
-    wait_for(lambda: keyids(ctl.envelopes()[node.name]) != keyids(both), "envelopes signed by the new key only")
+    wait_for(
+        lambda: keyids(ctl.envelopes()[node.name]) != keyids(both),
+        "envelopes signed by the new key only",
+    )
     assert keyids(ctl.envelopes()[node.name]).isdisjoint(old_id)
     agent_accepts()
     # 4. Every node's trust root drops the old key.
@@ -121,20 +139,27 @@ def test_key_rotation_signs_with_both_then_drops_the_old_and_no_node_ever_refuse
 def test_a_key_file_and_a_signer_uri_together_meet_a_threshold_of_two(tmp_path: Path) -> None:
     from treadle.daemon.sign import ToSign, content_digest
     from treadle_agent.contract.envelope import verify_envelope
-    from treadle_agent.errors import VerifyError
     from treadle_agent.contract.manifest import canonical_json
     from treadle_agent.contract.trustroot import TrustRoot
+    from treadle_agent.errors import VerifyError
 
     from .test_sign import COMMIT, manifest
 
     keys = tmp_path / "keys"
     generate(keys, threshold=2)
-    signer = ManifestSigner([str(keys / "treadle-1.key"), f"file2:{keys / 'treadle-2.key'}"], lifetime_s=3600)
+    signer = ManifestSigner(
+        [str(keys / "treadle-1.key"), f"file2:{keys / 'treadle-2.key'}"], lifetime_s=3600
+    )
     m = manifest()
-    [signed] = signer.sign([ToSign("n1", m, content_digest(m), 1, COMMIT, "production", canonical_json(m))], now=1_800_000_000)
+    [signed] = signer.sign(
+        [ToSign("n1", m, content_digest(m), 1, COMMIT, "production", canonical_json(m))],
+        now=1_800_000_000,
+    )
     root = TrustRoot.load(keys / "trust-root.json")
     assert verify_envelope(signed.envelope, root)  # both distinct keys signed: threshold 2 met
     alone = ManifestSigner(str(keys / "treadle-1.key"), lifetime_s=3600).sign(
-        [ToSign("n1", m, content_digest(m), 1, COMMIT, "production", canonical_json(m))], now=1_800_000_000)[0]
+        [ToSign("n1", m, content_digest(m), 1, COMMIT, "production", canonical_json(m))],
+        now=1_800_000_000,
+    )[0]
     with pytest.raises(VerifyError, match="requires 2"):
         verify_envelope(alone.envelope, root)

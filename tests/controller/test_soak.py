@@ -22,6 +22,7 @@ import pytest
 
 from treadle.daemon import config as config_mod
 from treadle.daemon import process as daemon
+
 COMMITS = 200
 WARM_UP = 20
 MAX_PACKS = 4
@@ -40,7 +41,13 @@ def open_descriptors(root: Path) -> Counter[str]:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue  # the descriptor listdir itself used
-        kind = "sqlite" if ".sqlite3" in target else "pack" if "mirror.git/objects/pack/" in target else "other"
+        kind = (
+            "sqlite"
+            if ".sqlite3" in target
+            else "pack"
+            if "mirror.git/objects/pack/" in target
+            else "other"
+        )
         if kind == "other" or target.startswith(f"{root}/"):
             kinds[kind] += 1
     return kinds
@@ -69,42 +76,67 @@ class Upstream:
         head = self.repo.references["refs/heads/main"].peel(pygit2.Commit)
         index = pygit2.Index()
         index.read_tree(head.tree)
-        blob = self.repo.create_blob(self.text.replace("labels: {", f"labels: {{soak: v{i}, ", 1).encode())
+        blob = self.repo.create_blob(
+            self.text.replace("labels: {", f"labels: {{soak: v{i}, ", 1).encode()
+        )
         index.add(pygit2.IndexEntry(self.path, blob, pygit2.enums.FileMode.BLOB))
         sig = pygit2.Signature("Soak", "soak@example.com")
-        return str(self.repo.create_commit("refs/heads/main", sig, sig, f"soak {i}", index.write_tree(self.repo), [head.id]))
+        return str(
+            self.repo.create_commit(
+                "refs/heads/main", sig, sig, f"soak {i}", index.write_tree(self.repo), [head.id]
+            )
+        )
 
 
 @pytest.fixture
 def controller(make_fabric, signing_key: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     repo, fabric = make_fabric(1, 2, 3)
     node = fabric.nodes[0]
-    doc = {"repository": str(repo.bare), "state_dir": "state", "publish_dir": "publish", "signing_key": str(signing_key),
-           "listen": "127.0.0.1:0", "retention": {"mirror_max_packs": MAX_PACKS, "rollouts_kept": 5, "history_kept": 20}}
+    doc = {
+        "repository": str(repo.bare),
+        "state_dir": "state",
+        "publish_dir": "publish",
+        "signing_key": str(signing_key),
+        "listen": "127.0.0.1:0",
+        "retention": {"mirror_max_packs": MAX_PACKS, "rollouts_kept": 5, "history_kept": 20},
+    }
     ctl = daemon.build(config_mod.from_dict(doc, tmp_path / "controller.toml"))
-    upstream = Upstream(repo.bare, node.path.relative_to(repo.work).as_posix(), node.path.read_text())
+    upstream = Upstream(
+        repo.bare, node.path.relative_to(repo.work).as_posix(), node.path.read_text()
+    )
     yield ctl, upstream, tmp_path
     ctl.close()
 
 
-def test_two_hundred_commits_leave_descriptors_threads_memory_and_database_handles_flat(controller) -> None:  # type: ignore[no-untyped-def]
+def test_two_hundred_commits_leave_descriptors_threads_memory_and_database_handles_flat(
+    controller,
+) -> None:  # type: ignore[no-untyped-def]
     ctl, upstream, root = controller
     state = ctl.pipeline.state
     samples, objects = [], []
     for i in range(COMMITS):
         head = upstream.commit(i)
         outcome = on_new_thread(ctl._cycle)
-        assert outcome is not None and outcome.result == "deployed" and outcome.commit == head, outcome
-        assert on_new_thread(state.deployed_commit) == head  # the API reads on threads of its own too
+        assert outcome is not None and outcome.result == "deployed" and outcome.commit == head, (
+            outcome
+        )
+        assert (
+            on_new_thread(state.deployed_commit) == head
+        )  # the API reads on threads of its own too
         if i >= WARM_UP:
             samples.append((open_descriptors(root), threading.active_count(), state.handles))
             objects.append(live_objects())
     first, last = samples[0], samples[-1]
-    assert first[0]["sqlite"] > 0 and first[0]["pack"] > 0, first  # the scan sees this controller's files
+    assert first[0]["sqlite"] > 0 and first[0]["pack"] > 0, (
+        first
+    )  # the scan sees this controller's files
     # Pack files come and go between repacks (at most MAX_PACKS + 1 of them); nothing else moves.
     for fds, threads, handles in samples:
         assert fds["pack"] <= MAX_PACKS + 1, fds
-        assert fds["sqlite"] <= first[0]["sqlite"] and fds["other"] <= first[0]["other"], (fds, first[0])
+        assert fds["sqlite"] <= first[0]["sqlite"] and fds["other"] <= first[0]["other"], (
+            fds,
+            first[0],
+        )
         # At most: an idle worker thread an earlier test left may exit meanwhile, none may be added.
         assert threads <= first[1] and handles <= 2, (threads, handles)
     assert last[0]["sqlite"] == first[0]["sqlite"]
@@ -117,7 +149,9 @@ def test_two_hundred_commits_leave_descriptors_threads_memory_and_database_handl
     assert len(state.deployments(limit=1000)) == 20
     assert len(ctl.pipeline.rollouts.documents(limit=1000)) <= 5 + 1
     published = [p for p in ctl.pipeline.store.root.rglob("*") if p.is_file()]
-    assert sorted(p.parent.name for p in published) == sorted(ctl.pipeline.store.nodes())  # one envelope per node, no temp file
+    assert sorted(p.parent.name for p in published) == sorted(
+        ctl.pipeline.store.nodes()
+    )  # one envelope per node, no temp file
     assert len(published) == 6
 
 

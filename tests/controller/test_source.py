@@ -8,12 +8,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from treadle.errors import SourceError
 from treadle.daemon.fetch import GitSource, local_git_dir, watch_refs
+from treadle.errors import SourceError
 
 
 @pytest.mark.parametrize("as_url", [False, True], ids=["path", "file-url"])
-def test_fetch_follows_the_branch_from_a_path_or_file_url(repo, tmp_path: Path, as_url: bool) -> None:
+def test_fetch_follows_the_branch_from_a_path_or_file_url(
+    repo, tmp_path: Path, as_url: bool
+) -> None:
     repo.write("a.txt", "1\n")
     first = repo.commit_and_push("first")
     url = f"file://{repo.bare}" if as_url else str(repo.bare)
@@ -49,7 +51,13 @@ def test_changed_paths_lists_added_modified_deleted_and_renamed_files(repo, tmp_
     new = repo.commit_and_push("second")
     source = GitSource(str(repo.bare), "main", tmp_path / "state")
     source.fetch()
-    assert source.changed_paths(old, new) == {"mod.txt", "del.txt", "old.txt", "new.txt", "add/x.txt"}
+    assert source.changed_paths(old, new) == {
+        "mod.txt",
+        "del.txt",
+        "old.txt",
+        "new.txt",
+        "add/x.txt",
+    }
 
 
 def test_missing_branch_and_unreachable_repository_are_source_errors(repo, tmp_path: Path) -> None:
@@ -103,7 +111,9 @@ def test_hooks_in_the_mirror_never_run(repo, tmp_path: Path) -> None:
     assert source.fetch() == head and not marker.exists()
 
 
-def test_the_mirror_is_repacked_when_it_holds_more_packs_than_the_limit(repo, tmp_path: Path) -> None:
+def test_the_mirror_is_repacked_when_it_holds_more_packs_than_the_limit(
+    repo, tmp_path: Path
+) -> None:
     source = GitSource(str(repo.bare), "main", tmp_path / "state", max_packs=3)
     heads = []
     for i in range(10):  # one pack file per fetch that brings a commit
@@ -114,8 +124,12 @@ def test_the_mirror_is_repacked_when_it_holds_more_packs_than_the_limit(repo, tm
     packs = sorted((source.path / "objects" / "pack").glob("*.pack"))
     # This mirror's descriptors only: the process may hold other tests' mirrors (under pytest-xdist, any of them).
     pack_dir = str(source.path / "objects" / "pack")
-    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
-            if os.path.exists(f"/proc/self/fd/{fd}") and os.readlink(f"/proc/self/fd/{fd}").startswith(pack_dir)]
+    held = [
+        os.readlink(f"/proc/self/fd/{fd}")
+        for fd in os.listdir("/proc/self/fd")
+        if os.path.exists(f"/proc/self/fd/{fd}")
+        and os.readlink(f"/proc/self/fd/{fd}").startswith(pack_dir)
+    ]
     assert all(Path(p).exists() for p in held), held  # no descriptor kept on a deleted pack
     assert len(packs) <= 4
     assert source.changed_paths(heads[0], heads[-1]) == {"a.txt"}  # every commit still readable
@@ -138,25 +152,32 @@ def test_only_the_newest_revert_branches_are_kept_in_the_mirror(repo, tmp_path: 
         mirror.references.create(f"refs/heads/treadle/revert-{i:012x}", commit)
     gone = source.prune_revert_branches(2)
     assert sorted(gone) == [f"refs/heads/treadle/revert-{i:012x}" for i in range(3)]
-    assert sorted(n for n in mirror.references if "revert-" in n) == [f"refs/heads/treadle/revert-{i:012x}" for i in (3, 4)]
+    assert sorted(n for n in mirror.references if "revert-" in n) == [
+        f"refs/heads/treadle/revert-{i:012x}" for i in (3, 4)
+    ]
     assert source.head() == str(head.id)
 
 
 def test_without_the_git_command_the_mirror_still_fetches_and_gc_is_retried_only_after_more_packs(
-        repo, tmp_path: Path, monkeypatch, caplog) -> None:
+    repo, tmp_path: Path, monkeypatch, caplog
+) -> None:
     source = GitSource(str(repo.bare), "main", tmp_path / "state", max_packs=2)
     for i in range(6):
         repo.write("a.txt", f"{i}\n")
         head = repo.commit_and_push(f"c{i}")
         with monkeypatch.context() as m:
-            m.setenv("PATH", str(tmp_path / "no-git-here"))  # only the controller's fetch misses git
+            m.setenv(
+                "PATH", str(tmp_path / "no-git-here")
+            )  # only the controller's fetch misses git
             assert source.fetch() == head
     assert source.pack_count() == 6
     # Tried at 3 packs, then only once another max_packs had come (at 5), not at every fetch.
     assert [r.getMessage() for r in caplog.records].count("mirror.gc_failed") == 2
 
 
-def test_fetches_from_a_local_upstream_leave_no_pack_locked_and_nothing_loose(repo, tmp_path: Path) -> None:
+def test_fetches_from_a_local_upstream_leave_no_pack_locked_and_nothing_loose(
+    repo, tmp_path: Path
+) -> None:
     # git fetch-pack locks the pack it writes (a .keep file); a lock left behind would keep git gc from ever
     # folding that pack, so the mirror would grow one pack per push for good.
     source = GitSource(str(repo.bare), "main", tmp_path / "state")
@@ -167,21 +188,28 @@ def test_fetches_from_a_local_upstream_leave_no_pack_locked_and_nothing_loose(re
     pack_dir = source.path / "objects" / "pack"
     assert source.pack_count() == 3
     assert not list(pack_dir.glob("*.keep"))
-    assert not list((source.path / "objects").glob("[0-9a-f][0-9a-f]/*"))  # kept as packs, not unpacked loose
+    assert not list(
+        (source.path / "objects").glob("[0-9a-f][0-9a-f]/*")
+    )  # kept as packs, not unpacked loose
 
 
 def test_a_git_that_refuses_the_local_upstream_falls_back_to_libgit2_and_says_so_once(
-        repo, tmp_path: Path, monkeypatch, caplog) -> None:
+    repo, tmp_path: Path, monkeypatch, caplog
+) -> None:
     # As a git that will not read a repository owned by another user (safe.directory) answers.
     fake = tmp_path / "bin" / "git"
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho \"fatal: detected dubious ownership in repository\" >&2\nexit 128\n")
+    fake.write_text(
+        '#!/bin/sh\necho "fatal: detected dubious ownership in repository" >&2\nexit 128\n'
+    )
     fake.chmod(0o755)
     source = GitSource(str(repo.bare), "main", tmp_path / "state")
     for i in range(3):
         repo.write("a.txt", f"{i}\n")
         head = repo.commit_and_push(f"c{i}")
         with monkeypatch.context() as m:
-            m.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")  # only the controller's fetch sees it
+            m.setenv(
+                "PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
+            )  # only the controller's fetch sees it
             assert source.fetch() == head
     assert [r.getMessage() for r in caplog.records].count("mirror.fetch_pack_failed") == 1

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from treadle.errors import StoreError
 from treadle.daemon.state import SCHEMA_VERSION, NodeRecord, StateDB
+from treadle.errors import StoreError
 
 
 def rec(name: str, generation: int, digest: str = "d", lifecycle: str = "production") -> NodeRecord:
@@ -22,7 +22,9 @@ def test_database_is_in_wal_mode_with_the_current_schema_version(tmp_path: Path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
-def test_reserved_generation_is_dirty_until_its_deployment_is_recorded_and_survives_reopen(tmp_path: Path) -> None:
+def test_reserved_generation_is_dirty_until_its_deployment_is_recorded_and_survives_reopen(
+    tmp_path: Path,
+) -> None:
     db = StateDB(tmp_path / "s.db")
     db.reserve([rec("n1", 1), rec("n2", 1)])
     assert all(r.dirty for r in StateDB(tmp_path / "s.db").nodes().values())
@@ -42,7 +44,9 @@ def test_removed_node_keeps_its_generation_and_leaves_the_counts(tmp_path: Path)
     assert db.lifecycle_counts() == {"draining": 1}
 
 
-def test_refusal_is_recorded_with_diagnostics_and_pending_history_until_accepted(tmp_path: Path) -> None:
+def test_refusal_is_recorded_with_diagnostics_and_pending_history_until_accepted(
+    tmp_path: Path,
+) -> None:
     db = StateDB(tmp_path / "s.db")
     db.record_refusal("f" * 40, "non_fast_forward", "rewritten", ["a.yaml:1:2: bad"])
     assert db.last_refusal().diagnostics == ("a.yaml:1:2: bad",)
@@ -105,7 +109,9 @@ def test_dirty_names_and_lifecycle_counts_follow_every_write(tmp_path: Path) -> 
     assert db.dirty() == frozenset() and db.lifecycle_counts() == {"production": 2}
 
 
-def test_history_beyond_the_retention_setting_is_pruned_and_the_wal_truncated(tmp_path: Path) -> None:
+def test_history_beyond_the_retention_setting_is_pruned_and_the_wal_truncated(
+    tmp_path: Path,
+) -> None:
     db = StateDB(tmp_path / "s.db")
     for i in range(30):
         db.record_deployment(f"{i:040x}", None, [], ())
@@ -114,7 +120,9 @@ def test_history_beyond_the_retention_setting_is_pruned_and_the_wal_truncated(tm
     wal = tmp_path / "s.db-wal"
     assert wal.stat().st_size > 0
     assert db.prune(10) == 3 * 20
-    assert [d["commit"] for d in db.deployments(limit=100)] == [f"{i:040x}" for i in range(29, 19, -1)]
+    assert [d["commit"] for d in db.deployments(limit=100)] == [
+        f"{i:040x}" for i in range(29, 19, -1)
+    ]
     assert len(db.refusals(limit=100)) == 10 and db.last_refusal().message == "bad 29"
     assert db.history_accepted(f"{29:040x}") and not db.history_accepted(f"{0:040x}")
     assert db.deployed_commit() == f"{29:040x}"
@@ -141,6 +149,8 @@ def test_each_nodes_publication_history_keeps_its_newest_rows_only(tmp_path: Pat
         db.record_history([("n1", gen, f"c{gen}", "A <a@example.org>", "rollout")], at=float(gen))
     db.record_history([("n2", 1, "c1", None, "new node")], at=1.0)
     assert [h["generation"] for h in db.node_history("n1")] == [7, 6, 5]
-    assert [h["generation"] for h in db.node_history("n2")] == [1]  # another node's history is its own
+    assert [h["generation"] for h in db.node_history("n2")] == [
+        1
+    ]  # another node's history is its own
     reopened = StateDB(tmp_path / "state.sqlite3", node_history_kept=3)
     assert [h["commit"] for h in reopened.node_history("n1")] == ["c7", "c6", "c5"]

@@ -18,7 +18,9 @@ def _wait_size(path: Path, above: int) -> None:
         time.sleep(0.02)
 
 
-def test_a_log_past_the_limit_is_copied_aside_and_truncated_while_the_child_keeps_writing(tmp_path: Path) -> None:
+def test_a_log_past_the_limit_is_copied_aside_and_truncated_while_the_child_keeps_writing(
+    tmp_path: Path,
+) -> None:
     with Fleet(tmp_path) as fleet:
         child = fleet.start("chatty", [sys.executable, "-c", CHATTY], tmp_path)
         _wait_size(child.log, 20_000)
@@ -26,6 +28,10 @@ def test_a_log_past_the_limit_is_copied_aside_and_truncated_while_the_child_keep
         rotated = tmp_path / "chatty.log.1"
         assert rotated.stat().st_size > 10_000
         assert child.log.stat().st_size < rotated.stat().st_size
-        _wait_size(child.log, 5_000)  # still written to, from the start: no hole where the old bytes were
-        assert b"\x00" not in child.log.read_bytes()  # a writer without O_APPEND would leave a hole of NULs
+        _wait_size(
+            child.log, 5_000
+        )  # still written to, from the start: no hole where the old bytes were
+        assert (
+            b"\x00" not in child.log.read_bytes()
+        )  # a writer without O_APPEND would leave a hole of NULs
         assert fleet.rotate_logs(max_bytes=10**9) == []

@@ -31,18 +31,29 @@ def _edit(path: Path, pattern: str, replacement: str) -> None:
     path.write_text(new)
 
 
-def test_every_node_is_a_target_at_its_address_and_metrics_port_with_its_labels(fabric: Path, tmp_path: Path) -> None:
+def test_every_node_is_a_target_at_its_address_and_metrics_port_with_its_labels(
+    fabric: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "agents.json"
     assert main(["targets", str(fabric), "--out", str(out)]) == 0
     targets = _targets(out)
     assert len(targets) == 12
-    assert targets["batch-001"] == {"targets": ["192.0.2.11:9741"],
-                                    "labels": {"node": "batch-001", "site": "meyrin", "cluster": "batch", "lifecycle": "production"}}
+    assert targets["batch-001"] == {
+        "targets": ["192.0.2.11:9741"],
+        "labels": {
+            "node": "batch-001",
+            "site": "meyrin",
+            "cluster": "batch",
+            "lifecycle": "production",
+        },
+    }
     assert targets["batch-004"]["labels"]["lifecycle"] == "draining"
     assert targets["storage-001"]["labels"]["site"] == "wigner"
 
 
-def test_retired_nodes_are_left_out_and_a_node_without_metrics_port_gets_9731(fabric: Path, tmp_path: Path) -> None:
+def test_retired_nodes_are_left_out_and_a_node_without_metrics_port_gets_9731(
+    fabric: Path, tmp_path: Path
+) -> None:
     nodes = fabric / "sites/meyrin/batch/nodes"
     _edit(nodes / "batch-002.yaml", r"^lifecycle: production$", "lifecycle: retired")
     _edit(nodes / "batch-003.yaml", r"^agent:\n  metrics_port: \d+\n", "")
@@ -54,7 +65,9 @@ def test_retired_nodes_are_left_out_and_a_node_without_metrics_port_gets_9731(fa
 
 
 def test_rev_reads_the_committed_fabric_not_the_work_tree(fabric: Path, tmp_path: Path) -> None:
-    _edit(fabric / "sites/meyrin/batch/nodes/batch-001.yaml", r"^address: .*$", "address: 192.0.2.99")
+    _edit(
+        fabric / "sites/meyrin/batch/nodes/batch-001.yaml", r"^address: .*$", "address: 192.0.2.99"
+    )
     out = tmp_path / "agents.json"
     assert main(["targets", str(fabric), "--rev", "HEAD", "--out", str(out)]) == 0
     assert _targets(out)["batch-001"]["targets"] == ["192.0.2.11:9741"]
@@ -62,7 +75,9 @@ def test_rev_reads_the_committed_fabric_not_the_work_tree(fabric: Path, tmp_path
     assert _targets(out)["batch-001"]["targets"] == ["192.0.2.99:9741"]
 
 
-def test_an_existing_file_is_replaced_whole_and_no_temp_file_remains(fabric: Path, tmp_path: Path) -> None:
+def test_an_existing_file_is_replaced_whole_and_no_temp_file_remains(
+    fabric: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "sd" / "agents.json"
     out.parent.mkdir()
     out.write_text("old content, much longer than nothing " * 1000)
@@ -71,11 +86,21 @@ def test_an_existing_file_is_replaced_whole_and_no_temp_file_remains(fabric: Pat
     assert sorted(p.name for p in out.parent.iterdir()) == ["agents.json"]
 
 
-def test_an_invalid_fabric_exits_1_with_the_located_problem_and_writes_nothing(fabric: Path, tmp_path: Path) -> None:
-    _edit(fabric / "sites/meyrin/batch/nodes/batch-001.yaml", r"^address: .*$", "address: [not, an, address]")
+def test_an_invalid_fabric_exits_1_with_the_located_problem_and_writes_nothing(
+    fabric: Path, tmp_path: Path
+) -> None:
+    _edit(
+        fabric / "sites/meyrin/batch/nodes/batch-001.yaml",
+        r"^address: .*$",
+        "address: [not, an, address]",
+    )
     out = tmp_path / "agents.json"
-    done = subprocess.run([sys.executable, "-m", "treadle.cli", "targets", str(fabric), "--out", str(out)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "treadle.cli", "targets", str(fabric), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "sites/meyrin/batch/nodes/batch-001.yaml:" in done.stderr
     assert not out.exists()
@@ -83,7 +108,11 @@ def test_an_invalid_fabric_exits_1_with_the_located_problem_and_writes_nothing(f
 
 def test_a_missing_output_directory_exits_2_naming_it(fabric: Path, tmp_path: Path) -> None:
     out = tmp_path / "no-such-dir" / "agents.json"
-    done = subprocess.run([sys.executable, "-m", "treadle.cli", "targets", str(fabric), "--out", str(out)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "treadle.cli", "targets", str(fabric), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert f"{out.parent} does not exist" in done.stderr

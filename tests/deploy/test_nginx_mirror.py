@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.nginx_mirror import Nginx, start_nginx
 from support.fleet import Fleet, generate_keys, node_specs, rollout_yaml
+from support.nginx_mirror import Nginx, start_nginx
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,9 @@ def mirrored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, 
     try:
         fleet.init_repo(rollout_yaml())
         fleet.start_controller()
-        manifest = fleet.workdir / "controller" / "publish" / "nodes" / fleet.nodes[0].name / "manifest"
+        manifest = (
+            fleet.workdir / "controller" / "publish" / "nodes" / fleet.nodes[0].name / "manifest"
+        )
         fleet.wait(manifest.exists, 60, "the first publication")
         nginx = start_nginx(tmp / "nginx", fleet.workdir / "controller" / "publish")
         yield fleet, nginx
@@ -45,13 +47,18 @@ def agent_config(home: Path, node: str, mirror: str, trust_root: Path) -> Path:
     config.write_text(
         f'node = "{node}"\nmanifest_urls = ["{mirror}/v1/nodes/{{node}}/manifest"]\ntrust_root = "{trust_root}"\n'
         f'state_dir = "{home / "state"}"\nroot = "{home / "root"}"\npackage_manager = "none"\n'
-        f'service_manager = "none"\nproc_sys = "{home / "proc_sys"}"\nretries = 0\n')
+        f'service_manager = "none"\nproc_sys = "{home / "proc_sys"}"\nretries = 0\n'
+    )
     return config
 
 
 def agent_once(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "treadle_agent.cli", "once", "--config", str(config)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "treadle_agent.cli", "once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def replace_file(path: Path, data: bytes) -> None:
@@ -70,7 +77,8 @@ def serves(url: str, condition: Callable[[bytes], bool]) -> None:
 
 
 def test_an_agent_fetching_through_nginx_gets_200_then_304_and_refuses_a_tampered_envelope(
-        mirrored: tuple[Fleet, Nginx], tmp_path: Path) -> None:
+    mirrored: tuple[Fleet, Nginx], tmp_path: Path
+) -> None:
     fleet, nginx = mirrored
     node = fleet.nodes[0].name
     config = agent_config(tmp_path / "agent", node, nginx.url, fleet.keys / "trust-root.json")
@@ -98,48 +106,77 @@ def test_an_agent_fetching_through_nginx_gets_200_then_304_and_refuses_a_tampere
         serves(nginx.url + uri, lambda body: body == original)
     assert applied.read_text() == "v1\n"  # the forged content was never applied
     assert "verify.refused" in third.stderr + third.stdout
-    assert [s for m, u, s in nginx.access() if u == uri][-1] == 200  # the mirror did serve it; the agent refused it
+    assert [s for m, u, s in nginx.access() if u == uri][
+        -1
+    ] == 200  # the mirror did serve it; the agent refused it
 
 
-def test_the_mirror_answers_with_etag_last_modified_type_and_no_cache(mirrored: tuple[Fleet, Nginx]) -> None:
+def test_the_mirror_answers_with_etag_last_modified_type_and_no_cache(
+    mirrored: tuple[Fleet, Nginx],
+) -> None:
     fleet, nginx = mirrored
     node = fleet.nodes[0].name
     url = f"{nginx.url}/v1/nodes/{node}/manifest"
     ok = httpx.get(url, trust_env=False)
     assert ok.status_code == 200
-    assert ok.content == (fleet.workdir / "controller" / "publish" / "nodes" / node / "manifest").read_bytes()
+    assert (
+        ok.content
+        == (fleet.workdir / "controller" / "publish" / "nodes" / node / "manifest").read_bytes()
+    )
     assert ok.headers["content-type"] == "application/json"
     assert ok.headers["cache-control"] == "no-cache"
     assert ok.headers["etag"].startswith('"') and ok.headers["last-modified"]
     again = httpx.get(url, headers={"If-None-Match": ok.headers["etag"]}, trust_env=False)
     assert again.status_code == 304 and again.content == b""
-    since = httpx.get(url, headers={"If-Modified-Since": ok.headers["last-modified"]}, trust_env=False)
+    since = httpx.get(
+        url, headers={"If-Modified-Since": ok.headers["last-modified"]}, trust_env=False
+    )
     assert since.status_code == 304
     head = httpx.head(url, trust_env=False)
     assert head.status_code == 200 and head.headers["etag"] == ok.headers["etag"]
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
-def test_the_mirror_refuses_every_method_but_get_and_head(mirrored: tuple[Fleet, Nginx], method: str) -> None:
+def test_the_mirror_refuses_every_method_but_get_and_head(
+    mirrored: tuple[Fleet, Nginx], method: str
+) -> None:
     fleet, nginx = mirrored
-    response = httpx.request(method, f"{nginx.url}/v1/nodes/{fleet.nodes[0].name}/manifest", content=b"x",
-                             trust_env=False)
+    response = httpx.request(
+        method,
+        f"{nginx.url}/v1/nodes/{fleet.nodes[0].name}/manifest",
+        content=b"x",
+        trust_env=False,
+    )
     assert response.status_code in (403, 405)
 
 
-def test_the_mirror_lists_no_directory_and_serves_no_temp_dot_or_other_file(mirrored: tuple[Fleet, Nginx]) -> None:
+def test_the_mirror_lists_no_directory_and_serves_no_temp_dot_or_other_file(
+    mirrored: tuple[Fleet, Nginx],
+) -> None:
     fleet, nginx = mirrored
     node = fleet.nodes[0].name
     node_dir = fleet.workdir / "controller" / "publish" / "nodes" / node
     (node_dir / ".manifest.tmp-leftover").write_bytes(b"half an envelope")
     (node_dir / "notes.txt").write_bytes(b"not a manifest")
     try:
-        for path in ["/", "/v1/nodes/", f"/v1/nodes/{node}/", f"/nodes/{node}/manifest", f"/v1/nodes/{node}/.manifest.tmp-leftover",
-                     f"/v1/nodes/{node}/notes.txt", f"/nodes/{node}/.manifest.tmp-leftover", "/v1/nodes/.x/manifest",
-                     f"/v1/nodes/{node}/../{node}/manifest/", "/v1/nodes/../../etc/passwd", "/nodes/"]:
+        for path in [
+            "/",
+            "/v1/nodes/",
+            f"/v1/nodes/{node}/",
+            f"/nodes/{node}/manifest",
+            f"/v1/nodes/{node}/.manifest.tmp-leftover",
+            f"/v1/nodes/{node}/notes.txt",
+            f"/nodes/{node}/.manifest.tmp-leftover",
+            "/v1/nodes/.x/manifest",
+            f"/v1/nodes/{node}/../{node}/manifest/",
+            "/v1/nodes/../../etc/passwd",
+            "/nodes/",
+        ]:
             response = httpx.get(nginx.url + path, trust_env=False)
             assert response.status_code in (400, 404), path
-            assert b"half an envelope" not in response.content and b"Index of" not in response.content
+            assert (
+                b"half an envelope" not in response.content and b"Index of" not in response.content
+            )
     finally:
         (node_dir / ".manifest.tmp-leftover").unlink()
         (node_dir / "notes.txt").unlink()

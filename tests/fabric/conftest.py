@@ -79,7 +79,11 @@ class Fabric:
     def reset(self) -> None:
         """Back to the minimal fabric: its files rewritten, every other file removed."""
         for path in self.root.rglob("*"):
-            if path.is_file() and ".git" not in path.parts and str(path.relative_to(self.root)) not in MINIMAL:
+            if (
+                path.is_file()
+                and ".git" not in path.parts
+                and str(path.relative_to(self.root)) not in MINIMAL
+            ):
                 path.unlink()
         for path, text in MINIMAL.items():
             self.write(path, text)

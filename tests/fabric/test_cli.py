@@ -71,14 +71,17 @@ def test_render_refuses_an_invalid_fabric_with_every_error(cli, fabric):
     assert "sites/s1/c1/nodes/n1.yaml:3:1: unknown lifecycle state 'broken'" in outcome.err
 
 
-@pytest.mark.parametrize("args", [
-    ("render", "{root}", "--node", "nope"),
-    ("render", "{root}", "--all"),
-    ("render", "{root}"),
-    ("validate", "{root}/missing"),
-    ("validate", "{root}", "--rev", "HEAD"),
-    ("explain", "{root}"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("render", "{root}", "--node", "nope"),
+        ("render", "{root}", "--all"),
+        ("render", "{root}"),
+        ("validate", "{root}/missing"),
+        ("validate", "{root}", "--rev", "HEAD"),
+        ("explain", "{root}"),
+    ],
+)
 def test_usage_and_environment_errors_exit_2(cli, fabric, args):
     outcome = cli(*(a.format(root=fabric.root) for a in args))
     assert outcome.code == 2, outcome

@@ -11,7 +11,9 @@ import pytest
 from treadle.fabric import ParseCache, WorkTreeSource, render_fabric
 from treadle.fabric.deadline import RenderTimeout, time_limit
 
-RUNAWAY = "# header\n{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n"
+RUNAWAY = (
+    "# header\n{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n"
+)
 
 
 def _spin(seconds: float) -> int:
@@ -23,9 +25,15 @@ def _spin(seconds: float) -> int:
 
 
 def test_a_runaway_template_is_an_error_at_its_line_and_the_other_nodes_render(fabric) -> None:
-    fabric.write("fabric.yaml", (fabric.root / "fabric.yaml").read_text() + "limits:\n  max_template_ms: 200\n")
+    fabric.write(
+        "fabric.yaml",
+        (fabric.root / "fabric.yaml").read_text() + "limits:\n  max_template_ms: 200\n",
+    )
     fabric.write("templates/slow.j2", RUNAWAY)
-    fabric.write("sites/s1/c1/nodes/n2.yaml", "kind: Node\naddress: 10.0.0.2\nfiles:\n  /etc/slow: {template: slow.j2}\n")
+    fabric.write(
+        "sites/s1/c1/nodes/n2.yaml",
+        "kind: Node\naddress: 10.0.0.2\nfiles:\n  /etc/slow: {template: slow.j2}\n",
+    )
     result = render_fabric(WorkTreeSource(fabric.root), ParseCache())
     [problem] = [d for d in result.diagnostics if d.file == "templates/slow.j2"]
     assert problem.line == 2 and "longer than 200 ms" in problem.message and "n2" in problem.message
@@ -34,7 +42,10 @@ def test_a_runaway_template_is_an_error_at_its_line_and_the_other_nodes_render(f
 
 
 def test_a_limit_above_what_the_template_needs_changes_nothing(fabric) -> None:
-    fabric.write("fabric.yaml", (fabric.root / "fabric.yaml").read_text() + "limits:\n  max_template_ms: 10\n")
+    fabric.write(
+        "fabric.yaml",
+        (fabric.root / "fabric.yaml").read_text() + "limits:\n  max_template_ms: 10\n",
+    )
     result = render_fabric(WorkTreeSource(fabric.root), ParseCache())
     assert result.ok and set(result.nodes) == {"n1", "n2"}
 
@@ -58,7 +69,9 @@ def test_an_endless_block_is_interrupted() -> None:
         with time_limit(0.1):
             while True:
                 pass
-    assert time.monotonic() - started < 30  # it did end (the bound only keeps a broken watchdog from hanging CI)
+    assert (
+        time.monotonic() - started < 30
+    )  # it did end (the bound only keeps a broken watchdog from hanging CI)
 
 
 def _limited_spin_in_child() -> str:
@@ -73,5 +86,7 @@ def _limited_spin_in_child() -> str:
 def test_the_limit_holds_in_a_forked_render_worker() -> None:
     """Large renders fork workers (treadle.fabric.pool); the watchdog must run there too."""
     with time_limit(5):  # the parent's watchdog is running, with a render in flight, when it forks
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("fork")
+        ) as pool:
             assert pool.submit(_limited_spin_in_child).result(timeout=120) == "stopped"

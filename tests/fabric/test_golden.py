@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 
 import pytest
-import treadle_schemas
-from treadle_agent.contract.manifest import canonical_json, parse_json
 
+import treadle_schemas
 from treadle.fabric import WorkTreeSource, render_fabric
+from treadle_agent.contract.manifest import canonical_json, parse_json
 
 GOLDEN = Path(__file__).parent / "golden"
 #: A canary batch node in production and a storage node still provisioning (its lifecycle profile applies).
@@ -39,4 +39,6 @@ def test_golden_manifest(template_copy, node):
     path = GOLDEN / f"{node}.json"
     if os.environ.get("TREADLE_UPDATE_GOLDEN"):
         path.write_bytes(rendered.canonical)
-    assert rendered.canonical == path.read_bytes(), f"{path.name} differs; see this module's docstring to regenerate"
+    assert rendered.canonical == path.read_bytes(), (
+        f"{path.name} differs; see this module's docstring to regenerate"
+    )

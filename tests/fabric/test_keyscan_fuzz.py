@@ -7,12 +7,26 @@ from hypothesis import strategies as st
 
 from treadle.fabric import keyscan
 
-MARKERS = [b"-----BEGIN PRIVATE KEY-----", b"-----BEGIN PGP PRIVATE KEY BLOCK-----",
-           b"AGE-SECRET-KEY-1" + b"Q" * 58, b"\r", b"\n", b"\x00", b"PRIVATE KEY", b"age-secret-key-1"]
+MARKERS = [
+    b"-----BEGIN PRIVATE KEY-----",
+    b"-----BEGIN PGP PRIVATE KEY BLOCK-----",
+    b"AGE-SECRET-KEY-1" + b"Q" * 58,
+    b"\r",
+    b"\n",
+    b"\x00",
+    b"PRIVATE KEY",
+    b"age-secret-key-1",
+]
 
 #: Found by the fuzz test below or by hand: each stays a regression case.
-CORPUS = [b"", b"\n", b"\r\n-----BEGIN PRIVATE KEY-----", b"x-----BEGIN A B PRIVATE KEY-----\r",
-          b"AGE-SECRET-KEY-1" + b"Q" * 57, b"\xff\xfePRIVATE KEY\n"]
+CORPUS = [
+    b"",
+    b"\n",
+    b"\r\n-----BEGIN PRIVATE KEY-----",
+    b"x-----BEGIN A B PRIVATE KEY-----\r",
+    b"AGE-SECRET-KEY-1" + b"Q" * 57,
+    b"\xff\xfePRIVATE KEY\n",
+]
 
 
 class _Bytes:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from treadle_agent.contract.manifest import canonical_json
 
 from treadle.fabric.merge import Layer, merge, trace
 from treadle.fabric.yamlload import DELETE, Append, Replace
+from treadle_agent.contract.manifest import canonical_json
 
 keys = st.sampled_from(["a", "b", "c", "d", "e"])
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=3))
-plain = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=4)),
-                     max_leaves=12)
+plain = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=4)),
+    max_leaves=12,
+)
 maps = st.dictionaries(keys, plain, max_size=4)
 
 
@@ -72,7 +75,9 @@ def test_the_same_input_gives_the_same_bytes(base, over):
 
 def test_merge_is_associative_for_plain_maps():
     a, b, c = {"x": {"y": 1, "z": [1]}}, {"x": {"y": 2}}, {"x": {"w": 3}, "v": 0}
-    assert merge(merge(a, b), c) == merge(a, merge(b, c)) == {"x": {"y": 2, "z": [1], "w": 3}, "v": 0}
+    assert (
+        merge(merge(a, b), c) == merge(a, merge(b, c)) == {"x": {"y": 2, "z": [1], "w": 3}, "v": 0}
+    )
 
 
 def test_trace_forgets_the_settings_before_a_delete():
@@ -82,7 +87,10 @@ def test_trace_forgets_the_settings_before_a_delete():
         Layer("b.yaml", (), {"data": {"k": 2}}, False),
         Layer("c.yaml", (), {"data": {"k": 3}}, False),
     ]
-    assert [(s.layer.path, s.value) for s in trace(chain, ("data", "k"))] == [("c.yaml", 3), ("b.yaml", 2)]
+    assert [(s.layer.path, s.value) for s in trace(chain, ("data", "k"))] == [
+        ("c.yaml", 3),
+        ("b.yaml", 2),
+    ]
 
 
 def test_trace_keeps_every_append_and_the_list_it_extends():
@@ -103,7 +111,9 @@ def test_trace_lists_overridden_values_after_the_winner():
         Layer("b.yaml", (), {"data": {"k": 2}}, False),
     ]
     assert [(s.layer.path, s.keypath, s.value) for s in trace(chain, ("data", "k"))] == [
-        ("b.yaml", ("data", "k"), 2), ("fabric.yaml", ("defaults", "data", "k"), 1)]
+        ("b.yaml", ("data", "k"), 2),
+        ("fabric.yaml", ("defaults", "data", "k"), 1),
+    ]
 
 
 def test_trace_sees_a_replace_of_an_enclosing_map():
@@ -111,5 +121,8 @@ def test_trace_sees_a_replace_of_an_enclosing_map():
         Layer("p.yaml", (), {"files": {"/etc/a": {"mode": "0600", "owner": "x"}}}, False),
         Layer("n.yaml", (), {"files": {"/etc/a": Replace({"mode": "0644"})}}, True),
     ]
-    assert [(s.layer.path, s.how) for s in trace(chain, ("files", "/etc/a", "mode"))] == [("n.yaml", "replace"), ("p.yaml", "set")]
+    assert [(s.layer.path, s.how) for s in trace(chain, ("files", "/etc/a", "mode"))] == [
+        ("n.yaml", "replace"),
+        ("p.yaml", "set"),
+    ]
     assert trace(chain, ("files", "/etc/a", "owner")) == []

@@ -64,11 +64,19 @@ def _many_nodes(fabric, count: int) -> None:
     for i in range(count):
         fabric.write(f"sites/s1/c1/nodes/m{i:03d}.yaml", f"kind: Node\naddress: 10.1.0.{i}\n")
     # problems spread over the jobs: a template error on some nodes, an unknown profile, a bad mode
-    fabric.write("templates/chrony.conf.j2", "{{ data.ntp.servers[0] }} {{ node.name }}\n"
-                 "{% if node.name.endswith('7') %}{{ data.nothing.here }}{% endif %}\n")
+    fabric.write(
+        "templates/chrony.conf.j2",
+        "{{ data.ntp.servers[0] }} {{ node.name }}\n"
+        "{% if node.name.endswith('7') %}{{ data.nothing.here }}{% endif %}\n",
+    )
     fabric.write("sites/s1/c1/nodes/m005.yaml", "kind: Node\naddress: 10.1.1.5\nprofiles: [nope]\n")
-    fabric.write("sites/s1/c1/nodes/m031.yaml", "kind: Node\naddress: 10.1.1.31\nfiles:\n  /etc/x: {content: x, mode: '9999'}\n")
-    fabric.write("sites/s1/c1/nodes/m044.yaml", "kind: Node\naddress: [10.1.1.44\n")  # a YAML error, found by a parse job
+    fabric.write(
+        "sites/s1/c1/nodes/m031.yaml",
+        "kind: Node\naddress: 10.1.1.31\nfiles:\n  /etc/x: {content: x, mode: '9999'}\n",
+    )
+    fabric.write(
+        "sites/s1/c1/nodes/m044.yaml", "kind: Node\naddress: [10.1.1.44\n"
+    )  # a YAML error, found by a parse job
 
 
 def test_a_forked_render_equals_a_serial_one_byte_for_byte(fabric, monkeypatch, forking):
@@ -77,17 +85,31 @@ def test_a_forked_render_equals_a_serial_one_byte_for_byte(fabric, monkeypatch, 
     serial = render_fabric(WorkTreeSource(fabric.root), ParseCache())
     monkeypatch.setattr(render, "PARALLEL_MIN_NODES", 0)
     monkeypatch.setattr(render, "_JOB_NODES", 3)
-    monkeypatch.setattr(render, "_JOB_FILES", 4)  # the files are parsed by several jobs, some in the helper
+    monkeypatch.setattr(
+        render, "_JOB_FILES", 4
+    )  # the files are parsed by several jobs, some in the helper
     cache = ParseCache()
     forked = render_fabric(WorkTreeSource(fabric.root), cache)
     assert not serial.ok and serial.diagnostics  # the problems above are reported...
-    assert forked.diagnostics == serial.diagnostics  # ...identically, template errors naming the same first node
+    assert (
+        forked.diagnostics == serial.diagnostics
+    )  # ...identically, template errors naming the same first node
     assert list(forked.nodes) == list(serial.nodes)
-    assert {n: v.canonical for n, v in forked.nodes.items()} == {n: v.canonical for n, v in serial.nodes.items()}
+    assert {n: v.canonical for n, v in forked.nodes.items()} == {
+        n: v.canonical for n, v in serial.nodes.items()
+    }
     assert forked.deps == serial.deps
-    assert cache.parse_count == len(set(WorkTreeSource(fabric.root).entries().values()) - {  # each file parsed once
-        b for p, b in WorkTreeSource(fabric.root).entries().items() if p.startswith("templates/")})
-    again = render_fabric(WorkTreeSource(fabric.root), cache)  # the helper's nodes were stored in the parse cache
+    assert cache.parse_count == len(
+        set(WorkTreeSource(fabric.root).entries().values())
+        - {  # each file parsed once
+            b
+            for p, b in WorkTreeSource(fabric.root).entries().items()
+            if p.startswith("templates/")
+        }
+    )
+    again = render_fabric(
+        WorkTreeSource(fabric.root), cache
+    )  # the helper's nodes were stored in the parse cache
     assert all(again.nodes[n] is forked.nodes[n] for n in forked.nodes)
 
 

@@ -21,9 +21,13 @@ def _ids(n: int) -> list[pyrage.x25519.Identity]:
 
 
 def _setup(fabric, n1, n2, admin=None, *, n2_receives=True) -> None:  # type: ignore[no-untyped-def]
-    secret = f"files:\n  /etc/munge/munge.key: {{secret: {KEY}, mode: \"0400\"}}\n"
+    secret = f'files:\n  /etc/munge/munge.key: {{secret: {KEY}, mode: "0400"}}\n'
     fabric.write(NODE1, f"kind: Node\naddress: 10.0.0.1\nidentity: {n1.to_public()}\n{secret}")
-    fabric.write(NODE2, f"kind: Node\naddress: 10.0.0.2\nidentity: {n2.to_public()}\n" + (secret if n2_receives else ""))
+    fabric.write(
+        NODE2,
+        f"kind: Node\naddress: 10.0.0.2\nidentity: {n2.to_public()}\n"
+        + (secret if n2_receives else ""),
+    )
     if admin is not None:
         text = (fabric.root / "fabric.yaml").read_text()
         fabric.write("fabric.yaml", text + f"secrets:\n  admins: [{admin.to_public()}]\n")
@@ -42,13 +46,17 @@ def test_encrypt_renders_ciphertext_that_only_the_receiving_nodes_open(cli, fabr
     assert done.code == 0, done.err
     assert "3 recipients" in done.out and MARKER not in done.out + done.err
     stored = (fabric.root / KEY).read_bytes()
-    assert stored.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----") and MARKER.encode() not in stored
+    assert (
+        stored.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----") and MARKER.encode() not in stored
+    )
     listed = (fabric.root / "secrets/munge.key.recipients").read_text()
     assert {str(n1.to_public()), str(n2.to_public()), str(admin.to_public())} <= set(listed.split())
     assert cli("validate", str(fabric.root)).code == 0
     rendered = cli("render", str(fabric.root), "--node", "n1")
     assert rendered.code == 0 and MARKER not in rendered.out
-    res = next(r for r in json.loads(rendered.out)["resources"] if r["path"] == "/etc/munge/munge.key")
+    res = next(
+        r for r in json.loads(rendered.out)["resources"] if r["path"] == "/etc/munge/munge.key"
+    )
     assert res["content"] is None and res["mode"] == "0400"
     box = base64.b64decode(res["secret"]["age"])
     for who in (n1, n2, admin):
@@ -65,7 +73,9 @@ def test_encrypt_renders_ciphertext_that_only_the_receiving_nodes_open(cli, fabr
 def test_encrypt_refuses_when_a_receiving_node_has_no_identity(cli, fabric, tmp_path):
     n1, n2 = _ids(2)
     _setup(fabric, n1, n2)
-    fabric.write(NODE2, f"kind: Node\naddress: 10.0.0.2\nfiles:\n  /etc/munge/munge.key: {{secret: {KEY}}}\n")
+    fabric.write(
+        NODE2, f"kind: Node\naddress: 10.0.0.2\nfiles:\n  /etc/munge/munge.key: {{secret: {KEY}}}\n"
+    )
     done = _encrypt(cli, fabric, tmp_path)
     assert done.code == 2 and "n2" in done.err and "treadle-agent enroll" in done.err
     assert not (fabric.root / KEY).exists()
@@ -75,11 +85,17 @@ def test_validate_refuses_a_node_outside_the_recipients_at_the_secret_line(cli, 
     n1, n2 = _ids(2)
     _setup(fabric, n1, n2, n2_receives=False)
     assert _encrypt(cli, fabric, tmp_path).code == 0  # to n1 only
-    fabric.write(NODE2, f"kind: Node\naddress: 10.0.0.2\nidentity: {n2.to_public()}\nfiles:\n"
-                        f"  /etc/munge/munge.key: {{secret: {KEY}}}\n")
+    fabric.write(
+        NODE2,
+        f"kind: Node\naddress: 10.0.0.2\nidentity: {n2.to_public()}\nfiles:\n"
+        f"  /etc/munge/munge.key: {{secret: {KEY}}}\n",
+    )
     outcome = cli("validate", str(fabric.root))
     assert outcome.code == 1
-    assert f"{NODE2}:5:" in outcome.err and f"not encrypted to this node's identity {n2.to_public()}" in outcome.err
+    assert (
+        f"{NODE2}:5:" in outcome.err
+        and f"not encrypted to this node's identity {n2.to_public()}" in outcome.err
+    )
     assert "treadle secret rekey" in outcome.err
 
 
@@ -89,15 +105,21 @@ def test_validate_refuses_a_receiving_node_without_identity_and_a_missing_cipher
     fabric.write("secrets/munge.key.recipients", f"{_ids(1)[0].to_public()}\n")
     err = cli("validate", str(fabric.root)).err
     assert f"{NODE1}:4:" in err and "this node has no identity to decrypt it" in err
-    fabric.write(NODE1, f"kind: Node\naddress: 10.0.0.1\nidentity: {_ids(1)[0].to_public()}\n"
-                        "files:\n  /etc/k: {secret: secrets/gone.age}\n")
+    fabric.write(
+        NODE1,
+        f"kind: Node\naddress: 10.0.0.1\nidentity: {_ids(1)[0].to_public()}\n"
+        "files:\n  /etc/k: {secret: secrets/gone.age}\n",
+    )
     err = cli("validate", str(fabric.root)).err
     assert "secrets/gone.age:1: is not in the fabric repository" in err
 
 
 def test_a_bad_recipients_line_is_located(cli, fabric):
     me = _ids(1)[0]
-    fabric.write(NODE1, f"kind: Node\naddress: 10.0.0.1\nidentity: {me.to_public()}\nfiles:\n  /etc/k: {{secret: {KEY}}}\n")
+    fabric.write(
+        NODE1,
+        f"kind: Node\naddress: 10.0.0.1\nidentity: {me.to_public()}\nfiles:\n  /etc/k: {{secret: {KEY}}}\n",
+    )
     fabric.write(KEY, "age-encryption.org/v1\n")
     fabric.write("secrets/munge.key.recipients", f"# ok\n{me.to_public()}\nssh-ed25519 AAAA\n")
     err = cli("validate", str(fabric.root)).err
@@ -151,5 +173,12 @@ def test_an_incremental_render_picks_up_a_rekeyed_secret(cli, fabric, tmp_path):
     assert _encrypt(cli, fabric, tmp_path, "two\n").code == 0
     again = render_fabric(WorkTreeSource(fabric.root), previous=first, changed_paths=[KEY])
     for node in ("n1", "n2"):
-        res = next(r for r in again.nodes[node].manifest["resources"] if r["path"] == "/etc/munge/munge.key")
-        assert pyrage.decrypt(base64.b64decode(res["secret"]["age"]), [n1 if node == "n1" else n2]) == b"two\n"
+        res = next(
+            r
+            for r in again.nodes[node].manifest["resources"]
+            if r["path"] == "/etc/munge/munge.key"
+        )
+        assert (
+            pyrage.decrypt(base64.b64decode(res["secret"]["age"]), [n1 if node == "n1" else n2])
+            == b"two\n"
+        )

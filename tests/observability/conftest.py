@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 
-
 from support.obs_fleet import Fleet, start
 from support.prometheus import PrometheusError, PrometheusServer, binary, derived_config, free_port
 
@@ -55,7 +54,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, prometheus_port: int) -> Ite
 
 
 @pytest.fixture(scope="session")
-def prometheus(fleet: Fleet, prometheus_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+def prometheus(
+    fleet: Fleet, prometheus_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
     try:
         binary("prometheus")
     except PrometheusError as e:
@@ -63,12 +64,20 @@ def prometheus(fleet: Fleet, prometheus_port: int, tmp_path_factory: pytest.Temp
     work = tmp_path_factory.mktemp("prometheus")
     targets = work / "treadle-agents.json"
     targets.write_text(json.dumps([a.file_sd_entry() for a in fleet.agents], indent=2))
-    server = PrometheusServer.start(work, derived_config(fleet.controller, targets), prometheus_port)
+    server = PrometheusServer.start(
+        work, derived_config(fleet.controller, targets), prometheus_port
+    )
     try:
         trusted = sum(a.trusted for a in fleet.agents)
         for expr in READY_WHEN:
-            promql = expr.replace("{agents}", str(len(fleet.agents))).replace("{trusted}", str(trusted))
-            server.wait_for(lambda: fleet.check_alive() or bool(server.vector(promql)), 40, f"data: {promql}")
+            promql = expr.replace("{agents}", str(len(fleet.agents))).replace(
+                "{trusted}", str(trusted)
+            )
+            server.wait_for(
+                lambda q=promql: fleet.check_alive() or bool(server.vector(q)),
+                40,
+                f"data: {promql}",
+            )
         yield server
     finally:
         server.stop()

@@ -11,7 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support.obs_fleet import Fleet
 from support.prometheus import PrometheusError, PrometheusServer
-from support.promql import SYNTHETIC, dashboard_expressions, metric_names, recorded_names, rule_expressions
+from support.promql import (
+    SYNTHETIC,
+    dashboard_expressions,
+    metric_names,
+    recorded_names,
+    rule_expressions,
+)
 
 DASHBOARD = dashboard_expressions()
 RULES = rule_expressions()
@@ -25,7 +31,11 @@ EMPTY_IN_TEST_FLEET = {
 }
 #: Alerts the test fleet triggers for real: the "rogue" agent refuses every
 #: manifest (verify failures) and never applies (behind); manifests live 12 h.
-TRIGGERED_ALERTS = ("TreadleManifestVerifyFailures", "TreadleNodesBehind", "TreadleManifestExpiringSoon")
+TRIGGERED_ALERTS = (
+    "TreadleManifestVerifyFailures",
+    "TreadleNodesBehind",
+    "TreadleManifestExpiringSoon",
+)
 
 
 def _ids(expressions):  # type: ignore[no-untyped-def]
@@ -65,22 +75,33 @@ def test_prometheus_evaluates_every_rule_without_error(prometheus: PrometheusSer
     assert not broken
 
 
-def test_alerts_whose_condition_holds_become_active_and_name_site_and_cluster(prometheus: PrometheusServer) -> None:
+def test_alerts_whose_condition_holds_become_active_and_name_site_and_cluster(
+    prometheus: PrometheusServer,
+) -> None:
     active = prometheus.api("alerts")["alerts"]
     by_name = {a["labels"]["alertname"]: a for a in active}
     for name in TRIGGERED_ALERTS:
         assert name in by_name, f"{name} is not pending or firing; active: {sorted(by_name)}"
     expiring = by_name["TreadleManifestExpiringSoon"]
     assert expiring["labels"]["severity"] == "critical"
-    assert f"{expiring['labels']['site']}/{expiring['labels']['cluster']}" in expiring["annotations"]["summary"]
+    assert (
+        f"{expiring['labels']['site']}/{expiring['labels']['cluster']}"
+        in expiring["annotations"]["summary"]
+    )
 
 
 def test_healthy_controller_raises_no_controller_alert(prometheus: PrometheusServer) -> None:
     names = {a["labels"]["alertname"] for a in prometheus.api("alerts")["alerts"]}
-    assert not names & {"TreadleControllerDown", "TreadleControllerRefusingCommits", "TreadleRolloutHalted"}
+    assert not names & {
+        "TreadleControllerDown",
+        "TreadleControllerRefusingCommits",
+        "TreadleRolloutHalted",
+    }
 
 
-def test_rollout_health_source_reads_every_agent_through_this_prometheus(prometheus: PrometheusServer, fleet: Fleet) -> None:
+def test_rollout_health_source_reads_every_agent_through_this_prometheus(
+    prometheus: PrometheusServer, fleet: Fleet
+) -> None:
     from treadle.rollout.observe import PrometheusSource, Target
 
     targets = [Target(a.node, "127.0.0.1", a.port) for a in fleet.agents]
@@ -100,7 +121,11 @@ def _exposition(url: str) -> str:
     return response.text
 
 
-_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
+_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("_sum", "_count"),
+}
 
 
 def _exported_names(text: str) -> set[str]:
@@ -122,15 +147,29 @@ def test_every_metric_the_dashboard_and_rules_use_is_exported(fleet: Fleet) -> N
         exported |= _exported_names(_exposition(f"http://127.0.0.1:{agent.port}/metrics"))
     recorded = recorded_names()
     used = {name: e.where for e in [*DASHBOARD, *RULES] for name in metric_names(e.promql)}
-    unknown = {name: where for name, where in used.items() if name not in exported | recorded | SYNTHETIC}
-    assert not unknown, f"metrics neither exported by an agent or the controller nor recorded: {unknown}"
-    assert {n for n in used if n.startswith("treadle_agent_")} and {n for n in used if n.startswith("treadle_controller_")}
+    unknown = {
+        name: where for name, where in used.items() if name not in exported | recorded | SYNTHETIC
+    }
+    assert not unknown, (
+        f"metrics neither exported by an agent or the controller nor recorded: {unknown}"
+    )
+    assert {n for n in used if n.startswith("treadle_agent_")} and {
+        n for n in used if n.startswith("treadle_controller_")
+    }
 
 
 @pytest.mark.parametrize("who", ["agent", "controller"])
 def test_promtool_check_metrics_finds_no_problem(fleet: Fleet, promtool: str, who: str) -> None:
-    url = f"http://{fleet.controller}/metrics" if who == "controller" else f"http://127.0.0.1:{fleet.agents[0].port}/metrics"
+    url = (
+        f"http://{fleet.controller}/metrics"
+        if who == "controller"
+        else f"http://127.0.0.1:{fleet.agents[0].port}/metrics"
+    )
     body = _exposition(url)
     assert "treadle_" in body
-    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr
+    )

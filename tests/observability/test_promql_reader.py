@@ -11,11 +11,46 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from support.promql import dashboard_expressions, grafana_to_promql, metric_names, rule_expressions, variable_to_promql
+from support.promql import (
+    dashboard_expressions,
+    grafana_to_promql,
+    metric_names,
+    rule_expressions,
+    variable_to_promql,
+)
 
 NAME = st.from_regex(r"\A[a-z][a-z0-9_]{0,20}(:[a-z0-9_]{1,10}){0,2}\Z").filter(
-    lambda n: n not in {"by", "on", "or", "and", "bool", "unless", "offset", "without", "ignoring", "inf", "nan"}
-    and n not in {"sum", "min", "max", "avg", "count", "group", "topk", "bottomk", "quantile", "stddev", "stdvar", "atan2"}
+    lambda n: (
+        n
+        not in {
+            "by",
+            "on",
+            "or",
+            "and",
+            "bool",
+            "unless",
+            "offset",
+            "without",
+            "ignoring",
+            "inf",
+            "nan",
+        }
+        and n
+        not in {
+            "sum",
+            "min",
+            "max",
+            "avg",
+            "count",
+            "group",
+            "topk",
+            "bottomk",
+            "quantile",
+            "stddev",
+            "stdvar",
+            "atan2",
+        }
+    )
 )
 TEMPLATES = (
     "{m}",
@@ -37,7 +72,9 @@ def test_metric_names_finds_the_metric_in_any_expression_shape(name: str, templa
 
 
 def test_metric_names_ignores_functions_keywords_labels_strings_and_durations() -> None:
-    expr = 'sum by (reason) (increase(x_total{reason="signature"}[15m])) > 0 unless on (job) absent(y)'
+    expr = (
+        'sum by (reason) (increase(x_total{reason="signature"}[15m])) > 0 unless on (job) absent(y)'
+    )
     assert metric_names(expr) == {"x_total", "y"}
 
 
@@ -51,7 +88,10 @@ def test_an_unknown_grafana_variable_is_left_for_prometheus_to_refuse() -> None:
 
 
 def test_a_label_values_variable_becomes_a_grouping_query() -> None:
-    assert variable_to_promql('label_values(m{site=~"$site"}, cluster)') == 'group by (cluster) (m{site=~".*"})'
+    assert (
+        variable_to_promql('label_values(m{site=~"$site"}, cluster)')
+        == 'group by (cluster) (m{site=~".*"})'
+    )
 
 
 def test_a_variable_query_that_is_not_label_values_is_refused_with_the_fix() -> None:
@@ -71,5 +111,8 @@ def test_every_panel_target_and_rule_of_the_shipped_files_is_found() -> None:
 def test_a_missing_prometheus_binary_is_reported_with_the_package_to_install() -> None:
     from support.prometheus import PrometheusError, binary
 
-    with pytest.raises(PrometheusError, match=r"treadle-no-such-tool not found on PATH; install Debian's `prometheus` package"):
+    with pytest.raises(
+        PrometheusError,
+        match=r"treadle-no-such-tool not found on PATH; install Debian's `prometheus` package",
+    ):
         binary("treadle-no-such-tool")

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support.providers import file, manifest
 
-from treadle_agent.inventory import Inventory
+from support.providers import file, manifest
 from treadle_agent.contract.manifest import Manifest, parse_json
+from treadle_agent.inventory import Inventory
 from treadle_agent.providers.paths import TEMP_SUFFIX
 
 N = 1000
@@ -66,8 +66,20 @@ def path(i: int) -> str:
 
 
 def start_child(env, manifest_path: Path, kill_at: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(env.root), str(env.state), str(env.proc), str(manifest_path), str(kill_at)],
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(env.root),
+            str(env.state),
+            str(env.proc),
+            str(manifest_path),
+            str(kill_at),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def check_old_or_new(env) -> tuple[int, list[str]]:
@@ -88,10 +100,16 @@ def check_old_or_new(env) -> tuple[int, list[str]]:
 
 
 @pytest.mark.parametrize("kill_at", [0, 437, N])
-def test_sigkill_mid_apply_leaves_every_file_old_or_new_and_the_next_run_converges(env, tmp_path, kill_at):
-    env.applier().apply(manifest(*(file(path(i), content("old", i)) for i in range(N)), validate=False))
+def test_sigkill_mid_apply_leaves_every_file_old_or_new_and_the_next_run_converges(
+    env, tmp_path, kill_at
+):
+    env.applier().apply(
+        manifest(*(file(path(i), content("old", i)) for i in range(N)), validate=False)
+    )
     new_manifest = tmp_path / "new.json"
-    new_manifest.write_bytes(manifest(*(file(path(i), content("new", i)) for i in range(N)), validate=False).raw)
+    new_manifest.write_bytes(
+        manifest(*(file(path(i), content("new", i)) for i in range(N)), validate=False).raw
+    )
 
     child = start_child(env, new_manifest, kill_at)
     assert child.stdout.readline() == "applying\n"
@@ -112,12 +130,16 @@ def test_sigkill_mid_apply_leaves_every_file_old_or_new_and_the_next_run_converg
     assert out.splitlines() == ["applying", "ok"]
     assert check_old_or_new(env) == (N, [])
     raw = new_manifest.read_bytes()
-    assert {r.status for r in env.applier().apply(Manifest(raw, parse_json(raw))).results} == {"in_sync"}
+    assert {r.status for r in env.applier().apply(Manifest(raw, parse_json(raw))).results} == {
+        "in_sync"
+    }
 
 
 def test_files_created_by_a_killed_run_are_still_known_as_created_and_pruned_later(env, tmp_path):
     m = tmp_path / "m.json"
-    m.write_bytes(manifest(*(file(path(i), content("new", i)) for i in range(N)), validate=False).raw)
+    m.write_bytes(
+        manifest(*(file(path(i), content("new", i)) for i in range(N)), validate=False).raw
+    )
     child = start_child(env, m, N // 2)
     assert child.stdout.readline() == "applying\n"
     assert child.wait(timeout=60) == -signal.SIGKILL

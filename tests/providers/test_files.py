@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from support.providers import directory, file, manifest, snapshot, symlink
-
 from treadle_agent.inventory import FILE_NAME
 
 
@@ -17,8 +16,12 @@ def statuses(report) -> dict[str, str]:
 
 
 def test_second_apply_changes_nothing_on_disk_not_even_the_inventory(env):
-    m = manifest(directory("/etc/app", mode="0750"), file("/etc/app/a.conf", "a\n", mode="0640"),
-                 file("/etc/app/b.conf", "b\n"), symlink("/etc/app/current", "a.conf"))
+    m = manifest(
+        directory("/etc/app", mode="0750"),
+        file("/etc/app/a.conf", "a\n", mode="0640"),
+        file("/etc/app/b.conf", "b\n"),
+        symlink("/etc/app/current", "a.conf"),
+    )
     applier = env.applier()
     first = applier.apply(m)
     assert set(statuses(first).values()) == {"changed"}
@@ -98,7 +101,10 @@ def test_mode_drift_is_healed_in_place(env):
     ino = p.stat().st_ino
     p.chmod(0o666)
     report = applier.apply(m)
-    assert report.results[0].status == "healed" and report.results[0].message == "mode is 0666, want 0640"
+    assert (
+        report.results[0].status == "healed"
+        and report.results[0].message == "mode is 0666, want 0640"
+    )
     assert p.stat().st_mode & 0o7777 == 0o640 and p.stat().st_ino == ino
     assert statuses(applier.apply(m)) == {"file:/etc/a.conf": "in_sync"}
 
@@ -120,13 +126,19 @@ def test_managed_owner_and_group_are_enforced(env):
     p.parent.mkdir()
     p.write_text("same\n")
     os.chown(p, 1234, 4321)
-    report = env.applier().apply(manifest(file("/etc/a.conf", "same\n", owner="root", group="root")))
+    report = env.applier().apply(
+        manifest(file("/etc/a.conf", "same\n", owner="root", group="root"))
+    )
     assert report.results[0].message == "owner is uid 1234, want root; group is gid 4321, want root"
     assert (p.stat().st_uid, p.stat().st_gid) == (0, 0)
 
 
 def test_unknown_owner_fails_that_file_only(env):
-    report = env.applier().apply(manifest(file("/etc/a.conf", "a\n", owner="no-such-user-treadle"), file("/etc/b.conf", "b\n")))
+    report = env.applier().apply(
+        manifest(
+            file("/etc/a.conf", "a\n", owner="no-such-user-treadle"), file("/etc/b.conf", "b\n")
+        )
+    )
     assert statuses(report) == {"file:/etc/a.conf": "failed", "file:/etc/b.conf": "changed"}
     assert "unknown user 'no-such-user-treadle'" in report.results[0].message
 
@@ -135,8 +147,14 @@ def test_dropped_file_the_agent_created_is_removed_and_a_preexisting_one_is_left
     (env.root / "etc").mkdir()
     (env.root / "etc/preexisting.conf").write_text("mine\n")
     applier = env.applier()
-    applier.apply(manifest(file("/etc/created.conf", "agent\n"), file("/etc/preexisting.conf", "agent\n"),
-                           directory("/srv/data"), symlink("/etc/link", "created.conf")))
+    applier.apply(
+        manifest(
+            file("/etc/created.conf", "agent\n"),
+            file("/etc/preexisting.conf", "agent\n"),
+            directory("/srv/data"),
+            symlink("/etc/link", "created.conf"),
+        )
+    )
     report = applier.apply(manifest())
     removed = {r.id: r.message for r in report.removed}
     assert removed["file:/etc/created.conf"].startswith("removed")
@@ -164,12 +182,20 @@ def test_absent_file_directory_and_symlink_are_removed(env):
     (env.root / "etc/old.d/sub/x").write_text("x")
     (env.root / "etc/gone.conf").write_text("x")
     (env.root / "etc/gone-link").symlink_to("gone.conf")
-    m = manifest(directory("/etc/old.d", ensure="absent"), file("/etc/gone.conf", None, ensure="absent"),
-                 symlink("/etc/gone-link", None, ensure="absent"), file("/etc/never.conf", None, ensure="absent"))
+    m = manifest(
+        directory("/etc/old.d", ensure="absent"),
+        file("/etc/gone.conf", None, ensure="absent"),
+        symlink("/etc/gone-link", None, ensure="absent"),
+        file("/etc/never.conf", None, ensure="absent"),
+    )
     applier = env.applier()
     report = applier.apply(m)
-    assert statuses(report) == {"directory:/etc/old.d": "changed", "file:/etc/gone.conf": "changed",
-                                "symlink:/etc/gone-link": "changed", "file:/etc/never.conf": "in_sync"}
+    assert statuses(report) == {
+        "directory:/etc/old.d": "changed",
+        "file:/etc/gone.conf": "changed",
+        "symlink:/etc/gone-link": "changed",
+        "file:/etc/never.conf": "in_sync",
+    }
     assert sorted(p.name for p in (env.root / "etc").iterdir()) == []
     assert set(statuses(applier.apply(m)).values()) == {"in_sync"}
 
@@ -193,14 +219,20 @@ def test_file_replaces_a_symlink_instead_of_writing_through_it(env, tmp_path):
     (env.root / "etc/a.conf").symlink_to(outside)
     env.applier().apply(manifest(file("/etc/a.conf", "inside\n")))
     assert outside.read_text() == "outside\n"
-    assert not (env.root / "etc/a.conf").is_symlink() and (env.root / "etc/a.conf").read_text() == "inside\n"
+    assert (
+        not (env.root / "etc/a.conf").is_symlink()
+        and (env.root / "etc/a.conf").read_text() == "inside\n"
+    )
 
 
 def test_manifest_sha256_not_matching_content_is_refused(env):
     bad = file("/etc/a.conf", "real content\n")
     bad["sha256"] = "0" * 64
     report = env.applier().apply(manifest(bad))
-    assert report.results[0].status == "failed" and "sha256 does not match" in report.results[0].message
+    assert (
+        report.results[0].status == "failed"
+        and "sha256 does not match" in report.results[0].message
+    )
     assert not (env.root / "etc/a.conf").exists()
 
 
@@ -229,7 +261,9 @@ def test_file_with_unmanaged_content_is_created_empty_and_never_rewritten(env):
     p = Path(env.root / "var/log/app.log")
     assert p.read_bytes() == b""
     p.write_text("log line\n")
-    assert statuses(applier.apply(manifest(file("/var/log/app.log", None, mode="0640")))) == {"file:/var/log/app.log": "in_sync"}
+    assert statuses(applier.apply(manifest(file("/var/log/app.log", None, mode="0640")))) == {
+        "file:/var/log/app.log": "in_sync"
+    }
     assert p.read_text() == "log line\n"
 
 
@@ -238,7 +272,9 @@ def test_no_op_run_hashes_nothing_and_a_touched_file_is_hashed_once(env, monkeyp
 
     hashed: list[str] = []
     real = RootFS.sha256
-    monkeypatch.setattr(RootFS, "sha256", lambda self, path: hashed.append(path) or real(self, path))
+    monkeypatch.setattr(
+        RootFS, "sha256", lambda self, path: hashed.append(path) or real(self, path)
+    )
     m = manifest(*(file(f"/etc/f{i}", f"{i}\n") for i in range(20)))
     applier = env.applier()
     applier.apply(m)

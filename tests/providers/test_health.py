@@ -54,7 +54,9 @@ def closed_port() -> int:
 
 @pytest.fixture
 def host(tmp_path):
-    return SimulatedHost(proc_sys=tmp_path, units={"sshd": Unit(active=True), "cron": Unit(active=False)})
+    return SimulatedHost(
+        proc_sys=tmp_path, units={"sshd": Unit(active=True), "cron": Unit(active=False)}
+    )
 
 
 def check(name: str, type_: str, timeout_s: int = 2, **kw) -> dict:
@@ -62,26 +64,45 @@ def check(name: str, type_: str, timeout_s: int = 2, **kw) -> dict:
 
 
 def test_tcp_check_is_up_on_a_listening_port_and_down_on_a_closed_one(host, tmp_path, silent_port):
-    checks = [check("up", "tcp", host="127.0.0.1", port=silent_port), check("down", "tcp", host="127.0.0.1", port=closed_port())]
+    checks = [
+        check("up", "tcp", host="127.0.0.1", port=silent_port),
+        check("down", "tcp", host="127.0.0.1", port=closed_port()),
+    ]
     assert run_checks(checks, host, tmp_path) == {"up": True, "down": False}
 
 
 def test_http_check_requires_the_exact_status(host, tmp_path, http_url):
-    checks = [check("ok", "http", url=f"{http_url}/ok", status=200),
-              check("redirect", "http", url=f"{http_url}/moved", status=301),
-              check("wrong", "http", url=f"{http_url}/missing", status=200),
-              check("refused", "http", url=f"http://127.0.0.1:{closed_port()}/", status=200)]
-    assert run_checks(checks, host, tmp_path) == {"ok": True, "redirect": True, "wrong": False, "refused": False}
+    checks = [
+        check("ok", "http", url=f"{http_url}/ok", status=200),
+        check("redirect", "http", url=f"{http_url}/moved", status=301),
+        check("wrong", "http", url=f"{http_url}/missing", status=200),
+        check("refused", "http", url=f"http://127.0.0.1:{closed_port()}/", status=200),
+    ]
+    assert run_checks(checks, host, tmp_path) == {
+        "ok": True,
+        "redirect": True,
+        "wrong": False,
+        "refused": False,
+    }
 
 
-def test_http_check_against_a_server_that_never_answers_is_down_within_its_timeout(host, tmp_path, silent_port):
-    result = run_checks([check("hung", "http", timeout_s=1, url=f"http://127.0.0.1:{silent_port}/", status=200)], host, tmp_path)
+def test_http_check_against_a_server_that_never_answers_is_down_within_its_timeout(
+    host, tmp_path, silent_port
+):
+    result = run_checks(
+        [check("hung", "http", timeout_s=1, url=f"http://127.0.0.1:{silent_port}/", status=200)],
+        host,
+        tmp_path,
+    )
     assert result == {"hung": False}
 
 
 def test_service_check_asks_the_service_manager(host, tmp_path):
-    checks = [check("ssh", "service", service="sshd"), check("cron", "service", service="cron"),
-              check("ghost", "service", service="ghost")]
+    checks = [
+        check("ssh", "service", service="sshd"),
+        check("cron", "service", service="cron"),
+        check("ghost", "service", service="ghost"),
+    ]
     assert run_checks(checks, host, tmp_path) == {"ssh": True, "cron": False, "ghost": False}
     assert ("systemctl", "is-active", "sshd") in host.commands
 
@@ -93,19 +114,36 @@ def test_file_check_looks_below_the_root_and_not_through_an_escaping_symlink(hos
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside/flag").write_text("")
     (root / "escape").symlink_to(tmp_path / "outside")
-    checks = [check("ready", "file", path="/run/app.ready"), check("missing", "file", path="/run/nope"),
-              check("escape", "file", path="/escape/flag"), check("dotdot", "file", path="/../outside/flag")]
-    assert run_checks(checks, host, root) == {"ready": True, "missing": False, "escape": False, "dotdot": False}
+    checks = [
+        check("ready", "file", path="/run/app.ready"),
+        check("missing", "file", path="/run/nope"),
+        check("escape", "file", path="/escape/flag"),
+        check("dotdot", "file", path="/../outside/flag"),
+    ]
+    assert run_checks(checks, host, root) == {
+        "ready": True,
+        "missing": False,
+        "escape": False,
+        "dotdot": False,
+    }
 
 
 def test_command_check_runs_argv_without_a_shell_and_honours_its_timeout(host, tmp_path):
     py = sys.executable
-    checks = [check("true", "command", argv=[py, "-c", "pass"]),
-              check("false", "command", argv=[py, "-c", "raise SystemExit(3)"]),
-              check("no-shell", "command", argv=["exit 0"]),
-              check("slow", "command", timeout_s=1, argv=[py, "-c", "import time; time.sleep(30)"]),
-              check("missing", "command", argv=["/nonexistent/treadle-check"])]
-    assert run_checks(checks, host, tmp_path) == {"true": True, "false": False, "no-shell": False, "slow": False, "missing": False}
+    checks = [
+        check("true", "command", argv=[py, "-c", "pass"]),
+        check("false", "command", argv=[py, "-c", "raise SystemExit(3)"]),
+        check("no-shell", "command", argv=["exit 0"]),
+        check("slow", "command", timeout_s=1, argv=[py, "-c", "import time; time.sleep(30)"]),
+        check("missing", "command", argv=["/nonexistent/treadle-check"]),
+    ]
+    assert run_checks(checks, host, tmp_path) == {
+        "true": True,
+        "false": False,
+        "no-shell": False,
+        "slow": False,
+        "missing": False,
+    }
 
 
 def test_no_checks_is_an_empty_result(host, tmp_path):
@@ -141,11 +179,19 @@ def test_a_check_hung_past_its_timeout_is_not_started_again_each_cycle(host, tmp
 
     threading.Thread(target=trickle, daemon=True).start()
     threading.Thread(target=drip, daemon=True).start()
-    hung = check("trickle", "http", timeout_s=1, url=f"http://127.0.0.1:{server.getsockname()[1]}/", status=200)
+    hung = check(
+        "trickle",
+        "http",
+        timeout_s=1,
+        url=f"http://127.0.0.1:{server.getsockname()[1]}/",
+        status=200,
+    )
     running: dict = {}
     try:
         for _ in range(4):
-            assert run_checks([hung, check("sure", "file", path="/ready")], host, tmp_path, running) == {"trickle": False, "sure": True}
+            assert run_checks(
+                [hung, check("sure", "file", path="/ready")], host, tmp_path, running
+            ) == {"trickle": False, "sure": True}
         alive = [t for t in threading.enumerate() if t.name == "health-trickle"]
         assert len(alive) == 1 and len(clients) == 1
     finally:
@@ -154,5 +200,7 @@ def test_a_check_hung_past_its_timeout_is_not_started_again_each_cycle(host, tmp
             conn.close()
         server.close()
     alive[0].join(10)
-    assert run_checks([check("sure", "file", path="/ready")], host, tmp_path, running) == {"sure": True}
+    assert run_checks([check("sure", "file", path="/ready")], host, tmp_path, running) == {
+        "sure": True
+    }
     assert "trickle" not in running  # finished threads are forgotten

@@ -6,10 +6,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from support.providers import directory, file, make_env, manifest, snapshot, symlink, sysctl
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from support.providers import directory, file, make_env, manifest, snapshot, symlink, sysctl
 from treadle_agent.inventory import FILE_NAME
 
 DIRS = ["/d1", "/d1/d2"]
@@ -29,16 +29,26 @@ def manifests(draw):
         if draw(st.booleans()):
             ensure = draw(ENSURE)
             text = draw(st.text(max_size=20)) if ensure == "present" else None
-            resources.append(file(p, text, ensure=ensure, mode=draw(MODES) if ensure == "present" else None))
+            resources.append(
+                file(p, text, ensure=ensure, mode=draw(MODES) if ensure == "present" else None)
+            )
     for p in LINKS:
         if draw(st.booleans()):
             ensure = draw(ENSURE)
-            resources.append(symlink(p, draw(st.sampled_from(["f1", "/f3", "../x"])) if ensure == "present" else None, ensure=ensure))
+            resources.append(
+                symlink(
+                    p,
+                    draw(st.sampled_from(["f1", "/f3", "../x"])) if ensure == "present" else None,
+                    ensure=ensure,
+                )
+            )
     if draw(st.booleans()):
         resources.append(sysctl("vm.swappiness", str(draw(st.integers(0, 100)))))
     # A directory declared absent with something present below it contradicts itself;
     # the controller rejects such manifests, so they are not generated here.
-    absent_dirs = [r["path"] for r in resources if r["type"] == "directory" and r["ensure"] == "absent"]
+    absent_dirs = [
+        r["path"] for r in resources if r["type"] == "directory" and r["ensure"] == "absent"
+    ]
     present = [r["path"] for r in resources if r.get("path") and r["ensure"] == "present"]
     assume(not any(p.startswith(d + "/") for d in absent_dirs for p in present))
     return manifest(*resources)
@@ -63,7 +73,11 @@ def holds(env, m) -> None:
             assert os.readlink(p) == r["target"]
 
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 @SETTINGS
@@ -75,7 +89,12 @@ def test_applying_twice_equals_applying_once(m):
         first = applier.apply(m)
         assert first.ok, first
         holds(env, m)
-        disk, inv = snapshot(env.root), (env.state / FILE_NAME).stat().st_mtime_ns if (env.state / FILE_NAME).exists() else None
+        disk, inv = (
+            snapshot(env.root),
+            (env.state / FILE_NAME).stat().st_mtime_ns
+            if (env.state / FILE_NAME).exists()
+            else None,
+        )
         second = applier.apply(m)
         assert {r.status for r in second.results} <= {"in_sync"}
         assert snapshot(env.root) == disk
@@ -95,7 +114,9 @@ def test_any_manifest_converges_from_any_earlier_one(m1, m2):
         assert {r.status for r in applier.apply(m2).results} <= {"in_sync"}
 
 
-PATH_TEXT = st.lists(st.sampled_from(["etc", "..", ".", "", "a\0b", "x.conf", "~", "-n"]), min_size=0, max_size=5)
+PATH_TEXT = st.lists(
+    st.sampled_from(["etc", "..", ".", "", "a\0b", "x.conf", "~", "-n"]), min_size=0, max_size=5
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -114,12 +135,30 @@ def test_split_path_accepts_only_clean_absolute_paths(parts, absolute):
     assert not any(c in ("..", ".", "") or "\0" in c for c in comps)
 
 
-LINK_TARGETS = st.sampled_from(["..", "../..", "/", "/tmp", "{outside}", "{root}/real", "real", "../real", "real/../..",
-                                "./real", "loop", "{root}/../outside"])
+LINK_TARGETS = st.sampled_from(
+    [
+        "..",
+        "../..",
+        "/",
+        "/tmp",
+        "{outside}",
+        "{root}/real",
+        "real",
+        "../real",
+        "real/../..",
+        "./real",
+        "loop",
+        "{root}/../outside",
+    ]
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(LINK_TARGETS, LINK_TARGETS, st.sampled_from(["/link/f", "/link/sub/f", "/d/link2/f", "/link/link2/f"]))
+@given(
+    LINK_TARGETS,
+    LINK_TARGETS,
+    st.sampled_from(["/link/f", "/link/sub/f", "/d/link2/f", "/link/link2/f"]),
+)
 def test_no_symlink_layout_makes_a_write_land_outside_the_root(t1, t2, target_path):
     with tempfile.TemporaryDirectory() as d:
         env = make_env(Path(d))
@@ -136,7 +175,12 @@ def test_no_symlink_layout_makes_a_write_land_outside_the_root(t1, t2, target_pa
         before = snapshot(Path(d) / "outside")
         report = env.applier().apply(manifest(file(target_path, "inside\n")))
         assert snapshot(Path(d) / "outside") == before
-        assert not (Path(d) / "f").exists() and sorted(os.listdir(d)) == ["outside", "proc_sys", "root", "state"]
+        assert not (Path(d) / "f").exists() and sorted(os.listdir(d)) == [
+            "outside",
+            "proc_sys",
+            "root",
+            "state",
+        ]
         if report.ok:
             landed = [p for p in env.root.rglob("f") if p.is_file() and not p.is_symlink()]
             assert [p.read_text() for p in landed] == ["inside\n"]

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import time
 
-from support.providers import directory, file, make_env, manifest, package, service
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support.providers import directory, file, make_env, manifest, package, service
 from treadle_agent.errors import HostError
 from treadle_agent.host import AptPackages, CommandResult, apt_failure
 from treadle_agent.host_sim import SimulatedRunner, Unit
@@ -20,7 +20,9 @@ from treadle_agent.host_sim import SimulatedRunner, Unit
 UPDATE = ("apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300")
 
 
-def _apt(tmp_path, runner: SimulatedRunner, age_s: float | None, max_age_s: float = 3600) -> AptPackages:
+def _apt(
+    tmp_path, runner: SimulatedRunner, age_s: float | None, max_age_s: float = 3600
+) -> AptPackages:
     lists = tmp_path / "lists"
     lists.mkdir(parents=True, exist_ok=True)
     if age_s is not None:
@@ -62,42 +64,72 @@ def test_an_unknown_package_refreshes_the_lists_once_and_retries(tmp_path):
 
 
 def test_the_failure_message_carries_dpkg_s_reason_not_only_apt_s_last_line():
-    stdout = ("Selecting previously unselected package hello.\nUnpacking hello (2.10-3) ...\n"
-              "dpkg: error processing archive /var/cache/apt/archives/hello_2.10-3_amd64.deb (--unpack):\n"
-              " unable to install new version of '/usr/bin/hello': Is a directory\n"
-              "Errors were encountered while processing:\n /var/cache/apt/archives/hello_2.10-3_amd64.deb\n")
+    stdout = (
+        "Selecting previously unselected package hello.\nUnpacking hello (2.10-3) ...\n"
+        "dpkg: error processing archive /var/cache/apt/archives/hello_2.10-3_amd64.deb (--unpack):\n"
+        " unable to install new version of '/usr/bin/hello': Is a directory\n"
+        "Errors were encountered while processing:\n /var/cache/apt/archives/hello_2.10-3_amd64.deb\n"
+    )
     stderr = "E: Sub-process /usr/bin/dpkg returned an error code (1)\n"
-    message = str(apt_failure(CommandResult(("apt-get", "install", "hello"), 100, stdout, stderr), "installing hello"))
+    message = str(
+        apt_failure(
+            CommandResult(("apt-get", "install", "hello"), 100, stdout, stderr), "installing hello"
+        )
+    )
     assert "unable to install new version of '/usr/bin/hello': Is a directory" in message
     assert "E: Sub-process /usr/bin/dpkg returned an error code (1)" in message
-    assert "Unpacking" not in message and message.startswith("installing hello: `apt-get install hello` exited 100")
+    assert "Unpacking" not in message and message.startswith(
+        "installing hello: `apt-get install hello` exited 100"
+    )
 
 
 def test_the_failure_message_finds_dpkg_s_error_after_a_conffile_prompt():
-    stdout = ("Setting up logrotate (3.21.0-1) ...\n\nConfiguration file '/etc/logrotate.conf'\n"
-              "*** logrotate.conf (Y/I/N/O/D/Z) [default=N] ? dpkg: error processing package logrotate (--configure):\n"
-              " end of file on stdin at conffile prompt\nProcessing triggers for libc-bin (2.36-9) ...\n")
-    message = str(apt_failure(CommandResult(("apt-get", "install", "logrotate"), 100, stdout, "E: Sub-process\n"), "x"))
-    assert "dpkg: error processing package logrotate (--configure):\n end of file on stdin at conffile prompt" in message
+    stdout = (
+        "Setting up logrotate (3.21.0-1) ...\n\nConfiguration file '/etc/logrotate.conf'\n"
+        "*** logrotate.conf (Y/I/N/O/D/Z) [default=N] ? dpkg: error processing package logrotate (--configure):\n"
+        " end of file on stdin at conffile prompt\nProcessing triggers for libc-bin (2.36-9) ...\n"
+    )
+    message = str(
+        apt_failure(
+            CommandResult(("apt-get", "install", "logrotate"), 100, stdout, "E: Sub-process\n"), "x"
+        )
+    )
+    assert (
+        "dpkg: error processing package logrotate (--configure):\n end of file on stdin at conffile prompt"
+        in message
+    )
     assert "***" not in message and "Processing triggers" not in message
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=3000), st.text(max_size=3000), st.integers(1, 255))
 def test_the_failure_message_of_any_output_is_a_bounded_host_error(stdout, stderr, code):
-    e = apt_failure(CommandResult(("apt-get", "install", "x"), code, stdout, stderr), "installing x")
-    assert isinstance(e, HostError) and str(e).startswith("installing x: `apt-get install x` exited")
+    e = apt_failure(
+        CommandResult(("apt-get", "install", "x"), code, stdout, stderr), "installing x"
+    )
+    assert isinstance(e, HostError) and str(e).startswith(
+        "installing x: `apt-get install x` exited"
+    )
     assert len(str(e)) < 2200
 
 
 def test_a_changed_unit_file_is_reloaded_before_the_restart_it_notifies(tmp_path):
     env = make_env(tmp_path, units={"probe": Unit(enabled=True, active=True)})
-    m = manifest(file("/etc/systemd/system/probe.service", "v1\n", notify=["probe"]), service("probe", state="running"))
+    m = manifest(
+        file("/etc/systemd/system/probe.service", "v1\n", notify=["probe"]),
+        service("probe", state="running"),
+    )
     env.applier().apply(m)
-    env.host.sim.units["probe"].need_reload = True  # what systemd says once the file changed on disk
+    env.host.sim.units[
+        "probe"
+    ].need_reload = True  # what systemd says once the file changed on disk
     del env.host.commands[:]
-    env.applier().apply(manifest(file("/etc/systemd/system/probe.service", "v2\n", notify=["probe"]),
-                                 service("probe", state="running")))
+    env.applier().apply(
+        manifest(
+            file("/etc/systemd/system/probe.service", "v2\n", notify=["probe"]),
+            service("probe", state="running"),
+        )
+    )
     assert env.host.changes() == [("systemctl", "daemon-reload"), ("systemctl", "restart", "probe")]
     assert not env.host.sim.units["probe"].need_reload
 
@@ -107,7 +139,13 @@ def test_a_new_or_removed_drop_in_reloads_systemd_even_when_it_does_not_say_so(t
     env = make_env(tmp_path, units={"probe": Unit(enabled=True, active=True)})
     dropin = file("/etc/systemd/system/probe.service.d/10-x.conf", "[Service]\n", notify=["probe"])
     applier = env.applier()
-    applier.apply(manifest(directory("/etc/systemd/system/probe.service.d"), dropin, service("probe", state="running")))
+    applier.apply(
+        manifest(
+            directory("/etc/systemd/system/probe.service.d"),
+            dropin,
+            service("probe", state="running"),
+        )
+    )
     assert env.host.changes() == [("systemctl", "daemon-reload"), ("systemctl", "restart", "probe")]
     del env.host.commands[:]
     applier.apply(manifest(service("probe", state="running")))
@@ -121,24 +159,45 @@ def test_a_start_without_effect_fails_with_systemd_s_reason_and_is_not_healed(tm
     env = make_env(tmp_path, units={"cond": Unit(condition_fails=True)})
     report = env.applier().apply(manifest(service("cond", state="running")))
     assert report.results[0].status == "failed"
-    assert "start cond had no effect" in report.results[0].message and "Condition" in report.results[0].message
+    assert (
+        "start cond had no effect" in report.results[0].message
+        and "Condition" in report.results[0].message
+    )
 
 
 def test_static_masked_and_alias_units_are_handled_explicitly(tmp_path):
-    env = make_env(tmp_path, units={"static": Unit(file_state="static", active=True),
-                                    "masked": Unit(file_state="masked"),
-                                    "sshd": Unit(file_state="alias", alias_of="ssh.service", enabled=True, active=True)})
-    m = manifest(service("static", enabled=True, state="running"), service("masked", enabled=True),
-                 service("sshd", enabled=True))
+    env = make_env(
+        tmp_path,
+        units={
+            "static": Unit(file_state="static", active=True),
+            "masked": Unit(file_state="masked"),
+            "sshd": Unit(file_state="alias", alias_of="ssh.service", enabled=True, active=True),
+        },
+    )
+    m = manifest(
+        service("static", enabled=True, state="running"),
+        service("masked", enabled=True),
+        service("sshd", enabled=True),
+    )
     applier = env.applier()
     results = {r.id: r for r in applier.apply(m).results}
     assert results["service:static"].status == "in_sync"
-    assert results["service:masked"].status == "failed" and "does not unmask" in results["service:masked"].message
-    assert results["service:sshd"].status == "failed" and "alias of ssh.service" in results["service:sshd"].message
+    assert (
+        results["service:masked"].status == "failed"
+        and "does not unmask" in results["service:masked"].message
+    )
+    assert (
+        results["service:sshd"].status == "failed"
+        and "alias of ssh.service" in results["service:sshd"].message
+    )
     assert not any(c[1] in ("enable", "disable") for c in env.host.changes())
-    assert applier.apply(manifest(service("static", enabled=True), service("masked", enabled=False))).ok
+    assert applier.apply(
+        manifest(service("static", enabled=True), service("masked", enabled=False))
+    ).ok
     report = applier.apply(manifest(service("static", enabled=False)))
-    assert report.results[0].status == "failed" and "cannot be disabled" in report.results[0].message
+    assert (
+        report.results[0].status == "failed" and "cannot be disabled" in report.results[0].message
+    )
 
 
 def test_an_enable_that_leaves_the_unit_disabled_fails(tmp_path):
@@ -148,15 +207,30 @@ def test_an_enable_that_leaves_the_unit_disabled_fails(tmp_path):
     assert report.results[0].status == "failed" and "had no effect" in report.results[0].message
 
 
-def test_check_predicts_a_start_not_a_restart_for_a_stopped_service_a_changed_file_notifies(tmp_path):
+def test_check_predicts_a_start_not_a_restart_for_a_stopped_service_a_changed_file_notifies(
+    tmp_path,
+):
     env = make_env(tmp_path, units={"probe": Unit(enabled=True, active=True)})
-    env.applier().apply(manifest(file("/etc/probe.conf", "v1\n", notify=["probe"]), service("probe", state="running")))
+    env.applier().apply(
+        manifest(
+            file("/etc/probe.conf", "v1\n", notify=["probe"]), service("probe", state="running")
+        )
+    )
     env.host.sim.units["probe"].active = False
-    report = env.applier().check(manifest(file("/etc/probe.conf", "v2\n", notify=["probe"]),
-                                          service("probe", state="running")))
-    assert [(r.id, r.status) for r in report.results] == [("file:/etc/probe.conf", "would_change"),
-                                                          ("service:probe", "drifted")]
-    done = env.applier().apply(manifest(file("/etc/probe.conf", "v2\n", notify=["probe"]), service("probe", state="running")))
+    report = env.applier().check(
+        manifest(
+            file("/etc/probe.conf", "v2\n", notify=["probe"]), service("probe", state="running")
+        )
+    )
+    assert [(r.id, r.status) for r in report.results] == [
+        ("file:/etc/probe.conf", "would_change"),
+        ("service:probe", "drifted"),
+    ]
+    done = env.applier().apply(
+        manifest(
+            file("/etc/probe.conf", "v2\n", notify=["probe"]), service("probe", state="running")
+        )
+    )
     assert done.restarted == () and ("systemctl", "start", "probe") in env.host.commands
 
 
@@ -174,18 +248,36 @@ def test_the_lists_age_is_an_agent_setting(tmp_path):
     from treadle_agent.host import SystemHost
 
     (tmp_path / "trust-root.json").write_text("{}")
-    raw = {"node": "n1", "manifest_urls": ["http://127.0.0.1:1/m"], "trust_root": "trust-root.json",
-           "state_dir": "state", "package_manager": "apt", "service_manager": "none"}
+    raw = {
+        "node": "n1",
+        "manifest_urls": ["http://127.0.0.1:1/m"],
+        "trust_root": "trust-root.json",
+        "state_dir": "state",
+        "package_manager": "apt",
+        "service_manager": "none",
+    }
     config = from_dict({**raw, "package_lists_max_age_s": 600}, tmp_path / "agent.toml")
     assert SystemHost.from_config(config.host).packages.lists_max_age_s == 600
-    assert SystemHost.from_config(from_dict(raw, tmp_path / "agent.toml").host).packages.lists_max_age_s == 86400
+    assert (
+        SystemHost.from_config(
+            from_dict(raw, tmp_path / "agent.toml").host
+        ).packages.lists_max_age_s
+        == 86400
+    )
     with pytest.raises(ConfigError, match="package_lists_max_age_s"):
         from_dict({**raw, "package_lists_max_age_s": 0}, tmp_path / "agent.toml")
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
-                        max_size=60), max_size=8))
+@given(
+    st.lists(
+        st.text(
+            alphabet=st.characters(blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
+            max_size=60,
+        ),
+        max_size=8,
+    )
+)
 def test_dpkg_query_output_of_any_shape_reads_as_states_of_the_names_asked_only(lines):
     class Canned:
         def run(self, argv, *, timeout_s, env=None):
@@ -195,8 +287,10 @@ def test_dpkg_query_output_of_any_shape_reads_as_states_of_the_names_asked_only(
     assert set(states) == {"cron", "hello"}
     for name, state in states.items():
         assert not (state.installed and state.partial)
-        assert state.installed == any(line.split(" ", 4)[:1] == [name] and line.split(" ", 4)[3:4] == ["installed"]
-                                      for line in lines)
+        assert state.installed == any(
+            line.split(" ", 4)[:1] == [name] and line.split(" ", 4)[3:4] == ["installed"]
+            for line in lines
+        )
 
 
 def test_a_failed_refresh_of_stale_lists_does_not_stop_an_install_the_lists_at_hand_allow(tmp_path):
@@ -204,12 +298,17 @@ def test_a_failed_refresh_of_stale_lists_does_not_stop_an_install_the_lists_at_h
         def run(self, argv, *, timeout_s, env=None):
             if argv[:2] == ["apt-get", "update"]:
                 self.commands.append(tuple(argv))
-                return CommandResult(tuple(argv), 100, "", "E: Failed to fetch http://deb.debian.org/...\n")
+                return CommandResult(
+                    tuple(argv), 100, "", "E: Failed to fetch http://deb.debian.org/...\n"
+                )
             return super().run(argv, timeout_s=timeout_s, env=env)
 
     runner = MirrorDown(available={"cron": "1"})
     _apt(tmp_path, runner, 7200, max_age_s=3600).install("cron", None)
-    assert runner.installed == {"cron": "1"} and [c[1] for c in runner.commands] == ["update", "install"]
+    assert runner.installed == {"cron": "1"} and [c[1] for c in runner.commands] == [
+        "update",
+        "install",
+    ]
     apt = _apt(tmp_path / "b", MirrorDown(), 7200, max_age_s=3600)
     try:
         apt.install("hello", None)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from support.providers import directory, file, manifest, package, service, snapshot, symlink
 
+from support.providers import directory, file, manifest, package, service, snapshot, symlink
 from treadle_agent.errors import PathEscapeError
 from treadle_agent.providers.paths import RootFS, split_path
 
@@ -23,11 +23,20 @@ def outside(tmp_path):
     return d
 
 
-def test_parent_symlink_pointing_outside_the_root_is_refused_and_nothing_is_written_outside(env, outside):
+def test_parent_symlink_pointing_outside_the_root_is_refused_and_nothing_is_written_outside(
+    env, outside
+):
     (env.root / "etc").symlink_to(outside)
     before = snapshot(outside)
-    report = env.applier().apply(manifest(file("/etc/passwd", "pwned\n"), file("/etc/new.conf", "x\n"),
-                                          directory("/etc/sub"), symlink("/etc/l", "x"), file("/ok.conf", "fine\n")))
+    report = env.applier().apply(
+        manifest(
+            file("/etc/passwd", "pwned\n"),
+            file("/etc/new.conf", "x\n"),
+            directory("/etc/sub"),
+            symlink("/etc/l", "x"),
+            file("/ok.conf", "fine\n"),
+        )
+    )
     results = by_id(report)
     for rid in ("file:/etc/passwd", "file:/etc/new.conf", "directory:/etc/sub", "symlink:/etc/l"):
         assert results[rid][0] == "failed", rid
@@ -40,7 +49,10 @@ def test_relative_symlink_climbing_out_of_the_root_is_refused(env, outside):
     (env.root / "etc").mkdir()
     (env.root / "etc/conf").symlink_to("../../outside")
     report = env.applier().apply(manifest(file("/etc/conf/passwd", "pwned\n")))
-    assert report.results[0].status == "failed" and "outside the managed root" in report.results[0].message
+    assert (
+        report.results[0].status == "failed"
+        and "outside the managed root" in report.results[0].message
+    )
     assert (outside / "passwd").read_text() == "original\n"
 
 
@@ -51,23 +63,30 @@ def test_parent_symlink_inside_the_root_is_followed_within_the_root(env):
     (env.root / "etc").symlink_to("var/../run")
     report = env.applier().apply(manifest(file("/var/run/a.pid", "1\n"), file("/etc/b", "2\n")))
     assert report.ok
-    assert (env.root / "run/a.pid").read_text() == "1\n" and (env.root / "run/b").read_text() == "2\n"
+    assert (env.root / "run/a.pid").read_text() == "1\n" and (
+        env.root / "run/b"
+    ).read_text() == "2\n"
 
 
-@pytest.mark.parametrize("path, fragment", [
-    ("/etc/../../outside/passwd", "'..' component"),
-    ("etc/passwd", "is relative"),
-    ("/etc/./x", "'.' component"),
-    ("/etc//x", "'empty' component"),
-    ("/etc/x\0y", "NUL"),
-    ("/", "the managed root itself"),
-])
+@pytest.mark.parametrize(
+    "path, fragment",
+    [
+        ("/etc/../../outside/passwd", "'..' component"),
+        ("etc/passwd", "is relative"),
+        ("/etc/./x", "'.' component"),
+        ("/etc//x", "'empty' component"),
+        ("/etc/x\0y", "NUL"),
+        ("/", "the managed root itself"),
+    ],
+)
 def test_unsafe_resource_paths_fail_with_a_path_escape_error(env, path, fragment):
     with pytest.raises(PathEscapeError, match=fragment if fragment != "NUL" else "NUL byte"):
         split_path(path)
     report = env.applier().apply(manifest(file(path, "x\n"), file("/ok", "ok\n"), validate=False))
     results = by_id(report)
-    assert results[f"file:{path}"][0] == "failed" and fragment.strip("'") in results[f"file:{path}"][1]
+    assert (
+        results[f"file:{path}"][0] == "failed" and fragment.strip("'") in results[f"file:{path}"][1]
+    )
     assert results["file:/ok"][0] == "changed"
     assert sorted(os.listdir(env.root)) == ["ok"]
 
@@ -95,17 +114,31 @@ def test_failing_resource_does_not_stop_unrelated_ones_and_dependents_are_skippe
     results = by_id(env.applier().apply(m))
     assert results["directory:/etc/app"][0] == "failed"
     assert "is a regular file" in results["directory:/etc/app"][1]
-    assert results["file:/etc/app/a.conf"] == ("skipped", "its parent directory directory:/etc/app failed")
-    assert results["file:/etc/app/sub/b.conf"] == ("skipped", "its parent directory directory:/etc/app failed")
+    assert results["file:/etc/app/a.conf"] == (
+        "skipped",
+        "its parent directory directory:/etc/app failed",
+    )
+    assert results["file:/etc/app/sub/b.conf"] == (
+        "skipped",
+        "its parent directory directory:/etc/app failed",
+    )
     assert results["package:chrony"] == ("skipped", "requires file:/etc/app/a.conf, which skipped")
     assert results["service:chronyd"] == ("skipped", "requires package:chrony, which skipped")
     assert results["file:/etc/other.conf"][0] == "changed"
     assert results["package:curl"][0] == "changed"
-    assert ("apt-get", "install", "-y", "--no-install-recommends", "chrony") not in env.host.commands
+    assert (
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "chrony",
+    ) not in env.host.commands
 
 
 def test_requires_pointing_at_a_later_resource_type_orders_the_apply(env):
-    m = manifest(file("/etc/chrony.conf", "server x\n", requires=["package:chrony"]), package("chrony"))
+    m = manifest(
+        file("/etc/chrony.conf", "server x\n", requires=["package:chrony"]), package("chrony")
+    )
     report = env.applier().apply(m)
     assert report.ok
     installs = [c for c in env.host.commands if c[0] == "apt-get"]
@@ -113,9 +146,12 @@ def test_requires_pointing_at_a_later_resource_type_orders_the_apply(env):
 
 
 def test_unknown_requirement_and_cycles_fail_those_resources_only(env):
-    m = manifest(file("/a", "a\n", requires=["package:nope"]),
-                 file("/b", "b\n", requires=["file:/c"]), file("/c", "c\n", requires=["file:/b"]),
-                 file("/d", "d\n"))
+    m = manifest(
+        file("/a", "a\n", requires=["package:nope"]),
+        file("/b", "b\n", requires=["file:/c"]),
+        file("/c", "c\n", requires=["file:/b"]),
+        file("/d", "d\n"),
+    )
     results = by_id(env.applier().apply(m))
     assert results["file:/a"] == ("failed", "requires package:nope, which is not in the manifest")
     assert results["file:/b"][0] == results["file:/c"][0] == "failed"
@@ -124,7 +160,9 @@ def test_unknown_requirement_and_cycles_fail_those_resources_only(env):
 
 
 def test_a_resource_failing_every_run_does_not_rewrite_the_inventory(env):
-    m = manifest(file("/etc/a.conf", "a\n", owner="no-such-user-treadle"), file("/etc/b.conf", "b\n"))
+    m = manifest(
+        file("/etc/a.conf", "a\n", owner="no-such-user-treadle"), file("/etc/b.conf", "b\n")
+    )
     applier = env.applier()
     applier.apply(m)
     inventory = env.state / "inventory.json"

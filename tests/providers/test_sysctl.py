@@ -5,8 +5,8 @@ from __future__ import annotations
 import platform
 
 import pytest
-from support.providers import file, manifest, sysctl
 
+from support.providers import file, manifest, sysctl
 from treadle_agent.errors import HostError
 from treadle_agent.host import SystemHost
 from treadle_agent.inventory import FILE_NAME
@@ -16,14 +16,18 @@ HEADER = "# Written by treadle-agent from this node's manifest; local edits are 
 
 
 def test_sysctl_sets_the_runtime_value_and_persists_all_keys_sorted(env):
-    m = manifest(sysctl("vm.swappiness", "10"), sysctl("net.ipv4.ip_forward", "1"),
-                 sysctl("net.ipv4.ip_local_port_range", "1024   65000"))
+    m = manifest(
+        sysctl("vm.swappiness", "10"),
+        sysctl("net.ipv4.ip_forward", "1"),
+        sysctl("net.ipv4.ip_local_port_range", "1024   65000"),
+    )
     report = env.applier().apply(m)
     assert report.ok and {r.status for r in report.results} == {"changed"}
     assert env.sysctl_value("vm.swappiness") == "10\n"
     assert env.sysctl_value("net.ipv4.ip_local_port_range") == "1024 65000\n"
     assert (env.root / CONF).read_text() == HEADER + (
-        "net.ipv4.ip_forward = 1\nnet.ipv4.ip_local_port_range = 1024 65000\nvm.swappiness = 10\n")
+        "net.ipv4.ip_forward = 1\nnet.ipv4.ip_local_port_range = 1024 65000\nvm.swappiness = 10\n"
+    )
 
 
 def test_sysctl_no_op_run_writes_nothing(env):
@@ -48,7 +52,10 @@ def test_changed_sysctl_is_detected_and_healed(env):
     applier.apply(m)
     env.set_sysctl("vm.swappiness", "60")
     report = applier.apply(m)
-    assert (report.results[0].status, report.results[0].message) == ("healed", "runtime value is '60', want '10'")
+    assert (report.results[0].status, report.results[0].message) == (
+        "healed",
+        "runtime value is '60', want '10'",
+    )
     assert env.sysctl_value("vm.swappiness") == "10\n"
     assert report.counts()[("sysctl", "in_sync")] == 1
 
@@ -59,7 +66,10 @@ def test_changed_sysctl_is_only_reported_under_report_policy(env):
     env.set_sysctl("vm.swappiness", "60")
     conf = (env.root / CONF).read_bytes()
     report = env.applier("report").apply(m)
-    assert {r.id: r.status for r in report.results} == {"sysctl:vm.swappiness": "drifted", "sysctl:net.ipv4.ip_forward": "in_sync"}
+    assert {r.id: r.status for r in report.results} == {
+        "sysctl:vm.swappiness": "drifted",
+        "sysctl:net.ipv4.ip_forward": "in_sync",
+    }
     assert report.counts()[("sysctl", "drifted")] == 1
     assert env.sysctl_value("vm.swappiness") == "60\n"
     assert (env.root / CONF).read_bytes() == conf
@@ -88,10 +98,14 @@ def test_dropped_keys_leave_the_file_and_the_file_goes_with_the_last_key(env):
 
 
 def test_unknown_sysctl_key_fails_and_is_not_persisted(env):
-    report = env.applier().apply(manifest(sysctl("net.ipv4.no_such_key", "1"), sysctl("vm.swappiness", "10")))
+    report = env.applier().apply(
+        manifest(sysctl("net.ipv4.no_such_key", "1"), sysctl("vm.swappiness", "10"))
+    )
     results = {r.id: r for r in report.results}
     assert results["sysctl:net.ipv4.no_such_key"].status == "failed"
-    assert "unknown sysctl key net.ipv4.no_such_key" in results["sysctl:net.ipv4.no_such_key"].message
+    assert (
+        "unknown sysctl key net.ipv4.no_such_key" in results["sysctl:net.ipv4.no_such_key"].message
+    )
     assert (env.root / CONF).read_text() == HEADER + "vm.swappiness = 10\n"
 
 

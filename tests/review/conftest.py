@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-
 from support.review import FabricRepo, make_repo
 
 

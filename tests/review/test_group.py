@@ -10,8 +10,12 @@ from treadle.review.group import group_changes, normalized
 
 
 def _file_change(path: str, before: str, after: str):
-    return resource_change("file", path, {"type": "file", "path": path, "content": before, "mode": "0644"},
-                           {"type": "file", "path": path, "content": after, "mode": "0644"})
+    return resource_change(
+        "file",
+        path,
+        {"type": "file", "path": path, "content": before, "mode": "0644"},
+        {"type": "file", "path": path, "content": after, "mode": "0644"},
+    )
 
 
 def _node(name: str, *changes) -> NodeChange:
@@ -27,14 +31,22 @@ def test_nodes_with_different_content_diffs_are_in_different_groups():
 
 
 def test_a_diff_naming_the_node_itself_still_groups():
-    a = _node("batch-001", _file_change("/etc/motd", "host batch-001\nold\n", "host batch-001\nnew\n"))
-    b = _node("batch-002", _file_change("/etc/motd", "host batch-002\nold\n", "host batch-002\nnew\n"))
+    a = _node(
+        "batch-001", _file_change("/etc/motd", "host batch-001\nold\n", "host batch-001\nnew\n")
+    )
+    b = _node(
+        "batch-002", _file_change("/etc/motd", "host batch-002\nold\n", "host batch-002\nnew\n")
+    )
     assert len(group_changes([a, b])) == 1
 
 
 def test_a_diff_naming_another_node_does_not_group():
-    a = _node("batch-001", _file_change("/etc/motd", "peer batch-009\nold\n", "peer batch-009\nnew\n"))
-    b = _node("batch-002", _file_change("/etc/motd", "peer batch-010\nold\n", "peer batch-010\nnew\n"))
+    a = _node(
+        "batch-001", _file_change("/etc/motd", "peer batch-009\nold\n", "peer batch-009\nnew\n")
+    )
+    b = _node(
+        "batch-002", _file_change("/etc/motd", "peer batch-010\nold\n", "peer batch-010\nnew\n")
+    )
     assert len(group_changes([a, b])) == 2
 
 
@@ -46,8 +58,12 @@ def test_a_name_inside_a_longer_name_is_not_taken_for_the_node():
 
 _names = st.sampled_from(["a1", "a2", "b-1", "b-2", "c.3"])
 _contents = st.sampled_from(["x\n", "y\n", "a1\n", "a2 and b-1\n", ""])
-_change = st.tuples(st.sampled_from(["/etc/a", "/etc/b"]), _contents, _contents).filter(lambda t: t[1] != t[2])
-_nodes = st.dictionaries(_names, st.lists(_change, min_size=1, max_size=2, unique_by=lambda t: t[0]), min_size=1)
+_change = st.tuples(st.sampled_from(["/etc/a", "/etc/b"]), _contents, _contents).filter(
+    lambda t: t[1] != t[2]
+)
+_nodes = st.dictionaries(
+    _names, st.lists(_change, min_size=1, max_size=2, unique_by=lambda t: t[0]), min_size=1
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -60,16 +76,24 @@ def test_groups_partition_the_nodes_and_members_have_equal_normalized_diffs(spec
     for g in groups:
         assert len({normalized(n) for n in g.nodes}) == 1
     for i, g in enumerate(groups):
-        for h in groups[i + 1:]:
+        for h in groups[i + 1 :]:
             assert normalized(g.nodes[0]) != normalized(h.nodes[0])
 
 
 _plain_contents = st.sampled_from(["x\n", "y\n", "z\n", ""])
-_plain_change = st.tuples(st.sampled_from(["/etc/a", "/etc/b"]), _plain_contents, _plain_contents).filter(lambda t: t[1] != t[2])
+_plain_change = st.tuples(
+    st.sampled_from(["/etc/a", "/etc/b"]), _plain_contents, _plain_contents
+).filter(lambda t: t[1] != t[2])
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(_names, st.lists(_plain_change, min_size=1, max_size=2, unique_by=lambda t: t[0]), min_size=2))
+@given(
+    st.dictionaries(
+        _names,
+        st.lists(_plain_change, min_size=1, max_size=2, unique_by=lambda t: t[0]),
+        min_size=2,
+    )
+)
 def test_two_nodes_with_different_diffs_never_share_a_group(spec):
     nodes = [_node(name, *(_file_change(*c) for c in changes)) for name, changes in spec.items()]
     for g in group_changes(nodes):

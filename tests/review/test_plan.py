@@ -6,9 +6,9 @@ import datetime as dt
 import json
 
 import pytest
-import treadle_schemas
 
 import treadle.fabric.render as render_module
+import treadle_schemas
 from support.review import FabricRepo, run_cli
 from treadle.review.markdown import MarkdownLimits, render_markdown
 from treadle.review.plan import PlanSettings, build_plan
@@ -76,7 +76,9 @@ def test_unchanged_head_plans_nothing(fabric_repo):
 
 def test_emergency_trailer_is_shown_and_drops_soak(fabric_repo):
     _one_node_change(fabric_repo, "Urgent rack move\n\nTreadle-Rollout: immediate\n")
-    doc = json.loads(run_cli("plan", str(fabric_repo.root), "main", "change", "--format", "json")[1])
+    doc = json.loads(
+        run_cli("plan", str(fabric_repo.root), "main", "change", "--format", "json")[1]
+    )
     assert doc["rollout"]["immediate"] is True
     assert all(w["soak_s"] == 0 for w in doc["rollout"]["waves"])
     md = run_cli("plan", str(fabric_repo.root), "main", "change")[1]
@@ -85,20 +87,28 @@ def test_emergency_trailer_is_shown_and_drops_soak(fabric_repo):
 
 def test_trailer_outside_the_last_paragraph_does_not_count():
     assert not has_immediate_trailer("Subject\n\nTreadle-Rollout: immediate\n\nMore text.\n")
-    assert not has_immediate_trailer("Treadle-Rollout: immediate\n")  # a subject line is not a trailer
-    assert has_immediate_trailer("Subject\n\nBody.\n\nSigned-off-by: A <a@b>\ntreadle-rollout: Immediate\n")
+    assert not has_immediate_trailer(
+        "Treadle-Rollout: immediate\n"
+    )  # a subject line is not a trailer
+    assert has_immediate_trailer(
+        "Subject\n\nBody.\n\nSigned-off-by: A <a@b>\ntreadle-rollout: Immediate\n"
+    )
 
 
 def test_change_window_outside_now_is_reported(fabric_repo):
     fabric_repo.branch("change")
     text = fabric_repo.path("rollout.yaml").read_text(encoding="utf-8")
-    fabric_repo.path("rollout.yaml").write_text(text.replace("# windows:", "windows:").replace("#   ", "  "), encoding="utf-8")
+    fabric_repo.path("rollout.yaml").write_text(
+        text.replace("# windows:", "windows:").replace("#   ", "  "), encoding="utf-8"
+    )
     fabric_repo.edit("sites/meyrin/batch/nodes/batch-003.yaml", 'rack: "r02"', 'rack: "r09"')
     fabric_repo.commit("Rack move, working hours only")
     sunday = dt.datetime(2026, 1, 4, 12, 0, tzinfo=dt.UTC).timestamp()
     plan = build_plan(fabric_repo.root, "main", "change", PlanSettings(now_s=sunday))
     assert plan.rollout.windows == ("mon,tue,wed,thu 09:00-16:00 Europe/Zurich",)
-    assert plan.rollout.blocked is not None and "outside every change window" in plan.rollout.blocked
+    assert (
+        plan.rollout.blocked is not None and "outside every change window" in plan.rollout.blocked
+    )
     assert "A rollout starting now would wait: outside every change window" in render_markdown(plan)
 
 
@@ -134,7 +144,9 @@ def test_schema_export_writes_every_shipped_schema(tmp_path):
     for name in written:
         exported = json.loads((tmp_path / "schemas" / name).read_text())
         assert exported == treadle_schemas.for_editors(name)
-        assert (exported == treadle_schemas.load(name)) == (name != "overlay.json")  # only !delete's null is added
+        assert (exported == treadle_schemas.load(name)) == (
+            name != "overlay.json"
+        )  # only !delete's null is added
 
 
 def test_schema_export_into_a_file_is_a_usage_error(tmp_path):
@@ -154,7 +166,9 @@ def test_invalid_head_exits_1_and_still_prints_the_report(fabric_repo, fmt):
     if fmt == "json":
         errors = json.loads(out)["errors"]
         assert [e["file"] for e in errors if e["code"] != "unchecked"] == ["profiles/base.yaml"]
-        assert [e["file"] for e in errors if e["code"] == "unchecked"] == ["profiles/base.yaml"]  # names the nodes it hid
+        assert [e["file"] for e in errors if e["code"] == "unchecked"] == [
+            "profiles/base.yaml"
+        ]  # names the nodes it hid
     else:
         assert "`profiles/base.yaml:" in out
 
@@ -173,24 +187,39 @@ def test_a_fabric_in_a_directory_of_the_repository_is_planned_incrementally(tmp_
     plan = build_plan(root / "fabric", "main", "change")
     assert [n.name for g in plan.groups for n in g.nodes] == ["batch-003"]
     assert plan.stats.head_rendered == 1
-    assert any(s.in_change for sources in plan.provenance[0].values() for v in sources or () for s in v.settings)
+    assert any(
+        s.in_change
+        for sources in plan.provenance[0].values()
+        for v in sources or ()
+        for s in v.settings
+    )
 
 
 def test_an_unusable_rollout_policy_is_reported_instead_of_waves(fabric_repo):
     fabric_repo.branch("change")
     text = fabric_repo.path("rollout.yaml").read_text(encoding="utf-8")
-    text = text.replace("# windows:", "windows:").replace("#   ", "  ").replace("Europe/Zurich", "Mars/Olympus")
+    text = (
+        text.replace("# windows:", "windows:")
+        .replace("#   ", "  ")
+        .replace("Europe/Zurich", "Mars/Olympus")
+    )
     fabric_repo.path("rollout.yaml").write_text(text, encoding="utf-8")
     fabric_repo.edit("sites/meyrin/batch/nodes/batch-003.yaml", 'rack: "r02"', 'rack: "r09"')
     fabric_repo.commit("Window on Mars")
     plan = build_plan(fabric_repo.root, "main", "change")
-    assert plan.rollout.waves == () and "unknown time zone 'Mars/Olympus'" in (plan.rollout.policy_error or "")
+    assert plan.rollout.waves == () and "unknown time zone 'Mars/Olympus'" in (
+        plan.rollout.policy_error or ""
+    )
     assert "Rollout policy unusable: rollout.yaml: unknown time zone" in render_markdown(plan)
 
 
 def test_a_long_diff_is_shortened_with_a_count_of_what_was_cut(fabric_repo):
     fabric_repo.branch("change")
-    fabric_repo.edit("fabric.yaml", "banner: Example fabric", "banner: " + "A much longer banner " * 20 + "Example fabric")
+    fabric_repo.edit(
+        "fabric.yaml",
+        "banner: Example fabric",
+        "banner: " + "A much longer banner " * 20 + "Example fabric",
+    )
     fabric_repo.commit("Long banner")
     plan = build_plan(fabric_repo.root, "main", "change")
     md = render_markdown(plan, MarkdownLimits(max_diff_chars=200))
@@ -210,7 +239,9 @@ def test_a_base_node_file_that_does_not_parse_is_named_and_no_transition_is_inve
     assert plan.refusals == () and plan.changes.transitions == ()
     assert [n.name for n in plan.changes.base_unreadable] == ["batch-005"]
     doc = json.loads(run_cli("plan", str(fabric_repo.root), "main", "fix", "--format", "json")[1])
-    assert doc["summary"]["base_unreadable"] == [{"node": "batch-005", "site": "meyrin", "cluster": "batch"}]
+    assert doc["summary"]["base_unreadable"] == [
+        {"node": "batch-005", "site": "meyrin", "cluster": "batch"}
+    ]
     assert doc["summary"]["transitions"] == []
     code, markdown, _ = run_cli("plan", str(fabric_repo.root), "main", "fix")
     assert code == 0 and "Unreadable in BASE (1)" in markdown and "`batch-005`" in markdown
@@ -222,4 +253,6 @@ def test_a_base_node_file_that_does_not_parse_is_named_and_no_transition_is_inve
     fabric_repo.edit(draining, "lifecycle: [draining", "lifecycle: draining")
     fabric_repo.commit("revert it")
     plan = build_plan(fabric_repo.root, "main", "fix2")
-    assert plan.changes.transitions == () and [n.name for n in plan.changes.base_unreadable] == ["batch-004"]
+    assert plan.changes.transitions == () and [n.name for n in plan.changes.base_unreadable] == [
+        "batch-004"
+    ]

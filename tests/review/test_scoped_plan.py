@@ -18,7 +18,14 @@ from support.review import FabricRepo, run_cli
 from treadle.review.jsonreport import render_json
 from treadle.review.plan import PlanSettings, build_plan
 
-ALL = frozenset({*(f"batch-00{i}" for i in range(1, 7)), "login-001", "login-002", *(f"storage-00{i}" for i in range(1, 5))})
+ALL = frozenset(
+    {
+        *(f"batch-00{i}" for i in range(1, 7)),
+        "login-001",
+        "login-002",
+        *(f"storage-00{i}" for i in range(1, 5)),
+    }
+)
 STORAGE = frozenset(n for n in ALL if n.startswith("storage"))
 PRODUCTION = ALL - {"batch-004", "batch-005", "storage-004"}  # draining, maintenance, provisioning
 
@@ -43,17 +50,30 @@ def _profile(repo: FabricRepo) -> None:
 
 
 def _template(repo: FabricRepo) -> None:
-    _write(repo, "templates/exports.j2", repo.path("templates/exports.j2").read_text(encoding="utf-8") + "# managed\n")
+    _write(
+        repo,
+        "templates/exports.j2",
+        repo.path("templates/exports.j2").read_text(encoding="utf-8") + "# managed\n",
+    )
 
 
 def _new_include(repo: FabricRepo) -> None:
     """A template that starts including a new one: a template change and an added file."""
     _write(repo, "templates/exports-header.j2", "# exports of {{ node.name }}\n")
-    _write(repo, "templates/exports.j2", '{% include "exports-header.j2" %}' + repo.path("templates/exports.j2").read_text(encoding="utf-8"))
+    _write(
+        repo,
+        "templates/exports.j2",
+        '{% include "exports-header.j2" %}'
+        + repo.path("templates/exports.j2").read_text(encoding="utf-8"),
+    )
 
 
 def _cluster(repo: FabricRepo) -> None:
-    repo.edit("sites/wigner/storage/cluster.yaml", 'permit_root_login: "no"', 'permit_root_login: "prohibit-password"')
+    repo.edit(
+        "sites/wigner/storage/cluster.yaml",
+        'permit_root_login: "no"',
+        'permit_root_login: "prohibit-password"',
+    )
 
 
 def _site(repo: FabricRepo) -> None:
@@ -68,18 +88,27 @@ def _added_and_removed(repo: FabricRepo) -> None:
 
 def _moved(repo: FabricRepo) -> None:
     """A node file moved to another cluster: both paths change, one name."""
-    old, new = repo.path("sites/meyrin/login/nodes/login-002.yaml"), repo.path("sites/meyrin/batch/nodes/login-002.yaml")
+    old, new = (
+        repo.path("sites/meyrin/login/nodes/login-002.yaml"),
+        repo.path("sites/meyrin/batch/nodes/login-002.yaml"),
+    )
     new.write_bytes(old.read_bytes())
     old.unlink()
 
 
 def _lifecycle_profile_created(repo: FabricRepo) -> None:
     """profiles/lifecycle/production.yaml did not exist: every production node looked for it."""
-    _write(repo, "profiles/lifecycle/production.yaml", "apiVersion: treadle.dev/v1\nkind: Profile\nlabels:\n  serving: \"yes\"\n")
+    _write(
+        repo,
+        "profiles/lifecycle/production.yaml",
+        'apiVersion: treadle.dev/v1\nkind: Profile\nlabels:\n  serving: "yes"\n',
+    )
 
 
 def _lifecycle(repo: FabricRepo) -> None:
-    repo.edit("sites/meyrin/batch/nodes/batch-003.yaml", "lifecycle: production", "lifecycle: draining")
+    repo.edit(
+        "sites/meyrin/batch/nodes/batch-003.yaml", "lifecycle: production", "lifecycle: draining"
+    )
 
 
 def _duplicate_name_first(repo: FabricRepo) -> None:
@@ -91,7 +120,9 @@ def _duplicate_name_first(repo: FabricRepo) -> None:
 
 def _unknown_profile(repo: FabricRepo) -> None:
     text = repo.path("sites/wigner/storage/nodes/storage-002.yaml").read_text(encoding="utf-8")
-    _write(repo, "sites/wigner/storage/nodes/storage-002.yaml", text + "profiles: [no-such-profile]\n")
+    _write(
+        repo, "sites/wigner/storage/nodes/storage-002.yaml", text + "profiles: [no-such-profile]\n"
+    )
 
 
 def _broken_template(repo: FabricRepo) -> None:
@@ -135,7 +166,9 @@ def _plan(repo: FabricRepo, full: bool, monkeypatch: pytest.MonkeyPatch) -> tupl
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_scoped_plan_equals_the_full_plan_and_renders_only_the_affected_nodes(fabric_repo, monkeypatch, case):
+def test_scoped_plan_equals_the_full_plan_and_renders_only_the_affected_nodes(
+    fabric_repo, monkeypatch, case
+):
     change, affected = CASES[case]
     fabric_repo.branch("change")
     change(fabric_repo)
@@ -146,10 +179,15 @@ def test_scoped_plan_equals_the_full_plan_and_renders_only_the_affected_nodes(fa
     assert full_rendered >= ALL - {"batch-006"}  # the full plan renders BASE in full
     full_stats, scoped_stats = full.pop("stats"), scoped.pop("stats")
     assert scoped == full
-    assert scoped_stats["base_nodes"] == full_stats["base_nodes"] and scoped_stats["head_nodes"] == full_stats["head_nodes"]
+    assert (
+        scoped_stats["base_nodes"] == full_stats["base_nodes"]
+        and scoped_stats["head_nodes"] == full_stats["head_nodes"]
+    )
 
 
-def test_the_duplicate_name_case_renders_base_again_for_the_name_head_selected(fabric_repo, monkeypatch):
+def test_the_duplicate_name_case_renders_base_again_for_the_name_head_selected(
+    fabric_repo, monkeypatch
+):
     """The one case where HEAD selects a node BASE did not: its plan still compares the same node in both."""
     fabric_repo.branch("change")
     _duplicate_name_first(fabric_repo)

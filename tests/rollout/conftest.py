@@ -21,9 +21,16 @@ def local_fleet(tmp_path: Path, fleet_keys: Path) -> Iterator[Callable[..., Loca
     """
     fleets: list[LocalFleet] = []
 
-    def make(clusters: int = 2, per_cluster: int = 4, health: Any = None, **settings: object) -> LocalFleet:
-        fleet = start_local_fleet(tmp_path / f"fleet{len(fleets)}", fleet_keys, node_specs(clusters, per_cluster),
-                                  rollout_yaml(**settings), health=health)
+    def make(
+        clusters: int = 2, per_cluster: int = 4, health: Any = None, **settings: object
+    ) -> LocalFleet:
+        fleet = start_local_fleet(
+            tmp_path / f"fleet{len(fleets)}",
+            fleet_keys,
+            node_specs(clusters, per_cluster),
+            rollout_yaml(**settings),
+            health=health,
+        )
         fleets.append(fleet)
         return fleet
 

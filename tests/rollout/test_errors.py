@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from treadle.errors import NoSuchRolloutError, PolicyError, RolloutError, StoreError, TransitionError, TreadleError
+from treadle.errors import (
+    NoSuchRolloutError,
+    PolicyError,
+    RolloutError,
+    StoreError,
+    TransitionError,
+    TreadleError,
+)
 from treadle.rollout import machine
 from treadle.rollout.machine import Observation, State
 from treadle.rollout.observe import Target
@@ -45,17 +52,23 @@ def test_a_store_file_that_is_not_a_database_is_a_store_error_naming_it(tmp_path
         RolloutService(db, NobodyAnswers())
 
 
-def test_writes_to_a_read_only_database_are_store_errors_and_reads_still_work(tmp_path: Path) -> None:
+def test_writes_to_a_read_only_database_are_store_errors_and_reads_still_work(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "state.db"
     writable = RolloutStore(sqlite3.connect(db))
     writable.create(_rollout(State.COMPLETE), now=0.5)  # a finished one, for prune to delete
     rid = writable.create(_rollout(), now=1.0)
     writable.close()
-    store = RolloutStore(sqlite3.connect(f"file:{db}?mode=ro", uri=True))  # the tables exist: nothing to write
+    store = RolloutStore(
+        sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    )  # the tables exist: nothing to write
     assert store.get(rid) == _rollout()
     with pytest.raises(StoreError, match="readonly") as raised:
         store.create(_rollout(), now=2.0)
-    assert "create" in str(raised.value) and isinstance(raised.value.__cause__, sqlite3.OperationalError)
+    assert "create" in str(raised.value) and isinstance(
+        raised.value.__cause__, sqlite3.OperationalError
+    )
     with pytest.raises(StoreError, match="save"):
         store.save(rid, replace(_rollout(), state=State.ABORTED), now=3.0)
     with pytest.raises(StoreError, match="prune"):
@@ -73,7 +86,11 @@ def test_no_such_rollout_is_a_typed_error_and_not_a_key_error(tmp_path: Path) ->
     svc = RolloutService(tmp_path / "state.db", NobodyAnswers())
     with pytest.raises(NoSuchRolloutError, match="no rollout 7") as raised:
         svc.document(7)
-    assert raised.value.rid == 7 and isinstance(raised.value, RolloutError) and not isinstance(raised.value, KeyError)
+    assert (
+        raised.value.rid == 7
+        and isinstance(raised.value, RolloutError)
+        and not isinstance(raised.value, KeyError)
+    )
     with pytest.raises(NoSuchRolloutError):
         svc.act(7, "approve")
 
@@ -85,15 +102,25 @@ def test_an_action_that_does_not_apply_is_a_transition_error_of_the_tree(tmp_pat
     with pytest.raises(TransitionError, match="complete") as raised:
         svc.act(rid, "approve")
     assert isinstance(raised.value, RolloutError) and isinstance(raised.value, TreadleError)
-    assert not isinstance(raised.value, ValueError)  # no caller relies on it: every one names TransitionError
-    with pytest.raises(ValueError, match="unknown action"):  # a bad action name stays a ValueError (the API's 404)
+    assert not isinstance(
+        raised.value, ValueError
+    )  # no caller relies on it: every one names TransitionError
+    with pytest.raises(
+        ValueError, match="unknown action"
+    ):  # a bad action name stays a ValueError (the API's 404)
         svc.act(rid, "explode")
 
 
 def test_a_meaningless_rollout_policy_is_a_policy_error_of_the_tree() -> None:
     with pytest.raises(PolicyError, match="time zone") as raised:
-        from_doc({"waves": [{"name": "w"}], "windows": [{"days": ["mon"], "start": "01:00", "end": "02:00",
-                                                           "timezone": "Mars/Olympus"}]})
+        from_doc(
+            {
+                "waves": [{"name": "w"}],
+                "windows": [
+                    {"days": ["mon"], "start": "01:00", "end": "02:00", "timezone": "Mars/Olympus"}
+                ],
+            }
+        )
     assert isinstance(raised.value, TreadleError) and not isinstance(raised.value, ValueError)
     with pytest.raises(PolicyError, match="unique"):
         from_doc({"waves": [{"name": "w"}, {"name": "w"}]})

@@ -9,7 +9,9 @@ from treadle.daemon.state import NodeRecord, StateDB
 
 
 def _record(name: str, generation: int) -> NodeRecord:
-    return NodeRecord(name, generation, generation - 1, "sha256:" + "0" * 64, "c" * 40, 0.0, "active")
+    return NodeRecord(
+        name, generation, generation - 1, "sha256:" + "0" * 64, "c" * 40, 0.0, "active"
+    )
 
 
 def _executor(state: StateDB) -> RolloutExecutor:

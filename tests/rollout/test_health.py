@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from support.loopback_peers import Peers, peers
 from support.agent_pages import exposition
+from support.loopback_peers import Peers, peers
 from treadle.daemon.metrics import ControllerMetrics
 from treadle.rollout.health import HealthWatcher
 from treadle.rollout.machine import Observation
@@ -25,28 +25,42 @@ def net() -> Iterator[Peers]:
 
 
 def _sample(metrics: ControllerMetrics, result: str) -> float:
-    value = metrics.registry.get_sample_value("treadle_controller_health_observations_total", {"result": result})
+    value = metrics.registry.get_sample_value(
+        "treadle_controller_health_observations_total", {"result": result}
+    )
     return value or 0.0
 
 
-def test_hung_and_refusing_agents_are_unknown_and_counted_while_live_ones_are_read(net: Peers) -> None:
+def test_hung_and_refusing_agents_are_unknown_and_counted_while_live_ones_are_read(
+    net: Peers,
+) -> None:
     live = [Target(f"live{i}", *net.agent(exposition(f"live{i}", 5, 1, 1))) for i in range(3)]
     hung = [Target(f"hung{i}", *net.hung()) for i in range(3)]
     refusing = [Target(f"down{i}", *net.refusing()) for i in range(3)]
     metrics = ControllerMetrics()
-    watcher = HealthWatcher(ScrapeSource(timeout_s=0.5, concurrency=8), interval_s=1, stale_after_s=60, metrics=metrics)
+    watcher = HealthWatcher(
+        ScrapeSource(timeout_s=0.5, concurrency=8), interval_s=1, stale_after_s=60, metrics=metrics
+    )
     targets = [*live, *hung, *refusing]
     watcher.watch(targets)
     stats = watcher.run_round(targets)
     assert (stats.ok, stats.failed) == (3, {"timeout": 3, "refused": 3})
     assert watcher.observations(targets) == {t.node: Observation(5, True, True) for t in live}
-    assert (_sample(metrics, "ok"), _sample(metrics, "timeout"), _sample(metrics, "refused")) == (3, 3, 3)
+    assert (_sample(metrics, "ok"), _sample(metrics, "timeout"), _sample(metrics, "refused")) == (
+        3,
+        3,
+        3,
+    )
     assert net.accepted == 3 and net.wait_closed(3)  # each hung agent cost one connection, given up
 
 
 def test_connections_open_at_once_never_exceed_the_bound(net: Peers) -> None:
-    targets = [Target(f"hung{i}", *net.hung()) for i in range(24)] + [Target(f"down{i}", *net.refusing()) for i in range(8)]
-    stats = HealthWatcher(ScrapeSource(timeout_s=0.3, concurrency=4), interval_s=1, stale_after_s=60).run_round(targets)
+    targets = [Target(f"hung{i}", *net.hung()) for i in range(24)] + [
+        Target(f"down{i}", *net.refusing()) for i in range(8)
+    ]
+    stats = HealthWatcher(
+        ScrapeSource(timeout_s=0.3, concurrency=4), interval_s=1, stale_after_s=60
+    ).run_round(targets)
     assert stats.failed == {"timeout": 24, "refused": 8}
     assert net.accepted == 24
     assert net.max_open == 4  # counted at the listeners: the bound was reached and never passed
@@ -62,7 +76,9 @@ def test_the_round_deadline_makes_unreached_agents_unknown(net: Peers) -> None:
     assert sum(stats.failed.values()) + stats.ok == 7
 
 
-def test_an_agent_that_stops_answering_is_unknown_at_once_not_healthy_on_old_data(net: Peers) -> None:
+def test_an_agent_that_stops_answering_is_unknown_at_once_not_healthy_on_old_data(
+    net: Peers,
+) -> None:
     watcher = HealthWatcher(ScrapeSource(timeout_s=0.5), interval_s=1, stale_after_s=600)
     answering = Target("n1", *net.agent(exposition("n1", 5, 1, 1)))
     watcher.watch([answering])
@@ -76,7 +92,9 @@ def test_an_agent_that_stops_answering_is_unknown_at_once_not_healthy_on_old_dat
 
 def test_an_observation_older_than_stale_after_is_unknown(net: Peers) -> None:
     now = [1000.0]
-    watcher = HealthWatcher(ScrapeSource(timeout_s=0.5), interval_s=1, stale_after_s=30, clock=lambda: now[0])
+    watcher = HealthWatcher(
+        ScrapeSource(timeout_s=0.5), interval_s=1, stale_after_s=30, clock=lambda: now[0]
+    )
     target = Target("n1", *net.agent(exposition("n1", 5, 1, 1)))
     watcher.watch([target])
     watcher.run_round([target])
@@ -100,11 +118,17 @@ def test_a_new_set_of_targets_starts_a_round_in_the_health_thread_at_once(net: P
     watcher.start()
     try:
         target = Target("n1", *net.agent(exposition("n1", 5, 1, 1)))
-        assert watcher.observations([target]) == {}  # nothing seen yet: the call only asks for a round
+        assert (
+            watcher.observations([target]) == {}
+        )  # nothing seen yet: the call only asks for a round
         assert watcher.wait_rounds(1, timeout_s=30)
         assert watcher.observations([target]) == {"n1": Observation(5, True, True)}
-        assert watcher.status()["last_round"] == {"targets": 1, "ok": 1, "failed": {}, "duration_s": pytest.approx(
-            watcher.last_round.duration_s, abs=0.001)}  # type: ignore[union-attr]
+        assert watcher.status()["last_round"] == {
+            "targets": 1,
+            "ok": 1,
+            "failed": {},
+            "duration_s": pytest.approx(watcher.last_round.duration_s, abs=0.001),
+        }  # type: ignore[union-attr]
     finally:
         watcher.stop()
 
@@ -112,12 +136,16 @@ def test_a_new_set_of_targets_starts_a_round_in_the_health_thread_at_once(net: P
 def test_what_was_observed_before_since_does_not_count(net: Peers) -> None:
     """A halted wave resumed by an operator is judged on what its nodes say after the resume."""
     wall = [1_800_000_000.0]
-    watcher = HealthWatcher(ScrapeSource(timeout_s=0.5), interval_s=1, stale_after_s=600, wall_clock=lambda: wall[0])
+    watcher = HealthWatcher(
+        ScrapeSource(timeout_s=0.5), interval_s=1, stale_after_s=600, wall_clock=lambda: wall[0]
+    )
     target = Target("n1", *net.agent(exposition("n1", 5, 1, 0)))
     watcher.watch([target])
     watcher.run_round([target])
     assert watcher.observations([target], since=wall[0]) == {"n1": Observation(5, True, False)}
-    assert watcher.observations([target], since=wall[0] + 1) == {}  # e.g. resumed a second after that round
+    assert (
+        watcher.observations([target], since=wall[0] + 1) == {}
+    )  # e.g. resumed a second after that round
     wall[0] += 2
     watcher.run_round([target])
     assert watcher.observations([target], since=wall[0] - 1) == {"n1": Observation(5, True, False)}

@@ -35,8 +35,13 @@ def _targets(*nodes: str) -> list[Target]:
 def _watcher(stale_after_s: float = 600) -> tuple[HealthWatcher, Answers, list[float], list[float]]:
     now, wall = [1000.0], [1_800_000_000.0]
     source = Answers()
-    w = HealthWatcher(source, interval_s=1, stale_after_s=stale_after_s, clock=lambda: now[0],
-                      wall_clock=lambda: wall[0])
+    w = HealthWatcher(
+        source,
+        interval_s=1,
+        stale_after_s=stale_after_s,
+        clock=lambda: now[0],
+        wall_clock=lambda: wall[0],
+    )
     return w, source, now, wall
 
 
@@ -61,15 +66,24 @@ def test_only_the_node_updated_after_the_last_read_is_read_again() -> None:
     w.watch(targets)
     w.run_round(targets)
     first = w.observations(targets)
-    source.said = {"a": Observation(1, True, True), "b": Observation(2, True, False), "c": Observation(1, True, True)}
+    source.said = {
+        "a": Observation(1, True, True),
+        "b": Observation(2, True, False),
+        "c": Observation(1, True, True),
+    }
     w.run_round(targets)
     second = w.observations(targets)
     assert second == source.said
-    assert second is not first and first["b"] == Observation(1, True, True)  # the answer given stays as it was
+    assert second is not first and first["b"] == Observation(
+        1, True, True
+    )  # the answer given stays as it was
     assert second["a"] is first["a"] and second["c"] is first["c"]  # the others were not read again
     del source.said["c"]  # c stops answering: unknown at once
     w.run_round(targets)
-    assert w.observations(targets) == {"a": Observation(1, True, True), "b": Observation(2, True, False)}
+    assert w.observations(targets) == {
+        "a": Observation(1, True, True),
+        "b": Observation(2, True, False),
+    }
 
 
 def test_a_stale_observation_becomes_unknown_once_and_counts_again_when_observed_again() -> None:
@@ -121,13 +135,19 @@ def test_a_node_no_longer_watched_is_dropped_and_unknown_until_observed_again() 
 def test_incremental_answers_match_a_walk_of_everything_over_random_histories() -> None:
     """Random rounds, reads, clock moves and target changes: each answer equals what a full walk gives."""
     nodes = [f"n{i}" for i in range(12)]
-    reports = [Observation(1, True, True), Observation(2, True, True), Observation(2, False, True),
-               Observation(2, True, False)]
+    reports = [
+        Observation(1, True, True),
+        Observation(2, True, True),
+        Observation(2, False, True),
+        Observation(2, True, False),
+    ]
     for seed in range(40):
         rnd = random.Random(seed)
         w, source, now, wall = _watcher(stale_after_s=10)
         targets = _targets(*rnd.sample(nodes, 6))
-        taken: dict[str, tuple[float, float, Observation | None]] = {}  # node -> (at, wall, what it said)
+        taken: dict[
+            str, tuple[float, float, Observation | None]
+        ] = {}  # node -> (at, wall, what it said)
         sinces: list[float | None] = [None]
         for _ in range(60):
             op = rnd.random()
@@ -144,12 +164,22 @@ def test_incremental_answers_match_a_walk_of_everything_over_random_histories() 
                 wall[0] += step
                 sinces.append(wall[0] - rnd.choice([0, 1, 5]))
             elif op < 0.5:
-                targets = _targets(*rnd.sample(nodes, rnd.randint(0, 8)))  # the watcher learns of them below
+                targets = _targets(
+                    *rnd.sample(nodes, rnd.randint(0, 8))
+                )  # the watcher learns of them below
             else:
                 wanted = {t.node for t in targets}
-                taken = {n: v for n, v in taken.items() if n in wanted}  # forgotten when watched no more
+                taken = {
+                    n: v for n, v in taken.items() if n in wanted
+                }  # forgotten when watched no more
                 since = rnd.choice(sinces[-2:])
                 floor = float("-inf") if since is None else since
-                want = {t.node: obs for t in targets if (v := taken.get(t.node)) is not None
-                        and (obs := v[2]) is not None and now[0] - v[0] <= 10 and v[1] >= floor}
+                want = {
+                    t.node: obs
+                    for t in targets
+                    if (v := taken.get(t.node)) is not None
+                    and (obs := v[2]) is not None
+                    and now[0] - v[0] <= 10
+                    and v[1] >= floor
+                }
                 assert w.observations(targets, since) == want, (seed, since)

@@ -16,10 +16,19 @@ SHA = "c" * 40
 OK = Observation(generation=2, apply_ok=True, healthy=True)
 
 
-def rollout(policy: str = "halt", *, approval: bool = False, budget: int = 0, immediate: bool = False) -> m.Rollout:
+def rollout(
+    policy: str = "halt", *, approval: bool = False, budget: int = 0, immediate: bool = False
+) -> m.Rollout:
     waves = (
         m.Wave("canary", ("n1",), soak_s=60, timeout_s=600, allowed_failures=0),
-        m.Wave("rest", ("n2", "n3", "n4"), soak_s=60, timeout_s=600, allowed_failures=budget, approval=approval),
+        m.Wave(
+            "rest",
+            ("n2", "n3", "n4"),
+            soak_s=60,
+            timeout_s=600,
+            allowed_failures=budget,
+            approval=approval,
+        ),
     )
     return m.Rollout(commit=SHA, waves=waves, failure_policy=policy, immediate=immediate)
 
@@ -95,7 +104,10 @@ def test_failures_within_budget_let_the_rollout_go_on_and_over_budget_halt() -> 
         r, _ = m.step(r, 100, {"n1": OK}, EXPECTED, None)
         r, _ = m.step(r, 101, {}, EXPECTED, None)
         r = m.published(r, 101)
-        reports = {n: (Observation(2, True, False) if i < failing else OK) for i, n in enumerate(("n2", "n3", "n4"))}
+        reports = {
+            n: (Observation(2, True, False) if i < failing else OK)
+            for i, n in enumerate(("n2", "n3", "n4"))
+        }
         r, _ = m.step(r, 102, reports, EXPECTED, None)
         r, _ = m.step(r, 300, reports, EXPECTED, None)
         return r
@@ -105,7 +117,9 @@ def test_failures_within_budget_let_the_rollout_go_on_and_over_budget_halt() -> 
 
 
 def test_outside_a_window_waits_with_the_reason_and_immediate_bypasses_it() -> None:
-    r, actions = m.step(rollout(), 0, {}, EXPECTED, "outside every change window (mon 08:00-17:00 UTC)")
+    r, actions = m.step(
+        rollout(), 0, {}, EXPECTED, "outside every change window (mon 08:00-17:00 UTC)"
+    )
     assert (r.state, actions) == (State.WAITING, []) and "change window" in r.reason
     r, actions = m.step(rollout(immediate=True), 0, {}, EXPECTED, "outside every change window")
     assert r.state is State.PUBLISHING
@@ -171,7 +185,11 @@ def test_an_empty_wave_keeps_its_place_in_the_wave_counts() -> None:
     r, actions = m.step(r, 3, {}, EXPECTED, None)  # the empty wave is skipped, rest starts
     assert (r.state, r.wave, actions) == (State.PUBLISHING, 2, [Publish(2, ("n2", "n3"))])
     counts = r.wave_counts()
-    assert [c["healthy"] for c in counts] == [1, 0, 0] and [sum(c.values()) for c in counts] == [1, 0, 2]
+    assert [c["healthy"] for c in counts] == [1, 0, 0] and [sum(c.values()) for c in counts] == [
+        1,
+        0,
+        2,
+    ]
     r = m.published(r, 3)
     r, _ = m.step(r, 4, {"n2": OK, "n3": OK}, EXPECTED, None)
     r, _ = m.step(r, 5, {}, EXPECTED, None)
@@ -198,8 +216,15 @@ def test_resume_of_a_halted_rollout_rechecks_the_failed_nodes_of_its_wave() -> N
 
 
 def test_a_halt_reason_names_the_failing_node_and_its_checks() -> None:
-    r, _ = run_wave(rollout(), 0, {"n1": Observation(2, True, False, failed_checks=("sshd", "ntp"))})
-    assert r.state is State.HALTED and "n1: unhealthy" in r.reason and "sshd" in r.reason and "ntp" in r.reason
+    r, _ = run_wave(
+        rollout(), 0, {"n1": Observation(2, True, False, failed_checks=("sshd", "ntp"))}
+    )
+    assert (
+        r.state is State.HALTED
+        and "n1: unhealthy" in r.reason
+        and "sshd" in r.reason
+        and "ntp" in r.reason
+    )
 
 
 def test_refusing_an_action_on_a_finished_rollout_says_what_to_do_instead() -> None:
@@ -276,11 +301,15 @@ def test_passed_node_without_data_does_not_fail_the_rollout() -> None:
     assert r.state is State.COMPLETE
 
 
-def test_an_agent_that_accepted_a_higher_generation_fails_at_once_even_while_applying_an_older_one() -> None:
+def test_an_agent_that_accepted_a_higher_generation_fails_at_once_even_while_applying_an_older_one() -> (
+    None
+):
     # It applied generation 1 long ago, but holds generation 50 as its highest accepted: it refuses 2 as a rollback.
     refusing = Observation(generation=1, apply_ok=True, healthy=True, accepted=50)
     r, _ = run_wave(rollout(), 0, {"n1": refusing})
-    assert r.state is State.HALTED and "n1: reports generation 50, above the 2 published" in r.reason
+    assert (
+        r.state is State.HALTED and "n1: reports generation 50, above the 2 published" in r.reason
+    )
 
 
 def test_a_step_told_which_reports_changed_decides_as_a_full_step() -> None:
@@ -294,8 +323,8 @@ def test_a_step_told_which_reports_changed_decides_as_a_full_step() -> None:
     good, bad = Observation(1, True, True), Observation(1, True, False)
     rounds = [
         {n: good for n in wave[:5]},
-        {n: good for n in wave[:5]},                      # nothing new
-        {**{n: good for n in wave[:10]}},                 # more report
+        {n: good for n in wave[:5]},  # nothing new
+        {**{n: good for n in wave[:10]}},  # more report
         {**{n: good for n in wave[2:10]}, wave[10]: bad},  # two lose their report, one fails
         {**{n: good for n in wave[2:12]}, wave[10]: bad},  # soaks of the first ones are up
         {n: good for n in wave},
@@ -316,16 +345,27 @@ def test_a_step_told_which_reports_changed_decides_as_a_full_step() -> None:
 _GOOD = Observation(2, True, True)
 _REPORTS = st.one_of(
     st.none(),
-    st.builds(Observation, st.sampled_from([None, -1, 0, 1, 2, 2, 2, 3]), st.sampled_from([None, True, True, False]),
-              st.sampled_from([None, True, True, False]), st.just(()), st.sampled_from([None, None, 0, 1, 2, 3])),
+    st.builds(
+        Observation,
+        st.sampled_from([None, -1, 0, 1, 2, 2, 2, 3]),
+        st.sampled_from([None, True, True, False]),
+        st.sampled_from([None, True, True, False]),
+        st.just(()),
+        st.sampled_from([None, None, 0, 1, 2, 3]),
+    ),
     st.just(_GOOD),
 )
-_PROGRESS = st.one_of(st.just(m.NodeProgress()),
-                      st.builds(m.NodeProgress, st.just(NodeStatus.APPLIED), st.sampled_from([None, 0.0, 5.0, 20.0])),
-                      st.just(m.NodeProgress(NodeStatus.HEALTHY, 1.0)), st.just(m.NodeProgress(NodeStatus.FAILED, 1.0, "x")))
+_PROGRESS = st.one_of(
+    st.just(m.NodeProgress()),
+    st.builds(m.NodeProgress, st.just(NodeStatus.APPLIED), st.sampled_from([None, 0.0, 5.0, 20.0])),
+    st.just(m.NodeProgress(NodeStatus.HEALTHY, 1.0)),
+    st.just(m.NodeProgress(NodeStatus.FAILED, 1.0, "x")),
+)
 
 
-def _reference_progress(r: m.Rollout, now: float, observations, expected) -> dict[str, m.NodeProgress]:
+def _reference_progress(
+    r: m.Rollout, now: float, observations, expected
+) -> dict[str, m.NodeProgress]:
     """A soak step's progress as the definition has it: every node of the wave through ``_observe``."""
     wave = r.waves[r.wave]
     soak_s = 0 if r.immediate else wave.soak_s
@@ -339,50 +379,95 @@ def _reference_progress(r: m.Rollout, now: float, observations, expected) -> dic
         obs, want = observations.get(n), expected.get(n)
         q = m._observe(p, obs, want, now, soak_s, {})
         if timed_out and q.status not in (NodeStatus.HEALTHY, NodeStatus.FAILED):
-            seen = ("" if obs is None or obs.generation is None or obs.generation == want
-                    else f" (reports generation {obs.generation}, published {want})")
-            q = m.NodeProgress(NodeStatus.FAILED, now, f"timed out after {wave.timeout_s}s while {q.status}{seen}")
+            seen = (
+                ""
+                if obs is None or obs.generation is None or obs.generation == want
+                else f" (reports generation {obs.generation}, published {want})"
+            )
+            q = m.NodeProgress(
+                NodeStatus.FAILED, now, f"timed out after {wave.timeout_s}s while {q.status}{seen}"
+            )
         out[n] = q
     return out
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(_PROGRESS, _REPORTS, st.sampled_from([None, -1, 0, 1, 2, 2, 2, 3])), min_size=1, max_size=6),
-       st.sampled_from([0.0, 10.0, 30.0, 100.0]), st.sampled_from([0, 10]), st.booleans())
+@given(
+    st.lists(
+        st.tuples(_PROGRESS, _REPORTS, st.sampled_from([None, -1, 0, 1, 2, 2, 2, 3])),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from([0.0, 10.0, 30.0, 100.0]),
+    st.sampled_from([0, 10]),
+    st.booleans(),
+)
 def test_a_soak_step_moves_every_node_as_observe_defines(nodes, now, soak_s, immediate) -> None:
     """The inline path for the usual report, the one in C for many nodes, the soak index and the counts give
     what a walk of the wave through ``_observe`` gives, whatever the reports, generations, soak starts and timeouts."""
-    nodes = [nodes[i % len(nodes)] for i in range(len(nodes) * 60)]  # past the size where the C path starts
+    nodes = [
+        nodes[i % len(nodes)] for i in range(len(nodes) * 60)
+    ]  # past the size where the C path starts
     names = tuple(f"n{i}" for i in range(len(nodes)))
     wave = m.Wave("all", names, soak_s=soak_s, timeout_s=50, allowed_failures=len(names))
-    r = m.Rollout(SHA, (wave,), immediate=immediate, state=State.SOAKING, started_at=0.0,
-                  progress={n: p for n, (p, _, _) in zip(names, nodes)})
-    observations = {n: o for n, (_, o, _) in zip(names, nodes) if o is not None}
-    expected = {n: w for n, (_, _, w) in zip(names, nodes) if w is not None}
+    r = m.Rollout(
+        SHA,
+        (wave,),
+        immediate=immediate,
+        state=State.SOAKING,
+        started_at=0.0,
+        progress={n: p for n, (p, _, _) in zip(names, nodes, strict=False)},
+    )
+    observations = {n: o for n, (_, o, _) in zip(names, nodes, strict=False) if o is not None}
+    expected = {n: w for n, (_, _, w) in zip(names, nodes, strict=False) if w is not None}
     reference = _reference_progress(r, now, observations, expected)
     new, _ = m.step(r, now, observations, expected, None)
     if new.state is State.SOAKING:
         assert new.progress == reference
-        assert new.counts() == {s.value: sum(p.status is s for p in reference.values()) for s in NodeStatus}
+        assert new.counts() == {
+            s.value: sum(p.status is s for p in reference.values()) for s in NodeStatus
+        }
     else:
-        assert new.state is State.PENDING and all(p.status in (NodeStatus.HEALTHY, NodeStatus.FAILED) for p in reference.values())
-        assert new.finished[-1] == {s.value: sum(p.status is s for p in reference.values()) for s in NodeStatus}
+        assert new.state is State.PENDING and all(
+            p.status in (NodeStatus.HEALTHY, NodeStatus.FAILED) for p in reference.values()
+        )
+        assert new.finished[-1] == {
+            s.value: sum(p.status is s for p in reference.values()) for s in NodeStatus
+        }
 
 
-_ROUND = st.dictionaries(st.sampled_from([f"n{i:02d}" for i in range(12)]),
-                         st.sampled_from([_GOOD, _GOOD, _GOOD, Observation(2, True, False), Observation(2, False, True),
-                                          Observation(1, True, True), Observation(3, True, True)]), max_size=12)
+_ROUND = st.dictionaries(
+    st.sampled_from([f"n{i:02d}" for i in range(12)]),
+    st.sampled_from(
+        [
+            _GOOD,
+            _GOOD,
+            _GOOD,
+            Observation(2, True, False),
+            Observation(2, False, True),
+            Observation(1, True, True),
+            Observation(3, True, True),
+        ]
+    ),
+    max_size=12,
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(_ROUND, st.sampled_from([1, 4, 11, 40])), min_size=1, max_size=14), st.sampled_from([0, 1, 3]))
+@given(
+    st.lists(st.tuples(_ROUND, st.sampled_from([1, 4, 11, 40])), min_size=1, max_size=14),
+    st.sampled_from([0, 1, 3]),
+)
 def test_steps_told_what_changed_decide_as_full_steps_through_waves(rounds, budget) -> None:
     """Through reports arriving, vanishing, turning bad (also on nodes of passed waves), soaks ending, waves
     passing and timeouts, a chain of steps told which reports changed (as the service steps: only while it
     holds what the last step returned) gives the same rollouts as steps told nothing, with the same counts."""
     names = [f"n{i:02d}" for i in range(12)]
-    waves = (m.Wave("canary", tuple(names[:2]), 10, 60, 0), m.Wave("half", tuple(names[2:6]), 10, 60, budget),
-             m.Wave("rest", tuple(names[6:]), 10, 60, budget))
+    waves = (
+        m.Wave("canary", tuple(names[:2]), 10, 60, 0),
+        m.Wave("half", tuple(names[2:6]), 10, 60, budget),
+        m.Wave("rest", tuple(names[6:]), 10, 60, budget),
+    )
     full = fast = m.Rollout(SHA, waves)
     expected = dict.fromkeys(names, 2)
     now, previous, stepped = 0.0, None, None
@@ -390,14 +475,22 @@ def test_steps_told_what_changed_decide_as_full_steps_through_waves(rounds, budg
         now += dt
         changed = None
         if stepped is not None and stepped is fast:
-            changed = sorted(n for n in set(reports) | set(previous) if reports.get(n) != previous.get(n))
+            changed = sorted(
+                n for n in set(reports) | set(previous) if reports.get(n) != previous.get(n)
+            )
             changed += changed[:2]  # a node named twice is still one node that changed
         full, full_actions = m.step(full, now, reports, expected, None)
         fast, actions = m.step(fast, now, reports, expected, None, changed)
         assert fast == full and actions == full_actions
-        assert fast.counts() == full.counts() == {s.value: sum(p.status is s for p in full.progress.values()) for s in NodeStatus}
+        assert (
+            fast.counts()
+            == full.counts()
+            == {s.value: sum(p.status is s for p in full.progress.values()) for s in NodeStatus}
+        )
         stepped, previous = fast, reports
-        if fast.state is State.PENDING:  # a wave passed: the service steps again at once, with the same reports
+        if (
+            fast.state is State.PENDING
+        ):  # a wave passed: the service steps again at once, with the same reports
             full, _ = m.step(full, now, reports, expected, None)
             fast, _ = m.step(fast, now, reports, expected, None, [])
             assert fast == full
@@ -417,7 +510,9 @@ def test_a_node_that_turns_bad_as_its_wave_passes_fails_the_rollout_at_the_next_
     r, _ = m.step(r, 1, {"n1": OK}, EXPECTED, None)
     r, _ = m.step(r, 12, {"n1": OK, "n2": OK}, EXPECTED, None, ["n2"])  # n1 done, n2 soaking
     bad = {"n1": Observation(2, True, False), "n2": OK}
-    r, _ = m.step(r, 23, bad, EXPECTED, None, ["n1"])  # n2's soak is up: the wave passes, n1 done already
+    r, _ = m.step(
+        r, 23, bad, EXPECTED, None, ["n1"]
+    )  # n2's soak is up: the wave passes, n1 done already
     assert (r.state, r.wave) == (State.PENDING, 1)
     r, _ = m.step(r, 23, bad, EXPECTED, None, [])
     assert r.state is State.HALTED and "n1: unhealthy" in r.reason

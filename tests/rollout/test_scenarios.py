@@ -52,7 +52,9 @@ def restart_controller(fleet: LocalFleet) -> None:
 # -- health-gated waves -----------------------------------------------------------------------------------
 
 
-def test_a_good_change_passes_wave_by_wave_each_wave_only_after_the_previous_one_soaked(local_fleet) -> None:
+def test_a_good_change_passes_wave_by_wave_each_wave_only_after_the_previous_one_soaked(
+    local_fleet,
+) -> None:
     fleet = local_fleet(canary_soak_s=5, half_soak_s=5)
     sha = fleet.push("v2")
     doc = fleet.wait_rollout(sha, TERMINAL, 120)
@@ -65,16 +67,22 @@ def test_a_good_change_passes_wave_by_wave_each_wave_only_after_the_previous_one
     assert published[("publishing", 1)] - published[("publishing", 0)] >= 5
     assert published[("publishing", 2)] - published[("publishing", 1)] >= 5
     fleet.wait_applied("v2", fleet.agents)
-    assert all(fleet.agents[n].metrics()["treadle_agent_applied_generation"] == g
-               for n, g in fleet.published_generations().items())
+    assert all(
+        fleet.agents[n].metrics()["treadle_agent_applied_generation"] == g
+        for n, g in fleet.published_generations().items()
+    )
 
 
-def test_a_change_failing_its_health_check_on_the_canary_halts_before_any_other_node(local_fleet) -> None:
+def test_a_change_failing_its_health_check_on_the_canary_halts_before_any_other_node(
+    local_fleet,
+) -> None:
     fleet = local_fleet()
     sha = fleet.push("v2", healthy=False)
     doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "halted"
-    assert "wave canary" in doc["reason"] and CANARY in doc["reason"] and "unhealthy" in doc["reason"]
+    assert (
+        "wave canary" in doc["reason"] and CANARY in doc["reason"] and "unhealthy" in doc["reason"]
+    )
     fleet.run_for(5)
     assert_untouched(fleet, [n for n in fleet.agents if n != CANARY])
     # A restarted controller renders the bad head again: the halted rollout still holds it back.
@@ -87,7 +95,9 @@ def test_a_change_failing_its_health_check_on_the_canary_halts_before_any_other_
     assert fleet.agents[CANARY].metrics()["treadle_agent_healthy"] == 0
 
 
-def test_rollback_returns_the_canary_to_its_previous_content_under_a_higher_generation(local_fleet) -> None:
+def test_rollback_returns_the_canary_to_its_previous_content_under_a_higher_generation(
+    local_fleet,
+) -> None:
     fleet = local_fleet(failure_policy="rollback")
     sha = fleet.push("v2", healthy=False, message="app v2 with a broken probe")
     doc = fleet.wait_rollout(sha, TERMINAL, 120)
@@ -95,10 +105,15 @@ def test_rollback_returns_the_canary_to_its_previous_content_under_a_higher_gene
     rolled = fleet.published_generation(CANARY)  # above v1's and the bad v2's: v1 again
     assert rolled > fleet.first[CANARY] + 1
     canary = fleet.agents[CANARY]
-    fleet.run_until(lambda: canary.metrics()["treadle_agent_applied_generation"] == rolled, 30,
-                    "the canary to apply the rollback's generation")
+    fleet.run_until(
+        lambda: canary.metrics()["treadle_agent_applied_generation"] == rolled,
+        30,
+        "the canary to apply the rollback's generation",
+    )
     assert canary.content() == "v1"
-    fleet.run_until(lambda: canary.metrics()["treadle_agent_healthy"] == 1, 30, "the canary to be healthy again")
+    fleet.run_until(
+        lambda: canary.metrics()["treadle_agent_healthy"] == 1, 30, "the canary to be healthy again"
+    )
     # A restarted controller renders the bad head again: the rolled-back canary keeps the previous content.
     restart_controller(fleet)
     fleet.run_for(5)
@@ -116,7 +131,9 @@ def test_rollback_returns_the_canary_to_its_previous_content_under_a_higher_gene
     assert git(fleet.bare, "rev-parse", "refs/heads/main") == sha
 
 
-def test_a_failure_in_wave_2_rolls_back_the_canary_and_wave_2_and_never_reaches_wave_3(local_fleet) -> None:
+def test_a_failure_in_wave_2_rolls_back_the_canary_and_wave_2_and_never_reaches_wave_3(
+    local_fleet,
+) -> None:
     fleet = local_fleet(failure_policy="rollback")
     # The new check passes on the canary only (it alone has the marker file): wave 2 fails.
     sha = fleet.push("v2", probe=CANARY_MARKER, message="app v2 probing a canary-only file")
@@ -127,8 +144,14 @@ def test_a_failure_in_wave_2_rolls_back_the_canary_and_wave_2_and_never_reaches_
     rolled = {n: fleet.published_generation(n) for n in reached}
     assert all(rolled[n] > fleet.first[n] + 1 for n in reached)  # v1, the bad v2, v1 again
     fleet.wait_applied("v1", reached)
-    fleet.run_until(lambda: all(fleet.agents[n].metrics()["treadle_agent_applied_generation"] == rolled[n]
-                                for n in reached), 30, "the reached nodes to apply the rollback's generation")
+    fleet.run_until(
+        lambda: all(
+            fleet.agents[n].metrics()["treadle_agent_applied_generation"] == rolled[n]
+            for n in reached
+        ),
+        30,
+        "the reached nodes to apply the rollback's generation",
+    )
     fleet.run_for(5)
     assert_untouched(fleet, rest)
     assert doc["revert_branch"] == f"treadle/revert-{sha[:12]}"
@@ -136,7 +159,8 @@ def test_a_failure_in_wave_2_rolls_back_the_canary_and_wave_2_and_never_reaches_
 
 @pytest.mark.parametrize("budget, outcome", [(1, "complete"), (0, "halted")])
 def test_a_node_that_stops_reporting_during_its_wave_counts_against_the_failure_budget(
-        local_fleet, budget: int, outcome: str) -> None:
+    local_fleet, budget: int, outcome: str
+) -> None:
     fleet = local_fleet(half_budget=budget, half_soak_s=3, half_timeout_s=15)
     sha = fleet.push("v2")
     doc = fleet.wait_rollout(sha, {"soaking", *TERMINAL}, also=lambda d: d["wave"] >= 1)
@@ -156,14 +180,19 @@ def test_a_node_that_stops_reporting_during_its_wave_counts_against_the_failure_
 
 
 def test_a_prometheus_that_refuses_connections_halts_the_wave_at_its_timeout(local_fleet) -> None:
-    refusing = PrometheusSource(f"http://127.0.0.1:{free_port()}", timeout_s=1)  # nothing listens there
+    refusing = PrometheusSource(
+        f"http://127.0.0.1:{free_port()}", timeout_s=1
+    )  # nothing listens there
     fleet = local_fleet(canary_timeout_s=3, health=refusing)
     sha = fleet.push("v2")
     doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "halted"
     assert "timed out after 3s" in doc["reason"] and CANARY in doc["reason"]
     # The canary did apply and is healthy: only the source is down, and that never passes a wave.
-    assert fleet.agents[CANARY].content() == "v2" and fleet.agents[CANARY].metrics()["treadle_agent_healthy"] == 1
+    assert (
+        fleet.agents[CANARY].content() == "v2"
+        and fleet.agents[CANARY].metrics()["treadle_agent_healthy"] == 1
+    )
     fleet.run_for(5)
     assert_untouched(fleet, [n for n in fleet.agents if n != CANARY])
 
@@ -183,7 +212,9 @@ def test_a_wave_whose_agents_are_all_down_halts_at_its_timeout(local_fleet) -> N
 # -- restarts, newer commits, change windows ----------------------------------------------------------------
 
 
-def test_a_controller_killed_in_wave_2_resumes_in_wave_2_without_skipping_or_repeating_a_wave(local_fleet) -> None:
+def test_a_controller_killed_in_wave_2_resumes_in_wave_2_without_skipping_or_repeating_a_wave(
+    local_fleet,
+) -> None:
     fleet = local_fleet(half_soak_s=4)
     sha = fleet.push("v2")
     doc = fleet.wait_rollout(sha, {"soaking", *TERMINAL}, also=lambda d: d["wave"] >= 1)
@@ -213,7 +244,9 @@ def test_a_controller_killed_in_wave_2_resumes_in_wave_2_without_skipping_or_rep
     assert max(mtime[n] for n in half) < min(mtime[n] for n in rest)
 
 
-def test_a_second_commit_during_wave_1_supersedes_and_unreached_nodes_skip_the_first(local_fleet) -> None:
+def test_a_second_commit_during_wave_1_supersedes_and_unreached_nodes_skip_the_first(
+    local_fleet,
+) -> None:
     fleet = local_fleet(canary_soak_s=30)
     first = fleet.push("v2")
     fleet.wait_rollout(first, {"soaking"})
@@ -229,14 +262,20 @@ def test_a_second_commit_during_wave_1_supersedes_and_unreached_nodes_skip_the_f
     fleet.wait_applied("v3", fleet.agents)
     published = fleet.published_generations()
     # The canary went v1 -> v2 -> v3; every other node v1 -> v3, never publishing v2.
-    assert all(published[n] > at_v2[n] for n in fleet.agents) and at_v2[CANARY] > fleet.first[CANARY]
+    assert (
+        all(published[n] > at_v2[n] for n in fleet.agents) and at_v2[CANARY] > fleet.first[CANARY]
+    )
 
 
-def test_outside_a_change_window_the_rollout_waits_and_the_emergency_trailer_bypasses_it(local_fleet) -> None:
+def test_outside_a_change_window_the_rollout_waits_and_the_emergency_trailer_bypasses_it(
+    local_fleet,
+) -> None:
     # The fleet's clock starts at EPOCH (08:00 UTC); the only window is 10:00-10:30 UTC, every day.
     hour = (int(EPOCH) // 3600 + 2) % 24
-    window = (f"windows:\n  - days: [mon, tue, wed, thu, fri, sat, sun]\n"
-              f'    start: "{hour:02d}:00"\n    end: "{hour:02d}:30"\n    timezone: UTC\n')
+    window = (
+        f"windows:\n  - days: [mon, tue, wed, thu, fri, sat, sun]\n"
+        f'    start: "{hour:02d}:00"\n    end: "{hour:02d}:30"\n    timezone: UTC\n'
+    )
     fleet = local_fleet(extra=window)
     waiting = fleet.push("v2")
     doc = fleet.wait_rollout(waiting, {"waiting", *TERMINAL})
@@ -253,14 +292,18 @@ def test_outside_a_change_window_the_rollout_waits_and_the_emergency_trailer_byp
     assert doc["state"] == "complete" and doc["immediate"] is True, doc["reason"]
     fleet.wait_applied("v3", fleet.agents)
     published = fleet.published_generations()
-    assert all(published[n] > fleet.first[n] for n in fleet.agents)  # v3; v2 never reached anyone (see above)
+    assert all(
+        published[n] > fleet.first[n] for n in fleet.agents
+    )  # v3; v2 never reached anyone (see above)
     assert fleet.rollout_of(waiting)["state"] == "superseded"
 
 
 def test_inside_the_change_window_the_waiting_rollout_starts_by_itself(local_fleet) -> None:
     hour = (int(EPOCH) // 3600 + 1) % 24  # 09:00-09:30: an hour after the fleet's clock starts
-    window = (f"windows:\n  - days: [mon, tue, wed, thu, fri, sat, sun]\n"
-              f'    start: "{hour:02d}:00"\n    end: "{hour:02d}:30"\n    timezone: UTC\n')
+    window = (
+        f"windows:\n  - days: [mon, tue, wed, thu, fri, sat, sun]\n"
+        f'    start: "{hour:02d}:00"\n    end: "{hour:02d}:30"\n    timezone: UTC\n'
+    )
     fleet = local_fleet(extra=window)
     sha = fleet.push("v2")
     assert fleet.wait_rollout(sha, {"waiting", *TERMINAL})["state"] == "waiting"
@@ -271,7 +314,8 @@ def test_inside_the_change_window_the_waiting_rollout_starts_by_itself(local_fle
 
 
 def test_a_controller_rebuilt_without_its_state_reaches_every_node_and_refusing_nodes_halt_the_rollout(
-        local_fleet) -> None:
+    local_fleet,
+) -> None:
     fleet = local_fleet(clusters=1, per_cluster=3)
     # The controller's host is rebuilt: its state and publish directories are lost.
     fleet.kill_controller()
@@ -281,9 +325,16 @@ def test_a_controller_rebuilt_without_its_state_reaches_every_node_and_refusing_
     fleet.start_controller()
     # The rebuilt controller republishes v1 above what the agents accepted: they take it.
     published = fleet.published_generations()
-    fleet.run_until(lambda: all(
-        fleet.agents[n].metrics()["treadle_agent_applied_generation"] == published[n] > fleet.first[n]
-        for n in fleet.agents), 30, "every agent to accept the rebuilt controller's v1")
+    fleet.run_until(
+        lambda: all(
+            fleet.agents[n].metrics()["treadle_agent_applied_generation"]
+            == published[n]
+            > fleet.first[n]
+            for n in fleet.agents
+        ),
+        30,
+        "every agent to accept the rebuilt controller's v1",
+    )
     sha = fleet.push("v2")
     assert fleet.wait_rollout(sha, TERMINAL, 120)["state"] == "complete"
     fleet.wait_applied("v2", fleet.agents)
@@ -300,7 +351,10 @@ def test_a_controller_rebuilt_without_its_state_reaches_every_node_and_refusing_
     sha = fleet.push("v3")
     doc = fleet.wait_rollout(sha, TERMINAL, 120)
     assert doc["state"] == "halted", doc
-    assert f"{CANARY}: reports generation {2**52}, above the" in doc["reason"] and "refuses" in doc["reason"]
+    assert (
+        f"{CANARY}: reports generation {2**52}, above the" in doc["reason"]
+        and "refuses" in doc["reason"]
+    )
     assert canary.content() == "v2"
     assert all(fleet.agents[n].content() == "v2" for n in fleet.agents)
 
@@ -318,24 +372,32 @@ def treadle(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
     return code, out.out, out.err
 
 
-def test_operator_pause_holds_resume_continues_approve_releases_and_abort_ends(local_fleet, capsys) -> None:
+def test_operator_pause_holds_resume_continues_approve_releases_and_abort_ends(
+    local_fleet, capsys
+) -> None:
     fleet = local_fleet(half_approval="true", half_soak_s=60)
     sha = fleet.push("v2")
     doc = fleet.wait_rollout(sha, {"waiting", *TERMINAL})
     assert (doc["state"], doc["wave"]) == ("waiting", 1) and "approval" in doc["reason"]
-    assert f"`treadle rollout approve {doc['id']}`" in doc["hint"]  # the id, not the commit (approval takes the id)
+    assert (
+        f"`treadle rollout approve {doc['id']}`" in doc["hint"]
+    )  # the id, not the commit (approval takes the id)
     half, rest = wave_nodes(doc)[1:]
 
     with fleet.serving() as url:
         code, _out, err = treadle(capsys, "rollout", "pause", "--url", url)
         assert code == 0, err
         assert fleet.rollout()["paused"] is True
-        code, _out, err = treadle(capsys, "rollout", "approve", "--url", url)  # approved while paused
+        code, _out, err = treadle(
+            capsys, "rollout", "approve", "--url", url
+        )  # approved while paused
         assert code == 0, err
         fleet.run_for(10)  # the pause still holds the wave
         doc = fleet.rollout()
         assert (doc["state"], doc["wave"], doc["paused"]) == ("waiting", 1, True)
-        assert {n: g for n, g in fleet.published_generations().items() if n in half} == {n: fleet.first[n] for n in half}
+        assert {n: g for n, g in fleet.published_generations().items() if n in half} == {
+            n: fleet.first[n] for n in half
+        }
 
         code, _out, err = treadle(capsys, "rollout", "resume", "--url", url)
         assert code == 0, err
@@ -346,7 +408,9 @@ def test_operator_pause_holds_resume_continues_approve_releases_and_abort_ends(l
         assert code == 0, err
         assert fleet.rollout()["state"] == "aborted"
         fleet.run_for(10)
-        assert {n: g for n, g in fleet.published_generations().items() if n in rest} == {n: fleet.first[n] for n in rest}
+        assert {n: g for n, g in fleet.published_generations().items() if n in rest} == {
+            n: fleet.first[n] for n in rest
+        }
         assert all(fleet.agents[n].content() == "v1" for n in rest)
         code, out, _err = treadle(capsys, "rollout", "list", "--url", url)
         assert code == 0 and sha[:12] in out and "aborted" in out, out
@@ -358,7 +422,9 @@ def test_operator_pause_holds_resume_continues_approve_releases_and_abort_ends(l
     assert "waiting (paused)" in states and states[-1] == "aborted"
 
 
-def test_an_operator_action_that_does_not_apply_exits_1_with_the_reason_on_stderr(local_fleet, capsys) -> None:
+def test_an_operator_action_that_does_not_apply_exits_1_with_the_reason_on_stderr(
+    local_fleet, capsys
+) -> None:
     fleet = local_fleet(clusters=1, per_cluster=2)
     sha = fleet.push("v2")
     assert fleet.wait_rollout(sha, TERMINAL, 120)["state"] == "complete"
@@ -370,7 +436,9 @@ def test_an_operator_action_that_does_not_apply_exits_1_with_the_reason_on_stder
     assert out == ""
 
 
-def test_halted_runbook_abort_says_what_runs_and_a_revert_takes_the_canary_back(local_fleet, capsys) -> None:
+def test_halted_runbook_abort_says_what_runs_and_a_revert_takes_the_canary_back(
+    local_fleet, capsys
+) -> None:
     fleet = local_fleet(clusters=1, per_cluster=3)
     sha = fleet.push("v2", healthy=False, message="app v2 with a probe no node passes")
     doc = fleet.wait_rollout(sha, TERMINAL, 120)

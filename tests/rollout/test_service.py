@@ -20,10 +20,14 @@ from treadle.rollout.service import RolloutService
 from treadle.rollout.waves import Candidate
 
 SHA = "f" * 40
-POLICY = from_doc({"waves": [
-    {"name": "canary", "selector": {"labels": {"canary": "true"}}, "soak_s": 10},
-    {"name": "rest", "fraction": 1.0, "soak_s": 10},
-]})
+POLICY = from_doc(
+    {
+        "waves": [
+            {"name": "canary", "selector": {"labels": {"canary": "true"}}, "soak_s": 10},
+            {"name": "rest", "fraction": 1.0, "soak_s": 10},
+        ]
+    }
+)
 NODES = [Candidate(f"n{i}", "s", "c", {"canary": "true"} if i == 0 else {}) for i in range(6)]
 
 
@@ -82,14 +86,20 @@ def test_a_tick_steps_again_only_to_start_the_next_wave(tmp_path, steps) -> None
     service = RolloutService(tmp_path / "state.db", Reports(executor), clock=lambda: now[0])
     service.begin(SHA, POLICY, NODES, immediate=False)
 
-    r = service.tick(executor)  # pending -> publishing the canary -> soaking; its reports are not read yet
+    r = service.tick(
+        executor
+    )  # pending -> publishing the canary -> soaking; its reports are not read yet
     assert r is not None and r.state is State.SOAKING and executor.published == [("n0",)]
     assert steps == [State.PENDING]
 
     steps.clear()
     now[0] += 1
     r = service.tick(executor)  # the canary reports: soaking, once
-    assert r is not None and r.state is State.SOAKING and r.progress["n0"].status is machine.NodeStatus.APPLIED
+    assert (
+        r is not None
+        and r.state is State.SOAKING
+        and r.progress["n0"].status is machine.NodeStatus.APPLIED
+    )
     assert steps == [State.SOAKING]
 
     steps.clear()
@@ -103,7 +113,10 @@ def test_a_tick_steps_again_only_to_start_the_next_wave(tmp_path, steps) -> None
 
 class Unhealthy(Reports):
     async def observe(self, targets: Sequence[Target]) -> dict[str, Observation]:
-        return {t.node: Observation(self.executor.generation[t.node], True, False, ("app",)) for t in targets}
+        return {
+            t.node: Observation(self.executor.generation[t.node], True, False, ("app",))
+            for t in targets
+        }
 
 
 def test_a_halted_rollout_hints_with_its_id_and_abort_says_what_the_fabric_runs(tmp_path) -> None:
@@ -114,10 +127,16 @@ def test_a_halted_rollout_hints_with_its_id_and_abort_says_what_the_fabric_runs(
     r = svc.tick(ex)
     assert r is not None and r.state is State.HALTED and "n0" in r.reason and "app" in r.reason
     doc = svc.document(rid)
-    assert f"treadle rollout resume {rid}" in doc["hint"] and f"treadle rollout abort {rid}" in doc["hint"]
+    assert (
+        f"treadle rollout resume {rid}" in doc["hint"]
+        and f"treadle rollout abort {rid}" in doc["hint"]
+    )
     aborted = svc.act(rid, "abort")
     assert aborted["state"] == "aborted"
-    assert "1 node(s) (waves canary) run" in aborted["outcome"] and "other 5 changed node(s) keep" in aborted["outcome"]
+    assert (
+        "1 node(s) (waves canary) run" in aborted["outcome"]
+        and "other 5 changed node(s) keep" in aborted["outcome"]
+    )
 
 
 def test_resume_of_a_halted_rollout_goes_on_once_the_nodes_are_fixed(tmp_path) -> None:
@@ -143,7 +162,13 @@ def test_resume_of_a_halted_rollout_goes_on_once_the_nodes_are_fixed(tmp_path) -
 
 def test_approval_hint_is_the_approve_command_with_the_rollout_id(tmp_path) -> None:
     ex = Executor()
-    policy = from_doc({"waves": [{"name": "canary", "selector": {"labels": {"canary": "true"}}, "approval": True}]})
+    policy = from_doc(
+        {
+            "waves": [
+                {"name": "canary", "selector": {"labels": {"canary": "true"}}, "approval": True}
+            ]
+        }
+    )
 
     class Ex(Executor):
         def rollout_policy(self, commit: str) -> Any:
@@ -155,18 +180,24 @@ def test_approval_hint_is_the_approve_command_with_the_rollout_id(tmp_path) -> N
     assert svc.document(rid)["hint"] == f"`treadle rollout approve {rid}` starts the wave"
 
 
-def test_an_empty_wave_is_counted_as_empty_in_documents_metrics_and_the_demo_table(tmp_path) -> None:
+def test_an_empty_wave_is_counted_as_empty_in_documents_metrics_and_the_demo_table(
+    tmp_path,
+) -> None:
     from prometheus_client import generate_latest
     from rich.console import Console
 
-    from treadle.demo.view import wave_table
     from treadle.daemon.metrics import ControllerMetrics
+    from treadle.demo.view import wave_table
 
-    policy = from_doc({"waves": [
-        {"name": "canary", "selector": {"labels": {"canary": "none"}}, "soak_s": 0},
-        {"name": "first", "selector": {"labels": {"canary": "true"}}, "soak_s": 0},
-        {"name": "rest", "fraction": 1.0, "soak_s": 0},
-    ]})
+    policy = from_doc(
+        {
+            "waves": [
+                {"name": "canary", "selector": {"labels": {"canary": "none"}}, "soak_s": 0},
+                {"name": "first", "selector": {"labels": {"canary": "true"}}, "soak_s": 0},
+                {"name": "rest", "fraction": 1.0, "soak_s": 0},
+            ]
+        }
+    )
 
     class Ex(Executor):
         def rollout_policy(self, commit: str) -> Any:
@@ -180,13 +211,20 @@ def test_an_empty_wave_is_counted_as_empty_in_documents_metrics_and_the_demo_tab
     doc = svc.document(rid)
     assert doc["state"] == "complete"
     assert [(w["name"], len(w["nodes"]), w["status"]["healthy"]) for w in doc["waves"]] == [
-        ("canary", 0, 0), ("first", 1, 1), ("rest", 5, 5)]
+        ("canary", 0, 0),
+        ("first", 1, 1),
+        ("rest", 5, 5),
+    ]
     exposition = generate_latest(metrics.registry).decode()
     assert 'treadle_rollout_wave_nodes{status="healthy",wave="canary"} 0.0' in exposition
     assert 'treadle_rollout_wave_nodes{status="healthy",wave="first"} 1.0' in exposition
     console = Console(width=200, record=True)
     console.print(wave_table(doc))
-    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in console.export_text().splitlines() if "│" in line]
+    cells = [
+        [c.strip() for c in line.split("│")[1:-1]]
+        for line in console.export_text().splitlines()
+        if "│" in line
+    ]
     rows = {c[0]: c[2:] for c in cells}
     assert rows["canary"] == ["0", "0", "0", "0"] and rows["first"] == ["0", "0", "1", "0"]
 

@@ -10,14 +10,16 @@ from hypothesis import strategies as st
 from treadle.rollout.policy import RolloutPolicy, WaveSpec, from_doc
 from treadle.rollout.waves import Candidate, assign, plan_rollout
 
-POLICY = from_doc({
-    "kind": "RolloutPolicy",
-    "waves": [
-        {"name": "canary", "selector": {"labels": {"canary": "true"}}},
-        {"name": "ten-percent", "fraction": 0.1},
-        {"name": "rest", "fraction": 1.0},
-    ],
-})
+POLICY = from_doc(
+    {
+        "kind": "RolloutPolicy",
+        "waves": [
+            {"name": "canary", "selector": {"labels": {"canary": "true"}}},
+            {"name": "ten-percent", "fraction": 0.1},
+            {"name": "rest", "fraction": 1.0},
+        ],
+    }
+)
 
 
 def fleet(clusters: dict[str, int], canaries: set[str] = frozenset()) -> list[Candidate]:
@@ -25,7 +27,9 @@ def fleet(clusters: dict[str, int], canaries: set[str] = frozenset()) -> list[Ca
     for cluster, size in clusters.items():
         for i in range(size):
             name = f"{cluster}-{i:03d}"
-            out.append(Candidate(name, "site1", cluster, {"canary": "true"} if name in canaries else {}))
+            out.append(
+                Candidate(name, "site1", cluster, {"canary": "true"} if name in canaries else {})
+            )
     return out
 
 
@@ -45,22 +49,36 @@ def test_small_cluster_contributes_nothing_to_a_fractional_wave() -> None:
 
 
 def test_pinned_node_joins_its_wave_and_no_other() -> None:
-    nodes = fleet({"batch": 20}) + [Candidate("special", "site1", "batch", {"canary": "true"}, pinned_wave="rest")]
+    nodes = fleet({"batch": 20}) + [
+        Candidate("special", "site1", "batch", {"canary": "true"}, pinned_wave="rest")
+    ]
     waves = dict((spec.name, ns) for spec, ns in assign(POLICY, nodes))
     assert "special" in waves["rest"] and "special" not in waves["canary"]
 
 
 def test_nodes_no_wave_selects_join_the_last_wave() -> None:
-    policy = RolloutPolicy(waves=(WaveSpec("canary", labels={"canary": "true"}), WaveSpec("storage-only", clusters=frozenset({"storage"}))))
+    policy = RolloutPolicy(
+        waves=(
+            WaveSpec("canary", labels={"canary": "true"}),
+            WaveSpec("storage-only", clusters=frozenset({"storage"})),
+        )
+    )
     waves = assign(policy, fleet({"batch": 2, "storage": 1}))
     assert waves[1][1] == ("batch-000", "batch-001", "storage-000")
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), st.integers(0, 40), max_size=4),
-       fraction=st.floats(0.01, 1.0), seed=st.randoms(use_true_random=False))
-def test_assignment_is_a_deterministic_partition_within_each_clusters_share(sizes, fraction, seed) -> None:
-    policy = RolloutPolicy(waves=(WaveSpec("first", fraction=fraction), WaveSpec("rest", fraction=1.0)))
+@given(
+    sizes=st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), st.integers(0, 40), max_size=4),
+    fraction=st.floats(0.01, 1.0),
+    seed=st.randoms(use_true_random=False),
+)
+def test_assignment_is_a_deterministic_partition_within_each_clusters_share(
+    sizes, fraction, seed
+) -> None:
+    policy = RolloutPolicy(
+        waves=(WaveSpec("first", fraction=fraction), WaveSpec("rest", fraction=1.0))
+    )
     nodes = fleet(sizes)
     shuffled = list(nodes)
     seed.shuffle(shuffled)
@@ -74,6 +92,8 @@ def test_assignment_is_a_deterministic_partition_within_each_clusters_share(size
 
 
 def test_plan_rollout_sets_each_waves_failure_budget_from_its_size() -> None:
-    policy = RolloutPolicy(waves=(WaveSpec("all", fraction=1.0, budget_percent=10, budget_count=1),))
+    policy = RolloutPolicy(
+        waves=(WaveSpec("all", fraction=1.0, budget_percent=10, budget_count=1),)
+    )
     r = plan_rollout("a" * 40, policy, fleet({"batch": 50}))
     assert r.waves[0].allowed_failures == 5

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-
 from support.fleet import Fleet, node_specs, rollout_yaml, start_fleet
 
 
@@ -25,9 +24,16 @@ def make_fleet(tmp_path: Path, fleet_keys: Path) -> Iterator[Callable[..., Fleet
     """
     fleets: list[Fleet] = []
 
-    def make(clusters: int = 2, per_cluster: int = 4, controller_toml_extra: str = "", **settings: object) -> Fleet:
-        fleet = start_fleet(tmp_path / f"fleet{len(fleets)}", fleet_keys, node_specs(clusters, per_cluster),
-                            rollout_yaml(**settings), controller_toml_extra=controller_toml_extra)
+    def make(
+        clusters: int = 2, per_cluster: int = 4, controller_toml_extra: str = "", **settings: object
+    ) -> Fleet:
+        fleet = start_fleet(
+            tmp_path / f"fleet{len(fleets)}",
+            fleet_keys,
+            node_specs(clusters, per_cluster),
+            rollout_yaml(**settings),
+            controller_toml_extra=controller_toml_extra,
+        )
         fleets.append(fleet)
         return fleet
 

@@ -14,7 +14,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-
 from support.chromium import console_errors, start_chromium
 from support.fleet import APP_FILE, Fleet
 
@@ -42,7 +41,9 @@ def _wait_for(driver, fleet: Fleet, state: str, timeout_s: float) -> None:  # ty
     raise AssertionError(f"the page never showed {state!r}; rollout: {fleet.rollout('current')}")
 
 
-def test_the_rollout_page_follows_a_real_rollout_and_approve_works(make_fleet, tmp_path: Path) -> None:
+def test_the_rollout_page_follows_a_real_rollout_and_approve_works(
+    make_fleet, tmp_path: Path
+) -> None:
     # The last wave soaks 4 s: the rollout cannot be complete when the page is first shown after the approval.
     fleet = make_fleet(clusters=1, per_cluster=3, half_approval="true", rest_soak_s=4)
     sha = fleet.change_app("v2")
@@ -59,7 +60,9 @@ def test_the_rollout_page_follows_a_real_rollout_and_approve_works(make_fleet, t
         _find(driver, "p.ok a").click()
         assert _state(driver) != "complete"
         driver.execute_script("window.treadleMarker = 1")  # gone when the page reloads itself
-        _wait_for(driver, fleet, "complete", 90)  # no navigation from here: the page's refresh shows it
+        _wait_for(
+            driver, fleet, "complete", 90
+        )  # no navigation from here: the page's refresh shows it
         assert driver.execute_script("return window.treadleMarker") is None
         driver.save_screenshot(str(tmp_path / "console-rollout-complete.png"))
         assert fleet.rollout(waiting["id"])["state"] == "complete"
@@ -74,15 +77,23 @@ def test_the_rollout_page_follows_a_real_rollout_and_approve_works(make_fleet, t
         # The fleet by health and drift, from the console's own sweep of the real agents.
         driver.get(f"{fleet.url}/ui/")
         deadline = time.monotonic() + 60
-        while "the agents as asked at" not in _find(driver, "main").text and time.monotonic() < deadline:
+        while (
+            "the agents as asked at" not in _find(driver, "main").text
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.5)
             driver.get(f"{fleet.url}/ui/")
         counts = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "dl.fleet a.state")]
-        assert f"healthy {len(fleet.agents)}" in counts and f"in sync {len(fleet.agents)}" in counts, counts
+        assert (
+            f"healthy {len(fleet.agents)}" in counts and f"in sync {len(fleet.agents)}" in counts
+        ), counts
         driver.find_element(By.LINK_TEXT, f"healthy {len(fleet.agents)}").click()
         assert f"{len(fleet.agents)} node(s)" in _find(driver, "main").text
         driver.get(f"{fleet.url}/ui/commits/{sha}")
-        assert "valid" in _find(driver, "main").text and "changed" in driver.find_element(By.TAG_NAME, "main").text
+        assert (
+            "valid" in _find(driver, "main").text
+            and "changed" in driver.find_element(By.TAG_NAME, "main").text
+        )
         assert console_errors(driver) == []
     finally:
         driver.quit()

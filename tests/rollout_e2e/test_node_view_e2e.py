@@ -14,11 +14,18 @@ CANARY = "c1-n01"
 
 
 def treadle(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "treadle.cli", *args, "--url", fleet.url], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "COLUMNS": "250"})
+    return subprocess.run(
+        [PY, "-m", "treadle.cli", *args, "--url", fleet.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "250"},
+    )
 
 
-def test_a_node_says_what_it_runs_since_when_its_wave_and_what_its_agent_reports(make_fleet) -> None:
+def test_a_node_says_what_it_runs_since_when_its_wave_and_what_its_agent_reports(
+    make_fleet,
+) -> None:
     fleet = make_fleet(clusters=1, per_cluster=2)
     sha = fleet.change_app("v2")
     assert fleet.wait_rollout(sha, TERMINAL, 90)["state"] == "complete"
@@ -30,21 +37,45 @@ def test_a_node_says_what_it_runs_since_when_its_wave_and_what_its_agent_reports
     doc = fleet.api(f"/v1/nodes/{CANARY}")
     assert treadle_schemas.errors("node-status.json", doc) == []
     assert (doc["node"], doc["lifecycle"], doc["labels"], doc["site"], doc["cluster"]) == (
-        CANARY, "production", {"canary": "true"}, "s1", "c1")
-    assert doc["published"]["generation"] == gen2 and doc["published"]["commit"] == sha and doc["published"]["since"]
-    assert doc["rollout"]["commit"] == sha and (doc["rollout"]["wave"], doc["rollout"]["status"]) == ("canary", "passed")
+        CANARY,
+        "production",
+        {"canary": "true"},
+        "s1",
+        "c1",
+    )
+    assert (
+        doc["published"]["generation"] == gen2
+        and doc["published"]["commit"] == sha
+        and doc["published"]["since"]
+    )
+    assert doc["rollout"]["commit"] == sha and (
+        doc["rollout"]["wave"],
+        doc["rollout"]["status"],
+    ) == ("canary", "passed")
     obs = doc["observation"]
     assert obs["reachable"] is True, obs
-    assert (obs["applied_generation"], obs["last_apply_success"], obs["healthy"]) == (gen2, True, True)
+    assert (obs["applied_generation"], obs["last_apply_success"], obs["healthy"]) == (
+        gen2,
+        True,
+        True,
+    )
     from treadle_agent import __version__
 
     assert obs["version"] == __version__  # the agent's treadle_agent_info{version}
-    assert obs["health_checks"] == {"app-config": True} and obs["resources"]["failed"] == 0 and obs["last_apply_at"] > 0
+    assert (
+        obs["health_checks"] == {"app-config": True}
+        and obs["resources"]["failed"] == 0
+        and obs["last_apply_at"] > 0
+    )
 
     shown = treadle(fleet, "status", "--node", CANARY)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     out = " ".join(shown.stdout.split())
-    assert f"generation {gen2} of commit {sha}" in out and "app-config up" in out and "canary=true" in out, out
+    assert (
+        f"generation {gen2} of commit {sha}" in out
+        and "app-config up" in out
+        and "canary=true" in out
+    ), out
 
     history = fleet.api(f"/v1/nodes/{CANARY}/history")
     assert treadle_schemas.errors("node-history.json", history) == []
@@ -53,7 +84,12 @@ def test_a_node_says_what_it_runs_since_when_its_wave_and_what_its_agent_reports
     assert rows == [(gen2, sha, "rollout"), (gen1, first, "new node")]
     assert all(h["author"] == "Fabric Admin <admin@example.org>" for h in history["history"])
     listed = treadle(fleet, "history", CANARY)
-    assert listed.returncode == 0 and "rollout" in listed.stdout and "new node" in listed.stdout and sha[:12] in listed.stdout
+    assert (
+        listed.returncode == 0
+        and "rollout" in listed.stdout
+        and "new node" in listed.stdout
+        and sha[:12] in listed.stdout
+    )
     as_json = json.loads(treadle(fleet, "history", CANARY, "--format", "json").stdout)
     assert as_json == history
 

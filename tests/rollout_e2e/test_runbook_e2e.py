@@ -11,8 +11,8 @@ import os
 import re
 import subprocess
 
-from support.fleet import MISSING_FILE, PY, Fleet
 from support import REPO
+from support.fleet import MISSING_FILE, PY, Fleet
 
 TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
 CANARY = "c1-n01"
@@ -20,8 +20,13 @@ RUNBOOK = REPO / "observability" / "README.md"
 
 
 def treadle(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "treadle.cli", *args, "--url", fleet.url], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "COLUMNS": "250"})
+    return subprocess.run(
+        [PY, "-m", "treadle.cli", *args, "--url", fleet.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "250"},
+    )
 
 
 def halted(fleet: Fleet) -> tuple[str, int]:
@@ -34,8 +39,11 @@ def halted(fleet: Fleet) -> tuple[str, int]:
 def wait_until_status_says_healthy(fleet: Fleet, names: list[str]) -> None:
     """Runbook step 2's check between repair and resume: `treadle status --node N` exits 0 for each."""
     for name in names:
-        fleet.wait(lambda: treadle(fleet, "status", "--node", name).returncode == 0, 60,
-                   f"treadle status --node {name} to say healthy")
+        fleet.wait(
+            lambda n=name: treadle(fleet, "status", "--node", n).returncode == 0,
+            60,
+            f"treadle status --node {name} to say healthy",
+        )
 
 
 def step_1_status_names_the_rollout_nodes_checks_and_next_commands(fleet: Fleet, rid: int) -> None:
@@ -45,14 +53,25 @@ def step_1_status_names_the_rollout_nodes_checks_and_next_commands(fleet: Fleet,
     assert CANARY in out and "app-config" in out, out
     assert f"treadle rollout resume {rid}" in out and f"treadle rollout abort {rid}" in out, out
     shown = treadle(fleet, "rollout", "show", str(rid))
-    assert shown.returncode == 0 and f"failed {CANARY}" in shown.stdout and "app-config" in shown.stdout, shown.stdout
+    assert (
+        shown.returncode == 0
+        and f"failed {CANARY}" in shown.stdout
+        and "app-config" in shown.stdout
+    ), shown.stdout
 
 
 def test_runbook_says_what_it_tests() -> None:
     text = RUNBOOK.read_text()
-    section = text[text.index("### TreadleRolloutHalted"):text.index("### TreadleRolloutRolledBack")]
-    for command in ("treadle status", "treadle rollout show ID", "treadle rollout resume ID", "treadle rollout abort ID",
-                    "git revert"):
+    section = text[
+        text.index("### TreadleRolloutHalted") : text.index("### TreadleRolloutRolledBack")
+    ]
+    for command in (
+        "treadle status",
+        "treadle rollout show ID",
+        "treadle rollout resume ID",
+        "treadle rollout abort ID",
+        "git revert",
+    ):
         assert command in section, command
     assert "test_runbook_e2e.py" in section
 
@@ -75,7 +94,7 @@ def test_halted_runbook_repair_the_node_then_resume_completes_the_rollout(make_f
     # The other nodes do not have the file: only the canary was repaired, so the next wave halts on its node.
     doc = fleet.wait_rollout(sha, {"halted", "complete"}, 90, also=lambda d: d["wave"] >= 1)
     assert doc["wave"] >= 1 and doc["waves"][0]["status"]["healthy"] == 1, doc
-    for name, agent in fleet.agents.items():
+    for _name, agent in fleet.agents.items():
         (agent.home / "root" / MISSING_FILE.lstrip("/")).write_text("repaired\n")
     if doc["state"] == "halted":
         wait_until_status_says_healthy(fleet, list(fleet.agents))

@@ -21,14 +21,18 @@ def wave_nodes(doc: dict) -> list[list[str]]:  # type: ignore[type-arg]
     return [w["nodes"] for w in doc["waves"]]
 
 
-def test_a_good_change_reaches_the_canary_then_half_of_each_cluster_then_the_rest(make_fleet) -> None:
+def test_a_good_change_reaches_the_canary_then_half_of_each_cluster_then_the_rest(
+    make_fleet,
+) -> None:
     fleet = make_fleet()
     pushed = time.monotonic()
     sha = fleet.change_app("v2")
     doc = fleet.wait_rollout(sha, TERMINAL, 90)
     assert doc["state"] == "complete", doc["reason"]
     # The figure for the log (bench/rollout.py measures the 50-agent target): never asserted.
-    print(f"3-wave rollout over {len(fleet.agents)} agents, 1 s soak: push -> complete {time.monotonic() - pushed:.1f} s")
+    print(
+        f"3-wave rollout over {len(fleet.agents)} agents, 1 s soak: push -> complete {time.monotonic() - pushed:.1f} s"
+    )
     canary, half, rest = wave_nodes(doc)
     assert canary == [CANARY]
     # Half of each cluster's remaining changed nodes: 1 of c1's 3, 2 of c2's 4.
@@ -37,11 +41,18 @@ def test_a_good_change_reaches_the_canary_then_half_of_each_cluster_then_the_res
     fleet.wait_applied("v2", fleet.agents)
     published = fleet.published_generations()
     assert all(published[n] > fleet.first[n] for n in fleet.agents)
-    assert all(fleet.agents[n].metrics()["treadle_agent_applied_generation"] == published[n] for n in fleet.agents)
+    assert all(
+        fleet.agents[n].metrics()["treadle_agent_applied_generation"] == published[n]
+        for n in fleet.agents
+    )
     # The wave order as the agents lived it: when each wrote the new content.
     mtime = {n: a.app_file.stat().st_mtime_ns for n, a in fleet.agents.items()}
     for earlier, later in ((canary, half), (half, rest)):
-        assert max(mtime[n] for n in earlier) < min(mtime[n] for n in later), (earlier, later, mtime)
+        assert max(mtime[n] for n in earlier) < min(mtime[n] for n in later), (
+            earlier,
+            later,
+            mtime,
+        )
     assert [w["status"]["healthy"] for w in doc["waves"]] == [1, 3, 4]
     metrics = httpx.get(f"{fleet.url}/metrics", timeout=10, trust_env=False).text
     assert 'treadle_rollout_state{state="complete"} 1.0' in metrics

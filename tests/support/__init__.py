@@ -33,5 +33,7 @@ TEMPLATE = REPO / "fabric-repo-template"
 
 def copy_template(target: Path) -> Path:
     """A copy of the example fabric at ``target`` (without the files that make it a Python package); ``target``."""
-    shutil.copytree(TEMPLATE, target, ignore=shutil.ignore_patterns("__pycache__", "__init__.py", "*.pyc"))
+    shutil.copytree(
+        TEMPLATE, target, ignore=shutil.ignore_patterns("__pycache__", "__init__.py", "*.pyc")
+    )
     return target

@@ -14,7 +14,9 @@ from treadle.rollout.observe import Target
 def exposition(node: str, generation: int, ok: int, healthy: int) -> str:
     """An agent's page as its own metrics library writes it: identity, applied generation, apply result, health."""
     reg = CollectorRegistry()
-    Info("treadle_agent", "agent", registry=reg).info({"node": node, "site": "s", "cluster": "c", "version": "0.1.0"})
+    Info("treadle_agent", "agent", registry=reg).info(
+        {"node": node, "site": "s", "cluster": "c", "version": "0.1.0"}
+    )
     Gauge("treadle_agent_applied_generation", "g", registry=reg).set(generation)
     Gauge("treadle_agent_last_apply_success", "g", registry=reg).set(ok)
     Gauge("treadle_agent_healthy", "g", registry=reg).set(healthy)

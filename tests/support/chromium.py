@@ -9,15 +9,25 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 #: Flags for a quiet, isolated browser: nothing fetched from anywhere but the pages under test.
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-         "--window-size=1280,900")
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,900",
+)
 
 
 def start_chromium(profile: Path) -> webdriver.Chrome:
     """A fresh headless chromium with its own profile directory ``profile``, keeping the console log."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "install Debian's chromium and chromium-driver (.ci/install-deps does)"
+    assert chromium and driver, (
+        "install Debian's chromium and chromium-driver (.ci/install-deps does)"
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in (*FLAGS, f"--user-data-dir={profile}"):

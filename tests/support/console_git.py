@@ -12,19 +12,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from treadle.daemon.api import ApiContext
-from treadle.fabric import GitRevisionSource, ParseCache, render_fabric
-from treadle.daemon.metrics import ControllerMetrics
-from treadle.daemon.publish import PublishStore
-from treadle.rollout.policy import from_doc
-from treadle.rollout.service import RolloutService
-from treadle.rollout.waves import Candidate
-from treadle.daemon.state import NodeRecord, StateDB
-
 from support import copy_template
 from support import git as _git
 from support.console_state import XSS, NoAgents, envelope
 from support.git import ADA
+from treadle.daemon.api import ApiContext
+from treadle.daemon.metrics import ControllerMetrics
+from treadle.daemon.publish import PublishStore
+from treadle.daemon.state import NodeRecord, StateDB
+from treadle.fabric import GitRevisionSource, ParseCache, render_fabric
+from treadle.rollout.policy import from_doc
+from treadle.rollout.service import RolloutService
+from treadle.rollout.waves import Candidate
 
 #: The change of the second commit: one node moves rack (a label the console shows, with markup in it).
 NODE = "batch-003"
@@ -61,28 +60,56 @@ def template_repo(root: Path) -> tuple[str, str]:
     git(root, "init", "-q", "-b", "main")
     first = commit_all(root, "Example fabric")
     node_file = root / NODE_FILE
-    node_file.write_text(node_file.read_text(encoding="utf-8").replace('rack: "r02"', f'rack: "r09{XSS}"'),
-                         encoding="utf-8")
-    head = commit_all(root, f"Move {NODE} to rack r09 {XSS}\n\nThe old rack is being emptied.", author="Grace Hopper")
+    node_file.write_text(
+        node_file.read_text(encoding="utf-8").replace('rack: "r02"', f'rack: "r09{XSS}"'),
+        encoding="utf-8",
+    )
+    head = commit_all(
+        root,
+        f"Move {NODE} to rack r09 {XSS}\n\nThe old rack is being emptied.",
+        author="Grace Hopper",
+    )
     return first, head
 
 
-def make_git_fleet(tmp_path: Path, root: Path, first: str, head: str, admin_token: bytes | None = None) -> GitFleet:
+def make_git_fleet(
+    tmp_path: Path, root: Path, first: str, head: str, admin_token: bytes | None = None
+) -> GitFleet:
     """The state of a controller that deployed ``head`` of the repository at ``root`` (its mirror)."""
     result = render_fabric(GitRevisionSource(root, head), ParseCache())
     assert result.ok, result.diagnostics[:5]
     nodes = result.nodes
     store = PublishStore(tmp_path / "pub")
     state = StateDB(tmp_path / "state.db")
-    state.reserve([NodeRecord(n.name, 1, 0, n.digest, head, time.time() + 3600, n.lifecycle) for n in nodes.values()])
+    state.reserve(
+        [
+            NodeRecord(n.name, 1, 0, n.digest, head, time.time() + 3600, n.lifecycle)
+            for n in nodes.values()
+        ]
+    )
     store.publish({name: envelope(dict(n.manifest)) for name, n in nodes.items()})
     state.record_deployment(head, first, list(nodes), [])
-    state.record_history([(name, 1, head, "Grace Hopper <ada@example.org>", "deploy") for name in nodes])
+    state.record_history(
+        [(name, 1, head, "Grace Hopper <ada@example.org>", "deploy") for name in nodes]
+    )
     rollouts = RolloutService(tmp_path / "rollouts.db", NoAgents())
     policy = from_doc({"waves": [{"name": "all", "fraction": 1.0, "soak_s": 10}]})
-    rollouts.begin(head, policy, [Candidate(n.name, n.site, n.cluster, dict(n.labels)) for n in nodes.values()],
-                   immediate=False)
-    ctx = ApiContext(store=store, state=state, metrics=ControllerMetrics(), trigger=lambda: None, branch="main",
-                     repository=str(root), admin_token=admin_token, rollouts=rollouts, scrape_timeout_s=0.5,
-                     mirror=str(root))
+    rollouts.begin(
+        head,
+        policy,
+        [Candidate(n.name, n.site, n.cluster, dict(n.labels)) for n in nodes.values()],
+        immediate=False,
+    )
+    ctx = ApiContext(
+        store=store,
+        state=state,
+        metrics=ControllerMetrics(),
+        trigger=lambda: None,
+        branch="main",
+        repository=str(root),
+        admin_token=admin_token,
+        rollouts=rollouts,
+        scrape_timeout_s=0.5,
+        mirror=str(root),
+    )
     return GitFleet(ctx, root, first, head)

@@ -26,15 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from treadle.daemon import config
-
-from treadle.daemon import process as daemon
-from treadle.fabric import GitRevisionSource, ParseCache, render_fabric
-from treadle.daemon.pipeline import Pipeline
-from treadle.review.plan import PlanSettings, build_plan
-from treadle.daemon.sign import content_digest, manifest_from_envelope
-
 from support.fabric_model import LEGAL, FabricModel, GitFabric, apply, invalid_content
+from treadle.daemon import config
+from treadle.daemon import process as daemon
+from treadle.daemon.pipeline import Pipeline
+from treadle.daemon.sign import content_digest, manifest_from_envelope
+from treadle.fabric import GitRevisionSource, ParseCache, render_fabric
+from treadle.review.plan import PlanSettings, build_plan
 
 
 class Mismatch(AssertionError):
@@ -46,8 +44,13 @@ def signing_key(directory: Path) -> Path:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     path = directory / "controller.key"
-    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return path
 
 
@@ -55,16 +58,21 @@ def controller(directory: Path, repository: Path) -> Pipeline:
     """The real pipeline over ``repository``, without rollouts (see the module docstring)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "controller.toml"
-    path.write_text(f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
-                    f'signing_key = "{signing_key(directory)}"\n')
+    path.write_text(
+        f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
+        f'signing_key = "{signing_key(directory)}"\n'
+    )
     pipeline = daemon.build(config.load(path)).pipeline
     pipeline.rollouts = None
     return pipeline
 
 
 def full_render(root: Path, rev: str, base: str | None = None) -> Any:
-    return render_fabric(GitRevisionSource(root, rev), ParseCache(),
-                         base=GitRevisionSource(root, base) if base else None)
+    return render_fabric(
+        GitRevisionSource(root, rev),
+        ParseCache(),
+        base=GitRevisionSource(root, base) if base else None,
+    )
 
 
 def digests(result: Any) -> dict[str, str]:
@@ -116,45 +124,80 @@ class Differential:
 
     # -- the checks ------------------------------------------------------------
 
-    def _check_plan(self, base: str, head: str, what: str, before: dict[str, str | None] | None,
-                    after: dict[str, str | None] | None) -> None:
+    def _check_plan(
+        self,
+        base: str,
+        head: str,
+        what: str,
+        before: dict[str, str | None] | None,
+        after: dict[str, str | None] | None,
+    ) -> None:
         b, h = full_render(self.repo.root, base), full_render(self.repo.root, head, base)
         for settings in (PlanSettings(), PlanSettings(full_render=True)):
             plan = build_plan(self.repo.root, base, head, settings)
             kind = "plan --full-render" if settings.full_render else "plan"
             if before is not None and after is not None:
                 # Lifecycle transitions, from the model: only between node files that parse in both revisions.
-                moves = {n: (before[n], after[n]) for n in before.keys() & after.keys()
-                         if before[n] is not None and after[n] is not None and before[n] != after[n]}
+                moves = {
+                    n: (before[n], after[n])
+                    for n in before.keys() & after.keys()
+                    if before[n] is not None and after[n] is not None and before[n] != after[n]
+                }
                 got_moves = {t.name: (t.before, t.after) for t in plan.changes.transitions}
-                _expect(got_moves == moves, f"{kind} lists transitions {got_moves}, the commit makes {moves}: {what}")
+                _expect(
+                    got_moves == moves,
+                    f"{kind} lists transitions {got_moves}, the commit makes {moves}: {what}",
+                )
                 illegal = {n for n, (old, new) in moves.items() if new not in LEGAL[old]}  # type: ignore[index]
-                refused = {Path(d.file).stem for d in plan.refusals if d.code == "lifecycle-transition"}
-                _expect(refused == illegal, f"{kind} refuses transitions of {refused}, illegal are {illegal}: {what}")
+                refused = {
+                    Path(d.file).stem for d in plan.refusals if d.code == "lifecycle-transition"
+                }
+                _expect(
+                    refused == illegal,
+                    f"{kind} refuses transitions of {refused}, illegal are {illegal}: {what}",
+                )
             if b.ok and not h.ok:
-                _expect(bool(plan.errors or plan.refusals), f"{kind} reports no problem of an invalid HEAD: {what}")
+                _expect(
+                    bool(plan.errors or plan.refusals),
+                    f"{kind} reports no problem of an invalid HEAD: {what}",
+                )
             if not (b.ok and h.ok):
                 continue
             bd, hd = digests(b), digests(h)
-            want = {"changed": {n for n in bd.keys() & hd.keys() if bd[n] != hd[n]},
-                    "added": set(hd) - set(bd), "removed": set(bd) - set(hd)}
-            got = {"changed": {c.name for c in plan.changes.changed}, "added": {n.name for n in plan.changes.added},
-                   "removed": {n.name for n in plan.changes.removed}}
+            want = {
+                "changed": {n for n in bd.keys() & hd.keys() if bd[n] != hd[n]},
+                "added": set(hd) - set(bd),
+                "removed": set(bd) - set(hd),
+            }
+            got = {
+                "changed": {c.name for c in plan.changes.changed},
+                "added": {n.name for n in plan.changes.added},
+                "removed": {n.name for n in plan.changes.removed},
+            }
             _expect(got == want, f"{kind} differs from the full renders: {got} != {want}: {what}")
-            _expect(not plan.changes.unrendered, f"{kind} leaves nodes unrendered in a valid HEAD: {what}")
+            _expect(
+                not plan.changes.unrendered,
+                f"{kind} leaves nodes unrendered in a valid HEAD: {what}",
+            )
 
     def _check_controller(self, what: str) -> None:
         deployed = self.pipeline.state.deployed_commit()
-        valid = full_render(self.repo.root, self.head, deployed if deployed != self.head else None).ok
+        valid = full_render(
+            self.repo.root, self.head, deployed if deployed != self.head else None
+        ).ok
         outcome = self.pipeline.run_once()
         now = self.pipeline.state.deployed_commit()
         if valid:
-            _expect(outcome.result in ("deployed", "unchanged") and now == self.head,
-                    f"the controller did not deploy a valid commit ({outcome.result}: {outcome.message} "
-                    f"{list(outcome.diagnostics)[:3]}): {what}")
+            _expect(
+                outcome.result in ("deployed", "unchanged") and now == self.head,
+                f"the controller did not deploy a valid commit ({outcome.result}: {outcome.message} "
+                f"{list(outcome.diagnostics)[:3]}): {what}",
+            )
         else:
-            _expect(outcome.result == "refused" and now == deployed,
-                    f"the controller did not refuse an invalid commit ({outcome.result}): {what}")
+            _expect(
+                outcome.result == "refused" and now == deployed,
+                f"the controller did not refuse an invalid commit ({outcome.result}): {what}",
+            )
         assert now is not None
         want = digests(full_render(self.repo.root, now))
         store = self.pipeline.store
@@ -162,13 +205,19 @@ class Differential:
         for n in store.nodes():
             manifest = manifest_from_envelope(store.read(n) or b"")
             got[n], generations[n] = content_digest(manifest), manifest["metadata"]["generation"]
-        _expect(got == want, f"the controller publishes other content than the render of {now[:12]}: "
-                f"{sorted(n for n in got.keys() | want.keys() if got.get(n) != want.get(n))}: {what}")
+        _expect(
+            got == want,
+            f"the controller publishes other content than the render of {now[:12]}: "
+            f"{sorted(n for n in got.keys() | want.keys() if got.get(n) != want.get(n))}: {what}",
+        )
         for n, g in generations.items():
             old = self.generations.get(n)
             if old is not None:
                 _expect(g >= old, f"{n}: generation went down from {old} to {g}: {what}")
-                _expect(g > old or got[n] == self.published[n], f"{n}: content changed under generation {g}: {what}")
+                _expect(
+                    g > old or got[n] == self.published[n],
+                    f"{n}: content changed under generation {g}: {what}",
+                )
         self.generations.update(generations)
         self.published.update(got)
 
@@ -182,11 +231,23 @@ def operations(st: Any) -> Any:
     """The hypothesis strategy of one operation (see fabric_model.apply)."""
     small = st.integers(min_value=0, max_value=7)
     return st.one_of(
-        st.tuples(st.just("data"), st.sampled_from(["defaults", "site", "cluster", "node", "profile", "lifecycle-profile"]),
-                  st.sampled_from(["motd", "ntp"]), small),
+        st.tuples(
+            st.just("data"),
+            st.sampled_from(
+                ["defaults", "site", "cluster", "node", "profile", "lifecycle-profile"]
+            ),
+            st.sampled_from(["motd", "ntp"]),
+            small,
+        ),
         st.tuples(st.just("sysctl"), small),
-        st.tuples(st.just("template"), st.sampled_from(["header.j2", "chrony.conf.j2", "motd.j2"]), small),
-        st.tuples(st.just("site-template"), st.sampled_from(["s1", "s2"]), st.one_of(st.none(), st.sampled_from(["a", "b"]))),
+        st.tuples(
+            st.just("template"), st.sampled_from(["header.j2", "chrony.conf.j2", "motd.j2"]), small
+        ),
+        st.tuples(
+            st.just("site-template"),
+            st.sampled_from(["s1", "s2"]),
+            st.one_of(st.none(), st.sampled_from(["a", "b"])),
+        ),
         st.tuples(st.just("add-node"), small),
         st.tuples(st.just("remove-node"), small),
         st.tuples(st.just("move-node"), small, small),

@@ -21,21 +21,28 @@ from typing import Any
 
 from support.git import ADA, git
 
-
 SITES = ("s1", "s2")
 CLUSTERS = (("s1", "c1"), ("s1", "c2"), ("s2", "c1"))
 LIFECYCLES = ("production", "draining", "maintenance", "provisioning")
 #: Legal next states (the default transitions, retirement aside); anything else is an illegal, refused commit.
-LEGAL = {"production": ("draining",), "draining": ("maintenance", "production"), "maintenance": ("production",),
-         "provisioning": ("production",)}
+LEGAL = {
+    "production": ("draining",),
+    "draining": ("maintenance", "production"),
+    "maintenance": ("production",),
+    "provisioning": ("production",),
+}
 
 TEMPLATE_TEXTS = {
     "header.j2": ("# {{ node.name }} in {{ node.site }}\n", "# managed: {{ node.name }}\n"),
-    "chrony.conf.j2": ('{% include "header.j2" %}{% for s in data.ntp.servers %}server {{ s }} iburst\n{% endfor %}',
-                       '{% include "header.j2" %}pool {{ data.ntp.servers | join(" ") }}\n'),
+    "chrony.conf.j2": (
+        '{% include "header.j2" %}{% for s in data.ntp.servers %}server {{ s }} iburst\n{% endfor %}',
+        '{% include "header.j2" %}pool {{ data.ntp.servers | join(" ") }}\n',
+    ),
     # The computed include: which file it reads depends on the node's site, and may not exist.
-    "motd.j2": ('{% include "site_" ~ node.site ~ ".j2" ignore missing %}{{ data.motd }}\n',
-                '{{ data.motd }}\n{% include "site_" ~ node.site ~ ".j2" ignore missing %}'),
+    "motd.j2": (
+        '{% include "site_" ~ node.site ~ ".j2" ignore missing %}{{ data.motd }}\n',
+        '{{ data.motd }}\n{% include "site_" ~ node.site ~ ".j2" ignore missing %}',
+    ),
 }
 
 
@@ -72,20 +79,43 @@ class FabricModel:
     @classmethod
     def initial(cls) -> FabricModel:
         m = cls()
-        m.docs["fabric.yaml"] = {"kind": "Fabric", "name": "differential", "defaults": {
-            "data": {"ntp": {"servers": ["ntp1.example.org"]}, "motd": "welcome"},
-            "files": {"/etc/chrony.conf": {"template": "chrony.conf.j2", "mode": "0644"},
-                      "/etc/motd": {"template": "motd.j2", "mode": "0644"}},
-            "sysctl": {"vm.swappiness": 10}}}
+        m.docs["fabric.yaml"] = {
+            "kind": "Fabric",
+            "name": "differential",
+            "defaults": {
+                "data": {"ntp": {"servers": ["ntp1.example.org"]}, "motd": "welcome"},
+                "files": {
+                    "/etc/chrony.conf": {"template": "chrony.conf.j2", "mode": "0644"},
+                    "/etc/motd": {"template": "motd.j2", "mode": "0644"},
+                },
+                "sysctl": {"vm.swappiness": 10},
+            },
+        }
         m.docs["profiles/base.yaml"] = {"kind": "Profile", "sysctl": {"net.core.somaxconn": 1024}}
-        m.docs["profiles/role.yaml"] = {"kind": "Profile", "data": {"role": "worker"},
-                                        "files": {"/etc/role": {"content": "worker\n", "mode": "0644"}}}
-        m.docs["profiles/lifecycle/draining.yaml"] = {"kind": "Profile", "data": {"motd": "draining"}}
-        m.docs["profiles/lifecycle/maintenance.yaml"] = {"kind": "Profile", "data": {"motd": "maintenance"}}
+        m.docs["profiles/role.yaml"] = {
+            "kind": "Profile",
+            "data": {"role": "worker"},
+            "files": {"/etc/role": {"content": "worker\n", "mode": "0644"}},
+        }
+        m.docs["profiles/lifecycle/draining.yaml"] = {
+            "kind": "Profile",
+            "data": {"motd": "draining"},
+        }
+        m.docs["profiles/lifecycle/maintenance.yaml"] = {
+            "kind": "Profile",
+            "data": {"motd": "maintenance"},
+        }
         for site in SITES:
-            m.docs[f"sites/{site}/site.yaml"] = {"kind": "Site", "profiles": ["base"], "labels": {"site": site}}
+            m.docs[f"sites/{site}/site.yaml"] = {
+                "kind": "Site",
+                "profiles": ["base"],
+                "labels": {"site": site},
+            }
         for site, cluster in CLUSTERS:
-            m.docs[f"sites/{site}/{cluster}/cluster.yaml"] = {"kind": "Cluster", "profiles": ["role"]}
+            m.docs[f"sites/{site}/{cluster}/cluster.yaml"] = {
+                "kind": "Cluster",
+                "profiles": ["role"],
+            }
             for _ in range(2):
                 m.add_node(site, cluster)
         for name, (first, _second) in TEMPLATE_TEXTS.items():
@@ -104,7 +134,9 @@ class FabricModel:
         out.update(self.texts)
         for path, n in self.comments.items():
             if path in out:
-                out[path] += "".join(f"# note {i}\n" for i in range(n)) if not path.endswith(".j2") else ""
+                out[path] += (
+                    "".join(f"# note {i}\n" for i in range(n)) if not path.endswith(".j2") else ""
+                )
         out.update(self.raw)
         return out
 
@@ -114,8 +146,11 @@ class FabricModel:
         self.next_node += 1
         name = f"n{self.next_node:02d}"
         self.nodes[name] = (site, cluster)
-        self.docs[self.node_path(name)] = {"kind": "Node", "address": f"127.0.{self.next_node // 250}.{self.next_node % 250 + 1}",
-                                           "lifecycle": "production"}
+        self.docs[self.node_path(name)] = {
+            "kind": "Node",
+            "address": f"127.0.{self.next_node // 250}.{self.next_node % 250 + 1}",
+            "lifecycle": "production",
+        }
         return name
 
     def remove_node(self, name: str) -> None:
@@ -148,15 +183,25 @@ def apply(model: FabricModel, op: tuple[Any, ...]) -> str:
     names = sorted(model.nodes)
     if kind == "data":
         _, level, key, value = op
-        paths = {"defaults": None, "site": f"sites/{SITES[value % 2]}/site.yaml",
-                 "cluster": f"sites/{CLUSTERS[value % 3][0]}/{CLUSTERS[value % 3][1]}/cluster.yaml",
-                 "node": model.node_path(names[value % len(names)]) if names else None,
-                 "profile": f"profiles/{model.role}.yaml", "lifecycle-profile": "profiles/lifecycle/draining.yaml"}
+        paths = {
+            "defaults": None,
+            "site": f"sites/{SITES[value % 2]}/site.yaml",
+            "cluster": f"sites/{CLUSTERS[value % 3][0]}/{CLUSTERS[value % 3][1]}/cluster.yaml",
+            "node": model.node_path(names[value % len(names)]) if names else None,
+            "profile": f"profiles/{model.role}.yaml",
+            "lifecycle-profile": "profiles/lifecycle/draining.yaml",
+        }
         path = paths[level]
         if level == "defaults":
-            model.docs["fabric.yaml"]["defaults"]["data"][key] = f"v{value}" if key == "motd" else {"servers": [f"ntp{value}.example.org"]}
+            model.docs["fabric.yaml"]["defaults"]["data"][key] = (
+                f"v{value}" if key == "motd" else {"servers": [f"ntp{value}.example.org"]}
+            )
         elif path is not None:
-            model.set_data(path, key, f"v{value}" if key == "motd" else {"servers": [f"ntp{value}.example.org"]})
+            model.set_data(
+                path,
+                key,
+                f"v{value}" if key == "motd" else {"servers": [f"ntp{value}.example.org"]},
+            )
         return f"data {key} at {level}"
     if kind == "sysctl":
         model.docs["profiles/base.yaml"]["sysctl"]["net.core.somaxconn"] = 1024 + op[1]
@@ -191,12 +236,18 @@ def apply(model: FabricModel, op: tuple[Any, ...]) -> str:
         name = names[op[1] % len(names)]
         current = model.lifecycle(name)
         legal = LEGAL[current]
-        state = legal[op[2] % len(legal)] if op[3] else next(s for s in LIFECYCLES if s != current and s not in legal)
+        state = (
+            legal[op[2] % len(legal)]
+            if op[3]
+            else next(s for s in LIFECYCLES if s != current and s not in legal)
+        )
         model.docs[model.node_path(name)]["lifecycle"] = state
         return f"{name}: {current} -> {state}"
     if kind == "merge-tag" and names:
         name = names[op[1] % len(names)]
-        model.docs[model.node_path(name)].setdefault("data", {})["ntp"] = {"servers": Tagged("!append", [f"extra{op[1]}.example.org"])}
+        model.docs[model.node_path(name)].setdefault("data", {})["ntp"] = {
+            "servers": Tagged("!append", [f"extra{op[1]}.example.org"])
+        }
         return f"!append on {name}"
     if kind == "noop":
         paths = sorted(model.docs)

@@ -68,8 +68,16 @@ waves:
 {extra}"""
 
 ROLLOUT_DEFAULTS: dict[str, Any] = {
-    "failure_policy": "halt", "canary_soak_s": 1, "canary_timeout_s": 60, "half_soak_s": 1, "half_timeout_s": 60,
-    "half_budget": 0, "half_approval": "false", "rest_soak_s": 1, "rest_timeout_s": 60, "extra": "",
+    "failure_policy": "halt",
+    "canary_soak_s": 1,
+    "canary_timeout_s": 60,
+    "half_soak_s": 1,
+    "half_timeout_s": 60,
+    "half_budget": 0,
+    "half_approval": "false",
+    "rest_soak_s": 1,
+    "rest_timeout_s": 60,
+    "extra": "",
 }
 
 
@@ -106,22 +114,34 @@ def node_specs(clusters: int, per_cluster: int, canaries: int = 1) -> list[NodeS
     for c in range(1, clusters + 1):
         for j in range(1, per_cluster + 1):
             address = f"{net}.{len(specs) + 2}"
-            specs.append(NodeSpec(f"c{c}-n{j:02d}", "s1", f"c{c}", address, free_port(address),
-                                  canary=c == 1 and j <= canaries))
+            specs.append(
+                NodeSpec(
+                    f"c{c}-n{j:02d}",
+                    "s1",
+                    f"c{c}",
+                    address,
+                    free_port(address),
+                    canary=c == 1 and j <= canaries,
+                )
+            )
     return specs
 
 
 def profile_yaml(content: str, healthy: bool = True, probe: str | None = None) -> str:
     """The ``app`` profile; its health check probes ``probe`` (default: the app file, or a missing one)."""
     probe = probe or (APP_FILE if healthy else MISSING_FILE)
-    return (f"apiVersion: treadle.dev/v1\nkind: Profile\nfiles:\n  {APP_FILE}:\n"
-            f"    content: {json.dumps(content + chr(10))}\n    mode: \"0644\"\n"
-            f"health:\n  app-config: {{file: {probe}}}\n")
+    return (
+        f"apiVersion: treadle.dev/v1\nkind: Profile\nfiles:\n  {APP_FILE}:\n"
+        f'    content: {json.dumps(content + chr(10))}\n    mode: "0644"\n'
+        f"health:\n  app-config: {{file: {probe}}}\n"
+    )
 
 
 def write_fabric(work: Path, nodes: Iterable[NodeSpec], rollout: str, content: str) -> None:
     (work / "profiles").mkdir(parents=True)
-    (work / "fabric.yaml").write_text("apiVersion: treadle.dev/v1\nkind: Fabric\nname: rollout-e2e\n")
+    (work / "fabric.yaml").write_text(
+        "apiVersion: treadle.dev/v1\nkind: Fabric\nname: rollout-e2e\n"
+    )
     (work / "rollout.yaml").write_text(rollout)
     (work / "profiles" / "app.yaml").write_text(profile_yaml(content))
     for n in nodes:
@@ -130,12 +150,19 @@ def write_fabric(work: Path, nodes: Iterable[NodeSpec], rollout: str, content: s
         (site / "site.yaml").write_text("apiVersion: treadle.dev/v1\nkind: Site\nprofiles: [app]\n")
         cdir = site / n.cluster / "nodes"
         cdir.mkdir(parents=True, exist_ok=True)
-        (site / n.cluster / "cluster.yaml").write_text("apiVersion: treadle.dev/v1\nkind: Cluster\n")
+        (site / n.cluster / "cluster.yaml").write_text(
+            "apiVersion: treadle.dev/v1\nkind: Cluster\n"
+        )
         # Canaries carry a marker file: a health check on it passes on canaries only.
-        labels = f'\nlabels: {{canary: "true"}}\nfiles: {{{CANARY_MARKER}: {{content: "canary"}}}}' if n.canary else ""
+        labels = (
+            f'\nlabels: {{canary: "true"}}\nfiles: {{{CANARY_MARKER}: {{content: "canary"}}}}'
+            if n.canary
+            else ""
+        )
         (cdir / f"{n.name}.yaml").write_text(
             f"apiVersion: treadle.dev/v1\nkind: Node\naddress: {n.address}\nlifecycle: production{labels}\n"
-            f"agent: {{metrics_port: {n.port}}}\n")
+            f"agent: {{metrics_port: {n.port}}}\n"
+        )
 
 
 @dataclass
@@ -156,7 +183,9 @@ class Agent:
 
     def metrics(self) -> dict[str, float]:
         """This agent's treadle_agent_* gauges (no labels), read from its /metrics."""
-        text = httpx.get(f"http://{self.spec.address}:{self.spec.port}/metrics", timeout=5, trust_env=False).text
+        text = httpx.get(
+            f"http://{self.spec.address}:{self.spec.port}/metrics", timeout=5, trust_env=False
+        ).text
         out = {}
         for line in text.splitlines():
             m = re.match(r"^(treadle_agent_[a-z_]+) ([0-9.e+-]+)$", line)
@@ -179,8 +208,14 @@ class FabricRepo:
         write_fabric(self.work, self.nodes, rollout, content)
         return self.commit_and_push("fabric")
 
-    def change_app(self, content: str, *, healthy: bool = True, probe: str | None = None,
-                   message: str | None = None) -> str:
+    def change_app(
+        self,
+        content: str,
+        *,
+        healthy: bool = True,
+        probe: str | None = None,
+        message: str | None = None,
+    ) -> str:
         """Commit and push a new content of /etc/app.conf (and a failing health check when not ``healthy``)."""
         (self.work / "profiles" / "app.yaml").write_text(profile_yaml(content, healthy, probe))
         return self.commit_and_push(message or f"app {content}")
@@ -215,8 +250,13 @@ class FleetView:
     def rollout_of(self, commit: str) -> dict[str, Any]:
         return next(d for d in self.documents() if d["commit"] == commit)
 
-    def wait_rollout(self, commit: str, states: set[str], timeout_s: float = 60,
-                     also: Callable[[dict[str, Any]], bool] = lambda d: True) -> dict[str, Any]:
+    def wait_rollout(
+        self,
+        commit: str,
+        states: set[str],
+        timeout_s: float = 60,
+        also: Callable[[dict[str, Any]], bool] = lambda d: True,
+    ) -> dict[str, Any]:
         """The rollout of ``commit`` once it is in one of ``states`` (and ``also`` holds)."""
         found: dict[str, Any] = {}
 
@@ -232,8 +272,11 @@ class FleetView:
 
     def wait_applied(self, content: str, names: Iterable[str], timeout_s: float = 30) -> None:
         names = list(names)
-        self.wait(lambda: all(self.agents[n].content() == content for n in names), timeout_s,
-                  f"{names} to apply {content!r}")
+        self.wait(
+            lambda: all(self.agents[n].content() == content for n in names),
+            timeout_s,
+            f"{names} to apply {content!r}",
+        )
 
     def published_generation(self, node: str) -> int:
         """The generation of the manifest the controller publishes for ``node`` now."""
@@ -276,12 +319,32 @@ class Fleet(FabricRepo, FleetView):
         d = self.workdir / "controller"
         d.mkdir(exist_ok=True)
         config = d / "controller.toml"
-        config.write_text(controller_toml(self.bare, self.keys, self.controller_toml_extra,
-                                          listen=f"127.0.0.1:{self.api_port}"))
+        config.write_text(
+            controller_toml(
+                self.bare,
+                self.keys,
+                self.controller_toml_extra,
+                listen=f"127.0.0.1:{self.api_port}",
+            )
+        )
         log = d / f"controller-{self.controller_starts}.log"
         self.controller_starts += 1
-        self.controller = spawn("controller", [PY, "-m", "treadle.cli", "controller", "run", "--config", str(config),
-                                               "--log-format", "json"], log, d)
+        self.controller = spawn(
+            "controller",
+            [
+                PY,
+                "-m",
+                "treadle.cli",
+                "controller",
+                "run",
+                "--config",
+                str(config),
+                "--log-format",
+                "json",
+            ],
+            log,
+            d,
+        )
         try:
             port = listening_port(self.controller)
         except AssertionError as e:
@@ -299,22 +362,36 @@ class Fleet(FabricRepo, FleetView):
         for n in chosen:
             agent = self.agents.get(n.name) or self._agent_home(n)
             self.agents[n.name] = agent
-            argv = [str(Path(PY).parent / "treadle-agent"), "run", "--config", str(agent.home / "agent.toml")]
+            argv = [
+                str(Path(PY).parent / "treadle-agent"),
+                "run",
+                "--config",
+                str(agent.home / "agent.toml"),
+            ]
             agent.proc = spawn(n.name, argv, agent.home / "agent.log", agent.home)
-        self.wait(lambda: all(self._serves(self.agents[n.name]) for n in chosen), 90, "every agent to serve /metrics")
+        self.wait(
+            lambda: all(self._serves(self.agents[n.name]) for n in chosen),
+            90,
+            "every agent to serve /metrics",
+        )
 
     def _agent_home(self, n: NodeSpec) -> Agent:
         home = self.workdir / "agents" / n.name
         (home / "root").mkdir(parents=True)
         (home / "proc_sys").mkdir()
-        (home / "agent.toml").write_text(agent_toml(n, home, f"{self.url}/v1/nodes/{{node}}/manifest", self.keys,
-                                                     self.agent_interval_s))
+        (home / "agent.toml").write_text(
+            agent_toml(
+                n, home, f"{self.url}/v1/nodes/{{node}}/manifest", self.keys, self.agent_interval_s
+            )
+        )
         return Agent(n, home)
 
     @staticmethod
     def _serves(agent: Agent) -> bool:
         if agent.proc is not None and not agent.proc.alive():
-            raise FleetError(f"agent {agent.spec.name} exited: {agent.proc.log.read_text()[-3000:]}")
+            raise FleetError(
+                f"agent {agent.spec.name} exited: {agent.proc.log.read_text()[-3000:]}"
+            )
         try:
             agent.metrics()
             return True
@@ -358,10 +435,19 @@ class Fleet(FabricRepo, FleetView):
 
         def alive() -> None:
             if self.controller is not None and not self.controller.alive():
-                raise FleetError(f"controller exited while waiting for {what}:\n{self.controller.log.read_text()[-3000:]}")
+                raise FleetError(
+                    f"controller exited while waiting for {what}:\n{self.controller.log.read_text()[-3000:]}"
+                )
 
         try:
-            wait_until(condition, timeout_s, what, check=alive, ignore=(httpx.HTTPError,), describe=self._diagnostics)
+            wait_until(
+                condition,
+                timeout_s,
+                what,
+                check=alive,
+                ignore=(httpx.HTTPError,),
+                describe=self._diagnostics,
+            )
         except FleetError:
             raise
         except AssertionError as e:
@@ -378,19 +464,25 @@ class Fleet(FabricRepo, FleetView):
         return "\n".join(parts)
 
 
-def controller_toml(repository: Path, keys: Path, extra: str = "", listen: str = "127.0.0.1:0") -> str:
+def controller_toml(
+    repository: Path, keys: Path, extra: str = "", listen: str = "127.0.0.1:0"
+) -> str:
     """The fleet's controller.toml: state and publish dirs beside it; ``extra`` (default: scrape health every 0.5 s)."""
-    return (f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
-            f'signing_key = "{keys / "treadle.key"}"\nlisten = "{listen}"\npoll_interval_s = 30\n'
-            f"{extra or _HEALTH_SCRAPE}")
+    return (
+        f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
+        f'signing_key = "{keys / "treadle.key"}"\nlisten = "{listen}"\npoll_interval_s = 30\n'
+        f"{extra or _HEALTH_SCRAPE}"
+    )
 
 
 def agent_toml(n: NodeSpec, home: Path, manifest_url: str, keys: Path, interval_s: float) -> str:
     """A node's agent.toml: it applies into ``home``/root with no package or service manager."""
-    return (f'node = "{n.name}"\nmanifest_urls = ["{manifest_url}"]\n'
-            f'trust_root = "{keys / "trust-root.json"}"\nstate_dir = "state"\nroot = "root"\n'
-            f'proc_sys = "{home / "proc_sys"}"\ninterval_s = {interval_s}\njitter_s = 0\nretries = 0\n'
-            f'metrics_listen = "{n.address}:{n.port}"\npackage_manager = "none"\nservice_manager = "none"\n')
+    return (
+        f'node = "{n.name}"\nmanifest_urls = ["{manifest_url}"]\n'
+        f'trust_root = "{keys / "trust-root.json"}"\nstate_dir = "state"\nroot = "root"\n'
+        f'proc_sys = "{home / "proc_sys"}"\ninterval_s = {interval_s}\njitter_s = 0\nretries = 0\n'
+        f'metrics_listen = "{n.address}:{n.port}"\npackage_manager = "none"\nservice_manager = "none"\n'
+    )
 
 
 _HEALTH_SCRAPE = '[health]\nsource = "scrape"\nscrape_timeout_s = 1\ninterval_s = 0.5\n'
@@ -398,13 +490,23 @@ _HEALTH_SCRAPE = '[health]\nsource = "scrape"\nscrape_timeout_s = 1\ninterval_s 
 
 def generate_keys(directory: Path) -> Path:
     """`treadle keys generate` into ``directory`` (the controller's key and the agents' trust root)."""
-    subprocess.run([str(Path(PY).parent / "treadle"), "keys", "generate", str(directory)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [str(Path(PY).parent / "treadle"), "keys", "generate", str(directory)],
+        check=True,
+        capture_output=True,
+    )
     return directory
 
 
-def start_fleet(workdir: Path, keys: Path, nodes: list[NodeSpec], rollout: str, *,
-                controller_toml_extra: str = "", agent_interval_s: float = 0.5) -> Fleet:
+def start_fleet(
+    workdir: Path,
+    keys: Path,
+    nodes: list[NodeSpec],
+    rollout: str,
+    *,
+    controller_toml_extra: str = "",
+    agent_interval_s: float = 0.5,
+) -> Fleet:
     """Push the fabric, start the controller, wait for the first publication, start every agent and wait
     until each has applied the first content ("v1")."""
     fleet = Fleet(workdir, keys, nodes, controller_toml_extra, agent_interval_s)
@@ -412,8 +514,16 @@ def start_fleet(workdir: Path, keys: Path, nodes: list[NodeSpec], rollout: str, 
         fleet.init_repo(rollout)
         fleet.start_controller()
         first = nodes[0].name
-        fleet.wait(lambda: httpx.get(f"{fleet.url}/v1/nodes/{first}/manifest", timeout=5,
-                                     trust_env=False).status_code == 200, 60, "the first publication")
+        fleet.wait(
+            lambda: (
+                httpx.get(
+                    f"{fleet.url}/v1/nodes/{first}/manifest", timeout=5, trust_env=False
+                ).status_code
+                == 200
+            ),
+            60,
+            "the first publication",
+        )
         fleet.start_agents()
         fleet.wait_applied("v1", [n.name for n in nodes], 60)
         fleet.first = fleet.published_generations()

@@ -16,12 +16,25 @@ ADA = ("Ada Admin", "ada@example.org")
 def git_env(identity: tuple[str, str] = IDENTITY, **extra: str) -> dict[str, str]:
     """The environment of a git command: ``identity`` as author and committer, no global or system config."""
     name, email = identity
-    return {**os.environ, "GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_NAME": name,
-            "GIT_COMMITTER_EMAIL": email, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", **extra}
+    return {
+        **os.environ,
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        **extra,
+    }
 
 
-def git(cwd: Path, *args: str, identity: tuple[str, str] = IDENTITY, author: str | None = None,
-        env: dict[str, str] | None = None) -> str:
+def git(
+    cwd: Path,
+    *args: str,
+    identity: tuple[str, str] = IDENTITY,
+    author: str | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """Run ``git args`` in ``cwd``; its stdout, stripped. ``author`` renames the author only; ``env`` adds variables.
 
     Raises:
@@ -30,8 +43,14 @@ def git(cwd: Path, *args: str, identity: tuple[str, str] = IDENTITY, author: str
     extra = dict(env or {})
     if author:
         extra["GIT_AUTHOR_NAME"] = author
-    done = subprocess.run(["git", *args], cwd=cwd, env=git_env(identity, **extra), check=True, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        env=git_env(identity, **extra),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return done.stdout.strip()
 
 

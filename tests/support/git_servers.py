@@ -22,15 +22,18 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
 from support.net import free_port
 
 SSHD = Path("/usr/sbin/sshd")
 
 
-
 def keygen(path: Path) -> Path:
     """A new ed25519 key pair without a passphrase at ``path`` (and ``path``.pub)."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
+        check=True,
+    )
     return path
 
 
@@ -39,7 +42,9 @@ class SshGitServer:
 
     def __init__(self, root: Path) -> None:
         if not SSHD.is_file():
-            raise RuntimeError(f"{SSHD} is missing: install Debian's openssh-server (make test does)")
+            raise RuntimeError(
+                f"{SSHD} is missing: install Debian's openssh-server (make test does)"
+            )
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -63,9 +68,13 @@ PermitRootLogin prohibit-password
 PidFile {root / "sshd.pid"}
 """)
         if os.geteuid() == 0:
-            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+            Path("/run/sshd").mkdir(
+                mode=0o755, exist_ok=True
+            )  # sshd's privilege separation directory
         self.log = root / "sshd.log"
-        self._proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=self.log.open("wb"))
+        self._proc = subprocess.Popen(
+            [str(SSHD), "-D", "-e", "-f", str(config)], stderr=self.log.open("wb")
+        )
         _wait_for_port(self.port, self._proc, self.log)
 
     def url(self, repo: Path) -> str:
@@ -91,25 +100,45 @@ def make_tls(root: Path) -> tuple[Path, Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test fabric CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     root.mkdir(parents=True, exist_ok=True)
     paths = root / "ca.pem", root / "server.pem", root / "server.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return paths
 
 
@@ -119,7 +148,9 @@ class HttpGitServer:
     With ``tls`` (a certificate and its key) it serves https.
     """
 
-    def __init__(self, root: Path, user: str, token: str, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self, root: Path, user: str, token: str, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.root, self.user, self.token = root, user, token
         expected = "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
         server_root = root
@@ -142,14 +173,25 @@ class HttpGitServer:
                     self.end_headers()
                     return
                 path, _, query = self.path.partition("?")
-                env = {"PATH": os.environ["PATH"], "GIT_PROJECT_ROOT": str(server_root), "GIT_HTTP_EXPORT_ALL": "1",
-                       "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(server_root), "REQUEST_METHOD": self.command,
-                       "PATH_INFO": path, "QUERY_STRING": query, "REMOTE_USER": user, "REMOTE_ADDR": "127.0.0.1",
-                       "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-                       "GIT_PROTOCOL": self.headers.get("Git-Protocol", "")}
+                env = {
+                    "PATH": os.environ["PATH"],
+                    "GIT_PROJECT_ROOT": str(server_root),
+                    "GIT_HTTP_EXPORT_ALL": "1",
+                    "GIT_CONFIG_NOSYSTEM": "1",
+                    "HOME": str(server_root),
+                    "REQUEST_METHOD": self.command,
+                    "PATH_INFO": path,
+                    "QUERY_STRING": query,
+                    "REMOTE_USER": user,
+                    "REMOTE_ADDR": "127.0.0.1",
+                    "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                    "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                }
                 body = self._body()
                 env["CONTENT_LENGTH"] = str(len(body))
-                done = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True, check=False)
+                done = subprocess.run(
+                    ["git", "http-backend"], input=body, env=env, capture_output=True, check=False
+                )
                 head, _, payload = done.stdout.partition(b"\r\n\r\n")
                 status = 200
                 headers = []
@@ -198,7 +240,9 @@ class HttpGitServer:
         self._server.server_close()
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 10) -> None:
+def _wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 10
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -208,4 +252,6 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"sshd did not listen on 127.0.0.1:{port} within {timeout_s} s: {log.read_text(errors='replace')}")
+    raise RuntimeError(
+        f"sshd did not listen on 127.0.0.1:{port} within {timeout_s} s: {log.read_text(errors='replace')}"
+    )

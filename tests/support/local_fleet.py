@@ -30,9 +30,17 @@ from typing import Any
 
 import anyio
 
-from support.clock import Clock
 from support.api_server import serving
-from support.fleet import APP_FILE, FabricRepo, FleetView, NodeSpec, agent_toml, controller_toml, git
+from support.clock import Clock
+from support.fleet import (
+    APP_FILE,
+    FabricRepo,
+    FleetView,
+    NodeSpec,
+    agent_toml,
+    controller_toml,
+    git,
+)
 from treadle.daemon import config as controller_config
 from treadle.daemon import process
 from treadle.rollout.machine import Observation
@@ -161,8 +169,11 @@ class LocalFleet(FabricRepo, FleetView):
         assert controller.pipeline.rollouts is not None
         controller.pipeline.rollouts.close()
         controller.pipeline.rollouts = RolloutService(
-            config.store.state_dir / process.STATE_DB, self.health or AgentPages(self.agents),
-            metrics=controller.pipeline.metrics, clock=self.clock)
+            config.store.state_dir / process.STATE_DB,
+            self.health or AgentPages(self.agents),
+            metrics=controller.pipeline.metrics,
+            clock=self.clock,
+        )
         controller.api.rollouts = controller.pipeline.rollouts
         self.controller = controller
         self.cycle()
@@ -208,7 +219,9 @@ class LocalFleet(FabricRepo, FleetView):
             local = self.agents.get(n.name) or self._agent_home(n)
             self.agents[n.name] = local
             config = agent_config.load(local.home / "agent.toml", remember=False)
-            agent = Agent.from_config(config, fetcher=StoreFetcher(self.publish_dir, n.name), clock=self.clock)
+            agent = Agent.from_config(
+                config, fetcher=StoreFetcher(self.publish_dir, n.name), clock=self.clock
+            )
             agent.start()
             local.agent = agent
 
@@ -217,8 +230,9 @@ class LocalFleet(FabricRepo, FleetView):
         (home / "root").mkdir(parents=True)
         (home / "proc_sys").mkdir()
         home.chmod(0o700)
-        (home / "agent.toml").write_text(agent_toml(n, home, "http://127.0.0.1:9/v1/nodes/{node}/manifest", self.keys,
-                                                     STEP_S))
+        (home / "agent.toml").write_text(
+            agent_toml(n, home, "http://127.0.0.1:9/v1/nodes/{node}/manifest", self.keys, STEP_S)
+        )
         return LocalAgent(n, home)
 
     def stop_agent(self, name: str) -> None:
@@ -282,8 +296,14 @@ class LocalFleet(FabricRepo, FleetView):
             return f"(no rollout document: {e})"
 
 
-def start_local_fleet(workdir: Path, keys: Path, nodes: list[NodeSpec], rollout: str, *,
-                      health: HealthSource | None = None) -> LocalFleet:
+def start_local_fleet(
+    workdir: Path,
+    keys: Path,
+    nodes: list[NodeSpec],
+    rollout: str,
+    *,
+    health: HealthSource | None = None,
+) -> LocalFleet:
     """Push the fabric, start the controller (its first publication), start every agent and step until each
     applied the first content ("v1")."""
     fleet = LocalFleet(workdir, keys, nodes, health=health)

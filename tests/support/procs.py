@@ -31,16 +31,27 @@ class Proc:
                 self.popen.wait()
 
 
-def spawn(name: str, argv: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> Proc:
+def spawn(
+    name: str, argv: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None
+) -> Proc:
     """Start ``argv`` with stdout and stderr appended to ``log``."""
     with log.open("ab") as out:
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+        p = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env
+        )
     return Proc(name, p, log)
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, *, check: Callable[[], None] = lambda: None,
-               ignore: tuple[type[BaseException], ...] = (), interval_s: float = 0.05,
-               describe: Callable[[], str] = lambda: "") -> None:
+def wait_until(
+    condition: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    *,
+    check: Callable[[], None] = lambda: None,
+    ignore: tuple[type[BaseException], ...] = (),
+    interval_s: float = 0.05,
+    describe: Callable[[], str] = lambda: "",
+) -> None:
     """Poll ``condition`` until it holds; ``check`` raises when waiting is pointless (a daemon died), and
     exceptions of the ``ignore`` types count as false.
 
@@ -77,8 +88,16 @@ def listening_port(proc: Proc, timeout_s: float = 60) -> int:
 
     def alive() -> None:
         if not proc.alive():
-            raise AssertionError(f"{proc.name} exited ({proc.popen.returncode}): {proc.log.read_text()[-3000:]}")
+            raise AssertionError(
+                f"{proc.name} exited ({proc.popen.returncode}): {proc.log.read_text()[-3000:]}"
+            )
 
-    wait_until(listening, timeout_s, f"{proc.name} to listen", check=alive, interval_s=0.02,
-               describe=lambda: proc.log.read_text()[-3000:])
+    wait_until(
+        listening,
+        timeout_s,
+        f"{proc.name} to listen",
+        check=alive,
+        interval_s=0.02,
+        describe=lambda: proc.log.read_text()[-3000:],
+    )
     return found[0]

@@ -20,9 +20,10 @@ from typing import Any
 
 import httpx
 from ruamel.yaml import YAML
-from support.net import free_port  # noqa: F401 (the observability tests import it from here)
 
 from support import REPO  # noqa: E402
+from support.net import free_port  # noqa: F401 (the observability tests import it from here)
+
 PROMETHEUS_DIR = REPO / "observability" / "prometheus"
 RULE_FILES = (PROMETHEUS_DIR / "recording-rules.yml", PROMETHEUS_DIR / "alert-rules.yml")
 EXAMPLE_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -45,16 +46,20 @@ def binary(name: str) -> str:
     return path
 
 
-
 def derived_config(controller: str, targets_file: Path, interval_s: int = 1) -> dict[str, Any]:
     """The example config with test intervals, absolute rule paths and the test's targets."""
     config = YAML(typ="safe").load(EXAMPLE_CONFIG.read_text())
-    config["global"].update(scrape_interval=f"{interval_s}s", scrape_timeout=f"{interval_s}s",
-                            evaluation_interval=f"{interval_s}s")
+    config["global"].update(
+        scrape_interval=f"{interval_s}s",
+        scrape_timeout=f"{interval_s}s",
+        evaluation_interval=f"{interval_s}s",
+    )
     config["rule_files"] = [str(p) for p in RULE_FILES]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     jobs["treadle-controller"]["static_configs"] = [{"targets": [controller]}]
-    jobs["treadle-agents"]["file_sd_configs"] = [{"files": [str(targets_file)], "refresh_interval": f"{interval_s}s"}]
+    jobs["treadle-agents"]["file_sd_configs"] = [
+        {"files": [str(targets_file)], "refresh_interval": f"{interval_s}s"}
+    ]
     return config
 
 
@@ -67,7 +72,9 @@ class PrometheusServer:
     log_path: Path
 
     @classmethod
-    def start(cls, workdir: Path, config: dict[str, Any], port: int, timeout_s: float = 30) -> PrometheusServer:
+    def start(
+        cls, workdir: Path, config: dict[str, Any], port: int, timeout_s: float = 30
+    ) -> PrometheusServer:
         """Start Prometheus with ``config`` on 127.0.0.1:``port`` and wait until it is ready.
 
         Raises:
@@ -79,9 +86,16 @@ class PrometheusServer:
         log_path = workdir / "prometheus.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [binary("prometheus"), f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    binary("prometheus"),
+                    f"--config.file={config_path}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         server = cls(f"http://127.0.0.1:{port}", process, log_path)
         try:
@@ -93,7 +107,9 @@ class PrometheusServer:
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
-            raise PrometheusError(f"prometheus exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            raise PrometheusError(
+                f"prometheus exited with {self.process.returncode}:\n{self.log_path.read_text()}"
+            )
         try:
             return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -108,7 +124,9 @@ class PrometheusServer:
         deadline = time.monotonic() + timeout_s
         while not condition():
             if time.monotonic() > deadline:
-                raise PrometheusError(f"timed out after {timeout_s}s waiting for {what}; log: {self.log_path}")
+                raise PrometheusError(
+                    f"timed out after {timeout_s}s waiting for {what}; log: {self.log_path}"
+                )
             time.sleep(0.25)
 
     def api(self, path: str, **params: str) -> dict[str, Any]:

@@ -24,17 +24,50 @@ DASHBOARD = REPO / "observability" / "grafana" / "treadle-fleet.json"
 
 #: Grafana's variables as the tests substitute them: "All" sites and
 #: clusters (allValue ".*") and intervals fitting a 1 s scrape interval.
-VARIABLES = {"site": ".*", "cluster": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+VARIABLES = {
+    "site": ".*",
+    "cluster": ".*",
+    "__rate_interval": "1m",
+    "__interval": "15s",
+    "__range": "1h",
+}
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 _LABEL_VALUES = re.compile(r"^label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)$")
 
-KEYWORDS = frozenset({
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-    "offset", "inf", "nan", "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk",
-    "quantile", "count_values", "group", "atan2",
-})
+KEYWORDS = frozenset(
+    {
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "inf",
+        "nan",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
+        "atan2",
+    }
+)
 #: Series Prometheus makes itself, not an exporter.
-SYNTHETIC = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds", "scrape_samples_scraped"})
+SYNTHETIC = frozenset(
+    {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds", "scrape_samples_scraped"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +109,19 @@ def dashboard_expressions(dashboard: dict[str, Any] | None = None) -> list[Expre
     out = []
     for panel in _panels(dashboard["panels"]):
         for target in panel.get("targets", []):
-            out.append(Expression(f"panel {panel['title']!r} target {target['refId']}", grafana_to_promql(target["expr"]), "panel"))
+            out.append(
+                Expression(
+                    f"panel {panel['title']!r} target {target['refId']}",
+                    grafana_to_promql(target["expr"]),
+                    "panel",
+                )
+            )
     for var in dashboard["templating"]["list"]:
         if var["type"] == "query":
             query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
-            out.append(Expression(f"variable {var['name']!r}", variable_to_promql(query), "variable"))
+            out.append(
+                Expression(f"variable {var['name']!r}", variable_to_promql(query), "variable")
+            )
     return out
 
 
@@ -94,13 +135,21 @@ def rule_expressions() -> list[Expression]:
     for path in RULE_FILES:
         for group in rule_groups(path):
             for rule in group["rules"]:
-                kind, name = ("record", rule["record"]) if "record" in rule else ("alert", rule["alert"])
+                kind, name = (
+                    ("record", rule["record"]) if "record" in rule else ("alert", rule["alert"])
+                )
                 out.append(Expression(f"{path.name}: {kind} {name}", rule["expr"], kind))
     return out
 
 
 def recorded_names() -> set[str]:
-    return {r["record"] for path in RULE_FILES for g in rule_groups(path) for r in g["rules"] if "record" in r}
+    return {
+        r["record"]
+        for path in RULE_FILES
+        for g in rule_groups(path)
+        for r in g["rules"]
+        if "record" in r
+    }
 
 
 _STRIP = (

@@ -45,6 +45,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from support import REPO  # noqa: E402
+
 SUITE = "bookworm"
 INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3-venv", "iproute2")
 #: Bumped when the way the tree is made changes (a new key, a fresh debootstrap).
@@ -59,7 +60,11 @@ class NodeError(AssertionError):
 def why_not_here() -> str | None:
     """Why the real-node tests cannot run on this machine (None: they must run)."""
     try:
-        release = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
+        release = dict(
+            line.split("=", 1)
+            for line in Path("/etc/os-release").read_text().splitlines()
+            if "=" in line
+        )
     except OSError:
         return "no /etc/os-release: not a Debian 12 machine"
     if release.get("ID") != "debian" or release.get("VERSION_ID", "").strip('"') != "12":
@@ -91,23 +96,43 @@ def cache_dir() -> Path:
 def pristine_tarball(log: Path) -> Path:
     """The pristine tree as a tarball, built by debootstrap on first use."""
     mirror = host_mirror()
-    key = hashlib.sha256(json.dumps([TREE_FORMAT, SUITE, "minbase", mirror, sorted(INCLUDE)]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([TREE_FORMAT, SUITE, "minbase", mirror, sorted(INCLUDE)]).encode()
+    ).hexdigest()[:16]
     tarball = cache_dir() / f"{SUITE}-{key}.tar"
     if tarball.exists():
         return tarball
     for tool in ("debootstrap", "systemd-nspawn", "nsenter", "ip"):
         if shutil.which(tool) is None:
-            raise NodeError(f"{tool} is missing: run .ci/install-deps (it installs .ci/apt-packages)")
+            raise NodeError(
+                f"{tool} is missing: run .ci/install-deps (it installs .ci/apt-packages)"
+            )
     cache_dir().mkdir(parents=True, exist_ok=True)
     build = cache_dir() / f"build-{os.getpid()}"
     shutil.rmtree(build, ignore_errors=True)
     try:
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(INCLUDE)}", SUITE, str(build), mirror],
-             log, timeout=1200, what="debootstrap")
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(INCLUDE)}",
+                SUITE,
+                str(build),
+                mirror,
+            ],
+            log,
+            timeout=1200,
+            what="debootstrap",
+        )
         # No getty on the console (stdin is not a terminal) and no clock or journal upload noise.
         (build / "etc/systemd/system/console-getty.service").symlink_to("/dev/null")
         partial = f"{tarball}.{os.getpid()}.tmp"
-        _run(["tar", "-C", str(build), "--numeric-owner", "--xattrs", "-cf", partial, "."], log, 600, "tar")
+        _run(
+            ["tar", "-C", str(build), "--numeric-owner", "--xattrs", "-cf", partial, "."],
+            log,
+            600,
+            "tar",
+        )
         os.replace(partial, tarball)
     finally:
         shutil.rmtree(build, ignore_errors=True)
@@ -117,12 +142,19 @@ def pristine_tarball(log: Path) -> Path:
 def build_wheelhouse(dest: Path, log: Path) -> Path:
     """The checkout's wheel and its dependencies' wheels (what a node's ``pip install --no-index`` needs)."""
     dest.mkdir(parents=True, exist_ok=True)
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dest), str(REPO)], log, 600, "pip wheel")
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dest), str(REPO)],
+        log,
+        600,
+        "pip wheel",
+    )
     return dest
 
 
 def _run(argv: list[str], log: Path, timeout: float, what: str) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     with log.open("a") as f:
         f.write(f"$ {' '.join(argv)}\n{p.stdout}{p.stderr}\n")
     if p.returncode != 0:
@@ -204,13 +236,30 @@ class Node:
         (self.root / "etc/hostname").write_text(self.name + "\n")
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
-                ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet", "--console=passive",
-                 "-D", str(self.root), "-M", self.name, "--network-veth"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    "systemd-nspawn",
+                    "--boot",
+                    "--register=no",
+                    "--keep-unit",
+                    "--quiet",
+                    "--console=passive",
+                    "-D",
+                    str(self.root),
+                    "-M",
+                    self.name,
+                    "--network-veth",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while not self.pid:
             if self.popen.poll() is not None:
-                raise NodeError(f"systemd-nspawn exited {self.popen.returncode}: {self.log.read_text()[-3000:]}")
+                raise NodeError(
+                    f"systemd-nspawn exited {self.popen.returncode}: {self.log.read_text()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 raise NodeError(f"the node's init never started: {self.log.read_text()[-3000:]}")
             self.pid = self._init_pid()
@@ -222,14 +271,18 @@ class Node:
                 break
             time.sleep(0.1)
         if r.stdout.strip() not in ("running", "degraded"):
-            raise NodeError(f"the node did not boot: {r.stdout}{r.stderr}\n{self.sh('systemctl --failed', check=False).stdout}")
+            raise NodeError(
+                f"the node did not boot: {r.stdout}{r.stderr}\n{self.sh('systemctl --failed', check=False).stdout}"
+            )
         veth = f"ve-{self.name}"[:15]
         subprocess.run(["ip", "addr", "add", f"{self.host_address}/30", "dev", veth], check=True)
         subprocess.run(["ip", "link", "set", veth, "up"], check=True)
         self.sh(f"ip addr add {self.address}/30 dev host0 && ip link set host0 up")
         mirror = urlsplit(host_mirror())
         port = mirror.port or 80
-        upstream = socket.getaddrinfo(mirror.hostname, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][:2]
+        upstream = socket.getaddrinfo(mirror.hostname, port, socket.AF_INET, socket.SOCK_STREAM)[0][
+            4
+        ][:2]
         self.relays.append(Relay((self.host_address, port), upstream))
         with (self.root / "etc/hosts").open("a") as f:
             f.write(f"{self.host_address} {mirror.hostname}\n")
@@ -251,18 +304,40 @@ class Node:
         self.relays.append(Relay((self.host_address, port), upstream))
         return f"{self.host_address}:{port}"
 
-    def run(self, argv: list[str], *, check: bool = True, timeout: float = 300,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: list[str], *, check: bool = True, timeout: float = 300, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """``argv`` inside the node (its PID 1's namespaces), with a clean environment."""
-        full = ["nsenter", "-t", str(self.pid), "-a", "--", "env", "-i", f"PATH={NODE_PATH}", "HOME=/root",
-                "LANG=C.UTF-8", *argv]
-        p = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input,
-                           stdin=None if input is not None else subprocess.DEVNULL)
+        full = [
+            "nsenter",
+            "-t",
+            str(self.pid),
+            "-a",
+            "--",
+            "env",
+            "-i",
+            f"PATH={NODE_PATH}",
+            "HOME=/root",
+            "LANG=C.UTF-8",
+            *argv,
+        ]
+        p = subprocess.run(
+            full,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
         if check and p.returncode != 0:
-            raise NodeError(f"in {self.name}: `{' '.join(argv)}` exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+            raise NodeError(
+                f"in {self.name}: `{' '.join(argv)}` exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+            )
         return p
 
-    def sh(self, script: str, *, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def sh(
+        self, script: str, *, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         return self.run(["/bin/sh", "-c", script], check=check, timeout=timeout)
 
     def path(self, p: str) -> Path:
@@ -273,8 +348,10 @@ class Node:
         """The documented node install: a venv at /opt/treadle, the agent from a wheelhouse, no index."""
         inside = "/var/tmp/treadle-wheelhouse"
         shutil.copytree(wheelhouse, self.path(inside), dirs_exist_ok=True)
-        self.sh(f"python3 -m venv /opt/treadle && /opt/treadle/bin/pip install -q --no-index --find-links {inside} treadle",
-                timeout=600)
+        self.sh(
+            f"python3 -m venv /opt/treadle && /opt/treadle/bin/pip install -q --no-index --find-links {inside} treadle",
+            timeout=600,
+        )
 
     def shutdown(self) -> None:
         for relay in self.relays:
@@ -295,7 +372,12 @@ def make_node(name: str, index: int, workdir: Path, tarball: Path) -> Node:
     """Unpack the pristine tree into ``workdir``/root and boot it."""
     root = workdir / "root"
     root.mkdir(parents=True)
-    _run(["tar", "-C", str(root), "--numeric-owner", "--xattrs", "-xf", str(tarball)], workdir / "make.log", 600, "untar")
+    _run(
+        ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "-xf", str(tarball)],
+        workdir / "make.log",
+        600,
+        "untar",
+    )
     node = Node(name, root, index, workdir)
     try:
         node.boot()

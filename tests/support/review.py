@@ -93,4 +93,6 @@ def check_golden(name: str, text: str) -> None:
         return
     assert path.is_file(), f"{path} is missing: run with TREADLE_REGEN_GOLDEN=1 to create it"
     expected = path.read_text(encoding="utf-8")
-    assert text == expected, f"{name} differs from the golden file (TREADLE_REGEN_GOLDEN=1 rewrites it after a deliberate change)"
+    assert text == expected, (
+        f"{name} differs from the golden file (TREADLE_REGEN_GOLDEN=1 rewrites it after a deliberate change)"
+    )

@@ -15,10 +15,10 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-import treadle_schemas
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import SafeConstructor
 
+import treadle_schemas
 from support.bench import bench_module
 
 
@@ -82,7 +82,10 @@ def schema_errors(path: Path) -> list[str]:
     schema = treadle_schemas.KIND_SCHEMAS.get(doc.get("kind", ""))
     if schema is None:
         return [f"{path}: unknown kind {doc.get('kind')!r}"]
-    return [f"{path}: {'/'.join(map(str, where))}: {message}" for where, message in treadle_schemas.errors(schema, doc)]
+    return [
+        f"{path}: {'/'.join(map(str, where))}: {message}"
+        for where, message in treadle_schemas.errors(schema, doc)
+    ]
 
 
 @pytest.fixture(scope="session")

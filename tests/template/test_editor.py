@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import treadle_schemas
-
 from support import copy_template
 from support.npm_tools import npm_package
 from treadle.cli import main
-
 
 
 class LanguageServer:
@@ -37,14 +35,27 @@ class LanguageServer:
         node = shutil.which("node")
         assert node is not None, "node is not installed: run .ci/install-deps"
         server = npm_package("yaml-language-server") / "bin" / "yaml-language-server"
-        self.proc = subprocess.Popen([node, str(server), "--stdio"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, cwd=root)
+        self.proc = subprocess.Popen(
+            [node, str(server), "--stdio"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=root,
+        )
         self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
         self.settings, self.next_id = settings, 0
         threading.Thread(target=self._read, daemon=True).start()
-        self.request("initialize", {"processId": None, "rootUri": root.as_uri(), "capabilities": {
-            "workspace": {"configuration": True},
-            "textDocument": {"publishDiagnostics": {}}}})
+        self.request(
+            "initialize",
+            {
+                "processId": None,
+                "rootUri": root.as_uri(),
+                "capabilities": {
+                    "workspace": {"configuration": True},
+                    "textDocument": {"publishDiagnostics": {}},
+                },
+            },
+        )
         self.notify("initialized", {})
         self.notify("workspace/didChangeConfiguration", {"settings": settings})
 
@@ -84,7 +95,9 @@ class LanguageServer:
             remaining = deadline - time.monotonic()
             assert remaining > 0, "the language server did not answer in time"
             m = self.messages.get(timeout=remaining)
-            if "method" in m and "id" in m:  # a request from the server: configuration, capability registration...
+            if (
+                "method" in m and "id" in m
+            ):  # a request from the server: configuration, capability registration...
                 result: Any = None
                 if m["method"] == "workspace/configuration":
                     result = [self._section(item.get("section")) for item in m["params"]["items"]]
@@ -102,9 +115,22 @@ class LanguageServer:
 
     def diagnostics(self, path: Path) -> list[dict[str, Any]]:
         uri = path.as_uri()
-        self.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "yaml", "version": 1,
-                                                               "text": path.read_text()}})
-        m = self.wait(lambda m: m.get("method") == "textDocument/publishDiagnostics" and m["params"]["uri"] == uri)
+        self.notify(
+            "textDocument/didOpen",
+            {
+                "textDocument": {
+                    "uri": uri,
+                    "languageId": "yaml",
+                    "version": 1,
+                    "text": path.read_text(),
+                }
+            },
+        )
+        m = self.wait(
+            lambda m: (
+                m.get("method") == "textDocument/publishDiagnostics" and m["params"]["uri"] == uri
+            )
+        )
         return list(m["params"]["diagnostics"])
 
     def close(self) -> None:
@@ -145,24 +171,38 @@ def yaml_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.yaml") if ".github" not in p.parts)
 
 
-def test_the_language_server_with_the_shipped_settings_reports_nothing_on_the_template(tmp_path: Path) -> None:
+def test_the_language_server_with_the_shipped_settings_reports_nothing_on_the_template(
+    tmp_path: Path,
+) -> None:
     root = template_with_local_schemas(tmp_path)
     extra = root / "sites" / "meyrin" / "batch" / "nodes" / "batch-009.yaml"
     first = extra.parent.joinpath("batch-001.yaml").read_text()
-    extra.write_text(first.replace("address: 192.0.2.11", "address: 192.0.2.99").replace("labels:\n", "labels: !replace\n", 1)
-                     + "files:\n  /etc/motd: !delete\n")
+    extra.write_text(
+        first.replace("address: 192.0.2.11", "address: 192.0.2.99").replace(
+            "labels:\n", "labels: !replace\n", 1
+        )
+        + "files:\n  /etc/motd: !delete\n"
+    )
     assert main(["validate", str(root)]) == 0  # the same files are valid for treadle
     server = LanguageServer(root, vscode_settings(root))
     try:
         found = {str(p.relative_to(root)): server.diagnostics(p) for p in yaml_files(root)}
     finally:
         server.close()
-    tagged = [p for p in found if "!delete" in (root / p).read_text() or "!append" in (root / p).read_text()]
+    tagged = [
+        p
+        for p in found
+        if "!delete" in (root / p).read_text() or "!append" in (root / p).read_text()
+    ]
     assert len(found) > 15 and len(tagged) >= 4
-    assert {p: d for p, d in found.items() if d} == {}, json.dumps({p: d for p, d in found.items() if d}, indent=1)[:3000]
+    assert {p: d for p, d in found.items() if d} == {}, json.dumps(
+        {p: d for p, d in found.items() if d}, indent=1
+    )[:3000]
 
 
-def test_without_the_setting_the_merge_tags_are_flagged_and_a_misspelt_field_is_always(tmp_path: Path) -> None:
+def test_without_the_setting_the_merge_tags_are_flagged_and_a_misspelt_field_is_always(
+    tmp_path: Path,
+) -> None:
     root = template_with_local_schemas(tmp_path)
     node = root / "sites" / "meyrin" / "login" / "nodes" / "login-002.yaml"
     assert "!delete" in node.read_text()

@@ -6,10 +6,15 @@ import ipaddress
 import re
 
 import pytest
+
 import treadle_schemas
 from support import TEMPLATE
 
-YAML_FILES = sorted(p.relative_to(TEMPLATE).as_posix() for p in TEMPLATE.rglob("*.yaml") if not any(part.startswith(".") for part in p.relative_to(TEMPLATE).parts))
+YAML_FILES = sorted(
+    p.relative_to(TEMPLATE).as_posix()
+    for p in TEMPLATE.rglob("*.yaml")
+    if not any(part.startswith(".") for part in p.relative_to(TEMPLATE).parts)
+)
 NODE_FILES = sorted(TEMPLATE.glob("sites/*/*/nodes/*.yaml"))
 DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
 
@@ -32,15 +37,31 @@ def _expected_kind(relpath: str) -> str:
 
 
 def _nodes(fabric_files) -> dict[str, dict]:
-    return {p.stem: fabric_files.load(p) | {"_site": p.parts[-4], "_cluster": p.parts[-3]} for p in NODE_FILES}
+    return {
+        p.stem: fabric_files.load(p) | {"_site": p.parts[-4], "_cluster": p.parts[-3]}
+        for p in NODE_FILES
+    }
 
 
 def test_template_has_the_layout_of_a_fabric_repository():
     assert (TEMPLATE / "fabric.yaml").is_file() and (TEMPLATE / "rollout.yaml").is_file()
-    assert {p.parent.name + "/" + p.name for p in TEMPLATE.glob("sites/*/*/cluster.yaml")} == {"batch/cluster.yaml", "login/cluster.yaml", "storage/cluster.yaml"}
+    assert {p.parent.name + "/" + p.name for p in TEMPLATE.glob("sites/*/*/cluster.yaml")} == {
+        "batch/cluster.yaml",
+        "login/cluster.yaml",
+        "storage/cluster.yaml",
+    }
     assert len(NODE_FILES) == 12
-    assert {p.stem for p in (TEMPLATE / "profiles").glob("*.yaml")} >= {"base", "batch", "storage", "login", "canary"}
-    assert {p.stem for p in (TEMPLATE / "profiles" / "lifecycle").glob("*.yaml")} == {"draining", "maintenance"}
+    assert {p.stem for p in (TEMPLATE / "profiles").glob("*.yaml")} >= {
+        "base",
+        "batch",
+        "storage",
+        "login",
+        "canary",
+    }
+    assert {p.stem for p in (TEMPLATE / "profiles" / "lifecycle").glob("*.yaml")} == {
+        "draining",
+        "maintenance",
+    }
 
 
 @pytest.mark.parametrize("relpath", YAML_FILES)
@@ -51,7 +72,9 @@ def test_every_yaml_file_validates_against_the_schema_of_its_kind(relpath, fabri
 
 
 @pytest.mark.parametrize("relpath", YAML_FILES)
-def test_every_yaml_file_starts_with_the_language_server_line_naming_its_schema(relpath, fabric_files):
+def test_every_yaml_file_starts_with_the_language_server_line_naming_its_schema(
+    relpath, fabric_files
+):
     first = (TEMPLATE / relpath).read_text(encoding="utf-8").splitlines()[0]
     schema = treadle_schemas.KIND_SCHEMAS[fabric_files.load(TEMPLATE / relpath)["kind"]]
     assert first == f"# yaml-language-server: $schema={treadle_schemas.BASE_URI}{schema}"
@@ -61,7 +84,10 @@ def test_schema_check_of_these_tests_reports_a_broken_copy(tmp_path, fabric_file
     # Guards the check itself: a check that accepted everything would pass every test above.
     broken = tmp_path / "batch-001.yaml"
     text = (TEMPLATE / "sites/meyrin/batch/nodes/batch-001.yaml").read_text(encoding="utf-8")
-    broken.write_text(text.replace("lifecycle: production", "lifecycle: productoin\nadress: 192.0.2.99"), encoding="utf-8")
+    broken.write_text(
+        text.replace("lifecycle: production", "lifecycle: productoin\nadress: 192.0.2.99"),
+        encoding="utf-8",
+    )
     errors = fabric_files.errors(broken)
     assert any("lifecycle" in e for e in errors) and any("adress" in e for e in errors)
 
@@ -87,7 +113,12 @@ def test_lifecycle_states_vary_within_the_out_of_production_limit(fabric_files):
     fabric = fabric_files.load(TEMPLATE / "fabric.yaml")
     limit = fabric["lifecycle"]["max_out_of_production"]
     nodes = _nodes(fabric_files)
-    assert {n.get("lifecycle", "production") for n in nodes.values()} == {"production", "draining", "maintenance", "provisioning"}
+    assert {n.get("lifecycle", "production") for n in nodes.values()} == {
+        "production",
+        "draining",
+        "maintenance",
+        "provisioning",
+    }
     clusters: dict[str, list[str]] = {}
     for node in nodes.values():
         clusters.setdefault(node["_cluster"], []).append(node.get("lifecycle", "production"))
@@ -109,7 +140,10 @@ def test_lifecycle_transitions_reach_every_state_and_retired_is_final(fabric_fil
 
 
 def test_referenced_profiles_and_templates_exist(fabric_files):
-    profiles = {p.relative_to(TEMPLATE / "profiles").with_suffix("").as_posix() for p in (TEMPLATE / "profiles").rglob("*.yaml")}
+    profiles = {
+        p.relative_to(TEMPLATE / "profiles").with_suffix("").as_posix()
+        for p in (TEMPLATE / "profiles").rglob("*.yaml")
+    }
     templates = {p.name for p in (TEMPLATE / "templates").iterdir()}
     used_templates = set()
     for relpath in YAML_FILES:
@@ -126,7 +160,9 @@ def test_each_agent_listens_on_its_own_port_and_no_check_needs_the_daemon(fabric
     assert len(set(ports)) == len(ports)
     for name, node in nodes.items():
         # `treadle-agent once` serves no metrics: a check on the port would fail every first test.
-        assert all(c.get("tcp") != node["agent"]["metrics_port"] for c in node.get("health", {}).values()), name
+        assert all(
+            c.get("tcp") != node["agent"]["metrics_port"] for c in node.get("health", {}).values()
+        ), name
 
 
 def test_rollout_starts_with_the_canaries_the_canary_profile_marks(fabric_files):
@@ -143,4 +179,3 @@ def test_rollout_starts_with_the_canaries_the_canary_profile_marks(fabric_files)
 def test_template_ships_no_python_files():
     # It is installed as the data package treadle_template; code in it would be importable.
     assert [p for p in TEMPLATE.rglob("*.py")] == []
-

@@ -26,17 +26,30 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="run a whole fabric on this machine and play a short story",
-                       description="Start a real controller and N real agents on loopback addresses, each agent\n"
-                                   "applying into its own directory, then show a change rolling out wave by\n"
-                                   "wave, a bad change rolled back, and a node going to maintenance.\n"
-                                   "Exit 0 when every scene passed, 1 otherwise, 2 on an environment error.",
-                       epilog="examples:\n  treadle demo\n  treadle demo --nodes 8 --fast\n"
-                              "  treadle demo --keep-running --workspace /tmp/fabric-demo",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nodes", type=int, default=24, metavar="N", help="how many nodes (default 24, 8..200)")
-    p.add_argument("--keep-running", action="store_true", help="leave the fabric running after the story, until Ctrl-C")
-    p.add_argument("--workspace", metavar="DIR", help="where to build everything (default: a new temporary directory)")
+    p = sub.add_parser(
+        "demo",
+        help="run a whole fabric on this machine and play a short story",
+        description="Start a real controller and N real agents on loopback addresses, each agent\n"
+        "applying into its own directory, then show a change rolling out wave by\n"
+        "wave, a bad change rolled back, and a node going to maintenance.\n"
+        "Exit 0 when every scene passed, 1 otherwise, 2 on an environment error.",
+        epilog="examples:\n  treadle demo\n  treadle demo --nodes 8 --fast\n"
+        "  treadle demo --keep-running --workspace /tmp/fabric-demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--nodes", type=int, default=24, metavar="N", help="how many nodes (default 24, 8..200)"
+    )
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the fabric running after the story, until Ctrl-C",
+    )
+    p.add_argument(
+        "--workspace",
+        metavar="DIR",
+        help="where to build everything (default: a new temporary directory)",
+    )
     p.add_argument("--fast", action="store_true", help="shorter soak times and intervals (for CI)")
     p.set_defaults(func=cmd_demo)
 
@@ -47,8 +60,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from treadle.demo.processes import sigterm_as_interrupt
 
     workspace.cluster_sizes(args.nodes)  # a bad --nodes is a usage error before anything is created
-    root = Path(args.workspace) if args.workspace else Path(tempfile.mkdtemp(prefix="treadle-demo-"))
+    root = (
+        Path(args.workspace) if args.workspace else Path(tempfile.mkdtemp(prefix="treadle-demo-"))
+    )
     timing = workspace.Timing.fast() if args.fast else workspace.Timing()
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # every thread's stack to stderr, if it seems stuck
+    faulthandler.register(
+        signal.SIGUSR1, all_threads=True
+    )  # every thread's stack to stderr, if it seems stuck
     with sigterm_as_interrupt():
         return EXIT_OK if play(root, args.nodes, timing, args.keep_running) else EXIT_FAILED

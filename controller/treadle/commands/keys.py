@@ -26,27 +26,47 @@ from treadle.keygen import generate, trust_root
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = subparsers.add_parser("keys", help="manage manifest signing keys",
-                                 epilog="example:\n  treadle keys generate /etc/treadle/keys --threshold 2",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    keys = subparsers.add_parser(
+        "keys",
+        help="manage manifest signing keys",
+        epilog="example:\n  treadle keys generate /etc/treadle/keys --threshold 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    gen = sub.add_parser("generate", help="write Ed25519 signing keys and a trust root into DIR",
-                         description="Write Ed25519 signing key pairs (as many as --threshold) and a trust root into DIR.",
-                         epilog="examples:\n  treadle keys generate /etc/treadle/keys\n"
-                                "  treadle keys generate /etc/treadle/keys --threshold 2",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen = sub.add_parser(
+        "generate",
+        help="write Ed25519 signing keys and a trust root into DIR",
+        description="Write Ed25519 signing key pairs (as many as --threshold) and a trust root into DIR.",
+        epilog="examples:\n  treadle keys generate /etc/treadle/keys\n"
+        "  treadle keys generate /etc/treadle/keys --threshold 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     gen.add_argument("dir", type=Path, metavar="DIR")
-    gen.add_argument("--threshold", type=int, default=1, help="signatures a manifest needs; this many key pairs are written")
-    gen.add_argument("--name", default="treadle", help="file name stem of the key files (default: treadle)")
+    gen.add_argument(
+        "--threshold",
+        type=int,
+        default=1,
+        help="signatures a manifest needs; this many key pairs are written",
+    )
+    gen.add_argument(
+        "--name", default="treadle", help="file name stem of the key files (default: treadle)"
+    )
     gen.set_defaults(func=_generate)
     root = sub.add_parser(
-        "trust-root", help="write a trust root pinning existing public keys (for a key rotation)",
+        "trust-root",
+        help="write a trust root pinning existing public keys (for a key rotation)",
         description="Write a trust root OUT that pins the public keys PUB (*.pub.json from `treadle keys generate`).",
         epilog="example:\n  treadle keys trust-root trust-root.json keys/old.pub.json keys/new.pub.json --threshold 1",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     root.add_argument("out", type=Path, metavar="OUT")
     root.add_argument("pubs", type=Path, nargs="+", metavar="PUB")
-    root.add_argument("--threshold", type=int, default=1, help="distinct keys whose signatures a manifest needs (default: 1)")
+    root.add_argument(
+        "--threshold",
+        type=int,
+        default=1,
+        help="distinct keys whose signatures a manifest needs (default: 1)",
+    )
     root.set_defaults(func=lambda a: print(trust_root(a.out, a.pubs, threshold=a.threshold)) or 0)
 
 

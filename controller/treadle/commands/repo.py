@@ -13,39 +13,64 @@ from pathlib import Path
 from typing import Any
 
 from treadle.errors import FabricError, UsageError
-from treadle.fabric import GitRevisionSource, ParseCache, RenderResult, WorkTreeSource, explain, keyscan, render_fabric
+from treadle.fabric import (
+    GitRevisionSource,
+    ParseCache,
+    RenderResult,
+    WorkTreeSource,
+    explain,
+    keyscan,
+    render_fabric,
+)
 from treadle.fabric.scaffold import new_fabric
 from treadle.fabric.source import Source
 
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("init", help="create a new fabric repository from the example template",
-                       description="Copy the example fabric into DIR (which must be empty or absent).\n"
-                                   "When git is installed, DIR becomes a git repository with the template\n"
-                                   "as its first commit (branch main).",
-                       epilog="example:\n  treadle init my-fabric && treadle validate my-fabric",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "init",
+        help="create a new fabric repository from the example template",
+        description="Copy the example fabric into DIR (which must be empty or absent).\n"
+        "When git is installed, DIR becomes a git repository with the template\n"
+        "as its first commit (branch main).",
+        epilog="example:\n  treadle init my-fabric && treadle validate my-fabric",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("validate", help="check a fabric repository: every problem, located",
-                       description="Load, render and check every node of the fabric; print every problem as\n"
-                                   "file:line:col: message (hint: ...).\n"
-                                   "Exit 0 valid, 1 invalid, 2 usage or environment error.",
-                       epilog="examples:\n  treadle validate                       # the work tree in .\n"
-                              "  treadle validate fabric --rev HEAD~1   # a committed revision\n"
-                              "  treadle validate --rev HEAD --base origin/main --format json",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "validate",
+        help="check a fabric repository: every problem, located",
+        description="Load, render and check every node of the fabric; print every problem as\n"
+        "file:line:col: message (hint: ...).\n"
+        "Exit 0 valid, 1 invalid, 2 usage or environment error.",
+        epilog="examples:\n  treadle validate                       # the work tree in .\n"
+        "  treadle validate fabric --rev HEAD~1   # a committed revision\n"
+        "  treadle validate --rev HEAD --base origin/main --format json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _repo_args(p)
-    p.add_argument("--base", metavar="REV", help="base revision: also check lifecycle transitions from it")
-    p.add_argument("--format", choices=("text", "json"), default="text", help="json: one report on standard output")
+    p.add_argument(
+        "--base", metavar="REV", help="base revision: also check lifecycle transitions from it"
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one report on standard output",
+    )
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("render", help="print one node's manifest, or write all of them",
-                       description="Render the fabric and print one node's canonical manifest JSON, or write\n"
-                                   "<node>.json for every node into a directory. An invalid fabric is\n"
-                                   "refused with every problem (exit 1).",
-                       epilog="examples:\n  treadle render --node batch-001\n  treadle render fabric --all --out /tmp/manifests --rev main",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "render",
+        help="print one node's manifest, or write all of them",
+        description="Render the fabric and print one node's canonical manifest JSON, or write\n"
+        "<node>.json for every node into a directory. An invalid fabric is\n"
+        "refused with every problem (exit 1).",
+        epilog="examples:\n  treadle render --node batch-001\n  treadle render fabric --all --out /tmp/manifests --rev main",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _repo_args(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--node", metavar="N", help="the node to print")
@@ -53,25 +78,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", metavar="DIR", help="directory for --all")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("explain", help="which overlays set a node's value, and who committed them",
-                       usage="treadle explain [-h] [--rev REV] [REPO] NODE KEYPATH",
-                       description="Show the chain of overlays that set KEYPATH for NODE, the winner first,\n"
-                                   "each with file:line:col and, inside a git repository, the commit, author\n"
-                                   "and date that last changed that line. KEYPATH starts with an overlay field\n"
-                                   "(data, labels, files, directories, symlinks, packages, services, sysctl,\n"
-                                   "health) or a node field (address, lifecycle).",
-                       epilog="examples:\n  treadle explain batch-001 files./etc/chrony.conf.mode\n"
-                              "  treadle explain fabric batch-001 data.ntp.servers",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("args", nargs="+", metavar="[REPO] NODE KEYPATH",
-                   help="the fabric repository (default: .), the node, the key path")
+    p = sub.add_parser(
+        "explain",
+        help="which overlays set a node's value, and who committed them",
+        usage="treadle explain [-h] [--rev REV] [REPO] NODE KEYPATH",
+        description="Show the chain of overlays that set KEYPATH for NODE, the winner first,\n"
+        "each with file:line:col and, inside a git repository, the commit, author\n"
+        "and date that last changed that line. KEYPATH starts with an overlay field\n"
+        "(data, labels, files, directories, symlinks, packages, services, sysctl,\n"
+        "health) or a node field (address, lifecycle).",
+        epilog="examples:\n  treadle explain batch-001 files./etc/chrony.conf.mode\n"
+        "  treadle explain fabric batch-001 data.ntp.servers",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "args",
+        nargs="+",
+        metavar="[REPO] NODE KEYPATH",
+        help="the fabric repository (default: .), the node, the key path",
+    )
     p.add_argument("--rev", metavar="REV", help="explain a git revision instead of the work tree")
     p.set_defaults(func=cmd_explain)
 
 
 def _repo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("repo", nargs="?", default=".", metavar="REPO", help="the fabric repository (default: .)")
-    p.add_argument("--rev", metavar="REV", help="a git revision (branch, tag, sha) instead of the work tree")
+    p.add_argument(
+        "repo", nargs="?", default=".", metavar="REPO", help="the fabric repository (default: .)"
+    )
+    p.add_argument(
+        "--rev", metavar="REV", help="a git revision (branch, tag, sha) instead of the work tree"
+    )
 
 
 def _source(repo: str, rev: str | None) -> Source:
@@ -80,8 +116,13 @@ def _source(repo: str, rev: str | None) -> Source:
 
 def cmd_init(args: argparse.Namespace) -> int:
     target = Path(args.dir)
-    committed = new_fabric(target, warn=lambda line: print(f"treadle: warning: {line}", file=sys.stderr))
-    print(f"created fabric repository {target}" + (" (git repository, first commit made)" if committed else ""))
+    committed = new_fabric(
+        target, warn=lambda line: print(f"treadle: warning: {line}", file=sys.stderr)
+    )
+    print(
+        f"created fabric repository {target}"
+        + (" (git repository, first commit made)" if committed else "")
+    )
     return 0
 
 
@@ -92,15 +133,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
     result = render_fabric(source, cache, base=base)
     diagnostics = sorted({*result.diagnostics, *keyscan.scan(source)})
     if args.format == "json":
-        print(json.dumps({"ok": not diagnostics, "commit": result.commit, "nodes": len(result.nodes),
-                          "unchecked": sorted(result.unchecked),
-                          "diagnostics": [d.as_dict() for d in diagnostics]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "ok": not diagnostics,
+                    "commit": result.commit,
+                    "nodes": len(result.nodes),
+                    "unchecked": sorted(result.unchecked),
+                    "diagnostics": [d.as_dict() for d in diagnostics],
+                },
+                indent=2,
+            )
+        )
         return 0 if not diagnostics else 1
     if diagnostics:
         for d in diagnostics:
             print(d, file=sys.stderr)
-        print(f"invalid: {len(diagnostics)} problem(s); {len(result.nodes)} node(s) rendered and checked, "
-              f"{len(result.unchecked)} not rendered because a file they use has errors", file=sys.stderr)
+        print(
+            f"invalid: {len(diagnostics)} problem(s); {len(result.nodes)} node(s) rendered and checked, "
+            f"{len(result.unchecked)} not rendered because a file they use has errors",
+            file=sys.stderr,
+        )
         return 1
     print(f"ok: {len(result.nodes)} nodes valid")
     return 0
@@ -122,7 +175,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.node:
         node = result.nodes.get(args.node)
         if node is None:
-            raise UsageError(f"no node {args.node!r} (nodes: {', '.join(sorted(result.nodes)[:20])})")
+            raise UsageError(
+                f"no node {args.node!r} (nodes: {', '.join(sorted(result.nodes)[:20])})"
+            )
         sys.stdout.buffer.write(node.canonical + b"\n")
         sys.stdout.flush()
         return 0
@@ -150,7 +205,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         verb = {"set": "=", "append": "+=", "merge": "merges", "replace": "replaces with"}[p.how]
         print(f"  {p.file}:{p.line}:{p.col}  {verb} {_show(p.value)}")
         if p.blame is not None:
-            print(f"      {p.blame.commit or 'uncommitted'}  {p.blame.author}  {p.blame.date or ''}".rstrip())
+            print(
+                f"      {p.blame.commit or 'uncommitted'}  {p.blame.author}  {p.blame.date or ''}".rstrip()
+            )
     return 0
 
 

@@ -16,19 +16,25 @@ import json
 from pathlib import Path
 
 import treadle_schemas
-
 from treadle.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("schema", help="JSON Schemas of every file format",
-                       epilog="example:\n  treadle schema export .schemas", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "schema",
+        help="JSON Schemas of every file format",
+        epilog="example:\n  treadle schema export .schemas",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = p.add_subparsers(dest="schema_command", metavar="ACTION", required=True)
-    e = actions.add_parser("export", help="write every schema file into DIR",
-                           description="Write every JSON Schema shipped with Treadle into DIR (created if missing), "
-                                       "e.g. for an editor's YAML language server.",
-                           epilog="example:\n  treadle schema export .schemas",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    e = actions.add_parser(
+        "export",
+        help="write every schema file into DIR",
+        description="Write every JSON Schema shipped with Treadle into DIR (created if missing), "
+        "e.g. for an editor's YAML language server.",
+        epilog="example:\n  treadle schema export .schemas",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     e.add_argument("dir", type=Path, metavar="DIR")
     e.set_defaults(func=cmd_export)
 
@@ -44,10 +50,14 @@ def export(target: Path) -> list[Path]:
         written = []
         for name in treadle_schemas.names():
             path = target / name
-            path.write_text(json.dumps(treadle_schemas.for_editors(name), indent=2) + "\n", encoding="utf-8")
+            path.write_text(
+                json.dumps(treadle_schemas.for_editors(name), indent=2) + "\n", encoding="utf-8"
+            )
             written.append(path)
     except OSError as e:
-        raise UsageError(f"{target}: cannot write schemas: {e.strerror} (give a writable directory)") from e
+        raise UsageError(
+            f"{target}: cannot write schemas: {e.strerror} (give a writable directory)"
+        ) from e
     return written
 
 

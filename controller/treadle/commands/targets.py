@@ -23,16 +23,23 @@ from treadle.fabric.file_sd import file_sd_entries, write_targets
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("targets", help="write the agents' Prometheus file_sd targets from the fabric",
-                       description="Write Prometheus file_sd JSON with one entry per non-retired node: its agent's\n"
-                                   "metrics address and the labels node, site, cluster and lifecycle.\n"
-                                   "The file is replaced atomically.",
-                       epilog="examples:\n  treadle targets --out /etc/prometheus/treadle-agents.json\n"
-                              "  treadle targets fabric --rev main --out treadle-agents.json",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("repo", nargs="?", default=".", metavar="REPO", help="the fabric repository (default: .)")
+    p = sub.add_parser(
+        "targets",
+        help="write the agents' Prometheus file_sd targets from the fabric",
+        description="Write Prometheus file_sd JSON with one entry per non-retired node: its agent's\n"
+        "metrics address and the labels node, site, cluster and lifecycle.\n"
+        "The file is replaced atomically.",
+        epilog="examples:\n  treadle targets --out /etc/prometheus/treadle-agents.json\n"
+        "  treadle targets fabric --rev main --out treadle-agents.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "repo", nargs="?", default=".", metavar="REPO", help="the fabric repository (default: .)"
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="the file_sd JSON file to write")
-    p.add_argument("--rev", metavar="REV", help="a git revision (branch, tag, sha) instead of the work tree")
+    p.add_argument(
+        "--rev", metavar="REV", help="a git revision (branch, tag, sha) instead of the work tree"
+    )
     p.set_defaults(func=cmd_targets)
 
 

@@ -59,18 +59,25 @@ from treadle.console import sources
 from treadle.console.health import DRIFT, HEALTH, UNKNOWN, FleetWatch
 from treadle.console.index import PAGE_SIZE, NodeIndex, parse_filters, rack_elevations
 from treadle.console.work import Work
-from treadle.errors import NoSuchRolloutError, StoreError, TransitionError
 from treadle.daemon.publish import valid_node_name
+from treadle.errors import NoSuchRolloutError, StoreError, TransitionError
 from treadle.rollout.observe import Target
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "treadle_session"
 ADMIN_COOKIE = "treadle_admin"
 #: No script, no inline style, nothing from another origin, no framing, forms post only here.
-CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'")
-SECURITY_HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff",
-                    "referrer-policy": "no-referrer", "x-frame-options": "DENY", "cache-control": "no-store"}
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cache-control": "no-store",
+}
 MAX_FORM_BYTES = 16 * 1024
 #: Rollout states whose pages reload themselves (a meta refresh: no script needed), every REFRESH_S seconds.
 LIVE_STATES = frozenset({"pending", "waiting", "publishing", "soaking", "rolling_back"})
@@ -81,13 +88,22 @@ PROVENANCE_WAIT_S = 2.0
 WORKING_REFRESH_S = 3
 COMMITS_KEPT = 1024
 #: What the rack elevation colours nodes by (the query's ``by``), the first one the default.
-RACK_COLOURS = {"health": "health (the agents' last sweep)", "rollout": "the running rollout's status, else lifecycle",
-                "lifecycle": "lifecycle"}
+RACK_COLOURS = {
+    "health": "health (the agents' last sweep)",
+    "rollout": "the running rollout's status, else lifecycle",
+    "lifecycle": "lifecycle",
+}
 #: Nodes listed per wave on a rollout page (a wave of thousands is summed up by its counts).
 WAVE_NODES_SHOWN = 200
 ACTIONS = ("approve", "pause", "resume", "abort")
-RESOURCE_KEY = {"directory": "path", "file": "path", "symlink": "path", "package": "name", "sysctl": "key",
-                "service": "name"}
+RESOURCE_KEY = {
+    "directory": "path",
+    "file": "path",
+    "symlink": "path",
+    "package": "name",
+    "sysctl": "key",
+    "service": "name",
+}
 
 
 def _when(ts: float | None) -> str:
@@ -99,8 +115,12 @@ def _short(sha: str | None) -> str:
 
 
 def environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(when=_when, short=_short)
     return env
 
@@ -111,7 +131,11 @@ def resource_rows(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
     for res in (manifest or {}).get("resources", []):
         kind = str(res.get("type", "?"))
         key = RESOURCE_KEY.get(kind, "path")
-        details = {k: v for k, v in res.items() if k not in ("type", key, "content") and v not in (None, [], "")}
+        details = {
+            k: v
+            for k, v in res.items()
+            if k not in ("type", key, "content") and v not in (None, [], "")
+        }
         if "content" in res:
             details["content"] = f"{len(str(res['content']))} characters"
         rows.append({"type": kind, "id": str(res.get(key, "?")), "details": details})
@@ -144,7 +168,9 @@ class Console:
         self.key = secrets.token_bytes(32)
         self.index = NodeIndex(ctx.state, ctx.store)
         self.plans = Work("plans", workers=1, keep=64, max_pending=8)
-        self.provenance = Work("provenance", workers=1, keep=256, max_pending=16)  # one worker: see ProvenanceReader
+        self.provenance = Work(
+            "provenance", workers=1, keep=256, max_pending=16
+        )  # one worker: see ProvenanceReader
         self.trace = None if ctx.mirror is None else sources.ProvenanceReader(ctx.mirror)
         self._commits: dict[str, dict[str, Any]] = {}
         self.watch = FleetWatch(self.agent_targets, ctx.scrape_timeout_s)
@@ -176,7 +202,11 @@ class Console:
             return sources.agent_targets(self.ctx.mirror, commit, self.index.nodes())
         if self.ctx.target_of is None:
             return []
-        return [t for n in self.index.nodes() if n.present and (t := self.ctx.target_of(n.name)) is not None]
+        return [
+            t
+            for n in self.index.nodes()
+            if n.present and (t := self.ctx.target_of(n.name)) is not None
+        ]
 
     # -- sessions, access and CSRF ---------------------------------------------
 
@@ -194,8 +224,13 @@ class Console:
         scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(bearer.strip().encode(), token):
             return True
-        session, admin = request.cookies.get(SESSION_COOKIE, ""), request.cookies.get(ADMIN_COOKIE, "")
-        return bool(session) and hmac.compare_digest(admin.encode(), self._mac("admin", session).encode())
+        session, admin = (
+            request.cookies.get(SESSION_COOKIE, ""),
+            request.cookies.get(ADMIN_COOKIE, ""),
+        )
+        return bool(session) and hmac.compare_digest(
+            admin.encode(), self._mac("admin", session).encode()
+        )
 
     def may_read(self, request: Request) -> bool:
         """``console_read``: "anyone", "nobody" (the token everywhere), or "loopback" (the token elsewhere)."""
@@ -216,13 +251,19 @@ class Console:
             return False, "actions need the admin token: log in with it first"
         if _loopback(request.client.host if request.client else ""):
             return True, ""
-        return False, ("actions are accepted from the controller's own machine only; set admin_token_file in "
-                       "controller.toml to allow them with a token")
+        return False, (
+            "actions are accepted from the controller's own machine only; set admin_token_file in "
+            "controller.toml to allow them with a token"
+        )
 
     def csrf_ok(self, request: Request, form: dict[str, str]) -> bool:
         session = request.cookies.get(SESSION_COOKIE, "")
         sent = str(form.get("csrf", ""))
-        if not session or not sent or not hmac.compare_digest(sent.encode(), self.csrf_token(session).encode()):
+        if (
+            not session
+            or not sent
+            or not hmac.compare_digest(sent.encode(), self.csrf_token(session).encode())
+        ):
             return False
         origin = request.headers.get("origin")
         if origin and origin != "null":
@@ -243,7 +284,9 @@ class Console:
         body = self.env.get_template(template).render(request=request, **values)
         response = HTMLResponse(body, status_code=code, headers=SECURITY_HEADERS)
         if SESSION_COOKIE not in request.cookies:
-            response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", path="/ui")
+            response.set_cookie(
+                SESSION_COOKIE, session, httponly=True, samesite="strict", path="/ui"
+            )
         return response
 
     def refused(self, request: Request, code: int, message: str) -> Response:
@@ -265,8 +308,13 @@ class SecurityHeaders:
         async def send_with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
                 present = {k.lower() for k, _ in message.get("headers", [])}
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  *((k, v) for k, v in self.headers if k not in present)]}
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        *((k, v) for k, v in self.headers if k not in present),
+                    ],
+                }
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -295,14 +343,19 @@ def build_console(ctx: Any) -> SecurityHeaders:
         async def endpoint(request: Request) -> Response:
             if not console.may_read(request):
                 if ctx.admin_token is None:
-                    return console.refused(request, 403, "the console is readable from the controller's own machine "
-                                                         "only; set admin_token_file in controller.toml to allow "
-                                                         "reading with the token")
+                    return console.refused(
+                        request,
+                        403,
+                        "the console is readable from the controller's own machine "
+                        "only; set admin_token_file in controller.toml to allow "
+                        "reading with the token",
+                    )
                 return RedirectResponse("/ui/login", 303, headers=SECURITY_HEADERS)
             try:
                 return await handler(request)
             except StoreError as e:
                 return console.refused(request, 503, str(e))
+
         return endpoint
 
     @guarded
@@ -322,11 +375,16 @@ def build_console(ctx: Any) -> SecurityHeaders:
             for n in nodes:
                 sites[n.site or "—"] = sites.get(n.site or "—", 0) + 1
             refusals = ctx.state.refusals(limit=5)
-            return {"status": status, "rollout": rollout, "refusals": refusals,
-                    "sites": dict(sorted(sites.items())), "deployment": (status["deployments"] or [None])[0],
-                    "deployed": console.commit(status["deployed_commit"]),
-                    "refused": {f.commit: console.commit(f.commit) for f in refusals},
-                    **fleet_counts(nodes, console.watch)}
+            return {
+                "status": status,
+                "rollout": rollout,
+                "refusals": refusals,
+                "sites": dict(sorted(sites.items())),
+                "deployment": (status["deployments"] or [None])[0],
+                "deployed": console.commit(status["deployed_commit"]),
+                "refused": {f.commit: console.commit(f.commit) for f in refusals},
+                **fleet_counts(nodes, console.watch),
+            }
 
         values = await anyio.to_thread.run_sync(gather)
         live = values["rollout"] is not None and values["rollout"]["state"] in LIVE_STATES
@@ -334,7 +392,9 @@ def build_console(ctx: Any) -> SecurityHeaders:
 
     @guarded
     async def rollouts(request: Request) -> Response:
-        docs = [] if ctx.rollouts is None else await anyio.to_thread.run_sync(ctx.rollouts.documents)
+        docs = (
+            [] if ctx.rollouts is None else await anyio.to_thread.run_sync(ctx.rollouts.documents)
+        )
         return console.page(request, "rollouts.html", rollouts=docs)
 
     def _rollout_doc(raw: str) -> dict[str, Any] | None:
@@ -350,9 +410,14 @@ def build_console(ctx: Any) -> SecurityHeaders:
         doc = await anyio.to_thread.run_sync(_rollout_doc, request.path_params["rid"])
         if doc is None:
             return console.refused(request, 404, "no such rollout")
-        return console.page(request, "rollout.html", r=doc, actions=ACTIONS,
-                            rc=await anyio.to_thread.run_sync(console.commit, doc["commit"]),
-                            refresh=REFRESH_S if doc["state"] in LIVE_STATES else None)
+        return console.page(
+            request,
+            "rollout.html",
+            r=doc,
+            actions=ACTIONS,
+            rc=await anyio.to_thread.run_sync(console.commit, doc["commit"]),
+            refresh=REFRESH_S if doc["state"] in LIVE_STATES else None,
+        )
 
     @guarded
     async def confirm(request: Request) -> Response:
@@ -367,8 +432,12 @@ def build_console(ctx: Any) -> SecurityHeaders:
         action = request.path_params["action"]
         form = await read_form(request)
         if not console.csrf_ok(request, form):
-            return console.refused(request, 403, "this form is stale or came from another site (CSRF check failed): "
-                                                 "reload the page and try again")
+            return console.refused(
+                request,
+                403,
+                "this form is stale or came from another site (CSRF check failed): "
+                "reload the page and try again",
+            )
         allowed, why = console.may_act(request)
         if not allowed:
             return console.refused(request, 401 if ctx.admin_token is not None else 403, why)
@@ -382,8 +451,9 @@ def build_console(ctx: Any) -> SecurityHeaders:
         except TransitionError as e:
             return console.refused(request, 409, str(e))
         ctx.trigger()  # as the API does: let the pipeline act on it now
-        return console.page(request, "rollout.html", r=doc, actions=ACTIONS, outcome=doc.get("outcome"),
-                            done=action)
+        return console.page(
+            request, "rollout.html", r=doc, actions=ACTIONS, outcome=doc.get("outcome"), done=action
+        )
 
     @guarded
     async def nodes(request: Request) -> Response:
@@ -393,13 +463,27 @@ def build_console(ctx: Any) -> SecurityHeaders:
         except ValueError:
             page = 1
         sweep = console.watch.read()
-        result = await anyio.to_thread.run_sync(console.index.search, filters, page, PAGE_SIZE, sweep.seen)
+        result = await anyio.to_thread.run_sync(
+            console.index.search, filters, page, PAGE_SIZE, sweep.seen
+        )
         query = {k: v for k, v in request.query_params.multi_items() if k != "page"}
-        return console.page(request, "nodes.html", result=result, filters=filters, problems=problems,
-                            page_size=PAGE_SIZE, base_query=urlencode(query), seen=sweep.seen, sweep=sweep,
-                            tree=await anyio.to_thread.run_sync(console.index.tree),
-                            choices={**await anyio.to_thread.run_sync(console.index.choices), "health": HEALTH,
-                                     "drift": DRIFT})
+        return console.page(
+            request,
+            "nodes.html",
+            result=result,
+            filters=filters,
+            problems=problems,
+            page_size=PAGE_SIZE,
+            base_query=urlencode(query),
+            seen=sweep.seen,
+            sweep=sweep,
+            tree=await anyio.to_thread.run_sync(console.index.tree),
+            choices={
+                **await anyio.to_thread.run_sync(console.index.choices),
+                "health": HEALTH,
+                "drift": DRIFT,
+            },
+        )
 
     @guarded
     async def node(request: Request) -> Response:
@@ -414,17 +498,25 @@ def build_console(ctx: Any) -> SecurityHeaders:
             if doc is None:
                 return None
             history = history_document(ctx, name, limit=50)
-            return {"n": doc, "history": history["history"] if history else [],
-                    "resources": resource_rows(console.index.manifest(name)),
-                    "published_commit": console.commit(doc["published"]["commit"])}
+            return {
+                "n": doc,
+                "history": history["history"] if history else [],
+                "resources": resource_rows(console.index.manifest(name)),
+                "published_commit": console.commit(doc["published"]["commit"]),
+            }
 
         values = await anyio.to_thread.run_sync(gather)
         if values is None:
             return console.refused(request, 404, "no such node")
         provenance = await node_provenance(name, values["n"])
         working = provenance.get("state") == "running"
-        return console.page(request, "node.html", provenance=provenance,
-                            refresh=WORKING_REFRESH_S if working else None, **values)
+        return console.page(
+            request,
+            "node.html",
+            provenance=provenance,
+            refresh=WORKING_REFRESH_S if working else None,
+            **values,
+        )
 
     async def node_provenance(name: str, doc: dict[str, Any]) -> dict[str, Any]:
         """Where each of the node's values comes from at its published commit: {"state", "values"|"why"}."""
@@ -433,14 +525,25 @@ def build_console(ctx: Any) -> SecurityHeaders:
             return {"state": "none", "why": "the node is removed from the fabric"}
         trace = console.trace
         if trace is None or not commit:
-            return {"state": "none", "why": "the controller has no git mirror to read the fabric from"}
-        outcome = await console.provenance.get((commit, name), lambda: trace(commit, name), PROVENANCE_WAIT_S)
+            return {
+                "state": "none",
+                "why": "the controller has no git mirror to read the fabric from",
+            }
+        outcome = await console.provenance.get(
+            (commit, name), lambda: trace(commit, name), PROVENANCE_WAIT_S
+        )
         if outcome.state == "done":
             return {"state": "done", **outcome.value}
         if outcome.state == "failed":
-            return {"state": "none", "why": f"cannot trace the values at {commit[:12]}: {outcome.error}"}
+            return {
+                "state": "none",
+                "why": f"cannot trace the values at {commit[:12]}: {outcome.error}",
+            }
         if outcome.state == "busy":
-            return {"state": "none", "why": "the controller is tracing many nodes at once: reload in a moment"}
+            return {
+                "state": "none",
+                "why": "the controller is tracing many nodes at once: reload in a moment",
+            }
         return {"state": "running"}
 
     @guarded
@@ -452,18 +555,30 @@ def build_console(ctx: Any) -> SecurityHeaders:
         if info is None:
             return console.refused(request, 404, f"no commit {sha} in the controller's mirror")
         full = info["sha"]
-        outcome = await console.plans.get(full, lambda: sources.commit_plan(ctx.mirror, full), PLAN_WAIT_S)
+        outcome = await console.plans.get(
+            full, lambda: sources.commit_plan(ctx.mirror, full), PLAN_WAIT_S
+        )
         if outcome.state == "busy":
-            return console.refused(request, 503, "the controller is computing many plans at once: reload in a moment")
+            return console.refused(
+                request, 503, "the controller is computing many plans at once: reload in a moment"
+            )
         plan = outcome.value["plan"] if outcome.state == "done" else None
 
         def around() -> dict[str, Any]:
-            return {"parents": [console.commit(p) or {"sha": p} for p in info["parents"]],
-                    "deployed": ctx.state.deployed_commit() == full}
+            return {
+                "parents": [console.commit(p) or {"sha": p} for p in info["parents"]],
+                "deployed": ctx.state.deployed_commit() == full,
+            }
 
-        return console.page(request, "commit.html", c=info, outcome=outcome, plan=plan,
-                            refresh=WORKING_REFRESH_S if outcome.state == "running" else None,
-                            **await anyio.to_thread.run_sync(around))
+        return console.page(
+            request,
+            "commit.html",
+            c=info,
+            outcome=outcome,
+            plan=plan,
+            refresh=WORKING_REFRESH_S if outcome.state == "running" else None,
+            **await anyio.to_thread.run_sync(around),
+        )
 
     @guarded
     async def racks(request: Request) -> Response:
@@ -482,8 +597,15 @@ def build_console(ctx: Any) -> SecurityHeaders:
             by = request.query_params.get("by", "")
             by = by if by in RACK_COLOURS else next(iter(RACK_COLOURS))
             sweep = console.watch.read() if by == "health" else None
-            return {"sites": sites, "site": site, "racks": rack_elevations(nodes, site, progress), "by": by,
-                    "colours": RACK_COLOURS, "seen": sweep.seen if sweep else {}, "sweep": sweep}
+            return {
+                "sites": sites,
+                "site": site,
+                "racks": rack_elevations(nodes, site, progress),
+                "by": by,
+                "colours": RACK_COLOURS,
+                "seen": sweep.seen if sweep else {},
+                "sweep": sweep,
+            }
 
         return console.page(request, "racks.html", **await anyio.to_thread.run_sync(gather))
 
@@ -492,28 +614,49 @@ def build_console(ctx: Any) -> SecurityHeaders:
             return console.page(request, "login.html")
         form = await read_form(request)
         if not console.csrf_ok(request, form):
-            return console.refused(request, 403, "this form is stale or came from another site (CSRF check failed): "
-                                                 "reload the page and try again")
+            return console.refused(
+                request,
+                403,
+                "this form is stale or came from another site (CSRF check failed): "
+                "reload the page and try again",
+            )
         token = ctx.admin_token
-        if token is None or not hmac.compare_digest(str(form.get("token", "")).strip().encode(), token):
-            return console.page(request, "login.html", 401, error="wrong token" if token else
-                                "no admin token is configured (admin_token_file in controller.toml)")
+        if token is None or not hmac.compare_digest(
+            str(form.get("token", "")).strip().encode(), token
+        ):
+            return console.page(
+                request,
+                "login.html",
+                401,
+                error="wrong token"
+                if token
+                else "no admin token is configured (admin_token_file in controller.toml)",
+            )
         session = request.cookies[SESSION_COOKIE]
         response = RedirectResponse("/ui/", 303, headers=SECURITY_HEADERS)
-        response.set_cookie(ADMIN_COOKIE, console._mac("admin", session), httponly=True, samesite="strict",
-                            path="/ui")
+        response.set_cookie(
+            ADMIN_COOKIE,
+            console._mac("admin", session),
+            httponly=True,
+            samesite="strict",
+            path="/ui",
+        )
         return response
 
-    return SecurityHeaders(Starlette(routes=[
-        Route("/", overview, methods=["GET"]),
-        Route("/rollouts", rollouts, methods=["GET"]),
-        Route("/rollouts/{rid}", rollout, methods=["GET"]),
-        Route("/rollouts/{rid}/{action}", confirm, methods=["GET"]),
-        Route("/rollouts/{rid}/{action}", act, methods=["POST"]),
-        Route("/nodes", nodes, methods=["GET"]),
-        Route("/nodes/{node}", node, methods=["GET"]),
-        Route("/racks", racks, methods=["GET"]),
-        Route("/commits/{sha}", commit, methods=["GET"]),
-        Route("/login", login, methods=["GET", "POST"]),
-        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
-    ]))
+    return SecurityHeaders(
+        Starlette(
+            routes=[
+                Route("/", overview, methods=["GET"]),
+                Route("/rollouts", rollouts, methods=["GET"]),
+                Route("/rollouts/{rid}", rollout, methods=["GET"]),
+                Route("/rollouts/{rid}/{action}", confirm, methods=["GET"]),
+                Route("/rollouts/{rid}/{action}", act, methods=["POST"]),
+                Route("/nodes", nodes, methods=["GET"]),
+                Route("/nodes/{node}", node, methods=["GET"]),
+                Route("/racks", racks, methods=["GET"]),
+                Route("/commits/{sha}", commit, methods=["GET"]),
+                Route("/login", login, methods=["GET", "POST"]),
+                Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+            ]
+        )
+    )

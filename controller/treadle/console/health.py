@@ -48,7 +48,13 @@ def classify(facts: dict[str, Any] | None) -> tuple[str, str]:
     """(health, drift) of a parsed exposition; None (no readable answer) is unreachable, drift unknown."""
     if facts is None:
         return "unreachable", "unknown"
-    health = "unknown" if facts.get("healthy") is None else "healthy" if facts["healthy"] else "unhealthy"
+    health = (
+        "unknown"
+        if facts.get("healthy") is None
+        else "healthy"
+        if facts["healthy"]
+        else "unhealthy"
+    )
     return health, "drifted" if facts["resources"]["drifted"] > 0 else "in_sync"
 
 
@@ -64,10 +70,22 @@ class Sweep:
 class FleetWatch:
     """The last answer of every agent; a sweep over ``targets()`` starts when a reader finds it stale."""
 
-    def __init__(self, targets: Callable[[], Sequence[Target]], timeout_s: float,
-                 interval_s: float = SWEEP_INTERVAL_S, concurrency: int = 64) -> None:
-        self._targets, self.timeout_s, self.interval_s, self.concurrency = targets, timeout_s, interval_s, concurrency
-        self.round_s = interval_s  # a sweep ends by the time the next one may start: the rest stay unreachable
+    def __init__(
+        self,
+        targets: Callable[[], Sequence[Target]],
+        timeout_s: float,
+        interval_s: float = SWEEP_INTERVAL_S,
+        concurrency: int = 64,
+    ) -> None:
+        self._targets, self.timeout_s, self.interval_s, self.concurrency = (
+            targets,
+            timeout_s,
+            interval_s,
+            concurrency,
+        )
+        self.round_s = (
+            interval_s  # a sweep ends by the time the next one may start: the rest stay unreachable
+        )
         self._lock = threading.Lock()
         self._seen: dict[str, Seen] = {}
         self._finished: float | None = None
@@ -79,7 +97,9 @@ class FleetWatch:
             running = self._thread is not None and self._thread.is_alive()
             stale = self._finished is None or time.time() - self._finished >= self.interval_s
             if refresh and stale and not running:
-                self._thread = threading.Thread(target=self._sweep, name="console-fleet-watch", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._sweep, name="console-fleet-watch", daemon=True
+                )
                 self._thread.start()
                 running = True
             return Sweep(dict(self._seen), self._finished, running)
@@ -94,8 +114,16 @@ class FleetWatch:
         seen: dict[str, Seen] | None = None
         try:
             targets = list(self._targets())
-            facts, _ = anyio.run(functools.partial(scrape, targets, _parse, timeout_s=self.timeout_s,
-                                                   concurrency=self.concurrency, round_s=self.round_s))
+            facts, _ = anyio.run(
+                functools.partial(
+                    scrape,
+                    targets,
+                    _parse,
+                    timeout_s=self.timeout_s,
+                    concurrency=self.concurrency,
+                    round_s=self.round_s,
+                )
+            )
             now = time.time()
             seen = {t.node: Seen(*classify(facts.get(t.node)), now) for t in targets}
         except Exception as e:  # noqa: BLE001 - a failed sweep is logged and ends; the next stale read retries

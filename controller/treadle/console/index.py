@@ -78,10 +78,15 @@ def parse_filters(params: Any) -> tuple[Filters, list[str]]:
     if drift and drift not in DRIFT:
         problems.append(f"drift filter {drift[:40]!r} ignored: it is one of {', '.join(DRIFT)}")
         drift = ""
-    return Filters(text=str(params.get("q", ""))[:MAX_QUERY].strip().lower(),
-                   lifecycle=str(params.get("lifecycle", ""))[:MAX_QUERY],
-                   site=str(params.get("site", ""))[:MAX_QUERY], cluster=str(params.get("cluster", ""))[:MAX_QUERY],
-                   labels=tuple(labels), health=health, drift=drift), problems
+    return Filters(
+        text=str(params.get("q", ""))[:MAX_QUERY].strip().lower(),
+        lifecycle=str(params.get("lifecycle", ""))[:MAX_QUERY],
+        site=str(params.get("site", ""))[:MAX_QUERY],
+        cluster=str(params.get("cluster", ""))[:MAX_QUERY],
+        labels=tuple(labels),
+        health=health,
+        drift=drift,
+    ), problems
 
 
 def matches(n: NodeInfo, f: Filters, seen: Mapping[str, Any] | None = None) -> bool:
@@ -140,24 +145,51 @@ class NodeIndex:
                     meta = (self.manifest(name) or {}).get("metadata", {}) if rec.present else {}
                     raw_labels = meta.get("labels")
                     labels = raw_labels if isinstance(raw_labels, dict) else {}
-                    hit = (key, NodeInfo(name=name, lifecycle=rec.lifecycle, generation=rec.published_generation,
-                                         commit=rec.commit, present=rec.present, site=meta.get("site"),
-                                         cluster=meta.get("cluster"), address=meta.get("address"),
-                                         labels={str(k): str(v) for k, v in labels.items()}))
+                    hit = (
+                        key,
+                        NodeInfo(
+                            name=name,
+                            lifecycle=rec.lifecycle,
+                            generation=rec.published_generation,
+                            commit=rec.commit,
+                            present=rec.present,
+                            site=meta.get("site"),
+                            cluster=meta.get("cluster"),
+                            address=meta.get("address"),
+                            labels={str(k): str(v) for k, v in labels.items()},
+                        ),
+                    )
                 elif hit[1].lifecycle != rec.lifecycle or hit[1].commit != rec.commit:
-                    hit = (key, NodeInfo(**{**{s: getattr(hit[1], s) for s in NodeInfo.__slots__},
-                                            "lifecycle": rec.lifecycle, "commit": rec.commit}))
+                    hit = (
+                        key,
+                        NodeInfo(
+                            **{
+                                **{s: getattr(hit[1], s) for s in NodeInfo.__slots__},
+                                "lifecycle": rec.lifecycle,
+                                "commit": rec.commit,
+                            }
+                        ),
+                    )
                 fresh[name] = hit
             self._by_name = fresh
             return [fresh[n][1] for n in sorted(fresh)]
 
-    def search(self, f: Filters, page: int = 1, page_size: int = PAGE_SIZE,
-               seen: Mapping[str, Any] | None = None) -> SearchResult:
+    def search(
+        self,
+        f: Filters,
+        page: int = 1,
+        page_size: int = PAGE_SIZE,
+        seen: Mapping[str, Any] | None = None,
+    ) -> SearchResult:
         found = [n for n in self.nodes() if matches(n, f, seen)]
         pages = max(1, -(-len(found) // page_size))
         page = min(max(1, page), pages)
-        return SearchResult(rows=found[(page - 1) * page_size: page * page_size], total=len(found), page=page,
-                            pages=pages)
+        return SearchResult(
+            rows=found[(page - 1) * page_size : page * page_size],
+            total=len(found),
+            page=page,
+            pages=pages,
+        )
 
     def tree(self) -> dict[str, dict[str, int]]:
         """Sites → clusters → how many nodes, sorted by name (nodes without a site or cluster under "—")."""
@@ -170,9 +202,11 @@ class NodeIndex:
     def choices(self) -> dict[str, list[str]]:
         """The values the filters can take: lifecycles, sites, clusters."""
         nodes = self.nodes()
-        return {"lifecycle": sorted({n.lifecycle for n in nodes}),
-                "site": sorted({n.site for n in nodes if n.site}),
-                "cluster": sorted({n.cluster for n in nodes if n.cluster})}
+        return {
+            "lifecycle": sorted({n.lifecycle for n in nodes}),
+            "site": sorted({n.site for n in nodes if n.site}),
+            "cluster": sorted({n.cluster for n in nodes if n.cluster}),
+        }
 
 
 @dataclass(frozen=True)
@@ -194,7 +228,9 @@ def _unit_order(unit: str) -> tuple[int, str]:
     return (int(digits.group()) if digits else -1, unit)
 
 
-def rack_elevations(nodes: Iterable[NodeInfo], site: str, progress: Mapping[str, str]) -> list[Rack]:
+def rack_elevations(
+    nodes: Iterable[NodeInfo], site: str, progress: Mapping[str, str]
+) -> list[Rack]:
     """The racks of ``site`` from the node labels ``room``, ``rack`` and ``unit``: top unit first, racks by room and name.
 
     A node without a ``rack`` label is in no rack; one without ``unit`` sorts below the numbered units.
@@ -204,6 +240,14 @@ def rack_elevations(nodes: Iterable[NodeInfo], site: str, progress: Mapping[str,
         if n.site != site or "rack" not in n.labels:
             continue
         key = (n.labels.get("room", ""), n.labels["rack"])
-        racks.setdefault(key, []).append(RackSlot(n.labels.get("unit", ""), n, progress.get(n.name, "")))
-    return [Rack(room, rack, sorted(slots, key=lambda s: (_unit_order(s.unit), s.node.name), reverse=True))
-            for (room, rack), slots in sorted(racks.items())]
+        racks.setdefault(key, []).append(
+            RackSlot(n.labels.get("unit", ""), n, progress.get(n.name, ""))
+        )
+    return [
+        Rack(
+            room,
+            rack,
+            sorted(slots, key=lambda s: (_unit_order(s.unit), s.node.name), reverse=True),
+        )
+        for (room, rack), slots in sorted(racks.items())
+    ]

@@ -54,9 +54,14 @@ def _commit(repo: pygit2.Repository, sha: str) -> pygit2.Commit | None:
 
 def _describe(c: pygit2.Commit) -> dict[str, Any]:
     message = c.message or ""
-    return {"sha": str(c.id), "author": f"{c.author.name} <{c.author.email}>", "at": float(c.author.time),
-            "subject": message.split("\n", 1)[0][:300], "message": message[:4000],
-            "parents": [str(p) for p in c.parent_ids]}
+    return {
+        "sha": str(c.id),
+        "author": f"{c.author.name} <{c.author.email}>",
+        "at": float(c.author.time),
+        "subject": message.split("\n", 1)[0][:300],
+        "message": message[:4000],
+        "parents": [str(p) for p in c.parent_ids],
+    }
 
 
 def commit_info(mirror: str, sha: str) -> dict[str, Any] | None:
@@ -82,7 +87,10 @@ def commit_plan(mirror: str, sha: str) -> dict[str, Any]:
     if not c.parent_ids:
         return {"commit": _describe(c), "plan": None}
     parent = str(c.parent_ids[0])
-    return {"commit": _describe(c), "plan": _bounded(plan_dict(build_plan(mirror, parent, str(c.id))))}
+    return {
+        "commit": _describe(c),
+        "plan": _bounded(plan_dict(build_plan(mirror, parent, str(c.id)))),
+    }
 
 
 def _bounded(plan: dict[str, Any], lim: PlanLimits = PLAN_LIMITS) -> dict[str, Any]:
@@ -91,25 +99,27 @@ def _bounded(plan: dict[str, Any], lim: PlanLimits = PLAN_LIMITS) -> dict[str, A
     groups = plan["groups"]
     out["groups_more"] = max(0, len(groups) - lim.groups)
     out["groups"] = []
-    for g in groups[:lim.groups]:
+    for g in groups[: lim.groups]:
         g = dict(g)
         g["nodes_more"] = max(0, len(g["nodes"]) - lim.nodes_per_group)
-        g["nodes"] = g["nodes"][:lim.nodes_per_group]
-        g["changes"] = [{**c, "diff": _cut(c.get("diff") or "", lim.diff_chars)} for c in g["changes"]]
+        g["nodes"] = g["nodes"][: lim.nodes_per_group]
+        g["changes"] = [
+            {**c, "diff": _cut(c.get("diff") or "", lim.diff_chars)} for c in g["changes"]
+        ]
         out["groups"].append(g)
     for key in ("added", "removed", "unrendered"):
         out[f"{key}_more"] = max(0, len(plan[key]) - lim.node_refs)
-        out[key] = plan[key][:lim.node_refs]
+        out[key] = plan[key][: lim.node_refs]
     for key in ("errors", "refusals"):
         out[f"{key}_more"] = max(0, len(plan[key]) - lim.diagnostics)
-        out[key] = plan[key][:lim.diagnostics]
+        out[key] = plan[key][: lim.diagnostics]
     summary = dict(plan["summary"])
     for key in ("by_cluster", "transitions"):
         summary[f"{key}_more"] = max(0, len(summary[key]) - lim.node_refs)
-        summary[key] = summary[key][:lim.node_refs]
+        summary[key] = summary[key][: lim.node_refs]
     out["summary"] = summary
     rollout = dict(plan["rollout"])
-    rollout["waves"] = [{**w, "nodes": w["nodes"][:lim.nodes_per_group]} for w in rollout["waves"]]
+    rollout["waves"] = [{**w, "nodes": w["nodes"][: lim.nodes_per_group]} for w in rollout["waves"]]
     out["rollout"] = rollout
     return out
 
@@ -148,9 +158,19 @@ class ProvenanceReader:
         values, complete = explain_node(src, node, cache)
         rows = []
         for keypath, chain in values:
-            settings = [{"value": _value_text(p.value), "file": p.file, "line": p.line, "col": p.col, "how": p.how,
-                         "commit": p.blame.commit if p.blame else None, "author": p.blame.author if p.blame else None,
-                         "date": p.blame.date if p.blame else None} for p in chain]
+            settings = [
+                {
+                    "value": _value_text(p.value),
+                    "file": p.file,
+                    "line": p.line,
+                    "col": p.col,
+                    "how": p.how,
+                    "commit": p.blame.commit if p.blame else None,
+                    "author": p.blame.author if p.blame else None,
+                    "date": p.blame.date if p.blame else None,
+                }
+                for p in chain
+            ]
             rows.append({"keypath": keypath, "settings": settings})
         return {"commit": commit, "node": node, "values": rows, "complete": complete}
 
@@ -160,8 +180,7 @@ def _value_text(value: Any) -> str:
         text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         text = repr(value)
-    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS - 1] + "…"
-
+    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 1] + "…"
 
 
 def agent_targets(mirror: str, commit: str, nodes: Sequence[Any]) -> list[Target]:
@@ -174,4 +193,7 @@ def agent_targets(mirror: str, commit: str, nodes: Sequence[Any]) -> list[Target
 
     placed = [n for n in nodes if n.present and n.site and n.cluster and n.address]
     settings = node_settings(GitRevisionSource(mirror, commit), ParseCache(), {}, placed)
-    return [Target(n.name, n.address, settings[n.name].metrics_port or DEFAULT_METRICS_PORT) for n in placed]
+    return [
+        Target(n.name, n.address, settings[n.name].metrics_port or DEFAULT_METRICS_PORT)
+        for n in placed
+    ]

@@ -12,7 +12,6 @@ without bound.
 from __future__ import annotations
 
 import functools
-
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -90,5 +89,8 @@ class Work:
 
 def _outcome(future: Future[Any]) -> Outcome:
     error = future.exception()
-    return Outcome("done", future.result()) if error is None else Outcome("failed", error=str(error) or
-                                                                          type(error).__name__)
+    return (
+        Outcome("done", future.result())
+        if error is None
+        else Outcome("failed", error=str(error) or type(error).__name__)
+    )

@@ -80,18 +80,28 @@ class ApiContext:
     admin_token: bytes | None = None
     rollouts: Any | None = None  # treadle.rollout.service.RolloutService
     last_cycle: dict[str, Any] = field(default_factory=dict)
-    target_of: Callable[[str], Any] | None = None  # node -> treadle.rollout.observe.Target (Pipeline.target_of)
+    target_of: Callable[[str], Any] | None = (
+        None  # node -> treadle.rollout.observe.Target (Pipeline.target_of)
+    )
     scrape_timeout_s: float = 2.0
-    mirror: str | None = None  # the git mirror's path: the console reads commits, plans and provenance there
-    console_read: str = "loopback"  # who reads the console without the token (ApiSettings.console_read)
-    health_status: Callable[[], dict[str, Any]] | None = None  # HealthWatcher.status: the last round of observation
+    mirror: str | None = (
+        None  # the git mirror's path: the console reads commits, plans and provenance there
+    )
+    console_read: str = (
+        "loopback"  # who reads the console without the token (ApiSettings.console_read)
+    )
+    health_status: Callable[[], dict[str, Any]] | None = (
+        None  # HealthWatcher.status: the last round of observation
+    )
 
 
 _MANIFEST_PREFIX, _MANIFEST_SUFFIX = "/v1/nodes/", "/manifest"
 _NOT_FOUND = b'{"error":"no such node"}\n'
 _JSON = (b"content-type", ENVELOPE_MEDIA_TYPE.encode())
 _NO_CACHE = (b"cache-control", b"no-cache")
-Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body: what the manifest endpoint sends
+Answer = tuple[
+    int, list[tuple[bytes, bytes]], bytes
+]  # status, headers, body: what the manifest endpoint sends
 
 
 def manifest_answer(index: ManifestIndex, node: str, if_none_match: str | None) -> Answer:
@@ -107,16 +117,30 @@ def manifest_answer(index: ManifestIndex, node: str, if_none_match: str | None) 
     data = None if etag is None else index.read(node)
     if data is None:
         return 404, [(b"content-length", b"%d" % len(_NOT_FOUND)), _JSON], _NOT_FOUND
-    return 200, [(b"content-length", b"%d" % len(data)), _JSON, (b"etag", etag_of(data).encode()), _NO_CACHE], data
+    return (
+        200,
+        [
+            (b"content-length", b"%d" % len(data)),
+            _JSON,
+            (b"etag", etag_of(data).encode()),
+            _NO_CACHE,
+        ],
+        data,
+    )
 
 
 def _manifest_node(scope: Scope) -> str | None:
     """The node of a ``GET``/``HEAD /v1/nodes/<node>/manifest`` with a valid name, else None (Starlette routes it)."""
     path = scope["path"]
-    if (scope["type"] != "http" or scope["method"] not in ("GET", "HEAD") or scope.get("root_path")
-            or not path.startswith(_MANIFEST_PREFIX) or not path.endswith(_MANIFEST_SUFFIX)):
+    if (
+        scope["type"] != "http"
+        or scope["method"] not in ("GET", "HEAD")
+        or scope.get("root_path")
+        or not path.startswith(_MANIFEST_PREFIX)
+        or not path.endswith(_MANIFEST_SUFFIX)
+    ):
         return None
-    node = path[len(_MANIFEST_PREFIX):-len(_MANIFEST_SUFFIX)]
+    node = path[len(_MANIFEST_PREFIX) : -len(_MANIFEST_SUFFIX)]
     return node if valid_node_name(node) else None
 
 
@@ -197,15 +221,27 @@ def authorize_operator(ctx: ApiContext, request: Request) -> Response | None:
     """None when ``request`` may perform an operator action, else the 401/403 answer to send."""
     if ctx.admin_token is not None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), ctx.admin_token):
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), ctx.admin_token
+        ):
             return None
-        return JSONResponse({"error": "operator actions need `Authorization: Bearer <token>` with the token of "
-                                      "admin_token_file (treadle ... --token-file)"}, 401)
+        return JSONResponse(
+            {
+                "error": "operator actions need `Authorization: Bearer <token>` with the token of "
+                "admin_token_file (treadle ... --token-file)"
+            },
+            401,
+        )
     host = request.client.host if request.client else ""
     if _loopback(host):
         return None
-    return JSONResponse({"error": "operator actions are accepted from the controller's own machine only; "
-                                  "set admin_token_file in controller.toml to allow them with a token"}, 403)
+    return JSONResponse(
+        {
+            "error": "operator actions are accepted from the controller's own machine only; "
+            "set admin_token_file in controller.toml to allow them with a token"
+        },
+        403,
+    )
 
 
 def _loopback(host: str) -> bool:
@@ -221,14 +257,21 @@ def status_document(ctx: ApiContext) -> dict[str, Any]:
     refusal = state.last_refusal()
     counts = state.lifecycle_counts()
     from treadle import __version__
+
     return {
         "version": __version__,
         "repository": ctx.repository,
         "branch": ctx.branch,
         "deployed_commit": state.deployed_commit(),
-        "last_refusal": None if refusal is None else {
-            "commit": refusal.commit, "reason": refusal.reason, "message": refusal.message,
-            "diagnostics": list(refusal.diagnostics), "at": refusal.at},
+        "last_refusal": None
+        if refusal is None
+        else {
+            "commit": refusal.commit,
+            "reason": refusal.reason,
+            "message": refusal.message,
+            "diagnostics": list(refusal.diagnostics),
+            "at": refusal.at,
+        },
         "pending_history_acceptance": state.pending_history(),
         "nodes": {"total": sum(counts.values()), "by_lifecycle": dict(sorted(counts.items()))},
         "deployments": state.deployments(limit=5),
@@ -250,7 +293,11 @@ def build_app(ctx: ApiContext) -> Starlette:
         if not valid_node_name(node):
             return not_found
         status, headers, body = manifest_answer(index, node, request.headers.get("if-none-match"))
-        return Response(body, status, headers={k.decode(): v.decode() for k, v in headers if k != b"content-length"})
+        return Response(
+            body,
+            status,
+            headers={k.decode(): v.decode() for k, v in headers if k != b"content-length"},
+        )
 
     async def node_view(request: Request) -> Response:
         from treadle.daemon.nodeview import node_document
@@ -259,7 +306,9 @@ def build_app(ctx: ApiContext) -> Starlette:
         if not valid_node_name(node):
             return not_found
         try:
-            doc = await anyio.to_thread.run_sync(node_document, ctx, node, ctx.target_of, ctx.scrape_timeout_s)
+            doc = await anyio.to_thread.run_sync(
+                node_document, ctx, node, ctx.target_of, ctx.scrape_timeout_s
+            )
         except StoreError as e:
             return JSONResponse({"error": str(e)}, 503)
         return not_found if doc is None else JSONResponse(doc)
@@ -278,7 +327,9 @@ def build_app(ctx: ApiContext) -> Starlette:
 
     async def hook(request: Request) -> Response:
         if ctx.webhook_secret is None:
-            return JSONResponse({"error": "webhooks are disabled: set webhook_secret_file in controller.toml"}, 403)
+            return JSONResponse(
+                {"error": "webhooks are disabled: set webhook_secret_file in controller.toml"}, 403
+            )
         body = await _bounded_body(request)
         if body is None:
             return JSONResponse({"error": f"body larger than {MAX_WEBHOOK_BYTES} bytes"}, 413)
@@ -286,7 +337,10 @@ def build_app(ctx: ApiContext) -> Starlette:
             return JSONResponse({"error": "signature missing or invalid"}, 401)
         ref = _push_ref(body)
         if ref is not None and ref != f"refs/heads/{ctx.branch}":
-            return JSONResponse({"triggered": False, "reason": f"push to {ref}, tracking refs/heads/{ctx.branch}"}, 202)
+            return JSONResponse(
+                {"triggered": False, "reason": f"push to {ref}, tracking refs/heads/{ctx.branch}"},
+                202,
+            )
         ctx.trigger()
         return JSONResponse({"triggered": True}, 202)
 
@@ -308,7 +362,9 @@ def build_app(ctx: ApiContext) -> Starlette:
         if pending and pending.startswith(commit) and len(commit) >= 7:
             commit = pending
         if not _SHA.match(commit) or len(commit) not in (40, 64):
-            return JSONResponse({"error": f"{commit!r} is not a full commit id (40 or 64 hex digits)"}, 400)
+            return JSONResponse(
+                {"error": f"{commit!r} is not a full commit id (40 or 64 hex digits)"}, 400
+            )
         ctx.state.accept_history(commit)
         ctx.trigger()
         return JSONResponse({"accepted": commit})
@@ -358,19 +414,22 @@ def build_app(ctx: ApiContext) -> Starlette:
 
     from treadle.console import build_console
 
-    return _Api(index, routes=[
-        Route("/v1/nodes/{node}/manifest", manifest, methods=["GET", "HEAD"]),
-        Route("/v1/nodes/{node}", node_view, methods=["GET"]),
-        Route("/v1/nodes/{node}/history", node_history, methods=["GET"]),
-        Route("/v1/hooks/git", hook, methods=["POST"]),
-        Route("/v1/status", status, methods=["GET"]),
-        Route("/v1/history/accept", accept_history, methods=["POST"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/v1/rollouts", rollouts, methods=["GET"]),
-        Route("/v1/rollouts/{rid}", rollout, methods=["GET"]),
-        Route("/v1/rollouts/{rid}/{action}", rollout_action, methods=["POST"]),
-        Mount("/ui", app=build_console(ctx)),
-    ])
+    return _Api(
+        index,
+        routes=[
+            Route("/v1/nodes/{node}/manifest", manifest, methods=["GET", "HEAD"]),
+            Route("/v1/nodes/{node}", node_view, methods=["GET"]),
+            Route("/v1/nodes/{node}/history", node_history, methods=["GET"]),
+            Route("/v1/hooks/git", hook, methods=["POST"]),
+            Route("/v1/status", status, methods=["GET"]),
+            Route("/v1/history/accept", accept_history, methods=["POST"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/v1/rollouts", rollouts, methods=["GET"]),
+            Route("/v1/rollouts/{rid}", rollout, methods=["GET"]),
+            Route("/v1/rollouts/{rid}/{action}", rollout_action, methods=["POST"]),
+            Mount("/ui", app=build_console(ctx)),
+        ],
+    )
 
 
 async def _bounded_body(request: Request) -> bytes | None:

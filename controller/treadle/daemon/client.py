@@ -14,7 +14,9 @@ from treadle.errors import UsageError
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
-def api_call(method: str, url: str, path: str, body: Any = None, token_file: str | None = None) -> dict[str, Any]:
+def api_call(
+    method: str, url: str, path: str, body: Any = None, token_file: str | None = None
+) -> dict[str, Any]:
     """One request to the controller's API, with the admin token of ``token_file`` when given.
 
     Raises:
@@ -27,15 +29,23 @@ def api_call(method: str, url: str, path: str, body: Any = None, token_file: str
         try:
             headers["authorization"] = "Bearer " + open(token_file, encoding="utf-8").read().strip()
         except OSError as e:
-            raise UsageError(f"{token_file}: cannot read the admin token: {e.strerror} (--token-file)") from e
+            raise UsageError(
+                f"{token_file}: cannot read the admin token: {e.strerror} (--token-file)"
+            ) from e
     try:
-        response = httpx.request(method, url.rstrip("/") + path, json=body, headers=headers, timeout=10)
+        response = httpx.request(
+            method, url.rstrip("/") + path, json=body, headers=headers, timeout=10
+        )
     except httpx.HTTPError as e:
-        raise UsageError(f"cannot reach the controller at {url}: {e}; is `treadle controller run` running? (--url)") from e
+        raise UsageError(
+            f"cannot reach the controller at {url}: {e}; is `treadle controller run` running? (--url)"
+        ) from e
     try:
         doc = response.json()
     except ValueError:
         doc = {}
     if response.status_code >= 400:
-        raise UsageError(f"{url}{path}: HTTP {response.status_code}: {doc.get('error', response.text.strip())}")
+        raise UsageError(
+            f"{url}{path}: HTTP {response.status_code}: {doc.get('error', response.text.strip())}"
+        )
     return doc

@@ -46,6 +46,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pygit2
+
 from treadle import log
 from treadle.errors import SourceError
 
@@ -127,29 +128,41 @@ class Callbacks(pygit2.RemoteCallbacks):
         kinds = pygit2.enums.CredentialType
         if allowed_types & kinds.SSH_KEY:
             user = username_from_url or "git"
-            self._once("ssh", url, f"the ssh key {self._creds.ssh_key_file or '(from the ssh-agent)'} of user {user!r}")
+            self._once(
+                "ssh",
+                url,
+                f"the ssh key {self._creds.ssh_key_file or '(from the ssh-agent)'} of user {user!r}",
+            )
             if self._creds.ssh_key_file is not None:
                 return pygit2.Keypair(user, None, str(self._creds.ssh_key_file), "")
             return pygit2.KeypairFromAgent(user)
         if allowed_types & kinds.USERPASS_PLAINTEXT and self._creds.https_token_file is not None:
             self._once("token", url, f"the token in {self._creds.https_token_file}")
-            return pygit2.UserPass(username_from_url or DEFAULT_TOKEN_USER, read_token(self._creds.https_token_file))
-        raise SourceError(f"{url}: the server asks for credentials the controller does not hold; set https_token_file "
-                          "(https) or ssh_key_file (ssh) in controller.toml")
+            return pygit2.UserPass(
+                username_from_url or DEFAULT_TOKEN_USER, read_token(self._creds.https_token_file)
+            )
+        raise SourceError(
+            f"{url}: the server asks for credentials the controller does not hold; set https_token_file "
+            "(https) or ssh_key_file (ssh) in controller.toml"
+        )
 
     def _once(self, kind: str, url: str, what: str) -> None:
         if kind in self._asked:
-            raise SourceError(f"{url}: the server refused {what}; grant it read access (and write access to "
-                              "treadle/revert-* branches), or fix the key or token")
+            raise SourceError(
+                f"{url}: the server refused {what}; grant it read access (and write access to "
+                "treadle/revert-* branches), or fix the key or token"
+            )
         self._asked.add(kind)
 
     def certificate_check(self, certificate: Any, valid: bool, host: bytes | str) -> bool:
         if not valid:
             name = host.decode(errors="replace") if isinstance(host, bytes) else host
-            raise SourceError(f"{name}: the server's identity does not verify (an ssh host key that is not in "
-                              "~/.ssh/known_hosts of the controller's user, or a TLS certificate that does not "
-                              f"verify); for ssh, add the host's key with `ssh-keyscan {name} >> ~/.ssh/known_hosts` "
-                              "after checking its fingerprint")
+            raise SourceError(
+                f"{name}: the server's identity does not verify (an ssh host key that is not in "
+                "~/.ssh/known_hosts of the controller's user, or a TLS certificate that does not "
+                f"verify); for ssh, add the host's key with `ssh-keyscan {name} >> ~/.ssh/known_hosts` "
+                "after checking its fingerprint"
+            )
         return True
 
 
@@ -171,8 +184,14 @@ def read_token(path: Path) -> str:
 class GitSource:
     """The tracked ``branch`` of ``url``, mirrored in ``state_dir``."""
 
-    def __init__(self, url: str, branch: str, state_dir: Path, credentials: GitCredentials | None = None,
-                 max_packs: int = DEFAULT_MAX_PACKS) -> None:
+    def __init__(
+        self,
+        url: str,
+        branch: str,
+        state_dir: Path,
+        credentials: GitCredentials | None = None,
+        max_packs: int = DEFAULT_MAX_PACKS,
+    ) -> None:
         self.url = url
         self.branch = branch
         self.credentials = credentials or GitCredentials()
@@ -187,8 +206,12 @@ class GitSource:
         self.tracking_ref = f"refs/remotes/{REMOTE}/{branch}"
         self._repo: pygit2.Repository | None = None
         self._retry_gc_at = 0  # pack count at which a failed git gc is tried again
-        self._cli_fetch = True  # local upstreams: git fetch-pack until the git command proves missing
-        self._fetch_pack_warned = False  # a failed git fetch-pack was logged, and none has worked since
+        self._cli_fetch = (
+            True  # local upstreams: git fetch-pack until the git command proves missing
+        )
+        self._fetch_pack_warned = (
+            False  # a failed git fetch-pack was logged, and none has worked since
+        )
 
     @property
     def repo(self) -> pygit2.Repository:
@@ -230,8 +253,11 @@ class GitSource:
         upstream = local_git_dir(self.url)
         if upstream is None or not self._fetch_pack(upstream):
             try:
-                repo.remotes[REMOTE].fetch([f"+refs/heads/{self.branch}:{self.tracking_ref}"],
-                                           callbacks=self.credentials.callbacks(), prune=pygit2.enums.FetchPrune.NO_PRUNE)
+                repo.remotes[REMOTE].fetch(
+                    [f"+refs/heads/{self.branch}:{self.tracking_ref}"],
+                    callbacks=self.credentials.callbacks(),
+                    prune=pygit2.enums.FetchPrune.NO_PRUNE,
+                )
             except (pygit2.GitError, KeyError, ValueError) as e:
                 raise SourceError(f"{self.url}: fetch of branch {self.branch!r} failed: {e}") from e
         packs = self.pack_count()
@@ -261,28 +287,55 @@ class GitSource:
         if not self._cli_fetch:
             return False
         env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
-        argv = ["git", "-C", str(self.path), "-c", "core.hooksPath=/dev/null", "fetch-pack", "-q", "-k", "--thin",
-                str(upstream), f"refs/heads/{self.branch}"]
+        argv = [
+            "git",
+            "-C",
+            str(self.path),
+            "-c",
+            "core.hooksPath=/dev/null",
+            "fetch-pack",
+            "-q",
+            "-k",
+            "--thin",
+            str(upstream),
+            f"refs/heads/{self.branch}",
+        ]
         try:
-            done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  errors="replace", timeout=FETCH_PACK_TIMEOUT_S, check=False)
+            done = subprocess.run(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=FETCH_PACK_TIMEOUT_S,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             if isinstance(e, OSError):
-                self._cli_fetch = False  # no git command: libgit2 from now on, without retrying every fetch
+                self._cli_fetch = (
+                    False  # no git command: libgit2 from now on, without retrying every fetch
+                )
             return self._fetch_pack_failed(upstream, str(e))
         if done.returncode != 0:
             if "no such remote ref" in done.stderr:
                 return True
             return self._fetch_pack_failed(upstream, done.stderr.strip()[-500:])
         wanted = f"refs/heads/{self.branch}"
-        heads = [line.split()[0] for line in done.stdout.splitlines() if line.split()[1:] == [wanted]]
+        heads = [
+            line.split()[0] for line in done.stdout.splitlines() if line.split()[1:] == [wanted]
+        ]
         if len(heads) != 1:
             return self._fetch_pack_failed(upstream, f"unexpected output {done.stdout[:200]!r}")
         try:
             self.repo.references.create(self.tracking_ref, pygit2.Oid(hex=heads[0]), force=True)
         except (pygit2.GitError, ValueError) as e:
-            raise SourceError(f"{self.path}: cannot move {self.tracking_ref} to {heads[0][:12]}: {e}") from e
-        for line in done.stdout.splitlines():  # fetch-pack locks the new pack until its ref is written: now it is
+            raise SourceError(
+                f"{self.path}: cannot move {self.tracking_ref} to {heads[0][:12]}: {e}"
+            ) from e
+        for line in (
+            done.stdout.splitlines()
+        ):  # fetch-pack locks the new pack until its ref is written: now it is
             kind, _, name = line.partition("\t")
             if kind == "keep" and name.isalnum():
                 (self.path / "objects" / "pack" / f"pack-{name}.keep").unlink(missing_ok=True)
@@ -292,7 +345,9 @@ class GitSource:
     def _fetch_pack_failed(self, upstream: Path, error: str) -> bool:
         """Log the first of a run of failures (not one line per poll), and say libgit2 must fetch."""
         if not self._fetch_pack_warned:
-            log.warning("mirror.fetch_pack_failed", path=str(upstream), error=error, fallback="libgit2")
+            log.warning(
+                "mirror.fetch_pack_failed", path=str(upstream), error=error, fallback="libgit2"
+            )
             self._fetch_pack_warned = True
         return False
 
@@ -309,10 +364,28 @@ class GitSource:
         A failure is logged, never raised: the mirror stays usable, only larger, and the next fetch tries again.
         """
         env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
-        argv = ["git", "-C", str(self.path), "-c", "gc.autoDetach=false", "-c", "core.hooksPath=/dev/null", "gc", "--quiet"]
+        argv = [
+            "git",
+            "-C",
+            str(self.path),
+            "-c",
+            "gc.autoDetach=false",
+            "-c",
+            "core.hooksPath=/dev/null",
+            "gc",
+            "--quiet",
+        ]
         try:
-            done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  errors="replace", timeout=GC_TIMEOUT_S, check=False)
+            done = subprocess.run(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=GC_TIMEOUT_S,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             log.warning("mirror.gc_failed", path=str(self.path), error=str(e))
             return False
@@ -323,7 +396,9 @@ class GitSource:
         log.event("mirror.gc", path=str(self.path), packs=self.pack_count())
         return True
 
-    def prune_revert_branches(self, keep: int, prefix: str = "refs/heads/treadle/revert-") -> list[str]:
+    def prune_revert_branches(
+        self, keep: int, prefix: str = "refs/heads/treadle/revert-"
+    ) -> list[str]:
         """Delete all but the ``keep`` newest revert branches (by commit time) from the mirror; their names.
 
         Only the mirror's copies: the branches pushed upstream are the admins' to merge or delete.
@@ -359,7 +434,9 @@ class GitSource:
         """
         ref = self.repo.references.get(self.tracking_ref)
         if ref is None:
-            raise SourceError(f"{self.url}: branch {self.branch!r} not found; push it or set `branch` in controller.toml")
+            raise SourceError(
+                f"{self.url}: branch {self.branch!r} not found; push it or set `branch` in controller.toml"
+            )
         return str(ref.resolve().target)
 
     def changed_paths(self, old: str, new: str) -> set[str]:
@@ -370,7 +447,9 @@ class GitSource:
         """
         try:
             # pygit2's stubs omit diff(Tree, Tree), which it supports (Tree.diff_to_tree).
-            diff = self.repo.diff(self.repo[old].peel(pygit2.Tree), self.repo[new].peel(pygit2.Tree))  # type: ignore[call-overload]
+            diff = self.repo.diff(
+                self.repo[old].peel(pygit2.Tree), self.repo[new].peel(pygit2.Tree)
+            )  # type: ignore[call-overload]
         except (pygit2.GitError, AttributeError, ValueError, KeyError) as e:
             raise SourceError(f"cannot diff {old[:12]}..{new[:12]}: {e}") from e
         paths: set[str] = set()
@@ -380,7 +459,9 @@ class GitSource:
         return paths
 
 
-async def watch_refs(git_dir: Path, on_change: Callable[[], Awaitable[None] | None], stop_event: Any = None) -> None:
+async def watch_refs(
+    git_dir: Path, on_change: Callable[[], Awaitable[None] | None], stop_event: Any = None
+) -> None:
     """Call ``on_change`` whenever a ref of the repository at ``git_dir`` moves, until ``stop_event`` is set.
 
     Set ``stop_event`` before cancelling: the watcher's thread notices it at
@@ -396,8 +477,15 @@ async def watch_refs(git_dir: Path, on_change: Callable[[], Awaitable[None] | No
     def interesting(_change: watchfiles.Change, path: str) -> bool:
         return path.startswith(refs) or path == packed
 
-    async for _changes in watchfiles.awatch(git_dir, watch_filter=interesting, debounce=50, step=20,
-                                            stop_event=stop_event, recursive=True, rust_timeout=500):
+    async for _changes in watchfiles.awatch(
+        git_dir,
+        watch_filter=interesting,
+        debounce=50,
+        step=20,
+        stop_event=stop_event,
+        recursive=True,
+        rust_timeout=500,
+    ):
         result = on_change()
         if result is not None:
             await result

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
+
 from treadle.errors import GateError, SourceError
 
 SSH_SIGNATURE_HEADER = b"-----BEGIN SSH SIGNATURE-----"
@@ -48,7 +49,9 @@ class SignaturePolicy:
 
     def __init__(self, allowed_signers: Path) -> None:
         self.allowed_signers = allowed_signers
-        self._verified: dict[str, str] = {}  # commit id -> principal; a commit's signature never changes
+        self._verified: dict[
+            str, str
+        ] = {}  # commit id -> principal; a commit's signature never changes
 
     def verify(self, repo: pygit2.Repository, commit_id: str) -> str:
         """The principal that signed ``commit_id``.
@@ -60,10 +63,16 @@ class SignaturePolicy:
             return self._verified[commit_id]
         signature, payload = _commit(repo, commit_id).gpg_signature
         if not signature:
-            raise GateError("unsigned", f"commit {commit_id} is not signed; sign it with an SSH key listed in {self.allowed_signers}")
+            raise GateError(
+                "unsigned",
+                f"commit {commit_id} is not signed; sign it with an SSH key listed in {self.allowed_signers}",
+            )
         if not signature.lstrip().startswith(SSH_SIGNATURE_HEADER):
-            raise GateError("unsigned", f"commit {commit_id} carries a non-SSH (OpenPGP or X.509) signature; "
-                            "only SSH signatures (git config gpg.format ssh) are accepted")
+            raise GateError(
+                "unsigned",
+                f"commit {commit_id} carries a non-SSH (OpenPGP or X.509) signature; "
+                "only SSH signatures (git config gpg.format ssh) are accepted",
+            )
         principal = self._check(commit_id, signature, payload)
         self._verified[commit_id] = principal
         return principal
@@ -72,27 +81,61 @@ class SignaturePolicy:
         with tempfile.NamedTemporaryFile(prefix="treadle-sig-", suffix=".sig") as sig:
             sig.write(signature)
             sig.flush()
-            found = _ssh_keygen(["-Y", "find-principals", "-f", str(self.allowed_signers), "-s", sig.name], b"")
-            principals = found.stdout.decode("utf-8", "replace").split() if found.returncode == 0 else []
+            found = _ssh_keygen(
+                ["-Y", "find-principals", "-f", str(self.allowed_signers), "-s", sig.name], b""
+            )
+            principals = (
+                found.stdout.decode("utf-8", "replace").split() if found.returncode == 0 else []
+            )
             if not principals:
-                raise GateError("untrusted_signer", f"commit {commit_id} is signed by a key not in {self.allowed_signers}; "
-                                "add the signer's public key there or re-sign the commit with an allowed key")
+                raise GateError(
+                    "untrusted_signer",
+                    f"commit {commit_id} is signed by a key not in {self.allowed_signers}; "
+                    "add the signer's public key there or re-sign the commit with an allowed key",
+                )
             for principal in principals:
-                result = _ssh_keygen(["-Y", "verify", "-f", str(self.allowed_signers), "-I", principal, "-n", "git",
-                                      "-s", sig.name], payload)
+                result = _ssh_keygen(
+                    [
+                        "-Y",
+                        "verify",
+                        "-f",
+                        str(self.allowed_signers),
+                        "-I",
+                        principal,
+                        "-n",
+                        "git",
+                        "-s",
+                        sig.name,
+                    ],
+                    payload,
+                )
                 if result.returncode == 0:
                     return principal
-        raise GateError("untrusted_signer", f"commit {commit_id}: the signature does not verify for {', '.join(principals)} "
-                        f"in {self.allowed_signers} (the commit was altered, or the key is not valid for namespace git)")
+        raise GateError(
+            "untrusted_signer",
+            f"commit {commit_id}: the signature does not verify for {', '.join(principals)} "
+            f"in {self.allowed_signers} (the commit was altered, or the key is not valid for namespace git)",
+        )
 
 
 def _ssh_keygen(args: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(["ssh-keygen", *args], input=stdin, capture_output=True, timeout=SSH_KEYGEN_TIMEOUT_S, check=False)
+        return subprocess.run(
+            ["ssh-keygen", *args],
+            input=stdin,
+            capture_output=True,
+            timeout=SSH_KEYGEN_TIMEOUT_S,
+            check=False,
+        )
     except FileNotFoundError as e:
-        raise GateError("untrusted_signer", "ssh-keygen is not installed; install openssh-client to verify commit signatures") from e
+        raise GateError(
+            "untrusted_signer",
+            "ssh-keygen is not installed; install openssh-client to verify commit signatures",
+        ) from e
     except subprocess.TimeoutExpired as e:
-        raise GateError("untrusted_signer", f"ssh-keygen took longer than {SSH_KEYGEN_TIMEOUT_S} s") from e
+        raise GateError(
+            "untrusted_signer", f"ssh-keygen took longer than {SSH_KEYGEN_TIMEOUT_S} s"
+        ) from e
 
 
 def _commit(repo: pygit2.Repository, commit_id: str) -> pygit2.Commit:
@@ -102,8 +145,14 @@ def _commit(repo: pygit2.Repository, commit_id: str) -> pygit2.Commit:
         raise SourceError(f"commit {commit_id} is not in the mirror: {e}") from e
 
 
-def check(repo: pygit2.Repository, deployed: str | None, head: str, *, history_accepted: bool,
-          policy: SignaturePolicy | None) -> GateDecision:
+def check(
+    repo: pygit2.Repository,
+    deployed: str | None,
+    head: str,
+    *,
+    history_accepted: bool,
+    policy: SignaturePolicy | None,
+) -> GateDecision:
     """Decide whether ``head`` may replace ``deployed``; see the module docstring.
 
     Raises:
@@ -119,8 +168,11 @@ def check(repo: pygit2.Repository, deployed: str | None, head: str, *, history_a
     elif history_accepted:
         kind, base = "accepted_rewrite", _merge_base(repo, head, deployed)
     else:
-        raise GateError("non_fast_forward", f"commit {head} does not descend from the deployed commit {deployed} "
-                        f"(history was rewritten); if intended, run `treadle rollout accept-history {head}`")
+        raise GateError(
+            "non_fast_forward",
+            f"commit {head} does not descend from the deployed commit {deployed} "
+            f"(history was rewritten); if intended, run `treadle rollout accept-history {head}`",
+        )
     signers: tuple[str, ...] = ()
     if policy is not None:
         signers = tuple(policy.verify(repo, c) for c in new_commits(repo, head, base))

@@ -27,29 +27,69 @@ class ControllerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.info = Gauge("treadle_controller_info", "The controller (value 1), with its version.", ["version"], registry=r)
+        self.info = Gauge(
+            "treadle_controller_info",
+            "The controller (value 1), with its version.",
+            ["version"],
+            registry=r,
+        )
         from treadle import __version__
+
         self.info.labels(version=__version__).set(1)
-        self.deployed_commit_info = Gauge("treadle_controller_deployed_commit_info",
-                                          "The commit whose manifests are published (value 1).", ["commit"], registry=r)
-        self.commits_total = Counter("treadle_controller_commits_total",
-                                     "Commits processed, by result (deployed, refused).", ["result"], registry=r)
-        self.rejected_commits_total = Counter("treadle_controller_rejected_commits_total",
-                                              "Commits refused, by reason.", ["reason"], registry=r)
-        self.render_duration_seconds = Histogram("treadle_controller_render_duration_seconds",
-                                                 "Time to load, render and check one commit.", buckets=RENDER_BUCKETS_S, registry=r)
-        self.nodes = Gauge("treadle_controller_nodes", "Nodes in the deployed fabric, by lifecycle.", ["lifecycle"], registry=r)
-        self.rollout_wave_nodes = Gauge("treadle_rollout_wave_nodes", "Nodes of the current rollout, by wave and status.",
-                                        ["wave", "status"], registry=r)
-        self.rollout_state = Gauge("treadle_rollout_state", "The rollout state machine's state (value 1 for the current one).",
-                                   ["state"], registry=r)
+        self.deployed_commit_info = Gauge(
+            "treadle_controller_deployed_commit_info",
+            "The commit whose manifests are published (value 1).",
+            ["commit"],
+            registry=r,
+        )
+        self.commits_total = Counter(
+            "treadle_controller_commits_total",
+            "Commits processed, by result (deployed, refused).",
+            ["result"],
+            registry=r,
+        )
+        self.rejected_commits_total = Counter(
+            "treadle_controller_rejected_commits_total",
+            "Commits refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.render_duration_seconds = Histogram(
+            "treadle_controller_render_duration_seconds",
+            "Time to load, render and check one commit.",
+            buckets=RENDER_BUCKETS_S,
+            registry=r,
+        )
+        self.nodes = Gauge(
+            "treadle_controller_nodes",
+            "Nodes in the deployed fabric, by lifecycle.",
+            ["lifecycle"],
+            registry=r,
+        )
+        self.rollout_wave_nodes = Gauge(
+            "treadle_rollout_wave_nodes",
+            "Nodes of the current rollout, by wave and status.",
+            ["wave", "status"],
+            registry=r,
+        )
+        self.rollout_state = Gauge(
+            "treadle_rollout_state",
+            "The rollout state machine's state (value 1 for the current one).",
+            ["state"],
+            registry=r,
+        )
         self.health_observations_total = Counter(
             "treadle_controller_health_observations_total",
             "Agents asked by the health source, by result (ok, or why nothing came: refused, timeout, ...).",
-            ["result"], registry=r)
+            ["result"],
+            registry=r,
+        )
         self.health_round_duration_seconds = Histogram(
-            "treadle_controller_health_round_duration_seconds", "Time one round of health observation took.",
-            buckets=RENDER_BUCKETS_S, registry=r)
+            "treadle_controller_health_round_duration_seconds",
+            "Time one round of health observation took.",
+            buckets=RENDER_BUCKETS_S,
+            registry=r,
+        )
         self._commit: str | None = None
         # Every label value of the counters exists from the start, at 0: a series born at 1 on
         # its first event has no earlier sample, and increase() over it says 0.

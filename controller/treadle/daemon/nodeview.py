@@ -27,8 +27,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from treadle import log
-from treadle.rollout.observe import Target
 from treadle.daemon.sign import manifest_from_envelope
+from treadle.rollout.observe import Target
 from treadle_agent.contract import names
 
 _GAUGES = {
@@ -50,7 +50,11 @@ def parse_agent_metrics(text: str, node: str) -> dict[str, Any] | None:
     """
     if len(text) > MAX_EXPOSITION_BYTES:
         return None
-    out: dict[str, Any] = {"version": None, "health_checks": {}, "resources": dict.fromkeys(names.RESOURCE_STATUSES, 0)}
+    out: dict[str, Any] = {
+        "version": None,
+        "health_checks": {},
+        "resources": dict.fromkeys(names.RESOURCE_STATUSES, 0),
+    }
     info_node = None
     try:
         for family in text_string_to_metric_families(text):
@@ -60,13 +64,21 @@ def parse_agent_metrics(text: str, node: str) -> dict[str, Any] | None:
                     continue
                 if s.name in _GAUGES:
                     key = _GAUGES[s.name]
-                    out[key] = bool(value == 1.0) if key in ("last_apply_success", "healthy") else (
-                        float(value) if key == "last_apply_at" else int(value))
+                    out[key] = (
+                        bool(value == 1.0)
+                        if key in ("last_apply_success", "healthy")
+                        else (float(value) if key == "last_apply_at" else int(value))
+                    )
                 elif s.name == names.METRIC_INFO:
                     info_node, out["version"] = s.labels.get("node"), s.labels.get("version")
-                elif s.name == names.METRIC_HEALTH_CHECK_UP and len(out["health_checks"]) < MAX_CHECKS:
+                elif (
+                    s.name == names.METRIC_HEALTH_CHECK_UP
+                    and len(out["health_checks"]) < MAX_CHECKS
+                ):
                     out["health_checks"][str(s.labels.get("check", ""))] = bool(value == 1.0)
-                elif s.name == names.METRIC_RESOURCES and s.labels.get("status") in out["resources"]:
+                elif (
+                    s.name == names.METRIC_RESOURCES and s.labels.get("status") in out["resources"]
+                ):
                     out["resources"][s.labels["status"]] += int(value)
     except (ValueError, TypeError, OverflowError, KeyError):
         return None
@@ -75,28 +87,45 @@ def parse_agent_metrics(text: str, node: str) -> dict[str, Any] | None:
     return out
 
 
-def observe(target: Target | None, timeout_s: float, transport: httpx.BaseTransport | None = None) -> dict[str, Any]:
+def observe(
+    target: Target | None, timeout_s: float, transport: httpx.BaseTransport | None = None
+) -> dict[str, Any]:
     """Ask ``target``'s agent now; the observation document (``reachable`` false with the error when it cannot be read)."""
     if target is None:
-        return {"reachable": False, "url": None, "at": time.time(),
-                "error": "the controller does not know where this node's agent serves its metrics (no good render yet)"}
+        return {
+            "reachable": False,
+            "url": None,
+            "at": time.time(),
+            "error": "the controller does not know where this node's agent serves its metrics (no good render yet)",
+        }
     doc: dict[str, Any] = {"url": target.url, "at": time.time()}
     try:
         with httpx.Client(timeout=timeout_s, transport=transport, trust_env=False) as client:
             response = client.get(target.url)
             response.raise_for_status()
     except httpx.HTTPError as e:
-        log.warning("scrape.failed", node=target.node, url=target.url, error=str(e) or type(e).__name__)
-        return {**doc, "reachable": False, "error": f"cannot read {target.url}: {e or type(e).__name__}"}
+        log.warning(
+            "scrape.failed", node=target.node, url=target.url, error=str(e) or type(e).__name__
+        )
+        return {
+            **doc,
+            "reachable": False,
+            "error": f"cannot read {target.url}: {e or type(e).__name__}",
+        }
     facts = parse_agent_metrics(response.text, target.node)
     if facts is None:
         log.warning("scrape.unreadable", node=target.node, url=target.url)
-        return {**doc, "reachable": False, "error": f"{target.url} answered, but not with {target.node}'s agent metrics"}
+        return {
+            **doc,
+            "reachable": False,
+            "error": f"{target.url} answered, but not with {target.node}'s agent metrics",
+        }
     return {**doc, "reachable": True, "error": None, **facts}
 
 
-def node_document(ctx: Any, node: str, target_of: Callable[[str], Target | None] | None,
-                  timeout_s: float) -> dict[str, Any] | None:
+def node_document(
+    ctx: Any, node: str, target_of: Callable[[str], Target | None] | None, timeout_s: float
+) -> dict[str, Any] | None:
     """The body of ``GET /v1/nodes/<node>``; None when the controller never published anything for ``node``."""
     record = ctx.state.nodes().get(node)
     if record is None:
@@ -118,11 +147,16 @@ def node_document(ctx: Any, node: str, target_of: Callable[[str], Target | None]
         "cluster": meta.get("cluster"),
         "address": meta.get("address"),
         "labels": dict(meta.get("labels") or {}),
-        "published": {"generation": record.published_generation, "commit": record.commit, "since": since,
-                      "expires": record.expires},
+        "published": {
+            "generation": record.published_generation,
+            "commit": record.commit,
+            "since": since,
+            "expires": record.expires,
+        },
         "rollout": None if ctx.rollouts is None else ctx.rollouts.node_position(node),
         "observation": observe(target_of(node) if target_of and record.present else None, timeout_s)
-        if record.present else None,
+        if record.present
+        else None,
     }
 
 

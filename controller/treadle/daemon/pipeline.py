@@ -125,8 +125,17 @@ class Pipeline:
     def __post_init__(self) -> None:
         if self.renderer is None:
             self.renderer = FabricRenderer()
-        self.release = Release(self.source, self.state, self.store, self.signer, self.clock, self.settings.resign_before_s)
-        self.executor = RolloutExecutor(self.source, self.state, self.store, self.release, self, self._digests)
+        self.release = Release(
+            self.source,
+            self.state,
+            self.store,
+            self.signer,
+            self.clock,
+            self.settings.resign_before_s,
+        )
+        self.executor = RolloutExecutor(
+            self.source, self.state, self.store, self.release, self, self._digests
+        )
 
     # -- the cycle -----------------------------------------------------------
 
@@ -154,7 +163,9 @@ class Pipeline:
         steps: dict[str, float] = {}
         try:
             return self._deploy_steps(deployed, steps)
-        except Exception as e:  # a bug of ours (DESIGN.md, hostile input): refuse the commit, keep running
+        except (
+            Exception
+        ) as e:  # a bug of ours (DESIGN.md, hostile input): refuse the commit, keep running
             return self._internal(e, deployed, steps)
 
     def _deploy_steps(self, deployed: str | None, steps: dict[str, float]) -> Outcome:
@@ -165,42 +176,88 @@ class Pipeline:
             if self._already_refused(head):
                 return Outcome("unchanged", head, deployed, kind="refused-before")
             with timed(steps, "gate"):
-                decision = gate_mod.check(self.source.repo, deployed, head, policy=self.policy,
-                                          history_accepted=self.state.history_accepted(head))
-            if decision.kind == "unchanged" and self.last_good is not None and not self.state.dirty():
+                decision = gate_mod.check(
+                    self.source.repo,
+                    deployed,
+                    head,
+                    policy=self.policy,
+                    history_accepted=self.state.history_accepted(head),
+                )
+            if (
+                decision.kind == "unchanged"
+                and self.last_good is not None
+                and not self.state.dirty()
+            ):
                 return Outcome("unchanged", head, deployed, kind="unchanged")
             rendered = self._render(head, deployed, steps)
             with timed(steps, "plan"):
                 plan, now_items, staged, why = self._plan(rendered)
-            signed = self.release(now_items, why.__getitem__, removed=plan.removed, decision=decision, steps=steps,
-                                  before_confirm=lambda: self._begin_rollout(rendered, staged))
+            signed = self.release(
+                now_items,
+                why.__getitem__,
+                removed=plan.removed,
+                decision=decision,
+                steps=steps,
+                before_confirm=lambda: self._begin_rollout(rendered, staged),
+            )
         except GateError as e:
-            return Outcome("refused", _head_or_none(self.source), deployed, e.reason, str(e), step_s=steps)
+            return Outcome(
+                "refused", _head_or_none(self.source), deployed, e.reason, str(e), step_s=steps
+            )
         except FabricError as e:
-            return Outcome("refused", _head_or_none(self.source), deployed, "invalid", "the fabric has errors",
-                           tuple(str(d) for d in e.diagnostics), step_s=steps)
+            return Outcome(
+                "refused",
+                _head_or_none(self.source),
+                deployed,
+                "invalid",
+                "the fabric has errors",
+                tuple(str(d) for d in e.diagnostics),
+                step_s=steps,
+            )
         except (SourceError, StoreError, SigningKeyError) as e:
             return Outcome("failed", None, deployed, type(e).__name__, str(e), step_s=steps)
         self.last_good = rendered
-        self.executor.pending = frozenset(i.node for i in staged)  # the rest was published: equal to its record now
-        return Outcome("deployed" if signed or plan.removed or decision.kind != "unchanged" else "unchanged",
-                       head, deployed, published=tuple(s.node for s in signed), removed=plan.removed,
-                       render_s=rendered.duration_s, kind=decision.kind, step_s=steps)
+        self.executor.pending = frozenset(
+            i.node for i in staged
+        )  # the rest was published: equal to its record now
+        return Outcome(
+            "deployed" if signed or plan.removed or decision.kind != "unchanged" else "unchanged",
+            head,
+            deployed,
+            published=tuple(s.node for s in signed),
+            removed=plan.removed,
+            render_s=rendered.duration_s,
+            kind=decision.kind,
+            step_s=steps,
+        )
 
     def _internal(self, e: Exception, deployed: str | None, steps: dict[str, float]) -> Outcome:
         """The outcome of an unexpected exception: the head is refused while it was being read or checked."""
         # The step that raised: timed() records it on the way out (prepare_wait runs after a failed render).
         step = next((s for s in reversed(steps) if s != "prepare_wait"), "source")
-        log.error("cycle.internal_error", step=step, error_type=type(e).__name__, error=str(e)[:2000],
-                  traceback=traceback.format_exc(limit=30)[-8000:])
+        log.error(
+            "cycle.internal_error",
+            step=step,
+            error_type=type(e).__name__,
+            error=str(e)[:2000],
+            traceback=traceback.format_exc(limit=30)[-8000:],
+        )
         message = f"internal error in step {step}: {type(e).__name__}: {str(e)[:500]}"
         if step in ("sign", "publish", "advance"):
             return Outcome("failed", None, deployed, "internal", message, step_s=steps)
         head = _head_or_none(self.source)
-        if head is not None and self._already_refused(head):  # e.g. the fetch of that head fails every poll
+        if head is not None and self._already_refused(
+            head
+        ):  # e.g. the fetch of that head fails every poll
             return Outcome("unchanged", head, deployed, kind="refused-before")
-        return Outcome("refused", head, deployed, "internal",
-                       message + " (a bug in Treadle: the traceback is in the controller's log)", step_s=steps)
+        return Outcome(
+            "refused",
+            head,
+            deployed,
+            "internal",
+            message + " (a bug in Treadle: the traceback is in the controller's log)",
+            step_s=steps,
+        )
 
     def _already_refused(self, head: str) -> bool:
         last = self.state.last_refusal()
@@ -212,7 +269,9 @@ class Pipeline:
 
     def _render(self, head: str, deployed: str | None, steps: dict[str, float]) -> Rendered:
         """render (see :func:`treadle.daemon.render.render`), the store made ready meanwhile on a cold cycle."""
-        preparing = prepare_store(self.store, self.source.path, head) if self.last_good is None else None
+        preparing = (
+            prepare_store(self.store, self.source.path, head) if self.last_good is None else None
+        )
         rendered: Rendered | None = None
         try:
             with timed(steps, "render"):
@@ -221,25 +280,41 @@ class Pipeline:
             return rendered
         finally:
             if preparing is not None:
-                with timed(steps, "prepare_wait"):  # what the store's preparation took beyond the render
+                with timed(
+                    steps, "prepare_wait"
+                ):  # what the store's preparation took beyond the render
                     preparing.join()
                 if rendered is None:  # refused or failed: drop the prepared temp files
                     self.store.remove_temp_files()
 
-    def _plan(self, rendered: Rendered) -> tuple[PublishPlan, tuple[ToSign, ...], tuple[ToSign, ...], dict[str, str]]:
+    def _plan(
+        self, rendered: Rendered
+    ) -> tuple[PublishPlan, tuple[ToSign, ...], tuple[ToSign, ...], dict[str, str]]:
         """plan: the changes, split into (plan, publish now, roll out in waves, why each published now)."""
         cold = self.last_good is None
         if cold:  # after a (re)start the store is checked once against the state
             confirm_published(self.state, self.store)
         records = self.state.records()
         nodes = rendered.result.nodes
-        published = frozenset(self.store.nodes()) if cold else None  # a deleted or never-renamed file is published again
-        plan = plan_changes(records, nodes, rendered.commit, published=published, digest_of=self._digests,
-                            floor=clock_floor(self.clock()),
-                            stored=stored_generations(self.store, records, nodes, published) if published is not None else {},
-                            only=self._candidates(rendered))
+        published = (
+            frozenset(self.store.nodes()) if cold else None
+        )  # a deleted or never-renamed file is published again
+        plan = plan_changes(
+            records,
+            nodes,
+            rendered.commit,
+            published=published,
+            digest_of=self._digests,
+            floor=clock_floor(self.clock()),
+            stored=stored_generations(self.store, records, nodes, published)
+            if published is not None
+            else {},
+            only=self._candidates(rendered),
+        )
         now_items, staged = split_plan(plan, records, staged=self.rollouts is not None)
-        why = {i.node: _why_now(records.get(i.node), i.content_digest) for i in now_items}  # before publish writes
+        why = {
+            i.node: _why_now(records.get(i.node), i.content_digest) for i in now_items
+        }  # before publish writes
         return plan, now_items, staged, why
 
     def _candidates(self, rendered: Rendered) -> frozenset[str] | None:
@@ -267,23 +342,41 @@ class Pipeline:
     def record(self, o: Outcome) -> None:
         """Metrics, refusal rows and the log line of one cycle (deployments are recorded by the confirm step)."""
         m = self.metrics
-        if o.result in ("deployed", "refused"):  # a poll that found nothing new, or git unreachable, is no commit
+        if o.result in (
+            "deployed",
+            "refused",
+        ):  # a poll that found nothing new, or git unreachable, is no commit
             m.commits_total.labels(result=o.result).inc()
         if o.render_s is not None:
             m.render_duration_seconds.observe(o.render_s)
         if o.result == "refused":
             m.rejected_commits_total.labels(reason=o.reason).inc()
             try:
-                self.state.record_refusal(o.commit or "unknown", o.reason or "unknown", o.message, o.diagnostics)
+                self.state.record_refusal(
+                    o.commit or "unknown", o.reason or "unknown", o.message, o.diagnostics
+                )
             except StoreError as e:
                 log.error("state.write_failed", error=str(e))
-            log.warning("commit.refused", commit=o.commit, reason=o.reason, message=o.message, diagnostics=list(o.diagnostics))
+            log.warning(
+                "commit.refused",
+                commit=o.commit,
+                reason=o.reason,
+                message=o.message,
+                diagnostics=list(o.diagnostics),
+            )
         elif o.result == "failed":
             log.error("cycle.failed", error_type=o.reason, error=o.message)
         elif o.result == "deployed":
             steps: dict[str, Any] = {f"{k}_s": round(v, 4) for k, v in o.step_s.items()}
-            log.event("commit.deployed", commit=o.commit, previous=o.previous, kind=o.kind, published=len(o.published),
-                      removed=len(o.removed), **steps)
+            log.event(
+                "commit.deployed",
+                commit=o.commit,
+                previous=o.previous,
+                kind=o.kind,
+                published=len(o.published),
+                removed=len(o.removed),
+                **steps,
+            )
         if o.resigned:
             log.event("manifests.resigned", count=len(o.resigned))
         m.set_deployed_commit(self.state.deployed_commit())
@@ -300,9 +393,16 @@ def _head_or_none(source: GitSource) -> str | None:
 # -- the steps as functions ----------------------------------------------------
 
 
-def plan_changes(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], commit: str,
-                 published: frozenset[str] | None = None, digest_of: Callable[[Any], str] = node_digest,
-                 floor: int = 0, stored: Mapping[str, int] | None = None, only: frozenset[str] | None = None) -> PublishPlan:
+def plan_changes(
+    records: Mapping[str, NodeRecord],
+    nodes: Mapping[str, Any],
+    commit: str,
+    published: frozenset[str] | None = None,
+    digest_of: Callable[[Any], str] = node_digest,
+    floor: int = 0,
+    stored: Mapping[str, int] | None = None,
+    only: frozenset[str] | None = None,
+) -> PublishPlan:
     """plan: every node whose content differs from what is published gets the next generation.
 
     A node is republished as well when its last reservation was never confirmed
@@ -319,23 +419,45 @@ def plan_changes(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], co
         node = nodes[name]
         d = digest_of(node)
         rec = records.get(name)
-        same = (rec is not None and rec.present and not rec.dirty and rec.content_digest == d
-                and (published is None or name in published))
+        same = (
+            rec is not None
+            and rec.present
+            and not rec.dirty
+            and rec.content_digest == d
+            and (published is None or name in published)
+        )
         if same:
             unchanged += 1
             continue
         last = rec.generation if rec is not None else (stored or {}).get(name)
         generation = next_generation(last, floor)
-        to_sign.append(ToSign(name, node.manifest, d, generation, commit, node.lifecycle, node.canonical))
+        to_sign.append(
+            ToSign(name, node.manifest, d, generation, commit, node.lifecycle, node.canonical)
+        )
     removed = tuple(sorted(n for n, r in records.items() if r.present and n not in nodes))
     return PublishPlan(commit, tuple(to_sign), removed, unchanged)
 
 
-def _plan_of(records: Mapping[str, NodeRecord], nodes: Mapping[str, Any], commit: str, only: frozenset[str],
-             digest_of: Callable[[Any], str], floor: int, stored: Mapping[str, int] | None) -> PublishPlan:
+def _plan_of(
+    records: Mapping[str, NodeRecord],
+    nodes: Mapping[str, Any],
+    commit: str,
+    only: frozenset[str],
+    digest_of: Callable[[Any], str],
+    floor: int,
+    stored: Mapping[str, int] | None,
+) -> PublishPlan:
     """:func:`plan_changes` over the names of ``only``: what is in ``nodes`` is planned, what is not is removed."""
     present = {n: nodes[n] for n in only if n in nodes}
-    plan = plan_changes({n: records[n] for n in only if n in records}, present, commit, None, digest_of, floor, stored)
+    plan = plan_changes(
+        {n: records[n] for n in only if n in records},
+        present,
+        commit,
+        None,
+        digest_of,
+        floor,
+        stored,
+    )
     return replace(plan, unchanged=len(nodes) - len(plan.to_sign))
 
 
@@ -348,7 +470,9 @@ def _why_now(record: NodeRecord | None, digest: str) -> str:
     return "deploy"
 
 
-def split_plan(plan: PublishPlan, records: Mapping[str, NodeRecord], *, staged: bool) -> tuple[tuple[ToSign, ...], tuple[ToSign, ...]]:
+def split_plan(
+    plan: PublishPlan, records: Mapping[str, NodeRecord], *, staged: bool
+) -> tuple[tuple[ToSign, ...], tuple[ToSign, ...]]:
     """(publish now, roll out in waves): see the module docstring. Without rollouts everything is published now."""
     if not staged:
         return plan.to_sign, ()

@@ -38,17 +38,17 @@ import uvicorn
 from treadle import log
 from treadle.daemon.api import ApiContext, build_app
 from treadle.daemon.config import ControllerConfig
-from treadle.errors import SourceError, StoreError, UsageError
+from treadle.daemon.fetch import GitSource, local_git_dir, watch_refs
 from treadle.daemon.gate import SignaturePolicy
 from treadle.daemon.metrics import ControllerMetrics
 from treadle.daemon.pipeline import Outcome, Pipeline, Settings
 from treadle.daemon.publish import PublishStore
+from treadle.daemon.sign import ManifestSigner
+from treadle.daemon.state import StateDB
+from treadle.errors import SourceError, StoreError, UsageError
 from treadle.rollout.health import HealthWatcher
 from treadle.rollout.observe import source_from_config
 from treadle.rollout.service import RolloutService
-from treadle.daemon.sign import ManifestSigner
-from treadle.daemon.fetch import GitSource, local_git_dir, watch_refs
-from treadle.daemon.state import StateDB
 
 STATE_DB = "state.sqlite3"
 #: After a failed cycle (git unreachable, disk full) retry sooner than the poll interval, but not in a tight loop.
@@ -93,8 +93,15 @@ class Controller:
         """Serve and reconcile until SIGTERM or SIGINT."""
         sock = _bind(self.config.api.host, self.config.api.port)
         host, port = sock.getsockname()[:2]
-        server = _Server(uvicorn.Config(build_app(self.api), log_level="warning", access_log=False, lifespan="off",
-                                          log_config=None))
+        server = _Server(
+            uvicorn.Config(
+                build_app(self.api),
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                log_config=None,
+            )
+        )
         log.event("api.listening", host=host, port=port, url=f"http://{host}:{port}")
         if self.health is not None:
             self.health.start()
@@ -121,7 +128,9 @@ class Controller:
         self.pipeline.source.close()
         self.pipeline.state.close()
 
-    async def _stop_on_signal(self, server: uvicorn.Server, scope: anyio.CancelScope, stop: anyio.Event) -> None:
+    async def _stop_on_signal(
+        self, server: uvicorn.Server, scope: anyio.CancelScope, stop: anyio.Event
+    ) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.event("controller.stopping", signal=signal.Signals(signum).name)
@@ -159,11 +168,18 @@ class Controller:
     def _cycle(self) -> Outcome | None:
         try:
             outcome = self.pipeline.run_once()
-        except Exception as e:  # a bug must not stop the controller: keep serving the last good store
+        except (
+            Exception
+        ) as e:  # a bug must not stop the controller: keep serving the last good store
             log.error("cycle.crashed", error_type=type(e).__name__, error=str(e))
             return None
-        self.api.last_cycle.update(result=outcome.result, commit=outcome.commit, reason=outcome.reason, at=time.time())
-        if outcome.kind not in ("unchanged", "refused-before"):  # a render ran: free its garbage now
+        self.api.last_cycle.update(
+            result=outcome.result, commit=outcome.commit, reason=outcome.reason, at=time.time()
+        )
+        if outcome.kind not in (
+            "unchanged",
+            "refused-before",
+        ):  # a render ran: free its garbage now
             from treadle.fabric.render import collect_garbage
 
             collect_garbage()
@@ -194,7 +210,9 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as e:
         sock.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}; change `listen` in controller.toml") from e
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {e.strerror}; change `listen` in controller.toml"
+        ) from e
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -213,25 +231,52 @@ def build(config: ControllerConfig, **pipeline_overrides: Any) -> Controller:
     metrics = ControllerMetrics()
     trigger = Trigger()
     h = config.health
-    health = HealthWatcher(source_from_config(h.source, h.prometheus_url, h.scrape_timeout_s, h.scrape_concurrency,
-                                              h.scrape_round_s),
-                           interval_s=h.interval_s, stale_after_s=h.stale_after_s, metrics=metrics)
+    health = HealthWatcher(
+        source_from_config(
+            h.source, h.prometheus_url, h.scrape_timeout_s, h.scrape_concurrency, h.scrape_round_s
+        ),
+        interval_s=h.interval_s,
+        stale_after_s=h.stale_after_s,
+        metrics=metrics,
+    )
     rollouts = RolloutService(state_dir / STATE_DB, health, metrics=metrics)
     pipeline = Pipeline(
-        source=GitSource(config.source.repository, config.source.branch, state_dir, config.source.credentials,
-                         max_packs=config.retention.mirror_max_packs),
-        state=state, store=store, metrics=metrics, rollouts=rollouts,
-        signer=ManifestSigner(config.signing.signing_keys, lifetime_s=config.signing.manifest_lifetime_s),
+        source=GitSource(
+            config.source.repository,
+            config.source.branch,
+            state_dir,
+            config.source.credentials,
+            max_packs=config.retention.mirror_max_packs,
+        ),
+        state=state,
+        store=store,
+        metrics=metrics,
+        rollouts=rollouts,
+        signer=ManifestSigner(
+            config.signing.signing_keys, lifetime_s=config.signing.manifest_lifetime_s
+        ),
         settings=Settings(resign_before_s=config.signing.resign_before_s),
-        policy=SignaturePolicy(config.policy.allowed_signers) if config.policy.require_signed and config.policy.allowed_signers else None,
+        policy=SignaturePolicy(config.policy.allowed_signers)
+        if config.policy.require_signed and config.policy.allowed_signers
+        else None,
         **pipeline_overrides,
     )
-    api = ApiContext(store=store, state=state, metrics=metrics, trigger=trigger.set, branch=config.source.branch,
-                     rollouts=rollouts,
-                     repository=config.source.repository, webhook_secret=config.api.webhook_secret,
-                     admin_token=config.api.admin_token, target_of=pipeline.executor.target_of,
-                     scrape_timeout_s=config.health.scrape_timeout_s, mirror=_mirror_of(pipeline),
-                     console_read=config.api.console_read, health_status=health.status)
+    api = ApiContext(
+        store=store,
+        state=state,
+        metrics=metrics,
+        trigger=trigger.set,
+        branch=config.source.branch,
+        rollouts=rollouts,
+        repository=config.source.repository,
+        webhook_secret=config.api.webhook_secret,
+        admin_token=config.api.admin_token,
+        target_of=pipeline.executor.target_of,
+        scrape_timeout_s=config.health.scrape_timeout_s,
+        mirror=_mirror_of(pipeline),
+        console_read=config.api.console_read,
+        health_status=health.status,
+    )
     return Controller(config, pipeline, api, trigger, health)
 
 

@@ -87,7 +87,9 @@ class ManifestIndex:
         self._nodes_dir = str(nodes_dir)
         self._etags: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._touched: set[str] | None = set()  # published or removed since creation; None once loaded
+        self._touched: set[str] | None = (
+            set()
+        )  # published or removed since creation; None once loaded
         self._load_started = False
 
     @property
@@ -99,7 +101,9 @@ class ManifestIndex:
         etag = self._etags.get(node)
         if etag is not None or self._touched is None:
             return etag
-        data = _read(os.path.join(self._nodes_dir, node, MANIFEST))  # still loading: the disk decides
+        data = _read(
+            os.path.join(self._nodes_dir, node, MANIFEST)
+        )  # still loading: the disk decides
         if data is None:
             return None
         etag = etag_of(data)
@@ -173,7 +177,9 @@ class PublishStore:
         try:
             self.nodes_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"{self.nodes_dir}: cannot create the publish store: {e.strerror}") from e
+            raise StoreError(
+                f"{self.nodes_dir}: cannot create the publish store: {e.strerror}"
+            ) from e
         self.remove_temp_files()
         self._index: ManifestIndex | None = None
 
@@ -205,7 +211,9 @@ class PublishStore:
     def nodes(self) -> list[str]:
         """Every node with a published manifest, sorted."""
         with os.scandir(self.nodes_dir) as it:
-            return sorted(e.name for e in it if e.is_dir() and os.path.exists(os.path.join(e.path, MANIFEST)))
+            return sorted(
+                e.name for e in it if e.is_dir() and os.path.exists(os.path.join(e.path, MANIFEST))
+            )
 
     def prepare(self, nodes: Iterable[str]) -> int:
         """Create the directories and empty temp files of ``nodes`` whose directory is missing; returns how many.
@@ -226,8 +234,13 @@ class PublishStore:
         temp = self._temp_name()
         for command, paths in (("mkdir", missing), ("touch", [f"{n}/{temp}" for n in missing])):
             for i in range(0, len(paths), PREPARE_BATCH):
-                subprocess.run([command, "--", *paths[i:i + PREPARE_BATCH]], cwd=self.nodes_dir,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+                subprocess.run(
+                    [command, "--", *paths[i : i + PREPARE_BATCH]],
+                    cwd=self.nodes_dir,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    check=False,
+                )
         return len(missing)
 
     @staticmethod
@@ -257,7 +270,9 @@ class PublishStore:
         except OSError as e:
             raise StoreError(f"{self.root}: publishing failed: {e}") from e
         finally:
-            if self._index is not None:  # what was renamed or unlinked, also when the batch failed midway
+            if (
+                self._index is not None
+            ):  # what was renamed or unlinked, also when the batch failed midway
                 self._index.published({n: etag_of(envelopes[n]) for n in renamed}, unlinked)
 
     def _write_temp(self, node: str, data: bytes) -> tuple[str, str]:
@@ -273,7 +288,7 @@ class PublishStore:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
         return temp, os.path.join(directory, MANIFEST)

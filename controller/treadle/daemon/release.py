@@ -28,7 +28,13 @@ from treadle.daemon.fetch import GitSource
 from treadle.daemon.gate import GateDecision
 from treadle.daemon.generation import clock_floor, next_generation
 from treadle.daemon.publish import PublishStore
-from treadle.daemon.sign import ManifestSigner, SignedManifest, ToSign, envelope_keyids, manifest_from_envelope
+from treadle.daemon.sign import (
+    ManifestSigner,
+    SignedManifest,
+    ToSign,
+    envelope_keyids,
+    manifest_from_envelope,
+)
 from treadle.daemon.state import NodeRecord, StateDB
 from treadle.errors import StoreError, TreadleError
 
@@ -40,8 +46,15 @@ class Release:
     :meth:`resign_due`), from what it signed: every signature passes here.
     """
 
-    def __init__(self, source: GitSource, state: StateDB, store: PublishStore, signer: ManifestSigner,
-                 clock: Callable[[], float], resign_before_s: int) -> None:
+    def __init__(
+        self,
+        source: GitSource,
+        state: StateDB,
+        store: PublishStore,
+        signer: ManifestSigner,
+        clock: Callable[[], float],
+        resign_before_s: int,
+    ) -> None:
         self.source, self.state, self.store, self.signer = source, state, store, signer
         self.clock, self.resign_before_s = clock, resign_before_s
         #: The published envelopes were compared against the signer's keys (once per process).
@@ -51,9 +64,16 @@ class Release:
         #: Nodes published by this process before the first key check: their envelopes need not be read for it.
         self._signed_here: set[str] = set()
 
-    def __call__(self, items: Sequence[ToSign], why: Callable[[str], str], *, removed: tuple[str, ...] = (),
-                 decision: GateDecision | None = None, before_confirm: Callable[[], None] | None = None,
-                 steps: dict[str, float] | None = None) -> list[SignedManifest]:
+    def __call__(
+        self,
+        items: Sequence[ToSign],
+        why: Callable[[str], str],
+        *,
+        removed: tuple[str, ...] = (),
+        decision: GateDecision | None = None,
+        before_confirm: Callable[[], None] | None = None,
+        steps: dict[str, float] | None = None,
+    ) -> list[SignedManifest]:
         """Sign ``items``, publish them (and remove ``removed``), then confirm; what was signed.
 
         ``why`` names, per node, why it was published (its history row).
@@ -98,11 +118,22 @@ class Release:
         records = self.state.records()
         before_s = self.resign_before_s
         mine = self._signed_here  # signed with this signer's keys: only expiry can make them due
-        due = [r for r in records.values() if r.present and not r.dirty
-               and ((check_keys and r.name not in mine) or r.expires - now <= before_s)]
+        due = [
+            r
+            for r in records.values()
+            if r.present
+            and not r.dirty
+            and ((check_keys and r.name not in mine) or r.expires - now <= before_s)
+        ]
         # The next time a record falls due, unless one due now cannot be re-signed (then: every cycle, as before).
-        next_at = min((r.expires - before_s for r in records.values() if r.present and not r.dirty and r.expires - now > before_s),
-                      default=float("inf"))
+        next_at = min(
+            (
+                r.expires - before_s
+                for r in records.values()
+                if r.present and not r.dirty and r.expires - now > before_s
+            ),
+            default=float("inf"),
+        )
         items, unreadable = self._resign_items(due, now, check_keys)
         if unreadable:
             next_at = float("-inf")
@@ -115,7 +146,9 @@ class Release:
         self._note(signed)
         return tuple(s.node for s in signed)
 
-    def _resign_items(self, due: list[NodeRecord], now: float, check_keys: bool) -> tuple[list[ToSign], bool]:
+    def _resign_items(
+        self, due: list[NodeRecord], now: float, check_keys: bool
+    ) -> tuple[list[ToSign], bool]:
         """What to re-sign of the ``due`` records, read from the store; and whether one could not be read."""
         items, unreadable = [], False
         for r in due:
@@ -125,20 +158,33 @@ class Release:
                 continue  # the next deploy cycle republishes it
             try:
                 manifest = manifest_from_envelope(data)
-                if r.expires - now > self.resign_before_s and envelope_keyids(data) == self.signer.keyids:
+                if (
+                    r.expires - now > self.resign_before_s
+                    and envelope_keyids(data) == self.signer.keyids
+                ):
                     continue
             except (ValueError, KeyError) as e:
                 log.error("resign.unreadable", node=r.name, error=str(e))
                 unreadable = True
                 continue
-            items.append(ToSign(r.name, manifest, r.content_digest, next_generation(r.generation, clock_floor(now)),
-                                manifest["metadata"]["commit"], r.lifecycle))
+            items.append(
+                ToSign(
+                    r.name,
+                    manifest,
+                    r.content_digest,
+                    next_generation(r.generation, clock_floor(now)),
+                    manifest["metadata"]["commit"],
+                    r.lifecycle,
+                )
+            )
         return items, unreadable
 
     def _note(self, signed: list[SignedManifest]) -> None:
         """Note the earliest expiry published, so that :meth:`resign_due` knows when to look again."""
         if signed:
-            self._resign_at = min(self._resign_at, min(s.expires for s in signed) - self.resign_before_s)
+            self._resign_at = min(
+                self._resign_at, min(s.expires for s in signed) - self.resign_before_s
+            )
             if not self._keys_checked:
                 self._signed_here.update(s.node for s in signed)
 
@@ -148,7 +194,10 @@ class Release:
             return
         authors = {c: self._author(c) for c in {s.commit for s in signed} if c}
         try:
-            self.state.record_history((s.node, s.generation, s.commit, authors.get(s.commit or ""), why(s.node)) for s in signed)
+            self.state.record_history(
+                (s.node, s.generation, s.commit, authors.get(s.commit or ""), why(s.node))
+                for s in signed
+            )
         except StoreError as e:  # the history is for people; publishing went through
             log.error("history.write_failed", error=str(e))
 
@@ -160,7 +209,9 @@ class Release:
             return None
 
 
-def publish(state: StateDB, store: PublishStore, signed: list[SignedManifest], removed: tuple[str, ...]) -> None:
+def publish(
+    state: StateDB, store: PublishStore, signed: list[SignedManifest], removed: tuple[str, ...]
+) -> None:
     """publish: reserve the generations, then write the envelopes atomically.
 
     Raises:
@@ -168,11 +219,19 @@ def publish(state: StateDB, store: PublishStore, signed: list[SignedManifest], r
     """
     if not signed and not removed:
         return
-    state.reserve(NodeRecord(s.node, s.generation, 0, s.content_digest, s.commit, s.expires, s.lifecycle) for s in signed)
+    state.reserve(
+        NodeRecord(s.node, s.generation, 0, s.content_digest, s.commit, s.expires, s.lifecycle)
+        for s in signed
+    )
     store.publish({s.node: s.envelope for s in signed}, removed)
 
 
-def confirm(state: StateDB, signed: list[SignedManifest], removed: tuple[str, ...], decision: GateDecision | None) -> None:
+def confirm(
+    state: StateDB,
+    signed: list[SignedManifest],
+    removed: tuple[str, ...],
+    decision: GateDecision | None,
+) -> None:
     """confirm: the reserved generations are published; with a ``decision``, its commit is the deployed one.
 
     (The rollout's waves follow in :meth:`treadle.daemon.pipeline.Pipeline.tick`.)
@@ -183,7 +242,9 @@ def confirm(state: StateDB, signed: list[SignedManifest], removed: tuple[str, ..
         return
     if decision.kind == "unchanged" and not signed and not removed:
         return  # a restart that found the store as the state says: nothing to record
-    state.record_deployment(decision.commit, decision.previous, [s.node for s in signed], removed, kind=decision.kind)
+    state.record_deployment(
+        decision.commit, decision.previous, [s.node for s in signed], removed, kind=decision.kind
+    )
 
 
 def confirm_published(state: StateDB, store: PublishStore) -> None:
@@ -205,21 +266,30 @@ def confirm_published(state: StateDB, store: PublishStore) -> None:
         record = records[name]
         try:
             data = store.read(name) if record.present else None
-            if data is not None and int(manifest_from_envelope(data)["metadata"]["generation"]) == record.generation:
+            if (
+                data is not None
+                and int(manifest_from_envelope(data)["metadata"]["generation"]) == record.generation
+            ):
                 done.append(name)
         except (StoreError, ValueError, KeyError, TypeError) as e:
             log.warning("store.unreadable_envelope", node=name, error=str(e))
     if done:
         state.record_deployment(None, None, done, ())
         try:  # the crashed cycle may not have written their history rows
-            state.record_history((n, records[n].generation, records[n].commit, None, "recovered") for n in done)
+            state.record_history(
+                (n, records[n].generation, records[n].commit, None, "recovered") for n in done
+            )
         except StoreError as e:
             log.error("history.write_failed", error=str(e))
         log.event("recovery.confirmed", nodes=len(done), dirty=len(state.dirty()) + len(done))
 
 
-def stored_generations(store: PublishStore, records: Mapping[str, NodeRecord], nodes: Mapping[str, Any],
-                       published: frozenset[str]) -> dict[str, int]:
+def stored_generations(
+    store: PublishStore,
+    records: Mapping[str, NodeRecord],
+    nodes: Mapping[str, Any],
+    published: frozenset[str],
+) -> dict[str, int]:
     """The generations in the store's envelopes of nodes the state has no record of (read once, after a start).
 
     A state directory lost while the publish store was kept: the next generation goes above those.

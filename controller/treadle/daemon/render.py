@@ -29,7 +29,14 @@ class Renderer(Protocol):
     against which lifecycle transitions are checked; None skips that check.
     """
 
-    def __call__(self, repo: Any, commit: str, previous: Any | None, changed: set[str] | None, base: Any | None) -> Any: ...
+    def __call__(
+        self,
+        repo: Any,
+        commit: str,
+        previous: Any | None,
+        changed: set[str] | None,
+        base: Any | None,
+    ) -> Any: ...
 
 
 class FabricRenderer:
@@ -47,19 +54,30 @@ class FabricRenderer:
         self.cache = ParseCache()
         self._last: Any = None  # the GitRevisionSource of the last render
 
-    def __call__(self, repo: Any, commit: str, previous: Any | None, changed: set[str] | None, base: Any | None) -> Any:
+    def __call__(
+        self,
+        repo: Any,
+        commit: str,
+        previous: Any | None,
+        changed: set[str] | None,
+        base: Any | None,
+    ) -> Any:
         from treadle.fabric import render_fabric
 
         if isinstance(base, str):
             base = self.source(repo, base)
         src = self._derived(repo, commit, previous, changed) or self.source(repo, commit)
-        result = render_fabric(src, cache=self.cache, previous=previous, changed_paths=changed, base=base)
+        result = render_fabric(
+            src, cache=self.cache, previous=previous, changed_paths=changed, base=base
+        )
         if result.fresh is not None and self._last is not None and changed is not None:
             old = self._last.entries_view()
             new = src.entries_view()
             self.cache.forget(old[p] for p in changed if p in old and old[p] != new.get(p))
         else:
-            self.cache.retain(src.entries_view().values())  # the cache keeps one revision's files, not every version seen
+            self.cache.retain(
+                src.entries_view().values()
+            )  # the cache keeps one revision's files, not every version seen
         self._last = src
         return result
 
@@ -71,11 +89,19 @@ class FabricRenderer:
             return self._last
         return GitRevisionSource(repo, commit)
 
-    def _derived(self, repo: Any, commit: str, previous: Any | None, changed: set[str] | None) -> Any:
+    def _derived(
+        self, repo: Any, commit: str, previous: Any | None, changed: set[str] | None
+    ) -> Any:
         from treadle.fabric import GitRevisionSource
 
         last = self._last
-        if previous is None or changed is None or last is None or last.repo is not repo or last.commit != previous.commit:
+        if (
+            previous is None
+            or changed is None
+            or last is None
+            or last.repo is not repo
+            or last.commit != previous.commit
+        ):
             return None
         return GitRevisionSource.derived(last, commit, changed)
 
@@ -89,7 +115,9 @@ class Rendered:
     duration_s: float
 
 
-def render(renderer: Renderer, repo: Any, head: str, deployed: str | None, last_good: Rendered | None) -> Rendered:
+def render(
+    renderer: Renderer, repo: Any, head: str, deployed: str | None, last_good: Rendered | None
+) -> Rendered:
     """load/render/check ``head``: incremental from the last good commit when there is one.
 
     Lifecycle transitions are checked against the deployed revision: its
@@ -121,7 +149,9 @@ def policy_of(result: Any) -> rollout_policy.RolloutPolicy:
     try:
         return rollout_policy.from_doc(result.rollout)
     except rollout_policy.PolicyError as e:
-        raise FabricError([Diagnostic("rollout.yaml", 0, 0, "rollout", str(e), "fix rollout.yaml")]) from e
+        raise FabricError(
+            [Diagnostic("rollout.yaml", 0, 0, "rollout", str(e), "fix rollout.yaml")]
+        ) from e
 
 
 def prepare_store(store: PublishStore, mirror: Path, head: str) -> threading.Thread:

@@ -29,10 +29,10 @@ from treadle.daemon.state import StateDB
 from treadle.errors import FabricError
 from treadle.rollout import policy as rollout_policy
 from treadle.rollout.observe import Target
-from treadle_agent.contract.names import DEFAULT_METRICS_PORT
 from treadle.rollout.revert import write_revert_branch
 from treadle.rollout.service import RolloutService
 from treadle.rollout.waves import Candidate
+from treadle_agent.contract.names import DEFAULT_METRICS_PORT
 
 
 class Renders(Protocol):
@@ -45,8 +45,15 @@ class Renders(Protocol):
 class RolloutExecutor:
     """Carries out a rollout's actions; run from the pipeline's thread (:meth:`target_of` also from the API's)."""
 
-    def __init__(self, source: GitSource, state: StateDB, store: PublishStore, release: Release, renders: Renders,
-                 digests: DigestCache) -> None:
+    def __init__(
+        self,
+        source: GitSource,
+        state: StateDB,
+        store: PublishStore,
+        release: Release,
+        renders: Renders,
+        digests: DigestCache,
+    ) -> None:
         self.source, self.state, self.store, self.release = source, state, store, release
         self._renders, self._digests = renders, digests
         #: The nodes of the last good render that differ from their records because a rollout holds them:
@@ -65,11 +72,23 @@ class RolloutExecutor:
             return
         nodes = rendered.result.nodes
         settings = self._settings_for(rendered, [t.node for t in staged])
-        candidates = [Candidate(t.node, nodes[t.node].site, nodes[t.node].cluster, dict(nodes[t.node].labels),
-                                settings[t.node].pinned_wave) for t in staged]
-        rollouts.begin(rendered.commit, policy_of(rendered.result), candidates,
-                       immediate=rollout_policy.commit_is_immediate(self.source.repo, rendered.commit),
-                       current=self.current_manifests([t.node for t in staged]))
+        candidates = [
+            Candidate(
+                t.node,
+                nodes[t.node].site,
+                nodes[t.node].cluster,
+                dict(nodes[t.node].labels),
+                settings[t.node].pinned_wave,
+            )
+            for t in staged
+        ]
+        rollouts.begin(
+            rendered.commit,
+            policy_of(rendered.result),
+            candidates,
+            immediate=rollout_policy.commit_is_immediate(self.source.repo, rendered.commit),
+            current=self.current_manifests([t.node for t in staged]),
+        )
 
     # -- the Executor protocol -------------------------------------------------
 
@@ -80,8 +99,14 @@ class RolloutExecutor:
         rendered = self._rendered(commit)
         present = [n for n in nodes if n in rendered.result.nodes]
         settings = self._settings_for(rendered, present)
-        return [Target(n, rendered.result.nodes[n].address, settings[n].metrics_port or DEFAULT_METRICS_PORT)
-                for n in present]
+        return [
+            Target(
+                n,
+                rendered.result.nodes[n].address,
+                settings[n].metrics_port or DEFAULT_METRICS_PORT,
+            )
+            for n in present
+        ]
 
     def expected(self, nodes: Sequence[str]) -> dict[str, int]:
         """The generations published for ``nodes``: the last answer itself while their records are the same objects.
@@ -92,9 +117,13 @@ class RolloutExecutor:
         """
         held = list(map(self.state.records().get, nodes))
         last = self._expected
-        if last is not None and (last[0] is nodes or last[0] == nodes) and all(map(is_, held, last[1])):
+        if (
+            last is not None
+            and (last[0] is nodes or last[0] == nodes)
+            and all(map(is_, held, last[1]))
+        ):
             return last[2]
-        out = {n: r.generation for n, r in zip(nodes, held) if r is not None}
+        out = {n: r.generation for n, r in zip(nodes, held, strict=False) if r is not None}
         self._expected = (nodes, held, out)
         return out
 
@@ -120,21 +149,43 @@ class RolloutExecutor:
             rec = records.get(n)
             if rec is not None and rec.present and not rec.dirty and rec.content_digest == d:
                 continue  # already carries this content: a publish retried after a restart
-            items.append(ToSign(n, node.manifest, d, next_generation(rec.generation if rec else None, floor), commit,
-                                node.lifecycle, node.canonical))
+            items.append(
+                ToSign(
+                    n,
+                    node.manifest,
+                    d,
+                    next_generation(rec.generation if rec else None, floor),
+                    commit,
+                    node.lifecycle,
+                    node.canonical,
+                )
+            )
         self.release(items, lambda _n: "rollout")
 
     def publish_manifests(self, manifests: Mapping[str, Mapping[str, Any]]) -> None:
-        self.pending |= frozenset(manifests)  # rolled back: their records no longer match the last good render
+        self.pending |= frozenset(
+            manifests
+        )  # rolled back: their records no longer match the last good render
         records = self.state.records()
         floor = clock_floor(self.release.clock())
-        items = [ToSign(n, m, content_digest(m), next_generation(records[n].generation if n in records else None, floor),
-                        m["metadata"].get("commit"), m["metadata"]["lifecycle"]) for n, m in sorted(manifests.items())]
+        items = [
+            ToSign(
+                n,
+                m,
+                content_digest(m),
+                next_generation(records[n].generation if n in records else None, floor),
+                m["metadata"].get("commit"),
+                m["metadata"]["lifecycle"],
+            )
+            for n, m in sorted(manifests.items())
+        ]
         self.release(items, lambda _n: "rollback")
 
     def write_revert(self, commit: str, reason: str) -> str:
         head = self.source.head()
-        return write_revert_branch(self.source.path, self.source.url, commit, head, reason, self.source.credentials).name
+        return write_revert_branch(
+            self.source.path, self.source.url, commit, head, reason, self.source.credentials
+        ).name
 
     # -- for the API -------------------------------------------------------------
 
@@ -154,8 +205,12 @@ class RolloutExecutor:
 
         n = rendered.result.nodes[node]
         try:
-            settings = node_settings(GitRevisionSource(str(self.source.path), rendered.commit), ParseCache(),
-                                     rendered.result.fabric, [n])[node]
+            settings = node_settings(
+                GitRevisionSource(str(self.source.path), rendered.commit),
+                ParseCache(),
+                rendered.result.fabric,
+                [n],
+            )[node]
             port = settings.metrics_port or DEFAULT_METRICS_PORT
         except Exception as e:  # an unreadable node file: the default port is the best guess
             log.warning("node.settings_unreadable", node=node, error=str(e))
@@ -186,7 +241,9 @@ class RolloutExecutor:
         if self._node_settings[0] != rendered.commit:
             self._node_settings = (rendered.commit, {})
         known = self._node_settings[1]
-        missing = [rendered.result.nodes[n] for n in names if n not in known and n in rendered.result.nodes]
+        missing = [
+            rendered.result.nodes[n] for n in names if n not in known and n in rendered.result.nodes
+        ]
         if missing:
             renderer = self._renders.renderer
             cache = getattr(renderer, "cache", None)
@@ -195,6 +252,10 @@ class RolloutExecutor:
 
                 cache = ParseCache()
             source_of = getattr(renderer, "source", None)
-            src = source_of(self.source.repo, rendered.commit) if source_of else GitRevisionSource(self.source.repo, rendered.commit)
+            src = (
+                source_of(self.source.repo, rendered.commit)
+                if source_of
+                else GitRevisionSource(self.source.repo, rendered.commit)
+            )
             known.update(node_settings(src, cache, rendered.result.fabric, missing))
         return known

@@ -61,7 +61,9 @@ class SignedManifest:
 
 def content_digest(manifest: Mapping[str, Any]) -> str:
     """Digest of a manifest with its signing-time metadata blanked: equal content, equal digest, whatever the commit."""
-    return digest(canonical_json(stamp(manifest, generation=0, commit=None, issued=None, expires=None)))  # type: ignore[arg-type]
+    return digest(
+        canonical_json(stamp(manifest, generation=0, commit=None, issued=None, expires=None))  # type: ignore[arg-type]
+    )
 
 
 def node_digest(node: Any) -> str:
@@ -74,7 +76,11 @@ def node_digest(node: Any) -> str:
     nowhere else: inside a JSON string the quotes would be escaped.
     """
     meta = node.manifest["metadata"]
-    if meta.get("generation") != 0 or meta.get("issued") is not None or meta.get("expires") is not None:
+    if (
+        meta.get("generation") != 0
+        or meta.get("issued") is not None
+        or meta.get("expires") is not None
+    ):
         return content_digest(node.manifest)
     commit = meta.get("commit")
     if commit is None:
@@ -99,7 +105,12 @@ class DigestCache:
         m = node.manifest
         meta = {**m["metadata"], "commit": None}
         hit = self._by_node.get(node.name)
-        if hit is not None and hit[0] is m["resources"] and hit[1] is m["health"] and hit[2] == meta:
+        if (
+            hit is not None
+            and hit[0] is m["resources"]
+            and hit[1] is m["health"]
+            and hit[2] == meta
+        ):
             return hit[3]
         d = node_digest(node)
         self._by_node[node.name] = (m["resources"], m["health"], meta, d)
@@ -149,7 +160,13 @@ def stamped_canonical(item: ToSign, *, issued: str, expires: str) -> bytes:
     this costs a tenth of that. Pinned against the full encoding by
     tests/controller/test_sign.py.
     """
-    doc = stamp(item.manifest, generation=item.generation, commit=item.commit, issued=issued, expires=expires)
+    doc = stamp(
+        item.manifest,
+        generation=item.generation,
+        commit=item.commit,
+        issued=issued,
+        expires=expires,
+    )
     if item.canonical is None:
         return canonical_json(doc)
     # The metadata came out of canonical bytes (no floats) plus stamped ints and
@@ -162,7 +179,9 @@ def stamped_canonical(item: ToSign, *, issued: str, expires: str) -> bytes:
 
 
 def _encode(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 class ManifestSigner:
@@ -176,24 +195,34 @@ class ManifestSigner:
     """
 
     def __init__(self, spec: str | Sequence[str], *, lifetime_s: int) -> None:
-        from treadle_agent.contract.envelope import load_signer  # the agent owns the envelope format
+        from treadle_agent.contract.envelope import (
+            load_signer,
+        )  # the agent owns the envelope format
 
         specs = [spec] if isinstance(spec, str) else list(spec)
         if not specs:
-            raise SigningKeyError("no signing key: set signing_key in controller.toml to a key file or a list of them")
+            raise SigningKeyError(
+                "no signing key: set signing_key in controller.toml to a key file or a list of them"
+            )
         self._signers = []
         seen: dict[tuple[str, str, str], str] = {}
         for one in specs:
             try:
                 signer = load_signer(one)
-            except Exception as e:  # securesystemslib raises a variety of errors for a bad key or URI
-                raise SigningKeyError(f"{one}: cannot load the signing key: {e}; pass a key file from "
-                                      "`treadle keys generate` or a securesystemslib signer URI") from e
+            except (
+                Exception
+            ) as e:  # securesystemslib raises a variety of errors for a bad key or URI
+                raise SigningKeyError(
+                    f"{one}: cannot load the signing key: {e}; pass a key file from "
+                    "`treadle keys generate` or a securesystemslib signer URI"
+                ) from e
             key = signer.public_key
             ident = (key.keytype, key.scheme, str(key.keyval.get("public", "")).strip().lower())
             if ident in seen:
-                raise SigningKeyError(f"{one} and {seen[ident]} are the same public key (key id {key.keyid}); a trust "
-                                      "root counts distinct keys, so list each key once in signing_key")
+                raise SigningKeyError(
+                    f"{one} and {seen[ident]} are the same public key (key id {key.keyid}); a trust "
+                    "root counts distinct keys, so list each key once in signing_key"
+                )
             seen[ident] = one
             self._signers.append(signer)
         self.lifetime_s = lifetime_s
@@ -219,6 +248,15 @@ class ManifestSigner:
                 envelope = sign_payload(payload, self._signers)
             except Exception as e:
                 raise SigningKeyError(f"signing the manifest of {item.node} failed: {e}") from e
-            out.append(SignedManifest(item.node, item.generation, item.content_digest, item.commit, item.lifecycle,
-                                      float(int(now) + self.lifetime_s), envelope))
+            out.append(
+                SignedManifest(
+                    item.node,
+                    item.generation,
+                    item.content_digest,
+                    item.commit,
+                    item.lifecycle,
+                    float(int(now) + self.lifetime_s),
+                    envelope,
+                )
+            )
         return out

@@ -151,14 +151,18 @@ class StateDB:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a deployment recorded is a deployment that survives power loss.
             conn.execute("PRAGMA synchronous=FULL")
             # The WAL is reused after each checkpoint but never shrinks by itself: cut it back to this size.
             conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         except sqlite3.Error as e:
-            raise StoreError(f"{self.path}: cannot open the state database: {e}; move it aside and restart") from e
+            raise StoreError(
+                f"{self.path}: cannot open the state database: {e}; move it aside and restart"
+            ) from e
         return conn
 
     @contextmanager
@@ -187,10 +191,14 @@ class StateDB:
             with self._conn() as conn:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as e:
-            raise StoreError(f"{self.path}: not a Treadle state database ({e}); move it aside and restart") from e
+            raise StoreError(
+                f"{self.path}: not a Treadle state database ({e}); move it aside and restart"
+            ) from e
         if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {version} is newer than this controller's {SCHEMA_VERSION}; "
-                             "upgrade Treadle or move the state directory aside")
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this controller's {SCHEMA_VERSION}; "
+                "upgrade Treadle or move the state directory aside"
+            )
         if version == 0:
             with self._tx() as c:
                 for stmt in filter(str.strip, _SCHEMA_V1.split(";")):
@@ -204,8 +212,10 @@ class StateDB:
         older controller reading a newer database ignores it.
         """
         with self._tx() as c:
-            c.execute("CREATE TABLE IF NOT EXISTS node_history(node TEXT NOT NULL, generation INTEGER NOT NULL, "
-                      "commit_sha TEXT, author TEXT, why TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY(node, generation))")
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS node_history(node TEXT NOT NULL, generation INTEGER NOT NULL, "
+                "commit_sha TEXT, author TEXT, why TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY(node, generation))"
+            )
 
     def close(self) -> None:
         """Close every connection of the pool (a later statement opens a new one)."""
@@ -263,8 +273,12 @@ class StateDB:
             self._dirty.discard(record.name)
 
     def _load_nodes(self) -> dict[str, NodeRecord]:
-        rows = self._query("SELECT name, generation, published_generation, content_digest, commit_sha, expires, lifecycle, present FROM nodes")
-        return {r[0]: NodeRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7])) for r in rows}
+        rows = self._query(
+            "SELECT name, generation, published_generation, content_digest, commit_sha, expires, lifecycle, present FROM nodes"
+        )
+        return {
+            r[0]: NodeRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7])) for r in rows
+        }
 
     def lifecycle_counts(self) -> dict[str, int]:
         """Present nodes by lifecycle (what ``treadle_controller_nodes`` shows)."""
@@ -273,11 +287,16 @@ class StateDB:
             return {k: v for k, v in self._counts.items() if v}
 
     def last_refusal(self) -> Refusal | None:
-        rows = self._query("SELECT commit_sha, reason, message, diagnostics, at FROM refusals ORDER BY id DESC LIMIT 1")
+        rows = self._query(
+            "SELECT commit_sha, reason, message, diagnostics, at FROM refusals ORDER BY id DESC LIMIT 1"
+        )
         return _refusal(rows[0]) if rows else None
 
     def refusals(self, limit: int = 20) -> list[Refusal]:
-        rows = self._query("SELECT commit_sha, reason, message, diagnostics, at FROM refusals ORDER BY id DESC LIMIT ?", (limit,))
+        rows = self._query(
+            "SELECT commit_sha, reason, message, diagnostics, at FROM refusals ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
         return [_refusal(r) for r in rows]
 
     def history_accepted(self, commit: str) -> bool:
@@ -287,50 +306,95 @@ class StateDB:
         """The newest commit refused as a history rewrite and not yet accepted or deployed since."""
         rows = self._query(
             "SELECT r.commit_sha FROM refusals r WHERE r.id = (SELECT max(id) FROM refusals) AND r.reason='non_fast_forward' "
-            "AND r.commit_sha NOT IN (SELECT commit_sha FROM accepted_history)")
+            "AND r.commit_sha NOT IN (SELECT commit_sha FROM accepted_history)"
+        )
         return rows[0][0] if rows else None
 
     def deployments(self, limit: int = 20) -> list[dict[str, Any]]:
-        rows = self._query("SELECT commit_sha, previous, changed, removed, kind, at FROM deployments ORDER BY id DESC LIMIT ?", (limit,))
-        return [dict(zip(("commit", "previous", "changed", "removed", "kind", "at"), r)) for r in rows]
+        rows = self._query(
+            "SELECT commit_sha, previous, changed, removed, kind, at FROM deployments ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            dict(zip(("commit", "previous", "changed", "removed", "kind", "at"), r, strict=False))
+            for r in rows
+        ]
 
     # -- writes --------------------------------------------------------------
 
     def reserve(self, records: Iterable[NodeRecord]) -> None:
         """Commit new generations before the manifests carrying them are published (see the module docstring)."""
         records = list(records)
-        rows = [(r.name, r.generation, r.published_generation, r.content_digest, r.commit, r.expires, r.lifecycle) for r in records]
+        rows = [
+            (
+                r.name,
+                r.generation,
+                r.published_generation,
+                r.content_digest,
+                r.commit,
+                r.expires,
+                r.lifecycle,
+            )
+            for r in records
+        ]
         with self._nodes_lock:
             known = self._known()
             try:
                 with self._tx() as c:
                     c.executemany(
-                        "INSERT INTO nodes(name, generation, published_generation, content_digest, commit_sha, expires, lifecycle, present) "
+                        "INSERT INTO nodes(name, generation, published_generation, content_digest, commit_sha, expires, "
+                        "lifecycle, present) "
                         "VALUES(?,?,?,?,?,?,?,1) ON CONFLICT(name) DO UPDATE SET generation=excluded.generation, "
                         "content_digest=excluded.content_digest, commit_sha=excluded.commit_sha, expires=excluded.expires, "
-                        "lifecycle=excluded.lifecycle, present=1", rows)
+                        "lifecycle=excluded.lifecycle, present=1",
+                        rows,
+                    )
             except BaseException:
                 self._nodes = None  # reloaded from the database: the transaction may or may not have committed
                 raise
             for r in records:
                 old = known.get(r.name)
-                self._put(replace(r, published_generation=old.published_generation if old else r.published_generation, present=True))
+                self._put(
+                    replace(
+                        r,
+                        published_generation=old.published_generation
+                        if old
+                        else r.published_generation,
+                        present=True,
+                    )
+                )
 
-    def record_deployment(self, commit: str | None, previous: str | None, published: Iterable[str], removed: Iterable[str],
-                          kind: str = "deploy") -> None:
+    def record_deployment(
+        self,
+        commit: str | None,
+        previous: str | None,
+        published: Iterable[str],
+        removed: Iterable[str],
+        kind: str = "deploy",
+    ) -> None:
         """Mark ``published`` nodes' reserved generations as published, ``removed`` nodes as gone, and move the deployed commit."""
         pub, rem = [(n,) for n in published], [(n,) for n in removed]
         with self._nodes_lock:
             known = self._known()
             try:
                 with self._tx() as c:
-                    c.executemany("UPDATE nodes SET published_generation=generation WHERE name=?", pub)
-                    c.executemany("UPDATE nodes SET present=0, published_generation=generation WHERE name=?", rem)
+                    c.executemany(
+                        "UPDATE nodes SET published_generation=generation WHERE name=?", pub
+                    )
+                    c.executemany(
+                        "UPDATE nodes SET present=0, published_generation=generation WHERE name=?",
+                        rem,
+                    )
                     if commit is not None:
-                        c.execute("INSERT INTO meta(key, value) VALUES('deployed_commit', ?) "
-                                  "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (commit,))
-                        c.execute("INSERT INTO deployments(commit_sha, previous, changed, removed, kind, at) VALUES(?,?,?,?,?,?)",
-                                  (commit, previous, len(pub), len(rem), kind, time.time()))
+                        c.execute(
+                            "INSERT INTO meta(key, value) VALUES('deployed_commit', ?) "
+                            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                            (commit,),
+                        )
+                        c.execute(
+                            "INSERT INTO deployments(commit_sha, previous, changed, removed, kind, at) VALUES(?,?,?,?,?,?)",
+                            (commit, previous, len(pub), len(rem), kind, time.time()),
+                        )
             except BaseException:
                 self._nodes = None
                 raise
@@ -339,36 +403,56 @@ class StateDB:
                     self._put(replace(known[n], published_generation=known[n].generation))
             for (n,) in rem:
                 if n in known:
-                    self._put(replace(known[n], published_generation=known[n].generation, present=False))
+                    self._put(
+                        replace(known[n], published_generation=known[n].generation, present=False)
+                    )
 
-    def record_history(self, rows: Iterable[tuple[str, int, str | None, str | None, str]], at: float | None = None) -> None:
+    def record_history(
+        self, rows: Iterable[tuple[str, int, str | None, str | None, str]], at: float | None = None
+    ) -> None:
         """Remember what was published: ``(node, generation, commit, author, why)`` per node."""
         when = time.time() if at is None else at
         rows = list(rows)
         with self._tx() as c:
-            c.executemany("INSERT OR REPLACE INTO node_history(node, generation, commit_sha, author, why, at) VALUES(?,?,?,?,?,?)",
-                          [(*r, when) for r in rows])
+            c.executemany(
+                "INSERT OR REPLACE INTO node_history(node, generation, commit_sha, author, why, at) VALUES(?,?,?,?,?,?)",
+                [(*r, when) for r in rows],
+            )
             # Bounded per node, through the primary key's index: only the nodes just published are looked at.
-            c.executemany("DELETE FROM node_history WHERE node=? AND generation < (SELECT generation FROM node_history "
-                          "WHERE node=? ORDER BY generation DESC LIMIT 1 OFFSET ?)",
-                          [(n, n, self.node_history_kept - 1) for n in sorted({r[0] for r in rows})])
+            c.executemany(
+                "DELETE FROM node_history WHERE node=? AND generation < (SELECT generation FROM node_history "
+                "WHERE node=? ORDER BY generation DESC LIMIT 1 OFFSET ?)",
+                [(n, n, self.node_history_kept - 1) for n in sorted({r[0] for r in rows})],
+            )
 
     def node_history(self, node: str, limit: int = 100) -> list[dict[str, Any]]:
         """The generations published for ``node``, newest first."""
-        rows = self._query("SELECT generation, commit_sha, author, why, at FROM node_history WHERE node=? "
-                           "ORDER BY generation DESC LIMIT ?", (node, limit))
-        return [{"generation": g, "commit": c, "author": a, "why": w, "at": at} for g, c, a, w, at in rows]
+        rows = self._query(
+            "SELECT generation, commit_sha, author, why, at FROM node_history WHERE node=? "
+            "ORDER BY generation DESC LIMIT ?",
+            (node, limit),
+        )
+        return [
+            {"generation": g, "commit": c, "author": a, "why": w, "at": at}
+            for g, c, a, w, at in rows
+        ]
 
-    def record_refusal(self, commit: str, reason: str, message: str, diagnostics: Iterable[str] = ()) -> None:
+    def record_refusal(
+        self, commit: str, reason: str, message: str, diagnostics: Iterable[str] = ()
+    ) -> None:
         with self._tx() as c:
-            c.execute("INSERT INTO refusals(commit_sha, reason, message, diagnostics, at) VALUES(?,?,?,?,?)",
-                      (commit, reason, message, json.dumps(list(diagnostics)), time.time()))
+            c.execute(
+                "INSERT INTO refusals(commit_sha, reason, message, diagnostics, at) VALUES(?,?,?,?,?)",
+                (commit, reason, message, json.dumps(list(diagnostics)), time.time()),
+            )
 
     def accept_history(self, commit: str) -> None:
         """Record an operator's acceptance of a rewritten history ending at ``commit``."""
         with self._tx() as c:
-            c.execute("INSERT OR IGNORE INTO accepted_history(commit_sha, at) VALUES(?, ?)", (commit, time.time()))
-
+            c.execute(
+                "INSERT OR IGNORE INTO accepted_history(commit_sha, at) VALUES(?, ?)",
+                (commit, time.time()),
+            )
 
     # -- retention -------------------------------------------------------------
 
@@ -381,9 +465,16 @@ class StateDB:
         """
         deleted = 0
         with self._tx() as c:
-            for table, order in (("deployments", "id"), ("refusals", "id"), ("accepted_history", "at")):
-                deleted += c.execute(f"DELETE FROM {table} WHERE rowid NOT IN "  # noqa: S608 - fixed names
-                                     f"(SELECT rowid FROM {table} ORDER BY {order} DESC LIMIT ?)", (keep,)).rowcount
+            for table, order in (
+                ("deployments", "id"),
+                ("refusals", "id"),
+                ("accepted_history", "at"),
+            ):
+                deleted += c.execute(
+                    f"DELETE FROM {table} WHERE rowid NOT IN "  # noqa: S608 - fixed names
+                    f"(SELECT rowid FROM {table} ORDER BY {order} DESC LIMIT ?)",
+                    (keep,),
+                ).rowcount
         self.checkpoint()
         return deleted
 

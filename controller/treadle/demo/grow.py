@@ -41,6 +41,7 @@ class DemoNode:
     def metrics_url(self) -> str:
         return f"http://{self.address}:{self.metrics_port}/metrics"
 
+
 def _yaml() -> Any:
     from ruamel.yaml import YAML
 
@@ -68,7 +69,9 @@ def _flow(mapping: Mapping[str, Any]) -> Any:
     return m
 
 
-def grow(fabric: Path, sizes: Mapping[tuple[str, str], int], ports: list[int], first_address: int) -> list[DemoNode]:
+def grow(
+    fabric: Path, sizes: Mapping[tuple[str, str], int], ports: list[int], first_address: int
+) -> list[DemoNode]:
     """Write ``sizes[(site, cluster)]`` node files per cluster; returns the nodes, in address order.
 
     Raises:
@@ -79,16 +82,24 @@ def grow(fabric: Path, sizes: Mapping[tuple[str, str], int], ports: list[int], f
         directory = fabric / "sites" / site / cluster / "nodes"
         templates = sorted(directory.glob("*.yaml"))
         if not templates:
-            raise UsageError(f"{directory}: the fabric template has no node here; the demo copies its neighbours")
+            raise UsageError(
+                f"{directory}: the fabric template has no node here; the demo copies its neighbours"
+            )
         docs = [_load(p) for p in templates]
         for p in templates:
             p.unlink()
         for i in range(1, count + 1):
             doc = docs[i - 1] if i <= len(docs) else _copy(docs[-1])
             k = len(nodes)
-            node = DemoNode(name=f"{cluster}-{i:03d}", site=site, cluster=cluster,
-                            address=f"127.0.0.{first_address + k}", metrics_port=ports[k],
-                            canary=i == 1, file=f"sites/{site}/{cluster}/nodes/{cluster}-{i:03d}.yaml")
+            node = DemoNode(
+                name=f"{cluster}-{i:03d}",
+                site=site,
+                cluster=cluster,
+                address=f"127.0.0.{first_address + k}",
+                metrics_port=ports[k],
+                canary=i == 1,
+                file=f"sites/{site}/{cluster}/nodes/{cluster}-{i:03d}.yaml",
+            )
             _make_node(doc, node, i)
             _dump(doc, fabric / node.file)
             nodes.append(node)
@@ -109,7 +120,9 @@ def _make_node(doc: Any, node: DemoNode, index: int) -> None:
     doc["address"] = node.address
     doc.setdefault("agent", {})["metrics_port"] = node.metrics_port
     # The agent serves on the node's own loopback address, so the check must connect there (default 127.0.0.1).
-    doc.setdefault("health", {})["agent-metrics"] = _flow({"tcp": node.metrics_port, "host": node.address})
+    doc.setdefault("health", {})["agent-metrics"] = _flow(
+        {"tcp": node.metrics_port, "host": node.address}
+    )
     profiles = doc.get("profiles")
     if profiles is not None and not node.canary:
         while "canary" in profiles:
@@ -166,7 +179,9 @@ waves:
 
 def adapt(fabric: Path, timing: Any) -> None:
     """The demo's rollout policy: short soaks, and a middle wave large enough to see on a few dozen nodes."""
-    (fabric / "rollout.yaml").write_text(ROLLOUT_YAML.format(soak_s=timing.soak_s, timeout_s=timing.wave_timeout_s))
+    (fabric / "rollout.yaml").write_text(
+        ROLLOUT_YAML.format(soak_s=timing.soak_s, timeout_s=timing.wave_timeout_s)
+    )
 
 
 def check_and_list_sysctl(fabric: Path) -> list[str]:
@@ -181,4 +196,11 @@ def check_and_list_sysctl(fabric: Path) -> list[str]:
     if not result.ok:
         shown = "\n".join(str(d) for d in result.diagnostics[:10])
         raise UsageError(f"the demo fabric in {fabric} is invalid:\n{shown}")
-    return sorted({r["key"] for n in result.nodes.values() for r in n.manifest["resources"] if r["type"] == "sysctl"})
+    return sorted(
+        {
+            r["key"]
+            for n in result.nodes.values()
+            for r in n.manifest["resources"]
+            if r["type"] == "sysctl"
+        }
+    )

@@ -74,8 +74,13 @@ class Fleet:
         log_path = self.logs / f"{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         try:
-            process = subprocess.Popen(_dying_with_parent(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log_file,
-                                       stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                _dying_with_parent(argv),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         except OSError as e:
             log_file.close()
             raise UsageError(f"cannot start {name} ({argv[0]}): {e.strerror}") from e
@@ -88,7 +93,9 @@ class Fleet:
         for child in self.children.values():
             code = child.process.poll()
             if code is not None:
-                raise UsageError(f"{child.name} exited with code {code}; the end of {child.log}:\n{child.tail()}")
+                raise UsageError(
+                    f"{child.name} exited with code {code}; the end of {child.log}:\n{child.tail()}"
+                )
 
     def rotate_logs(self, max_bytes: int = LOG_MAX_BYTES) -> list[str]:
         """Copy each log above ``max_bytes`` to ``<name>.log.1`` and truncate it; the names rotated.
@@ -148,6 +155,7 @@ def agent_argv(config: Path) -> list[str]:
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises KeyboardInterrupt like Ctrl-C, so every ``finally`` runs."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -180,7 +188,7 @@ def _children_map() -> dict[int, list[int]]:
         except OSError:
             continue
         # The command name may contain spaces and parentheses: the ppid follows the last ")".
-        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
         tree.setdefault(ppid, []).append(int(entry))
     return tree
 

@@ -43,11 +43,19 @@ def parse_agent_metrics(node: str, text: str) -> AgentReport:
         for s in family.samples:
             if s.name == names.METRIC_LIFECYCLE and s.value == 1:
                 lifecycle = s.labels.get("state")
-            elif s.name in (names.METRIC_APPLIED_GENERATION, names.METRIC_HEALTHY, names.METRIC_LAST_APPLY_SUCCESS):
+            elif s.name in (
+                names.METRIC_APPLIED_GENERATION,
+                names.METRIC_HEALTHY,
+                names.METRIC_LAST_APPLY_SUCCESS,
+            ):
                 values[s.name] = s.value
-    return AgentReport(node=node, applied_generation=int(values.get(names.METRIC_APPLIED_GENERATION, 0)),
-                       healthy=values.get(names.METRIC_HEALTHY, 0) == 1,
-                       apply_ok=values.get(names.METRIC_LAST_APPLY_SUCCESS, 0) == 1, lifecycle=lifecycle)
+    return AgentReport(
+        node=node,
+        applied_generation=int(values.get(names.METRIC_APPLIED_GENERATION, 0)),
+        healthy=values.get(names.METRIC_HEALTHY, 0) == 1,
+        apply_ok=values.get(names.METRIC_LAST_APPLY_SUCCESS, 0) == 1,
+        lifecycle=lifecycle,
+    )
 
 
 def read_agent(client: httpx.Client, node: str, url: str) -> AgentReport | None:

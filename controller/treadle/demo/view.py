@@ -21,8 +21,15 @@ from rich.text import Text
 
 from treadle.demo.readings import AgentReport
 
-_STATE_STYLE = {"complete": "green", "rolled_back": "yellow", "halted": "red", "rolling_back": "yellow",
-                "aborted": "red", "soaking": "cyan", "publishing": "cyan"}
+_STATE_STYLE = {
+    "complete": "green",
+    "rolled_back": "yellow",
+    "halted": "red",
+    "rolling_back": "yellow",
+    "aborted": "red",
+    "soaking": "cyan",
+    "publishing": "cyan",
+}
 
 
 def fleet_counts(reports: Mapping[str, AgentReport | None]) -> str:
@@ -37,8 +44,10 @@ def fleet_counts(reports: Mapping[str, AgentReport | None]) -> str:
 def wave_table(rollout: Mapping[str, Any]) -> Table:
     """The waves of one rollout: nodes and their pending/applied/healthy/failed counts."""
     state = str(rollout.get("state", "?"))
-    title = (f"rollout {rollout.get('id')} of {str(rollout.get('commit', ''))[:12]}: "
-             f"[{_STATE_STYLE.get(state, 'white')}]{state}[/]")
+    title = (
+        f"rollout {rollout.get('id')} of {str(rollout.get('commit', ''))[:12]}: "
+        f"[{_STATE_STYLE.get(state, 'white')}]{state}[/]"
+    )
     table = Table(title=title, title_justify="left", expand=False)
     for col in ("wave", "nodes", "pending", "applied", "healthy", "failed"):
         table.add_column(col, justify="right" if col not in ("wave", "nodes") else "left")
@@ -47,9 +56,14 @@ def wave_table(rollout: Mapping[str, Any]) -> Table:
         status = wave.get("status", {})
         nodes = list(wave.get("nodes", []))
         shown = ", ".join(nodes[:6]) + (f" +{len(nodes) - 6}" if len(nodes) > 6 else "")
-        marker = "▶ " if i == current and state not in ("complete", "rolled_back", "aborted") else "  "
-        table.add_row(marker + str(wave.get("name")), shown or "(none)", *(str(status.get(k, 0)) for k in
-                      ("pending", "applied", "healthy", "failed")))
+        marker = (
+            "▶ " if i == current and state not in ("complete", "rolled_back", "aborted") else "  "
+        )
+        table.add_row(
+            marker + str(wave.get("name")),
+            shown or "(none)",
+            *(str(status.get(k, 0)) for k in ("pending", "applied", "healthy", "failed")),
+        )
     return table
 
 
@@ -92,15 +106,21 @@ class View:
                 self._live = None
 
     @staticmethod
-    def progress(rollout: Mapping[str, Any] | None, reports: Mapping[str, AgentReport | None]) -> Group:
+    def progress(
+        rollout: Mapping[str, Any] | None, reports: Mapping[str, AgentReport | None]
+    ) -> Group:
         parts: list[Any] = []
         if rollout is not None:
             parts.append(wave_table(rollout))
         parts.append(Text(fleet_counts(reports), style="dim"))
         return Group(*parts)
 
-    def summary(self, scenes: Sequence[Mapping[str, Any]], nodes: Sequence[Mapping[str, Any]],
-                facts: Sequence[tuple[str, str]]) -> None:
+    def summary(
+        self,
+        scenes: Sequence[Mapping[str, Any]],
+        nodes: Sequence[Mapping[str, Any]],
+        facts: Sequence[tuple[str, str]],
+    ) -> None:
         """The closing tables: per scene, per node, and where to look next."""
         t = Table(title="Scenes", title_justify="left")
         for col in ("scene", "result", "took", "what was checked"):
@@ -111,13 +131,30 @@ class View:
         self.print(Text(""))
         self.print(t)
         n = Table(title="Nodes", title_justify="left", box=box.SIMPLE_HEAD)
-        for col in ("node", "site/cluster", "agent /metrics at", "lifecycle", "gen", "healthy", "canary"):
+        for col in (
+            "node",
+            "site/cluster",
+            "agent /metrics at",
+            "lifecycle",
+            "gen",
+            "healthy",
+            "canary",
+        ):
             n.add_column(col, no_wrap=True)
         for row in nodes:
-            healthy = {True: "[green]yes[/]", False: "[red]no[/]", None: "[red]no answer[/]"}[row["healthy"]]
+            healthy = {True: "[green]yes[/]", False: "[red]no[/]", None: "[red]no answer[/]"}[
+                row["healthy"]
+            ]
             where = row["metrics_url"].removeprefix("http://").removesuffix("/metrics")
-            n.add_row(row["node"], f"{row['site']}/{row['cluster']}", where, str(row["lifecycle"]),
-                      str(row["generation"]), healthy, "yes" if row["canary"] else "")
+            n.add_row(
+                row["node"],
+                f"{row['site']}/{row['cluster']}",
+                where,
+                str(row["lifecycle"]),
+                str(row["generation"]),
+                healthy,
+                "yes" if row["canary"] else "",
+            )
         self.print(n)
         f = Table(show_header=False, box=None)
         f.add_column(style="bold")

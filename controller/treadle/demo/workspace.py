@@ -43,8 +43,12 @@ MIN_NODES, MAX_NODES = 8, 200
 FIRST_ADDRESS = 11
 BRANCH = "main"
 #: Who commits in the story; the controller signs its revert commits itself.
-ADMIN_ENV = {"GIT_AUTHOR_NAME": "Fabric Admin", "GIT_AUTHOR_EMAIL": "admin@fabric.example.org",
-             "GIT_COMMITTER_NAME": "Fabric Admin", "GIT_COMMITTER_EMAIL": "admin@fabric.example.org"}
+ADMIN_ENV = {
+    "GIT_AUTHOR_NAME": "Fabric Admin",
+    "GIT_AUTHOR_EMAIL": "admin@fabric.example.org",
+    "GIT_COMMITTER_NAME": "Fabric Admin",
+    "GIT_COMMITTER_EMAIL": "admin@fabric.example.org",
+}
 #: Clusters of the grown fabric: (site, cluster, share of the nodes). Batch gets the rest.
 CLUSTERS = (("meyrin", "login", 1 / 6), ("wigner", "storage", 1 / 3), ("meyrin", "batch", None))
 
@@ -61,7 +65,13 @@ class Timing:
 
     @classmethod
     def fast(cls) -> Timing:
-        return cls(soak_s=2, agent_interval_s=1.0, agent_jitter_s=0.5, health_interval_s=0.5, wave_timeout_s=45)
+        return cls(
+            soak_s=2,
+            agent_interval_s=1.0,
+            agent_jitter_s=0.5,
+            health_interval_s=0.5,
+            wave_timeout_s=45,
+        )
 
 
 @dataclass
@@ -112,8 +122,10 @@ def cluster_sizes(total: int) -> dict[tuple[str, str], int]:
         UsageError: ``total`` is outside MIN_NODES..MAX_NODES.
     """
     if not MIN_NODES <= total <= MAX_NODES:
-        raise UsageError(f"--nodes {total}: give between {MIN_NODES} and {MAX_NODES} nodes "
-                         f"(fewer leave no node for the partial wave; more run out of loopback addresses)")
+        raise UsageError(
+            f"--nodes {total}: give between {MIN_NODES} and {MAX_NODES} nodes "
+            f"(fewer leave no node for the partial wave; more run out of loopback addresses)"
+        )
     sizes = {(s, c): max(1, int(total * share)) for s, c, share in CLUSTERS if share is not None}
     sizes[("meyrin", "batch")] = total - sum(sizes.values())
     return sizes
@@ -141,14 +153,24 @@ def git(cwd: Path, *args: str, check: bool = True) -> str:
     """
     env = {**os.environ, **ADMIN_ENV}
     try:
-        done = subprocess.run(["git", "-c", "core.hooksPath=/dev/null", *args], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["git", "-c", "core.hooksPath=/dev/null", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except FileNotFoundError as e:
-        raise UsageError("git is not installed; the demo needs the git command line (apt install git)") from e
+        raise UsageError(
+            "git is not installed; the demo needs the git command line (apt install git)"
+        ) from e
     except subprocess.TimeoutExpired as e:
         raise UsageError(f"git {' '.join(args)} did not finish within 60 s in {cwd}") from e
     if check and done.returncode != 0:
-        raise UsageError(f"git {' '.join(args)} failed in {cwd}: {(done.stderr or done.stdout).strip()}")
+        raise UsageError(
+            f"git {' '.join(args)} failed in {cwd}: {(done.stderr or done.stdout).strip()}"
+        )
     return done.stdout
 
 
@@ -172,7 +194,13 @@ def build(root: Path, node_count: int, timing: Timing) -> Workspace:
     grow.adapt(ws.admin, timing)
     ws.sysctl_keys = grow.check_and_list_sysctl(ws.admin)
     git(ws.admin, "add", "-A")
-    git(ws.admin, "commit", "-q", "-m", f"Demo fabric: {node_count} nodes on loopback addresses, short soak times")
+    git(
+        ws.admin,
+        "commit",
+        "-q",
+        "-m",
+        f"Demo fabric: {node_count} nodes on loopback addresses, short soak times",
+    )
     git(ws.root, "clone", "-q", "--bare", str(ws.admin), str(ws.bare))
     git(ws.admin, "remote", "add", "origin", str(ws.bare))
     git(ws.admin, "fetch", "-q", "origin")
@@ -189,8 +217,14 @@ def build(root: Path, node_count: int, timing: Timing) -> Workspace:
 
 
 def _treadle(cwd: Path, *args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "treadle.cli", *args], cwd=cwd, env={**os.environ, **ADMIN_ENV},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "treadle.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **ADMIN_ENV},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if done.returncode != 0:
         raise UsageError(f"treadle {' '.join(args)} failed: {(done.stderr or done.stdout).strip()}")
 
@@ -212,18 +246,30 @@ def _toml(values: dict[str, Any]) -> str:
 def _write_controller_config(ws: Workspace) -> None:
     d = ws.root / "controller"
     d.mkdir()
-    ws.controller_config().write_text(_toml({
-        "repository": str(ws.bare), "branch": BRANCH, "state_dir": "state", "publish_dir": "publish",
-        "signing_key": str(ws.root / "keys" / "treadle.key"), "listen": f"127.0.0.1:{ws.controller_port}",
-        "poll_interval_s": 30,
-        "health": {"source": "scrape", "interval_s": ws.timing.health_interval_s, "scrape_timeout_s": 2},
-    }))
+    ws.controller_config().write_text(
+        _toml(
+            {
+                "repository": str(ws.bare),
+                "branch": BRANCH,
+                "state_dir": "state",
+                "publish_dir": "publish",
+                "signing_key": str(ws.root / "keys" / "treadle.key"),
+                "listen": f"127.0.0.1:{ws.controller_port}",
+                "poll_interval_s": 30,
+                "health": {
+                    "source": "scrape",
+                    "interval_s": ws.timing.health_interval_s,
+                    "scrape_timeout_s": 2,
+                },
+            }
+        )
+    )
 
 
 def _write_targets(ws: Workspace) -> None:
     """The agents as Prometheus file_sd targets, as `treadle targets` writes them for a real fabric."""
-    from treadle.fabric.file_sd import file_sd_entries, write_targets
     from treadle.fabric import GitRevisionSource
+    from treadle.fabric.file_sd import file_sd_entries, write_targets
 
     (ws.root / "prometheus").mkdir()
     write_targets(ws.targets_file, file_sd_entries(GitRevisionSource(str(ws.bare), BRANCH)))
@@ -238,11 +284,23 @@ def _write_agent(ws: Workspace, node: DemoNode) -> None:
         path = proc_sys.joinpath(*key.split("."))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("0\n")
-    ws.agent_config(node.name).write_text(_toml({
-        "node": node.name, "manifest_urls": [f"{ws.controller_url}/v1/nodes/{{node}}/manifest"],
-        "trust_root": str(ws.root / "keys" / "trust-root.json"), "state_dir": "state", "root": "root",
-        "interval_s": ws.timing.agent_interval_s, "jitter_s": ws.timing.agent_jitter_s,
-        "metrics_listen": f"{node.address}:{node.metrics_port}", "package_manager": "simulated",
-        "service_manager": "simulated", "proc_sys": str(proc_sys), "retries": 1, "backoff_base_s": 0.5,
-        "backoff_max_s": 2,
-    }))
+    ws.agent_config(node.name).write_text(
+        _toml(
+            {
+                "node": node.name,
+                "manifest_urls": [f"{ws.controller_url}/v1/nodes/{{node}}/manifest"],
+                "trust_root": str(ws.root / "keys" / "trust-root.json"),
+                "state_dir": "state",
+                "root": "root",
+                "interval_s": ws.timing.agent_interval_s,
+                "jitter_s": ws.timing.agent_jitter_s,
+                "metrics_listen": f"{node.address}:{node.metrics_port}",
+                "package_manager": "simulated",
+                "service_manager": "simulated",
+                "proc_sys": str(proc_sys),
+                "retries": 1,
+                "backoff_base_s": 0.5,
+                "backoff_max_s": 2,
+            }
+        )
+    )

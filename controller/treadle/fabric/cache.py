@@ -16,14 +16,12 @@ modifies its inputs.
 from __future__ import annotations
 
 import hashlib
-
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import treadle_schemas
-
 from treadle.fabric.locate import load_round_trip
 from treadle.fabric.yamlload import Limits, Problem, YamlProblem, load_yaml, plain
 
@@ -76,7 +74,9 @@ class ParseCache:
         self._listing_ids: tuple[Any, str, str] = (None, "", "")
         self._limits_seen: set[Limits] = set()  # the keys' second halves, for forget()
         self._schemas_seen: set[str] = set()
-        self.parse_count = 0  # files actually parsed (not served from the cache): lets tests pin "never twice"
+        self.parse_count = (
+            0  # files actually parsed (not served from the cache): lets tests pin "never twice"
+        )
 
     def parse(self, blob: str, read: Callable[[], bytes], limits: Limits) -> Parsed:
         """The parsed file with blob id ``blob``; ``read`` is called only on a miss."""
@@ -113,8 +113,13 @@ class ParseCache:
             self._schemas_seen.add(schema)
             instance = plain(parsed.doc) if parsed.tagged else parsed.doc
             try:
-                hit = tuple((tuple(path), message) for path, message in treadle_schemas.errors(schema, instance))
-            except ValueError as e:  # a value JSON Schema cannot express; the loader should have refused it already
+                hit = tuple(
+                    (tuple(path), message)
+                    for path, message in treadle_schemas.errors(schema, instance)
+                )
+            except (
+                ValueError
+            ) as e:  # a value JSON Schema cannot express; the loader should have refused it already
                 hit = (((), f"not representable as JSON: {e}"),)
             self._schema[key] = hit
         return hit
@@ -187,9 +192,14 @@ class ParseCache:
                 self._schema.pop((blob, schema), None)
             self._round_trip.pop(blob, None)
 
-    def store_rendered(self, node: str, sources: Iterable[str], entries: Mapping[str, str], result: Any) -> None:
+    def store_rendered(
+        self, node: str, sources: Iterable[str], entries: Mapping[str, str], result: Any
+    ) -> None:
         """Remember ``result`` for ``node`` with the blob ids of its sources (one entry per node name)."""
-        self._rendered[node] = (tuple((path, self._blob(entries, path)) for path in sources), result)
+        self._rendered[node] = (
+            tuple((path, self._blob(entries, path)) for path in sources),
+            result,
+        )
 
     def _blob(self, entries: Mapping[str, str], path: str) -> str | None:
         """The blob id of ``path``; for a directory source (``templates/``: a template computing what it
@@ -199,5 +209,9 @@ class ParseCache:
         memo = self._listing_ids
         if memo[0] is not entries or memo[1] != path:
             listing = sorted((p, b) for p, b in entries.items() if p.startswith(path))
-            self._listing_ids = memo = (entries, path, hashlib.sha256(repr(listing).encode()).hexdigest())
+            self._listing_ids = memo = (
+                entries,
+                path,
+                hashlib.sha256(repr(listing).encode()).hexdigest(),
+            )
         return memo[2]

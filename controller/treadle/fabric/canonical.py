@@ -21,8 +21,11 @@ encode_str = json.encoder.encode_basestring
 #: json's C encoder made once with canonical_json's settings (json.dumps builds a new one per call,
 #: which costs as much as encoding a small resource). None without the C accelerator.
 _MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # private to json, hence no type
-_C_ENCODER = (_MAKE_ENCODER(None, None, encode_str, None, ":", ",", True, False, False)
-              if _MAKE_ENCODER is not None else None)
+_C_ENCODER = (
+    _MAKE_ENCODER(None, None, encode_str, None, ":", ",", True, False, False)
+    if _MAKE_ENCODER is not None
+    else None
+)
 
 
 def encode_canonical(obj: Any) -> bytes:
@@ -68,6 +71,6 @@ def restamped(canonical: bytes, old: str | None, new: str | None) -> bytes | Non
         return None
     at += len(_COMMIT_KEY)
     was, now = _encoded_commit(old), _encoded_commit(new)
-    if canonical[at:at + len(was)] != was or canonical[at + len(was):at + len(was) + 1] != b",":
+    if canonical[at : at + len(was)] != was or canonical[at + len(was) : at + len(was) + 1] != b",":
         return None
-    return b"".join((canonical[:at], now, canonical[at + len(was):]))
+    return b"".join((canonical[:at], now, canonical[at + len(was) :]))

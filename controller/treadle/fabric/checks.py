@@ -57,7 +57,9 @@ def path_problem(path: str, allowed_roots: Sequence[str]) -> str | None:
     return None
 
 
-def check_paths(path: str, prefix: tuple[Any, ...], body: Any, allowed_roots: Sequence[str]) -> list[Finding]:
+def check_paths(
+    path: str, prefix: tuple[Any, ...], body: Any, allowed_roots: Sequence[str]
+) -> list[Finding]:
     """Path policy for the resource keys one overlay body declares."""
     found: list[Finding] = []
     if not isinstance(body, dict):
@@ -70,17 +72,29 @@ def check_paths(path: str, prefix: tuple[Any, ...], body: Any, allowed_roots: Se
             why = path_problem(str(key), allowed_roots)
             if why is not None and value is not DELETE:
                 kind = _SINGULAR[section]
-                found.append(Finding(path, (*prefix, section, key), "path-policy", f"{kind} path {key!r} {why}",
-                                     "use an absolute, normalized path inside fabric.yaml policy.allowed_roots"))
+                found.append(
+                    Finding(
+                        path,
+                        (*prefix, section, key),
+                        "path-policy",
+                        f"{kind} path {key!r} {why}",
+                        "use an absolute, normalized path inside fabric.yaml policy.allowed_roots",
+                    )
+                )
     return found
 
 
 def has_special_modes(resources: Iterable[Mapping[str, Any]]) -> bool:
     """Whether a file or directory of ``resources`` has a mode with setuid, setgid or sticky bits."""
-    return any(r.get("type") in ("file", "directory") and r.get("mode") and int(r["mode"], 8) & 0o7000 for r in resources)
+    return any(
+        r.get("type") in ("file", "directory") and r.get("mode") and int(r["mode"], 8) & 0o7000
+        for r in resources
+    )
 
 
-def special_mode_problems(resources: Iterable[Mapping[str, Any]], patterns: Sequence[str]) -> list[Any]:
+def special_mode_problems(
+    resources: Iterable[Mapping[str, Any]], patterns: Sequence[str]
+) -> list[Any]:
     """Files and directories whose mode has setuid, setgid or sticky bits on a path no ``policy.special_modes``
     pattern allows (the agent refuses them again: node-agent providers/base.py ``check_special_mode``)."""
     import fnmatch
@@ -90,11 +104,20 @@ def special_mode_problems(resources: Iterable[Mapping[str, Any]], patterns: Sequ
     out = []
     for r in resources:
         mode = r.get("mode") if r.get("type") in ("file", "directory") else None
-        if mode and int(mode, 8) & 0o7000 and not any(fnmatch.fnmatchcase(r["path"], p) for p in patterns):
+        if (
+            mode
+            and int(mode, 8) & 0o7000
+            and not any(fnmatch.fnmatchcase(r["path"], p) for p in patterns)
+        ):
             section = "files" if r["type"] == "file" else "directories"
-            out.append(BuildProblem((section, r["path"], "mode"), "special-mode",
-                                    f"{r['type']} {r['path']!r}: mode {mode} has setuid, setgid or sticky bits",
-                                    "allow the path in fabric.yaml policy.special_modes, or drop those bits"))
+            out.append(
+                BuildProblem(
+                    (section, r["path"], "mode"),
+                    "special-mode",
+                    f"{r['type']} {r['path']!r}: mode {mode} has setuid, setgid or sticky bits",
+                    "allow the path in fabric.yaml policy.special_modes, or drop those bits",
+                )
+            )
     return out
 
 
@@ -103,12 +126,28 @@ def schema_finding(path: str, keypath: tuple[Any, ...], message: str, value: Any
     where = json_path(keypath)
     if keypath and keypath[-1] == "mode" and type(value) is int:
         octal = set(str(value)) <= set("01234567")
-        return Finding(path, keypath, "integer-mode",
-                       f"{where}: mode {value} is an integer; modes are strings (YAML 1.2 reads 0644 as decimal 644)",
-                       f'quote it: mode: "{value:04d}"' if octal else 'quote it, e.g. mode: "0644"')
+        return Finding(
+            path,
+            keypath,
+            "integer-mode",
+            f"{where}: mode {value} is an integer; modes are strings (YAML 1.2 reads 0644 as decimal 644)",
+            f'quote it: mode: "{value:04d}"' if octal else 'quote it, e.g. mode: "0644"',
+        )
     if keypath == ("lifecycle",):
-        return Finding(path, keypath, "lifecycle", f"unknown lifecycle state {value!r}", f"one of {', '.join(LIFECYCLE_STATES)}")
-    return Finding(path, keypath, "schema", f"{where}: {message}", "see schemas/ for the allowed fields and values")
+        return Finding(
+            path,
+            keypath,
+            "lifecycle",
+            f"unknown lifecycle state {value!r}",
+            f"one of {', '.join(LIFECYCLE_STATES)}",
+        )
+    return Finding(
+        path,
+        keypath,
+        "schema",
+        f"{where}: {message}",
+        "see schemas/ for the allowed fields and values",
+    )
 
 
 def json_path(keypath: Iterable[Any]) -> str:
@@ -126,7 +165,9 @@ def json_path(keypath: Iterable[Any]) -> str:
 
 def transitions(fabric: Mapping[str, Any]) -> dict[str, frozenset[str]]:
     """Allowed lifecycle transitions: fabric.yaml lifecycle.transitions, or the defaults."""
-    custom = (fabric.get("lifecycle") or {}).get("transitions") if isinstance(fabric, dict) else None
+    custom = (
+        (fabric.get("lifecycle") or {}).get("transitions") if isinstance(fabric, dict) else None
+    )
     if not isinstance(custom, dict):
         return DEFAULT_TRANSITIONS
     return {state: frozenset(custom.get(state) or ()) for state in LIFECYCLE_STATES}
@@ -148,12 +189,20 @@ class NodeFacts:
     identity: str | None = None  # the node's age recipient (identity:), when its file names one
 
 
-def check_fleet(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str] | None) -> list[Finding]:
+def check_fleet(
+    nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str] | None
+) -> list[Finding]:
     """Duplicate names and addresses, the out-of-production share, lifecycle transitions (given the base revision's states)."""
-    return [*_duplicates(nodes), *_out_of_production(nodes, fabric, base), *_transitions(nodes, fabric, base)]
+    return [
+        *_duplicates(nodes),
+        *_out_of_production(nodes, fabric, base),
+        *_transitions(nodes, fabric, base),
+    ]
 
 
-def check_transitions(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str]) -> list[Finding]:
+def check_transitions(
+    nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str]
+) -> list[Finding]:
     """The lifecycle transitions of ``nodes`` from their states in ``base`` (the part of :func:`check_fleet`
     that concerns each node alone)."""
     return _transitions(nodes, fabric, base)
@@ -161,14 +210,21 @@ def check_transitions(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], bas
 
 def out_of_production_limit(fabric: Mapping[str, Any]) -> float | None:
     """fabric.yaml ``lifecycle.max_out_of_production``, when set."""
-    limit = (fabric.get("lifecycle") or {}).get("max_out_of_production") if isinstance(fabric, dict) else None
+    limit = (
+        (fabric.get("lifecycle") or {}).get("max_out_of_production")
+        if isinstance(fabric, dict)
+        else None
+    )
     return limit if isinstance(limit, int | float) else None
 
 
 def _duplicates(nodes: Sequence[NodeFacts]) -> list[Finding]:
     found = []
-    for field, keypath, code in (("name", (), "duplicate-node"), ("address", ("address",), "duplicate-address"),
-                                 ("identity", ("identity",), "duplicate-identity")):
+    for field, keypath, code in (
+        ("name", (), "duplicate-node"),
+        ("address", ("address",), "duplicate-address"),
+        ("identity", ("identity",), "duplicate-identity"),
+    ):
         groups: dict[str, list[NodeFacts]] = defaultdict(list)
         for n in nodes:
             value = getattr(n, field)
@@ -177,14 +233,26 @@ def _duplicates(nodes: Sequence[NodeFacts]) -> list[Finding]:
         for value, group in groups.items():
             for n in group if len(group) > 1 else ():
                 others = ", ".join(o.path for o in group if o is not n)
-                found.append(Finding(n.path, keypath, code, f"{field} {value!r} is also used by {others}",
-                                     "node names (file names), addresses and identities must be unique across the fabric"
-                                     + (" (fix: run `treadle-agent enroll` on the node and record what it prints)"
-                                        if field == "identity" else "")))
+                found.append(
+                    Finding(
+                        n.path,
+                        keypath,
+                        code,
+                        f"{field} {value!r} is also used by {others}",
+                        "node names (file names), addresses and identities must be unique across the fabric"
+                        + (
+                            " (fix: run `treadle-agent enroll` on the node and record what it prints)"
+                            if field == "identity"
+                            else ""
+                        ),
+                    )
+                )
     return found
 
 
-def _out_of_production(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str] | None) -> list[Finding]:
+def _out_of_production(
+    nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str] | None
+) -> list[Finding]:
     limit = out_of_production_limit(fabric)
     if limit is None:
         return []
@@ -198,16 +266,26 @@ def _out_of_production(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], ba
         if len(out) <= limit * len(members):
             continue
         # Blame the nodes that just left production when the base is known; otherwise every one out.
-        blamed = [n for n in out if base is None or base.get(n.name, DEFAULT_LIFECYCLE) == "production"] or out
+        blamed = [
+            n for n in out if base is None or base.get(n.name, DEFAULT_LIFECYCLE) == "production"
+        ] or out
         for n in blamed:
-            found.append(Finding(n.path, ("lifecycle",), "max-out-of-production",
-                                 f"cluster {site}/{cluster} would have {len(out)} of {len(members)} non-retired nodes outside production, "
-                                 f"more than fabric.yaml lifecycle.max_out_of_production {limit:g}",
-                                 "bring other nodes back to production first, or change fewer nodes at once"))
+            found.append(
+                Finding(
+                    n.path,
+                    ("lifecycle",),
+                    "max-out-of-production",
+                    f"cluster {site}/{cluster} would have {len(out)} of {len(members)} non-retired nodes outside production, "
+                    f"more than fabric.yaml lifecycle.max_out_of_production {limit:g}",
+                    "bring other nodes back to production first, or change fewer nodes at once",
+                )
+            )
     return found
 
 
-def _transitions(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str] | None) -> list[Finding]:
+def _transitions(
+    nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Mapping[str, str] | None
+) -> list[Finding]:
     if base is None:
         return []
     allowed = transitions(fabric)
@@ -218,6 +296,13 @@ def _transitions(nodes: Sequence[NodeFacts], fabric: Mapping[str, Any], base: Ma
             continue
         if n.lifecycle not in allowed.get(before, frozenset()):
             reachable = ", ".join(sorted(allowed.get(before, ()))) or "nothing (final)"
-            found.append(Finding(n.path, ("lifecycle",), "lifecycle-transition",
-                                 f"lifecycle {before} -> {n.lifecycle} is not allowed", f"from {before} a node may go to: {reachable}"))
+            found.append(
+                Finding(
+                    n.path,
+                    ("lifecycle",),
+                    "lifecycle-transition",
+                    f"lifecycle {before} -> {n.lifecycle} is not allowed",
+                    f"from {before} a node may go to: {reachable}",
+                )
+            )
     return found

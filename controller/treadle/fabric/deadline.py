@@ -34,12 +34,16 @@ class RenderTimeout(BaseException):
 class _Watchdog:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.deadlines: dict[int, float] = {}  # thread id -> monotonic deadline of its render in flight
+        self.deadlines: dict[
+            int, float
+        ] = {}  # thread id -> monotonic deadline of its render in flight
         self.thread: threading.Thread | None = None
 
     def ensure_running(self) -> None:
         if self.thread is None or not self.thread.is_alive():
-            self.thread = threading.Thread(target=self._watch, name="treadle-render-watchdog", daemon=True)
+            self.thread = threading.Thread(
+                target=self._watch, name="treadle-render-watchdog", daemon=True
+            )
             self.thread.start()
 
     def _watch(self) -> None:
@@ -49,12 +53,16 @@ class _Watchdog:
             with self.lock:
                 for tid, deadline in list(self.deadlines.items()):
                     if now >= deadline:
-                        del self.deadlines[tid]  # sent once; the render raises it or cancels it on its way out
+                        del self.deadlines[
+                            tid
+                        ]  # sent once; the render raises it or cancels it on its way out
                         _set_async_exc(tid, RenderTimeout)
 
 
 def _set_async_exc(tid: int, exc: type[BaseException] | None) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(exc) if exc is not None else None)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(tid), ctypes.py_object(exc) if exc is not None else None
+    )
 
 
 _watchdog = _Watchdog()
@@ -88,7 +96,9 @@ class time_limit:  # noqa: N801 (used as a function: ``with time_limit(2.0):``)
             with dog.lock:
                 dog.ensure_running()
         self._tid = threading.get_ident()
-        dog.deadlines[self._tid] = time.monotonic() + self._seconds  # one dict store: atomic for the watchdog
+        dog.deadlines[self._tid] = (
+            time.monotonic() + self._seconds
+        )  # one dict store: atomic for the watchdog
 
     def __exit__(self, *exc: object) -> None:
         dog = self._dog

@@ -15,7 +15,9 @@ from treadle.errors import UsageError
 from treadle.fabric.secrets import SECRET_DIR, format_recipients, recipients_path
 
 
-def recipients_for(repo: str, name: str, receivers: dict[str, list[tuple[str, str | None]]], fabric: dict[str, Any]) -> dict[str, str]:
+def recipients_for(
+    repo: str, name: str, receivers: dict[str, list[tuple[str, str | None]]], fabric: dict[str, Any]
+) -> dict[str, str]:
     """``{recipient: who}`` secret ``name`` must be encrypted to: its receiving nodes, then fabric.yaml's admins.
 
     ``receivers`` and ``fabric`` are :func:`treadle.fabric.render.secret_receivers`' of the work tree.
@@ -26,8 +28,10 @@ def recipients_for(repo: str, name: str, receivers: dict[str, list[tuple[str, st
     nodes = receivers.get(name, [])
     missing = [node for node, ident in nodes if ident is None]
     if missing:
-        raise UsageError(f"{repo}: {name} goes to {', '.join(missing)}, which {'has' if len(missing) == 1 else 'have'} no "
-                         "identity: (fix: treadle-agent enroll on the node, record identity: in its node file)")
+        raise UsageError(
+            f"{repo}: {name} goes to {', '.join(missing)}, which {'has' if len(missing) == 1 else 'have'} no "
+            "identity: (fix: treadle-agent enroll on the node, record identity: in its node file)"
+        )
     admins = ((fabric.get("secrets") or {}).get("admins") or []) if isinstance(fabric, dict) else []
     wanted: dict[str, str] = {}
     for node, ident in nodes:
@@ -35,8 +39,10 @@ def recipients_for(repo: str, name: str, receivers: dict[str, list[tuple[str, st
     for i, admin in enumerate(admins):
         wanted.setdefault(admin, f"admin (fabric.yaml secrets.admins[{i}])")
     if not wanted:
-        raise UsageError(f"{repo}: no node's files name {name}, and fabric.yaml has no secrets.admins "
-                         "(fix: add file: {secret: " + name + "} to a node or profile first)")
+        raise UsageError(
+            f"{repo}: no node's files name {name}, and fabric.yaml has no secrets.admins "
+            "(fix: add file: {secret: " + name + "} to a node or profile first)"
+        )
     return wanted
 
 
@@ -46,7 +52,9 @@ def encrypt_secret(repo: Path, name: str, plaintext: bytes, wanted: dict[str, st
 
     from treadle_agent.contract.files import write_atomic
 
-    box = pyrage.encrypt(plaintext, [pyrage.x25519.Recipient.from_str(r) for r in wanted], armored=True)
+    box = pyrage.encrypt(
+        plaintext, [pyrage.x25519.Recipient.from_str(r) for r in wanted], armored=True
+    )
     (repo / SECRET_DIR).mkdir(exist_ok=True)
     write_atomic(repo / name, box, mode=0o644)
     write_atomic(repo / recipients_path(name), format_recipients(wanted), mode=0o644)

@@ -50,7 +50,9 @@ class Provenance(NamedTuple):
     how: str = "set"  # "set", "append" (!append), "merge" (map merged into the inherited one), "replace" (!replace)
 
 
-def explain(src: Source, node: str, keypath: str, cache: ParseCache | None = None) -> list[Provenance]:
+def explain(
+    src: Source, node: str, keypath: str, cache: ParseCache | None = None
+) -> list[Provenance]:
     """The overlays that set ``keypath`` for ``node``, the winner first; [] when nothing sets it.
 
     Raises:
@@ -65,15 +67,18 @@ def explain(src: Source, node: str, keypath: str, cache: ParseCache | None = Non
     elif head in BODY_KEYS:
         layers, root = chain.layers, chain.merged
     else:
-        raise UsageError(f"{keypath!r}: a key path starts with one of {', '.join((*BODY_KEYS, *NODE_FIELDS))}")
+        raise UsageError(
+            f"{keypath!r}: a key path starts with one of {', '.join((*BODY_KEYS, *NODE_FIELDS))}"
+        )
     parts = resolve_keypath(root, keypath) or _resolve_in_layers(layers, keypath)
     if parts is None:
         return []
     return _located(run, src, layers, parts, _Blamer.for_source(src))
 
 
-def explain_node(src: Source, node: str, cache: ParseCache | None = None,
-                 max_values: int = 2000) -> tuple[list[tuple[str, list[Provenance]]], bool]:
+def explain_node(
+    src: Source, node: str, cache: ParseCache | None = None, max_values: int = 2000
+) -> tuple[list[tuple[str, list[Provenance]]], bool]:
     """Every value of ``node`` with the overlays that set it (what ``explain`` gives for each key path), and
     whether the list is complete (False: more than ``max_values`` values, the rest left out).
 
@@ -95,8 +100,10 @@ def explain_node(src: Source, node: str, cache: ParseCache | None = None,
     for key in BODY_KEYS:
         if key in chain.merged:
             wanted += [(parts, chain.layers) for parts in _leaves(chain.merged[key], (key,))]
-    out = [(".".join(str(p) for p in parts), _located(run, src, layers, parts, blamer))
-           for parts, layers in wanted[:max_values]]
+    out = [
+        (".".join(str(p) for p in parts), _located(run, src, layers, parts, blamer))
+        for parts, layers in wanted[:max_values]
+    ]
     return out, len(wanted) <= max_values
 
 
@@ -121,8 +128,13 @@ def _node_layer(run: FabricRun, ref: Any) -> Layer:
     return Layer(ref.path, (), run.lookup(ref.path)[0], False)  # type: ignore[index]
 
 
-def _located(run: FabricRun, src: Source, layers: Sequence[Layer], parts: tuple[Any, ...],
-             blamer: _Blamer | None) -> list[Provenance]:
+def _located(
+    run: FabricRun,
+    src: Source,
+    layers: Sequence[Layer],
+    parts: tuple[Any, ...],
+    blamer: _Blamer | None,
+) -> list[Provenance]:
     out = []
     for setting in trace(layers, parts):
         path = setting.layer.path
@@ -146,11 +158,15 @@ def resolve_keypath(root: Any, text: str) -> tuple[Any, ...] | None:
     node, rest = root, text
     while rest:
         if isinstance(node, dict):
-            best = max((k for k in node if isinstance(k, str) and (rest == k or rest.startswith(k + "."))), key=len, default=None)
+            best = max(
+                (k for k in node if isinstance(k, str) and (rest == k or rest.startswith(k + "."))),
+                key=len,
+                default=None,
+            )
             if best is None:
                 return None
             parts.append(best)
-            node, rest = node[best], rest[len(best) + 1:]
+            node, rest = node[best], rest[len(best) + 1 :]
         elif isinstance(node, list):
             head, _, tail = rest.partition(".")
             if not head.isdigit() or int(head) >= len(node):
@@ -174,9 +190,13 @@ def _resolve_in_layers(layers: Sequence[Layer], text: str) -> tuple[Any, ...] | 
 class _Blamer:
     """pygit2 blame of fabric files at one commit (or of HEAD for an unmodified work tree file)."""
 
-    def __init__(self, repo: pygit2.Repository, commit: str, prefix: str, entries: dict[str, str] | None) -> None:
+    def __init__(
+        self, repo: pygit2.Repository, commit: str, prefix: str, entries: dict[str, str] | None
+    ) -> None:
         self.repo, self.commit, self.prefix, self.entries = repo, commit, prefix, entries
-        self._blames: dict[str, pygit2.Blame | None] = {}  # one blame per file, however many of its lines are asked
+        self._blames: dict[
+            str, pygit2.Blame | None
+        ] = {}  # one blame per file, however many of its lines are asked
 
     @classmethod
     def for_source(cls, src: Source) -> _Blamer | None:
@@ -189,8 +209,12 @@ class _Blamer:
             repo = pygit2.Repository(found)
             if repo.is_bare or repo.head_is_unborn:
                 return None
-            prefix = os.path.relpath(os.path.realpath(src.root), os.path.realpath(repo.workdir)).replace(os.sep, "/")
-            return cls(repo, str(repo.head.target), "" if prefix == "." else prefix + "/", src.entries())
+            prefix = os.path.relpath(
+                os.path.realpath(src.root), os.path.realpath(repo.workdir)
+            ).replace(os.sep, "/")
+            return cls(
+                repo, str(repo.head.target), "" if prefix == "." else prefix + "/", src.entries()
+            )
         return None
 
     def blame(self, path: str, line: int) -> Blame:
@@ -206,7 +230,7 @@ class _Blamer:
             return Blame(None, "unknown", None)
         commit = self.repo[hunk.final_commit_id]
         author = commit.author
-        when = dt.datetime.fromtimestamp(author.time, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = dt.datetime.fromtimestamp(author.time, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return Blame(str(commit.id), f"{author.name} <{author.email}>", when)
 
     def _blame_of(self, repo_path: str) -> pygit2.Blame | None:
@@ -219,6 +243,9 @@ class _Blamer:
 
     def _committed(self, repo_path: str, blob: str | None) -> bool:
         try:
-            return blob is not None and str(self.repo[self.commit].peel(pygit2.Commit).tree[repo_path].id) == blob
+            return (
+                blob is not None
+                and str(self.repo[self.commit].peel(pygit2.Commit).tree[repo_path].id) == blob
+            )
         except KeyError:
             return False

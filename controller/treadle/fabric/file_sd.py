@@ -31,13 +31,24 @@ def file_sd_entries(src: Any) -> list[dict[str, Any]]:
     if not result.ok:
         raise FabricError(result.diagnostics)
     live = [node for _, node in sorted(result.nodes.items()) if node.lifecycle != "retired"]
-    settings = node_settings(src, cache, result.fabric, live)  # node files already parsed by the render
+    settings = node_settings(
+        src, cache, result.fabric, live
+    )  # node files already parsed by the render
     entries = []
     for node in live:
         name, port = node.name, settings[node.name].metrics_port or DEFAULT_METRICS_PORT
         host = f"[{node.address}]" if ":" in node.address else node.address
-        entries.append({"targets": [f"{host}:{port}"],
-                        "labels": {"node": name, "site": node.site, "cluster": node.cluster, "lifecycle": node.lifecycle}})
+        entries.append(
+            {
+                "targets": [f"{host}:{port}"],
+                "labels": {
+                    "node": name,
+                    "site": node.site,
+                    "cluster": node.cluster,
+                    "lifecycle": node.lifecycle,
+                },
+            }
+        )
     return entries
 
 
@@ -51,7 +62,9 @@ def write_targets(out: Path, entries: list[dict[str, Any]]) -> None:
     from treadle_agent.contract.files import write_atomic
 
     if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: the directory {out.parent} does not exist; create it or choose another path")
+        raise UsageError(
+            f"--out {out}: the directory {out.parent} does not exist; create it or choose another path"
+        )
     data = (json.dumps(entries, indent=2, sort_keys=True) + "\n").encode()
     try:
         write_atomic(out, data, mode=0o644)

@@ -31,7 +31,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from treadle.fabric.cache import ParseCache
-from treadle.fabric.checks import DEFAULT_ALLOWED_ROOTS, NodeFacts, check_paths, check_transitions, out_of_production_limit
+from treadle.fabric.checks import (
+    DEFAULT_ALLOWED_ROOTS,
+    NodeFacts,
+    check_paths,
+    check_transitions,
+    out_of_production_limit,
+)
 from treadle.fabric.layout import NodeRef
 from treadle.fabric.overlay import Overlays
 from treadle.fabric.patched import Patched
@@ -64,7 +70,9 @@ class NodeIndex:
     nodes: Mapping[str, RenderedNode]
 
 
-def index_of(listing: Listing, facts: Iterable[NodeFacts], nodes: Mapping[str, RenderedNode]) -> NodeIndex:
+def index_of(
+    listing: Listing, facts: Iterable[NodeFacts], nodes: Mapping[str, RenderedNode]
+) -> NodeIndex:
     """The index of a clean full render (its listing, its nodes' facts and rendered nodes)."""
     by_name = {f.name: f for f in facts}
     by_address = {f.address: f.name for f in by_name.values() if f.address is not None}
@@ -73,7 +81,15 @@ def index_of(listing: Listing, facts: Iterable[NodeFacts], nodes: Mapping[str, R
     for f in by_name.values():
         _count(clusters, f, 1)
     raw = nodes.raw if isinstance(nodes, Stamped) else nodes
-    return NodeIndex(listing, {ref.path: ref for ref in listing.layout.nodes}, by_name, by_address, by_identity, clusters, raw)
+    return NodeIndex(
+        listing,
+        {ref.path: ref for ref in listing.layout.nodes},
+        by_name,
+        by_address,
+        by_identity,
+        clusters,
+        raw,
+    )
 
 
 def _count(clusters: ClusterCounts, f: NodeFacts, delta: int) -> None:
@@ -117,31 +133,46 @@ class Stamped(Mapping[str, "RenderedNode"]):
         return len(self.raw)
 
 
-def render_changed(src: Source, cache: ParseCache, previous: RenderResult, changed: Iterable[str],
-                   base: Any) -> RenderResult | None:
+def render_changed(
+    src: Source, cache: ParseCache, previous: RenderResult, changed: Iterable[str], base: Any
+) -> RenderResult | None:
     """The render of ``src`` from the clean ``previous`` when only node files were modified; None otherwise.
 
     ``base`` must be None or ``previous`` itself (the lifecycle transitions of
     the unchanged nodes are then known to be none).
     """
     index = previous.index
-    if not isinstance(index, NodeIndex) or not previous.ok or previous.skipped or (base is not None and base is not previous):
+    if (
+        not isinstance(index, NodeIndex)
+        or not previous.ok
+        or previous.skipped
+        or (base is not None and base is not previous)
+    ):
         return None
     changed = set(changed)
     refs = [index.by_path.get(path) for path in sorted(changed)]
     entries = entries_of(src)
-    if any(ref is None for ref in refs) or not all(path in entries for path in changed) or src.problems():
-        return None  # a file other than a node file, or a node added or removed: the layout may change
+    if (
+        any(ref is None for ref in refs)
+        or not all(path in entries for path in changed)
+        or src.problems()
+    ):
+        return (
+            None  # a file other than a node file, or a node added or removed: the layout may change
+        )
     listing = Listing(entries, index.listing.layout, index.listing.roles, index.listing.nodes)
     cache.listing(src, lambda: listing)
     run = FabricRun(src, cache)
     if run.listing is not listing:
         return None
-    return _render_refs(run, previous, index, [ref for ref in refs if ref is not None], base is not None)
+    return _render_refs(
+        run, previous, index, [ref for ref in refs if ref is not None], base is not None
+    )
 
 
-def _render_refs(run: FabricRun, previous: RenderResult, index: NodeIndex, refs: list[NodeRef],
-                 with_base: bool) -> RenderResult | None:
+def _render_refs(
+    run: FabricRun, previous: RenderResult, index: NodeIndex, refs: list[NodeRef], with_base: bool
+) -> RenderResult | None:
     from treadle.fabric.render import RenderResult, _render_batch
 
     fabric, fabric_tagged = load_fabric(run)
@@ -150,38 +181,66 @@ def _render_refs(run: FabricRun, previous: RenderResult, index: NodeIndex, refs:
         run.load(ref.path, "node")
         run.findings += check_paths(ref.path, (), run.parsed.get(ref.path), allowed)
     overlays = Overlays(run.layout, fabric, fabric_tagged, run.lookup)
-    batch = _render_batch(run, overlays, Templates(run.src, run.entries, run.cache, run.limits), fabric, refs, {})
+    batch = _render_batch(
+        run, overlays, Templates(run.src, run.entries, run.cache, run.limits), fabric, refs, {}
+    )
     fresh = {ref.name: node for ref, node in batch.nodes if node is not None}
-    if run.findings or run.diagnostics or batch.findings or batch.overlay_findings or batch.template_errors or len(fresh) != len(refs):
+    if (
+        run.findings
+        or run.diagnostics
+        or batch.findings
+        or batch.overlay_findings
+        or batch.template_errors
+        or len(fresh) != len(refs)
+    ):
         return None
     facts = [run.fact(ref) for ref in refs]
     updated = _fleet(index, facts, fabric)
-    if updated is None or (with_base and check_transitions(facts, fabric, _base_states(previous, facts))):
+    if updated is None or (
+        with_base and check_transitions(facts, fabric, _base_states(previous, facts))
+    ):
         return None
     for ref in refs:
         run.cache.store_rendered(ref.name, fresh[ref.name].sources, run.entries, fresh[ref.name])
     raw = Patched.of(index.nodes, fresh)
     return RenderResult(
-        commit=run.src.commit, nodes=Stamped(raw, run.src.commit), diagnostics=[],
-        deps=_deps(previous.deps, index.nodes, fresh), fabric=plain(fabric), rollout=previous.rollout,
-        lifecycles=_lifecycles(previous.lifecycles, facts), fresh=frozenset(fresh),
+        commit=run.src.commit,
+        nodes=Stamped(raw, run.src.commit),
+        diagnostics=[],
+        deps=_deps(previous.deps, index.nodes, fresh),
+        fabric=plain(fabric),
+        rollout=previous.rollout,
+        lifecycles=_lifecycles(previous.lifecycles, facts),
+        fresh=frozenset(fresh),
         index=replace(updated, listing=run.listing, nodes=raw),
     )
 
 
 def _base_states(previous: RenderResult, facts: list[NodeFacts]) -> dict[str, str]:
     """The changed nodes' lifecycle states in the base revision (``previous``, which is the base here)."""
-    return {f.name: previous.lifecycles[f.name] for f in facts if f.name in previous.lifecycles and f.name not in previous.unreadable}
+    return {
+        f.name: previous.lifecycles[f.name]
+        for f in facts
+        if f.name in previous.lifecycles and f.name not in previous.unreadable
+    }
 
 
 def _fleet(index: NodeIndex, facts: list[NodeFacts], fabric: Mapping[str, Any]) -> NodeIndex | None:
     """The index with the changed nodes' facts, or None when a fleet check might fail (the full render says which)."""
     if all(index.facts.get(f.name) == f for f in facts):
         return index  # addresses, identities and lifecycles as they were: the fleet checks passed with them
-    by_name, by_address, by_identity, clusters = dict(index.facts), dict(index.by_address), dict(index.by_identity), dict(index.clusters)
+    by_name, by_address, by_identity, clusters = (
+        dict(index.facts),
+        dict(index.by_address),
+        dict(index.by_identity),
+        dict(index.clusters),
+    )
     for f in facts:
         old = by_name[f.name]
-        for table, before, after in ((by_address, old.address, f.address), (by_identity, old.identity, f.identity)):
+        for table, before, _after in (
+            (by_address, old.address, f.address),
+            (by_identity, old.identity, f.identity),
+        ):
             if before is not None and table.get(before) == f.name:
                 del table[before]
         _count(clusters, old, -1)
@@ -199,11 +258,16 @@ def _fleet(index: NodeIndex, facts: list[NodeFacts], fabric: Mapping[str, Any]) 
             members, out = clusters.get((f.site, f.cluster), (0, 0))
             if out > limit * members:
                 return None
-    return NodeIndex(index.listing, index.by_path, by_name, by_address, by_identity, clusters, index.nodes)
+    return NodeIndex(
+        index.listing, index.by_path, by_name, by_address, by_identity, clusters, index.nodes
+    )
 
 
-def _deps(deps: Mapping[str, frozenset[str]], old: Mapping[str, RenderedNode],
-          fresh: Mapping[str, RenderedNode]) -> Mapping[str, frozenset[str]]:
+def _deps(
+    deps: Mapping[str, frozenset[str]],
+    old: Mapping[str, RenderedNode],
+    fresh: Mapping[str, RenderedNode],
+) -> Mapping[str, frozenset[str]]:
     """The dependency index with the fresh nodes' sources (the same object when they read the same files)."""
     if all(name in old and old[name].sources == node.sources for name, node in fresh.items()):
         return deps

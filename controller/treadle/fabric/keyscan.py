@@ -22,8 +22,10 @@ _FORMATS = (
     ("an age identity", re.compile(rb"AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58}", re.IGNORECASE)),
 )
 
-HINT = ("a private key in git is readable by everyone who can read the repository, history included: "
-        "remove it, rotate the key, and keep only its public part or an encrypted copy in the fabric")
+HINT = (
+    "a private key in git is readable by everyone who can read the repository, history included: "
+    "remove it, rotate the key, and keep only its public part or an encrypted copy in the fabric"
+)
 
 
 def scan(src: Source) -> list[Diagnostic]:
@@ -33,11 +35,21 @@ def scan(src: Source) -> list[Diagnostic]:
         data = src.read(path)
         if b"PRIVATE KEY" not in data and b"AGE-SECRET-KEY-1" not in data.upper():
             continue  # the fast path: almost every file
-        for number, line in enumerate(data.split(b"\n"), start=1):  # lines as git and editors count them
+        for number, line in enumerate(
+            data.split(b"\n"), start=1
+        ):  # lines as git and editors count them
             for what, pattern in _FORMATS:
                 match = pattern.search(line)
                 if match:
-                    found.append(Diagnostic(path, number, match.start() + 1, "plaintext-key",
-                                            f"{what} in plain text", HINT))
+                    found.append(
+                        Diagnostic(
+                            path,
+                            number,
+                            match.start() + 1,
+                            "plaintext-key",
+                            f"{what} in plain text",
+                            HINT,
+                        )
+                    )
                     break
     return found

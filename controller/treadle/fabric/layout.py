@@ -53,11 +53,18 @@ class Layout:
     clusters: dict[tuple[str, str], str] = field(default_factory=dict)
     nodes: list[NodeRef] = field(default_factory=list)
     problems: list[Diagnostic] = field(default_factory=list)
-    stray: list[str] = field(default_factory=list)  # top-level YAML files other than fabric.yaml and rollout.yaml
+    stray: list[str] = field(
+        default_factory=list
+    )  # top-level YAML files other than fabric.yaml and rollout.yaml
 
     def yaml_files(self) -> list[str]:
         """Every fabric YAML file except fabric.yaml, in a stable order."""
-        files = [*self.profiles.values(), *self.sites.values(), *self.clusters.values(), *(n.path for n in self.nodes)]
+        files = [
+            *self.profiles.values(),
+            *self.sites.values(),
+            *self.clusters.values(),
+            *(n.path for n in self.nodes),
+        ]
         return ([self.rollout] if self.rollout else []) + sorted(files)
 
 
@@ -74,14 +81,24 @@ def classify(paths: Mapping[str, str] | list[str]) -> Layout:
         elif path == ROLLOUT_FILE:
             layout.rollout = path
         elif path == ".gitmodules":
-            layout.problems.append(Diagnostic(path, 0, 0, "submodule", "the fabric repository declares submodules",
-                                              "copy the content into the repository; a fabric holds no submodules"))
+            layout.problems.append(
+                Diagnostic(
+                    path,
+                    0,
+                    0,
+                    "submodule",
+                    "the fabric repository declares submodules",
+                    "copy the content into the repository; a fabric holds no submodules",
+                )
+            )
         elif path.startswith(PROFILE_DIR):
             _profile(layout, path)
         elif path.startswith(SITE_DIR):
             _site_file(layout, path)
         elif "/" not in path and path.endswith((".yaml", ".yml")) and not path.startswith("."):
-            layout.stray.append(path)  # misplaced only if it is a fabric document (CI and tool configs live here too)
+            layout.stray.append(
+                path
+            )  # misplaced only if it is a fabric document (CI and tool configs live here too)
     _missing_parents(layout)
     return layout
 
@@ -89,12 +106,21 @@ def classify(paths: Mapping[str, str] | list[str]) -> Layout:
 def _profile(layout: Layout, path: str) -> None:
     if path.endswith(".md"):
         return
-    name = path[len(PROFILE_DIR):].removesuffix(".yaml")
+    name = path[len(PROFILE_DIR) :].removesuffix(".yaml")
     if not path.endswith(".yaml"):
-        _misplaced(layout, path, "profiles/ holds only <name>.yaml files", "rename it to .yaml or move it out of profiles/")
+        _misplaced(
+            layout,
+            path,
+            "profiles/ holds only <name>.yaml files",
+            "rename it to .yaml or move it out of profiles/",
+        )
     elif not PROFILE_NAME_RE.match(name):
-        _misplaced(layout, path, f"profile name {name!r} is not lower-case letters, digits, '-' and '_'",
-                   "rename the file, e.g. profiles/batch-workers.yaml")
+        _misplaced(
+            layout,
+            path,
+            f"profile name {name!r} is not lower-case letters, digits, '-' and '_'",
+            "rename the file, e.g. profiles/batch-workers.yaml",
+        )
     else:
         layout.profiles[name] = path
 
@@ -104,7 +130,12 @@ def _site_file(layout: Layout, path: str) -> None:
         return
     parts = path.split("/")[1:]
     if not all(NAME_RE.match(p) for p in parts[:-1]):
-        _misplaced(layout, path, "site and cluster directory names are letters, digits, '.', '-' and '_'", "rename the directory")
+        _misplaced(
+            layout,
+            path,
+            "site and cluster directory names are letters, digits, '.', '-' and '_'",
+            "rename the directory",
+        )
     elif len(parts) == 2 and parts[1] == "site.yaml":
         layout.sites[parts[0]] = path
     elif len(parts) == 3 and parts[2] == "cluster.yaml":
@@ -114,16 +145,31 @@ def _site_file(layout: Layout, path: str) -> None:
         if NAME_RE.match(name):
             layout.nodes.append(NodeRef(name, parts[0], parts[1], path))
         else:
-            _misplaced(layout, path, f"node name {name!r} is not letters, digits, '.', '-' and '_'", "rename the node file")
+            _misplaced(
+                layout,
+                path,
+                f"node name {name!r} is not letters, digits, '.', '-' and '_'",
+                "rename the node file",
+            )
     elif path.endswith(".yml"):
-        _misplaced(layout, path, "fabric files end in .yaml, not .yml", f"rename it to {path[:-4]}.yaml")
+        _misplaced(
+            layout, path, "fabric files end in .yaml, not .yml", f"rename it to {path[:-4]}.yaml"
+        )
     elif len(parts) == 3 and path.endswith(".yaml"):
         site, cluster, stem = parts[0], parts[1], parts[2]
-        _misplaced(layout, path, "a node file outside nodes/ (it would never be rendered)",
-                   f"move it to sites/{site}/{cluster}/nodes/{stem}")
+        _misplaced(
+            layout,
+            path,
+            "a node file outside nodes/ (it would never be rendered)",
+            f"move it to sites/{site}/{cluster}/nodes/{stem}",
+        )
     else:
-        _misplaced(layout, path, "unexpected file under sites/",
-                   "sites/<site>/ holds site.yaml and cluster directories; a cluster holds cluster.yaml and nodes/<node>.yaml")
+        _misplaced(
+            layout,
+            path,
+            "unexpected file under sites/",
+            "sites/<site>/ holds site.yaml and cluster directories; a cluster holds cluster.yaml and nodes/<node>.yaml",
+        )
 
 
 def _missing_parents(layout: Layout) -> None:
@@ -133,12 +179,26 @@ def _missing_parents(layout: Layout) -> None:
     for (site, cluster), path in sorted(layout.clusters.items()):
         if not path:
             want = f"{SITE_DIR}{site}/{cluster}/cluster.yaml"
-            layout.problems.append(Diagnostic(want, 0, 0, "missing-file", f"cluster {site}/{cluster} has nodes but no cluster.yaml",
-                                              f"create {want} with `kind: Cluster` (or fix the directory name)"))
+            layout.problems.append(
+                Diagnostic(
+                    want,
+                    0,
+                    0,
+                    "missing-file",
+                    f"cluster {site}/{cluster} has nodes but no cluster.yaml",
+                    f"create {want} with `kind: Cluster` (or fix the directory name)",
+                )
+            )
         if site not in layout.sites:
             want = f"{SITE_DIR}{site}/site.yaml"
-            diag = Diagnostic(want, 0, 0, "missing-file", f"site {site} has clusters but no site.yaml",
-                              f"create {want} with `kind: Site` (or fix the directory name)")
+            diag = Diagnostic(
+                want,
+                0,
+                0,
+                "missing-file",
+                f"site {site} has clusters but no site.yaml",
+                f"create {want} with `kind: Site` (or fix the directory name)",
+            )
             if diag not in layout.problems:
                 layout.problems.append(diag)
     layout.clusters = {k: v for k, v in layout.clusters.items() if v}

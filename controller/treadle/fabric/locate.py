@@ -19,10 +19,14 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 def load_round_trip(data: bytes) -> Any:
     """The round-trip document of ``data``, or None if it does not parse (its error is reported elsewhere)."""
     yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = True  # only locating: duplicates were already reported by the safe loader
+    yaml.allow_duplicate_keys = (
+        True  # only locating: duplicates were already reported by the safe loader
+    )
     try:
         return yaml.load(data.decode("utf-8", errors="replace"))
-    except Exception:  # only locating: whatever the round-trip loader trips on, the value is found at line 1
+    except (
+        Exception
+    ):  # only locating: whatever the round-trip loader trips on, the value is found at line 1
         return None
 
 
@@ -41,7 +45,9 @@ def locate_in(doc: Any, keypath: Sequence[Any]) -> tuple[int, int]:
         else:
             break
         node = node[part]
-        if pos is not None:  # flow-style collections may not record every position: keep the enclosing one
+        if (
+            pos is not None
+        ):  # flow-style collections may not record every position: keep the enclosing one
             line, col = pos[0] + 1, pos[1] + 1
     return line, col
 

@@ -77,7 +77,15 @@ def trace(chain: Sequence[Layer], keypath: Sequence[Any]) -> list[Setting]:
         if effect == "reset":
             found = []
         elif effect in ("set", "replace"):
-            how = "replace" if effect == "replace" else "append" if type(value) is Append else "merge" if type(value) is dict else "set"
+            how = (
+                "replace"
+                if effect == "replace"
+                else "append"
+                if type(value) is Append
+                else "merge"
+                if type(value) is dict
+                else "set"
+            )
             found.append(Setting(layer, layer.prefix + where, plain(value), how))
     return found[::-1]
 

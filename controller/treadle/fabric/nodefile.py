@@ -29,8 +29,9 @@ def node_path(site: str, cluster: str, name: str) -> str:
     return f"{SITE_DIR}{site}/{cluster}/nodes/{name}.yaml"
 
 
-def node_settings(src: Source, cache: ParseCache, fabric: Mapping[str, Any],
-                  nodes: Iterable[RenderedNode]) -> dict[str, NodeSettings]:
+def node_settings(
+    src: Source, cache: ParseCache, fabric: Mapping[str, Any], nodes: Iterable[RenderedNode]
+) -> dict[str, NodeSettings]:
     """``rollout.wave`` and ``agent.metrics_port`` of each node's file (defaults where unset)."""
     entries = entries_of(src)  # a push's few nodes: no copy of the whole listing
     limits = Limits.from_fabric(fabric)
@@ -44,5 +45,7 @@ def node_settings(src: Source, cache: ParseCache, fabric: Mapping[str, Any],
         rollout, agent = doc.get("rollout"), doc.get("agent")
         wave = rollout.get("wave") if isinstance(rollout, dict) else None
         port = agent.get("metrics_port") if isinstance(agent, dict) else None
-        found[node.name] = NodeSettings(wave if isinstance(wave, str) else None, port if type(port) is int else None)
+        found[node.name] = NodeSettings(
+            wave if isinstance(wave, str) else None, port if type(port) is int else None
+        )
     return found

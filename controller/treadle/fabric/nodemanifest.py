@@ -21,11 +21,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from treadle_agent.contract.manifest import API_VERSION, KIND, canonical_json
-
-from treadle.fabric.canonical import FILE_CLOSE, FILE_OPEN, KIND_KEY, MANIFEST_HEAD, encode_canonical, encode_str
+from treadle.fabric.canonical import (
+    FILE_CLOSE,
+    FILE_OPEN,
+    KIND_KEY,
+    MANIFEST_HEAD,
+    encode_canonical,
+    encode_str,
+)
 from treadle.fabric.secrets import Secret, SecretFileError, recipients_path
 from treadle.fabric.templates import TemplateProblem
+from treadle_agent.contract.manifest import API_VERSION, KIND, canonical_json
 
 HEALTH_TYPES = ("tcp", "http", "service", "file", "command")
 DEFAULT_HEALTH_TIMEOUT_S = 5
@@ -39,7 +45,9 @@ class BuildProblem:
     code: str
     message: str
     hint: str = ""
-    at: tuple[str, int] | None = None  # a direct location (template file, line) instead of a key path
+    at: tuple[str, int] | None = (
+        None  # a direct location (template file, line) instead of a key path
+    )
 
 
 def normalize_mode(mode: Any) -> str | None:
@@ -60,15 +68,22 @@ class Memo:
     """
 
     def __init__(self) -> None:
-        self._sections: dict[tuple[str, int], tuple[Any, list[dict[str, Any]], list[BuildProblem]]] = {}
+        self._sections: dict[
+            tuple[str, int], tuple[Any, list[dict[str, Any]], list[BuildProblem]]
+        ] = {}
         self._files: dict[tuple[str, int, str | None], tuple[Any, dict[str, Any]]] = {}
         self._encoded: dict[int, tuple[Any, bytes]] = {}
         self._file_parts: dict[tuple[str, int], tuple[Any, dict[str, Any], bytes | None]] = {}
         self._lists: dict[int, tuple[Any, bytes]] = {}
         self._parts: dict[int, tuple[Any, tuple[list[dict[str, Any]], ...], int]] = {}
 
-    def section(self, name: str, value: Any, build: Callable[[Any, list[BuildProblem]], list[dict[str, Any]]],
-                problems: list[BuildProblem]) -> list[dict[str, Any]]:
+    def section(
+        self,
+        name: str,
+        value: Any,
+        build: Callable[[Any, list[BuildProblem]], list[dict[str, Any]]],
+        problems: list[BuildProblem],
+    ) -> list[dict[str, Any]]:
         key = (name, id(value))
         hit = self._sections.get(key)
         if hit is None or hit[0] is not value:
@@ -82,7 +97,9 @@ class Memo:
         hit = self._files.get(key)
         if hit is None or hit[0] is not spec:
             bare, middle = self._file_shape(path, spec)
-            sha = hashlib.sha256(content.encode("utf-8")).hexdigest() if content is not None else None
+            sha = (
+                hashlib.sha256(content.encode("utf-8")).hexdigest() if content is not None else None
+            )
             resource = {**bare, "content": content, "sha256": sha}
             hit = self._files[key] = (spec, resource)
             if middle is not None and content is not None:
@@ -103,8 +120,16 @@ class Memo:
         if hit is None or hit[0] is not spec:
             bare = _file_resource(path, spec, None)
             encoded = encode_canonical(bare)
-            usable = encoded.startswith(FILE_OPEN) and encoded.endswith(FILE_CLOSE) and encoded.count(b'"content":') == 1
-            hit = self._file_parts[key] = (spec, bare, encoded[len(FILE_OPEN):-len(FILE_CLOSE)] if usable else None)
+            usable = (
+                encoded.startswith(FILE_OPEN)
+                and encoded.endswith(FILE_CLOSE)
+                and encoded.count(b'"content":') == 1
+            )
+            hit = self._file_parts[key] = (
+                spec,
+                bare,
+                encoded[len(FILE_OPEN) : -len(FILE_CLOSE)] if usable else None,
+            )
         return hit[1], hit[2]
 
     def _encode_file(self, resource: dict[str, Any], content: Any, sha: str, middle: bytes) -> None:
@@ -115,7 +140,9 @@ class Memo:
             text = encode_str(content).encode("utf-8")
         except UnicodeEncodeError:
             return  # a lone surrogate: canonical_json reports it when the manifest is encoded
-        encoded = b"".join((b'{"content":', text, middle, b',"sha256":"', sha.encode("ascii"), b'","type":"file"}'))
+        encoded = b"".join(
+            (b'{"content":', text, middle, b',"sha256":"', sha.encode("ascii"), b'","type":"file"}')
+        )
         self._encoded[id(resource)] = (resource, encoded)
 
     def resources(self, parts: tuple[list[dict[str, Any]], ...], own: int) -> list[dict[str, Any]]:
@@ -141,7 +168,10 @@ class Memo:
         if hit is None or hit[0] is not items:
             return b",".join(self.encoded(r) for r in items)
         _, parts, own = hit
-        joined = (b",".join(self.encoded(r) for r in part) if i == own else self._joined(part) for i, part in enumerate(parts))
+        joined = (
+            b",".join(self.encoded(r) for r in part) if i == own else self._joined(part)
+            for i, part in enumerate(parts)
+        )
         return b",".join(b for b in joined if b)
 
     def _joined(self, items: list[Any]) -> bytes:
@@ -162,11 +192,17 @@ def canonical_manifest(manifest: Mapping[str, Any], memo: Memo) -> bytes:
     """
     if manifest["apiVersion"] != API_VERSION or manifest["kind"] != KIND:
         return canonical_json(manifest)
-    return b"".join((
-        MANIFEST_HEAD, memo.encoded(manifest["health"]),
-        KIND_KEY, encode_canonical(manifest["metadata"]),
-        b',"resources":[', memo.encoded_items(manifest["resources"]), b"]}",
-    ))
+    return b"".join(
+        (
+            MANIFEST_HEAD,
+            memo.encoded(manifest["health"]),
+            KIND_KEY,
+            encode_canonical(manifest["metadata"]),
+            b',"resources":[',
+            memo.encoded_items(manifest["resources"]),
+            b"]}",
+        )
+    )
 
 
 _EMPTY: dict[str, Any] = {}
@@ -193,7 +229,9 @@ def build_manifest(
     memo = memo or Memo()
     parts = (
         memo.section("directories", body.get("directories") or _EMPTY, _directories, problems),
-        _files(body.get("files") or _EMPTY, render, problems, memo, secret, identity.get("identity")),
+        _files(
+            body.get("files") or _EMPTY, render, problems, memo, secret, identity.get("identity")
+        ),
         memo.section("symlinks", body.get("symlinks") or _EMPTY, _symlinks, problems),
         memo.section("packages", body.get("packages") or _EMPTY, _packages, problems),
         memo.section("sysctl", body.get("sysctl") or _EMPTY, _sysctls, problems),
@@ -236,7 +274,10 @@ def _packages(section: Mapping[str, Any], problems: list[BuildProblem]) -> list[
 
 
 def _sysctls(section: Mapping[str, Any], problems: list[BuildProblem]) -> list[dict[str, Any]]:
-    return [{"type": "sysctl", "key": k, "value": str(v), "requires": []} for k, v in sorted(section.items())]
+    return [
+        {"type": "sysctl", "key": k, "value": str(v), "requires": []}
+        for k, v in sorted(section.items())
+    ]
 
 
 def _services(section: Mapping[str, Any], problems: list[BuildProblem]) -> list[dict[str, Any]]:
@@ -247,8 +288,14 @@ def _healths(section: Mapping[str, Any], problems: list[BuildProblem]) -> list[d
     return [h for n, s in sorted(section.items()) if (h := _health(n, s, problems)) is not None]
 
 
-def _files(section: Mapping[str, Any], render: Callable[[str], str], problems: list[BuildProblem], memo: Memo,
-           secret: Callable[[str], Secret] | None = None, node_identity: str | None = None) -> list[dict[str, Any]]:
+def _files(
+    section: Mapping[str, Any],
+    render: Callable[[str], str],
+    problems: list[BuildProblem],
+    memo: Memo,
+    secret: Callable[[str], Secret] | None = None,
+    node_identity: str | None = None,
+) -> list[dict[str, Any]]:
     out = []
     for path, spec in sorted(section.items()):
         if "secret" in spec and spec.get("ensure", "present") == "present":
@@ -261,13 +308,24 @@ def _files(section: Mapping[str, Any], render: Callable[[str], str], problems: l
     return out
 
 
-def _secret_file(path: str, spec: Mapping[str, Any], secret: Callable[[str], Secret] | None, node_identity: str | None,
-                 problems: list[BuildProblem]) -> dict[str, Any] | None:
+def _secret_file(
+    path: str,
+    spec: Mapping[str, Any],
+    secret: Callable[[str], Secret] | None,
+    node_identity: str | None,
+    problems: list[BuildProblem],
+) -> dict[str, Any] | None:
     """The resource of a secret file: the ciphertext, refused unless this node is one of its recipients."""
     name, at = spec["secret"], ("files", path, "secret")
     if "template" in spec or "content" in spec:
-        problems.append(BuildProblem(at, "file-content", f"file {path} has a secret and a template or content after merging",
-                                     "keep one: set the others to !delete in the overlay that overrides them"))
+        problems.append(
+            BuildProblem(
+                at,
+                "file-content",
+                f"file {path} has a secret and a template or content after merging",
+                "keep one: set the others to !delete in the overlay that overrides them",
+            )
+        )
         return None
     if secret is None:
         problems.append(BuildProblem(at, "secret", f"file {path}: secrets cannot be read here"))
@@ -275,22 +333,49 @@ def _secret_file(path: str, spec: Mapping[str, Any], secret: Callable[[str], Sec
     try:
         found = secret(name)
     except SecretFileError as e:
-        problems.append(BuildProblem(at, "secret", f"{e.path}:{max(e.line, 1)}: {e.message}", e.hint))
+        problems.append(
+            BuildProblem(at, "secret", f"{e.path}:{max(e.line, 1)}: {e.message}", e.hint)
+        )
         return None
     if node_identity is None:
-        problems.append(BuildProblem(at, "secret", f"file {path} is a secret, and this node has no identity to decrypt it",
-                                     "run treadle-agent enroll on the node and record what it prints as identity: "
-                                     "in its node file, then treadle secret rekey"))
+        problems.append(
+            BuildProblem(
+                at,
+                "secret",
+                f"file {path} is a secret, and this node has no identity to decrypt it",
+                "run treadle-agent enroll on the node and record what it prints as identity: "
+                "in its node file, then treadle secret rekey",
+            )
+        )
         return None
     if node_identity not in found.recipients:
-        problems.append(BuildProblem(at, "secret", f"{name} is not encrypted to this node's identity {node_identity} "
-                                     f"(not in {recipients_path(name)})", f"run treadle secret rekey {name}"))
+        problems.append(
+            BuildProblem(
+                at,
+                "secret",
+                f"{name} is not encrypted to this node's identity {node_identity} "
+                f"(not in {recipients_path(name)})",
+                f"run treadle secret rekey {name}",
+            )
+        )
         return None
     box = found.ciphertext
-    return {"type": "file", "path": path, "ensure": "present", "content": None, "sha256": None,
-            "secret": {"age": base64.b64encode(box).decode("ascii"), "sha256": hashlib.sha256(box).hexdigest()},
-            "mode": normalize_mode(spec.get("mode")) or "0600", "owner": spec.get("owner"), "group": spec.get("group"),
-            "notify": sorted(set(spec.get("notify") or [])), "requires": _requires(spec)}
+    return {
+        "type": "file",
+        "path": path,
+        "ensure": "present",
+        "content": None,
+        "sha256": None,
+        "secret": {
+            "age": base64.b64encode(box).decode("ascii"),
+            "sha256": hashlib.sha256(box).hexdigest(),
+        },
+        "mode": normalize_mode(spec.get("mode")) or "0600",
+        "owner": spec.get("owner"),
+        "group": spec.get("group"),
+        "notify": sorted(set(spec.get("notify") or [])),
+        "requires": _requires(spec),
+    }
 
 
 def _requires(spec: Mapping[str, Any]) -> list[str]:
@@ -298,23 +383,43 @@ def _requires(spec: Mapping[str, Any]) -> list[str]:
 
 
 def _directory(path: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    return {"type": "directory", "path": path, "ensure": spec.get("ensure", "present"), "mode": normalize_mode(spec.get("mode")),
-            "owner": spec.get("owner"), "group": spec.get("group"), "requires": _requires(spec)}
+    return {
+        "type": "directory",
+        "path": path,
+        "ensure": spec.get("ensure", "present"),
+        "mode": normalize_mode(spec.get("mode")),
+        "owner": spec.get("owner"),
+        "group": spec.get("group"),
+        "requires": _requires(spec),
+    }
 
 
-def _file_content(path: str, spec: Mapping[str, Any], render: Callable[[str], str],
-                  problems: list[BuildProblem]) -> tuple[bool, str | None]:
+def _file_content(
+    path: str, spec: Mapping[str, Any], render: Callable[[str], str], problems: list[BuildProblem]
+) -> tuple[bool, str | None]:
     """(usable, content): the rendered template or ``content`` of a present file, None for an absent one."""
     if spec.get("ensure", "present") != "present":
         return True, None
     has_template, has_content = "template" in spec, "content" in spec
     if has_template and has_content:
-        problems.append(BuildProblem(("files", path, "content"), "file-content", f"file {path} has both template and content after merging",
-                                     "keep one: set the other to !delete in the overlay that overrides it"))
+        problems.append(
+            BuildProblem(
+                ("files", path, "content"),
+                "file-content",
+                f"file {path} has both template and content after merging",
+                "keep one: set the other to !delete in the overlay that overrides it",
+            )
+        )
         return False, None
     if not has_template and not has_content:
-        problems.append(BuildProblem(("files", path), "file-content", f"file {path} has neither template nor content",
-                                     'add template: <name>.j2 or content: "..." (content: "" for an empty file)'))
+        problems.append(
+            BuildProblem(
+                ("files", path),
+                "file-content",
+                f"file {path} has neither template nor content",
+                'add template: <name>.j2 or content: "..." (content: "" for an empty file)',
+            )
+        )
         return False, None
     if not has_template:
         return True, spec["content"]
@@ -329,38 +434,82 @@ def _file_content(path: str, spec: Mapping[str, Any], render: Callable[[str], st
 
 def _file_resource(path: str, spec: Mapping[str, Any], content: str | None) -> dict[str, Any]:
     sha = hashlib.sha256(content.encode("utf-8")).hexdigest() if content is not None else None
-    return {"type": "file", "path": path, "ensure": spec.get("ensure", "present"), "content": content, "sha256": sha,
-            "mode": normalize_mode(spec.get("mode")), "owner": spec.get("owner"), "group": spec.get("group"),
-            "notify": sorted(set(spec.get("notify") or [])), "requires": _requires(spec)}
+    return {
+        "type": "file",
+        "path": path,
+        "ensure": spec.get("ensure", "present"),
+        "content": content,
+        "sha256": sha,
+        "mode": normalize_mode(spec.get("mode")),
+        "owner": spec.get("owner"),
+        "group": spec.get("group"),
+        "notify": sorted(set(spec.get("notify") or [])),
+        "requires": _requires(spec),
+    }
 
 
 def _symlink(path: str, spec: Mapping[str, Any], problems: list[BuildProblem]) -> dict[str, Any]:
     ensure = spec.get("ensure", "present")
     target = spec.get("target") if ensure == "present" else None
     if ensure == "present" and not target:
-        problems.append(BuildProblem(("symlinks", path), "symlink-target", f"symlink {path} has no target",
-                                     "add target: /path/it/points/to, or ensure: absent"))
-    return {"type": "symlink", "path": path, "ensure": ensure, "target": target, "requires": _requires(spec)}
+        problems.append(
+            BuildProblem(
+                ("symlinks", path),
+                "symlink-target",
+                f"symlink {path} has no target",
+                "add target: /path/it/points/to, or ensure: absent",
+            )
+        )
+    return {
+        "type": "symlink",
+        "path": path,
+        "ensure": ensure,
+        "target": target,
+        "requires": _requires(spec),
+    }
 
 
 def _package(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    return {"type": "package", "name": name, "ensure": spec.get("ensure", "present"), "version": spec.get("version"),
-            "requires": _requires(spec)}
+    return {
+        "type": "package",
+        "name": name,
+        "ensure": spec.get("ensure", "present"),
+        "version": spec.get("version"),
+        "requires": _requires(spec),
+    }
 
 
 def _service(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    return {"type": "service", "name": name, "enabled": spec.get("enabled"), "state": spec.get("state"), "requires": _requires(spec)}
+    return {
+        "type": "service",
+        "name": name,
+        "enabled": spec.get("enabled"),
+        "state": spec.get("state"),
+        "requires": _requires(spec),
+    }
 
 
-def _health(name: str, spec: Mapping[str, Any], problems: list[BuildProblem]) -> dict[str, Any] | None:
+def _health(
+    name: str, spec: Mapping[str, Any], problems: list[BuildProblem]
+) -> dict[str, Any] | None:
     kinds = [k for k in HEALTH_TYPES if k in spec]
     if len(kinds) != 1:
-        problems.append(BuildProblem(("health", name), "health", f"health check {name!r} needs exactly one of "
-                                     f"{', '.join(HEALTH_TYPES)}, has {', '.join(kinds) or 'none'}",
-                                     "e.g. sshd: {tcp: 22} or chrony: {service: chronyd}"))
+        problems.append(
+            BuildProblem(
+                ("health", name),
+                "health",
+                f"health check {name!r} needs exactly one of "
+                f"{', '.join(HEALTH_TYPES)}, has {', '.join(kinds) or 'none'}",
+                "e.g. sshd: {tcp: 22} or chrony: {service: chronyd}",
+            )
+        )
         return None
     kind = kinds[0]
-    check: dict[str, Any] = {"name": name, "type": kind, "timeout_s": max(1, math.ceil(spec.get("timeout_s", DEFAULT_HEALTH_TIMEOUT_S)))}
+    check: dict[str, Any] = {
+        "name": name,
+        "type": kind,
+        "timeout_s": max(1, math.ceil(spec.get("timeout_s", DEFAULT_HEALTH_TIMEOUT_S))),
+    }
     if kind == "tcp":
         check.update(port=spec["tcp"], host=spec.get("host", "127.0.0.1"))
     elif kind == "http":

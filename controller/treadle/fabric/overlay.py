@@ -25,7 +25,17 @@ from treadle.fabric.merge import Layer, merge
 from treadle.fabric.yamlload import DELETE
 
 #: The overlay fields that merge into a node's body (``profiles`` is a directive, not data).
-BODY_KEYS = ("data", "labels", "files", "directories", "symlinks", "packages", "services", "sysctl", "health")
+BODY_KEYS = (
+    "data",
+    "labels",
+    "files",
+    "directories",
+    "symlinks",
+    "packages",
+    "services",
+    "sysctl",
+    "health",
+)
 
 
 def apply_layer(merged: dict[str, Any], layer: Layer) -> dict[str, Any]:
@@ -53,7 +63,9 @@ class Prefix:
     layers: tuple[Layer, ...]
     merged: dict[str, Any]
     applied: frozenset[str]
-    wanted: frozenset[str]  # every file this prefix reads or looked for (missing profiles too): dependency index
+    wanted: frozenset[
+        str
+    ]  # every file this prefix reads or looked for (missing profiles too): dependency index
     ok: bool
 
 
@@ -78,7 +90,12 @@ class Overlays:
     def __init__(self, layout: Layout, fabric: Any, fabric_tagged: bool, lookup: DocLookup) -> None:
         self.layout, self.lookup = layout, lookup
         defaults = fabric.get("defaults") if isinstance(fabric, dict) else None
-        self.defaults = Layer(FABRIC_FILE, ("defaults",), defaults if isinstance(defaults, dict) else {}, fabric_tagged)
+        self.defaults = Layer(
+            FABRIC_FILE,
+            ("defaults",),
+            defaults if isinstance(defaults, dict) else {},
+            fabric_tagged,
+        )
         self.findings: set[Finding] = set()
         self._prefixes: dict[tuple[str, str], Prefix] = {}
 
@@ -100,7 +117,9 @@ class Overlays:
             merged: dict[str, Any] = {}
             for layer in layers:
                 merged = apply_layer(merged, layer)
-            self._prefixes[key] = Prefix(tuple(layers), merged, frozenset(applied), frozenset(wanted), ok)
+            self._prefixes[key] = Prefix(
+                tuple(layers), merged, frozenset(applied), frozenset(wanted), ok
+            )
         return self._prefixes[key]
 
     def chain(self, node: NodeRef) -> Chain:
@@ -111,17 +130,31 @@ class Overlays:
         ok = self._file_level(node.path, applied, layers, wanted)
         entry = self.lookup(node.path)
         doc = entry[0] if entry else None
-        lifecycle = doc.get("lifecycle", DEFAULT_LIFECYCLE) if isinstance(doc, dict) else DEFAULT_LIFECYCLE
+        lifecycle = (
+            doc.get("lifecycle", DEFAULT_LIFECYCLE) if isinstance(doc, dict) else DEFAULT_LIFECYCLE
+        )
         name = f"lifecycle/{lifecycle}"
         wanted.add(profile_path(name))
         if name in self.layout.profiles:
-            ok = self._level(Layer(node.path, ("lifecycle",), {"profiles": [name]}, False), applied, layers, wanted) and ok
+            ok = (
+                self._level(
+                    Layer(node.path, ("lifecycle",), {"profiles": [name]}, False),
+                    applied,
+                    layers,
+                    wanted,
+                )
+                and ok
+            )
         merged = prefix.merged
         for layer in layers:
             merged = apply_layer(merged, layer)
-        return Chain(prefix.layers + tuple(layers), merged, frozenset(wanted), lifecycle, ok and prefix.ok)
+        return Chain(
+            prefix.layers + tuple(layers), merged, frozenset(wanted), lifecycle, ok and prefix.ok
+        )
 
-    def _file_level(self, path: str, applied: set[str], layers: list[Layer], wanted: set[str]) -> bool:
+    def _file_level(
+        self, path: str, applied: set[str], layers: list[Layer], wanted: set[str]
+    ) -> bool:
         """A site, cluster or node file: its profiles, then itself."""
         wanted.add(path)
         entry = self.lookup(path)
@@ -132,7 +165,14 @@ class Overlays:
         layers.append(layer)
         return ok
 
-    def _level(self, owner: Layer, applied: set[str], layers: list[Layer], wanted: set[str], stack: tuple[str, ...] = ()) -> bool:
+    def _level(
+        self,
+        owner: Layer,
+        applied: set[str],
+        layers: list[Layer],
+        wanted: set[str],
+        stack: tuple[str, ...] = (),
+    ) -> bool:
         """Expand ``owner``'s ``profiles:`` (recursively, each once) into ``layers``."""
         names = owner.body.get("profiles") if isinstance(owner.body, dict) else None
         ok = True
@@ -143,15 +183,29 @@ class Overlays:
             wanted.add(path)
             where = (*owner.prefix, "profiles", index)
             if name in stack:
-                cycle = " -> ".join((*stack[stack.index(name):], name))
-                self.findings.add(Finding(owner.path, where, "profile-cycle", f"profile cycle: {cycle}",
-                                          f"remove {name!r} from the profiles of {owner.path}"))
+                cycle = " -> ".join((*stack[stack.index(name) :], name))
+                self.findings.add(
+                    Finding(
+                        owner.path,
+                        where,
+                        "profile-cycle",
+                        f"profile cycle: {cycle}",
+                        f"remove {name!r} from the profiles of {owner.path}",
+                    )
+                )
                 ok = False
             elif name in applied:
                 continue
             elif name not in self.layout.profiles:
-                self.findings.add(Finding(owner.path, where, "unknown-profile", f"unknown profile {name!r}",
-                                          f"create {path} or fix the name; known: {', '.join(sorted(self.layout.profiles)) or 'none'}"))
+                self.findings.add(
+                    Finding(
+                        owner.path,
+                        where,
+                        "unknown-profile",
+                        f"unknown profile {name!r}",
+                        f"create {path} or fix the name; known: {', '.join(sorted(self.layout.profiles)) or 'none'}",
+                    )
+                )
                 ok = False
             elif (entry := self.lookup(path)) is None:
                 ok = False

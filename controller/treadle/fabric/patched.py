@@ -28,10 +28,14 @@ class Patched(Mapping[K, V]):
 
     def __init__(self, base: Mapping[K, V], patch: Mapping[K, V], gone: frozenset[K]) -> None:
         self.base, self.patch, self.gone = base, patch, gone
-        self._len = len(base) - sum(1 for k in gone if k in base) + sum(1 for k in patch if k not in base)
+        self._len = (
+            len(base) - sum(1 for k in gone if k in base) + sum(1 for k in patch if k not in base)
+        )
 
     @classmethod
-    def of(cls, mapping: Mapping[K, V], patch: Mapping[K, V], gone: Iterable[K] = ()) -> Mapping[K, V]:
+    def of(
+        cls, mapping: Mapping[K, V], patch: Mapping[K, V], gone: Iterable[K] = ()
+    ) -> Mapping[K, V]:
         """``mapping`` with ``patch`` applied and ``gone`` removed (a new object; ``mapping`` is not changed)."""
         removed = frozenset(gone)
         if isinstance(mapping, Patched):

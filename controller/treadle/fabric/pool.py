@@ -58,7 +58,11 @@ def usable_cpus() -> int:
 
 def can_fork() -> bool:
     """Whether forking a helper is safe and could help here."""
-    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1 and usable_cpus() > 1
+    return (
+        "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+        and usable_cpus() > 1
+    )
 
 
 def fork_map(jobs: Sequence[J], run: Callable[[J], R], parallel: bool = True) -> list[R]:
@@ -71,7 +75,9 @@ def fork_map(jobs: Sequence[J], run: Callable[[J], R], parallel: bool = True) ->
     """
     if not parallel or len(jobs) < 2 or not can_fork():
         return [run(job) for job in jobs]
-    claims = multiprocessing.get_context("fork").Array("q", [0, len(jobs)])  # [next from the front, end of the front]
+    claims = multiprocessing.get_context("fork").Array(
+        "q", [0, len(jobs)]
+    )  # [next from the front, end of the front]
     read_end, write_end = os.pipe()
     with contextlib.suppress(OSError):
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
@@ -130,7 +136,7 @@ def _helper(jobs: Sequence[Any], run: Callable[[Any], Any], claims: Any, out: in
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 class _Inbox:
@@ -166,7 +172,7 @@ class _Inbox:
             if len(buffer) < end:
                 break
             if length:
-                results[index] = pickle.loads(buffer[offset + size:end])
+                results[index] = pickle.loads(buffer[offset + size : end])
             offset = end
         del buffer[:offset]
 

@@ -42,23 +42,29 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from treadle_agent.contract.manifest import canonical_json, digest
-
 from treadle.errors import Diagnostic
 from treadle.fabric.cache import ParseCache, parse_bytes
 from treadle.fabric.canonical import restamped
-from treadle.fabric.checks import DEFAULT_ALLOWED_ROOTS, Finding, check_fleet, check_paths, has_special_modes, special_mode_problems
+from treadle.fabric.checks import (
+    DEFAULT_ALLOWED_ROOTS,
+    Finding,
+    check_fleet,
+    check_paths,
+    has_special_modes,
+    special_mode_problems,
+)
 from treadle.fabric.incremental import Stamped, index_of, render_changed
 from treadle.fabric.layout import FABRIC_FILE, NodeRef
 from treadle.fabric.merge import trace
 from treadle.fabric.nodemanifest import BuildProblem, Memo, build_manifest, canonical_manifest
 from treadle.fabric.overlay import Chain, Overlays
 from treadle.fabric.pool import fork_map
-from treadle.fabric.secrets import SECRET_DIR, Secret, read_secret, recipients_path
 from treadle.fabric.run import FabricRun, lifecycles, load_fabric, roles
+from treadle.fabric.secrets import SECRET_DIR, Secret, read_secret, recipients_path
 from treadle.fabric.source import Source
-from treadle.fabric.templates import ANY_TEMPLATE, TEMPLATE_DIR, Templates, TemplateProblem, feeds
+from treadle.fabric.templates import ANY_TEMPLATE, TEMPLATE_DIR, TemplateProblem, Templates, feeds
 from treadle.fabric.yamlload import plain
+from treadle_agent.contract.manifest import canonical_json, digest
 
 _EMPTY: dict[str, Any] = {}
 
@@ -89,8 +95,18 @@ class RenderedNode:
         # Half the nodes of a large render come back pickled from the forked helper
         # (treadle.fabric.pool): a constructor call pickles in a third of the time
         # of the generic state of a slotted dataclass.
-        return RenderedNode, (self.name, self.site, self.cluster, self.address, self.lifecycle, self.labels,
-                              self.manifest, self.canonical, self.digest, self.sources)
+        return RenderedNode, (
+            self.name,
+            self.site,
+            self.cluster,
+            self.address,
+            self.lifecycle,
+            self.labels,
+            self.manifest,
+            self.canonical,
+            self.digest,
+            self.sources,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +136,9 @@ class RenderResult:
     skipped: frozenset[str] = frozenset()
     #: Nodes whose file does not parse: their entry in ``lifecycles`` is the default, not a known state.
     unreadable: frozenset[str] = frozenset()
-    unchecked: frozenset[str] = frozenset()  # nodes not rendered because a file of their chain has errors
+    unchecked: frozenset[str] = (
+        frozenset()
+    )  # nodes not rendered because a file of their chain has errors
     #: When made incrementally from ``previous`` by :mod:`treadle.fabric.incremental`: the nodes rendered anew
     #: (every other node is the previous one, re-stamped). None after any other render.
     fresh: frozenset[str] | None = None
@@ -222,8 +240,14 @@ def collect_garbage() -> None:
         _frozen, _collect_all = True, False
 
 
-def _render(src: Source, cache: ParseCache, previous: RenderResult | None, changed_paths: Iterable[str] | None,
-            base: RenderResult | Source | None, scope: Scope | None) -> RenderResult:
+def _render(
+    src: Source,
+    cache: ParseCache,
+    previous: RenderResult | None,
+    changed_paths: Iterable[str] | None,
+    base: RenderResult | Source | None,
+    scope: Scope | None,
+) -> RenderResult:
     run = FabricRun(src, cache)
     fabric, fabric_tagged = load_fabric(run)
     rollout = run.load(run.layout.rollout, "rollout") if run.layout.rollout else None
@@ -233,9 +257,19 @@ def _render(src: Source, cache: ParseCache, previous: RenderResult | None, chang
     overlays = Overlays(run.layout, fabric, fabric_tagged, run.lookup)
     template_errors: dict[tuple[str, int, str, str], list[str]] = defaultdict(list)
     selected = _select(run, overlays, templates, scope) if scope is not None else None
-    nodes = _render_nodes(run, overlays, templates, fabric, _reusable(previous, changed_paths), template_errors, selected)
+    nodes = _render_nodes(
+        run,
+        overlays,
+        templates,
+        fabric,
+        _reusable(previous, changed_paths),
+        template_errors,
+        selected,
+    )
     run.findings += overlays.findings
-    unchecked = _unchecked(run, overlays, templates, fabric, fabric_tagged, nodes, selected, template_errors)
+    unchecked = _unchecked(
+        run, overlays, templates, fabric, fabric_tagged, nodes, selected, template_errors
+    )
     _report_template_errors(run, template_errors, broken_templates)
     facts = run.facts()
     run.findings += check_fleet(facts, fabric, _base_lifecycles(base, cache))
@@ -249,13 +283,17 @@ def _render(src: Source, cache: ParseCache, previous: RenderResult | None, chang
         rollout=plain(rollout[0]) if rollout else None,
         lifecycles={f.name: f.lifecycle for f in facts},
         unreadable=frozenset(f.name for f in facts if not f.lifecycle_known),
-        skipped=frozenset() if selected is None else frozenset(ref.name for ref in run.layout.nodes if ref.name not in selected),
+        skipped=frozenset()
+        if selected is None
+        else frozenset(ref.name for ref in run.layout.nodes if ref.name not in selected),
         unchecked=unchecked,
         index=index_of(run.listing, facts, nodes) if not diagnostics and selected is None else None,
     )
 
 
-def _select(run: FabricRun, overlays: Overlays, templates: Templates, scope: Scope) -> frozenset[str] | None:
+def _select(
+    run: FabricRun, overlays: Overlays, templates: Templates, scope: Scope
+) -> frozenset[str] | None:
     """The names of the nodes ``scope`` can affect (None: every node, as when fabric.yaml changed).
 
     A node is affected when one of the paths is a file its chain reads or
@@ -274,8 +312,11 @@ def _select(run: FabricRun, overlays: Overlays, templates: Templates, scope: Sco
         if ref.name in selected:
             continue
         chain = overlays.chain(ref)
-        if not chain.wanted.isdisjoint(scope.paths) or (templates_touched and _feeds(chain, templates, scope.paths)) \
-                or (secrets_touched and _reads_secret(chain, scope.paths)):
+        if (
+            not chain.wanted.isdisjoint(scope.paths)
+            or (templates_touched and _feeds(chain, templates, scope.paths))
+            or (secrets_touched and _reads_secret(chain, scope.paths))
+        ):
             selected.add(ref.name)
     return frozenset(selected)
 
@@ -326,9 +367,11 @@ def _parse_in_parallel(run: FabricRun) -> None:
     todo = run.cache.missing(paths, run.limits)
     if len(todo) < PARALLEL_MIN_NODES:
         return
-    jobs = [todo[i:i + _JOB_FILES] for i in range(0, len(todo), _JOB_FILES)]
+    jobs = [todo[i : i + _JOB_FILES] for i in range(0, len(todo), _JOB_FILES)]
     limits, src = run.limits, run.src
-    done = fork_map(jobs, lambda blobs: [(b, parse_bytes(src.read(paths[b]), limits)) for b in blobs])
+    done = fork_map(
+        jobs, lambda blobs: [(b, parse_bytes(src.read(paths[b]), limits)) for b in blobs]
+    )
     for batch in done:
         for blob, parsed in batch:
             run.cache.add_parsed(blob, limits, parsed)
@@ -345,7 +388,9 @@ def _compile_templates(run: FabricRun, templates: Templates) -> set[_TemplateKey
             templates.compiled(name)
         except TemplateProblem as e:
             broken.add((e.path, e.line, e.message, e.hint))
-            run.diagnostics.append(Diagnostic(e.path, e.line, 1 if e.line else 0, "template", e.message, e.hint))
+            run.diagnostics.append(
+                Diagnostic(e.path, e.line, 1 if e.line else 0, "template", e.message, e.hint)
+            )
     return broken
 
 
@@ -365,9 +410,15 @@ class _Batch:
     template_errors: dict[_TemplateKey, list[str]] = field(default_factory=dict)
 
 
-def _render_nodes(run: FabricRun, overlays: Overlays, templates: Templates, fabric: dict[str, Any],
-                  reuse: Mapping[str, RenderedNode], template_errors: dict[_TemplateKey, list[str]],
-                  selected: frozenset[str] | None) -> dict[str, RenderedNode]:
+def _render_nodes(
+    run: FabricRun,
+    overlays: Overlays,
+    templates: Templates,
+    fabric: dict[str, Any],
+    reuse: Mapping[str, RenderedNode],
+    template_errors: dict[_TemplateKey, list[str]],
+    selected: frozenset[str] | None,
+) -> dict[str, RenderedNode]:
     """Every node (of ``selected`` when given): reused when nothing that feeds it changed (``reuse``
     or the cache), rendered otherwise.
 
@@ -377,7 +428,9 @@ def _render_nodes(run: FabricRun, overlays: Overlays, templates: Templates, fabr
     """
     kept: dict[str, RenderedNode] = {}
     todo: list[NodeRef] = []
-    later: list[NodeRef] = []  # a name's second and further files: rendered only when the first did not render
+    later: list[
+        NodeRef
+    ] = []  # a name's second and further files: rendered only when the first did not render
     names: set[str] = set()
     for ref in run.layout.nodes:
         if selected is not None and ref.name not in selected:
@@ -390,11 +443,19 @@ def _render_nodes(run: FabricRun, overlays: Overlays, templates: Templates, fabr
         else:
             todo.append(ref)
         names.add(ref.name)
-    jobs = [todo[i:i + _JOB_NODES] for i in range(0, len(todo), _JOB_NODES)]
-    batches = fork_map(jobs, lambda refs: _render_batch(run, overlays, templates, fabric, refs, kept),
-                       parallel=len(todo) >= PARALLEL_MIN_NODES)
+    jobs = [todo[i : i + _JOB_NODES] for i in range(0, len(todo), _JOB_NODES)]
+    batches = fork_map(
+        jobs,
+        lambda refs: _render_batch(run, overlays, templates, fabric, refs, kept),
+        parallel=len(todo) >= PARALLEL_MIN_NODES,
+    )
     rendered: dict[str, RenderedNode | None] = {}
-    for batch in _with_duplicates(batches, later, kept, lambda refs: _render_batch(run, overlays, templates, fabric, refs, kept)):
+    for batch in _with_duplicates(
+        batches,
+        later,
+        kept,
+        lambda refs: _render_batch(run, overlays, templates, fabric, refs, kept),
+    ):
         run.findings += batch.findings
         overlays.findings |= batch.overlay_findings
         for key, failed in batch.template_errors.items():
@@ -413,10 +474,16 @@ def _render_nodes(run: FabricRun, overlays: Overlays, templates: Templates, fabr
     return nodes
 
 
-def _with_duplicates(batches: list[_Batch], later: list[NodeRef], kept: Mapping[str, RenderedNode],
-                     render: Callable[[list[NodeRef]], _Batch]) -> Iterator[_Batch]:
+def _with_duplicates(
+    batches: list[_Batch],
+    later: list[NodeRef],
+    kept: Mapping[str, RenderedNode],
+    render: Callable[[list[NodeRef]], _Batch],
+) -> Iterator[_Batch]:
     """The batches, then each duplicate-name file whose name nothing rendered yet (in file order)."""
-    done = set(kept) | {ref.name for batch in batches for ref, node in batch.nodes if node is not None}
+    done = set(kept) | {
+        ref.name for batch in batches for ref, node in batch.nodes if node is not None
+    }
     yield from batches
     for ref in later:
         if ref.name not in done:
@@ -426,8 +493,14 @@ def _with_duplicates(batches: list[_Batch], later: list[NodeRef], kept: Mapping[
             yield batch
 
 
-def _render_batch(run: FabricRun, overlays: Overlays, templates: Templates, fabric: dict[str, Any],
-                  refs: list[NodeRef], kept: Mapping[str, RenderedNode]) -> _Batch:
+def _render_batch(
+    run: FabricRun,
+    overlays: Overlays,
+    templates: Templates,
+    fabric: dict[str, Any],
+    refs: list[NodeRef],
+    kept: Mapping[str, RenderedNode],
+) -> _Batch:
     """Render ``refs`` (the nodes not reused), collecting what they report into a batch of their own.
 
     A node whose name was reused is skipped (a duplicate-name file whose
@@ -440,25 +513,37 @@ def _render_batch(run: FabricRun, overlays: Overlays, templates: Templates, fabr
     try:
         for ref in refs:
             if ref.name not in kept:
-                batch.nodes.append((ref, _render_node(run, overlays, templates, ref, fabric, errors)))
+                batch.nodes.append(
+                    (ref, _render_node(run, overlays, templates, ref, fabric, errors))
+                )
     finally:
         run.findings, overlays.findings = saved
     batch.template_errors = dict(errors)
     return batch
 
 
-def _report_template_errors(run: FabricRun, errors: dict[_TemplateKey, list[str]], broken: set[_TemplateKey]) -> None:
+def _report_template_errors(
+    run: FabricRun, errors: dict[_TemplateKey, list[str]], broken: set[_TemplateKey]
+) -> None:
     """One diagnostic per template error, naming the first node it broke and how many more."""
     for key, names in errors.items():
         if key in broken:
             continue  # a compile error, already reported once
         path, line, message, hint = key
         who = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} other nodes"
-        run.diagnostics.append(Diagnostic(path, line, 1, "template", f"{message} (rendering {who})", hint))
+        run.diagnostics.append(
+            Diagnostic(path, line, 1, "template", f"{message} (rendering {who})", hint)
+        )
 
 
-def _render_node(run: FabricRun, overlays: Overlays, templates: Templates, ref: NodeRef, fabric: dict[str, Any],
-                 template_errors: dict[_TemplateKey, list[str]]) -> RenderedNode | None:
+def _render_node(
+    run: FabricRun,
+    overlays: Overlays,
+    templates: Templates,
+    ref: NodeRef,
+    fabric: dict[str, Any],
+    template_errors: dict[_TemplateKey, list[str]],
+) -> RenderedNode | None:
     entry = run.lookup(ref.path)
     if entry is None:
         return None
@@ -467,9 +552,19 @@ def _render_node(run: FabricRun, overlays: Overlays, templates: Templates, ref: 
         return None
     doc = entry[0]
     labels = chain.merged.get("labels") or _EMPTY
-    identity = {"name": ref.name, "site": ref.site, "cluster": ref.cluster, "address": doc["address"],
-                "lifecycle": chain.lifecycle, "labels": labels, "commit": run.src.commit, "identity": doc.get("identity")}
-    context = {k: identity[k] for k in ("name", "site", "cluster", "address", "labels", "lifecycle")}
+    identity = {
+        "name": ref.name,
+        "site": ref.site,
+        "cluster": ref.cluster,
+        "address": doc["address"],
+        "lifecycle": chain.lifecycle,
+        "labels": labels,
+        "commit": run.src.commit,
+        "identity": doc.get("identity"),
+    }
+    context = {
+        k: identity[k] for k in ("name", "site", "cluster", "address", "labels", "lifecycle")
+    }
     data = chain.merged.get("data", _EMPTY)
     used: set[str] = set()
 
@@ -483,10 +578,14 @@ def _render_node(run: FabricRun, overlays: Overlays, templates: Templates, ref: 
 
     used_secrets: set[str] = set()
     problems: list[BuildProblem] = []
-    manifest = build_manifest(identity, fabric.get("name", ""), chain.merged, render, problems, run.memo, secret)
+    manifest = build_manifest(
+        identity, fabric.get("name", ""), chain.merged, render, problems, run.memo, secret
+    )
     special = (fabric.get("policy") or {}).get("special_modes") or ()
     problems += special_mode_problems(manifest["resources"], special)
-    if special and has_special_modes(manifest["resources"]):  # the agent checks again; other manifests stay as they were
+    if special and has_special_modes(
+        manifest["resources"]
+    ):  # the agent checks again; other manifests stay as they were
         manifest["metadata"]["special_modes"] = list(special)
     for p in problems:
         if p.at is not None:
@@ -497,20 +596,44 @@ def _render_node(run: FabricRun, overlays: Overlays, templates: Templates, ref: 
         return None
     canonical = canonical_manifest(manifest, run.memo)
     if len(canonical) > run.limits.max_rendered_bytes:
-        run.findings.append(Finding(ref.path, (), "too-large", f"the rendered manifest is {len(canonical)} bytes, more than "
-                                    f"limits.max_rendered_bytes {run.limits.max_rendered_bytes}",
-                                    "move large content out of the manifest, or raise limits.max_rendered_bytes in fabric.yaml"))
+        run.findings.append(
+            Finding(
+                ref.path,
+                (),
+                "too-large",
+                f"the rendered manifest is {len(canonical)} bytes, more than "
+                f"limits.max_rendered_bytes {run.limits.max_rendered_bytes}",
+                "move large content out of the manifest, or raise limits.max_rendered_bytes in fabric.yaml",
+            )
+        )
         return None
     sources = set(chain.wanted) | used_secrets
     for name in used:
         sources |= templates.dependencies(name)
-    return RenderedNode(ref.name, ref.site, ref.cluster, doc["address"], chain.lifecycle, manifest["metadata"]["labels"],
-                        manifest, canonical, digest(canonical), tuple(sorted(sources)))
+    return RenderedNode(
+        ref.name,
+        ref.site,
+        ref.cluster,
+        doc["address"],
+        chain.lifecycle,
+        manifest["metadata"]["labels"],
+        manifest,
+        canonical,
+        digest(canonical),
+        tuple(sorted(sources)),
+    )
 
 
-def _unchecked(run: FabricRun, overlays: Overlays, templates: Templates, fabric: dict[str, Any], fabric_tagged: bool,
-               nodes: Mapping[str, RenderedNode], selected: frozenset[str] | None,
-               template_errors: dict[_TemplateKey, list[str]]) -> frozenset[str]:
+def _unchecked(
+    run: FabricRun,
+    overlays: Overlays,
+    templates: Templates,
+    fabric: dict[str, Any],
+    fabric_tagged: bool,
+    nodes: Mapping[str, RenderedNode],
+    selected: frozenset[str] | None,
+    template_errors: dict[_TemplateKey, list[str]],
+) -> frozenset[str]:
     """The nodes not rendered because a file of their chain has errors, named and counted per shared file.
 
     One error in a shared profile must not hide the others: each such node is
@@ -522,40 +645,76 @@ def _unchecked(run: FabricRun, overlays: Overlays, templates: Templates, fabric:
     by_file: dict[str, list[str]] = defaultdict(list)
     names: set[str] = set()
     for ref in run.layout.nodes:
-        if ref.name in nodes or ref.name in names or (selected is not None and ref.name not in selected):
+        if (
+            ref.name in nodes
+            or ref.name in names
+            or (selected is not None and ref.name not in selected)
+        ):
             continue
         chain = overlays.chain(ref)
         if chain.ok:
             continue  # rendered and refused for its own problems, reported already
         names.add(ref.name)
-        broken = sorted(p for p in chain.wanted if p != ref.path and p in run.roles and run.lookup(p) is None)
+        broken = sorted(
+            p for p in chain.wanted if p != ref.path and p in run.roles and run.lookup(p) is None
+        )
         if broken:
             by_file[broken[0]].append(ref.name)
         loose = lenient.chain(ref)
         if loose.ok:
             _look_for_template_errors(run, templates, ref, loose, fabric, template_errors)
     for path, failed in by_file.items():
-        shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
-        run.diagnostics.append(Diagnostic(path, 1, 1, "unchecked", f"{len(failed)} node(s) use this file and were not "
-                                          f"rendered or checked because it has errors: {shown}",
-                                          "fix the errors reported for this file and validate again"))
+        shown = ", ".join(failed[:10]) + (
+            f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+        )
+        run.diagnostics.append(
+            Diagnostic(
+                path,
+                1,
+                1,
+                "unchecked",
+                f"{len(failed)} node(s) use this file and were not "
+                f"rendered or checked because it has errors: {shown}",
+                "fix the errors reported for this file and validate again",
+            )
+        )
     return frozenset(names)
 
 
-def _look_for_template_errors(run: FabricRun, templates: Templates, ref: NodeRef, chain: Chain, fabric: dict[str, Any],
-                              template_errors: dict[_TemplateKey, list[str]]) -> None:
+def _look_for_template_errors(
+    run: FabricRun,
+    templates: Templates,
+    ref: NodeRef,
+    chain: Chain,
+    fabric: dict[str, Any],
+    template_errors: dict[_TemplateKey, list[str]],
+) -> None:
     entry = run.lookup_lenient(ref.path)
     if entry is None or not isinstance(entry[0], dict):
         return
     data = chain.merged.get("data", _EMPTY)
-    context = {"name": ref.name, "site": ref.site, "cluster": ref.cluster, "address": entry[0].get("address"),
-               "labels": chain.merged.get("labels") or _EMPTY, "lifecycle": chain.lifecycle}
+    context = {
+        "name": ref.name,
+        "site": ref.site,
+        "cluster": ref.cluster,
+        "address": entry[0].get("address"),
+        "labels": chain.merged.get("labels") or _EMPTY,
+        "lifecycle": chain.lifecycle,
+    }
     identity = {**context, "commit": run.src.commit}
     problems: list[BuildProblem] = []
     try:
-        build_manifest(identity, fabric.get("name", ""), chain.merged, lambda name: templates.render(name, data, context),
-                       problems, Memo())
-    except Exception:  # a schema-invalid document may trip the builder anywhere: its schema errors are reported
+        build_manifest(
+            identity,
+            fabric.get("name", ""),
+            chain.merged,
+            lambda name: templates.render(name, data, context),
+            problems,
+            Memo(),
+        )
+    except (
+        Exception
+    ):  # a schema-invalid document may trip the builder anywhere: its schema errors are reported
         return
     for p in problems:
         if p.at is not None:
@@ -567,11 +726,15 @@ def _locate_problem(chain: Chain, ref: NodeRef, p: BuildProblem) -> Finding:
     settings = trace(chain.layers, p.keypath)
     if settings:
         winner = settings[0]
-        return Finding(winner.layer.path, winner.keypath, p.code, f"{p.message} (node {ref.name})", p.hint)
+        return Finding(
+            winner.layer.path, winner.keypath, p.code, f"{p.message} (node {ref.name})", p.hint
+        )
     return Finding(ref.path, (), p.code, f"{p.message} (node {ref.name})", p.hint)
 
 
-def _reusable(previous: RenderResult | None, changed: Iterable[str] | None) -> dict[str, RenderedNode]:
+def _reusable(
+    previous: RenderResult | None, changed: Iterable[str] | None
+) -> dict[str, RenderedNode]:
     """Nodes of ``previous`` that no changed path feeds."""
     if previous is None or changed is None:
         return {}
@@ -581,9 +744,13 @@ def _reusable(previous: RenderResult | None, changed: Iterable[str] | None) -> d
     stale: set[str] = set()
     for path in changed:
         stale |= previous.deps.get(path, frozenset())
-        if path.startswith(TEMPLATE_DIR):  # nodes whose templates compute what they include: any template feeds them
+        if path.startswith(
+            TEMPLATE_DIR
+        ):  # nodes whose templates compute what they include: any template feeds them
             stale |= previous.deps.get(ANY_TEMPLATE, frozenset())
-    nodes = previous.nodes.raw if isinstance(previous.nodes, Stamped) else previous.nodes  # as rendered: re-stamped once, below
+    nodes = (
+        previous.nodes.raw if isinstance(previous.nodes, Stamped) else previous.nodes
+    )  # as rendered: re-stamped once, below
     return {name: node for name, node in nodes.items() if name not in stale}
 
 
@@ -602,11 +769,23 @@ def restamp(node: RenderedNode, commit: str | None) -> RenderedNode:
     canonical = restamped(node.canonical, old, commit)
     if canonical is None:
         canonical = canonical_json(manifest)
-    return RenderedNode(node.name, node.site, node.cluster, node.address, node.lifecycle, node.labels, manifest, canonical,
-                        digest(canonical), node.sources)
+    return RenderedNode(
+        node.name,
+        node.site,
+        node.cluster,
+        node.address,
+        node.lifecycle,
+        node.labels,
+        manifest,
+        canonical,
+        digest(canonical),
+        node.sources,
+    )
 
 
-def _base_lifecycles(base: RenderResult | Source | None, cache: ParseCache) -> dict[str, str] | None:
+def _base_lifecycles(
+    base: RenderResult | Source | None, cache: ParseCache
+) -> dict[str, str] | None:
     """Each node's lifecycle state in the base revision (only node files are read: nothing is rendered)."""
     if base is None:
         return None
@@ -641,7 +820,13 @@ def secret_receivers(src: Source) -> tuple[dict[str, list[tuple[str, str | None]
             continue
         node_identity = entry[0].get("identity")  # type: ignore[index]
         for spec in (chain.merged.get("files") or _EMPTY).values():
-            if isinstance(spec, Mapping) and isinstance(spec.get("secret"), str) and spec.get("ensure", "present") == "present":
+            if (
+                isinstance(spec, Mapping)
+                and isinstance(spec.get("secret"), str)
+                and spec.get("ensure", "present") == "present"
+            ):
                 if (ref.name, node_identity) not in out[spec["secret"]]:
-                    out[spec["secret"]].append((ref.name, node_identity if isinstance(node_identity, str) else None))
+                    out[spec["secret"]].append(
+                        (ref.name, node_identity if isinstance(node_identity, str) else None)
+                    )
     return dict(out), plain(fabric)

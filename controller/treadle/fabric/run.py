@@ -16,7 +16,13 @@ from typing import Any
 
 from treadle.errors import Diagnostic
 from treadle.fabric.cache import ParseCache
-from treadle.fabric.checks import DEFAULT_LIFECYCLE, PATH_SECTIONS, Finding, NodeFacts, schema_finding
+from treadle.fabric.checks import (
+    DEFAULT_LIFECYCLE,
+    PATH_SECTIONS,
+    Finding,
+    NodeFacts,
+    schema_finding,
+)
 from treadle.fabric.layout import FABRIC_FILE, Layout, NodeRef, classify
 from treadle.fabric.locate import locate_in
 from treadle.fabric.merge import get_path
@@ -24,12 +30,24 @@ from treadle.fabric.nodemanifest import Memo
 from treadle.fabric.source import Source
 from treadle.fabric.yamlload import Limits, plain
 
-_SCHEMAS = {"fabric": "fabric.json", "rollout": "rollout.json", "profile": "profile.json", "site": "site.json",
-            "cluster": "cluster.json", "node": "node.json"}
-_PLACES = {"Node": "sites/<site>/<cluster>/nodes/<node>.yaml", "Cluster": "sites/<site>/<cluster>/cluster.yaml",
-           "Site": "sites/<site>/site.yaml", "Profile": "profiles/<name>.yaml", "Fabric": "fabric.yaml",
-           "RolloutPolicy": "rollout.yaml"}
+_SCHEMAS = {
+    "fabric": "fabric.json",
+    "rollout": "rollout.json",
+    "profile": "profile.json",
+    "site": "site.json",
+    "cluster": "cluster.json",
+    "node": "node.json",
+}
+_PLACES = {
+    "Node": "sites/<site>/<cluster>/nodes/<node>.yaml",
+    "Cluster": "sites/<site>/<cluster>/cluster.yaml",
+    "Site": "sites/<site>/site.yaml",
+    "Profile": "profiles/<name>.yaml",
+    "Fabric": "fabric.yaml",
+    "RolloutPolicy": "rollout.yaml",
+}
 _UNEXPECTED = re.compile(r"\('([^']+)' (?:was|were) unexpected\)")
+
 
 @dataclass(frozen=True)
 class Listing:
@@ -60,12 +78,23 @@ class FabricRun:
         self.layout: Layout = self.listing.layout
         self.findings: list[Finding] = []
         self.diagnostics: list[Diagnostic] = list(self.layout.problems)
-        self.diagnostics += (Diagnostic(p.path, 0, 0, p.kind, f"{p.kind} in the fabric repository: {p.detail}", _PROBLEM_HINT[p.kind])
-                             for p in src.problems())
+        self.diagnostics += (
+            Diagnostic(
+                p.path,
+                0,
+                0,
+                p.kind,
+                f"{p.kind} in the fabric repository: {p.detail}",
+                _PROBLEM_HINT[p.kind],
+            )
+            for p in src.problems()
+        )
         self.limits = Limits()
         self.docs: dict[str, tuple[Any, bool] | None] = {}  # usable (valid) documents
         self.parsed: dict[str, Any] = {}  # every document that parsed, valid or not
-        self.invalid: dict[str, tuple[Any, bool]] = {}  # documents that parsed but break their schema
+        self.invalid: dict[
+            str, tuple[Any, bool]
+        ] = {}  # documents that parsed but break their schema
         self.roles = self.listing.roles
         self.memo = Memo()
 
@@ -89,11 +118,24 @@ class FabricRun:
             self.invalid[path] = (parsed.doc, parsed.tagged)
         return self.docs[path]
 
-    def _schema_finding(self, path: str, keypath: tuple[Any, ...], message: str, doc: Any) -> Finding:
+    def _schema_finding(
+        self, path: str, keypath: tuple[Any, ...], message: str, doc: Any
+    ) -> Finding:
         value, _ = get_path(plain(doc), keypath)
-        if isinstance(value, dict) and "template" in value and "content" in value and len(keypath) >= 2 and keypath[-2] == "files":
-            return Finding(path, keypath, "file-content", f"file {keypath[-1]} has both template and content",
-                           "keep one of them")
+        if (
+            isinstance(value, dict)
+            and "template" in value
+            and "content" in value
+            and len(keypath) >= 2
+            and keypath[-2] == "files"
+        ):
+            return Finding(
+                path,
+                keypath,
+                "file-content",
+                f"file {keypath[-1]} has both template and content",
+                "keep one of them",
+            )
         extra = _UNEXPECTED.search(message)
         finding = schema_finding(path, keypath, message, value)
         return replace(finding, keypath=(*keypath, extra.group(1))) if extra else finding
@@ -101,11 +143,21 @@ class FabricRun:
     def check_stray(self) -> None:
         """Report top-level YAML files that are fabric documents in the wrong place."""
         for path in self.layout.stray:
-            doc = self.cache.parse(self.entries[path], lambda p=path: self.src.read(p), self.limits).doc  # type: ignore[misc]
+            doc = self.cache.parse(
+                self.entries[path], lambda p=path: self.src.read(p), self.limits  # type: ignore[misc]
+            ).doc
             kind = doc.get("kind") if isinstance(doc, dict) else None
             if kind in _PLACES:
-                self.diagnostics.append(Diagnostic(path, 0, 0, "misplaced", f"a {kind} file at the top level is not part of the fabric",
-                                                   f"move it to {_PLACES[kind]}"))
+                self.diagnostics.append(
+                    Diagnostic(
+                        path,
+                        0,
+                        0,
+                        "misplaced",
+                        f"a {kind} file at the top level is not part of the fabric",
+                        f"move it to {_PLACES[kind]}",
+                    )
+                )
 
     def facts(self) -> list[NodeFacts]:
         """What the fleet checks need of every node file, usable or not (address, lifecycle state)."""
@@ -116,7 +168,9 @@ class FabricRun:
         entry = self.lookup(ref.path)
         readable = True
         if entry is None:
-            parsed = self.cache.parse(self.entries[ref.path], lambda p=ref.path: self.src.read(p), self.limits)  # type: ignore[misc]
+            parsed = self.cache.parse(
+                self.entries[ref.path], lambda p=ref.path: self.src.read(p), self.limits  # type: ignore[misc]
+            )
             readable = isinstance(parsed.doc, dict)
             doc = parsed.doc if readable else {}
         else:
@@ -126,7 +180,9 @@ class FabricRun:
         known = readable and isinstance(lifecycle, str)
         state = lifecycle if known else DEFAULT_LIFECYCLE
         node_identity = doc.get("identity") if isinstance(doc.get("identity"), str) else None
-        return NodeFacts(ref.name, ref.site, ref.cluster, ref.path, address, state, known, node_identity)
+        return NodeFacts(
+            ref.name, ref.site, ref.cluster, ref.path, address, state, known, node_identity
+        )
 
     def lookup(self, path: str) -> tuple[Any, bool] | None:
         """The loaded document of a fabric file (loaded now if it was not yet), None when unusable."""
@@ -161,8 +217,16 @@ _PROBLEM_HINT = {
 def load_fabric(run: FabricRun) -> tuple[dict[str, Any], bool]:
     """Load fabric.yaml first (its limits apply to every other file): (document or {}, tagged)."""
     if run.layout.fabric is None:
-        run.diagnostics.append(Diagnostic(FABRIC_FILE, 0, 0, "missing-fabric", "fabric.yaml is missing",
-                                          "run `treadle init DIR` for a new fabric, or create fabric.yaml with kind: Fabric and name"))
+        run.diagnostics.append(
+            Diagnostic(
+                FABRIC_FILE,
+                0,
+                0,
+                "missing-fabric",
+                "fabric.yaml is missing",
+                "run `treadle init DIR` for a new fabric, or create fabric.yaml with kind: Fabric and name",
+            )
+        )
         return {}, False
     entry = run.load(FABRIC_FILE, "fabric")
     if entry is None or not isinstance(entry[0], dict):

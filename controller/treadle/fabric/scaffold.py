@@ -42,9 +42,13 @@ def _template_root() -> Traversable:
         return resources.files("treadle_template")
     except (NotADirectoryError, ModuleNotFoundError, TypeError):
         spec = importlib.util.find_spec("treadle_template")
-        dirs = [p for p in (spec.submodule_search_locations or []) if os.path.isdir(p)] if spec else []
+        dirs = (
+            [p for p in (spec.submodule_search_locations or []) if os.path.isdir(p)] if spec else []
+        )
         if not dirs:
-            raise UsageError("the fabric template (package treadle_template) is not installed") from None
+            raise UsageError(
+                "the fabric template (package treadle_template) is not installed"
+            ) from None
         return Path(dirs[0])
 
 
@@ -65,11 +69,22 @@ def _git_init(target: Path, warn: Callable[[str], None]) -> bool:
     if git is None:
         return False
     env = dict(os.environ)
-    if subprocess.run([git, "config", "user.email"], cwd=target, capture_output=True).returncode != 0:
-        env.update(GIT_AUTHOR_NAME="Treadle", GIT_AUTHOR_EMAIL="treadle@localhost",
-                   GIT_COMMITTER_NAME="Treadle", GIT_COMMITTER_EMAIL="treadle@localhost")
-    steps = ([git, "init", "-q"], [git, "symbolic-ref", "HEAD", "refs/heads/main"], [git, "add", "-A"],
-             [git, "commit", "-q", "-m", "New fabric from the Treadle template"])
+    if (
+        subprocess.run([git, "config", "user.email"], cwd=target, capture_output=True).returncode
+        != 0
+    ):
+        env.update(
+            GIT_AUTHOR_NAME="Treadle",
+            GIT_AUTHOR_EMAIL="treadle@localhost",
+            GIT_COMMITTER_NAME="Treadle",
+            GIT_COMMITTER_EMAIL="treadle@localhost",
+        )
+    steps = (
+        [git, "init", "-q"],
+        [git, "symbolic-ref", "HEAD", "refs/heads/main"],
+        [git, "add", "-A"],
+        [git, "commit", "-q", "-m", "New fabric from the Treadle template"],
+    )
     for step in steps:
         done = subprocess.run(step, cwd=target, env=env, capture_output=True, text=True)
         if done.returncode != 0:

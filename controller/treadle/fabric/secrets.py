@@ -53,16 +53,29 @@ def parse_ciphertext(name: str, data: bytes) -> bytes:
     stripped = data.strip()
     if stripped.startswith(ARMOR_BEGIN):
         if not stripped.endswith(ARMOR_END):
-            raise SecretFileError(name, 0, "the armored age file has no END line", "encrypt it again with treadle secret encrypt")
-        body = b"".join(stripped[len(ARMOR_BEGIN):-len(ARMOR_END)].split())
+            raise SecretFileError(
+                name,
+                0,
+                "the armored age file has no END line",
+                "encrypt it again with treadle secret encrypt",
+            )
+        body = b"".join(stripped[len(ARMOR_BEGIN) : -len(ARMOR_END)].split())
         try:
             data = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError) as e:
-            raise SecretFileError(name, 0, "the armored age file is not valid base64",
-                                  "encrypt it again with treadle secret encrypt") from e
+            raise SecretFileError(
+                name,
+                0,
+                "the armored age file is not valid base64",
+                "encrypt it again with treadle secret encrypt",
+            ) from e
     if not data.startswith(AGE_MAGIC):
-        raise SecretFileError(name, 1, "not an age file (no age-encryption.org/v1 header)",
-                              "encrypt it with treadle secret encrypt; never commit the plaintext")
+        raise SecretFileError(
+            name,
+            1,
+            "not an age file (no age-encryption.org/v1 header)",
+            "encrypt it with treadle secret encrypt; never commit the plaintext",
+        )
     return data
 
 
@@ -70,7 +83,9 @@ def parse_recipients(path: str, text: bytes) -> tuple[str, ...]:
     """The recipients of a recipients file, in order, without repeats."""
     out: list[str] = []
     try:
-        lines = text.decode("utf-8").split("\n")  # lines as git and editors count them (not str.splitlines: \f, \x1c...)
+        lines = text.decode("utf-8").split(
+            "\n"
+        )  # lines as git and editors count them (not str.splitlines: \f, \x1c...)
     except UnicodeDecodeError as e:
         raise SecretFileError(path, 0, "not UTF-8 text", "one age1... recipient a line") from e
     for number, line in enumerate(lines, start=1):
@@ -78,12 +93,18 @@ def parse_recipients(path: str, text: bytes) -> tuple[str, ...]:
         if not line or line.startswith("#"):
             continue
         if not RECIPIENT.fullmatch(line):
-            raise SecretFileError(path, number, "not an age X25519 recipient (age1... and 58 characters)",
-                                  "one recipient a line, as treadle-agent enroll printed it; # starts a comment")
+            raise SecretFileError(
+                path,
+                number,
+                "not an age X25519 recipient (age1... and 58 characters)",
+                "one recipient a line, as treadle-agent enroll printed it; # starts a comment",
+            )
         if line not in out:
             out.append(line)
     if not out:
-        raise SecretFileError(path, 0, "lists no recipient", "run treadle secret rekey, or encrypt the secret again")
+        raise SecretFileError(
+            path, 0, "lists no recipient", "run treadle secret rekey, or encrypt the secret again"
+        )
     return tuple(out)
 
 
@@ -106,6 +127,12 @@ def read_secret(src: _Readable, name: str) -> Secret:
     entries = entries_of(src)  # once per secret per node: never a copy of the listing
     for path in (name, rpath):
         if path not in entries:
-            raise SecretFileError(path, 0, "is not in the fabric repository",
-                                  "create it with treadle secret encrypt (the ciphertext and its .recipients)")
-    return Secret(name, parse_ciphertext(name, src.read(name)), parse_recipients(rpath, src.read(rpath)))
+            raise SecretFileError(
+                path,
+                0,
+                "is not in the fabric repository",
+                "create it with treadle secret encrypt (the ciphertext and its .recipients)",
+            )
+    return Secret(
+        name, parse_ciphertext(name, src.read(name)), parse_recipients(rpath, src.read(rpath))
+    )

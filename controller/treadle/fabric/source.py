@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol, cast
@@ -94,12 +94,16 @@ class WorkTreeSource:
             if entry.name == ".git":
                 continue  # the repository's own data (a directory, or a file in worktrees and submodules)
             if entry.is_symlink():
-                self._problems.append(SourceProblem(rel, "symlink", f"symlink to {os.readlink(entry.path)}"))
+                self._problems.append(
+                    SourceProblem(rel, "symlink", f"symlink to {os.readlink(entry.path)}")
+                )
             elif entry.is_dir():
                 if entry.name in SKIPPED_DIRS:
                     continue
                 if os.path.exists(os.path.join(entry.path, ".git")):
-                    self._problems.append(SourceProblem(rel, "submodule", "a nested git repository (submodule)"))
+                    self._problems.append(
+                        SourceProblem(rel, "submodule", "a nested git repository (submodule)")
+                    )
                     continue
                 self._walk(entry.path, rel + "/")
             elif entry.is_file():
@@ -148,7 +152,9 @@ def _read_file(path: str) -> bytes | int:
             return size
         chunks = [os.read(fd, size + 1)]
         total = len(chunks[0])
-        while chunks[-1] and total <= HARD_MAX_FILE_BYTES:  # to the end, as read() does, whatever fstat said
+        while (
+            chunks[-1] and total <= HARD_MAX_FILE_BYTES
+        ):  # to the end, as read() does, whatever fstat said
             chunks.append(os.read(fd, 1 << 20))
             total += len(chunks[-1])
     finally:
@@ -189,7 +195,13 @@ def _tree(repo: pygit2.Repository, oid: pygit2.Oid) -> pygit2.Tree:
     return cast(pygit2.Tree, repo[oid])
 
 
-def _diff_trees(repo: pygit2.Repository, a: pygit2.Tree | None, b: pygit2.Tree | None, prefix: str, out: set[str]) -> None:
+def _diff_trees(
+    repo: pygit2.Repository,
+    a: pygit2.Tree | None,
+    b: pygit2.Tree | None,
+    prefix: str,
+    out: set[str],
+) -> None:
     left = {e.name or "": e for e in a} if a is not None else {}
     right = {e.name or "": e for e in b} if b is not None else {}
     for name in left.keys() | right.keys():
@@ -227,7 +239,10 @@ def _prefix_in(repo: pygit2.Repository, given: object) -> str:
     """``sub/dir/`` when ``given`` is a path below the work tree's root, else ``""``."""
     if isinstance(given, pygit2.Repository) or repo.workdir is None:
         return ""
-    rel = os.path.relpath(os.path.realpath(os.fspath(cast("str | os.PathLike[str]", given))), os.path.realpath(repo.workdir))
+    rel = os.path.relpath(
+        os.path.realpath(os.fspath(cast("str | os.PathLike[str]", given))),
+        os.path.realpath(repo.workdir),
+    )
     return "" if rel == "." else rel.replace(os.sep, "/") + "/"
 
 
@@ -256,14 +271,18 @@ class GitRevisionSource:
             try:
                 tree = self.repo[tree[self.prefix.rstrip("/")].id].peel(pygit2.Tree)
             except (KeyError, ValueError, pygit2.GitError) as e:
-                raise UsageError(f"{self.prefix.rstrip('/')}: not a directory in revision {rev}") from e
+                raise UsageError(
+                    f"{self.prefix.rstrip('/')}: not a directory in revision {rev}"
+                ) from e
         walked: dict[str, str] = {}
         self._problems: list[SourceProblem] = []
         self._walk(tree, "", walked)
         self._entries: Mapping[str, str] = walked
 
     @classmethod
-    def derived(cls, base: GitRevisionSource, rev: str, changed: set[str] | frozenset[str]) -> GitRevisionSource | None:
+    def derived(
+        cls, base: GitRevisionSource, rev: str, changed: set[str] | frozenset[str]
+    ) -> GitRevisionSource | None:
         """The source of ``rev`` made from ``base`` (an earlier revision's source) and the paths that differ
         between the two (``changed``, from a tree diff): only those paths are looked up in the new tree.
 
@@ -312,7 +331,9 @@ class GitRevisionSource:
             elif mode == _GIT_SYMLINK:
                 self._problems.append(SourceProblem(rel, "symlink", "symlink blob"))
             elif mode == _GIT_GITLINK:
-                self._problems.append(SourceProblem(rel, "submodule", f"submodule at commit {entry.id}"))
+                self._problems.append(
+                    SourceProblem(rel, "submodule", f"submodule at commit {entry.id}")
+                )
             else:
                 into[rel] = str(entry.id)
 
@@ -321,7 +342,9 @@ class GitRevisionSource:
 
     def entries_view(self) -> Mapping[str, str]:
         """:meth:`entries` without the copy, read-only (the listing never changes)."""
-        return self._entries if isinstance(self._entries, Patched) else MappingProxyType(self._entries)
+        return (
+            self._entries if isinstance(self._entries, Patched) else MappingProxyType(self._entries)
+        )
 
     def read(self, path: str) -> bytes:
         try:

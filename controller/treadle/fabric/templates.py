@@ -77,7 +77,9 @@ class TemplateProblem(Exception):
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     code: Any
-    references: tuple[str | None, ...]  # templates it includes/imports/extends; None = computed at render time
+    references: tuple[
+        str | None, ...
+    ]  # templates it includes/imports/extends; None = computed at render time
     uses_node: bool
     #: ``node`` appears only as printed members (``{{ node.address }}``) and nothing is included: spliceable.
     prints_node_only: bool = False
@@ -96,10 +98,20 @@ def template_path(name: str) -> str:
     Raises:
         TemplateProblem: the name is absolute, not normalized or leaves templates/.
     """
-    if (not name or "\x00" in name or "\\" in name or name.startswith("/")
-            or posixpath.normpath(name) != name or ".." in name.split("/")):
-        raise TemplateProblem(TEMPLATE_DIR + name, 0, f"template name {name!r} leaves templates/",
-                              "name templates relative to templates/, e.g. chrony.conf.j2")
+    if (
+        not name
+        or "\x00" in name
+        or "\\" in name
+        or name.startswith("/")
+        or posixpath.normpath(name) != name
+        or ".." in name.split("/")
+    ):
+        raise TemplateProblem(
+            TEMPLATE_DIR + name,
+            0,
+            f"template name {name!r} leaves templates/",
+            "name templates relative to templates/, e.g. chrony.conf.j2",
+        )
     return TEMPLATE_DIR + name
 
 
@@ -113,8 +125,10 @@ _CONDITION_FILTER = "treadle_condition"
 def _condition(value: Any) -> Any:
     """The value of a condition, unless it is text: ``{% if "no" %}`` would be true."""
     if isinstance(value, str):
-        raise ConditionError(f"the text {value[:40]!r} is used as a condition: any non-empty text is true, "
-                             "even 'no' or 'false'")
+        raise ConditionError(
+            f"the text {value[:40]!r} is used as a condition: any non-empty text is true, "
+            "even 'no' or 'false'"
+        )
     return value
 
 
@@ -145,7 +159,9 @@ class _SourceLoader(jinja2.BaseLoader):
     def __init__(self, templates: Templates) -> None:
         self.templates = templates
 
-    def load(self, environment: jinja2.Environment, name: str, globals: Any = None) -> jinja2.Template:
+    def load(
+        self, environment: jinja2.Environment, name: str, globals: Any = None
+    ) -> jinja2.Template:
         try:
             compiled = self.templates.compiled(name)
         except TemplateProblem as e:
@@ -172,9 +188,17 @@ class _FabricSandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > self.max_result_bytes:
-                    raise jinja2.sandbox.SecurityError(f"repetition builds more than {self.max_result_bytes} items")
-        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(seq) * times > self.max_result_bytes
+                ):
+                    raise jinja2.sandbox.SecurityError(
+                        f"repetition builds more than {self.max_result_bytes} items"
+                    )
+        elif (
+            operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+        ):
             if right * max(abs(left).bit_length(), 1) > 8 * self.max_result_bytes:
                 raise jinja2.sandbox.SecurityError("power too large")
         return super().call_binop(context, operator, left, right)
@@ -198,11 +222,20 @@ class _FabricSandbox(ImmutableSandboxedEnvironment):
 class Templates:
     """The templates of one source, rendered for many nodes."""
 
-    def __init__(self, source: Source, entries: Mapping[str, str], cache: ParseCache, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        source: Source,
+        entries: Mapping[str, str],
+        cache: ParseCache,
+        limits: Limits | None = None,
+    ) -> None:
         self.source, self.entries, self.cache = source, entries, cache
         self.limits = limits or Limits()
         self.env = _FabricSandbox(
-            loader=_SourceLoader(self), undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
+            loader=_SourceLoader(self),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            autoescape=False,
         )
         self.env.max_result_bytes = self.limits.max_rendered_bytes
         self.env.filters[_CONDITION_FILTER] = _condition
@@ -215,7 +248,7 @@ class Templates:
 
     def names(self) -> list[str]:
         """Every template in the source."""
-        return sorted(p[len(TEMPLATE_DIR):] for p in self.entries if p.startswith(TEMPLATE_DIR))
+        return sorted(p[len(TEMPLATE_DIR) :] for p in self.entries if p.startswith(TEMPLATE_DIR))
 
     def compiled(self, name: str) -> _Compiled:
         """The compiled template ``name``.
@@ -229,32 +262,63 @@ class Templates:
         path = template_path(name)
         blob = self.entries.get(path)
         if blob is None:
-            raise TemplateProblem(path, 0, f"unknown template {name!r}", f"add {path} or fix the name")
-        hit = self._compiled[name] = self.cache.template_code(f"{blob}:{path}", lambda: self._compile(name, path))
+            raise TemplateProblem(
+                path, 0, f"unknown template {name!r}", f"add {path} or fix the name"
+            )
+        hit = self._compiled[name] = self.cache.template_code(
+            f"{blob}:{path}", lambda: self._compile(name, path)
+        )
         return hit
 
     def _compile(self, name: str, path: str) -> _Compiled:
         raw = self.source.read(path)
         if len(raw) > self.limits.max_file_bytes:
-            raise TemplateProblem(path, 1, f"template is {len(raw)} bytes, more than limits.max_file_bytes {self.limits.max_file_bytes}",
-                                  "split it, or raise limits.max_file_bytes in fabric.yaml")
+            raise TemplateProblem(
+                path,
+                1,
+                f"template is {len(raw)} bytes, more than limits.max_file_bytes {self.limits.max_file_bytes}",
+                "split it, or raise limits.max_file_bytes in fabric.yaml",
+            )
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise TemplateProblem(path, 1, f"template is not UTF-8 text: {e.reason}", "save it as UTF-8") from e
+            raise TemplateProblem(
+                path, 1, f"template is not UTF-8 text: {e.reason}", "save it as UTF-8"
+            ) from e
         try:
             ast = strict_conditions(self.env.parse(text, name, path))
             code = self.env.compile(ast, name, path)
         except jinja2.TemplateSyntaxError as e:
-            raise TemplateProblem(path, e.lineno or 1, f"template syntax error: {e.message}", "fix the Jinja2 syntax") from e
-        except (RecursionError, MemoryError, SyntaxError) as e:  # Jinja's parser and code generator recurse per level
-            raise TemplateProblem(path, 1, f"template nests too deeply to compile ({type(e).__name__})",
-                                  "split the expression or the blocks into smaller ones") from e
-        except Exception as e:  # anything else Jinja trips on, e.g. ValueError for a literal of 5,000 digits
-            raise TemplateProblem(path, getattr(e, "lineno", None) or 1, f"template cannot be compiled: {type(e).__name__}: "
-                                  f"{str(e)[:200]}", "fix the expression on that line") from e
+            raise TemplateProblem(
+                path, e.lineno or 1, f"template syntax error: {e.message}", "fix the Jinja2 syntax"
+            ) from e
+        except (
+            RecursionError,
+            MemoryError,
+            SyntaxError,
+        ) as e:  # Jinja's parser and code generator recurse per level
+            raise TemplateProblem(
+                path,
+                1,
+                f"template nests too deeply to compile ({type(e).__name__})",
+                "split the expression or the blocks into smaller ones",
+            ) from e
+        except (
+            Exception
+        ) as e:  # anything else Jinja trips on, e.g. ValueError for a literal of 5,000 digits
+            raise TemplateProblem(
+                path,
+                getattr(e, "lineno", None) or 1,
+                f"template cannot be compiled: {type(e).__name__}: {str(e)[:200]}",
+                "fix the expression on that line",
+            ) from e
         refs = tuple(jinja2.meta.find_referenced_templates(ast))
-        return _Compiled(code, refs, "node" in jinja2.meta.find_undeclared_variables(ast), not refs and _prints_node_only(ast))
+        return _Compiled(
+            code,
+            refs,
+            "node" in jinja2.meta.find_undeclared_variables(ast),
+            not refs and _prints_node_only(ast),
+        )
 
     def dependencies(self, name: str) -> frozenset[str]:
         """Paths of ``name`` and every template it may include, transitively.
@@ -281,12 +345,14 @@ class Templates:
                     computed = True
                     todo.extend(self.names())
                 todo.extend(r for r in refs if r is not None)
-            self._deps[name] = frozenset(TEMPLATE_DIR + n for n in seen) | ({ANY_TEMPLATE} if computed else frozenset())
+            self._deps[name] = frozenset(TEMPLATE_DIR + n for n in seen) | (
+                {ANY_TEMPLATE} if computed else frozenset()
+            )
         return self._deps[name]
 
     def _uses_node(self, name: str) -> bool:
         if name not in self._node_use:
-            deps = [p[len(TEMPLATE_DIR):] for p in self.dependencies(name) if p in self.entries]
+            deps = [p[len(TEMPLATE_DIR) :] for p in self.dependencies(name) if p in self.entries]
             self._node_use[name] = any(self.compiled(d).uses_node for d in deps)
         return self._node_use[name]
 
@@ -308,7 +374,9 @@ class Templates:
         elif compiled.prints_node_only:
             spliced = self._spliced(name, data)
             if spliced is not None:
-                return "".join(part if i % 2 == 0 else str(node[part]) for i, part in enumerate(spliced))
+                return "".join(
+                    part if i % 2 == 0 else str(node[part]) for i, part in enumerate(spliced)
+                )
         return self._render(name, data, node, key if cacheable else None)
 
     def _spliced(self, name: str, data: Any) -> list[str] | None:
@@ -327,7 +395,9 @@ class Templates:
             hit = self._spliced_text[key] = (data, parts)
         return hit[1]
 
-    def _render(self, name: str, data: Any, node: Mapping[str, Any], key: tuple[str, int] | None) -> str:
+    def _render(
+        self, name: str, data: Any, node: Mapping[str, Any], key: tuple[str, int] | None
+    ) -> str:
         """Render through Jinja under the time limit; remembered under ``key`` when given."""
         try:
             template = self._loaded.get(name)
@@ -337,16 +407,29 @@ class Templates:
                 text = template.render(data=data, node=node)
         except RenderTimeout as e:
             path, line = self._timeout_frame(e, TEMPLATE_DIR + name)
-            raise TemplateProblem(path, line, f"template ran longer than {self.limits.max_template_ms} ms "
-                                  "(limits.max_template_ms in fabric.yaml)",
-                                  "look for loops nested over large ranges or lists; raise the limit only for a "
-                                  "template that really needs the time") from None
+            raise TemplateProblem(
+                path,
+                line,
+                f"template ran longer than {self.limits.max_template_ms} ms "
+                "(limits.max_template_ms in fabric.yaml)",
+                "look for loops nested over large ranges or lists; raise the limit only for a "
+                "template that really needs the time",
+            ) from None
         except TemplateProblem:
             raise
         except jinja2.TemplateNotFound as e:
-            raise TemplateProblem(TEMPLATE_DIR + name, 1, f"unknown template {e.name!r} included", "add it under templates/") from e
+            raise TemplateProblem(
+                TEMPLATE_DIR + name,
+                1,
+                f"unknown template {e.name!r} included",
+                "add it under templates/",
+            ) from e
         except jinja2.TemplateSyntaxError as e:
-            raise TemplateProblem(e.filename or TEMPLATE_DIR + name, e.lineno or 1, f"template syntax error: {e.message}") from e
+            raise TemplateProblem(
+                e.filename or TEMPLATE_DIR + name,
+                e.lineno or 1,
+                f"template syntax error: {e.message}",
+            ) from e
         except Exception as e:  # anything a template raises: StrictUndefined, SecurityError, TypeError, ZeroDivisionError...
             path, line = _template_frame(e, TEMPLATE_DIR + name)
             raise TemplateProblem(path, line, f"template error: {_describe(e)}", _hint(e)) from e
@@ -354,13 +437,14 @@ class Templates:
             self._rendered[key] = (data, text)
         return text
 
-
     def _timeout_frame(self, e: RenderTimeout, default: str) -> tuple[str, int]:
         """Where a render was interrupted: Jinja maps lines of the code it generated back to template lines
         only for an Exception, so a RenderTimeout's innermost template frame is mapped here."""
         path, line = _template_frame(e, default)
         try:
-            return path, self.env.get_template(path[len(TEMPLATE_DIR):]).get_corresponding_lineno(line)
+            return path, self.env.get_template(path[len(TEMPLATE_DIR) :]).get_corresponding_lineno(
+                line
+            )
         except (jinja2.TemplateError, TemplateProblem):
             return path, 1
 
@@ -375,13 +459,32 @@ def _prints_node_only(ast: nodes.Template) -> bool:
     it is printed (macros, call and filter blocks, block assignments) could
     change the markers too, so a template with any of them renders in full.
     """
-    if any(True for _ in ast.find_all((nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock, nodes.Block,
-                                       nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport))):
+    if any(
+        True
+        for _ in ast.find_all(
+            (
+                nodes.Macro,
+                nodes.CallBlock,
+                nodes.FilterBlock,
+                nodes.AssignBlock,
+                nodes.Block,
+                nodes.Extends,
+                nodes.Include,
+                nodes.Import,
+                nodes.FromImport,
+            )
+        )
+    ):
         return False
     printed: set[int] = set()
     for output in ast.find_all(nodes.Output):
         for n in output.nodes:
-            if isinstance(n, nodes.Getattr) and isinstance(n.node, nodes.Name) and n.node.name == "node" and n.attr in NODE_KEYS:
+            if (
+                isinstance(n, nodes.Getattr)
+                and isinstance(n.node, nodes.Name)
+                and n.node.name == "node"
+                and n.attr in NODE_KEYS
+            ):
                 printed.add(id(n.node))
     return all(id(n) in printed for n in ast.find_all(nodes.Name) if n.name == "node")
 
@@ -403,7 +506,9 @@ def _hint(e: BaseException) -> str:
     if isinstance(e, ConditionError):
         return 'compare it (x == "yes", x != ""), or make the value a boolean (true/false)'
     if isinstance(e, jinja2.UndefinedError):
-        return "define the value under data: in an overlay, or guard it with {% if ... is defined %}"
+        return (
+            "define the value under data: in an overlay, or guard it with {% if ... is defined %}"
+        )
     if isinstance(e, jinja2.sandbox.SecurityError):
         return "templates run sandboxed: use data and node only"
     return ""

@@ -41,8 +41,15 @@ from typing import Any
 
 from _ruamel_yaml import CParser  # the ruamel.yaml.clib extension: libyaml
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.events import AliasEvent, MappingEndEvent, MappingStartEvent, ScalarEvent, SequenceEndEvent, SequenceStartEvent, StreamEndEvent
-
+from ruamel.yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 
 
 class Append(list[Any]):
@@ -133,19 +140,38 @@ _INT_RANGE = (-(2**63), 2**64 - 1)
 
 # The YAML 1.2.2 core schema (section 10.3.2), exactly: what a plain scalar resolves to.
 _CORE_NULL = frozenset(("", "~", "null", "Null", "NULL"))
-_CORE_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_CORE_BOOL = {
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+}
 _CORE_INT = re.compile(r"[-+]?[0-9]+\Z|0o[0-7]+\Z|0x[0-9a-fA-F]+\Z")
 _CORE_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?\Z")
-_CORE_SPECIAL_FLOAT = {".inf": float("inf"), ".Inf": float("inf"), ".INF": float("inf"),
-                       "+.inf": float("inf"), "+.Inf": float("inf"), "+.INF": float("inf"),
-                       "-.inf": float("-inf"), "-.Inf": float("-inf"), "-.INF": float("-inf"),
-                       ".nan": float("nan"), ".NaN": float("nan"), ".NAN": float("nan")}
+_CORE_SPECIAL_FLOAT = {
+    ".inf": float("inf"),
+    ".Inf": float("inf"),
+    ".INF": float("inf"),
+    "+.inf": float("inf"),
+    "+.Inf": float("inf"),
+    "+.INF": float("inf"),
+    "-.inf": float("-inf"),
+    "-.Inf": float("-inf"),
+    "-.INF": float("-inf"),
+    ".nan": float("nan"),
+    ".NaN": float("nan"),
+    ".NAN": float("nan"),
+}
 #: First characters of a plain scalar that may resolve to something other than a string.
 _MAYBE_NOT_STR = frozenset("0123456789-+.~nNtTfF")
 #: YAML 1.1 words for booleans: text in YAML 1.2, read as booleans by Puppet, Ansible and PyYAML.
 _TRUTHY_11 = frozenset(("yes", "no", "on", "off", "y", "n"))
 #: YAML 1.1 numbers that YAML 1.2 reads as text (binary, digit separators).
-_NUMBER_11 = re.compile(r"[-+]?0b[01_]+\Z|[-+]?[0-9][0-9_]*_[0-9_]*(?:\.[0-9_]*)?\Z|[-+]?\.?[0-9_]+\.[0-9_]*_[0-9_]*\Z")
+_NUMBER_11 = re.compile(
+    r"[-+]?0b[01_]+\Z|[-+]?[0-9][0-9_]*_[0-9_]*(?:\.[0-9_]*)?\Z|[-+]?\.?[0-9_]+\.[0-9_]*_[0-9_]*\Z"
+)
 
 
 class _NotCore(Exception):
@@ -158,8 +184,11 @@ class _NotCore(Exception):
 
 def _int(text: str) -> int:
     if len(text) > MAX_INT_DIGITS:
-        raise _NotCore("yaml", f"integer {text[:24]}... has {len(text)} characters, more than {MAX_INT_DIGITS}",
-                       "quote it if it is text: manifest integers fit in 64 bits")
+        raise _NotCore(
+            "yaml",
+            f"integer {text[:24]}... has {len(text)} characters, more than {MAX_INT_DIGITS}",
+            "quote it if it is text: manifest integers fit in 64 bits",
+        )
     if text[:2] == "0o":
         value = int(text[2:], 8)
     elif text[:2] == "0x":
@@ -183,8 +212,12 @@ def _plain(text: str) -> Any:
         return None  # `key:` with nothing after it
     if text[0] not in _MAYBE_NOT_STR:
         if text.lower() in _TRUTHY_11:
-            raise _NotCore("truthy", f"{text!r} is a YAML 1.1 boolean word: YAML 1.2 reads it as the text {text!r}, "
-                           "other tools as a boolean", "quote it, or write true/false")
+            raise _NotCore(
+                "truthy",
+                f"{text!r} is a YAML 1.1 boolean word: YAML 1.2 reads it as the text {text!r}, "
+                "other tools as a boolean",
+                "quote it, or write true/false",
+            )
         return text
     if text in _CORE_NULL:
         return None
@@ -197,11 +230,19 @@ def _plain(text: str) -> Any:
     if text in _CORE_SPECIAL_FLOAT:
         return _CORE_SPECIAL_FLOAT[text]
     if text.lower() in _TRUTHY_11:
-        raise _NotCore("truthy", f"{text!r} is a YAML 1.1 boolean word: YAML 1.2 reads it as the text {text!r}, "
-                       "other tools as a boolean", "quote it, or write true/false")
+        raise _NotCore(
+            "truthy",
+            f"{text!r} is a YAML 1.1 boolean word: YAML 1.2 reads it as the text {text!r}, "
+            "other tools as a boolean",
+            "quote it, or write true/false",
+        )
     if _NUMBER_11.match(text):
-        raise _NotCore("yaml-1.1-number", f"{text!r} is a YAML 1.1 number (binary or with _ separators): "
-                       "YAML 1.2 reads it as text", "quote it if it is text, or write a decimal, 0o or 0x number")
+        raise _NotCore(
+            "yaml-1.1-number",
+            f"{text!r} is a YAML 1.1 number (binary or with _ separators): "
+            "YAML 1.2 reads it as text",
+            "quote it if it is text, or write a decimal, 0o or 0x number",
+        )
     return text
 
 
@@ -222,13 +263,24 @@ def _tagged(tag: str, text: str) -> Any:
         if text in _CORE_SPECIAL_FLOAT:
             return _CORE_SPECIAL_FLOAT[text]
     if tag in (_NULL_TAG, _BOOL_TAG, _INT_TAG, _FLOAT_TAG):
-        raise _NotCore("yaml", f"{text!r} is not a valid {kind} in YAML 1.2",
-                       {"bool": "write true or false"}.get(kind, "drop the explicit tag or fix the value"))
+        raise _NotCore(
+            "yaml",
+            f"{text!r} is not a valid {kind} in YAML 1.2",
+            {"bool": "write true or false"}.get(kind, "drop the explicit tag or fix the value"),
+        )
     raise _NotCore("yaml", f"unknown tag {tag}", _TAG_HINT)
 
 
-_MAP_TAG, _SEQ_TAG, _MERGE_TAG = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:merge"
-_STR_TAG, _NULL_TAG, _BOOL_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:null", "tag:yaml.org,2002:bool"
+_MAP_TAG, _SEQ_TAG, _MERGE_TAG = (
+    "tag:yaml.org,2002:map",
+    "tag:yaml.org,2002:seq",
+    "tag:yaml.org,2002:merge",
+)
+_STR_TAG, _NULL_TAG, _BOOL_TAG = (
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:bool",
+)
 _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 #: Characters that may follow an anchor or alias name: libyaml ends a name at the first character that
 #: is not a letter, digit, - or _, where YAML 1.2 reads on (``&an:chor`` is the anchor ``an:chor``).
@@ -291,8 +343,12 @@ class _Build:
                 frame = self._open(event, kind is MappingStartEvent, stack)
                 stack.append(frame)
                 if len(stack) > MAX_DEPTH:
-                    raise _Located(event.start_mark, "too-deep", f"maps and lists nest more than {MAX_DEPTH} levels deep",
-                                   "flatten the structure")
+                    raise _Located(
+                        event.start_mark,
+                        "too-deep",
+                        f"maps and lists nest more than {MAX_DEPTH} levels deep",
+                        "flatten the structure",
+                    )
                 event = get()
                 continue
             elif kind is MappingEndEvent or kind is SequenceEndEvent:
@@ -304,13 +360,22 @@ class _Build:
             elif kind is AliasEvent:
                 value, height, size = self._alias(event)
                 if len(stack) + height > MAX_DEPTH:
-                    raise _Located(event.start_mark, "too-deep", f"maps and lists nest more than {MAX_DEPTH} levels deep "
-                                   "once aliases are expanded", "flatten the structure")
+                    raise _Located(
+                        event.start_mark,
+                        "too-deep",
+                        f"maps and lists nest more than {MAX_DEPTH} levels deep "
+                        "once aliases are expanded",
+                        "flatten the structure",
+                    )
             else:  # DocumentEnd
                 nxt = get()
                 if type(nxt) is not StreamEndEvent:
-                    raise _Located(nxt.start_mark, "yaml", "more than one YAML document in the file (a second ---)",
-                                   "keep one document per file")
+                    raise _Located(
+                        nxt.start_mark,
+                        "yaml",
+                        "more than one YAML document in the file (a second ---)",
+                        "keep one document per file",
+                    )
                 return root
             if not stack:
                 root = value
@@ -334,7 +399,12 @@ class _Build:
         else:
             raise _Located(event.start_mark, "yaml", _tag_message(tag, "list"), _TAG_HINT)
         if stack and stack[-1].is_map and stack[-1].key is _NO_KEY:
-            raise _Located(event.start_mark, "yaml", "a map key must be a plain value, not a map or list", "use a string key")
+            raise _Located(
+                event.start_mark,
+                "yaml",
+                "a map key must be a plain value, not a map or list",
+                "use a string key",
+            )
         anchor = event.anchor
         if anchor is not None:
             self._anchor(event)
@@ -348,24 +418,47 @@ class _Build:
         if found >= 0:
             end = found + len(name)
             if end < len(text) and text[end] not in _NAME_END:
-                raise _Located(event.start_mark, "yaml", f"anchor name {event.anchor + text[end]!r}...: anchor names here are "
-                               "letters, digits, - and _", "rename the anchor (and its aliases)")
+                raise _Located(
+                    event.start_mark,
+                    "yaml",
+                    f"anchor name {event.anchor + text[end]!r}...: anchor names here are "
+                    "letters, digits, - and _",
+                    "rename the anchor (and its aliases)",
+                )
 
     def _alias(self, event: Any) -> tuple[Any, int, int]:
         name = event.anchor
         if name in self.open_anchors:
-            raise _Located(event.start_mark, "aliases", "an alias refers to its own parent (a recursive structure)",
-                           "YAML aliases must not form a cycle")
+            raise _Located(
+                event.start_mark,
+                "aliases",
+                "an alias refers to its own parent (a recursive structure)",
+                "YAML aliases must not form a cycle",
+            )
         hit = self.anchors.get(name)
         if hit is None:
-            raise _Located(event.start_mark, "yaml", f"alias *{name} refers to no anchor before it", "define &" + name + " first")
+            raise _Located(
+                event.start_mark,
+                "yaml",
+                f"alias *{name} refers to no anchor before it",
+                "define &" + name + " first",
+            )
         end = event.start_mark.index + 1 + len(name)
         if end < len(self.text) and self.text[end] not in _NAME_END:
-            raise _Located(event.start_mark, "yaml", f"alias name {name + self.text[end]!r}...: anchor names here are "
-                           "letters, digits, - and _", "rename the anchor and its aliases")
+            raise _Located(
+                event.start_mark,
+                "yaml",
+                f"alias name {name + self.text[end]!r}...: anchor names here are "
+                "letters, digits, - and _",
+                "rename the anchor and its aliases",
+            )
         self.aliases += 1
         if self.aliases > self.max_aliases:
-            raise _Located(event.start_mark, "aliases", f"more than limits.max_aliases {self.max_aliases} aliases")
+            raise _Located(
+                event.start_mark,
+                "aliases",
+                f"more than limits.max_aliases {self.max_aliases} aliases",
+            )
         return hit
 
     def _scalar(self, event: Any, stack: list[_Frame]) -> Any:
@@ -375,9 +468,15 @@ class _Build:
                 if event.style:  # quoted or block: text
                     return text
                 at = event.start_mark.index
-                if at and self.text[at - 1] == "?":  # libyaml reads `{?x: 1}` as the key x, YAML 1.2 as "?x"
-                    raise _NotCore("yaml", f"'?' directly before {text[:40]!r}: YAML 1.2 reads it as part of the text, "
-                                   "libyaml as a key indicator", f"quote it (\"?{text[:40]}\") or write '? {text[:40]}'")
+                if (
+                    at and self.text[at - 1] == "?"
+                ):  # libyaml reads `{?x: 1}` as the key x, YAML 1.2 as "?x"
+                    raise _NotCore(
+                        "yaml",
+                        f"'?' directly before {text[:40]!r}: YAML 1.2 reads it as part of the text, "
+                        "libyaml as a key indicator",
+                        f"quote it (\"?{text[:40]}\") or write '? {text[:40]}'",
+                    )
                 if stack and stack[-1].is_map and stack[-1].key is _NO_KEY:
                     return _plain_key(text)
                 return _plain(text)
@@ -398,26 +497,50 @@ class _Build:
         if height + 1 > frame.height:
             frame.height = height + 1
         frame.size += size
-        if self.aliases and frame.size > self.max_size:  # without aliases the file size is the bound
-            raise _Located(event.start_mark, "aliases", f"aliases expand to more than {self.max_size} values (an alias bomb)",
-                           "write the values out instead of nesting aliases")
+        if (
+            self.aliases and frame.size > self.max_size
+        ):  # without aliases the file size is the bound
+            raise _Located(
+                event.start_mark,
+                "aliases",
+                f"aliases expand to more than {self.max_size} values (an alias bomb)",
+                "write the values out instead of nesting aliases",
+            )
         if not frame.is_map:
             frame.value.append(value)
             return
         if frame.key is _NO_KEY:
             if type(value) is not str:
-                if event.tag == _MERGE_TAG or (type(event) is ScalarEvent and event.value == "<<" and not event.style):
-                    raise _Located(event.start_mark, "yaml", "merge keys (<<) are not supported",
-                                   "use profiles, or the !append / !replace tags")
+                if event.tag == _MERGE_TAG or (
+                    type(event) is ScalarEvent and event.value == "<<" and not event.style
+                ):
+                    raise _Located(
+                        event.start_mark,
+                        "yaml",
+                        "merge keys (<<) are not supported",
+                        "use profiles, or the !append / !replace tags",
+                    )
                 shown = event.value if type(event) is ScalarEvent else value
-                raise _Located(event.start_mark, "yaml", f"map key {shown!r} is read as {type(value).__name__}, not text",
-                               f'quote it: "{shown}": (keys are strings, as in JSON)')
+                raise _Located(
+                    event.start_mark,
+                    "yaml",
+                    f"map key {shown!r} is read as {type(value).__name__}, not text",
+                    f'quote it: "{shown}": (keys are strings, as in JSON)',
+                )
             if value in frame.value:
                 first = frame.marks[value]  # type: ignore[index]
-                raise _Located(event.start_mark, "duplicate-key", f"duplicate key {value!r} (first at line {first.line + 1})")
+                raise _Located(
+                    event.start_mark,
+                    "duplicate-key",
+                    f"duplicate key {value!r} (first at line {first.line + 1})",
+                )
             if value == "<<" and type(event) is ScalarEvent and not event.style:
-                raise _Located(event.start_mark, "yaml", "merge keys (<<) are not supported",
-                               "use profiles, or the !append / !replace tags")
+                raise _Located(
+                    event.start_mark,
+                    "yaml",
+                    "merge keys (<<) are not supported",
+                    "use profiles, or the !append / !replace tags",
+                )
             frame.key, frame.key_mark = value, event.start_mark
             return
         frame.value[frame.key] = value
@@ -457,29 +580,47 @@ def load_yaml(data: bytes, limits: Limits) -> tuple[Any, bool]:
     """
     if len(data) > limits.max_file_bytes:
         raise YamlProblem(
-            Problem(1, 1, "too-large", f"file is {len(data)} bytes, more than limits.max_file_bytes {limits.max_file_bytes}",
-                    "split it, or raise limits.max_file_bytes in fabric.yaml")
+            Problem(
+                1,
+                1,
+                "too-large",
+                f"file is {len(data)} bytes, more than limits.max_file_bytes {limits.max_file_bytes}",
+                "split it, or raise limits.max_file_bytes in fabric.yaml",
+            )
         )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise YamlProblem(Problem(line, col, "yaml", f"not UTF-8 text: {e.reason}", "save the file as UTF-8")) from e
+        raise YamlProblem(
+            Problem(line, col, "yaml", f"not UTF-8 text: {e.reason}", "save the file as UTF-8")
+        ) from e
     bad = _CONTROL.search(text)
     if bad is not None:
         at = bad.start()
         line, col = text.count("\n", 0, at) + 1, at - (text.rfind("\n", 0, at) + 1) + 1
-        raise YamlProblem(Problem(line, col, "yaml", f"control character U+{ord(bad.group()):04X} in the file",
-                                  "remove it (YAML allows tabs and line breaks only)"))
+        raise YamlProblem(
+            Problem(
+                line,
+                col,
+                "yaml",
+                f"control character U+{ord(bad.group()):04X} in the file",
+                "remove it (YAML allows tabs and line breaks only)",
+            )
+        )
     build = _Build(text, limits)
     parser = CParser(text)
     try:
         doc = build.document(parser)
     except _Located as e:
-        raise YamlProblem(Problem(e.mark.line + 1, e.mark.column + 1, e.code, e.message, e.hint)) from e
+        raise YamlProblem(
+            Problem(e.mark.line + 1, e.mark.column + 1, e.code, e.message, e.hint)
+        ) from e
     except MarkedYAMLError as e:
-        raise YamlProblem(_problem(e, "yaml", _message(e), "fix the YAML syntax (indentation, quotes, colons)")) from e
+        raise YamlProblem(
+            _problem(e, "yaml", _message(e), "fix the YAML syntax (indentation, quotes, colons)")
+        ) from e
     except YAMLError as e:
         raise YamlProblem(Problem(1, 1, "yaml", f"YAML error: {e}", "fix the YAML syntax")) from e
     finally:

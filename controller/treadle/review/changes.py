@@ -27,14 +27,23 @@ NODE_FIELDS = ("address", "cluster", "fabric", "labels", "lifecycle", "site")
 #: Fields of a file resource that its content diff already covers.
 _CONTENT_FIELDS = ("content", "sha256")
 #: Overlay section (as in explain key paths) of each resource type.
-SECTIONS = {"file": "files", "directory": "directories", "symlink": "symlinks", "package": "packages",
-            "service": "services", "sysctl": "sysctl", "health": "health"}
+SECTIONS = {
+    "file": "files",
+    "directory": "directories",
+    "symlink": "symlinks",
+    "package": "packages",
+    "service": "services",
+    "sysctl": "sysctl",
+    "health": "health",
+}
 
 
 class Places(Protocol):
     """Where a node that did not render lives: name -> (site, cluster)."""
 
-    def get(self, name: str, default: tuple[str, str] | None = None, /) -> tuple[str, str] | None: ...
+    def get(
+        self, name: str, default: tuple[str, str] | None = None, /
+    ) -> tuple[str, str] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +125,24 @@ def _resources(manifest: Mapping[str, Any]) -> dict[tuple[str, str], Mapping[str
     return found
 
 
-def diff_manifests(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[ResourceChange, ...]:
+def diff_manifests(
+    before: Mapping[str, Any], after: Mapping[str, Any]
+) -> tuple[ResourceChange, ...]:
     """The resource changes from ``before`` to ``after`` (two manifests of one node): the node's
     metadata first, then resources in apply order, then health checks, then what HEAD dropped."""
-    if before["resources"] is after["resources"] and before["health"] is after["health"] and _same_meta(before, after):
+    if (
+        before["resources"] is after["resources"]
+        and before["health"] is after["health"]
+        and _same_meta(before, after)
+    ):
         return ()  # a reused node: the renderer shares the unchanged lists
     old, new = _resources(before), _resources(after)
     out = []
-    order = [("node", "metadata"), *(k for k in new if k[0] != "node"), *(k for k in old if k not in new)]
+    order = [
+        ("node", "metadata"),
+        *(k for k in new if k[0] != "node"),
+        *(k for k in old if k not in new),
+    ]
     for key in order:
         a, b = old.get(key), new.get(key)
         if a != b:
@@ -135,7 +154,9 @@ def _same_meta(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
     return all(before["metadata"].get(k) == after["metadata"].get(k) for k in NODE_FIELDS)
 
 
-def resource_change(kind: str, key: str, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> ResourceChange:
+def resource_change(
+    kind: str, key: str, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> ResourceChange:
     """The change of one resource; ``before`` None: added, ``after`` None: removed."""
     change = "added" if before is None else "removed" if after is None else "changed"
     a, b = before or {}, after or {}
@@ -146,13 +167,20 @@ def resource_change(kind: str, key: str, before: Mapping[str, Any] | None, after
 
 
 def _field_lines(resource: Mapping[str, Any], skip: tuple[str, ...]) -> list[str]:
-    return [f"{json.dumps(k)}: {json.dumps(_secret_digest(v) if k == 'secret' else v, sort_keys=True, ensure_ascii=False)}\n"
-            for k, v in sorted(resource.items()) if k not in skip and k != "type"]
+    return [
+        f"{json.dumps(k)}: {json.dumps(_secret_digest(v) if k == 'secret' else v, sort_keys=True, ensure_ascii=False)}\n"
+        for k, v in sorted(resource.items())
+        if k not in skip and k != "type"
+    ]
 
 
 def _secret_digest(secret: Any) -> Any:
     """A secret file's field as a plan shows it: the ciphertext's digest, never the ciphertext (nor, of course, a plaintext)."""
-    return f"age ciphertext sha256 {secret['sha256']}" if isinstance(secret, Mapping) and "sha256" in secret else secret
+    return (
+        f"age ciphertext sha256 {secret['sha256']}"
+        if isinstance(secret, Mapping) and "sha256" in secret
+        else secret
+    )
 
 
 def _field_diff(kind: str, key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
@@ -160,7 +188,11 @@ def _field_diff(kind: str, key: str, a: Mapping[str, Any], b: Mapping[str, Any])
     lines_a, lines_b = _field_lines(a, skip), _field_lines(b, skip)
     if lines_a == lines_b:
         return ""
-    return "".join(difflib.unified_diff(lines_a, lines_b, f"a/{kind}:{key}", f"b/{kind}:{key}", n=len(lines_a) + len(lines_b)))
+    return "".join(
+        difflib.unified_diff(
+            lines_a, lines_b, f"a/{kind}:{key}", f"b/{kind}:{key}", n=len(lines_a) + len(lines_b)
+        )
+    )
 
 
 def _content_diff(path: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
@@ -182,7 +214,9 @@ def _terminated(lines: Any) -> Any:
             yield line + "\n\\ No newline at end of file\n"
 
 
-def _summary(change: str, fields: tuple[str, ...], a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+def _summary(
+    change: str, fields: tuple[str, ...], a: Mapping[str, Any], b: Mapping[str, Any]
+) -> str:
     if change != "changed":
         return change
     parts = []
@@ -201,17 +235,29 @@ def _summary(change: str, fields: tuple[str, ...], a: Mapping[str, Any], b: Mapp
 
 
 def _short(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 40 and "\n" not in value)
+    return (
+        value is None
+        or isinstance(value, (bool, int, float))
+        or (isinstance(value, str) and len(value) <= 40 and "\n" not in value)
+    )
 
 
 def _show(value: Any) -> str:
-    return "(unset)" if value is None else json.dumps(value) if not isinstance(value, str) else value
+    return (
+        "(unset)" if value is None else json.dumps(value) if not isinstance(value, str) else value
+    )
 
 
-def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str, RenderedNode],
-                 base_lifecycles: Mapping[str, str], head_lifecycles: Mapping[str, str],
-                 places: Places | None = None, untouched: frozenset[str] = frozenset(),
-                 unreadable_base: frozenset[str] = frozenset(), unreadable_head: frozenset[str] = frozenset()) -> Changes:
+def diff_renders(
+    base_nodes: Mapping[str, RenderedNode],
+    head_nodes: Mapping[str, RenderedNode],
+    base_lifecycles: Mapping[str, str],
+    head_lifecycles: Mapping[str, str],
+    places: Places | None = None,
+    untouched: frozenset[str] = frozenset(),
+    unreadable_base: frozenset[str] = frozenset(),
+    unreadable_head: frozenset[str] = frozenset(),
+) -> Changes:
     """Compare two renders. A node whose file exists in HEAD but did not render is ``unrendered``, not removed.
     ``untouched`` nodes were left out of both renders (see :class:`treadle.fabric.Scope`) because no
     file they read changed, so they are not compared.
@@ -223,11 +269,16 @@ def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str
     ``unreadable_head`` the same in HEAD (an error of HEAD, reported as such).
     """
     changed, added, removed, unrendered, transitions, unreadable = [], [], [], [], [], []
-    for name in sorted(set(head_lifecycles) | set(base_lifecycles) | set(head_nodes) | set(base_nodes)):
+    for name in sorted(
+        set(head_lifecycles) | set(base_lifecycles) | set(head_nodes) | set(base_nodes)
+    ):
         if name in untouched:
             continue
         old, new = base_nodes.get(name), head_nodes.get(name)
-        in_base, in_head = name in base_lifecycles or old is not None, name in head_lifecycles or new is not None
+        in_base, in_head = (
+            name in base_lifecycles or old is not None,
+            name in head_lifecycles or new is not None,
+        )
         site, cluster = _place(name, new, old, places)
         if in_head and new is None:
             unrendered.append(NodeRef(name, site, cluster, head_lifecycles.get(name, "production")))
@@ -242,12 +293,26 @@ def diff_renders(base_nodes: Mapping[str, RenderedNode], head_nodes: Mapping[str
         before, after = base_lifecycles.get(name), head_lifecycles.get(name)
         if name in unreadable_base:
             unreadable.append(NodeRef(name, site, cluster, after or "production"))
-        elif before is not None and after is not None and before != after and name not in unreadable_head:
+        elif (
+            before is not None
+            and after is not None
+            and before != after
+            and name not in unreadable_head
+        ):
             transitions.append(Transition(name, site, cluster, before, after))
-    return Changes(tuple(changed), tuple(added), tuple(removed), tuple(unrendered), tuple(transitions), tuple(unreadable))
+    return Changes(
+        tuple(changed),
+        tuple(added),
+        tuple(removed),
+        tuple(unrendered),
+        tuple(transitions),
+        tuple(unreadable),
+    )
 
 
-def _place(name: str, new: RenderedNode | None, old: RenderedNode | None, places: Places | None) -> tuple[str, str]:
+def _place(
+    name: str, new: RenderedNode | None, old: RenderedNode | None, places: Places | None
+) -> tuple[str, str]:
     for node in (new, old):
         if node is not None:
             return node.site, node.cluster

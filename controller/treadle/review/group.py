@@ -43,7 +43,9 @@ class Group:
     @property
     def title(self) -> str:
         count = len(self.nodes)
-        where = ", ".join(self.places[:3]) + (f" and {len(self.places) - 3} more clusters" if len(self.places) > 3 else "")
+        where = ", ".join(self.places[:3]) + (
+            f" and {len(self.places) - 3} more clusters" if len(self.places) > 3 else ""
+        )
         what = "; ".join(f"{_label(c)}: {c.summary}" for c in self.changes[:3])
         if len(self.changes) > 3:
             more = len(self.changes) - 3

@@ -37,8 +37,12 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "errors": [d.as_dict() for d in plan.errors],
         "refusals": [d.as_dict() for d in plan.refusals],
         "provenance_skipped": plan.provenance_skipped,
-        "stats": {"base_nodes": plan.stats.base_nodes, "head_nodes": plan.stats.head_nodes,
-                  "head_rendered": plan.stats.head_rendered, "untouched": plan.stats.untouched},
+        "stats": {
+            "base_nodes": plan.stats.base_nodes,
+            "head_nodes": plan.stats.head_nodes,
+            "head_rendered": plan.stats.head_rendered,
+            "untouched": plan.stats.untouched,
+        },
     }
 
 
@@ -57,22 +61,45 @@ def summary(plan: Plan) -> dict[str, Any]:
         "unrendered": Counter((n.site, n.cluster) for n in c.unrendered),
     }
     places = sorted(set().union(*(set(v) for v in counts.values())))
-    extra = {"base_unreadable": [{"node": n.name, "site": n.site, "cluster": n.cluster} for n in c.base_unreadable]
-             } if c.base_unreadable else {}
+    extra = (
+        {
+            "base_unreadable": [
+                {"node": n.name, "site": n.site, "cluster": n.cluster} for n in c.base_unreadable
+            ]
+        }
+        if c.base_unreadable
+        else {}
+    )
     return {
         **extra,
-        "changed": len(c.changed), "added": len(c.added), "removed": len(c.removed), "unrendered": len(c.unrendered),
-        "by_cluster": [{"site": s, "cluster": cl, **{k: v[(s, cl)] for k, v in counts.items()}} for s, cl in places],
-        "transitions": [{"node": t.name, "site": t.site, "cluster": t.cluster, "from": t.before, "to": t.after}
-                        for t in c.transitions],
+        "changed": len(c.changed),
+        "added": len(c.added),
+        "removed": len(c.removed),
+        "unrendered": len(c.unrendered),
+        "by_cluster": [
+            {"site": s, "cluster": cl, **{k: v[(s, cl)] for k, v in counts.items()}}
+            for s, cl in places
+        ],
+        "transitions": [
+            {"node": t.name, "site": t.site, "cluster": t.cluster, "from": t.before, "to": t.after}
+            for t in c.transitions
+        ],
     }
 
 
 def _rollout(plan: Plan) -> dict[str, Any]:
     r = plan.rollout
     return {
-        "waves": [{"name": w.name, "count": len(w.nodes), "nodes": list(w.nodes), "soak_s": w.soak_s, "approval": w.approval}
-                  for w in r.waves],
+        "waves": [
+            {
+                "name": w.name,
+                "count": len(w.nodes),
+                "nodes": list(w.nodes),
+                "soak_s": w.soak_s,
+                "approval": w.approval,
+            }
+            for w in r.waves
+        ],
         "windows": list(r.windows),
         "freezes": list(r.freezes),
         "blocked": r.blocked,
@@ -106,10 +133,27 @@ def _change(change: ResourceChange, sources: tuple[ValueSource, ...] | None) -> 
 
 
 def _source(source: ValueSource) -> dict[str, Any]:
-    return {"keypath": source.keypath,
-            "settings": [{"file": s.file, "line": s.line, "col": s.col, "how": s.how, "value": s.value,
-                          "commit": s.commit, "in_change": s.in_change} for s in source.settings]}
+    return {
+        "keypath": source.keypath,
+        "settings": [
+            {
+                "file": s.file,
+                "line": s.line,
+                "col": s.col,
+                "how": s.how,
+                "value": s.value,
+                "commit": s.commit,
+                "in_change": s.in_change,
+            }
+            for s in source.settings
+        ],
+    }
 
 
 def _ref(node: NodeRef) -> dict[str, Any]:
-    return {"node": node.name, "site": node.site, "cluster": node.cluster, "lifecycle": node.lifecycle}
+    return {
+        "node": node.name,
+        "site": node.site,
+        "cluster": node.cluster,
+        "lifecycle": node.lifecycle,
+    }

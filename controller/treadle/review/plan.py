@@ -32,11 +32,13 @@ from treadle.fabric.layout import classify
 from treadle.review.changes import Changes, diff_renders
 from treadle.review.group import Group, group_changes
 from treadle.review.preview import RolloutPreview, pinned_waves, preview
-from treadle.rollout.policy import commit_is_immediate
 from treadle.review.provenance import Explainer, ProvenanceBudget, ValueSource, explain_groups
+from treadle.rollout.policy import commit_is_immediate
 
 #: Diagnostic codes that are refusals of the change as a whole (fleet invariants), not a broken file.
-REFUSAL_CODES = frozenset({"lifecycle-transition", "max-out-of-production", "duplicate-node", "duplicate-address"})
+REFUSAL_CODES = frozenset(
+    {"lifecycle-transition", "max-out-of-production", "duplicate-node", "duplicate-address"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,9 @@ class Plan:
         return not self.errors and not self.refusals
 
 
-def changed_paths(repo: pygit2.Repository, base: str, head: str, prefix: str = "") -> dict[str, frozenset[int]]:
+def changed_paths(
+    repo: pygit2.Repository, base: str, head: str, prefix: str = ""
+) -> dict[str, frozenset[int]]:
     """Every path added, removed or modified between two commits (both sides of a rename), with
     the HEAD line numbers the change added (empty for a removed or binary file). With ``prefix``
     (a fabric in a directory of the repository) only paths below it, relative to it.
@@ -108,15 +112,20 @@ def changed_paths(repo: pygit2.Repository, base: str, head: str, prefix: str = "
         delta = patch.delta
         old, new = delta.old_file.path, delta.new_file.path
         if old.startswith(prefix):
-            paths.setdefault(old[len(prefix):], frozenset())
+            paths.setdefault(old[len(prefix) :], frozenset())
         if new.startswith(prefix):
-            paths[new[len(prefix):]] = frozenset(line.new_lineno for hunk in patch.hunks for line in hunk.lines
-                                                 if line.origin == "+")
+            paths[new[len(prefix) :]] = frozenset(
+                line.new_lineno for hunk in patch.hunks for line in hunk.lines if line.origin == "+"
+            )
     return paths
 
 
-def build_plan(repo: str | os.PathLike[str] | pygit2.Repository, base_rev: str, head_rev: str,
-               settings: PlanSettings | None = None) -> Plan:
+def build_plan(
+    repo: str | os.PathLike[str] | pygit2.Repository,
+    base_rev: str,
+    head_rev: str,
+    settings: PlanSettings | None = None,
+) -> Plan:
     """The plan of merging ``head_rev`` onto ``base_rev`` in ``repo``.
 
     Raises:
@@ -130,16 +139,27 @@ def build_plan(repo: str | os.PathLike[str] | pygit2.Repository, base_rev: str, 
     base_commit, head_commit = str(base_src.commit), str(head_src.commit)
     paths = changed_paths(base_src.repo, base_commit, head_commit, getattr(head_src, "prefix", ""))
     base, head = _render_both(base_src, head_src, cache, paths, settings.full_render)
-    changes = diff_renders(base.nodes, head.nodes, base.lifecycles, head.lifecycles, _Places(head_src, base_src),
-                           untouched=base.skipped | head.skipped, unreadable_base=base.unreadable,
-                           unreadable_head=head.unreadable)
+    changes = diff_renders(
+        base.nodes,
+        head.nodes,
+        base.lifecycles,
+        head.lifecycles,
+        _Places(head_src, base_src),
+        untouched=base.skipped | head.skipped,
+        unreadable_base=base.unreadable,
+        unreadable_head=head.unreadable,
+    )
     groups = group_changes(changes.changed)
     budget = ProvenanceBudget(lookups=settings.max_provenance_lookups)
     provenance = explain_groups(Explainer(head_src, cache, paths, budget), groups)
-    updated = [head.nodes[n.name] for n in changes.changed] + [head.nodes[n.name] for n in changes.added]
+    updated = [head.nodes[n.name] for n in changes.changed] + [
+        head.nodes[n.name] for n in changes.added
+    ]
     pinned = pinned_waves(head_src, cache, head.fabric, updated)
     now = settings.now_s if settings.now_s is not None else time.time()
-    rollout = preview(head.rollout, updated, pinned, now, commit_is_immediate(base_src.repo, head_commit))
+    rollout = preview(
+        head.rollout, updated, pinned, now, commit_is_immediate(base_src.repo, head_commit)
+    )
     return Plan(
         base=Revision(base_rev, base_commit),
         head=Revision(head_rev, head_commit),
@@ -156,8 +176,13 @@ def build_plan(repo: str | os.PathLike[str] | pygit2.Repository, base_rev: str, 
     )
 
 
-def _render_both(base_src: GitRevisionSource, head_src: GitRevisionSource, cache: ParseCache,
-                 paths: Mapping[str, object], full: bool) -> tuple[RenderResult, RenderResult]:
+def _render_both(
+    base_src: GitRevisionSource,
+    head_src: GitRevisionSource,
+    cache: ParseCache,
+    paths: Mapping[str, object],
+    full: bool,
+) -> tuple[RenderResult, RenderResult]:
     """BASE and HEAD rendered for the same nodes: those ``paths`` can affect (every node when ``full``).
 
     A node that reads no changed path reads the same files in both
@@ -192,13 +217,21 @@ class _Places:
         if self._found is None:
             self._found = {}
             for src in reversed(self._sources):
-                self._found.update((ref.name, (ref.site, ref.cluster)) for ref in classify(src.entries()).nodes)
+                self._found.update(
+                    (ref.name, (ref.site, ref.cluster)) for ref in classify(src.entries()).nodes
+                )
         return self._found.get(name, default)
 
 
 def _stats(base: RenderResult, head: RenderResult) -> PlanStats:
     """Nodes are counted by name (rendered or not); a HEAD node reused from BASE shares BASE's resource
     list (the renderer only re-stamps it)."""
-    rendered = sum(1 for name, node in head.nodes.items()
-                   if name not in base.nodes or node.manifest["resources"] is not base.nodes[name].manifest["resources"])
-    return PlanStats(len(base.lifecycles), len(head.lifecycles), rendered, len(base.skipped | head.skipped))
+    rendered = sum(
+        1
+        for name, node in head.nodes.items()
+        if name not in base.nodes
+        or node.manifest["resources"] is not base.nodes[name].manifest["resources"]
+    )
+    return PlanStats(
+        len(base.lifecycles), len(head.lifecycles), rendered, len(base.skipped | head.skipped)
+    )

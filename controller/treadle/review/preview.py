@@ -44,22 +44,41 @@ class RolloutPreview:
     policy_error: str | None = None
 
 
-def pinned_waves(src: Source, cache: ParseCache, fabric: Mapping[str, Any], nodes: Iterable[RenderedNode]) -> dict[str, str]:
+def pinned_waves(
+    src: Source, cache: ParseCache, fabric: Mapping[str, Any], nodes: Iterable[RenderedNode]
+) -> dict[str, str]:
     """``rollout.wave`` of the node files of ``nodes`` (those that set one), parsed through the cache."""
-    return {name: s.pinned_wave for name, s in node_settings(src, cache, fabric, nodes).items() if s.pinned_wave}
+    return {
+        name: s.pinned_wave
+        for name, s in node_settings(src, cache, fabric, nodes).items()
+        if s.pinned_wave
+    }
 
 
-def preview(rollout_doc: Mapping[str, Any] | None, nodes: Iterable[RenderedNode], pinned: Mapping[str, str],
-            now: float, immediate: bool) -> RolloutPreview:
+def preview(
+    rollout_doc: Mapping[str, Any] | None,
+    nodes: Iterable[RenderedNode],
+    pinned: Mapping[str, str],
+    now: float,
+    immediate: bool,
+) -> RolloutPreview:
     """The rollout of ``nodes`` (the changed and added ones, as HEAD renders them) under HEAD's rollout.yaml."""
     try:
         policy = rollout_policy.from_doc(rollout_doc)
     except rollout_policy.PolicyError as e:
         return RolloutPreview((), (), (), None, immediate, f"rollout.yaml: {e}")
-    candidates = [waves.Candidate(n.name, n.site, n.cluster, dict(n.labels), pinned.get(n.name)) for n in nodes]
-    assigned = waves.assign(policy, candidates) if candidates else [(spec, ()) for spec in policy.waves]
+    candidates = [
+        waves.Candidate(n.name, n.site, n.cluster, dict(n.labels), pinned.get(n.name))
+        for n in nodes
+    ]
+    assigned = (
+        waves.assign(policy, candidates) if candidates else [(spec, ()) for spec in policy.waves]
+    )
     return RolloutPreview(
-        waves=tuple(WavePreview(spec.name, names, 0 if immediate else spec.soak_s, spec.approval) for spec, names in assigned),
+        waves=tuple(
+            WavePreview(spec.name, names, 0 if immediate else spec.soak_s, spec.approval)
+            for spec, names in assigned
+        ),
         windows=tuple(str(w) for w in policy.windows),
         freezes=tuple(_freeze(f) for f in policy.freezes if f.until > now),
         blocked=policy.blocked(now),
@@ -70,4 +89,5 @@ def preview(rollout_doc: Mapping[str, Any] | None, nodes: Iterable[RenderedNode]
 def _freeze(f: rollout_policy.Freeze) -> str:
     def at(t: float) -> str:
         return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
     return f"{at(f.start)} until {at(f.until)}" + (f": {f.reason}" if f.reason else "")

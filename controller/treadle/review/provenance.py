@@ -118,8 +118,15 @@ class Explainer:
         return tuple(self._setting(p) for p in found)
 
     def _setting(self, p: Provenance) -> Setting:
-        return Setting(p.file, p.line, p.col, p.how, _value_text(p.value), p.blame.commit if p.blame else None,
-                       self.touched(p.file, p.line, p.col))
+        return Setting(
+            p.file,
+            p.line,
+            p.col,
+            p.how,
+            _value_text(p.value),
+            p.blame.commit if p.blame else None,
+            self.touched(p.file, p.line, p.col),
+        )
 
     def touched(self, path: str, line: int, col: int) -> bool:
         """Whether the change added or modified a line of the value at ``path:line:col`` (its whole block)."""
@@ -148,8 +155,13 @@ class Explainer:
             return None if content is None else [ValueSource(f"files.{path}.content", content)]
         name = str(plain(template[0].value)).strip('"')
         tpath = TEMPLATE_DIR + name
-        out = [ValueSource(f"files.{path}.template", template),
-               ValueSource(f"template:{tpath}", (Setting(tpath, 0, 0, "template", "", None, self.touched(tpath, 0, 0)),))]
+        out = [
+            ValueSource(f"files.{path}.template", template),
+            ValueSource(
+                f"template:{tpath}",
+                (Setting(tpath, 0, 0, "template", "", None, self.touched(tpath, 0, 0)),),
+            ),
+        ]
         for key in self._data_keys(tpath):
             settings = self.lookup(node, key)
             if settings is None:
@@ -208,9 +220,11 @@ def _value_text(value: Any) -> str:
         text = json.dumps(plain(value), sort_keys=True, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         text = repr(value)
-    return text if len(text) <= _MAX_VALUE_CHARS else text[:_MAX_VALUE_CHARS - 3] + "..."
+    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
 
 
-def explain_groups(explainer: Explainer, groups: Iterable[Group]) -> list[dict[str, tuple[ValueSource, ...] | None]]:
+def explain_groups(
+    explainer: Explainer, groups: Iterable[Group]
+) -> list[dict[str, tuple[ValueSource, ...] | None]]:
     """For each group (its example node), the sources of each change by resource id."""
     return [{c.rid: explainer.sources(g.example.name, c) for c in g.changes} for g in groups]

@@ -60,7 +60,9 @@ from treadle.rollout.observe import HealthSource, RoundResult, Target
 class Observer(Protocol):
     """What the rollout service asks: the observations of these targets, now (absent: unknown)."""
 
-    def observations(self, targets: Sequence[Target], since: float | None = None) -> dict[str, Observation]:
+    def observations(
+        self, targets: Sequence[Target], since: float | None = None
+    ) -> dict[str, Observation]:
         """``since``: ignore what was observed before this time (seconds since the epoch)."""
         ...
 
@@ -71,7 +73,9 @@ class DirectObserver:
     def __init__(self, source: HealthSource) -> None:
         self.source = source
 
-    def observations(self, targets: Sequence[Target], since: float | None = None) -> dict[str, Observation]:
+    def observations(
+        self, targets: Sequence[Target], since: float | None = None
+    ) -> dict[str, Observation]:
         if not targets:
             return {}
         return anyio.run(self.source.observe, targets)  # observed now: after any ``since``
@@ -111,8 +115,16 @@ class RoundStats:
 class HealthWatcher:
     """Observes the wanted targets in rounds, in its own thread, and keeps the latest observation per node."""
 
-    def __init__(self, source: HealthSource, *, interval_s: float, stale_after_s: float, metrics: Any | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        source: HealthSource,
+        *,
+        interval_s: float,
+        stale_after_s: float,
+        metrics: Any | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.source = source
         self._interval_s = interval_s
         self._stale_after_s = stale_after_s
@@ -143,7 +155,9 @@ class HealthWatcher:
 
     # -- the rollout's side (any thread) ----------------------------------------
 
-    def observations(self, targets: Sequence[Target], since: float | None = None) -> dict[str, Observation]:
+    def observations(
+        self, targets: Sequence[Target], since: float | None = None
+    ) -> dict[str, Observation]:
         """Watch ``targets`` from now on (and only them) and return their fresh observations taken since ``since``.
 
         The caller must not change the answer, nor ``targets`` once handed over (the same object is
@@ -188,7 +202,9 @@ class HealthWatcher:
             self._answer = None
         self._wake.set()
 
-    def _read_into(self, out: dict[str, Observation], nodes: list[str], now: float, floor: float) -> None:
+    def _read_into(
+        self, out: dict[str, Observation], nodes: list[str], now: float, floor: float
+    ) -> None:
         """Add what ``nodes``' entries read as now to ``out`` (the lock is held).
 
         Done in C but for a look per distinct round: the nodes a round observed share its start.
@@ -203,8 +219,10 @@ class HealthWatcher:
         if len(fresh) == len(whens):
             keep = list(map(is_not, taken, repeat(None)))
         else:
-            keep = [o is not None and w in fresh for o, w in zip(taken, map(_WHEN, found))]
-        out.update(zip(compress(nodes, keep), compress(taken, keep)))
+            keep = [
+                o is not None and w in fresh for o, w in zip(taken, map(_WHEN, found), strict=False)
+            ]
+        out.update(zip(compress(nodes, keep), compress(taken, keep), strict=False))
 
     def _expire(self, now: float) -> None:
         """Note every node whose observation has gone stale since the last read (the lock is held)."""
@@ -225,8 +243,15 @@ class HealthWatcher:
             watched = len(self._wanted)
         if r is None:
             return {"watched": watched, "last_round": None}
-        return {"watched": watched, "last_round": {"targets": r.targets, "ok": r.ok, "failed": dict(r.failed),
-                                                   "duration_s": round(r.duration_s, 3)}}
+        return {
+            "watched": watched,
+            "last_round": {
+                "targets": r.targets,
+                "ok": r.ok,
+                "failed": dict(r.failed),
+                "duration_s": round(r.duration_s, 3),
+            },
+        }
 
     def wait_rounds(self, count: int, timeout_s: float) -> bool:
         """Wait until ``count`` rounds have finished in all; whether they did."""
@@ -254,7 +279,9 @@ class HealthWatcher:
             if targets:
                 try:
                     self.run_round(targets)
-                except Exception as e:  # a bug of ours must not end observation: its nodes stay unknown
+                except (
+                    Exception
+                ) as e:  # a bug of ours must not end observation: its nodes stay unknown
                     log.error("health.round_crashed", error_type=type(e).__name__, error=str(e))
             self._wake.wait(self._interval_s)
             self._wake.clear()
@@ -263,8 +290,13 @@ class HealthWatcher:
         """One round over ``targets``, recorded in the cache (the health thread calls it; tests may too)."""
         started, wall = self._clock(), self._wall_clock()
         result: RoundResult = anyio.run(self.source.observe_round, targets)
-        stats = RoundStats(started, result.duration_s, len(targets), len(result.observations),
-                           _count(result.failed.values()))
+        stats = RoundStats(
+            started,
+            result.duration_s,
+            len(targets),
+            len(result.observations),
+            _count(result.failed.values()),
+        )
         with self._lock:
             self._record_round(targets, result.observations, started, wall)
             self.last_round = stats
@@ -273,10 +305,21 @@ class HealthWatcher:
         self._record(stats)
         return stats
 
-    def _record_round(self, targets: Sequence[Target], observations: dict[str, Observation], started: float,
-                      wall: float) -> None:
+    def _record_round(
+        self,
+        targets: Sequence[Target],
+        observations: dict[str, Observation],
+        started: float,
+        wall: float,
+    ) -> None:
         """Keep a round's observations, noting each node that reads differently now (the lock is held)."""
-        wanted, seen, rounds, expired, floor = self._wanted, self._seen, self._rounds, self._expired, self._floor
+        wanted, seen, rounds, expired, floor = (
+            self._wanted,
+            self._seen,
+            self._rounds,
+            self._expired,
+            self._floor,
+        )
         changed = self._changed
         taken = rounds.setdefault(started, set())
         for t in targets:
@@ -286,12 +329,20 @@ class HealthWatcher:
             obs = observations.get(n)
             old = seen.get(n)
             seen[n] = _Seen(started, wall, obs)
-            if old is not None and old.observation is not None and (was := rounds.get(old.at)) is not None:
+            if (
+                old is not None
+                and old.observation is not None
+                and (was := rounds.get(old.at)) is not None
+            ):
                 was.discard(n)
             if obs is not None:
                 taken.add(n)
-            if (old is None or n in expired or old.observation != obs
-                    or (old.wall >= floor) != (wall >= floor)):
+            if (
+                old is None
+                or n in expired
+                or old.observation != obs
+                or (old.wall >= floor) != (wall >= floor)
+            ):
                 expired.discard(n)
                 changed[n] = None
         for at in [a for a, nodes in rounds.items() if not nodes]:
@@ -304,8 +355,13 @@ class HealthWatcher:
                 self._metrics.health_observations_total.labels(result=reason).inc(n)
             self._metrics.health_round_duration_seconds.observe(stats.duration_s)
         emit = log.warning if stats.failed else log.event
-        emit("health.round", targets=stats.targets, ok=stats.ok, duration_s=round(stats.duration_s, 3),
-             **{f"failed_{k}": v for k, v in sorted(stats.failed.items())})
+        emit(
+            "health.round",
+            targets=stats.targets,
+            ok=stats.ok,
+            duration_s=round(stats.duration_s, 3),
+            **{f"failed_{k}": v for k, v in sorted(stats.failed.items())},
+        )
 
 
 def _count(reasons: Sequence[str] | Any) -> dict[str, int]:
@@ -313,4 +369,3 @@ def _count(reasons: Sequence[str] | Any) -> dict[str, int]:
     for r in reasons:
         out[r] = out.get(r, 0) + 1
     return out
-

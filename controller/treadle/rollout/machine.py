@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import chain, compress, filterfalse, repeat
+from itertools import compress, filterfalse, repeat
 from operator import attrgetter, is_, or_
 
 from treadle.errors import TransitionError  # raised here; the tree is drawn in treadle.errors
@@ -55,13 +55,15 @@ class State(StrEnum):
     ABORTED = "aborted"
 
 
-TERMINAL = frozenset({State.COMPLETE, State.HALTED, State.ROLLED_BACK, State.SUPERSEDED, State.ABORTED})
+TERMINAL = frozenset(
+    {State.COMPLETE, State.HALTED, State.ROLLED_BACK, State.SUPERSEDED, State.ABORTED}
+)
 
 
 class NodeStatus(StrEnum):
-    PENDING = "pending"      # published, not yet reported as applied
-    APPLIED = "applied"      # applied and healthy, soaking
-    HEALTHY = "healthy"      # soaked: done
+    PENDING = "pending"  # published, not yet reported as applied
+    APPLIED = "applied"  # applied and healthy, soaking
+    HEALTHY = "healthy"  # soaked: done
     FAILED = "failed"
 
 
@@ -175,7 +177,11 @@ class Rollout:
         """Current wave's nodes by status."""
         out: dict[str, int] = {s.value: 0 for s in NodeStatus}
         index = self.index
-        counts = index.counts if index is not None and index.progress is self.progress else _count(self.progress)
+        counts = (
+            index.counts
+            if index is not None and index.progress is self.progress
+            else _count(self.progress)
+        )
         out.update((s.value, n) for s, n in counts.items())  # a handful of statuses, not nodes
         return out
 
@@ -184,7 +190,11 @@ class Rollout:
         out = [dict(c) for c in self.finished]
         for i in range(len(self.finished), len(self.waves)):
             started = i == self.wave and self.progress
-            out.append(self.counts() if started else {**{s.value: 0 for s in NodeStatus}, "pending": len(self.waves[i].nodes)})
+            out.append(
+                self.counts()
+                if started
+                else {**{s.value: 0 for s in NodeStatus}, "pending": len(self.waves[i].nodes)}
+            )
         return out
 
 
@@ -200,8 +210,14 @@ def _replace(r: Rollout, **changes: object) -> Rollout:
     return dataclasses.replace(r, **changes)  # type: ignore[arg-type]
 
 
-def step(r: Rollout, now: float, observations: Mapping[str, Observation], expected: Mapping[str, int],
-         blocked: str | None, changed: Collection[str] | None = None) -> tuple[Rollout, list[Action]]:
+def step(
+    r: Rollout,
+    now: float,
+    observations: Mapping[str, Observation],
+    expected: Mapping[str, int],
+    blocked: str | None,
+    changed: Collection[str] | None = None,
+) -> tuple[Rollout, list[Action]]:
     """One deterministic step of rollout ``r``.
 
     ``observations`` are the agents' reports for the current wave's nodes and those of the waves that
@@ -239,7 +255,9 @@ def step(r: Rollout, now: float, observations: Mapping[str, Observation], expect
 
 
 def _start_wave(r: Rollout, blocked: str | None) -> tuple[Rollout, list[Action]]:
-    while r.current is not None and not r.current.nodes:  # nothing changed in this wave: passed, with no nodes
+    while (
+        r.current is not None and not r.current.nodes
+    ):  # nothing changed in this wave: passed, with no nodes
         r = _replace(r, wave=r.wave + 1, finished=(*r.finished, _ZERO_COUNTS))
     wave = r.current
     if wave is None:
@@ -273,8 +291,14 @@ def rolled_back(r: Rollout) -> Rollout:
     return _replace(r, state=State.ROLLED_BACK)
 
 
-def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: float, soak_s: float,
-             made: dict[tuple[float, bool], NodeProgress]) -> NodeProgress:
+def _observe(
+    p: NodeProgress,
+    obs: Observation | None,
+    want: int | None,
+    now: float,
+    soak_s: float,
+    made: dict[tuple[float, bool], NodeProgress],
+) -> NodeProgress:
     """The node's progress after observation ``obs``. New "applied" and "healthy" values come from
     ``made`` (one per status and start time in a step), so nodes that move together share them."""
     if p.status in _DONE:
@@ -284,8 +308,12 @@ def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: fl
         # Above anything this controller published: the agent accepted a higher generation from an earlier
         # controller (state lost, restored from an old backup) and refuses ours as a rollback. It will
         # never apply this wave's content, so waiting for the timeout would only hide that.
-        return NodeProgress(NodeStatus.FAILED, now, f"reports generation {ahead}, above the {want} published "
-                            "for it: it refuses what was published (controller state lost? see 'Restoring a controller')")
+        return NodeProgress(
+            NodeStatus.FAILED,
+            now,
+            f"reports generation {ahead}, above the {want} published "
+            "for it: it refuses what was published (controller state lost? see 'Restoring a controller')",
+        )
     if obs is None or obs.generation is None or want is None or obs.generation != want:
         # Not applied yet, or no data: a soak in progress restarts once data returns. Only the exact
         # generation published for the node counts as applied.
@@ -294,7 +322,9 @@ def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: fl
         return NodeProgress(NodeStatus.FAILED, now, f"apply of generation {obs.generation} failed")
     if obs.healthy is False:
         checks = f" (failing checks: {', '.join(obs.failed_checks)})" if obs.failed_checks else ""
-        return NodeProgress(NodeStatus.FAILED, now, f"unhealthy after applying generation {obs.generation}{checks}")
+        return NodeProgress(
+            NodeStatus.FAILED, now, f"unhealthy after applying generation {obs.generation}{checks}"
+        )
     if obs.apply_ok is None or obs.healthy is None:
         return _FRESH if p.status is NodeStatus.APPLIED else p
     since = p.since if p.status is NodeStatus.APPLIED and p.since is not None else now
@@ -303,12 +333,19 @@ def _observe(p: NodeProgress, obs: Observation | None, want: int | None, now: fl
         return p
     q = made.get((since, done))
     if q is None:
-        q = made[(since, done)] = NodeProgress(NodeStatus.HEALTHY if done else NodeStatus.APPLIED, since)
+        q = made[(since, done)] = NodeProgress(
+            NodeStatus.HEALTHY if done else NodeStatus.APPLIED, since
+        )
     return q
 
 
-def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
-          expected: Mapping[str, int], changed: _Changed | None) -> tuple[Rollout, list[Action]]:
+def _soak(
+    r: Rollout,
+    now: float,
+    observations: Mapping[str, Observation],
+    expected: Mapping[str, int],
+    changed: _Changed | None,
+) -> tuple[Rollout, list[Action]]:
     wave = r.waves[r.wave]
     soak_s = 0 if r.immediate else wave.soak_s
     timed_out = r.started_at is not None and now - r.started_at >= wave.timeout_s
@@ -319,14 +356,18 @@ def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
     walk = timed_out or len(progress) != len(wave.nodes)
     soaked: list[tuple[NodeProgress, list[str]]] = []
     if walk:
-        todo: Collection[str] = wave.nodes  # every node not done moves (or the progress is incomplete)
+        todo: Collection[str] = (
+            wave.nodes
+        )  # every node not done moves (or the progress is incomplete)
     else:
         todo, soaked = _may_move(progress, index.starts, observations, now, soak_s, changed)
         if not todo and not soaked and changed is not None:
             # Nothing can move, and the step that returned ``r`` (there was one: ``changed`` says so) found
             # its counts neither over the budget nor finished: the result is ``r``, with no work per node.
             return r, []
-    moved, was = _moved(progress, todo, observations, expected, now, soak_s, wave if timed_out else None)
+    moved, was = _moved(
+        progress, todo, observations, expected, now, soak_s, wave if timed_out else None
+    )
     for p, nodes in soaked:  # done soaking, all at once (see _may_move)
         moved.update(dict.fromkeys(nodes, NodeProgress(NodeStatus.HEALTHY, p.since)))
         was.extend(repeat(p, len(nodes)))
@@ -344,18 +385,33 @@ def _soak(r: Rollout, now: float, observations: Mapping[str, Observation],
     unfinished = len(wave.nodes) - failed - counts.get(NodeStatus.HEALTHY, 0)
     if failed > wave.allowed_failures:
         names = sorted(n for n, p in r.progress.items() if p.status is NodeStatus.FAILED)
-        reason = (f"wave {wave.name}: {failed} of {len(wave.nodes)} nodes failed "
-                  f"(budget {wave.allowed_failures}): " + ", ".join(f"{n}: {r.progress[n].reason}" for n in names[:5]))
+        reason = (
+            f"wave {wave.name}: {failed} of {len(wave.nodes)} nodes failed "
+            f"(budget {wave.allowed_failures}): "
+            + ", ".join(f"{n}: {r.progress[n].reason}" for n in names[:5])
+        )
         return _fail(r, reason)
     if not unfinished:
-        return _replace(r, state=State.PENDING, wave=r.wave + 1, started_at=None, progress={},
-                        finished=(*r.finished, r.counts())), []
+        return _replace(
+            r,
+            state=State.PENDING,
+            wave=r.wave + 1,
+            started_at=None,
+            progress={},
+            finished=(*r.finished, r.counts()),
+        ), []
     return r, []
 
 
-def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observations: Mapping[str, Observation],
-           expected: Mapping[str, int], now: float, soak_s: float,
-           timed_out: Wave | None) -> tuple[dict[str, NodeProgress], list[NodeProgress]]:
+def _moved(
+    progress: Mapping[str, NodeProgress],
+    todo: Collection[str],
+    observations: Mapping[str, Observation],
+    expected: Mapping[str, int],
+    now: float,
+    soak_s: float,
+    timed_out: Wave | None,
+) -> tuple[dict[str, NodeProgress], list[NodeProgress]]:
     """The nodes of ``todo`` whose progress moves, with their new progress, and the progress they had.
 
     The usual report (the generation published for the node, applied, healthy) is decided here inline:
@@ -369,8 +425,9 @@ def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observat
     made: dict[tuple[float, bool], NodeProgress] = {}
     was: list[NodeProgress] = []  # what the nodes that moved had
     applied, healthy, failed = NodeStatus.APPLIED, NodeStatus.HEALTHY, NodeStatus.FAILED
-    started: NodeProgress | None = None  # what a node that starts soaking now gets (shared, made once)
-    starting: list[str] = []  # the nodes that do, when there is no timeout to apply: moved all at once below
+    starting: list[
+        str
+    ] = []  # the nodes that do, when there is no timeout to apply: moved all at once below
     progress_get, observation_get, expected_get = progress.get, observations.get, expected.get
     for n in todo:
         p = progress_get(n, _FRESH)
@@ -382,15 +439,23 @@ def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observat
             q = _FRESH if status is applied else p
             if q is p and timed_out is None:
                 continue
-        elif (want is not None and want > 0 and obs.generation == want and obs.apply_ok is True
-                and obs.healthy is True and (obs.accepted is None or obs.accepted <= want)):
+        elif (
+            want is not None
+            and want > 0
+            and obs.generation == want
+            and obs.apply_ok is True
+            and obs.healthy is True
+            and (obs.accepted is None or obs.accepted <= want)
+        ):
             if status is applied and p.since is not None:
                 if now - p.since < soak_s:
                     if timed_out is None:
                         continue  # soaking on: unchanged
                     q = p
                 else:
-                    q = made.get((p.since, True)) or made.setdefault((p.since, True), NodeProgress(healthy, p.since))
+                    q = made.get((p.since, True)) or made.setdefault(
+                        (p.since, True), NodeProgress(healthy, p.since)
+                    )
             elif timed_out is None:
                 starting.append(n)
                 was.append(p)
@@ -400,9 +465,14 @@ def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observat
         else:
             q = _observe(p, obs, want, now, soak_s, made)
         if timed_out is not None and q.status is not healthy and q.status is not failed:
-            seen = ("" if obs is None or obs.generation is None or obs.generation == want
-                    else f" (reports generation {obs.generation}, published {want})")
-            q = NodeProgress(failed, now, f"timed out after {timed_out.timeout_s}s while {q.status}{seen}")
+            seen = (
+                ""
+                if obs is None or obs.generation is None or obs.generation == want
+                else f" (reports generation {obs.generation}, published {want})"
+            )
+            q = NodeProgress(
+                failed, now, f"timed out after {timed_out.timeout_s}s while {q.status}{seen}"
+            )
         if q is not p or n not in progress:
             moved[n] = q
             was.append(p)
@@ -411,12 +481,16 @@ def _moved(progress: Mapping[str, NodeProgress], todo: Collection[str], observat
     return moved, was
 
 
-def _started(now: float, soak_s: float, made: dict[tuple[float, bool], NodeProgress]) -> NodeProgress:
+def _started(
+    now: float, soak_s: float, made: dict[tuple[float, bool], NodeProgress]
+) -> NodeProgress:
     """The progress of a node whose soak starts ``now`` (shared by every such node of the step)."""
     done = now - now >= soak_s
     q = made.get((now, done))
     if q is None:
-        q = made[(now, done)] = NodeProgress(NodeStatus.HEALTHY if done else NodeStatus.APPLIED, now)
+        q = made[(now, done)] = NodeProgress(
+            NodeStatus.HEALTHY if done else NodeStatus.APPLIED, now
+        )
     return q
 
 
@@ -425,9 +499,11 @@ def _tally(values: list[NodeProgress]) -> list[tuple[NodeProgress, int]]:
     that moved together share one object, so there are few)."""
     if not values:
         return []
-    if all(map(is_, values, repeat(values[0]))):  # the usual case, in one pass in C that stops at a difference
+    if all(
+        map(is_, values, repeat(values[0]))
+    ):  # the usual case, in one pass in C that stops at a difference
         return [(values[0], len(values))]
-    objects = dict(zip(map(id, values), values))
+    objects = dict(zip(map(id, values), values, strict=False))
     if len(objects) <= 8:
         return [(p, sum(map(is_, values, repeat(p)))) for p in objects.values()]
     return [(objects[i], count) for i, count in Counter(map(id, values)).items()]
@@ -440,8 +516,12 @@ def _derive(progress: Mapping[str, NodeProgress]) -> ProgressIndex:
     return ProgressIndex(progress, counts, starts)
 
 
-def _advance(index: ProgressIndex, progress: Mapping[str, NodeProgress], was: list[NodeProgress],
-             moved: Mapping[str, NodeProgress]) -> ProgressIndex:
+def _advance(
+    index: ProgressIndex,
+    progress: Mapping[str, NodeProgress],
+    was: list[NodeProgress],
+    moved: Mapping[str, NodeProgress],
+) -> ProgressIndex:
     """The index of ``progress``, made from ``index`` by ``moved`` (whose nodes had ``was`` before)."""
     counts, starts = dict(index.counts), dict(index.starts)
     _add(counts, starts, _tally(was), -1)
@@ -449,8 +529,12 @@ def _advance(index: ProgressIndex, progress: Mapping[str, NodeProgress], was: li
     return ProgressIndex(progress, counts, starts)
 
 
-def _add(counts: dict[NodeStatus, int], starts: dict[float | None, int],
-         tally: list[tuple[NodeProgress, int]], sign: int) -> None:
+def _add(
+    counts: dict[NodeStatus, int],
+    starts: dict[float | None, int],
+    tally: list[tuple[NodeProgress, int]],
+    sign: int,
+) -> None:
     for p, count in tally:
         counts[p.status] = counts.get(p.status, 0) + sign * count
         if p.status is NodeStatus.APPLIED:
@@ -472,9 +556,14 @@ def _index(r: Rollout) -> ProgressIndex:
     return index
 
 
-def _may_move(progress: Mapping[str, NodeProgress], starts: Mapping[float | None, int],
-              observations: Mapping[str, Observation], now: float, soak_s: float,
-              changed: _Changed | None) -> tuple[list[str], list[tuple[NodeProgress, list[str]]]]:
+def _may_move(
+    progress: Mapping[str, NodeProgress],
+    starts: Mapping[float | None, int],
+    observations: Mapping[str, Observation],
+    now: float,
+    soak_s: float,
+    changed: _Changed | None,
+) -> tuple[list[str], list[tuple[NodeProgress, list[str]]]]:
     """The wave's nodes whose progress a soak step can move (in the progress's order; every other node's
     stays as it is), and those of them that are done soaking for sure, by the progress object they share.
 
@@ -495,11 +584,15 @@ def _may_move(progress: Mapping[str, NodeProgress], starts: Mapping[float | None
     ups: list[NodeProgress] = []
     if up:
         values = list(progress.values())
-        distinct = dict(zip(map(id, values), values))
+        distinct = dict(zip(map(id, values), values, strict=False))
         ups = [p for p in distinct.values() if p.status is NodeStatus.APPLIED and p.since in up]
     bulk = changed is not None and 0 < len(ups) <= 8 and all(p.since is not None for p in ups)
     if changed is None or (ups and not bulk):
-        flags = map(observations.__contains__, keys) if changed is None else map(set(changed.inside).__contains__, keys)
+        flags = (
+            map(observations.__contains__, keys)
+            if changed is None
+            else map(set(changed.inside).__contains__, keys)
+        )
         if ups:
             ids = {id(p) for p in ups}
             flags = map(or_, flags, map(ids.__contains__, map(id, values)))
@@ -544,8 +637,9 @@ def _bad(obs: Observation | None) -> bool:
     return obs is not None and (obs.apply_ok is False or obs.healthy is False)
 
 
-def _passed_wave_failure(r: Rollout, observations: Mapping[str, Observation],
-                         changed: _Changed | None = None) -> str | None:
+def _passed_wave_failure(
+    r: Rollout, observations: Mapping[str, Observation], changed: _Changed | None = None
+) -> str | None:
     """Why a wave that already passed now fails (more of its nodes report a failed apply or unhealthy than
     its budget allows), or None.
 
@@ -557,18 +651,29 @@ def _passed_wave_failure(r: Rollout, observations: Mapping[str, Observation],
     in it, when ``r`` is pending) and found none failing; only a changed report of a passed node that is
     bad can change that, so without one only a wave that just passed is walked.
     """
-    passed = r.wave if r.state in (State.PENDING, State.WAITING, State.PUBLISHING, State.SOAKING) else 0
+    passed = (
+        r.wave if r.state in (State.PENDING, State.WAITING, State.PUBLISHING, State.SOAKING) else 0
+    )
     first = 0
     if changed is not None and not any(_bad(observations.get(n)) for n in changed.outside()):
         first = passed - 1 if r.state is State.PENDING else passed
     for wave in r.waves[first:passed]:
         get = observations.get
-        bad = [n for n in wave.nodes if (o := get(n)) is not None and (o.apply_ok is False or o.healthy is False)]
+        bad = [
+            n
+            for n in wave.nodes
+            if (o := get(n)) is not None and (o.apply_ok is False or o.healthy is False)
+        ]
         if len(bad) > wave.allowed_failures:
-            shown = ", ".join(f"{n}: {'apply failed' if get(n).apply_ok is False else 'unhealthy'}"  # type: ignore[union-attr]
-                              f" at generation {get(n).generation}" for n in bad[:5])  # type: ignore[union-attr]
-            return (f"wave {wave.name} (passed): {len(bad)} of {len(wave.nodes)} nodes failed after it passed "
-                    f"(budget {wave.allowed_failures}): " + shown)
+            shown = ", ".join(
+                f"{n}: {'apply failed' if get(n).apply_ok is False else 'unhealthy'}"  # type: ignore[union-attr]
+                f" at generation {get(n).generation}"  # type: ignore[union-attr]
+                for n in bad[:5]
+            )
+            return (
+                f"wave {wave.name} (passed): {len(bad)} of {len(wave.nodes)} nodes failed after it passed "
+                f"(budget {wave.allowed_failures}): " + shown
+            )
     return None
 
 
@@ -588,10 +693,20 @@ def resume(r: Rollout, now: float | None = None) -> Rollout:
     if r.state is State.HALTED:
         wave = r.current
         if wave is None:
-            raise TransitionError(f"cannot resume the rollout of {r.commit[:12]}: it halted after its last wave")
-        progress = {n: _FRESH if p.status is NodeStatus.FAILED else p for n, p in r.progress.items()}
-        return _replace(r, state=State.SOAKING, started_at=now, progress=progress, paused=False,
-                        reason=f"resumed by an operator after: {r.reason}")
+            raise TransitionError(
+                f"cannot resume the rollout of {r.commit[:12]}: it halted after its last wave"
+            )
+        progress = {
+            n: _FRESH if p.status is NodeStatus.FAILED else p for n, p in r.progress.items()
+        }
+        return _replace(
+            r,
+            state=State.SOAKING,
+            started_at=now,
+            progress=progress,
+            paused=False,
+            reason=f"resumed by an operator after: {r.reason}",
+        )
     _require_active(r, "resume")
     return _replace(r, paused=False)
 
@@ -619,5 +734,7 @@ def supersede(r: Rollout, commit: str) -> Rollout:
 
 def _require_active(r: Rollout, action: str) -> None:
     if not r.active:
-        raise TransitionError(f"cannot {action} the rollout of {r.commit[:12]}: it is {r.state}; a finished rollout "
-                              "does not start again: push a commit (a fix, or a git revert) to start a new one")
+        raise TransitionError(
+            f"cannot {action} the rollout of {r.commit[:12]}: it is {r.state}; a finished rollout "
+            "does not start again: push a commit (a fix, or a git revert) to start a new one"
+        )

@@ -25,9 +25,8 @@ import anyio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from treadle.rollout.machine import Observation
-
 from treadle import log
+from treadle.rollout.machine import Observation
 from treadle_agent.contract import names
 from treadle_agent.contract.names import DEFAULT_METRICS_PORT
 
@@ -40,8 +39,12 @@ HEALTHY = names.METRIC_HEALTHY
 INFO = names.METRIC_INFO
 CHECK_UP = names.METRIC_HEALTH_CHECK_UP  # only for naming the failing checks in a halt reason
 #: The gauges the Prometheus source reads, by the short name its query keeps in label ``m``.
-GAUGES = {GENERATION: "applied_generation", APPLY_OK: "last_apply_success", HEALTHY: "healthy",
-          ACCEPTED: "manifest_generation"}
+GAUGES = {
+    GENERATION: "applied_generation",
+    APPLY_OK: "last_apply_success",
+    HEALTHY: "healthy",
+    ACCEPTED: "manifest_generation",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,24 +95,42 @@ def parse_exposition(text: str, node: str) -> Observation | None:
         if info_node is not None:
             log.warning("scrape.wrong_node", node=node, claims=info_node, action="ignored")
         return None
-    obs = _observation(values.get(GENERATION), values.get(APPLY_OK), values.get(HEALTHY), values.get(ACCEPTED))
+    obs = _observation(
+        values.get(GENERATION), values.get(APPLY_OK), values.get(HEALTHY), values.get(ACCEPTED)
+    )
     return replace(obs, failed_checks=tuple(sorted(failed_checks))) if failed_checks else obs
 
 
-def _observation(generation: float | None, apply_ok: float | None, healthy: float | None,
-                 accepted: float | None = None) -> Observation:
+def _observation(
+    generation: float | None,
+    apply_ok: float | None,
+    healthy: float | None,
+    accepted: float | None = None,
+) -> Observation:
     def flag(v: float | None) -> bool | None:
         return None if v is None or math.isnan(v) else v == 1.0
 
     def number(v: float | None) -> int | None:
         return None if v is None or math.isnan(v) or math.isinf(v) else int(v)
 
-    return Observation(generation=number(generation), apply_ok=flag(apply_ok), healthy=flag(healthy),
-                       accepted=number(accepted))
+    return Observation(
+        generation=number(generation),
+        apply_ok=flag(apply_ok),
+        healthy=flag(healthy),
+        accepted=number(accepted),
+    )
 
 
 #: Why a target gave no observation in a round (the ``result`` label of the health metrics, beside ``ok``).
-FAILURES = ("refused", "timeout", "http_error", "unreadable", "too_large", "round_deadline", "absent")
+FAILURES = (
+    "refused",
+    "timeout",
+    "http_error",
+    "unreadable",
+    "too_large",
+    "round_deadline",
+    "absent",
+)
 #: An agent's exposition is a few kilobytes; more than this is cut off and counts as unreadable.
 MAX_EXPOSITION_BYTES = 1 << 20
 
@@ -135,8 +156,13 @@ class ScrapeSource:
       ``round_deadline`` (unknown), never healthy.
     """
 
-    def __init__(self, timeout_s: float = 2.0, concurrency: int = 64, transport: httpx.AsyncBaseTransport | None = None,
-                 round_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        timeout_s: float = 2.0,
+        concurrency: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
+        round_s: float = 30.0,
+    ) -> None:
         self._timeout_s = timeout_s
         self._concurrency = concurrency
         self._round_s = round_s
@@ -147,8 +173,14 @@ class ScrapeSource:
 
     async def observe_round(self, targets: Sequence[Target]) -> RoundResult:
         started = time.perf_counter()
-        results, failed = await scrape(targets, _parse_bytes, timeout_s=self._timeout_s,
-                                       concurrency=self._concurrency, round_s=self._round_s, transport=self._transport)
+        results, failed = await scrape(
+            targets,
+            _parse_bytes,
+            timeout_s=self._timeout_s,
+            concurrency=self._concurrency,
+            round_s=self._round_s,
+            transport=self._transport,
+        )
         return RoundResult(results, failed, time.perf_counter() - started)
 
 
@@ -156,9 +188,15 @@ def _parse_bytes(body: bytes, node: str) -> Observation | None:
     return parse_exposition(body.decode("utf-8", "replace"), node)
 
 
-async def scrape(targets: Sequence[Target], parse: Callable[[bytes, str], T | None], *, timeout_s: float,
-                 concurrency: int, round_s: float,
-                 transport: httpx.AsyncBaseTransport | None = None) -> tuple[dict[str, T], dict[str, str]]:
+async def scrape(
+    targets: Sequence[Target],
+    parse: Callable[[bytes, str], T | None],
+    *,
+    timeout_s: float,
+    concurrency: int,
+    round_s: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[dict[str, T], dict[str, str]]:
     """Every target's /metrics, parsed: (node -> parsed, node -> why nothing, one of FAILURES).
 
     The bounds of :class:`ScrapeSource`; the console's fleet sweep reads its
@@ -186,7 +224,9 @@ async def scrape(targets: Sequence[Target], parse: Callable[[bytes, str], T | No
         else:
             results[target.node] = parsed
 
-    async with httpx.AsyncClient(timeout=timeout_s, transport=transport, trust_env=False, limits=limits) as client:
+    async with httpx.AsyncClient(
+        timeout=timeout_s, transport=transport, trust_env=False, limits=limits
+    ) as client:
         with anyio.move_on_after(round_s):
             async with anyio.create_task_group() as tg:
                 for t in targets:
@@ -232,7 +272,9 @@ class PrometheusSource:
     #: Above this many nodes, the regex (about 20 bytes a node) costs the server more than it saves.
     REGEX_MAX_NODES = 2000
 
-    def __init__(self, url: str, timeout_s: float = 5.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, url: str, timeout_s: float = 5.0, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self._url = url.rstrip("/") + "/api/v1/query"
         self._timeout_s = timeout_s
         self._transport = transport
@@ -244,28 +286,45 @@ class PrometheusSource:
         """The one PromQL query of a round: the wave's ``nodes`` (None: every node)."""
         short = "|".join(sorted(GAUGES[m] for m in GAUGES))
         prefix = names.METRIC_PREFIX
-        selector = f'{INFO}{{node=~"{"|".join(_regex_literal(n) for n in sorted(nodes))}"}}' if nodes is not None else INFO
-        return (f'max by (node, m) (label_replace({{__name__=~"{prefix}({short})"}}, "m", "$1", "__name__", '
-                f'"{prefix}(.*)") * on (instance) group_left (node) {selector})')
+        selector = (
+            f'{INFO}{{node=~"{"|".join(_regex_literal(n) for n in sorted(nodes))}"}}'
+            if nodes is not None
+            else INFO
+        )
+        return (
+            f'max by (node, m) (label_replace({{__name__=~"{prefix}({short})"}}, "m", "$1", "__name__", '
+            f'"{prefix}(.*)") * on (instance) group_left (node) {selector})'
+        )
 
     async def observe(self, targets: Sequence[Target]) -> dict[str, Observation]:
         wanted = {t.node for t in targets}
         if not wanted:
             return {}
         promql = self.query(sorted(wanted) if len(wanted) <= self.REGEX_MAX_NODES else None)
-        async with httpx.AsyncClient(timeout=self._timeout_s, transport=self._transport, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            timeout=self._timeout_s, transport=self._transport, trust_env=False
+        ) as client:
             try:
                 columns = await self._columns(client, promql)
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
                 log.warning("prometheus.query_failed", error=str(e) or type(e).__name__)
                 return {}  # an unreadable answer makes every node's data incomplete
-        return {node: _observation(*(columns[m].get(node) for m in (GENERATION, APPLY_OK, HEALTHY, ACCEPTED)))
-                for node in wanted if node in columns[GENERATION]}
+        return {
+            node: _observation(
+                *(columns[m].get(node) for m in (GENERATION, APPLY_OK, HEALTHY, ACCEPTED))
+            )
+            for node in wanted
+            if node in columns[GENERATION]
+        }
 
     async def observe_round(self, targets: Sequence[Target]) -> RoundResult:
         started = time.perf_counter()
         found = await self.observe(targets)
-        return RoundResult(found, {t.node: "absent" for t in targets if t.node not in found}, time.perf_counter() - started)
+        return RoundResult(
+            found,
+            {t.node: "absent" for t in targets if t.node not in found},
+            time.perf_counter() - started,
+        )
 
     async def _columns(self, client: httpx.AsyncClient, promql: str) -> dict[str, dict[str, float]]:
         """Per metric, each node's value. Raises httpx.HTTPError, ValueError, KeyError, TypeError."""
@@ -285,8 +344,14 @@ def columns_from_answer(body: Any) -> dict[str, dict[str, float]]:
     Raises:
         ValueError, KeyError, TypeError: the answer is not a successful vector (every node is then unknown).
     """
-    if not isinstance(body, dict) or body.get("status") != "success" or body["data"]["resultType"] != "vector":
-        error = body.get("error", body.get("status")) if isinstance(body, dict) else type(body).__name__
+    if (
+        not isinstance(body, dict)
+        or body.get("status") != "success"
+        or body["data"]["resultType"] != "vector"
+    ):
+        error = (
+            body.get("error", body.get("status")) if isinstance(body, dict) else type(body).__name__
+        )
         raise ValueError(f"unexpected answer: {error}")
     by_short = {short: metric for metric, short in GAUGES.items()}
     columns: dict[str, dict[str, float]] = {m: {} for m in GAUGES}
@@ -314,10 +379,17 @@ def _regex_literal(name: str) -> str:
 _REGEX_SPECIAL = frozenset(".+*?()|[]{}^$\\")
 
 
-def source_from_config(kind: str, prometheus_url: str | None, timeout_s: float, concurrency: int = 64,
-                       round_s: float = 30.0) -> HealthSource:
+def source_from_config(
+    kind: str,
+    prometheus_url: str | None,
+    timeout_s: float,
+    concurrency: int = 64,
+    round_s: float = 30.0,
+) -> HealthSource:
     """The configured health source (controller.toml ``[health]``, as :mod:`treadle.daemon.config` validated it)."""
     if kind == "prometheus":
-        assert prometheus_url, "treadle.daemon.config refuses health.source = prometheus without prometheus_url"
+        assert prometheus_url, (
+            "treadle.daemon.config refuses health.source = prometheus without prometheus_url"
+        )
         return PrometheusSource(prometheus_url, timeout_s)
     return ScrapeSource(timeout_s, concurrency, round_s=round_s)

@@ -73,7 +73,9 @@ class Window:
 
     def __str__(self) -> str:
         days = ",".join(DAYS[d] for d in sorted(self.days))
-        return f"{days} {self.start_min // 60:02d}:{self.start_min % 60:02d}-{self.end_min // 60:02d}:{self.end_min % 60:02d} {self.timezone}"
+        start = f"{self.start_min // 60:02d}:{self.start_min % 60:02d}"
+        end = f"{self.end_min // 60:02d}:{self.end_min % 60:02d}"
+        return f"{days} {start}-{end} {self.timezone}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +104,12 @@ class RolloutPolicy:
         """Why no wave may start at ``now`` (a freeze, or outside every window), or None."""
         for freeze in self.freezes:
             if freeze.contains(now):
-                until = dt.datetime.fromtimestamp(freeze.until, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-                return f"change freeze until {until}" + (f": {freeze.reason}" if freeze.reason else "")
+                until = dt.datetime.fromtimestamp(freeze.until, dt.UTC).strftime(
+                    "%Y-%m-%d %H:%M UTC"
+                )
+                return f"change freeze until {until}" + (
+                    f": {freeze.reason}" if freeze.reason else ""
+                )
         if self.windows and not any(w.contains(now) for w in self.windows):
             return "outside every change window (" + "; ".join(str(w) for w in self.windows) + ")"
         return None
@@ -139,7 +145,12 @@ def from_doc(doc: Mapping[str, Any] | None) -> RolloutPolicy:
         raise PolicyError(f"wave names must be unique, got {names}")
     windows = tuple(_window(w) for w in doc.get("windows", ()))
     freezes = tuple(_freeze(f) for f in doc.get("freezes", ()))
-    return RolloutPolicy(waves=waves, windows=windows, freezes=freezes, failure_policy=doc.get("failure_policy", POLICY_DEFAULTS["failure_policy"]))
+    return RolloutPolicy(
+        waves=waves,
+        windows=windows,
+        freezes=freezes,
+        failure_policy=doc.get("failure_policy", POLICY_DEFAULTS["failure_policy"]),
+    )
 
 
 def _wave(w: Mapping[str, Any]) -> WaveSpec:
@@ -164,11 +175,17 @@ def _window(w: Mapping[str, Any]) -> Window:
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as e:
-        raise PolicyError(f"unknown time zone {tz!r} in a change window (use an IANA name such as Europe/Zurich)") from e
+        raise PolicyError(
+            f"unknown time zone {tz!r} in a change window (use an IANA name such as Europe/Zurich)"
+        ) from e
     start, end = _minutes(w["start"]), _minutes(w["end"])
     if end <= start:
-        raise PolicyError(f"change window {w['start']}-{w['end']} ends before it starts (split a window across midnight in two)")
-    return Window(days=frozenset(DAYS.index(d) for d in w["days"]), start_min=start, end_min=end, timezone=tz)
+        raise PolicyError(
+            f"change window {w['start']}-{w['end']} ends before it starts (split a window across midnight in two)"
+        )
+    return Window(
+        days=frozenset(DAYS.index(d) for d in w["days"]), start_min=start, end_min=end, timezone=tz
+    )
 
 
 def _freeze(f: Mapping[str, Any]) -> Freeze:
@@ -188,7 +205,10 @@ def has_immediate_trailer(message: str, trailers: Mapping[str, str] | None = Non
             key, sep, value = line.partition(":")
             if sep:
                 trailers[key.strip()] = value.strip()
-    return any(k.lower() == TRAILER.lower() and v.strip().lower() == TRAILER_IMMEDIATE for k, v in trailers.items())
+    return any(
+        k.lower() == TRAILER.lower() and v.strip().lower() == TRAILER_IMMEDIATE
+        for k, v in trailers.items()
+    )
 
 
 def commit_is_immediate(repo: Any, commit: str) -> bool:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pygit2
 
-from treadle.errors import SourceError
 from treadle.daemon.fetch import Callbacks, GitCredentials
+from treadle.errors import SourceError
 
 SIGNATURE = ("Treadle", "treadle@localhost")
 
@@ -32,8 +32,14 @@ def branch_name(bad_commit: str) -> str:
     return f"treadle/revert-{bad_commit[:12]}"
 
 
-def write_revert_branch(clone: Path, remote_url: str, bad_commit: str, onto: str, reason: str,
-                        credentials: GitCredentials | None = None) -> RevertBranch:
+def write_revert_branch(
+    clone: Path,
+    remote_url: str,
+    bad_commit: str,
+    onto: str,
+    reason: str,
+    credentials: GitCredentials | None = None,
+) -> RevertBranch:
     """Commit the revert of ``bad_commit`` on top of ``onto`` and push it as the revert branch.
 
     Raises:
@@ -47,21 +53,34 @@ def write_revert_branch(clone: Path, remote_url: str, bad_commit: str, onto: str
         repo.free()  # its pack descriptors, shared with the mirror's own handle, close now
 
 
-def _write(repo: pygit2.Repository, remote_url: str, bad_commit: str, onto: str, reason: str,
-           credentials: GitCredentials | None) -> RevertBranch:
+def _write(
+    repo: pygit2.Repository,
+    remote_url: str,
+    bad_commit: str,
+    onto: str,
+    reason: str,
+    credentials: GitCredentials | None,
+) -> RevertBranch:
     try:
-        bad, base = repo.revparse_single(bad_commit).peel(pygit2.Commit), repo.revparse_single(onto).peel(pygit2.Commit)
+        bad, base = (
+            repo.revparse_single(bad_commit).peel(pygit2.Commit),
+            repo.revparse_single(onto).peel(pygit2.Commit),
+        )
     except (KeyError, ValueError, pygit2.GitError) as e:
         raise SourceError(f"cannot revert {bad_commit[:12]}: {e}") from e
     index = repo.revert_commit(bad, base, mainline=1 if len(bad.parents) > 1 else 0)
     if index.conflicts is not None:
         paths = sorted({(entry or their or ours).path for entry, ours, their in index.conflicts})
-        raise SourceError(f"git revert of {bad_commit[:12]} conflicts in {', '.join(paths)}; revert it by hand")
+        raise SourceError(
+            f"git revert of {bad_commit[:12]} conflicts in {', '.join(paths)}; revert it by hand"
+        )
     tree = index.write_tree(repo)
     sig = pygit2.Signature(*SIGNATURE)
     subject = bad.message.splitlines()[0] if bad.message else bad_commit[:12]
-    message = (f'Revert "{subject}"\n\nThis reverts commit {bad.id}.\n\n'
-               f"Treadle rolled this change back: {reason}\n")
+    message = (
+        f'Revert "{subject}"\n\nThis reverts commit {bad.id}.\n\n'
+        f"Treadle rolled this change back: {reason}\n"
+    )
     commit = repo.create_commit(None, sig, sig, message, tree, [base.id])
     name = branch_name(str(bad.id))
     repo.references.create(f"refs/heads/{name}", commit, force=True)
@@ -77,7 +96,9 @@ def _push(repo: pygit2.Repository, remote_url: str, name: str, credentials: GitC
     except (pygit2.GitError, ValueError) as e:
         raise SourceError(f"pushing {name} to {remote_url} failed: {e}") from e
     if callbacks.rejected:
-        raise SourceError(f"pushing {name} to {remote_url} failed: the server refused it: {callbacks.rejected}")
+        raise SourceError(
+            f"pushing {name} to {remote_url} failed: the server refused it: {callbacks.rejected}"
+        )
 
 
 class _PushCallbacks(Callbacks):

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 from treadle import log
 from treadle.errors import NoSuchRolloutError, SourceError, StoreError
 from treadle.rollout import machine
-from treadle.rollout.machine import Observation, Publish, Rollback, Rollout, State
 from treadle.rollout.health import DirectObserver, HealthWatcher, Observer
+from treadle.rollout.machine import Observation, Publish, Rollback, Rollout, State
 from treadle.rollout.observe import HealthSource, Target
 from treadle.rollout.policy import RolloutPolicy
 from treadle.rollout.store import RolloutStore
@@ -39,7 +39,12 @@ from treadle.rollout.waves import Candidate, plan_rollout
 
 #: Steps taken in one tick at most (a guard): a tick steps again only after a wave passed, to start the next.
 MAX_STEPS_PER_TICK = 4
-ACTIONS = {"pause": machine.pause, "resume": machine.resume, "approve": machine.approve, "abort": machine.abort}
+ACTIONS = {
+    "pause": machine.pause,
+    "resume": machine.resume,
+    "approve": machine.approve,
+    "abort": machine.abort,
+}
 
 
 class Executor(Protocol):
@@ -75,14 +80,22 @@ def _connect(db_path: Path) -> sqlite3.Connection:
 
 
 class RolloutService:
-    def __init__(self, db_path: Path, health: HealthSource | HealthWatcher, *, metrics: Any | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        health: HealthSource | HealthWatcher,
+        *,
+        metrics: Any | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         """``health``: a watcher (its cache is read), or a source asked in the ticking thread."""
         self._lock = threading.RLock()  # steps and operator actions
         self._read_lock = threading.Lock()  # the reader connection only
         self._store = RolloutStore(_connect(db_path))
         self._reader = RolloutStore(_connect(db_path))
-        self._observer: Observer = health if isinstance(health, HealthWatcher) else DirectObserver(health)
+        self._observer: Observer = (
+            health if isinstance(health, HealthWatcher) else DirectObserver(health)
+        )
         self._metrics = metrics
         self._clock = clock
         #: The last rollout this service saved, with its id and save time: re-parsing a 10,000-node
@@ -124,8 +137,15 @@ class RolloutService:
             found = self._reader.active()
             return found[1] if found else None
 
-    def begin(self, commit: str, policy: RolloutPolicy, changed: Sequence[Candidate], *, immediate: bool,
-              current: Mapping[str, bytes] | None = None) -> int | None:
+    def begin(
+        self,
+        commit: str,
+        policy: RolloutPolicy,
+        changed: Sequence[Candidate],
+        *,
+        immediate: bool,
+        current: Mapping[str, bytes] | None = None,
+    ) -> int | None:
         """Start the rollout of ``commit`` over ``changed``, superseding the one in flight; None when nothing changed.
 
         ``current`` is what the changed nodes run now (their published manifest bytes): a rollback returns them to it.
@@ -143,8 +163,13 @@ class RolloutService:
             r = plan_rollout(commit, policy, changed, immediate=immediate)
             rid = self._store.create(r, now, previous=current)
             self._hot = (rid, now, r)
-            log.event("rollout.created", rollout=rid, commit=commit, immediate=immediate,
-                      waves={w.name: len(w.nodes) for w in r.waves})
+            log.event(
+                "rollout.created",
+                rollout=rid,
+                commit=commit,
+                immediate=immediate,
+                waves={w.name: len(w.nodes) for w in r.waves},
+            )
             self._update_metrics()
             return rid
 
@@ -182,8 +207,14 @@ class RolloutService:
                 now = self._clock()
                 wave_nodes = r.current.nodes if r.current else ()
                 expected = executor.expected(wave_nodes)
-                new, actions = machine.step(r, now, observations, expected, policy.blocked(now),
-                                            self._changed(r, observations, expected))
+                new, actions = machine.step(
+                    r,
+                    now,
+                    observations,
+                    expected,
+                    policy.blocked(now),
+                    self._changed(r, observations, expected),
+                )
                 self._stepped = (new, observations, expected)
                 if new != r:
                     self._save(rid, new, now, before=r)
@@ -200,8 +231,9 @@ class RolloutService:
             self._update_metrics(rid, r)
             return r
 
-    def _changed(self, r: Rollout, observations: Mapping[str, Observation],
-                 expected: Mapping[str, int]) -> list[str] | None:
+    def _changed(
+        self, r: Rollout, observations: Mapping[str, Observation], expected: Mapping[str, int]
+    ) -> list[str] | None:
         """The nodes whose report differs from the last step's, when that step returned ``r`` itself; else None.
 
         Only the very object the last step returned qualifies (a rollout re-read from the store, changed
@@ -218,7 +250,9 @@ class RolloutService:
         other = list(compress(keys, map(is_not, observations.values(), map(before.get, keys))))
         out = list(filterfalse(before.__contains__, other))
         if len(out) < len(other):
-            out.extend(n for n in filter(before.__contains__, other) if before[n] != observations[n])
+            out.extend(
+                n for n in filter(before.__contains__, other) if before[n] != observations[n]
+            )
         out.extend(filterfalse(observations.__contains__, before))
         return out
 
@@ -230,13 +264,15 @@ class RolloutService:
         if self._targets is None or self._targets[0] != key:
             nodes: list[str] = []
             if not (r.paused or not r.active or r.state is State.ROLLING_BACK):
-                nodes = [n for w in r.waves[:r.wave] for n in w.nodes]
+                nodes = [n for w in r.waves[: r.wave] for n in w.nodes]
                 if r.state is State.SOAKING and r.current is not None:
                     nodes.extend(r.current.nodes)
             self._targets = (key, executor.targets(r.commit, nodes) if nodes else [])
         return self._observer.observations(self._targets[1], since)
 
-    def _carry_out(self, rid: int, r: Rollout, action: machine.Action, executor: Executor) -> Rollout:
+    def _carry_out(
+        self, rid: int, r: Rollout, action: machine.Action, executor: Executor
+    ) -> Rollout:
         now = self._clock()
         before = r
         if isinstance(action, Publish):
@@ -264,8 +300,15 @@ class RolloutService:
     def _log_transition(self, rid: int, old: Rollout, new: Rollout) -> None:
         if (old.state, old.wave, old.reason) != (new.state, new.wave, new.reason):
             emit = log.warning if new.state in (State.HALTED, State.ROLLING_BACK) else log.event
-            emit("rollout.transition", rollout=rid, commit=new.commit, state=new.state.value,
-                 wave=new.current.name if new.current else None, reason=new.reason, hint=hint(rid, new, None))
+            emit(
+                "rollout.transition",
+                rollout=rid,
+                commit=new.commit,
+                state=new.state.value,
+                wave=new.current.name if new.current else None,
+                reason=new.reason,
+                hint=hint(rid, new, None),
+            )
 
     # -- the operator's side -------------------------------------------------
 
@@ -288,7 +331,8 @@ class RolloutService:
             if action == "resume" and r.state is State.HALTED and latest != rid:
                 raise machine.TransitionError(
                     f"cannot resume rollout {rid}: rollout {latest} of a newer commit has started since it halted; "
-                    f"see `treadle rollout show {latest}`")
+                    f"see `treadle rollout show {latest}`"
+                )
             reached = r.reached()
             new = machine.resume(r, now) if action == "resume" else ACTIONS[action](r)
             self._save(rid, new, now, before=r)
@@ -298,8 +342,10 @@ class RolloutService:
         if action == "abort":
             doc["outcome"] = _abort_outcome(r, reached)
         elif action == "resume" and r.state is State.HALTED:
-            doc["outcome"] = (f"re-checking wave {r.current.name if r.current else '?'}: its failed nodes are observed "
-                              f"afresh and its timeout starts again")
+            doc["outcome"] = (
+                f"re-checking wave {r.current.name if r.current else '?'}: its failed nodes are observed "
+                f"afresh and its timeout starts again"
+            )
         return doc
 
     def latest_id(self) -> int | None:
@@ -315,8 +361,17 @@ class RolloutService:
                 return None
             rid, r = found
             branch, _ = self._reader.revert_note(rid)
-        return {"id": rid, "commit": r.commit, "state": r.state.value, "wave": r.wave, "paused": r.paused,
-                "immediate": r.immediate, "reason": r.reason, "revert_branch": branch, "hint": hint(rid, r, branch)}
+        return {
+            "id": rid,
+            "commit": r.commit,
+            "state": r.state.value,
+            "wave": r.wave,
+            "paused": r.paused,
+            "immediate": r.immediate,
+            "reason": r.reason,
+            "revert_branch": branch,
+            "hint": hint(rid, r, branch),
+        }
 
     def node_position(self, node: str, limit: int = 20) -> dict[str, Any] | None:
         """Where ``node`` stands in the newest of the last ``limit`` rollouts that changed it; None when none did."""
@@ -333,13 +388,23 @@ class RolloutService:
                 else:
                     status = "not reached"
                 reason = r.progress[node].reason if i == r.wave and node in r.progress else ""
-                return {"id": rid, "commit": r.commit, "state": r.state.value, "wave": w.name, "wave_index": i,
-                        "status": status, "reason": reason}
+                return {
+                    "id": rid,
+                    "commit": r.commit,
+                    "state": r.state.value,
+                    "wave": w.name,
+                    "wave_index": i,
+                    "status": status,
+                    "reason": reason,
+                }
         return None
 
     def documents(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._read_lock:
-            return [self._doc(self._reader, rid, created, updated, r) for rid, created, updated, r in self._reader.list(limit)]
+            return [
+                self._doc(self._reader, rid, created, updated, r)
+                for rid, created, updated, r in self._reader.list(limit)
+            ]
 
     def document(self, rid: int) -> dict[str, Any]:
         """One rollout with its events and the current wave's per-node progress. Raises NoSuchRolloutError."""
@@ -349,21 +414,43 @@ class RolloutService:
                 raise NoSuchRolloutError(rid)
             doc = self._doc(self._reader, *row)
             doc["events"] = self._reader.events(rid)
-            doc["progress"] = {n: {"status": p.status.value, "since": p.since, "reason": p.reason}
-                               for n, p in sorted(row[3].progress.items())}
+            doc["progress"] = {
+                n: {"status": p.status.value, "since": p.since, "reason": p.reason}
+                for n, p in sorted(row[3].progress.items())
+            }
             return doc
 
     @staticmethod
-    def _doc(store: RolloutStore, rid: int, created: float, updated: float, r: Rollout) -> dict[str, Any]:
+    def _doc(
+        store: RolloutStore, rid: int, created: float, updated: float, r: Rollout
+    ) -> dict[str, Any]:
         branch, revert_error = store.revert_note(rid)
         return {
-            "id": rid, "commit": r.commit, "state": r.state.value, "wave": r.wave, "paused": r.paused,
-            "immediate": r.immediate, "failure_policy": r.failure_policy, "reason": r.reason,
-            "created_at": created, "updated_at": updated,
-            "waves": [{"name": w.name, "nodes": list(w.nodes), "soak_s": w.soak_s, "timeout_s": w.timeout_s,
-                       "allowed_failures": w.allowed_failures, "approval": w.approval, "status": counts}
-                      for w, counts in zip(r.waves, r.wave_counts())],
-            "revert_branch": branch, "revert_error": revert_error, "hint": hint(rid, r, branch),
+            "id": rid,
+            "commit": r.commit,
+            "state": r.state.value,
+            "wave": r.wave,
+            "paused": r.paused,
+            "immediate": r.immediate,
+            "failure_policy": r.failure_policy,
+            "reason": r.reason,
+            "created_at": created,
+            "updated_at": updated,
+            "waves": [
+                {
+                    "name": w.name,
+                    "nodes": list(w.nodes),
+                    "soak_s": w.soak_s,
+                    "timeout_s": w.timeout_s,
+                    "allowed_failures": w.allowed_failures,
+                    "approval": w.approval,
+                    "status": counts,
+                }
+                for w, counts in zip(r.waves, r.wave_counts(), strict=False)
+            ],
+            "revert_branch": branch,
+            "revert_error": revert_error,
+            "hint": hint(rid, r, branch),
         }
 
     def _update_metrics(self, rid: int | None = None, r: Rollout | None = None) -> None:
@@ -371,9 +458,18 @@ class RolloutService:
         if self._metrics is None:
             return
         latest = self._store.latest_id()
-        if r is not None and self._metered is not None and self._metered[0] == rid == latest and self._metered[1] is r:
+        if (
+            r is not None
+            and self._metered is not None
+            and self._metered[0] == rid == latest
+            and self._metered[1] is r
+        ):
             return  # the gauges show this very rollout already: a tick with no news counts no nodes
-        found = (rid, r) if r is not None and rid == latest else (self._store.latest() if latest is not None else None)
+        found = (
+            (rid, r)
+            if r is not None and rid == latest
+            else (self._store.latest() if latest is not None else None)
+        )
         self._metered = (rid, r) if r is not None and rid == latest else None
         state_gauge, wave_gauge = self._metrics.rollout_state, self._metrics.rollout_wave_nodes
         current = found[1].state.value if found else None
@@ -382,7 +478,7 @@ class RolloutService:
         wave_gauge.clear()
         if found is not None:
             r = found[1]
-            for w, counts in zip(r.waves, r.wave_counts()):
+            for w, counts in zip(r.waves, r.wave_counts(), strict=False):
                 for status, n in counts.items():
                     wave_gauge.labels(wave=w.name, status=status).set(n)
 
@@ -390,16 +486,21 @@ class RolloutService:
 def hint(rid: int, r: Rollout, revert_branch: str | None) -> str | None:
     """What an operator can do next with rollout ``rid``, as commands that work as printed; None: nothing to do."""
     if r.state is State.HALTED:
-        return (f"after fixing the failed nodes, `treadle rollout resume {rid}` re-checks wave "
-                f"{r.current.name if r.current else r.wave}; or `treadle rollout abort {rid}` and revert the commit "
-                f"(`git revert {r.commit[:12]}`), or push a fix")
+        return (
+            f"after fixing the failed nodes, `treadle rollout resume {rid}` re-checks wave "
+            f"{r.current.name if r.current else r.wave}; or `treadle rollout abort {rid}` and revert the commit "
+            f"(`git revert {r.commit[:12]}`), or push a fix"
+        )
     if r.paused and r.active:
         return f"`treadle rollout resume {rid}` continues it"
     if r.state is State.WAITING and "approval" in r.reason:
         return f"`treadle rollout approve {rid}` starts the wave"
     if r.state is State.ROLLED_BACK:
-        return (f"merge {revert_branch} so that git matches the rollback" if revert_branch
-                else f"revert {r.commit[:12]} in git (`git revert {r.commit[:12]}`), or the next commit rolls it out again")
+        return (
+            f"merge {revert_branch} so that git matches the rollback"
+            if revert_branch
+            else f"revert {r.commit[:12]} in git (`git revert {r.commit[:12]}`), or the next commit rolls it out again"
+        )
     return None
 
 
@@ -409,6 +510,8 @@ def _abort_outcome(r: Rollout, reached: Sequence[str]) -> str:
     waves = [w.name for w in r.waves if w.nodes and set(w.nodes) <= set(reached)]
     if not reached:
         return f"no node had received {r.commit[:12]}: all {total} changed node(s) keep what they ran before"
-    return (f"{len(reached)} node(s) (waves {', '.join(waves)}) run {r.commit[:12]}; the other {total - len(reached)} "
-            f"changed node(s) keep what they ran before. To take the reached nodes back, push a revert "
-            f"(`git revert {r.commit[:12]}`): its rollout returns them")
+    return (
+        f"{len(reached)} node(s) (waves {', '.join(waves)}) run {r.commit[:12]}; the other {total - len(reached)} "
+        f"changed node(s) keep what they ran before. To take the reached nodes back, push a revert "
+        f"(`git revert {r.commit[:12]}`): its rollout returns them"
+    )

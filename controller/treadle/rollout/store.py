@@ -96,11 +96,19 @@ CREATE TABLE IF NOT EXISTS rollout_meta (
 """
 
 #: The tables of a rollout's rows besides ``rollouts`` itself (pruned with it).
-_CHILD_TABLES = ("rollout_waves", "rollout_progress", "rollout_events", "rollout_previous", "rollout_notes")
+_CHILD_TABLES = (
+    "rollout_waves",
+    "rollout_progress",
+    "rollout_events",
+    "rollout_previous",
+    "rollout_notes",
+)
 
 #: The columns every reading query returns: the row, and the rollout's waves.
-_SELECT = ("SELECT r.id, r.created_at, r.updated_at, r.doc, w.waves, r.progress_version FROM rollouts r "
-           "LEFT JOIN rollout_waves w ON w.rollout_id = r.id")
+_SELECT = (
+    "SELECT r.id, r.created_at, r.updated_at, r.doc, w.waves, r.progress_version FROM rollouts r "
+    "LEFT JOIN rollout_waves w ON w.rollout_id = r.id"
+)
 
 #: Rollouts whose parsed waves (they never change once written; ids are never reused) and last known
 #: progress a store keeps: reading the rollout in flight again after another writer saved it does not
@@ -119,8 +127,17 @@ _Row = tuple[str, float | None, str, str]
 
 def waves_doc(r: Rollout) -> list[dict[str, Any]]:
     """The rollout's waves, the part that never changes after it is created."""
-    return [{"name": w.name, "nodes": list(w.nodes), "soak_s": w.soak_s, "timeout_s": w.timeout_s,
-             "allowed_failures": w.allowed_failures, "approval": w.approval} for w in r.waves]
+    return [
+        {
+            "name": w.name,
+            "nodes": list(w.nodes),
+            "soak_s": w.soak_s,
+            "timeout_s": w.timeout_s,
+            "allowed_failures": w.allowed_failures,
+            "approval": w.approval,
+        }
+        for w in r.waves
+    ]
 
 
 def to_doc(r: Rollout) -> dict[str, Any]:
@@ -140,7 +157,9 @@ def to_doc(r: Rollout) -> dict[str, Any]:
     }
 
 
-def from_doc(doc: dict[str, Any], waves: tuple[Wave, ...], progress: dict[str, NodeProgress]) -> Rollout:
+def from_doc(
+    doc: dict[str, Any], waves: tuple[Wave, ...], progress: dict[str, NodeProgress]
+) -> Rollout:
     return Rollout(
         commit=doc["commit"],
         waves=waves,
@@ -166,7 +185,9 @@ def _lines(nodes: list[str]) -> str:
     text = "\n".join(nodes)
     if text.count("\n") != len(nodes) - 1:  # counted in C: no check per name
         bad = next(n for n in nodes if "\n" in n)
-        raise ValueError(f"node name {bad!r} contains a line break: it cannot be stored in a rollout")
+        raise ValueError(
+            f"node name {bad!r} contains a line break: it cannot be stored in a rollout"
+        )
     return text
 
 
@@ -183,20 +204,27 @@ def _grouped(nodes: list[str], values: list[NodeProgress]) -> list[_Row]:
     """
     if not nodes:
         return []
-    if all(map(is_, values, repeat(values[0]))):  # the usual case, in one pass in C that stops at a difference
+    if all(
+        map(is_, values, repeat(values[0]))
+    ):  # the usual case, in one pass in C that stops at a difference
         return [_row(values[0], nodes)]
-    objects = dict(zip(map(id, values), values))
+    objects = dict(zip(map(id, values), values, strict=False))
     if len(objects) <= _C_PASSES:  # one pass in C per object beats one Python step per node
-        by_object = {i: list(compress(nodes, map(is_, values, repeat(p)))) for i, p in objects.items()}
+        by_object = {
+            i: list(compress(nodes, map(is_, values, repeat(p)))) for i, p in objects.items()
+        }
     else:
         by_object = {i: [] for i in objects}
-        for node, p in zip(nodes, values):
+        for node, p in zip(nodes, values, strict=False):
             by_object[id(p)].append(node)
     groups: dict[tuple[str, float | None, str], list[str]] = {}
     for i, members in by_object.items():
         p = objects[i]
         groups.setdefault((p.status.value, p.since, p.reason), []).extend(members)
-    return [(status, since, reason, _lines(members)) for (status, since, reason), members in groups.items()]
+    return [
+        (status, since, reason, _lines(members))
+        for (status, since, reason), members in groups.items()
+    ]
 
 
 def _snapshot(progress: Mapping[str, NodeProgress]) -> list[_Row]:
@@ -212,14 +240,21 @@ def _moves(old: Mapping[str, NodeProgress], r: Rollout) -> list[_Row] | None:
     rows; otherwise the two are compared, by identity, in C.
     """
     new, index = r.progress, r.index
-    if index is not None and index.progress is new and index.base is old and index.moved is not None:
+    if (
+        index is not None
+        and index.progress is new
+        and index.base is old
+        and index.moved is not None
+    ):
         return _grouped(list(index.moved), list(index.moved.values()))
     if len(new) < len(old):
         return None
     if not old:  # a new wave's progress: all of it
         return _snapshot(new)
     keys = list(new)
-    moved = list(compress(keys, map(is_not, new.values(), map(old.get, keys))))  # compared by identity, in C
+    moved = list(
+        compress(keys, map(is_not, new.values(), map(old.get, keys)))
+    )  # compared by identity, in C
     added = len(moved) - sum(map(old.__contains__, moved))
     if len(new) != len(old) + added:
         return None
@@ -265,7 +300,9 @@ def _reading(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _database(conn: sqlite3.Connection) -> str:
     rows = conn.execute("PRAGMA database_list").fetchall()
-    return next((str(path) for _, name, path in rows if name == "main" and path), "the state database")
+    return next(
+        (str(path) for _, name, path in rows if name == "main" and path), "the state database"
+    )
 
 
 #: The tables SCHEMA creates.
@@ -274,7 +311,9 @@ _SCHEMA_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEM
 
 def _tables_and_version(conn: sqlite3.Connection) -> tuple[set[str], int]:
     """The tables present and the version of the rollout tables (1 before versions were recorded)."""
-    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
     version = SCHEMA_VERSION if "rollouts" not in tables else 1
     if "rollout_meta" in tables:
         row = conn.execute("SELECT value FROM rollout_meta WHERE key = 'schema'").fetchone()
@@ -295,17 +334,24 @@ def _prepare(conn: sqlite3.Connection) -> None:
     with _immediate(conn):
         tables, version = _tables_and_version(conn)  # again, under the write lock
         if version > SCHEMA_VERSION:
-            raise StoreError(f"{_database(conn)}: its rollout tables are of version {version}, written by a newer "
-                             f"Treadle; this one reads version {SCHEMA_VERSION} and older. Run the newer Treadle, "
-                             "or restore the state directory from a backup this version wrote")
+            raise StoreError(
+                f"{_database(conn)}: its rollout tables are of version {version}, written by a newer "
+                f"Treadle; this one reads version {SCHEMA_VERSION} and older. Run the newer Treadle, "
+                "or restore the state directory from a backup this version wrote"
+            )
         if version == 1:
-            conn.execute("ALTER TABLE rollouts ADD COLUMN progress_version INTEGER NOT NULL DEFAULT 0")
+            conn.execute(
+                "ALTER TABLE rollouts ADD COLUMN progress_version INTEGER NOT NULL DEFAULT 0"
+            )
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
         if version == 1:
             _migrate_from_1(conn)
-        conn.execute("INSERT OR REPLACE INTO rollout_meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        conn.execute(
+            "INSERT OR REPLACE INTO rollout_meta (key, value) VALUES ('schema', ?)",
+            (SCHEMA_VERSION,),
+        )
 
 
 def _migrate_from_1(conn: sqlite3.Connection) -> None:
@@ -315,19 +361,33 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
         try:
             doc = json.loads(text)
             progress = doc.pop("progress", [])
-            if isinstance(progress, dict):  # the first format: {node: {"status", "since", "reason"}}
-                progress = [[p["status"], p["since"], p["reason"], [n]] for n, p in progress.items()]
-            rows = [(NodeStatus(status).value, since, str(reason), _lines(list(nodes)))
-                    for status, since, reason, nodes in progress if nodes]
+            if isinstance(
+                progress, dict
+            ):  # the first format: {node: {"status", "since", "reason"}}
+                progress = [
+                    [p["status"], p["since"], p["reason"], [n]] for n, p in progress.items()
+                ]
+            rows = [
+                (NodeStatus(status).value, since, str(reason), _lines(list(nodes)))
+                for status, since, reason, nodes in progress
+                if nodes
+            ]
             waves = doc.pop("waves", None)
         except (ValueError, TypeError, KeyError) as e:
-            raise StoreError(f"{_database(conn)}: rollout {rid} cannot be migrated to rollout tables version "
-                             f"{SCHEMA_VERSION} ({type(e).__name__}: {e}); nothing was changed. Restore the state "
-                             "directory from a backup, or remove that rollout's rows") from e
+            raise StoreError(
+                f"{_database(conn)}: rollout {rid} cannot be migrated to rollout tables version "
+                f"{SCHEMA_VERSION} ({type(e).__name__}: {e}); nothing was changed. Restore the state "
+                "directory from a backup, or remove that rollout's rows"
+            ) from e
         if waves is not None:
-            conn.execute("INSERT OR IGNORE INTO rollout_waves (rollout_id, waves) VALUES (?, ?)", (rid, json.dumps(waves)))
-        conn.executemany("INSERT INTO rollout_progress (rollout_id, status, since, reason, nodes) VALUES (?, ?, ?, ?, ?)",
-                         [(rid, *row) for row in rows])
+            conn.execute(
+                "INSERT OR IGNORE INTO rollout_waves (rollout_id, waves) VALUES (?, ?)",
+                (rid, json.dumps(waves)),
+            )
+        conn.executemany(
+            "INSERT INTO rollout_progress (rollout_id, status, since, reason, nodes) VALUES (?, ?, ?, ?, ?)",
+            [(rid, *row) for row in rows],
+        )
         conn.execute("UPDATE rollouts SET doc = ? WHERE id = ?", (json.dumps(doc), rid))
 
 
@@ -353,15 +413,21 @@ def _wrapped(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as e:
-            raise StoreError(f"{_database_file(self)}: rollout tables, {method.__name__}: {e} "
-                             "(fix: free the disk or the lock; a damaged file: move it aside and restart)") from e
+            raise StoreError(
+                f"{_database_file(self)}: rollout tables, {method.__name__}: {e} "
+                "(fix: free the disk or the lock; a damaged file: move it aside and restart)"
+            ) from e
+
     return call
 
 
 def _database_file(store: Any) -> str:
     try:
         return _database(store._conn)
-    except (sqlite3.Error, AttributeError):  # the connection itself is what failed, or was never opened
+    except (
+        sqlite3.Error,
+        AttributeError,
+    ):  # the connection itself is what failed, or was never opened
         return "the state database"
 
 
@@ -388,34 +454,50 @@ class RolloutStore:
         events, previous manifests and notes; the number of rollouts deleted."""
         active = self.active_id()
         with self._conn:
-            gone = [r for (r,) in self._conn.execute(
-                "SELECT id FROM rollouts WHERE id NOT IN (SELECT id FROM rollouts ORDER BY id DESC LIMIT ?) AND id != ?",
-                (keep, active if active is not None else -1)).fetchall()]
+            gone = [
+                r
+                for (r,) in self._conn.execute(
+                    "SELECT id FROM rollouts WHERE id NOT IN (SELECT id FROM rollouts ORDER BY id DESC LIMIT ?) AND id != ?",
+                    (keep, active if active is not None else -1),
+                ).fetchall()
+            ]
             for table in _CHILD_TABLES:
-                self._conn.executemany(f"DELETE FROM {table} WHERE rollout_id = ?", [(r,) for r in gone])  # noqa: S608
+                self._conn.executemany(
+                    f"DELETE FROM {table} WHERE rollout_id = ?", [(r,) for r in gone]
+                )  # noqa: S608
             self._conn.executemany("DELETE FROM rollouts WHERE id = ?", [(r,) for r in gone])
         return len(gone)
 
-    def create(self, r: Rollout, now: float | None = None, previous: Mapping[str, bytes] | None = None) -> int:
+    def create(
+        self, r: Rollout, now: float | None = None, previous: Mapping[str, bytes] | None = None
+    ) -> int:
         """Store a new rollout and, in the same transaction, what its nodes run before it (for a rollback)."""
         now = time.time() if now is None else now
         rows = _snapshot(r.progress)
         with self._conn:
             cur = self._conn.execute(
                 "INSERT INTO rollouts (commit_sha, state, created_at, updated_at, doc) VALUES (?, ?, ?, ?, ?)",
-                (r.commit, r.state.value, now, now, json.dumps(to_doc(r))))
+                (r.commit, r.state.value, now, now, json.dumps(to_doc(r))),
+            )
             rid = cast(int, cur.lastrowid)  # an INSERT sets it
-            self._conn.execute("INSERT INTO rollout_waves (rollout_id, waves) VALUES (?, ?)", (rid, json.dumps(waves_doc(r))))
+            self._conn.execute(
+                "INSERT INTO rollout_waves (rollout_id, waves) VALUES (?, ?)",
+                (rid, json.dumps(waves_doc(r))),
+            )
             self._write_rows(rid, rows)
             self._event(rid, r, now)
             if previous:
-                self._conn.executemany("INSERT INTO rollout_previous (rollout_id, node, manifest) VALUES (?, ?, ?)",
-                                       [(rid, n, m) for n, m in previous.items()])
+                self._conn.executemany(
+                    "INSERT INTO rollout_previous (rollout_id, node, manifest) VALUES (?, ?, ?)",
+                    [(rid, n, m) for n, m in previous.items()],
+                )
         self._remember(self._known, rid, (0, r.progress, len(r.progress)))
         self._remember(self._waves, rid, r.waves)
         return rid
 
-    def save(self, rid: int, r: Rollout, now: float | None = None, before: Rollout | None = None) -> None:
+    def save(
+        self, rid: int, r: Rollout, now: float | None = None, before: Rollout | None = None
+    ) -> None:
         """Persist ``r`` in one transaction; an event is logged when its state, wave, reason or pause flag changed.
 
         ``before`` is the rollout as last saved, when the caller has it (saves re-reading it); it decides
@@ -431,8 +513,12 @@ class RolloutStore:
         logs_event = self._logs_event(rid, r, before)
         known, moves, logged = self._moves_from_known(rid, r)
         with self._conn:
-            version = None if known is None or moves is None else self._update(rid, r, now, doc, known[0])
-            if version is None:  # a snapshot is due, or the row was saved by another connection since
+            version = (
+                None if known is None or moves is None else self._update(rid, r, now, doc, known[0])
+            )
+            if (
+                version is None
+            ):  # a snapshot is due, or the row was saved by another connection since
                 moves, logged = None, len(r.progress)
                 version = self._update(rid, r, now, doc, None)
                 if version is None:
@@ -443,8 +529,9 @@ class RolloutStore:
                 self._event(rid, r, now)
         self._remember(self._known, rid, (version, r.progress, logged))
 
-    def _moves_from_known(self, rid: int, r: Rollout) -> tuple[tuple[int, Mapping[str, NodeProgress], int] | None,
-                                                                list[_Row] | None, int]:
+    def _moves_from_known(
+        self, rid: int, r: Rollout
+    ) -> tuple[tuple[int, Mapping[str, NodeProgress], int] | None, list[_Row] | None, int]:
         """What this connection knows of rollout ``rid``'s progress, the rows that take it to ``r``'s (None: write
         it whole), and the node entries of the log afterwards."""
         known = self._known.get(rid)
@@ -462,29 +549,47 @@ class RolloutStore:
         """Whether saving ``r`` logs an event: its state, wave, reason or pause flag differ from ``before``'s
         (when not given, from the stored row's, read without its progress)."""
         if before is not None:
-            return (before.state, before.wave, before.reason, before.paused) != (r.state, r.wave, r.reason, r.paused)
+            return (before.state, before.wave, before.reason, before.paused) != (
+                r.state,
+                r.wave,
+                r.reason,
+                r.paused,
+            )
         row = self._conn.execute("SELECT doc FROM rollouts WHERE id = ?", (rid,)).fetchone()
         if row is None:
             return True
         doc = json.loads(row[0])
-        return (doc["state"], doc["wave"], doc["reason"], doc["paused"]) != (r.state.value, r.wave, r.reason, r.paused)
+        return (doc["state"], doc["wave"], doc["reason"], doc["paused"]) != (
+            r.state.value,
+            r.wave,
+            r.reason,
+            r.paused,
+        )
 
-    def _update(self, rid: int, r: Rollout, now: float, doc: str, version: int | None) -> int | None:
+    def _update(
+        self, rid: int, r: Rollout, now: float, doc: str, version: int | None
+    ) -> int | None:
         """Rewrite the rollout's row (only if it still has ``version``, when given); its new version, or None."""
         guard, args = ("", ()) if version is None else (" AND progress_version = ?", (version,))
         rows = self._conn.execute(
             "UPDATE rollouts SET state = ?, updated_at = ?, doc = ?, progress_version = progress_version + 1 "
-            f"WHERE id = ?{guard} RETURNING progress_version", (r.state.value, now, doc, rid, *args)).fetchall()
+            f"WHERE id = ?{guard} RETURNING progress_version",
+            (r.state.value, now, doc, rid, *args),
+        ).fetchall()
         return int(rows[0][0]) if rows else None
 
     def _write_rows(self, rid: int, rows: list[_Row]) -> None:
-        self._conn.executemany("INSERT INTO rollout_progress (rollout_id, status, since, reason, nodes) VALUES (?, ?, ?, ?, ?)",
-                               [(rid, *row) for row in rows])
+        self._conn.executemany(
+            "INSERT INTO rollout_progress (rollout_id, status, since, reason, nodes) VALUES (?, ?, ?, ?, ?)",
+            [(rid, *row) for row in rows],
+        )
 
     def _event(self, rid: int, r: Rollout, now: float) -> None:
         state = f"{r.state.value} (paused)" if r.paused else r.state.value
-        self._conn.execute("INSERT INTO rollout_events (rollout_id, at, state, wave, reason) VALUES (?, ?, ?, ?, ?)",
-                           (rid, now, state, r.wave, r.reason))
+        self._conn.execute(
+            "INSERT INTO rollout_events (rollout_id, at, state, wave, reason) VALUES (?, ?, ?, ?, ?)",
+            (rid, now, state, r.wave, r.reason),
+        )
 
     def get(self, rid: int) -> Rollout | None:
         found = self.row(rid)
@@ -492,10 +597,20 @@ class RolloutStore:
 
     def active_id(self) -> int | None:
         """The id of the rollout in flight (at most one: a newer commit supersedes the older), without parsing it."""
-        terminal = tuple(s.value for s in (State.COMPLETE, State.HALTED, State.ROLLED_BACK, State.SUPERSEDED, State.ABORTED))
+        terminal = tuple(
+            s.value
+            for s in (
+                State.COMPLETE,
+                State.HALTED,
+                State.ROLLED_BACK,
+                State.SUPERSEDED,
+                State.ABORTED,
+            )
+        )
         row = self._conn.execute(
             f"SELECT id FROM rollouts WHERE state NOT IN ({','.join('?' * len(terminal))}) ORDER BY id DESC LIMIT 1",
-            terminal).fetchone()
+            terminal,
+        ).fetchone()
         return int(row[0]) if row else None
 
     def active(self) -> tuple[int, Rollout] | None:
@@ -532,7 +647,9 @@ class RolloutStore:
     def for_commit(self, commit: str) -> tuple[int, Rollout] | None:
         """The newest rollout of ``commit``, whatever its state."""
         with _reading(self._conn):
-            row = self._conn.execute(f"{_SELECT} WHERE r.commit_sha = ? ORDER BY r.id DESC LIMIT 1", (commit,)).fetchone()
+            row = self._conn.execute(
+                f"{_SELECT} WHERE r.commit_sha = ? ORDER BY r.id DESC LIMIT 1", (commit,)
+            ).fetchone()
             return (int(row[0]), self._rollout(row)) if row else None
 
     def _rollout(self, row: tuple[Any, ...]) -> Rollout:
@@ -541,8 +658,11 @@ class RolloutStore:
         waves = self._waves.get(rid)
         if waves is None:
             waves = self._remember(self._waves, rid, _parse_waves(waves_text))
-        logged = self._conn.execute("SELECT status, since, reason, nodes FROM rollout_progress WHERE rollout_id = ? "
-                                    "ORDER BY rowid", (rid,)).fetchall()
+        logged = self._conn.execute(
+            "SELECT status, since, reason, nodes FROM rollout_progress WHERE rollout_id = ? "
+            "ORDER BY rowid",
+            (rid,),
+        ).fetchall()
         progress, entries = _fold(logged)
         self._remember(self._known, rid, (int(version), progress, entries))
         return from_doc(json.loads(doc), waves, progress)
@@ -558,19 +678,27 @@ class RolloutStore:
 
     def previous(self, rid: int) -> dict[str, dict[str, Any]]:
         """What the rollout's nodes ran before it (kept by :meth:`create`), parsed."""
-        rows = self._conn.execute("SELECT node, manifest FROM rollout_previous WHERE rollout_id = ?", (rid,)).fetchall()
+        rows = self._conn.execute(
+            "SELECT node, manifest FROM rollout_previous WHERE rollout_id = ?", (rid,)
+        ).fetchall()
         return {n: parse_json(m) for n, m in rows}
 
     def note_revert(self, rid: int, branch: str | None, error: str | None) -> None:
         with self._conn:
-            self._conn.execute("INSERT OR REPLACE INTO rollout_notes (rollout_id, revert_branch, revert_error) VALUES (?, ?, ?)",
-                               (rid, branch, error))
+            self._conn.execute(
+                "INSERT OR REPLACE INTO rollout_notes (rollout_id, revert_branch, revert_error) VALUES (?, ?, ?)",
+                (rid, branch, error),
+            )
 
     def revert_note(self, rid: int) -> tuple[str | None, str | None]:
-        row = self._conn.execute("SELECT revert_branch, revert_error FROM rollout_notes WHERE rollout_id = ?", (rid,)).fetchone()
+        row = self._conn.execute(
+            "SELECT revert_branch, revert_error FROM rollout_notes WHERE rollout_id = ?", (rid,)
+        ).fetchone()
         return (row[0], row[1]) if row else (None, None)
 
     def events(self, rid: int) -> builtins.list[dict[str, Any]]:
-        rows = self._conn.execute("SELECT at, state, wave, reason FROM rollout_events WHERE rollout_id = ? ORDER BY at, rowid",
-                                  (rid,)).fetchall()
+        rows = self._conn.execute(
+            "SELECT at, state, wave, reason FROM rollout_events WHERE rollout_id = ? ORDER BY at, rowid",
+            (rid,),
+        ).fetchall()
         return [{"at": at, "state": s, "wave": w, "reason": reason} for at, s, w, reason in rows]

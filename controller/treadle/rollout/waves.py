@@ -63,17 +63,23 @@ def _take_fraction(eligible: list[Candidate], fraction: float) -> list[Candidate
     return taken
 
 
-def _wave_members(spec: WaveSpec, remaining: list[Candidate], wave_names: set[str]) -> list[Candidate]:
+def _wave_members(
+    spec: WaveSpec, remaining: list[Candidate], wave_names: set[str]
+) -> list[Candidate]:
     pinned = [c for c in remaining if c.pinned_wave == spec.name]
     eligible = [
-        c for c in remaining
-        if (c.pinned_wave is None or c.pinned_wave not in wave_names) and spec.selects(c.site, c.cluster, c.labels)
+        c
+        for c in remaining
+        if (c.pinned_wave is None or c.pinned_wave not in wave_names)
+        and spec.selects(c.site, c.cluster, c.labels)
     ]
     chosen = eligible if spec.fraction is None else _take_fraction(eligible, spec.fraction)
     return pinned + chosen
 
 
-def assign(policy: RolloutPolicy, changed: Iterable[Candidate]) -> list[tuple[WaveSpec, tuple[str, ...]]]:
+def assign(
+    policy: RolloutPolicy, changed: Iterable[Candidate]
+) -> list[tuple[WaveSpec, tuple[str, ...]]]:
     """Every wave of ``policy`` with the sorted names of the nodes it updates (possibly none)."""
     remaining = sorted(changed, key=lambda c: c.name)
     wave_names = {w.name for w in policy.waves}
@@ -89,13 +95,23 @@ def assign(policy: RolloutPolicy, changed: Iterable[Candidate]) -> list[tuple[Wa
     return [(spec, tuple(nodes)) for spec, nodes in result]
 
 
-def plan_rollout(commit: str, policy: RolloutPolicy, changed: Iterable[Candidate], *, immediate: bool = False) -> Rollout:
+def plan_rollout(
+    commit: str, policy: RolloutPolicy, changed: Iterable[Candidate], *, immediate: bool = False
+) -> Rollout:
     """A new rollout of ``commit`` over the ``changed`` nodes, its waves assigned by ``policy``."""
     from treadle.rollout.machine import Rollout, Wave
 
     waves = tuple(
-        Wave(name=spec.name, nodes=nodes, soak_s=spec.soak_s, timeout_s=spec.timeout_s,
-             allowed_failures=spec.allowed_failures(len(nodes)), approval=spec.approval)
+        Wave(
+            name=spec.name,
+            nodes=nodes,
+            soak_s=spec.soak_s,
+            timeout_s=spec.timeout_s,
+            allowed_failures=spec.allowed_failures(len(nodes)),
+            approval=spec.approval,
+        )
         for spec, nodes in assign(policy, changed)
     )
-    return Rollout(commit=commit, waves=waves, failure_policy=policy.failure_policy, immediate=immediate)
+    return Rollout(
+        commit=commit, waves=waves, failure_policy=policy.failure_policy, immediate=immediate
+    )

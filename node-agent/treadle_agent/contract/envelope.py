@@ -42,7 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from treadle_agent.contract.errors import ConfigError, VerifyError
-from treadle_agent.contract.manifest import PAYLOAD_TYPE, ManifestFormatError, canonical_json, parse_json
+from treadle_agent.contract.manifest import (
+    PAYLOAD_TYPE,
+    ManifestFormatError,
+    canonical_json,
+    parse_json,
+)
 from treadle_agent.contract.trustroot import TrustRoot
 
 if TYPE_CHECKING:
@@ -80,7 +85,9 @@ def _b64(value: object, what: str) -> bytes:
     elif _B64_URLSAFE.fullmatch(value):
         altchars = b"-_"
     else:
-        raise VerifyError("envelope", f"{what} is not valid base64: characters outside one base64 alphabet")
+        raise VerifyError(
+            "envelope", f"{what} is not valid base64: characters outside one base64 alphabet"
+        )
     padded = value if "=" in value else value + "=" * (-len(value) % 4)
     try:
         return base64.b64decode(padded, altchars=altchars, validate=True)
@@ -89,9 +96,15 @@ def _b64(value: object, what: str) -> bytes:
 
 
 def _signature(s: object) -> Signed:
-    if not isinstance(s, dict) or "sig" not in s or not set(s) <= {"keyid", "sig"} \
-            or not isinstance(s.get("keyid", ""), str):
-        raise VerifyError("envelope", 'signatures must be a list of {"sig": base64} with an optional "keyid": str')
+    if (
+        not isinstance(s, dict)
+        or "sig" not in s
+        or not set(s) <= {"keyid", "sig"}
+        or not isinstance(s.get("keyid", ""), str)
+    ):
+        raise VerifyError(
+            "envelope", 'signatures must be a list of {"sig": base64} with an optional "keyid": str'
+        )
     return Signed(s.get("keyid") or None, _b64(s["sig"], "a signature"))
 
 
@@ -107,16 +120,26 @@ def parse_envelope(data: bytes) -> ParsedEnvelope:
     except ManifestFormatError as e:
         raise VerifyError("envelope", f"the envelope is not valid JSON: {e}") from e
     if not isinstance(doc, dict) or set(doc) != _ENVELOPE_KEYS:
-        raise VerifyError("envelope", "a DSSE envelope is an object with exactly payload, payloadType and signatures")
+        raise VerifyError(
+            "envelope",
+            "a DSSE envelope is an object with exactly payload, payloadType and signatures",
+        )
     if not isinstance(doc["signatures"], list):
-        raise VerifyError("envelope", 'signatures must be a list of {"sig": base64} with an optional "keyid": str')
+        raise VerifyError(
+            "envelope", 'signatures must be a list of {"sig": base64} with an optional "keyid": str'
+        )
     if len(doc["signatures"]) > MAX_SIGNATURES:
-        raise VerifyError("envelope", f"the envelope carries {len(doc['signatures'])} signatures, above the limit of "
-                                      f"{MAX_SIGNATURES}; refused before verifying any")
+        raise VerifyError(
+            "envelope",
+            f"the envelope carries {len(doc['signatures'])} signatures, above the limit of "
+            f"{MAX_SIGNATURES}; refused before verifying any",
+        )
     signatures = tuple(_signature(s) for s in doc["signatures"])
     payload = _b64(doc["payload"], "the payload")
     if doc["payloadType"] != PAYLOAD_TYPE:
-        raise VerifyError("payload_type", f"payloadType is {doc['payloadType']!r}, not {PAYLOAD_TYPE!r}")
+        raise VerifyError(
+            "payload_type", f"payloadType is {doc['payloadType']!r}, not {PAYLOAD_TYPE!r}"
+        )
     return ParsedEnvelope(payload=payload, payload_type=doc["payloadType"], signatures=signatures)
 
 
@@ -135,7 +158,11 @@ def check_signatures(envelope: ParsedEnvelope, trust: TrustRoot) -> bytes:
     verified: set[tuple[str, str, str]] = set()
     for signed in envelope.signatures:
         # The key id narrows the search when it names a trusted key; otherwise every key not yet counted is tried.
-        candidates = [signed.keyid] if signed.keyid is not None and signed.keyid in trust.keys else list(trust.keys)
+        candidates = (
+            [signed.keyid]
+            if signed.keyid is not None and signed.keyid in trust.keys
+            else list(trust.keys)
+        )
         for keyid in candidates:
             if trust.identity(keyid) in verified:
                 continue
@@ -143,15 +170,20 @@ def check_signatures(envelope: ParsedEnvelope, trust: TrustRoot) -> bytes:
             assert key is not None
             try:
                 key.verify_signature(Signature(keyid, signed.sig.hex()), pae)
-            except UnverifiedSignatureError:  # also covers VerificationError (a malformed signature)
+            except (
+                UnverifiedSignatureError
+            ):  # also covers VerificationError (a malformed signature)
                 continue
             verified.add(trust.identity(keyid))
             break
     if not verified:
-        raise VerifyError("signature", f"no signature verifies against the trust root {trust.source}")
+        raise VerifyError(
+            "signature", f"no signature verifies against the trust root {trust.source}"
+        )
     if len(verified) < trust.threshold:
         raise VerifyError(
-            "threshold", f"signatures by {len(verified)} distinct trusted key(s) verify; the trust root requires {trust.threshold}"
+            "threshold",
+            f"signatures by {len(verified)} distinct trusted key(s) verify; the trust root requires {trust.threshold}",
         )
     return envelope.payload
 
@@ -203,14 +235,18 @@ def load_signer(spec: str) -> Signer:
     if not pub and uri.startswith("file2:"):
         return _signer_from_file(Path(uri.removeprefix("file2:")))
     if not pub:
-        raise ConfigError(f"signer {uri!r}: append '#<public key file>' naming the JSON public key this signer signs for")
+        raise ConfigError(
+            f"signer {uri!r}: append '#<public key file>' naming the JSON public key this signer signs for"
+        )
     from securesystemslib.signer import Key, Signer
 
     try:
         doc = parse_json(Path(pub).read_bytes())
         keyid = doc.pop("keyid")
         return Signer.from_priv_key_uri(uri, Key.from_dict(keyid, doc))
-    except Exception as e:  # signer back ends raise their own types; all mean "this key is unusable"
+    except (
+        Exception
+    ) as e:  # signer back ends raise their own types; all mean "this key is unusable"
         raise ConfigError(f"signer {uri!r} with public key {pub}: {e}") from e
 
 
@@ -222,7 +258,9 @@ def _signer_from_file(path: Path) -> Signer:
         private = load_pem_private_key(path.read_bytes(), password=None)
         return CryptoSigner(private)
     except FileNotFoundError as e:
-        raise ConfigError(f"{path}: no such private key file (fix: create one with `treadle keys generate DIR`)") from e
+        raise ConfigError(
+            f"{path}: no such private key file (fix: create one with `treadle keys generate DIR`)"
+        ) from e
     except (OSError, ValueError, TypeError) as e:
         raise ConfigError(f"{path}: not a usable PEM private key: {e}") from e
 

@@ -39,12 +39,16 @@ def check_private(path: Path, what: str) -> None:
         except OSError as e:
             raise ConfigError(f"{p}: cannot stat the {what}: {e.strerror}") from e
         if st.st_uid not in (0, me):
-            raise ConfigError(f"{p}: the {what} {'is' if n == 0 else 'is below a directory'} owned by uid {st.st_uid}, "
-                              f"neither root nor the agent's user (fix: chown root {p})")
+            raise ConfigError(
+                f"{p}: the {what} {'is' if n == 0 else 'is below a directory'} owned by uid {st.st_uid}, "
+                f"neither root nor the agent's user (fix: chown root {p})"
+            )
         sticky_dir = n > 0 and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
         if st.st_mode & 0o022 and not sticky_dir:
-            raise ConfigError(f"{p}: the {what} {'is' if n == 0 else 'is below a directory that is'} writable by "
-                              f"group or others (mode {st.st_mode & 0o7777:04o}; fix: chmod go-w {p})")
+            raise ConfigError(
+                f"{p}: the {what} {'is' if n == 0 else 'is below a directory that is'} writable by "
+                f"group or others (mode {st.st_mode & 0o7777:04o}; fix: chmod go-w {p})"
+            )
 
 
 def write_all(fd: int, data: bytes) -> None:

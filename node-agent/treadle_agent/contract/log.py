@@ -57,7 +57,10 @@ def get_logger(component: str) -> EventLogger:
 
 
 def _timestamp(record: logging.LogRecord) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z"
+    )
 
 
 def _event_and_fields(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
@@ -81,7 +84,11 @@ class TextFormatter(logging.Formatter):
         if event == "log":
             parts.append(f"logger={record.name}")
         for key, value in fields.items():
-            text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+            text = (
+                value
+                if isinstance(value, str)
+                else json.dumps(value, default=str, ensure_ascii=False)
+            )
             if not text or any(c.isspace() or c in '"=' for c in text):
                 text = json.dumps(text, ensure_ascii=False)
             parts.append(f"{key}={text}")
@@ -91,14 +98,18 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, the one shape of both programs::
 
-        {"ts": "2026-11-22T02:31:07.412Z", "level": "warning", "logger": "treadle_agent.fetch",
-         "event": "fetch.failed", <the event's fields>...}
+    {"ts": "2026-11-22T02:31:07.412Z", "level": "warning", "logger": "treadle_agent.fetch",
+     "event": "fetch.failed", <the event's fields>...}
     """
 
     def format(self, record: logging.LogRecord) -> str:
         event, fields = _event_and_fields(record)
-        doc: dict[str, Any] = {"ts": _timestamp(record), "level": record.levelname.lower(), "logger": record.name,
-                               "event": event}
+        doc: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": event,
+        }
         for key, value in fields.items():
             doc.setdefault(key, value)
         return json.dumps(doc, default=str, ensure_ascii=False, separators=(",", ":"))
@@ -108,7 +119,9 @@ class JsonFormatter(logging.Formatter):
 _QUIET = ("httpx", "httpcore")
 
 
-def configure(fmt: str = "text", *, stream: TextIO | None = None, level: int = logging.INFO) -> None:
+def configure(
+    fmt: str = "text", *, stream: TextIO | None = None, level: int = logging.INFO
+) -> None:
     """Send every logger's records (ours, and any library's) to ``stream`` (stderr by default) in format ``fmt``.
 
     The handler sits on the root logger, so nothing logs around it: a module

@@ -32,7 +32,14 @@ PAYLOAD_TYPE = "application/vnd.treadle.manifest+json"
 RESOURCE_ORDER: tuple[str, ...] = ("directory", "file", "symlink", "package", "sysctl", "service")
 _RANK = {t: i for i, t in enumerate(RESOURCE_ORDER)}
 #: The field that names a resource of each type.
-KEY_FIELD = {"directory": "path", "file": "path", "symlink": "path", "package": "name", "sysctl": "key", "service": "name"}
+KEY_FIELD = {
+    "directory": "path",
+    "file": "path",
+    "symlink": "path",
+    "package": "name",
+    "sysctl": "key",
+    "service": "name",
+}
 
 
 #: Limits of :func:`parse_json`, checked while parsing (STYLE.md: parse with limits before work). Python's
@@ -52,7 +59,9 @@ def canonical_json(obj: Any) -> bytes:
     """
     _refuse_floats(obj)
     try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        return json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
     except (TypeError, ValueError) as e:
         raise ManifestFormatError(f"not encodable as canonical JSON: {e}") from e
 
@@ -85,7 +94,9 @@ def _refuse_floats(obj: Any) -> None:
     while stack:
         o = stack.pop()
         if isinstance(o, float):
-            raise ManifestFormatError(f"floating-point number {o!r} has no canonical form; use an integer or a string")
+            raise ManifestFormatError(
+                f"floating-point number {o!r} has no canonical form; use an integer or a string"
+            )
         if isinstance(o, Mapping):
             stack.extend(o.values())
         elif isinstance(o, list | tuple):
@@ -110,7 +121,9 @@ def sort_resources(resources: Iterable[Mapping[str, Any]]) -> list[Mapping[str, 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(pairs) > MAX_MEMBERS:
-        raise ManifestFormatError(f"an object has {len(pairs)} members, above the limit of {MAX_MEMBERS}")
+        raise ManifestFormatError(
+            f"an object has {len(pairs)} members, above the limit of {MAX_MEMBERS}"
+        )
     d: dict[str, Any] = {}
     for k, v in pairs:
         if k in d:
@@ -129,7 +142,9 @@ def _no_constant(s: str) -> Any:
 
 def _bounded_int(s: str) -> int:
     if len(s.lstrip("-")) > MAX_INT_DIGITS:
-        raise ManifestFormatError(f"an integer of {len(s.lstrip('-'))} digits is above the limit of {MAX_INT_DIGITS}")
+        raise ManifestFormatError(
+            f"an integer of {len(s.lstrip('-'))} digits is above the limit of {MAX_INT_DIGITS}"
+        )
     return int(s)
 
 
@@ -141,7 +156,11 @@ def _check_depth(doc: Any) -> None:
         if kind is dict or kind is list:
             if depth > MAX_DEPTH:
                 raise ManifestFormatError(f"nesting deeper than the limit of {MAX_DEPTH}")
-            stack.extend((v, depth + 1) for v in (o.values() if kind is dict else o) if type(v) in (dict, list))
+            stack.extend(
+                (v, depth + 1)
+                for v in (o.values() if kind is dict else o)
+                if type(v) in (dict, list)
+            )
 
 
 def parse_json(data: bytes) -> Any:
@@ -153,8 +172,13 @@ def parse_json(data: bytes) -> Any:
     """
     try:
         text = data.decode("utf-8")
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant,
-                         parse_int=_bounded_int)
+        doc = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_no_float,
+            parse_constant=_no_constant,
+            parse_int=_bounded_int,
+        )
     except ManifestFormatError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
@@ -195,14 +219,22 @@ class Manifest:
         return self.doc["health"]
 
 
-def stamp(doc: Mapping[str, Any], *, generation: int, commit: str | None, issued: str, expires: str) -> dict[str, Any]:
+def stamp(
+    doc: Mapping[str, Any], *, generation: int, commit: str | None, issued: str, expires: str
+) -> dict[str, Any]:
     """A copy of manifest ``doc`` with the signing-time metadata filled in.
 
     ``issued`` and ``expires`` are RFC 3339 UTC strings with second precision
     (``2026-01-31T12:00:00Z``), see :func:`format_time`.
     """
     out = dict(doc)
-    out["metadata"] = {**doc["metadata"], "generation": generation, "commit": commit, "issued": issued, "expires": expires}
+    out["metadata"] = {
+        **doc["metadata"],
+        "generation": generation,
+        "commit": commit,
+        "issued": issued,
+        "expires": expires,
+    }
     return out
 
 

@@ -47,7 +47,9 @@ class TrustRoot:
     keys: Mapping[str, Mapping[str, Any]]  # keyid -> securesystemslib key dict
     digest: str  # sha256 of the file's bytes: states "verified under this trust root"
     source: str  # file name, for messages
-    raw: bytes = field(default=b"", repr=False, compare=False)  # the file's bytes, for a verifier process
+    raw: bytes = field(
+        default=b"", repr=False, compare=False
+    )  # the file's bytes, for a verifier process
     _loaded: dict[str, Key] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -61,9 +63,13 @@ class TrustRoot:
         try:
             data = Path(path).read_bytes()
         except OSError as e:
-            raise ConfigError(f"{path}: cannot read the trust root: {e.strerror} (fix: check trust_root in agent.toml)") from e
+            raise ConfigError(
+                f"{path}: cannot read the trust root: {e.strerror} (fix: check trust_root in agent.toml)"
+            ) from e
         except ValueError as e:  # a NUL in the path
-            raise ConfigError(f"{path}: not a usable trust root path: {e} (fix: check trust_root in agent.toml)") from e
+            raise ConfigError(
+                f"{path}: not a usable trust root path: {e} (fix: check trust_root in agent.toml)"
+            ) from e
         check_private(Path(path), "trust root")
         return cls.from_bytes(data, str(path))
 
@@ -73,14 +79,22 @@ class TrustRoot:
         try:
             doc = parse_json(data)
         except ManifestFormatError as e:
-            raise ConfigError(f"{source}: not a valid trust root: {e} (fix: regenerate it with `treadle keys generate`)") from e
+            raise ConfigError(
+                f"{source}: not a valid trust root: {e} (fix: regenerate it with `treadle keys generate`)"
+            ) from e
         if not isinstance(doc, dict) or set(doc) != {"threshold", "keys"}:
-            raise ConfigError(f'{source}: a trust root is an object with exactly "threshold" and "keys"')
+            raise ConfigError(
+                f'{source}: a trust root is an object with exactly "threshold" and "keys"'
+            )
         threshold, keys = doc["threshold"], doc["keys"]
         if not isinstance(keys, dict) or not keys:
-            raise ConfigError(f'{source}: "keys" must be a non-empty object of key id -> public key')
+            raise ConfigError(
+                f'{source}: "keys" must be a non-empty object of key id -> public key'
+            )
         if type(threshold) is not int or not 1 <= threshold <= len(keys):
-            raise ConfigError(f'{source}: "threshold" must be an integer from 1 to the number of keys ({len(keys)}), not {threshold!r}')
+            raise ConfigError(
+                f'{source}: "threshold" must be an integer from 1 to the number of keys ({len(keys)}), not {threshold!r}'
+            )
         seen: dict[tuple[str, str, str], str] = {}
         for keyid, key in keys.items():
             ident = _identity(keyid, key, source)
@@ -90,7 +104,13 @@ class TrustRoot:
                     "distinct keys (fix: list each public key once)"
                 )
             seen[ident] = keyid
-        return cls(threshold=threshold, keys=keys, digest=hashlib.sha256(canonical_json(doc)).hexdigest(), source=source, raw=data)
+        return cls(
+            threshold=threshold,
+            keys=keys,
+            digest=hashlib.sha256(canonical_json(doc)).hexdigest(),
+            source=source,
+            raw=data,
+        )
 
     def key(self, keyid: str) -> Key | None:
         """The securesystemslib key pinned under ``keyid``, or None when it is not trusted.
@@ -106,7 +126,9 @@ class TrustRoot:
             try:
                 self._loaded[keyid] = Key.from_dict(keyid, dict(self.keys[keyid]))
             except (KeyError, TypeError, ValueError) as e:
-                raise ConfigError(f"{self.source}: key {keyid!r} is not a usable public key: {e}") from e
+                raise ConfigError(
+                    f"{self.source}: key {keyid!r} is not a usable public key: {e}"
+                ) from e
         return self._loaded[keyid]
 
     def check_keys(self) -> None:
@@ -130,15 +152,25 @@ class TrustRoot:
             assert key is not None
             try:
                 key.verify_signature(Signature(keyid, "00" * 64), b"treadle trust root check")
-            except VerificationError as e:  # a subclass of UnverifiedSignatureError: the key itself failed
-                raise ConfigError(f"{self.source}: key {keyid!r} is not a usable public key: {e.__cause__ or e} "
-                                  "(fix: restore the trust root written by `treadle keys generate`)") from e
+            except (
+                VerificationError
+            ) as e:  # a subclass of UnverifiedSignatureError: the key itself failed
+                raise ConfigError(
+                    f"{self.source}: key {keyid!r} is not a usable public key: {e.__cause__ or e} "
+                    "(fix: restore the trust root written by `treadle keys generate`)"
+                ) from e
             except UnverifiedSignatureError:
                 continue  # the key works; the dummy signature is just wrong
-            except Exception as e:  # VerificationError and whatever a key type raises: the key is unusable
-                raise ConfigError(f"{self.source}: key {keyid!r} is not a usable public key: {e} "
-                                  "(fix: restore the trust root written by `treadle keys generate`)") from e
-            raise ConfigError(f"{self.source}: key {keyid!r} verified a dummy signature; it is no real key")
+            except (
+                Exception
+            ) as e:  # VerificationError and whatever a key type raises: the key is unusable
+                raise ConfigError(
+                    f"{self.source}: key {keyid!r} is not a usable public key: {e} "
+                    "(fix: restore the trust root written by `treadle keys generate`)"
+                ) from e
+            raise ConfigError(
+                f"{self.source}: key {keyid!r} verified a dummy signature; it is no real key"
+            )
 
     def identity(self, keyid: str) -> tuple[str, str, str]:
         """What makes two pinned keys the same key (type, scheme, public value), whatever their ids."""

@@ -20,12 +20,12 @@ through, which the Applier wraps) and never catch to record a result.
 
 from __future__ import annotations
 
-import grp
-import os
-import pwd
 import base64
 import binascii
+import grp
 import hashlib
+import os
+import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,7 +83,9 @@ class Context:
             try:
                 self._uids[name] = pwd.getpwnam(name).pw_uid
             except KeyError as e:
-                raise HostError(f"unknown user {name!r}: create it first (a package or your image)") from e
+                raise HostError(
+                    f"unknown user {name!r}: create it first (a package or your image)"
+                ) from e
         return self._uids[name]
 
     def gid(self, name: str) -> int:
@@ -92,7 +94,9 @@ class Context:
             try:
                 self._gids[name] = grp.getgrnam(name).gr_gid
             except KeyError as e:
-                raise HostError(f"unknown group {name!r}: create it first (a package or your image)") from e
+                raise HostError(
+                    f"unknown group {name!r}: create it first (a package or your image)"
+                ) from e
         return self._gids[name]
 
     def package(self, name: str) -> PackageState:
@@ -119,6 +123,7 @@ class Context:
         if self.units_changed:
             self.host.services.daemon_reload()
             self.units_changed = False
+
     def secret(self, res: Resource) -> bytes:
         """The plaintext of a file resource's ``secret``, decrypted with the node's identity; kept for this run only.
 
@@ -143,18 +148,24 @@ class Context:
         except (binascii.Error, ValueError) as e:
             raise HostError(f"{path}: the secret's ciphertext is not base64; refusing it") from e
         if hashlib.sha256(data).hexdigest() != secret["sha256"]:
-            raise HostError(f"{path}: the secret's ciphertext does not match its sha256; refusing it")
+            raise HostError(
+                f"{path}: the secret's ciphertext does not match its sha256; refusing it"
+            )
         if self.state_dir is None or not (identities := identity.load(self.state_dir)):
-            raise HostError(f"{path}: this node has no identity to decrypt its secret (ciphertext sha256 "
-                            f"{secret['sha256'][:16]}) (fix: treadle-agent enroll, record identity: in the node "
-                            "file, then treadle secret rekey)")
+            raise HostError(
+                f"{path}: this node has no identity to decrypt its secret (ciphertext sha256 "
+                f"{secret['sha256'][:16]}) (fix: treadle-agent enroll, record identity: in the node "
+                "file, then treadle secret rekey)"
+            )
         try:
             plain = pyrage.decrypt(data, identities)
         except pyrage.DecryptError as e:  # not one of our recipients, or a damaged file
             mine = identity.recipient(self.state_dir)
-            raise HostError(f"{path}: the secret (ciphertext sha256 {secret['sha256'][:16]}) is not encrypted to "
-                            f"this node's identity {mine}, or is damaged (fix: add the identity to the secret's "
-                            "recipients, then treadle secret rekey)") from e
+            raise HostError(
+                f"{path}: the secret (ciphertext sha256 {secret['sha256'][:16]}) is not encrypted to "
+                f"this node's identity {mine}, or is damaged (fix: add the identity to the secret's "
+                "recipients, then treadle secret rekey)"
+            ) from e
         self._cache[key] = plain
         return plain
 
@@ -196,8 +207,10 @@ def check_special_mode(res: Resource, ctx: Context) -> None:
         return
     if any(fnmatch.fnmatchcase(res["path"], pattern) for pattern in ctx.special_modes):
         return
-    raise HostError(f"{res['path']}: mode {mode} has setuid, setgid or sticky bits, which fabric.yaml policy.special_modes "
-                    "does not allow on this path (fix: add the path to policy.special_modes, or drop those bits)")
+    raise HostError(
+        f"{res['path']}: mode {mode} has setuid, setgid or sticky bits, which fabric.yaml policy.special_modes "
+        "does not allow on this path (fix: add the path to policy.special_modes, or drop those bits)"
+    )
 
 
 def check_single_link(path: str, st: os.stat_result, ctx: Context) -> None:
@@ -217,9 +230,11 @@ def check_single_link(path: str, st: os.stat_result, ctx: Context) -> None:
     stat_data = entry.get("stat") if entry else None
     if entry and entry.get("created") and stat_data and stat_data[3] == st.st_ino:
         return  # the agent made this very inode; another name for it changes nothing else
-    raise HostError(f"{path} has {st.st_nlink} hard links and was not created by the agent: changing its mode or owner "
-                    "would change the file behind every other link (fix: remove the other links, e.g. `find / -samefile "
-                    f"{path}`)")
+    raise HostError(
+        f"{path} has {st.st_nlink} hard links and was not created by the agent: changing its mode or owner "
+        "would change the file behind every other link (fix: remove the other links, e.g. `find / -samefile "
+        f"{path}`)"
+    )
 
 
 def ownership_diff(st: os.stat_result, res: Resource, ctx: Context) -> list[str]:
@@ -239,8 +254,16 @@ def wanted_ids(res: Resource, ctx: Context, st: os.stat_result | None) -> tuple[
     """(uid, gid) to give a new or rewritten file: the desired ones, else the existing file's, else unchanged (-1)."""
     if not ctx.can_chown:
         return -1, -1
-    uid = ctx.uid(res["owner"]) if res.get("owner") is not None else (st.st_uid if st is not None else -1)
-    gid = ctx.gid(res["group"]) if res.get("group") is not None else (st.st_gid if st is not None else -1)
+    uid = (
+        ctx.uid(res["owner"])
+        if res.get("owner") is not None
+        else (st.st_uid if st is not None else -1)
+    )
+    gid = (
+        ctx.gid(res["group"])
+        if res.get("group") is not None
+        else (st.st_gid if st is not None else -1)
+    )
     return uid, gid
 
 

@@ -20,8 +20,16 @@ import stat
 
 from treadle_agent.errors import HostError
 from treadle_agent.inventory import Entry, stat_key
-from treadle_agent.providers.base import (Context, Observed, Resource, check_single_link, check_special_mode, fix_ownership,
-                                          ownership_diff, wanted_ids)
+from treadle_agent.providers.base import (
+    Context,
+    Observed,
+    Resource,
+    check_single_link,
+    check_special_mode,
+    fix_ownership,
+    ownership_diff,
+    wanted_ids,
+)
 from treadle_agent.providers.paths import split_path, temp_name
 
 #: The difference a secret file's content shows: never the content, only the ciphertext's digest.
@@ -74,7 +82,9 @@ class FileProvider:
         if res.get("secret"):
             record, diff = self._inspect_secret(res, ctx, entry, st)
             diffs += [diff] if diff else []
-        elif sha is not None and not (entry is not None and entry.get("sha256") == sha and entry.get("stat") == stat_key(st)):
+        elif sha is not None and not (
+            entry is not None and entry.get("sha256") == sha and entry.get("stat") == stat_key(st)
+        ):
             content = res["content"] or ""
             if st.st_size == len(content.encode()) and ctx.fs.sha256(res["path"]) == sha:
                 record = {"sha256": sha, "stat": stat_key(st)}
@@ -84,12 +94,21 @@ class FileProvider:
         return Observed("; ".join(diffs) or None, record=record, detail=st)
 
     @staticmethod
-    def _inspect_secret(res: Resource, ctx: Context, entry: Entry | None, st: os.stat_result) -> tuple[Entry | None, str | None]:
+    def _inspect_secret(
+        res: Resource, ctx: Context, entry: Entry | None, st: os.stat_result
+    ) -> tuple[Entry | None, str | None]:
         csha = secret_sha(res)
-        if entry is not None and entry.get("secret_sha256") == csha and entry.get("stat") == stat_key(st):
+        if (
+            entry is not None
+            and entry.get("secret_sha256") == csha
+            and entry.get("stat") == stat_key(st)
+        ):
             return None, None
         plain = ctx.secret(res)
-        if st.st_size == len(plain) and ctx.fs.sha256(res["path"]) == hashlib.sha256(plain).hexdigest():
+        if (
+            st.st_size == len(plain)
+            and ctx.fs.sha256(res["path"]) == hashlib.sha256(plain).hexdigest()
+        ):
             return {"secret_sha256": csha, "stat": stat_key(st)}, None
         return None, f"{SECRET_DIFF} (ciphertext sha256 {csha})"
 
@@ -101,11 +120,17 @@ class FileProvider:
             ctx.fs.unlink(path)
             return {}
         check_special_mode(res, ctx)
-        if st is None or not stat.S_ISREG(st.st_mode) or any(d in (observed.diff or "") for d in ("content differs", SECRET_DIFF)):
+        if (
+            st is None
+            or not stat.S_ISREG(st.st_mode)
+            or any(d in (observed.diff or "") for d in ("content differs", SECRET_DIFF))
+        ):
             return self._write(res, ctx, st)
         f = ctx.fs.open_regular(path)
         try:
-            check_single_link(path, os.fstat(f), ctx)  # the inode about to change, not the name looked up before
+            check_single_link(
+                path, os.fstat(f), ctx
+            )  # the inode about to change, not the name looked up before
             fix_ownership(f, res, ctx)
             new = os.fstat(f)
         finally:
@@ -119,16 +144,24 @@ class FileProvider:
             data = ctx.secret(res)
             regular = st is not None and stat.S_ISREG(st.st_mode)
             uid, gid = wanted_ids(res, ctx, st if regular else None)
-            mode = int(res["mode"], 8) if res["mode"] is not None else 0o600  # never readable by others unless asked
+            mode = (
+                int(res["mode"], 8) if res["mode"] is not None else 0o600
+            )  # never readable by others unless asked
             new = ctx.fs.write_atomic(res["path"], data, mode=mode, uid=uid, gid=gid)
             return {"secret_sha256": secret_sha(res), "stat": stat_key(new), "created": st is None}
         data = (res["content"] or "").encode()
         sha = hashlib.sha256(data).hexdigest()
         if res["sha256"] is not None and sha != res["sha256"]:
-            raise HostError(f"{res['path']}: the manifest's sha256 does not match its content; refusing to write it")
+            raise HostError(
+                f"{res['path']}: the manifest's sha256 does not match its content; refusing to write it"
+            )
         regular = st is not None and stat.S_ISREG(st.st_mode)
         # Unmanaged mode/owner: keep the replaced file's, so that a rewrite never loosens them.
-        mode = int(res["mode"], 8) if res["mode"] is not None else (st.st_mode & 0o7777 if st is not None and regular else 0o644)
+        mode = (
+            int(res["mode"], 8)
+            if res["mode"] is not None
+            else (st.st_mode & 0o7777 if st is not None and regular else 0o644)
+        )
         uid, gid = wanted_ids(res, ctx, st if regular else None)
         new = ctx.fs.write_atomic(res["path"], data, mode=mode, uid=uid, gid=gid)
         return {"sha256": sha, "stat": stat_key(new), "created": st is None}
@@ -165,7 +198,9 @@ class DirectoryProvider:
         parent, name = ctx.fs.parent(path, create=res["ensure"] == "present")
         if res["ensure"] == "absent":
             if not stat.S_ISDIR(st.st_mode):
-                raise HostError(f"{path} is {kind(st)}, not a directory: remove it by hand or declare it as what it is")
+                raise HostError(
+                    f"{path} is {kind(st)}, not a directory: remove it by hand or declare it as what it is"
+                )
             ctx.fs.forget(path)
             import shutil
 
@@ -224,15 +259,21 @@ class SymlinkProvider:
             return Observed(f"is {kind(st)}, want a symlink", detail=st)
         parent, name = ctx.fs.parent(res["path"])
         actual = os.readlink(name, dir_fd=parent)
-        return Observed(None if actual == target else f"points to {actual}, want {target}", detail=st)
+        return Observed(
+            None if actual == target else f"points to {actual}, want {target}", detail=st
+        )
 
     def repair(self, res: Resource, ctx: Context, observed: Observed) -> Entry:
         path, st = res["path"], observed.detail
         if st is not None and stat.S_ISDIR(st.st_mode):
-            raise HostError(f"{path} is a directory: remove it by hand, or declare it as a directory")
+            raise HostError(
+                f"{path} is a directory: remove it by hand, or declare it as a directory"
+            )
         if res["ensure"] == "absent":
             if not stat.S_ISLNK(st.st_mode):
-                raise HostError(f"{path} is {kind(st)}, not a symlink: remove it by hand or declare it as what it is")
+                raise HostError(
+                    f"{path} is {kind(st)}, not a symlink: remove it by hand or declare it as what it is"
+                )
             ctx.fs.unlink(path)
             ctx.fs.forget(path)
             return {}

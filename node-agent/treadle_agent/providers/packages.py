@@ -25,7 +25,9 @@ class PackageProvider:
             return f"installed ({state.version}), want absent" if state.installed else None
         if not state.installed:
             return "not installed"
-        if res["version"] and not ctx.host.packages.version_matches(state.version or "", res["version"]):
+        if res["version"] and not ctx.host.packages.version_matches(
+            state.version or "", res["version"]
+        ):
             return f"version {state.version} installed, want {res['version']}"
         return None
 
@@ -42,7 +44,9 @@ class PackageProvider:
         after = ctx.package_changed(name)
         still = self._diff(res, ctx, after)
         if still is not None:
-            raise HostError(f"package {name}: the package manager reported success but it is still {still}")
+            raise HostError(
+                f"package {name}: the package manager reported success but it is still {still}"
+            )
         return {"created": res["ensure"] == "present" and not observed.detail.installed}
 
     def remove(self, rid: str, entry: Entry, ctx: Context) -> str:

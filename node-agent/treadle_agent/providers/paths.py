@@ -38,7 +38,9 @@ _MAX_LINKS = 40
 def split_path(path: str) -> tuple[str, ...]:
     """The components of absolute resource ``path``; raises PathEscapeError if it is unsafe."""
     if not isinstance(path, str) or not path.startswith("/"):
-        raise PathEscapeError(f"resource path {path!r} is relative: write it from the root, e.g. /etc/foo.conf")
+        raise PathEscapeError(
+            f"resource path {path!r} is relative: write it from the root, e.g. /etc/foo.conf"
+        )
     if "\0" in path:
         raise PathEscapeError(f"resource path {path!r} contains a NUL byte")
     parts = tuple(path[1:].split("/"))
@@ -46,7 +48,9 @@ def split_path(path: str) -> tuple[str, ...]:
         raise PathEscapeError("resource path '/' is the managed root itself; name a path below it")
     for p in parts:
         if p in ("", ".", ".."):
-            raise PathEscapeError(f"resource path {path!r} has a {p or 'empty'!r} component: write it without '.', '..' or '//'")
+            raise PathEscapeError(
+                f"resource path {path!r} has a {p or 'empty'!r} component: write it without '.', '..' or '//'"
+            )
     return parts
 
 
@@ -90,7 +94,9 @@ class RootFS:
 
     # --- resolution ---------------------------------------------------------
 
-    def dir_fd(self, comps: tuple[str, ...], *, create: bool = False, _links: int = 0) -> int | None:
+    def dir_fd(
+        self, comps: tuple[str, ...], *, create: bool = False, _links: int = 0
+    ) -> int | None:
         """An fd of directory ``comps`` (below root), or None if it does not exist and ``create`` is false.
 
         Raises:
@@ -124,7 +130,9 @@ class RootFS:
         self._fds[comps] = fd
         return fd
 
-    def _through_link(self, comps: tuple[str, ...], parent: int, create: bool, links: int, err: OSError) -> int:
+    def _through_link(
+        self, comps: tuple[str, ...], parent: int, create: bool, links: int, err: OSError
+    ) -> int:
         where = "/" + "/".join(comps)
         try:
             st = os.stat(comps[-1], dir_fd=parent, follow_symlinks=False)
@@ -151,10 +159,16 @@ class RootFS:
         # base may itself have been reached through a link; the key stays the
         # logical path, but ".." must climb the real one.
         if target.startswith("/"):
-            inside = self._root_real == "/" or target == self._root_real or target.startswith(self._root_real + "/")
+            inside = (
+                self._root_real == "/"
+                or target == self._root_real
+                or target.startswith(self._root_real + "/")
+            )
             if not inside:
-                raise PathEscapeError(f"{where} is a symlink to {target}, which leads outside the managed root {self.root}")
-            target = target[len(self._root_real):] if self._root_real != "/" else target
+                raise PathEscapeError(
+                    f"{where} is a symlink to {target}, which leads outside the managed root {self.root}"
+                )
+            target = target[len(self._root_real) :] if self._root_real != "/" else target
             out: list[str] = []
         else:
             out = list(self._real(base))
@@ -163,7 +177,9 @@ class RootFS:
                 continue
             if p == "..":
                 if not out:
-                    raise PathEscapeError(f"{where} is a symlink to {target}, which leads outside the managed root {self.root}")
+                    raise PathEscapeError(
+                        f"{where} is a symlink to {target}, which leads outside the managed root {self.root}"
+                    )
                 out.pop()
             else:
                 out.append(p)
@@ -181,7 +197,11 @@ class RootFS:
         """Drop cached fds at or below ``path`` (it was removed or replaced), and aliases of them."""
         comps = split_path(path)
         n = len(comps)
-        gone = {self._fds[k] for k in self._fds if k and (k[:n] == comps or self._real_of.get(k, k)[:n] == comps)}
+        gone = {
+            self._fds[k]
+            for k in self._fds
+            if k and (k[:n] == comps or self._real_of.get(k, k)[:n] == comps)
+        }
         for key in [k for k, fd in self._fds.items() if k and fd in gone]:
             del self._fds[key]
             self._real_of.pop(key, None)
@@ -262,7 +282,9 @@ class RootFS:
             os.fsync(fd)
         self._dirty_dirs.clear()
 
-    def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int = -1, gid: int = -1) -> os.stat_result:
+    def write_atomic(
+        self, path: str, data: bytes, *, mode: int, uid: int = -1, gid: int = -1
+    ) -> os.stat_result:
         """Replace ``path`` by a file holding ``data`` (creating parents); returns the new file's stat.
 
         The old file (or symlink) stays in place, whole, until the rename.
@@ -277,14 +299,19 @@ class RootFS:
         except OSError as e:
             raise _oserror(path, "remove stale temp file", e) from e
         try:
-            f = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+            f = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=fd,
+            )
         except OSError as e:
             raise _oserror(path, "create temp file", e) from e
         try:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(f, view):]
+                    view = view[os.write(f, view) :]
                 os.fchmod(f, mode)
                 if uid != -1 or gid != -1:
                     os.fchown(f, uid, gid)
@@ -322,7 +349,9 @@ class RootFS:
             if fd is None:
                 continue
             with os.scandir(fd) as it:
-                stale = [e.name for e in it if e.name.endswith(TEMP_SUFFIX) and e.name.startswith(".")]
+                stale = [
+                    e.name for e in it if e.name.endswith(TEMP_SUFFIX) and e.name.startswith(".")
+                ]
             for n in stale:
                 _unlink_quietly(n, fd)
                 removed.append(f"{d.rstrip('/')}/{n}")

@@ -42,7 +42,9 @@ class ServiceProvider:
             diffs.append("disabled, want enabled" if res["enabled"] else "enabled, want disabled")
             fix["enabled"] = res["enabled"]
         if res["state"] is not None and services.is_active(name) != (res["state"] == "running"):
-            diffs.append("stopped, want running" if res["state"] == "running" else "running, want stopped")
+            diffs.append(
+                "stopped, want running" if res["state"] == "running" else "running, want stopped"
+            )
             fix["running"] = res["state"] == "running"
         return Observed("; ".join(diffs) or None, detail=fix)
 
@@ -52,18 +54,24 @@ class ServiceProvider:
         state = ctx.host.services.file_state(name)
         if state == "alias":
             real = ctx.host.services.unit_id(name)
-            raise HostError(f"{name} is an alias of {real}: name the unit itself (service {real.removesuffix('.service')}); "
-                            "disabling a unit removes its aliases, and an alias cannot be enabled then")
+            raise HostError(
+                f"{name} is an alias of {real}: name the unit itself (service {real.removesuffix('.service')}); "
+                "disabling a unit removes its aliases, and an alias cannot be enabled then"
+            )
         if state in _NOT_INSTALLABLE:
             if want:
                 return False
-            raise HostError(f"{name} is {state} (no [Install] section of its own): it cannot be disabled; "
-                            "mask it on the node, stop it with state: stopped, or set enabled: null")
+            raise HostError(
+                f"{name} is {state} (no [Install] section of its own): it cannot be disabled; "
+                "mask it on the node, stop it with state: stopped, or set enabled: null"
+            )
         if state.startswith("masked"):
             if not want:
                 return False
-            raise HostError(f"{name} is masked: the agent does not unmask units (run `systemctl unmask {name}` "
-                            "on the node if it should run, or set enabled: false)")
+            raise HostError(
+                f"{name} is masked: the agent does not unmask units (run `systemctl unmask {name}` "
+                "on the node if it should run, or set enabled: false)"
+            )
         return (state in ENABLED_STATES) != want
 
     def repair(self, res: Resource, ctx: Context, observed: Observed) -> Entry:

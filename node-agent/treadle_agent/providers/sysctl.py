@@ -56,14 +56,19 @@ class SysctlProvider:
         key, value = res["key"], normalize_sysctl(res["value"])
         current = ctx.host.sysctl.read(key)
         if current is None:
-            raise HostError(f"unknown sysctl key {key}: this kernel has no {ctx.host.sysctl.path(key)}")
+            raise HostError(
+                f"unknown sysctl key {key}: this kernel has no {ctx.host.sysctl.path(key)}"
+            )
         diffs = []
         if current != value:
             diffs.append(f"runtime value is {current!r}, want {value!r}")
         persisted = ctx.cached("sysctl.persisted", lambda: _persisted(ctx)).get(key)
         if persisted != value:
-            diffs.append(f"{persistent_path(ctx)} has {persisted!r}, want {value!r}" if persisted is not None
-                         else f"not persisted in {persistent_path(ctx)}")
+            diffs.append(
+                f"{persistent_path(ctx)} has {persisted!r}, want {value!r}"
+                if persisted is not None
+                else f"not persisted in {persistent_path(ctx)}"
+            )
         return Observed("; ".join(diffs) or None, detail=current != value)
 
     def repair(self, res: Resource, ctx: Context, observed: Observed) -> Entry:
@@ -117,7 +122,10 @@ def sync_persistent(ctx: Context, keys: Iterable[tuple[str, str, str]], heal: bo
     want = render(values)
     if data == want:
         if not untouched:  # in line already, but not yet known to the inventory
-            ctx.inventory.put(rid, {"created": entry.get("created", False) if entry else False, "sha256": current_sha})
+            ctx.inventory.put(
+                rid,
+                {"created": entry.get("created", False) if entry else False, "sha256": current_sha},
+            )
         return None
     if not (heal or changed or untouched or data is None):
         return None
