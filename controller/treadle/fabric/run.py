@@ -144,7 +144,9 @@ class FabricRun:
         """Report top-level YAML files that are fabric documents in the wrong place."""
         for path in self.layout.stray:
             doc = self.cache.parse(
-                self.entries[path], lambda p=path: self.src.read(p), self.limits  # type: ignore[misc]
+                self.entries[path],
+                lambda p=path: self.src.read(p),
+                self.limits,  # type: ignore[misc]
             ).doc
             kind = doc.get("kind") if isinstance(doc, dict) else None
             if kind in _PLACES:
@@ -169,7 +171,9 @@ class FabricRun:
         readable = True
         if entry is None:
             parsed = self.cache.parse(
-                self.entries[ref.path], lambda p=ref.path: self.src.read(p), self.limits  # type: ignore[misc]
+                self.entries[ref.path],
+                lambda p=ref.path: self.src.read(p),
+                self.limits,  # type: ignore[misc]
             )
             readable = isinstance(parsed.doc, dict)
             doc = parsed.doc if readable else {}
