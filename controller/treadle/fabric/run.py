@@ -9,6 +9,7 @@ problems).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -145,8 +146,8 @@ class FabricRun:
         for path in self.layout.stray:
             doc = self.cache.parse(
                 self.entries[path],
-                lambda p=path: self.src.read(p),
-                self.limits,  # type: ignore[misc]
+                functools.partial(self.src.read, path),
+                self.limits,
             ).doc
             kind = doc.get("kind") if isinstance(doc, dict) else None
             if kind in _PLACES:
@@ -172,8 +173,8 @@ class FabricRun:
         if entry is None:
             parsed = self.cache.parse(
                 self.entries[ref.path],
-                lambda p=ref.path: self.src.read(p),
-                self.limits,  # type: ignore[misc]
+                functools.partial(self.src.read, ref.path),
+                self.limits,
             )
             readable = isinstance(parsed.doc, dict)
             doc = parsed.doc if readable else {}
