@@ -221,10 +221,11 @@ NO_NEWS, REPORTING, WAVE_START = (
     "soak, half the wave newly reporting",
     "wave passed, next wave published",
 )
-LOSING, LAST, RESTART = (
+LOSING, LAST, RESTART, RESTART_ROUND = (
     "soak, half the wave losing its reports",
     "last wave passed, rollout complete",
     "first tick after a restart",
+    "first step after a restart's first round",
 )
 
 
@@ -275,7 +276,7 @@ def bench_step(
             health.answers[n] = Observation(executor.generation[n], True, True)
 
     kinds: dict[str, list[float]] = {
-        k: [] for k in (NO_NEWS, REPORTING, WAVE_START, LOSING, LAST, RESTART)
+        k: [] for k in (NO_NEWS, REPORTING, WAVE_START, LOSING, LAST, RESTART, RESTART_ROUND)
     }
     stand_ins: dict[str, list[float]] = {k: [] for k in kinds}
     cpus: dict[str, list[float]] = {
@@ -283,6 +284,18 @@ def bench_step(
     }  # CPU time: what the wall time is on an idle machine
 
     rounds: list[float] = []
+    held: list[
+        float
+    ] = []  # the part of each round done under the cache's lock (a tick's read waits)
+    if cache is not None:
+        keep = cache._keep
+
+        def timed_keep(kept: Any) -> None:
+            started = time.perf_counter()
+            keep(kept)
+            held.append(1000 * (time.perf_counter() - started))
+
+        cache._keep = timed_keep  # type: ignore[method-assign]
 
     def timed_tick(kind: str | None, on: RolloutService = service) -> None:
         if cache is not None:  # what the health thread does between ticks
@@ -326,14 +339,22 @@ def bench_step(
         health.answers.clear()
         clock.now += 1
         timed_tick(LOSING)
-    # A restart: a new service (its store connections, no rollout in memory) ticks the same rollout.
+    # A restart: a new service (its store connections, no rollout in memory) ticks the same rollout,
+    # with a new watcher (an empty cache: the tick waits for its first round) when there is one.
     service.close()
+    if cache is not None:
+        cache = HealthWatcher(
+            health, interval_s=1, stale_after_s=3600, clock=clock, wall_clock=clock
+        )
     service = RolloutService(
         workdir / "state.sqlite3", cache or health, metrics=ControllerMetrics(), clock=clock
     )
     healthy(wave, 0.5)
     clock.now += 1
     timed_tick(RESTART, service)
+    if cache is not None:
+        clock.now += 1
+        timed_tick(RESTART_ROUND, service)
     healthy(wave)
     clock.now += 1
     timed_tick(None, service)
@@ -361,7 +382,10 @@ def bench_step(
         (LOSING, LOSING),
         (LAST, LAST),
         (RESTART, RESTART),
+        (RESTART_ROUND, RESTART_ROUND),
     ):
+        if not kinds[kind]:
+            continue
         _line(
             label,
             own[kind],
@@ -372,6 +396,7 @@ def bench_step(
 
     if watcher:
         _line("a watcher round (health thread, untimed in ticks)", rounds, None)
+        _line("  of which under the cache's lock (reads wait)", held, None)
         return own
     # The two halves of a step, alone, on the same wave: every node of it reports at once.
     store = RolloutStore(sqlite3.connect(workdir / "state.sqlite3"))

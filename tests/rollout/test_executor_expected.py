@@ -38,3 +38,22 @@ def test_expected_is_the_same_answer_until_a_record_of_the_wave_changes(tmp_path
     state.reserve([_record("unknown", 2)])
     assert ex.expected(wave) == {"a": 5, "b": 8, "unknown": 2}
     assert ex.expected(("a",)) == {"a": 5}
+
+
+def test_while_no_record_changes_the_wave_is_not_read_again(tmp_path: Path) -> None:
+    state = StateDB(tmp_path / "state.db")
+    state.reserve([_record("a", 5)])
+    ex = _executor(state)
+    wave = ("a",)
+    first = ex.expected(wave)
+    reads: list[int] = []
+    records = state.records
+
+    def counted() -> object:
+        reads.append(1)
+        return records()
+
+    state.records = counted  # type: ignore[method-assign]
+    assert ex.expected(wave) is first and not reads
+    state.reserve([_record("a", 6)])
+    assert ex.expected(wave) == {"a": 6} and reads

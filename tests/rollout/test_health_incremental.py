@@ -183,3 +183,28 @@ def test_incremental_answers_match_a_walk_of_everything_over_random_histories() 
                     and v[1] >= floor
                 }
                 assert w.observations(targets, since) == want, (seed, since)
+
+
+def test_targets_changed_while_a_round_is_worked_out_are_taken_into_account(monkeypatch) -> None:
+    """The round's bookkeeping runs outside the lock; a watch() meanwhile makes it start again."""
+    from treadle.rollout import health
+
+    w, source, _, _ = _watcher()
+    both, one = _targets("a", "b"), _targets("a")
+    source.said = {"a": Observation(1, True, True), "b": Observation(1, True, True)}
+    w.watch(both)
+    real, made = health._Kept.of, []
+
+    def meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append(1)
+        if len(made) == 1:
+            w.watch(one)  # a tick changes the targets while the round is worked out
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(health._Kept, "of", staticmethod(meanwhile))
+    w.run_round(both)
+    assert len(made) == 2  # worked out again, against the targets as they are now
+    assert w.observations(one) == {"a": Observation(1, True, True)}
+    assert w.asked_all()
+    w.watch(both)
+    assert w.observations(both) == {"a": Observation(1, True, True)} and not w.asked_all()

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from treadle.rollout import machine
+from treadle.rollout.health import HealthWatcher
 from treadle.rollout.machine import Observation, State
-from treadle.rollout.observe import Target
+from treadle.rollout.observe import RoundResult, Target
 from treadle.rollout.policy import from_doc
 from treadle.rollout.service import RolloutService
 from treadle.rollout.waves import Candidate
@@ -254,3 +255,64 @@ def test_a_passed_canary_is_still_asked_and_its_failure_halts_the_rollout(tmp_pa
     r = service.tick(executor)
     assert "n0" in asked[-1] and {"n1", "n5"} <= asked[-1]
     assert r is not None and r.state is State.HALTED and "wave canary (passed)" in r.reason
+
+
+class RoundReports(Reports):
+    """The same reports, for a HealthWatcher's rounds (which also say why a target gave nothing)."""
+
+    async def observe_round(self, targets: Sequence[Target]) -> RoundResult:
+        return RoundResult(await self.observe(targets), {})
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_restarted_controller_keeps_soaks_until_its_health_thread_has_asked_the_nodes(
+    tmp_path, restart: bool
+) -> None:
+    """A new watcher knows nothing yet: that must not read as "no report", which restarts soaks (and a
+    restart a few seconds before a wave's timeout would then fail the wave)."""
+    policy = from_doc(
+        {
+            "waves": [
+                {
+                    "name": "canary",
+                    "selector": {"labels": {"canary": "true"}},
+                    "soak_s": 10,
+                    "timeout_s": 15,
+                }
+            ]
+        }
+    )
+    executor, now = Executor(), [1000.0]
+    executor.rollout_policy = lambda commit: policy  # type: ignore[method-assign]
+    source = RoundReports(executor)
+
+    def watcher() -> HealthWatcher:
+        clock = lambda: now[0]  # noqa: E731
+        return HealthWatcher(source, interval_s=1, stale_after_s=60, clock=clock, wall_clock=clock)
+
+    health = watcher()
+    service = RolloutService(tmp_path / "state.db", health, clock=lambda: now[0])
+    service.begin(SHA, policy, NODES, immediate=False)
+    r = service.tick(executor)  # publishes the canary: soaking from now (1000)
+    assert r is not None and r.state is State.SOAKING
+    now[0] += 1
+    r = service.tick(executor)  # the round covering the canary has not run: nothing is decided
+    assert r is not None and r.progress["n0"].status is machine.NodeStatus.PENDING
+    health.run_round(health.watched())
+    r = service.tick(executor)
+    assert r is not None and r.progress["n0"] == machine.NodeProgress(
+        machine.NodeStatus.APPLIED, 1001
+    )
+    now[0] += 8  # 1009: 6 s before the wave's timeout, 2 s before the canary has soaked
+    if restart:
+        service.close()
+        health = watcher()
+        service = RolloutService(tmp_path / "state.db", health, clock=lambda: now[0])
+    r = service.tick(executor)
+    assert r is not None and r.progress["n0"] == machine.NodeProgress(
+        machine.NodeStatus.APPLIED, 1001
+    )
+    now[0] += 3  # 1012: the new health thread's first round
+    health.run_round(health.watched())
+    r = service.tick(executor)
+    assert r is not None and r.state is State.COMPLETE, r.reason

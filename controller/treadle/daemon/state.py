@@ -121,6 +121,8 @@ class StateDB:
         # the fabric's size costs. Other threads read copies, taken under the lock.
         self._nodes: dict[str, NodeRecord] | None = None
         self._dirty: set[str] = set()
+        #: Counts changes of the in-memory records (a write or a reload): equal counts, same records.
+        self._changes = 0
         self._counts: dict[str, int] = {}
         self._nodes_lock = threading.RLock()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,6 +241,12 @@ class StateDB:
         """The same records as :meth:`nodes`, as a live read-only view: for the pipeline's thread (the writer), in O(1)."""
         return MappingProxyType(self._known())
 
+    def changes(self) -> int:
+        """A number that grows with every change of :meth:`records` (a cache's key: no pass over them)."""
+        with self._nodes_lock:
+            self._known()
+            return self._changes
+
     def dirty(self) -> frozenset[str]:
         """The nodes whose reserved generation was never confirmed published."""
         with self._nodes_lock:
@@ -249,6 +257,7 @@ class StateDB:
         with self._nodes_lock:
             if self._nodes is None:
                 self._nodes = self._load_nodes()
+                self._changes += 1
                 self._dirty = {n for n, r in self._nodes.items() if r.dirty}
                 self._counts = {}
                 for r in self._nodes.values():
@@ -267,6 +276,7 @@ class StateDB:
             self._count(old, -1)
         self._count(record, 1)
         self._nodes[record.name] = record
+        self._changes += 1
         if record.dirty:
             self._dirty.add(record.name)
         else:

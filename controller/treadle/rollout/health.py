@@ -44,10 +44,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import attrgetter, is_not
+from operator import and_, attrgetter, is_not
 from typing import Any, Protocol
 
 import anyio
@@ -66,6 +66,14 @@ class Observer(Protocol):
         """``since``: ignore what was observed before this time (seconds since the epoch)."""
         ...
 
+    def asked_all(self) -> bool:
+        """Whether, when the last observations were read, every target had been asked at least once.
+
+        A target never asked is not one that stopped answering: nothing is known of it, and a rollout
+        must neither count it nor restart its soak (a controller just started, a wave just published).
+        """
+        ...
+
 
 class DirectObserver:
     """Asks the source in the caller's thread (tests and tools that step a rollout by hand)."""
@@ -80,6 +88,9 @@ class DirectObserver:
             return {}
         return anyio.run(self.source.observe, targets)  # observed now: after any ``since``
 
+    def asked_all(self) -> bool:
+        return True  # every read asks every target
+
 
 @dataclass(frozen=True, slots=True)
 class _Seen:
@@ -89,7 +100,7 @@ class _Seen:
 
 
 _TAKEN = attrgetter("observation")
-_WHEN = attrgetter("at", "wall")
+_AT = attrgetter("at")
 
 
 @dataclass(slots=True)
@@ -99,6 +110,54 @@ class _Answer:
     targets: Sequence[Target]
     floor: float
     out: dict[str, Observation]
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A round's result as the cache takes it, worked out from the entries it replaces."""
+
+    started: float
+    wall: float
+    entries: dict[str, _Seen]  # the new entry of each watched node the round covered
+    observed: list[str]  # those with an observation (the round's set in ``_rounds``)
+    differ: list[str]  # those whose observation differs from their old entry's, or that had none
+    #: Old entries by round start: (that round's wall time, their nodes, those with an observation).
+    before: dict[float, tuple[float, list[str], list[str]]]
+
+    @staticmethod
+    def of(
+        targets: Sequence[Target],
+        observations: Mapping[str, Observation],
+        started: float,
+        wall: float,
+        wanted: Mapping[str, Target],
+        seen: Mapping[str, _Seen],
+    ) -> _Kept:
+        entries: dict[str, _Seen] = {}
+        observed: list[str] = []
+        differ: list[str] = []
+        before: dict[float, tuple[float, list[str], list[str]]] = {}
+        for t in targets:
+            n = t.node
+            if n not in wanted or n in entries:
+                continue
+            obs = observations.get(n)
+            entries[n] = _Seen(started, wall, obs)
+            if obs is not None:
+                observed.append(n)
+            old = seen.get(n)
+            if old is None:
+                differ.append(n)
+                continue
+            group = before.get(old.at)
+            if group is None:
+                group = before[old.at] = (old.wall, [], [])
+            group[1].append(n)
+            if old.observation is not None:
+                group[2].append(n)
+            if old.observation != obs:
+                differ.append(n)
+        return _Kept(started, wall, entries, observed, differ, before)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +195,8 @@ class HealthWatcher:
         #: The targets object ``_wanted`` was made from: the rollout hands the same list while it stays put.
         self._wanted_from: Sequence[Target] | None = None
         self._seen: dict[str, _Seen] = {}
+        #: Round start -> its wall time, for the rounds that may still be fresh (see _read_into).
+        self._walls: dict[float, float] = {}
         #: The nodes whose entry reads differently since the last answer (a dict: ordered, each once).
         self._changed: dict[str, None] = {}
         #: Round start -> the nodes whose observation that round took, while they are not stale.
@@ -145,6 +206,8 @@ class HealthWatcher:
         #: The ``since`` of the last read (an entry taken on the other side of it reads differently).
         self._floor = float("-inf")
         self._answer: _Answer | None = None
+        #: Whether every watched node had an entry (had been asked) at the last read.
+        self._asked_all = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -166,6 +229,8 @@ class HealthWatcher:
         self.watch(targets)
         floor = float("-inf") if since is None else since
         with self._lock:
+            # Entries exist only for watched nodes (see watch and _record_round): equal sizes, all asked.
+            self._asked_all = len(self._seen) == len(self._wanted)
             now = self._clock()
             self._expire(now)
             last = self._answer
@@ -183,6 +248,10 @@ class HealthWatcher:
             self._changed = {}
             self._answer = _Answer(targets, floor, out)
             return out
+
+    def asked_all(self) -> bool:
+        """See :meth:`Observer.asked_all`: false until a round has covered every node watched."""
+        return self._asked_all
 
     def watch(self, targets: Sequence[Target]) -> None:
         """Make ``targets`` the set observed; a change starts a round at once."""
@@ -213,15 +282,17 @@ class HealthWatcher:
         nodes = list(compress(nodes, found))  # an entry is always truthy
         found = list(filter(None, found))
         taken = list(map(_TAKEN, found))
-        whens = set(map(_WHEN, found))
-        fresh = {w for w in whens if now - w[0] <= self._stale_after_s and w[1] >= floor}
-        keep: Iterable[bool]
-        if len(fresh) == len(whens):
-            keep = list(map(is_not, taken, repeat(None)))
-        else:
-            keep = [
-                o is not None and w in fresh for o, w in zip(taken, map(_WHEN, found), strict=False)
-            ]
+        starts = set(map(_AT, found))
+        walls = self._walls  # a round's entries share its start and wall time: looked up per round
+        fresh = {
+            at
+            for at in starts
+            if now - at <= self._stale_after_s and walls.get(at, float("-inf")) >= floor
+        }
+        keep: Iterable[bool] = map(is_not, taken, repeat(None))
+        if len(fresh) < len(starts):
+            keep = map(and_, keep, map(fresh.__contains__, map(_AT, found)))
+        keep = list(keep)
         out.update(zip(compress(nodes, keep), compress(taken, keep), strict=False))
 
     def _expire(self, now: float) -> None:
@@ -297,8 +368,8 @@ class HealthWatcher:
             len(result.observations),
             _count(result.failed.values()),
         )
+        self._record_round(targets, result.observations, started, wall)
         with self._lock:
-            self._record_round(targets, result.observations, started, wall)
             self.last_round = stats
             self.rounds += 1
             self._round_done.notify_all()
@@ -312,39 +383,48 @@ class HealthWatcher:
         started: float,
         wall: float,
     ) -> None:
-        """Keep a round's observations, noting each node that reads differently now (the lock is held)."""
-        wanted, seen, rounds, expired, floor = (
-            self._wanted,
-            self._seen,
-            self._rounds,
-            self._expired,
-            self._floor,
-        )
-        changed = self._changed
-        taken = rounds.setdefault(started, set())
-        for t in targets:
-            n = t.node
-            if n not in wanted:
-                continue
-            obs = observations.get(n)
-            old = seen.get(n)
-            seen[n] = _Seen(started, wall, obs)
-            if (
-                old is not None
-                and old.observation is not None
-                and (was := rounds.get(old.at)) is not None
-            ):
-                was.discard(n)
-            if obs is not None:
-                taken.add(n)
-            if (
-                old is None
-                or n in expired
-                or old.observation != obs
-                or (old.wall >= floor) != (wall >= floor)
-            ):
-                expired.discard(n)
-                changed[n] = None
+        """Keep a round's observations, noting each node that reads differently now.
+
+        The per-node work (a new entry, a comparison with the old) is done without the lock, against
+        the entries as they are: only this thread changes them, and :meth:`watch` replaces the whole
+        mapping rather than changing it, which is looked for under the lock before the result is
+        taken. Under the lock only work in C remains, so a tick reading the cache waits a few ms at
+        100,000 nodes, not the round's whole bookkeeping.
+        """
+        for _ in range(3):
+            with self._lock:
+                wanted, seen = self._wanted, self._seen
+            kept = _Kept.of(targets, observations, started, wall, wanted, seen)
+            with self._lock:
+                if self._wanted is wanted and self._seen is seen:
+                    self._keep(kept)
+                    return
+        with self._lock:  # the targets keep changing meanwhile: the same, under the lock
+            self._keep(_Kept.of(targets, observations, started, wall, self._wanted, self._seen))
+
+    def _keep(self, kept: _Kept) -> None:
+        """Take ``kept`` into the cache (the lock is held; ``kept`` was made from the entries as they are)."""
+        rounds, changed, floor = self._rounds, self._changed, self._floor
+        for at, (old_wall, nodes, observed) in kept.before.items():
+            if (was := rounds.get(at)) is not None:
+                was.difference_update(observed)  # their observation from that round is replaced
+            if (old_wall >= floor) != (
+                kept.wall >= floor
+            ):  # now on the other side of the reader's since
+                changed.update(dict.fromkeys(nodes))
+        rounds.setdefault(kept.started, set()).update(kept.observed)
+        changed.update(dict.fromkeys(kept.differ))
+        if (
+            self._expired
+        ):  # read as stale before: they read differently now, whatever the round said
+            hits = self._expired.intersection(kept.entries)
+            self._expired.difference_update(hits)
+            changed.update(dict.fromkeys(hits))
+        self._seen.update(kept.entries)
+        self._walls = {
+            a: w for a, w in self._walls.items() if kept.started - a <= self._stale_after_s
+        }
+        self._walls[kept.started] = kept.wall
         for at in [a for a, nodes in rounds.items() if not nodes]:
             del rounds[at]
 
