@@ -316,3 +316,36 @@ def test_a_restarted_controller_keeps_soaks_until_its_health_thread_has_asked_th
     health.run_round(health.watched())
     r = service.tick(executor)
     assert r is not None and r.state is State.COMPLETE, r.reason
+
+
+def test_a_health_thread_that_never_finishes_a_round_does_not_keep_a_wave_from_timing_out(
+    tmp_path,
+) -> None:
+    policy = from_doc(
+        {
+            "waves": [
+                {
+                    "name": "canary",
+                    "selector": {"labels": {"canary": "true"}},
+                    "soak_s": 10,
+                    "timeout_s": 15,
+                }
+            ]
+        }
+    )
+    executor, now = Executor(), [1000.0]
+    executor.rollout_policy = lambda commit: policy  # type: ignore[method-assign]
+    clock = lambda: now[0]  # noqa: E731
+    # Its thread never runs a round: nothing is ever asked.
+    health = HealthWatcher(
+        RoundReports(executor), interval_s=1, stale_after_s=60, clock=clock, wall_clock=clock
+    )
+    service = RolloutService(tmp_path / "state.db", health, clock=clock)
+    service.begin(SHA, policy, NODES, immediate=False)
+    service.tick(executor)
+    now[0] += 14
+    r = service.tick(executor)
+    assert r is not None and r.state is State.SOAKING  # waiting for a round, within the timeout
+    now[0] += 1
+    r = service.tick(executor)
+    assert r is not None and r.state is State.HALTED and "timed out after 15s" in r.reason

@@ -228,11 +228,7 @@ class RolloutService:
             policy = executor.rollout_policy(r.commit)
             if policy is None:
                 return r
-            if r.state is State.SOAKING and not self._observer.asked_all():
-                # Some of the nodes gated were never asked yet (the controller just started, the wave was
-                # just published): read as "no report", the step would restart soaks of nodes nobody
-                # looked at, and a restart near a wave's timeout would fail the wave. The step waits
-                # for the health thread's next round instead (it bounds its time: see ScrapeSource).
+            if _waits_for_a_round(r, self._clock(), self._observer):
                 self._update_metrics(rid, r)
                 return r
             for _ in range(MAX_STEPS_PER_TICK):
@@ -519,6 +515,19 @@ class RolloutService:
             for w, counts in zip(r.waves, r.wave_counts(), strict=False):
                 for status, n in counts.items():
                     wave_gauge.labels(wave=w.name, status=status).set(n)
+
+
+def _waits_for_a_round(r: Rollout, now: float, observer: Observer) -> bool:
+    """Whether a soaking rollout's step waits for the health thread's next round.
+
+    Some of the nodes gated were never asked yet (the controller just started, the wave was just
+    published): read as "no report", the step would restart soaks of nodes nobody looked at, and a
+    restart near a wave's timeout would fail the wave. Past the wave's timeout it never waits: a
+    health thread that cannot finish a round must not keep a wave from timing out.
+    """
+    if r.state is not State.SOAKING or r.current is None or observer.asked_all():
+        return False
+    return r.started_at is None or now - r.started_at < r.current.timeout_s
 
 
 def hint(rid: int, r: Rollout, revert_branch: str | None) -> str | None:
