@@ -234,7 +234,12 @@ class HealthWatcher:
             now = self._clock()
             self._expire(now)
             last = self._answer
-            if last is None or last.targets is not targets or last.floor != floor:
+            if (
+                last is None
+                or last.targets is not targets
+                or last.floor != floor
+                or len(self._changed) >= len(self._wanted)  # all of it anew: no copy to undo
+            ):
                 self._floor = floor
                 out: dict[str, Observation] = {}
                 self._read_into(out, [t.node for t in targets], now, floor)
