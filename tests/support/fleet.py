@@ -27,14 +27,14 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
 from support import git as _git
 from support.git import Repo
 from support.net import free_port
-from support.procs import Proc, listening_port, spawn, wait_until
+from support.procs import Proc, listening_port, spawn, spawn_controller, wait_until
 
 PY = sys.executable
 #: Who commits the fabric (the node history tests read it back).
@@ -166,20 +166,42 @@ def write_fabric(work: Path, nodes: Iterable[NodeSpec], rollout: str, content: s
 
 
 @dataclass
-class Agent:
+class AgentHome:
+    """One node's agent directory, ``home``: its agent.toml, state and the root it applies into.
+
+    Shared by the fleet of processes and the in-process one (:mod:`support.local_fleet`), whose agents
+    write the same files.
+    """
+
     spec: NodeSpec
     home: Path
-    proc: Proc | None = None
+
+    @classmethod
+    def create(
+        cls, workdir: Path, n: NodeSpec, manifest_url: str, keys: Path, interval_s: float
+    ) -> Self:
+        """``workdir``/agents/<node> with an empty root and proc_sys, and an agent.toml (see :func:`agent_toml`)."""
+        home = workdir / "agents" / n.name
+        (home / "root").mkdir(parents=True)
+        (home / "proc_sys").mkdir()
+        (home / "agent.toml").write_text(agent_toml(n, home, manifest_url, keys, interval_s))
+        return cls(n, home)
 
     @property
     def app_file(self) -> Path:
         return self.home / "root" / APP_FILE.lstrip("/")
 
     def content(self) -> str | None:
+        """What the agent applied to the app file (without its newline); None before it wrote one."""
         try:
             return self.app_file.read_text().rstrip("\n")
         except FileNotFoundError:
             return None
+
+
+@dataclass
+class Agent(AgentHome):
+    proc: Proc | None = None
 
     def metrics(self) -> dict[str, float]:
         """This agent's treadle_agent_* gauges (no labels), read from its /metrics."""
@@ -201,6 +223,10 @@ class FabricRepo:
     nodes: list[NodeSpec]
     bare: Path
     work: Path
+
+    def __post_init__(self) -> None:
+        """The repositories' places (the dataclasses that mix this in declare them ``init=False``)."""
+        self.bare, self.work = self.workdir / "upstream.git", self.workdir / "fabric"
 
     def init_repo(self, rollout: str, content: str = "v1") -> str:
         """Both repositories, with the fabric (the ``app`` profile at ``content``) pushed; the commit."""
@@ -310,9 +336,6 @@ class Fleet(FabricRepo, FleetView):
     #: Fixed across restarts: the agents' manifest URLs name it.
     api_port: int = field(default_factory=lambda: free_port("127.0.0.1"))
 
-    def __post_init__(self) -> None:
-        self.bare, self.work = self.workdir / "upstream.git", self.workdir / "fabric"
-
     # -- the controller ------------------------------------------------------
 
     def start_controller(self) -> None:
@@ -329,22 +352,7 @@ class Fleet(FabricRepo, FleetView):
         )
         log = d / f"controller-{self.controller_starts}.log"
         self.controller_starts += 1
-        self.controller = spawn(
-            "controller",
-            [
-                PY,
-                "-m",
-                "treadle.cli",
-                "controller",
-                "run",
-                "--config",
-                str(config),
-                "--log-format",
-                "json",
-            ],
-            log,
-            d,
-        )
+        self.controller = spawn_controller(config, log, d)
         try:
             port = listening_port(self.controller)
         except AssertionError as e:
@@ -376,15 +384,8 @@ class Fleet(FabricRepo, FleetView):
         )
 
     def _agent_home(self, n: NodeSpec) -> Agent:
-        home = self.workdir / "agents" / n.name
-        (home / "root").mkdir(parents=True)
-        (home / "proc_sys").mkdir()
-        (home / "agent.toml").write_text(
-            agent_toml(
-                n, home, f"{self.url}/v1/nodes/{{node}}/manifest", self.keys, self.agent_interval_s
-            )
-        )
-        return Agent(n, home)
+        url = f"{self.url}/v1/nodes/{{node}}/manifest"
+        return Agent.create(self.workdir, n, url, self.keys, self.agent_interval_s)
 
     @staticmethod
     def _serves(agent: Agent) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ def spawn(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env
         )
     return Proc(name, p, log)
+
+
+def spawn_controller(config: Path, log: Path, cwd: Path, env: dict[str, str] | None = None) -> Proc:
+    """`treadle controller run` on ``config``, logging JSON to ``log`` (what :func:`listening_port` reads)."""
+    argv = [sys.executable, "-m", "treadle.cli", "controller", "run", "--config", str(config)]
+    return spawn("controller", [*argv, "--log-format", "json"], log, cwd, env)
 
 
 def wait_until(
