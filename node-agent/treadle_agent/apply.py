@@ -228,14 +228,7 @@ class Applier:
             self._plan, self._plan_raw = make_plan(resources), manifest.raw
         plan = self._plan
         with RootFS(self.root) as fs:
-            ctx = Context(
-                fs,
-                self.host,
-                self.inventory,
-                package_names=[r["name"] for r in resources if r["type"] == "package"],
-                special_modes=tuple(manifest.metadata.get("special_modes") or ()),
-                state_dir=self.state_dir,
-            )
+            ctx = self._context(fs, manifest)
             if not self._swept:
                 self._sweep(ctx, resources)
             self._remember_new(ctx, resources, plan)
@@ -271,14 +264,7 @@ class Applier:
         results: list[ResourceResult] = []
         starting: set[str] = set()
         with RootFS(self.root) as fs:
-            ctx = Context(
-                fs,
-                self.host,
-                self.inventory,
-                package_names=[r["name"] for r in resources if r["type"] == "package"],
-                special_modes=tuple(manifest.metadata.get("special_modes") or ()),
-                state_dir=self.state_dir,
-            )
+            ctx = self._context(fs, manifest)
             for i in plan.order:
                 rid, res = plan.ids[i], resources[i]
                 if i in plan.errors:
@@ -414,6 +400,17 @@ class Applier:
         return before
 
     # --- whole-run steps ------------------------------------------------------
+
+    def _context(self, fs: RootFS, manifest: Manifest) -> Context:
+        """What the providers see of this host for ``manifest``: the same for :meth:`apply` and :meth:`check`."""
+        return Context(
+            fs,
+            self.host,
+            self.inventory,
+            package_names=[r["name"] for r in manifest.resources if r["type"] == "package"],
+            special_modes=tuple(manifest.metadata.get("special_modes") or ()),
+            state_dir=self.state_dir,
+        )
 
     def _sweep(self, ctx: Context, resources: Sequence[Mapping[str, Any]]) -> None:
         """Remove temp files a killed run left next to the files it was replacing."""
