@@ -26,14 +26,29 @@ def signing_key(tmp_path: Path) -> Path:
     return write_signing_key(tmp_path / "keys" / "controller.key")
 
 
+def _trust_root_document(signing_key: Path) -> bytes:
+    """The agents' trust root (version 1) pinning the public half of ``signing_key``."""
+    from treadle_agent.contract.envelope import load_signer
+    from treadle_agent.contract.trustroot import trust_root_document
+
+    key = load_signer(str(signing_key)).public_key
+    return trust_root_document({key.keyid: key.to_dict()}, 1)
+
+
 @pytest.fixture
 def trust_root(signing_key: Path):  # type: ignore[no-untyped-def]
     """The agent's TrustRoot pinning ``signing_key``."""
-    from treadle_agent.contract.envelope import load_signer
-    from treadle_agent.contract.trustroot import TrustRoot, trust_root_document
+    from treadle_agent.contract.trustroot import TrustRoot
 
-    key = load_signer(str(signing_key)).public_key
-    return TrustRoot.from_bytes(trust_root_document({key.keyid: key.to_dict()}, 1))
+    return TrustRoot.from_bytes(_trust_root_document(signing_key))
+
+
+@pytest.fixture
+def trust_root_file(tmp_path: Path, signing_key: Path) -> Path:
+    """``trust-root.json`` pinning ``signing_key``, for real agents of the controller ``start_controller`` runs."""
+    path = tmp_path / "trust-root.json"
+    path.write_bytes(_trust_root_document(signing_key))
+    return path
 
 
 @dataclass

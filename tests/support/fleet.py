@@ -19,6 +19,7 @@ unhealthy.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import signal
@@ -42,6 +43,10 @@ IDENTITY = ("Fabric Admin", "admin@example.org")
 APP_FILE = "/etc/app.conf"
 MISSING_FILE = "/etc/app-health-probe-never-written"
 CANARY_MARKER = "/etc/canary-marker"
+#: The canary of a fleet made by :func:`node_specs` with one canary.
+CANARY = "c1-n01"
+#: The states a rollout ends in.
+TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
 
 #: Three waves: the canary, half of every cluster, the rest. ``{...}`` fields are filled per test.
 ROLLOUT_YAML = """\
@@ -421,6 +426,16 @@ class Fleet(FabricRepo, FleetView):
         response.raise_for_status()
         return response.json()
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``treadle args --url`` this controller, its output at a width no table wraps at."""
+        return subprocess.run(
+            [PY, "-m", "treadle.cli", *args, "--url", self.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "250"},
+        )
+
     def rollout(self, rid: str | int = "current") -> dict[str, Any]:
         return self.api(f"/v1/rollouts/{rid}")
 
@@ -484,6 +499,22 @@ def agent_toml(n: NodeSpec, home: Path, manifest_url: str, keys: Path, interval_
         f'proc_sys = "{home / "proc_sys"}"\ninterval_s = {interval_s}\njitter_s = 0\nretries = 0\n'
         f'metrics_listen = "{n.address}:{n.port}"\npackage_manager = "none"\nservice_manager = "none"\n'
     )
+
+
+def write_agent_config(home: Path, node: str, base_url: str, trust_root: Path) -> Path:
+    """``home``/agent.toml for one `treadle-agent once` against ``base_url`` (a controller or a mirror); its path.
+
+    It applies into ``home``/root with no package or service manager and tries each URL once (``retries = 0``).
+    """
+    (home / "root").mkdir(parents=True)
+    (home / "proc_sys").mkdir()
+    config = home / "agent.toml"
+    config.write_text(
+        f'node = "{node}"\nmanifest_urls = ["{base_url}/v1/nodes/{{node}}/manifest"]\ntrust_root = "{trust_root}"\n'
+        f'state_dir = "{home / "state"}"\nroot = "{home / "root"}"\npackage_manager = "none"\n'
+        f'service_manager = "none"\nproc_sys = "{home / "proc_sys"}"\nretries = 0\n'
+    )
+    return config
 
 
 _HEALTH_SCRAPE = '[health]\nsource = "scrape"\nscrape_timeout_s = 1\ninterval_s = 0.5\n'

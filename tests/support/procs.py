@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -47,6 +48,21 @@ def spawn_controller(config: Path, log: Path, cwd: Path, env: dict[str, str] | N
     """`treadle controller run` on ``config``, logging JSON to ``log`` (what :func:`listening_port` reads)."""
     argv = [sys.executable, "-m", "treadle.cli", "controller", "run", "--config", str(config)]
     return spawn("controller", [*argv, "--log-format", "json"], log, cwd, env)
+
+
+def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``treadle-agent args`` run to its end (at most 60 s), its output captured as text; no check of its exit.
+
+    Unbuffered, so that an agent that dies mid-run still leaves all it printed.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "treadle_agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
+    )
 
 
 def wait_until(
