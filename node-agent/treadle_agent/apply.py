@@ -41,6 +41,7 @@ from typing import Any
 
 from treadle_agent.contract.log import get_logger
 from treadle_agent.contract.manifest import RESOURCE_ORDER, Manifest, resource_id
+from treadle_agent.contract.names import RESOURCE_STATUS_OF_RESULT, RESOURCE_STATUSES
 from treadle_agent.errors import AgentError, ConfigError, HostError, PathEscapeError
 from treadle_agent.host import Host
 from treadle_agent.inventory import Inventory
@@ -54,14 +55,6 @@ from treadle_agent.providers.sysctl import SysctlProvider, sync_persistent
 log = get_logger("apply")
 
 STATUSES = ("in_sync", "changed", "drifted", "healed", "failed", "skipped")
-_BUCKET = {
-    "in_sync": "in_sync",
-    "changed": "in_sync",
-    "healed": "in_sync",
-    "drifted": "drifted",
-    "failed": "failed",
-    "skipped": "failed",
-}
 _PATH_TYPES = ("directory", "file", "symlink")
 #: Where systemd reads unit files and drop-ins (systemd.unit(5)); a change there needs a daemon-reload.
 UNIT_DIRS = (
@@ -96,9 +89,9 @@ class ApplyReport:
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(type, in_sync|drifted|failed) -> number of resources, zeros included, for treadle_agent_resources."""
-        out = {(t, s): 0 for t in RESOURCE_ORDER for s in ("in_sync", "drifted", "failed")}
+        out = {(t, s): 0 for t in RESOURCE_ORDER for s in RESOURCE_STATUSES}
         for r in self.results:
-            out[(r.type, _BUCKET[r.status])] += 1
+            out[(r.type, RESOURCE_STATUS_OF_RESULT[r.status])] += 1
         return out
 
 
