@@ -268,21 +268,7 @@ def restart(ctl: Controller) -> dict:  # type: ignore[type-arg]
     """Stop the controller and start it on the same state and store (not a new key); its ``api.index_loaded`` event."""
     ctl.stop()
     ctl.log = ctl.log.with_name("controller-restarted.log")
-    ctl.proc = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "treadle.cli",
-            "controller",
-            "run",
-            "--config",
-            str(ctl.config),
-            "--log-format",
-            "json",
-        ],
-        stdout=open(ctl.log, "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    ctl.spawn()
     ctl.url = ctl.wait_event("api.listening")["url"]
     return ctl.wait_event("api.index_loaded", timeout_s=300)
 

@@ -88,6 +88,11 @@ class Controller:
         self.publish = work / "publish"
         self.log = work / "controller.log"
         self.started = time.perf_counter()
+        self.spawn()
+        self.url = ""
+
+    def spawn(self) -> None:
+        """Start the process on ``config``, its JSON log (what :meth:`events` reads) written to ``log``."""
         self.proc = subprocess.Popen(
             [
                 PY,
@@ -103,7 +108,6 @@ class Controller:
             stdout=open(self.log, "wb"),
             stderr=subprocess.STDOUT,
         )
-        self.url = ""
 
     def events(self, name: str) -> list[dict]:  # type: ignore[type-arg]
         out = []

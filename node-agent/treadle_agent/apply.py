@@ -41,6 +41,7 @@ from typing import Any
 
 from treadle_agent.contract.log import get_logger
 from treadle_agent.contract.manifest import RESOURCE_ORDER, Manifest, resource_id
+from treadle_agent.contract.names import RESOURCE_STATUS_OF_RESULT, RESOURCE_STATUSES
 from treadle_agent.errors import AgentError, ConfigError, HostError, PathEscapeError
 from treadle_agent.host import Host
 from treadle_agent.inventory import Inventory
@@ -54,14 +55,6 @@ from treadle_agent.providers.sysctl import SysctlProvider, sync_persistent
 log = get_logger("apply")
 
 STATUSES = ("in_sync", "changed", "drifted", "healed", "failed", "skipped")
-_BUCKET = {
-    "in_sync": "in_sync",
-    "changed": "in_sync",
-    "healed": "in_sync",
-    "drifted": "drifted",
-    "failed": "failed",
-    "skipped": "failed",
-}
 _PATH_TYPES = ("directory", "file", "symlink")
 #: Where systemd reads unit files and drop-ins (systemd.unit(5)); a change there needs a daemon-reload.
 UNIT_DIRS = (
@@ -96,9 +89,9 @@ class ApplyReport:
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(type, in_sync|drifted|failed) -> number of resources, zeros included, for treadle_agent_resources."""
-        out = {(t, s): 0 for t in RESOURCE_ORDER for s in ("in_sync", "drifted", "failed")}
+        out = {(t, s): 0 for t in RESOURCE_ORDER for s in RESOURCE_STATUSES}
         for r in self.results:
-            out[(r.type, _BUCKET[r.status])] += 1
+            out[(r.type, RESOURCE_STATUS_OF_RESULT[r.status])] += 1
         return out
 
 
@@ -228,14 +221,7 @@ class Applier:
             self._plan, self._plan_raw = make_plan(resources), manifest.raw
         plan = self._plan
         with RootFS(self.root) as fs:
-            ctx = Context(
-                fs,
-                self.host,
-                self.inventory,
-                package_names=[r["name"] for r in resources if r["type"] == "package"],
-                special_modes=tuple(manifest.metadata.get("special_modes") or ()),
-                state_dir=self.state_dir,
-            )
+            ctx = self._context(fs, manifest)
             if not self._swept:
                 self._sweep(ctx, resources)
             self._remember_new(ctx, resources, plan)
@@ -271,14 +257,7 @@ class Applier:
         results: list[ResourceResult] = []
         starting: set[str] = set()
         with RootFS(self.root) as fs:
-            ctx = Context(
-                fs,
-                self.host,
-                self.inventory,
-                package_names=[r["name"] for r in resources if r["type"] == "package"],
-                special_modes=tuple(manifest.metadata.get("special_modes") or ()),
-                state_dir=self.state_dir,
-            )
+            ctx = self._context(fs, manifest)
             for i in plan.order:
                 rid, res = plan.ids[i], resources[i]
                 if i in plan.errors:
@@ -414,6 +393,17 @@ class Applier:
         return before
 
     # --- whole-run steps ------------------------------------------------------
+
+    def _context(self, fs: RootFS, manifest: Manifest) -> Context:
+        """What the providers see of this host for ``manifest``: the same for :meth:`apply` and :meth:`check`."""
+        return Context(
+            fs,
+            self.host,
+            self.inventory,
+            package_names=[r["name"] for r in manifest.resources if r["type"] == "package"],
+            special_modes=tuple(manifest.metadata.get("special_modes") or ()),
+            state_dir=self.state_dir,
+        )
 
     def _sweep(self, ctx: Context, resources: Sequence[Mapping[str, Any]]) -> None:
         """Remove temp files a killed run left next to the files it was replacing."""

@@ -39,7 +39,11 @@ from typing import Any, TypeVar
 from treadle_agent import __version__
 from treadle_agent.contract import names
 from treadle_agent.contract.manifest import RESOURCE_ORDER, Manifest
-from treadle_agent.contract.names import LIFECYCLE_STATES, RESOURCE_STATUSES
+from treadle_agent.contract.names import (
+    LIFECYCLE_STATES,
+    RESOURCE_STATUS_OF_RESULT,
+    RESOURCE_STATUSES,
+)
 from treadle_agent.fetch import REASONS as FETCH_REASONS
 from treadle_agent.verify import REASONS as VERIFY_REASONS
 
@@ -59,15 +63,6 @@ DURATION_BUCKETS_S = (
     60.0,
     300.0,
 )
-#: How an apply result status is shown in treadle_agent_resources.
-_STATUS_OF_RESULT = {
-    "in_sync": "in_sync",
-    "changed": "in_sync",
-    "healed": "in_sync",
-    "drifted": "drifted",
-    "failed": "failed",
-    "skipped": "failed",
-}
 
 
 class AgentMetrics:
@@ -299,7 +294,7 @@ def _resource_counts(statuses: Iterable[tuple[str, str]]) -> dict[tuple[str, str
     """(type, status) counts of (resource type, apply result status) pairs, every known pair present."""
     counts = {(t, s): 0 for t in RESOURCE_ORDER for s in RESOURCE_STATUSES}
     for rtype, status in statuses:
-        key = (rtype, _STATUS_OF_RESULT.get(status, "failed"))
+        key = (rtype, RESOURCE_STATUS_OF_RESULT.get(status, "failed"))
         counts[key] = counts.get(key, 0) + 1
     return counts
 

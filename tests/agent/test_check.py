@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from support.procs import agent_cli
+
 MOTD = "/etc/motd"
-
-
-def _agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "treadle_agent.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
 
 
 def _tree(tmp_path: Path) -> dict[str, bytes]:
@@ -33,7 +22,7 @@ def _tree(tmp_path: Path) -> dict[str, bytes]:
 
 
 def _check(config: Path, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-    done = _agent("check", "--config", str(config), "--format", "json", *extra)
+    done = agent_cli("check", "--config", str(config), "--format", "json", *extra)
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -68,8 +57,8 @@ def test_check_on_a_fresh_node_lists_every_change_and_writes_nothing(
 def test_check_after_a_run_is_in_sync_and_exits_0(tmp_path, server, keys, kit) -> None:
     server.serve(kit.signed(kit.manifest_doc(generation=2, files={MOTD: "hello\n"}), keys.signers))
     config = kit.write_config(tmp_path, keys.trust_root, [server.url()])
-    assert _agent("once", "--config", str(config)).returncode == 0
-    done = _agent("check", "--config", str(config))
+    assert agent_cli("once", "--config", str(config)).returncode == 0
+    done = agent_cli("check", "--config", str(config))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "in sync: 1 in sync"
 
@@ -79,10 +68,10 @@ def test_check_shows_drift_with_its_diff_and_leaves_it_for_the_agent(
 ) -> None:
     server.serve(kit.signed(kit.manifest_doc(generation=2, files={MOTD: "hello\n"}), keys.signers))
     config = kit.write_config(tmp_path, keys.trust_root, [server.url()])
-    assert _agent("once", "--config", str(config)).returncode == 0
+    assert agent_cli("once", "--config", str(config)).returncode == 0
     (tmp_path / "root/etc/motd").write_text("edited by hand\n")
     before = _tree(tmp_path)
-    done = _agent("check", "--config", str(config))
+    done = agent_cli("check", "--config", str(config))
     assert done.returncode == 1
     assert f"drifted       file:{MOTD}" in done.stdout and "NOT in sync: 1 drifted" in done.stdout
     assert (
@@ -100,7 +89,7 @@ def test_a_newer_manifest_shows_what_it_would_change_and_remove(
         )
     )
     config = kit.write_config(tmp_path, keys.trust_root, [server.url()])
-    assert _agent("once", "--config", str(config)).returncode == 0
+    assert agent_cli("once", "--config", str(config)).returncode == 0
     server.serve(
         kit.signed(kit.manifest_doc(generation=3, files={MOTD: "hello again\n"}), keys.signers)
     )
@@ -121,7 +110,7 @@ def test_a_refused_manifest_is_reported_and_the_last_accepted_one_is_checked(
 ) -> None:
     server.serve(kit.signed(kit.manifest_doc(generation=2, files={MOTD: "hello\n"}), keys.signers))
     config = kit.write_config(tmp_path, keys.trust_root, [server.url()])
-    assert _agent("once", "--config", str(config)).returncode == 0
+    assert agent_cli("once", "--config", str(config)).returncode == 0
     forged = kit.signed(
         kit.manifest_doc(generation=9, files={MOTD: "owned\n"}), make_keys().signers
     )
@@ -140,7 +129,7 @@ def test_offline_checks_the_last_accepted_manifest_without_asking_the_server(
 ) -> None:
     server.serve(kit.signed(kit.manifest_doc(generation=2, files={MOTD: "hello\n"}), keys.signers))
     config = kit.write_config(tmp_path, keys.trust_root, [server.url()])
-    assert _agent("once", "--config", str(config)).returncode == 0
+    assert agent_cli("once", "--config", str(config)).returncode == 0
     server.serve(kit.signed(kit.manifest_doc(generation=3, files={MOTD: "newer\n"}), keys.signers))
     code, report = _check(config, "--offline")
     assert (
@@ -156,7 +145,7 @@ def test_a_rollback_to_an_older_generation_is_refused_as_a_run_would(
 ) -> None:
     server.serve(kit.signed(kit.manifest_doc(generation=5, files={MOTD: "five\n"}), keys.signers))
     config = kit.write_config(tmp_path, keys.trust_root, [server.url()])
-    assert _agent("once", "--config", str(config)).returncode == 0
+    assert agent_cli("once", "--config", str(config)).returncode == 0
     server.serve(kit.signed(kit.manifest_doc(generation=4, files={MOTD: "four\n"}), keys.signers))
     code, report = _check(config)
     assert (
@@ -192,7 +181,7 @@ def test_a_changed_file_that_notifies_a_service_shows_the_restart_a_run_would_do
         package_manager="simulated",
         service_manager="simulated",
     )
-    assert _agent("once", "--config", str(config)).returncode == 0
+    assert agent_cli("once", "--config", str(config)).returncode == 0
     server.serve(kit.signed(doc(3, "listen 8080;\n"), keys.signers))
     code, report = _check(config)
     assert code == 1

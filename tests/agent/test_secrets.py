@@ -11,12 +11,11 @@ import base64
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from typing import Any
 
 import pyrage
 
+from support.procs import agent_cli
 from treadle_agent import identity
 
 MARKER = "PLAINTEXT-MARKER-5f1c"
@@ -51,16 +50,6 @@ def doc_with(kit, resource: dict[str, Any], generation: int = 1) -> dict[str, An
     return doc
 
 
-def _agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "treadle_agent.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def _state_bytes(tmp_path) -> bytes:  # type: ignore[no-untyped-def]
     return b"".join(p.read_bytes() for p in sorted((tmp_path / "state").rglob("*")) if p.is_file())
 
@@ -80,17 +69,17 @@ def test_a_secret_reaches_only_its_file_never_logs_metrics_check_or_state(tmp_pa
     assert node.sample("treadle_agent_resources", type="file", status="in_sync") == 2
 
     # In sync: check says so without the content. Changed on disk: check names the ciphertext, not the content.
-    checked = _agent("check", "--config", str(node.config_path), "--offline", "--format", "json")
+    checked = agent_cli("check", "--config", str(node.config_path), "--offline", "--format", "json")
     assert checked.returncode == 0, checked.stderr
     written.write_text(f"{MARKER} edited by hand\n")
-    checked = _agent("check", "--config", str(node.config_path), "--offline", "--format", "json")
-    text = _agent("check", "--config", str(node.config_path), "--offline")
+    checked = agent_cli("check", "--config", str(node.config_path), "--offline", "--format", "json")
+    text = agent_cli("check", "--config", str(node.config_path), "--offline")
     assert checked.returncode == 1 and "secret changed (ciphertext sha256 " in checked.stdout
     for out in (checked, text):
         assert MARKER not in out.stdout + out.stderr
 
     # A real process heals it, logging in JSON: nothing of the content in the log.
-    healed = _agent("once", "--config", str(node.config_path), "--log-format", "json")
+    healed = agent_cli("once", "--config", str(node.config_path), "--log-format", "json")
     assert healed.returncode == 0, healed.stderr
     assert written.read_text() == f"{MARKER}\n"
     assert "secret changed" in healed.stderr and MARKER not in healed.stdout + healed.stderr
@@ -121,7 +110,7 @@ def test_a_node_outside_the_recipients_is_refused_counted_and_keeps_the_last_goo
     assert (
         node.sample("treadle_agent_resources", type="file", status="in_sync") == 1
     )  # the motd still converged
-    checked = _agent("check", "--config", str(node.config_path), "--offline", "--format", "json")
+    checked = agent_cli("check", "--config", str(node.config_path), "--offline", "--format", "json")
     report = json.loads(checked.stdout)
     failed = [r for r in report["resources"] if r["status"] == "failed"]
     assert len(failed) == 1 and f"not encrypted to this node's identity {me}" in failed[0]["diff"]

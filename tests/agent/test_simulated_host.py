@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from support.procs import agent_cli
 from treadle_agent.contract.names import SIMULATED_HOST_FILE as STATE_FILE
 from treadle_agent.errors import StateError
 from treadle_agent.host_mode import host_for
 from treadle_agent.host_sim import SimulatedHost
-
-
-def _agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "treadle_agent.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
 
 
 def _web_server(kit, generation: int) -> dict:  # type: ignore[no-untyped-def,type-arg]
@@ -56,7 +44,7 @@ def test_a_simulated_node_installs_starts_and_restarts_in_its_state_file_only(
         package_manager="simulated",
         service_manager="simulated",
     )
-    done = _agent("once", "--config", str(config))
+    done = agent_cli("once", "--config", str(config))
     assert done.returncode == 0, done.stderr
     state = json.loads((tmp_path / "state" / STATE_FILE).read_text())
     assert state == {
@@ -64,10 +52,10 @@ def test_a_simulated_node_installs_starts_and_restarts_in_its_state_file_only(
         "units": {"nginx": {"active": True, "broken": False, "enabled": True}},
     }
     assert (
-        _agent("check", "--config", str(config)).returncode == 0
+        agent_cli("check", "--config", str(config)).returncode == 0
     )  # the next run would change nothing
     server.serve(kit.signed(_web_server(kit, 3), keys.signers))  # a new site.conf notifies nginx
-    done = _agent("once", "--config", str(config), "--log-format", "json")
+    done = agent_cli("once", "--config", str(config), "--log-format", "json")
     assert done.returncode == 0, done.stderr
     restarted = [
         json.loads(line) for line in done.stderr.splitlines() if '"service.restarted"' in line
@@ -83,7 +71,7 @@ def test_simulated_is_a_mode_of_the_whole_host(tmp_path, keys, kit) -> None:
         package_manager="simulated",
         service_manager="systemd",
     )
-    done = _agent("once", "--config", str(config))
+    done = agent_cli("once", "--config", str(config))
     assert done.returncode == 2 and 'set both to "simulated"' in done.stderr
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import pytest
 
 from support.bench import bench_module
 from support.git import Repo, git
-from support.procs import listening_port, spawn
+from support.keys import write_signing_key
+from support.procs import listening_port, spawn_controller
 
 
 @pytest.fixture
@@ -23,29 +23,32 @@ def repo(tmp_path: Path) -> Repo:
 @pytest.fixture
 def signing_key(tmp_path: Path) -> Path:
     """An Ed25519 PKCS#8 PEM private key, the format `treadle keys generate` writes."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    return write_signing_key(tmp_path / "keys" / "controller.key")
 
-    path = tmp_path / "keys" / "controller.key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(
-        Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
+
+def _trust_root_document(signing_key: Path) -> bytes:
+    """The agents' trust root (version 1) pinning the public half of ``signing_key``."""
+    from treadle_agent.contract.envelope import load_signer
+    from treadle_agent.contract.trustroot import trust_root_document
+
+    key = load_signer(str(signing_key)).public_key
+    return trust_root_document({key.keyid: key.to_dict()}, 1)
 
 
 @pytest.fixture
 def trust_root(signing_key: Path):  # type: ignore[no-untyped-def]
     """The agent's TrustRoot pinning ``signing_key``."""
-    from treadle_agent.contract.envelope import load_signer
-    from treadle_agent.contract.trustroot import TrustRoot, trust_root_document
+    from treadle_agent.contract.trustroot import TrustRoot
 
-    key = load_signer(str(signing_key)).public_key
-    return TrustRoot.from_bytes(trust_root_document({key.keyid: key.to_dict()}, 1))
+    return TrustRoot.from_bytes(_trust_root_document(signing_key))
+
+
+@pytest.fixture
+def trust_root_file(tmp_path: Path, signing_key: Path) -> Path:
+    """``trust-root.json`` pinning ``signing_key``, for real agents of the controller ``start_controller`` runs."""
+    path = tmp_path / "trust-root.json"
+    path.write_bytes(_trust_root_document(signing_key))
+    return path
 
 
 @dataclass
@@ -184,23 +187,7 @@ def start_controller(tmp_path: Path, signing_key: Path):  # type: ignore[no-unty
             f'signing_key = {signing or f"{chr(34)}{signing_key}{chr(34)}"}\nlisten = "127.0.0.1:0"\npoll_interval_s = 3600\n{extra_toml}'
         )
         log = d / f"controller-{len(procs)}.log"
-        proc = spawn(
-            "controller",
-            [
-                sys.executable,
-                "-m",
-                "treadle.cli",
-                "controller",
-                "run",
-                "--config",
-                str(config),
-                "--log-format",
-                "json",
-            ],
-            log,
-            d,
-            env={**os.environ, **(env or {})},
-        )
+        proc = spawn_controller(config, log, d, env={**os.environ, **(env or {})})
         port = listening_port(proc, 30)
         c = ControllerProc(proc.popen, f"http://127.0.0.1:{port}", log, d / "publish")
         procs.append(c)

@@ -3,48 +3,29 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
-from treadle_agent.contract.trustroot import trust_root_document
+from support.fleet import write_agent_config
+from support.procs import agent_cli
 
 
 def agent_config(tmp_path: Path, node: str, url: str, trust_root_file: Path) -> Path:
-    d = tmp_path / "agents" / node
-    (d / "root").mkdir(parents=True)
-    (d / "proc-sys").mkdir()
-    config = d / "agent.toml"
-    config.write_text(
-        f'node = "{node}"\nmanifest_urls = ["{url}/v1/nodes/{{node}}/manifest"]\ntrust_root = "{trust_root_file}"\n'
-        f'state_dir = "{d / "state"}"\nroot = "{d / "root"}"\npackage_manager = "none"\nservice_manager = "none"\n'
-        f'proc_sys = "{d / "proc-sys"}"\nretries = 0\n'
-    )
-    return config
+    return write_agent_config(tmp_path / "agents" / node, node, url, trust_root_file)
 
 
 def run_agent(config: Path) -> subprocess.CompletedProcess[str]:
     # Exit 1 is expected here: the fabric's health checks (sshd on port 22...) fail in a temp root.
-    return subprocess.run(
-        [sys.executable, "-m", "treadle_agent.cli", "once", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return agent_cli("once", "--config", str(config))
 
 
 def test_a_pushed_change_reaches_the_right_agents_files_and_no_other_node_changes(
-    make_fabric, start_controller, signing_key: Path, tmp_path: Path
+    make_fabric, start_controller, trust_root_file: Path, tmp_path: Path
 ) -> None:
-    from treadle_agent.contract.envelope import load_signer
-
     repo, fabric = make_fabric(1, 1, 2)
-    key = load_signer(str(signing_key)).public_key
-    trust_file = tmp_path / "trust-root.json"
-    trust_file.write_bytes(trust_root_document({key.keyid: key.to_dict()}, 1))
     ctl = start_controller(str(repo.bare))
     ctl.wait_deployed(fabric.commit)
     a, b = fabric.nodes[0], fabric.nodes[1]
-    configs = {n.name: agent_config(tmp_path, n.name, ctl.url, trust_file) for n in (a, b)}
+    configs = {n.name: agent_config(tmp_path, n.name, ctl.url, trust_root_file) for n in (a, b)}
     for node, config in configs.items():
         result = run_agent(config)
         assert result.returncode in (0, 1), result.stderr

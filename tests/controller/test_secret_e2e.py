@@ -7,26 +7,15 @@ agent's output and state.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
-from treadle_agent.contract.trustroot import trust_root_document
+from support.procs import agent_cli
 
 from .test_agents_e2e import agent_config
 
 MARKER = "PLAINTEXT-MARKER-e2e-3c7d"
-
-
-def _agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "treadle_agent.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def _tree_bytes(top: Path) -> bytes:
@@ -36,20 +25,16 @@ def _tree_bytes(top: Path) -> bytes:
 
 
 def test_a_secret_reaches_its_node_and_nothing_else_sees_it(
-    make_fabric, start_controller, signing_key: Path, tmp_path: Path
+    make_fabric, start_controller, trust_root_file: Path, tmp_path: Path
 ) -> None:
     from treadle.cli import main as treadle
-    from treadle_agent.contract.envelope import load_signer
 
     repo, fabric = make_fabric(1, 1, 2)
-    key = load_signer(str(signing_key)).public_key
-    trust_file = tmp_path / "trust-root.json"
-    trust_file.write_bytes(trust_root_document({key.keyid: key.to_dict()}, 1))
     ctl = start_controller(str(repo.bare))
     ctl.wait_deployed(fabric.commit)
     a = fabric.nodes[0]
-    config = agent_config(tmp_path, a.name, ctl.url, trust_file)
-    enrolled = _agent("enroll", "--config", str(config))
+    config = agent_config(tmp_path, a.name, ctl.url, trust_root_file)
+    enrolled = agent_cli("enroll", "--config", str(config))
     assert enrolled.returncode == 0, enrolled.stderr
     a.path.write_text(
         a.path.read_text() + f"identity: {enrolled.stdout.strip()}\n"
@@ -65,13 +50,13 @@ def test_a_secret_reaches_its_node_and_nothing_else_sees_it(
     head = repo.commit_and_push("deliver the munge key")
     ctl.wait_deployed(head)
 
-    applied = _agent("once", "--config", str(config), "--log-format", "json")
+    applied = agent_cli("once", "--config", str(config), "--log-format", "json")
     assert applied.returncode in (0, 1), (
         applied.stderr
     )  # 1: the fabric's health checks fail in a temp root
     written = config.parent / "root/etc/munge/munge.key"
     assert written.read_text() == f"{MARKER}\n" and written.stat().st_mode & 0o777 == 0o400
-    checked = _agent("check", "--config", str(config), "--offline", "--format", "json")
+    checked = agent_cli("check", "--config", str(config), "--offline", "--format", "json")
 
     metrics = httpx.get(f"{ctl.url}/metrics", timeout=10).content
     marker = MARKER.encode()

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.fleet import Fleet, generate_keys, node_specs, rollout_yaml
+from support.fleet import Fleet, generate_keys, node_specs, rollout_yaml, write_agent_config
 from support.nginx_mirror import Nginx, start_nginx
 
 
@@ -38,18 +38,6 @@ def mirrored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, 
         if nginx is not None:
             nginx.stop()
         fleet.stop()
-
-
-def agent_config(home: Path, node: str, mirror: str, trust_root: Path) -> Path:
-    (home / "root").mkdir(parents=True)
-    (home / "proc_sys").mkdir()
-    config = home / "agent.toml"
-    config.write_text(
-        f'node = "{node}"\nmanifest_urls = ["{mirror}/v1/nodes/{{node}}/manifest"]\ntrust_root = "{trust_root}"\n'
-        f'state_dir = "{home / "state"}"\nroot = "{home / "root"}"\npackage_manager = "none"\n'
-        f'service_manager = "none"\nproc_sys = "{home / "proc_sys"}"\nretries = 0\n'
-    )
-    return config
 
 
 def agent_once(config: Path) -> subprocess.CompletedProcess[str]:
@@ -81,7 +69,7 @@ def test_an_agent_fetching_through_nginx_gets_200_then_304_and_refuses_a_tampere
 ) -> None:
     fleet, nginx = mirrored
     node = fleet.nodes[0].name
-    config = agent_config(tmp_path / "agent", node, nginx.url, fleet.keys / "trust-root.json")
+    config = write_agent_config(tmp_path / "agent", node, nginx.url, fleet.keys / "trust-root.json")
     uri = f"/v1/nodes/{node}/manifest"
     applied = tmp_path / "agent" / "root" / "etc" / "app.conf"
 

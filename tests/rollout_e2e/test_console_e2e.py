@@ -15,9 +15,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from support.chromium import console_errors, start_chromium
-from support.fleet import APP_FILE, Fleet
-
-CANARY = "c1-n01"
+from support.fleet import APP_FILE, CANARY, Fleet
 
 
 def _find(driver, css: str):  # type: ignore[no-untyped-def]

@@ -3,24 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import treadle_schemas
-from support.fleet import PY, Fleet
-
-TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
-CANARY = "c1-n01"
-
-
-def treadle(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "treadle.cli", *args, "--url", fleet.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "250"},
-    )
+from support.fleet import CANARY, TERMINAL
 
 
 def test_a_node_says_what_it_runs_since_when_its_wave_and_what_its_agent_reports(
@@ -68,7 +53,7 @@ def test_a_node_says_what_it_runs_since_when_its_wave_and_what_its_agent_reports
         and obs["last_apply_at"] > 0
     )
 
-    shown = treadle(fleet, "status", "--node", CANARY)
+    shown = fleet.cli("status", "--node", CANARY)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     out = " ".join(shown.stdout.split())
     assert (
@@ -83,14 +68,14 @@ def test_a_node_says_what_it_runs_since_when_its_wave_and_what_its_agent_reports
     first = rows[-1][1]
     assert rows == [(gen2, sha, "rollout"), (gen1, first, "new node")]
     assert all(h["author"] == "Fabric Admin <admin@example.org>" for h in history["history"])
-    listed = treadle(fleet, "history", CANARY)
+    listed = fleet.cli("history", CANARY)
     assert (
         listed.returncode == 0
         and "rollout" in listed.stdout
         and "new node" in listed.stdout
         and sha[:12] in listed.stdout
     )
-    as_json = json.loads(treadle(fleet, "history", CANARY, "--format", "json").stdout)
+    as_json = json.loads(fleet.cli("history", CANARY, "--format", "json").stdout)
     assert as_json == history
 
 
@@ -100,7 +85,7 @@ def test_a_stopped_agent_is_reported_unreachable_and_status_exits_1(make_fleet) 
     doc = fleet.api(f"/v1/nodes/{CANARY}")
     assert doc["observation"]["reachable"] is False and "cannot read" in doc["observation"]["error"]
     assert treadle_schemas.errors("node-status.json", doc) == []
-    shown = treadle(fleet, "status", "--node", CANARY)
+    shown = fleet.cli("status", "--node", CANARY)
     assert shown.returncode == 1 and "unreachable" in shown.stdout
-    missing = treadle(fleet, "status", "--node", "no-such-node")
+    missing = fleet.cli("status", "--node", "no-such-node")
     assert missing.returncode == 2 and "404" in missing.stderr

@@ -7,26 +7,12 @@ Step 3 (abort, then revert in git) runs in-process: tests/rollout/test_scenarios
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 
 from support import REPO
-from support.fleet import MISSING_FILE, PY, Fleet
+from support.fleet import CANARY, MISSING_FILE, TERMINAL, Fleet
 
-TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
-CANARY = "c1-n01"
 RUNBOOK = REPO / "observability" / "README.md"
-
-
-def treadle(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "treadle.cli", *args, "--url", fleet.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "250"},
-    )
 
 
 def halted(fleet: Fleet) -> tuple[str, int]:
@@ -40,19 +26,19 @@ def wait_until_status_says_healthy(fleet: Fleet, names: list[str]) -> None:
     """Runbook step 2's check between repair and resume: `treadle status --node N` exits 0 for each."""
     for name in names:
         fleet.wait(
-            lambda n=name: treadle(fleet, "status", "--node", n).returncode == 0,
+            lambda n=name: fleet.cli("status", "--node", n).returncode == 0,
             60,
             f"treadle status --node {name} to say healthy",
         )
 
 
 def step_1_status_names_the_rollout_nodes_checks_and_next_commands(fleet: Fleet, rid: int) -> None:
-    status = treadle(fleet, "status")
+    status = fleet.cli("status")
     out = " ".join(status.stdout.split())  # the table wraps long lines
     assert f"{rid} of" in out and "halted" in out, status.stdout + status.stderr
     assert CANARY in out and "app-config" in out, out
     assert f"treadle rollout resume {rid}" in out and f"treadle rollout abort {rid}" in out, out
-    shown = treadle(fleet, "rollout", "show", str(rid))
+    shown = fleet.cli("rollout", "show", str(rid))
     assert (
         shown.returncode == 0
         and f"failed {CANARY}" in shown.stdout
@@ -88,7 +74,7 @@ def test_halted_runbook_repair_the_node_then_resume_completes_the_rollout(make_f
     hint = fleet.rollout(rid)["hint"]
     command = re.search(r"`(treadle rollout resume \d+)`", hint)
     assert command and command.group(1) == f"treadle rollout resume {rid}", hint
-    resumed = treadle(fleet, *command.group(1).split()[1:])
+    resumed = fleet.cli(*command.group(1).split()[1:])
     assert resumed.returncode == 0, resumed.stderr
     assert "re-checking wave canary" in " ".join(resumed.stdout.split())
     # The other nodes do not have the file: only the canary was repaired, so the next wave halts on its node.
@@ -98,7 +84,7 @@ def test_halted_runbook_repair_the_node_then_resume_completes_the_rollout(make_f
         (agent.home / "root" / MISSING_FILE.lstrip("/")).write_text("repaired\n")
     if doc["state"] == "halted":
         wait_until_status_says_healthy(fleet, list(fleet.agents))
-        again = treadle(fleet, "rollout", "resume", str(rid))
+        again = fleet.cli("rollout", "resume", str(rid))
         assert again.returncode == 0, again.stderr
     doc = fleet.wait_rollout(sha, {"complete"}, 90)
     fleet.wait_applied("v2", fleet.agents)

@@ -13,8 +13,7 @@ import time
 
 import httpx
 
-TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
-CANARY = "c1-n01"
+from support.fleet import CANARY, TERMINAL
 
 
 def wave_nodes(doc: dict) -> list[list[str]]:  # type: ignore[type-arg]

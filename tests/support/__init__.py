@@ -6,6 +6,7 @@ The small parts every suite needs:
 - :mod:`support.net`: a free port on a loopback address.
 - :mod:`support.procs`: a daemon as a child process with its log; waiting for a condition; the controller's port.
 - :mod:`support.clock`: a clock the test moves.
+- :mod:`support.keys`: the controller's signing key, written as `treadle keys generate` writes it.
 
 The fleets and servers built on them:
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from support.fabric_model import LEGAL, FabricModel, GitFabric, apply, invalid_content
+from support.keys import write_signing_key
 from treadle.daemon import config
 from treadle.daemon import process as daemon
 from treadle.daemon.pipeline import Pipeline
@@ -39,28 +40,13 @@ class Mismatch(AssertionError):
     """What the differential check found: the commit, the operation and what differed."""
 
 
-def signing_key(directory: Path) -> Path:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    path = directory / "controller.key"
-    path.write_bytes(
-        Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
-
-
 def controller(directory: Path, repository: Path) -> Pipeline:
     """The real pipeline over ``repository``, without rollouts (see the module docstring)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "controller.toml"
     path.write_text(
         f'repository = "{repository}"\nstate_dir = "state"\npublish_dir = "publish"\n'
-        f'signing_key = "{signing_key(directory)}"\n'
+        f'signing_key = "{write_signing_key(directory / "controller.key")}"\n'
     )
     pipeline = daemon.build(config.load(path)).pipeline
     pipeline.rollouts = None

@@ -19,6 +19,7 @@ unhealthy.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import signal
@@ -27,14 +28,14 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
 from support import git as _git
 from support.git import Repo
 from support.net import free_port
-from support.procs import Proc, listening_port, spawn, wait_until
+from support.procs import Proc, listening_port, spawn, spawn_controller, wait_until
 
 PY = sys.executable
 #: Who commits the fabric (the node history tests read it back).
@@ -42,6 +43,10 @@ IDENTITY = ("Fabric Admin", "admin@example.org")
 APP_FILE = "/etc/app.conf"
 MISSING_FILE = "/etc/app-health-probe-never-written"
 CANARY_MARKER = "/etc/canary-marker"
+#: The canary of a fleet made by :func:`node_specs` with one canary.
+CANARY = "c1-n01"
+#: The states a rollout ends in.
+TERMINAL = {"complete", "halted", "rolled_back", "superseded", "aborted"}
 
 #: Three waves: the canary, half of every cluster, the rest. ``{...}`` fields are filled per test.
 ROLLOUT_YAML = """\
@@ -166,20 +171,42 @@ def write_fabric(work: Path, nodes: Iterable[NodeSpec], rollout: str, content: s
 
 
 @dataclass
-class Agent:
+class AgentHome:
+    """One node's agent directory, ``home``: its agent.toml, state and the root it applies into.
+
+    Shared by the fleet of processes and the in-process one (:mod:`support.local_fleet`), whose agents
+    write the same files.
+    """
+
     spec: NodeSpec
     home: Path
-    proc: Proc | None = None
+
+    @classmethod
+    def create(
+        cls, workdir: Path, n: NodeSpec, manifest_url: str, keys: Path, interval_s: float
+    ) -> Self:
+        """``workdir``/agents/<node> with an empty root and proc_sys, and an agent.toml (see :func:`agent_toml`)."""
+        home = workdir / "agents" / n.name
+        (home / "root").mkdir(parents=True)
+        (home / "proc_sys").mkdir()
+        (home / "agent.toml").write_text(agent_toml(n, home, manifest_url, keys, interval_s))
+        return cls(n, home)
 
     @property
     def app_file(self) -> Path:
         return self.home / "root" / APP_FILE.lstrip("/")
 
     def content(self) -> str | None:
+        """What the agent applied to the app file (without its newline); None before it wrote one."""
         try:
             return self.app_file.read_text().rstrip("\n")
         except FileNotFoundError:
             return None
+
+
+@dataclass
+class Agent(AgentHome):
+    proc: Proc | None = None
 
     def metrics(self) -> dict[str, float]:
         """This agent's treadle_agent_* gauges (no labels), read from its /metrics."""
@@ -201,6 +228,10 @@ class FabricRepo:
     nodes: list[NodeSpec]
     bare: Path
     work: Path
+
+    def __post_init__(self) -> None:
+        """The repositories' places (the dataclasses that mix this in declare them ``init=False``)."""
+        self.bare, self.work = self.workdir / "upstream.git", self.workdir / "fabric"
 
     def init_repo(self, rollout: str, content: str = "v1") -> str:
         """Both repositories, with the fabric (the ``app`` profile at ``content``) pushed; the commit."""
@@ -310,9 +341,6 @@ class Fleet(FabricRepo, FleetView):
     #: Fixed across restarts: the agents' manifest URLs name it.
     api_port: int = field(default_factory=lambda: free_port("127.0.0.1"))
 
-    def __post_init__(self) -> None:
-        self.bare, self.work = self.workdir / "upstream.git", self.workdir / "fabric"
-
     # -- the controller ------------------------------------------------------
 
     def start_controller(self) -> None:
@@ -329,22 +357,7 @@ class Fleet(FabricRepo, FleetView):
         )
         log = d / f"controller-{self.controller_starts}.log"
         self.controller_starts += 1
-        self.controller = spawn(
-            "controller",
-            [
-                PY,
-                "-m",
-                "treadle.cli",
-                "controller",
-                "run",
-                "--config",
-                str(config),
-                "--log-format",
-                "json",
-            ],
-            log,
-            d,
-        )
+        self.controller = spawn_controller(config, log, d)
         try:
             port = listening_port(self.controller)
         except AssertionError as e:
@@ -376,15 +389,8 @@ class Fleet(FabricRepo, FleetView):
         )
 
     def _agent_home(self, n: NodeSpec) -> Agent:
-        home = self.workdir / "agents" / n.name
-        (home / "root").mkdir(parents=True)
-        (home / "proc_sys").mkdir()
-        (home / "agent.toml").write_text(
-            agent_toml(
-                n, home, f"{self.url}/v1/nodes/{{node}}/manifest", self.keys, self.agent_interval_s
-            )
-        )
-        return Agent(n, home)
+        url = f"{self.url}/v1/nodes/{{node}}/manifest"
+        return Agent.create(self.workdir, n, url, self.keys, self.agent_interval_s)
 
     @staticmethod
     def _serves(agent: Agent) -> bool:
@@ -419,6 +425,16 @@ class Fleet(FabricRepo, FleetView):
         response = httpx.get(f"{self.url}{path}", timeout=10, trust_env=False)
         response.raise_for_status()
         return response.json()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``treadle args --url`` this controller, its output at a width no table wraps at."""
+        return subprocess.run(
+            [PY, "-m", "treadle.cli", *args, "--url", self.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "250"},
+        )
 
     def rollout(self, rid: str | int = "current") -> dict[str, Any]:
         return self.api(f"/v1/rollouts/{rid}")
@@ -483,6 +499,22 @@ def agent_toml(n: NodeSpec, home: Path, manifest_url: str, keys: Path, interval_
         f'proc_sys = "{home / "proc_sys"}"\ninterval_s = {interval_s}\njitter_s = 0\nretries = 0\n'
         f'metrics_listen = "{n.address}:{n.port}"\npackage_manager = "none"\nservice_manager = "none"\n'
     )
+
+
+def write_agent_config(home: Path, node: str, base_url: str, trust_root: Path) -> Path:
+    """``home``/agent.toml for one `treadle-agent once` against ``base_url`` (a controller or a mirror); its path.
+
+    It applies into ``home``/root with no package or service manager and tries each URL once (``retries = 0``).
+    """
+    (home / "root").mkdir(parents=True)
+    (home / "proc_sys").mkdir()
+    config = home / "agent.toml"
+    config.write_text(
+        f'node = "{node}"\nmanifest_urls = ["{base_url}/v1/nodes/{{node}}/manifest"]\ntrust_root = "{trust_root}"\n'
+        f'state_dir = "{home / "state"}"\nroot = "{home / "root"}"\npackage_manager = "none"\n'
+        f'service_manager = "none"\nproc_sys = "{home / "proc_sys"}"\nretries = 0\n'
+    )
+    return config
 
 
 _HEALTH_SCRAPE = '[health]\nsource = "scrape"\nscrape_timeout_s = 1\ninterval_s = 0.5\n'

@@ -33,11 +33,10 @@ import anyio
 from support.api_server import serving
 from support.clock import Clock
 from support.fleet import (
-    APP_FILE,
+    AgentHome,
     FabricRepo,
     FleetView,
     NodeSpec,
-    agent_toml,
     controller_toml,
     git,
 )
@@ -73,26 +72,14 @@ class StoreFetcher(Fetcher):
 
 
 @dataclass
-class LocalAgent:
+class LocalAgent(AgentHome):
     """One node's real agent, its state dir and applied root under ``home``; ``up`` while it runs."""
 
-    spec: NodeSpec
-    home: Path
     agent: Agent | None = None
 
     @property
     def up(self) -> bool:
         return self.agent is not None
-
-    @property
-    def app_file(self) -> Path:
-        return self.home / "root" / APP_FILE.lstrip("/")
-
-    def content(self) -> str | None:
-        try:
-            return self.app_file.read_text().rstrip("\n")
-        except FileNotFoundError:
-            return None
 
     def page(self) -> str:
         """The agent's /metrics page."""
@@ -141,9 +128,6 @@ class LocalFleet(FabricRepo, FleetView):
     agents: dict[str, LocalAgent] = field(default_factory=dict)
     controller: process.Controller | None = None
     first: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.bare, self.work = self.workdir / "upstream.git", self.workdir / "fabric"
 
     # -- the controller --------------------------------------------------------
 
@@ -226,14 +210,10 @@ class LocalFleet(FabricRepo, FleetView):
             local.agent = agent
 
     def _agent_home(self, n: NodeSpec) -> LocalAgent:
-        home = self.workdir / "agents" / n.name
-        (home / "root").mkdir(parents=True)
-        (home / "proc_sys").mkdir()
-        home.chmod(0o700)
-        (home / "agent.toml").write_text(
-            agent_toml(n, home, "http://127.0.0.1:9/v1/nodes/{node}/manifest", self.keys, STEP_S)
-        )
-        return LocalAgent(n, home)
+        url = "http://127.0.0.1:9/v1/nodes/{node}/manifest"  # never fetched: see StoreFetcher
+        local = LocalAgent.create(self.workdir, n, url, self.keys, STEP_S)
+        local.home.chmod(0o700)
+        return local
 
     def stop_agent(self, name: str) -> None:
         self.agents[name].agent = None

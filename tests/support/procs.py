@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +42,27 @@ def spawn(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env
         )
     return Proc(name, p, log)
+
+
+def spawn_controller(config: Path, log: Path, cwd: Path, env: dict[str, str] | None = None) -> Proc:
+    """`treadle controller run` on ``config``, logging JSON to ``log`` (what :func:`listening_port` reads)."""
+    argv = [sys.executable, "-m", "treadle.cli", "controller", "run", "--config", str(config)]
+    return spawn("controller", [*argv, "--log-format", "json"], log, cwd, env)
+
+
+def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``treadle-agent args`` run to its end (at most 60 s), its output captured as text; no check of its exit.
+
+    Unbuffered, so that an agent that dies mid-run still leaves all it printed.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "treadle_agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
+    )
 
 
 def wait_until(

@@ -292,6 +292,15 @@ class Console:
     def refused(self, request: Request, code: int, message: str) -> Response:
         return self.page(request, "error.html", code, message=message)
 
+    def stale_form(self, request: Request) -> Response:
+        """The answer to a form that fails :meth:`csrf_ok`, the same for every form the console posts."""
+        return self.refused(
+            request,
+            403,
+            "this form is stale or came from another site (CSRF check failed): "
+            "reload the page and try again",
+        )
+
 
 class SecurityHeaders:
     """ASGI wrapper: every answer of the console (static files and Starlette's own 404s too) carries the headers."""
@@ -432,12 +441,7 @@ def build_console(ctx: Any) -> SecurityHeaders:
         action = request.path_params["action"]
         form = await read_form(request)
         if not console.csrf_ok(request, form):
-            return console.refused(
-                request,
-                403,
-                "this form is stale or came from another site (CSRF check failed): "
-                "reload the page and try again",
-            )
+            return console.stale_form(request)
         allowed, why = console.may_act(request)
         if not allowed:
             return console.refused(request, 401 if ctx.admin_token is not None else 403, why)
@@ -614,12 +618,7 @@ def build_console(ctx: Any) -> SecurityHeaders:
             return console.page(request, "login.html")
         form = await read_form(request)
         if not console.csrf_ok(request, form):
-            return console.refused(
-                request,
-                403,
-                "this form is stale or came from another site (CSRF check failed): "
-                "reload the page and try again",
-            )
+            return console.stale_form(request)
         token = ctx.admin_token
         if token is None or not hmac.compare_digest(
             str(form.get("token", "")).strip().encode(), token

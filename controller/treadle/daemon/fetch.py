@@ -87,6 +87,34 @@ GC_TIMEOUT_S = 600
 FETCH_PACK_TIMEOUT_S = 600
 
 
+def _run_git(
+    git_dir: Path, args: list[str], *, timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """Run ``git -C git_dir args`` with no hooks, no system config and no prompt; its output as text.
+
+    Why one place: the mirror's git commands must never run a hook of the
+    repository (``core.hooksPath=/dev/null``), read ``/etc/gitconfig`` or wait
+    for a password, and must stop after ``timeout_s``. The exit status is the
+    caller's to judge (``check=False``); stdin is closed.
+
+    Raises:
+        OSError: the git command cannot be started.
+        subprocess.TimeoutExpired: it ran longer than ``timeout_s``.
+    """
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+    argv = ["git", "-C", str(git_dir), "-c", "core.hooksPath=/dev/null", *args]
+    return subprocess.run(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout_s,
+        check=False,
+    )
+
+
 def set_timeouts(connect_ms: int = CONNECT_TIMEOUT_MS, io_ms: int = IO_TIMEOUT_MS) -> None:
     """Set libgit2's connect and read/write timeouts for every remote of this process (ssh and http)."""
     pygit2.settings.server_connect_timeout = connect_ms
@@ -286,30 +314,11 @@ class GitSource:
         """
         if not self._cli_fetch:
             return False
-        env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
-        argv = [
-            "git",
-            "-C",
-            str(self.path),
-            "-c",
-            "core.hooksPath=/dev/null",
-            "fetch-pack",
-            "-q",
-            "-k",
-            "--thin",
-            str(upstream),
-            f"refs/heads/{self.branch}",
-        ]
         try:
-            done = subprocess.run(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=FETCH_PACK_TIMEOUT_S,
-                check=False,
+            done = _run_git(
+                self.path,
+                ["fetch-pack", "-q", "-k", "--thin", str(upstream), f"refs/heads/{self.branch}"],
+                timeout_s=FETCH_PACK_TIMEOUT_S,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             if isinstance(e, OSError):
@@ -363,28 +372,9 @@ class GitSource:
 
         A failure is logged, never raised: the mirror stays usable, only larger, and the next fetch tries again.
         """
-        env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
-        argv = [
-            "git",
-            "-C",
-            str(self.path),
-            "-c",
-            "gc.autoDetach=false",
-            "-c",
-            "core.hooksPath=/dev/null",
-            "gc",
-            "--quiet",
-        ]
         try:
-            done = subprocess.run(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=GC_TIMEOUT_S,
-                check=False,
+            done = _run_git(
+                self.path, ["-c", "gc.autoDetach=false", "gc", "--quiet"], timeout_s=GC_TIMEOUT_S
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             log.warning("mirror.gc_failed", path=str(self.path), error=str(e))

@@ -182,6 +182,16 @@ class _NotCore(Exception):
         self.code, self.message, self.hint = code, message, hint
 
 
+def _truthy(text: str) -> _NotCore:
+    """The refusal of ``text``, a YAML 1.1 boolean word (``yes``, ``off``...) written unquoted."""
+    return _NotCore(
+        "truthy",
+        f"{text!r} is a YAML 1.1 boolean word: YAML 1.2 reads it as the text {text!r}, "
+        "other tools as a boolean",
+        "quote it, or write true/false",
+    )
+
+
 def _int(text: str) -> int:
     if len(text) > MAX_INT_DIGITS:
         raise _NotCore(
@@ -212,12 +222,7 @@ def _plain(text: str) -> Any:
         return None  # `key:` with nothing after it
     if text[0] not in _MAYBE_NOT_STR:
         if text.lower() in _TRUTHY_11:
-            raise _NotCore(
-                "truthy",
-                f"{text!r} is a YAML 1.1 boolean word: YAML 1.2 reads it as the text {text!r}, "
-                "other tools as a boolean",
-                "quote it, or write true/false",
-            )
+            raise _truthy(text)
         return text
     if text in _CORE_NULL:
         return None
@@ -230,12 +235,7 @@ def _plain(text: str) -> Any:
     if text in _CORE_SPECIAL_FLOAT:
         return _CORE_SPECIAL_FLOAT[text]
     if text.lower() in _TRUTHY_11:
-        raise _NotCore(
-            "truthy",
-            f"{text!r} is a YAML 1.1 boolean word: YAML 1.2 reads it as the text {text!r}, "
-            "other tools as a boolean",
-            "quote it, or write true/false",
-        )
+        raise _truthy(text)
     if _NUMBER_11.match(text):
         raise _NotCore(
             "yaml-1.1-number",

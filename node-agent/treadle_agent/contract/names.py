@@ -30,6 +30,16 @@ METRIC_MANIFEST_EXPIRY = "treadle_agent_manifest_expiry_timestamp_seconds"
 METRIC_LIFECYCLE = "treadle_agent_lifecycle"  # label state (one of LIFECYCLE_STATES)
 #: The ``status`` label values of METRIC_RESOURCES.
 RESOURCE_STATUSES = ("in_sync", "drifted", "failed")
+#: Which of RESOURCE_STATUSES each apply result status counts as (changed and healed resources are in sync now;
+#: a skipped one is not what the manifest asks for).
+RESOURCE_STATUS_OF_RESULT = {
+    "in_sync": "in_sync",
+    "changed": "in_sync",
+    "healed": "in_sync",
+    "drifted": "drifted",
+    "failed": "failed",
+    "skipped": "failed",
+}
 
 #: Where an agent on the ``simulated`` host (package_manager = "simulated") keeps its packages and units,
 #: in its state dir; the demo reads it to show what the agent did.
