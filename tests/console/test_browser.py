@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as EC
@@ -60,6 +60,19 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
         driver.quit()
 
 
+@pytest.fixture(autouse=True)
+def blank_page(browser: webdriver.Chrome) -> Iterator[None]:
+    """Each test leaves the shared browser on a blank page, its console log read.
+
+    A page left open would outlive its test's server: a live rollout's page
+    reloads itself, a request still in flight fails, and the next test would
+    find that error in its console log.
+    """
+    yield
+    browser.get("about:blank")
+    _errors(browser)
+
+
 @pytest.fixture
 def fleet(tmp_path: Path) -> Fleet:
     return make_fleet(tmp_path, n=40)
@@ -79,9 +92,26 @@ def _screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> None:
         shutil.copy(tmp_path / f"console-{name}.png", Path(out) / f"console-{name}.png")
 
 
-def _wait_for(browser: webdriver.Chrome, css: str) -> WebElement:
-    """The element once the page that a click loads holds it."""
-    return WebDriverWait(browser, 10).until(EC.presence_of_element_located((By.CSS_SELECTOR, css)))
+def _wait_for(browser: webdriver.Chrome, css: str, text: str = "") -> WebElement:
+    """The element (holding ``text``) once the page that a click loads holds it and has loaded.
+
+    A click returns as soon as the browser took it: a form's submission, and
+    a link's navigation on a loaded machine, start after that, and until the
+    next page commits, elements are looked up in the page clicked on. Its
+    stylesheet is waited for too: a request still in flight when the test's
+    server stops would log its refusal as a console error.
+    """
+
+    def loaded(driver: webdriver.Chrome) -> WebElement | bool:
+        found = [
+            e for e in driver.find_elements(By.CSS_SELECTOR, css) if not text or text in e.text
+        ]
+        complete = driver.execute_script("return document.readyState") == "complete"
+        return found[0] if found and complete else False
+
+    return WebDriverWait(browser, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+        loaded
+    )
 
 
 def _load(browser: webdriver.Chrome, url: str, name: str) -> None:
@@ -166,9 +196,9 @@ def test_an_operator_approves_through_the_confirmation_form(
     with serving(fleet.ctx) as url:
         browser.get(url + "/ui/rollouts/1")
         browser.find_element(By.LINK_TEXT, "approve").click()
-        assert "Approve rollout 1?" in browser.find_element(By.TAG_NAME, "h1").text
+        _wait_for(browser, "h1", "Approve rollout 1?")
         browser.find_element(By.CSS_SELECTOR, "button.danger").click()
-        assert "approve: done." in browser.find_element(By.CSS_SELECTOR, "p.ok").text
+        assert "approve: done." in _wait_for(browser, "p.ok").text
         assert _errors(browser) == []
     assert fleet.ctx.rollouts.active().approved == {0} and fleet.triggered == [1]
 
@@ -185,9 +215,9 @@ def test_with_an_admin_token_an_action_is_refused_until_the_operator_logs_in(
         )
         assert browser.find_elements(By.CSS_SELECTOR, "button.danger") == []
         browser.find_element(By.LINK_TEXT, "Log in with the admin token").click()
-        browser.find_element(By.NAME, "token").send_keys("a wrong token")
+        _wait_for(browser, "input[name=token]").send_keys("a wrong token")
         browser.find_element(By.CSS_SELECTOR, "main button").click()
-        assert "wrong token" in _wait_for(browser, "p.error").text
+        assert "wrong token" in _wait_for(browser, "p.error", "wrong token").text
         assert [
             e for e in _errors(browser) if "401" not in e
         ] == []  # the refusal's status, nothing else

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from treadle.cli import main
-from treadle.demo import workspace
+from treadle.demo import processes, workspace
 from treadle.demo.processes import MemoryMeter, tree_rss_bytes
 from treadle.errors import UsageError
 
@@ -265,3 +265,54 @@ def test_a_killed_demo_takes_its_processes_with_it(tmp_path: Path) -> None:
     while _processes_mentioning(str(ws)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_mentioning(str(ws)) == []
+
+
+def test_a_child_whose_demo_died_before_its_signal_was_set_runs_nothing(tmp_path: Path) -> None:
+    # A demo killed right after Popen returned: the child finds another parent than the demo's pid.
+    ran, orphan = tmp_path / "ran", tmp_path / "orphan"
+    subprocess.run(processes._dying_with_parent(["touch", str(ran)]), check=True)
+    other = os.getppid()  # any live pid but this process's
+    subprocess.run(processes._dying_with_parent(["touch", str(orphan)], parent=other), check=True)
+    assert ran.exists() and not orphan.exists()
+
+
+_KILLED_AFTER_START = """
+import os, signal, sys
+from pathlib import Path
+from treadle.demo.processes import Fleet
+for _ in range({tries}):
+    pid = os.fork()
+    if pid == 0:  # a demo that starts a child and is killed as Popen returns
+        Fleet(Path(sys.argv[1])).start("sleeper", ["sleep", "600"], Path(sys.argv[2]))
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+"""
+
+
+def _running_in(cwd: Path) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(os.readlink(f"/proc/{entry}/cwd")) == cwd:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_demo_killed_as_it_starts_a_child_leaves_nothing_behind(tmp_path: Path) -> None:
+    # Without the parent check about a third of these children outlived their demo.
+    logs, cwd = tmp_path / "logs", tmp_path / "cwd"
+    logs.mkdir()
+    cwd.mkdir()
+    script = _KILLED_AFTER_START.format(tries=20)
+    try:
+        subprocess.run([sys.executable, "-c", script, str(logs), str(cwd)], check=True, timeout=120)
+        deadline = time.monotonic() + 20  # a child that found no demo exits once it gets a CPU
+        while _running_in(cwd) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _running_in(cwd) == []
+    finally:
+        for pid in _running_in(cwd):
+            os.kill(pid, signal.SIGKILL)

@@ -22,8 +22,12 @@ def serving(ctx: ApiContext) -> Iterator[str]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
+    if not server.started:  # a URL nobody answers would fail the test far from its cause
+        server.should_exit = True
+        thread.join(timeout=10)
+        raise AssertionError("the API server did not start (see its log above)")
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:

@@ -5,7 +5,12 @@ Ctrl-C, or on SIGTERM, which :func:`sigterm_as_interrupt` turns into
 KeyboardInterrupt) sends SIGTERM to every process it started, waits for them
 and kills those that do not stop in time. Each child is also started under
 ``setpriv --pdeathsig KILL`` (util-linux), so that even a demo killed with
-SIGKILL leaves nothing behind. Not with a ``preexec_fn``: that makes the
+SIGKILL leaves nothing behind. setpriv sets the signal a moment after the
+demo's ``Popen`` returned: a demo killed within that moment (a loaded machine
+makes it long) would leave the child to a new parent, whose death never comes.
+So a shell between setpriv and the program checks, once the signal is set,
+that its parent is still the demo, and runs nothing otherwise
+(:func:`_dying_with_parent`). Not with a ``preexec_fn``: that makes the
 interpreter run its at-fork hooks, and a Ctrl-C or SIGTERM handled inside
 them is swallowed — and can leave the logging module's lock held, which
 deadlocks every thread that logs (the demo's observer threads did). :class:`MemoryMeter` samples the resident memory of the demo and all
@@ -40,8 +45,27 @@ LOG_MAX_BYTES = 8 * 2**20
 _SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
-def _dying_with_parent(argv: list[str]) -> list[str]:
-    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _SETPRIV else argv
+#: Run by ``sh`` once setpriv has set the signal: ``$PPID`` is its parent then, the demo only if it is still alive.
+_STILL_MY_PARENT = 'test "$PPID" = "$1" || exit 0; shift; exec "$@"'
+
+
+def _dying_with_parent(argv: list[str], parent: int | None = None) -> list[str]:
+    """``argv`` run so that it dies with ``parent`` (this process), also if that died before the signal was set."""
+    if not _SETPRIV:
+        return argv
+    expected = str(os.getpid() if parent is None else parent)
+    return [
+        _SETPRIV,
+        "--pdeathsig",
+        "KILL",
+        "--",
+        "/bin/sh",
+        "-c",
+        _STILL_MY_PARENT,
+        "sh",
+        expected,
+        *argv,
+    ]
 
 
 @dataclass
