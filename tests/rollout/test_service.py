@@ -264,26 +264,29 @@ class RoundReports(Reports):
         return RoundResult(await self.observe(targets), {})
 
 
+#: The canary alone: soaked after 10 s, timed out after 15 s.
+CANARY_ONLY = from_doc(
+    {
+        "waves": [
+            {
+                "name": "canary",
+                "selector": {"labels": {"canary": "true"}},
+                "soak_s": 10,
+                "timeout_s": 15,
+            }
+        ]
+    }
+)
+
+
 @pytest.mark.parametrize("restart", [False, True])
 def test_a_restarted_controller_keeps_soaks_until_its_health_thread_has_asked_the_nodes(
     tmp_path, restart: bool
 ) -> None:
     """A new watcher knows nothing yet: that must not read as "no report", which restarts soaks (and a
     restart a few seconds before a wave's timeout would then fail the wave)."""
-    policy = from_doc(
-        {
-            "waves": [
-                {
-                    "name": "canary",
-                    "selector": {"labels": {"canary": "true"}},
-                    "soak_s": 10,
-                    "timeout_s": 15,
-                }
-            ]
-        }
-    )
     executor, now = Executor(), [1000.0]
-    executor.rollout_policy = lambda commit: policy  # type: ignore[method-assign]
+    executor.rollout_policy = lambda commit: CANARY_ONLY  # type: ignore[method-assign]
     source = RoundReports(executor)
 
     def watcher() -> HealthWatcher:
@@ -292,7 +295,7 @@ def test_a_restarted_controller_keeps_soaks_until_its_health_thread_has_asked_th
 
     health = watcher()
     service = RolloutService(tmp_path / "state.db", health, clock=lambda: now[0])
-    service.begin(SHA, policy, NODES, immediate=False)
+    service.begin(SHA, CANARY_ONLY, NODES, immediate=False)
     r = service.tick(executor)  # publishes the canary: soaking from now (1000)
     assert r is not None and r.state is State.SOAKING
     now[0] += 1
@@ -321,27 +324,15 @@ def test_a_restarted_controller_keeps_soaks_until_its_health_thread_has_asked_th
 def test_a_health_thread_that_never_finishes_a_round_does_not_keep_a_wave_from_timing_out(
     tmp_path,
 ) -> None:
-    policy = from_doc(
-        {
-            "waves": [
-                {
-                    "name": "canary",
-                    "selector": {"labels": {"canary": "true"}},
-                    "soak_s": 10,
-                    "timeout_s": 15,
-                }
-            ]
-        }
-    )
     executor, now = Executor(), [1000.0]
-    executor.rollout_policy = lambda commit: policy  # type: ignore[method-assign]
+    executor.rollout_policy = lambda commit: CANARY_ONLY  # type: ignore[method-assign]
     clock = lambda: now[0]  # noqa: E731
     # Its thread never runs a round: nothing is ever asked.
     health = HealthWatcher(
         RoundReports(executor), interval_s=1, stale_after_s=60, clock=clock, wall_clock=clock
     )
     service = RolloutService(tmp_path / "state.db", health, clock=clock)
-    service.begin(SHA, policy, NODES, immediate=False)
+    service.begin(SHA, CANARY_ONLY, NODES, immediate=False)
     service.tick(executor)
     now[0] += 14
     r = service.tick(executor)
