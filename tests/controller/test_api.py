@@ -74,6 +74,18 @@ def test_unknown_node_is_404(api: Api) -> None:
     assert httpx.get(f"{api.url}/v1/nodes/nope/manifest").status_code == 404
 
 
+def _bare_context(tmp_path: Path, store: PublishStore) -> ApiContext:
+    """An API context over ``store`` with nothing else configured (no webhook secret, no rollouts)."""
+    return ApiContext(
+        store=store,
+        state=StateDB(tmp_path / "s.db"),
+        metrics=ControllerMetrics(),
+        trigger=lambda: None,
+        branch="main",
+        repository="r",
+    )
+
+
 def _loaded(store: PublishStore) -> None:
     wait_until(lambda: store.index().loaded, 10, "the publish store's ETag index is loaded")
 
@@ -141,14 +153,7 @@ def test_envelopes_published_before_a_restart_are_answered_304_from_the_index(
 ) -> None:
     PublishStore(tmp_path / "pub").publish({"n1": b"before the restart"})
     store = PublishStore(tmp_path / "pub")
-    ctx = ApiContext(
-        store=store,
-        state=StateDB(tmp_path / "s.db"),
-        metrics=ControllerMetrics(),
-        trigger=lambda: None,
-        branch="main",
-        repository="r",
-    )
+    ctx = _bare_context(tmp_path, store)
     etag = '"' + hashlib.sha256(b"before the restart").hexdigest() + '"'
     with TestClient(build_app(ctx)) as client:
         _loaded(store)
@@ -163,14 +168,7 @@ def test_envelopes_published_before_a_restart_are_answered_304_from_the_index(
 
 def test_below_a_root_path_the_manifest_is_answered_by_the_router_alike(tmp_path: Path) -> None:
     store = PublishStore(tmp_path / "pub")
-    ctx = ApiContext(
-        store=store,
-        state=StateDB(tmp_path / "s.db"),
-        metrics=ControllerMetrics(),
-        trigger=lambda: None,
-        branch="main",
-        repository="r",
-    )
+    ctx = _bare_context(tmp_path, store)
     with TestClient(build_app(ctx), root_path="/treadle") as client:
         store.publish({"n1": b"env"})
         r = client.get("/treadle/v1/nodes/n1/manifest")
@@ -378,14 +376,7 @@ def test_without_an_admin_token_operator_actions_come_from_loopback_only(
 
     from treadle.daemon.api import authorize_operator
 
-    ctx = ApiContext(
-        store=PublishStore(tmp_path / "pub"),
-        state=StateDB(tmp_path / "s.db"),
-        metrics=ControllerMetrics(),
-        trigger=lambda: None,
-        branch="main",
-        repository="r",
-    )
+    ctx = _bare_context(tmp_path, PublishStore(tmp_path / "pub"))
     scope = {
         "type": "http",
         "method": "POST",
