@@ -284,9 +284,8 @@ def bench_step(
     }  # CPU time: what the wall time is on an idle machine
 
     rounds: list[float] = []
-    held: list[
-        float
-    ] = []  # the part of each round done under the cache's lock (a tick's read waits)
+    # The part of each round done under the cache's lock (a tick's read waits meanwhile).
+    held: list[float] = []
     if cache is not None:
         keep = cache._keep
 

@@ -543,11 +543,10 @@ def _add(
                 del starts[p.since]
 
 
-def prepare(r: Rollout) -> Rollout:
-    """``r`` with the derived data its next step needs made ready (for a rollout just read from a
-    store: its first step then costs what a step costs, not a count of the whole wave too)."""
+def prepare(r: Rollout) -> None:
+    """Make the derived data ``r``'s next step needs ready (for a rollout just read from a store: its
+    first step then costs what a step costs, not a count of the whole wave too)."""
     _index(r)
-    return r
 
 
 def _index(r: Rollout) -> ProgressIndex:

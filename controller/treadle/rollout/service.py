@@ -202,10 +202,8 @@ class RolloutService:
         if self._hot is not None and self._hot[0] == rid and self._hot[1] == saved_at:
             return self._hot[2]
         r = self._store.get(rid)
-        if r is not None:
-            machine.prepare(
-                r
-            )  # read at start or after an operator's action: ready for the next step
+        if r is not None:  # read at start or after an operator's action: ready for the next step
+            machine.prepare(r)
         if r is not None and saved_at is not None:
             self._hot = (rid, saved_at, r)
         return r
